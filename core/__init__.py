@@ -1,0 +1,1 @@
+"""Shared domain of radsearch: settings, errors, payload schema, encoders and the vector index."""

@@ -1,0 +1,141 @@
+"""The narrow vector-index interface both backends implement (and one contract suite tests).
+
+Every collection: cosine distance on L2-normalised float32 vectors, keyword payload indexes on
+`core.payload.INDEXED_FIELDS` created before any data, and a metadata dict (the collection catalog
+entry: encoder spec, weights version, ...) stored with the collection.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from core.payload import SearchFilter
+
+__all__ = ["CollectionConfig", "Hit", "StoredPoint", "VectorIndex"]
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    """How to create a collection. ``hnsw_*`` left as None take the store settings' defaults."""
+
+    name: str
+    dim: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    quantization: Literal["none", "int8"] = "none"
+    on_disk: bool = False
+    hnsw_m: int | None = None
+    hnsw_ef_construct: int | None = None
+    hnsw_payload_m: int | None = None
+    full_scan_threshold_kb: int | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    id: str
+    payload: dict[str, Any]
+    vector: NDArray[np.float32] | None = None
+
+
+class VectorIndex(ABC):
+    """A set of named collections of vectors with payloads.
+
+    Errors: `CollectionNotFound`, `CollectionExists`, `InvalidVector` (NaN, Inf, zero norm, wrong
+    dimension: checked before the store is touched), `InvalidFilter`.
+    """
+
+    @abstractmethod
+    def create_collection(self, config: CollectionConfig) -> None:
+        """Create the collection and its payload indexes; `CollectionExists` if it exists."""
+
+    @abstractmethod
+    def drop_collection(self, name: str) -> None:
+        """Remove the collection and its data; `CollectionNotFound` if absent."""
+
+    @abstractmethod
+    def list_collections(self) -> list[str]: ...
+
+    @abstractmethod
+    def collection_exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def collection_config(self, name: str) -> CollectionConfig:
+        """The config the collection was created with, metadata included."""
+
+    @abstractmethod
+    def update_metadata(self, name: str, metadata: dict[str, Any]) -> None:
+        """Merge ``metadata`` into the collection's stored metadata."""
+
+    @abstractmethod
+    def upsert(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: NDArray[np.float32],
+        payloads: Sequence[dict[str, Any]],
+    ) -> None:
+        """Insert or overwrite points; durable when it returns. Vectors are validated first."""
+
+    @abstractmethod
+    def search(
+        self,
+        name: str,
+        vector: NDArray[np.float32],
+        *,
+        filter: SearchFilter | None = None,
+        limit: int = 10,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        exclude_ids: Sequence[str] = (),
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[Hit]:
+        """k-NN by cosine similarity, best first, filtered; ``exclude_ids`` never appear."""
+
+    @abstractmethod
+    def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
+        """The points that exist among ``ids`` (missing ids are left out)."""
+
+    @abstractmethod
+    def count(self, name: str, filter: SearchFilter | None = None) -> int: ...
+
+    @abstractmethod
+    def facet(
+        self, name: str, field: str, *, filter: SearchFilter | None = None, limit: int = 100
+    ) -> dict[str, int]:
+        """Point counts per value of an indexed keyword field, largest first."""
+
+    @abstractmethod
+    def scroll(
+        self,
+        name: str,
+        *,
+        filter: SearchFilter | None = None,
+        batch_size: int = 1000,
+        with_vectors: bool = False,
+    ) -> Iterator[StoredPoint]:
+        """Every point (matching the filter), streamed in pages."""
+
+    @abstractmethod
+    def delete(self, name: str, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def delete_by_filter(self, name: str, filter: SearchFilter) -> None: ...
+
+    def optimize(self, name: str) -> None:  # noqa: B027 - optional hook
+        """Build/merge index structures now (bulk loads); a no-op where the store does it itself."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files and connections."""

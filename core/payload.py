@@ -1,0 +1,147 @@
+"""Payload schema: point ids, the payload allow-list, keyed hashes and search filters.
+
+The allow-list is enforced here and only here: every payload written to a collection goes through
+`build_payload`, so no DICOM attribute outside it (names, ids, dates, free text) can reach a store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.errors import InvalidFilter
+
+__all__ = [
+    "FILTER_FIELDS",
+    "INDEXED_FIELDS",
+    "PAYLOAD_FIELDS",
+    "SearchFilter",
+    "build_payload",
+    "keyed_hash",
+    "point_id",
+]
+
+# Namespace of radsearch point ids (a fixed, arbitrary UUID).
+_POINT_NAMESPACE = uuid.UUID("5b0a3c1e-7d2f-4c55-9e0a-2f7b6c1d9a41")
+
+FILTER_FIELDS: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", "split", "source")
+# Keyword payload indexes, created before any data is written.
+INDEXED_FIELDS: tuple[str, ...] = (*FILTER_FIELDS, "key", "study_hash")
+PAYLOAD_FIELDS: frozenset[str] = frozenset(
+    {
+        *INDEXED_FIELDS,
+        "frame",
+        "n_frames",
+        "etag",
+        "size",
+        "rows",
+        "cols",
+        "encoder",
+        "weights",
+        "ingested_at",
+        "series_hash",
+        "instance_hash",
+        "patient_hash",
+    }
+)
+_LIST_FIELDS = frozenset({"pathology"})
+
+
+def point_id(source: str, key: str, frame: int) -> str:
+    """Deterministic id of one frame: UUIDv5 of (source URI, object key, frame index)."""
+    return str(uuid.uuid5(_POINT_NAMESPACE, f"{source}\x1f{key}\x1f{frame}"))
+
+
+def keyed_hash(key: bytes, value: str) -> str:
+    """HMAC-SHA-256 of an identifier (UID, patient id), truncated to 32 hex characters."""
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _normalise_label(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def build_payload(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep only allow-listed fields, normalise labels; ``pathology`` is always a list of strings.
+
+    Unknown fields are dropped silently on purpose: readers and label rules may offer more than the
+    allow-list and the allow-list decides.
+    """
+    payload: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name not in PAYLOAD_FIELDS or value is None:
+            continue
+        if name in _LIST_FIELDS:
+            items = [value] if isinstance(value, str) else list(value)
+            labels = [label for label in (_normalise_label(v) for v in items) if label]
+            payload[name] = labels
+        elif name in INDEXED_FIELDS:
+            label = _normalise_label(value)
+            if label is not None:
+                payload[name] = label
+        else:
+            payload[name] = value
+    payload.setdefault("ingested_at", datetime.now(UTC).isoformat(timespec="seconds"))
+    return payload
+
+
+class SearchFilter(BaseModel):
+    """Any-of within a field, all-of across fields. Only known fields; values are plain strings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    modality: list[str] | None = Field(default=None, max_length=100)
+    anatomy: list[str] | None = Field(default=None, max_length=100)
+    pathology: list[str] | None = Field(default=None, max_length=100)
+    dataset: list[str] | None = Field(default=None, max_length=100)
+    split: list[str] | None = Field(default=None, max_length=100)
+    source: list[str] | None = Field(default=None, max_length=100)
+    key: list[str] | None = Field(default=None, max_length=1000)
+
+    def conditions(self) -> list[tuple[str, list[str]]]:
+        """The non-empty (field, any-of values) pairs."""
+        out: list[tuple[str, list[str]]] = []
+        for name in (*FILTER_FIELDS, "key"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if not values:
+                raise InvalidFilter(f"filter field {name!r} needs at least one value")
+            out.append((name, [str(v) for v in values]))
+        return out
+
+    def is_empty(self) -> bool:
+        return not any(getattr(self, name) for name in (*FILTER_FIELDS, "key"))
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any] | None) -> SearchFilter:
+        """Build from untrusted JSON; unknown fields or non-string values raise `InvalidFilter`."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise InvalidFilter("filter must be a JSON object mapping field names to lists of values")
+        unknown = sorted(set(raw) - {*FILTER_FIELDS, "key"})
+        if unknown:
+            raise InvalidFilter(
+                f"unknown filter field(s) {unknown}; allowed: {', '.join((*FILTER_FIELDS, 'key'))}"
+            )
+        clean: dict[str, list[str]] = {}
+        for name, values in raw.items():
+            if values is None:
+                continue
+            items: Iterable[Any] = [values] if isinstance(values, str) else values
+            if not isinstance(items, list | tuple):
+                raise InvalidFilter(f"filter field {name!r} must be a list of strings")
+            if not all(isinstance(v, str) for v in items):
+                raise InvalidFilter(f"filter field {name!r} must be a list of strings")
+            clean[name] = list(items)
+        return cls(**clean)

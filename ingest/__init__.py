@@ -1,0 +1,1 @@
+"""Sources, readers, label rules and the batch pipeline (fetch → decode → embed → upsert)."""
