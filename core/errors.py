@@ -6,6 +6,7 @@
     │   ├── EncoderNotFound
     │   ├── WeightsUnavailable
     │   └── NoTextTower
+    ├── SourceError            (a source cannot be reached; transient, retried)
     ├── IndexStoreError
     │   ├── CollectionNotFound
     │   ├── CollectionExists
@@ -36,6 +37,7 @@ __all__ = [
     "NoTextTower",
     "PointNotFound",
     "RadsearchError",
+    "SourceError",
     "TooLarge",
     "UnsupportedFormat",
     "WeightsUnavailable",
@@ -64,6 +66,10 @@ class WeightsUnavailable(EncoderError):
 
 class NoTextTower(EncoderError):
     pass
+
+
+class SourceError(RadsearchError):
+    """A source (S3 endpoint, folder) cannot be listed or read right now; worth retrying."""
 
 
 class IndexStoreError(RadsearchError):

@@ -1,0 +1,140 @@
+"""Label rules: where modality, anatomy, pathology, dataset and split come from.
+
+Precedence, per field: manifest > path template > object metadata > DICOM tags.
+Labels are normalised once here: modality upper-case (DICOM codes), the others lower-case.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
+
+__all__ = ["LABEL_FIELDS", "Labeler", "PathTemplate", "load_manifest", "parse_manifest"]
+
+LABEL_FIELDS: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", "split")
+_TEMPLATE_FIELDS = frozenset({*LABEL_FIELDS, "file", "_"})
+_PATHOLOGY_SEPARATORS = re.compile(r"[|;]")
+
+
+def _normalise(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name == "pathology":
+        items = _PATHOLOGY_SEPARATORS.split(value) if isinstance(value, str) else list(value)
+        labels = [str(v).strip().lower() for v in items if str(v).strip()]
+        return labels or None
+    text = str(value).strip()
+    if not text:
+        return None
+    return text.upper() if name == "modality" else text.lower()
+
+
+class PathTemplate:
+    """A key layout such as ``{modality}/{anatomy}/{pathology}/{file}`` (RadImageNet's).
+
+    Each ``{field}`` matches one path segment; ``{_}`` matches a segment and is ignored; literal text
+    must match exactly. The template is matched against the end of the key, so a key with extra
+    leading folders still matches.
+    """
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        pattern = ""
+        seen: set[str] = set()
+        for literal, name in re.findall(r"([^{]*)(?:\{([^}]*)\})?", template):
+            pattern += re.escape(literal)
+            if not name:
+                continue
+            if name not in _TEMPLATE_FIELDS:
+                raise ConfigError(
+                    f"path template {template!r}: unknown field {{{name}}}; "
+                    f"allowed: {', '.join(sorted(_TEMPLATE_FIELDS))}"
+                )
+            if name == "_":
+                pattern += r"[^/]+"
+            elif name in seen:
+                raise ConfigError(f"path template {template!r}: field {{{name}}} appears twice")
+            else:
+                seen.add(name)
+                pattern += f"(?P<{name}>[^/]+)"
+        self._regex = re.compile(r"(?:^|/)" + pattern + r"$")
+
+    def match(self, key: str) -> dict[str, Any]:
+        found = self._regex.search(key)
+        if found is None:
+            return {}
+        return {k: v for k, v in found.groupdict().items() if k in LABEL_FIELDS}
+
+
+def parse_manifest(text: str, *, name: str = "manifest") -> dict[str, dict[str, Any]]:
+    """CSV (header with ``key`` and label columns) or JSONL (one object per line with ``key``)."""
+    rows: dict[str, dict[str, Any]] = {}
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{name} line {lineno}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+                raise ConfigError(f"{name} line {lineno}: each line needs a string 'key'")
+            rows[row["key"]] = {k: row.get(k) for k in LABEL_FIELDS if row.get(k) not in (None, "")}
+        return rows
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or "key" not in reader.fieldnames:
+        raise ConfigError(f"{name}: CSV manifest needs a header with a 'key' column")
+    for row in reader:
+        key = (row.get("key") or "").strip()
+        if key:
+            rows[key] = {k: row[k] for k in LABEL_FIELDS if row.get(k)}
+    return rows
+
+
+def load_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    """Read a manifest file (CSV or JSONL) mapping object key → labels."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"cannot read manifest {str(path)!r}: {exc.strerror}") from exc
+    return parse_manifest(text, name=path.name)
+
+
+@dataclass
+class Labeler:
+    """Merges the label sources of one object in the documented precedence."""
+
+    manifest: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    path_template: PathTemplate | None = None
+
+    def labels(
+        self,
+        key: str,
+        *,
+        dicom_tags: Mapping[str, Any] | None = None,
+        object_metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The labels of ``key``; fields no rule knows are left out."""
+        layers = (
+            self.manifest.get(key, {}),
+            self.path_template.match(key) if self.path_template else {},
+            object_metadata or {},
+            dicom_tags or {},
+        )
+        merged: dict[str, Any] = {}
+        for name in LABEL_FIELDS:
+            for layer in layers:
+                value = _normalise(name, layer.get(name))
+                if value is not None:
+                    merged[name] = value
+                    break
+        return merged

@@ -1,0 +1,250 @@
+"""The batch pipeline: fetch → decode → label → preprocess → embed → upsert.
+
+One function (`process_batch`) used by both executors (inline and Celery); `run_pipeline` streams
+batches through it with fetch/decode of the next batch overlapping the embedding of the current one.
+Per-object failures (`BadInput`) are recorded and the batch goes on; `SourceError` (transient)
+propagates so the caller can retry the batch, which is safe because point ids are deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from core.encoders.base import Encoder
+from core.errors import BadInput
+from core.index.base import VectorIndex
+from core.payload import build_payload, point_id
+from ingest.labels import Labeler
+from ingest.readers import DecodeLimits, decode_object
+from ingest.sources.base import ObjectRef, Source
+
+__all__ = ["BatchReport", "FailedItem", "PipelineContext", "Target", "process_batch", "run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One collection to fill and the encoder it was built with."""
+
+    collection: str
+    encoder: Encoder
+    encoder_label: str
+
+
+@dataclass(frozen=True)
+class FailedItem:
+    """An object that was not indexed, with why (never a header value)."""
+
+    key: str
+    reason: str
+    quarantined: bool = False
+
+
+@dataclass
+class BatchReport:
+    """Counts of one batch or a whole run. ``frames_indexed`` is summed over target collections."""
+
+    objects: int = 0
+    frames_indexed: int = 0
+    skipped: int = 0
+    failed: list[FailedItem] = field(default_factory=list)
+    quarantined: list[FailedItem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def merge(self, other: BatchReport) -> None:
+        self.objects += other.objects
+        self.frames_indexed += other.frames_indexed
+        self.skipped += other.skipped
+        self.failed.extend(other.failed)
+        self.quarantined.extend(other.quarantined)
+        self.seconds += other.seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objects": self.objects,
+            "frames_indexed": self.frames_indexed,
+            "skipped": self.skipped,
+            "failed": len(self.failed),
+            "quarantined": len(self.quarantined),
+            "errors": [{"key": f.key, "reason": f.reason} for f in self.failed],
+            "quarantined_items": [{"key": f.key, "reason": f.reason} for f in self.quarantined],
+        }
+
+
+@dataclass
+class PipelineContext:
+    """Everything a batch needs; built once per run (or once per worker process)."""
+
+    source: Source
+    index: VectorIndex
+    targets: Sequence[Target]
+    labeler: Labeler
+    limits: DecodeLimits
+    hash_key: bytes
+    embed_batch_size: int = 32
+    skip_unchanged: bool = True
+    accept_burned_in: bool = False
+
+
+@dataclass
+class _Loaded:
+    ref: ObjectRef
+    labels: dict[str, Any]
+    meta: dict[str, Any]
+    frame_indices: list[int]
+    # target position → preprocessed frames [n_frames, *input_shape]
+    tensors: dict[int, NDArray[np.float32]]
+
+
+@dataclass
+class _Pending:
+    refs: list[ObjectRef]
+    wanted: dict[str, list[int]]  # key → target positions that need the object
+    futures: list[tuple[ObjectRef, Future[_Loaded | FailedItem]]]
+    started: float
+    skipped: int
+
+
+def _load(ctx: PipelineContext, ref: ObjectRef, positions: list[int]) -> _Loaded | FailedItem:
+    """Fetch, decode, label and preprocess one object (runs in a worker thread)."""
+    try:
+        data = ctx.source.fetch(ref.key)
+        decoded = decode_object(data, ref.key, limits=ctx.limits, hash_key=ctx.hash_key)
+    except BadInput as exc:
+        return FailedItem(ref.key, exc.reason)
+    if decoded.meta.get("burned_in_annotation") and not ctx.accept_burned_in:
+        return FailedItem(ref.key, "BurnedInAnnotation is YES", quarantined=True)
+    labels = ctx.labeler.labels(ref.key, dicom_tags=decoded.labels, object_metadata=ref.metadata)
+    tensors: dict[int, NDArray[np.float32]] = {}
+    by_fingerprint: dict[str, NDArray[np.float32]] = {}
+    for pos in positions:
+        encoder = ctx.targets[pos].encoder
+        fingerprint = encoder.spec.fingerprint
+        if fingerprint not in by_fingerprint:
+            by_fingerprint[fingerprint] = np.stack([encoder.preprocess(f) for f in decoded.frames])
+        tensors[pos] = by_fingerprint[fingerprint]
+    return _Loaded(ref, labels, decoded.meta, decoded.frame_indices, tensors)
+
+
+def _unchanged(ctx: PipelineContext, refs: Sequence[ObjectRef]) -> dict[str, list[int]]:
+    """Per key, the target positions whose collection lacks the object at this ETag."""
+    wanted: dict[str, list[int]] = {ref.key: [] for ref in refs}
+    for pos, target in enumerate(ctx.targets):
+        if not ctx.skip_unchanged:
+            for ref in refs:
+                wanted[ref.key].append(pos)
+            continue
+        ids = {point_id(ctx.source.uri, ref.key, 0): ref for ref in refs}
+        stored = {p.id: p.payload for p in ctx.index.retrieve(target.collection, list(ids))}
+        for pid, ref in ids.items():
+            payload = stored.get(pid)
+            if payload is None or payload.get("etag") != ref.etag or payload.get("size") != ref.size:
+                wanted[ref.key].append(pos)
+    return wanted
+
+
+def _submit(ctx: PipelineContext, refs: list[ObjectRef], pool: ThreadPoolExecutor) -> _Pending:
+    started = time.perf_counter()
+    wanted = _unchanged(ctx, refs)
+    futures = [(ref, pool.submit(_load, ctx, ref, wanted[ref.key])) for ref in refs if wanted[ref.key]]
+    skipped = sum(1 for ref in refs if not wanted[ref.key])
+    return _Pending(refs, wanted, futures, started, skipped)
+
+
+def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
+    report = BatchReport(objects=len(pending.refs), skipped=pending.skipped)
+    loaded: list[_Loaded] = []
+    for ref, future in pending.futures:
+        result = future.result()
+        if isinstance(result, FailedItem):
+            (report.quarantined if result.quarantined else report.failed).append(result)
+        else:
+            loaded.append(result)
+    bad_keys: set[str] = set()
+    for pos, target in enumerate(ctx.targets):
+        items = [item for item in loaded if pos in item.tensors]
+        if not items:
+            continue
+        batch = np.concatenate([item.tensors[pos] for item in items])
+        vectors = np.concatenate(
+            [
+                target.encoder.embed_batch(batch[i : i + ctx.embed_batch_size])
+                for i in range(0, len(batch), ctx.embed_batch_size)
+            ]
+        )
+        ids: list[str] = []
+        payloads: list[dict[str, Any]] = []
+        keep: list[int] = []
+        row = 0
+        for item in items:
+            for frame in item.frame_indices:
+                vec = vectors[row]
+                if not np.isfinite(vec).all() or float(np.linalg.norm(vec)) < 1e-6:
+                    bad_keys.add(item.ref.key)
+                else:
+                    keep.append(row)
+                    ids.append(point_id(ctx.source.uri, item.ref.key, frame))
+                    payloads.append(_payload(ctx, target, item, frame))
+                row += 1
+        if ids:
+            ctx.index.upsert(target.collection, ids, vectors[keep], payloads)
+        report.frames_indexed += len(ids)
+    for key in sorted(bad_keys):
+        report.failed.append(FailedItem(key, "encoder produced an invalid (NaN or zero) vector"))
+    report.seconds = time.perf_counter() - pending.started
+    return report
+
+
+def _payload(ctx: PipelineContext, target: Target, item: _Loaded, frame: int) -> dict[str, Any]:
+    return build_payload(
+        {
+            **item.labels,
+            **item.meta,
+            "source": ctx.source.uri,
+            "key": item.ref.key,
+            "frame": frame,
+            "etag": item.ref.etag,
+            "size": item.ref.size,
+            "encoder": target.encoder_label,
+        }
+    )
+
+
+def process_batch(ctx: PipelineContext, refs: Sequence[ObjectRef], pool: ThreadPoolExecutor) -> BatchReport:
+    """Run one batch of objects through the whole pipeline; returns its report."""
+    return _finish(ctx, _submit(ctx, list(refs), pool))
+
+
+def run_pipeline(
+    ctx: PipelineContext,
+    batches: Iterable[Sequence[ObjectRef]],
+    pool: ThreadPoolExecutor,
+    *,
+    on_batch: Callable[[BatchReport], None] | None = None,
+) -> BatchReport:
+    """Stream batches; batch i+1 is fetched and decoded while batch i is embedded and upserted."""
+    total = BatchReport()
+    pending: _Pending | None = None
+    for refs in batches:
+        upcoming = _submit(ctx, list(refs), pool)
+        if pending is not None:
+            done = _finish(ctx, pending)
+            total.merge(done)
+            if on_batch:
+                on_batch(done)
+        pending = upcoming
+    if pending is not None:
+        done = _finish(ctx, pending)
+        total.merge(done)
+        if on_batch:
+            on_batch(done)
+    return total

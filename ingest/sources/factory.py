@@ -1,0 +1,35 @@
+"""Open a `Source` from a URI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.config import Settings
+from core.errors import ConfigError
+from ingest.sources.base import Source
+
+__all__ = ["open_source", "parse_s3_uri"]
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` → (bucket, prefix); the prefix may be empty."""
+    rest = uri[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ConfigError(f"S3 URI {uri!r} has no bucket; expected s3://bucket/prefix")
+    return bucket, prefix
+
+
+def open_source(uri: str, settings: Settings) -> Source:
+    """``s3://bucket/prefix`` (endpoint and credentials from settings) or a local folder."""
+    if uri.startswith("s3://"):
+        from ingest.sources.s3 import S3Source
+
+        bucket, prefix = parse_s3_uri(uri)
+        return S3Source(bucket, prefix, settings.s3, max_object_bytes=settings.ingest.max_object_bytes)
+    if "://" in uri and not uri.startswith("file://"):
+        raise ConfigError(f"unsupported source {uri!r}; use s3://bucket/prefix or a local folder")
+    from ingest.sources.local import LocalSource
+
+    path = Path(uri.removeprefix("file://"))
+    return LocalSource(path, max_object_bytes=settings.ingest.max_object_bytes)

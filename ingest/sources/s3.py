@@ -1,0 +1,102 @@
+"""An S3 bucket (MinIO, AWS, moto) as a source. Keys are full object keys within the bucket."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from core.config import S3Settings
+from core.errors import BadInput, ConfigError, SourceError, TooLarge
+from ingest.sources.base import ObjectRef, Source
+
+__all__ = ["S3Source", "make_minio_client"]
+
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
+
+
+def make_minio_client(s3: S3Settings) -> Minio:
+    """A minio client for the configured endpoint; credentials are required."""
+    if not s3.access_key or s3.secret_key is None:
+        raise ConfigError(
+            "S3 credentials missing: set RADSEARCH_S3__ACCESS_KEY and RADSEARCH_S3__SECRET_KEY "
+            f"(endpoint {s3.endpoint})"
+        )
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5.0, read=60.0),
+        maxsize=16,
+        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+    )
+    return Minio(
+        s3.endpoint,
+        access_key=s3.access_key,
+        secret_key=s3.secret_key.get_secret_value(),
+        secure=s3.secure,
+        region=s3.region,
+        http_client=http,
+    )
+
+
+class S3Source(Source):
+    """Objects under ``s3://bucket/prefix``. The point-id source is ``s3://bucket`` so that the
+    same object gets the same id whichever prefix it was ingested through."""
+
+    def __init__(self, bucket: str, prefix: str, s3: S3Settings, *, max_object_bytes: int) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.uri = f"s3://{bucket}"
+        self.max_object_bytes = max_object_bytes
+        self.client = make_minio_client(s3)
+
+    def list(self) -> Iterator[ObjectRef]:
+        try:
+            # list_objects pages through the listing lazily (1,000 keys per request).
+            for obj in self.client.list_objects(self.bucket, prefix=self.prefix or None, recursive=True):
+                if obj.is_dir or obj.object_name is None:
+                    continue
+                yield ObjectRef(key=obj.object_name, etag=(obj.etag or "").strip('"'), size=obj.size or 0)
+        except S3Error as exc:
+            raise SourceError(f"cannot list s3://{self.bucket}/{self.prefix}: {exc.code}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise SourceError(f"cannot reach S3 endpoint listing s3://{self.bucket}: {exc}") from exc
+
+    def stat(self, key: str) -> ObjectRef:
+        try:
+            st = self.client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING_CODES:
+                raise BadInput(key, "object not found") from exc
+            raise SourceError(f"cannot stat s3://{self.bucket}/{key}: {exc.code}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise SourceError(f"cannot reach S3 endpoint for s3://{self.bucket}: {exc}") from exc
+        metadata = {
+            name.lower().removeprefix("x-amz-meta-"): value
+            for name, value in (st.metadata or {}).items()
+            if name.lower().startswith("x-amz-meta-")
+        }
+        return ObjectRef(key=key, etag=(st.etag or "").strip('"'), size=st.size or 0, metadata=metadata)
+
+    def fetch(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING_CODES:
+                raise BadInput(key, "object not found") from exc
+            raise SourceError(f"cannot read s3://{self.bucket}/{key}: {exc.code}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise SourceError(f"cannot reach S3 endpoint for s3://{self.bucket}: {exc}") from exc
+        try:
+            length = int(response.headers.get("Content-Length", "0") or 0)
+            if length > self.max_object_bytes:
+                raise TooLarge(key, f"object of {length} bytes exceeds the {self.max_object_bytes}-byte limit")
+            data = response.read(self.max_object_bytes + 1)
+            if len(data) > self.max_object_bytes:
+                raise TooLarge(key, f"object exceeds the {self.max_object_bytes}-byte limit")
+            return data
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise SourceError(f"read of s3://{self.bucket}/{key} broke off: {exc}") from exc
+        finally:
+            response.close()
+            response.release_conn()

@@ -1,0 +1,189 @@
+"""The ``radsearch`` command line. Settings are built here, once, and passed down."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core.config import Settings
+from core.errors import BadInput, ConfigError, EncoderError, IndexStoreError, RadsearchError, SourceError
+from core.payload import FILTER_FIELDS, SearchFilter
+from ingest.inline import IngestOptions
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_RUNTIME_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, sort_keys=False))
+
+
+def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from radsearch.services import ensure_collection, ingest_source, open_catalog
+
+    options = IngestOptions(
+        manifest=args.manifest,
+        path_template=args.path_template,
+        skip_unchanged=not args.no_skip_unchanged,
+    )
+    with open_catalog(settings) as catalog:
+        ensure_collection(catalog, args.collection, args.encoder, weights=args.weights)
+        report = ingest_source(
+            catalog, settings, args.source, [args.collection], options, progress=not args.json
+        )
+    summary = {"collection": args.collection, **report.to_dict(), "seconds": round(report.seconds, 3)}
+    if args.json:
+        _print_json(summary)
+    else:
+        rate = summary["objects"] / report.seconds if report.seconds > 0 else 0.0
+        print(
+            f"{args.collection}: {summary['objects']} objects, {summary['frames_indexed']} frames indexed, "
+            f"{summary['skipped']} unchanged skipped, {summary['failed']} failed, "
+            f"{summary['quarantined']} quarantined ({rate:.1f} objects/s)"
+        )
+        for item in summary["errors"][:20]:
+            print(f"  failed {item['key']}: {item['reason']}")
+    return EXIT_OK
+
+
+def _filter_from_args(args: argparse.Namespace) -> SearchFilter:
+    return SearchFilter.from_mapping({name: getattr(args, name) for name in FILTER_FIELDS if getattr(args, name)})
+
+
+def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from radsearch.services import open_catalog, search_file
+
+    with open_catalog(settings) as catalog:
+        hits = search_file(
+            catalog, settings, args.image, args.collection, filter=_filter_from_args(args), limit=args.k
+        )
+    if args.json:
+        _print_json({"hits": [{"id": h.id, "score": h.score, "payload": h.payload} for h in hits]})
+        return EXIT_OK
+    print(f"{'rank':>4}  {'score':>6}  {'modality':<8} {'anatomy':<10} {'pathology':<14} key")
+    for rank, hit in enumerate(hits, start=1):
+        p = hit.payload
+        print(
+            f"{rank:>4}  {hit.score:6.3f}  {p.get('modality', '-'):<8} {p.get('anatomy', '-'):<10} "
+            f"{','.join(p.get('pathology', [])) or '-':<14} {p.get('key')}#{p.get('frame', 0)}"
+        )
+    return EXIT_OK
+
+
+def _cmd_collections(args: argparse.Namespace, settings: Settings) -> int:
+    from radsearch.services import open_catalog
+
+    with open_catalog(settings) as catalog:
+        rows = [
+            {
+                "name": entry.name,
+                "encoder": entry.encoder.name,
+                "weights": entry.weights_version,
+                "dim": entry.dim,
+                "points": catalog.index.count(entry.name),
+            }
+            for entry in catalog.list()
+        ]
+    if args.json:
+        _print_json({"collections": rows})
+    else:
+        for row in rows:
+            print(f"{row['name']:<24} {row['encoder']:<14} dim={row['dim']:<5} points={row['points']}")
+        if not rows:
+            print("no collections yet: radsearch ingest SOURCE --collection NAME")
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from search_api.app import create_app
+
+    host = args.host or settings.api.host
+    port = args.port or settings.api.port
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from radsearch.demo import run_demo
+
+    return run_demo(settings, per_class=args.per_class, serve=not args.no_serve, host=args.host, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radsearch", description="Content-based image retrieval for radiology.")
+    parser.add_argument("--data-dir", type=Path, help="where the index and caches live (RADSEARCH_DATA_DIR)")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="embed and index every image of a source")
+    ingest.add_argument("source", help="s3://bucket/prefix or a local folder")
+    ingest.add_argument("--collection", required=True)
+    ingest.add_argument("--encoder", help="encoder for a new collection (default: baseline)")
+    ingest.add_argument("--weights", help="weights for a new collection: path, s3:// URI, hub id or 'random'")
+    ingest.add_argument("--manifest", type=Path, help="CSV or JSONL mapping key → labels")
+    ingest.add_argument("--path-template", help="e.g. '{modality}/{anatomy}/{pathology}/{file}'")
+    ingest.add_argument("--no-skip-unchanged", action="store_true", help="re-embed objects already indexed")
+    ingest.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    ingest.set_defaults(handler=_cmd_ingest)
+
+    search = sub.add_parser("search", help="find the images most similar to an image file")
+    search.add_argument("image", type=Path)
+    search.add_argument("--collection", required=True)
+    for name in FILTER_FIELDS:
+        search.add_argument(f"--{name}", action="append", metavar=name.upper(), help=f"only this {name}")
+    search.add_argument("-k", type=int, default=10, help="number of hits")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=_cmd_search)
+
+    collections = sub.add_parser("collections", help="manage collections")
+    collections_sub = collections.add_subparsers(dest="collections_command", required=True)
+    clist = collections_sub.add_parser("list", help="list collections")
+    clist.add_argument("--json", action="store_true")
+    clist.set_defaults(handler=_cmd_collections)
+
+    serve = sub.add_parser("serve", help="serve the HTTP API and web page")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(handler=_cmd_serve)
+
+    demo = sub.add_parser("demo", help="build a demo archive, index it, run example searches, serve")
+    demo.add_argument("--per-class", type=int, default=12)
+    demo.add_argument("--no-serve", action="store_true")
+    demo.add_argument("--host")
+    demo.add_argument("--port", type=int)
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
+        code: int = args.handler(args, settings)
+        return code
+    except (ConfigError, EncoderError, IndexStoreError, BadInput) as exc:
+        print(f"radsearch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SourceError, RadsearchError) as exc:
+        print(f"radsearch: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

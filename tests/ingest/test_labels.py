@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.errors import ConfigError
+from ingest.labels import Labeler, PathTemplate, load_manifest, parse_manifest
+
+
+def test_path_template_matches_radimagenet_layout() -> None:
+    template = PathTemplate("{modality}/{anatomy}/{pathology}/{file}")
+    assert template.match("CT/chest/nodule/img001.png") == {
+        "modality": "CT",
+        "anatomy": "chest",
+        "pathology": "nodule",
+    }
+    # extra leading folders are fine; too few segments is no match
+    assert template.match("radimagenet/CT/chest/nodule/img001.png")["anatomy"] == "chest"
+    assert template.match("chest/img001.png") == {}
+
+
+def test_path_template_literal_and_ignored_segments() -> None:
+    template = PathTemplate("dicom/{modality}/{_}/{pathology}/{file}")
+    assert template.match("dicom/MR/brain/tumor/a.dcm") == {"modality": "MR", "pathology": "tumor"}
+    assert template.match("png/MR/brain/tumor/a.dcm") == {}
+
+
+@pytest.mark.parametrize("bad", ["{modality}/{patient}/{file}", "{modality}/{modality}/{file}"])
+def test_path_template_rejects_unknown_or_repeated_fields(bad: str) -> None:
+    with pytest.raises(ConfigError, match="path template"):
+        PathTemplate(bad)
+
+
+def test_manifest_csv_and_jsonl(tmp_path: Path) -> None:
+    csv_text = "key,modality,anatomy,pathology,split\na.png,ct,Chest,nodule|effusion,train\nb.png,MR,,,test\n"
+    rows = parse_manifest(csv_text)
+    assert rows["a.png"]["pathology"] == "nodule|effusion"
+    assert "anatomy" not in rows["b.png"]
+    jsonl = '{"key": "a.png", "modality": "CT", "pathology": ["nodule"]}\n\n{"key": "c.dcm", "split": "test"}\n'
+    path = tmp_path / "m.jsonl"
+    path.write_text(jsonl)
+    rows = load_manifest(path)
+    assert rows["a.png"]["pathology"] == ["nodule"]
+    assert rows["c.dcm"] == {"split": "test"}
+
+
+def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'key' column"):
+        parse_manifest("path,modality\na,CT\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        parse_manifest('{"key": "a"}\n{not json}\n')
+    with pytest.raises(ConfigError, match="cannot read manifest"):
+        load_manifest(tmp_path / "missing.csv")
+
+
+def test_precedence_manifest_over_template_over_metadata_over_dicom() -> None:
+    labeler = Labeler(
+        manifest={"CT/chest/nodule/x.dcm": {"pathology": "effusion"}},
+        path_template=PathTemplate("{modality}/{anatomy}/{pathology}/{file}"),
+    )
+    labels = labeler.labels(
+        "CT/chest/nodule/x.dcm",
+        dicom_tags={"modality": "MR", "anatomy": "brain"},
+        object_metadata={"modality": "US", "dataset": "bucket-meta", "split": "train"},
+    )
+    # pathology from the manifest, modality/anatomy from the path, dataset/split from metadata
+    assert labels == {
+        "modality": "CT",
+        "anatomy": "chest",
+        "pathology": ["effusion"],
+        "dataset": "bucket-meta",
+        "split": "train",
+    }
+
+
+def test_dicom_tags_are_the_fallback_and_labels_are_normalised() -> None:
+    labels = Labeler().labels("x.dcm", dicom_tags={"modality": "ct ", "anatomy": "CHEST"})
+    assert labels == {"modality": "CT", "anatomy": "chest"}
+    assert Labeler().labels("x.dcm") == {}
