@@ -1,0 +1,1 @@
+"""radsearch: the command line and the demo that wire the parts together."""
