@@ -61,8 +61,15 @@ def build_context(
     )
 
 
-def ingest_inline(ctx: PipelineContext, settings: Settings, *, progress: bool = True) -> BatchReport:
-    """Ingest every object of the context's source; returns the run's report (wall-clock seconds)."""
+def ingest_inline(
+    ctx: PipelineContext,
+    settings: Settings,
+    *,
+    progress: bool = True,
+    exclude_keys: frozenset[str] = frozenset(),
+) -> BatchReport:
+    """Ingest every object of the context's source (but ``exclude_keys``, e.g. a manifest stored
+    beside the images); returns the run's report, ``seconds`` being wall-clock time."""
     started = time.perf_counter()
     bar = tqdm(unit="obj", desc="ingest", disable=not progress, dynamic_ncols=True)
     frames = 0
@@ -78,7 +85,13 @@ def ingest_inline(ctx: PipelineContext, settings: Settings, *, progress: bool = 
     with ThreadPoolExecutor(max_workers=settings.ingest.decode_workers, thread_name_prefix="decode") as pool:
         try:
             report = run_pipeline(
-                ctx, plan_batches(ctx.source.list(), settings.ingest.batch_size), pool, on_batch=on_batch
+                ctx,
+                plan_batches(
+                    (ref for ref in ctx.source.list() if ref.key not in exclude_keys),
+                    settings.ingest.batch_size,
+                ),
+                pool,
+                on_batch=on_batch,
             )
         except SourceError:
             bar.close()

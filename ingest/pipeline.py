@@ -117,13 +117,15 @@ class _Pending:
 def _load(ctx: PipelineContext, ref: ObjectRef, positions: list[int]) -> _Loaded | FailedItem:
     """Fetch, decode, label and preprocess one object (runs in a worker thread)."""
     try:
-        data = ctx.source.fetch(ref.key)
+        data, metadata = ctx.source.fetch_with_metadata(ref.key)
         decoded = decode_object(data, ref.key, limits=ctx.limits, hash_key=ctx.hash_key)
     except BadInput as exc:
         return FailedItem(ref.key, exc.reason)
     if decoded.meta.get("burned_in_annotation") and not ctx.accept_burned_in:
         return FailedItem(ref.key, "BurnedInAnnotation is YES", quarantined=True)
-    labels = ctx.labeler.labels(ref.key, dicom_tags=decoded.labels, object_metadata=ref.metadata)
+    labels = ctx.labeler.labels(
+        ref.key, dicom_tags=decoded.labels, object_metadata={**ref.metadata, **metadata}
+    )
     tensors: dict[int, NDArray[np.float32]] = {}
     by_fingerprint: dict[str, NDArray[np.float32]] = {}
     for pos in positions:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -428,6 +429,14 @@ def _pixels(cls: _Class, cv: _Canvas, index: int) -> tuple[NDArray[np.generic], 
     return stored, tags, "MONOCHROME1", 12
 
 
+def _write_if_changed(path: Path, data: bytes) -> None:
+    # Regenerating the same archive must not touch unchanged files: their ETag (size + mtime) stays,
+    # so a re-ingest skips them.
+    if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    path.write_bytes(data)
+
+
 def _write_dicom(
     path: Path, cls: _Class, index: int, seed: int, rng: np.random.Generator, phi: dict[str, str]
 ) -> None:
@@ -477,7 +486,9 @@ def _write_dicom(
         ds.compress(RLELossless, generate_instance_uid=False)
     elif index % 6 == 3 and _j2k_available():
         ds.compress(JPEG2000Lossless, generate_instance_uid=False)
-    ds.save_as(path, enforce_file_format=True)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    _write_if_changed(path, buffer.getvalue())
 
 
 @functools.cache
@@ -494,9 +505,12 @@ def _write_png(path: Path, cls: _Class, index: int, rng: np.random.Generator) ->
     img = cls.render(cv, cls.pathology) * rng.uniform(0.9, 1.1) + rng.normal(0, 0.015, (cv.rows, cv.cols))
     img = np.clip(img, 0, 1)
     if index % 3 == 0:  # some 16-bit
-        Image.fromarray(np.rint(img * 60000 + 1000).astype(np.uint16)).save(path, format="PNG")
+        pixels = np.rint(img * 60000 + 1000).astype(np.uint16)
     else:
-        Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(path, format="PNG")
+        pixels = np.rint(img * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    _write_if_changed(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------- the archive

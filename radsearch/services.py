@@ -15,7 +15,8 @@ from core.payload import SearchFilter
 from ingest.inline import IngestOptions, build_context, ingest_inline
 from ingest.pipeline import BatchReport
 from ingest.readers import DecodeLimits, decode_object
-from ingest.sources import open_source
+from ingest.sources import Source, open_source
+from ingest.sources.local import LocalSource
 
 __all__ = ["ensure_collection", "ingest_source", "open_catalog", "search_file"]
 
@@ -54,9 +55,19 @@ def ingest_source(
     source = open_source(source_uri, settings)
     try:
         ctx = build_context(source, catalog, collections, options, settings)
-        return ingest_inline(ctx, settings, progress=progress)
+        return ingest_inline(ctx, settings, progress=progress, exclude_keys=_manifest_key(source, options))
     finally:
         source.close()
+
+
+def _manifest_key(source: Source, options: IngestOptions) -> frozenset[str]:
+    """A manifest kept inside the local folder being ingested is not an image: leave it out."""
+    if options.manifest is None or not isinstance(source, LocalSource):
+        return frozenset()
+    manifest = options.manifest.resolve()
+    if manifest.is_relative_to(source.root):
+        return frozenset({manifest.relative_to(source.root).as_posix()})
+    return frozenset()
 
 
 def search_file(

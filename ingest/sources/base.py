@@ -36,5 +36,9 @@ class Source(ABC):
     def fetch(self, key: str) -> bytes:
         """The object's bytes; `BadInput` if it does not exist or exceeds the size limit."""
 
+    def fetch_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
+        """The object's bytes and its user metadata (S3 ``x-amz-meta-*``), read in one request."""
+        return self.fetch(key), {}
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import urllib3
 from minio import Minio
@@ -39,6 +39,14 @@ def make_minio_client(s3: S3Settings) -> Minio:
     )
 
 
+def _user_metadata(headers: Mapping[str, str] | None) -> dict[str, str]:
+    return {
+        name.lower().removeprefix("x-amz-meta-"): value
+        for name, value in (headers or {}).items()
+        if name.lower().startswith("x-amz-meta-")
+    }
+
+
 class S3Source(Source):
     """Objects under ``s3://bucket/prefix``. The point-id source is ``s3://bucket`` so that the
     same object gets the same id whichever prefix it was ingested through."""
@@ -71,14 +79,14 @@ class S3Source(Source):
             raise SourceError(f"cannot stat s3://{self.bucket}/{key}: {exc.code}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise SourceError(f"cannot reach S3 endpoint for s3://{self.bucket}: {exc}") from exc
-        metadata = {
-            name.lower().removeprefix("x-amz-meta-"): value
-            for name, value in (st.metadata or {}).items()
-            if name.lower().startswith("x-amz-meta-")
-        }
-        return ObjectRef(key=key, etag=(st.etag or "").strip('"'), size=st.size or 0, metadata=metadata)
+        return ObjectRef(
+            key=key, etag=(st.etag or "").strip('"'), size=st.size or 0, metadata=_user_metadata(st.metadata)
+        )
 
     def fetch(self, key: str) -> bytes:
+        return self.fetch_with_metadata(key)[0]
+
+    def fetch_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
         try:
             response = self.client.get_object(self.bucket, key)
         except S3Error as exc:
@@ -90,11 +98,13 @@ class S3Source(Source):
         try:
             length = int(response.headers.get("Content-Length", "0") or 0)
             if length > self.max_object_bytes:
-                raise TooLarge(key, f"object of {length} bytes exceeds the {self.max_object_bytes}-byte limit")
+                raise TooLarge(
+                    key, f"object of {length} bytes exceeds the {self.max_object_bytes}-byte limit"
+                )
             data = response.read(self.max_object_bytes + 1)
             if len(data) > self.max_object_bytes:
                 raise TooLarge(key, f"object exceeds the {self.max_object_bytes}-byte limit")
-            return data
+            return data, _user_metadata(response.headers)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise SourceError(f"read of s3://{self.bucket}/{key} broke off: {exc}") from exc
         finally:

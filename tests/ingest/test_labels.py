@@ -37,7 +37,9 @@ def test_manifest_csv_and_jsonl(tmp_path: Path) -> None:
     rows = parse_manifest(csv_text)
     assert rows["a.png"]["pathology"] == "nodule|effusion"
     assert "anatomy" not in rows["b.png"]
-    jsonl = '{"key": "a.png", "modality": "CT", "pathology": ["nodule"]}\n\n{"key": "c.dcm", "split": "test"}\n'
+    jsonl = (
+        '{"key": "a.png", "modality": "CT", "pathology": ["nodule"]}\n\n{"key": "c.dcm", "split": "test"}\n'
+    )
     path = tmp_path / "m.jsonl"
     path.write_text(jsonl)
     rows = load_manifest(path)

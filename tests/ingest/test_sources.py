@@ -35,7 +35,9 @@ def test_local_source_lists_fetches_and_refuses_traversal(tmp_path: Path, settin
 
 def test_local_source_size_limit(tmp_path: Path, settings: Settings) -> None:
     (tmp_path / "big.png").write_bytes(b"x" * 100)
-    small = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"max_object_bytes": 50})})
+    small = settings.model_copy(
+        update={"ingest": settings.ingest.model_copy(update={"max_object_bytes": 50})}
+    )
     with pytest.raises(TooLarge):
         open_source(str(tmp_path), small).fetch("big.png")
 

@@ -1,0 +1,137 @@
+"""Ingest throughput: end to end (source → decode → preprocess → embed → upsert) vs encoder only.
+
+``python bench/ingest.py --n 200 --encoder baseline --source local|s3`` prints one JSON line:
+``{"bench": "ingest", "encoder", "weights", "images", "images_per_s", "encoder_only_images_per_s",
+"ratio", ...}``. ``encoder_only`` runs the same encoder, batch size and dtype on already-decoded,
+already-preprocessed tensors in the same process. Model encoders use random weights when no weights
+are available (a speed benchmark, not a quality one), and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import emit, moto_server, write_ct_dicoms
+
+from core.catalog import Catalog
+from core.config import RuntimeSettings, S3Settings, Settings
+from core.encoders.registry import get_spec
+from core.index import open_index
+from ingest.inline import IngestOptions, build_context, ingest_inline
+from ingest.readers import DecodeLimits, decode_object
+from ingest.sources import open_source
+
+
+def _settings(data_dir: Path, args: argparse.Namespace, s3: S3Settings | None) -> Settings:
+    settings = Settings(
+        data_dir=data_dir,
+        runtime=RuntimeSettings(device=args.device, dtype=args.dtype),
+        security={"hash_key": "bench"},  # type: ignore[arg-type]
+    )
+    settings.ingest.batch_size = args.batch_size
+    settings.ingest.decode_workers = args.workers
+    if s3 is not None:
+        settings.s3 = s3
+    return settings
+
+
+def _encoder_only_rate(catalog: Catalog, collection: str, files: list[Path], settings: Settings) -> float:
+    encoder = catalog.encoder_for(collection)
+    limits = DecodeLimits.from_settings(settings.ingest)
+    frames = [
+        f for p in files for f in decode_object(p.read_bytes(), p.name, limits=limits, hash_key=b"k").frames
+    ]
+    batch = np.stack([encoder.preprocess(f) for f in frames])
+    size = settings.ingest.batch_size
+    encoder.embed_batch(batch[:size])  # warm-up
+    started = time.perf_counter()
+    for i in range(0, len(batch), size):
+        encoder.embed_batch(batch[i : i + size])
+    return len(batch) / (time.perf_counter() - started)
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="radsearch-bench-") as tmp:
+        root = Path(tmp)
+        files = write_ct_dicoms(root / "images", args.n, size=args.size)
+        with moto_server() if args.source == "s3" else _null() as s3_info:
+            s3 = None
+            source_uri = str(root / "images")
+            if s3_info is not None:
+                from minio import Minio
+
+                endpoint, access, secret = s3_info
+                client = Minio(endpoint, access_key=access, secret_key=secret, secure=False)
+                client.make_bucket("bench")
+                for path in files:
+                    data = path.read_bytes()
+                    client.put_object("bench", f"ct/{path.name}", io.BytesIO(data), len(data))
+                s3 = S3Settings(endpoint=endpoint, access_key=access, secret_key=secret)  # type: ignore[arg-type]
+                source_uri = "s3://bench/ct/"
+            settings = _settings(root / "data", args, s3)
+            index = open_index(settings)
+            try:
+                catalog = Catalog(index, settings)
+                weights = None if args.encoder == "baseline" else args.weights
+                spec = get_spec(args.encoder).with_weights(weights)
+                entry = catalog.create("bench", spec)
+                source = open_source(source_uri, settings)
+                ctx = build_context(source, catalog, ["bench"], IngestOptions(skip_unchanged=False), settings)
+                # warm the encoder so model start-up is not billed to the pipeline
+                encoder = catalog.encoder_for("bench")
+                encoder.embed_batch(np.zeros((1, *encoder.input_shape), dtype=np.float32))
+                report = ingest_inline(ctx, settings, progress=False)
+                e2e = report.frames_indexed / report.seconds
+                only = _encoder_only_rate(catalog, "bench", files, settings)
+                return {
+                    "bench": "ingest",
+                    "encoder": args.encoder,
+                    "weights": entry.weights_version,
+                    "source": args.source,
+                    "images": report.frames_indexed,
+                    "failed": len(report.failed),
+                    "image_size": args.size,
+                    "batch_size": args.batch_size,
+                    "dtype": str(encoder.dtype).removeprefix("torch."),
+                    "device": str(encoder.device),
+                    "images_per_s": round(e2e, 2),
+                    "encoder_only_images_per_s": round(only, 2),
+                    "ratio": round(e2e / only, 3),
+                }
+            finally:
+                index.close()
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--encoder", default="baseline")
+    parser.add_argument("--weights", default="random", help="weights for model encoders (default random)")
+    parser.add_argument("--source", choices=("local", "s3"), default="local")
+    parser.add_argument("--size", type=int, default=512, help="DICOM rows/columns")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="decode threads")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--quick", action="store_true", help="small sizes for a fast check")
+    args = parser.parse_args()
+    if args.quick:
+        args.n = min(args.n, 64)
+    emit(run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Request dependencies: settings, index, catalog and the inference limiter from ``app.state``."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from anyio import CapacityLimiter
+from fastapi import Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+
+from core.catalog import Catalog, CollectionEntry
+from core.config import Settings
+from core.errors import CollectionNotFound
+from core.index.base import VectorIndex
+from core.payload import SearchFilter
+from search_api.schemas import parse_filter
+
+__all__ = [
+    "CatalogDep",
+    "CollectionDep",
+    "FacetFilterDep",
+    "IndexDep",
+    "InferenceLimiterDep",
+    "SettingsDep",
+    "check_limit",
+]
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_index(request: Request) -> VectorIndex:
+    index: VectorIndex = request.app.state.index
+    return index
+
+
+def get_catalog(request: Request) -> Catalog:
+    catalog: Catalog = request.app.state.catalog
+    return catalog
+
+
+def get_inference_limiter(request: Request) -> CapacityLimiter:
+    limiter: CapacityLimiter = request.app.state.inference_limiter
+    return limiter
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+IndexDep = Annotated[VectorIndex, Depends(get_index)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+InferenceLimiterDep = Annotated[CapacityLimiter, Depends(get_inference_limiter)]
+
+
+# The catalog's own naming rule: anything else cannot exist, and never reaches the store.
+_COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+
+
+async def get_collection(name: str, catalog: CatalogDep) -> CollectionEntry:
+    """The catalog entry of the ``{name}`` path parameter; 404 for unknown collections."""
+    if not _COLLECTION_NAME.match(name):
+        raise CollectionNotFound(f"collection {name!r} does not exist")
+    return await run_in_threadpool(catalog.get, name)
+
+
+CollectionDep = Annotated[CollectionEntry, Depends(get_collection)]
+
+
+def get_facet_filter(
+    modality: Annotated[list[str] | None, Query()] = None,
+    anatomy: Annotated[list[str] | None, Query()] = None,
+    pathology: Annotated[list[str] | None, Query()] = None,
+    dataset: Annotated[list[str] | None, Query()] = None,
+    split: Annotated[list[str] | None, Query()] = None,
+    source: Annotated[list[str] | None, Query()] = None,
+) -> SearchFilter | None:
+    """A filter from repeated query parameters (``?modality=CT&modality=MR&anatomy=chest``)."""
+    return parse_filter(
+        {
+            "modality": modality,
+            "anatomy": anatomy,
+            "pathology": pathology,
+            "dataset": dataset,
+            "split": split,
+            "source": source,
+        }
+    )
+
+
+FacetFilterDep = Annotated[SearchFilter | None, Depends(get_facet_filter)]
+
+
+def check_limit(limit: int, settings: Settings, *, loc: tuple[str, ...]) -> None:
+    """Refuse a ``limit`` above ``settings.api.max_limit`` with FastAPI's own 422 shape."""
+    max_limit = settings.api.max_limit
+    if limit > max_limit:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "less_than_equal",
+                    "loc": loc,
+                    "msg": f"Input should be less than or equal to {max_limit}",
+                    "input": limit,
+                    "ctx": {"le": max_limit},
+                }
+            ]
+        )

@@ -1,0 +1,73 @@
+"""Map radsearch's exception tree to HTTP at the API edge; bodies are ``{"detail": "<message>"}``.
+
+Core messages name the file or field at fault and never carry patient-identifying values, so they
+are passed through as the detail.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from core.errors import (
+    BadInput,
+    CollectionExists,
+    CollectionNotFound,
+    ConfigError,
+    EncoderNotFound,
+    InvalidFilter,
+    InvalidVector,
+    NoTextTower,
+    PointNotFound,
+    RadsearchError,
+    TooLarge,
+    UnsupportedFormat,
+    WeightsUnavailable,
+)
+
+__all__ = ["STATUS_BY_ERROR", "UpstreamUnavailable", "install_exception_handlers", "status_for"]
+
+logger = logging.getLogger(__name__)
+
+
+class UpstreamUnavailable(RadsearchError):
+    """A point's source object cannot be fetched or decoded (thumbnails): the store, not the client."""
+
+
+# Most specific first: the first class in an error's MRO found here decides.
+STATUS_BY_ERROR: dict[type[RadsearchError], int] = {
+    CollectionNotFound: 404,
+    PointNotFound: 404,
+    CollectionExists: 409,
+    TooLarge: 413,
+    UnsupportedFormat: 415,
+    BadInput: 400,
+    InvalidFilter: 400,
+    InvalidVector: 400,
+    NoTextTower: 400,
+    EncoderNotFound: 400,
+    ConfigError: 400,
+    WeightsUnavailable: 503,
+    UpstreamUnavailable: 502,
+}
+
+
+def status_for(exc: RadsearchError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+async def _radsearch_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RadsearchError)
+    status = status_for(exc)
+    if status >= 500:
+        logger.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
+    return JSONResponse(status_code=status, content={"detail": str(exc)})
+
+
+def install_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RadsearchError, _radsearch_error_handler)

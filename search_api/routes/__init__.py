@@ -1,0 +1,1 @@
+"""One router per resource; composed in `search_api.app`."""

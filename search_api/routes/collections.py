@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from starlette.concurrency import run_in_threadpool
+
+from core.catalog import Catalog, CollectionEntry
+from core.errors import InvalidFilter
+from core.index.base import VectorIndex
+from core.payload import FILTER_FIELDS
+from search_api import services
+from search_api.deps import CatalogDep, CollectionDep, FacetFilterDep, IndexDep, SettingsDep
+from search_api.schemas import CollectionPublic, CollectionsPublic, FacetsPublic, PointPublic
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"])
+
+_PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "A PNG thumbnail"}
+}
+
+
+def _collection_public(index: VectorIndex, entry: CollectionEntry) -> CollectionPublic:
+    return CollectionPublic(
+        name=entry.name,
+        encoder=entry.encoder.name,
+        dim=entry.dim,
+        points=index.count(entry.name),
+        weights=entry.weights_version,
+        text_search=entry.encoder.text_tower,
+        created_at=entry.created_at,
+    )
+
+
+def _list_collections(index: VectorIndex, catalog: Catalog) -> CollectionsPublic:
+    return CollectionsPublic(collections=[_collection_public(index, entry) for entry in catalog.list()])
+
+
+@router.get("")
+async def read_collections(index: IndexDep, catalog: CatalogDep) -> CollectionsPublic:
+    """List collections with their encoder, dimension and point count."""
+    return await run_in_threadpool(_list_collections, index, catalog)
+
+
+@router.get("/{name}")
+async def read_collection(entry: CollectionDep, index: IndexDep) -> CollectionPublic:
+    """One collection with its encoder, dimension and point count."""
+    return await run_in_threadpool(_collection_public, index, entry)
+
+
+@router.get("/{name}/points/{point_id}")
+async def read_point(entry: CollectionDep, point_id: str, index: IndexDep) -> PointPublic:
+    """One stored point's payload."""
+    point = await run_in_threadpool(partial(services.read_point, index=index, entry=entry, point_id=point_id))
+    return PointPublic(id=point.id, payload=point.payload)
+
+
+@router.get("/{name}/facets/{field}")
+async def read_facets(
+    entry: CollectionDep,
+    field: str,
+    index: IndexDep,
+    search_filter: FacetFilterDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> FacetsPublic:
+    """Point counts per value of a filter field, optionally within a filter."""
+    if field not in FILTER_FIELDS:
+        raise InvalidFilter(f"unknown facet field {field!r}; allowed: {', '.join(FILTER_FIELDS)}")
+    counts = await run_in_threadpool(
+        partial(index.facet, entry.name, field, filter=search_filter, limit=limit)
+    )
+    return FacetsPublic(field=field, counts=counts)
+
+
+@router.get("/{name}/points/{point_id}/thumbnail", response_class=Response, responses=_PNG_RESPONSE)
+async def read_thumbnail(
+    entry: CollectionDep,
+    point_id: str,
+    index: IndexDep,
+    settings: SettingsDep,
+    size: Annotated[int, Query(ge=16, le=1024)] = 256,
+) -> Response:
+    """A PNG of the point's image, longest side ``size`` pixels, rendered from pixels only."""
+    point = await run_in_threadpool(partial(services.read_point, index=index, entry=entry, point_id=point_id))
+    png = await run_in_threadpool(
+        partial(services.render_thumbnail, settings=settings, point=point, size=size)
+    )
+    return Response(content=png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})

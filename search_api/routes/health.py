@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
+
+from search_api.deps import IndexDep
+from search_api.schemas import HealthPublic
+
+router = APIRouter(tags=["health"])
+logger = logging.getLogger(__name__)
+
+
+@router.get("/healthz")
+async def read_liveness() -> HealthPublic:
+    """Liveness: the process answers."""
+    return HealthPublic(status="ok")
+
+
+@router.get("/readyz", responses={503: {"model": HealthPublic}})
+async def read_readiness(index: IndexDep, response: Response) -> HealthPublic:
+    """Readiness: the vector index answers."""
+    try:
+        await run_in_threadpool(index.list_collections)
+    except Exception as exc:
+        # any failure of the store means "not ready", whatever its type
+        logger.warning("readiness check failed: %s", type(exc).__name__)
+        response.status_code = 503
+        return HealthPublic(status="unavailable")
+    return HealthPublic(status="ok")

@@ -1,0 +1,104 @@
+"""Request and response models of the HTTP API (a leaf: imports nothing of search_api)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core.errors import InvalidFilter
+from core.payload import SearchFilter
+
+__all__ = [
+    "CollectionPublic",
+    "CollectionsPublic",
+    "FacetsPublic",
+    "HealthPublic",
+    "PointPublic",
+    "SearchHit",
+    "SearchQuery",
+    "SearchResponse",
+    "parse_filter",
+]
+
+
+def parse_filter(raw: Any) -> SearchFilter | None:
+    """An untrusted filter mapping → `SearchFilter` (None when empty); `InvalidFilter` otherwise."""
+    if raw is None:
+        return None
+    try:
+        search_filter = SearchFilter.from_mapping(raw)
+    except ValidationError as exc:
+        # e.g. too many values for one field: still the client's filter at fault, not a 500
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidFilter(f"invalid filter: {errors}") from exc
+    # conditions() refuses fields given with no values rather than silently widening the search
+    return search_filter if search_filter.conditions() else None
+
+
+class SearchQuery(BaseModel):
+    """Search by exactly one of a stored point id, a raw vector or a text (encoders with a text tower).
+
+    ``filter`` maps field names (modality, anatomy, pathology, dataset, split, source, key) to lists of
+    values: any of the values within a field, all of the fields.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    point_id: str | None = Field(default=None, max_length=64)
+    vector: list[float] | None = Field(default=None, min_length=1, max_length=65536)
+    text: str | None = Field(default=None, min_length=1, max_length=2000)
+    filter: dict[str, Any] | None = None
+    limit: int = Field(default=10, ge=1)
+    offset: int = Field(default=0, ge=0, le=100_000)
+    score_threshold: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _exactly_one_query(self) -> SearchQuery:
+        given = [name for name in ("point_id", "vector", "text") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of point_id, vector or text"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    hits: list[SearchHit]
+    collection: str
+    took_ms: float
+
+
+class CollectionPublic(BaseModel):
+    name: str
+    encoder: str
+    dim: int
+    points: int
+    weights: str
+    text_search: bool
+    created_at: str
+
+
+class CollectionsPublic(BaseModel):
+    collections: list[CollectionPublic]
+
+
+class PointPublic(BaseModel):
+    id: str
+    payload: dict[str, Any]
+
+
+class FacetsPublic(BaseModel):
+    field: str
+    counts: dict[str, int]
+
+
+class HealthPublic(BaseModel):
+    status: str

@@ -1,0 +1,152 @@
+"""What the routes do, as keyword-only blocking functions (the routes run them in worker threads)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from core.catalog import Catalog, CollectionEntry
+from core.config import Settings
+from core.encoders.base import Frame
+from core.errors import DecodeError, PointNotFound
+from core.index.base import Hit, StoredPoint, VectorIndex
+from core.payload import SearchFilter
+from core.vectors import validate_vectors
+from ingest.readers import DecodedObject, DecodeLimits, decode_object
+from ingest.sources import open_source
+from search_api.errors import UpstreamUnavailable
+
+__all__ = [
+    "embed_text",
+    "embed_upload",
+    "point_vector",
+    "read_point",
+    "render_thumbnail",
+    "search",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def read_point(
+    *, index: VectorIndex, entry: CollectionEntry, point_id: str, with_vector: bool = False
+) -> StoredPoint:
+    """One stored point; `PointNotFound` if absent (ids that are not UUIDs cannot exist)."""
+    try:
+        uuid.UUID(point_id)
+    except ValueError:
+        raise PointNotFound(f"point {point_id!r} does not exist in {entry.name!r}") from None
+    points = index.retrieve(entry.name, [point_id], with_vectors=with_vector)
+    if not points:
+        raise PointNotFound(f"point {point_id!r} does not exist in {entry.name!r}")
+    return points[0]
+
+
+def point_vector(*, index: VectorIndex, entry: CollectionEntry, point_id: str) -> NDArray[np.float32]:
+    """The stored vector of a point, to search with."""
+    point = read_point(index=index, entry=entry, point_id=point_id, with_vector=True)
+    if point.vector is None:
+        raise PointNotFound(f"point {point_id!r} in {entry.name!r} has no vector")
+    return point.vector
+
+
+def embed_text(*, catalog: Catalog, entry: CollectionEntry, text: str) -> NDArray[np.float32]:
+    """The query vector of a text; `NoTextTower` for image-only encoders."""
+    vectors = catalog.encoder(entry.encoder).embed_text([text])
+    return np.asarray(vectors[0], dtype=np.float32)
+
+
+def _decode(data: bytes, key: str, settings: Settings) -> DecodedObject:
+    return decode_object(
+        data, key, limits=DecodeLimits.from_settings(settings.ingest), hash_key=settings.hash_key_bytes()
+    )
+
+
+def embed_upload(
+    *, catalog: Catalog, entry: CollectionEntry, settings: Settings, data: bytes, filename: str
+) -> NDArray[np.float32]:
+    """Decode an uploaded DICOM/PNG/JPEG and embed its middle frame with the collection's encoder."""
+    decoded = _decode(data, filename, settings)
+    if not decoded.frames:
+        raise DecodeError(filename, "no image frames")
+    frame = decoded.frames[len(decoded.frames) // 2]
+    vectors = catalog.encoder(entry.encoder).embed([frame])
+    return np.asarray(vectors[0], dtype=np.float32)
+
+
+def search(
+    *,
+    index: VectorIndex,
+    entry: CollectionEntry,
+    vector: Sequence[float] | NDArray[np.float32],
+    search_filter: SearchFilter | None,
+    limit: int,
+    offset: int,
+    score_threshold: float | None,
+    exclude_ids: Sequence[str] = (),
+) -> list[Hit]:
+    """Filtered k-NN; `InvalidVector` for a wrong dimension, NaN or a zero vector."""
+    query = validate_vectors(vector, entry.dim)[0]
+    return index.search(
+        entry.name,
+        query,
+        filter=search_filter,
+        limit=limit,
+        offset=offset,
+        score_threshold=score_threshold,
+        exclude_ids=exclude_ids,
+    )
+
+
+def _pick_frame(decoded: DecodedObject, frame_index: int) -> Frame:
+    if not decoded.frames:
+        raise UpstreamUnavailable("the source object has no image frames")
+    # readers may sample long series, so fall back to the nearest frame they returned
+    indices = decoded.frame_indices or list(range(len(decoded.frames)))
+    nearest = min(range(len(indices)), key=lambda i: abs(indices[i] - frame_index))
+    return decoded.frames[nearest]
+
+
+def _to_png(frame: Frame, size: int) -> bytes:
+    pixels = np.ascontiguousarray(frame, dtype=np.uint8)
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    image = Image.fromarray(pixels)
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    width, height = image.size
+    scale = size / max(width, height)
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = image.resize(target, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    # a fresh image from pixels carries no metadata; nothing of the source's header is copied
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def render_thumbnail(*, settings: Settings, point: StoredPoint, size: int) -> bytes:
+    """A PNG of the point's frame, longest side ``size``, rendered from pixels only."""
+    payload: Mapping[str, Any] = point.payload
+    source_uri, key = payload.get("source"), payload.get("key")
+    if not isinstance(source_uri, str) or not isinstance(key, str):
+        raise UpstreamUnavailable(f"point {point.id!r} records no source object")
+    frame_index = int(payload.get("frame", 0) or 0)
+    try:
+        source = open_source(source_uri, settings)
+        try:
+            data = source.fetch(key)
+        finally:
+            source.close()
+        decoded = _decode(data, key, settings)
+    except Exception as exc:
+        # any failure to reach or read the store is the upstream's, never the client's (502)
+        logger.warning("thumbnail source unreadable for point %s: %s", point.id, type(exc).__name__)
+        raise UpstreamUnavailable(f"the source object of point {point.id!r} cannot be read") from exc
+    return _to_png(_pick_frame(decoded, frame_index), size)

@@ -1,0 +1,687 @@
+"""The search API end to end: a real Edge index, the baseline encoder, real readers and sources."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from numpy.typing import NDArray
+from PIL import Image
+from pydantic import SecretStr
+from qdrant_client import QdrantClient
+
+from core.catalog import Catalog
+from core.config import ApiSettings, RuntimeSettings, SecuritySettings, Settings
+from core.encoders import get_spec
+from core.index.base import VectorIndex
+from core.index.factory import open_index
+from core.payload import build_payload, point_id
+from search_api import create_app
+from tests.conftest import free_port
+
+# qdrant-client's local mode (the congruence backend) says what it cannot do; both are expected here
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Payload indexes have no effect:UserWarning", "ignore:Local mode performs exact:UserWarning"
+)
+
+COLLECTION = "demo"
+WIDTH, HEIGHT = 96, 72
+PER_CLASS = 10
+CANARY = "ZZCANARY"
+
+# class → (modality, anatomy, pathology labels)
+LABELS: dict[str, tuple[str, str, list[str]]] = {
+    "circles": ("CT", "chest", ["nodule"]),
+    "stripes": ("MR", "brain", ["normal"]),
+    "gradient": ("CR", "chest", ["effusion", "normal"]),
+    "noise": ("US", "abdomen", ["cyst"]),
+}
+
+
+def make_frame(kind: str, rng: np.random.Generator) -> NDArray[np.uint8]:
+    """One synthetic greyscale frame of a visually distinct class."""
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    if kind == "circles":
+        cy, cx = rng.uniform(25, HEIGHT - 25), rng.uniform(30, WIDTH - 30)
+        radius = rng.uniform(12, 20)
+        image = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < radius**2, 220.0, 30.0)
+    elif kind == "stripes":
+        period = rng.uniform(6, 10)
+        image = 127 + 110 * np.sin(2 * np.pi * xx / period + rng.uniform(0, 2 * np.pi))
+    elif kind == "gradient":
+        angle = rng.uniform(-0.3, 0.3)
+        ramp = yy * np.cos(angle) + xx * np.sin(angle)
+        image = 255 * (ramp - ramp.min()) / (ramp.max() - ramp.min())
+    elif kind == "noise":
+        image = rng.uniform(0, 255, size=(HEIGHT, WIDTH))
+    else:
+        raise ValueError(kind)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def png_bytes(frame: NDArray[np.uint8]) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Corpus:
+    source: str
+    class_of: dict[str, str] = field(default_factory=dict)
+    frames: dict[str, NDArray[np.uint8]] = field(default_factory=dict)
+
+    def ids(self, kind: str) -> list[str]:
+        return [pid for pid, k in self.class_of.items() if k == kind]
+
+
+def populate(index: VectorIndex, settings: Settings, folder: Path) -> Corpus:
+    """The ``demo`` collection: 40 frames of 4 classes, written as PNGs under ``folder`` (the source)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog(index, settings)
+    catalog.create(COLLECTION, get_spec("baseline"))
+    corpus = Corpus(source=str(folder.resolve()))
+    rng = np.random.default_rng(7)
+    keys, frames, payloads = [], [], []
+    for kind, (modality, anatomy, pathology) in LABELS.items():
+        for i in range(PER_CLASS):
+            frame = make_frame(kind, rng)
+            key = f"{kind}_{i:02d}.png"
+            (folder / key).write_bytes(png_bytes(frame))
+            pid = point_id(corpus.source, key, 0)
+            corpus.class_of[pid] = kind
+            corpus.frames[pid] = frame
+            keys.append(pid)
+            frames.append(frame)
+            payloads.append(
+                build_payload(
+                    {
+                        "modality": modality,
+                        "anatomy": anatomy,
+                        "pathology": pathology,
+                        "split": "train" if i % 2 else "test",
+                        "dataset": "synthetic",
+                        "source": corpus.source,
+                        "key": key,
+                        "frame": 0,
+                    }
+                )
+            )
+    vectors = catalog.encoder_for(COLLECTION).embed(frames)
+    index.upsert(COLLECTION, keys, vectors, payloads)
+    return corpus
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """As ``tests/conftest.py``'s, for the whole module (the populated index is built once), no S3."""
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("data"),
+        runtime=RuntimeSettings(device="cpu", dtype="float32"),
+        security=SecuritySettings(hash_key=SecretStr("test-hash-key")),
+    )
+
+
+@pytest.fixture(scope="module")
+def edge_index(settings: Settings) -> Iterator[VectorIndex]:
+    index = open_index(settings)
+    yield index
+    index.close()
+
+
+@pytest.fixture(scope="module")
+def corpus(edge_index: VectorIndex, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    return populate(edge_index, settings, tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings, edge_index: VectorIndex, corpus: Corpus) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, index=edge_index)) as test_client:
+        yield test_client
+
+
+@dataclass
+class Backend:
+    client: TestClient
+    corpus: Corpus
+
+
+def memory_index(settings: Settings) -> VectorIndex:
+    from core.index.server import QdrantServerIndex
+
+    return QdrantServerIndex(QdrantClient(":memory:"), settings.store)
+
+
+@pytest.fixture(scope="module", params=["edge", "qdrant-memory"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """The same populated collection behind either index backend (congruence)."""
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("data"),
+        runtime=RuntimeSettings(device="cpu", dtype="float32"),
+        security=SecuritySettings(hash_key=SecretStr("test-hash-key")),
+    )
+    index = open_index(settings) if request.param == "edge" else memory_index(settings)
+    corpus = populate(index, settings, tmp_path_factory.mktemp("images"))
+    with TestClient(create_app(settings, index=index)) as test_client:
+        yield Backend(test_client, corpus)
+    index.close()
+
+
+def search(client: TestClient, **body: Any) -> Any:
+    response = client.post(f"/v1/collections/{COLLECTION}/search", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def hit_ids(client: TestClient, **body: Any) -> list[str]:
+    return [hit["id"] for hit in search(client, **body)["hits"]]
+
+
+def upload(
+    client: TestClient, data: bytes, filename: str = "query.png", **form: Any
+) -> Any:  # an httpx.Response
+    return client.post(
+        f"/v1/collections/{COLLECTION}/search/image",
+        files={"file": (filename, data, "application/octet-stream")},
+        data={
+            k: (json.dumps(v) if k == "filter" and not isinstance(v, str) else str(v))
+            for k, v in form.items()
+        },
+    )
+
+
+def dicom_bytes(frame: NDArray[np.uint8], *, patient_name: str) -> bytes:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("query.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.BodyPartExamined = "CHEST"
+    ds.PatientName = patient_name
+    ds.PatientID = f"{CANARY}-ID"
+    ds.InstitutionName = f"{CANARY} HOSPITAL"
+    ds.Rows, ds.Columns = frame.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
+    ds.WindowCenter = 512
+    ds.WindowWidth = 1024
+    ds.PixelData = (frame.astype(np.uint16) * 4).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+# -- health, page, OpenAPI ---------------------------------------------------------------------
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readiness_fails_when_the_store_is_unreachable(settings: Settings) -> None:
+    from core.index.server import QdrantServerIndex
+
+    unreachable = QdrantClient(url=f"http://127.0.0.1:{free_port()}", timeout=2, check_compatibility=False)
+    with TestClient(create_app(settings, index=QdrantServerIndex(unreachable, settings.store))) as client:
+        assert client.get("/healthz").status_code == 200
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json() == {"status": "unavailable"}
+
+
+def test_web_page_is_self_contained_html(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert "<html" in page and "v1/collections" in page and "/thumbnail" in page and "/facets/" in page
+    # no CDN: nothing is loaded from another origin
+    assert "http://" not in page and "https://" not in page
+
+
+def test_openapi_lists_every_route_with_tag_operation_ids(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    operations = {
+        (method.upper(), path): op["operationId"]
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+    }
+    assert operations == {
+        ("GET", "/healthz"): "health-read_liveness",
+        ("GET", "/readyz"): "health-read_readiness",
+        ("GET", "/v1/collections"): "collections-read_collections",
+        ("GET", "/v1/collections/{name}"): "collections-read_collection",
+        ("GET", "/v1/collections/{name}/points/{point_id}"): "collections-read_point",
+        ("GET", "/v1/collections/{name}/facets/{field}"): "collections-read_facets",
+        ("GET", "/v1/collections/{name}/points/{point_id}/thumbnail"): "collections-read_thumbnail",
+        ("POST", "/v1/collections/{name}/search"): "search-search_collection",
+        ("POST", "/v1/collections/{name}/search/image"): "search-search_by_image",
+        ("GET", "/"): "web-read_page",
+    }
+    assert client.get("/docs").status_code == 200
+
+
+# -- collections, points, facets -----------------------------------------------------------------
+
+
+def test_collections_list(client: TestClient) -> None:
+    body = client.get("/v1/collections").json()
+    assert body["collections"] == [
+        {
+            "name": COLLECTION,
+            "encoder": "baseline",
+            "dim": 512,
+            "points": 4 * PER_CLASS,
+            "weights": body["collections"][0]["weights"],
+            "text_search": False,
+            "created_at": body["collections"][0]["created_at"],
+        }
+    ]
+    assert body["collections"][0]["weights"]
+    assert client.get(f"/v1/collections/{COLLECTION}").json() == body["collections"][0]
+
+
+def test_point_payload(client: TestClient, corpus: Corpus) -> None:
+    pid = corpus.ids("gradient")[3]
+    response = client.get(f"/v1/collections/{COLLECTION}/points/{pid}")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"] == pid
+    payload = body["payload"]
+    assert payload["modality"] == "CR"
+    assert payload["anatomy"] == "chest"
+    assert payload["pathology"] == ["effusion", "normal"]
+    assert payload["key"] == "gradient_03.png"
+    assert payload["source"] == corpus.source
+    assert payload["frame"] == 0
+
+
+@pytest.mark.parametrize("pid", ["00000000-0000-0000-0000-000000000000", "not-a-uuid"])
+def test_missing_point_is_404(client: TestClient, pid: str) -> None:
+    response = client.get(f"/v1/collections/{COLLECTION}/points/{pid}")
+    assert response.status_code == 404
+    assert "does not exist" in response.json()["detail"]
+
+
+def test_facets(client: TestClient) -> None:
+    response = client.get(f"/v1/collections/{COLLECTION}/facets/modality")
+    assert response.status_code == 200
+    assert response.json() == {"field": "modality", "counts": {"CT": 10, "MR": 10, "CR": 10, "US": 10}}
+    pathology = client.get(f"/v1/collections/{COLLECTION}/facets/pathology").json()["counts"]
+    assert pathology == {"normal": 20, "nodule": 10, "effusion": 10, "cyst": 10}
+    within_chest = client.get(
+        f"/v1/collections/{COLLECTION}/facets/modality", params={"anatomy": "chest"}
+    ).json()
+    assert within_chest["counts"] == {"CT": 10, "CR": 10}
+    either = client.get(
+        f"/v1/collections/{COLLECTION}/facets/anatomy", params=[("modality", "CT"), ("modality", "MR")]
+    ).json()
+    assert either["counts"] == {"chest": 10, "brain": 10}
+
+
+@pytest.mark.parametrize("field_name", ["key", "patient_name", "rows"])
+def test_facets_of_unknown_field_is_400(client: TestClient, field_name: str) -> None:
+    response = client.get(f"/v1/collections/{COLLECTION}/facets/{field_name}")
+    assert response.status_code == 400
+    assert field_name in response.json()["detail"]
+
+
+# -- search by point, vector, text ---------------------------------------------------------------
+
+
+def test_search_by_point_excludes_itself(backend: Backend) -> None:
+    client, corpus = backend.client, backend.corpus
+    for kind in LABELS:
+        pid = corpus.ids(kind)[0]
+        body = search(client, point_id=pid, limit=39)
+        ids = [hit["id"] for hit in body["hits"]]
+        assert body["collection"] == COLLECTION
+        assert body["took_ms"] >= 0
+        assert pid not in ids
+        assert len(ids) == 39
+        assert corpus.class_of[ids[0]] == kind
+        top5 = [corpus.class_of[i] for i in ids[:5]]
+        assert top5.count(kind) >= 4, (kind, top5)
+        scores = [hit["score"] for hit in body["hits"]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_search_by_unknown_point_is_404(client: TestClient) -> None:
+    response = client.post(
+        f"/v1/collections/{COLLECTION}/search", json={"point_id": "00000000-0000-0000-0000-000000000000"}
+    )
+    assert response.status_code == 404
+
+
+def test_search_by_vector(
+    client: TestClient, settings: Settings, edge_index: VectorIndex, corpus: Corpus
+) -> None:
+    pid = corpus.ids("stripes")[2]
+    encoder = Catalog(edge_index, settings).encoder_for(COLLECTION)
+    vector = encoder.embed([corpus.frames[pid]])[0]
+    body = search(client, vector=[float(v) for v in vector], limit=5)
+    assert body["hits"][0]["id"] == pid
+    assert body["hits"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert all(corpus.class_of[hit["id"]] == "stripes" for hit in body["hits"])
+
+
+@pytest.mark.parametrize(("vector", "message"), [([0.1] * 511, "dimension"), ([0.0] * 512, "zero norm")])
+def test_search_by_bad_vector_is_400(client: TestClient, vector: list[float], message: str) -> None:
+    response = client.post(f"/v1/collections/{COLLECTION}/search", json={"vector": vector})
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+
+
+def test_search_by_text_without_text_tower_is_400(client: TestClient) -> None:
+    response = client.post(f"/v1/collections/{COLLECTION}/search", json={"text": "a nodule in the lung"})
+    assert response.status_code == 400
+    assert "text tower" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"point_id": "00000000-0000-0000-0000-000000000000", "text": "x"}, {"limit": 3}],
+)
+def test_search_needs_exactly_one_query(client: TestClient, body: dict[str, Any]) -> None:
+    response = client.post(f"/v1/collections/{COLLECTION}/search", json=body)
+    assert response.status_code == 422
+    assert "exactly one of point_id, vector or text" in response.text
+
+
+# -- filters, paging, threshold ------------------------------------------------------------------
+
+
+def test_filter_by_modality_only(backend: Backend) -> None:
+    client, corpus = backend.client, backend.corpus
+    query = corpus.ids("circles")[0]
+    body = search(client, point_id=query, filter={"modality": ["US"]}, limit=40)
+    assert len(body["hits"]) == PER_CLASS
+    assert {hit["payload"]["modality"] for hit in body["hits"]} == {"US"}
+
+
+def test_filter_any_of_within_and_all_of_across_fields(backend: Backend) -> None:
+    client, corpus = backend.client, backend.corpus
+    query = corpus.ids("noise")[0]
+    either = search(client, point_id=query, filter={"modality": ["CT", "MR"]}, limit=40)["hits"]
+    assert len(either) == 2 * PER_CLASS
+    assert {hit["payload"]["modality"] for hit in either} == {"CT", "MR"}
+
+    chest = search(client, point_id=query, filter={"anatomy": ["chest"]}, limit=40)["hits"]
+    assert {hit["payload"]["modality"] for hit in chest} == {"CT", "CR"}
+
+    both = search(client, point_id=query, filter={"anatomy": ["chest"], "modality": ["CR", "MR"]}, limit=40)
+    assert {(h["payload"]["modality"], h["payload"]["anatomy"]) for h in both["hits"]} == {("CR", "chest")}
+    assert len(both["hits"]) == PER_CLASS
+
+    labelled = search(client, point_id=query, filter={"pathology": ["normal"], "split": ["train"]}, limit=40)
+    assert len(labelled["hits"]) == PER_CLASS  # stripes + gradient, odd indices only
+    assert all(
+        "normal" in h["payload"]["pathology"] and h["payload"]["split"] == "train" for h in labelled["hits"]
+    )
+
+    nothing = search(client, point_id=query, filter={"modality": ["CT"], "anatomy": ["brain"]})
+    assert nothing["hits"] == []
+
+
+@pytest.mark.parametrize(
+    ("filter_", "needle"),
+    [
+        ({"patient_name": ["x"]}, "patient_name"),
+        ({"modality": 5}, "modality"),
+        ({"modality": [1, 2]}, "modality"),
+        ({"modality": []}, "modality"),
+        ({"modality": ["CT"] * 101}, "modality"),
+    ],
+)
+def test_bad_filter_is_400(client: TestClient, corpus: Corpus, filter_: dict[str, Any], needle: str) -> None:
+    response = client.post(
+        f"/v1/collections/{COLLECTION}/search",
+        json={"point_id": corpus.ids("circles")[0], "filter": filter_},
+    )
+    assert response.status_code == 400, response.text
+    assert needle in response.json()["detail"]
+
+
+def test_limit_offset_paging_equals_slices(backend: Backend) -> None:
+    client, corpus = backend.client, backend.corpus
+    query = corpus.ids("gradient")[1]
+    full = hit_ids(client, point_id=query, limit=39)
+    assert len(full) == 39
+    pages = [hit_ids(client, point_id=query, limit=7, offset=offset) for offset in range(0, 39, 7)]
+    assert [pid for page in pages for pid in page] == full
+    assert hit_ids(client, point_id=query, limit=5, offset=37) == full[37:]
+    assert hit_ids(client, point_id=query, limit=5, offset=100) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "loc"),
+    [({"limit": 0}, "limit"), ({"limit": 1001}, "limit"), ({"offset": -1}, "offset")],
+)
+def test_paging_bounds_are_422(client: TestClient, corpus: Corpus, changes: dict[str, int], loc: str) -> None:
+    body = {"point_id": corpus.ids("circles")[0], **changes}
+    response = client.post(f"/v1/collections/{COLLECTION}/search", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", loc]
+
+
+def test_score_threshold(client: TestClient, corpus: Corpus) -> None:
+    query = corpus.ids("circles")[4]
+    full = search(client, point_id=query, limit=39)["hits"]
+    threshold = (full[9]["score"] + full[10]["score"]) / 2
+    kept = search(client, point_id=query, limit=39, score_threshold=threshold)["hits"]
+    assert [hit["id"] for hit in kept] == [hit["id"] for hit in full[:10]]
+    assert all(hit["score"] >= threshold for hit in kept)
+
+
+def test_backends_agree(tmp_path: Path) -> None:
+    """Congruence: the same queries through Edge and qdrant-client's local mode give the same hits."""
+    settings = Settings(data_dir=tmp_path / "data", runtime=RuntimeSettings(device="cpu", dtype="float32"))
+    results = []
+    for name, index in (("edge", open_index(settings)), ("memory", memory_index(settings))):
+        corpus = populate(index, settings, tmp_path / name)
+        with TestClient(create_app(settings, index=index)) as test_client:
+            runs = []
+            for kind in LABELS:
+                # ids differ by source folder, so compare classes and key names, plus scores
+                body = search(
+                    test_client, point_id=corpus.ids(kind)[1], limit=12, filter={"split": ["train"]}
+                )
+                runs.append([(hit["payload"]["key"], hit["score"]) for hit in body["hits"]])
+            results.append(runs)
+        index.close()
+    edge_runs, memory_runs = results
+    for edge_hits, memory_hits in zip(edge_runs, memory_runs, strict=True):
+        assert [key for key, _ in edge_hits] == [key for key, _ in memory_hits]
+        assert [s for _, s in edge_hits] == pytest.approx([s for _, s in memory_hits], abs=1e-4)
+
+
+# -- unknown collection --------------------------------------------------------------------------
+
+PID = "00000000-0000-0000-0000-000000000000"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("GET", "/v1/collections/nope", {}),
+        ("GET", f"/v1/collections/nope/points/{PID}", {}),
+        ("GET", f"/v1/collections/nope/points/{PID}/thumbnail", {}),
+        ("GET", "/v1/collections/nope/facets/modality", {}),
+        ("POST", "/v1/collections/nope/search", {"json": {"point_id": PID}}),
+        ("POST", "/v1/collections/nope/search", {"json": {"vector": [1.0] * 512}}),
+        ("POST", "/v1/collections/nope/search/image", {"files": {"file": ("q.png", b"x")}}),
+        ("GET", "/v1/collections/Bad..Name/facets/modality", {}),
+    ],
+)
+def test_unknown_collection_is_404(
+    client: TestClient, method: str, path: str, kwargs: dict[str, Any]
+) -> None:
+    response = client.request(method, path, **kwargs)
+    assert response.status_code == 404, response.text
+    assert "does not exist" in response.json()["detail"]
+
+
+# -- search by uploaded image --------------------------------------------------------------------
+
+
+def test_search_by_png_upload(backend: Backend) -> None:
+    client, corpus = backend.client, backend.corpus
+    rng = np.random.default_rng(1234)
+    for kind in LABELS:
+        response = upload(client, png_bytes(make_frame(kind, rng)), limit=5)
+        assert response.status_code == 200, response.text
+        classes = [corpus.class_of[hit["id"]] for hit in response.json()["hits"]]
+        assert classes[0] == kind and classes.count(kind) >= 4, (kind, classes)
+
+
+def test_search_by_upload_with_filter_and_paging(client: TestClient, corpus: Corpus) -> None:
+    query = png_bytes(make_frame("circles", np.random.default_rng(5)))
+    full = upload(client, query, limit=20).json()["hits"]
+    page = upload(client, query, limit=5, offset=5).json()["hits"]
+    assert [h["id"] for h in page] == [h["id"] for h in full[5:10]]
+    filtered = upload(client, query, limit=40, filter={"anatomy": ["brain"]}).json()["hits"]
+    assert len(filtered) == PER_CLASS and {h["payload"]["modality"] for h in filtered} == {"MR"}
+    threshold = full[3]["score"] - 1e-6
+    kept = upload(client, query, limit=20, score_threshold=threshold).json()["hits"]
+    assert [h["id"] for h in kept] == [h["id"] for h in full[:4]]
+
+
+def test_search_by_dicom_upload_leaks_no_header(client: TestClient, corpus: Corpus) -> None:
+    frame = make_frame("circles", np.random.default_rng(99))
+    data = dicom_bytes(frame, patient_name=f"{CANARY}^API")
+    assert CANARY.encode() in data
+    response = upload(client, data, filename="scan.dcm", limit=10)
+    assert response.status_code == 200, response.text
+    assert CANARY not in response.text
+    hits = response.json()["hits"]
+    assert len(hits) == 10
+    assert corpus.class_of[hits[0]["id"]] == "circles"
+
+    # a corrupt DICOM full of identifying values: the error names the upload, never a header value
+    broken = data[: len(data) // 3]
+    response = upload(client, broken, filename="broken.dcm")
+    assert 400 <= response.status_code < 500
+    assert "broken.dcm" in response.json()["detail"]
+    assert CANARY not in response.text
+
+
+def test_undecodable_upload_is_4xx_naming_the_file(client: TestClient) -> None:
+    response = upload(client, b"these are notes, not an image\n" * 10, filename="notes.txt")
+    assert response.status_code == 415
+    detail = response.json()["detail"]
+    assert "notes.txt" in detail
+
+    response = upload(client, b"\x89PNG\r\n\x1a\n" + b"\0" * 64, filename="../../etc/truncated.png")
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("truncated.png:")
+
+
+def test_empty_upload_is_400(client: TestClient) -> None:
+    response = upload(client, b"", filename="empty.png")
+    assert response.status_code in (400, 415)
+    assert "empty.png" in response.json()["detail"]
+
+
+def test_upload_over_the_limit_is_413(settings: Settings, edge_index: VectorIndex, corpus: Corpus) -> None:
+    small = settings.model_copy(update={"api": ApiSettings(max_upload_bytes=4096)})
+    with TestClient(create_app(small, index=edge_index)) as client:
+        noise = make_frame("noise", np.random.default_rng(3))
+        data = png_bytes(noise)
+        assert 4096 < len(data) < 64 * 1024  # over the upload limit, inside the multipart allowance
+        response = upload(client, data)
+        assert response.status_code == 413
+        assert "query.png" in response.json()["detail"]
+        # far beyond: refused by the body limit before the upload is spooled
+        response = upload(client, b"\0" * (2 * 1024 * 1024))
+        assert response.status_code == 413
+        ok = upload(client, png_bytes(make_frame("circles", np.random.default_rng(3))))
+        assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize(
+    ("filter_", "needle"),
+    [("{not json", "not valid JSON"), ('{"patient_id": ["x"]}', "patient_id"), ('["CT"]', "JSON object")],
+)
+def test_upload_with_bad_filter_is_400(client: TestClient, filter_: str, needle: str) -> None:
+    query = png_bytes(make_frame("circles", np.random.default_rng(5)))
+    response = upload(client, query, filter=filter_)
+    assert response.status_code == 400
+    assert needle in response.json()["detail"]
+
+
+def test_upload_limit_bounds_are_422(client: TestClient) -> None:
+    query = png_bytes(make_frame("circles", np.random.default_rng(5)))
+    assert upload(client, query, limit=0).status_code == 422
+    assert upload(client, query, limit=5000).status_code == 422
+    assert upload(client, query, offset=-1).status_code == 422
+
+
+# -- thumbnails ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_thumbnail_is_a_png_of_the_requested_size(client: TestClient, corpus: Corpus, size: int) -> None:
+    pid = corpus.ids("circles")[0]
+    response = client.get(f"/v1/collections/{COLLECTION}/points/{pid}/thumbnail", params={"size": size})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "PNG"
+    assert image.size == (size, round(size * HEIGHT / WIDTH))  # aspect kept, longest side = size
+    assert not image.info.get("dpi") and not getattr(image, "text", {})
+    # the rendering is of the right picture: its downscaled pixels match the stored frame
+    expected = Image.fromarray(corpus.frames[pid]).resize(image.size)
+    diff = np.abs(np.asarray(image.convert("L"), dtype=np.int16) - np.asarray(expected, dtype=np.int16))
+    assert diff.mean() < 10
+
+
+def test_thumbnail_default_size_and_bounds(client: TestClient, corpus: Corpus) -> None:
+    pid = corpus.ids("noise")[0]
+    response = client.get(f"/v1/collections/{COLLECTION}/points/{pid}/thumbnail")
+    assert Image.open(io.BytesIO(response.content)).size == (256, 192)
+    assert client.get(f"/v1/collections/{COLLECTION}/points/{pid}/thumbnail?size=5000").status_code == 422
+
+
+def test_thumbnail_of_missing_point_is_404(client: TestClient) -> None:
+    assert client.get(f"/v1/collections/{COLLECTION}/points/{PID}/thumbnail").status_code == 404
+
+
+@pytest.mark.parametrize("source", ["corpus", "/nonexistent/folder", "ftp://host/x"])
+def test_thumbnail_when_the_source_object_is_unreadable_is_502(
+    client: TestClient, edge_index: VectorIndex, corpus: Corpus, source: str
+) -> None:
+    source = corpus.source if source == "corpus" else source
+    pid = point_id(source, "gone.png", 0)
+    vector = np.ones((1, 512), dtype=np.float32)
+    payload = build_payload({"modality": "CT", "source": source, "key": "gone.png", "frame": 0})
+    edge_index.upsert(COLLECTION, [pid], vector, [payload])
+    try:
+        response = client.get(f"/v1/collections/{COLLECTION}/points/{pid}/thumbnail")
+        assert response.status_code == 502
+        assert "cannot be read" in response.json()["detail"]
+    finally:
+        edge_index.delete(COLLECTION, [pid])
