@@ -6,6 +6,7 @@ its query with exactly the encoder the collection was built with.
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -19,9 +20,9 @@ from core.encoders.spec import EncoderSpec
 from core.errors import CollectionNotFound, ConfigError
 from core.index.base import CollectionConfig, VectorIndex
 
-__all__ = ["Catalog", "CollectionEntry"]
+__all__ = ["COLLECTION_NAME_PATTERN", "Catalog", "CollectionEntry"]
 
-_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+COLLECTION_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
 
 
 class CollectionEntry(BaseModel):
@@ -67,10 +68,8 @@ class Catalog:
         on_disk: bool = False,
     ) -> CollectionEntry:
         """Load the encoder, then create the collection with payload indexes and its catalog entry."""
-        import re
-
-        if not re.match(_NAME_PATTERN, name):
-            raise ConfigError(f"collection name {name!r} must match {_NAME_PATTERN}")
+        if not re.match(COLLECTION_NAME_PATTERN, name):
+            raise ConfigError(f"collection name {name!r} must match {COLLECTION_NAME_PATTERN}")
         encoder = self.encoder(spec)
         entry = CollectionEntry(
             name=name,

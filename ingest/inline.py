@@ -97,5 +97,9 @@ def ingest_inline(
             bar.close()
             raise
     bar.close()
+    if report.frames_indexed:
+        # Qdrant Edge builds its HNSW graph only when asked: do it once, after the bulk load.
+        for target in ctx.targets:
+            ctx.index.optimize(target.collection)
     report.seconds = time.perf_counter() - started
     return report

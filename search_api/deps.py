@@ -10,7 +10,7 @@ from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
-from core.catalog import Catalog, CollectionEntry
+from core.catalog import COLLECTION_NAME_PATTERN, Catalog, CollectionEntry
 from core.config import Settings
 from core.errors import CollectionNotFound
 from core.index.base import VectorIndex
@@ -55,7 +55,7 @@ InferenceLimiterDep = Annotated[CapacityLimiter, Depends(get_inference_limiter)]
 
 
 # The catalog's own naming rule: anything else cannot exist, and never reaches the store.
-_COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+_COLLECTION_NAME = re.compile(COLLECTION_NAME_PATTERN)
 
 
 async def get_collection(name: str, catalog: CatalogDep) -> CollectionEntry:
