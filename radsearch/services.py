@@ -9,7 +9,7 @@ from pathlib import Path
 from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
 from core.encoders.registry import resolve_spec
-from core.errors import CollectionNotFound
+from core.errors import CollectionNotFound, ConfigError
 from core.index import Hit, open_index
 from core.payload import SearchFilter
 from ingest.inline import IngestOptions, build_context, ingest_inline
@@ -34,12 +34,21 @@ def open_catalog(settings: Settings) -> Iterator[Catalog]:
 def ensure_collection(
     catalog: Catalog, name: str, encoder: str | None, *, weights: str | None = None
 ) -> CollectionEntry:
-    """The collection, created with ``encoder`` (default ``baseline``) if it does not exist yet."""
+    """The collection, created with ``encoder`` (default ``baseline``) if it does not exist yet.
+
+    An existing collection keeps its encoder: asking for another one is a `ConfigError`.
+    """
+    spec = resolve_spec(encoder or "baseline").with_weights(weights)
     try:
-        return catalog.get(name)
+        entry = catalog.get(name)
     except CollectionNotFound:
-        spec = resolve_spec(encoder or "baseline").with_weights(weights)
         return catalog.create(name, spec)
+    if encoder is not None and entry.encoder.name != spec.name:
+        raise ConfigError(
+            f"collection {name!r} was built with encoder {entry.encoder.name!r}, not {spec.name!r}; "
+            "create a new collection for another encoder"
+        )
+    return entry
 
 
 def ingest_source(

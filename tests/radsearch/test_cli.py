@@ -1,0 +1,120 @@
+"""The command line, in process (``main(argv)``) and once through the installed console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from radsearch.cli import main
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    for modality, pattern in (("CT", "rows"), ("MR", "cols")):
+        for i in range(4):
+            base = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (64, 1))
+            img = base if pattern == "rows" else base.T
+            img = np.roll(img, i * 3, axis=0)
+            path = root / modality / f"{pattern}_{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.astype(np.uint8)).save(path)
+    (root / "bad.png").write_bytes(b"not an image")
+    return root
+
+
+def _last_json(out: str) -> dict[str, object]:
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_ingest_search_and_list_json(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(tmp_path / "data")
+    code = main(
+        [
+            "--data-dir",
+            data,
+            "ingest",
+            str(folder),
+            "--collection",
+            "c",
+            "--path-template",
+            "{modality}/{file}",
+            "--json",
+        ]
+    )
+    assert code == 0
+    summary = _last_json(capsys.readouterr().out)
+    assert set(summary) >= {"collection", "objects", "frames_indexed", "skipped", "failed", "errors"}
+    assert summary["collection"] == "c"
+    assert (summary["objects"], summary["frames_indexed"], summary["skipped"], summary["failed"]) == (
+        9,
+        8,
+        0,
+        1,
+    )
+    assert summary["errors"] == [{"key": "bad.png", "reason": summary["errors"][0]["reason"]}]  # type: ignore[index]
+
+    # a second run skips every unchanged object
+    assert main(["--data-dir", data, "ingest", str(folder), "--collection", "c", "--json"]) == 0
+    assert _last_json(capsys.readouterr().out)["skipped"] == 8
+
+    query = folder / "MR" / "cols_1.png"
+    assert main(["--data-dir", data, "search", str(query), "--collection", "c", "-k", "3", "--json"]) == 0
+    hits = _last_json(capsys.readouterr().out)["hits"]
+    assert len(hits) == 3 and hits[0]["payload"]["modality"] == "MR"  # type: ignore[index]
+
+    assert (
+        main(["--data-dir", data, "search", str(query), "--collection", "c", "--modality", "CT", "--json"])
+        == 0
+    )
+    hits = _last_json(capsys.readouterr().out)["hits"]
+    assert hits and all(h["payload"]["modality"] == "CT" for h in hits)  # type: ignore[index,union-attr]
+
+    assert main(["--data-dir", data, "search", str(query), "--collection", "c"]) == 0
+    assert "MR" in capsys.readouterr().out
+
+    assert main(["--data-dir", data, "collections", "list", "--json"]) == 0
+    listing = _last_json(capsys.readouterr().out)
+    assert listing == {
+        "collections": [{"name": "c", "encoder": "baseline", "weights": "builtin", "dim": 512, "points": 8}]
+    }
+
+
+def test_usage_and_configuration_errors_exit_non_zero(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(tmp_path / "data")
+    assert main(["--data-dir", data, "ingest", str(tmp_path / "missing"), "--collection", "c"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert (
+        main(["--data-dir", data, "ingest", str(folder), "--collection", "c", "--encoder", "biomedclipp"])
+        == 2
+    )
+    assert "did you mean biomedclip" in capsys.readouterr().err
+    assert main(["--data-dir", data, "ingest", str(folder), "--collection", "Bad Name!"]) == 2
+    assert main(["--data-dir", data, "search", str(folder / "bad.png"), "--collection", "nope"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["ingest"])
+    assert exc.value.code == 2
+
+
+def test_console_script_is_installed(tmp_path: Path) -> None:
+    exe = shutil.which("radsearch", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    out = subprocess.run(
+        [exe, "--data-dir", str(tmp_path), "collections", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"collections": []}
