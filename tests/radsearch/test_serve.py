@@ -1,0 +1,106 @@
+"""`radsearch serve` as users run it: a real uvicorn process over HTTP on an indexed demo archive."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from radsearch.cli import main
+from tests.conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from radsearch.demo_data import generate_demo_archive
+
+    root = tmp_path_factory.mktemp("serve")
+    archive = generate_demo_archive(root / "archive", per_class=3)
+    data = str(root / "data")
+    args = [
+        "--data-dir",
+        data,
+        "ingest",
+        str(archive.root),
+        "--collection",
+        "demo",
+        "--manifest",
+        str(archive.manifest),
+    ]
+    assert main([*args, "--json"]) == 0
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radsearch.cli",
+            "--data-dir",
+            data,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("radsearch serve did not become ready")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_filtered_search_over_http_returns_only_that_modality(served: str) -> None:
+    collections = httpx.get(f"{served}/v1/collections").json()["collections"]
+    assert collections[0]["name"] == "demo" and collections[0]["points"] > 0
+    facets = httpx.get(f"{served}/v1/collections/demo/facets/modality").json()
+    assert {"CT", "MR", "US"} <= set(facets["counts"])
+    for modality in ("MR", "US"):
+        query = httpx.post(
+            f"{served}/v1/collections/demo/search", json={"vector": [1.0] * 512, "limit": 1}
+        ).json()["hits"][0]["id"]
+        response = httpx.post(
+            f"{served}/v1/collections/demo/search",
+            json={"point_id": query, "filter": {"modality": [modality]}, "limit": 20},
+        )
+        assert response.status_code == 200
+        hits = response.json()["hits"]
+        assert hits and {h["payload"]["modality"] for h in hits} == {modality}
+
+
+def test_image_upload_over_http(served: str, tmp_path: Path) -> None:
+    from radsearch.demo_data import generate_demo_archive
+
+    archive = generate_demo_archive(tmp_path / "q", per_class=1, seed=5)
+    query = next(archive.root.glob("dicom/MR/brain/*/*.dcm"))
+    with query.open("rb") as fh:
+        response = httpx.post(
+            f"{served}/v1/collections/demo/search/image",
+            files={"file": (query.name, fh, "application/dicom")},
+            data={"limit": "5", "filter": '{"anatomy": ["brain", "knee"]}'},
+        )
+    assert response.status_code == 200, response.text
+    hits = response.json()["hits"]
+    assert hits[0]["payload"]["anatomy"] == "brain"
+    assert all(h["payload"]["modality"] == "MR" for h in hits)
+    assert httpx.get(f"{served}/").status_code == 200
