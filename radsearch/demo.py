@@ -9,7 +9,6 @@ from typing import Any
 from core.catalog import Catalog
 from core.config import Settings
 from core.payload import SearchFilter
-from core.retrieval_metrics import chance_precision, modified_precision_at_k
 from ingest.inline import IngestOptions
 from radsearch.demo_data import generate_demo_archive
 from radsearch.services import ensure_collection, ingest_source, open_catalog
@@ -27,23 +26,12 @@ def class_label(payload: dict[str, Any]) -> str:
 
 def evaluate_collection(catalog: Catalog, collection: str, *, k_max: int = 10) -> dict[str, Any]:
     """Micro/macro P@k with index = split train and queries = split test, plus the chance level."""
-    index = catalog.index
-    train_labels = [class_label(p.payload) for p in index.scroll(collection, filter=SearchFilter(split=["train"]))]
-    counts: dict[str, int] = {}
-    for label in train_labels:
-        counts[label] = counts.get(label, 0) + 1
-    query_labels: list[str] = []
-    neighbours: list[list[str]] = []
-    train_only = SearchFilter(split=["train"])
-    for point in index.scroll(collection, filter=SearchFilter(split=["test"]), with_vectors=True):
-        assert point.vector is not None
-        hits = index.search(collection, point.vector, filter=train_only, limit=k_max)
-        query_labels.append(class_label(point.payload))
-        neighbours.append([class_label(h.payload) for h in hits])
-    metrics = modified_precision_at_k(query_labels, neighbours, counts)
-    metrics["n_index"] = len(train_labels)
-    metrics["chance"] = chance_precision(query_labels, train_labels)
-    return metrics
+    from core.evaluation import EvalOptions
+    from core.evaluation import evaluate_collection as run_protocol
+
+    ks = tuple(k for k in (1, 3, 5, 10) if k <= k_max) or (k_max,)
+    result = run_protocol(catalog.index, collection, EvalOptions(ks=ks))
+    return {**result, "chance": result["chance"]["micro"]}
 
 
 def _print_examples(catalog: Catalog, collection: str) -> None:

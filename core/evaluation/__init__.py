@@ -1,0 +1,40 @@
+"""Retrieval evaluation: the reference paper's protocol on a collection or on embedding files.
+
+Independent of ingest: it reads a collection through `core.index.VectorIndex` or files from disk.
+"""
+
+from core.evaluation.data import (
+    EvalData,
+    EvalInputError,
+    LabelledSet,
+    Record,
+    export_collection,
+    load_collection,
+    load_files,
+)
+from core.evaluation.protocol import DEFAULT_FRACTIONS, EvalOptions, evaluate, index_size_curve, score_ranking
+from core.evaluation.report import comparison_table, plot_index_size_curve, to_markdown
+from core.evaluation.run import evaluate_collection, evaluate_files
+from core.evaluation.search import collection_topk, exact_topk
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "EvalData",
+    "EvalInputError",
+    "EvalOptions",
+    "LabelledSet",
+    "Record",
+    "collection_topk",
+    "comparison_table",
+    "evaluate",
+    "evaluate_collection",
+    "evaluate_files",
+    "exact_topk",
+    "export_collection",
+    "index_size_curve",
+    "load_collection",
+    "load_files",
+    "plot_index_size_curve",
+    "score_ranking",
+    "to_markdown",
+]

@@ -1,0 +1,157 @@
+"""``radsearch eval``: its arguments and what it runs; the CLI module only wires it in."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, TextIO
+
+from core.config import Settings
+from core.evaluation.data import EvalInputError
+from core.evaluation.protocol import DEFAULT_FRACTIONS, EvalOptions
+from core.evaluation.report import plot_index_size_curve, to_markdown
+from core.evaluation.run import evaluate_collection, evaluate_files
+from core.retrieval_metrics import DEFAULT_KS
+
+__all__ = ["add_eval_arguments", "json_safe", "run_eval_command"]
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _fraction_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"fractions must be in (0, 1], got {text!r}")
+    return values
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``eval`` subcommand's options (collection mode or files mode)."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--collection", help="evaluate a collection through its own search path")
+    source.add_argument(
+        "--embeddings",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="embedding files: .npy [n, dim] (with --ids) or the paper's .h5 (one dataset per image)",
+    )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        nargs="+",
+        metavar="CSV",
+        help="labels CSV(s) in the paper's schema: filepath, dataset, split, modality, anatomic_region, "
+        "then one one-hot column per label",
+    )
+    parser.add_argument("--ids", type=Path, help=".npy mode: file paths, one a line (default: CSV row order)")
+    parser.add_argument("--index-split", action="append", help="split(s) forming the index (default: train)")
+    parser.add_argument("--query-split", action="append", help="split(s) forming the queries (default: test)")
+    parser.add_argument(
+        "--search",
+        choices=("ann", "exact"),
+        default="ann",
+        help="collection mode: the HNSW index users get (default) or the store's exact search",
+    )
+    parser.add_argument(
+        "--compare-exact", action="store_true", help="collection mode: also exact search, and ANN recall"
+    )
+    parser.add_argument("--hnsw-ef", type=int, help="collection mode: HNSW ef at query time")
+    parser.add_argument("--ks", type=_int_list, default=DEFAULT_KS, help="k values (default 1,3,5,10)")
+    parser.add_argument(
+        "--exclude-same",
+        choices=("patient", "study"),
+        help="also report results with hits from the query's own patient/study removed",
+    )
+    parser.add_argument("--group-column", help="files mode: the CSV column holding the patient/study id")
+    parser.add_argument(
+        "--index-fractions",
+        type=_fraction_list,
+        help="index-size curve at these fractions "
+        f"(default with --plot: {','.join(map(str, DEFAULT_FRACTIONS))})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for index subsampling and --max-queries")
+    parser.add_argument("--max-queries", type=int, help="evaluate a random sample of this many queries")
+    parser.add_argument("--chunk-mb", type=int, default=1024, help="files mode: score block size in MiB")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the markdown tables here")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="plot the index-size curve to a PNG")
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/Inf become null, so the output is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """Run ``radsearch eval`` and write its JSON or markdown to ``out``; returns the exit code."""
+    fractions = args.index_fractions or (DEFAULT_FRACTIONS if args.plot else ())
+    options = EvalOptions(
+        ks=tuple(args.ks),
+        fractions=tuple(fractions),
+        seed=args.seed,
+        max_queries=args.max_queries,
+        chunk_bytes=args.chunk_mb * 1024 * 1024,
+    )
+    index_splits = tuple(args.index_split or ("train",))
+    query_splits = tuple(args.query_split or ("test",))
+    if args.collection:
+        from core.index import open_index
+
+        index = open_index(settings)
+        try:
+            result = evaluate_collection(
+                index,
+                args.collection,
+                options,
+                index_splits=index_splits,
+                query_splits=query_splits,
+                search=args.search,
+                compare_exact=args.compare_exact,
+                hnsw_ef=args.hnsw_ef,
+                exclude_same=args.exclude_same,
+            )
+        finally:
+            index.close()
+    else:
+        if not args.labels:
+            raise EvalInputError("--embeddings needs --labels CSV (the paper's schema)")
+        result = evaluate_files(
+            args.embeddings,
+            args.labels,
+            options,
+            ids=args.ids,
+            index_splits=index_splits,
+            query_splits=query_splits,
+            exclude_same=args.exclude_same,
+            group_column=args.group_column,
+        )
+    markdown = to_markdown(result)
+    if args.markdown:
+        args.markdown.write_text(markdown)
+    if args.plot:
+        plot_index_size_curve(result, args.plot)
+    if args.json:
+        out.write(json.dumps(json_safe(result)) + "\n")
+    else:
+        out.write(markdown)
+    return 0

@@ -1,0 +1,103 @@
+"""The two entry points: evaluate a collection (its own search path) or embedding files (exact)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from core.evaluation.data import load_collection, load_files
+from core.evaluation.protocol import EvalOptions, Ranker, evaluate
+from core.evaluation.search import IntArray, collection_topk, exact_topk
+from core.index.base import VectorIndex
+
+__all__ = ["evaluate_collection", "evaluate_files"]
+
+
+def evaluate_collection(
+    index: VectorIndex,
+    collection: str,
+    options: EvalOptions | None = None,
+    *,
+    index_splits: Sequence[str] = ("train",),
+    query_splits: Sequence[str] = ("test",),
+    search: Literal["ann", "exact"] = "ann",
+    compare_exact: bool = False,
+    hnsw_ef: int | None = None,
+    exclude_same: str | None = None,
+) -> dict[str, Any]:
+    """The paper's protocol on a collection, queries answered by ``VectorIndex.search``.
+
+    ``search="ann"`` uses the collection's HNSW index as users get it; ``compare_exact`` adds the
+    store's exact search and the ANN recall against it. ``exclude_same`` ("patient" or "study")
+    adds a leave-one-patient/study-out result from the payload hashes.
+    """
+    opts = options or EvalOptions()
+    data = load_collection(
+        index, collection, index_splits=index_splits, query_splits=query_splits, exclude_same=exclude_same
+    )
+    depth = max(opts.ks)
+
+    def ranker(exact: bool) -> Ranker:
+        def rank(exclude: bool) -> IntArray:
+            return collection_topk(
+                index,
+                collection,
+                data.queries.vectors,
+                data.index.ids,
+                depth,
+                index_splits=index_splits,
+                exact=exact,
+                hnsw_ef=hnsw_ef,
+                query_groups=data.queries.groups if exclude else None,
+                index_groups=data.index.groups if exclude else None,
+            )
+
+        return rank
+
+    result = evaluate(
+        data,
+        ranker(search == "exact"),
+        opts,
+        search=search,
+        exact_rank=ranker(True) if compare_exact and search == "ann" else None,
+    )
+    return {"mode": "collection", "collection": collection, **result}
+
+
+def evaluate_files(
+    embeddings: Sequence[Path],
+    labels: Sequence[Path],
+    options: EvalOptions | None = None,
+    *,
+    ids: Path | None = None,
+    index_splits: Sequence[str] = ("train",),
+    query_splits: Sequence[str] = ("test",),
+    exclude_same: str | None = None,
+    group_column: str | None = None,
+) -> dict[str, Any]:
+    """The paper's protocol on embedding files and labels CSVs, by exact cosine search in chunks."""
+    opts = options or EvalOptions()
+    data = load_files(
+        embeddings,
+        labels,
+        ids=ids,
+        index_splits=index_splits,
+        query_splits=query_splits,
+        exclude_same=exclude_same,
+        group_column=group_column,
+    )
+    depth = max(opts.ks)
+
+    def rank(exclude: bool) -> IntArray:
+        return exact_topk(
+            data.queries.vectors,
+            data.index.vectors,
+            depth,
+            query_groups=data.queries.groups if exclude else None,
+            index_groups=data.index.groups if exclude else None,
+            chunk_bytes=opts.chunk_bytes,
+        )
+
+    result = evaluate(data, rank, opts, search="exact", curve_uses_primary=True)
+    return {"mode": "files", **result}
