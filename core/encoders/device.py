@@ -1,0 +1,98 @@
+"""Choosing the device and dtype an encoder runs on."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from pathlib import Path
+
+import torch
+
+from core.config import RuntimeSettings
+from core.encoders.spec import EncoderFamily, EncoderSpec
+from core.errors import ConfigError
+
+__all__ = ["cpu_has_native_bf16", "select_device_and_dtype"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+_threads_lock = threading.Lock()
+_threads_set: int | None = None
+
+
+@functools.cache
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has native bf16 instructions (AVX-512 BF16 or AMX-BF16).
+
+    Without them bf16 matmuls are emulated and slower than fp32, so ``auto`` only picks bf16 here.
+    """
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            _, _, flags = line.partition(":")
+            return bool(_CPU_BF16_FLAGS.intersection(flags.split()))
+    return False
+
+
+def _apply_torch_threads(runtime: RuntimeSettings) -> None:
+    global _threads_set
+    if runtime.torch_threads is None:
+        return
+    with _threads_lock:
+        if _threads_set == runtime.torch_threads:
+            return
+        torch.set_num_threads(runtime.torch_threads)
+        _threads_set = runtime.torch_threads
+    logger.info("torch intra-op threads set to %d", runtime.torch_threads)
+
+
+def _select_device(runtime: RuntimeSettings) -> torch.device:
+    if runtime.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(runtime.device)
+    except RuntimeError as exc:
+        raise ConfigError(f"runtime.device {runtime.device!r} is not a torch device: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device is {runtime.device!r} but CUDA is not available")
+    return device
+
+
+def _auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "CUDA device supports bf16"
+        return torch.float16, "CUDA device without bf16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16, "CPU has native bf16 instructions"
+    return torch.float32, f"{device.type} without native bf16"
+
+
+def select_device_and_dtype(runtime: RuntimeSettings, spec: EncoderSpec) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype ``spec`` runs on under ``runtime``.
+
+    ``device="auto"`` picks CUDA when available, else CPU. ``dtype="auto"`` picks bf16 on CUDA with
+    bf16 support (fp16 otherwise), bf16 on CPUs with native bf16 instructions, fp32 elsewhere.
+    Built-in (hand-crafted) encoders always run in fp32. Also applies ``runtime.torch_threads``.
+    """
+    _apply_torch_threads(runtime)
+    device = _select_device(runtime)
+    if spec.family is EncoderFamily.BUILTIN:
+        dtype, why = torch.float32, "built-in encoders always run in fp32"
+    elif runtime.dtype == "auto":
+        dtype, why = _auto_dtype(device)
+    else:
+        dtype, why = _DTYPES[runtime.dtype], "set in runtime settings"
+    logger.info("encoder %s: device %s, dtype %s (%s)", spec.name, device, dtype, why)
+    return device, dtype

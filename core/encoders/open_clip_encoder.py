@@ -1,0 +1,240 @@
+"""open_clip encoders (BiomedCLIP, OpenAI CLIP, ...): image embedding = ``encode_image`` (projected)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import numpy as np
+import open_clip
+import torch
+from numpy.typing import NDArray
+from open_clip.tokenizer import HFTokenizer
+
+from core.config import Settings
+from core.encoders.base import Encoder, Frame
+from core.encoders.preprocess import Preprocessor
+from core.encoders.spec import EncoderSpec
+from core.encoders.weights import HOW_TO_PROVIDE, ResolvedWeights, hub_download, is_offline, resolve_weights
+from core.errors import ConfigError, EncoderError, NoTextTower, WeightsUnavailable
+
+__all__ = ["OpenClipEncoder", "model_config"]
+
+logger = logging.getLogger(__name__)
+
+_CONFIG_DIR = Path(__file__).parent / "configs"
+# Architectures open_clip does not ship, keyed by the hub checkpoint whose open_clip_config.json
+# model_cfg they copy, so random/local/S3 weights need no hub access for the architecture.
+_SHIPPED_ARCHS: dict[str, str] = {
+    "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224": "biomedclip",
+}
+# Hugging Face text towers whose model *config* we ship: open_clip would otherwise fetch config.json
+# from the hub even to build random weights. Key: the hf_model_name in the open_clip config.
+_SHIPPED_TEXT_CONFIGS: dict[str, Path] = {
+    "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract": _CONFIG_DIR / "biomedbert",
+    "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract": _CONFIG_DIR / "biomedbert",
+}
+_RANDOM_SEED = 0
+_registry_lock = threading.Lock()
+
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+class _ClipModel(Protocol):
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor: ...
+
+
+def _register(name: str, path: Path) -> None:
+    with _registry_lock:
+        if name not in open_clip.list_models():
+            open_clip.add_model_config(path)
+
+
+for _arch in set(_SHIPPED_ARCHS.values()):
+    _register(_arch, _CONFIG_DIR / f"{_arch}.json")
+
+
+def _arch_for(spec: EncoderSpec, settings: Settings) -> str:
+    """The open_clip architecture name to build ``spec.checkpoint`` with (registering it if needed)."""
+    if spec.checkpoint in _SHIPPED_ARCHS:
+        return _SHIPPED_ARCHS[spec.checkpoint]
+    if not spec.checkpoint.startswith("hf-hub:"):
+        name = spec.checkpoint.replace("/", "-")
+        if open_clip.get_model_config(name) is None:
+            raise ConfigError(f"encoder {spec.name!r}: open_clip has no architecture {spec.checkpoint!r}")
+        return name
+    # Another hub checkpoint: fetch its open_clip_config.json (cached) and register its model_cfg.
+    repo_id = spec.checkpoint.removeprefix("hf-hub:")
+    path, _ = hub_download(spec, repo_id, ("open_clip_config.json",), settings)
+    config = json.loads(path.read_text(encoding="utf-8"))
+    name = "radsearch-" + re.sub(r"[^A-Za-z0-9_.-]", "-", repo_id)
+    target = settings.model_cache_dir / "open_clip_configs" / f"{name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(config.get("model_cfg", config)), encoding="utf-8")
+    _register(name, target)
+    return name
+
+
+def model_config(spec: EncoderSpec, settings: Settings, arch: str | None = None) -> dict[str, Any]:
+    """The open_clip model config (embed_dim, vision_cfg, text_cfg) ``spec`` builds."""
+    config = open_clip.get_model_config(arch or _arch_for(spec, settings))
+    if config is None:
+        raise ConfigError(f"encoder {spec.name!r}: no open_clip config for {spec.checkpoint!r}")
+    return dict(config)
+
+
+def _quick_gelu(spec: EncoderSpec, arch: str) -> bool:
+    # The OpenAI checkpoints were trained with QuickGELU; open_clip's plain configs use GELU and
+    # only warn on a mismatch, which silently gives wrong embeddings.
+    if spec.checkpoint.startswith("hf-hub:") or not spec.pretrained:
+        return False
+    tag = open_clip.get_pretrained_cfg(arch, spec.pretrained)
+    return bool(tag.get("quick_gelu", False)) if tag else False
+
+
+def _build(spec: EncoderSpec, arch: str, config: dict[str, Any]) -> torch.nn.Module:
+    overrides: dict[str, Any] = {}
+    text_cfg = dict(config.get("text_cfg", {}))
+    local_text = _SHIPPED_TEXT_CONFIGS.get(str(text_cfg.get("hf_model_name", "")))
+    if local_text is not None:
+        overrides["text_cfg"] = {**text_cfg, "hf_model_name": str(local_text), "hf_model_pretrained": False}
+    # Random init is seeded so that two loads of "random" weights give the same vectors.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_RANDOM_SEED)
+        model: torch.nn.Module = open_clip.create_model(
+            arch,
+            pretrained=None,
+            load_weights=False,
+            pretrained_image=False,
+            pretrained_text=False,
+            force_quick_gelu=_quick_gelu(spec, arch),
+            device="cpu",
+            precision="fp32",
+            **overrides,
+        )
+    return model
+
+
+def _load_weights(spec: EncoderSpec, model: torch.nn.Module, resolved: ResolvedWeights) -> None:
+    assert resolved.path is not None
+    try:
+        open_clip.load_checkpoint(model, str(resolved.path), strict=True, weights_only=True)
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        raise WeightsUnavailable(
+            f"encoder {spec.name!r}: weights {resolved.path} do not load into {spec.checkpoint!r} "
+            f"({type(exc).__name__}: {str(exc)[:500]}); {HOW_TO_PROVIDE}"
+        ) from exc
+
+
+class _HashTokenizer:
+    """Deterministic stand-in for a hub tokenizer whose vocabulary cannot be had offline: open_clip's
+    bundled BPE, ids folded into the text tower's vocabulary. Only for random weights."""
+
+    def __init__(self, context_length: int, vocab_size: int) -> None:
+        self._inner = open_clip.SimpleTokenizer(context_length=context_length)
+        self._vocab_size = vocab_size
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        tokens = self._inner(texts)
+        return torch.where(tokens > 0, tokens.remainder(self._vocab_size - 1) + 1, tokens)
+
+
+class OpenClipEncoder(Encoder):
+    """An open_clip model, loaded eagerly, in eval mode on ``device`` as ``dtype``.
+
+    Weights come from `resolve_weights`: random init (seeded), the hub (cache first, no network
+    when offline), a local file or directory, or an ``s3://`` object cached under the model cache.
+    """
+
+    def __init__(
+        self, spec: EncoderSpec, *, settings: Settings, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        super().__init__(spec, device=device, dtype=dtype)
+        self._settings = settings
+        resolved = resolve_weights(spec, settings)
+        self.resolved_weights = resolved
+        arch = self._arch = _arch_for(spec, settings)
+        self._config = model_config(spec, settings, arch)
+        if int(self._config["embed_dim"]) != spec.dim:
+            raise ConfigError(
+                f"encoder {spec.name!r}: spec dim {spec.dim} != model embed_dim {self._config['embed_dim']}"
+            )
+        image_size = self._config["vision_cfg"].get("image_size", spec.input_size)
+        if int(image_size if isinstance(image_size, int) else image_size[0]) != spec.input_size:
+            raise ConfigError(
+                f"encoder {spec.name!r}: spec input_size {spec.input_size} != model's {image_size}"
+            )
+        try:
+            model = _build(spec, arch, self._config)
+        except (OSError, ValueError) as exc:
+            raise WeightsUnavailable(
+                f"encoder {spec.name!r}: cannot build {spec.checkpoint!r} ({exc}); {HOW_TO_PROVIDE}"
+            ) from exc
+        if resolved.kind != "random":
+            _load_weights(spec, model, resolved)
+        self.model = model.eval().to(device=device, dtype=dtype)
+        self._clip = cast(_ClipModel, self.model)
+        self.weights_version = resolved.version
+        self._preprocessor = Preprocessor(spec)
+        self._tokenizer: Tokenizer | None = None
+        self._tokenizer_lock = threading.Lock()
+        logger.info(
+            "loaded encoder %s (%s, weights %s) on %s as %s", spec.name, arch, resolved.version, device, dtype
+        )
+
+    def _preprocess(self, frame: Frame) -> NDArray[np.float32]:
+        return self._preprocessor(frame)
+
+    def _embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._clip.encode_image(batch.to(self.device, self.dtype))
+
+    def _embed_text(self, texts: list[str]) -> torch.Tensor:
+        tokens = self._get_tokenizer()(texts).to(self.device)
+        return self._clip.encode_text(tokens)
+
+    def _get_tokenizer(self) -> Tokenizer:
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                self._tokenizer = self._make_tokenizer()
+            return self._tokenizer
+
+    def _make_tokenizer(self) -> Tokenizer:
+        text_cfg: dict[str, Any] = self._config.get("text_cfg", {})
+        context_length = int(text_cfg.get("context_length", 77))
+        hf_name = text_cfg.get("hf_tokenizer_name")
+        if not hf_name:
+            return cast(Tokenizer, open_clip.get_tokenizer(self._arch))
+        # Random weights never touch the network: a cached tokenizer or the stand-in.
+        offline = is_offline(self._settings) or self.resolved_weights.kind == "random"
+        errors: list[str] = []
+        for cache in (self._settings.model_cache_dir, None):
+            try:
+                tokenizer = HFTokenizer(
+                    str(hf_name),
+                    context_length=context_length,
+                    cache_dir=str(cache) if cache is not None else None,
+                    local_files_only=offline,
+                    **text_cfg.get("tokenizer_kwargs", {}),
+                )
+                return cast(Tokenizer, tokenizer)
+            except (OSError, ValueError, EncoderError) as exc:
+                errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+        if self.resolved_weights.kind == "random":
+            vocab = int(getattr(self.model.text, "vocab_size", 0) or 30522)
+            logger.warning(
+                "encoder %s: tokenizer %s unavailable; random weights use a stand-in tokenizer",
+                self.spec.name,
+                hf_name,
+            )
+            return _HashTokenizer(context_length, vocab)
+        raise NoTextTower(
+            f"encoder {self.spec.name!r}: tokenizer {hf_name!r} is not available ({'; '.join(errors)}); "
+            "pre-populate the Hugging Face cache with it to search by text"
+        )

@@ -1,0 +1,246 @@
+"""Where an encoder's weights come from: random, the Hugging Face hub, a local path, or S3."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from core.config import Settings
+from core.encoders.spec import EncoderFamily, EncoderSpec
+from core.errors import WeightsUnavailable
+
+__all__ = [
+    "HOW_TO_PROVIDE",
+    "ResolvedWeights",
+    "file_sha256",
+    "find_weights_file",
+    "hub_download",
+    "is_offline",
+    "resolve_weights",
+]
+
+logger = logging.getLogger(__name__)
+
+HOW_TO_PROVIDE = (
+    "set spec weights to a local path or s3:// URI, or pre-populate the Hugging Face cache; "
+    "see README "Using real BiomedCLIP weights""
+)
+# Preferred weight file names in a directory or hub repo, best first (open_clip's own order).
+WEIGHT_FILE_NAMES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.pt",
+    "model.pth",
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_CHUNK = 8 * 1024 * 1024
+
+WeightsKind = Literal["random", "hub", "local", "s3"]
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Resolved weights: ``path`` is a local file for local/s3 (and hub, once fetched or found in the
+    cache); ``hub_id`` names the hub repo; ``version`` is what gets recorded with collections."""
+
+    kind: WeightsKind
+    path: Path | None
+    hub_id: str | None
+    version: str
+    hub_filename: str | None = None
+
+
+def is_offline(settings: Settings) -> bool:
+    """Offline when the settings say so or ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set (read
+    now, not at import, so a late environment change is honoured)."""
+    if settings.models.offline:
+        return True
+    return any(
+        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def find_weights_file(directory: Path) -> Path | None:
+    """The main weights file of a model directory (preferred names first, then any weights file)."""
+    for name in WEIGHT_FILE_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    candidates = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    candidates.sort(key=lambda p: p.suffix != ".safetensors")
+    return candidates[0] if candidates else None
+
+
+def _unavailable(spec: EncoderSpec, problem: str) -> WeightsUnavailable:
+    return WeightsUnavailable(f"encoder {spec.name!r}: {problem}; {HOW_TO_PROVIDE}")
+
+
+def _verify(spec: EncoderSpec, path: Path, digest: str) -> None:
+    expected = (spec.weights_sha256 or "").strip().lower()
+    if expected and digest != expected:
+        raise _unavailable(
+            spec, f"weights {path.name} have sha256 {digest}, expected {expected} (weights_sha256)"
+        )
+
+
+def _local(spec: EncoderSpec, location: str) -> ResolvedWeights:
+    path = Path(location).expanduser()
+    if not path.exists():
+        raise _unavailable(spec, f"local weights path {str(path)!r} does not exist")
+    file = find_weights_file(path) if path.is_dir() else path
+    if file is None:
+        raise _unavailable(spec, f"no weights file ({', '.join(_WEIGHT_SUFFIXES)}) in {str(path)!r}")
+    digest = file_sha256(file)
+    _verify(spec, file, digest)
+    return ResolvedWeights(kind="local", path=file, hub_id=None, version=f"sha256:{digest[:16]}")
+
+
+def _s3(spec: EncoderSpec, uri: str, settings: Settings) -> ResolvedWeights:
+    from minio import Minio
+    from minio.error import S3Error
+
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    if not bucket or not key or key.endswith("/"):
+        raise _unavailable(spec, f"{uri!r} must name one object: s3://bucket/key")
+    if any(part in {"", ".", ".."} for part in key.split("/")) or "/" in bucket or bucket.startswith("."):
+        # The key becomes a path under the model cache; it must not climb out of it.
+        raise _unavailable(spec, f"{uri!r} has an empty, '.' or '..' path segment")
+    target = settings.model_cache_dir / "s3" / bucket / key
+    if not target.is_file():
+        s3 = settings.s3
+        client = Minio(
+            s3.endpoint,
+            access_key=s3.access_key,
+            secret_key=s3.secret_key.get_secret_value() if s3.secret_key is not None else None,
+            secure=s3.secure,
+            region=s3.region,
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            logger.info("encoder %s: downloading weights %s to %s", spec.name, uri, target)
+            client.fget_object(bucket, key, str(tmp))
+            os.replace(tmp, target)  # atomic: a reader never sees a partial file
+        except (S3Error, OSError, ValueError) as exc:
+            raise _unavailable(spec, f"cannot download weights {uri!r} from {s3.endpoint}: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+    digest = file_sha256(target)
+    try:
+        _verify(spec, target, digest)
+    except WeightsUnavailable:
+        # A cached file that fails verification is useless (and maybe truncated): fetch it afresh next time.
+        target.unlink(missing_ok=True)
+        raise
+    return ResolvedWeights(kind="s3", path=target, hub_id=None, version=f"sha256:{digest[:16]}")
+
+
+def hub_download(
+    spec: EncoderSpec, repo_id: str, filenames: tuple[str, ...], settings: Settings
+) -> tuple[Path, str]:
+    """The first of ``filenames`` in hub repo ``repo_id``: from ``settings.model_cache_dir`` or the
+    default Hugging Face cache when offline (no network call), downloaded there otherwise."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cache_dir = settings.model_cache_dir
+    if is_offline(settings):
+        for filename in filenames:
+            for cache in (cache_dir, None):
+                found = try_to_load_from_cache(repo_id, filename, cache_dir=cache)
+                if isinstance(found, str):
+                    return Path(found), filename
+        raise _unavailable(
+            spec,
+            f"offline and {', '.join(filenames)} of hub repo {repo_id!r} is not cached "
+            f"(looked in {cache_dir} and the default Hugging Face cache)",
+        )
+    errors: list[str] = []
+    for filename in filenames:
+        try:
+            return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir)), filename
+        except Exception as exc:  # hub errors are many; the next name may exist
+            errors.append(f"{filename}: {type(exc).__name__}: {exc}")
+    raise _unavailable(spec, f"cannot fetch weights from hub repo {repo_id!r} ({'; '.join(errors)})")
+
+
+def _open_clip_hub_source(spec: EncoderSpec) -> tuple[str, tuple[str, ...]]:
+    """(repo id, candidate file names) of an open_clip spec's default weights."""
+    if spec.checkpoint.startswith("hf-hub:"):
+        return spec.checkpoint.removeprefix("hf-hub:"), WEIGHT_FILE_NAMES[:3]
+    import open_clip
+
+    tag_cfg = open_clip.get_pretrained_cfg(spec.checkpoint, spec.pretrained or "") if spec.pretrained else {}
+    hub = str(tag_cfg.get("hf_hub", "")) if tag_cfg else ""
+    if not hub:
+        raise WeightsUnavailable(
+            f"encoder {spec.name!r}: open_clip has no hub weights for {spec.checkpoint!r} with "
+            f"pretrained={spec.pretrained!r}; {HOW_TO_PROVIDE}"
+        )
+    repo_id, filename = hub.rstrip("/").rsplit("/", 1) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    return repo_id, ((filename,) if filename else WEIGHT_FILE_NAMES[:3])
+
+
+def _looks_local(weights: str) -> bool:
+    # Hub ids are exactly "org/name"; anything path-like that is not must be a (missing) local path.
+    return (
+        Path(weights).expanduser().exists()
+        or weights.startswith(("/", ".", "~"))
+        or weights.endswith(_WEIGHT_SUFFIXES)
+        or (weights.count("/") > 1 and not weights.startswith("hf-hub:"))
+    )
+
+
+def resolve_weights(spec: EncoderSpec, settings: Settings) -> ResolvedWeights:
+    """Resolve ``spec.weights`` to something loadable, fetching into the model cache when needed.
+
+    ``"random"`` → random init; ``None`` → the family's default (hub); an existing local file or
+    directory → local; ``s3://bucket/key`` → downloaded once to ``<model_cache_dir>/s3/bucket/key``;
+    any other value with a ``/`` → a hub repo id. ``weights_sha256`` is verified when given.
+    Raises `WeightsUnavailable` saying how to provide the weights.
+    """
+    weights = spec.weights
+    filenames: tuple[str, ...]
+    if spec.family is EncoderFamily.BUILTIN:
+        return ResolvedWeights(kind="random", path=None, hub_id=None, version="builtin")
+    if weights == "random":
+        return ResolvedWeights(kind="random", path=None, hub_id=None, version="random")
+    if weights is not None and weights.startswith("s3://"):
+        return _s3(spec, weights, settings)
+    if weights is not None and _looks_local(weights):
+        return _local(spec, weights)
+    if weights is None:
+        if spec.family is not EncoderFamily.OPEN_CLIP:
+            repo_id, filenames = spec.checkpoint, WEIGHT_FILE_NAMES
+        else:
+            repo_id, filenames = _open_clip_hub_source(spec)
+    elif "/" in weights:
+        repo_id, filenames = weights.removeprefix("hf-hub:"), WEIGHT_FILE_NAMES
+    else:
+        raise _unavailable(spec, f"weights {weights!r} are not 'random', a path, an s3:// URI or a hub id")
+    path, filename = hub_download(spec, repo_id, filenames, settings)
+    if spec.weights_sha256:
+        _verify(spec, path, file_sha256(path))
+    return ResolvedWeights(
+        kind="hub", path=path, hub_id=repo_id, version=f"hub:{repo_id}", hub_filename=filename
+    )
