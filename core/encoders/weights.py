@@ -28,8 +28,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 HOW_TO_PROVIDE = (
-    "set spec weights to a local path or s3:// URI, or pre-populate the Hugging Face cache; "
-    "see README "Using real BiomedCLIP weights""
+    "pass --weights with a local path or an s3:// URI, or pre-populate the Hugging Face cache; "
+    "see README 'Using real BiomedCLIP weights'"
 )
 # Preferred weight file names in a directory or hub repo, best first (open_clip's own order).
 WEIGHT_FILE_NAMES = (
