@@ -108,8 +108,7 @@ class _Loaded:
 @dataclass
 class _Pending:
     refs: list[ObjectRef]
-    wanted: dict[str, list[int]]  # key → target positions that need the object
-    futures: list[tuple[ObjectRef, Future[_Loaded | FailedItem]]]
+    futures: list[Future[_Loaded | FailedItem]]
     started: float
     skipped: int
 
@@ -157,15 +156,15 @@ def _unchanged(ctx: PipelineContext, refs: Sequence[ObjectRef]) -> dict[str, lis
 def _submit(ctx: PipelineContext, refs: list[ObjectRef], pool: ThreadPoolExecutor) -> _Pending:
     started = time.perf_counter()
     wanted = _unchanged(ctx, refs)
-    futures = [(ref, pool.submit(_load, ctx, ref, wanted[ref.key])) for ref in refs if wanted[ref.key]]
+    futures = [pool.submit(_load, ctx, ref, wanted[ref.key]) for ref in refs if wanted[ref.key]]
     skipped = sum(1 for ref in refs if not wanted[ref.key])
-    return _Pending(refs, wanted, futures, started, skipped)
+    return _Pending(refs, futures, started, skipped)
 
 
 def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
     report = BatchReport(objects=len(pending.refs), skipped=pending.skipped)
     loaded: list[_Loaded] = []
-    for ref, future in pending.futures:
+    for future in pending.futures:
         result = future.result()
         if isinstance(result, FailedItem):
             (report.quarantined if result.quarantined else report.failed).append(result)

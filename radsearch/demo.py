@@ -58,7 +58,12 @@ def _print_examples(catalog: Catalog, collection: str) -> None:
 
 
 def run_demo(
-    settings: Settings, *, per_class: int = 12, serve: bool = True, host: str | None = None, port: int | None = None
+    settings: Settings,
+    *,
+    per_class: int = 12,
+    serve: bool = True,
+    host: str | None = None,
+    port: int | None = None,
 ) -> int:
     archive_dir = settings.data_dir / "demo-archive"
     started = time.perf_counter()
