@@ -1,0 +1,79 @@
+"""The bucket-notification webhook: MinIO (or S3-compatible) object events → worker tasks."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from functools import partial
+from typing import Annotated
+
+import redis
+from fastapi import APIRouter, Header, HTTPException, Request
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from core.config import Settings
+from search_api.security import public
+from workers.client import BrokerUnavailable, WorkerGateway, dispatch_events, parse_s3_event
+
+# Authenticated by its own webhook token (below), not by API keys.
+router = APIRouter(
+    prefix="/v1/events", tags=["events"], dependencies=[public("bucket webhook, own bearer token")]
+)
+
+# A MinIO notification carries one record; a generous cap for batched senders.
+_MAX_EVENT_BYTES = 1024 * 1024
+
+
+class EventsAccepted(BaseModel):
+    received: int
+    enqueued: int
+    deletions: int
+    ignored: int
+    jobs: list[str]
+
+
+def _gateway(request: Request) -> WorkerGateway:
+    gateway: WorkerGateway | None = getattr(request.app.state, "workers", None)
+    if gateway is None:
+        gateway = WorkerGateway(request.app.state.settings)
+        request.app.state.workers = gateway
+    return gateway
+
+
+def _check_token(settings: Settings, authorization: str | None) -> None:
+    configured = settings.events.webhook_token
+    if configured is None or not configured.get_secret_value():
+        raise HTTPException(status_code=503, detail="event webhook not configured")
+    scheme, _, presented = (authorization or "").partition(" ")
+    expected = configured.get_secret_value().encode()
+    # compare_digest: the time taken must not reveal how much of the token matched.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected):
+        raise HTTPException(
+            status_code=401, detail="invalid or missing token", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+@router.post("/s3", responses={401: {"description": "Bad token"}, 503: {"description": "Queue unavailable"}})
+async def create_s3_events(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> EventsAccepted:
+    """Receive object created/removed notifications; enqueue indexing or deletion per subscription."""
+    settings: Settings = request.app.state.settings
+    _check_token(settings, authorization)
+    body = await request.body()
+    if len(body) > _MAX_EVENT_BYTES:
+        raise HTTPException(status_code=413, detail="event body too large")
+    try:
+        events = parse_s3_event(json.loads(body or b"{}"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(status_code=400, detail=f"malformed event: {exc}") from exc
+    gateway = _gateway(request)
+    try:
+        report = await run_in_threadpool(
+            partial(dispatch_events, settings, gateway.store, gateway.app, events)
+        )
+    except (BrokerUnavailable, redis.exceptions.RedisError) as exc:
+        # Non-2xx: MinIO keeps the event in its queue dir and delivers it again.
+        raise HTTPException(status_code=503, detail="job queue unavailable") from exc
+    return EventsAccepted(**report.to_dict())

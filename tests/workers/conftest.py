@@ -1,0 +1,355 @@
+"""Real parts for the worker tests: a private redis-server per test, `radsearch worker` subprocesses,
+moto's S3 server (from tests/conftest.py), and the edge store inspected after the worker stops."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from minio import Minio
+from PIL import Image
+from pydantic import BaseModel, SecretStr
+
+from core.config import CelerySettings, EventSettings, IngestSettings, RedisSettings, Settings
+from tests.conftest import free_port, wait_for_port
+from workers.jobs import JobRecord, JobStore, open_job_store
+
+REPO = Path(__file__).resolve().parents[2]
+WEBHOOK_TOKEN = "test-webhook-token"
+
+
+class RedisServer:
+    """A private redis-server without persistence, restartable on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.BusyLoadingError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if not _has_redis_server():
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def _has_redis_server() -> bool:
+    from shutil import which
+
+    return which("redis-server") is not None
+
+
+@pytest.fixture
+def worker_settings(settings: Settings, redis_server: RedisServer) -> Settings:
+    """Short visibility timeout and backoff, small batches; the webhook token set."""
+    return settings.model_copy(
+        update={
+            "redis": RedisSettings(url=redis_server.url),
+            "celery": CelerySettings(
+                visibility_timeout_s=10,
+                restore_interval_s=1,
+                task_batch_size=10,
+                max_retries=2,
+                retry_backoff_s=0.2,
+                retry_backoff_max_s=1.0,
+                publish_timeout_s=3.0,
+            ),
+            "ingest": IngestSettings(batch_size=16, decode_workers=2),
+            "events": EventSettings(webhook_token=SecretStr(WEBHOOK_TOKEN)),
+        }
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return {name: _plain(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a subprocess build exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
+    for name in type(settings).model_fields:
+        value = _plain(getattr(settings, name))
+        env[f"RADSEARCH_{name.upper()}"] = json.dumps(value) if isinstance(value, dict | list) else str(value)
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the ``radsearch`` command line in a subprocess with these settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "radsearch.cli", *args],
+        env=settings_env(settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text().split()
+            out += [int(p) for p in text]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return out
+
+
+class Worker:
+    """``radsearch -v worker ...`` as a subprocess; log in ``log_path``."""
+
+    def __init__(self, settings: Settings, log_path: Path, *args: str) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, *, wait: bool = True) -> Worker:
+        self.starts += 1
+        log = self.log_path.open("ab")
+        log.write(f"\n===== start {self.starts} =====\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "radsearch.cli", "-v", "worker", *self.args],
+            env=settings_env(self.settings),
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        marker = f"===== start {self.starts} ====="
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            if " ready." in text[text.rfind(marker) :]:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{text[-4000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready after {timeout_s} s:\n{self.log_path.read_text()[-4000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def children(self) -> list[int]:
+        return _children(self.pid)
+
+    def kill_child(self) -> bool:
+        """SIGKILL the pool child process(es); the parent starts a new one."""
+        kids = self.children()
+        for kid in kids:
+            os.kill(kid, signal.SIGKILL)
+        return bool(kids)
+
+    def kill_all(self) -> None:
+        """SIGKILL the worker and its children (a crashed host)."""
+        assert self.proc is not None
+        pids = [self.pid, *self.children()]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+        _wait_gone(pids)
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it takes too long."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        pids = [self.pid, *self.children()]
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+        _wait_gone(pids)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _wait_gone(pids: list[int], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            # a zombie child of ours: reaped by its parent or by init
+            stat = Path(f"/proc/{pid}/stat")
+            if stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z":
+                break
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Start workers; every one is stopped at the end of the test."""
+    started: list[Worker] = []
+
+    def start(settings: Settings, *args: str, name: str = "worker", wait: bool = True) -> Worker:
+        worker = Worker(settings, tmp_path / f"{name}.log", *args)
+        started.append(worker)
+        return worker.start(wait=wait)
+
+    yield start
+    for worker in started:
+        try:
+            worker.stop(timeout_s=10)
+        except Exception:  # noqa: BLE001 - clean-up must reach every worker
+            pass
+
+
+@pytest.fixture
+def job_store(worker_settings: Settings) -> Iterator[JobStore]:
+    store = open_job_store(worker_settings.redis.url, worker_settings.celery)
+    yield store
+    store.client.close()
+
+
+def png_bytes(i: int, size: int = 64) -> bytes:
+    """A small deterministic grey PNG, different for each ``i``."""
+    rng = np.random.default_rng(i)
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = (np.sin(xx / (3 + i % 7)) + np.cos(yy / (2 + i % 5))) * 60 + 128
+    pixels = np.clip(base + rng.normal(0, 10, (size, size)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def upload_images(client: Minio, bucket: str, keys: list[str], *, offset: int = 0) -> None:
+    def put(item: tuple[int, str]) -> None:
+        i, key = item
+        data = png_bytes(i + offset)
+        client.put_object(bucket, key, io.BytesIO(data), len(data), content_type="image/png")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(put, enumerate(keys)))
+
+
+def wait_job(store: JobStore, job_id: str, timeout_s: float = 120) -> JobRecord:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = store.get(job_id)
+        if record is not None and record.finished:
+            return record
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} not finished after {timeout_s} s: {store.get(job_id)}")
+
+
+def stored_points(settings: Settings, collection: str) -> list[tuple[str, int, str]]:
+    """(key, frame, id) of every point, read from the edge store after the worker stopped."""
+    from core.index.edge import EdgeIndex
+
+    index = EdgeIndex(settings.index_dir, settings.store)
+    try:
+        return [
+            (str(p.payload["key"]), int(p.payload.get("frame", 0)), p.id) for p in index.scroll(collection)
+        ]
+    finally:
+        index.close()
+
+
+def coverage(expected: list[str], points: list[tuple[str, int, str]]) -> dict[str, int]:
+    """stored / missing / duplicates / unexpected for a set of single-frame objects."""
+    per_key: dict[str, int] = {}
+    for key, _frame, _id in points:
+        per_key[key] = per_key.get(key, 0) + 1
+    expected_set = set(expected)
+    return {
+        "expected": len(expected),
+        "stored": len(points),
+        "missing": sum(1 for k in expected if k not in per_key),
+        "duplicates": sum(n - 1 for n in per_key.values() if n > 1),
+        "unexpected": sum(1 for k in per_key if k not in expected_set),
+    }

@@ -1,0 +1,186 @@
+"""Bucket events through the webhook: dropped, duplicated and out-of-order notifications, then
+reconciliation; bucket objects must equal points (REFERENCE (i) T4)."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import pytest
+from fastapi.testclient import TestClient
+from minio import Minio
+
+from core.config import EventSettings, Settings, Subscription
+from core.index.edge import EdgeIndex
+from search_api.app import create_app
+from tests.workers.conftest import (
+    WEBHOOK_TOKEN,
+    Worker,
+    cli,
+    png_bytes,
+    stored_points,
+    upload_images,
+)
+from workers.jobs import JobStore
+
+
+def minio_event(action: str, bucket: str, key: str) -> dict[str, Any]:
+    """A notification body as MinIO's webhook target sends it (one record, URL-encoded key)."""
+    name = "s3:ObjectCreated:Put" if action == "created" else "s3:ObjectRemoved:Delete"
+    return {
+        "EventName": name,
+        "Key": f"{bucket}/{key}",
+        "Records": [
+            {
+                "eventVersion": "2.0",
+                "eventSource": "minio:s3",
+                "awsRegion": "",
+                "eventTime": "2026-11-28T00:00:00.000Z",
+                "eventName": name,
+                "userIdentity": {"principalId": "minio"},
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "configurationId": "Config",
+                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                    # size/eTag are hints only; the worker stats the object itself
+                    "object": {"key": quote_plus(key), "size": 1, "eTag": "stale", "sequencer": "1"},
+                },
+            }
+        ],
+    }
+
+
+@pytest.fixture
+def events_settings(worker_settings: Settings, bucket: str) -> Settings:
+    return worker_settings.model_copy(
+        update={
+            "events": EventSettings(
+                webhook_token=worker_settings.events.webhook_token,
+                subscriptions=[Subscription(bucket=bucket, prefix="raw/", collections=["ev"])],
+            )
+        }
+    )
+
+
+@pytest.fixture
+def api(events_settings: Settings, tmp_path: Path) -> Iterator[TestClient]:
+    # The worker owns the edge store under data_dir; the API gets a store of its own.
+    index = EdgeIndex(tmp_path / "api-index", events_settings.store)
+    with TestClient(create_app(events_settings, index=index)) as client:
+        yield client
+    index.close()
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
+
+
+def test_webhook_refuses_missing_or_wrong_token_and_bad_bodies(api: TestClient, bucket: str) -> None:
+    body = minio_event("created", bucket, "raw/x.png")
+    assert api.post("/v1/events/s3", json=body).status_code == 401
+    assert api.post("/v1/events/s3", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert api.post("/v1/events/s3", json=body, headers={"Authorization": WEBHOOK_TOKEN}).status_code == 401
+    bad = api.post("/v1/events/s3", content=b"{not json", headers=_auth())
+    assert bad.status_code == 400
+    assert api.post("/v1/events/s3", json={"Records": [{"eventName": 1}]}, headers=_auth()).status_code == 400
+    # MinIO's connectivity probe has no records: accepted, nothing to do
+    probe = api.post("/v1/events/s3", json={}, headers=_auth())
+    assert probe.status_code == 200 and probe.json()["received"] == 0
+    ignored = api.post("/v1/events/s3", json=minio_event("created", bucket, "other/x.png"), headers=_auth())
+    assert ignored.json()["ignored"] == 1
+
+
+def test_webhook_disabled_without_token(worker_settings: Settings, tmp_path: Path, bucket: str) -> None:
+    settings = worker_settings.model_copy(update={"events": EventSettings()})
+    index = EdgeIndex(tmp_path / "api-index", settings.store)
+    with TestClient(create_app(settings, index=index)) as client:
+        response = client.post("/v1/events/s3", json={}, headers=_auth())
+    index.close()
+    assert response.status_code == 503
+
+
+def _wait_idle(store: JobStore, job_ids: set[str], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        records = [store.get(j, with_items=False) for j in job_ids]
+        if all(r is not None and r.finished for r in records):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"events jobs not idle: {[store.get(j, with_items=False) for j in job_ids]}")
+
+
+@pytest.mark.slow
+def test_events_dropped_duplicated_out_of_order_then_reconcile(
+    events_settings: Settings,
+    api: TestClient,
+    minio_client: Minio,
+    bucket: str,
+    job_store: JobStore,
+    start_worker: Callable[..., Worker],
+) -> None:
+    rng = random.Random(7)
+    worker = start_worker(events_settings, "--pool", "threads", "--concurrency", "2")
+    # The subscribed collection exists before events arrive (reconcile creates it, empty).
+    created = cli(
+        events_settings, "reconcile", f"s3://{bucket}/raw/", "--collection", "ev", "--encoder", "baseline"
+    )
+    assert created.returncode == 0, created.stderr[-2000:]
+
+    keys = [f"raw/{i:03d} scan+{i}.png" for i in range(80)]  # spaces and '+' survive URL-encoding
+    dropped_total = 0
+    duplicated_total = 0
+    job_ids: set[str] = set()
+
+    def deliver(events: list[tuple[str, str]], must_drop: list[int]) -> None:
+        nonlocal dropped_total, duplicated_total
+        dropped = set(rng.sample(range(len(events)), len(events) // 10)) | set(must_drop)
+        kept = [e for i, e in enumerate(events) if i not in dropped]
+        duplicated = rng.sample(kept, len(events) // 10)
+        delivered = kept + duplicated
+        rng.shuffle(delivered)  # out of order: a removal may arrive before its creation
+        for action, key in delivered:
+            response = api.post("/v1/events/s3", json=minio_event(action, bucket, key), headers=_auth())
+            assert response.status_code == 200, response.text
+            job_ids.update(response.json()["jobs"])
+        dropped_total += len(dropped)
+        duplicated_total += len(duplicated)
+        _wait_idle(job_store, job_ids)
+
+    # Phase 1: uploads.
+    upload_images(minio_client, bucket, keys)
+    deliver([("created", k) for k in keys], must_drop=[0])
+    # Phase 2: deletions, and re-uploads of deleted keys with new content.
+    removed = rng.sample(keys, 12)
+    for key in removed:
+        minio_client.remove_object(bucket, key)
+    recreated = removed[:3]
+    for i, key in enumerate(recreated):
+        data = png_bytes(5000 + i)
+        minio_client.put_object(bucket, key, io.BytesIO(data), len(data))
+    events = [("removed", k) for k in removed] + [("created", k) for k in recreated]
+    # lose one removal of a gone object (stale points) and one re-upload (a changed object)
+    deliver(events, must_drop=[3, len(removed)])
+
+    result = cli(events_settings, "reconcile", f"s3://{bucket}/raw/", "--collection", "ev", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    drift = json.loads(result.stdout.strip().splitlines()[-1])["drift"]["ev"]
+    worker.stop()
+
+    bucket_keys = {o.object_name for o in minio_client.list_objects(bucket, prefix="raw/", recursive=True)}
+    points = stored_points(events_settings, "ev")
+    point_keys = [k for k, _frame, _id in points]
+    diff = len(bucket_keys.symmetric_difference(point_keys)) + (len(point_keys) - len(set(point_keys)))
+    line = (
+        f"dropped={dropped_total} duplicated={duplicated_total} bucket_objects={len(bucket_keys)} "
+        f"qdrant_points={len(points)} diff={diff} reconcile_missing={drift['missing']} "
+        f"reconcile_changed={drift['changed']} reconcile_gone={drift['gone']}"
+    )
+    ok = diff == 0 and len(points) == len(bucket_keys)
+    print(f"\nevents: {line} {'PASS' if ok else 'FAIL'}")
+    assert ok, line

@@ -1,0 +1,176 @@
+"""Ingest jobs: the HTTP API, the command line and the job store's counting rules."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from minio import Minio
+
+from core.config import Settings
+from core.index.edge import EdgeIndex
+from search_api.app import create_app
+from tests.workers.conftest import Worker, cli, upload_images
+from workers.client import parse_s3_event
+from workers.jobs import JobKind, JobSpec, JobState, JobStore
+
+
+@pytest.fixture
+def api(worker_settings: Settings, tmp_path: Path) -> Iterator[TestClient]:
+    index = EdgeIndex(tmp_path / "api-index", worker_settings.store)
+    with TestClient(create_app(worker_settings, index=index)) as client:
+        yield client
+    index.close()
+
+
+def _wait_api(api: TestClient, job_id: str, timeout_s: float = 90) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body: dict[str, object] = api.get(f"/v1/ingest-jobs/{job_id}").json()
+        if body["state"] in ("done", "failed"):
+            return body
+        time.sleep(0.2)
+    raise TimeoutError(job_id)
+
+
+def test_ingest_job_api_fills_several_collections_with_labels(
+    worker_settings: Settings,
+    api: TestClient,
+    minio_client: Minio,
+    bucket: str,
+    start_worker: Callable[..., Worker],
+) -> None:
+    keys = [f"raw/CT/chest/{i:02d}.png" for i in range(12)] + [f"raw/MR/head/{i:02d}.png" for i in range(8)]
+    upload_images(minio_client, bucket, keys)
+    manifest = b"key,pathology,anatomy\nraw/CT/chest/00.png,nodule,lung\nraw/MR/head/03.png,glioma,\n"
+    minio_client.put_object(bucket, "manifests/labels.csv", io.BytesIO(manifest), len(manifest))
+    worker = start_worker(worker_settings)
+    body = {
+        "source": f"s3://{bucket}/raw/",
+        "collections": ["multi-a", "multi-b"],
+        "manifest": f"s3://{bucket}/manifests/labels.csv",
+        "path_template": "{modality}/{anatomy}/{file}",
+        "encoder": "baseline",
+    }
+    created = api.post("/v1/ingest-jobs", json=body)
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    assert created.headers["location"] == f"/v1/ingest-jobs/{job_id}"
+    job = _wait_api(api, job_id)
+    counts = job["counts"]
+    assert isinstance(counts, dict)
+    assert job["state"] == "done"
+    assert counts["listed"] == 20 and counts["queued"] == 20 and counts["indexed_frames"] == 40
+    assert counts["failed"] == 0 and job["started_at"] and job["finished_at"]
+    throughput = job["throughput"]
+    assert isinstance(throughput, dict) and throughput["objects_per_s"] > 0
+
+    again = api.post("/v1/ingest-jobs", json=body).json()["id"]
+    second = _wait_api(api, again)
+    second_counts = second["counts"]
+    assert isinstance(second_counts, dict)
+    assert second_counts["skipped_unchanged"] == 20 and second_counts["indexed_frames"] == 0
+
+    listed = api.get("/v1/ingest-jobs").json()
+    assert listed["count"] >= 2 and listed["data"][0]["id"] == again
+    assert api.get("/v1/ingest-jobs/6b0a2f6e-0000-4000-8000-000000000000").status_code == 404
+    assert api.get("/v1/ingest-jobs/not-a-uuid").status_code == 404
+
+    shown = cli(worker_settings, "jobs", "show", job_id, "--json")
+    assert json.loads(shown.stdout)["counts"]["indexed_frames"] == 40
+    listing = cli(worker_settings, "jobs", "list")
+    assert job_id in listing.stdout and again in listing.stdout
+    worker.stop()
+
+    index = EdgeIndex(worker_settings.index_dir, worker_settings.store)
+    try:
+        for collection in ("multi-a", "multi-b"):
+            payloads = {p.payload["key"]: p.payload for p in index.scroll(collection)}
+            assert len(payloads) == 20
+            assert payloads["raw/CT/chest/00.png"]["pathology"] == ["nodule"]
+            assert payloads["raw/CT/chest/00.png"]["anatomy"] == "lung"  # manifest beats the template
+            assert payloads["raw/CT/chest/05.png"]["modality"] == "CT"
+            assert payloads["raw/MR/head/03.png"]["anatomy"] == "head"
+            assert payloads["raw/MR/head/03.png"]["pathology"] == ["glioma"]
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"source": "http://169.254.169.254/latest", "collections": ["a"]},
+        {"source": "/etc", "collections": ["a"]},
+        {"source": "s3://bucket/x", "collections": []},
+        {"source": "s3://bucket/x", "collections": ["Bad Name"]},
+        {"source": "s3://bucket/x", "collections": ["a"], "manifest": "/etc/passwd"},
+        {"source": "s3://bucket/x", "collections": ["a"], "unknown": 1},
+    ],
+)
+def test_ingest_job_api_rejects_bad_requests(api: TestClient, body: dict[str, object]) -> None:
+    assert api.post("/v1/ingest-jobs", json=body).status_code == 422
+
+
+def test_ingest_job_api_rejects_bad_template_and_encoder(api: TestClient) -> None:
+    bad_template = {"source": "s3://bucket/x", "collections": ["a"], "path_template": "{nope}/{file}"}
+    assert api.post("/v1/ingest-jobs", json=bad_template).status_code == 400
+    bad_encoder = {"source": "s3://bucket/x", "collections": ["a"], "encoder": "no-such-encoder"}
+    assert api.post("/v1/ingest-jobs", json=bad_encoder).status_code == 400
+
+
+def test_ingest_job_api_503_when_redis_is_down(
+    worker_settings: Settings, api: TestClient, redis_server: object
+) -> None:
+    redis_server.kill()  # type: ignore[attr-defined]
+    response = api.post("/v1/ingest-jobs", json={"source": "s3://bucket/x", "collections": ["a"]})
+    assert response.status_code == 503
+    assert api.get("/v1/ingest-jobs").status_code == 503
+
+
+def test_job_store_counts_a_redelivered_batch_once(job_store: JobStore) -> None:
+    spec = JobSpec(source="s3://b/p/", collections=("a",))
+    job_id = job_store.create(JobKind.INGEST, spec)
+    job_store.raise_counters(job_id, {"listed": 20, "queued": 20, "batches_total": 2})
+    job_store.raise_counters(job_id, {"listed": 10, "batches_total": 1})  # a re-run planner
+    assert job_store.complete_batch(job_id, "p0", {"objects_done": 10, "indexed_frames": 10})
+    assert not job_store.complete_batch(job_id, "p0", {"objects_done": 10, "indexed_frames": 10})
+    assert job_store.state(job_id) == JobState.RUNNING
+    assert job_store.complete_batch(job_id, "p1", {"objects_done": 10, "failed": 1}, [("k", "bad")])
+    assert job_store.state(job_id) == JobState.RUNNING  # not planned yet: more batches may come
+    job_store.plan_done(job_id)
+    record = job_store.get(job_id)
+    assert record is not None and record.state == JobState.DONE
+    assert record.counts["objects_done"] == 20 and record.counts["indexed_frames"] == 10
+    assert record.counts["listed"] == 20 and record.counts["batches_total"] == 2
+    assert record.failed_items == [{"key": "k", "reason": "bad"}]
+    assert record.finished_at is not None and record.seconds is not None
+    # a batch of a job Redis no longer has is ignored, not resurrected as a half job
+    assert not job_store.complete_batch("0" * 32, "p0", {"objects_done": 1})
+    assert job_store.get("0" * 32) is None
+
+
+def test_parse_minio_event_decodes_keys_and_ignores_other_events() -> None:
+    body = {
+        "Records": [
+            {
+                "eventName": "s3:ObjectCreated:Put",
+                "s3": {"bucket": {"name": "b"}, "object": {"key": "a+b%2Fc.png"}},
+            },
+            {
+                "eventName": "s3:ObjectRemoved:Delete",
+                "s3": {"bucket": {"name": "b"}, "object": {"key": "x.dcm"}},
+            },
+            {"eventName": "s3:ObjectAccessed:Get", "s3": {"bucket": {"name": "b"}, "object": {"key": "y"}}},
+        ]
+    }
+    events = parse_s3_event(body)
+    assert [(e.action, e.key) for e in events] == [("created", "a b/c.png"), ("removed", "x.dcm")]
+    with pytest.raises(ValueError):
+        parse_s3_event({"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {}}]})
+    with pytest.raises(ValueError):
+        parse_s3_event([1, 2])

@@ -1,0 +1,116 @@
+"""The Celery app, built from `Settings` (never at import time).
+
+Delivery is at-least-once and tasks are idempotent (deterministic point ids, batches counted once):
+``acks_late`` + ``task_reject_on_worker_lost`` put the message of a killed worker back in the queue,
+prefetch 1 keeps a long batch from holding others hostage, and Redis' visibility timeout returns
+the messages of a worker that vanished altogether. JSON only: a task argument is never unpickled.
+
+Queues: ``plan`` (CPU: list a source, reconcile, delete) and ``embed`` (GPU or CPU: a batch of
+object keys → the batch pipeline → upsert).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, cast
+
+from celery import Celery
+
+from core.config import Settings
+
+__all__ = [
+    "DELETE_TASK",
+    "EMBED_QUEUE",
+    "EMBED_TASK",
+    "PLAN_QUEUE",
+    "PLAN_TASK",
+    "RECONCILE_ALL_TASK",
+    "RECONCILE_TASK",
+    "create_celery",
+    "settings_of",
+]
+
+PLAN_QUEUE = "plan"
+EMBED_QUEUE = "embed"
+
+# Task names are the wire contract: the API and the command line enqueue by name.
+PLAN_TASK = "radsearch.plan_job"
+EMBED_TASK = "radsearch.embed_batch"
+DELETE_TASK = "radsearch.delete_objects"
+RECONCILE_TASK = "radsearch.reconcile"
+RECONCILE_ALL_TASK = "radsearch.reconcile_subscriptions"
+
+_SETTINGS_KEY = "radsearch_settings"
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A configured Celery app with the radsearch tasks registered."""
+    from workers.tasks import register_tasks
+
+    cfg = settings.celery
+    broker = cfg.broker_url or settings.redis.url
+    backend = cfg.result_backend or settings.redis.url
+    app = Celery("radsearch", broker=broker, backend=backend, set_as_current=False)
+    transport_options: dict[str, Any] = {
+        "visibility_timeout": cfg.visibility_timeout_s,
+        "unacked_restore_interval": cfg.restore_interval_s,
+        "unacked_restore_throttle": 1,
+        # The restore mutex of a worker killed mid-sweep must not block others for long.
+        "unacked_mutex_expire": min(300, cfg.visibility_timeout_s),
+        "socket_timeout": cfg.publish_timeout_s,
+        "socket_connect_timeout": min(cfg.publish_timeout_s, 5.0),
+        "health_check_interval": 10,
+    }
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=False,
+        task_ignore_result=True,
+        result_expires=timedelta(days=1),
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
+        broker_connection_retry=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_connection_timeout=min(cfg.publish_timeout_s, 5.0),
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 3,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
+        task_default_queue=EMBED_QUEUE,
+        task_routes={
+            PLAN_TASK: {"queue": PLAN_QUEUE},
+            RECONCILE_TASK: {"queue": PLAN_QUEUE},
+            RECONCILE_ALL_TASK: {"queue": PLAN_QUEUE},
+            DELETE_TASK: {"queue": PLAN_QUEUE},
+            EMBED_TASK: {"queue": EMBED_QUEUE},
+        },
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        timezone="UTC",
+        enable_utc=True,
+    )
+    if cfg.reconcile_interval_s > 0 and settings.events.subscriptions:
+        app.conf.beat_schedule = {
+            "reconcile-subscriptions": {
+                "task": RECONCILE_ALL_TASK,
+                "schedule": timedelta(seconds=cfg.reconcile_interval_s),
+            }
+        }
+    app.conf[_SETTINGS_KEY] = settings
+    register_tasks(app)
+    return app
+
+
+def settings_of(app: Celery) -> Settings:
+    """The `Settings` the app was built from."""
+    return cast(Settings, app.conf[_SETTINGS_KEY])

@@ -1,0 +1,286 @@
+"""The command-line side of the workers: ``radsearch worker``, ``jobs``, ``reconcile`` and
+``ingest --executor celery``. `radsearch.cli` registers these on its parser."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from core.config import Settings
+from core.errors import ConfigError
+
+__all__ = ["add_worker_commands", "ingest_celery"]
+
+EXIT_OK = 0
+EXIT_RUNTIME_ERROR = 1
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _connect(settings: Settings) -> tuple[Any, Any]:
+    """(job store, celery app) for submitting work; `BrokerUnavailable` if Redis does not answer."""
+    import redis
+
+    from workers.app import create_celery
+    from workers.client import BrokerUnavailable
+    from workers.jobs import open_job_store
+
+    store = open_job_store(settings.celery.broker_url or settings.redis.url, settings.celery)
+    try:
+        store.client.ping()
+    except redis.exceptions.RedisError as exc:
+        raise BrokerUnavailable(f"Redis at {settings.redis.url} does not answer: {exc}") from exc
+    return store, create_celery(settings)
+
+
+def _collections(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not names:
+        raise ConfigError("--collection needs at least one name")
+    return names
+
+
+def _source_uri(value: str) -> str:
+    if "://" in value:
+        return value
+    # Workers resolve the path themselves: give them an absolute one.
+    return str(Path(value).resolve())
+
+
+def _follow(settings: Settings, store: Any, job_id: str, *, progress: bool) -> Any:
+    from tqdm import tqdm
+
+    from workers.client import follow_job
+    from workers.jobs import JobRecord
+
+    bar = tqdm(unit="obj", desc=f"job {job_id[:8]}", disable=not progress, dynamic_ncols=True)
+
+    def update(record: JobRecord) -> None:
+        bar.total = max(record.counts["queued"], record.counts["objects_done"]) or None
+        bar.n = record.counts["objects_done"]
+        bar.set_postfix(
+            state=record.state.value,
+            frames=record.counts["indexed_frames"],
+            failed=record.counts["failed"],
+            refresh=False,
+        )
+        bar.refresh()
+
+    try:
+        return follow_job(store, job_id, on_update=update)
+    finally:
+        bar.close()
+
+
+def _summary_line(record: Any) -> str:
+    counts = record.counts
+    rate = record.throughput()["objects_per_s"] or 0.0
+    return (
+        f"job {record.id} {record.state.value}: {counts['listed']} listed, {counts['queued']} queued, "
+        f"{counts['indexed_frames']} frames indexed, {counts['skipped_unchanged']} unchanged skipped, "
+        f"{counts['failed']} failed, {counts['quarantined']} quarantined ({rate:.1f} objects/s)"
+    )
+
+
+def _finish(record: Any, job_id: str, *, as_json: bool) -> int:
+    if record is None:
+        sys.stderr.write(
+            f"radsearch: error: job {job_id} disappeared (Redis restarted without persistence?); "
+            "run `radsearch reconcile SOURCE --collection NAME` to repair\n"
+        )
+        return EXIT_RUNTIME_ERROR
+    if as_json:
+        _out(json.dumps(record.to_dict()))
+    else:
+        _out(_summary_line(record))
+        if record.drift:
+            for name, drift in record.drift.items():
+                _out(f"  drift {name}: " + " ".join(f"{k}={v}" for k, v in drift.items()))
+        for item in record.failed_items[:20]:
+            _out(f"  failed {item['key']}: {item['reason']}")
+        if record.error:
+            _out(f"  error: {record.error}")
+    return EXIT_OK if record.state.value == "done" else EXIT_RUNTIME_ERROR
+
+
+def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
+    """``radsearch ingest SOURCE --collection A[,B] --executor celery [--detach]``."""
+    from workers.client import submit_job
+    from workers.jobs import JobKind, JobSpec
+
+    spec = JobSpec(
+        source=_source_uri(args.source),
+        collections=_collections(args.collection),
+        manifest=(args.manifest if "://" in str(args.manifest) else str(Path(args.manifest).resolve()))
+        if args.manifest
+        else None,
+        path_template=args.path_template,
+        skip_unchanged=not args.no_skip_unchanged,
+        encoder=args.encoder or "baseline",
+    )
+    if spec.path_template:
+        from ingest.labels import PathTemplate
+
+        PathTemplate(spec.path_template)  # refuse a bad template before anything is queued
+    store, app = _connect(settings)
+    job_id = submit_job(store, app, JobKind.INGEST, spec)
+    if args.detach:
+        _out(json.dumps({"job_id": job_id}) if args.json else job_id)
+        return EXIT_OK
+    record = _follow(settings, store, job_id, progress=not args.json)
+    return _finish(record, job_id, as_json=args.json)
+
+
+def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.client import submit_job
+    from workers.jobs import JobKind, JobSpec
+
+    spec = JobSpec(
+        source=_source_uri(args.source),
+        collections=_collections(args.collection),
+        manifest=args.manifest,
+        path_template=args.path_template,
+        skip_unchanged=True,
+        encoder=args.encoder,
+    )
+    store, app = _connect(settings)
+    job_id = submit_job(store, app, JobKind.RECONCILE, spec)
+    if args.detach:
+        _out(json.dumps({"job_id": job_id}) if args.json else job_id)
+        return EXIT_OK
+    record = _follow(settings, store, job_id, progress=not args.json)
+    return _finish(record, job_id, as_json=args.json)
+
+
+def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.client import requeue_dead_letters
+
+    store, app = _connect(settings)
+    if args.jobs_command == "list":
+        records = store.recent(limit=args.limit)
+        if args.json:
+            _out(json.dumps({"data": [r.to_dict(with_items=False) for r in records], "count": len(records)}))
+            return EXIT_OK
+        for r in records:
+            c = r.counts
+            _out(
+                f"{r.id}  {r.kind.value:<9} {r.state.value:<8} {r.spec.source}  "
+                f"listed={c['listed']} frames={c['indexed_frames']} failed={c['failed']}"
+            )
+        if not records:
+            _out("no jobs")
+        return EXIT_OK
+    if args.jobs_command == "show":
+        record = store.get(args.job_id)
+        if record is None:
+            sys.stderr.write(f"radsearch: error: no job {args.job_id}\n")
+            return EXIT_RUNTIME_ERROR
+        if args.json:
+            _out(json.dumps(record.to_dict()))
+        else:
+            _out(json.dumps(record.to_dict(), indent=2))
+        return EXIT_OK
+    # requeue
+    letters = store.dead_letters(job_id=args.job_id)
+    new_ids = requeue_dead_letters(store, app, job_id=args.job_id)
+    if args.json:
+        _out(json.dumps({"requeued_batches": len(letters), "jobs": new_ids}))
+    else:
+        _out(f"requeued {len(letters)} dead-lettered batch(es) as job(s): {' '.join(new_ids) or '-'}")
+    return EXIT_OK
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.app import create_celery
+
+    if args.device:
+        settings = settings.model_copy(
+            update={"runtime": settings.runtime.model_copy(update={"device": args.device})}
+        )
+    edge = settings.store.backend == "edge"
+    pool = args.pool or ("threads" if edge else "prefork")
+    if edge and pool == "prefork" and args.concurrency > 1:
+        raise ConfigError(
+            "the edge store (Qdrant Edge) can be opened by one process only: use --pool threads "
+            "(or solo, or prefork with --concurrency 1), or RADSEARCH_STORE__BACKEND=qdrant to scale out"
+        )
+    app = create_celery(settings)
+    hostname = args.hostname or f"radsearch-{'-'.join(args.queues.split(','))}@{socket.gethostname()}"
+    argv = [
+        "worker",
+        f"--queues={args.queues}",
+        f"--concurrency={args.concurrency}",
+        f"--pool={pool}",
+        f"--loglevel={args.loglevel}",
+        f"--hostname={hostname}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if args.max_tasks_per_child:
+        argv.append(f"--max-tasks-per-child={args.max_tasks_per_child}")
+    if args.beat:
+        schedule = settings.data_dir / "celerybeat-schedule"
+        schedule.parent.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", f"--schedule={schedule}"]
+    app.worker_main(argv=argv)
+    return EXIT_OK
+
+
+def add_worker_commands(sub: Any) -> None:
+    """Register ``worker``, ``jobs`` and ``reconcile`` on the ``radsearch`` subparsers."""
+    worker = sub.add_parser(
+        "worker",
+        help="start a Celery worker (one per GPU)",
+        description=(
+            "Start a worker. With the edge store exactly one worker process may own the store: the "
+            "default pool is then 'threads'; scale out with the qdrant backend and prefork."
+        ),
+    )
+    worker.add_argument("--queues", default="plan,embed", help="comma-separated: plan, embed (default both)")
+    worker.add_argument("--device", help="encoder device for this worker, e.g. cuda:0 or cpu")
+    worker.add_argument("--concurrency", type=int, default=1, help="pool size (1 per GPU)")
+    worker.add_argument(
+        "--pool", choices=("prefork", "threads", "solo"), help="default: threads (edge), prefork (qdrant)"
+    )
+    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--hostname", help="worker node name (default radsearch-QUEUES@HOST)")
+    worker.add_argument("--beat", action="store_true", help="also run the periodic reconcile schedule")
+    worker.add_argument("--max-tasks-per-child", type=int, default=0)
+    worker.set_defaults(handler=_cmd_worker)
+
+    jobs = sub.add_parser("jobs", help="ingest jobs run by the workers")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    jlist = jobs_sub.add_parser("list", help="recent jobs, newest first")
+    jlist.add_argument("--limit", type=int, default=20)
+    jlist.add_argument("--json", action="store_true")
+    jlist.set_defaults(handler=_cmd_jobs)
+    jshow = jobs_sub.add_parser("show", help="one job: state, counts, failed items, throughput")
+    jshow.add_argument("job_id")
+    jshow.add_argument("--json", action="store_true")
+    jshow.set_defaults(handler=_cmd_jobs)
+    jrequeue = jobs_sub.add_parser("requeue", help="replay dead-lettered batches (all, or one job's)")
+    jrequeue.add_argument("job_id", nargs="?")
+    jrequeue.add_argument("--json", action="store_true")
+    jrequeue.set_defaults(handler=_cmd_jobs)
+
+    reconcile = sub.add_parser(
+        "reconcile",
+        help="repair drift between a source and collections (missing, changed, deleted objects)",
+    )
+    reconcile.add_argument("source", help="s3://bucket/prefix or a local folder")
+    reconcile.add_argument("--collection", required=True, help="one name or a comma-separated list")
+    reconcile.add_argument("--encoder", help="create missing collections with this encoder")
+    reconcile.add_argument(
+        "--manifest", help="CSV/JSONL manifest (path or s3:// URI) for re-ingested objects"
+    )
+    reconcile.add_argument("--path-template")
+    reconcile.add_argument("--detach", action="store_true", help="print the job id and return")
+    reconcile.add_argument("--json", action="store_true")
+    reconcile.set_defaults(handler=_cmd_reconcile)

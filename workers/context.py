@@ -1,0 +1,165 @@
+"""What a worker process keeps between tasks: the store, the encoders, sources and label rules.
+
+Built lazily on the first task in each worker *child* process, never in the parent: CUDA must not
+be initialised before a fork, and Qdrant Edge lets only one process open a store. Threads of one
+process (``--pool threads``) share one `WorkerResources`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from celery import Celery
+
+from core.catalog import Catalog
+from core.config import Settings
+from core.encoders.registry import resolve_spec
+from core.errors import CollectionExists, CollectionNotFound, ConfigError
+from core.index.base import VectorIndex
+from core.index.factory import open_index
+from ingest.inline import make_targets
+from ingest.labels import Labeler, PathTemplate, load_manifest, parse_manifest
+from ingest.pipeline import PipelineContext
+from ingest.readers import DecodeLimits
+from ingest.sources import open_source
+from ingest.sources.base import Source
+from ingest.sources.factory import parse_s3_uri
+from workers.app import settings_of
+from workers.jobs import JobSpec, JobStore, open_job_store
+
+__all__ = ["WorkerResources", "resources_for"]
+
+log = logging.getLogger(__name__)
+
+_LABELER_CACHE = 8
+_RESOURCES_KEY = "radsearch_resources"
+_resources_lock = threading.Lock()
+
+
+class WorkerResources:
+    """Per-process, lazily opened: index + catalog (encoders), job store, sources, labelers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self._lock = threading.RLock()
+        self._index: VectorIndex | None = None
+        self._catalog: Catalog | None = None
+        self._store: JobStore | None = None
+        self._sources: dict[str, Source] = {}
+        self._labelers: OrderedDict[tuple[str, str | None, str | None], Labeler] = OrderedDict()
+        self._ensured: set[str] = set()
+        self.pool = ThreadPoolExecutor(
+            max_workers=settings.ingest.decode_workers, thread_name_prefix="decode"
+        )
+
+    @property
+    def store(self) -> JobStore:
+        with self._lock:
+            if self._store is None:
+                broker = self.settings.celery.broker_url or self.settings.redis.url
+                self._store = open_job_store(broker, self.settings.celery)
+            return self._store
+
+    @property
+    def catalog(self) -> Catalog:
+        with self._lock:
+            if self._catalog is None:
+                self._index = open_index(self.settings)
+                self._catalog = Catalog(self._index, self.settings)
+                log.info("pid %d opened the %s store", self.pid, self.settings.store.backend)
+            return self._catalog
+
+    def source(self, uri: str) -> Source:
+        with self._lock:
+            if uri not in self._sources:
+                self._sources[uri] = open_source(uri, self.settings)
+            return self._sources[uri]
+
+    def ensure_collections(self, spec: JobSpec) -> None:
+        """Create missing collections with the job's encoder; `CollectionNotFound` without one."""
+        catalog = self.catalog
+        with self._lock:
+            for name in spec.collections:
+                if name in self._ensured:
+                    continue
+                try:
+                    catalog.get(name)
+                except CollectionNotFound:
+                    if not spec.encoder:
+                        raise CollectionNotFound(
+                            f"collection {name!r} does not exist; create it first or give the job an encoder"
+                        ) from None
+                    try:
+                        catalog.create(name, resolve_spec(spec.encoder))
+                    except CollectionExists:
+                        pass
+                self._ensured.add(name)
+
+    def labeler(self, job_id: str, spec: JobSpec) -> Labeler:
+        """The job's label rules; a manifest is read once per job per process."""
+        cache_key = (job_id, spec.manifest, spec.path_template)
+        with self._lock:
+            if cache_key in self._labelers:
+                self._labelers.move_to_end(cache_key)
+                return self._labelers[cache_key]
+        labeler = Labeler(
+            manifest=self._read_manifest(spec.manifest) if spec.manifest else {},
+            path_template=PathTemplate(spec.path_template) if spec.path_template else None,
+        )
+        with self._lock:
+            self._labelers[cache_key] = labeler
+            while len(self._labelers) > _LABELER_CACHE:
+                self._labelers.popitem(last=False)
+        return labeler
+
+    def _read_manifest(self, ref: str) -> dict[str, dict[str, object]]:
+        if ref.startswith("s3://"):
+            bucket, key = parse_s3_uri(ref)
+            if not key:
+                raise ConfigError(f"manifest {ref!r} names a bucket, not an object")
+            data = self.source(f"s3://{bucket}").fetch(key)
+            try:
+                text = data.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"manifest {ref!r} is not UTF-8 text") from exc
+            return parse_manifest(text, name=key)
+        return load_manifest(Path(ref))
+
+    def pipeline_context(self, job_id: str, spec: JobSpec) -> PipelineContext:
+        """The batch pipeline's context for one job (cheap: everything heavy is cached)."""
+        self.ensure_collections(spec)
+        catalog = self.catalog
+        return PipelineContext(
+            source=self.source(spec.source),
+            index=catalog.index,
+            targets=make_targets(catalog, list(spec.collections)),
+            labeler=self.labeler(job_id, spec),
+            limits=DecodeLimits.from_settings(self.settings.ingest),
+            hash_key=self.settings.hash_key_bytes(),
+            embed_batch_size=self.settings.ingest.batch_size,
+            skip_unchanged=spec.skip_unchanged,
+        )
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for source in self._sources.values():
+            source.close()
+        if self._index is not None:
+            self._index.close()
+
+
+def resources_for(app: Celery) -> WorkerResources:
+    """This process's resources for ``app``, created on first use (after any fork)."""
+    with _resources_lock:
+        current: WorkerResources | None = app.conf.get(_RESOURCES_KEY)
+        if current is None or current.pid != os.getpid():
+            # A forked child must not use its parent's handles: build its own.
+            current = WorkerResources(settings_of(app))
+            app.conf[_RESOURCES_KEY] = current
+        return current

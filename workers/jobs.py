@@ -1,0 +1,514 @@
+"""Ingest jobs: state, progress counters, failed items and dead letters, kept in Redis.
+
+Keys (prefix ``radsearch:``)::
+
+    job:{id}             hash: kind, state, spec (JSON), times, counters (HINCRBY), drift, error
+    job:{id}:batches     set of finished batch ids: a batch delivered twice is counted once
+    job:{id}:failed      list of failed items (JSON ``{key, reason}``), capped
+    jobs                 sorted set of job ids by creation time (recent jobs)
+    deliveries:{id}:{b}  how often batch ``b`` of job ``id`` was started (poison-message guard)
+    deadletter           list of dead-lettered batches (JSON), replayed by ``radsearch jobs requeue``
+    bad:{collection}     hash ``source\\x1fkey`` → ETag of objects that cannot be decoded, so
+                         reconciliation does not re-enqueue a known-bad object at the same ETag
+
+Batch completion, counting and the job's final state change happen in one Lua script, so a batch
+that is redelivered after a crash (``acks_late``) never counts twice and the job finishes exactly
+when the last planned batch is done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, cast
+
+import redis
+
+from core.config import CelerySettings
+
+__all__ = [
+    "COUNTERS",
+    "DeadLetter",
+    "JobKind",
+    "JobRecord",
+    "JobSpec",
+    "JobState",
+    "JobStore",
+    "open_job_store",
+]
+
+_PREFIX = "radsearch:"
+_JOBS_INDEX = f"{_PREFIX}jobs"
+_DEADLETTER = f"{_PREFIX}deadletter"
+
+COUNTERS: tuple[str, ...] = (
+    "listed",
+    "queued",
+    "objects_done",
+    "indexed_frames",
+    "skipped_unchanged",
+    "failed",
+    "quarantined",
+    "vanished",
+    "deleted",
+    "dead_lettered",
+    "batches_total",
+    "batches_done",
+)
+
+
+class JobKind(StrEnum):
+    INGEST = "ingest"
+    RECONCILE = "reconcile"
+    EVENTS = "events"
+    REQUEUE = "requeue"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    PLANNING = "planning"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+_FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED})
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a job ingests: a source, the collections it fills, and the label options.
+
+    ``manifest`` is a reference (local path or ``s3://`` URI) that workers read themselves; tasks
+    never carry its content. ``encoder`` creates missing collections with that encoder.
+    """
+
+    source: str
+    collections: tuple[str, ...]
+    manifest: str | None = None
+    path_template: str | None = None
+    skip_unchanged: bool = True
+    encoder: str | None = None
+    batch_size: int | None = None
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["collections"] = list(self.collections)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        data = json.loads(text)
+        data["collections"] = tuple(data["collections"])
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as the API and the command line show it."""
+
+    id: str
+    kind: JobKind
+    state: JobState
+    spec: JobSpec
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    counts: dict[str, int]
+    planned: bool
+    error: str | None = None
+    drift: dict[str, Any] | None = None
+    failed_items: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in _FINAL_STATES
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall-clock seconds from the first work on the job to its end (or now)."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.finished_at is not None else time.time()
+        return max(end - self.started_at, 0.0)
+
+    def throughput(self) -> dict[str, float | None]:
+        seconds = self.seconds
+        if not seconds:
+            return {"objects_per_s": None, "frames_per_s": None}
+        return {
+            "objects_per_s": round(self.counts["objects_done"] / seconds, 3),
+            "frames_per_s": round(self.counts["indexed_frames"] / seconds, 3),
+        }
+
+    def to_dict(self, *, with_items: bool = True) -> dict[str, Any]:
+        def iso(ts: float | None) -> str | None:
+            return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+        out: dict[str, Any] = {
+            "id": self.id,
+            "kind": self.kind.value,
+            "state": self.state.value,
+            "source": self.spec.source,
+            "collections": list(self.spec.collections),
+            "options": {
+                "manifest": self.spec.manifest,
+                "path_template": self.spec.path_template,
+                "skip_unchanged": self.spec.skip_unchanged,
+                "encoder": self.spec.encoder,
+                "batch_size": self.spec.batch_size,
+            },
+            "counts": dict(self.counts),
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "seconds": None if self.seconds is None else round(self.seconds, 3),
+            "throughput": self.throughput(),
+            "error": self.error,
+            "drift": self.drift,
+        }
+        if with_items:
+            out["failed_items"] = list(self.failed_items)
+        return out
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A batch that ran out of retries (or deliveries): enough to replay it, no pixels."""
+
+    job_id: str
+    batch_id: str
+    spec: JobSpec
+    keys: list[str]
+    error: str
+    attempts: int
+    at: float
+    task: str = "embed"  # or "delete"
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["spec"] = json.loads(self.spec.to_json())
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DeadLetter:
+        data = json.loads(text)
+        data["spec"] = JobSpec.from_json(json.dumps(data["spec"]))
+        return cls(**data)
+
+
+# KEYS: job hash, batches set, failed list. ARGV: batch id, now, ttl, max failed items, n counter
+# pairs, (field, increment)..., failed item JSONs...
+_COMPLETE_BATCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+local ttl = tonumber(ARGV[3])
+redis.call('EXPIRE', KEYS[2], ttl)
+local maxf = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local i = 6
+for _ = 1, n do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  if redis.call('LLEN', KEYS[3]) < maxf then redis.call('RPUSH', KEYS[3], ARGV[i]) end
+  i = i + 1
+end
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('HINCRBY', KEYS[1], 'batches_done', 1)
+if redis.call('HGET', KEYS[1], 'started_at') == false then
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[2])
+end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'done' and state ~= 'failed' then
+  local planned = redis.call('HGET', KEYS[1], 'planned')
+  local done = tonumber(redis.call('HGET', KEYS[1], 'batches_done') or '0')
+  local total = tonumber(redis.call('HGET', KEYS[1], 'batches_total') or '0')
+  if planned == '1' and done >= total then
+    redis.call('HSET', KEYS[1], 'state', 'done', 'finished_at', ARGV[2])
+  else
+    redis.call('HSET', KEYS[1], 'state', 'running')
+  end
+end
+return 1
+"""
+
+# KEYS: job hash. ARGV: now, (field, value)... — raise each field to at least value.
+_RAISE_COUNTERS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local i = 2
+while i <= #ARGV do
+  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  i = i + 2
+end
+return 1
+"""
+
+# KEYS: job hash. ARGV: now. Planning finished: the job is done if every batch already is.
+_PLAN_DONE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], 'planned', '1')
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'done' or state == 'failed' then return 0 end
+local done = tonumber(redis.call('HGET', KEYS[1], 'batches_done') or '0')
+local total = tonumber(redis.call('HGET', KEYS[1], 'batches_total') or '0')
+if done >= total then
+  if redis.call('HGET', KEYS[1], 'started_at') == false then
+    redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
+  end
+  redis.call('HSET', KEYS[1], 'state', 'done', 'finished_at', ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'state', 'running')
+end
+return 1
+"""
+
+# KEYS: job hash. ARGV: now, ttl, batches, objects. More work for a long-lived (events) job.
+_ADD_BATCHES = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HINCRBY', KEYS[1], 'batches_total', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'listed', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'queued', ARGV[4])
+redis.call('HSET', KEYS[1], 'state', 'running')
+redis.call('HDEL', KEYS[1], 'finished_at')
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
+
+def _job_key(job_id: str) -> str:
+    return f"{_PREFIX}job:{job_id}"
+
+
+def _float(raw: str | None) -> float | None:
+    return None if raw is None or raw == "" else float(raw)
+
+
+class JobStore:
+    """Job state over one Redis database; every method is a few round trips at most."""
+
+    def __init__(self, client: redis.Redis, settings: CelerySettings) -> None:
+        self.client = client
+        self.settings = settings
+        self._complete = client.register_script(_COMPLETE_BATCH)
+        self._raise = client.register_script(_RAISE_COUNTERS)
+        self._plan_done = client.register_script(_PLAN_DONE)
+        self._add_batches = client.register_script(_ADD_BATCHES)
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def create(self, kind: JobKind, spec: JobSpec, *, job_id: str | None = None) -> str:
+        """A new job in state ``queued``; ids are uuid4 unless given (events jobs)."""
+        job_id = job_id or str(uuid.uuid4())
+        now = time.time()
+        # Any: redis-py's mapping type is invariant in a union of key types.
+        fields: dict[Any, Any] = {
+            "id": job_id,
+            "kind": kind.value,
+            "state": JobState.QUEUED.value,
+            "spec": spec.to_json(),
+            "created_at": repr(now),
+            "planned": "0",
+            **dict.fromkeys(COUNTERS, "0"),
+        }
+        with self.client.pipeline() as pipe:
+            pipe.hset(_job_key(job_id), mapping=fields)
+            pipe.expire(_job_key(job_id), self.settings.job_ttl_s)
+            pipe.zadd(_JOBS_INDEX, {job_id: now})
+            pipe.execute()
+        return job_id
+
+    def ensure(self, kind: JobKind, spec: JobSpec, job_id: str) -> None:
+        """Create the job if it does not exist (a long-lived job with a deterministic id)."""
+        if not self.client.exists(_job_key(job_id)):
+            self.create(kind, spec, job_id=job_id)
+            self.client.hset(_job_key(job_id), mapping={"planned": "1", "state": JobState.DONE.value})
+
+    def get(self, job_id: str, *, with_items: bool = True, max_items: int = 1000) -> JobRecord | None:
+        """The job, or None if it does not exist (never created, expired, or Redis lost it)."""
+        raw = cast(dict[str, str], self.client.hgetall(_job_key(job_id)))
+        if not raw or "spec" not in raw:
+            return None
+        items: list[dict[str, str]] = []
+        if with_items:
+            rows = cast(list[str], self.client.lrange(f"{_job_key(job_id)}:failed", 0, max_items - 1))
+            items = [json.loads(row) for row in rows]
+        return JobRecord(
+            id=job_id,
+            kind=JobKind(raw.get("kind", JobKind.INGEST.value)),
+            state=JobState(raw.get("state", JobState.QUEUED.value)),
+            spec=JobSpec.from_json(raw["spec"]),
+            created_at=float(raw.get("created_at", "0")),
+            started_at=_float(raw.get("started_at")),
+            finished_at=_float(raw.get("finished_at")),
+            counts={name: int(raw.get(name, "0")) for name in COUNTERS},
+            planned=raw.get("planned") == "1",
+            error=raw.get("error") or None,
+            drift=json.loads(raw["drift"]) if raw.get("drift") else None,
+            failed_items=items,
+        )
+
+    def spec(self, job_id: str) -> JobSpec | None:
+        raw = cast(str | None, self.client.hget(_job_key(job_id), "spec"))
+        return None if raw is None else JobSpec.from_json(raw)
+
+    def state(self, job_id: str) -> JobState | None:
+        raw = cast(str | None, self.client.hget(_job_key(job_id), "state"))
+        return None if raw is None else JobState(raw)
+
+    def recent(self, *, limit: int = 50) -> list[JobRecord]:
+        """The most recent jobs first; ids whose job expired are dropped from the index."""
+        ids = cast(list[str], self.client.zrevrange(_JOBS_INDEX, 0, max(limit, 1) - 1))
+        out: list[JobRecord] = []
+        gone: list[str] = []
+        for job_id in ids:
+            record = self.get(job_id, with_items=False)
+            if record is None:
+                gone.append(job_id)
+            else:
+                out.append(record)
+        if gone:
+            self.client.zrem(_JOBS_INDEX, *gone)
+        return out
+
+    def mark_planning(self, job_id: str) -> None:
+        now = repr(time.time())
+        key = _job_key(job_id)
+        with self.client.pipeline() as pipe:
+            pipe.hsetnx(key, "started_at", now)
+            pipe.hset(key, "state", JobState.PLANNING.value)
+            pipe.execute()
+
+    def raise_counters(self, job_id: str, values: Mapping[str, int]) -> None:
+        """Raise counters to at least these values (a re-run planner does not double count)."""
+        args: list[str] = [repr(time.time())]
+        for name, value in values.items():
+            args += [name, str(int(value))]
+        self._raise(keys=[_job_key(job_id)], args=args)
+
+    def plan_done(self, job_id: str) -> None:
+        self._plan_done(keys=[_job_key(job_id)], args=[repr(time.time())])
+
+    def add_batches(self, job_id: str, *, batches: int, objects: int) -> None:
+        self._add_batches(
+            keys=[_job_key(job_id)],
+            args=[repr(time.time()), str(self.settings.job_ttl_s), str(batches), str(objects)],
+        )
+
+    def set_drift(self, job_id: str, drift: Mapping[str, Any]) -> None:
+        self.client.hset(_job_key(job_id), "drift", json.dumps(drift, sort_keys=True))
+
+    def fail(self, job_id: str, error: str) -> None:
+        """The whole job failed (unknown collection, source unreachable after retries)."""
+        key = _job_key(job_id)
+        if not self.client.exists(key):
+            return
+        now = repr(time.time())
+        with self.client.pipeline() as pipe:
+            pipe.hsetnx(key, "started_at", now)
+            pipe.hset(key, mapping={"state": JobState.FAILED.value, "error": error, "finished_at": now})
+            pipe.execute()
+
+    def complete_batch(
+        self,
+        job_id: str,
+        batch_id: str,
+        counts: Mapping[str, int],
+        failed: Sequence[tuple[str, str]] = (),
+    ) -> bool:
+        """Count one finished batch once; False if it was counted before or the job is gone."""
+        args: list[str] = [
+            batch_id,
+            repr(time.time()),
+            str(self.settings.job_ttl_s),
+            str(self.settings.max_failed_items),
+        ]
+        pairs = [(name, int(value)) for name, value in counts.items() if value]
+        args.append(str(len(pairs)))
+        for name, value in pairs:
+            args += [name, str(value)]
+        args += [json.dumps({"key": key, "reason": reason}) for key, reason in failed]
+        result = self._complete(
+            keys=[_job_key(job_id), f"{_job_key(job_id)}:batches", f"{_job_key(job_id)}:failed"], args=args
+        )
+        return int(result) == 1
+
+    # -- delivery guard and dead letters ---------------------------------------------------------
+
+    def count_delivery(self, job_id: str, batch_id: str) -> int:
+        """How many times this batch has been started, this start included."""
+        key = f"{_PREFIX}deliveries:{job_id}:{batch_id}"
+        with self.client.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, self.settings.job_ttl_s)
+            count, _ = pipe.execute()
+        return int(count)
+
+    def deliveries(self, job_id: str) -> dict[str, int]:
+        """Per batch id, how many times it was started (for tests and ``jobs show``)."""
+        prefix = f"{_PREFIX}deliveries:{job_id}:"
+        keys = list(cast(Iterable[str], self.client.scan_iter(match=f"{prefix}*", count=1000)))
+        if not keys:
+            return {}
+        values = cast(list[str | None], self.client.mget(keys))
+        return {k[len(prefix) :]: int(v or 0) for k, v in zip(keys, values, strict=True)}
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        self.client.rpush(_DEADLETTER, letter.to_json())
+
+    def dead_letters(self, *, job_id: str | None = None) -> list[DeadLetter]:
+        rows = cast(list[str], self.client.lrange(_DEADLETTER, 0, -1))
+        letters = [DeadLetter.from_json(row) for row in rows]
+        return [d for d in letters if job_id is None or d.job_id == job_id]
+
+    def take_dead_letters(self, *, job_id: str | None = None) -> list[DeadLetter]:
+        """Remove and return dead letters (all, or one job's) for replay."""
+        taken: list[DeadLetter] = []
+        for row in cast(list[str], self.client.lrange(_DEADLETTER, 0, -1)):
+            letter = DeadLetter.from_json(row)
+            if job_id is not None and letter.job_id != job_id:
+                continue
+            # LREM of the exact row: concurrent takers cannot both get it.
+            if int(self.client.lrem(_DEADLETTER, 1, row)) == 1:
+                taken.append(letter)
+        return taken
+
+    # -- known-bad objects -----------------------------------------------------------------------
+
+    def mark_bad(self, collections: Iterable[str], source_uri: str, items: Mapping[str, str]) -> None:
+        """Remember objects (key → ETag) that cannot be decoded, per collection."""
+        if not items:
+            return
+        with self.client.pipeline() as pipe:
+            for collection in collections:
+                pipe.hset(
+                    f"{_PREFIX}bad:{collection}",
+                    mapping={f"{source_uri}\x1f{key}": etag for key, etag in items.items()},
+                )
+            pipe.execute()
+
+    def bad_objects(self, collection: str, source_uri: str) -> dict[str, str]:
+        """key → ETag of the known-bad objects of one source in one collection."""
+        prefix = f"{source_uri}\x1f"
+        raw = cast(dict[str, str], self.client.hgetall(f"{_PREFIX}bad:{collection}"))
+        return {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
+
+
+def open_job_store(redis_url: str, settings: CelerySettings) -> JobStore:
+    """A job store on ``redis_url`` with bounded socket timeouts (a dead Redis fails fast)."""
+    client = redis.Redis.from_url(
+        redis_url,
+        decode_responses=True,
+        socket_timeout=settings.publish_timeout_s,
+        socket_connect_timeout=min(settings.publish_timeout_s, 5.0),
+        health_check_interval=30,
+    )
+    return JobStore(client, settings)

@@ -1,0 +1,410 @@
+"""Thin Celery tasks around the batch pipeline. They take job ids and object keys, never pixels.
+
+Every task is idempotent: point ids are deterministic (a redelivered batch overwrites), batches are
+counted once per job (`JobStore.complete_batch`), deletions re-check that the object is gone.
+Errors: a bad object is a failed item of its batch (``BadInput``, no retry); a transient error
+(S3, Qdrant, network, Redis) retries the whole batch with exponential backoff and jitter; when the
+retries or deliveries run out, or on any other error, the batch goes to the dead-letter list
+(``radsearch jobs requeue`` replays it) and counts as failed, so the job still finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from celery import Celery, Task
+
+from core.errors import BadInput, CollectionNotFound, ConfigError, EncoderError, SourceError
+from core.payload import SearchFilter
+from ingest.pipeline import process_batch
+from ingest.planner import plan_batches
+from ingest.sources.base import ObjectRef
+from workers.app import (
+    DELETE_TASK,
+    EMBED_TASK,
+    PLAN_TASK,
+    RECONCILE_ALL_TASK,
+    RECONCILE_TASK,
+)
+from workers.context import WorkerResources, resources_for
+from workers.jobs import DeadLetter, JobKind, JobSpec, JobState, JobStore
+
+__all__ = ["RadsearchTask", "is_transient", "reconcile_job", "register_tasks"]
+
+log = logging.getLogger(__name__)
+
+_NOT_FOUND = "object not found"
+_DELETE_CHUNK = 500
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: the S3 endpoint, the Qdrant server, Redis or the network hiccuped."""
+    if isinstance(exc, BadInput):
+        return False
+    if isinstance(exc, SourceError | ConnectionError | TimeoutError | socket.timeout):
+        return True
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return True
+    module = type(exc).__module__
+    if module.startswith(("httpx", "httpcore", "urllib3", "grpc")):
+        return True
+    if module.startswith("qdrant_client"):
+        status = getattr(exc, "status_code", None)
+        # ResponseHandlingException (no status) is a transport failure; 5xx and 429 are the server's.
+        return status is None or status >= 500 or status == 429
+    return False
+
+
+class RadsearchTask(Task):  # type: ignore[misc]
+    """Base of our tasks: one `WorkerResources` per process, created on the first task."""
+
+    @property
+    def resources(self) -> WorkerResources:
+        return resources_for(self.app)
+
+
+def _backoff(task: RadsearchTask) -> float:
+    cfg = task.resources.settings.celery
+    # A countdown beyond the visibility timeout would be redelivered while it waits.
+    cap = min(cfg.retry_backoff_max_s, cfg.visibility_timeout_s / 2)
+    delay = min(cap, cfg.retry_backoff_s * 2 ** int(task.request.retries))
+    return float(delay * random.uniform(0.5, 1.0))
+
+
+def _dead_letter(
+    store: JobStore,
+    job_id: str,
+    batch_id: str,
+    spec: JobSpec,
+    keys: Sequence[str],
+    error: str,
+    attempts: int,
+    kind: str,
+) -> None:
+    store.dead_letter(DeadLetter(job_id, batch_id, spec, list(keys), error, attempts, time.time(), kind))
+    reason = f"dead-lettered after {attempts} attempt(s): {error}"
+    store.complete_batch(
+        job_id,
+        batch_id,
+        {"objects_done": len(keys), "failed": len(keys), "dead_lettered": len(keys)},
+        [(key, reason) for key in keys],
+    )
+    log.error("job %s batch %s dead-lettered (%d keys): %s", job_id, batch_id, len(keys), error)
+
+
+def _guarded(
+    task: RadsearchTask,
+    job_id: str,
+    batch_id: str,
+    keys: Sequence[str],
+    work: Callable[[JobSpec], None],
+    kind: str,
+) -> None:
+    """Run one batch's work with the delivery guard, retries and dead-lettering."""
+    store = task.resources.store
+    spec = store.spec(job_id)
+    if spec is None:
+        log.warning("job %s is gone (expired, or Redis lost it); batch %s dropped", job_id, batch_id)
+        return
+    if store.state(job_id) == JobState.FAILED:
+        return
+    cfg = task.resources.settings.celery
+    deliveries = store.count_delivery(job_id, batch_id)
+    if deliveries > cfg.max_deliveries:
+        _dead_letter(
+            store,
+            job_id,
+            batch_id,
+            spec,
+            keys,
+            f"started {deliveries - 1} times without finishing (worker killed while running it?)",
+            deliveries - 1,
+            kind,
+        )
+        return
+    try:
+        work(spec)
+    except Exception as exc:
+        attempts = int(task.request.retries) + 1
+        error = f"{type(exc).__name__}: {exc}"
+        if is_transient(exc) and task.request.retries < cfg.max_retries:
+            countdown = _backoff(task)
+            log.warning(
+                "job %s batch %s: %s; retry %d in %.1f s", job_id, batch_id, error, attempts, countdown
+            )
+            raise task.retry(exc=exc, countdown=countdown, max_retries=cfg.max_retries) from exc
+        if not is_transient(exc):
+            log.exception("job %s batch %s failed on a non-transient error", job_id, batch_id)
+        _dead_letter(store, job_id, batch_id, spec, keys, error, attempts, kind)
+
+
+def _embed(
+    task: RadsearchTask,
+    job_id: str,
+    batch_id: str,
+    keys: Sequence[str],
+    etags: Sequence[str] | None,
+    sizes: Sequence[int] | None,
+) -> None:
+    def work(spec: JobSpec) -> None:
+        res = task.resources
+        ctx = res.pipeline_context(job_id, spec)
+        failed: list[tuple[str, str]] = []
+        vanished = 0
+        refs: list[ObjectRef] = []
+        if etags is not None and sizes is not None:
+            refs = [ObjectRef(k, e, s) for k, e, s in zip(keys, etags, sizes, strict=True)]
+        else:
+            # Events are hints: the object's current state is what counts.
+            for key in keys:
+                try:
+                    refs.append(ctx.source.stat(key))
+                except BadInput as exc:
+                    if exc.reason == _NOT_FOUND:
+                        vanished += 1
+                    else:
+                        failed.append((key, exc.reason))
+        report = process_batch(ctx, refs, res.pool)
+        etag_of = {ref.key: ref.etag for ref in refs}
+        bad: dict[str, str] = {}
+        for item in report.failed:
+            if item.reason == _NOT_FOUND:
+                vanished += 1
+            else:
+                failed.append((item.key, item.reason))
+                bad[item.key] = etag_of.get(item.key, "")
+        failed += [(item.key, item.reason) for item in report.quarantined]
+        res.store.mark_bad(spec.collections, ctx.source.uri, bad)
+        res.store.complete_batch(
+            job_id,
+            batch_id,
+            {
+                "objects_done": len(keys),
+                "indexed_frames": report.frames_indexed,
+                "skipped_unchanged": report.skipped,
+                "failed": len(failed) - len(report.quarantined),
+                "quarantined": len(report.quarantined),
+                "vanished": vanished,
+            },
+            failed,
+        )
+
+    _guarded(task, job_id, batch_id, keys, work, "embed")
+
+
+def _delete(task: RadsearchTask, job_id: str, batch_id: str, keys: Sequence[str]) -> None:
+    def work(spec: JobSpec) -> None:
+        res = task.resources
+        source = res.source(spec.source)
+        index = res.catalog.index
+        gone: list[str] = []
+        for key in keys:
+            try:
+                source.stat(key)  # re-created since the event: keep its points
+            except BadInput:
+                gone.append(key)
+        for collection in spec.collections:
+            if not index.collection_exists(collection):
+                continue
+            for i in range(0, len(gone), _DELETE_CHUNK):
+                chunk = gone[i : i + _DELETE_CHUNK]
+                index.delete_by_filter(collection, SearchFilter(source=[source.uri], key=chunk))
+        res.store.complete_batch(job_id, batch_id, {"objects_done": len(keys), "deleted": len(gone)})
+
+    _guarded(task, job_id, batch_id, keys, work, "delete")
+
+
+def _send_embed_batches(
+    app: Celery, store: JobStore, job_id: str, refs: Sequence[ObjectRef], batch_size: int, prefix: str
+) -> int:
+    """Enqueue ``refs`` as embed batches with deterministic ids ``{prefix}{i}``; returns batches."""
+    count = 0
+    queued = 0
+    for i, batch in enumerate(plan_batches(refs, batch_size)):
+        queued += len(batch)
+        store.raise_counters(job_id, {"queued": queued, "batches_total": i + 1})
+        app.send_task(
+            EMBED_TASK,
+            args=[
+                job_id,
+                f"{prefix}{i}",
+                [r.key for r in batch],
+                [r.etag for r in batch],
+                [r.size for r in batch],
+            ],
+        )
+        count = i + 1
+    return count
+
+
+def _plan(task: RadsearchTask, job_id: str) -> None:
+    res = task.resources
+    store = res.store
+    spec = store.spec(job_id)
+    if spec is None or store.state(job_id) in (JobState.DONE, JobState.FAILED):
+        return
+    store.mark_planning(job_id)
+    try:
+        res.ensure_collections(spec)
+        source = res.source(spec.source)
+        batch_size = spec.batch_size or res.settings.celery.task_batch_size
+        listed = 0
+        for i, batch in enumerate(plan_batches(source.list(), batch_size)):
+            listed += len(batch)
+            store.raise_counters(job_id, {"listed": listed, "queued": listed, "batches_total": i + 1})
+            task.app.send_task(
+                EMBED_TASK,
+                args=[
+                    job_id,
+                    f"p{i}",
+                    [r.key for r in batch],
+                    [r.etag for r in batch],
+                    [r.size for r in batch],
+                ],
+            )
+    except (CollectionNotFound, ConfigError, EncoderError) as exc:
+        store.fail(job_id, str(exc))
+        return
+    except Exception as exc:
+        if is_transient(exc) and task.request.retries < res.settings.celery.max_retries:
+            raise task.retry(exc=exc, countdown=_backoff(task)) from exc
+        store.fail(job_id, f"planning failed: {type(exc).__name__}: {exc}")
+        return
+    store.plan_done(job_id)
+
+
+def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, Any] | None:
+    """Diff the source listing with each collection; enqueue missing/changed, delete gone objects.
+
+    Returns the drift per collection (also stored on the job), None if the job does not exist.
+    """
+    store = res.store
+    spec = store.spec(job_id)
+    if spec is None:
+        return None
+    store.mark_planning(job_id)
+    try:
+        res.ensure_collections(spec)
+    except (CollectionNotFound, ConfigError, EncoderError) as exc:
+        store.fail(job_id, str(exc))
+        return None
+    source = res.source(spec.source)
+    index = res.catalog.index
+    prefix = str(getattr(source, "prefix", "") or "")
+    listing = {ref.key: ref for ref in source.list()}
+    to_embed: dict[str, ObjectRef] = {}
+    drift: dict[str, Any] = {}
+    for collection in spec.collections:
+        indexed: dict[str, tuple[str | None, int]] = {}
+        frames: dict[str, int] = {}
+        for point in index.scroll(collection, filter=SearchFilter(source=[source.uri])):
+            key = point.payload.get("key")
+            if not isinstance(key, str) or not key.startswith(prefix):
+                continue
+            frames[key] = frames.get(key, 0) + 1
+            if key not in indexed:
+                indexed[key] = (point.payload.get("etag"), int(point.payload.get("n_frames") or 1))
+        bad = store.bad_objects(collection, source.uri)
+        missing = [k for k, ref in listing.items() if k not in indexed and bad.get(k) != ref.etag]
+        known_bad = sum(1 for k, ref in listing.items() if k not in indexed and bad.get(k) == ref.etag)
+        changed = [
+            k
+            for k, (etag, n_frames) in indexed.items()
+            if k in listing and (etag != listing[k].etag or frames[k] < n_frames)
+        ]
+        candidates = [k for k in indexed if k not in listing]
+        gone: list[str] = []
+        for key in candidates:
+            try:
+                source.stat(key)  # uploaded after the listing was taken: not gone
+            except BadInput:
+                gone.append(key)
+        for i in range(0, len(gone), _DELETE_CHUNK):
+            index.delete_by_filter(
+                collection, SearchFilter(source=[source.uri], key=gone[i : i + _DELETE_CHUNK])
+            )
+        for key in (*missing, *changed):
+            to_embed[key] = listing[key]
+        drift[collection] = {
+            "bucket_objects": len(listing),
+            "indexed_objects": len(indexed),
+            "missing": len(missing),
+            "changed": len(changed),
+            "gone": len(gone),
+            "known_bad": known_bad,
+        }
+    store.raise_counters(job_id, {"listed": len(listing)})
+    store.set_drift(job_id, drift)
+    refs = [to_embed[k] for k in sorted(to_embed)]
+    batch_size = spec.batch_size or res.settings.celery.task_batch_size
+    _send_embed_batches(app, store, job_id, refs, batch_size, "r")
+    store.plan_done(job_id)
+    log.info("reconcile job %s: %s", job_id, drift)
+    return drift
+
+
+def _reconcile(task: RadsearchTask, job_id: str) -> None:
+    try:
+        reconcile_job(task.app, task.resources, job_id)
+    except Exception as exc:
+        if is_transient(exc) and task.request.retries < task.resources.settings.celery.max_retries:
+            raise task.retry(exc=exc, countdown=_backoff(task)) from exc
+        task.resources.store.fail(job_id, f"reconcile failed: {type(exc).__name__}: {exc}")
+
+
+def _reconcile_subscriptions(task: RadsearchTask) -> list[str]:
+    res = task.resources
+    job_ids: list[str] = []
+    for sub in res.settings.events.subscriptions:
+        spec = JobSpec(
+            source=sub.source,
+            collections=tuple(sub.collections),
+            manifest=sub.manifest,
+            path_template=sub.path_template,
+        )
+        job_id = res.store.create(JobKind.RECONCILE, spec)
+        job_ids.append(job_id)
+        task.app.send_task(RECONCILE_TASK, args=[job_id])
+    return job_ids
+
+
+def register_tasks(app: Celery) -> None:
+    """Register the radsearch tasks on ``app`` (called by `create_celery`)."""
+
+    @app.task(bind=True, base=RadsearchTask, name=PLAN_TASK)  # type: ignore[untyped-decorator]
+    def plan_job(self: RadsearchTask, job_id: str) -> None:
+        """List the job's source and enqueue its embed batches."""
+        _plan(self, job_id)
+
+    @app.task(bind=True, base=RadsearchTask, name=EMBED_TASK)  # type: ignore[untyped-decorator]
+    def embed_batch(
+        self: RadsearchTask,
+        job_id: str,
+        batch_id: str,
+        keys: list[str],
+        etags: list[str] | None = None,
+        sizes: list[int] | None = None,
+    ) -> None:
+        """Fetch, decode, embed and upsert one batch of object keys (stat first without ETags)."""
+        _embed(self, job_id, batch_id, keys, etags, sizes)
+
+    @app.task(bind=True, base=RadsearchTask, name=DELETE_TASK)  # type: ignore[untyped-decorator]
+    def delete_objects(self: RadsearchTask, job_id: str, batch_id: str, keys: list[str]) -> None:
+        """Delete the points of objects that no longer exist."""
+        _delete(self, job_id, batch_id, keys)
+
+    @app.task(bind=True, base=RadsearchTask, name=RECONCILE_TASK)  # type: ignore[untyped-decorator]
+    def reconcile(self: RadsearchTask, job_id: str) -> None:
+        """Repair the drift between a source and its collections."""
+        _reconcile(self, job_id)
+
+    @app.task(bind=True, base=RadsearchTask, name=RECONCILE_ALL_TASK)  # type: ignore[untyped-decorator]
+    def reconcile_subscriptions(self: RadsearchTask) -> list[str]:
+        """Start a reconcile job per configured subscription (Celery beat)."""
+        return _reconcile_subscriptions(self)
