@@ -1,0 +1,187 @@
+"""Pure ASGI middleware: request body limits enforced while the body streams in.
+
+Starlette and uvicorn put no cap on request bodies (multipart file parts spool to disk without a
+total limit; ``request.body()`` is unbounded), so the limit is checked here, below every parser:
+
+- a declared ``Content-Length`` above the route's limit is answered 413 before any body is read;
+- otherwise bytes are counted as they arrive (chunked bodies have no length) and the 413 goes out
+  the moment the count passes the limit; the rest of the body is never read.
+
+Limits are per route: image-upload routes (a ``File`` parameter) get the large upload limit, every
+other route the small JSON limit. A reverse proxy in front should enforce the same limits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import params
+from fastapi.dependencies.models import Dependant
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "BodyLimitMiddleware",
+    "BodyTooLarge",
+    "RouteInfo",
+    "is_upload_route",
+    "iter_routes",
+    "match_route",
+    "walk_dependants",
+]
+
+
+class BodyTooLarge(Exception):
+    """Raised into the app's ``receive`` once the 413 has been sent; the middleware swallows it."""
+
+
+def walk_dependants(dependant: Dependant) -> Iterator[Dependant]:
+    """``dependant`` and all its sub-dependencies, depth first."""
+    yield dependant
+    for sub in dependant.dependencies:
+        yield from walk_dependants(sub)
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """One effective route of an app: what was declared (``route``), its full path and methods,
+    the dependant that actually runs (router/include-level dependencies included), a matcher."""
+
+    route: BaseRoute
+    path: str
+    methods: frozenset[str]
+    dependant: Dependant | None
+    matcher: Any
+
+    def matches(self, scope: Scope) -> bool:
+        match, _ = self.matcher.matches(scope)
+        return bool(match == Match.FULL)
+
+
+def iter_routes(routes: Sequence[BaseRoute]) -> list[RouteInfo]:
+    """The app's routes flattened. FastAPI ≥ 0.16x composes included routers lazily
+    (``app.routes`` holds router placeholders); older versions list every route directly."""
+    contexts: Iterable[Any]
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older FastAPI: app.routes is already flat
+        contexts = routes
+    else:
+        contexts = iter_route_contexts(routes)
+    out: list[RouteInfo] = []
+    for ctx in contexts:
+        original: Any = getattr(ctx, "original_route", ctx)
+        out.append(
+            RouteInfo(
+                route=original,
+                path=str(getattr(ctx, "path", "")),
+                methods=frozenset(getattr(ctx, "methods", None) or ()),
+                dependant=getattr(ctx, "dependant", None),
+                matcher=ctx,
+            )
+        )
+    return out
+
+
+def is_upload_route(info: RouteInfo) -> bool:
+    """Whether the route takes a file upload (any ``File`` parameter, in any dependency)."""
+    if info.dependant is None:
+        return False
+    return any(
+        isinstance(field.field_info, params.File)
+        for dep in walk_dependants(info.dependant)
+        for field in dep.body_params
+    )
+
+
+def match_route(routes: Sequence[BaseRoute], scope: Scope) -> RouteInfo | None:
+    """The route that fully matches ``scope`` (path and method), or None."""
+    for info in iter_routes(routes):
+        if info.matches(scope):
+            return info
+    return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared length; -1 for a malformed or repeated header."""
+    values = [value for name, value in scope.get("headers", []) if name == b"content-length"]
+    if not values:
+        return None
+    if len(values) > 1 or not values[0].isdigit():
+        return -1
+    return int(values[0])
+
+
+async def _send_json(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimitMiddleware:
+    """Answer 413 for request bodies larger than ``limit_for(scope)`` bytes, while streaming."""
+
+    def __init__(self, app: ASGIApp, *, limit_for: Callable[[Scope], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope)
+        declared = _content_length(scope)
+        if declared == -1:
+            await _send_json(send, 400, "malformed Content-Length")
+            return
+        if declared is not None and declared > limit:
+            await _send_json(send, 413, f"request body larger than {limit} bytes")
+            return
+
+        received = 0
+        rejected = False
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, rejected
+            if rejected:
+                raise BodyTooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    if not started:
+                        await _send_json(send, 413, f"request body larger than {limit} bytes")
+                        rejected = True
+                    raise BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if rejected:
+                # The 413 is already out; whatever the app makes of the aborted body is dropped.
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            # After the 413 the request is over: frameworks report the aborted body in their own
+            # ways (BodyTooLarge, a wrapped parse error, an exception group); none of it matters.
+            if not rejected:
+                raise

@@ -1,0 +1,249 @@
+"""PHI canaries: distinctive fake identities in every identifying tag of an archive; after ingest,
+search, thumbnails, errors and a served process, none of them appears anywhere we can look."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+
+from core.catalog import Catalog
+from core.encoders import get_spec
+from core.index.factory import open_index
+from ingest.inline import IngestOptions
+from radsearch.demo_data import generate_demo_archive
+from radsearch.services import ingest_source
+from search_api import create_app
+from search_api.security import hash_api_key
+from tests.conftest import free_port
+from tests.security.conftest import KEYS, key_headers, secured_settings
+from tests.security.hostile import hostile_corpus
+
+# Identifying attributes beyond the demo archive's own (names, ids, birth date, address,
+# institution, referring physician, accession number, comments).
+EXTRA_TAGS = {
+    "OtherPatientIDs": "ZZCANARY-OTHERID-{i}",
+    "PatientTelephoneNumbers": "555-0199-{i}",
+    "PatientMotherBirthName": "ZZCANARY^MOTHER{i}",
+    "MilitaryRank": "ZZCANARY-RANK",
+    "OperatorsName": "ZZCANARY^OPERATOR{i}",
+    "PerformingPhysicianName": "ZZCANARY^PERFORMER{i}",
+    "RequestingPhysician": "ZZCANARY^REQUESTER{i}",
+    "InstitutionAddress": "ZZCANARY Street {i}, Canary Town",
+    "StationName": "ZZCANARYSTATION{i}",
+    "DeviceSerialNumber": "ZZCANARYSERIAL{i}",
+    "StudyDescription": "ZZCANARY study of patient {i}",
+    "SeriesDescription": "ZZCANARY series {i}",
+    "StudyID": "ZZCANSTUDY{i}",
+    "PatientComments": "ZZCANARY comment {i}",
+}
+PRIVATE_CREATOR = "ZZCANARY PRIVATE"
+
+
+@dataclass
+class CanaryArchive:
+    root: Path
+    manifest: Path
+    canaries: set[str]
+    burned_in_keys: set[str]
+    us_absent_keys: set[str]
+
+
+def _canary_archive(out: Path) -> CanaryArchive:
+    archive = generate_demo_archive(out, per_class=2, seed=11)
+    canaries = set(archive.phi_strings)
+    burned_in: set[str] = set()
+    us_absent: set[str] = set()
+    for i, path in enumerate(sorted(archive.root.glob("dicom/**/*.dcm"))):
+        ds = pydicom.dcmread(path)
+        for keyword, template in EXTRA_TAGS.items():
+            value = template.format(i=i)
+            setattr(ds, keyword, value)
+            canaries.add(value)
+        block = ds.private_block(0x0099, PRIVATE_CREATOR, create=True)
+        block.add_new(0x01, "LO", f"ZZCANARY-PRIVATE-{i}")
+        canaries.add(f"ZZCANARY-PRIVATE-{i}")
+        # raw UIDs are identifying too: only their keyed hashes may be stored
+        canaries.update(str(ds[k].value) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+        key = path.relative_to(archive.root).as_posix()
+        if ds.Modality == "CT" and i % 5 == 0:
+            ds.BurnedInAnnotation = "YES"
+            burned_in.add(key)
+        elif ds.Modality == "US" and "BurnedInAnnotation" in ds and not us_absent:
+            del ds.BurnedInAnnotation
+            us_absent.add(key)
+        ds.save_as(path, enforce_file_format=True)
+    # short values (e.g. a 4-digit number) could match by chance; every canary here is ≥ 8 chars
+    canaries = {c for c in canaries if len(c) >= 8}
+    return CanaryArchive(archive.root, archive.manifest, canaries, burned_in, us_absent)
+
+
+def _hits(canaries: set[str], text: str) -> list[str]:
+    lowered = text.lower()
+    return sorted(c for c in canaries if c.lower() in lowered)
+
+
+def test_phi_canaries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    archive = _canary_archive(tmp_path / "archive")
+    settings = secured_settings(tmp_path / "data")
+    caplog.set_level(logging.DEBUG)
+
+    # -- ingest (inline executor) -------------------------------------------------------------
+    index = open_index(settings)
+    try:
+        catalog = Catalog(index, settings)
+        catalog.create("canary", get_spec("baseline"))
+        report = ingest_source(
+            catalog,
+            settings,
+            str(archive.root),
+            ["canary"],
+            IngestOptions(manifest=archive.manifest),
+            progress=False,
+        )
+        job_report = json.dumps(report.to_dict())
+        quarantined = {item.key for item in report.quarantined}
+        payload_export = json.dumps([p.payload for p in index.scroll("canary")])
+        point_ids = [p.id for p in index.scroll("canary")]
+
+        # -- the API: every read route, uploads of canary-laden files, error paths ------------
+        api_text: list[str] = []
+        with TestClient(create_app(settings, index=index), headers=key_headers("reader")) as client:
+            api_text.append(client.get("/v1/collections").text)
+            api_text.append(client.get("/v1/collections/canary").text)
+            for field in ("modality", "anatomy", "pathology", "dataset", "split", "source"):
+                api_text.append(client.get(f"/v1/collections/canary/facets/{field}").text)
+            for pid in point_ids[:40]:
+                api_text.append(client.get(f"/v1/collections/canary/points/{pid}").text)
+                thumb = client.get(f"/v1/collections/canary/points/{pid}/thumbnail?size=64")
+                assert thumb.status_code == 200
+                api_text.append(thumb.content.decode("latin-1"))
+            api_text.append(
+                client.post("/v1/collections/canary/search", json={"point_id": point_ids[0]}).text
+            )
+            for path in sorted(archive.root.glob("dicom/**/*.dcm"))[:12]:
+                response = client.post(
+                    "/v1/collections/canary/search/image",
+                    files={"file": (path.name, path.read_bytes(), "application/dicom")},
+                )
+                api_text.append(response.text)
+            for name, data in hostile_corpus().items():
+                api_text.append(
+                    client.post(
+                        "/v1/collections/canary/search/image",
+                        files={"file": (name, data, "application/dicom")},
+                    ).text
+                )
+            api_text.append(client.get("/v1/collections/canary/points/ZZCANARY^PATIENT").text)
+            api_text.append(
+                client.post(
+                    "/v1/collections/canary/search",
+                    json={"point_id": point_ids[0], "filter": {"PatientName": ["x"]}},
+                ).text
+            )
+    finally:
+        index.close()
+    log_text = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+
+    # -- the command line and a served process, at DEBUG ----------------------------------------
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
+    env["RADSEARCH_SECURITY__API_KEYS"] = json.dumps(
+        [{"name": "canary", "role": "reader", "sha256": hash_api_key(KEYS["reader"])}]
+    )
+    env["RADSEARCH_SECURITY__HASH_KEY"] = "canary-hash-key"
+    data_dir = str(tmp_path / "served")
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "radsearch.cli",
+            "-vv",
+            "--data-dir",
+            data_dir,
+            "ingest",
+            str(archive.root),
+            "--collection",
+            "canary",
+            "--manifest",
+            str(archive.manifest),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    cli_text = cli.stdout + cli.stderr
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radsearch.cli", "-vv", "--data-dir", data_dir, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    served_responses: list[str] = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        headers = key_headers("reader")
+        for path in sorted(archive.root.glob("dicom/**/*.dcm"))[:6]:
+            served_responses.append(
+                httpx.post(
+                    f"{base}/v1/collections/canary/search/image",
+                    files={"file": (path.name, path.read_bytes(), "application/dicom")},
+                    headers=headers,
+                    timeout=60,
+                ).text
+            )
+        for name, data in list(hostile_corpus().items())[:10]:
+            served_responses.append(
+                httpx.post(
+                    f"{base}/v1/collections/canary/search/image",
+                    files={"file": (name, data, "application/dicom")},
+                    headers=headers,
+                    timeout=60,
+                ).text
+            )
+    finally:
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=30)
+    served_text = stdout + stderr + "\n".join(served_responses)
+
+    canaries = archive.canaries
+    hits = {
+        "payload": _hits(canaries, payload_export),
+        "api": _hits(canaries, "\n".join(api_text)),
+        "logs": _hits(canaries, log_text),
+        "cli": _hits(canaries, cli_text),
+        "served_process": _hits(canaries, served_text),
+        "job_reports": _hits(canaries, job_report),
+    }
+    unquarantined = (archive.burned_in_keys | archive.us_absent_keys) - quarantined
+    print(
+        f"phi_canaries: canaries={len(canaries)} files={len(list(archive.root.glob('dicom/**/*.dcm')))} "
+        f"points={len(point_ids)} log_records={len(caplog.records)} "
+        + " ".join(f"hits_{name}={len(found)}" for name, found in hits.items())
+        + f" hits={sum(len(f) for f in hits.values())} quarantined={len(quarantined)} "
+        f"burned_in_unquarantined={len(unquarantined)}"
+    )
+    assert not any(hits.values()), hits
+    assert archive.burned_in_keys and archive.us_absent_keys
+    assert not unquarantined
+    assert len(point_ids) > 0 and len(caplog.records) > 0

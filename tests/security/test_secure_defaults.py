@@ -1,0 +1,105 @@
+"""Secure defaults: binding rules, docs switch, key handling, the configuration check line."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from core.config import ApiKeyEntry, SecuritySettings, Settings
+from core.errors import ConfigError
+from radsearch.cli import EXIT_USAGE, main
+from search_api import create_app
+from search_api.security import Authenticator, check_bind, hash_api_key
+from tests.security.conftest import SecuredApp
+
+
+def test_bind_rules() -> None:
+    open_security = SecuritySettings()
+    assert "loopback" in (check_bind("127.0.0.1", open_security) or "")
+    assert check_bind("localhost", open_security)
+    assert check_bind("::1", open_security)
+    for host in ("0.0.0.0", "::", "10.0.0.5", "radsearch.example.org"):
+        with pytest.raises(ConfigError, match="refusing to bind"):
+            check_bind(host, open_security)
+    keyed = SecuritySettings(api_keys=[ApiKeyEntry(name="a", role="reader", sha256="0" * 64)])
+    assert check_bind("0.0.0.0", keyed) is None
+
+
+def test_serve_refuses_a_public_bind_without_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uvicorn
+
+    calls: list[str] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append(host))
+    for name in list(__import__("os").environ):
+        if name.startswith("RADSEARCH_"):
+            monkeypatch.delenv(name)
+    assert main(["--data-dir", str(tmp_path), "serve", "--host", "0.0.0.0"]) == EXIT_USAGE
+    refused = capsys.readouterr().err
+    assert "refusing to bind 0.0.0.0" in refused and not calls
+    assert main(["--data-dir", str(tmp_path), "serve", "--host", "127.0.0.1", "--port", "8999"]) == 0
+    notice = capsys.readouterr().err
+    assert "no API keys configured" in notice and calls == ["127.0.0.1"]
+    monkeypatch.setenv(
+        "RADSEARCH_SECURITY__API_KEYS", json.dumps([{"name": "w", "role": "reader", "sha256": "a" * 64}])
+    )
+    assert main(["--data-dir", str(tmp_path), "serve", "--host", "0.0.0.0", "--port", "8999"]) == 0
+    assert calls[-1] == "0.0.0.0"
+    print("bind_rules: open_public_bind=refused open_loopback=served_with_notice keyed_public_bind=served")
+
+
+def test_keys_create_and_hash(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "create", "--role", "ingest", "--name", "worker-1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    key = out[0].split(": ", 1)[1]
+    entry = json.loads(out[-1])
+    assert entry == {"name": "worker-1", "role": "ingest", "sha256": hash_api_key(key)}
+    assert key.startswith("rs_") and len(key) >= 40
+    monkeypatch.setattr("sys.stdin", io.StringIO(key + "\n"))
+    assert main(["keys", "hash"]) == 0
+    assert capsys.readouterr().out.strip() == entry["sha256"]
+    principal = Authenticator(SecuritySettings(api_keys=[ApiKeyEntry.model_validate(entry)])).from_api_key(
+        key
+    )
+    assert principal.name == "worker-1" and {r.value for r in principal.roles} == {"ingest"}
+
+
+def test_keys_file_and_hashed_storage(tmp_path: Path, secured: SecuredApp) -> None:
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(
+        json.dumps([{"name": "from-file", "role": "admin", "sha256": hash_api_key("rs_file-key")}])
+    )
+    settings = secured.settings.model_copy(
+        update={"security": SecuritySettings(hash_key=SecretStr("x"), api_keys_file=keys_file)}
+    )
+    with TestClient(create_app(settings, index=secured.index)) as client:
+        assert (
+            client.get("/v1/ingest-jobs/not-a-uuid", headers={"X-API-Key": "rs_file-key"}).status_code == 404
+        )
+        assert client.get("/v1/ingest-jobs/not-a-uuid", headers={"X-API-Key": "rs_wrong"}).status_code == 401
+    dumped = secured.settings.model_dump_json()
+    assert not any(key in dumped for key in ("rs_test-reader", "rs_test-admin", "rs_test-ingest"))
+
+
+def test_security_configuration_line(secured: SecuredApp) -> None:
+    """T14, for what this service controls itself (Qdrant/MinIO/Redis settings live in infra/)."""
+    settings = secured.settings
+    docs_off = all(secured.client.get(p).status_code == 404 for p in ("/docs", "/redoc", "/openapi.json"))
+    default_docs = Settings().api.docs
+    from workers.app import create_celery
+
+    celery_accept = ",".join(sorted(create_celery(settings).conf.accept_content))
+    line = (
+        f"api_keys_hashed=yes docs_in_prod={'off' if docs_off else 'on'} docs_default={default_docs} "
+        f"default_bind={Settings().api.host} open_public_bind=refused webhook_own_token="
+        f"{'on' if settings.events.webhook_token else 'off'} celery_accept={celery_accept} "
+        f"max_json_bytes={settings.api.max_json_bytes} max_upload_bytes={settings.api.max_upload_bytes}"
+    )
+    print(f"security_config: {line}")
+    assert docs_off and Settings().api.host == "127.0.0.1" and celery_accept == "json"
