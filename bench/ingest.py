@@ -4,23 +4,36 @@
 ``{"bench": "ingest", "encoder", "weights", "images", "images_per_s", "encoder_only_images_per_s",
 "ratio", ...}``. ``encoder_only`` runs the same encoder, batch size and dtype on already-decoded,
 already-preprocessed tensors in the same process. Model encoders use random weights when no weights
-are available (a speed benchmark, not a quality one), and the output says so.
+are available (a speed benchmark, not a quality one), and the output says so. ``--source s3``
+serves the DICOMs from moto's S3 server (a Python process on the same cores) over HTTP.
+
+For a model encoder running in bf16 the same run also loads it in fp32 and reports the fp32
+encoder-only rate and ``bf16_vs_fp32_mean_cosine`` over the embeddings of the same images.
+
+Targets (issue 6), exit status 1 when missed (``--no-check`` to explore), inline executor: model
+encoders ``ratio >= 0.85`` and, in bf16, ``bf16_vs_fp32_mean_cosine >= 0.99``; ``baseline``
+``images_per_s >= 150``.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from common import emit, moto_server, write_ct_dicoms
 
 from core.catalog import Catalog
 from core.config import RuntimeSettings, S3Settings, Settings
-from core.encoders.registry import get_spec
+from core.encoders.base import Encoder
+from core.encoders.device import cpu_has_native_bf16
+from core.encoders.registry import get_spec, load_encoder
 from core.index import open_index
 from ingest.inline import IngestOptions, build_context, ingest_inline
 from ingest.readers import DecodeLimits, decode_object
@@ -40,19 +53,24 @@ def _settings(data_dir: Path, args: argparse.Namespace, s3: S3Settings | None) -
     return settings
 
 
-def _encoder_only_rate(catalog: Catalog, collection: str, files: list[Path], settings: Settings) -> float:
-    encoder = catalog.encoder_for(collection)
+TARGET_RATIO = 0.85
+TARGET_BASELINE_PER_S = 150.0
+TARGET_BF16_COSINE = 0.99
+
+
+def _preprocessed(encoder: Encoder, files: list[Path], settings: Settings) -> np.ndarray:
     limits = DecodeLimits.from_settings(settings.ingest)
     frames = [
         f for p in files for f in decode_object(p.read_bytes(), p.name, limits=limits, hash_key=b"k").frames
     ]
-    batch = np.stack([encoder.preprocess(f) for f in frames])
-    size = settings.ingest.batch_size
+    return np.stack([encoder.preprocess(f) for f in frames])
+
+
+def _encoder_only_rate(encoder: Encoder, batch: np.ndarray, size: int) -> tuple[float, np.ndarray]:
     encoder.embed_batch(batch[:size])  # warm-up
     started = time.perf_counter()
-    for i in range(0, len(batch), size):
-        encoder.embed_batch(batch[i : i + size])
-    return len(batch) / (time.perf_counter() - started)
+    out = [encoder.embed_batch(batch[i : i + size]) for i in range(0, len(batch), size)]
+    return len(batch) / (time.perf_counter() - started), np.concatenate(out)
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
@@ -87,7 +105,22 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 encoder.embed_batch(np.zeros((1, *encoder.input_shape), dtype=np.float32))
                 report = ingest_inline(ctx, settings, progress=False)
                 e2e = report.frames_indexed / report.seconds
-                only = _encoder_only_rate(catalog, "bench", files, settings)
+                batch = _preprocessed(encoder, files, settings)
+                only, vectors = _encoder_only_rate(encoder, batch, settings.ingest.batch_size)
+                extra: dict[str, object] = {}
+                if encoder.dtype == torch.bfloat16:
+                    fp32_settings = settings.model_copy(deep=True)
+                    fp32_settings.runtime.dtype = "float32"
+                    fp32 = load_encoder(spec, fp32_settings)
+                    fp32_rate, fp32_vectors = _encoder_only_rate(fp32, batch, settings.ingest.batch_size)
+                    cosine = np.sum(vectors * fp32_vectors, axis=1) / (
+                        np.linalg.norm(vectors, axis=1) * np.linalg.norm(fp32_vectors, axis=1)
+                    )
+                    extra = {
+                        "fp32_encoder_only_images_per_s": round(fp32_rate, 2),
+                        "bf16_vs_fp32_mean_cosine": round(float(np.mean(cosine)), 5),
+                        "bf16_vs_fp32_min_cosine": round(float(np.min(cosine)), 5),
+                    }
                 return {
                     "bench": "ingest",
                     "encoder": args.encoder,
@@ -102,6 +135,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     "images_per_s": round(e2e, 2),
                     "encoder_only_images_per_s": round(only, 2),
                     "ratio": round(e2e / only, 3),
+                    **extra,
+                    "cpu_native_bf16": cpu_has_native_bf16(),
+                    "torch_threads": torch.get_num_threads(),
+                    "decode_workers": args.workers,
+                    "load1": round(os.getloadavg()[0], 2),
                 }
             finally:
                 index.close()
@@ -115,7 +153,7 @@ class _null:
         return None
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--encoder", default="baseline")
@@ -127,11 +165,37 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--quick", action="store_true", help="small sizes for a fast check")
+    parser.add_argument("--no-check", action="store_true", help="report only; exit 0")
+    parser.add_argument(
+        "--executor", choices=("inline", "celery"), default="inline", help="celery: bench/ingest_celery.py"
+    )
+    from ingest_celery import add_arguments
+
+    add_arguments(parser)
     args = parser.parse_args()
+    if args.executor == "celery":
+        from ingest_celery import run as run_celery
+
+        emit(run_celery(args))
+        return 0
     if args.quick:
-        args.n = min(args.n, 64)
-    emit(run(args))
+        args.n = min(args.n, 300 if args.encoder == "baseline" else 64)
+    record = run(args)
+    emit(record)
+    failures = []
+    if args.encoder == "baseline":
+        if float(record["images_per_s"]) < TARGET_BASELINE_PER_S:  # type: ignore[arg-type]
+            failures.append(f"baseline {record['images_per_s']} images/s < {TARGET_BASELINE_PER_S}")
+    elif float(record["ratio"]) < TARGET_RATIO:  # type: ignore[arg-type]
+        failures.append(f"e2e/encoder-only {record['ratio']} < {TARGET_RATIO}")
+    cosine = record.get("bf16_vs_fp32_mean_cosine")
+    if cosine is not None and float(cosine) < TARGET_BF16_COSINE:  # type: ignore[arg-type]
+        failures.append(f"bf16 vs fp32 mean cosine {cosine} < {TARGET_BF16_COSINE}")
+    emit(
+        {"bench": "ingest-check", "encoder": args.encoder, "checked": not args.no_check, "failures": failures}
+    )
+    return 1 if failures and not args.no_check else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,33 +1,48 @@
-"""Search benchmark of the embedded Qdrant Edge backend: latency, throughput and recall.
+"""Search benchmark of the embedded Qdrant Edge backend: build time, latency, recall and memory.
 
-Data (seeded, reproducible):
+Data (seeded, reproducible; the issue's generator, not made easier):
 
 - 1,000 cluster centres, random unit vectors in ``dim`` dimensions.
 - Each point = a random centre + Gaussian noise with per-coordinate sigma = 0.75 / sqrt(dim), so
   that the mean cosine of a point to its centre is about 0.8 (for large dim,
-  cos ~ 1 / sqrt(1 + sigma^2 * dim) = 0.8). The measured value is printed on the first line.
+  cos ~ 1 / sqrt(1 + sigma^2 * dim) = 0.8), then L2-normalised. The measured value is printed on
+  the first line.
 - Payload: ``modality`` one of 4 values (~25 % each) and ``pathology`` one of 50 values (~2 %
   each, stored as a one-element list), drawn independently of each other and of the cluster.
-- Queries: ``--queries`` existing points, perturbed with the same noise.
+- Queries: ``--queries`` (500) existing points, perturbed with the same noise, renormalised; each
+  filtered query asks for one random modality / pathology value.
 
-Points are upserted into an EdgeIndex in a temp dir in batches of 5,000 (timed), then
-``optimize()`` builds the HNSW segments (timed). For each filter (none; modality = one random value
-per query; pathology = one random value per query) the queries run sequentially (filtered ones with
-ACORN unless ``--no-acorn``): p50/p99
-latency, qps, recall@10 against exact NumPy search over the same filtered set (one matrix product),
-and ``exact_p50_ms``, the median time of a NumPy brute-force search per query in this process.
+The points are upserted into an `EdgeIndex` in a temp dir (batches of 5,000, timed), then
+``optimize()`` builds the HNSW segments (timed); ``build_s`` is the sum. The index uses
+`StoreSettings()` (the defaults) unless a build option overrides one. For each filter (none,
+modality, pathology) and each ``--ef`` (and ACORN on/off with ``--acorn both``) the queries run
+one at a time: p50/p99 latency, qps, recall@10 against exact search over the same filtered set,
+and ``exact_p50_ms``: the median time of a NumPy brute-force search (one matrix-vector product +
+argpartition) per query in this process, the baseline of the ``speedup``.
 
-Output: JSON lines on stdout, one ``{"bench": "search-data", ...}`` line, then one line per filter:
-``{"bench": "search", "backend": "edge", "n", "dim", "filter", "p50_ms", "p99_ms", "qps",
-"recall_at_10", "exact_p50_ms", "upsert_per_s", "optimize_s"}``.
+``--rss`` closes the index and opens it in a fresh subprocess (a serving process), which runs the
+same queries with the default settings and reports its resident memory (VmRSS after the queries,
+VmHWM peak) and recall.
 
-    .venv/bin/python bench/search.py --n 20000 --dim 512
+Targets (issue 6), checked on the rows of the default settings, exit status 1 when one is missed
+(``--no-check`` to explore): recall@10 >= 0.99, p50 <= 5 ms, p99 <= 20 ms for every filter; at
+n >= 1,000,000 also speedup >= 20x the exact p50, build <= 300 s, and with ``--quantization int8
+--on-disk --rss`` serving RSS < 1.2 GB (the targets are defined at 1 M; smaller runs report them).
+
+Output: JSON lines on stdout: ``{"bench": "search-data"}``, ``{"bench": "search-build"}``, one
+``{"bench": "search"}`` per filter x ef x acorn, ``{"bench": "search-rss"}``, ``{"bench":
+"search-check"}``.
+
+    .venv/bin/python bench/search.py --n 100000 --ef 64,128,256 --acorn both --no-check
+    .venv/bin/python bench/search.py --n 1000000 --quantization int8 --on-disk --rss
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,85 +65,240 @@ MODALITIES = ("CT", "MR", "CR", "US")
 PATHOLOGIES = tuple(f"p{i:02d}" for i in range(50))
 BATCH = 5000
 K = 10
-EXACT_TIMED_QUERIES = 100
+FILTERS = ("none", "modality", "pathology")
+TARGET_RECALL = 0.99
+TARGET_P50_MS = 5.0
+TARGET_P99_MS = 20.0
+TARGET_SPEEDUP = 20.0
+TARGET_BUILD_S = 300.0
+TARGET_RSS_MB = 1200.0
+FULL_SIZE = 1_000_000
 
 
 def _unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
-    out: NDArray[np.float32] = (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-    return out
+    x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    return x
 
 
 def make_data(n: int, dim: int, n_queries: int, seed: int = 0) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
-    sigma = 0.75 / np.sqrt(dim)
+    sigma = np.float32(0.75 / np.sqrt(dim))
     centres = _unit(rng.standard_normal((N_CENTRES, dim), dtype=np.float32))
     assign = rng.integers(0, N_CENTRES, size=n)
-    points = centres[assign] + rng.standard_normal((n, dim), dtype=np.float32) * np.float32(sigma)
-    mean_cos = float(np.mean(np.sum(_unit(points) * centres[assign], axis=1)))
+    vectors = np.empty((n, dim), dtype=np.float32)
+    cos_sum = 0.0
+    for lo in range(0, n, 100_000):  # in chunks: 1 M x 512 is 2 GB
+        hi = min(n, lo + 100_000)
+        chunk = centres[assign[lo:hi]] + rng.standard_normal((hi - lo, dim), dtype=np.float32) * sigma
+        vectors[lo:hi] = _unit(chunk)
+        cos_sum += float(np.sum(vectors[lo:hi] * centres[assign[lo:hi]]))
     modality = rng.integers(0, len(MODALITIES), size=n)
     pathology = rng.integers(0, len(PATHOLOGIES), size=n)
     source = rng.choice(n, size=n_queries, replace=False)
-    queries = _unit(
-        points[source] + rng.standard_normal((n_queries, dim), dtype=np.float32) * np.float32(sigma)
-    )
+    queries = _unit(vectors[source] + rng.standard_normal((n_queries, dim), dtype=np.float32) * sigma)
     return {
-        "vectors": _unit(points),
+        "vectors": vectors,
         "modality": modality,
         "pathology": pathology,
         "queries": queries,
         "q_modality": rng.integers(0, len(MODALITIES), size=n_queries),
         "q_pathology": rng.integers(0, len(PATHOLOGIES), size=n_queries),
-        "mean_cos": mean_cos,
+        "mean_cos": cos_sum / n,
         "sigma": float(sigma),
     }
 
 
-def exact_topk(
-    vectors: NDArray[np.float32], queries: NDArray[np.float32], masks: list[NDArray[np.bool_]] | None
-) -> NDArray[np.int64]:
-    """Row indices of the exact top-K per query (restricted to its mask), in chunks of queries."""
+def _mask(data: dict[str, Any], label: str, j: int) -> NDArray[np.bool_] | None:
+    if label == "modality":
+        out: NDArray[np.bool_] = data["modality"] == data["q_modality"][j]
+        return out
+    if label == "pathology":
+        out = data["pathology"] == data["q_pathology"][j]
+        return out
+    return None
+
+
+def _filter(data: dict[str, Any], label: str, j: int) -> SearchFilter | None:
+    if label == "modality":
+        return SearchFilter(modality=[MODALITIES[int(data["q_modality"][j])]])
+    if label == "pathology":
+        return SearchFilter(pathology=[PATHOLOGIES[int(data["q_pathology"][j])]])
+    return None
+
+
+def exact_topk(data: dict[str, Any], label: str) -> NDArray[np.int64]:
+    """Row indices of the exact top-K per query, restricted to the query's filter."""
+    vectors, queries = data["vectors"], data["queries"]
     out = np.empty((len(queries), K), dtype=np.int64)
-    for lo in range(0, len(queries), 100):
-        scores = queries[lo : lo + 100] @ vectors.T
-        if masks is not None:
-            for j in range(scores.shape[0]):
-                scores[j, ~masks[lo + j]] = -np.inf
+    step = 50
+    for lo in range(0, len(queries), step):
+        scores = queries[lo : lo + step] @ vectors.T
+        for j in range(scores.shape[0]):
+            mask = _mask(data, label, lo + j)
+            if mask is not None:
+                scores[j, ~mask] = -np.inf
         top = np.argpartition(-scores, K, axis=1)[:, :K]
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
-        out[lo : lo + 100] = np.take_along_axis(top, order, axis=1)
+        out[lo : lo + step] = np.take_along_axis(top, order, axis=1)
     return out
 
 
-def exact_p50_ms(vectors: NDArray[np.float32], queries: NDArray[np.float32], masks: Any) -> float:
+def exact_p50_ms(data: dict[str, Any], label: str, n_timed: int) -> float:
+    """Median time of one exact NumPy search (matrix-vector product, mask, argpartition)."""
+    vectors, queries = data["vectors"], data["queries"]
     times = []
-    for j in range(min(EXACT_TIMED_QUERIES, len(queries))):
+    for j in range(min(n_timed, len(queries))):
+        mask = _mask(data, label, j)
         t = time.perf_counter()
         scores = vectors @ queries[j]
-        if masks is not None:
-            scores = np.where(masks[j], scores, -np.inf)
+        if mask is not None:
+            scores = np.where(mask, scores, -np.inf)
         top = np.argpartition(-scores, K)[:K]
         _ = top[np.argsort(-scores[top])]
         times.append(time.perf_counter() - t)
     return float(np.median(times) * 1000)
 
 
-def main(argv: list[str] | None = None) -> None:
+def point_ids(n: int) -> list[str]:
+    return [str(uuid.UUID(int=i + 1)) for i in range(n)]
+
+
+def run_queries(
+    index: EdgeIndex, data: dict[str, Any], label: str, truth: NDArray[np.int64], ef: int | None
+) -> dict[str, float]:
+    """Queries one at a time; ``ef`` None = the index's defaults."""
+    queries = data["queries"]
+    latencies = []
+    recalls = []
+    t_all = time.perf_counter()
+    for j in range(len(queries)):
+        search_filter = _filter(data, label, j)
+        t = time.perf_counter()
+        hits = index.search("bench", queries[j], filter=search_filter, limit=K, hnsw_ef=ef)
+        latencies.append(time.perf_counter() - t)
+        found = {uuid.UUID(h.id).int - 1 for h in hits}
+        recalls.append(len(found & set(truth[j].tolist())) / K)
+    total = time.perf_counter() - t_all
+    lat_ms = np.array(latencies) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
+        "qps": round(len(queries) / total, 1),
+        "recall_at_10": round(float(np.mean(recalls)), 4),
+    }
+
+
+def _status_mb() -> dict[str, float]:
+    """VmRSS, VmHWM, RssAnon and RssFile of this process, in MB."""
+    out: dict[str, float] = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def _rss_mb() -> tuple[float, float]:
+    status = _status_mb()
+    return status["VmRSS"], status["VmHWM"]
+
+
+def probe(args: argparse.Namespace) -> None:
+    """The serving process of ``--rss``: open the index, run the queries, report memory."""
+    store = StoreSettings.model_validate_json(args.probe_store)
+    blob = np.load(args.probe_data)
+    data = {key: blob[key] for key in blob.files}
+    rss_open, _ = _rss_mb()
+    index = EdgeIndex(Path(args.probe), store)
+    out: dict[str, Any] = {"bench": "search-rss", "rss_before_open_mb": round(rss_open, 1)}
+    try:
+        for label in FILTERS:
+            result = run_queries(index, data, label, data[f"truth_{label}"], None)
+            out[f"recall_{label}"] = result["recall_at_10"]
+            out[f"p50_ms_{label}"] = result["p50_ms"]
+        status = _status_mb()
+        out.update(
+            {
+                "rss_mb": round(status["VmRSS"], 1),
+                "hwm_mb": round(status["VmHWM"], 1),
+                "rss_anon_mb": round(status["RssAnon"], 1),
+                "rss_file_mb": round(status["RssFile"], 1),
+            }
+        )
+    finally:
+        index.close()
+    print(json.dumps(out), flush=True)
+
+
+def _store(args: argparse.Namespace) -> StoreSettings:
+    store = StoreSettings()
+    updates: dict[str, Any] = {}
+    if args.m is not None:
+        updates["hnsw_m"] = args.m
+    if args.ef_construct is not None:
+        updates["hnsw_ef_construct"] = args.ef_construct
+    if args.payload_m is not None:
+        updates["hnsw_payload_m"] = args.payload_m
+    if args.full_scan_kb is not None:
+        updates["full_scan_threshold_kb"] = args.full_scan_kb
+    if args.ef_filtered is not None:
+        updates["hnsw_ef_filtered"] = args.ef_filtered
+    if args.payload_fields is not None:
+        fields = () if args.payload_fields in ("", "none") else tuple(args.payload_fields.split(","))
+        updates["hnsw_payload_fields"] = fields
+    return store.model_copy(update=updates)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=int, default=100_000, help="points in the index")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--hnsw-ef", type=int, default=StoreSettings().hnsw_ef)
-    parser.add_argument("--no-acorn", action="store_true", help="plain filtered HNSW, no ACORN")
+    parser.add_argument("--ef", default=None, help="comma list of hnsw_ef to sweep besides the defaults")
+    parser.add_argument("--acorn", choices=("default", "on", "off", "both"), default="default")
+    parser.add_argument("--m", type=int, default=None)
+    parser.add_argument("--ef-construct", type=int, default=None)
+    parser.add_argument("--payload-m", type=int, default=None)
+    parser.add_argument("--full-scan-kb", type=int, default=None)
+    parser.add_argument("--payload-fields", default=None, help="fields with payload links, or none")
+    parser.add_argument("--ef-filtered", type=int, default=None, help="hnsw_ef_filtered setting")
+    parser.add_argument("--quantization", choices=("none", "int8"), default="none")
+    parser.add_argument("--on-disk", action="store_true", help="original vectors on disk (mmap)")
+    parser.add_argument("--rss", action="store_true", help="measure a separate serving process")
+    parser.add_argument(
+        "--reuse-data-dir",
+        default=None,
+        help="skip the build: query the collection a --keep-data-dir run left (same --n; the "
+        "shard's HNSW/quantization config is the one it was built with)",
+    )
+    parser.add_argument(
+        "--keep-data-dir",
+        default=None,
+        help="build into this radsearch data dir (a catalog collection 'bench', encoder clip-vit-b16) "
+        "and keep it, for bench/http_search.py --data-dir",
+    )
+    parser.add_argument("--no-check", action="store_true", help="report only; exit 0")
     parser.add_argument("--quick", action="store_true", help="10,000 points, 100 queries (smoke run)")
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-data", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-store", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.probe:
+        probe(args)
+        return 0
     if args.quick:
         args.n, args.queries = min(args.n, 10_000), min(args.queries, 100)
 
+    store = _store(args)
+    default_acorn = store.acorn
+    # None = the settings' defaults (hnsw_ef unfiltered, hnsw_ef_filtered filtered): the checked rows
+    efs: list[int | None] = [None] + ([int(e) for e in args.ef.split(",")] if args.ef else [])
+    acorns = {"default": [default_acorn], "on": [True], "off": [False], "both": [False, True]}[args.acorn]
+    load = os.getloadavg()[0]
+
     data = make_data(args.n, args.dim, args.queries)
-    vectors: NDArray[np.float32] = data["vectors"]
-    queries: NDArray[np.float32] = data["queries"]
     print(
         json.dumps(
             {
@@ -138,84 +308,208 @@ def main(argv: list[str] | None = None) -> None:
                 "queries": args.queries,
                 "sigma": round(data["sigma"], 6),
                 "mean_cos_to_centre": round(data["mean_cos"], 4),
+                "load1_at_start": round(load, 2),
             }
         ),
         flush=True,
     )
-    ids = [str(uuid.UUID(int=i + 1)) for i in range(args.n)]
+    truth = {label: exact_topk(data, label) for label in FILTERS}
+    n_timed = 30 if args.n >= 500_000 else 100
+    exact = {label: exact_p50_ms(data, label, n_timed) for label in FILTERS}
+    ids = point_ids(args.n)
     payloads = [
         {"modality": MODALITIES[m], "pathology": [PATHOLOGIES[p]]}
         for m, p in zip(data["modality"].tolist(), data["pathology"].tolist(), strict=True)
     ]
+    failures: list[str] = []
+    full = args.n >= FULL_SIZE
+    config_record = {
+        "hnsw_m": store.hnsw_m,
+        "ef_construct": store.hnsw_ef_construct,
+        "payload_m": store.hnsw_payload_m,
+        "payload_fields": list(store.hnsw_payload_fields),
+        "full_scan_kb": store.full_scan_threshold_kb,
+        "hnsw_ef": store.hnsw_ef,
+        "hnsw_ef_filtered": store.hnsw_ef_filtered,
+        "acorn": store.acorn,
+        "quantization": args.quantization,
+        "on_disk": args.on_disk,
+    }
 
     with tempfile.TemporaryDirectory(prefix="radsearch-bench-") as tmp:
-        index = EdgeIndex(Path(tmp), StoreSettings(), acorn=not args.no_acorn)
-        try:
-            index.create_collection(CollectionConfig(name="bench", dim=args.dim))
-            t0 = time.perf_counter()
-            for lo in range(0, args.n, BATCH):
-                index.upsert(
-                    "bench", ids[lo : lo + BATCH], vectors[lo : lo + BATCH], payloads[lo : lo + BATCH]
-                )
-            upsert_per_s = args.n / (time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            index.optimize("bench")
-            optimize_s = time.perf_counter() - t0
+        root = Path(tmp)
+        if args.reuse_data_dir:
+            from core.config import Settings
 
-            filters: list[tuple[str, list[SearchFilter | None], list[NDArray[np.bool_]] | None]] = [
-                ("none", [None] * args.queries, None),
-                (
-                    "modality",
-                    [SearchFilter(modality=[MODALITIES[m]]) for m in data["q_modality"].tolist()],
-                    [data["modality"] == m for m in data["q_modality"].tolist()],
-                ),
-                (
-                    "pathology",
-                    [SearchFilter(pathology=[PATHOLOGIES[p]]) for p in data["q_pathology"].tolist()],
-                    [data["pathology"] == p for p in data["q_pathology"].tolist()],
-                ),
-            ]
-            for label, search_filters, masks in filters:
-                truth = exact_topk(vectors, queries, masks)
-                latencies = []
-                found: list[set[str]] = []
-                t_all = time.perf_counter()
-                for j in range(args.queries):
-                    t = time.perf_counter()
-                    hits = index.search(
-                        "bench", queries[j], filter=search_filters[j], limit=K, hnsw_ef=args.hnsw_ef
-                    )
-                    latencies.append(time.perf_counter() - t)
-                    found.append({h.id for h in hits})
-                total = time.perf_counter() - t_all
-                recalls = [
-                    len(found[j] & {ids[i] for i in truth[j].tolist()}) / K for j in range(args.queries)
-                ]
-                lat_ms = np.array(latencies) * 1000
-                print(
-                    json.dumps(
-                        {
+            root = Settings(data_dir=Path(args.reuse_data_dir), store=store).index_dir
+            index = EdgeIndex(root, store)
+        elif args.keep_data_dir:
+            from core.catalog import Catalog
+            from core.config import Settings
+            from core.encoders.registry import get_spec
+
+            settings = Settings(
+                data_dir=Path(args.keep_data_dir), store=store, security={"hash_key": "bench"}
+            )  # type: ignore[arg-type]
+            root = settings.index_dir
+            index = EdgeIndex(root, store)
+            Catalog(index, settings).create(
+                "bench",
+                get_spec("clip-vit-b16").with_weights("random"),
+                quantization=args.quantization,
+                on_disk=args.on_disk,
+            )
+        else:
+            index = EdgeIndex(root, store)
+            index.create_collection(
+                CollectionConfig(
+                    name="bench", dim=args.dim, quantization=args.quantization, on_disk=args.on_disk
+                )
+            )
+        try:
+            if not args.reuse_data_dir:
+                _build(index, args, ids, data, payloads, config_record, failures)
+            for acorn in acorns:
+                index._acorn = acorn  # bench-only toggle on the already built index
+                for ef in efs:
+                    for label in FILTERS:
+                        result = run_queries(index, data, label, truth[label], ef)
+                        speedup = exact[label] / max(result["p50_ms"], 1e-6)
+                        record = {
                             "bench": "search",
                             "backend": "edge",
                             "n": args.n,
                             "dim": args.dim,
                             "filter": label,
-                            "hnsw_ef": args.hnsw_ef,
-                            "acorn": not args.no_acorn,
-                            "p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
-                            "p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
-                            "qps": round(args.queries / total, 1),
-                            "recall_at_10": round(float(np.mean(recalls)), 4),
-                            "exact_p50_ms": round(exact_p50_ms(vectors, queries, masks), 3),
-                            "upsert_per_s": round(upsert_per_s, 1),
-                            "optimize_s": round(optimize_s, 2),
+                            "hnsw_ef": ef
+                            if ef is not None
+                            else (store.hnsw_ef if label == "none" else store.hnsw_ef_filtered),
+                            "default_settings": ef is None and acorn == default_acorn,
+                            "acorn": acorn,
+                            **result,
+                            "exact_p50_ms": round(exact[label], 3),
+                            "speedup": round(speedup, 1),
+                            "quantization": args.quantization,
+                            "load1": round(os.getloadavg()[0], 2),
                         }
-                    ),
-                    flush=True,
-                )
+                        print(json.dumps(record), flush=True)
+                        if ef is not None or acorn != default_acorn:
+                            continue
+                        if result["recall_at_10"] < TARGET_RECALL:
+                            failures.append(f"{label}: recall {result['recall_at_10']} < {TARGET_RECALL}")
+                        if result["p50_ms"] > TARGET_P50_MS:
+                            failures.append(f"{label}: p50 {result['p50_ms']} ms > {TARGET_P50_MS}")
+                        if result["p99_ms"] > TARGET_P99_MS:
+                            failures.append(f"{label}: p99 {result['p99_ms']} ms > {TARGET_P99_MS}")
+                        if full and speedup < TARGET_SPEEDUP:
+                            failures.append(f"{label}: speedup {speedup:.1f}x < {TARGET_SPEEDUP}x")
+            index._acorn = default_acorn
         finally:
             index.close()
+        if args.rss:
+            failures += _measure_rss(args, store, data, truth, root, Path(tmp), full)
+
+    print(
+        json.dumps(
+            {
+                "bench": "search-check",
+                "n": args.n,
+                "checked": not args.no_check,
+                "failures": failures,
+                "ok": not failures,
+            }
+        ),
+        flush=True,
+    )
+    return 1 if failures and not args.no_check else 0
+
+
+def _build(
+    index: EdgeIndex,
+    args: argparse.Namespace,
+    ids: list[str],
+    data: dict[str, Any],
+    payloads: list[dict[str, Any]],
+    config_record: dict[str, Any],
+    failures: list[str],
+) -> None:
+    t0 = time.perf_counter()
+    for lo in range(0, args.n, BATCH):
+        index.upsert(
+            "bench", ids[lo : lo + BATCH], data["vectors"][lo : lo + BATCH], payloads[lo : lo + BATCH]
+        )
+    upsert_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    index.optimize("bench")
+    optimize_s = time.perf_counter() - t0
+    build_s = upsert_s + optimize_s
+    print(
+        json.dumps(
+            {
+                "bench": "search-build",
+                "n": args.n,
+                **config_record,
+                "upsert_per_s": round(args.n / upsert_s, 1),
+                "upsert_s": round(upsert_s, 1),
+                "optimize_s": round(optimize_s, 1),
+                "build_s": round(build_s, 1),
+                "target_build_s": TARGET_BUILD_S,
+                "load1": round(os.getloadavg()[0], 2),
+            }
+        ),
+        flush=True,
+    )
+    if args.n >= FULL_SIZE and build_s > TARGET_BUILD_S:
+        failures.append(f"build {build_s:.0f} s > {TARGET_BUILD_S:.0f} s")
+
+
+def _measure_rss(
+    args: argparse.Namespace,
+    store: StoreSettings,
+    data: dict[str, Any],
+    truth: dict[str, NDArray[np.int64]],
+    root: Path,
+    tmp: Path,
+    full: bool,
+) -> list[str]:
+    blob = tmp / "probe.npz"
+    np.savez(
+        blob,
+        queries=data["queries"],
+        q_modality=data["q_modality"],
+        q_pathology=data["q_pathology"],
+        modality=data["modality"],
+        pathology=data["pathology"],
+        **{f"truth_{label}": truth[label] for label in FILTERS},
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--probe",
+            str(root),
+            "--probe-data",
+            str(blob),
+            "--probe-store",
+            store.model_dump_json(),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return [f"serving probe failed: {proc.stderr[-500:]}"]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    record.update({"n": args.n, "quantization": args.quantization, "on_disk": args.on_disk})
+    print(json.dumps(record), flush=True)
+    failures = []
+    for label in FILTERS:
+        if record[f"recall_{label}"] < TARGET_RECALL:
+            failures.append(f"serving {label}: recall {record[f'recall_{label}']} < {TARGET_RECALL}")
+    if full and args.quantization == "int8" and args.on_disk and record["rss_mb"] >= TARGET_RSS_MB:
+        failures.append(f"serving RSS {record['rss_mb']} MB >= {TARGET_RSS_MB} MB")
+    return failures
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

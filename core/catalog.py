@@ -11,13 +11,15 @@ import threading
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel
 
 from core.config import Settings
 from core.encoders.base import Encoder
 from core.encoders.registry import load_encoder
 from core.encoders.spec import EncoderSpec
-from core.errors import CollectionNotFound, ConfigError
+from core.errors import CollectionNotFound, ConfigError, IndexStoreError
 from core.index.base import CollectionConfig, VectorIndex
 
 __all__ = ["COLLECTION_NAME_PATTERN", "Catalog", "CollectionEntry"]
@@ -66,11 +68,20 @@ class Catalog:
         *,
         quantization: Literal["none", "int8"] = "none",
         on_disk: bool = False,
+        probe: bool = False,
     ) -> CollectionEntry:
-        """Load the encoder, then create the collection with payload indexes and its catalog entry."""
+        """Load the encoder, then create the collection with payload indexes and its catalog entry.
+
+        ``probe`` embeds one synthetic image first and refuses (`ConfigError`, nothing created) an
+        encoder whose output is not ``spec.dim`` finite values.
+        """
         if not re.match(COLLECTION_NAME_PATTERN, name):
             raise ConfigError(f"collection name {name!r} must match {COLLECTION_NAME_PATTERN}")
+        if name in self.aliases():
+            raise ConfigError(f"{name!r} is an alias; a collection needs a name of its own")
         encoder = self.encoder(spec)
+        if probe:
+            _probe(encoder)
         entry = CollectionEntry(
             name=name,
             encoder=spec,
@@ -88,8 +99,23 @@ class Catalog:
         )
         return entry
 
+    def resolve(self, name: str) -> str:
+        """The collection ``name`` names: itself, or the target of the alias ``name``."""
+        # Aliases first: a Qdrant server also answers collection_exists() for an alias.
+        target = self.aliases().get(name)
+        if target is not None:
+            return target
+        if self.index.collection_exists(name):
+            return name
+        raise CollectionNotFound(f"collection {name!r} does not exist")
+
+    def _is_collection(self, name: str) -> bool:
+        return name not in self.aliases() and self.index.collection_exists(name)
+
     def get(self, name: str) -> CollectionEntry:
-        """The catalog entry; `CollectionNotFound` for unknown names."""
+        """The catalog entry of a collection or of the collection an alias points at;
+        `CollectionNotFound` for unknown names."""
+        name = self.resolve(name)
         if not self.index.collection_exists(name):
             raise CollectionNotFound(f"collection {name!r} does not exist")
         raw = self.index.collection_config(name).metadata.get("catalog")
@@ -112,5 +138,70 @@ class Catalog:
         return self.encoder(entry.encoder)
 
     def drop(self, name: str) -> None:
+        """Drop a collection by its own name; refused while an alias points at it."""
+        if name in self.aliases():
+            raise ConfigError(f"{name!r} is an alias; drop the collection by its own name")
+        if not self.index.collection_exists(name):
+            raise CollectionNotFound(f"collection {name!r} does not exist")
         self.get(name)
+        pointing = sorted(alias for alias, target in self.aliases().items() if target == name)
+        if pointing:
+            raise ConfigError(
+                f"collection {name!r} is the target of alias {', '.join(pointing)}; switch or delete "
+                "the alias first"
+            )
         self.index.drop_collection(name)
+
+    # -- aliases -------------------------------------------------------------------------------
+
+    def aliases(self) -> dict[str, str]:
+        """alias → collection (empty where the store has no alias support)."""
+        try:
+            return self.index.aliases()
+        except IndexStoreError:
+            return {}
+
+    def set_alias(self, alias: str, collection: str) -> str | None:
+        """Point ``alias`` at ``collection`` atomically; returns the collection it pointed at before.
+
+        Search through the alias switches from the old collection to the new one between two
+        requests; the old collection stays until dropped (rollback = set the alias back).
+        """
+        if not re.match(COLLECTION_NAME_PATTERN, alias):
+            raise ConfigError(f"alias {alias!r} must match {COLLECTION_NAME_PATTERN}")
+        if self._is_collection(alias):
+            raise ConfigError(f"{alias!r} is a collection; an alias needs a name of its own")
+        if not self._is_collection(collection):
+            raise CollectionNotFound(f"collection {collection!r} does not exist (aliases cannot chain)")
+        self.get(collection)
+        previous = self.aliases().get(alias)
+        self.index.set_alias(alias, collection)
+        return previous
+
+    def delete_alias(self, alias: str) -> None:
+        """Remove an alias (its collection stays)."""
+        self.index.delete_alias(alias)
+
+    def aliases_of(self, collection: str) -> tuple[str, ...]:
+        """The aliases that point at ``collection``."""
+        return tuple(sorted(alias for alias, target in self.aliases().items() if target == collection))
+
+
+def _probe_frame() -> NDArray[np.uint8]:
+    # A smooth synthetic image: flat or noisy probes can legitimately embed to odd vectors.
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float32) / 256.0
+    image = 128 + 100 * np.sin(6 * xx) * np.cos(4 * yy)
+    frame: NDArray[np.uint8] = np.clip(image, 0, 255).astype(np.uint8)
+    return frame
+
+
+def _probe(encoder: Encoder) -> None:
+    """Embed one image; `ConfigError` unless it gives ``spec.dim`` finite, non-zero values."""
+    vectors = encoder.embed([_probe_frame()])
+    if vectors.shape != (1, encoder.spec.dim):
+        raise ConfigError(
+            f"encoder {encoder.spec.name!r}: a probe image embeds to {vectors.shape[1:]} values, "
+            f"the spec says dim {encoder.spec.dim}"
+        )
+    if not np.isfinite(vectors).all() or float(np.linalg.norm(vectors)) < 1e-6:
+        raise ConfigError(f"encoder {encoder.spec.name!r}: a probe image embeds to NaN/Inf or zeros")

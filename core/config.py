@@ -7,23 +7,29 @@ Environment variables use the prefix ``RADSEARCH_`` and ``__`` for nested groups
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "ApiKeyEntry",
     "ApiSettings",
+    "CelerySettings",
+    "EventSettings",
     "IngestSettings",
     "ModelSettings",
+    "OidcSettings",
     "RedisSettings",
     "RuntimeSettings",
     "S3Settings",
     "SecuritySettings",
     "Settings",
     "StoreSettings",
+    "Subscription",
 ]
 
 
@@ -38,8 +44,17 @@ class StoreSettings(BaseModel):
     hnsw_m: int = 16
     hnsw_ef_construct: int = 100
     hnsw_payload_m: int = 16
-    hnsw_ef: int = 128
+    hnsw_ef: int = 256
     full_scan_threshold_kb: int = 10_000
+    # Indexed payload fields that get payload-aware HNSW links (``payload_m`` per value block
+    # larger than the full-scan threshold); the other indexed fields get none.
+    hnsw_payload_fields: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", "split", "source")
+    # Filtered searches use ``hnsw_ef_filtered``. ACORN (for filtered searches matching less than
+    # ``acorn_max_selectivity`` of the points) is off: with payload-aware links it was slower at
+    # equal recall (bench/RESULTS.md); it helps filters whose fields have no payload links.
+    acorn: bool = False
+    acorn_max_selectivity: float = 0.4
+    hnsw_ef_filtered: int = 384
 
 
 class S3Settings(BaseModel):
@@ -81,16 +96,134 @@ class IngestSettings(BaseModel):
     decode_timeout_s: float = Field(default=30.0, gt=0)
 
 
+RoleName = Literal["reader", "ingest", "admin"]
+
+
+class ApiKeyEntry(BaseModel):
+    """One API key, stored as the SHA-256 hex digest of the key (the key itself is never stored).
+
+    ``radsearch keys create --role reader --name ci`` prints a new key and this entry.
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    role: RoleName
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
+class OidcSettings(BaseModel):
+    """Bearer JWTs from an OpenID Connect provider (e.g. Keycloak) or signed with a shared key.
+
+    ``role_claim`` is a dotted path into the claims (Keycloak: ``realm_access.roles``) holding a
+    string or a list of strings; values equal to a role name (or mapped by ``role_map``) grant it.
+    """
+
+    issuer: str
+    audience: str
+    role_claim: str = "roles"
+    role_map: dict[str, RoleName] = Field(default_factory=dict)
+    jwks_url: str | None = None  # e.g. <issuer>/protocol/openid-connect/certs
+    shared_key: SecretStr | None = None  # HS256/384/512 instead of a JWKS
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256"])
+    leeway_s: float = Field(default=30.0, ge=0, le=300)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _no_unsigned(cls, value: list[str]) -> list[str]:
+        if not value or any(alg.lower() == "none" for alg in value):
+            raise ValueError("algorithms must name signature algorithms (never 'none')")
+        return value
+
+
 class SecuritySettings(BaseModel):
+    """Who may call the API. Without any key or OIDC issuer the API is open to loopback clients only
+    and ``radsearch serve`` refuses to bind another address."""
+
     # Key for the keyed hashes of DICOM UIDs and patient ids; generated once per data dir if unset.
     hash_key: SecretStr | None = None
+    # RADSEARCH_SECURITY__API_KEYS='[{"name": "web", "role": "reader", "sha256": "<hex>"}]'
+    api_keys: list[ApiKeyEntry] = Field(default_factory=list)
+    # The same list as a JSON file (a mounted secret), read at start-up.
+    api_keys_file: Path | None = None
+    oidc: OidcSettings | None = None
+
+    def key_entries(self) -> list[ApiKeyEntry]:
+        """Configured keys plus those of ``api_keys_file``."""
+        entries = list(self.api_keys)
+        if self.api_keys_file is not None:
+            raw: Any = json.loads(self.api_keys_file.read_text(encoding="utf-8"))
+            entries.extend(ApiKeyEntry.model_validate(item) for item in raw)
+        return entries
+
+    @property
+    def auth_configured(self) -> bool:
+        return bool(self.api_keys) or self.api_keys_file is not None or self.oidc is not None
 
 
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_bytes: int = 64 * 1024 * 1024
+    # Every request body except image uploads (JSON searches, jobs, events).
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_limit: int = 1000
+    # /docs, /redoc and /openapi.json; None: on while the API is open (no keys), off once keys are set.
+    docs: bool | None = None
+
+
+class CelerySettings(BaseModel):
+    """The scaled-out executor: Celery on Redis (see ``workers/``).
+
+    ``visibility_timeout_s`` must exceed the longest batch: a task still running after it is
+    delivered again, concurrently (harmless with deterministic ids, but wasted work).
+    """
+
+    broker_url: str | None = None  # default: redis.url
+    result_backend: str | None = None  # default: redis.url
+    visibility_timeout_s: int = Field(default=3600, ge=1)
+    # How often a worker sweeps unacked messages older than the visibility timeout back into the
+    # queue (kombu's unacked_restore_interval with throttle 1).
+    restore_interval_s: int = Field(default=30, ge=1)
+    task_batch_size: int = Field(default=256, ge=1, le=100_000)
+    max_retries: int = Field(default=5, ge=0)
+    retry_backoff_s: float = Field(default=2.0, gt=0)
+    retry_backoff_max_s: float = Field(default=300.0, gt=0)
+    # A message delivered this many times (worker killed while running it, retries) goes to the
+    # dead-letter list instead of running again: breaks poison-message loops.
+    max_deliveries: int = Field(default=10, ge=1)
+    publish_timeout_s: float = Field(default=10.0, gt=0)
+    job_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+    max_failed_items: int = Field(default=10_000, ge=0)
+    # Periodic reconciliation of every subscription by Celery beat; 0 turns it off.
+    reconcile_interval_s: float = Field(default=6 * 3600, ge=0)
+
+
+class Subscription(BaseModel):
+    """Objects under ``s3://bucket/prefix`` feed these collections (bucket events, reconcile)."""
+
+    bucket: str
+    prefix: str = ""
+    collections: list[str] = Field(min_length=1)
+    path_template: str | None = None
+    manifest: str | None = None  # a path or s3:// URI of a CSV/JSONL manifest
+
+    @property
+    def source(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+class EventSettings(BaseModel):
+    """The bucket-notification webhook (``POST /v1/events/s3``) and its subscriptions.
+
+    ``RADSEARCH_EVENTS__SUBSCRIPTIONS='[{"bucket": "raw", "prefix": "ct/", "collections": ["biomedclip"]}]'``
+    """
+
+    webhook_token: SecretStr | None = None  # the webhook is refused (503) while unset
+    subscriptions: list[Subscription] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):
@@ -112,6 +245,8 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    celery: CelerySettings = Field(default_factory=CelerySettings)
+    events: EventSettings = Field(default_factory=EventSettings)
 
     @property
     def index_dir(self) -> Path:

@@ -15,6 +15,7 @@
     │   └── InvalidFilter
     └── BadInput               (one input file/object cannot be used; the batch goes on)
         ├── DecodeError         (corrupt, truncated, not an image)
+        │   └── DecodeTimeout   (decoding ran past the per-file time limit)
         ├── UnsupportedFormat   (unknown container or transfer syntax without a decoder)
         └── TooLarge            (declared size beyond the configured limits)
 
@@ -29,6 +30,7 @@ __all__ = [
     "CollectionNotFound",
     "ConfigError",
     "DecodeError",
+    "DecodeTimeout",
     "EncoderError",
     "EncoderNotFound",
     "IndexStoreError",
@@ -107,6 +109,10 @@ class BadInput(RadsearchError):
 
 class DecodeError(BadInput):
     pass
+
+
+class DecodeTimeout(DecodeError):
+    """Decoding one object took longer than ``DecodeLimits.timeout_s``."""
 
 
 class UnsupportedFormat(BadInput):

@@ -30,11 +30,12 @@ class IngestOptions:
 
 
 def make_targets(catalog: Catalog, collections: list[str]) -> list[Target]:
-    """Targets for existing collections, each with the encoder it was built with."""
+    """Targets for existing collections (or the collections aliases point at), each with the encoder
+    it was built with."""
     targets = []
     for name in collections:
         entry = catalog.get(name)
-        targets.append(Target(name, catalog.encoder(entry.encoder), entry.encoder_label))
+        targets.append(Target(entry.name, catalog.encoder(entry.encoder), entry.encoder_label))
     return targets
 
 

@@ -26,7 +26,16 @@ from ingest.labels import Labeler
 from ingest.readers import DecodeLimits, decode_object
 from ingest.sources.base import ObjectRef, Source
 
-__all__ = ["BatchReport", "FailedItem", "PipelineContext", "Target", "process_batch", "run_pipeline"]
+__all__ = [
+    "BURNED_IN_BY_DEFAULT",
+    "BatchReport",
+    "FailedItem",
+    "PipelineContext",
+    "Target",
+    "burned_in_reason",
+    "process_batch",
+    "run_pipeline",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +104,31 @@ class PipelineContext:
     accept_burned_in: bool = False
 
 
+# Modalities whose images routinely carry burned-in patient text (PS3.15 E.3.1: "Ultrasound images
+# routinely do"; XA/RF overlays), so an absent BurnedInAnnotation is treated as YES.
+BURNED_IN_BY_DEFAULT: frozenset[str] = frozenset({"US", "XA", "RF", "SC", "OT"})
+
+
+def burned_in_reason(meta: dict[str, Any], labels: dict[str, Any]) -> str | None:
+    """Why a decoded DICOM object is quarantined for burned-in annotation, or None to index it.
+
+    ``BurnedInAnnotation = YES`` always; absent for US, XA, RF, secondary captures (and modality
+    SC/OT). PNG/JPEG carry no such tag and are not judged here.
+    """
+    if "burned_in_annotation" not in meta:
+        return None
+    flag = meta["burned_in_annotation"]
+    if flag is True:
+        return "BurnedInAnnotation is YES"
+    if flag is None:
+        modality = str(labels.get("modality") or "").upper()
+        if meta.get("secondary_capture"):
+            return "BurnedInAnnotation absent on a secondary capture"
+        if modality in BURNED_IN_BY_DEFAULT:
+            return f"BurnedInAnnotation absent for modality {modality} (routinely burned in)"
+    return None
+
+
 @dataclass
 class _Loaded:
     ref: ObjectRef
@@ -120,8 +154,10 @@ def _load(ctx: PipelineContext, ref: ObjectRef, positions: list[int]) -> _Loaded
         decoded = decode_object(data, ref.key, limits=ctx.limits, hash_key=ctx.hash_key)
     except BadInput as exc:
         return FailedItem(ref.key, exc.reason)
-    if decoded.meta.get("burned_in_annotation") and not ctx.accept_burned_in:
-        return FailedItem(ref.key, "BurnedInAnnotation is YES", quarantined=True)
+    if not ctx.accept_burned_in:
+        reason = burned_in_reason(decoded.meta, decoded.labels)
+        if reason is not None:
+            return FailedItem(ref.key, reason, quarantined=True)
     labels = ctx.labeler.labels(
         ref.key, dicom_tags=decoded.labels, object_metadata={**ref.metadata, **metadata}
     )

@@ -27,6 +27,11 @@ def _print_json(obj: Any) -> None:
 
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "executor", "inline") == "celery":
+        from workers.commands import ingest_celery
+
+        return ingest_celery(args, settings)
+    from ingest.sources import open_source
     from radsearch.services import ensure_collection, ingest_source, open_catalog
 
     options = IngestOptions(
@@ -34,6 +39,7 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         path_template=args.path_template,
         skip_unchanged=not args.no_skip_unchanged,
     )
+    open_source(args.source, settings).close()  # a bad source fails before any collection is created
     with open_catalog(settings) as catalog:
         ensure_collection(catalog, args.collection, args.encoder, weights=args.weights)
         report = ingest_source(
@@ -106,10 +112,33 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from search_api.app import create_app
+    from search_api.security import check_bind
 
     host = args.host or settings.api.host
     port = args.port or settings.api.port
+    notice = check_bind(host, settings.security)
+    if notice:
+        print(f"radsearch: {notice}", file=sys.stderr)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return EXIT_OK
+
+
+def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from search_api.security import hash_api_key, new_api_key
+
+    if args.keys_command == "create":
+        key = new_api_key()
+        entry = {"name": args.name, "role": args.role, "sha256": hash_api_key(key)}
+        print(f"key (shown once, give it to the client): {key}")
+        print("settings entry (add to RADSEARCH_SECURITY__API_KEYS or the keys file):")
+        print(json.dumps(entry))
+        return EXIT_OK
+    # Read from stdin, not argv: a key on the command line lands in shell history and `ps`.
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("radsearch: error: give the key on stdin", file=sys.stderr)
+        return EXIT_USAGE
+    print(hash_api_key(key))
     return EXIT_OK
 
 
@@ -117,6 +146,12 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from radsearch.demo import run_demo
 
     return run_demo(settings, per_class=args.per_class, serve=not args.no_serve, host=args.host, port=args.port)
+
+
+def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from core.evaluation.command import run_eval_command
+
+    return run_eval_command(args, settings, sys.stdout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--path-template", help="e.g. '{modality}/{anatomy}/{pathology}/{file}'")
     ingest.add_argument("--no-skip-unchanged", action="store_true", help="re-embed objects already indexed")
     ingest.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    ingest.add_argument(
+        "--executor",
+        choices=("inline", "celery"),
+        default="inline",
+        help="inline (this process) or celery (submit a job to the workers; --collection A,B fills several)",
+    )
+    ingest.add_argument(
+        "--detach", action="store_true", help="with --executor celery: print the job id and return"
+    )
     ingest.set_defaults(handler=_cmd_ingest)
 
     search = sub.add_parser("search", help="find the images most similar to an image file")
@@ -150,11 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     clist = collections_sub.add_parser("list", help="list collections")
     clist.add_argument("--json", action="store_true")
     clist.set_defaults(handler=_cmd_collections)
+    from radsearch.admin_commands import add_admin_commands
+
+    add_admin_commands(collections_sub, sub)
 
     serve = sub.add_parser("serve", help="serve the HTTP API and web page")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(handler=_cmd_serve)
+
+    keys = sub.add_parser("keys", help="API keys: create one, or hash one read from stdin")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="print a new random key and its settings entry")
+    create.add_argument("--role", choices=("reader", "ingest", "admin"), required=True)
+    create.add_argument("--name", required=True, help="who holds the key (shown in audit lines)")
+    keys_sub.add_parser("hash", help="print the SHA-256 to store for a key read from stdin")
+    keys.set_defaults(handler=_cmd_keys)
 
     demo = sub.add_parser("demo", help="build a demo archive, index it, run example searches, serve")
     demo.add_argument("--per-class", type=int, default=12)
@@ -162,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host")
     demo.add_argument("--port", type=int)
     demo.set_defaults(handler=_cmd_demo)
+
+    from core.evaluation.command import add_eval_arguments
+
+    evaluate = sub.add_parser("eval", help="retrieval quality by the reference paper's protocol (P@k, ...)")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(handler=_cmd_eval)
+
+    from workers.commands import add_worker_commands
+
+    add_worker_commands(sub)
     return parser
 
 

@@ -94,9 +94,13 @@ def run_demo(
         import uvicorn
 
         from search_api.app import create_app
+        from search_api.security import check_bind
 
         bind_host = host or settings.api.host
         bind_port = port or settings.api.port
+        notice = check_bind(bind_host, settings.security)
+        if notice:
+            print(notice)
         print(f"\nserving on http://{bind_host}:{bind_port} (web page /, API docs /docs); Ctrl-C to stop")
         uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="warning")
     return 0

@@ -9,13 +9,17 @@ from anyio import CapacityLimiter
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
 
 from core.catalog import Catalog
 from core.config import Settings
 from core.index.base import VectorIndex
 from core.index.factory import open_index
+from search_api.backfill_jobs import BackfillRunner, LocalJobStore
 from search_api.errors import install_exception_handlers
-from search_api.routes import collections, health, search, web
+from search_api.middleware import BodyLimitMiddleware, is_upload_route, match_route
+from search_api.routes import admin, collections, compare, events, health, jobs, search, web
+from search_api.security import AccessMiddleware, Authenticator, check_route_policies
 
 __all__ = ["create_app"]
 
@@ -38,24 +42,48 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
         app.state.index = opened
         app.state.catalog = Catalog(opened, settings)
         app.state.inference_limiter = CapacityLimiter(_INFERENCE_THREADS)
+        app.state.backfill = BackfillRunner(app.state.catalog, settings, LocalJobStore())
         try:
             yield
         finally:
+            await run_in_threadpool(app.state.backfill.close)
             if index is None:
                 await run_in_threadpool(opened.close)
 
+    authenticator = Authenticator(settings.security)
+    docs = settings.api.docs if settings.api.docs is not None else authenticator.open
     app = FastAPI(
         title="radsearch",
         summary="Content-based image retrieval for radiology",
         version="0.1.0",
         lifespan=lifespan,
         generate_unique_id_function=_unique_id,
-        max_body_size=settings.api.max_upload_bytes + _BODY_OVERHEAD_BYTES,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
+    app.state.authenticator = authenticator
     install_exception_handlers(app)
     app.include_router(health.router)
     app.include_router(collections.router)
+    app.include_router(admin.router)
+    app.include_router(compare.router)
     app.include_router(search.router)
+    app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(web.router)
+    check_route_policies(app)
+
+    upload_limit = settings.api.max_upload_bytes + _BODY_OVERHEAD_BYTES
+
+    def body_limit(scope: Scope) -> int:
+        route = match_route(app.routes, scope)
+        if route is not None and is_upload_route(route):
+            return upload_limit
+        return settings.api.max_json_bytes
+
+    # Added last = outermost: the access check runs before the body limit, which runs before parsing.
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(AccessMiddleware, routes=app.routes, authenticator=authenticator)
     return app

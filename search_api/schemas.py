@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -10,7 +10,18 @@ from core.errors import InvalidFilter
 from core.payload import SearchFilter
 
 __all__ = [
+    "AliasPublic",
+    "AliasUpdate",
+    "AliasesPublic",
+    "BackfillCreate",
+    "BackfillJobPublic",
+    "CollectionCreate",
+    "CollectionDetailPublic",
     "CollectionPublic",
+    "CompareResponse",
+    "CompareResult",
+    "FusedHit",
+    "IndexingPublic",
     "CollectionsPublic",
     "FacetsPublic",
     "HealthPublic",
@@ -84,6 +95,102 @@ class CollectionPublic(BaseModel):
     weights: str
     text_search: bool
     created_at: str
+
+
+class CollectionDetailPublic(CollectionPublic):
+    """One collection's full record (``GET /v1/collections/{name}``)."""
+
+    spec: dict[str, Any]
+    quantization: Literal["none", "int8"]
+    on_disk: bool
+    indexing: IndexingPublic
+    aliases: list[str]
+
+
+class IndexingPublic(BaseModel):
+    """``status``: green = index built, yellow = optimising, unknown where the store does not say."""
+
+    status: str
+    indexed_vectors: int | None
+    segments: int | None = None
+
+
+class CollectionCreate(BaseModel):
+    """A new collection: ``encoder`` is a registry name or a full encoder spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
+    encoder: str | dict[str, Any] = Field(examples=["biomedclip"])
+    weights: str | None = Field(
+        default=None, max_length=1100, description="path, s3:// URI, hub id or 'random' (overrides the spec)"
+    )
+    quantization: Literal["none", "int8"] = "none"
+    on_disk: bool = False
+
+
+class BackfillCreate(BaseModel):
+    """Embed every image another collection (or alias) knows, or an ``s3://`` source, into this one."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: str = Field(alias="from", min_length=1, max_length=1100, examples=["biomedclip"])
+    path_template: str | None = Field(default=None, max_length=300)
+
+
+class AliasUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    collection: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
+
+
+class AliasPublic(BaseModel):
+    alias: str
+    collection: str
+    previous: str | None = None
+
+
+class AliasesPublic(BaseModel):
+    aliases: list[AliasPublic]
+
+
+class BackfillJobPublic(BaseModel):
+    """A backfill job, in the ingest jobs' shape (``source`` is the collection or URI it reads)."""
+
+    id: str
+    kind: Literal["backfill"]
+    state: Literal["queued", "planning", "running", "done", "failed"]
+    source: str
+    collections: list[str]
+    counts: dict[str, int]
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    seconds: float | None
+    throughput: dict[str, float | None]
+    error: str | None = None
+    failed_items: list[dict[str, str]] = Field(default_factory=list)
+
+
+class CompareResult(BaseModel):
+    collection: str
+    encoder: str
+    hits: list[SearchHit]
+    took_ms: float
+
+
+class FusedHit(BaseModel):
+    """Reciprocal-rank fusion: ``score`` = sum over collections of 1 / (k + rank)."""
+
+    id: str
+    score: float
+    ranks: dict[str, int]
+    payload: dict[str, Any]
+
+
+class CompareResponse(BaseModel):
+    results: list[CompareResult]
+    fused: list[FusedHit] | None = None
 
 
 class CollectionsPublic(BaseModel):

@@ -39,13 +39,19 @@ def to_uint8_image(frame: NDArray[np.uint8]) -> NDArray[np.uint8]:
 
 
 def resize_uint8(
-    image: NDArray[np.uint8], size: int, mode: ResizeMode, interpolation: str
+    image: NDArray[np.uint8],
+    size: int,
+    mode: ResizeMode,
+    interpolation: str,
+    *,
+    resize_size: int | None = None,
 ) -> tuple[NDArray[np.uint8], tuple[int, int]]:
     """Resize a uint8 (H, W) or (H, W, 3) image to fit ``size``×``size`` per ``mode``.
 
     Returns the resized image and the (height, width) of the valid region: for ``longest_pad`` the
     image is smaller than ``size``×``size`` on one side and the caller pads bottom/right, as SAM's
-    processor does; otherwise the result is exactly ``size``×``size``.
+    processor does; otherwise the result is exactly ``size``×``size``. ``resize_size`` is the
+    shortest edge before the centre crop of ``shortest_crop`` (default ``size``).
     """
     resample = _RESAMPLE[interpolation]
     height, width = image.shape[:2]
@@ -54,10 +60,11 @@ def resize_uint8(
         out = pil.resize((size, size), resample) if (height, width) != (size, size) else pil
     elif mode == "shortest_crop":
         # Same rounding as torchvision's Resize(int) + CenterCrop, which open_clip's transforms use.
+        edge = resize_size or size
         if width <= height:
-            new_w, new_h = size, int(size * height / width)
+            new_w, new_h = edge, int(edge * height / width)
         else:
-            new_w, new_h = int(size * width / height), size
+            new_w, new_h = int(edge * width / height), edge
         if (new_h, new_w) != (height, width):
             pil = pil.resize((new_w, new_h), resample)
         top = int(round((new_h - size) / 2.0))
@@ -85,6 +92,7 @@ class Preprocessor:
         if channels not in (1, 3):
             raise ValueError("channels must be 1 or 3")
         self.size = spec.input_size
+        self.resize_size = spec.resize_size
         self.resize: ResizeMode = spec.resize
         self.interpolation = spec.interpolation
         self.scaling = spec.scaling
@@ -105,7 +113,9 @@ class Preprocessor:
         image = to_uint8_image(frame)
         if self.channels == 1 and image.ndim == 3:
             image = np.asarray(Image.fromarray(image).convert("L"))
-        resized, (h, w) = resize_uint8(image, self.size, self.resize, self.interpolation)
+        resized, (h, w) = resize_uint8(
+            image, self.size, self.resize, self.interpolation, resize_size=self.resize_size
+        )
         out = np.zeros(self.shape, dtype=np.float32)
         region = out[:, :h, :w]
         source = resized[np.newaxis] if resized.ndim == 2 else resized.transpose(2, 0, 1)

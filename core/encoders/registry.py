@@ -7,7 +7,7 @@ from typing import Any
 
 from core.config import Settings
 from core.encoders.base import Encoder
-from core.encoders.spec import EncoderFamily, EncoderSpec
+from core.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, EncoderFamily, EncoderSpec
 from core.errors import EncoderNotFound
 
 __all__ = ["REGISTRY", "get_spec", "list_specs", "load_encoder", "resolve_spec"]
@@ -60,6 +60,169 @@ _SPECS: tuple[EncoderSpec, ...] = (
         source_url="https://github.com/openai/CLIP",
         description="OpenAI CLIP ViT-B/16 via open_clip; general-domain image-text baseline.",
     ),
+    EncoderSpec(
+        name="clip-vit-l14",
+        family=EncoderFamily.OPEN_CLIP,
+        checkpoint="ViT-L-14",
+        pretrained="openai",
+        input_size=224,
+        resize="shortest_crop",
+        interpolation="bicubic",
+        output="image_embeds",
+        dim=768,
+        text_tower=True,
+        license="MIT",
+        source_url="https://github.com/openai/CLIP",
+        description=(
+            "OpenAI CLIP ViT-L/14 (400M web image-text pairs) via open_clip; the paper's general-domain "
+            "weakly-supervised model. Text search; strong general features, slow on CPU."
+        ),
+    ),
+    EncoderSpec(
+        name="dinov2-vit-b14",
+        family=EncoderFamily.TRANSFORMERS,
+        checkpoint="facebook/dinov2-base",
+        input_size=224,
+        resize="shortest_crop",
+        resize_size=256,
+        interpolation="bicubic",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="cls",
+        dim=768,
+        license="Apache-2.0",
+        source_url="https://huggingface.co/facebook/dinov2-base",
+        description=(
+            "DINOv2 ViT-B/14 (self-supervised, LVD-142M), CLS token at 224 px as in the paper "
+            "(BitImageProcessor: shortest edge 256, centre crop 224). Good general visual similarity."
+        ),
+    ),
+    EncoderSpec(
+        name="vit-b16-in21k",
+        family=EncoderFamily.TRANSFORMERS,
+        checkpoint="google/vit-base-patch16-224-in21k",
+        input_size=224,
+        resize="squash",
+        interpolation="bilinear",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        output="cls",
+        dim=768,
+        license="Apache-2.0",
+        source_url="https://huggingface.co/google/vit-base-patch16-224-in21k",
+        description="ViT-B/16 supervised on ImageNet-21k; CLS token after the final LayerNorm. Baseline.",
+    ),
+    EncoderSpec(
+        name="mae-vit-b16",
+        family=EncoderFamily.TRANSFORMERS,
+        checkpoint="facebook/vit-mae-base",
+        input_size=224,
+        resize="squash",
+        interpolation="bicubic",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="cls",
+        dim=768,
+        license="Apache-2.0 (model card); MAE code CC-BY-NC-4.0",
+        source_url="https://huggingface.co/facebook/vit-mae-base",
+        description=(
+            "MAE ViT-B/16 (self-supervised masked autoencoder), CLS token with masking off "
+            "(mask_ratio 0, fixed patch order), so embeddings are deterministic."
+        ),
+    ),
+    EncoderSpec(
+        name="resnet50",
+        family=EncoderFamily.TRANSFORMERS,
+        checkpoint="microsoft/resnet-50",
+        input_size=224,
+        resize="shortest_crop",
+        resize_size=256,
+        interpolation="bicubic",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="pooled",
+        dim=2048,
+        license="Apache-2.0",
+        source_url="https://huggingface.co/microsoft/resnet-50",
+        description=(
+            "ResNet-50 supervised on ImageNet-1k; global-average-pooled 2048-d features, not the "
+            "1000 class logits the paper's code used. Cheap CNN baseline."
+        ),
+    ),
+    EncoderSpec(
+        name="sam-vit-b",
+        family=EncoderFamily.TRANSFORMERS,
+        checkpoint="facebook/sam-vit-base",
+        input_size=1024,
+        resize="longest_pad",
+        interpolation="bilinear",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="neck_mean",
+        dim=256,
+        license="Apache-2.0",
+        source_url="https://huggingface.co/facebook/sam-vit-base",
+        description=(
+            "Segment Anything ViT-B image encoder; neck output (256x64x64) mean-pooled to 256. "
+            "Segmentation features: weak for retrieval, and slow (1024 px)."
+        ),
+    ),
+    EncoderSpec(
+        name="medsam-vit-b",
+        family=EncoderFamily.TRANSFORMERS,
+        checkpoint="wanglab/medsam-vit-base",
+        input_size=1024,
+        resize="squash",
+        interpolation="bicubic",
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        scaling="minmax",
+        output="neck_mean",
+        dim=256,
+        license="Apache-2.0",
+        source_url="https://github.com/bowang-lab/MedSAM",
+        description=(
+            "MedSAM ViT-B (SAM fine-tuned on 1.5M medical masks); neck mean-pooled to 256 with "
+            "MedSAM's own input: squash to 1024x1024, min-max to [0, 1], no mean/std. Also loads "
+            "the original medsam_vit_b.pth (segment_anything layout)."
+        ),
+    ),
+    EncoderSpec(
+        name="medclip-vit",
+        family=EncoderFamily.TRANSFORMERS,
+        checkpoint="medclip-vit",
+        input_size=224,
+        resize="shortest_crop",
+        interpolation="bicubic",
+        mean=(0.5862785803043838,) * 3,
+        std=(0.27950088968644304,) * 3,
+        output="projected_pooler",
+        dim=512,
+        license="no licence stated in RyanWangZf/MedCLIP (research code); check before clinical use",
+        source_url="https://github.com/RyanWangZf/MedCLIP",
+        description=(
+            "MedCLIP-ViT image tower (Swin-tiny pooler -> 512 projection; CheXpert/MIMIC-CXR). Weights "
+            "only from a local path or s3:// (the release is not on the hub). No text tower here."
+        ),
+    ),
+    EncoderSpec(
+        name="rad-dino",
+        family=EncoderFamily.TRANSFORMERS,
+        checkpoint="microsoft/rad-dino",
+        input_size=518,
+        resize="shortest_crop",
+        interpolation="bicubic",
+        mean=(0.5307, 0.5307, 0.5307),
+        std=(0.2583, 0.2583, 0.2583),
+        output="cls",
+        dim=768,
+        license="MSRLA (Microsoft Research License Agreement: research use)",
+        source_url="https://huggingface.co/microsoft/rad-dino",
+        description=(
+            "RAD-DINO: DINOv2 ViT-B/14 trained on chest X-rays (MIMIC-CXR, CheXpert, NIH, PadChest, "
+            "BRAX); CLS token at 518 px. Chest X-ray retrieval; newer than the paper."
+        ),
+    ),
 )
 
 REGISTRY: dict[str, EncoderSpec] = {spec.name: spec for spec in _SPECS}
@@ -80,6 +243,7 @@ def get_spec(name: str) -> EncoderSpec:
 
 
 def list_specs() -> list[EncoderSpec]:
+    """Every registered spec, in registry order."""
     return list(REGISTRY.values())
 
 
@@ -110,5 +274,13 @@ def load_encoder(spec: EncoderSpec, settings: Settings, *, weights: str | None =
             from core.encoders.open_clip_encoder import OpenClipEncoder
 
             return OpenClipEncoder(spec, settings=settings, device=device, dtype=dtype)
+        case EncoderFamily.TRANSFORMERS if spec.output == "neck_mean":
+            from core.encoders.sam_encoder import SamEncoder
+
+            return SamEncoder(spec, settings=settings, device=device, dtype=dtype)
+        case EncoderFamily.TRANSFORMERS:
+            from core.encoders.transformers_encoder import TransformersEncoder
+
+            return TransformersEncoder(spec, settings=settings, device=device, dtype=dtype)
         case _:
             raise EncoderNotFound(f"encoder family {spec.family!s} of {spec.name!r} is not supported yet")

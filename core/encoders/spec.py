@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +15,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+_OPTIONAL_FIELDS = ("resize_size", "model_overrides")
 
 
 class EncoderFamily(StrEnum):
@@ -31,6 +34,13 @@ class EncoderSpec(BaseModel):
     transformers hub id). ``pretrained`` is the open_clip pretrained tag. ``weights`` overrides where
     the weights come from: a hub id, a local file or directory, an ``s3://bucket/key`` URI, or
     ``"random"`` (tests and benchmarks only; recorded in the collection).
+
+    ``resize_size`` is the shortest edge before the centre crop of ``shortest_crop`` (e.g. 256 → crop
+    224, the DINOv2/ResNet processors); None resizes straight to ``input_size``. ``output`` names the
+    embedding: ``image_embeds`` (CLIP projection), ``cls`` (CLS token of the last hidden state),
+    ``pooled`` (global-average-pooled features), ``neck_mean`` (SAM image-encoder neck, spatially
+    mean-pooled), ``projected_pooler`` (MedCLIP: Swin pooler → linear projection).
+    ``model_overrides`` changes the architecture config (custom or reduced variants).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -55,12 +65,19 @@ class EncoderSpec(BaseModel):
     source_url: str = ""
     description: str = ""
     preprocess_version: str = "1"
+    resize_size: int | None = Field(default=None, ge=8, le=4096)
+    model_overrides: dict[str, Any] | None = None
 
     @property
     def fingerprint(self) -> str:
         """A short hash of everything that changes the vectors (stored with the collection)."""
         fields = self.model_dump(exclude={"license", "source_url", "description"}, mode="json")
+        # Fields added later are left out while unset, so existing fingerprints stay the same.
+        for optional in _OPTIONAL_FIELDS:
+            if fields.get(optional) is None:
+                fields.pop(optional, None)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_weights(self, weights: str | None) -> EncoderSpec:
+        """This spec with ``weights`` as its weights source (unchanged when None)."""
         return self.model_copy(update={"weights": weights}) if weights is not None else self

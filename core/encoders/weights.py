@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 HOW_TO_PROVIDE = (
     "pass --weights with a local path or an s3:// URI, or pre-populate the Hugging Face cache; "
-    "see README 'Using real BiomedCLIP weights'"
+    "see README 'Encoders' > 'Using real weights'"
 )
 # Preferred weight file names in a directory or hub repo, best first (open_clip's own order).
 WEIGHT_FILE_NAMES = (

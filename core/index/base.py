@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from core.errors import IndexStoreError
 from core.payload import SearchFilter
 
 __all__ = ["CollectionConfig", "Hit", "StoredPoint", "VectorIndex"]
@@ -85,8 +86,13 @@ class VectorIndex(ABC):
         ids: Sequence[str],
         vectors: NDArray[np.float32],
         payloads: Sequence[dict[str, Any]],
+        *,
+        insert_only: bool = False,
     ) -> None:
-        """Insert or overwrite points; durable when it returns. Vectors are validated first."""
+        """Insert or overwrite points; durable when it returns. Vectors are validated first.
+
+        ``insert_only`` leaves points that already exist untouched (a backfill never overwrites what
+        a concurrent ingest wrote)."""
 
     @abstractmethod
     def search(
@@ -133,6 +139,25 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def delete_by_filter(self, name: str, filter: SearchFilter) -> None: ...
+
+    def collection_info(self, name: str) -> dict[str, Any]:
+        """Store-side state: ``points``, ``indexed_vectors``, ``status`` ("green" when indexing is
+        done, "yellow" while optimising, "unknown" where the store does not say)."""
+        return {"points": self.count(name), "indexed_vectors": None, "status": "unknown"}
+
+    # -- aliases: a name that points at one collection, switched atomically -----------------------
+
+    def aliases(self) -> dict[str, str]:
+        """alias → collection."""
+        raise IndexStoreError(f"{type(self).__name__} does not support aliases")
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point ``alias`` at ``collection`` in one atomic step (created or switched)."""
+        raise IndexStoreError(f"{type(self).__name__} does not support aliases")
+
+    def delete_alias(self, alias: str) -> None:
+        """Remove ``alias``; `CollectionNotFound` if there is no such alias."""
+        raise IndexStoreError(f"{type(self).__name__} does not support aliases")
 
     def optimize(self, name: str) -> None:  # noqa: B027 - optional hook
         """Build/merge index structures now (bulk loads); a no-op where the store does it itself."""

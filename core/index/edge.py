@@ -46,14 +46,12 @@ __all__ = ["EdgeIndex"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CONFIG_FILE = "collection.json"
+# alias → collection, one small JSON file beside the collections (Edge has no native aliases).
+_ALIASES_FILE = "aliases.json"
 _SHARD_DIR = "shard"
 # int8 quantization loses a little ranking precision; fetch extra candidates and rescore them
 # with the original vectors.
 _OVERSAMPLING = 2.0
-# Filtered HNSW search loses recall on tight clusters (bench/search.py, 25 % modality filter: recall@10
-# 0.93 at ef 128); ACORN, used by the engine only below this filter selectivity, gave 0.9995 there
-# for ~0.4 ms more per query.
-_ACORN_MAX_SELECTIVITY = 0.4
 
 
 class _RWLock:
@@ -212,10 +210,10 @@ class EdgeIndex(VectorIndex):
     ``acorn`` turns on ACORN for filtered searches (better recall under selective filters).
     """
 
-    def __init__(self, root: Path, store: StoreSettings, *, acorn: bool = True) -> None:
+    def __init__(self, root: Path, store: StoreSettings, *, acorn: bool | None = None) -> None:
         self._root = Path(root)
         self._store = store
-        self._acorn = acorn
+        self._acorn = store.acorn if acorn is None else acorn
         self._root.mkdir(parents=True, exist_ok=True)
         self._handles: dict[str, _Handle] = {}
         # Guards the handle cache and collection create/drop; never held while querying.
@@ -271,8 +269,10 @@ class EdgeIndex(VectorIndex):
             try:
                 directory.mkdir(parents=True)
                 shard = qe.EdgeShard.create(str(directory / _SHARD_DIR), self._edge_config(config))
+                linked = set(self._store.hnsw_payload_fields)
                 for field in INDEXED_FIELDS:
-                    shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+                    params = qe.KeywordIndexParams(enable_hnsw=field in linked)
+                    shard.update(qe.UpdateOperation.create_field_index(field, params))
                 shard.flush()
                 _write_atomic(directory / _CONFIG_FILE, config_json)
             except BaseException:
@@ -347,6 +347,52 @@ class EdgeIndex(VectorIndex):
             _write_atomic(self._dir(name) / _CONFIG_FILE, _config_to_json(config))
             handle.config = config
 
+    def collection_info(self, name: str) -> dict[str, Any]:
+        handle = self._handle(name)
+        with handle.reading() as shard:
+            info = shard.info()
+        points, indexed = int(info.points_count), int(info.indexed_vectors_count)
+        # Below the full-scan threshold the engine searches exactly and builds no HNSW: that is done.
+        small = points * handle.config.dim * 4 < self._store.full_scan_threshold_kb * 1024
+        return {
+            "points": points,
+            "indexed_vectors": indexed,
+            "segments": int(info.segments_count),
+            "status": "green" if indexed >= points or small else "yellow",
+        }
+
+    # -- aliases -----------------------------------------------------------------------------
+
+    def _read_aliases(self) -> dict[str, str]:
+        path = self._root / _ALIASES_FILE
+        if not path.is_file():
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): str(v) for k, v in data.items()}
+
+    def aliases(self) -> dict[str, str]:
+        with self._lock:
+            return self._read_aliases()
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        _check_name(alias)
+        with self._lock:
+            if not self._exists_on_disk(collection):
+                raise CollectionNotFound(f"collection {collection!r} not found")
+            if self._exists_on_disk(alias):
+                raise CollectionExists(f"{alias!r} is a collection; an alias needs a name of its own")
+            aliases = {**self._read_aliases(), alias: collection}
+            # os.replace of a whole file: readers see the old mapping or the new one, never a mix.
+            _write_atomic(self._root / _ALIASES_FILE, json.dumps(aliases, indent=2, sort_keys=True))
+
+    def delete_alias(self, alias: str) -> None:
+        with self._lock:
+            aliases = self._read_aliases()
+            if alias not in aliases:
+                raise CollectionNotFound(f"alias {alias!r} not found")
+            del aliases[alias]
+            _write_atomic(self._root / _ALIASES_FILE, json.dumps(aliases, indent=2, sort_keys=True))
+
     # -- points ------------------------------------------------------------------------------
 
     def upsert(
@@ -355,6 +401,8 @@ class EdgeIndex(VectorIndex):
         ids: Sequence[str],
         vectors: NDArray[np.float32],
         payloads: Sequence[dict[str, Any]],
+        *,
+        insert_only: bool = False,
     ) -> None:
         """Validate everything, then write one batch and flush it to disk."""
         handle = self._handle(name)
@@ -371,8 +419,9 @@ class EdgeIndex(VectorIndex):
             qe.Point(pid, row, dict(payload))
             for pid, row, payload in zip(canonical, rows, payloads, strict=True)
         ]
+        mode = qe.UpdateMode.InsertOnly if insert_only else None
         with handle.writing() as shard:
-            shard.update(qe.UpdateOperation.upsert_points(points))
+            shard.update(qe.UpdateOperation.upsert_points(points, update_mode=mode))
             shard.flush()
 
     def search(
@@ -399,13 +448,16 @@ class EdgeIndex(VectorIndex):
             if handle.config.quantization == "int8"
             else None
         )
+        filtered = filter is not None and not filter.is_empty()
+        if hnsw_ef is None:
+            hnsw_ef = self._store.hnsw_ef_filtered if filtered else self._store.hnsw_ef
         params = qe.SearchParams(
-            hnsw_ef=hnsw_ef if hnsw_ef is not None else self._store.hnsw_ef,
+            hnsw_ef=hnsw_ef,
             exact=exact,
             quantization=quantization,
             acorn=(
-                qe.AcornSearchParams(enable=True, max_selectivity=_ACORN_MAX_SELECTIVITY)
-                if self._acorn and filter is not None and not filter.is_empty()
+                qe.AcornSearchParams(enable=True, max_selectivity=self._store.acorn_max_selectivity)
+                if self._acorn and filtered
                 else None
             ),
         )

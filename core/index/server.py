@@ -263,6 +263,51 @@ class QdrantServerIndex(VectorIndex):
         with self._lock:
             self._configs[name] = _config_from_dict(stored)
 
+    def _is_local(self) -> bool:
+        return type(getattr(self._client, "_client", None)).__name__ == "QdrantLocal"
+
+    def collection_info(self, name: str) -> dict[str, Any]:
+        info = self._call(name, lambda: self._client.get_collection(name))
+        status = getattr(info.status, "value", str(info.status))
+        indexed = info.indexed_vectors_count
+        return {
+            "points": int(info.points_count or 0),
+            "indexed_vectors": None if indexed is None else int(indexed),
+            "segments": int(info.segments_count or 0),
+            "status": str(status),
+        }
+
+    # -- aliases: Qdrant's own, switched by one update_collection_aliases request ------------------
+
+    def aliases(self) -> dict[str, str]:
+        return {a.alias_name: a.collection_name for a in self._client.get_aliases().aliases}
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        _check_name(alias)
+        if not self._client.collection_exists(collection) or collection in self.aliases():
+            raise CollectionNotFound(f"collection {collection!r} not found")
+        if alias in self.list_collections():
+            raise CollectionExists(f"{alias!r} is a collection; an alias needs a name of its own")
+        operations: list[Any] = []
+        if alias in self.aliases():
+            operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+        operations.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)
+            )
+        )
+        # Delete and create in one request: Qdrant applies them atomically.
+        self._client.update_collection_aliases(change_aliases_operations=operations)
+
+    def delete_alias(self, alias: str) -> None:
+        if alias not in self.aliases():
+            raise CollectionNotFound(f"alias {alias!r} not found")
+        self._client.update_collection_aliases(
+            change_aliases_operations=[
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+            ]
+        )
+
     # -- points ------------------------------------------------------------------------------
 
     def upsert(
@@ -271,6 +316,8 @@ class QdrantServerIndex(VectorIndex):
         ids: Sequence[str],
         vectors: NDArray[np.float32],
         payloads: Sequence[dict[str, Any]],
+        *,
+        insert_only: bool = False,
     ) -> None:
         """Validate everything, then write one batch and wait until it is applied."""
         config = self._config(name)
@@ -282,8 +329,19 @@ class QdrantServerIndex(VectorIndex):
         if not ids:
             return
         canonical = [_canonical_id(i) for i in ids]
+        if insert_only:
+            # Qdrant's update_mode=insert_only needs a 1.17 server and local mode ignores it: drop
+            # the ids that exist first; the server-side mode then closes the remaining race.
+            existing = {p.id for p in self.retrieve(name, canonical)}
+            keep = [i for i, pid in enumerate(canonical) if pid not in existing]
+            if not keep:
+                return
+            canonical = [canonical[i] for i in keep]
+            arr = arr[keep]
+            payloads = [payloads[i] for i in keep]
         batch = models.Batch(ids=list(canonical), vectors=arr.tolist(), payloads=[dict(p) for p in payloads])
-        self._call(name, lambda: self._client.upsert(name, points=batch, wait=True))
+        mode = models.UpdateMode.INSERT_ONLY if insert_only and not self._is_local() else None
+        self._call(name, lambda: self._client.upsert(name, points=batch, wait=True, update_mode=mode))
 
     def search(
         self,

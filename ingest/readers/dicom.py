@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from io import BytesIO
 from typing import Any
 
@@ -40,7 +41,7 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 from core.encoders.base import Frame
-from core.errors import BadInput, DecodeError, TooLarge, UnsupportedFormat
+from core.errors import BadInput, DecodeError, DecodeTimeout, TooLarge, UnsupportedFormat
 from core.payload import keyed_hash
 from ingest.readers.base import DecodedObject, DecodeLimits
 
@@ -97,6 +98,11 @@ IMAGE_SOP_CLASSES: frozenset[str] = frozenset(
         "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume Storage
     }
 )
+
+
+# Secondary Capture Image Storage and its multi-frame variants (…1.7, …1.7.1–4): screenshots and
+# scanned documents, where burned-in text is the rule rather than the exception.
+_SECONDARY_CAPTURE_ROOT = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def _silence_pydicom() -> None:
@@ -307,8 +313,33 @@ def _usable_window(view: Dataset) -> bool:
     return function in ("LINEAR_EXACT", "SIGMOID") and width > 0
 
 
+# A frame of integer stored values is mapped through a lookup table built by running the grey
+# pipeline on the stored-value range once, when that range is smaller than the frame: one gather
+# instead of several float64 passes (512² 12-bit CT: ~4x faster). Exact, because every step is a
+# function of the stored value alone; the one data-dependent step, min–max, takes its extremes
+# from the frame, and the range [min, max] of a frame holds those (a Modality LUT Sequence, which
+# need not be monotonic, takes the direct path).
+_LUT_MAX_ENTRIES = 1 << 16
+
+
 def _grey_frame(raw: NDArray[Any], view: Dataset, monochrome1: bool) -> Frame:
     """Modality LUT → VOI LUT / window (else min–max) → MONOCHROME1 inversion → uint8."""
+    if (
+        raw.dtype.kind in "ui"
+        and raw.dtype.itemsize <= 2
+        and raw.size
+        and not view.get("ModalityLUTSequence")
+    ):
+        lo, hi = int(raw.min()), int(raw.max())
+        if hi - lo + 1 <= min(_LUT_MAX_ENTRIES, raw.size):
+            domain = np.arange(lo, hi + 1, dtype=raw.dtype).reshape(1, -1)
+            lut = _grey_frame_direct(domain, view, monochrome1).reshape(-1)
+            out: Frame = lut[np.subtract(raw, lo, dtype=np.int32)]
+            return out
+    return _grey_frame_direct(raw, view, monochrome1)
+
+
+def _grey_frame_direct(raw: NDArray[Any], view: Dataset, monochrome1: bool) -> Frame:
     values = apply_modality_lut(raw, view)
     voi_seq = view.get("VOILUTSequence")
     if voi_seq and "LUTDescriptor" in voi_seq[0]:
@@ -351,22 +382,26 @@ def _hashes(ds: Dataset, hash_key: bytes) -> dict[str, str]:
     return out
 
 
-def decode_dicom(data: bytes, key: str, *, limits: DecodeLimits, hash_key: bytes) -> DecodedObject:
+def decode_dicom(
+    data: bytes, key: str, *, limits: DecodeLimits, hash_key: bytes, deadline: float | None = None
+) -> DecodedObject:
     """Decode one DICOM Part 10 file (preamble + ``DICM`` + file meta) into 8-bit frames.
 
     ``labels``: ``modality`` (Modality) and ``anatomy`` (BodyPartExamined, lower case) when present.
     ``meta``: ``rows``, ``cols``, ``n_frames`` (in the file, before sampling), keyed hashes of the
     Study/Series/SOP Instance UIDs and PatientID when present, and ``burned_in_annotation``
-    (True for "YES", False for "NO", None when the tag is absent).
+    (True for "YES", False for "NO", None when the tag is absent) and ``secondary_capture`` (the SOP
+    class is a Secondary Capture one).
 
     Raises `UnsupportedFormat` (not an image SOP class, transfer syntax without decoder, odd
     photometric interpretation), `TooLarge` (declared size beyond ``limits``/`MAX_TOTAL_BYTES`)
-    and `DecodeError` (anything else that goes wrong); no other exception escapes.
+    and `DecodeError` (anything else that goes wrong); no other exception escapes. With a
+    ``deadline`` (a `time.monotonic` value), `DecodeTimeout` once it passes between frames.
     """
     if data[128:132] != b"DICM":
         raise DecodeError(key, "no DICOM preamble (DICM marker missing)")
     try:
-        return _decode(data, key, limits, hash_key)
+        return _decode(data, key, limits, hash_key, deadline)
     except BadInput:
         raise
     except MemoryError:
@@ -374,12 +409,17 @@ def decode_dicom(data: bytes, key: str, *, limits: DecodeLimits, hash_key: bytes
     except InvalidDicomError:
         raise DecodeError(key, "invalid DICOM file") from None
     # pydicom/decoder messages may quote header values, so only the exception type is kept and
-    # the original is not chained (it would reach logs through tracebacks).
-    except Exception as exc:
+    # the original is not chained (it would reach logs through tracebacks). BaseException: Rust
+    # decoders (pylibjpeg-rle via pyo3) raise PanicException, which is not an Exception.
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
         raise DecodeError(key, f"cannot read DICOM ({type(exc).__name__})") from None
 
 
-def _decode(data: bytes, key: str, limits: DecodeLimits, hash_key: bytes) -> DecodedObject:
+def _decode(
+    data: bytes, key: str, limits: DecodeLimits, hash_key: bytes, deadline: float | None
+) -> DecodedObject:
     ds = dcmread(BytesIO(data), force=False)
     rows, cols, n_frames, samples, _ = _check_header(ds, key, limits)
     photometric = str(ds.PhotometricInterpretation).strip()
@@ -387,6 +427,8 @@ def _decode(data: bytes, key: str, limits: DecodeLimits, hash_key: bytes) -> Dec
 
     frames: list[Frame] = []
     for index in indices:
+        if deadline is not None and time.monotonic() > deadline:
+            raise DecodeTimeout(key, f"decoding took longer than {limits.timeout_s:g} s")
         try:
             raw = pixel_array(ds, index=index)
         except (ValueError, RuntimeError, NotImplementedError, OSError, KeyError, AttributeError) as exc:
@@ -411,11 +453,13 @@ def _decode(data: bytes, key: str, limits: DecodeLimits, hash_key: bytes) -> Dec
         labels["anatomy"] = anatomy.lower()
 
     burned_in = _clean_str(ds.get("BurnedInAnnotation"))
+    sop = str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or "").strip()
     meta: dict[str, Any] = {
         "rows": rows,
         "cols": cols,
         "n_frames": n_frames,
         **_hashes(ds, hash_key),
         "burned_in_annotation": None if burned_in is None else burned_in.upper() == "YES",
+        "secondary_capture": sop.startswith(_SECONDARY_CAPTURE_ROOT),
     }
     return DecodedObject(frames=frames, frame_indices=indices, labels=labels, meta=meta)

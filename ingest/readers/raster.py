@@ -77,7 +77,9 @@ def decode_raster(data: bytes, key: str, *, limits: DecodeLimits) -> DecodedObje
         raise DecodeError(key, "not a readable PNG or JPEG") from None
     except MemoryError:
         raise DecodeError(key, "out of memory while decoding") from None
-    except Exception as exc:
+    except BaseException as exc:  # native-extension panics are BaseExceptions
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
         raise DecodeError(key, f"cannot decode image ({type(exc).__name__})") from None
     rows, cols = int(frame.shape[0]), int(frame.shape[1])
     return DecodedObject(

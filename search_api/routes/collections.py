@@ -10,11 +10,22 @@ from core.catalog import Catalog, CollectionEntry
 from core.errors import InvalidFilter
 from core.index.base import VectorIndex
 from core.payload import FILTER_FIELDS
-from search_api import services
+from search_api import admin_services, services
 from search_api.deps import CatalogDep, CollectionDep, FacetFilterDep, IndexDep, SettingsDep
-from search_api.schemas import CollectionPublic, CollectionsPublic, FacetsPublic, PointPublic
+from search_api.schemas import (
+    CollectionDetailPublic,
+    CollectionPublic,
+    CollectionsPublic,
+    FacetsPublic,
+    PointPublic,
+)
+from search_api.security import Role, require_role
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
+
+# Collection metadata (names, encoders, counts) is for every role; points and pixels for readers.
+_ANY_ROLE = [require_role(Role.READER, Role.INGEST, Role.ADMIN)]
+_READER = [require_role(Role.READER)]
 
 _PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "A PNG thumbnail"}
@@ -37,26 +48,28 @@ def _list_collections(index: VectorIndex, catalog: Catalog) -> CollectionsPublic
     return CollectionsPublic(collections=[_collection_public(index, entry) for entry in catalog.list()])
 
 
-@router.get("")
+@router.get("", dependencies=_ANY_ROLE)
 async def read_collections(index: IndexDep, catalog: CatalogDep) -> CollectionsPublic:
     """List collections with their encoder, dimension and point count."""
     return await run_in_threadpool(_list_collections, index, catalog)
 
 
-@router.get("/{name}")
-async def read_collection(entry: CollectionDep, index: IndexDep) -> CollectionPublic:
-    """One collection with its encoder, dimension and point count."""
-    return await run_in_threadpool(_collection_public, index, entry)
+@router.get("/{name}", dependencies=_ANY_ROLE)
+async def read_collection(entry: CollectionDep, catalog: CatalogDep) -> CollectionDetailPublic:
+    """One collection (or the one an alias points at): encoder spec, dim, points, indexing state,
+    quantization and aliases."""
+    detail = partial(admin_services.collection_detail, catalog=catalog, name=entry.name)
+    return await run_in_threadpool(detail)
 
 
-@router.get("/{name}/points/{point_id}")
+@router.get("/{name}/points/{point_id}", dependencies=_READER)
 async def read_point(entry: CollectionDep, point_id: str, index: IndexDep) -> PointPublic:
     """One stored point's payload."""
     point = await run_in_threadpool(partial(services.read_point, index=index, entry=entry, point_id=point_id))
     return PointPublic(id=point.id, payload=point.payload)
 
 
-@router.get("/{name}/facets/{field}")
+@router.get("/{name}/facets/{field}", dependencies=_READER)
 async def read_facets(
     entry: CollectionDep,
     field: str,
@@ -73,7 +86,12 @@ async def read_facets(
     return FacetsPublic(field=field, counts=counts)
 
 
-@router.get("/{name}/points/{point_id}/thumbnail", response_class=Response, responses=_PNG_RESPONSE)
+@router.get(
+    "/{name}/points/{point_id}/thumbnail",
+    response_class=Response,
+    responses=_PNG_RESPONSE,
+    dependencies=_READER,
+)
 async def read_thumbnail(
     entry: CollectionDep,
     point_id: str,

@@ -7,8 +7,10 @@ from starlette.concurrency import run_in_threadpool
 
 from search_api.deps import IndexDep
 from search_api.schemas import HealthPublic
+from search_api.security import public
 
-router = APIRouter(tags=["health"])
+# Probes for orchestrators and load balancers: no data, no credentials.
+router = APIRouter(tags=["health"], dependencies=[public("liveness/readiness probes")])
 logger = logging.getLogger(__name__)
 
 

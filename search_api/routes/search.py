@@ -10,12 +10,13 @@ from typing import Annotated
 
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from core.catalog import CollectionEntry
-from core.errors import DecodeError, InvalidFilter, TooLarge
+from core.errors import BadInput, DecodeError, InvalidFilter, TooLarge
 from core.index.base import Hit
 from search_api import services
 from search_api.deps import (
@@ -27,8 +28,9 @@ from search_api.deps import (
     check_limit,
 )
 from search_api.schemas import SearchHit, SearchQuery, SearchResponse, parse_filter
+from search_api.security import Role, require_role
 
-router = APIRouter(prefix="/v1/collections", tags=["search"])
+router = APIRouter(prefix="/v1/collections", tags=["search"], dependencies=[require_role(Role.READER)])
 logger = logging.getLogger(__name__)
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^\w.\- ]")
@@ -99,6 +101,7 @@ async def search_collection(
 
 @router.post("/{name}/search/image")
 async def search_by_image(
+    request: Request,
     entry: CollectionDep,
     file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG image")],
     index: IndexDep,
@@ -115,6 +118,10 @@ async def search_by_image(
 ) -> SearchResponse:
     """Search by an uploaded image (its middle frame for multi-frame DICOM)."""
     check_limit(limit, settings, loc=("body", "limit"))
+    # One file per search: the parsed form is cached on the request, so this re-reads nothing.
+    form = await request.form()
+    if sum(1 for _, value in form.multi_items() if isinstance(value, StarletteUploadFile)) != 1:
+        raise BadInput("upload", "exactly one file per search request")
     name = _upload_name(file.filename)
     search_filter = None
     if filter_json is not None and filter_json.strip():

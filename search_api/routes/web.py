@@ -6,7 +6,10 @@ from importlib.resources import files
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-router = APIRouter(tags=["web"])
+from search_api.security import public
+
+# Static HTML only; every call the page makes goes through the protected API.
+router = APIRouter(tags=["web"], dependencies=[public("static page, no data")])
 
 
 @cache

@@ -281,6 +281,21 @@ def test_openapi_lists_every_route_with_tag_operation_ids(client: TestClient) ->
         ("POST", "/v1/collections/{name}/search"): "search-search_collection",
         ("POST", "/v1/collections/{name}/search/image"): "search-search_by_image",
         ("GET", "/"): "web-read_page",
+        # collections administration and comparison (issue 4)
+        ("POST", "/v1/collections"): "admin-create_collection",
+        ("DELETE", "/v1/collections/{name}"): "admin-delete_collection",
+        ("POST", "/v1/collections/{name}/backfill"): "admin-create_backfill",
+        ("GET", "/v1/backfill-jobs"): "admin-read_backfill_jobs",
+        ("GET", "/v1/backfill-jobs/{job_id}"): "admin-read_backfill_job",
+        ("PUT", "/v1/aliases/{alias}"): "admin-update_alias",
+        ("GET", "/v1/aliases"): "admin-read_aliases",
+        ("DELETE", "/v1/aliases/{alias}"): "admin-delete_alias",
+        ("POST", "/v1/search/compare"): "search-compare_collections",
+        # ingest jobs and bucket events (issue 3)
+        ("POST", "/v1/ingest-jobs"): "ingest-jobs-create_ingest_job",
+        ("GET", "/v1/ingest-jobs"): "ingest-jobs-read_ingest_jobs",
+        ("GET", "/v1/ingest-jobs/{job_id}"): "ingest-jobs-read_ingest_job",
+        ("POST", "/v1/events/s3"): "events-create_s3_events",
     }
     assert client.get("/docs").status_code == 200
 
@@ -302,7 +317,11 @@ def test_collections_list(client: TestClient) -> None:
         }
     ]
     assert body["collections"][0]["weights"]
-    assert client.get(f"/v1/collections/{COLLECTION}").json() == body["collections"][0]
+    detail = client.get(f"/v1/collections/{COLLECTION}").json()
+    # The single-collection GET adds the full record (issue 4) to the listing's fields.
+    assert {k: detail[k] for k in body["collections"][0]} == body["collections"][0]
+    assert detail["spec"]["name"] == "baseline" and detail["quantization"] == "none"
+    assert detail["indexing"]["status"] in ("green", "yellow") and detail["aliases"] == []
 
 
 def test_point_payload(client: TestClient, corpus: Corpus) -> None:

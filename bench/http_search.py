@@ -1,0 +1,273 @@
+"""HTTP search benchmark: ``radsearch serve`` (uvicorn, a subprocess) under concurrent clients.
+
+1. Builds a collection of ``--n`` points (the generator of ``bench/search.py``: 1,000 centres, mean
+   cosine 0.8, modality and pathology payloads) through the real `Catalog`, with the
+   ``clip-vit-b16`` encoder (random weights) so that uploads can be embedded; optimises it.
+2. Starts ``radsearch serve`` on a free port with a reader API key configured
+   (``RADSEARCH_SECURITY__API_KEYS``), like a deployment with auth on.
+3. ``--clients`` threads (one ``httpx.Client`` each) send ``POST /v1/collections/bench/search`` by
+   stored point id (filters rotate: none, modality, pathology) for ``--seconds``; reports p50/p99
+   latency seen by the clients, QPS and errors (non-200 or transport errors).
+4. Query by image: one client uploads a 512x512 16-bit CT DICOM to ``search/image``
+   ``--image-requests`` times (after 3 warm-ups): p50/p99 (decode + clip-vit-b16 on CPU + search).
+
+The clients run on the same 2 cores as the server. Targets (issue 6): search p50 <= 15 ms with
+zero errors, image search p50 <= 150 ms; exit 1 when missed (``--no-check`` to explore).
+
+    .venv/bin/python bench/http_search.py --n 1000000
+    .venv/bin/python bench/http_search.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from common import REPO_ROOT, emit, write_ct_dicoms
+from search import BATCH, MODALITIES, PATHOLOGIES, make_data, point_ids
+
+from core.catalog import Catalog
+from core.config import Settings
+from core.encoders.registry import get_spec
+from core.index import open_index
+from search_api.security import hash_api_key
+
+TARGET_P50_MS = 15.0
+TARGET_IMAGE_P50_MS = 150.0
+API_KEY = "bench-reader-key-" + "0" * 32
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    keys = [{"name": "bench", "role": "reader", "sha256": hash_api_key(API_KEY)}]
+    return {
+        **os.environ,
+        "RADSEARCH_DATA_DIR": str(data_dir),
+        "RADSEARCH_SECURITY__HASH_KEY": "bench",
+        "RADSEARCH_SECURITY__API_KEYS": json.dumps(keys),
+    }
+
+
+def build(data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    data = make_data(args.n, 512, 0)
+    ids = point_ids(args.n)
+    payloads = [
+        {"modality": MODALITIES[m], "pathology": [PATHOLOGIES[p]]}
+        for m, p in zip(data["modality"].tolist(), data["pathology"].tolist(), strict=True)
+    ]
+    settings = Settings(data_dir=data_dir, security={"hash_key": "bench"})  # type: ignore[arg-type]
+    index = open_index(settings)
+    try:
+        catalog = Catalog(index, settings)
+        spec = get_spec("clip-vit-b16").with_weights("random")
+        catalog.create("bench", spec, quantization=args.quantization, on_disk=args.on_disk)
+        started = time.perf_counter()
+        for lo in range(0, args.n, BATCH):
+            index.upsert(
+                "bench", ids[lo : lo + BATCH], data["vectors"][lo : lo + BATCH], payloads[lo : lo + BATCH]
+            )
+        index.optimize("bench")
+        build_s = time.perf_counter() - started
+    finally:
+        index.close()
+    return {"ids": ids, "modality": data["modality"], "pathology": data["pathology"], "build_s": build_s}
+
+
+def _body(built: dict[str, Any], rng: np.random.Generator, j: int) -> dict[str, Any]:
+    row = int(rng.integers(0, len(built["ids"])))
+    body: dict[str, Any] = {"point_id": built["ids"][row], "limit": 10}
+    kind = j % 3
+    if kind == 1:
+        body["filter"] = {"modality": [MODALITIES[int(rng.integers(0, len(MODALITIES)))]]}
+    elif kind == 2:
+        body["filter"] = {"pathology": [PATHOLOGIES[int(rng.integers(0, len(PATHOLOGIES)))]]}
+    return body
+
+
+def load_test(base: str, built: dict[str, Any], clients: int, seconds: float) -> dict[str, Any]:
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    stop = time.perf_counter() + seconds
+    headers = {"X-API-Key": API_KEY}
+
+    def client(c: int) -> None:
+        rng = np.random.default_rng(100 + c)
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            j = c
+            while time.perf_counter() < stop:
+                body = _body(built, rng, j)
+                j += 1
+                t = time.perf_counter()
+                try:
+                    response = http.post("/v1/collections/bench/search", json=body)
+                    ok = response.status_code == 200 and len(response.json()["hits"]) == 10
+                except httpx.HTTPError:
+                    ok = False
+                latencies[c].append(time.perf_counter() - t)
+                if not ok:
+                    errors[c] += 1
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    lat = np.array([x for per in latencies for x in per]) * 1000
+    return {
+        "requests": int(lat.size),
+        "errors": int(sum(errors)),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "qps": round(lat.size / wall, 1),
+    }
+
+
+def image_test(base: str, dicom: bytes, requests: int) -> dict[str, Any]:
+    headers = {"X-API-Key": API_KEY}
+    times = []
+    errors = 0
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
+        for j in range(requests + 3):
+            t = time.perf_counter()
+            response = http.post(
+                "/v1/collections/bench/search/image",
+                files={"file": ("ct.dcm", dicom, "application/dicom")},
+                data={"limit": "10"},
+            )
+            elapsed = time.perf_counter() - t
+            if response.status_code != 200:
+                errors += 1
+            if j >= 3:
+                times.append(elapsed)
+    lat = np.array(times) * 1000
+    return {
+        "requests": requests,
+        "errors": errors,
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+    }
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"radsearch serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("radsearch serve did not become ready")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--image-requests", type=int, default=30)
+    parser.add_argument("--quantization", choices=("none", "int8"), default="none")
+    parser.add_argument("--on-disk", action="store_true")
+    parser.add_argument("--no-check", action="store_true")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="serve a data dir built by bench/search.py --keep-data-dir (same --n)",
+    )
+    parser.add_argument("--quick", action="store_true", help="20,000 points, 5 s, 10 uploads")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.seconds, args.image_requests = min(args.n, 20_000), 5.0, 10
+
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="radsearch-bench-http-") as tmp:
+        root = Path(tmp)
+        data_dir = Path(args.data_dir) if args.data_dir else root / "data"
+        if args.data_dir:
+            built = {"ids": point_ids(args.n), "build_s": None}
+        else:
+            built = build(data_dir, args)
+        dicom = write_ct_dicoms(root / "images", 1, size=512)[0].read_bytes()
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "radsearch"), "serve", "--port", str(port)],
+            env=_env(data_dir),
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_ready(base, proc)
+            # warm-up: open the shard, touch the search path
+            load_test(base, built, 1, 2.0)
+            search = load_test(base, built, args.clients, args.seconds)
+            record = {
+                "bench": "http-search",
+                "n": args.n,
+                "clients": args.clients,
+                "seconds": args.seconds,
+                "auth": "api_key",
+                "quantization": args.quantization,
+                "build_s": None if built["build_s"] is None else round(built["build_s"], 1),
+                "prebuilt": bool(args.data_dir),
+                **search,
+                "target_p50_ms": TARGET_P50_MS,
+                "load1": round(os.getloadavg()[0], 2),
+            }
+            emit(record)
+            if search["p50_ms"] > TARGET_P50_MS:
+                failures.append(f"http search p50 {search['p50_ms']} ms > {TARGET_P50_MS}")
+            if search["errors"]:
+                failures.append(f"http search errors {search['errors']}")
+            image = image_test(base, dicom, args.image_requests)
+            emit(
+                {
+                    "bench": "http-image-search",
+                    "n": args.n,
+                    "encoder": "clip-vit-b16",
+                    "weights": "random",
+                    "upload": "512x512 16-bit CT DICOM",
+                    **image,
+                    "target_p50_ms": TARGET_IMAGE_P50_MS,
+                    "load1": round(os.getloadavg()[0], 2),
+                }
+            )
+            if image["p50_ms"] > TARGET_IMAGE_P50_MS:
+                failures.append(f"image search p50 {image['p50_ms']} ms > {TARGET_IMAGE_P50_MS}")
+            if image["errors"]:
+                failures.append(f"image search errors {image['errors']}")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    emit({"bench": "http-check", "checked": not args.no_check, "failures": failures, "ok": not failures})
+    return 1 if failures and not args.no_check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

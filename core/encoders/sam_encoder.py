@@ -1,0 +1,96 @@
+"""SAM and MedSAM ViT-B image encoders: the neck output (256 × 64 × 64), spatially mean-pooled.
+
+The model is transformers' ``SamVisionModel``. Weights load from transformers' SAM layout
+(``facebook/sam-vit-base``, ``wanglab/medsam-vit-base``) or from the original ``segment_anything``
+layout (``sam_vit_b_01ec64.pth``, ``medsam_vit_b.pth``: ``image_encoder.blocks.0.norm1...``),
+re-keyed by `segment_anything_to_transformers`. Preprocessing is each model's own: SAM resizes the
+longest side to 1024, normalises with ImageNet mean/std and pads; MedSAM squash-resizes to 1024²
+and min-max scales to [0, 1] with no mean/std (the paper's code gave it SAM's).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from core.encoders.transformers_encoder import TransformersEncoder
+from core.errors import ConfigError
+
+__all__ = ["SamEncoder", "segment_anything_to_transformers", "transformers_to_segment_anything"]
+
+# (segment_anything pattern, transformers replacement), applied in order to each key.
+_SA_TO_HF: tuple[tuple[str, str], ...] = (
+    (r"^image_encoder\.", "vision_encoder."),
+    (r"\.patch_embed\.proj\.", ".patch_embed.projection."),
+    (r"\.blocks\.(\d+)\.", r".layers.\1."),
+    (r"\.norm([12])\.", r".layer_norm\1."),
+    (r"\.neck\.0\.", ".neck.conv1."),
+    (r"\.neck\.1\.", ".neck.layer_norm1."),
+    (r"\.neck\.2\.", ".neck.conv2."),
+    (r"\.neck\.3\.", ".neck.layer_norm2."),
+)
+_HF_TO_SA: tuple[tuple[str, str], ...] = (
+    (r"^vision_encoder\.", "image_encoder."),
+    (r"\.patch_embed\.projection\.", ".patch_embed.proj."),
+    (r"\.layers\.(\d+)\.", r".blocks.\1."),
+    (r"\.layer_norm([12])\.", r".norm\1."),
+    (r"\.neck\.conv1\.", ".neck.0."),
+    (r"\.neck\.norm1\.", ".neck.1."),
+    (r"\.neck\.conv2\.", ".neck.2."),
+    (r"\.neck\.norm2\.", ".neck.3."),
+)
+
+
+def _rekey(key: str, rules: tuple[tuple[str, str], ...]) -> str:
+    for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def segment_anything_to_transformers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Image-encoder weights of a ``segment_anything`` checkpoint, in ``SamVisionModel``'s names.
+
+    Prompt encoder and mask decoder weights are dropped.
+    """
+    return {_rekey(k, _SA_TO_HF): v for k, v in state.items() if k.startswith("image_encoder.")}
+
+
+def transformers_to_segment_anything(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `segment_anything_to_transformers` (tests write checkpoints in SAM's layout)."""
+    # neck.layer_norm{1,2} would otherwise be caught by the block norm rule first.
+    renamed = {re.sub(r"\.neck\.layer_norm([12])\.", r".neck.norm\1.", k): v for k, v in state.items()}
+    return {_rekey(k, _HF_TO_SA): v for k, v in renamed.items()}
+
+
+_MICRO_BATCH = 4
+
+
+class SamEncoder(TransformersEncoder):
+    """SAM-family image encoder; the embedding is the mean of the neck's 64 × 64 feature map."""
+
+    def _convert(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if any(k.startswith("image_encoder.") for k in state):
+            return segment_anything_to_transformers(state)
+        return state
+
+    def _check_dim(self) -> None:
+        # From the config: a 1024² probe forward pass costs seconds on a CPU.
+        channels = int(self.model_config.output_channels)
+        if channels != self.spec.dim:
+            raise ConfigError(f"encoder {self.spec.name!r}: spec dim {self.spec.dim} != SAM neck {channels}")
+        if int(self.model_config.image_size) != self.spec.input_size:
+            raise ConfigError(
+                f"encoder {self.spec.name!r}: input_size {self.spec.input_size} != SAM image_size "
+                f"{self.model_config.image_size} (set model_overrides.image_size for a smaller variant)"
+            )
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # The global-attention blocks hold a 4096 x 4096 score matrix per head and image (~0.4 GB in
+        # bf16 per image and layer): a batch of 32 at once needs ~14 GB, so run a few at a time.
+        chunks = [
+            self.model(pixel_values=part).last_hidden_state.mean(dim=(2, 3))
+            for part in torch.split(pixels, _MICRO_BATCH)
+        ]
+        return torch.cat(chunks)

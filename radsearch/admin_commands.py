@@ -1,0 +1,180 @@
+"""``radsearch collections create|drop|backfill|alias|unalias|aliases`` and ``radsearch encoders``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from tqdm import tqdm
+
+from core.config import Settings
+from core.encoders.registry import list_specs, resolve_spec
+from core.errors import ConfigError
+from ingest.pipeline import BatchReport
+
+__all__ = ["add_admin_commands"]
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, sort_keys=False))
+
+
+def _encoder_arg(value: str) -> str | dict[str, Any]:
+    """A registry name, or a full spec as inline JSON or ``@file.json``."""
+    if value.startswith("@"):
+        with open(value[1:], encoding="utf-8") as handle:
+            loaded: dict[str, Any] = json.load(handle)
+        return loaded
+    if value.lstrip().startswith("{"):
+        parsed: dict[str, Any] = json.loads(value)
+        return parsed
+    return value
+
+
+def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
+    from pydantic import ValidationError
+
+    from radsearch.services import open_catalog
+
+    try:
+        spec = resolve_spec(_encoder_arg(args.encoder)).with_weights(args.weights)
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"invalid encoder spec: {exc}") from None
+    with open_catalog(settings) as catalog:
+        entry = catalog.create(
+            args.name, spec, quantization=args.quantization, on_disk=args.on_disk, probe=True
+        )
+    row = {
+        "name": entry.name,
+        "encoder": entry.encoder.name,
+        "dim": entry.dim,
+        "weights": entry.weights_version,
+    }
+    if args.json:
+        _print_json(row)
+    else:
+        print(f"created {row['name']}: encoder {row['encoder']}, dim {row['dim']}, weights {row['weights']}")
+    return 0
+
+
+def _cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
+    from radsearch.services import open_catalog
+
+    with open_catalog(settings) as catalog:
+        catalog.drop(args.name)
+    print(f"dropped {args.name}")
+    return 0
+
+
+def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.backfill import plan_backfill, run_backfill
+    from radsearch.services import open_catalog
+
+    with open_catalog(settings) as catalog:
+        plan = plan_backfill(catalog, settings, args.origin, target=args.name)
+        bar = tqdm(total=plan.objects, unit="obj", desc="backfill", disable=args.json, dynamic_ncols=True)
+
+        def on_batch(done: BatchReport) -> None:
+            bar.update(done.objects)
+
+        report = run_backfill(
+            catalog, settings, plan, target=args.name, on_batch=on_batch, path_template=args.path_template
+        )
+        bar.close()
+    summary = {"collection": args.name, "from": args.origin, **report.to_dict()}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(
+            f"{args.name}: {report.objects} objects from {args.origin}, {report.frames_indexed} frames "
+            f"indexed, {report.skipped} already present, {len(report.failed)} failed"
+        )
+    return 0
+
+
+def _cmd_alias(args: argparse.Namespace, settings: Settings) -> int:
+    from radsearch.services import open_catalog
+
+    with open_catalog(settings) as catalog:
+        previous = catalog.set_alias(args.alias, args.collection)
+    print(f"{args.alias} -> {args.collection}" + (f" (was {previous})" if previous else ""))
+    return 0
+
+
+def _cmd_unalias(args: argparse.Namespace, settings: Settings) -> int:
+    from radsearch.services import open_catalog
+
+    with open_catalog(settings) as catalog:
+        catalog.delete_alias(args.alias)
+    print(f"removed alias {args.alias}")
+    return 0
+
+
+def _cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
+    from radsearch.services import open_catalog
+
+    with open_catalog(settings) as catalog:
+        aliases = catalog.aliases()
+    if args.json:
+        _print_json({"aliases": aliases})
+    else:
+        for alias, target in sorted(aliases.items()):
+            print(f"{alias} -> {target}")
+    return 0
+
+
+def _cmd_encoders(args: argparse.Namespace, settings: Settings) -> int:
+    specs = list_specs()
+    if args.json:
+        _print_json({"encoders": [s.model_dump(mode="json") for s in specs]})
+        return 0
+    for spec in specs:
+        text = "text" if spec.text_tower else "    "
+        size = f"{spec.input_size}px"
+        print(f"{spec.name:<16} {spec.family.value:<12} dim={spec.dim:<5} {size:>6} {text} {spec.license}")
+    return 0
+
+
+def add_admin_commands(collections_sub: Any, sub: Any) -> None:
+    """Add the administration subcommands to ``radsearch collections`` and ``radsearch encoders``."""
+    create = collections_sub.add_parser(
+        "create", help="create a collection for an encoder (probes one image)"
+    )
+    create.add_argument("name")
+    create.add_argument("--encoder", required=True, help="registry name, inline JSON spec or @spec.json")
+    create.add_argument("--weights", help="path, s3:// URI, hub id or 'random'")
+    create.add_argument("--quantization", choices=("none", "int8"), default="none")
+    create.add_argument("--on-disk", action="store_true", help="keep vectors on disk")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(handler=_cmd_create)
+
+    drop = collections_sub.add_parser("drop", help="drop a collection (refused while an alias points at it)")
+    drop.add_argument("name")
+    drop.set_defaults(handler=_cmd_drop)
+
+    backfill = collections_sub.add_parser(
+        "backfill", help="embed every image another collection (or a source) knows into this one"
+    )
+    backfill.add_argument("name")
+    backfill.add_argument("--from", dest="origin", required=True, help="collection, alias or source URI")
+    backfill.add_argument("--path-template", help="labels from keys, for a source URI")
+    backfill.add_argument("--json", action="store_true")
+    backfill.set_defaults(handler=_cmd_backfill)
+
+    alias = collections_sub.add_parser("alias", help="point an alias at a collection (atomic switch)")
+    alias.add_argument("alias")
+    alias.add_argument("collection")
+    alias.set_defaults(handler=_cmd_alias)
+
+    unalias = collections_sub.add_parser("unalias", help="remove an alias")
+    unalias.add_argument("alias")
+    unalias.set_defaults(handler=_cmd_unalias)
+
+    aliases = collections_sub.add_parser("aliases", help="list aliases")
+    aliases.add_argument("--json", action="store_true")
+    aliases.set_defaults(handler=_cmd_aliases)
+
+    encoders = sub.add_parser("encoders", help="list the registered encoders")
+    encoders.add_argument("--json", action="store_true")
+    encoders.set_defaults(handler=_cmd_encoders)

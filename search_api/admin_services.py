@@ -1,0 +1,66 @@
+"""Collections administration as keyword-only blocking functions (the routes run them in threads)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from core.catalog import Catalog
+from core.encoders.registry import resolve_spec
+from core.encoders.spec import EncoderSpec
+from core.errors import CollectionExists, ConfigError, WeightsUnavailable
+from search_api.schemas import CollectionCreate, CollectionDetailPublic
+
+__all__ = ["collection_detail", "create_collection", "spec_from"]
+
+
+def spec_from(body: CollectionCreate) -> EncoderSpec:
+    """The request's encoder spec; `ConfigError` naming each invalid field of a full spec."""
+    try:
+        spec = resolve_spec(body.encoder)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid encoder spec: {problems}") from None
+    return spec.with_weights(body.weights)
+
+
+def create_collection(*, catalog: Catalog, body: CollectionCreate) -> CollectionDetailPublic:
+    """Load the encoder, probe one image, then create the collection; nothing is left on failure."""
+    spec = spec_from(body)
+    if catalog.index.collection_exists(body.name):
+        raise CollectionExists(f"collection {body.name!r} already exists")
+    try:
+        entry = catalog.create(
+            body.name, spec, quantization=body.quantization, on_disk=body.on_disk, probe=True
+        )
+    except WeightsUnavailable as exc:
+        # The weights this request names cannot be had here: the request's to fix, not a 503.
+        raise ConfigError(str(exc)) from exc
+    return collection_detail(catalog=catalog, name=entry.name)
+
+
+def collection_detail(*, catalog: Catalog, name: str) -> CollectionDetailPublic:
+    """A collection's full record: spec, dim, points, indexing state, quantization, aliases."""
+    entry = catalog.get(name)
+    info: dict[str, Any] = catalog.index.collection_info(entry.name)
+    return CollectionDetailPublic.model_validate(
+        {
+            "name": entry.name,
+            "encoder": entry.encoder.name,
+            "dim": entry.dim,
+            "points": info["points"],
+            "weights": entry.weights_version,
+            "text_search": entry.encoder.text_tower,
+            "created_at": entry.created_at,
+            "spec": entry.encoder.model_dump(mode="json"),
+            "quantization": entry.quantization,
+            "on_disk": entry.on_disk,
+            "indexing": {
+                "status": info.get("status", "unknown"),
+                "indexed_vectors": info.get("indexed_vectors"),
+                "segments": info.get("segments"),
+            },
+            "aliases": list(catalog.aliases_of(entry.name)),
+        }
+    )

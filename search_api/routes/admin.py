@@ -1,0 +1,150 @@
+"""Collections administration: create, drop, backfill, aliases (admin role).
+
+Everything is on ``router`` so the auth layer can attach an admin-role dependency to all of it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from core.catalog import COLLECTION_NAME_PATTERN, Catalog
+from core.errors import CollectionNotFound, ConfigError
+from search_api import admin_services
+from search_api.backfill_jobs import BackfillRunner, LocalJobStore
+from search_api.deps import CatalogDep, IndexDep, InferenceLimiterDep
+from search_api.schemas import (
+    AliasesPublic,
+    AliasPublic,
+    AliasUpdate,
+    BackfillCreate,
+    BackfillJobPublic,
+    CollectionCreate,
+    CollectionDetailPublic,
+)
+from search_api.security import Role, require_role
+from workers.jobs import JobRecord
+
+router = APIRouter(prefix="/v1", tags=["admin"], dependencies=[require_role(Role.ADMIN)])
+
+_NAME = re.compile(COLLECTION_NAME_PATTERN)
+# The API reads only buckets on the configured S3 endpoint, never a path on the server's disk.
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00]*)?$")
+
+
+def _runner(request: Request) -> BackfillRunner:
+    runner: BackfillRunner | None = getattr(request.app.state, "backfill", None)
+    if runner is None:
+        runner = BackfillRunner(request.app.state.catalog, request.app.state.settings, LocalJobStore())
+        request.app.state.backfill = runner
+    return runner
+
+
+@router.post("/collections", status_code=201)
+async def create_collection(
+    body: CollectionCreate, catalog: CatalogDep, limiter: InferenceLimiterDep, response: Response
+) -> CollectionDetailPublic:
+    """Load the encoder, probe one image, create the collection with payload indexes and its spec."""
+    import anyio.to_thread
+
+    created: CollectionDetailPublic = await anyio.to_thread.run_sync(
+        partial(admin_services.create_collection, catalog=catalog, body=body), limiter=limiter
+    )
+    response.headers["Location"] = f"/v1/collections/{created.name}"
+    return created
+
+
+@router.delete("/collections/{name}", status_code=204, responses={404: {"description": "No such collection"}})
+async def delete_collection(name: str, catalog: CatalogDep) -> Response:
+    """Drop a collection by its own name (refused while an alias points at it)."""
+    if not _NAME.match(name):
+        raise CollectionNotFound(f"collection {name!r} does not exist")
+    await run_in_threadpool(catalog.drop, name)
+    return Response(status_code=204)
+
+
+def _job_public(record: JobRecord) -> BackfillJobPublic:
+    data = record.to_dict()
+    data["kind"] = "backfill"
+    return BackfillJobPublic.model_validate(data)
+
+
+def _check_origin(catalog: Catalog, origin: str) -> None:
+    if _NAME.match(origin):
+        catalog.get(origin)  # 404 for an unknown collection or alias
+    elif not _S3_URI.match(origin):
+        raise ConfigError("from must be a collection, an alias or an s3://bucket/prefix URI")
+
+
+@router.post("/collections/{name}/backfill", status_code=202)
+async def create_backfill(
+    name: str, body: BackfillCreate, catalog: CatalogDep, request: Request, response: Response
+) -> BackfillJobPublic:
+    """Embed every image another collection knows (or an s3:// source holds) into this collection.
+
+    Insert-only: points a concurrent ingest wrote are never overwritten. Returns the job.
+    """
+    if not _NAME.match(name):
+        raise CollectionNotFound(f"collection {name!r} does not exist")
+    runner = _runner(request)
+
+    def submit() -> JobRecord:
+        _check_origin(catalog, body.from_)
+        job_id = runner.submit(name, body.from_, path_template=body.path_template)
+        record = runner.store.get(job_id)
+        assert record is not None
+        return record
+
+    record = await run_in_threadpool(submit)
+    response.headers["Location"] = f"/v1/backfill-jobs/{record.id}"
+    return _job_public(record)
+
+
+@router.get("/backfill-jobs/{job_id}", responses={404: {"description": "No such job"}})
+async def read_backfill_job(job_id: str, request: Request) -> BackfillJobPublic:
+    """A backfill job: state, counts, failed items, times and throughput."""
+    try:
+        uuid.UUID(job_id)
+    except ValueError:
+        raise HTTPException(status_code=404, detail="job not found") from None
+    record = await run_in_threadpool(_runner(request).store.get, job_id)
+    if record is None:
+        raise HTTPException(status_code=404, detail="job not found")
+    return _job_public(record)
+
+
+@router.get("/backfill-jobs")
+async def read_backfill_jobs(
+    request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> list[BackfillJobPublic]:
+    """Recent backfill jobs of this API process, newest first."""
+    records = await run_in_threadpool(partial(_runner(request).store.recent, limit=limit))
+    return [_job_public(r) for r in records]
+
+
+@router.put("/aliases/{alias}")
+async def update_alias(alias: str, body: AliasUpdate, catalog: CatalogDep) -> AliasPublic:
+    """Point an alias at a collection, atomically; searches through the alias switch at once."""
+    previous = await run_in_threadpool(catalog.set_alias, alias, body.collection)
+    return AliasPublic(alias=alias, collection=body.collection, previous=previous)
+
+
+@router.get("/aliases")
+async def read_aliases(index: IndexDep, catalog: CatalogDep) -> AliasesPublic:
+    """Every alias and the collection it points at."""
+    aliases = await run_in_threadpool(catalog.aliases)
+    return AliasesPublic(aliases=[AliasPublic(alias=a, collection=c) for a, c in sorted(aliases.items())])
+
+
+@router.delete("/aliases/{alias}", status_code=204, responses={404: {"description": "No such alias"}})
+async def delete_alias(alias: str, catalog: CatalogDep) -> Response:
+    """Remove an alias; its collection stays."""
+    if not _NAME.match(alias):
+        raise CollectionNotFound(f"alias {alias!r} not found")
+    await run_in_threadpool(catalog.delete_alias, alias)
+    return Response(status_code=204)

@@ -1,0 +1,171 @@
+"""Side-by-side comparison: one query image searched in several collections (one per encoder)."""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+from pathlib import PurePosixPath
+from typing import Annotated, Any
+
+import anyio.to_thread
+import numpy as np
+from fastapi import APIRouter, File, Form, UploadFile
+from numpy.typing import NDArray
+from starlette.concurrency import run_in_threadpool
+
+from core.catalog import Catalog, CollectionEntry
+from core.config import Settings
+from core.errors import ConfigError, DecodeError, InvalidFilter, TooLarge
+from core.index.base import Hit, VectorIndex
+from core.payload import SearchFilter
+from ingest.readers import DecodeLimits, decode_object
+from search_api import services
+from search_api.deps import CatalogDep, IndexDep, InferenceLimiterDep, SettingsDep, check_limit
+from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit, parse_filter
+from search_api.security import Role, require_role
+
+router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[require_role(Role.READER)])
+
+_MAX_COLLECTIONS = 8
+# The constant of Cormack et al.'s reciprocal-rank fusion; damps the weight of the very top ranks.
+RRF_K = 60
+
+
+def reciprocal_rank_fusion(
+    rankings: dict[str, list[Hit]], *, k: int = RRF_K, limit: int | None = None
+) -> list[FusedHit]:
+    """Fuse ranked hit lists by point id: score = sum of 1 / (k + rank), ranks from 1.
+
+    Point ids are the same image in every collection (UUIDv5 of source, key, frame), so one image
+    found by several encoders accumulates their votes.
+    """
+    scores: dict[str, float] = {}
+    ranks: dict[str, dict[str, int]] = {}
+    payloads: dict[str, dict[str, Any]] = {}
+    for collection, hits in rankings.items():
+        for rank, hit in enumerate(hits, start=1):
+            scores[hit.id] = scores.get(hit.id, 0.0) + 1.0 / (k + rank)
+            ranks.setdefault(hit.id, {})[collection] = rank
+            payloads.setdefault(hit.id, hit.payload)
+    order = sorted(scores, key=lambda pid: (-scores[pid], min(ranks[pid].values()), pid))
+    fused = [FusedHit(id=pid, score=scores[pid], ranks=ranks[pid], payload=payloads[pid]) for pid in order]
+    return fused[:limit] if limit is not None else fused
+
+
+def _upload_name(filename: str | None) -> str:
+    """The upload's base name, safe to echo in messages."""
+    base = PurePosixPath((filename or "").replace("\\", "/")).name
+    return "".join(c if c.isalnum() or c in "._- " else "_" for c in base)[:128] or "upload"
+
+
+def _parse_collections(raw: list[str]) -> list[str]:
+    names = [name.strip() for item in raw for name in item.split(",") if name.strip()]
+    if not names:
+        raise ConfigError("name at least one collection")
+    if len(set(names)) != len(names):
+        raise ConfigError("collections must not repeat")
+    if len(names) > _MAX_COLLECTIONS:
+        raise ConfigError(f"compare at most {_MAX_COLLECTIONS} collections")
+    return names
+
+
+def _embed_all(
+    *, catalog: Catalog, entries: list[CollectionEntry], settings: Settings, data: bytes, filename: str
+) -> list[NDArray[np.float32]]:
+    """Decode once; embed the middle frame with each collection's own encoder."""
+    decoded = decode_object(
+        data, filename, limits=DecodeLimits.from_settings(settings.ingest), hash_key=settings.hash_key_bytes()
+    )
+    if not decoded.frames:
+        raise DecodeError(filename, "no image frames")
+    frame = decoded.frames[len(decoded.frames) // 2]
+    return [np.asarray(catalog.encoder(e.encoder).embed([frame])[0], dtype=np.float32) for e in entries]
+
+
+def _search_all(
+    *,
+    index: VectorIndex,
+    entries: list[CollectionEntry],
+    vectors: list[NDArray[np.float32]],
+    search_filter: SearchFilter | None,
+    limit: int,
+) -> list[tuple[list[Hit], float]]:
+    out: list[tuple[list[Hit], float]] = []
+    for entry, vector in zip(entries, vectors, strict=True):
+        started = time.perf_counter()
+        hits = services.search(
+            index=index,
+            entry=entry,
+            vector=vector,
+            search_filter=search_filter,
+            limit=limit,
+            offset=0,
+            score_threshold=None,
+        )
+        out.append((hits, (time.perf_counter() - started) * 1000))
+    return out
+
+
+@router.post("/compare")
+async def compare_collections(
+    file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG image")],
+    collections: Annotated[list[str], Form(description="collections or aliases (repeat, or comma-separate)")],
+    index: IndexDep,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+    limiter: InferenceLimiterDep,
+    limit: Annotated[int, Form(ge=1)] = 10,
+    fuse: Annotated[bool, Form(description="add a reciprocal-rank-fusion list")] = False,
+    filter_json: Annotated[str | None, Form(alias="filter", description="JSON filter object")] = None,
+) -> CompareResponse:
+    """Search one image in several collections: each collection's hits, and optionally a fused list."""
+    check_limit(limit, settings, loc=("body", "limit"))
+    names = _parse_collections(collections)
+    search_filter = None
+    if filter_json is not None and filter_json.strip():
+        try:
+            search_filter = parse_filter(json.loads(filter_json))
+        except json.JSONDecodeError as exc:
+            raise InvalidFilter(f"filter is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    entries = [await run_in_threadpool(catalog.get, name) for name in names]
+    max_bytes = settings.api.max_upload_bytes
+    data = await file.read(max_bytes + 1)
+    filename = _upload_name(file.filename)
+    if len(data) > max_bytes:
+        raise TooLarge(filename, f"upload is larger than {max_bytes} bytes")
+    if not data:
+        raise DecodeError(filename, "empty upload")
+    vectors = await anyio.to_thread.run_sync(
+        partial(
+            _embed_all, catalog=catalog, entries=entries, settings=settings, data=data, filename=filename
+        ),
+        limiter=limiter,
+    )
+    searched = await run_in_threadpool(
+        partial(
+            _search_all,
+            index=index,
+            entries=entries,
+            vectors=vectors,
+            search_filter=search_filter,
+            limit=limit,
+        )
+    )
+    results = [
+        CompareResult(
+            collection=name,
+            encoder=entry.encoder.name,
+            hits=[SearchHit(id=h.id, score=h.score, payload=h.payload) for h in hits],
+            took_ms=round(took, 3),
+        )
+        for name, entry, (hits, took) in zip(names, entries, searched, strict=True)
+    ]
+    fused = (
+        reciprocal_rank_fusion(
+            {name: hits for name, (hits, _) in zip(names, searched, strict=True)}, limit=limit
+        )
+        if fuse
+        else None
+    )
+    return CompareResponse(results=results, fused=fused)
