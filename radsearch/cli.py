@@ -61,7 +61,9 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _filter_from_args(args: argparse.Namespace) -> SearchFilter:
-    return SearchFilter.from_mapping({name: getattr(args, name) for name in FILTER_FIELDS if getattr(args, name)})
+    return SearchFilter.from_mapping(
+        {name: getattr(args, name) for name in FILTER_FIELDS if getattr(args, name)}
+    )
 
 
 def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
@@ -145,7 +147,9 @@ def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from radsearch.demo import run_demo
 
-    return run_demo(settings, per_class=args.per_class, serve=not args.no_serve, host=args.host, port=args.port)
+    return run_demo(
+        settings, per_class=args.per_class, serve=not args.no_serve, host=args.host, port=args.port
+    )
 
 
 def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
@@ -155,7 +159,9 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="radsearch", description="Content-based image retrieval for radiology.")
+    parser = argparse.ArgumentParser(
+        prog="radsearch", description="Content-based image retrieval for radiology."
+    )
     parser.add_argument("--data-dir", type=Path, help="where the index and caches live (RADSEARCH_DATA_DIR)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
