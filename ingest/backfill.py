@@ -9,20 +9,15 @@ new collection is never overwritten, and objects already present at the same ETa
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from core.catalog import Catalog
 from core.config import Settings
 from core.errors import ConfigError
-from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
-from core.payload import SearchFilter
 from ingest.labels import Labeler, PathTemplate
 from ingest.pipeline import BatchReport, PipelineContext, Target, run_pipeline
 from ingest.planner import plan_batches
@@ -30,99 +25,11 @@ from ingest.readers import DecodeLimits
 from ingest.sources import open_source
 from ingest.sources.base import ObjectRef
 
-__all__ = ["BackfillPlan", "InsertOnlyIndex", "plan_backfill", "run_backfill"]
+__all__ = ["BackfillPlan", "plan_backfill", "run_backfill"]
 
 log = logging.getLogger(__name__)
 
 _LABEL_FIELDS = ("modality", "anatomy", "pathology", "dataset", "split")
-
-
-class InsertOnlyIndex(VectorIndex):
-    """A view of an index whose upserts never overwrite an existing point."""
-
-    def __init__(self, inner: VectorIndex) -> None:
-        self.inner = inner
-
-    def upsert(
-        self,
-        name: str,
-        ids: Sequence[str],
-        vectors: NDArray[np.float32],
-        payloads: Sequence[dict[str, Any]],
-        *,
-        insert_only: bool = True,
-    ) -> None:
-        self.inner.upsert(name, ids, vectors, payloads, insert_only=True)
-
-    def create_collection(self, config: CollectionConfig) -> None:
-        self.inner.create_collection(config)
-
-    def drop_collection(self, name: str) -> None:
-        self.inner.drop_collection(name)
-
-    def list_collections(self) -> list[str]:
-        return self.inner.list_collections()
-
-    def collection_exists(self, name: str) -> bool:
-        return self.inner.collection_exists(name)
-
-    def collection_config(self, name: str) -> CollectionConfig:
-        return self.inner.collection_config(name)
-
-    def update_metadata(self, name: str, metadata: dict[str, Any]) -> None:
-        self.inner.update_metadata(name, metadata)
-
-    def search(
-        self,
-        name: str,
-        vector: NDArray[np.float32],
-        *,
-        filter: SearchFilter | None = None,
-        limit: int = 10,
-        offset: int = 0,
-        score_threshold: float | None = None,
-        exclude_ids: Sequence[str] = (),
-        exact: bool = False,
-        hnsw_ef: int | None = None,
-    ) -> list[Hit]:
-        return self.inner.search(
-            name,
-            vector,
-            filter=filter,
-            limit=limit,
-            offset=offset,
-            score_threshold=score_threshold,
-            exclude_ids=exclude_ids,
-            exact=exact,
-            hnsw_ef=hnsw_ef,
-        )
-
-    def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
-        return self.inner.retrieve(name, ids, with_vectors=with_vectors)
-
-    def count(self, name: str, filter: SearchFilter | None = None) -> int:
-        return self.inner.count(name, filter)
-
-    def facet(
-        self, name: str, field: str, *, filter: SearchFilter | None = None, limit: int = 100
-    ) -> dict[str, int]:
-        return self.inner.facet(name, field, filter=filter, limit=limit)
-
-    def scroll(
-        self,
-        name: str,
-        *,
-        filter: SearchFilter | None = None,
-        batch_size: int = 1000,
-        with_vectors: bool = False,
-    ) -> Iterator[StoredPoint]:
-        return self.inner.scroll(name, filter=filter, batch_size=batch_size, with_vectors=with_vectors)
-
-    def delete(self, name: str, ids: Sequence[str]) -> None:
-        self.inner.delete(name, ids)
-
-    def delete_by_filter(self, name: str, filter: SearchFilter) -> None:
-        self.inner.delete_by_filter(name, filter)
 
 
 @dataclass(frozen=True)
@@ -189,7 +96,6 @@ def run_backfill(
     name = catalog.resolve(target)
     entry = catalog.get(name)
     encoder_target = Target(name, catalog.encoder(entry.encoder), entry.encoder_label)
-    index = InsertOnlyIndex(catalog.index)
     total = BatchReport()
     with ThreadPoolExecutor(
         max_workers=settings.ingest.decode_workers, thread_name_prefix="backfill"
@@ -199,7 +105,7 @@ def run_backfill(
             try:
                 ctx = PipelineContext(
                     source=source,
-                    index=index,
+                    index=catalog.index,
                     targets=[encoder_target],
                     labeler=Labeler(
                         manifest=plan.labels.get(uri, {}),
@@ -209,6 +115,7 @@ def run_backfill(
                     hash_key=settings.hash_key_bytes(),
                     embed_batch_size=settings.ingest.batch_size,
                     skip_unchanged=True,
+                    insert_only=True,
                 )
                 batches = plan_batches(iter(refs), settings.ingest.batch_size)
                 report = run_pipeline(ctx, batches, pool, on_batch=on_batch)

@@ -102,6 +102,8 @@ class PipelineContext:
     embed_batch_size: int = 32
     skip_unchanged: bool = True
     accept_burned_in: bool = False
+    # Leave points that already exist untouched (a backfill never overwrites a concurrent ingest).
+    insert_only: bool = False
 
 
 # Modalities whose images routinely carry burned-in patient text (PS3.15 E.3.1: "Ultrasound images
@@ -233,7 +235,7 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
                     payloads.append(_payload(ctx, target, item, frame))
                 row += 1
         if ids:
-            ctx.index.upsert(target.collection, ids, vectors[keep], payloads)
+            ctx.index.upsert(target.collection, ids, vectors[keep], payloads, insert_only=ctx.insert_only)
         report.frames_indexed += len(ids)
     for key in sorted(bad_keys):
         report.failed.append(FailedItem(key, "encoder produced an invalid (NaN or zero) vector"))
