@@ -39,10 +39,11 @@ check: lint typecheck test
 # Issue 6's targets; each benchmark exits non-zero on a missed target, all of them run (JSON lines).
 # Results and the machine they were measured on: bench/RESULTS.md.
 bench: install
-	fail=0; \
+	fail=0; dir=$$(mktemp -d /tmp/radsearch-bench-1m.XXXXXX); \
 	$(PY) bench/search.py --n 1000000 --rss || fail=1; \
-	$(PY) bench/search.py --n 1000000 --quantization int8 --on-disk --rss || fail=1; \
-	$(PY) bench/http_search.py --n 1000000 || fail=1; \
+	$(PY) bench/search.py --n 1000000 --quantization int8 --on-disk --rss --keep-data-dir $$dir/data || fail=1; \
+	$(PY) bench/http_search.py --n 1000000 --data-dir $$dir/data --quantization int8 --on-disk || fail=1; \
+	rm -rf $$dir; \
 	$(PY) bench/ingest.py --n 1000 --encoder baseline --source local || fail=1; \
 	$(PY) bench/ingest.py --n 1000 --encoder baseline --source s3 || fail=1; \
 	$(PY) bench/ingest.py --n 256 --encoder clip-vit-b16 --source s3 || fail=1; \

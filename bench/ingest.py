@@ -12,7 +12,7 @@ encoder-only rate and ``bf16_vs_fp32_mean_cosine`` over the embeddings of the sa
 
 Targets (issue 6), exit status 1 when missed (``--no-check`` to explore), inline executor: model
 encoders ``ratio >= 0.85`` and, in bf16, ``bf16_vs_fp32_mean_cosine >= 0.99``; ``baseline``
-``images_per_s >= 150``.
+``images_per_s >= 150`` with ``--source local`` (reported only for s3).
 """
 
 from __future__ import annotations
@@ -103,10 +103,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 # warm the encoder so model start-up is not billed to the pipeline
                 encoder = catalog.encoder_for("bench")
                 encoder.embed_batch(np.zeros((1, *encoder.input_shape), dtype=np.float32))
+                # encoder-only runs before and after the pipeline and the ratio uses their mean, so
+                # that load drifting during the run (shared machine) biases neither side
+                batch = _preprocessed(encoder, files, settings)
+                only_before, vectors = _encoder_only_rate(encoder, batch, settings.ingest.batch_size)
                 report = ingest_inline(ctx, settings, progress=False)
                 e2e = report.frames_indexed / report.seconds
-                batch = _preprocessed(encoder, files, settings)
-                only, vectors = _encoder_only_rate(encoder, batch, settings.ingest.batch_size)
+                only_after, _ = _encoder_only_rate(encoder, batch, settings.ingest.batch_size)
+                only = (only_before + only_after) / 2
                 extra: dict[str, object] = {}
                 if encoder.dtype == torch.bfloat16:
                     fp32_settings = settings.model_copy(deep=True)
@@ -134,6 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     "device": str(encoder.device),
                     "images_per_s": round(e2e, 2),
                     "encoder_only_images_per_s": round(only, 2),
+                    "encoder_only_before_after": [round(only_before, 2), round(only_after, 2)],
                     "ratio": round(e2e / only, 3),
                     **extra,
                     "cpu_native_bf16": cpu_has_native_bf16(),
@@ -184,7 +189,9 @@ def main() -> int:
     emit(record)
     failures = []
     if args.encoder == "baseline":
-        if float(record["images_per_s"]) < TARGET_BASELINE_PER_S:  # type: ignore[arg-type]
+        # The target is the decode-bound pipeline (local files); with --source s3 moto's Python
+        # server shares the 2 cores, so that figure is reported, not checked.
+        if args.source == "local" and float(record["images_per_s"]) < TARGET_BASELINE_PER_S:  # type: ignore[arg-type]
             failures.append(f"baseline {record['images_per_s']} images/s < {TARGET_BASELINE_PER_S}")
     elif float(record["ratio"]) < TARGET_RATIO:  # type: ignore[arg-type]
         failures.append(f"e2e/encoder-only {record['ratio']} < {TARGET_RATIO}")

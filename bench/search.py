@@ -331,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         "full_scan_kb": store.full_scan_threshold_kb,
         "hnsw_ef": store.hnsw_ef,
         "hnsw_ef_filtered": store.hnsw_ef_filtered,
+        "hnsw_ef_acorn": store.hnsw_ef_acorn,
         "acorn": store.acorn,
+        "acorn_max_points": store.acorn_max_points,
+        "acorn_min_selectivity": store.acorn_min_selectivity,
         "quantization": args.quantization,
         "on_disk": args.on_disk,
     }
@@ -381,9 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                             "n": args.n,
                             "dim": args.dim,
                             "filter": label,
-                            "hnsw_ef": ef
-                            if ef is not None
-                            else (store.hnsw_ef if label == "none" else store.hnsw_ef_filtered),
+                            "hnsw_ef": ef if ef is not None else "default",
                             "default_settings": ef is None and acorn == default_acorn,
                             "acorn": acorn,
                             **result,

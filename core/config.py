@@ -49,11 +49,17 @@ class StoreSettings(BaseModel):
     # Indexed payload fields that get payload-aware HNSW links (``payload_m`` per value block
     # larger than the full-scan threshold); the other indexed fields get none.
     hnsw_payload_fields: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", "split", "source")
-    # Filtered searches use ``hnsw_ef_filtered``. ACORN (for filtered searches matching less than
-    # ``acorn_max_selectivity`` of the points) is off: with payload-aware links it was slower at
-    # equal recall (bench/RESULTS.md); it helps filters whose fields have no payload links.
-    acorn: bool = False
+    # Filtered searches (EdgeIndex._filtered_plan, bench/RESULTS.md): filters matching more than
+    # ``acorn_max_points`` points use payload-linked HNSW with ``hnsw_ef_filtered``; smaller ones
+    # matching at least ``acorn_min_selectivity`` of the collection use ACORN with
+    # ``hnsw_ef_acorn`` (the engine applies it below ``acorn_max_selectivity``); the rest
+    # ``hnsw_ef``. ACORN gave recall 1.0 on a 25 k-point filter at 100 k points but 3-20x the
+    # latency on the 250 k- and 20 k-point filters at 1 M.
+    acorn: bool = True
     acorn_max_selectivity: float = 0.4
+    acorn_max_points: int = 50_000
+    acorn_min_selectivity: float = 0.1
+    hnsw_ef_acorn: int = 32
     hnsw_ef_filtered: int = 384
 
 

@@ -46,6 +46,8 @@ __all__ = ["EdgeIndex"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CONFIG_FILE = "collection.json"
+# Up to this many ``exclude_ids`` are filtered out of the results in Python, more by the engine.
+_EXCLUDE_IN_PYTHON_MAX = 16
 # alias → collection, one small JSON file beside the collections (Edge has no native aliases).
 _ALIASES_FILE = "aliases.json"
 _SHARD_DIR = "shard"
@@ -449,23 +451,28 @@ class EdgeIndex(VectorIndex):
             else None
         )
         filtered = filter is not None and not filter.is_empty()
+        acorn, ef_default = self._filtered_plan(handle, filter) if filtered else (False, self._store.hnsw_ef)
         if hnsw_ef is None:
-            hnsw_ef = self._store.hnsw_ef_filtered if filtered else self._store.hnsw_ef
+            hnsw_ef = ef_default
         params = qe.SearchParams(
             hnsw_ef=hnsw_ef,
             exact=exact,
             quantization=quantization,
             acorn=(
                 qe.AcornSearchParams(enable=True, max_selectivity=self._store.acorn_max_selectivity)
-                if self._acorn and filtered
+                if acorn
                 else None
             ),
         )
+        # A few excluded ids (search by a stored point) are dropped from a longer result here: as an
+        # engine filter (must_not HasId) they cost ~1 ms more per search at 1 M points.
+        excluded = set(_known_ids(exclude_ids)) if len(exclude_ids) <= _EXCLUDE_IN_PYTHON_MAX else set()
+        engine_excluded: Sequence[str] = () if excluded else exclude_ids
         request = qe.QueryRequest(
-            limit=limit,
-            offset=offset,
+            limit=offset + limit + len(excluded) if excluded else limit,
+            offset=0 if excluded else offset,
             query=qe.Query.Nearest(query[0].tolist()),
-            filter=_to_filter(filter, exclude_ids),
+            filter=_to_filter(filter, engine_excluded),
             score_threshold=score_threshold,
             params=params,
             with_payload=True,
@@ -473,7 +480,31 @@ class EdgeIndex(VectorIndex):
         )
         with handle.reading() as shard:
             scored = shard.query(request)
+        if excluded:
+            scored = [p for p in scored if str(p.id) not in excluded][offset : offset + limit]
         return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in scored]
+
+    def _filtered_plan(self, handle: _Handle, filter: SearchFilter | None) -> tuple[bool, int]:
+        """(ACORN or not, default ef) for a filtered search, from the engine's cardinality estimate
+        of the filter (bench/RESULTS.md, 100 k and 1 M points):
+
+        - more than ``acorn_max_points`` points: payload-linked HNSW, ``hnsw_ef_filtered``;
+        - at most that many and at least ``acorn_min_selectivity`` of the collection: ACORN with
+          ``hnsw_ef_acorn`` (a large share of a small collection, where plain filtered HNSW
+          loses recall);
+        - otherwise (a small, selective filter, served by its payload links): ``hnsw_ef``.
+        """
+        store = self._store
+        with handle.reading() as shard:
+            matching = int(shard.count(qe.CountRequest(exact=False, filter=_to_filter(filter))))
+            total = (
+                int(shard.count(qe.CountRequest(exact=False))) if matching <= store.acorn_max_points else 0
+            )
+        if matching > store.acorn_max_points:
+            return False, store.hnsw_ef_filtered
+        if self._acorn and total and matching / total >= store.acorn_min_selectivity:
+            return True, store.hnsw_ef_acorn
+        return False, store.hnsw_ef
 
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
         """The points that exist among ``ids`` (missing ids are left out)."""
