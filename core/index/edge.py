@@ -17,11 +17,9 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import shutil
 import tempfile
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,22 +36,30 @@ from core.errors import (
     InvalidFilter,
     InvalidVector,
 )
+from core.index._shared import (
+    OVERSAMPLING,
+    canonical_id,
+    check_name,
+    check_page,
+    config_from_dict,
+    config_to_dict,
+    filter_conditions,
+    is_valid_name,
+    known_ids,
+    vector_from_raw,
+)
 from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
 from core.payload import INDEXED_FIELDS, SearchFilter
 from core.vectors import validate_vectors
 
 __all__ = ["EdgeIndex"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CONFIG_FILE = "collection.json"
 # Up to this many ``exclude_ids`` are filtered out of the results in Python, more by the engine.
 _EXCLUDE_IN_PYTHON_MAX = 16
 # alias → collection, one small JSON file beside the collections (Edge has no native aliases).
 _ALIASES_FILE = "aliases.json"
 _SHARD_DIR = "shard"
-# int8 quantization loses a little ranking precision; fetch extra candidates and rescore them
-# with the original vectors.
-_OVERSAMPLING = 2.0
 
 
 class _RWLock:
@@ -125,51 +131,6 @@ class _Handle:
                 self.shard.close()
 
 
-def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise IndexStoreError(
-            f"invalid collection name {name!r}: letters, digits, '.', '_', '-', at most 128, "
-            "starting with a letter or digit"
-        )
-
-
-def _canonical_id(point_id: str) -> str:
-    try:
-        return str(uuid.UUID(str(point_id)))
-    except ValueError:
-        raise IndexStoreError(f"point id {point_id!r} is not a UUID") from None
-
-
-def _known_ids(ids: Sequence[str]) -> list[str]:
-    """The ids that could exist (UUIDs), canonical; anything else cannot be stored, so it is absent."""
-    out: list[str] = []
-    for point_id in ids:
-        try:
-            out.append(str(uuid.UUID(str(point_id))))
-        except ValueError:
-            continue
-    return out
-
-
-def _check_page(limit: int, offset: int) -> None:
-    if limit < 1:
-        raise IndexStoreError(f"limit must be at least 1, got {limit}")
-    if offset < 0:
-        raise IndexStoreError(f"offset must not be negative, got {offset}")
-
-
-def _config_to_json(config: CollectionConfig) -> str:
-    try:
-        return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise IndexStoreError(f"collection metadata must be JSON-serialisable: {exc}") from exc
-
-
-def _config_from_dict(data: dict[str, Any]) -> CollectionConfig:
-    known = {f.name for f in dataclasses.fields(CollectionConfig)}
-    return CollectionConfig(**{k: v for k, v in data.items() if k in known})
-
-
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -187,23 +148,13 @@ def _write_atomic(path: Path, text: str) -> None:
 def _to_filter(
     filter: SearchFilter | None, exclude_ids: Sequence[str] = (), *, require: bool = False
 ) -> qe.Filter | None:
-    conditions = filter.conditions() if filter is not None else []
-    if require and not conditions:
-        raise InvalidFilter("an empty filter would match every point; name at least one field")
+    conditions = filter_conditions(filter, require=require)
     must: list[Any] = [qe.FieldCondition(key, match=qe.MatchAny(values)) for key, values in conditions]
-    excluded = _known_ids(exclude_ids)
+    excluded = known_ids(exclude_ids)
     must_not: list[Any] = [qe.HasIdCondition(set(excluded))] if excluded else []
     if not must and not must_not:
         return None
     return qe.Filter(must=must or None, must_not=must_not or None)
-
-
-def _vector(raw: Any) -> NDArray[np.float32] | None:
-    if raw is None:
-        return None
-    if isinstance(raw, dict):
-        raw = raw.get("")
-    return None if raw is None else np.asarray(raw, dtype=np.float32)
 
 
 class EdgeIndex(VectorIndex):
@@ -255,12 +206,12 @@ class EdgeIndex(VectorIndex):
 
     def create_collection(self, config: CollectionConfig) -> None:
         """Create the shard, its keyword payload indexes, then commit by writing collection.json."""
-        _check_name(config.name)
+        check_name(config.name)
         if config.dim < 1:
             raise IndexStoreError(f"collection dimension must be positive, got {config.dim}")
         if config.quantization not in ("none", "int8"):
             raise IndexStoreError(f"unknown quantization {config.quantization!r}")
-        config_json = _config_to_json(config)
+        config_json = json.dumps(config_to_dict(config), indent=2, sort_keys=True)
         with self._lock:
             if config.name in self._handles or self._exists_on_disk(config.name):
                 raise CollectionExists(f"collection {config.name!r} already exists")
@@ -307,17 +258,15 @@ class EdgeIndex(VectorIndex):
             return handle
 
     def _read_config(self, name: str) -> CollectionConfig:
-        if not isinstance(name, str) or not _NAME_RE.match(name) or not self._exists_on_disk(name):
+        if not is_valid_name(name) or not self._exists_on_disk(name):
             raise CollectionNotFound(f"collection {name!r} not found")
         data = json.loads((self._dir(name) / _CONFIG_FILE).read_text(encoding="utf-8"))
-        return _config_from_dict(data)
+        return config_from_dict(data)
 
     def drop_collection(self, name: str) -> None:
         with self._lock:
             handle = self._handles.pop(name, None)
-            if handle is None and not (
-                isinstance(name, str) and _NAME_RE.match(name) and self._exists_on_disk(name)
-            ):
+            if handle is None and not (is_valid_name(name) and self._exists_on_disk(name)):
                 raise CollectionNotFound(f"collection {name!r} not found")
             if handle is not None:
                 handle.close()
@@ -330,13 +279,11 @@ class EdgeIndex(VectorIndex):
         return sorted(
             p.name
             for p in self._root.iterdir()
-            if p.is_dir() and _NAME_RE.match(p.name) and (p / _CONFIG_FILE).is_file()
+            if p.is_dir() and is_valid_name(p.name) and (p / _CONFIG_FILE).is_file()
         )
 
     def collection_exists(self, name: str) -> bool:
-        return name in self._handles or (
-            isinstance(name, str) and bool(_NAME_RE.match(name)) and self._exists_on_disk(name)
-        )
+        return name in self._handles or (is_valid_name(name) and self._exists_on_disk(name))
 
     def collection_config(self, name: str) -> CollectionConfig:
         handle = self._handles.get(name)
@@ -346,7 +293,9 @@ class EdgeIndex(VectorIndex):
         handle = self._handle(name)
         with handle.writing():
             config = dataclasses.replace(handle.config, metadata={**handle.config.metadata, **metadata})
-            _write_atomic(self._dir(name) / _CONFIG_FILE, _config_to_json(config))
+            _write_atomic(
+                self._dir(name) / _CONFIG_FILE, json.dumps(config_to_dict(config), indent=2, sort_keys=True)
+            )
             handle.config = config
 
     def collection_info(self, name: str) -> dict[str, Any]:
@@ -377,7 +326,7 @@ class EdgeIndex(VectorIndex):
             return self._read_aliases()
 
     def set_alias(self, alias: str, collection: str) -> None:
-        _check_name(alias)
+        check_name(alias)
         with self._lock:
             if not self._exists_on_disk(collection):
                 raise CollectionNotFound(f"collection {collection!r} not found")
@@ -415,7 +364,7 @@ class EdgeIndex(VectorIndex):
             raise IndexStoreError(f"got {len(payloads)} payloads for {len(ids)} ids")
         if not ids:
             return
-        canonical = [_canonical_id(i) for i in ids]
+        canonical = [canonical_id(i) for i in ids]
         rows = arr.tolist()
         points = [
             qe.Point(pid, row, dict(payload))
@@ -444,9 +393,9 @@ class EdgeIndex(VectorIndex):
         query = validate_vectors(vector, handle.config.dim)
         if query.shape[0] != 1:
             raise InvalidVector(f"search takes one query vector, got {query.shape[0]}")
-        _check_page(limit, offset)
+        check_page(limit, offset)
         quantization = (
-            qe.QuantizationSearchParams(rescore=True, oversampling=_OVERSAMPLING)
+            qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
             if handle.config.quantization == "int8"
             else None
         )
@@ -466,7 +415,7 @@ class EdgeIndex(VectorIndex):
         )
         # A few excluded ids (search by a stored point) are dropped from a longer result here: as an
         # engine filter (must_not HasId) they cost ~1 ms more per search at 1 M points.
-        excluded = set(_known_ids(exclude_ids)) if len(exclude_ids) <= _EXCLUDE_IN_PYTHON_MAX else set()
+        excluded = set(known_ids(exclude_ids)) if len(exclude_ids) <= _EXCLUDE_IN_PYTHON_MAX else set()
         engine_excluded: Sequence[str] = () if excluded else exclude_ids
         request = qe.QueryRequest(
             limit=offset + limit + len(excluded) if excluded else limit,
@@ -509,7 +458,7 @@ class EdgeIndex(VectorIndex):
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
         """The points that exist among ``ids`` (missing ids are left out)."""
         handle = self._handle(name)
-        wanted = list(dict.fromkeys(_known_ids(ids)))
+        wanted = list(dict.fromkeys(known_ids(ids)))
         if not wanted:
             return []
         point_ids: list[Any] = list(wanted)
@@ -520,7 +469,7 @@ class EdgeIndex(VectorIndex):
             StoredPoint(
                 id=pid,
                 payload=dict(by_id[pid].payload or {}),
-                vector=_vector(by_id[pid].vector) if with_vectors else None,
+                vector=vector_from_raw(by_id[pid].vector) if with_vectors else None,
             )
             for pid in wanted
             if pid in by_id
@@ -582,14 +531,14 @@ class EdgeIndex(VectorIndex):
                 yield StoredPoint(
                     id=str(r.id),
                     payload=dict(r.payload or {}),
-                    vector=_vector(r.vector) if with_vectors else None,
+                    vector=vector_from_raw(r.vector) if with_vectors else None,
                 )
             if offset is None:
                 return
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         handle = self._handle(name)
-        wanted = _known_ids(ids)
+        wanted = known_ids(ids)
         if not wanted:
             return
         with handle.writing() as shard:

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import re
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -28,6 +25,17 @@ from core.errors import (
     InvalidFilter,
     InvalidVector,
 )
+from core.index._shared import (
+    OVERSAMPLING,
+    canonical_id,
+    check_name,
+    check_page,
+    config_from_dict,
+    config_to_dict,
+    filter_conditions,
+    known_ids,
+    vector_from_raw,
+)
 from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
 from core.payload import INDEXED_FIELDS, SearchFilter
 from core.vectors import validate_vectors
@@ -35,63 +43,11 @@ from core.vectors import validate_vectors
 __all__ = ["QdrantServerIndex"]
 
 _T = TypeVar("_T")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _META_KEY = "radsearch"
-# int8 quantization loses a little ranking precision; fetch extra candidates and rescore them
-# with the original vectors.
-_OVERSAMPLING = 2.0
 # Filtered HNSW search loses recall on tight clusters (bench/search.py, 25 % modality filter: recall@10
 # 0.93 at ef 128); ACORN, used by the engine only below this filter selectivity, gave 0.9995 there
 # for ~0.4 ms more per query.
 _ACORN_MAX_SELECTIVITY = 0.4
-
-
-def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise IndexStoreError(
-            f"invalid collection name {name!r}: letters, digits, '.', '_', '-', at most 128, "
-            "starting with a letter or digit"
-        )
-
-
-def _canonical_id(point_id: str) -> str:
-    try:
-        return str(uuid.UUID(str(point_id)))
-    except ValueError:
-        raise IndexStoreError(f"point id {point_id!r} is not a UUID") from None
-
-
-def _known_ids(ids: Sequence[str]) -> list[str]:
-    """The ids that could exist (UUIDs), canonical; anything else cannot be stored, so it is absent."""
-    out: list[str] = []
-    for point_id in ids:
-        try:
-            out.append(str(uuid.UUID(str(point_id))))
-        except ValueError:
-            continue
-    return out
-
-
-def _check_page(limit: int, offset: int) -> None:
-    if limit < 1:
-        raise IndexStoreError(f"limit must be at least 1, got {limit}")
-    if offset < 0:
-        raise IndexStoreError(f"offset must not be negative, got {offset}")
-
-
-def _config_to_dict(config: CollectionConfig) -> dict[str, Any]:
-    data = dataclasses.asdict(config)
-    try:
-        # Round-trip through JSON so what is stored is exactly what comes back.
-        parsed: dict[str, Any] = json.loads(json.dumps(data))
-    except (TypeError, ValueError) as exc:
-        raise IndexStoreError(f"collection metadata must be JSON-serialisable: {exc}") from exc
-    return parsed
-
-
-def _config_from_dict(data: dict[str, Any]) -> CollectionConfig:
-    known = {f.name for f in dataclasses.fields(CollectionConfig)}
-    return CollectionConfig(**{k: v for k, v in data.items() if k in known})
 
 
 def _is_not_found(exc: BaseException) -> bool:
@@ -115,25 +71,15 @@ def _is_conflict(exc: BaseException) -> bool:
 def _to_filter(
     filter: SearchFilter | None, exclude_ids: Sequence[str] = (), *, require: bool = False
 ) -> models.Filter | None:
-    conditions = filter.conditions() if filter is not None else []
-    if require and not conditions:
-        raise InvalidFilter("an empty filter would match every point; name at least one field")
+    conditions = filter_conditions(filter, require=require)
     must: list[models.Condition] = [
         models.FieldCondition(key=key, match=models.MatchAny(any=values)) for key, values in conditions
     ]
-    excluded = _known_ids(exclude_ids)
+    excluded = known_ids(exclude_ids)
     must_not: list[models.Condition] = [models.HasIdCondition(has_id=list(excluded))] if excluded else []
     if not must and not must_not:
         return None
     return models.Filter(must=must or None, must_not=must_not or None)
-
-
-def _vector(raw: Any) -> NDArray[np.float32] | None:
-    if raw is None:
-        return None
-    if isinstance(raw, dict):
-        raw = raw.get("")
-    return None if raw is None else np.asarray(raw, dtype=np.float32)
 
 
 class QdrantServerIndex(VectorIndex):
@@ -164,12 +110,12 @@ class QdrantServerIndex(VectorIndex):
 
     def create_collection(self, config: CollectionConfig) -> None:
         """Create the collection with its config in Qdrant metadata, then the payload indexes."""
-        _check_name(config.name)
+        check_name(config.name)
         if config.dim < 1:
             raise IndexStoreError(f"collection dimension must be positive, got {config.dim}")
         if config.quantization not in ("none", "int8"):
             raise IndexStoreError(f"unknown quantization {config.quantization!r}")
-        stored = _config_to_dict(config)
+        stored = config_to_dict(config)
         if self._client.collection_exists(config.name):
             raise CollectionExists(f"collection {config.name!r} already exists")
         store = self._store
@@ -217,7 +163,7 @@ class QdrantServerIndex(VectorIndex):
             self._client.delete_collection(config.name)
             raise
         with self._lock:
-            self._configs[config.name] = _config_from_dict(stored)
+            self._configs[config.name] = config_from_dict(stored)
 
     def drop_collection(self, name: str) -> None:
         with self._lock:
@@ -237,7 +183,7 @@ class QdrantServerIndex(VectorIndex):
         metadata = info.config.metadata or {}
         raw = metadata.get(_META_KEY)
         if isinstance(raw, dict):
-            config = _config_from_dict(raw)
+            config = config_from_dict(raw)
         else:
             # A collection radsearch did not create: describe it from its vector params.
             params = info.config.params.vectors
@@ -258,10 +204,10 @@ class QdrantServerIndex(VectorIndex):
     def update_metadata(self, name: str, metadata: dict[str, Any]) -> None:
         current = self._fetch_config(name)
         config = dataclasses.replace(current, metadata={**current.metadata, **metadata})
-        stored = _config_to_dict(config)
+        stored = config_to_dict(config)
         self._call(name, lambda: self._client.update_collection(name, metadata={_META_KEY: stored}))
         with self._lock:
-            self._configs[name] = _config_from_dict(stored)
+            self._configs[name] = config_from_dict(stored)
 
     def _is_local(self) -> bool:
         return type(getattr(self._client, "_client", None)).__name__ == "QdrantLocal"
@@ -283,7 +229,7 @@ class QdrantServerIndex(VectorIndex):
         return {a.alias_name: a.collection_name for a in self._client.get_aliases().aliases}
 
     def set_alias(self, alias: str, collection: str) -> None:
-        _check_name(alias)
+        check_name(alias)
         if not self._client.collection_exists(collection) or collection in self.aliases():
             raise CollectionNotFound(f"collection {collection!r} not found")
         if alias in self.list_collections():
@@ -328,7 +274,7 @@ class QdrantServerIndex(VectorIndex):
             raise IndexStoreError(f"got {len(payloads)} payloads for {len(ids)} ids")
         if not ids:
             return
-        canonical = [_canonical_id(i) for i in ids]
+        canonical = [canonical_id(i) for i in ids]
         if insert_only:
             # Qdrant's update_mode=insert_only needs a 1.17 server and local mode ignores it: drop
             # the ids that exist first; the server-side mode then closes the remaining race.
@@ -361,9 +307,9 @@ class QdrantServerIndex(VectorIndex):
         query = validate_vectors(vector, config.dim)
         if query.shape[0] != 1:
             raise InvalidVector(f"search takes one query vector, got {query.shape[0]}")
-        _check_page(limit, offset)
+        check_page(limit, offset)
         quantization = (
-            models.QuantizationSearchParams(rescore=True, oversampling=_OVERSAMPLING)
+            models.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
             if config.quantization == "int8"
             else None
         )
@@ -399,7 +345,7 @@ class QdrantServerIndex(VectorIndex):
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
         """The points that exist among ``ids`` (missing ids are left out)."""
         self._config(name)
-        wanted = list(dict.fromkeys(_known_ids(ids)))
+        wanted = list(dict.fromkeys(known_ids(ids)))
         if not wanted:
             return []
         records = self._call(
@@ -413,7 +359,7 @@ class QdrantServerIndex(VectorIndex):
             StoredPoint(
                 id=pid,
                 payload=dict(by_id[pid].payload or {}),
-                vector=_vector(by_id[pid].vector) if with_vectors else None,
+                vector=vector_from_raw(by_id[pid].vector) if with_vectors else None,
             )
             for pid in wanted
             if pid in by_id
@@ -475,14 +421,14 @@ class QdrantServerIndex(VectorIndex):
                 yield StoredPoint(
                     id=str(r.id),
                     payload=dict(r.payload or {}),
-                    vector=_vector(r.vector) if with_vectors else None,
+                    vector=vector_from_raw(r.vector) if with_vectors else None,
                 )
             if offset is None:
                 return
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         self._config(name)
-        wanted = _known_ids(ids)
+        wanted = known_ids(ids)
         if not wanted:
             return
         selector = models.PointIdsList(points=list(wanted))
