@@ -16,7 +16,9 @@ def validate_vectors(vectors: object, dim: int) -> NDArray[np.float32]:
     Raises `InvalidVector` naming the first offending row for a wrong shape, NaN, Inf or a zero norm.
     """
     try:
-        arr = np.asarray(vectors, dtype=np.float32)
+        # Values beyond float32's range become Inf here and are rejected below, with a message.
+        with np.errstate(over="ignore"):
+            arr = np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise InvalidVector(f"vectors must be numeric: {exc}") from exc
     if arr.ndim == 1:
