@@ -116,8 +116,6 @@ class Catalog:
         """The catalog entry of a collection or of the collection an alias points at;
         `CollectionNotFound` for unknown names."""
         name = self.resolve(name)
-        if not self.index.collection_exists(name):
-            raise CollectionNotFound(f"collection {name!r} does not exist")
         raw = self.index.collection_config(name).metadata.get("catalog")
         if raw is None:
             raise CollectionNotFound(f"collection {name!r} has no radsearch catalog entry")

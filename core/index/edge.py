@@ -171,6 +171,7 @@ class EdgeIndex(VectorIndex):
         self._handles: dict[str, _Handle] = {}
         # Guards the handle cache and collection create/drop; never held while querying.
         self._lock = threading.RLock()
+        self._aliases: dict[str, str] | None = None
 
     # -- collections -------------------------------------------------------------------------
 
@@ -315,11 +316,18 @@ class EdgeIndex(VectorIndex):
     # -- aliases -----------------------------------------------------------------------------
 
     def _read_aliases(self) -> dict[str, str]:
-        path = self._root / _ALIASES_FILE
-        if not path.is_file():
-            return {}
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {str(k): str(v) for k, v in data.items()}
+        # One process owns the store, so the file is read once and the copy kept current by
+        # set_alias/delete_alias; every search resolves its collection name through it.
+        if self._aliases is None:
+            path = self._root / _ALIASES_FILE
+            data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            self._aliases = {str(k): str(v) for k, v in data.items()}
+        return dict(self._aliases)
+
+    def _write_aliases(self, aliases: dict[str, str]) -> None:
+        # os.replace of a whole file: readers see the old mapping or the new one, never a mix.
+        _write_atomic(self._root / _ALIASES_FILE, json.dumps(aliases, indent=2, sort_keys=True))
+        self._aliases = aliases
 
     def aliases(self) -> dict[str, str]:
         with self._lock:
@@ -332,9 +340,7 @@ class EdgeIndex(VectorIndex):
                 raise CollectionNotFound(f"collection {collection!r} not found")
             if self._exists_on_disk(alias):
                 raise CollectionExists(f"{alias!r} is a collection; an alias needs a name of its own")
-            aliases = {**self._read_aliases(), alias: collection}
-            # os.replace of a whole file: readers see the old mapping or the new one, never a mix.
-            _write_atomic(self._root / _ALIASES_FILE, json.dumps(aliases, indent=2, sort_keys=True))
+            self._write_aliases({**self._read_aliases(), alias: collection})
 
     def delete_alias(self, alias: str) -> None:
         with self._lock:
@@ -342,7 +348,7 @@ class EdgeIndex(VectorIndex):
             if alias not in aliases:
                 raise CollectionNotFound(f"alias {alias!r} not found")
             del aliases[alias]
-            _write_atomic(self._root / _ALIASES_FILE, json.dumps(aliases, indent=2, sort_keys=True))
+            self._write_aliases(aliases)
 
     # -- points ------------------------------------------------------------------------------
 
