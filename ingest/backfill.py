@@ -18,10 +18,10 @@ from typing import Any
 from core.catalog import Catalog
 from core.config import Settings
 from core.errors import ConfigError
+from ingest.inline import IngestOptions, build_context
 from ingest.labels import Labeler, PathTemplate
-from ingest.pipeline import BatchReport, PipelineContext, Target, run_pipeline
+from ingest.pipeline import BatchReport, run_pipeline
 from ingest.planner import plan_batches
-from ingest.readers import DecodeLimits
 from ingest.sources import open_source
 from ingest.sources.base import ObjectRef
 
@@ -94,8 +94,6 @@ def run_backfill(
 ) -> BatchReport:
     """Embed the plan's objects into ``target`` with its own encoder, insert-only."""
     name = catalog.resolve(target)
-    entry = catalog.get(name)
-    encoder_target = Target(name, catalog.encoder(entry.encoder), entry.encoder_label)
     total = BatchReport()
     with ThreadPoolExecutor(
         max_workers=settings.ingest.decode_workers, thread_name_prefix="backfill"
@@ -103,18 +101,16 @@ def run_backfill(
         for uri, refs in plan.sources.items():
             source = open_source(uri, settings)
             try:
-                ctx = PipelineContext(
-                    source=source,
-                    index=catalog.index,
-                    targets=[encoder_target],
+                ctx = build_context(
+                    source,
+                    catalog,
+                    [name],
+                    IngestOptions(skip_unchanged=True),
+                    settings,
                     labeler=Labeler(
                         manifest=plan.labels.get(uri, {}),
                         path_template=PathTemplate(path_template) if path_template else None,
                     ),
-                    limits=DecodeLimits.from_settings(settings.ingest),
-                    hash_key=settings.hash_key_bytes(),
-                    embed_batch_size=settings.ingest.batch_size,
-                    skip_unchanged=True,
                     insert_only=True,
                 )
                 batches = plan_batches(iter(refs), settings.ingest.batch_size)

@@ -47,18 +47,27 @@ def make_labeler(options: IngestOptions) -> Labeler:
 
 
 def build_context(
-    source: Source, catalog: Catalog, collections: list[str], options: IngestOptions, settings: Settings
+    source: Source,
+    catalog: Catalog,
+    collections: list[str],
+    options: IngestOptions,
+    settings: Settings,
+    *,
+    labeler: Labeler | None = None,
+    insert_only: bool = False,
 ) -> PipelineContext:
+    """The pipeline context for ``collections``; ``labeler`` replaces the one ``options`` describe."""
     return PipelineContext(
         source=source,
         index=catalog.index,
         targets=make_targets(catalog, collections),
-        labeler=make_labeler(options),
+        labeler=labeler if labeler is not None else make_labeler(options),
         limits=DecodeLimits.from_settings(settings.ingest),
         hash_key=settings.hash_key_bytes(),
         embed_batch_size=settings.ingest.batch_size,
         skip_unchanged=options.skip_unchanged,
         accept_burned_in=options.accept_burned_in,
+        insert_only=insert_only,
     )
 
 

@@ -176,13 +176,11 @@ def _load(ctx: PipelineContext, ref: ObjectRef, positions: list[int]) -> _Loaded
 
 def _unchanged(ctx: PipelineContext, refs: Sequence[ObjectRef]) -> dict[str, list[int]]:
     """Per key, the target positions whose collection lacks the object at this ETag."""
+    if not ctx.skip_unchanged:
+        return {ref.key: list(range(len(ctx.targets))) for ref in refs}
     wanted: dict[str, list[int]] = {ref.key: [] for ref in refs}
+    ids = {point_id(ctx.source.uri, ref.key, 0): ref for ref in refs}
     for pos, target in enumerate(ctx.targets):
-        if not ctx.skip_unchanged:
-            for ref in refs:
-                wanted[ref.key].append(pos)
-            continue
-        ids = {point_id(ctx.source.uri, ref.key, 0): ref for ref in refs}
         stored = {p.id: p.payload for p in ctx.index.retrieve(target.collection, list(ids))}
         for pid, ref in ids.items():
             payload = stored.get(pid)
@@ -273,17 +271,18 @@ def run_pipeline(
     """Stream batches; batch i+1 is fetched and decoded while batch i is embedded and upserted."""
     total = BatchReport()
     pending: _Pending | None = None
-    for refs in batches:
-        upcoming = _submit(ctx, list(refs), pool)
-        if pending is not None:
-            done = _finish(ctx, pending)
-            total.merge(done)
-            if on_batch:
-                on_batch(done)
-        pending = upcoming
-    if pending is not None:
-        done = _finish(ctx, pending)
+
+    def finish(done_pending: _Pending) -> None:
+        done = _finish(ctx, done_pending)
         total.merge(done)
         if on_batch:
             on_batch(done)
+
+    for refs in batches:
+        upcoming = _submit(ctx, list(refs), pool)
+        if pending is not None:
+            finish(pending)
+        pending = upcoming
+    if pending is not None:
+        finish(pending)
     return total

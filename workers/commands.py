@@ -8,10 +8,13 @@ import json
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from workers.jobs import JobKind, JobSpec
 
 __all__ = ["add_worker_commands", "ingest_celery"]
 
@@ -110,9 +113,21 @@ def _finish(record: Any, job_id: str, *, as_json: bool) -> int:
     return EXIT_OK if record.state.value == "done" else EXIT_RUNTIME_ERROR
 
 
+def _submit_and_follow(args: argparse.Namespace, settings: Settings, kind: JobKind, spec: JobSpec) -> int:
+    """Queue the job; print its id with ``--detach``, else follow it to the end and summarise."""
+    from workers.client import submit_job
+
+    store, app = _connect(settings)
+    job_id = submit_job(store, app, kind, spec)
+    if args.detach:
+        _out(json.dumps({"job_id": job_id}) if args.json else job_id)
+        return EXIT_OK
+    record = _follow(settings, store, job_id, progress=not args.json)
+    return _finish(record, job_id, as_json=args.json)
+
+
 def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
     """``radsearch ingest SOURCE --collection A[,B] --executor celery [--detach]``."""
-    from workers.client import submit_job
     from workers.jobs import JobKind, JobSpec
 
     spec = JobSpec(
@@ -129,17 +144,10 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
         from ingest.labels import PathTemplate
 
         PathTemplate(spec.path_template)  # refuse a bad template before anything is queued
-    store, app = _connect(settings)
-    job_id = submit_job(store, app, JobKind.INGEST, spec)
-    if args.detach:
-        _out(json.dumps({"job_id": job_id}) if args.json else job_id)
-        return EXIT_OK
-    record = _follow(settings, store, job_id, progress=not args.json)
-    return _finish(record, job_id, as_json=args.json)
+    return _submit_and_follow(args, settings, JobKind.INGEST, spec)
 
 
 def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.client import submit_job
     from workers.jobs import JobKind, JobSpec
 
     spec = JobSpec(
@@ -150,13 +158,7 @@ def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         skip_unchanged=True,
         encoder=args.encoder,
     )
-    store, app = _connect(settings)
-    job_id = submit_job(store, app, JobKind.RECONCILE, spec)
-    if args.detach:
-        _out(json.dumps({"job_id": job_id}) if args.json else job_id)
-        return EXIT_OK
-    record = _follow(settings, store, job_id, progress=not args.json)
-    return _finish(record, job_id, as_json=args.json)
+    return _submit_and_follow(args, settings, JobKind.RECONCILE, spec)
 
 
 def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:

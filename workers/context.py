@@ -22,10 +22,9 @@ from core.encoders.registry import resolve_spec
 from core.errors import CollectionExists, CollectionNotFound, ConfigError
 from core.index.base import VectorIndex
 from core.index.factory import open_index
-from ingest.inline import make_targets
+from ingest.inline import IngestOptions, build_context
 from ingest.labels import Labeler, PathTemplate, load_manifest, parse_manifest
 from ingest.pipeline import PipelineContext
-from ingest.readers import DecodeLimits
 from ingest.sources import open_source
 from ingest.sources.base import Source
 from ingest.sources.factory import parse_s3_uri
@@ -134,16 +133,13 @@ class WorkerResources:
     def pipeline_context(self, job_id: str, spec: JobSpec) -> PipelineContext:
         """The batch pipeline's context for one job (cheap: everything heavy is cached)."""
         self.ensure_collections(spec)
-        catalog = self.catalog
-        return PipelineContext(
-            source=self.source(spec.source),
-            index=catalog.index,
-            targets=make_targets(catalog, list(spec.collections)),
+        return build_context(
+            self.source(spec.source),
+            self.catalog,
+            list(spec.collections),
+            IngestOptions(skip_unchanged=spec.skip_unchanged),
+            self.settings,
             labeler=self.labeler(job_id, spec),
-            limits=DecodeLimits.from_settings(self.settings.ingest),
-            hash_key=self.settings.hash_key_bytes(),
-            embed_batch_size=self.settings.ingest.batch_size,
-            skip_unchanged=spec.skip_unchanged,
         )
 
     def close(self) -> None:

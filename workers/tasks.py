@@ -14,7 +14,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -221,14 +221,25 @@ def _delete(task: RadsearchTask, job_id: str, batch_id: str, keys: Sequence[str]
 
 
 def _send_embed_batches(
-    app: Celery, store: JobStore, job_id: str, refs: Sequence[ObjectRef], batch_size: int, prefix: str
+    app: Celery,
+    store: JobStore,
+    job_id: str,
+    refs: Iterable[ObjectRef],
+    batch_size: int,
+    prefix: str,
+    *,
+    count_listed: bool = False,
 ) -> int:
-    """Enqueue ``refs`` as embed batches with deterministic ids ``{prefix}{i}``; returns batches."""
+    """Enqueue ``refs`` as embed batches with deterministic ids ``{prefix}{i}``; returns batches.
+    With ``count_listed`` the ``listed`` counter follows ``queued`` (refs streamed from a listing)."""
     count = 0
     queued = 0
     for i, batch in enumerate(plan_batches(refs, batch_size)):
         queued += len(batch)
-        store.raise_counters(job_id, {"queued": queued, "batches_total": i + 1})
+        counters = {"queued": queued, "batches_total": i + 1}
+        if count_listed:
+            counters["listed"] = queued
+        store.raise_counters(job_id, counters)
         app.send_task(
             EMBED_TASK,
             args=[
@@ -254,20 +265,7 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
         res.ensure_collections(spec)
         source = res.source(spec.source)
         batch_size = spec.batch_size or res.settings.celery.task_batch_size
-        listed = 0
-        for i, batch in enumerate(plan_batches(source.list(), batch_size)):
-            listed += len(batch)
-            store.raise_counters(job_id, {"listed": listed, "queued": listed, "batches_total": i + 1})
-            task.app.send_task(
-                EMBED_TASK,
-                args=[
-                    job_id,
-                    f"p{i}",
-                    [r.key for r in batch],
-                    [r.etag for r in batch],
-                    [r.size for r in batch],
-                ],
-            )
+        _send_embed_batches(task.app, store, job_id, source.list(), batch_size, "p", count_listed=True)
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
         store.fail(job_id, str(exc))
         return

@@ -70,15 +70,19 @@ class S3Source(Source):
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise SourceError(f"cannot reach S3 endpoint listing s3://{self.bucket}: {exc}") from exc
 
+    def _request_error(self, exc: Exception, key: str, verb: str) -> BadInput | SourceError:
+        """What a failed stat/get of ``key`` raises: a missing object is bad input, the rest transient."""
+        if isinstance(exc, S3Error):
+            if exc.code in _MISSING_CODES:
+                return BadInput(key, "object not found")
+            return SourceError(f"cannot {verb} s3://{self.bucket}/{key}: {exc.code}")
+        return SourceError(f"cannot reach S3 endpoint for s3://{self.bucket}: {exc}")
+
     def stat(self, key: str) -> ObjectRef:
         try:
             st = self.client.stat_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in _MISSING_CODES:
-                raise BadInput(key, "object not found") from exc
-            raise SourceError(f"cannot stat s3://{self.bucket}/{key}: {exc.code}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise SourceError(f"cannot reach S3 endpoint for s3://{self.bucket}: {exc}") from exc
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._request_error(exc, key, "stat") from exc
         return ObjectRef(
             key=key, etag=(st.etag or "").strip('"'), size=st.size or 0, metadata=_user_metadata(st.metadata)
         )
@@ -89,12 +93,8 @@ class S3Source(Source):
     def fetch_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
         try:
             response = self.client.get_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in _MISSING_CODES:
-                raise BadInput(key, "object not found") from exc
-            raise SourceError(f"cannot read s3://{self.bucket}/{key}: {exc.code}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise SourceError(f"cannot reach S3 endpoint for s3://{self.bucket}: {exc}") from exc
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._request_error(exc, key, "read") from exc
         try:
             length = int(response.headers.get("Content-Length", "0") or 0)
             if length > self.max_object_bytes:
