@@ -137,12 +137,13 @@ class Catalog:
 
     def drop(self, name: str) -> None:
         """Drop a collection by its own name; refused while an alias points at it."""
-        if name in self.aliases():
+        aliases = self.aliases()
+        if name in aliases:
             raise ConfigError(f"{name!r} is an alias; drop the collection by its own name")
         if not self.index.collection_exists(name):
             raise CollectionNotFound(f"collection {name!r} does not exist")
         self.get(name)
-        pointing = sorted(alias for alias, target in self.aliases().items() if target == name)
+        pointing = sorted(alias for alias, target in aliases.items() if target == name)
         if pointing:
             raise ConfigError(
                 f"collection {name!r} is the target of alias {', '.join(pointing)}; switch or delete "

@@ -20,32 +20,34 @@ from core.errors import ConfigError
 
 __all__ = ["SamEncoder", "segment_anything_to_transformers", "transformers_to_segment_anything"]
 
-# (segment_anything pattern, transformers replacement), applied in order to each key.
-_SA_TO_HF: tuple[tuple[str, str], ...] = (
-    (r"^image_encoder\.", "vision_encoder."),
-    (r"\.patch_embed\.proj\.", ".patch_embed.projection."),
-    (r"\.blocks\.(\d+)\.", r".layers.\1."),
-    (r"\.norm([12])\.", r".layer_norm\1."),
-    (r"\.neck\.0\.", ".neck.conv1."),
-    (r"\.neck\.1\.", ".neck.layer_norm1."),
-    (r"\.neck\.2\.", ".neck.conv2."),
-    (r"\.neck\.3\.", ".neck.layer_norm2."),
-)
-_HF_TO_SA: tuple[tuple[str, str], ...] = (
-    (r"^vision_encoder\.", "image_encoder."),
-    (r"\.patch_embed\.projection\.", ".patch_embed.proj."),
-    (r"\.layers\.(\d+)\.", r".blocks.\1."),
-    (r"\.layer_norm([12])\.", r".norm\1."),
-    (r"\.neck\.conv1\.", ".neck.0."),
-    (r"\.neck\.norm1\.", ".neck.1."),
-    (r"\.neck\.conv2\.", ".neck.2."),
-    (r"\.neck\.norm2\.", ".neck.3."),
+# (segment_anything name, transformers name) fragments, applied in order to each key; ``{}`` stands
+# for a number, a leading ``^`` for the start of the key. The inverse applies them reversed.
+_NAMES: tuple[tuple[str, str], ...] = (
+    ("^image_encoder.", "^vision_encoder."),
+    (".patch_embed.proj.", ".patch_embed.projection."),
+    (".blocks.{}.", ".layers.{}."),
+    (".norm{}.", ".layer_norm{}."),
+    (".neck.0.", ".neck.conv1."),
+    (".neck.1.", ".neck.layer_norm1."),
+    (".neck.2.", ".neck.conv2."),
+    (".neck.3.", ".neck.layer_norm2."),
 )
 
 
-def _rekey(key: str, rules: tuple[tuple[str, str], ...]) -> str:
+def _rule(source: str, target: str) -> tuple[re.Pattern[str], str]:
+    anchor = "^" if source.startswith("^") else ""
+    pattern = anchor + re.escape(source.removeprefix("^")).replace(r"\{\}", r"(\d+)")
+    return re.compile(pattern), target.removeprefix("^").replace("{}", r"\1")
+
+
+_SA_TO_HF = tuple(_rule(sa, hf) for sa, hf in _NAMES)
+# Reversed, so that e.g. neck.layer_norm1 is renamed before the block norm rule could catch it.
+_HF_TO_SA = tuple(_rule(hf, sa) for sa, hf in reversed(_NAMES))
+
+
+def _rekey(key: str, rules: tuple[tuple[re.Pattern[str], str], ...]) -> str:
     for pattern, replacement in rules:
-        key = re.sub(pattern, replacement, key)
+        key = pattern.sub(replacement, key)
     return key
 
 
@@ -59,9 +61,7 @@ def segment_anything_to_transformers(state: Mapping[str, torch.Tensor]) -> dict[
 
 def transformers_to_segment_anything(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of `segment_anything_to_transformers` (tests write checkpoints in SAM's layout)."""
-    # neck.layer_norm{1,2} would otherwise be caught by the block norm rule first.
-    renamed = {re.sub(r"\.neck\.layer_norm([12])\.", r".neck.norm\1.", k): v for k, v in state.items()}
-    return {_rekey(k, _HF_TO_SA): v for k, v in renamed.items()}
+    return {_rekey(k, _HF_TO_SA): v for k, v in state.items()}
 
 
 _MICRO_BATCH = 4

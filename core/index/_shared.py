@@ -6,26 +6,37 @@ import dataclasses
 import json
 import re
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
 
-from core.errors import IndexStoreError, InvalidFilter
-from core.index.base import CollectionConfig
-from core.payload import SearchFilter
+from core.config import StoreSettings
+from core.errors import IndexStoreError, InvalidFilter, InvalidVector
+from core.index.base import CollectionConfig, StoredPoint
+from core.payload import INDEXED_FIELDS, SearchFilter
+from core.vectors import validate_vectors
 
 __all__ = [
     "OVERSAMPLING",
+    "HnswParams",
     "canonical_id",
+    "check_batch",
+    "check_config",
+    "check_facet",
     "check_name",
     "check_page",
     "config_from_dict",
     "config_to_dict",
+    "facet_counts",
     "filter_conditions",
+    "hnsw_params",
     "is_valid_name",
     "known_ids",
+    "query_vector",
+    "stored_point",
+    "stored_points",
     "vector_from_raw",
 ]
 
@@ -59,8 +70,8 @@ def known_ids(ids: Sequence[str]) -> list[str]:
     out: list[str] = []
     for point_id in ids:
         try:
-            out.append(str(uuid.UUID(str(point_id))))
-        except ValueError:
+            out.append(canonical_id(point_id))
+        except IndexStoreError:
             continue
     return out
 
@@ -70,6 +81,88 @@ def check_page(limit: int, offset: int) -> None:
         raise IndexStoreError(f"limit must be at least 1, got {limit}")
     if offset < 0:
         raise IndexStoreError(f"offset must not be negative, got {offset}")
+
+
+def check_config(config: CollectionConfig) -> None:
+    """Refuse a config no backend can create (name, dimension, quantization)."""
+    check_name(config.name)
+    if config.dim < 1:
+        raise IndexStoreError(f"collection dimension must be positive, got {config.dim}")
+    if config.quantization not in ("none", "int8"):
+        raise IndexStoreError(f"unknown quantization {config.quantization!r}")
+
+
+class HnswParams(TypedDict):
+    m: int
+    ef_construct: int
+    payload_m: int
+    full_scan_threshold: int
+
+
+def hnsw_params(config: CollectionConfig, store: StoreSettings) -> HnswParams:
+    """The collection's HNSW settings, each falling back to the store's default."""
+    return HnswParams(
+        m=config.hnsw_m if config.hnsw_m is not None else store.hnsw_m,
+        ef_construct=(
+            config.hnsw_ef_construct if config.hnsw_ef_construct is not None else store.hnsw_ef_construct
+        ),
+        payload_m=config.hnsw_payload_m if config.hnsw_payload_m is not None else store.hnsw_payload_m,
+        full_scan_threshold=(
+            config.full_scan_threshold_kb
+            if config.full_scan_threshold_kb is not None
+            else store.full_scan_threshold_kb
+        ),
+    )
+
+
+def check_batch(
+    ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[dict[str, Any]], dim: int
+) -> tuple[NDArray[np.float32], list[str]]:
+    """An upsert batch, validated: the vectors as float32 rows and the canonical ids."""
+    arr = validate_vectors(vectors, dim)
+    if arr.shape[0] != len(ids):
+        raise InvalidVector(f"got {arr.shape[0]} vectors for {len(ids)} ids")
+    if len(payloads) != len(ids):
+        raise IndexStoreError(f"got {len(payloads)} payloads for {len(ids)} ids")
+    return arr, [canonical_id(i) for i in ids]
+
+
+def query_vector(vector: NDArray[np.float32], dim: int, limit: int, offset: int) -> list[float]:
+    """A search's one query vector (validated) as a list, after checking the page."""
+    query = validate_vectors(vector, dim)
+    if query.shape[0] != 1:
+        raise InvalidVector(f"search takes one query vector, got {query.shape[0]}")
+    check_page(limit, offset)
+    row: list[float] = query[0].tolist()
+    return row
+
+
+def check_facet(field: str, limit: int) -> None:
+    if field not in INDEXED_FIELDS:
+        raise InvalidFilter(f"cannot facet on {field!r}; indexed fields: {', '.join(INDEXED_FIELDS)}")
+    if limit < 1:
+        raise IndexStoreError(f"limit must be at least 1, got {limit}")
+
+
+def facet_counts(hits: Iterable[Any]) -> dict[str, int]:
+    """Facet hits (``.value``, ``.count``) as value → count, largest first, then by value."""
+    counts = sorted(((str(h.value), int(h.count)) for h in hits), key=lambda vc: (-vc[1], vc[0]))
+    return dict(counts)
+
+
+def stored_point(record: Any, with_vectors: bool) -> StoredPoint:
+    """An engine record (``.id``, ``.payload``, ``.vector``) as a `StoredPoint`."""
+    return StoredPoint(
+        id=str(record.id),
+        payload=dict(record.payload or {}),
+        vector=vector_from_raw(record.vector) if with_vectors else None,
+    )
+
+
+def stored_points(wanted: Sequence[str], records: Iterable[Any], with_vectors: bool) -> list[StoredPoint]:
+    """The records among ``wanted`` (canonical ids), in ``wanted``'s order; missing ids left out."""
+    by_id = {str(r.id): r for r in records}
+    return [stored_point(by_id[pid], with_vectors) for pid in wanted if pid in by_id]
 
 
 def config_to_dict(config: CollectionConfig) -> dict[str, Any]:

@@ -29,28 +29,26 @@ import qdrant_edge as qe
 from numpy.typing import NDArray
 
 from core.config import StoreSettings
-from core.errors import (
-    CollectionExists,
-    CollectionNotFound,
-    IndexStoreError,
-    InvalidFilter,
-    InvalidVector,
-)
+from core.errors import CollectionExists, CollectionNotFound, IndexStoreError
 from core.index._shared import (
     OVERSAMPLING,
-    canonical_id,
+    check_batch,
+    check_config,
+    check_facet,
     check_name,
-    check_page,
     config_from_dict,
     config_to_dict,
+    facet_counts,
     filter_conditions,
+    hnsw_params,
     is_valid_name,
     known_ids,
-    vector_from_raw,
+    query_vector,
+    stored_point,
+    stored_points,
 )
 from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
 from core.payload import INDEXED_FIELDS, SearchFilter
-from core.vectors import validate_vectors
 
 __all__ = ["EdgeIndex"]
 
@@ -187,19 +185,7 @@ class EdgeIndex(VectorIndex):
             if config.quantization == "int8"
             else None
         )
-        store = self._store
-        hnsw = qe.HnswIndexConfig(
-            m=config.hnsw_m if config.hnsw_m is not None else store.hnsw_m,
-            ef_construct=(
-                config.hnsw_ef_construct if config.hnsw_ef_construct is not None else store.hnsw_ef_construct
-            ),
-            full_scan_threshold=(
-                config.full_scan_threshold_kb
-                if config.full_scan_threshold_kb is not None
-                else store.full_scan_threshold_kb
-            ),
-            payload_m=config.hnsw_payload_m if config.hnsw_payload_m is not None else store.hnsw_payload_m,
-        )
+        hnsw = qe.HnswIndexConfig(**hnsw_params(config, self._store))
         vectors = qe.EdgeVectorParams(
             size=config.dim, distance=qe.Distance.Cosine, on_disk=True if config.on_disk else None
         )
@@ -207,11 +193,7 @@ class EdgeIndex(VectorIndex):
 
     def create_collection(self, config: CollectionConfig) -> None:
         """Create the shard, its keyword payload indexes, then commit by writing collection.json."""
-        check_name(config.name)
-        if config.dim < 1:
-            raise IndexStoreError(f"collection dimension must be positive, got {config.dim}")
-        if config.quantization not in ("none", "int8"):
-            raise IndexStoreError(f"unknown quantization {config.quantization!r}")
+        check_config(config)
         config_json = json.dumps(config_to_dict(config), indent=2, sort_keys=True)
         with self._lock:
             if config.name in self._handles or self._exists_on_disk(config.name):
@@ -363,14 +345,9 @@ class EdgeIndex(VectorIndex):
     ) -> None:
         """Validate everything, then write one batch and flush it to disk."""
         handle = self._handle(name)
-        arr = validate_vectors(vectors, handle.config.dim)
-        if arr.shape[0] != len(ids):
-            raise InvalidVector(f"got {arr.shape[0]} vectors for {len(ids)} ids")
-        if len(payloads) != len(ids):
-            raise IndexStoreError(f"got {len(payloads)} payloads for {len(ids)} ids")
-        if not ids:
+        arr, canonical = check_batch(ids, vectors, payloads, handle.config.dim)
+        if not canonical:
             return
-        canonical = [canonical_id(i) for i in ids]
         rows = arr.tolist()
         points = [
             qe.Point(pid, row, dict(payload))
@@ -396,10 +373,7 @@ class EdgeIndex(VectorIndex):
     ) -> list[Hit]:
         """k-NN by cosine similarity, best first, filtered; ``exclude_ids`` never appear."""
         handle = self._handle(name)
-        query = validate_vectors(vector, handle.config.dim)
-        if query.shape[0] != 1:
-            raise InvalidVector(f"search takes one query vector, got {query.shape[0]}")
-        check_page(limit, offset)
+        query = query_vector(vector, handle.config.dim, limit, offset)
         quantization = (
             qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
             if handle.config.quantization == "int8"
@@ -426,7 +400,7 @@ class EdgeIndex(VectorIndex):
         request = qe.QueryRequest(
             limit=offset + limit + len(excluded) if excluded else limit,
             offset=0 if excluded else offset,
-            query=qe.Query.Nearest(query[0].tolist()),
+            query=qe.Query.Nearest(query),
             filter=_to_filter(filter, engine_excluded),
             score_threshold=score_threshold,
             params=params,
@@ -470,16 +444,7 @@ class EdgeIndex(VectorIndex):
         point_ids: list[Any] = list(wanted)
         with handle.reading() as shard:
             records = shard.retrieve(point_ids, with_payload=True, with_vector=with_vectors)
-        by_id = {str(r.id): r for r in records}
-        return [
-            StoredPoint(
-                id=pid,
-                payload=dict(by_id[pid].payload or {}),
-                vector=vector_from_raw(by_id[pid].vector) if with_vectors else None,
-            )
-            for pid in wanted
-            if pid in by_id
-        ]
+        return stored_points(wanted, records, with_vectors)
 
     def count(self, name: str, filter: SearchFilter | None = None) -> int:
         handle = self._handle(name)
@@ -491,16 +456,12 @@ class EdgeIndex(VectorIndex):
         self, name: str, field: str, *, filter: SearchFilter | None = None, limit: int = 100
     ) -> dict[str, int]:
         """Point counts per value of an indexed keyword field, largest first."""
-        if field not in INDEXED_FIELDS:
-            raise InvalidFilter(f"cannot facet on {field!r}; indexed fields: {', '.join(INDEXED_FIELDS)}")
-        if limit < 1:
-            raise IndexStoreError(f"limit must be at least 1, got {limit}")
+        check_facet(field, limit)
         handle = self._handle(name)
         request = qe.FacetRequest(field, limit=limit, exact=True, filter=_to_filter(filter))
         with handle.reading() as shard:
             response = shard.facet(request)
-        counts = sorted(((str(h.value), int(h.count)) for h in response.hits), key=lambda vc: (-vc[1], vc[0]))
-        return dict(counts)
+        return facet_counts(response.hits)
 
     def scroll(
         self,
@@ -534,11 +495,7 @@ class EdgeIndex(VectorIndex):
             with handle.reading() as shard:
                 records, offset = shard.scroll(request)
             for r in records:
-                yield StoredPoint(
-                    id=str(r.id),
-                    payload=dict(r.payload or {}),
-                    vector=vector_from_raw(r.vector) if with_vectors else None,
-                )
+                yield stored_point(r, with_vectors)
             if offset is None:
                 return
 

@@ -18,27 +18,25 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from core.config import StoreSettings
-from core.errors import (
-    CollectionExists,
-    CollectionNotFound,
-    IndexStoreError,
-    InvalidFilter,
-    InvalidVector,
-)
+from core.errors import CollectionExists, CollectionNotFound, IndexStoreError
 from core.index._shared import (
     OVERSAMPLING,
-    canonical_id,
+    check_batch,
+    check_config,
+    check_facet,
     check_name,
-    check_page,
     config_from_dict,
     config_to_dict,
+    facet_counts,
     filter_conditions,
+    hnsw_params,
     known_ids,
-    vector_from_raw,
+    query_vector,
+    stored_point,
+    stored_points,
 )
 from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
 from core.payload import INDEXED_FIELDS, SearchFilter
-from core.vectors import validate_vectors
 
 __all__ = ["QdrantServerIndex"]
 
@@ -110,15 +108,10 @@ class QdrantServerIndex(VectorIndex):
 
     def create_collection(self, config: CollectionConfig) -> None:
         """Create the collection with its config in Qdrant metadata, then the payload indexes."""
-        check_name(config.name)
-        if config.dim < 1:
-            raise IndexStoreError(f"collection dimension must be positive, got {config.dim}")
-        if config.quantization not in ("none", "int8"):
-            raise IndexStoreError(f"unknown quantization {config.quantization!r}")
+        check_config(config)
         stored = config_to_dict(config)
         if self._client.collection_exists(config.name):
             raise CollectionExists(f"collection {config.name!r} already exists")
-        store = self._store
         quantization = (
             models.ScalarQuantization(
                 scalar=models.ScalarQuantizationConfig(
@@ -128,18 +121,7 @@ class QdrantServerIndex(VectorIndex):
             if config.quantization == "int8"
             else None
         )
-        hnsw = models.HnswConfigDiff(
-            m=config.hnsw_m if config.hnsw_m is not None else store.hnsw_m,
-            ef_construct=(
-                config.hnsw_ef_construct if config.hnsw_ef_construct is not None else store.hnsw_ef_construct
-            ),
-            payload_m=config.hnsw_payload_m if config.hnsw_payload_m is not None else store.hnsw_payload_m,
-            full_scan_threshold=(
-                config.full_scan_threshold_kb
-                if config.full_scan_threshold_kb is not None
-                else store.full_scan_threshold_kb
-            ),
-        )
+        hnsw = models.HnswConfigDiff(**hnsw_params(config, self._store))
         try:
             self._client.create_collection(
                 config.name,
@@ -266,15 +248,9 @@ class QdrantServerIndex(VectorIndex):
         insert_only: bool = False,
     ) -> None:
         """Validate everything, then write one batch and wait until it is applied."""
-        config = self._config(name)
-        arr = validate_vectors(vectors, config.dim)
-        if arr.shape[0] != len(ids):
-            raise InvalidVector(f"got {arr.shape[0]} vectors for {len(ids)} ids")
-        if len(payloads) != len(ids):
-            raise IndexStoreError(f"got {len(payloads)} payloads for {len(ids)} ids")
-        if not ids:
+        arr, canonical = check_batch(ids, vectors, payloads, self._config(name).dim)
+        if not canonical:
             return
-        canonical = [canonical_id(i) for i in ids]
         if insert_only:
             # Qdrant's update_mode=insert_only needs a 1.17 server and local mode ignores it: drop
             # the ids that exist first; the server-side mode then closes the remaining race.
@@ -304,10 +280,7 @@ class QdrantServerIndex(VectorIndex):
     ) -> list[Hit]:
         """k-NN by cosine similarity, best first, filtered; ``exclude_ids`` never appear."""
         config = self._config(name)
-        query = validate_vectors(vector, config.dim)
-        if query.shape[0] != 1:
-            raise InvalidVector(f"search takes one query vector, got {query.shape[0]}")
-        check_page(limit, offset)
+        query = query_vector(vector, config.dim, limit, offset)
         quantization = (
             models.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
             if config.quantization == "int8"
@@ -328,7 +301,7 @@ class QdrantServerIndex(VectorIndex):
             name,
             lambda: self._client.query_points(
                 name,
-                query=query[0].tolist(),
+                query=query,
                 query_filter=engine_filter,
                 search_params=params,
                 limit=limit,
@@ -354,16 +327,7 @@ class QdrantServerIndex(VectorIndex):
                 name, ids=list(wanted), with_payload=True, with_vectors=with_vectors
             ),
         )
-        by_id = {str(r.id): r for r in records}
-        return [
-            StoredPoint(
-                id=pid,
-                payload=dict(by_id[pid].payload or {}),
-                vector=vector_from_raw(by_id[pid].vector) if with_vectors else None,
-            )
-            for pid in wanted
-            if pid in by_id
-        ]
+        return stored_points(wanted, records, with_vectors)
 
     def count(self, name: str, filter: SearchFilter | None = None) -> int:
         engine_filter = _to_filter(filter)
@@ -374,17 +338,13 @@ class QdrantServerIndex(VectorIndex):
         self, name: str, field: str, *, filter: SearchFilter | None = None, limit: int = 100
     ) -> dict[str, int]:
         """Point counts per value of an indexed keyword field, largest first."""
-        if field not in INDEXED_FIELDS:
-            raise InvalidFilter(f"cannot facet on {field!r}; indexed fields: {', '.join(INDEXED_FIELDS)}")
-        if limit < 1:
-            raise IndexStoreError(f"limit must be at least 1, got {limit}")
+        check_facet(field, limit)
         engine_filter = _to_filter(filter)
         response = self._call(
             name,
             lambda: self._client.facet(name, key=field, facet_filter=engine_filter, limit=limit, exact=True),
         )
-        counts = sorted(((str(h.value), int(h.count)) for h in response.hits), key=lambda vc: (-vc[1], vc[0]))
-        return dict(counts)
+        return facet_counts(response.hits)
 
     def scroll(
         self,
@@ -418,11 +378,7 @@ class QdrantServerIndex(VectorIndex):
                 ),
             )
             for r in records:
-                yield StoredPoint(
-                    id=str(r.id),
-                    payload=dict(r.payload or {}),
-                    vector=vector_from_raw(r.vector) if with_vectors else None,
-                )
+                yield stored_point(r, with_vectors)
             if offset is None:
                 return
 
