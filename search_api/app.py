@@ -17,7 +17,7 @@ from core.index.base import VectorIndex
 from core.index.factory import open_index
 from search_api.backfill_jobs import BackfillRunner, LocalJobStore
 from search_api.errors import install_exception_handlers
-from search_api.middleware import BodyLimitMiddleware, is_upload_route, match_route
+from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
 from search_api.routes import admin, collections, compare, events, health, jobs, search, web
 from search_api.security import AccessMiddleware, Authenticator, check_route_policies
 
@@ -76,9 +76,10 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     check_route_policies(app)
 
     upload_limit = settings.api.max_upload_bytes + _BODY_OVERHEAD_BYTES
+    route_table = RouteTable(app.routes)
 
     def body_limit(scope: Scope) -> int:
-        route = match_route(app.routes, scope)
+        route = route_table.match(scope)
         if route is not None and is_upload_route(route):
             return upload_limit
         return settings.api.max_json_bytes

@@ -16,6 +16,7 @@ from core.errors import CollectionNotFound
 from core.index.base import VectorIndex
 from core.payload import SearchFilter
 from search_api.schemas import parse_filter
+from workers.client import WorkerGateway
 
 __all__ = [
     "CatalogDep",
@@ -25,6 +26,7 @@ __all__ = [
     "InferenceLimiterDep",
     "SettingsDep",
     "check_limit",
+    "worker_gateway",
 ]
 
 
@@ -46,6 +48,15 @@ def get_catalog(request: Request) -> Catalog:
 def get_inference_limiter(request: Request) -> CapacityLimiter:
     limiter: CapacityLimiter = request.app.state.inference_limiter
     return limiter
+
+
+def worker_gateway(request: Request) -> WorkerGateway:
+    """The app's Celery/Redis gateway, made on first use (apps without workers never connect)."""
+    gateway: WorkerGateway | None = getattr(request.app.state, "workers", None)
+    if gateway is None:
+        gateway = WorkerGateway(request.app.state.settings)
+        request.app.state.workers = gateway
+    return gateway
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -27,6 +27,7 @@ __all__ = [
     "BodyLimitMiddleware",
     "BodyTooLarge",
     "RouteInfo",
+    "RouteTable",
     "is_upload_route",
     "iter_routes",
     "match_route",
@@ -99,10 +100,24 @@ def is_upload_route(info: RouteInfo) -> bool:
 
 def match_route(routes: Sequence[BaseRoute], scope: Scope) -> RouteInfo | None:
     """The route that fully matches ``scope`` (path and method), or None."""
-    for info in iter_routes(routes):
-        if info.matches(scope):
-            return info
-    return None
+    return RouteTable(routes).match(scope)
+
+
+class RouteTable:
+    """`match_route` for middleware: the routes are flattened once, on the first request (by then
+    the app's route list is complete), not again for every request."""
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self._routes = routes
+        self._infos: list[RouteInfo] | None = None
+
+    def match(self, scope: Scope) -> RouteInfo | None:
+        if self._infos is None:
+            self._infos = iter_routes(self._routes)
+        for info in self._infos:
+            if info.matches(scope):
+                return info
+        return None
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -47,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import ApiKeyEntry, OidcSettings, SecuritySettings
 from core.errors import ConfigError
-from search_api.middleware import RouteInfo, iter_routes, match_route, walk_dependants
+from search_api.middleware import RouteInfo, RouteTable, iter_routes, walk_dependants
 
 __all__ = [
     "AUDIT_LOGGER",
@@ -348,14 +348,14 @@ class AccessMiddleware:
 
     def __init__(self, app: ASGIApp, *, routes: list[BaseRoute], authenticator: Authenticator) -> None:
         self.app = app
-        self.routes = routes
+        self.routes = RouteTable(routes)
         self.authenticator = authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = match_route(self.routes, scope)
+        route = self.routes.match(scope)
         policy = route_policy(route) if route is not None else None
         status = 500
 

@@ -24,12 +24,14 @@ from ingest.sources import open_source
 from search_api.errors import UpstreamUnavailable
 
 __all__ = [
+    "embed_frame",
     "embed_text",
     "embed_upload",
     "point_vector",
     "read_point",
     "render_thumbnail",
     "search",
+    "upload_frame",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,16 +71,26 @@ def _decode(data: bytes, key: str, settings: Settings) -> DecodedObject:
     )
 
 
+def upload_frame(*, settings: Settings, data: bytes, filename: str) -> Frame:
+    """The middle frame of an uploaded DICOM/PNG/JPEG; `DecodeError` when it has none."""
+    decoded = _decode(data, filename, settings)
+    if not decoded.frames:
+        raise DecodeError(filename, "no image frames")
+    return decoded.frames[len(decoded.frames) // 2]
+
+
+def embed_frame(*, catalog: Catalog, entry: CollectionEntry, frame: Frame) -> NDArray[np.float32]:
+    """The query vector of one frame, by the collection's encoder."""
+    vectors = catalog.encoder(entry.encoder).embed([frame])
+    return np.asarray(vectors[0], dtype=np.float32)
+
+
 def embed_upload(
     *, catalog: Catalog, entry: CollectionEntry, settings: Settings, data: bytes, filename: str
 ) -> NDArray[np.float32]:
     """Decode an uploaded DICOM/PNG/JPEG and embed its middle frame with the collection's encoder."""
-    decoded = _decode(data, filename, settings)
-    if not decoded.frames:
-        raise DecodeError(filename, "no image frames")
-    frame = decoded.frames[len(decoded.frames) // 2]
-    vectors = catalog.encoder(entry.encoder).embed([frame])
-    return np.asarray(vectors[0], dtype=np.float32)
+    frame = upload_frame(settings=settings, data=data, filename=filename)
+    return embed_frame(catalog=catalog, entry=entry, frame=frame)
 
 
 def search(

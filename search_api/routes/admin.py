@@ -10,6 +10,7 @@ import uuid
 from functools import partial
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -17,7 +18,7 @@ from core.catalog import COLLECTION_NAME_PATTERN, Catalog
 from core.errors import CollectionNotFound, ConfigError
 from search_api import admin_services
 from search_api.backfill_jobs import BackfillRunner, LocalJobStore
-from search_api.deps import CatalogDep, IndexDep, InferenceLimiterDep
+from search_api.deps import CatalogDep, InferenceLimiterDep
 from search_api.schemas import (
     AliasesPublic,
     AliasPublic,
@@ -50,8 +51,6 @@ async def create_collection(
     body: CollectionCreate, catalog: CatalogDep, limiter: InferenceLimiterDep, response: Response
 ) -> CollectionDetailPublic:
     """Load the encoder, probe one image, create the collection with payload indexes and its spec."""
-    import anyio.to_thread
-
     created: CollectionDetailPublic = await anyio.to_thread.run_sync(
         partial(admin_services.create_collection, catalog=catalog, body=body), limiter=limiter
     )
@@ -135,7 +134,7 @@ async def update_alias(alias: str, body: AliasUpdate, catalog: CatalogDep) -> Al
 
 
 @router.get("/aliases")
-async def read_aliases(index: IndexDep, catalog: CatalogDep) -> AliasesPublic:
+async def read_aliases(catalog: CatalogDep) -> AliasesPublic:
     """Every alias and the collection it points at."""
     aliases = await run_in_threadpool(catalog.aliases)
     return AliasesPublic(aliases=[AliasPublic(alias=a, collection=c) for a, c in sorted(aliases.items())])

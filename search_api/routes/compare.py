@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
 from functools import partial
-from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -16,14 +14,14 @@ from starlette.concurrency import run_in_threadpool
 
 from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
-from core.errors import ConfigError, DecodeError, InvalidFilter, TooLarge
+from core.errors import ConfigError
 from core.index.base import Hit, VectorIndex
 from core.payload import SearchFilter
-from ingest.readers import DecodeLimits, decode_object
 from search_api import services
 from search_api.deps import CatalogDep, IndexDep, InferenceLimiterDep, SettingsDep, check_limit
-from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit, parse_filter
+from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit
 from search_api.security import Role, require_role
+from search_api.uploads import filter_from_form, read_upload, upload_name
 
 router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[require_role(Role.READER)])
 
@@ -53,12 +51,6 @@ def reciprocal_rank_fusion(
     return fused[:limit] if limit is not None else fused
 
 
-def _upload_name(filename: str | None) -> str:
-    """The upload's base name, safe to echo in messages."""
-    base = PurePosixPath((filename or "").replace("\\", "/")).name
-    return "".join(c if c.isalnum() or c in "._- " else "_" for c in base)[:128] or "upload"
-
-
 def _parse_collections(raw: list[str]) -> list[str]:
     names = [name.strip() for item in raw for name in item.split(",") if name.strip()]
     if not names:
@@ -74,13 +66,8 @@ def _embed_all(
     *, catalog: Catalog, entries: list[CollectionEntry], settings: Settings, data: bytes, filename: str
 ) -> list[NDArray[np.float32]]:
     """Decode once; embed the middle frame with each collection's own encoder."""
-    decoded = decode_object(
-        data, filename, limits=DecodeLimits.from_settings(settings.ingest), hash_key=settings.hash_key_bytes()
-    )
-    if not decoded.frames:
-        raise DecodeError(filename, "no image frames")
-    frame = decoded.frames[len(decoded.frames) // 2]
-    return [np.asarray(catalog.encoder(e.encoder).embed([frame])[0], dtype=np.float32) for e in entries]
+    frame = services.upload_frame(settings=settings, data=data, filename=filename)
+    return [services.embed_frame(catalog=catalog, entry=e, frame=frame) for e in entries]
 
 
 def _search_all(
@@ -122,20 +109,10 @@ async def compare_collections(
     """Search one image in several collections: each collection's hits, and optionally a fused list."""
     check_limit(limit, settings, loc=("body", "limit"))
     names = _parse_collections(collections)
-    search_filter = None
-    if filter_json is not None and filter_json.strip():
-        try:
-            search_filter = parse_filter(json.loads(filter_json))
-        except json.JSONDecodeError as exc:
-            raise InvalidFilter(f"filter is not valid JSON: {exc.msg} at position {exc.pos}") from None
-    entries = [await run_in_threadpool(catalog.get, name) for name in names]
-    max_bytes = settings.api.max_upload_bytes
-    data = await file.read(max_bytes + 1)
-    filename = _upload_name(file.filename)
-    if len(data) > max_bytes:
-        raise TooLarge(filename, f"upload is larger than {max_bytes} bytes")
-    if not data:
-        raise DecodeError(filename, "empty upload")
+    search_filter = filter_from_form(filter_json)
+    entries = await run_in_threadpool(lambda: [catalog.get(name) for name in names])
+    filename = upload_name(file.filename)
+    data = await read_upload(file, settings.api.max_upload_bytes, filename)
     vectors = await anyio.to_thread.run_sync(
         partial(
             _embed_all, catalog=catalog, entries=entries, settings=settings, data=data, filename=filename

@@ -13,8 +13,9 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from core.config import Settings
+from search_api.deps import worker_gateway
 from search_api.security import public
-from workers.client import BrokerUnavailable, WorkerGateway, dispatch_events, parse_s3_event
+from workers.client import BrokerUnavailable, dispatch_events, parse_s3_event
 
 # Authenticated by its own webhook token (below), not by API keys.
 router = APIRouter(
@@ -31,14 +32,6 @@ class EventsAccepted(BaseModel):
     deletions: int
     ignored: int
     jobs: list[str]
-
-
-def _gateway(request: Request) -> WorkerGateway:
-    gateway: WorkerGateway | None = getattr(request.app.state, "workers", None)
-    if gateway is None:
-        gateway = WorkerGateway(request.app.state.settings)
-        request.app.state.workers = gateway
-    return gateway
 
 
 def _check_token(settings: Settings, authorization: str | None) -> None:
@@ -68,7 +61,7 @@ async def create_s3_events(
         events = parse_s3_event(json.loads(body or b"{}"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPException(status_code=400, detail=f"malformed event: {exc}") from exc
-    gateway = _gateway(request)
+    gateway = worker_gateway(request)
     try:
         report = await run_in_threadpool(
             partial(dispatch_events, settings, gateway.store, gateway.app, events)

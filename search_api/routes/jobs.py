@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from core.encoders.registry import get_spec
 from core.errors import ConfigError
 from ingest.labels import PathTemplate
+from search_api.deps import worker_gateway
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
 from workers.jobs import JobKind, JobRecord, JobSpec
@@ -122,14 +123,6 @@ class IngestJobsPublic(BaseModel):
     count: int
 
 
-def _gateway(request: Request) -> WorkerGateway:
-    gateway: WorkerGateway | None = getattr(request.app.state, "workers", None)
-    if gateway is None:
-        gateway = WorkerGateway(request.app.state.settings)
-        request.app.state.workers = gateway
-    return gateway
-
-
 def _public(record: JobRecord, *, with_items: bool = True) -> IngestJobPublic:
     data: dict[str, Any] = record.to_dict(with_items=with_items)
     return IngestJobPublic.model_validate(data)
@@ -167,7 +160,7 @@ def _create(gateway: WorkerGateway, body: IngestJobCreate) -> JobRecord:
 async def create_ingest_job(body: IngestJobCreate, request: Request, response: Response) -> IngestJobPublic:
     """Submit a bulk ingest job; the workers list the source and embed it in batches."""
     note_collections(request, body.collections)
-    record: JobRecord = await _call(partial(_create, _gateway(request), body))
+    record: JobRecord = await _call(partial(_create, worker_gateway(request), body))
     response.headers["Location"] = f"/v1/ingest-jobs/{record.id}"
     return _public(record)
 
@@ -177,7 +170,7 @@ async def read_ingest_jobs(
     request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> IngestJobsPublic:
     """Recent jobs, newest first (without their failed items)."""
-    gateway = _gateway(request)
+    gateway = worker_gateway(request)
     records: list[JobRecord] = await _call(partial(gateway.store.recent, limit=limit))
     data = [_public(r, with_items=False) for r in records]
     return IngestJobsPublic(data=data, count=len(data))
@@ -190,7 +183,7 @@ async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
         uuid.UUID(job_id)
     except ValueError:
         raise HTTPException(status_code=404, detail="job not found") from None
-    gateway = _gateway(request)
+    gateway = worker_gateway(request)
     record: JobRecord | None = await _call(partial(gateway.store.get, job_id))
     if record is None:
         raise HTTPException(status_code=404, detail="job not found")

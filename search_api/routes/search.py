@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 from functools import partial
-from pathlib import PurePosixPath
 from typing import Annotated
 
 import anyio.to_thread
@@ -16,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from core.catalog import CollectionEntry
-from core.errors import BadInput, DecodeError, InvalidFilter, TooLarge
+from core.errors import BadInput
 from core.index.base import Hit
 from search_api import services
 from search_api.deps import (
@@ -29,17 +26,10 @@ from search_api.deps import (
 )
 from search_api.schemas import SearchHit, SearchQuery, SearchResponse, parse_filter
 from search_api.security import Role, require_role
+from search_api.uploads import filter_from_form, read_upload, upload_name
 
 router = APIRouter(prefix="/v1/collections", tags=["search"], dependencies=[require_role(Role.READER)])
 logger = logging.getLogger(__name__)
-
-_UNSAFE_NAME_CHARS = re.compile(r"[^\w.\- ]")
-
-
-def _upload_name(filename: str | None) -> str:
-    """The upload's base name, made safe to echo in messages (never any header value)."""
-    base = PurePosixPath((filename or "").replace("\\", "/")).name
-    return _UNSAFE_NAME_CHARS.sub("_", base)[:128] or "upload"
 
 
 def _response(entry: CollectionEntry, hits: list[Hit], started: float, mode: str) -> SearchResponse:
@@ -66,15 +56,26 @@ async def search_collection(
     check_limit(query.limit, settings, loc=("body", "limit"))
     search_filter = parse_filter(query.filter)
     started = time.perf_counter()
-    exclude_ids: tuple[str, ...] = ()
+    search = partial(
+        services.search,
+        index=index,
+        entry=entry,
+        search_filter=search_filter,
+        limit=query.limit,
+        offset=query.offset,
+        score_threshold=query.score_threshold,
+    )
     vector: list[float] | NDArray[np.float32]
     if query.point_id is not None:
-        mode = "point"
-        vector = await run_in_threadpool(
-            partial(services.point_vector, index=index, entry=entry, point_id=query.point_id)
-        )
-        exclude_ids = (query.point_id,)
-    elif query.text is not None:
+        point_id = query.point_id
+
+        def search_point() -> list[Hit]:
+            # the point's vector and the search in one worker-thread hop; the point itself left out
+            point = services.point_vector(index=index, entry=entry, point_id=point_id)
+            return search(vector=point, exclude_ids=(point_id,))
+
+        return _response(entry, await run_in_threadpool(search_point), started, "point")
+    if query.text is not None:
         mode = "text"
         vector = await anyio.to_thread.run_sync(
             partial(services.embed_text, catalog=catalog, entry=entry, text=query.text), limiter=limiter
@@ -83,19 +84,7 @@ async def search_collection(
         assert query.vector is not None
         mode = "vector"
         vector = query.vector
-    hits = await run_in_threadpool(
-        partial(
-            services.search,
-            index=index,
-            entry=entry,
-            vector=vector,
-            search_filter=search_filter,
-            limit=query.limit,
-            offset=query.offset,
-            score_threshold=query.score_threshold,
-            exclude_ids=exclude_ids,
-        )
-    )
+    hits = await run_in_threadpool(partial(search, vector=vector))
     return _response(entry, hits, started, mode)
 
 
@@ -122,20 +111,9 @@ async def search_by_image(
     form = await request.form()
     if sum(1 for _, value in form.multi_items() if isinstance(value, StarletteUploadFile)) != 1:
         raise BadInput("upload", "exactly one file per search request")
-    name = _upload_name(file.filename)
-    search_filter = None
-    if filter_json is not None and filter_json.strip():
-        try:
-            raw_filter = json.loads(filter_json)
-        except json.JSONDecodeError as exc:
-            raise InvalidFilter(f"filter is not valid JSON: {exc.msg} at position {exc.pos}") from None
-        search_filter = parse_filter(raw_filter)
-    max_bytes = settings.api.max_upload_bytes
-    data = await file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise TooLarge(name, f"upload is larger than {max_bytes} bytes")
-    if not data:
-        raise DecodeError(name, "empty upload")
+    name = upload_name(file.filename)
+    search_filter = filter_from_form(filter_json)
+    data = await read_upload(file, settings.api.max_upload_bytes, name)
     started = time.perf_counter()
     vector = await anyio.to_thread.run_sync(
         partial(
