@@ -66,12 +66,14 @@ InferenceLimiterDep = Annotated[CapacityLimiter, Depends(get_inference_limiter)]
 
 
 # The catalog's own naming rule: anything else cannot exist, and never reaches the store.
-_COLLECTION_NAME = re.compile(COLLECTION_NAME_PATTERN)
+COLLECTION_NAME = re.compile(COLLECTION_NAME_PATTERN)
+# Allow-listed shape of a bucket source (never a URL: no SSRF through ingest or backfill).
+S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00]*)?$")
 
 
 async def get_collection(name: str, catalog: CatalogDep) -> CollectionEntry:
     """The catalog entry of the ``{name}`` path parameter; 404 for unknown collections."""
-    if not _COLLECTION_NAME.match(name):
+    if not COLLECTION_NAME.match(name):
         raise CollectionNotFound(f"collection {name!r} does not exist")
     return await run_in_threadpool(catalog.get, name)
 

@@ -18,7 +18,7 @@ from core.catalog import COLLECTION_NAME_PATTERN, Catalog
 from core.errors import CollectionNotFound, ConfigError
 from search_api import admin_services
 from search_api.backfill_jobs import BackfillRunner, LocalJobStore
-from search_api.deps import CatalogDep, InferenceLimiterDep
+from search_api.deps import S3_URI, CatalogDep, InferenceLimiterDep
 from search_api.schemas import (
     AliasesPublic,
     AliasPublic,
@@ -35,7 +35,6 @@ router = APIRouter(prefix="/v1", tags=["admin"], dependencies=[require_role(Role
 
 _NAME = re.compile(COLLECTION_NAME_PATTERN)
 # The API reads only buckets on the configured S3 endpoint, never a path on the server's disk.
-_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00]*)?$")
 
 
 def _runner(request: Request) -> BackfillRunner:
@@ -76,7 +75,7 @@ def _job_public(record: JobRecord) -> BackfillJobPublic:
 def _check_origin(catalog: Catalog, origin: str) -> None:
     if _NAME.match(origin):
         catalog.get(origin)  # 404 for an unknown collection or alias
-    elif not _S3_URI.match(origin):
+    elif not S3_URI.match(origin):
         raise ConfigError("from must be a collection, an alias or an s3://bucket/prefix URI")
 
 

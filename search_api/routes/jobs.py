@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from functools import partial
 from typing import Annotated, Any, Literal
@@ -15,15 +14,12 @@ from starlette.concurrency import run_in_threadpool
 from core.encoders.registry import get_spec
 from core.errors import ConfigError
 from ingest.labels import PathTemplate
-from search_api.deps import worker_gateway
+from search_api.deps import COLLECTION_NAME, S3_URI, worker_gateway
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
 from workers.jobs import JobKind, JobRecord, JobSpec
 
 router = APIRouter(prefix="/v1/ingest-jobs", tags=["ingest-jobs"], dependencies=[require_role(Role.INGEST)])
-
-_COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
-_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00]*)?$")
 
 
 class IngestJobCreate(BaseModel):
@@ -45,14 +41,14 @@ class IngestJobCreate(BaseModel):
     @classmethod
     def _check_source(cls, value: str) -> str:
         # Only buckets on the configured S3 endpoint: never a URL or a path on the worker's disk.
-        if not _S3_URI.match(value):
+        if not S3_URI.match(value):
             raise ValueError("source must be s3://bucket/prefix")
         return value
 
     @field_validator("manifest")
     @classmethod
     def _check_manifest(cls, value: str | None) -> str | None:
-        if value is not None and (not _S3_URI.match(value) or value.count("/") < 3):
+        if value is not None and (not S3_URI.match(value) or value.count("/") < 3):
             raise ValueError("manifest must be the s3:// URI of an object")
         return value
 
@@ -60,7 +56,7 @@ class IngestJobCreate(BaseModel):
     @classmethod
     def _check_collections(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not _COLLECTION_NAME.match(name):
+            if not COLLECTION_NAME.match(name):
                 raise ValueError(f"invalid collection name {name!r}")
         if len(set(value)) != len(value):
             raise ValueError("collections must not repeat")
