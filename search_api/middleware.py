@@ -105,19 +105,29 @@ def match_route(routes: Sequence[BaseRoute], scope: Scope) -> RouteInfo | None:
 
 class RouteTable:
     """`match_route` for middleware: the routes are flattened once, on the first request (by then
-    the app's route list is complete), not again for every request."""
+    the app's route list is complete), and each (method, path) is matched once: two middlewares
+    match every request, and a linear scan of the route list costs ~0.1 ms each time."""
+
+    _CACHE_MAX = 4096  # paths carry collection names and ids: bounded, cleared when full
 
     def __init__(self, routes: Sequence[BaseRoute]) -> None:
         self._routes = routes
         self._infos: list[RouteInfo] | None = None
+        self._matched: dict[tuple[str, str, str], RouteInfo | None] = {}
 
     def match(self, scope: Scope) -> RouteInfo | None:
+        key = (scope.get("method", ""), scope.get("root_path", ""), scope.get("path", ""))
+        try:
+            return self._matched[key]
+        except KeyError:
+            pass
         if self._infos is None:
             self._infos = iter_routes(self._routes)
-        for info in self._infos:
-            if info.matches(scope):
-                return info
-        return None
+        found = next((info for info in self._infos if info.matches(scope)), None)
+        if len(self._matched) >= self._CACHE_MAX:
+            self._matched.clear()
+        self._matched[key] = found
+        return found
 
 
 def _content_length(scope: Scope) -> int | None:
