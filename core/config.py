@@ -40,21 +40,33 @@ class StoreSettings(BaseModel):
     url: str | None = None
     api_key: SecretStr | None = None
     timeout_s: float = 30.0
-    # HNSW defaults; chosen from the sweep in bench/RESULTS.md.
+    # HNSW defaults, chosen from the sweeps in bench/RESULTS.md: ef_construct 64 builds 1 M x 512
+    # in ~4.5 min on 2 cores (100: ~6.5 min, no better recall once filters are post-filtered);
+    # ef 384 keeps unfiltered recall@10 near 0.997 at 1 M (256: 0.991).
     hnsw_m: int = 16
-    hnsw_ef_construct: int = 100
+    hnsw_ef_construct: int = 64
     hnsw_payload_m: int = 16
-    hnsw_ef: int = 256
+    hnsw_ef: int = 384
     full_scan_threshold_kb: int = 10_000
     # Indexed payload fields that get payload-aware HNSW links (``payload_m`` per value block
     # larger than the full-scan threshold); the other indexed fields get none.
     hnsw_payload_fields: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", "split", "source")
-    # Filtered searches (EdgeIndex._filtered_plan, bench/RESULTS.md): filters matching more than
-    # ``acorn_max_points`` points use payload-linked HNSW with ``hnsw_ef_filtered``; smaller ones
-    # matching at least ``acorn_min_selectivity`` of the collection use ACORN with
-    # ``hnsw_ef_acorn`` (the engine applies it below ``acorn_max_selectivity``); the rest
-    # ``hnsw_ef``. ACORN gave recall 1.0 on a 25 k-point filter at 100 k points but 3-20x the
-    # latency on the 250 k- and 20 k-point filters at 1 M.
+    # Filtered searches (EdgeIndex._filtered_plan, bench/RESULTS.md):
+    # - filters matching at least ``post_filter_min_share`` of the collection, for pages of at
+    #   most ``post_filter_max_results``: the ``post_filter_factor`` x (page / share) nearest
+    #   unfiltered candidates (at most ``post_filter_max_candidates``), then the filter over those
+    #   alone; when they hold too few matches, the next rule;
+    # - filters matching more than ``acorn_max_points`` points: payload-linked HNSW with
+    #   ``hnsw_ef_filtered``;
+    # - smaller ones matching at least ``acorn_min_selectivity`` of the collection: ACORN with
+    #   ``hnsw_ef_acorn`` (the engine applies it below ``acorn_max_selectivity``);
+    # - the rest (small, selective filters, served by their payload links): ``hnsw_ef``.
+    # ACORN gave recall 1.0 on a 25 k-point filter at 100 k points but 3-20x the latency on the
+    # 250 k- and 20 k-point filters at 1 M.
+    post_filter_min_share: float = 0.2
+    post_filter_factor: float = 4.0
+    post_filter_max_candidates: int = 1000
+    post_filter_max_results: int = 100
     acorn: bool = True
     acorn_max_selectivity: float = 0.4
     acorn_max_points: int = 50_000

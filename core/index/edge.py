@@ -14,8 +14,11 @@ serialised per collection.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -58,6 +61,8 @@ _EXCLUDE_IN_PYTHON_MAX = 16
 # alias → collection, one small JSON file beside the collections (Edge has no native aliases).
 _ALIASES_FILE = "aliases.json"
 _SHARD_DIR = "shard"
+# Distinct filters whose planning estimates are kept per collection (two engine counts each).
+_CARDINALITY_CACHE_MAX = 1024
 
 
 class _RWLock:
@@ -109,6 +114,9 @@ class _Handle:
         self.rw = _RWLock()
         self.update = threading.Lock()
         self.closed = False
+        # filter → (matching points, all points), the engine's estimates; every write clears it
+        # (this process owns the shard, so nothing else can change the counts).
+        self.cardinality: dict[tuple[tuple[str, tuple[str, ...]], ...], tuple[int, int]] = {}
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[qe.EdgeShard]:
@@ -120,13 +128,33 @@ class _Handle:
     @contextlib.contextmanager
     def writing(self) -> Iterator[qe.EdgeShard]:
         with self.update, self.reading() as shard:
-            yield shard
+            try:
+                yield shard
+            finally:
+                self.cardinality = {}
 
     def close(self) -> None:
         with self.update, self.rw.write():
             if not self.closed:
                 self.closed = True
                 self.shard.close()
+
+
+def _release_free_heap() -> None:
+    """Hand the C heap's free pages back to the OS. glibc keeps what the engine frees after
+    opening a shard (its WAL replay: ~170 MB at 20 k or 1 M points) or an optimize as part of the
+    process's RSS for good; ``malloc_trim`` returns it. A no-op without glibc."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -144,15 +172,72 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _to_filter(
-    filter: SearchFilter | None, exclude_ids: Sequence[str] = (), *, require: bool = False
+    filter: SearchFilter | None,
+    exclude_ids: Sequence[str] = (),
+    *,
+    require: bool = False,
+    only_ids: Sequence[str] | None = None,
 ) -> qe.Filter | None:
     conditions = filter_conditions(filter, require=require)
     must: list[Any] = [qe.FieldCondition(key, match=qe.MatchAny(values)) for key, values in conditions]
+    if only_ids is not None:
+        must.append(qe.HasIdCondition(set(only_ids)))
     excluded = known_ids(exclude_ids)
     must_not: list[Any] = [qe.HasIdCondition(set(excluded))] if excluded else []
     if not must and not must_not:
         return None
     return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A filtered search: post-filter unfiltered candidates first or not, the filter's share of
+    the collection, then (or else) filtered HNSW with ACORN or not, at ``ef``."""
+
+    post_filter: bool
+    share: float
+    acorn: bool
+    ef: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Page:
+    """What one engine request asks for, besides the query vector and the search parameters."""
+
+    limit: int
+    offset: int
+    filter: SearchFilter | None
+    excluded: tuple[str, ...]
+    score_threshold: float | None
+
+
+def _rescoring(quantized: bool) -> qe.QuantizationSearchParams | None:
+    # int8 loses a little ranking precision: oversample, then rescore with the original vectors
+    return qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING) if quantized else None
+
+
+def _query(
+    shard: qe.EdgeShard,
+    query: list[float],
+    page: _Page,
+    params: qe.SearchParams,
+    only_ids: Sequence[str] | None = None,
+) -> list[Any]:
+    """One engine search for ``page``; ``only_ids`` restricts it to those points."""
+    return list(
+        shard.query(
+            qe.QueryRequest(
+                limit=page.limit,
+                offset=page.offset,
+                query=qe.Query.Nearest(query),
+                filter=_to_filter(page.filter, page.excluded, only_ids=only_ids),
+                score_threshold=page.score_threshold,
+                params=params,
+                with_payload=True,
+                with_vector=False,
+            )
+        )
+    )
 
 
 class EdgeIndex(VectorIndex):
@@ -236,6 +321,7 @@ class EdgeIndex(VectorIndex):
                         f"collection {name!r} is open in another process (one process owns a shard)"
                     ) from exc
                 raise IndexStoreError(f"cannot open collection {name!r}: {exc}") from exc
+            _release_free_heap()
             handle = _Handle(name, shard, config)
             self._handles[name] = handle
             return handle
@@ -374,49 +460,86 @@ class EdgeIndex(VectorIndex):
         """k-NN by cosine similarity, best first, filtered; ``exclude_ids`` never appear."""
         handle = self._handle(name)
         query = query_vector(vector, handle.config.dim, limit, offset)
-        quantization = (
-            qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
-            if handle.config.quantization == "int8"
-            else None
-        )
+        quantized = handle.config.quantization == "int8"
         filtered = filter is not None and not filter.is_empty()
-        acorn, ef_default = self._filtered_plan(handle, filter) if filtered else (False, self._store.hnsw_ef)
-        if hnsw_ef is None:
-            hnsw_ef = ef_default
-        params = qe.SearchParams(
-            hnsw_ef=hnsw_ef,
-            exact=exact,
-            quantization=quantization,
-            acorn=(
-                qe.AcornSearchParams(enable=True, max_selectivity=self._store.acorn_max_selectivity)
-                if acorn
-                else None
-            ),
-        )
+        plan = self._filtered_plan(handle, filter, offset + limit) if filtered else None
         # A few excluded ids (search by a stored point) are dropped from a longer result here: as an
         # engine filter (must_not HasId) they cost ~1 ms more per search at 1 M points.
         excluded = set(known_ids(exclude_ids)) if len(exclude_ids) <= _EXCLUDE_IN_PYTHON_MAX else set()
-        engine_excluded: Sequence[str] = () if excluded else exclude_ids
-        request = qe.QueryRequest(
+        page = _Page(
             limit=offset + limit + len(excluded) if excluded else limit,
             offset=0 if excluded else offset,
-            query=qe.Query.Nearest(query),
-            filter=_to_filter(filter, engine_excluded),
+            filter=filter,
+            excluded=() if excluded else tuple(exclude_ids),
             score_threshold=score_threshold,
-            params=params,
-            with_payload=True,
-            with_vector=False,
         )
         with handle.reading() as shard:
-            scored = shard.query(request)
+            scored = None
+            if plan is not None and plan.post_filter and not exact:
+                scored = self._post_filtered(shard, query, page, plan.share, hnsw_ef, quantized)
+            if scored is None:  # not post-filtered, or its candidates held too few matches
+                default_ef = plan.ef if plan is not None else self._store.hnsw_ef
+                params = qe.SearchParams(
+                    hnsw_ef=hnsw_ef if hnsw_ef is not None else default_ef,
+                    exact=exact,
+                    quantization=_rescoring(quantized),
+                    acorn=(
+                        qe.AcornSearchParams(enable=True, max_selectivity=self._store.acorn_max_selectivity)
+                        if plan is not None and plan.acorn
+                        else None
+                    ),
+                )
+                scored = _query(shard, query, page, params)
         if excluded:
             scored = [p for p in scored if str(p.id) not in excluded][offset : offset + limit]
         return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in scored]
 
-    def _filtered_plan(self, handle: _Handle, filter: SearchFilter | None) -> tuple[bool, int]:
-        """(ACORN or not, default ef) for a filtered search, from the engine's cardinality estimate
-        of the filter (bench/RESULTS.md, 100 k and 1 M points):
+    def _post_filtered(
+        self,
+        shard: qe.EdgeShard,
+        query: list[float],
+        page: _Page,
+        share: float,
+        hnsw_ef: int | None,
+        quantized: bool,
+    ) -> list[Any] | None:
+        """A filter matching a large share of the collection: the unfiltered nearest candidates
+        (quantized scores, no payloads), then the filter and exact rescoring over those alone.
+        None when they hold fewer matches than the page needs (the caller searches filtered)."""
+        store = self._store
+        needed = page.limit + page.offset
+        count = min(store.post_filter_max_candidates, math.ceil(needed * store.post_filter_factor / share))
+        candidates = shard.query(
+            qe.QueryRequest(
+                limit=count,
+                query=qe.Query.Nearest(query),
+                filter=_to_filter(None, page.excluded),
+                params=qe.SearchParams(
+                    hnsw_ef=max(count, hnsw_ef if hnsw_ef is not None else store.hnsw_ef_filtered),
+                    quantization=qe.QuantizationSearchParams(rescore=False) if quantized else None,
+                ),
+                with_payload=False,
+                with_vector=False,
+            )
+        )
+        # The engine scans so few points exactly by itself; asking for ``exact`` cost 5 ms more.
+        scored = _query(
+            shard,
+            query,
+            page,
+            qe.SearchParams(quantization=_rescoring(quantized)),
+            only_ids=[str(p.id) for p in candidates],
+        )
+        return scored if len(scored) >= page.limit else None
 
+    def _filtered_plan(self, handle: _Handle, filter: SearchFilter | None, needed: int) -> _Plan:
+        """How to run a filtered search, from the engine's cardinality estimate of the filter
+        (bench/RESULTS.md, 100 k and 1 M points):
+
+        - at least ``post_filter_min_share`` of the collection and a page of at most
+          ``post_filter_max_results``: first unfiltered candidates, then the filter
+          (`_post_filtered`; filtered HNSW plateaued at recall 0.97-0.99 on a 25 % filter at
+          1 M points whatever the ef), and what follows when they hold too few matches:
         - more than ``acorn_max_points`` points: payload-linked HNSW, ``hnsw_ef_filtered``;
         - at most that many and at least ``acorn_min_selectivity`` of the collection: ACORN with
           ``hnsw_ef_acorn`` (a large share of a small collection, where plain filtered HNSW
@@ -424,16 +547,24 @@ class EdgeIndex(VectorIndex):
         - otherwise (a small, selective filter, served by its payload links): ``hnsw_ef``.
         """
         store = self._store
-        with handle.reading() as shard:
-            matching = int(shard.count(qe.CountRequest(exact=False, filter=_to_filter(filter))))
-            total = (
-                int(shard.count(qe.CountRequest(exact=False))) if matching <= store.acorn_max_points else 0
-            )
+        key = tuple((field, tuple(values)) for field, values in filter_conditions(filter))
+        cache = handle.cardinality  # a write meanwhile replaces it: this estimate then goes stale
+        counts = cache.get(key)
+        if counts is None:
+            if len(cache) >= _CARDINALITY_CACHE_MAX:
+                cache.clear()
+            with handle.reading() as shard:
+                matching = int(shard.count(qe.CountRequest(exact=False, filter=_to_filter(filter))))
+                total = int(shard.count(qe.CountRequest(exact=False)))
+            counts = cache[key] = (matching, total)
+        matching, total = counts
+        share = matching / total if total else 0.0
+        post = share >= store.post_filter_min_share and needed <= store.post_filter_max_results
         if matching > store.acorn_max_points:
-            return False, store.hnsw_ef_filtered
-        if self._acorn and total and matching / total >= store.acorn_min_selectivity:
-            return True, store.hnsw_ef_acorn
-        return False, store.hnsw_ef
+            return _Plan(post, share, False, store.hnsw_ef_filtered)
+        if self._acorn and share >= store.acorn_min_selectivity:
+            return _Plan(post, share, True, store.hnsw_ef_acorn)
+        return _Plan(post, share, False, store.hnsw_ef)
 
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
         """The points that exist among ``ids`` (missing ids are left out)."""
@@ -522,6 +653,7 @@ class EdgeIndex(VectorIndex):
         with handle.writing() as shard:
             shard.optimize()
             shard.flush()
+        _release_free_heap()
 
     def close(self) -> None:
         """Close every open shard; collections reopen on next use."""

@@ -1,0 +1,159 @@
+"""How `EdgeIndex` plans filtered searches: post-filtering unfiltered candidates for filters that
+match a large share of the collection (with its fall-back), and the per-filter estimate cache."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from core.config import StoreSettings
+from core.index.base import CollectionConfig
+from core.index.edge import EdgeIndex
+from core.payload import SearchFilter
+
+DIM = 64
+MODALITIES = ("CT", "MR", "US", "CR")
+
+
+def _unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    out: NDArray[np.float32] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+class Spy:
+    """Records what `EdgeIndex._post_filtered` returned (the real method runs)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.results: list[Any] = []
+        original = EdgeIndex._post_filtered
+
+        def wrapped(index: EdgeIndex, *args: Any, **kwargs: Any) -> Any:
+            result = original(index, *args, **kwargs)
+            self.results.append(result)
+            return result
+
+        monkeypatch.setattr(EdgeIndex, "_post_filtered", wrapped)
+
+
+def _build(
+    root: Path, vectors: NDArray[np.float32], modality: list[str], quantization: Literal["none", "int8"]
+) -> EdgeIndex:
+    index = EdgeIndex(root, StoreSettings())
+    # a 1 KB full-scan threshold: every search goes through the HNSW graph, as at scale
+    index.create_collection(
+        CollectionConfig(name="c", dim=DIM, quantization=quantization, full_scan_threshold_kb=1)
+    )
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(len(vectors))]
+    payloads = [{"modality": m, "pathology": ["p"]} for m in modality]
+    index.upsert("c", ids, vectors, payloads)
+    index.optimize("c")
+    return index
+
+
+def _exact(
+    vectors: NDArray[np.float32], mask: NDArray[np.bool_], query: NDArray[np.float32], k: int
+) -> list[int]:
+    scores = np.where(mask, vectors @ query, -np.inf)
+    return [int(i) for i in np.argsort(-scores)[:k]]
+
+
+@pytest.fixture
+def clustered(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[EdgeIndex, dict[str, Any]]]:
+    rng = np.random.default_rng(0)
+    n = 6000
+    centres = _unit(rng.standard_normal((60, DIM)).astype(np.float32))
+    assign = rng.integers(0, 60, n)
+    vectors = _unit(centres[assign] + 0.15 * rng.standard_normal((n, DIM)).astype(np.float32))
+    modality = [MODALITIES[i] for i in rng.integers(0, 4, n)]
+    index = _build(tmp_path / "index", vectors, modality, request.param)
+    try:
+        yield index, {"vectors": vectors, "modality": np.array(modality), "rng": rng}
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize("clustered", ["none", "int8"], indirect=True)
+def test_large_share_filter_is_post_filtered_and_matches_exact(
+    clustered: tuple[EdgeIndex, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index, data = clustered
+    spy = Spy(monkeypatch)
+    recalls = []
+    for j in range(40):
+        row = int(data["rng"].integers(0, len(data["vectors"])))
+        query = data["vectors"][row]
+        wanted = MODALITIES[j % 4]
+        hits = index.search("c", query, filter=SearchFilter(modality=[wanted]), limit=10)
+        assert len(hits) == 10
+        assert all(hit.payload["modality"] == wanted for hit in hits)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        truth = _exact(data["vectors"], data["modality"] == wanted, query, 10)
+        found = {uuid.UUID(h.id).int - 1 for h in hits}
+        recalls.append(len(found & set(truth)) / 10)
+    # every one of the 25 % filters went through the candidates, and they sufficed
+    assert len(spy.results) == 40 and all(r is not None for r in spy.results)
+    assert float(np.mean(recalls)) >= 0.95
+
+
+@pytest.mark.parametrize("clustered", ["none"], indirect=True)
+def test_post_filter_pages_exclusions_and_threshold(clustered: tuple[EdgeIndex, dict[str, Any]]) -> None:
+    index, data = clustered
+    query = data["vectors"][7]
+    ct = SearchFilter(modality=["CT"])
+    full = index.search("c", query, filter=ct, limit=20)
+    page = index.search("c", query, filter=ct, limit=10, offset=5)
+    assert [h.id for h in page] == [h.id for h in full[5:15]]
+    excluded = [full[0].id, full[3].id]
+    without = index.search("c", query, filter=ct, limit=10, exclude_ids=excluded)
+    assert not {h.id for h in without} & set(excluded)
+    assert [h.id for h in without] == [h.id for h in full if h.id not in excluded][:10]
+    threshold = (full[4].score + full[5].score) / 2  # between two hits: no tie at the boundary
+    above = index.search("c", query, filter=ct, limit=10, score_threshold=threshold)
+    assert [h.id for h in above] == [h.id for h in full if h.score >= threshold]
+
+
+def test_post_filter_falls_back_when_the_candidates_hold_too_few_matches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CT (30 % of the points) lives in one region, the query in another: no CT point is among the
+    unfiltered candidates, so the search falls back to the filtered graph and still finds CT."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    far, near = _unit(rng.standard_normal((2, DIM)).astype(np.float32))
+    is_ct = rng.random(n) < 0.3
+    vectors = _unit(
+        np.where(is_ct[:, None], far, near) + 0.2 * rng.standard_normal((n, DIM)).astype(np.float32)
+    )
+    index = _build(tmp_path / "index", vectors, ["CT" if c else "MR" for c in is_ct], "none")
+    spy = Spy(monkeypatch)
+    try:
+        hits = index.search("c", near, filter=SearchFilter(modality=["CT"]), limit=10)
+    finally:
+        index.close()
+    assert spy.results == [None]
+    assert len(hits) == 10 and all(hit.payload["modality"] == "CT" for hit in hits)
+    truth = set(_exact(vectors, is_ct, near, 10))
+    assert len({uuid.UUID(h.id).int - 1 for h in hits} & truth) >= 9
+
+
+def test_filter_estimates_are_cached_until_the_next_write(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    vectors = _unit(rng.standard_normal((300, DIM)).astype(np.float32))
+    index = _build(tmp_path / "index", vectors, ["CT"] * 300, "none")
+    try:
+        mr = SearchFilter(modality=["MR"])
+        assert index.search("c", vectors[0], filter=mr) == []
+        handle = index._handle("c")
+        assert handle.cardinality == {(("modality", ("MR",)),): (0, 300)}
+        new_id = str(uuid.UUID(int=10_000))
+        index.upsert("c", [new_id], vectors[:1], [{"modality": "MR"}])
+        assert handle.cardinality == {}
+        assert [h.id for h in index.search("c", vectors[0], filter=mr)] == [new_id]
+    finally:
+        index.close()
