@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Annotated
 
 from anyio import CapacityLimiter
-from fastapi import Depends, Query, Request
+from fastapi import Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -25,7 +26,9 @@ __all__ = [
     "IndexDep",
     "InferenceLimiterDep",
     "SettingsDep",
+    "check_job_id",
     "check_limit",
+    "check_name",
     "worker_gateway",
 ]
 
@@ -73,10 +76,23 @@ COLLECTION_NAME = re.compile(COLLECTION_NAME_PATTERN)
 S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00]*)?$")
 
 
-async def get_collection(name: str, catalog: CatalogDep) -> CollectionEntry:
-    """The catalog entry of the ``{name}`` path parameter; 404 for unknown collections."""
+def check_name(name: str) -> None:
+    """404 (`CollectionNotFound`) for a collection name the catalog could never hold."""
     if not COLLECTION_NAME.match(name):
         raise CollectionNotFound(f"collection {name!r} does not exist")
+
+
+def check_job_id(job_id: str) -> None:
+    """404 for a job id that is not a UUID (no job can have it)."""
+    try:
+        uuid.UUID(job_id)
+    except ValueError:
+        raise HTTPException(status_code=404, detail="job not found") from None
+
+
+async def get_collection(name: str, catalog: CatalogDep) -> CollectionEntry:
+    """The catalog entry of the ``{name}`` path parameter; 404 for unknown collections."""
+    check_name(name)
     return await run_in_threadpool(catalog.get, name)
 
 

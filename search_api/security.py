@@ -350,13 +350,25 @@ class AccessMiddleware:
         self.app = app
         self.routes = RouteTable(routes)
         self.authenticator = authenticator
+        # RouteInfo id → its policy: the table keeps its RouteInfos for the life of the app, and
+        # walking a route's dependencies on every request is work for once.
+        self._policies: dict[int, RoutePolicy | None] = {}
+
+    def _policy(self, route: RouteInfo | None) -> RoutePolicy | None:
+        if route is None:
+            return None
+        try:
+            return self._policies[id(route)]
+        except KeyError:
+            policy = self._policies[id(route)] = route_policy(route)
+            return policy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         route = self.routes.match(scope)
-        policy = route_policy(route) if route is not None else None
+        policy = self._policy(route)
         status = 500
 
         async def record_send(message: Message) -> None:

@@ -17,13 +17,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import json
 import math
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -140,21 +141,22 @@ class _Handle:
                 self.shard.close()
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
 def _release_free_heap() -> None:
     """Hand the C heap's free pages back to the OS. glibc keeps what the engine frees after
     opening a shard (its WAL replay: ~170 MB at 20 k or 1 M points) or an optimize as part of the
     process's RSS for good; ``malloc_trim`` returns it. A no-op without glibc."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim: Any = None
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _write_atomic(path: Path, text: str) -> None:

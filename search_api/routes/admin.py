@@ -5,8 +5,6 @@ Everything is on ``router`` so the auth layer can attach an admin-role dependenc
 
 from __future__ import annotations
 
-import re
-import uuid
 from functools import partial
 from typing import Annotated
 
@@ -14,11 +12,11 @@ import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from core.catalog import COLLECTION_NAME_PATTERN, Catalog
+from core.catalog import Catalog
 from core.errors import CollectionNotFound, ConfigError
 from search_api import admin_services
 from search_api.backfill_jobs import BackfillRunner, LocalJobStore
-from search_api.deps import S3_URI, CatalogDep, InferenceLimiterDep
+from search_api.deps import COLLECTION_NAME, S3_URI, CatalogDep, InferenceLimiterDep, check_job_id, check_name
 from search_api.schemas import (
     AliasesPublic,
     AliasPublic,
@@ -33,7 +31,6 @@ from workers.jobs import JobRecord
 
 router = APIRouter(prefix="/v1", tags=["admin"], dependencies=[require_role(Role.ADMIN)])
 
-_NAME = re.compile(COLLECTION_NAME_PATTERN)
 # The API reads only buckets on the configured S3 endpoint, never a path on the server's disk.
 
 
@@ -60,8 +57,7 @@ async def create_collection(
 @router.delete("/collections/{name}", status_code=204, responses={404: {"description": "No such collection"}})
 async def delete_collection(name: str, catalog: CatalogDep) -> Response:
     """Drop a collection by its own name (refused while an alias points at it)."""
-    if not _NAME.match(name):
-        raise CollectionNotFound(f"collection {name!r} does not exist")
+    check_name(name)
     await run_in_threadpool(catalog.drop, name)
     return Response(status_code=204)
 
@@ -73,7 +69,7 @@ def _job_public(record: JobRecord) -> BackfillJobPublic:
 
 
 def _check_origin(catalog: Catalog, origin: str) -> None:
-    if _NAME.match(origin):
+    if COLLECTION_NAME.match(origin):
         catalog.get(origin)  # 404 for an unknown collection or alias
     elif not S3_URI.match(origin):
         raise ConfigError("from must be a collection, an alias or an s3://bucket/prefix URI")
@@ -87,8 +83,7 @@ async def create_backfill(
 
     Insert-only: points a concurrent ingest wrote are never overwritten. Returns the job.
     """
-    if not _NAME.match(name):
-        raise CollectionNotFound(f"collection {name!r} does not exist")
+    check_name(name)
     runner = _runner(request)
 
     def submit() -> JobRecord:
@@ -106,10 +101,7 @@ async def create_backfill(
 @router.get("/backfill-jobs/{job_id}", responses={404: {"description": "No such job"}})
 async def read_backfill_job(job_id: str, request: Request) -> BackfillJobPublic:
     """A backfill job: state, counts, failed items, times and throughput."""
-    try:
-        uuid.UUID(job_id)
-    except ValueError:
-        raise HTTPException(status_code=404, detail="job not found") from None
+    check_job_id(job_id)
     record = await run_in_threadpool(_runner(request).store.get, job_id)
     if record is None:
         raise HTTPException(status_code=404, detail="job not found")
@@ -142,7 +134,7 @@ async def read_aliases(catalog: CatalogDep) -> AliasesPublic:
 @router.delete("/aliases/{alias}", status_code=204, responses={404: {"description": "No such alias"}})
 async def delete_alias(alias: str, catalog: CatalogDep) -> Response:
     """Remove an alias; its collection stays."""
-    if not _NAME.match(alias):
-        raise CollectionNotFound(f"alias {alias!r} not found")
+    if not COLLECTION_NAME.match(alias):
+        raise CollectionNotFound(f"alias {alias!r} not found")  # the store's own wording
     await run_in_threadpool(catalog.delete_alias, alias)
     return Response(status_code=204)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -14,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from core.encoders.registry import get_spec
 from core.errors import ConfigError
 from ingest.labels import PathTemplate
-from search_api.deps import COLLECTION_NAME, S3_URI, worker_gateway
+from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gateway
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
 from workers.jobs import JobKind, JobRecord, JobSpec
@@ -175,10 +174,7 @@ async def read_ingest_jobs(
 @router.get("/{job_id}", responses={404: {"description": "No such job"}})
 async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
     """One job: state, counts, failed items with reasons, times and throughput."""
-    try:
-        uuid.UUID(job_id)
-    except ValueError:
-        raise HTTPException(status_code=404, detail="job not found") from None
+    check_job_id(job_id)
     gateway = worker_gateway(request)
     record: JobRecord | None = await _call(partial(gateway.store.get, job_id))
     if record is None:

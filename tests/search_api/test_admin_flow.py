@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,8 @@ from core.encoders import get_spec
 from core.errors import ConfigError
 from core.index.base import VectorIndex
 from core.index.factory import open_index
-from search_api import create_app
 from search_api.routes.compare import reciprocal_rank_fusion
-from tests.search_api.test_api import COLLECTION, PER_CLASS, Corpus, png_bytes, populate
+from tests.search_api.test_api import COLLECTION, PER_CLASS, Corpus, png_bytes
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Payload indexes have no effect:UserWarning", "ignore:Local mode performs exact:UserWarning"
@@ -57,24 +55,6 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         security=SecuritySettings(hash_key=SecretStr("test-hash-key")),
         ingest=IngestSettings(batch_size=4, decode_workers=2),  # several batches: progress is visible
     )
-
-
-@pytest.fixture(scope="module")
-def index(settings: Settings) -> Iterator[VectorIndex]:
-    opened = open_index(settings)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture(scope="module")
-def corpus(index: VectorIndex, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Corpus:
-    return populate(index, settings, tmp_path_factory.mktemp("images"))
-
-
-@pytest.fixture(scope="module")
-def client(settings: Settings, index: VectorIndex, corpus: Corpus) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, index=index)) as test_client:
-        yield test_client
 
 
 def _search(client: TestClient, name: str, **body: Any) -> Any:

@@ -129,24 +129,6 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     )
 
 
-@pytest.fixture(scope="module")
-def edge_index(settings: Settings) -> Iterator[VectorIndex]:
-    index = open_index(settings)
-    yield index
-    index.close()
-
-
-@pytest.fixture(scope="module")
-def corpus(edge_index: VectorIndex, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Corpus:
-    return populate(edge_index, settings, tmp_path_factory.mktemp("images"))
-
-
-@pytest.fixture(scope="module")
-def client(settings: Settings, edge_index: VectorIndex, corpus: Corpus) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, index=edge_index)) as test_client:
-        yield test_client
-
-
 @dataclass
 class Backend:
     client: TestClient
@@ -396,11 +378,9 @@ def test_search_by_unknown_point_is_404(client: TestClient) -> None:
     assert response.status_code == 404
 
 
-def test_search_by_vector(
-    client: TestClient, settings: Settings, edge_index: VectorIndex, corpus: Corpus
-) -> None:
+def test_search_by_vector(client: TestClient, settings: Settings, index: VectorIndex, corpus: Corpus) -> None:
     pid = corpus.ids("stripes")[2]
-    encoder = Catalog(edge_index, settings).encoder_for(COLLECTION)
+    encoder = Catalog(index, settings).encoder_for(COLLECTION)
     vector = encoder.embed([corpus.frames[pid]])[0]
     body = search(client, vector=[float(v) for v in vector], limit=5)
     assert body["hits"][0]["id"] == pid
@@ -625,9 +605,9 @@ def test_empty_upload_is_400(client: TestClient) -> None:
     assert "empty.png" in response.json()["detail"]
 
 
-def test_upload_over_the_limit_is_413(settings: Settings, edge_index: VectorIndex, corpus: Corpus) -> None:
+def test_upload_over_the_limit_is_413(settings: Settings, index: VectorIndex, corpus: Corpus) -> None:
     small = settings.model_copy(update={"api": ApiSettings(max_upload_bytes=4096)})
-    with TestClient(create_app(small, index=edge_index)) as client:
+    with TestClient(create_app(small, index=index)) as client:
         noise = make_frame("noise", np.random.default_rng(3))
         data = png_bytes(noise)
         assert 4096 < len(data) < 64 * 1024  # over the upload limit, inside the multipart allowance
@@ -691,16 +671,16 @@ def test_thumbnail_of_missing_point_is_404(client: TestClient) -> None:
 
 @pytest.mark.parametrize("source", ["corpus", "/nonexistent/folder", "ftp://host/x"])
 def test_thumbnail_when_the_source_object_is_unreadable_is_502(
-    client: TestClient, edge_index: VectorIndex, corpus: Corpus, source: str
+    client: TestClient, index: VectorIndex, corpus: Corpus, source: str
 ) -> None:
     source = corpus.source if source == "corpus" else source
     pid = point_id(source, "gone.png", 0)
     vector = np.ones((1, 512), dtype=np.float32)
     payload = build_payload({"modality": "CT", "source": source, "key": "gone.png", "frame": 0})
-    edge_index.upsert(COLLECTION, [pid], vector, [payload])
+    index.upsert(COLLECTION, [pid], vector, [payload])
     try:
         response = client.get(f"/v1/collections/{COLLECTION}/points/{pid}/thumbnail")
         assert response.status_code == 502
         assert "cannot be read" in response.json()["detail"]
     finally:
-        edge_index.delete(COLLECTION, [pid])
+        index.delete(COLLECTION, [pid])
