@@ -106,11 +106,15 @@ def _body(ids: list[str], rng: np.random.Generator, j: int) -> dict[str, Any]:
 
 
 def _client(
-    port: int, n: int, seed: int, first: int, stop_at: float, results: mp.Queue[tuple[list[float], int]]
+    port: int,
+    ids: list[str],
+    seed: int,
+    first: int,
+    stop_at: float,
+    results: mp.Queue[tuple[list[float], int]],
 ) -> None:
     """One client: a keep-alive HTTP/1.1 connection (stdlib, so that the client's own CPU stays
     small next to the server's on the shared cores), requests back to back until ``stop_at``."""
-    ids = point_ids(n)
     rng = np.random.default_rng(seed)
     headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
     latencies: list[float] = []
@@ -140,10 +144,11 @@ def load_test(port: int, n: int, clients: int, seconds: float) -> dict[str, Any]
     """``clients`` closed-loop clients, one process each (no shared GIL), for ``seconds``."""
     ctx = mp.get_context("fork")
     results: mp.Queue[tuple[list[float], int]] = ctx.Queue()
+    ids = point_ids(n)  # made once, before the fork and the clock: 1 M ids take seconds of CPU
     start_at = time.time() + 0.5  # all clients start together, after their processes are up
     stop_at = start_at + seconds
     procs = [
-        ctx.Process(target=_wait_then_run, args=(start_at, port, n, 100 + c, c, stop_at, results))
+        ctx.Process(target=_wait_then_run, args=(start_at, port, ids, 100 + c, c, stop_at, results))
         for c in range(clients)
     ]
     for proc in procs:

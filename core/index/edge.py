@@ -7,8 +7,10 @@ Layout under ``root``::
     <name>/shard/            the EdgeShard (segments, WAL)
 
 A shard is owned by one process (the WAL is locked), so shards are opened lazily and cached for
-the life of this object. Queries run concurrently (the engine releases the GIL); updates are
-serialised per collection.
+the life of this object. Queries may come from many threads, but qdrant-edge-py 0.9 holds the
+GIL while it searches (measured: a Python thread beside a searching one gets half a core, a
+process gets a whole one), so one process searches on about one core; updates are serialised per
+collection.
 """
 
 from __future__ import annotations
