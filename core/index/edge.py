@@ -154,8 +154,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 def _release_free_heap() -> None:
     """Hand the C heap's free pages back to the OS. glibc keeps what the engine frees after
-    opening a shard (its WAL replay: ~170 MB at 20 k or 1 M points) or an optimize as part of the
-    process's RSS for good; ``malloc_trim`` returns it. A no-op without glibc."""
+    opening a shard (160-200 MB at 20 k or 1 M points, whatever the size: load-time working
+    memory, not data) or an optimize as part of the process's RSS for good; ``malloc_trim``
+    returns it. A no-op without glibc."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
