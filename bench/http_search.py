@@ -197,6 +197,12 @@ def image_test(base: str, dicom: bytes, requests: int) -> dict[str, Any]:
     }
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -251,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
             _wait_ready(base, proc)
             # warm-up: open the shard, touch the search path
             load_test(port, args.n, 1, 2.0)
+            cpu_before = _cpu_s(proc.pid)
             search = load_test(port, args.n, args.clients, args.seconds)
+            # the server's CPU (all its threads, the engine's included) per request: what caps QPS
+            search["server_cpu_ms_per_request"] = round(
+                (_cpu_s(proc.pid) - cpu_before) / max(search["requests"], 1) * 1000, 2
+            )
             record = {
                 "bench": "http-search",
                 "n": args.n,

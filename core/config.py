@@ -60,7 +60,7 @@ class StoreSettings(BaseModel):
     #   ``hnsw_ef_filtered``;
     # - smaller ones matching at least ``acorn_min_selectivity`` of the collection: ACORN with
     #   ``hnsw_ef_acorn`` (the engine applies it below ``acorn_max_selectivity``);
-    # - the rest (small, selective filters, served by their payload links): ``hnsw_ef``.
+    # - the rest (small, selective filters, served by their payload links): ``hnsw_ef_selective``.
     # ACORN gave recall 1.0 on a 25 k-point filter at 100 k points but 3-20x the latency on the
     # 250 k- and 20 k-point filters at 1 M.
     post_filter_min_share: float = 0.2
@@ -73,6 +73,9 @@ class StoreSettings(BaseModel):
     acorn_min_selectivity: float = 0.1
     hnsw_ef_acorn: int = 32
     hnsw_ef_filtered: int = 384
+    # Small filters ride their payload links: 1 M points, 2 % filter, recall@10 0.9996 at ef 128
+    # (1.0 at 384) in 40 % of the engine time.
+    hnsw_ef_selective: int = 128
 
 
 class S3Settings(BaseModel):

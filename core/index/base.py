@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -56,6 +56,11 @@ class VectorIndex(ABC):
     Errors: `CollectionNotFound`, `CollectionExists`, `InvalidVector` (NaN, Inf, zero norm, wrong
     dimension: checked before the store is touched), `InvalidFilter`.
     """
+
+    #: True when every call is CPU-bound work in this process that holds the GIL throughout (an
+    #: embedded engine): an event loop gains nothing by handing such a call to a worker thread,
+    #: which can run only while the loop waits, and pays two thread switches for it.
+    holds_gil: ClassVar[bool] = False
 
     @abstractmethod
     def create_collection(self, config: CollectionConfig) -> None:

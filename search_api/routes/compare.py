@@ -18,7 +18,7 @@ from core.errors import ConfigError
 from core.index.base import Hit, VectorIndex
 from core.payload import SearchFilter
 from search_api import services
-from search_api.deps import CatalogDep, IndexDep, InferenceLimiterDep, SettingsDep, check_limit
+from search_api.deps import CatalogDep, IndexDep, InferenceLimiterDep, SettingsDep, check_limit, on_index
 from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit
 from search_api.security import Role, require_role
 from search_api.uploads import filter_from_form, read_upload, upload_name
@@ -119,7 +119,8 @@ async def compare_collections(
         ),
         limiter=limiter,
     )
-    searched = await run_in_threadpool(
+    searched = await on_index(
+        index,
         partial(
             _search_all,
             index=index,
@@ -127,7 +128,7 @@ async def compare_collections(
             vectors=vectors,
             search_filter=search_filter,
             limit=limit,
-        )
+        ),
     )
     results = [
         CompareResult(

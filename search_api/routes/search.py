@@ -9,7 +9,6 @@ import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from numpy.typing import NDArray
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from core.catalog import CollectionEntry
@@ -23,6 +22,7 @@ from search_api.deps import (
     InferenceLimiterDep,
     SettingsDep,
     check_limit,
+    on_index,
 )
 from search_api.schemas import SearchHit, SearchQuery, SearchResponse, parse_filter
 from search_api.security import Role, require_role
@@ -70,11 +70,11 @@ async def search_collection(
         point_id = query.point_id
 
         def search_point() -> list[Hit]:
-            # the point's vector and the search in one worker-thread hop; the point itself left out
+            # the point's vector and the search in one call; the point itself left out
             point = services.point_vector(index=index, entry=entry, point_id=point_id)
             return search(vector=point, exclude_ids=(point_id,))
 
-        return _response(entry, await run_in_threadpool(search_point), started, "point")
+        return _response(entry, await on_index(index, search_point), started, "point")
     if query.text is not None:
         mode = "text"
         vector = await anyio.to_thread.run_sync(
@@ -84,7 +84,7 @@ async def search_collection(
         assert query.vector is not None
         mode = "vector"
         vector = query.vector
-    hits = await run_in_threadpool(partial(search, vector=vector))
+    hits = await on_index(index, partial(search, vector=vector))
     return _response(entry, hits, started, mode)
 
 
@@ -121,7 +121,8 @@ async def search_by_image(
         ),
         limiter=limiter,
     )
-    hits = await run_in_threadpool(
+    hits = await on_index(
+        index,
         partial(
             services.search,
             index=index,
@@ -131,6 +132,6 @@ async def search_by_image(
             limit=limit,
             offset=offset,
             score_threshold=score_threshold,
-        )
+        ),
     )
     return _response(entry, hits, started, "image")

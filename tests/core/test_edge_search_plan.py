@@ -157,3 +157,32 @@ def test_filter_estimates_are_cached_until_the_next_write(tmp_path: Path) -> Non
         assert [h.id for h in index.search("c", vectors[0], filter=mr)] == [new_id]
     finally:
         index.close()
+
+
+def test_each_filter_size_gets_its_own_plan_and_ef(tmp_path: Path) -> None:
+    store = StoreSettings(
+        post_filter_min_share=0.5,
+        acorn_max_points=300,
+        acorn_min_selectivity=0.1,
+        hnsw_ef_filtered=111,
+        hnsw_ef_acorn=22,
+        hnsw_ef_selective=33,
+    )
+    rng = np.random.default_rng(3)
+    modality = ["CT"] * 600 + ["MR"] * 250 + ["US"] * 50 + ["CR"] * 100
+    index = EdgeIndex(tmp_path / "index", store)
+    try:
+        index.create_collection(CollectionConfig(name="c", dim=DIM))
+        ids = [str(uuid.UUID(int=i + 1)) for i in range(len(modality))]
+        vectors = _unit(rng.standard_normal((len(modality), DIM)).astype(np.float32))
+        index.upsert("c", ids, vectors, [{"modality": m} for m in modality])
+        handle = index._handle("c")
+        plans = {m: index._filtered_plan(handle, SearchFilter(modality=[m]), 10) for m in ("CT", "MR", "US")}
+    finally:
+        index.close()
+    # 60 %: post-filtered first, then the payload-linked graph at hnsw_ef_filtered
+    assert (plans["CT"].post_filter, plans["CT"].acorn, plans["CT"].ef) == (True, False, 111)
+    # 25 %, under acorn_max_points: ACORN
+    assert (plans["MR"].post_filter, plans["MR"].acorn, plans["MR"].ef) == (False, True, 22)
+    # 5 %: a small, selective filter on its payload links
+    assert (plans["US"].post_filter, plans["US"].acorn, plans["US"].ef) == (False, False, 33)
