@@ -194,6 +194,10 @@ class ApiSettings(BaseModel):
     max_limit: int = 1000
     # /docs, /redoc and /openapi.json; None: on while the API is open (no keys), off once keys are set.
     docs: bool | None = None
+    # The embedded store (backend "edge") in a child process of the server (core.index.hosted):
+    # the engine holds the GIL while it searches, so in the server's own process the two take
+    # turns on one core; apart, the server's Python runs beside the searches.
+    index_process: bool = True
 
 
 class CelerySettings(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from anyio import CapacityLimiter
 from fastapi import FastAPI
@@ -38,7 +39,13 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        opened = index if index is not None else await run_in_threadpool(open_index, settings)
+        opened = (
+            index
+            if index is not None
+            else await run_in_threadpool(
+                partial(open_index, settings, child_process=settings.api.index_process)
+            )
+        )
         app.state.index = opened
         app.state.catalog = Catalog(opened, settings)
         app.state.inference_limiter = CapacityLimiter(_INFERENCE_THREADS)

@@ -27,7 +27,6 @@ __all__ = [
     "embed_frame",
     "embed_text",
     "embed_upload",
-    "point_vector",
     "read_point",
     "render_thumbnail",
     "search",
@@ -49,14 +48,6 @@ def read_point(
     if not points:
         raise PointNotFound(f"point {point_id!r} does not exist in {entry.name!r}")
     return points[0]
-
-
-def point_vector(*, index: VectorIndex, entry: CollectionEntry, point_id: str) -> NDArray[np.float32]:
-    """The stored vector of a point, to search with."""
-    point = read_point(index=index, entry=entry, point_id=point_id, with_vector=True)
-    if point.vector is None:
-        raise PointNotFound(f"point {point_id!r} in {entry.name!r} has no vector")
-    return point.vector
 
 
 def embed_text(*, catalog: Catalog, entry: CollectionEntry, text: str) -> NDArray[np.float32]:
@@ -102,7 +93,6 @@ def search(
     limit: int,
     offset: int,
     score_threshold: float | None,
-    exclude_ids: Sequence[str] = (),
 ) -> list[Hit]:
     """Filtered k-NN; `InvalidVector` for a wrong dimension, NaN or a zero vector."""
     query = validate_vectors(vector, entry.dim)[0]
@@ -113,7 +103,6 @@ def search(
         limit=limit,
         offset=offset,
         score_threshold=score_threshold,
-        exclude_ids=exclude_ids,
     )
 
 

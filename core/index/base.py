@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from core.errors import IndexStoreError
+from core.errors import IndexStoreError, PointNotFound
 from core.payload import SearchFilter
 
 __all__ = ["CollectionConfig", "Hit", "StoredPoint", "VectorIndex"]
@@ -114,6 +114,31 @@ class VectorIndex(ABC):
         hnsw_ef: int | None = None,
     ) -> list[Hit]:
         """k-NN by cosine similarity, best first, filtered; ``exclude_ids`` never appear."""
+
+    def search_near_point(
+        self,
+        name: str,
+        point_id: str,
+        *,
+        filter: SearchFilter | None = None,
+        limit: int = 10,
+        offset: int = 0,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
+        """`search` with the stored vector of ``point_id``, the point itself left out;
+        `PointNotFound` when the collection has no such point (ids that are not UUIDs never exist)."""
+        points = self.retrieve(name, [point_id], with_vectors=True)
+        if not points or points[0].vector is None:
+            raise PointNotFound(f"point {point_id!r} does not exist in {name!r}")
+        return self.search(
+            name,
+            points[0].vector,
+            filter=filter,
+            limit=limit,
+            offset=offset,
+            score_threshold=score_threshold,
+            exclude_ids=(point_id,),
+        )
 
     @abstractmethod
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:

@@ -48,6 +48,7 @@ from core.index._shared import (
     filter_conditions,
     hnsw_params,
     is_valid_name,
+    iter_pages,
     known_ids,
     query_vector,
     stored_point,
@@ -630,30 +631,36 @@ class EdgeIndex(VectorIndex):
         """Every point (matching the filter), streamed in pages."""
         if batch_size < 1:
             raise IndexStoreError(f"batch_size must be at least 1, got {batch_size}")
-        handle = self._handle(name)
-        engine_filter = _to_filter(filter)
-        return self._scroll(handle, engine_filter, batch_size, with_vectors)
-
-    @staticmethod
-    def _scroll(
-        handle: _Handle, engine_filter: qe.Filter | None, batch_size: int, with_vectors: bool
-    ) -> Iterator[StoredPoint]:
-        offset: Any = None
-        while True:
-            request = qe.ScrollRequest(
-                offset=offset,
-                limit=batch_size,
-                filter=engine_filter,
-                with_payload=True,
-                with_vector=with_vectors,
+        self._handle(name)  # CollectionNotFound now, not at the first next()
+        return iter_pages(
+            lambda offset: self.scroll_page(
+                name, filter=filter, offset=offset, batch_size=batch_size, with_vectors=with_vectors
             )
-            # The lock is held per page, never across a yield, so a slow consumer cannot block a drop.
-            with handle.reading() as shard:
-                records, offset = shard.scroll(request)
-            for r in records:
-                yield stored_point(r, with_vectors)
-            if offset is None:
-                return
+        )
+
+    def scroll_page(
+        self,
+        name: str,
+        *,
+        filter: SearchFilter | None = None,
+        offset: Any = None,
+        batch_size: int = 1000,
+        with_vectors: bool = False,
+    ) -> tuple[list[StoredPoint], Any]:
+        """One page of `scroll` from ``offset`` (None: the first), and the next page's offset
+        (None after the last). The lock is held for the page alone, so a slow consumer of
+        `scroll` cannot block a drop."""
+        handle = self._handle(name)
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=batch_size,
+            filter=_to_filter(filter),
+            with_payload=True,
+            with_vector=with_vectors,
+        )
+        with handle.reading() as shard:
+            records, next_offset = shard.scroll(request)
+        return [stored_point(r, with_vectors) for r in records], next_offset
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         handle = self._handle(name)

@@ -9,9 +9,17 @@ from core.index.base import VectorIndex
 __all__ = ["open_index"]
 
 
-def open_index(settings: Settings) -> VectorIndex:
-    """The embedded Qdrant Edge store under the data dir, or a Qdrant server by URL."""
+def open_index(settings: Settings, *, child_process: bool = False) -> VectorIndex:
+    """The embedded Qdrant Edge store under the data dir, or a Qdrant server by URL.
+
+    ``child_process`` runs the embedded store in a process of its own (`HostedEdgeIndex`), for
+    a server whose Python should run beside the engine's searches rather than take turns with
+    them; ignored for a Qdrant server."""
     if settings.store.backend == "edge":
+        if child_process:
+            from core.index.hosted import HostedEdgeIndex
+
+            return HostedEdgeIndex(settings.index_dir, settings.store)
         from core.index.edge import EdgeIndex
 
         return EdgeIndex(settings.index_dir, settings.store)

@@ -67,14 +67,16 @@ async def search_collection(
     )
     vector: list[float] | NDArray[np.float32]
     if query.point_id is not None:
-        point_id = query.point_id
-
-        def search_point() -> list[Hit]:
-            # the point's vector and the search in one call; the point itself left out
-            point = services.point_vector(index=index, entry=entry, point_id=point_id)
-            return search(vector=point, exclude_ids=(point_id,))
-
-        return _response(entry, await on_index(index, search_point), started, "point")
+        by_point = partial(
+            index.search_near_point,
+            entry.name,
+            query.point_id,
+            filter=search_filter,
+            limit=query.limit,
+            offset=query.offset,
+            score_threshold=query.score_threshold,
+        )
+        return _response(entry, await on_index(index, by_point), started, "point")
     if query.text is not None:
         mode = "text"
         vector = await anyio.to_thread.run_sync(

@@ -1,6 +1,7 @@
-"""One contract for both vector-index backends: Qdrant Edge and qdrant-client (local mode).
+"""One contract for the vector-index backends: Qdrant Edge (in this process, and in a child process
+of its own) and qdrant-client (local mode).
 
-Every test runs against both; expectations come from NumPy and plain Python over the same data,
+Every test runs against each; expectations come from NumPy and plain Python over the same data,
 and one test checks the two backends against each other.
 """
 
@@ -20,9 +21,17 @@ from numpy.typing import NDArray
 from qdrant_client import QdrantClient
 
 from core.config import StoreSettings
-from core.errors import CollectionExists, CollectionNotFound, IndexStoreError, InvalidFilter, InvalidVector
+from core.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    IndexStoreError,
+    InvalidFilter,
+    InvalidVector,
+    PointNotFound,
+)
 from core.index.base import CollectionConfig, VectorIndex
 from core.index.edge import EdgeIndex
+from core.index.hosted import HostedEdgeIndex
 from core.index.server import QdrantServerIndex
 from core.payload import SearchFilter
 
@@ -41,10 +50,12 @@ pytestmark = [
 def make_index(kind: str, root: Path) -> VectorIndex:
     if kind == "edge":
         return EdgeIndex(root, StoreSettings())
+    if kind == "hosted":
+        return HostedEdgeIndex(root, StoreSettings())
     return QdrantServerIndex(QdrantClient(":memory:"), StoreSettings())
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=["edge", "hosted", "server"])
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorIndex]:
     idx = make_index(request.param, tmp_path / "index")
     try:
@@ -327,6 +338,19 @@ def test_exclude_ids(filled: VectorIndex, data: Data) -> None:
     after_f = filled.search("c", query, filter=flt, limit=5, exclude_ids=[data.ids[11]])
     assert data.ids[11] not in {h.id for h in after_f}
     assert len(after_f) == 5
+
+
+def test_search_near_point_is_a_search_by_its_vector_without_it(filled: VectorIndex, data: Data) -> None:
+    flt = SearchFilter(modality=[data.payloads[11]["modality"]])
+    near = filled.search_near_point("c", data.ids[11], filter=flt, limit=5, offset=1)
+    rows = [i for i in data.matching(lambda p: p["modality"] == data.payloads[11]["modality"]) if i != 11]
+    assert [h.id for h in near] == exact_top(data, data.vectors[11], rows, 6)[1:]
+    assert all(h.payload["modality"] == data.payloads[11]["modality"] for h in near)
+    for missing in (str(uuid.UUID(int=10**9)), "not-a-uuid"):
+        with pytest.raises(PointNotFound, match="does not exist in 'c'"):
+            filled.search_near_point("c", missing)
+    with pytest.raises(CollectionNotFound):
+        filled.search_near_point("nope", data.ids[11])
 
 
 def test_exact_and_ann_agree_on_small_data(filled: VectorIndex, data: Data) -> None:

@@ -1,0 +1,142 @@
+"""`HostedEdgeIndex` beyond the shared contract (`test_index_contract.py` runs that against it too):
+the child process owns the shards, gives them back when the parent closes it or dies, and answers
+concurrent callers correctly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.config import StoreSettings
+from core.index.base import CollectionConfig
+from core.index.edge import EdgeIndex
+from core.index.hosted import HostedEdgeIndex
+
+DIM = 16
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fill(index: HostedEdgeIndex | EdgeIndex, n: int = 200) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index.create_collection(CollectionConfig(name="c", dim=DIM))
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
+    index.upsert("c", ids, vectors, [{"modality": "CT"}] * n)
+    return vectors
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie child of this process counts as gone once reaped by its parent's exit
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_close_stops_the_child_and_hands_back_the_shard(tmp_path: Path) -> None:
+    hosted = HostedEdgeIndex(tmp_path, StoreSettings())
+    _fill(hosted)
+    pid = hosted.process_id
+    hosted.close()
+    hosted.close()  # idempotent
+    assert _gone(pid, 10)
+    local = EdgeIndex(tmp_path, StoreSettings())  # would fail with "open in another process"
+    try:
+        assert local.count("c") == 200
+    finally:
+        local.close()
+
+
+def test_the_child_exits_and_frees_the_shard_when_its_parent_is_killed(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from core.config import StoreSettings
+        from core.index.hosted import HostedEdgeIndex
+        from tests.core.test_hosted_index import _fill
+        index = HostedEdgeIndex(Path({str(tmp_path)!r}), StoreSettings())
+        _fill(index)
+        print(index.process_id, flush=True)
+        time.sleep(600)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        assert _gone(child_pid, 15), "the index process outlived its parent"
+    finally:
+        parent.kill()
+    local = EdgeIndex(tmp_path, StoreSettings())
+    try:
+        assert local.count("c") == 200
+    finally:
+        local.close()
+
+
+def test_a_failed_start_raises_the_childs_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(OSError):
+        HostedEdgeIndex(not_a_dir, StoreSettings())
+
+
+def test_concurrent_callers_get_their_own_answers(tmp_path: Path) -> None:
+    hosted = HostedEdgeIndex(tmp_path, StoreSettings())
+    try:
+        vectors = _fill(hosted)
+        expected = [int(np.argmax(vectors @ vectors[i])) + 1 for i in range(len(vectors))]
+        wrong: list[int] = []
+
+        def search(rows: range) -> None:
+            for i in rows:
+                hits = hosted.search("c", vectors[i], limit=1, exact=True)
+                if uuid.UUID(hits[0].id).int != expected[i]:
+                    wrong.append(i)
+
+        threads = [threading.Thread(target=search, args=(range(k, 200, 4),)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert wrong == []
+    finally:
+        hosted.close()
+
+
+def test_metadata_answers_follow_every_change_made_through_it(tmp_path: Path) -> None:
+    hosted = HostedEdgeIndex(tmp_path, StoreSettings())
+    try:
+        _fill(hosted)
+        assert hosted.aliases() == {} and hosted.collection_exists("c")
+        hosted.set_alias("current", "c")
+        assert hosted.aliases() == {"current": "c"}
+        hosted.update_metadata("c", {"encoder": "x"})
+        assert hosted.collection_config("c").metadata == {"encoder": "x"}
+        hosted.delete_alias("current")
+        hosted.drop_collection("c")
+        assert hosted.aliases() == {} and not hosted.collection_exists("c")
+    finally:
+        hosted.close()
