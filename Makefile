@@ -48,7 +48,7 @@ bench: install
 	rm -rf $$dir; \
 	$(PY) bench/ingest.py --n 1000 --encoder baseline --source local || fail=1; \
 	$(PY) bench/ingest.py --n 1000 --encoder baseline --source s3 || fail=1; \
-	$(PY) bench/ingest.py --n 256 --encoder clip-vit-b16 --source s3 || fail=1; \
+	$(PY) bench/ingest.py --n 256 --encoder clip-vit-b16 --source s3 --dtype bfloat16 || fail=1; \
 	exit $$fail
 
 # The same checks at small sizes (a few minutes); the 1 M-only targets (speed-up, build time,
@@ -59,7 +59,7 @@ bench-quick: install
 	$(PY) bench/search.py --quick --quantization int8 --on-disk --rss || fail=1; \
 	$(PY) bench/http_search.py --quick || fail=1; \
 	$(PY) bench/ingest.py --quick --encoder baseline --source local || fail=1; \
-	$(PY) bench/ingest.py --quick --encoder clip-vit-b16 --source s3 || fail=1; \
+	$(PY) bench/ingest.py --quick --encoder clip-vit-b16 --source s3 --dtype bfloat16 || fail=1; \
 	exit $$fail
 
 clean:

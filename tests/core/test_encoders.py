@@ -166,9 +166,17 @@ def test_cpuinfo_probe(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("no_cuda")
-@pytest.mark.parametrize("native_bf16, expected", [(True, torch.bfloat16), (False, torch.float32)])
-def test_auto_dtype_on_cpu(monkeypatch: pytest.MonkeyPatch, native_bf16: bool, expected: torch.dtype) -> None:
+@pytest.mark.parametrize(
+    "native_bf16, bf16_speedup, expected",
+    [(True, 2.5, torch.bfloat16), (True, 0.5, torch.float32), (False, 2.5, torch.float32)],
+)
+def test_auto_dtype_on_cpu(
+    monkeypatch: pytest.MonkeyPatch, native_bf16: bool, bf16_speedup: float, expected: torch.dtype
+) -> None:
+    """bf16 only where the CPU has bf16 instructions and they are measured faster than fp32 (the
+    probes of the hardware are replaced: this test is about the choice, not this machine)."""
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(device_mod, "cpu_bf16_speedup", lambda: bf16_speedup)
     device, dtype = device_mod.select_device_and_dtype(RuntimeSettings(), get_spec("biomedclip"))
     assert device == torch.device("cpu") and dtype == expected
     # Built-in encoders are always fp32.
@@ -194,6 +202,11 @@ def test_explicit_device_and_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     with pytest.raises(ConfigError, match="CUDA"):
         device_mod.select_device_and_dtype(RuntimeSettings(device="cuda"), get_spec("biomedclip"))
+
+
+def test_bf16_speedup_is_measured_on_this_cpu() -> None:
+    speedup = device_mod.cpu_bf16_speedup.__wrapped__(size=256, repeats=2)
+    assert 0.01 < speedup < 100
 
 
 def test_torch_threads_applied_once(monkeypatch: pytest.MonkeyPatch) -> None:
