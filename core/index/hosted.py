@@ -171,15 +171,19 @@ class HostedEdgeIndex(VectorIndex):
         self._process.start()
         ready_send.close()
         try:
-            if not ready_recv.poll(_START_TIMEOUT_S):
-                raise IndexStoreError(f"the index process did not start within {_START_TIMEOUT_S:.0f} s")
-            status, value = ready_recv.recv()
+            if ready_recv.poll(_START_TIMEOUT_S):
+                status, value = ready_recv.recv()
+            else:
+                status, value = (
+                    "err",
+                    IndexStoreError(f"the index process did not start within {_START_TIMEOUT_S:.0f} s"),
+                )
         except EOFError:
             status, value = "err", IndexStoreError("the index process exited while starting")
         finally:
             ready_recv.close()
         if status == "err":
-            self._stop()
+            self._stop(wait_s=5)
             raise value
         self._lifeline = self._connect()
         self.process_id: int = value
@@ -382,8 +386,8 @@ class HostedEdgeIndex(VectorIndex):
         self._lifeline.close()
         self._stop()
 
-    def _stop(self) -> None:
-        self._process.join(timeout=60)
+    def _stop(self, wait_s: float = 60) -> None:
+        self._process.join(timeout=wait_s)
         if self._process.is_alive():
             logger.warning("index process did not exit; terminating it")
             self._process.terminate()
