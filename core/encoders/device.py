@@ -14,7 +14,7 @@ from core.config import RuntimeSettings
 from core.encoders.spec import EncoderFamily, EncoderSpec
 from core.errors import ConfigError
 
-__all__ = ["cpu_bf16_speedup", "cpu_has_native_bf16", "select_device_and_dtype"]
+__all__ = ["cpu_bf16_speedup", "cpu_has_native_bf16", "quantize_linear_int8", "select_device_and_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,18 @@ def cpu_bf16_speedup(size: int = 1024, repeats: int = 3) -> float:
     return best_seconds(torch.float32) / best_seconds(torch.bfloat16)
 
 
+def quantize_linear_int8(encoder: object) -> None:
+    """Swap the ``nn.Linear`` layers of ``encoder.model`` (an fp32 model on CPU) for dynamically
+    quantized int8 ones, in place: weights int8 per tensor, activations quantized per batch."""
+    model = getattr(encoder, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"{type(encoder).__name__} has no torch model to quantize")
+    torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+        model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+    )
+    logger.info("%s: Linear layers quantized to int8 (dynamic)", type(encoder).__name__)
+
+
 def _apply_torch_threads(runtime: RuntimeSettings) -> None:
     global _threads_set
     if runtime.torch_threads is None:
@@ -120,6 +132,8 @@ def select_device_and_dtype(runtime: RuntimeSettings, spec: EncoderSpec) -> tupl
     device = _select_device(runtime)
     if spec.family is EncoderFamily.BUILTIN:
         dtype, why = torch.float32, "built-in encoders always run in fp32"
+    elif runtime.cpu_int8_linear and device.type == "cpu":
+        dtype, why = torch.float32, "fp32 around int8 Linear layers (runtime.cpu_int8_linear)"
     elif runtime.dtype == "auto":
         dtype, why = _auto_dtype(device)
     else:

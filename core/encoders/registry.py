@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from core.encoders.base import Encoder
 from core.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, EncoderFamily, EncoderSpec
 from core.errors import EncoderNotFound
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["REGISTRY", "get_spec", "list_specs", "load_encoder", "resolve_spec"]
 
@@ -261,10 +264,19 @@ def load_encoder(spec: EncoderSpec, settings: Settings, *, weights: str | None =
 
     ``weights`` overrides ``spec.weights`` (``"random"`` for tests and benchmarks).
     """
-    from core.encoders.device import select_device_and_dtype
+    from core.encoders.device import quantize_linear_int8, select_device_and_dtype
 
     spec = spec.with_weights(weights)
     device, dtype = select_device_and_dtype(settings.runtime, spec)
+    encoder = _build_encoder(spec, settings, device, dtype)
+    if settings.runtime.cpu_int8_linear and device.type == "cpu" and spec.family is not EncoderFamily.BUILTIN:
+        quantize_linear_int8(encoder)
+    return encoder
+
+
+def _build_encoder(
+    spec: EncoderSpec, settings: Settings, device: torch.device, dtype: torch.dtype
+) -> Encoder:
     match spec.family:
         case EncoderFamily.BUILTIN:
             from core.encoders.baseline import BaselineEncoder

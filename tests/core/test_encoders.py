@@ -489,3 +489,24 @@ def test_offline_setting_alone_prevents_network(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     with pytest.raises(WeightsUnavailable, match="offline"):
         resolve_weights(get_spec("biomedclip"), _settings(tmp_path, offline=True))
+
+
+def test_cpu_int8_linear_keeps_embeddings_close_to_fp32(tmp_path: Path) -> None:
+    frames = [(np.random.default_rng(i).random((96, 96)) * 255).astype(np.uint8) for i in range(4)]
+    fp32 = load_encoder(
+        get_spec("clip-vit-b16"),
+        Settings(data_dir=tmp_path, runtime=RuntimeSettings(device="cpu", dtype="float32")),
+        weights="random",
+    )
+    int8 = load_encoder(
+        get_spec("clip-vit-b16"),
+        Settings(
+            data_dir=tmp_path, runtime=RuntimeSettings(device="cpu", dtype="bfloat16", cpu_int8_linear=True)
+        ),
+        weights="random",
+    )
+    assert int8.dtype == torch.float32  # int8 Linear layers inside an fp32 model, whatever dtype says
+    quantized = [m for m in int8.model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert len(quantized) >= 24  # at least the two MLP layers of each of the 12 blocks
+    cosines = np.sum(fp32.embed(frames) * int8.embed(frames), axis=1)
+    assert cosines.mean() >= 0.99, cosines
