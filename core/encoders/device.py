@@ -14,7 +14,13 @@ from core.config import RuntimeSettings
 from core.encoders.spec import EncoderFamily, EncoderSpec
 from core.errors import ConfigError
 
-__all__ = ["cpu_bf16_speedup", "cpu_has_native_bf16", "quantize_linear_int8", "select_device_and_dtype"]
+__all__ = [
+    "cpu_bf16_speedup",
+    "cpu_has_native_bf16",
+    "quantize_linear_int8",
+    "select_device_and_dtype",
+    "uses_int8_linear",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,12 @@ def cpu_bf16_speedup(size: int = 1024, repeats: int = 3) -> float:
         return min(times)
 
     return best_seconds(torch.float32) / best_seconds(torch.bfloat16)
+
+
+def uses_int8_linear(runtime: RuntimeSettings, spec: EncoderSpec, device: torch.device) -> bool:
+    """Whether ``spec`` runs with int8 Linear layers: ``runtime.cpu_int8_linear``, on CPU, and
+    never for the built-in (hand-crafted) encoders."""
+    return runtime.cpu_int8_linear and device.type == "cpu" and spec.family is not EncoderFamily.BUILTIN
 
 
 def quantize_linear_int8(encoder: object) -> None:
@@ -132,7 +144,7 @@ def select_device_and_dtype(runtime: RuntimeSettings, spec: EncoderSpec) -> tupl
     device = _select_device(runtime)
     if spec.family is EncoderFamily.BUILTIN:
         dtype, why = torch.float32, "built-in encoders always run in fp32"
-    elif runtime.cpu_int8_linear and device.type == "cpu":
+    elif uses_int8_linear(runtime, spec, device):
         dtype, why = torch.float32, "fp32 around int8 Linear layers (runtime.cpu_int8_linear)"
     elif runtime.dtype == "auto":
         dtype, why = _auto_dtype(device)

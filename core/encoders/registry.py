@@ -264,12 +264,12 @@ def load_encoder(spec: EncoderSpec, settings: Settings, *, weights: str | None =
 
     ``weights`` overrides ``spec.weights`` (``"random"`` for tests and benchmarks).
     """
-    from core.encoders.device import quantize_linear_int8, select_device_and_dtype
+    from core.encoders.device import quantize_linear_int8, select_device_and_dtype, uses_int8_linear
 
     spec = spec.with_weights(weights)
     device, dtype = select_device_and_dtype(settings.runtime, spec)
     encoder = _build_encoder(spec, settings, device, dtype)
-    if settings.runtime.cpu_int8_linear and device.type == "cpu" and spec.family is not EncoderFamily.BUILTIN:
+    if uses_int8_linear(settings.runtime, spec, device):
         quantize_linear_int8(encoder)
     return encoder
 

@@ -338,7 +338,7 @@ class HostedEdgeIndex(VectorIndex):
     ) -> Iterator[StoredPoint]:
         if batch_size < 1:
             raise IndexStoreError(f"batch_size must be at least 1, got {batch_size}")
-        self._call("collection_config", name)  # CollectionNotFound now, not at the first next()
+        self.collection_config(name)  # CollectionNotFound now, not at the first next()
         return iter_pages(
             lambda offset: self._call(
                 "scroll_page",
