@@ -47,7 +47,7 @@ from common import REPO_ROOT, emit, write_ct_dicoms
 from search import BATCH, MODALITIES, PATHOLOGIES, make_data, point_ids
 
 from core.catalog import Catalog
-from core.config import Settings
+from core.config import Settings, StoreSettings
 from core.encoders.registry import get_spec
 from core.index import open_index
 from search_api.security import hash_api_key
@@ -273,7 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--image-requests", type=int, default=30)
-    parser.add_argument("--quantization", choices=("none", "int8"), default="none")
+    parser.add_argument(
+        "--quantization",
+        choices=("none", "int8"),
+        default=StoreSettings().default_quantization,
+        help="default: the store's default for new collections",
+    )
     parser.add_argument("--on-disk", action="store_true")
     parser.add_argument("--no-check", action="store_true")
     parser.add_argument(

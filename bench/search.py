@@ -25,15 +25,23 @@ same queries with the default settings and reports its resident memory (VmRSS af
 VmHWM peak) and recall.
 
 Targets (issue 6), checked on the rows of the default settings, exit status 1 when one is missed
-(``--no-check`` to explore): recall@10 >= 0.99, p50 <= 5 ms, p99 <= 20 ms for every filter; at
-n >= 1,000,000 also speedup >= 20x the exact p50, build <= 300 s, and with ``--quantization int8
---on-disk --rss`` serving RSS < 1.2 GB (the targets are defined at 1 M; smaller runs report them).
+(``--no-check`` to explore): recall@10 >= 0.99 for every filter, and
+
+- for the default collection (``--quantization`` the store's default, int8 with the originals in
+  RAM): p50 <= 5 ms, p99 <= 20 ms for every filter; at n >= 1,000,000 also speedup >= 20x the
+  exact p50 and build <= 300 s;
+- for the memory target's collection (``--quantization int8 --on-disk --rss``): the serving
+  process's peak RSS (VmHWM, the open included) < 1.2 GB at 1 M; its latency and build are
+  reported, not checked (the issue asks recall of it, and rescoring reads the originals from disk).
+
+The targets are defined at 1 M; smaller runs report the 1 M-only ones.
 
 Output: JSON lines on stdout: ``{"bench": "search-data"}``, ``{"bench": "search-build"}``, one
 ``{"bench": "search"}`` per filter x ef x acorn, ``{"bench": "search-rss"}``, ``{"bench":
 "search-check"}``.
 
     .venv/bin/python bench/search.py --n 100000 --ef 64,128,256 --acorn both --no-check
+    .venv/bin/python bench/search.py --n 1000000 --rss
     .venv/bin/python bench/search.py --n 1000000 --quantization int8 --on-disk --rss
 """
 
@@ -266,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-scan-kb", type=int, default=None)
     parser.add_argument("--payload-fields", default=None, help="fields with payload links, or none")
     parser.add_argument("--ef-filtered", type=int, default=None, help="hnsw_ef_filtered setting")
-    parser.add_argument("--quantization", choices=("none", "int8"), default="none")
+    parser.add_argument(
+        "--quantization",
+        choices=("none", "int8"),
+        default=StoreSettings().default_quantization,
+        help="default: the store's default for new collections",
+    )
     parser.add_argument("--on-disk", action="store_true", help="original vectors on disk (mmap)")
     parser.add_argument("--rss", action="store_true", help="measure a separate serving process")
     parser.add_argument(
@@ -325,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     failures: list[str] = []
     full = args.n >= FULL_SIZE
+    latency_checked = not args.on_disk  # the memory target's collection: recall and RSS only
     config_record = {
         "hnsw_m": store.hnsw_m,
         "ef_construct": store.hnsw_ef_construct,
@@ -373,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         try:
             if not args.reuse_data_dir:
-                _build(index, args, ids, data, payloads, config_record, failures)
+                _build(index, args, ids, data, payloads, config_record, failures if latency_checked else [])
             for acorn in acorns:
                 index._acorn = acorn  # bench-only toggle on the already built index
                 for ef in efs:
@@ -400,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                         if result["recall_at_10"] < TARGET_RECALL:
                             failures.append(f"{label}: recall {result['recall_at_10']} < {TARGET_RECALL}")
+                        if not latency_checked:
+                            continue
                         if result["p50_ms"] > TARGET_P50_MS:
                             failures.append(f"{label}: p50 {result['p50_ms']} ms > {TARGET_P50_MS}")
                         if result["p99_ms"] > TARGET_P99_MS:
@@ -509,8 +525,8 @@ def _measure_rss(
     for label in FILTERS:
         if record[f"recall_{label}"] < TARGET_RECALL:
             failures.append(f"serving {label}: recall {record[f'recall_{label}']} < {TARGET_RECALL}")
-    if full and args.quantization == "int8" and args.on_disk and record["rss_mb"] >= TARGET_RSS_MB:
-        failures.append(f"serving RSS {record['rss_mb']} MB >= {TARGET_RSS_MB} MB")
+    if full and args.quantization == "int8" and args.on_disk and record["hwm_mb"] >= TARGET_RSS_MB:
+        failures.append(f"serving peak RSS {record['hwm_mb']} MB >= {TARGET_RSS_MB} MB")
     return failures
 
 

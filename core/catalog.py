@@ -66,11 +66,13 @@ class Catalog:
         name: str,
         spec: EncoderSpec,
         *,
-        quantization: Literal["none", "int8"] = "none",
+        quantization: Literal["none", "int8"] | None = None,
         on_disk: bool = False,
         probe: bool = False,
     ) -> CollectionEntry:
         """Load the encoder, then create the collection with payload indexes and its catalog entry.
+
+        ``quantization`` None takes ``settings.store.default_quantization``.
 
         ``probe`` embeds one synthetic image first and refuses (`ConfigError`, nothing created) an
         encoder whose output is not ``spec.dim`` finite values.
@@ -79,6 +81,8 @@ class Catalog:
             raise ConfigError(f"collection name {name!r} must match {COLLECTION_NAME_PATTERN}")
         if name in self.aliases():
             raise ConfigError(f"{name!r} is an alias; a collection needs a name of its own")
+        if quantization is None:
+            quantization = self.settings.store.default_quantization
         encoder = self.encoder(spec)
         if probe:
             _probe(encoder)

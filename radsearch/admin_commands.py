@@ -50,11 +50,16 @@ def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         "encoder": entry.encoder.name,
         "dim": entry.dim,
         "weights": entry.weights_version,
+        "quantization": entry.quantization,
+        "on_disk": entry.on_disk,
     }
     if args.json:
         _print_json(row)
     else:
-        print(f"created {row['name']}: encoder {row['encoder']}, dim {row['dim']}, weights {row['weights']}")
+        print(
+            f"created {row['name']}: encoder {row['encoder']}, dim {row['dim']}, weights {row['weights']}, "
+            f"quantization {row['quantization']}" + (", vectors on disk" if entry.on_disk else "")
+        )
     return 0
 
 
@@ -144,8 +149,14 @@ def add_admin_commands(collections_sub: Any, sub: Any) -> None:
     create.add_argument("name")
     create.add_argument("--encoder", required=True, help="registry name, inline JSON spec or @spec.json")
     create.add_argument("--weights", help="path, s3:// URI, hub id or 'random'")
-    create.add_argument("--quantization", choices=("none", "int8"), default="none")
-    create.add_argument("--on-disk", action="store_true", help="keep vectors on disk")
+    create.add_argument(
+        "--quantization",
+        choices=("none", "int8"),
+        help="int8 vectors rescored with the originals, or none (default: store.default_quantization)",
+    )
+    create.add_argument(
+        "--on-disk", action="store_true", help="keep the original vectors on disk (less memory, slower)"
+    )
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=_cmd_create)
 

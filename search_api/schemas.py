@@ -125,7 +125,9 @@ class CollectionCreate(BaseModel):
     weights: str | None = Field(
         default=None, max_length=1100, description="path, s3:// URI, hub id or 'random' (overrides the spec)"
     )
-    quantization: Literal["none", "int8"] = "none"
+    quantization: Literal["none", "int8"] | None = Field(
+        default=None, description="int8 (rescored with the originals) or none; default: the server's"
+    )
     on_disk: bool = False
 
 

@@ -282,8 +282,13 @@ class EdgeIndex(VectorIndex):
         return (self._dir(name) / _CONFIG_FILE).is_file()
 
     def _edge_config(self, config: CollectionConfig) -> qe.EdgeConfig:
+        # int8 vectors on the heap, or, beside on-disk originals, memory-mapped and pre-read at
+        # open (Memory.Cached): the heap copy is made from a mapping of the file, which raised the
+        # peak RSS of opening a 1 M shard to 1,224 MB (1,037 MB Cached; the same 1,133 MB after
+        # 1,500 queries, the open 8.4 instead of 2.6 s).
+        memory = qe.Memory.Cached if config.on_disk else qe.Memory.Pinned
         quantization = (
-            qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+            qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, memory=memory)
             if config.quantization == "int8"
             else None
         )

@@ -89,6 +89,36 @@ def test_ingest_search_and_list_json(
     }
 
 
+def test_collections_create_takes_the_store_default_quantization(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = str(tmp_path / "data")
+
+    def create(name: str, *extra: str) -> object:
+        argv = ["--data-dir", data, "collections", "create", name, "--encoder", "baseline", "--json"]
+        assert main([*argv, *extra]) == 0
+        return _last_json(capsys.readouterr().out)
+
+    assert create("default") == {
+        "name": "default",
+        "encoder": "baseline",
+        "dim": 512,
+        "weights": "builtin",
+        "quantization": "int8",
+        "on_disk": False,
+    }
+    assert create("float32", "--quantization", "none", "--on-disk") == {
+        "name": "float32",
+        "encoder": "baseline",
+        "dim": 512,
+        "weights": "builtin",
+        "quantization": "none",
+        "on_disk": True,
+    }
+    monkeypatch.setenv("RADSEARCH_STORE__DEFAULT_QUANTIZATION", "none")
+    assert create("operator-default")["quantization"] == "none"  # type: ignore[index]
+
+
 def test_usage_and_configuration_errors_exit_non_zero(
     folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -97,14 +97,15 @@ def test_zero_downtime_model_upgrade(client: TestClient, corpus: Corpus, index: 
     a_ids = list(corpus.class_of)
     query_id = corpus.ids("circles")[0]
 
-    # Create B for a second encoder, int8-quantized: probed, payload indexes, spec recorded.
+    # Create B for a second encoder, float32 only (not the int8 default): probed, payload indexes,
+    # spec recorded.
     created = client.post(
-        "/v1/collections", json={"name": B, "encoder": tiny_resnet_spec(), "quantization": "int8"}
+        "/v1/collections", json={"name": B, "encoder": tiny_resnet_spec(), "quantization": "none"}
     )
     assert created.status_code == 201, created.text
     detail = created.json()
     assert created.headers["location"] == f"/v1/collections/{B}"
-    assert (detail["dim"], detail["points"], detail["quantization"]) == (64, 0, "int8")
+    assert (detail["dim"], detail["points"], detail["quantization"]) == (64, 0, "none")
     assert detail["spec"]["checkpoint"] == "microsoft/resnet-50" and detail["spec"]["output"] == "pooled"
     assert detail["spec"]["preprocess_version"] == "1" and detail["weights"] == "random"
     assert detail["indexing"]["status"] in ("green", "yellow")

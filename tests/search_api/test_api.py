@@ -302,7 +302,8 @@ def test_collections_list(client: TestClient) -> None:
     detail = client.get(f"/v1/collections/{COLLECTION}").json()
     # The single-collection GET adds the full record (issue 4) to the listing's fields.
     assert {k: detail[k] for k in body["collections"][0]} == body["collections"][0]
-    assert detail["spec"]["name"] == "baseline" and detail["quantization"] == "none"
+    # Created by ingest without a quantization: the store's default, int8 (rescored with the originals).
+    assert detail["spec"]["name"] == "baseline" and detail["quantization"] == "int8"
     assert detail["indexing"]["status"] in ("green", "yellow") and detail["aliases"] == []
 
 
