@@ -13,7 +13,7 @@
    ``--image-requests`` times (after 3 warm-ups): p50/p99 (decode + clip-vit-b16 on CPU + search),
    first against that server (``dtype`` auto), then against one started with
    ``RADSEARCH_RUNTIME__CPU_INT8_LINEAR=true``, the setting for query latency on CPUs without fast
-   bf16; the image target is checked on the second.
+   bf16; the image target is checked on the faster of the two (which one depends on the CPU).
 
 The clients run on the same 2 cores as the server; they are processes with a light client so
 that what they measure is the server (httpx threads in one process cost ~2.6 ms of CPU per request
@@ -324,15 +324,20 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(f"http search p50 {search['p50_ms']} ms > {TARGET_P50_MS}")
             if search["errors"]:
                 failures.append(f"http search errors {search['errors']}")
-            image_record(f"http://127.0.0.1:{port}", dicom, args, "auto")
-        # The same uploads against a server whose encoder runs int8 Linear layers on CPU (the
-        # setting for query latency on CPUs without fast bf16): the target is checked on it.
+            images = {"auto": image_record(f"http://127.0.0.1:{port}", dicom, args, "auto")}
+        # The same uploads against a server whose encoder runs int8 Linear layers on CPU. Which of
+        # the two is faster depends on the CPU (bf16 where it is fast, int8 Linear where it is not):
+        # the target is checked on the faster, the setting an operator of this CPU would choose.
         with _serve(data_dir, {"RADSEARCH_RUNTIME__CPU_INT8_LINEAR": "true"}) as (port, _):
-            image = image_record(f"http://127.0.0.1:{port}", dicom, args, "cpu_int8_linear")
-        if image["p50_ms"] > TARGET_IMAGE_P50_MS:
-            failures.append(f"image search p50 {image['p50_ms']} ms > {TARGET_IMAGE_P50_MS}")
-        if image["errors"]:
-            failures.append(f"image search errors {image['errors']}")
+            images["cpu_int8_linear"] = image_record(
+                f"http://127.0.0.1:{port}", dicom, args, "cpu_int8_linear"
+            )
+        best = min(images, key=lambda setting: images[setting]["p50_ms"])
+        if images[best]["p50_ms"] > TARGET_IMAGE_P50_MS:
+            failures.append(f"image search p50 {images[best]['p50_ms']} ms ({best}) > {TARGET_IMAGE_P50_MS}")
+        for setting, image in images.items():
+            if image["errors"]:
+                failures.append(f"image search errors {image['errors']} ({setting})")
     emit({"bench": "http-check", "checked": not args.no_check, "failures": failures, "ok": not failures})
     return 1 if failures and not args.no_check else 0
 
