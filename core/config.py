@@ -45,8 +45,8 @@ class StoreSettings(BaseModel):
     # ef 384 keeps unfiltered recall@10 near 0.997 at 1 M (256: 0.991).
     # New collections store int8 scalar-quantized vectors beside the originals and rescore with the
     # originals (recall unchanged: 1 M x 512, 0.997 / 0.996 / 1.0 none / modality / pathology). On 2
-    # cores it halves the 1 M build (251 vs 575 s) and search (p50 3.0 / 4.5 / 1.9 ms, float32 6.5 /
-    # 8.3 / 6.2 ms) for 25 % more memory; "none" keeps float32 only (bench/RESULTS.md).
+    # cores: 1 M build 251 s (float32 only: 751 s), p50 3.0 / 4.5 / 1.9 ms (9.6 / 9.8 / 4.6 ms), for
+    # 25 % more memory; "none" keeps float32 only (bench/RESULTS.md).
     default_quantization: Literal["none", "int8"] = "int8"
     hnsw_m: int = 16
     hnsw_ef_construct: int = 64
