@@ -199,9 +199,12 @@ def filter_conditions(filter: SearchFilter | None, *, require: bool = False) -> 
     return conditions
 
 
+def unnamed_vector(raw: Any) -> Any:
+    """The collection's one (unnamed) vector of an engine record's ``.vector``, as the engine gave
+    it, or None; the engine may hand it as a dict of named vectors."""
+    return raw.get("") if isinstance(raw, dict) else raw
+
+
 def vector_from_raw(raw: Any) -> NDArray[np.float32] | None:
-    if raw is None:
-        return None
-    if isinstance(raw, dict):
-        raw = raw.get("")
+    raw = unnamed_vector(raw)
     return None if raw is None else np.asarray(raw, dtype=np.float32)

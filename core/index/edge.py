@@ -54,6 +54,7 @@ from core.index._shared import (
     query_vector,
     stored_point,
     stored_points,
+    unnamed_vector,
 )
 from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
 from core.payload import INDEXED_FIELDS, SearchFilter
@@ -485,7 +486,15 @@ class EdgeIndex(VectorIndex):
         handle = self._handle(name)
         query = query_vector(vector, handle.config.dim, limit, offset)
         return self._search(
-            handle, query, filter, limit, offset, score_threshold, exclude_ids, exact, hnsw_ef
+            handle,
+            query,
+            filter=filter,
+            limit=limit,
+            offset=offset,
+            score_threshold=score_threshold,
+            exclude_ids=exclude_ids,
+            exact=exact,
+            hnsw_ef=hnsw_ef,
         )
 
     def search_near_point(
@@ -508,27 +517,33 @@ class EdgeIndex(VectorIndex):
         if wanted:
             with handle.reading() as shard:
                 records = shard.retrieve(wanted, with_payload=False, with_vector=True)
-        raw = records[0].vector if records else None
-        if isinstance(raw, dict):  # the engine's form of named vectors; ours is the unnamed one
-            raw = raw.get("")
+        raw = unnamed_vector(records[0].vector) if records else None
         if raw is None:
             raise PointNotFound(f"point {point_id!r} does not exist in {name!r}")
         return self._search(
-            handle, list(raw), filter, limit, offset, score_threshold, (point_id,), False, None
+            handle,
+            list(raw),
+            filter=filter,
+            limit=limit,
+            offset=offset,
+            score_threshold=score_threshold,
+            exclude_ids=(point_id,),
         )
 
     def _search(
         self,
         handle: _Handle,
         query: list[float],
+        *,
         filter: SearchFilter | None,
         limit: int,
         offset: int,
         score_threshold: float | None,
         exclude_ids: Sequence[str],
-        exact: bool,
-        hnsw_ef: int | None,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
     ) -> list[Hit]:
+        """`search` and `search_near_point` once the query vector is a checked list."""
         quantized = handle.config.quantization == "int8"
         filtered = filter is not None and not filter.is_empty()
         plan = self._filtered_plan(handle, filter, offset + limit) if filtered else None
