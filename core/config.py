@@ -53,6 +53,10 @@ class StoreSettings(BaseModel):
     hnsw_payload_m: int = 16
     hnsw_ef: int = 384
     full_scan_threshold_kb: int = 10_000
+    # Writes are refused (StoreFull: HTTP 507, CLI exit 4) while the disk under the store has less
+    # free space than this: the engine memory-maps its files, and a full disk would end the
+    # process with SIGBUS instead of an error.
+    min_free_mb: int = Field(default=1024, ge=0)
     # Indexed payload fields that get payload-aware HNSW links (``payload_m`` per value block
     # larger than the full-scan threshold); the other indexed fields get none.
     hnsw_payload_fields: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", "split", "source")
@@ -271,6 +275,10 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path("./data")
+    # A radsearch server to send commands to instead of opening the store (RADSEARCH_URL); by
+    # default the CLI finds the server that owns the data dir by itself.
+    url: str | None = None
+    api_key: SecretStr | None = None  # RADSEARCH_API_KEY, for ``url`` or the owning server
     store: StoreSettings = Field(default_factory=StoreSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
     redis: RedisSettings = Field(default_factory=RedisSettings)

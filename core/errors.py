@@ -12,7 +12,9 @@
     │   ├── CollectionExists
     │   ├── PointNotFound
     │   ├── InvalidVector
-    │   └── InvalidFilter
+    │   ├── InvalidFilter
+    │   ├── StoreOwned         (another process owns the embedded store's data dir)
+    │   └── StoreFull          (free disk below the reserve: writes refused, nothing lost)
     └── BadInput               (one input file/object cannot be used; the batch goes on)
         ├── DecodeError         (corrupt, truncated, not an image)
         │   └── DecodeTimeout   (decoding ran past the per-file time limit)
@@ -23,6 +25,12 @@ Messages name the file or field at fault and never carry patient-identifying val
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.ownership import OwnerRecord
 
 __all__ = [
     "BadInput",
@@ -40,6 +48,8 @@ __all__ = [
     "PointNotFound",
     "RadsearchError",
     "SourceError",
+    "StoreFull",
+    "StoreOwned",
     "TooLarge",
     "UnsupportedFormat",
     "WeightsUnavailable",
@@ -96,6 +106,29 @@ class InvalidVector(IndexStoreError):
 
 class InvalidFilter(IndexStoreError):
     pass
+
+
+class StoreOwned(IndexStoreError):
+    """The embedded store's data dir belongs to another process, which is not disturbed.
+
+    ``owner`` says which (pid, kind, URL); a serving owner is reached over HTTP instead."""
+
+    def __init__(self, directory: Path, owner: OwnerRecord) -> None:
+        if owner.url:
+            hint = f"use its HTTP API ({owner.url}), e.g. run the command with --url {owner.url}"
+        elif owner.kind in ("serve", "demo"):
+            hint = "stop it, or let it finish starting and run the command again"
+        else:
+            hint = f"wait for it to finish (or stop it: kill {owner.pid}), then run the command again"
+        super().__init__(f"the store in {directory} is in use by {owner.describe()}; {hint}")
+        self.directory = directory
+        self.owner = owner
+
+
+class StoreFull(IndexStoreError):
+    """Free disk space under the store is below the configured reserve: writes are refused before
+    the engine runs out of space; what is stored is untouched, and writes work again once space
+    is freed."""
 
 
 class BadInput(RadsearchError):

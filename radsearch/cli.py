@@ -5,13 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from core.config import Settings
-from core.errors import BadInput, ConfigError, EncoderError, IndexStoreError, RadsearchError, SourceError
+from core.errors import (
+    BadInput,
+    ConfigError,
+    EncoderError,
+    IndexStoreError,
+    RadsearchError,
+    SourceError,
+    StoreFull,
+    StoreOwned,
+)
 from core.payload import FILTER_FIELDS, SearchFilter
 from ingest.inline import IngestOptions
 
@@ -20,6 +30,8 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
 EXIT_USAGE = 2
+EXIT_STORE_OWNED = 3  # another process owns the embedded store and serves no API to go through
+EXIT_STORE_FULL = 4  # free disk below the store's reserve: writes refused, nothing lost
 
 
 def _print_json(obj: Any) -> None:
@@ -40,7 +52,7 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         skip_unchanged=not args.no_skip_unchanged,
     )
     open_source(args.source, settings).close()  # a bad source fails before any collection is created
-    with open_catalog(settings) as catalog:
+    with open_catalog(settings, owner="ingest") as catalog:
         ensure_collection(catalog, args.collection, args.encoder, weights=args.weights)
         report = ingest_source(
             catalog, settings, args.source, [args.collection], options, progress=not args.json
@@ -111,9 +123,7 @@ def _cmd_collections(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
-    from search_api.app import create_app
+    from radsearch.services import serve_api
     from search_api.security import check_bind
 
     host = args.host or settings.api.host
@@ -121,7 +131,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     notice = check_bind(host, settings.security)
     if notice:
         print(f"radsearch: {notice}", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    serve_api(settings, host, port)
     return EXIT_OK
 
 
@@ -158,11 +168,36 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return run_eval_command(args, settings, sys.stdout)
 
 
+def server_url(settings: Settings) -> str | None:
+    """The radsearch server a store command goes through: ``--url``/``RADSEARCH_URL``, else the
+    owner of the embedded store's data dir while it serves; None to open the store here.
+
+    `StoreOwned` when another process owns the store and serves nothing: the command stops
+    before touching the store, and the owner is not disturbed."""
+    if settings.url:
+        return settings.url
+    if settings.store.backend != "edge":
+        return None
+    from core.ownership import current_owner
+
+    owner = current_owner(settings.index_dir)
+    if owner is None or owner.pid == os.getpid():
+        return None
+    if owner.url:
+        return owner.url
+    raise StoreOwned(settings.index_dir, owner)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="radsearch", description="Content-based image retrieval for radiology."
     )
     parser.add_argument("--data-dir", type=Path, help="where the index and caches live (RADSEARCH_DATA_DIR)")
+    parser.add_argument(
+        "--url",
+        help="send the command to this radsearch server (RADSEARCH_URL; key in RADSEARCH_API_KEY); "
+        "by default the server that owns the data dir, if one serves",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -245,9 +280,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
+        overrides: dict[str, Any] = {"data_dir": args.data_dir, "url": args.url}
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        remote = getattr(args, "remote_handler", None)
+        url = server_url(settings) if remote is not None else None
+        if remote is not None and url:
+            remote_code: int = remote(args, settings, url)
+            return remote_code
         code: int = args.handler(args, settings)
         return code
+    except StoreOwned as exc:
+        print(f"radsearch: error: {exc}", file=sys.stderr)
+        return EXIT_STORE_OWNED
+    except StoreFull as exc:
+        print(f"radsearch: error: {exc}", file=sys.stderr)
+        return EXIT_STORE_FULL
     except (ConfigError, EncoderError, IndexStoreError, BadInput) as exc:
         print(f"radsearch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -11,7 +11,7 @@ from core.config import Settings
 from core.payload import SearchFilter
 from ingest.inline import IngestOptions
 from radsearch.demo_data import generate_demo_archive
-from radsearch.services import ensure_collection, ingest_source, open_catalog
+from radsearch.services import ensure_collection, ingest_source, open_catalog, serve_api
 
 __all__ = ["DEMO_COLLECTION", "class_label", "evaluate_collection", "run_demo"]
 
@@ -69,7 +69,7 @@ def run_demo(
     started = time.perf_counter()
     archive = generate_demo_archive(archive_dir, per_class=per_class)
     print(f"demo archive: {archive.n_files} files, {len(archive.classes)} classes under {archive.root}")
-    with open_catalog(settings) as catalog:
+    with open_catalog(settings, owner="demo") as catalog:
         ensure_collection(catalog, DEMO_COLLECTION, "baseline")
         report = ingest_source(
             catalog, settings, str(archive.root), [DEMO_COLLECTION], IngestOptions(manifest=archive.manifest)
@@ -91,9 +91,6 @@ def run_demo(
     )
     print(f"demo ready in {time.perf_counter() - started:.1f} s")
     if serve:
-        import uvicorn
-
-        from search_api.app import create_app
         from search_api.security import check_bind
 
         bind_host = host or settings.api.host
@@ -102,5 +99,5 @@ def run_demo(
         if notice:
             print(notice)
         print(f"\nserving on http://{bind_host}:{bind_port} (web page /, API docs /docs); Ctrl-C to stop")
-        uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="warning")
+        serve_api(settings, bind_host, bind_port, kind="demo", log_level="warning")
     return 0

@@ -18,13 +18,14 @@ from ingest.readers import DecodeLimits, decode_object
 from ingest.sources import Source, open_source
 from ingest.sources.local import LocalSource
 
-__all__ = ["ensure_collection", "ingest_source", "open_catalog", "search_file"]
+__all__ = ["ensure_collection", "ingest_source", "open_catalog", "search_file", "serve_api"]
 
 
 @contextmanager
-def open_catalog(settings: Settings) -> Iterator[Catalog]:
-    """The catalog over the configured store, closed on exit."""
-    index = open_index(settings)
+def open_catalog(settings: Settings, *, owner: str = "cli") -> Iterator[Catalog]:
+    """The catalog over the configured store, owned by this process as ``owner`` until exit
+    (`StoreOwned` names the process that owns it instead)."""
+    index = open_index(settings, owner=owner)
     try:
         yield Catalog(index, settings)
     finally:
@@ -99,3 +100,31 @@ def search_file(
     frame = decoded.frames[len(decoded.frames) // 2]
     vector = encoder.embed([frame])[0]
     return catalog.index.search(collection, vector, filter=filter, limit=limit)
+
+
+def serve_api(
+    settings: Settings, host: str, port: int, *, kind: str = "serve", log_level: str = "info"
+) -> None:
+    """Run the HTTP API until stopped, as the owner of the embedded store (``kind``) that
+    advertises its URL: other radsearch processes on this data dir then go through it."""
+    import uvicorn
+
+    from core.ownership import acquire_store
+    from search_api.app import create_app
+
+    if settings.store.backend != "edge":
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+        return
+    with acquire_store(settings.index_dir, kind) as lease:
+        lease.advertise(f"http://{_url_host(host)}:{port}")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+def _url_host(host: str) -> str:
+    """A host clients on this machine can reach the server at (a wildcard bind is reached on
+    loopback); IPv6 literals in brackets."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host

@@ -22,6 +22,8 @@ from core.errors import (
     NoTextTower,
     PointNotFound,
     RadsearchError,
+    StoreFull,
+    StoreOwned,
     TooLarge,
     UnsupportedFormat,
     WeightsUnavailable,
@@ -50,6 +52,8 @@ STATUS_BY_ERROR: dict[type[RadsearchError], int] = {
     EncoderNotFound: 400,
     ConfigError: 400,
     WeightsUnavailable: 503,
+    StoreFull: 507,
+    StoreOwned: 503,
     UpstreamUnavailable: 502,
 }
 

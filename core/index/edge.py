@@ -35,7 +35,7 @@ import qdrant_edge as qe
 from numpy.typing import NDArray
 
 from core.config import StoreSettings
-from core.errors import CollectionExists, CollectionNotFound, IndexStoreError, PointNotFound
+from core.errors import CollectionExists, CollectionNotFound, IndexStoreError, PointNotFound, StoreFull
 from core.index._shared import (
     OVERSAMPLING,
     check_batch,
@@ -57,6 +57,7 @@ from core.index._shared import (
     unnamed_vector,
 )
 from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
+from core.ownership import StoreLease
 from core.payload import INDEXED_FIELDS, SearchFilter
 
 __all__ = ["EdgeIndex"]
@@ -265,9 +266,17 @@ class EdgeIndex(VectorIndex):
 
     holds_gil = True  # see the module docstring
 
-    def __init__(self, root: Path, store: StoreSettings, *, acorn: bool | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store: StoreSettings,
+        *,
+        acorn: bool | None = None,
+        lease: StoreLease | None = None,
+    ) -> None:
         self._root = Path(root)
         self._store = store
+        self._lease = lease
         self._acorn = store.acorn if acorn is None else acorn
         self._root.mkdir(parents=True, exist_ok=True)
         self._handles: dict[str, _Handle] = {}
@@ -282,6 +291,20 @@ class EdgeIndex(VectorIndex):
 
     def _exists_on_disk(self, name: str) -> bool:
         return (self._dir(name) / _CONFIG_FILE).is_file()
+
+    def check_free_space(self) -> None:
+        """`StoreFull` while the disk under the store has less free space than the reserve.
+
+        Called before every write: the engine memory-maps its files, and running out of space
+        under a mapping ends the process with SIGBUS instead of an error."""
+        stat = os.statvfs(self._root)
+        free_mb = stat.f_bavail * stat.f_frsize / 2**20
+        if free_mb < self._store.min_free_mb:
+            raise StoreFull(
+                f"only {free_mb:.0f} MB free under the store ({self._root}), below the reserve of "
+                f"{self._store.min_free_mb} MB (RADSEARCH_STORE__MIN_FREE_MB): writes are refused "
+                "until space is freed; nothing stored was changed"
+            )
 
     def _edge_config(self, config: CollectionConfig) -> qe.EdgeConfig:
         # int8 vectors on the heap, or, beside on-disk originals, memory-mapped and pre-read at
@@ -304,6 +327,7 @@ class EdgeIndex(VectorIndex):
         """Create the shard, its keyword payload indexes, then commit by writing collection.json."""
         check_config(config)
         config_json = json.dumps(config_to_dict(config), indent=2, sort_keys=True)
+        self.check_free_space()
         with self._lock:
             if config.name in self._handles or self._exists_on_disk(config.name):
                 raise CollectionExists(f"collection {config.name!r} already exists")
@@ -383,6 +407,7 @@ class EdgeIndex(VectorIndex):
         return handle.config if handle is not None else self._read_config(name)
 
     def update_metadata(self, name: str, metadata: dict[str, Any]) -> None:
+        self.check_free_space()
         handle = self._handle(name)
         with handle.writing():
             config = dataclasses.replace(handle.config, metadata={**handle.config.metadata, **metadata})
@@ -427,6 +452,7 @@ class EdgeIndex(VectorIndex):
 
     def set_alias(self, alias: str, collection: str) -> None:
         check_name(alias)
+        self.check_free_space()
         with self._lock:
             if not self._exists_on_disk(collection):
                 raise CollectionNotFound(f"collection {collection!r} not found")
@@ -458,6 +484,7 @@ class EdgeIndex(VectorIndex):
         arr, canonical = check_batch(ids, vectors, payloads, handle.config.dim)
         if not canonical:
             return
+        self.check_free_space()
         # The engine reads a float32 row's memoryview value by value, without the list of Python
         # floats tolist() builds (upserting 1 M x 512: 87 -> 72 s).
         points = [
@@ -747,6 +774,7 @@ class EdgeIndex(VectorIndex):
 
     def optimize(self, name: str) -> None:
         """Build HNSW/quantized segments now; blocks updates to this collection, not queries."""
+        self.check_free_space()
         handle = self._handle(name)
         with handle.writing() as shard:
             shard.optimize()
@@ -760,3 +788,6 @@ class EdgeIndex(VectorIndex):
             self._handles.clear()
             for handle in handles:
                 handle.close()
+            if self._lease is not None:
+                self._lease.close()
+                self._lease = None

@@ -34,6 +34,7 @@ from core.config import StoreSettings
 from core.errors import IndexStoreError
 from core.index._shared import iter_pages
 from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
+from core.ownership import StoreLease
 from core.payload import SearchFilter
 
 __all__ = ["HostedEdgeIndex"]
@@ -148,7 +149,8 @@ class HostedEdgeIndex(VectorIndex):
     event loop should run them in worker threads.
     """
 
-    def __init__(self, root: Path, store: StoreSettings) -> None:
+    def __init__(self, root: Path, store: StoreSettings, *, lease: StoreLease | None = None) -> None:
+        self._lease = lease
         self._dir = tempfile.mkdtemp(prefix="radsearch-index-")
         self._address = os.path.join(self._dir, "socket")
         self._authkey = os.urandom(32)
@@ -385,6 +387,9 @@ class HostedEdgeIndex(VectorIndex):
                 break
         self._lifeline.close()
         self._stop()
+        if self._lease is not None:
+            self._lease.close()  # after the child closed its shards
+            self._lease = None
 
     def _stop(self, wait_s: float = 60) -> None:
         self._process.join(timeout=wait_s)
