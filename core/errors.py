@@ -7,6 +7,7 @@
     │   ├── WeightsUnavailable
     │   └── NoTextTower
     ├── SourceError            (a source cannot be reached; transient, retried)
+    │   └── ServerUnavailable  (the radsearch server, e.g. the store's owner, cannot be reached)
     ├── IndexStoreError
     │   ├── CollectionNotFound
     │   ├── CollectionExists
@@ -47,6 +48,7 @@ __all__ = [
     "NoTextTower",
     "PointNotFound",
     "RadsearchError",
+    "ServerUnavailable",
     "SourceError",
     "StoreFull",
     "StoreOwned",
@@ -82,6 +84,10 @@ class NoTextTower(EncoderError):
 
 class SourceError(RadsearchError):
     """A source (S3 endpoint, folder) cannot be listed or read right now; worth retrying."""
+
+
+class ServerUnavailable(SourceError):
+    """A radsearch server (the store's owner, or ``--url``) cannot be reached right now."""
 
 
 class IndexStoreError(RadsearchError):

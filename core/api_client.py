@@ -1,0 +1,98 @@
+"""A small HTTP client of a radsearch server's API, for its own clients: the command line when a
+server owns the store, and the workers that send their batches to it.
+
+Answers come back as parsed JSON; error answers come back as radsearch's own typed errors, so a
+caller handles a remote failure exactly like a local one (the API maps the same tree to HTTP).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from core.errors import (
+    CollectionNotFound,
+    ConfigError,
+    RadsearchError,
+    ServerUnavailable,
+    StoreFull,
+)
+
+__all__ = ["ApiClient", "error_for"]
+
+# A server that was just started has advertised its URL before it listens: wait that long for it.
+_CONNECT_GRACE_S = 15.0
+
+
+def error_for(status: int, detail: str, url: str) -> RadsearchError:
+    """The typed error an error answer stands for (the inverse of the API's own mapping)."""
+    if status == 404:
+        return CollectionNotFound(detail)
+    if status == 507:
+        return StoreFull(detail)
+    if status in (401, 403):
+        return ConfigError(
+            f"the radsearch server at {url} refused the request ({status}: {detail}); "
+            "give a key with the right role in RADSEARCH_API_KEY"
+        )
+    if status in (502, 503, 504):
+        return ServerUnavailable(f"the radsearch server at {url} is unavailable ({status}: {detail})")
+    if status >= 500:
+        return RadsearchError(f"the radsearch server at {url} failed ({status}): {detail}")
+    return ConfigError(detail)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason_phrase
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list):  # FastAPI's validation errors: name the fields, never echo input
+        return "; ".join(
+            f"{'.'.join(str(p) for p in item.get('loc', ()))}: {item.get('msg', '')}"
+            for item in detail
+            if isinstance(item, dict)
+        )
+    return str(detail) if detail is not None else response.reason_phrase
+
+
+class ApiClient:
+    """Requests to one radsearch server, with its API key when one is given."""
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = 120.0) -> None:
+        self.url = url.rstrip("/")
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send one request; the parsed JSON answer (None when empty), or the typed error."""
+        deadline = time.monotonic() + _CONNECT_GRACE_S
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+                break
+            except httpx.ConnectError as exc:
+                if time.monotonic() > deadline:
+                    raise ServerUnavailable(f"cannot reach the radsearch server at {self.url}") from exc
+                time.sleep(0.2)
+            except httpx.HTTPError as exc:
+                raise ServerUnavailable(
+                    f"the radsearch server at {self.url} did not answer: {type(exc).__name__}"
+                ) from exc
+        if response.status_code >= 400:
+            raise error_for(response.status_code, _detail(response), self.url)
+        if not response.content:
+            return None
+        return response.json()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
