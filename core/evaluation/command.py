@@ -117,7 +117,7 @@ def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) 
     if args.collection:
         from core.index import open_index
 
-        index = open_index(settings)
+        index = open_index(settings, owner="eval")
         try:
             result = evaluate_collection(
                 index,
