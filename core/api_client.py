@@ -62,7 +62,7 @@ def _detail(response: httpx.Response) -> str:
 class ApiClient:
     """Requests to one radsearch server, with its API key when one is given."""
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = 120.0) -> None:
+    def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float | None = 120.0) -> None:
         self.url = url.rstrip("/")
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)

@@ -15,7 +15,7 @@ from core.evaluation.report import plot_index_size_curve, to_markdown
 from core.evaluation.run import evaluate_collection, evaluate_files
 from core.retrieval_metrics import DEFAULT_KS
 
-__all__ = ["add_eval_arguments", "json_safe", "run_eval_command"]
+__all__ = ["add_eval_arguments", "json_safe", "run_eval_command", "run_remote_eval_command"]
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -145,6 +145,36 @@ def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) 
             exclude_same=args.exclude_same,
             group_column=args.group_column,
         )
+    return _write_result(result, args, out)
+
+
+def run_remote_eval_command(args: argparse.Namespace, settings: Settings, url: str, out: TextIO) -> int:
+    """``radsearch eval --collection`` through the radsearch server at ``url`` (the store's
+    owner computes it: ``POST /v1/collections/{name}/evaluate``); files mode runs here."""
+    if not args.collection:
+        return run_eval_command(args, settings, out)
+    from core.api_client import ApiClient
+
+    body = {
+        "ks": list(args.ks),
+        "index_split": list(args.index_split or ("train",)),
+        "query_split": list(args.query_split or ("test",)),
+        "search": args.search,
+        "compare_exact": args.compare_exact,
+        "hnsw_ef": args.hnsw_ef,
+        "exclude_same": args.exclude_same,
+        "index_fractions": list(args.index_fractions or (DEFAULT_FRACTIONS if args.plot else ())),
+        "seed": args.seed,
+        "max_queries": args.max_queries,
+    }
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    # No client-side time limit: a large collection's evaluation takes minutes.
+    with ApiClient(url, api_key=api_key, timeout_s=None) as client:
+        result = client.request("POST", f"/v1/collections/{args.collection}/evaluate", json=body)
+    return _write_result(result, args, out)
+
+
+def _write_result(result: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
     markdown = to_markdown(result)
     if args.markdown:
         args.markdown.write_text(markdown)

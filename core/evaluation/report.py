@@ -11,6 +11,8 @@ __all__ = ["comparison_table", "plot_index_size_curve", "to_markdown"]
 
 
 def _fmt(value: Any) -> str:
+    if value is None:  # a NaN metric that went through JSON (a server's evaluation)
+        return "–"
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.3f}"
     return str(value)
