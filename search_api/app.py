@@ -19,7 +19,7 @@ from core.index.factory import open_index
 from search_api.backfill_jobs import BackfillRunner, LocalJobStore
 from search_api.errors import install_exception_handlers
 from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
-from search_api.routes import admin, collections, compare, events, health, jobs, search, web
+from search_api.routes import admin, collections, compare, events, health, jobs, points, search, web
 from search_api.security import AccessMiddleware, Authenticator, check_route_policies
 
 __all__ = ["create_app"]
@@ -74,6 +74,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     install_exception_handlers(app)
     app.include_router(health.router)
     app.include_router(collections.router)
+    app.include_router(points.router)
     app.include_router(admin.router)
     app.include_router(compare.router)
     app.include_router(search.router)
@@ -87,7 +88,8 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
 
     def body_limit(scope: Scope) -> int:
         route = route_table.match(scope)
-        if route is not None and is_upload_route(route):
+        # Image uploads, and batches of points (256 x 768-d vectors are ~4 MB of JSON).
+        if route is not None and (is_upload_route(route) or points.takes_batches(route)):
             return upload_limit
         return settings.api.max_json_bytes
 

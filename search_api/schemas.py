@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -22,6 +23,17 @@ __all__ = [
     "CompareResult",
     "FusedHit",
     "IndexingPublic",
+    "OptimizePublic",
+    "PointBookkeeping",
+    "PointIn",
+    "PointPayloadIn",
+    "PointsBookkeeping",
+    "PointsDelete",
+    "PointsDeleted",
+    "PointsLookup",
+    "PointsScroll",
+    "PointsUpsert",
+    "PointsUpserted",
     "CollectionsPublic",
     "FacetsPublic",
     "HealthPublic",
@@ -210,4 +222,142 @@ class FacetsPublic(BaseModel):
 
 
 class HealthPublic(BaseModel):
+    status: str
+
+
+# -- points written through the store's owner (``routes/points.py``, role ingest) -------------------
+
+
+def _label() -> Any:
+    return Field(default=None, max_length=200)
+
+
+def _hash() -> Any:
+    return Field(default=None, max_length=64)
+
+
+def _count() -> Any:
+    return Field(default=None, ge=0)
+
+
+class PointPayloadIn(BaseModel):
+    """A point's payload: only these fields are stored (the allow-list of ``core.payload``); any
+    other field is dropped, never stored. ``pathology`` is a list of labels."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    modality: str | None = _label()
+    anatomy: str | None = _label()
+    pathology: list[str] | str | None = Field(default=None, max_length=100)
+    dataset: str | None = _label()
+    split: str | None = _label()
+    source: str | None = Field(default=None, max_length=2048)
+    key: str | None = Field(default=None, max_length=2048)
+    frame: int | None = _count()
+    n_frames: int | None = _count()
+    etag: str | None = _label()
+    size: int | None = _count()
+    rows: int | None = _count()
+    cols: int | None = _count()
+    encoder: str | None = _label()
+    weights: str | None = _label()
+    ingested_at: str | None = Field(default=None, max_length=64)
+    study_hash: str | None = _hash()
+    series_hash: str | None = _hash()
+    instance_hash: str | None = _hash()
+    patient_hash: str | None = _hash()
+
+
+class PointIn(BaseModel):
+    """One point to write: its id (a UUID: the same id overwrites), vector and payload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: UUID
+    vector: list[float] = Field(min_length=1, max_length=65536)
+    payload: PointPayloadIn = Field(default_factory=PointPayloadIn)
+
+
+class PointsUpsert(BaseModel):
+    """A batch of points computed elsewhere (a worker, your own pipeline). Vectors are checked
+    (the collection's dimension, finite, non-zero) and L2-normalised; ``insert_only`` leaves points
+    that already exist untouched."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points: list[PointIn] = Field(min_length=1, max_length=10_000)
+    insert_only: bool = False
+
+
+class PointsUpserted(BaseModel):
+    collection: str
+    upserted: int
+
+
+class PointsDelete(BaseModel):
+    """Delete by ``ids`` or by ``filter`` (field → any-of values, e.g. ``{"source": [...], "key":
+    [...]}``): exactly one of them; the filter must name at least one field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[UUID] | None = Field(default=None, min_length=1, max_length=10_000)
+    filter: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PointsDelete:
+        if (self.ids is None) == (self.filter is None):
+            raise ValueError("give exactly one of ids or filter")
+        return self
+
+
+class PointsDeleted(BaseModel):
+    """``deleted``: the points that matched when the deletion ran."""
+
+    collection: str
+    deleted: int
+
+
+class PointsLookup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[UUID] = Field(min_length=1, max_length=10_000)
+
+
+class PointsScroll(BaseModel):
+    """A page of the collection's points (matching ``filter``), from ``offset`` (a previous page's
+    ``next_offset``; none: the first page)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: dict[str, Any] | None = None
+    limit: int = Field(default=1000, ge=1, le=10_000)
+    offset: UUID | None = None
+
+
+class PointBookkeeping(BaseModel):
+    """What the ingest side needs to know about a stored point: where it came from and at which
+    version (ETag, size), never its labels or pixels."""
+
+    id: str
+    source: str | None = None
+    key: str | None = None
+    frame: int | None = None
+    n_frames: int | None = None
+    etag: str | None = None
+    size: int | None = None
+
+
+class PointsBookkeeping(BaseModel):
+    collection: str
+    points: list[PointBookkeeping]
+    next_offset: str | None = None
+
+
+class OptimizePublic(BaseModel):
+    """The collection once its index is built: ``indexed_vectors`` equals ``points`` unless the
+    collection is small enough to be searched exactly (``status`` green either way)."""
+
+    collection: str
+    points: int
+    indexed_vectors: int | None
     status: str

@@ -164,6 +164,20 @@ class VectorIndex(ABC):
     ) -> Iterator[StoredPoint]:
         """Every point (matching the filter), streamed in pages."""
 
+    def scroll_page(
+        self,
+        name: str,
+        *,
+        filter: SearchFilter | None = None,
+        offset: Any = None,
+        batch_size: int = 1000,
+        with_vectors: bool = False,
+    ) -> tuple[list[StoredPoint], Any]:
+        """One page of `scroll` from ``offset`` (None: the first) and the offset of the next page
+        (None after the last), for a caller that pages across requests. Offsets are point ids: the
+        string form of one is accepted back."""
+        raise IndexStoreError(f"{type(self).__name__} does not page its scroll")
+
     @abstractmethod
     def delete(self, name: str, ids: Sequence[str]) -> None: ...
 

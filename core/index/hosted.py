@@ -352,6 +352,25 @@ class HostedEdgeIndex(VectorIndex):
             )
         )
 
+    def scroll_page(
+        self,
+        name: str,
+        *,
+        filter: SearchFilter | None = None,
+        offset: Any = None,
+        batch_size: int = 1000,
+        with_vectors: bool = False,
+    ) -> tuple[list[StoredPoint], Any]:
+        page: tuple[list[StoredPoint], Any] = self._call(
+            "scroll_page",
+            name,
+            filter=filter,
+            offset=offset,
+            batch_size=batch_size,
+            with_vectors=with_vectors,
+        )
+        return page
+
     def delete(self, name: str, ids: Sequence[str]) -> None:
         self._call("delete", name, list(ids))
 

@@ -30,6 +30,7 @@ from core.index._shared import (
     facet_counts,
     filter_conditions,
     hnsw_params,
+    iter_pages,
     known_ids,
     query_vector,
     stored_point,
@@ -358,29 +359,35 @@ class QdrantServerIndex(VectorIndex):
         if batch_size < 1:
             raise IndexStoreError(f"batch_size must be at least 1, got {batch_size}")
         self._config(name)
-        return self._scroll(name, _to_filter(filter), batch_size, with_vectors)
-
-    def _scroll(
-        self, name: str, engine_filter: models.Filter | None, batch_size: int, with_vectors: bool
-    ) -> Iterator[StoredPoint]:
-        offset: models.ExtendedPointId | None = None
-        while True:
-            records, offset = self._call(
-                name,
-                functools.partial(
-                    self._client.scroll,
-                    name,
-                    scroll_filter=engine_filter,
-                    limit=batch_size,
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=with_vectors,
-                ),
+        return iter_pages(
+            lambda offset: self.scroll_page(
+                name, filter=filter, offset=offset, batch_size=batch_size, with_vectors=with_vectors
             )
-            for r in records:
-                yield stored_point(r, with_vectors)
-            if offset is None:
-                return
+        )
+
+    def scroll_page(
+        self,
+        name: str,
+        *,
+        filter: SearchFilter | None = None,
+        offset: Any = None,
+        batch_size: int = 1000,
+        with_vectors: bool = False,
+    ) -> tuple[list[StoredPoint], Any]:
+        """One page of `scroll` from ``offset`` (None: the first), and the next page's offset."""
+        records, next_offset = self._call(
+            name,
+            functools.partial(
+                self._client.scroll,
+                name,
+                scroll_filter=_to_filter(filter),
+                limit=batch_size,
+                offset=offset,
+                with_payload=True,
+                with_vectors=with_vectors,
+            ),
+        )
+        return [stored_point(r, with_vectors) for r in records], next_offset
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         self._config(name)

@@ -42,6 +42,12 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/v1/collections/{name}/points/{point_id}/thumbnail"): frozenset({READER}),
     ("POST", "/v1/collections/{name}/search"): frozenset({READER}),
     ("POST", "/v1/collections/{name}/search/image"): frozenset({READER}),
+    # The store's owner writes what the workers (or users) computed: the ingest side.
+    ("PUT", "/v1/collections/{name}/points"): frozenset({INGEST}),
+    ("POST", "/v1/collections/{name}/points/delete"): frozenset({INGEST}),
+    ("POST", "/v1/collections/{name}/points/lookup"): frozenset({INGEST}),
+    ("POST", "/v1/collections/{name}/points/scroll"): frozenset({INGEST}),
+    ("POST", "/v1/collections/{name}/optimize"): frozenset({INGEST}),
     ("POST", "/v1/ingest-jobs"): frozenset({INGEST}),
     ("GET", "/v1/ingest-jobs"): frozenset({INGEST}),
     ("GET", "/v1/ingest-jobs/{job_id}"): frozenset({INGEST}),

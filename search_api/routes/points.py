@@ -1,0 +1,212 @@
+"""Points written through the server that owns the store (role ``ingest``).
+
+The batch route is how Celery workers fill a collection of the embedded store, which only its
+owner may open: they fetch, decode and embed, then send each batch here, so any number of worker
+processes fill one collection. It is also how a user brings vectors computed elsewhere. The owner
+applies what the pipeline applies in-process: vectors are validated (the collection's dimension,
+finite, non-zero) and L2-normalised, payloads pass the allow-list of ``core.payload``. Writes are
+idempotent by point id.
+
+Beside it: deletion (by ids or by a filter), the bookkeeping the ingest side needs (which objects
+are stored at which ETag: a look-up by ids and a paged listing, never labels or pixels), and
+building the collection's index when a bulk load ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from numpy.typing import NDArray
+from starlette.concurrency import run_in_threadpool
+
+from core.catalog import CollectionEntry
+from core.errors import InvalidFilter, InvalidVector
+from core.index.base import StoredPoint, VectorIndex
+from core.payload import SearchFilter, build_payload
+from core.vectors import validate_vectors
+from search_api.deps import CollectionDep, IndexDep
+from search_api.middleware import RouteInfo
+from search_api.schemas import (
+    OptimizePublic,
+    PointBookkeeping,
+    PointIn,
+    PointsBookkeeping,
+    PointsDelete,
+    PointsDeleted,
+    PointsLookup,
+    PointsScroll,
+    PointsUpsert,
+    PointsUpserted,
+    parse_filter,
+)
+from search_api.security import Role, require_role
+
+__all__ = ["BOOKKEEPING_FIELDS", "router", "takes_batches"]
+
+#: The payload fields the ingest role reads back: enough to skip unchanged objects and reconcile.
+BOOKKEEPING_FIELDS: tuple[str, ...] = ("source", "key", "frame", "n_frames", "etag", "size")
+
+
+class _NoEchoRoute(APIRoute):
+    """A route whose validation errors name the field and the problem, never the input: FastAPI's
+    422 body carries every rejected value, and a batch is thousands of vector values."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                detail = [
+                    {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
+                    for e in exc.errors()
+                ]
+                return JSONResponse(status_code=422, content={"detail": detail})
+
+        return route_handler
+
+
+router = APIRouter(
+    prefix="/v1/collections",
+    tags=["points"],
+    dependencies=[require_role(Role.INGEST)],
+    route_class=_NoEchoRoute,
+)
+
+
+def _vectors(points: Sequence[PointIn], dim: int) -> NDArray[np.float32]:
+    """The batch's vectors, validated and L2-normalised; `InvalidVector` naming the point."""
+    for i, point in enumerate(points):
+        if len(point.vector) != dim:
+            raise InvalidVector(
+                f"points[{i}].vector has {len(point.vector)} values; the collection's vectors have {dim}"
+            )
+    rows = [point.vector for point in points]
+    try:
+        return validate_vectors(rows, dim)
+    except InvalidVector:
+        with np.errstate(over="ignore"):
+            arr = np.asarray(rows, dtype=np.float32)
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            raise InvalidVector(f"points[{int(np.argmin(finite))}].vector contains NaN or Inf") from None
+        zero = np.linalg.norm(arr, axis=1) < 1e-12
+        raise InvalidVector(f"points[{int(np.argmax(zero))}].vector has zero norm") from None
+
+
+def _upsert(index: VectorIndex, entry: CollectionEntry, body: PointsUpsert) -> PointsUpserted:
+    vectors = _vectors(body.points, entry.dim)
+    ids = [str(point.id) for point in body.points]
+    payloads = [build_payload(point.payload.model_dump(exclude_none=True)) for point in body.points]
+    index.upsert(entry.name, ids, vectors, payloads, insert_only=body.insert_only)
+    return PointsUpserted(collection=entry.name, upserted=len(ids))
+
+
+@router.put("/{name}/points")
+async def upsert_points(entry: CollectionDep, body: PointsUpsert, index: IndexDep) -> PointsUpserted:
+    """Write a batch of points (id, vector, payload) into a collection or the one an alias names.
+
+    The same id overwrites (``insert_only`` leaves existing points untouched), so a batch sent
+    twice stores each point once. Vectors must have the collection's dimension, be finite and
+    non-zero (400 naming the point otherwise); they are stored L2-normalised. Payload fields
+    outside the allow-list are dropped. This route takes large bodies (the upload limit,
+    ``RADSEARCH_API__MAX_UPLOAD_BYTES``): send big loads in batches of a few hundred points.
+    """
+    return await run_in_threadpool(_upsert, index, entry, body)
+
+
+def _filter(raw: dict[str, Any] | None) -> SearchFilter:
+    search_filter = parse_filter(raw)
+    if search_filter is None:
+        raise InvalidFilter("filter must name at least one field with values; it would match every point")
+    return search_filter
+
+
+def _delete(index: VectorIndex, entry: CollectionEntry, body: PointsDelete) -> PointsDeleted:
+    if body.ids is not None:
+        ids = [str(point_id) for point_id in body.ids]
+        found = len(index.retrieve(entry.name, ids))
+        index.delete(entry.name, ids)
+    else:
+        search_filter = _filter(body.filter)
+        found = index.count(entry.name, search_filter)
+        index.delete_by_filter(entry.name, search_filter)
+    return PointsDeleted(collection=entry.name, deleted=found)
+
+
+@router.post("/{name}/points/delete")
+async def delete_points(entry: CollectionDep, body: PointsDelete, index: IndexDep) -> PointsDeleted:
+    """Delete points by ``ids``, or every point matching ``filter`` (e.g. the frames of some
+    objects: ``{"source": ["s3://raw/ct/"], "key": ["ct/0001.dcm"]}``). Exactly one of the two."""
+    return await run_in_threadpool(_delete, index, entry, body)
+
+
+def _bookkeeping(point: StoredPoint) -> PointBookkeeping:
+    fields = {name: point.payload[name] for name in BOOKKEEPING_FIELDS if name in point.payload}
+    return PointBookkeeping(id=point.id, **fields)
+
+
+def _lookup(index: VectorIndex, entry: CollectionEntry, body: PointsLookup) -> PointsBookkeeping:
+    stored = index.retrieve(entry.name, [str(point_id) for point_id in body.ids])
+    return PointsBookkeeping(collection=entry.name, points=[_bookkeeping(p) for p in stored])
+
+
+@router.post("/{name}/points/lookup")
+async def lookup_points(entry: CollectionDep, body: PointsLookup, index: IndexDep) -> PointsBookkeeping:
+    """The points that exist among ``ids``, with their bookkeeping fields only (source, key,
+    frame, n_frames, etag, size): enough to skip objects already stored at the same ETag."""
+    return await run_in_threadpool(_lookup, index, entry, body)
+
+
+def _scroll(index: VectorIndex, entry: CollectionEntry, body: PointsScroll) -> PointsBookkeeping:
+    search_filter = parse_filter(body.filter)
+    offset = str(body.offset) if body.offset is not None else None
+    points, next_offset = index.scroll_page(
+        entry.name, filter=search_filter, offset=offset, batch_size=body.limit
+    )
+    return PointsBookkeeping(
+        collection=entry.name,
+        points=[_bookkeeping(p) for p in points],
+        next_offset=str(next_offset) if next_offset is not None else None,
+    )
+
+
+@router.post("/{name}/points/scroll")
+async def scroll_points(entry: CollectionDep, body: PointsScroll, index: IndexDep) -> PointsBookkeeping:
+    """A page of the collection's points (those matching ``filter``), bookkeeping fields only;
+    pass ``next_offset`` back as ``offset`` for the next page, until it is null."""
+    return await run_in_threadpool(_scroll, index, entry, body)
+
+
+def _optimize(index: VectorIndex, entry: CollectionEntry) -> OptimizePublic:
+    info: dict[str, Any] = index.collection_info(entry.name)
+    if info.get("status") != "green":
+        index.optimize(entry.name)
+        info = index.collection_info(entry.name)
+    return OptimizePublic(
+        collection=entry.name,
+        points=int(info["points"]),
+        indexed_vectors=info.get("indexed_vectors"),
+        status=str(info.get("status", "unknown")),
+    )
+
+
+@router.post("/{name}/optimize")
+async def optimize_collection(entry: CollectionDep, index: IndexDep) -> OptimizePublic:
+    """Build the collection's search index (HNSW) now, as a bulk load ends, and answer its points
+    and indexed vectors; returns at once when the index is already built. A large collection takes
+    minutes, during which writes to it wait."""
+    return await run_in_threadpool(partial(_optimize, index, entry))
+
+
+def takes_batches(info: RouteInfo) -> bool:
+    """Whether the route takes a batch of points (the large body limit, like an upload)."""
+    return getattr(info.route, "endpoint", None) is upsert_points
