@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -19,12 +20,17 @@ from core.config import Settings
 from core.encoders.base import Encoder
 from core.encoders.registry import load_encoder
 from core.encoders.spec import EncoderSpec
-from core.errors import CollectionNotFound, ConfigError, IndexStoreError
+from core.errors import CollectionExists, CollectionNotFound, ConfigError, IndexStoreError
 from core.index.base import CollectionConfig, VectorIndex
 
-__all__ = ["COLLECTION_NAME_PATTERN", "Catalog", "CollectionEntry"]
+__all__ = ["COLLECTION_NAME_PATTERN", "Catalog", "CollectionBusy", "CollectionEntry"]
 
 COLLECTION_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+
+
+class CollectionBusy(ConfigError):
+    """A collection cannot be dropped now: an alias points at it, or a job is writing to it
+    (HTTP 409, CLI exit 2). The message says what holds it."""
 
 
 class CollectionEntry(BaseModel):
@@ -103,6 +109,29 @@ class Catalog:
         )
         return entry
 
+    def ensure(self, name: str, encoder: str | None = None, *, weights: str | None = None) -> CollectionEntry:
+        """The collection (or alias) ``name``, created with ``encoder`` (default ``baseline``) if it
+        does not exist yet.
+
+        An existing collection keeps its encoder: asking for another one is a `ConfigError`.
+        """
+        from core.encoders.registry import resolve_spec
+
+        spec = resolve_spec(encoder or "baseline").with_weights(weights)
+        try:
+            entry = self.get(name)
+        except CollectionNotFound:
+            try:
+                return self.create(name, spec)
+            except CollectionExists:  # created meanwhile by another thread of this process
+                entry = self.get(name)
+        if encoder is not None and entry.encoder.name != spec.name:
+            raise ConfigError(
+                f"collection {name!r} was built with encoder {entry.encoder.name!r}, not {spec.name!r}; "
+                "create a new collection for another encoder"
+            )
+        return entry
+
     def resolve(self, name: str) -> str:
         """The collection ``name`` names: itself, or the target of the alias ``name``."""
         # Aliases first: a Qdrant server also answers collection_exists() for an alias.
@@ -139,8 +168,12 @@ class Catalog:
         entry = self.get(name)
         return self.encoder(entry.encoder)
 
-    def drop(self, name: str) -> None:
-        """Drop a collection by its own name; refused while an alias points at it."""
+    def drop(self, name: str, *, writers: Callable[[str], Sequence[str]] | None = None) -> None:
+        """Drop a collection by its own name.
+
+        `CollectionBusy` while an alias points at it, or while ``writers(name)`` names anything
+        (the jobs writing to it, as the caller knows them: e.g. "ingest job <id>").
+        """
         aliases = self.aliases()
         if name in aliases:
             raise ConfigError(f"{name!r} is an alias; drop the collection by its own name")
@@ -149,9 +182,15 @@ class Catalog:
         self.get(name)
         pointing = sorted(alias for alias, target in aliases.items() if target == name)
         if pointing:
-            raise ConfigError(
+            raise CollectionBusy(
                 f"collection {name!r} is the target of alias {', '.join(pointing)}; switch or delete "
                 "the alias first"
+            )
+        busy = list(writers(name)) if writers is not None else []
+        if busy:
+            raise CollectionBusy(
+                f"collection {name!r} is being written by {', '.join(busy)}; drop it once "
+                f"{'that has' if len(busy) == 1 else 'they have'} finished"
             )
         self.index.drop_collection(name)
 

@@ -211,6 +211,10 @@ class ApiSettings(BaseModel):
     # the engine holds the GIL while it searches, so in the server's own process the two take
     # turns on one core; apart, the server's Python runs beside the searches.
     index_process: bool = True
+    # Folders on the server's disk that ingest jobs run by the store's owner may read (and take a
+    # manifest from), e.g. RADSEARCH_API__INGEST_ROOTS='["/srv/archive"]'. Without them a local
+    # folder is read only while the API is open (no keys: loopback clients, the same machine).
+    ingest_roots: list[Path] = Field(default_factory=list)
 
 
 class CelerySettings(BaseModel):

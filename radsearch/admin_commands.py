@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
-
-from tqdm import tqdm
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
-from core.encoders.registry import list_specs, resolve_spec
 from core.errors import ConfigError
-from ingest.pipeline import BatchReport
+from radsearch import remote_commands
 
-__all__ = ["add_admin_commands"]
+if TYPE_CHECKING:
+    from ingest.pipeline import BatchReport
+
+__all__ = [
+    "add_admin_commands",
+    "encoder_arg",
+    "print_alias",
+    "print_aliases",
+    "print_backfill",
+    "print_created",
+    "print_dropped",
+    "print_unaliased",
+]
 
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, sort_keys=False))
 
 
-def _encoder_arg(value: str) -> str | dict[str, Any]:
+def encoder_arg(value: str) -> str | dict[str, Any]:
     """A registry name, or a full spec as inline JSON or ``@file.json``."""
     if value.startswith("@"):
         with open(value[1:], encoding="utf-8") as handle:
@@ -35,10 +45,11 @@ def _encoder_arg(value: str) -> str | dict[str, Any]:
 def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
     from pydantic import ValidationError
 
+    from core.encoders.registry import resolve_spec
     from radsearch.services import open_catalog
 
     try:
-        spec = resolve_spec(_encoder_arg(args.encoder)).with_weights(args.weights)
+        spec = resolve_spec(encoder_arg(args.encoder)).with_weights(args.weights)
     except (ValidationError, json.JSONDecodeError) as exc:
         raise ConfigError(f"invalid encoder spec: {exc}") from None
     with open_catalog(settings) as catalog:
@@ -53,28 +64,28 @@ def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         "quantization": entry.quantization,
         "on_disk": entry.on_disk,
     }
-    if args.json:
-        _print_json(row)
-    else:
-        print(
-            f"created {row['name']}: encoder {row['encoder']}, dim {row['dim']}, weights {row['weights']}, "
-            f"quantization {row['quantization']}" + (", vectors on disk" if entry.on_disk else "")
-        )
+    print_created(row, as_json=args.json)
     return 0
 
 
 def _cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
     from radsearch.services import open_catalog
+    from search_api.backfill_jobs import celery_writers
 
     with open_catalog(settings) as catalog:
-        catalog.drop(args.name)
-    print(f"dropped {args.name}")
+        aliases = catalog.aliases()
+        # This process owns the store, so no owner-run job can be writing: Celery jobs only.
+        catalog.drop(args.name, writers=lambda name: celery_writers(settings, name, aliases))
+    print_dropped(args.name)
     return 0
 
 
 def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
     from ingest.backfill import plan_backfill, run_backfill
     from radsearch.services import open_catalog
+    from search_api.backfill_jobs import index_written
 
     with open_catalog(settings) as catalog:
         plan = plan_backfill(catalog, settings, args.origin, target=args.name)
@@ -86,15 +97,9 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
         report = run_backfill(
             catalog, settings, plan, target=args.name, on_batch=on_batch, path_template=args.path_template
         )
+        index_written(catalog, [args.name], report)
         bar.close()
-    summary = {"collection": args.name, "from": args.origin, **report.to_dict()}
-    if args.json:
-        _print_json(summary)
-    else:
-        print(
-            f"{args.name}: {report.objects} objects from {args.origin}, {report.frames_indexed} frames "
-            f"indexed, {report.skipped} already present, {len(report.failed)} failed"
-        )
+    print_backfill({"collection": args.name, "from": args.origin, **report.to_dict()}, as_json=args.json)
     return 0
 
 
@@ -103,7 +108,7 @@ def _cmd_alias(args: argparse.Namespace, settings: Settings) -> int:
 
     with open_catalog(settings) as catalog:
         previous = catalog.set_alias(args.alias, args.collection)
-    print(f"{args.alias} -> {args.collection}" + (f" (was {previous})" if previous else ""))
+    print_alias(args.alias, args.collection, previous)
     return 0
 
 
@@ -112,7 +117,7 @@ def _cmd_unalias(args: argparse.Namespace, settings: Settings) -> int:
 
     with open_catalog(settings) as catalog:
         catalog.delete_alias(args.alias)
-    print(f"removed alias {args.alias}")
+    print_unaliased(args.alias)
     return 0
 
 
@@ -121,15 +126,61 @@ def _cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
 
     with open_catalog(settings) as catalog:
         aliases = catalog.aliases()
-    if args.json:
-        _print_json({"aliases": aliases})
-    else:
-        for alias, target in sorted(aliases.items()):
-            print(f"{alias} -> {target}")
+    print_aliases(aliases, as_json=args.json)
     return 0
 
 
+# -- output shared by the direct mode and the mode through a server (radsearch.remote_commands) --
+
+
+def print_created(row: Mapping[str, Any], *, as_json: bool) -> None:
+    """A new collection: ``{"name", "encoder", "dim", "weights", "quantization", "on_disk"}``."""
+    if as_json:
+        _print_json(dict(row))
+        return
+    print(
+        f"created {row['name']}: encoder {row['encoder']}, dim {row['dim']}, weights {row['weights']}, "
+        f"quantization {row['quantization']}" + (", vectors on disk" if row["on_disk"] else "")
+    )
+
+
+def print_dropped(name: str) -> None:
+    print(f"dropped {name}")
+
+
+def print_backfill(summary: Mapping[str, Any], *, as_json: bool) -> None:
+    """A backfill's summary: ``{"collection", "from", "objects", "frames_indexed", "skipped",
+    "failed", "quarantined", "errors", "quarantined_items"}``."""
+    if as_json:
+        _print_json(dict(summary))
+        return
+    print(
+        f"{summary['collection']}: {summary['objects']} objects from {summary['from']}, "
+        f"{summary['frames_indexed']} frames indexed, {summary['skipped']} already present, "
+        f"{summary['failed']} failed"
+    )
+
+
+def print_alias(alias: str, collection: str, previous: str | None) -> None:
+    print(f"{alias} -> {collection}" + (f" (was {previous})" if previous else ""))
+
+
+def print_unaliased(alias: str) -> None:
+    print(f"removed alias {alias}")
+
+
+def print_aliases(aliases: Mapping[str, str], *, as_json: bool) -> None:
+    """alias → collection."""
+    if as_json:
+        _print_json({"aliases": dict(aliases)})
+        return
+    for alias, target in sorted(aliases.items()):
+        print(f"{alias} -> {target}")
+
+
 def _cmd_encoders(args: argparse.Namespace, settings: Settings) -> int:
+    from core.encoders.registry import list_specs
+
     specs = list_specs()
     if args.json:
         _print_json({"encoders": [s.model_dump(mode="json") for s in specs]})
@@ -158,11 +209,13 @@ def add_admin_commands(collections_sub: Any, sub: Any) -> None:
         "--on-disk", action="store_true", help="keep the original vectors on disk (less memory, slower)"
     )
     create.add_argument("--json", action="store_true")
-    create.set_defaults(handler=_cmd_create)
+    create.set_defaults(handler=_cmd_create, remote_handler=remote_commands.create)
 
-    drop = collections_sub.add_parser("drop", help="drop a collection (refused while an alias points at it)")
+    drop = collections_sub.add_parser(
+        "drop", help="drop a collection (refused while an alias points at it or a job writes to it)"
+    )
     drop.add_argument("name")
-    drop.set_defaults(handler=_cmd_drop)
+    drop.set_defaults(handler=_cmd_drop, remote_handler=remote_commands.drop)
 
     backfill = collections_sub.add_parser(
         "backfill", help="embed every image another collection (or a source) knows into this one"
@@ -171,20 +224,20 @@ def add_admin_commands(collections_sub: Any, sub: Any) -> None:
     backfill.add_argument("--from", dest="origin", required=True, help="collection, alias or source URI")
     backfill.add_argument("--path-template", help="labels from keys, for a source URI")
     backfill.add_argument("--json", action="store_true")
-    backfill.set_defaults(handler=_cmd_backfill)
+    backfill.set_defaults(handler=_cmd_backfill, remote_handler=remote_commands.backfill)
 
     alias = collections_sub.add_parser("alias", help="point an alias at a collection (atomic switch)")
     alias.add_argument("alias")
     alias.add_argument("collection")
-    alias.set_defaults(handler=_cmd_alias)
+    alias.set_defaults(handler=_cmd_alias, remote_handler=remote_commands.alias)
 
     unalias = collections_sub.add_parser("unalias", help="remove an alias")
     unalias.add_argument("alias")
-    unalias.set_defaults(handler=_cmd_unalias)
+    unalias.set_defaults(handler=_cmd_unalias, remote_handler=remote_commands.unalias)
 
     aliases = collections_sub.add_parser("aliases", help="list aliases")
     aliases.add_argument("--json", action="store_true")
-    aliases.set_defaults(handler=_cmd_aliases)
+    aliases.set_defaults(handler=_cmd_aliases, remote_handler=remote_commands.aliases)
 
     encoders = sub.add_parser("encoders", help="list the registered encoders")
     encoders.add_argument("--json", action="store_true")

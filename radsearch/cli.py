@@ -7,9 +7,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from core.config import Settings
 from core.errors import (
@@ -22,10 +22,11 @@ from core.errors import (
     StoreFull,
     StoreOwned,
 )
-from core.payload import FILTER_FIELDS, SearchFilter
+from core.payload import FILTER_FIELDS
 from ingest.inline import IngestOptions
+from radsearch import remote_commands
 
-__all__ = ["main"]
+__all__ = ["filter_mapping", "main", "print_collections", "print_hits", "print_ingest_summary", "server_url"]
 
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
@@ -36,6 +37,51 @@ EXIT_STORE_FULL = 4  # free disk below the store's reserve: writes refused, noth
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, sort_keys=False))
+
+
+# -- output shared by the direct mode and the mode through a server (radsearch.remote_commands) --
+
+
+def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
+    """An ingest's summary: ``{"collection", "objects", "frames_indexed", "skipped", "failed",
+    "quarantined", "errors", "quarantined_items", "seconds"}``."""
+    if as_json:
+        _print_json(dict(summary))
+        return
+    seconds = float(summary["seconds"])
+    rate = summary["objects"] / seconds if seconds > 0 else 0.0
+    print(
+        f"{summary['collection']}: {summary['objects']} objects, {summary['frames_indexed']} frames indexed, "
+        f"{summary['skipped']} unchanged skipped, {summary['failed']} failed, "
+        f"{summary['quarantined']} quarantined ({rate:.1f} objects/s)"
+    )
+    for item in summary["errors"][:20]:
+        print(f"  failed {item['key']}: {item['reason']}")
+
+
+def print_hits(hits: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
+    """Search hits, ``{"id", "score", "payload"}`` each, as a table or as ``{"hits": [...]}``."""
+    if as_json:
+        _print_json({"hits": [{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits]})
+        return
+    print(f"{'rank':>4}  {'score':>6}  {'modality':<8} {'anatomy':<10} {'pathology':<14} key")
+    for rank, hit in enumerate(hits, start=1):
+        p = hit["payload"]
+        print(
+            f"{rank:>4}  {hit['score']:6.3f}  {p.get('modality', '-'):<8} {p.get('anatomy', '-'):<10} "
+            f"{','.join(p.get('pathology', [])) or '-':<14} {p.get('key')}#{p.get('frame', 0)}"
+        )
+
+
+def print_collections(rows: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
+    """Collections, ``{"name", "encoder", "weights", "dim", "points"}`` each."""
+    if as_json:
+        _print_json({"collections": [dict(row) for row in rows]})
+        return
+    for row in rows:
+        print(f"{row['name']:<24} {row['encoder']:<14} dim={row['dim']:<5} points={row['points']}")
+    if not rows:
+        print("no collections yet: radsearch ingest SOURCE --collection NAME")
 
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -58,43 +104,31 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             catalog, settings, args.source, [args.collection], options, progress=not args.json
         )
     summary = {"collection": args.collection, **report.to_dict(), "seconds": round(report.seconds, 3)}
-    if args.json:
-        _print_json(summary)
-    else:
-        rate = summary["objects"] / report.seconds if report.seconds > 0 else 0.0
-        print(
-            f"{args.collection}: {summary['objects']} objects, {summary['frames_indexed']} frames indexed, "
-            f"{summary['skipped']} unchanged skipped, {summary['failed']} failed, "
-            f"{summary['quarantined']} quarantined ({rate:.1f} objects/s)"
-        )
-        for item in summary["errors"][:20]:
-            print(f"  failed {item['key']}: {item['reason']}")
+    print_ingest_summary(summary, as_json=args.json)
     return EXIT_OK
 
 
-def _filter_from_args(args: argparse.Namespace) -> SearchFilter:
-    return SearchFilter.from_mapping(
-        {name: getattr(args, name) for name in FILTER_FIELDS if getattr(args, name)}
-    )
+def filter_mapping(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The search filter the ``--modality`` ... options give (any-of within a field)."""
+    return {name: list(getattr(args, name)) for name in FILTER_FIELDS if getattr(args, name)}
 
 
 def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from radsearch.services import open_catalog, search_file
+    from radsearch.services import check_limit, hit_rows, open_catalog, read_query_image, search_image
 
+    check_limit(args.k, settings)
+    filename, data = read_query_image(args.image, settings)
     with open_catalog(settings) as catalog:
-        hits = search_file(
-            catalog, settings, args.image, args.collection, filter=_filter_from_args(args), limit=args.k
+        hits = search_image(
+            catalog,
+            settings,
+            args.collection,
+            data=data,
+            filename=filename,
+            filter=filter_mapping(args),
+            limit=args.k,
         )
-    if args.json:
-        _print_json({"hits": [{"id": h.id, "score": h.score, "payload": h.payload} for h in hits]})
-        return EXIT_OK
-    print(f"{'rank':>4}  {'score':>6}  {'modality':<8} {'anatomy':<10} {'pathology':<14} key")
-    for rank, hit in enumerate(hits, start=1):
-        p = hit.payload
-        print(
-            f"{rank:>4}  {hit.score:6.3f}  {p.get('modality', '-'):<8} {p.get('anatomy', '-'):<10} "
-            f"{','.join(p.get('pathology', [])) or '-':<14} {p.get('key')}#{p.get('frame', 0)}"
-        )
+    print_hits(hit_rows(hits), as_json=args.json)
     return EXIT_OK
 
 
@@ -112,13 +146,7 @@ def _cmd_collections(args: argparse.Namespace, settings: Settings) -> int:
             }
             for entry in catalog.list()
         ]
-    if args.json:
-        _print_json({"collections": rows})
-    else:
-        for row in rows:
-            print(f"{row['name']:<24} {row['encoder']:<14} dim={row['dim']:<5} points={row['points']}")
-        if not rows:
-            print("no collections yet: radsearch ingest SOURCE --collection NAME")
+    print_collections(rows, as_json=args.json)
     return EXIT_OK
 
 
@@ -168,15 +196,32 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return run_eval_command(args, settings, sys.stdout)
 
 
-def server_url(settings: Settings) -> str | None:
-    """The radsearch server a store command goes through: ``--url``/``RADSEARCH_URL``, else the
-    owner of the embedded store's data dir while it serves; None to open the store here.
+def _remote_eval(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    from core.evaluation.command import run_remote_eval_command
 
-    `StoreOwned` when another process owns the store and serves nothing: the command stops
-    before touching the store, and the owner is not disturbed."""
+    return run_remote_eval_command(args, settings, url, sys.stdout)
+
+
+# When a command goes through a radsearch server instead of running here:
+# - "store": it needs the store: through ``--url``/``RADSEARCH_URL`` or the serving owner, and
+#   `StoreOwned` when another process owns the store without serving;
+# - "optional": it can run here without the store (``jobs``), but the serving owner knows more
+#   (the jobs it runs itself): through ``--url`` or the serving owner, else here;
+# - "explicit": it never needs the store (``ingest --executor celery`` talks to Redis): through
+#   ``--url`` only.
+RemoteMode = Literal["store", "optional", "explicit"]
+
+
+def server_url(settings: Settings, *, mode: RemoteMode = "store") -> str | None:
+    """The radsearch server a command goes through: ``--url``/``RADSEARCH_URL``, else (``mode``
+    store or optional) the owner of the embedded store's data dir while it serves; None to run
+    here.
+
+    `StoreOwned` (``mode`` store) when another process owns the store and serves nothing: the
+    command stops before touching the store, and the owner is not disturbed."""
     if settings.url:
         return settings.url
-    if settings.store.backend != "edge":
+    if mode == "explicit" or settings.store.backend != "edge":
         return None
     from core.ownership import current_owner
 
@@ -185,7 +230,21 @@ def server_url(settings: Settings) -> str | None:
         return None
     if owner.url:
         return owner.url
+    if mode == "optional":
+        return None
     raise StoreOwned(settings.index_dir, owner)
+
+
+def _ingest_remote_mode(args: argparse.Namespace) -> RemoteMode:
+    return "explicit" if args.executor == "celery" else "store"
+
+
+def _remote_url(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The server this command goes through, if it has a remote handler and one applies."""
+    if getattr(args, "remote_handler", None) is None:
+        return None
+    mode: RemoteMode | Callable[[argparse.Namespace], RemoteMode] = getattr(args, "remote_mode", "store")
+    return server_url(settings, mode=mode(args) if callable(mode) else mode)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,9 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="inline (this process) or celery (submit a job to the workers; --collection A,B fills several)",
     )
     ingest.add_argument(
-        "--detach", action="store_true", help="with --executor celery: print the job id and return"
+        "--detach",
+        action="store_true",
+        help="with --executor celery or through a server: print the job id and return",
     )
-    ingest.set_defaults(handler=_cmd_ingest)
+    ingest.set_defaults(
+        handler=_cmd_ingest, remote_handler=remote_commands.ingest, remote_mode=_ingest_remote_mode
+    )
 
     search = sub.add_parser("search", help="find the images most similar to an image file")
     search.add_argument("image", type=Path)
@@ -228,13 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
         search.add_argument(f"--{name}", action="append", metavar=name.upper(), help=f"only this {name}")
     search.add_argument("-k", type=int, default=10, help="number of hits")
     search.add_argument("--json", action="store_true")
-    search.set_defaults(handler=_cmd_search)
+    search.set_defaults(handler=_cmd_search, remote_handler=remote_commands.search)
 
     collections = sub.add_parser("collections", help="manage collections")
     collections_sub = collections.add_subparsers(dest="collections_command", required=True)
     clist = collections_sub.add_parser("list", help="list collections")
     clist.add_argument("--json", action="store_true")
-    clist.set_defaults(handler=_cmd_collections)
+    clist.set_defaults(handler=_cmd_collections, remote_handler=remote_commands.collections_list)
     from radsearch.admin_commands import add_admin_commands
 
     add_admin_commands(collections_sub, sub)
@@ -263,11 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="retrieval quality by the reference paper's protocol (P@k, ...)")
     add_eval_arguments(evaluate)
-    evaluate.set_defaults(handler=_cmd_eval)
+    evaluate.set_defaults(handler=_cmd_eval, remote_handler=_remote_eval)
 
     from workers.commands import add_worker_commands
 
-    add_worker_commands(sub)
+    add_worker_commands(sub, remote_jobs=remote_commands.jobs)
     return parser
 
 
@@ -282,10 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides: dict[str, Any] = {"data_dir": args.data_dir, "url": args.url}
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-        remote = getattr(args, "remote_handler", None)
-        url = server_url(settings) if remote is not None else None
-        if remote is not None and url:
-            remote_code: int = remote(args, settings, url)
+        url = _remote_url(args, settings)
+        if url:
+            remote_code: int = args.remote_handler(args, settings, url)
             return remote_code
         code: int = args.handler(args, settings)
         return code

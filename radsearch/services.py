@@ -1,30 +1,42 @@
-"""Wiring shared by the command line and the demo: open the store, ingest, search a file."""
+"""Wiring shared by the command line and the demo: open the store, ingest, search by an image
+file (through the API's own query functions, so both modes answer alike)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
-from core.encoders.registry import resolve_spec
-from core.errors import CollectionNotFound, ConfigError
-from core.index import Hit, open_index
-from core.payload import SearchFilter
-from ingest.inline import IngestOptions, build_context, ingest_inline
-from ingest.pipeline import BatchReport
-from ingest.readers import DecodeLimits, decode_object
-from ingest.sources import Source, open_source
-from ingest.sources.local import LocalSource
+from core.errors import ConfigError, DecodeError, TooLarge
 
-__all__ = ["ensure_collection", "ingest_source", "open_catalog", "search_file", "serve_api"]
+if TYPE_CHECKING:
+    from core.catalog import Catalog, CollectionEntry
+    from core.index import Hit
+    from ingest.inline import IngestOptions
+    from ingest.pipeline import BatchReport
+
+__all__ = [
+    "check_limit",
+    "ensure_collection",
+    "hit_rows",
+    "ingest_source",
+    "open_catalog",
+    "open_query_image",
+    "read_query_image",
+    "search_image",
+    "serve_api",
+]
 
 
 @contextmanager
 def open_catalog(settings: Settings, *, owner: str = "cli") -> Iterator[Catalog]:
     """The catalog over the configured store, owned by this process as ``owner`` until exit
     (`StoreOwned` names the process that owns it instead)."""
+    from core.catalog import Catalog
+    from core.index import open_index
+
     index = open_index(settings, owner=owner)
     try:
         yield Catalog(index, settings)
@@ -35,21 +47,12 @@ def open_catalog(settings: Settings, *, owner: str = "cli") -> Iterator[Catalog]
 def ensure_collection(
     catalog: Catalog, name: str, encoder: str | None, *, weights: str | None = None
 ) -> CollectionEntry:
-    """The collection, created with ``encoder`` (default ``baseline``) if it does not exist yet.
+    """The collection, created with ``encoder`` (default ``baseline``) if it does not exist yet
+    (`Catalog.ensure`, as the owner's ingest jobs do).
 
     An existing collection keeps its encoder: asking for another one is a `ConfigError`.
     """
-    spec = resolve_spec(encoder or "baseline").with_weights(weights)
-    try:
-        entry = catalog.get(name)
-    except CollectionNotFound:
-        return catalog.create(name, spec)
-    if encoder is not None and entry.encoder.name != spec.name:
-        raise ConfigError(
-            f"collection {name!r} was built with encoder {entry.encoder.name!r}, not {spec.name!r}; "
-            "create a new collection for another encoder"
-        )
-    return entry
+    return catalog.ensure(name, encoder, weights=weights)
 
 
 def ingest_source(
@@ -62,44 +65,85 @@ def ingest_source(
     progress: bool = True,
 ) -> BatchReport:
     """Ingest a source into existing collections with the inline executor."""
+    from ingest.inline import build_context, ingest_inline
+    from ingest.sources import open_source
+    from search_api.backfill_jobs import manifest_keys
+
     source = open_source(source_uri, settings)
     try:
         ctx = build_context(source, catalog, collections, options, settings)
-        return ingest_inline(ctx, settings, progress=progress, exclude_keys=_manifest_key(source, options))
+        exclude = manifest_keys(source, options.manifest)
+        return ingest_inline(ctx, settings, progress=progress, exclude_keys=exclude)
     finally:
         source.close()
 
 
-def _manifest_key(source: Source, options: IngestOptions) -> frozenset[str]:
-    """A manifest kept inside the local folder being ingested is not an image: leave it out."""
-    if options.manifest is None or not isinstance(source, LocalSource):
-        return frozenset()
-    manifest = options.manifest.resolve()
-    if manifest.is_relative_to(source.root):
-        return frozenset({manifest.relative_to(source.root).as_posix()})
-    return frozenset()
+def open_query_image(path: Path) -> BinaryIO:
+    """The image file to search by, open for reading; `ConfigError` when it cannot be opened."""
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {str(path)!r}: {exc.strerror or type(exc).__name__}") from None
 
 
-def search_file(
+def read_query_image(path: Path, settings: Settings) -> tuple[str, bytes]:
+    """The safe name and bytes of an image file to search by, under the API's upload limits
+    and in its words (`TooLarge`, `DecodeError` when empty), as the API reads an upload."""
+    from search_api.uploads import upload_name
+
+    name = upload_name(path.name)
+    limit = settings.api.max_upload_bytes
+    with open_query_image(path) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(name, f"upload is larger than {limit} bytes")
+    if not data:
+        raise DecodeError(name, "empty upload")
+    return name, data
+
+
+def check_limit(limit: int, settings: Settings) -> None:
+    """`ConfigError` for a number of hits the API would refuse."""
+    if not 1 <= limit <= settings.api.max_limit:
+        raise ConfigError(f"-k must be between 1 and {settings.api.max_limit}")
+
+
+def search_image(
     catalog: Catalog,
     settings: Settings,
-    path: Path,
     collection: str,
     *,
-    filter: SearchFilter | None = None,
+    data: bytes,
+    filename: str,
+    filter: Mapping[str, Sequence[str]] | None = None,
     limit: int = 10,
 ) -> list[Hit]:
-    """Decode an image file (DICOM/PNG/JPEG), embed its middle frame, search the collection."""
-    encoder = catalog.encoder_for(collection)
-    decoded = decode_object(
-        path.read_bytes(),
-        path.name,
-        limits=DecodeLimits.from_settings(settings.ingest),
-        hash_key=settings.hash_key_bytes(),
+    """Search a collection (or alias) by an image's middle frame with the API's own query path
+    (`search_api.services.embed_upload` and `search`): what ``POST
+    /v1/collections/{name}/search/image`` answers."""
+    from search_api import services
+    from search_api.schemas import parse_filter
+
+    entry: CollectionEntry = catalog.get(collection)
+    search_filter = parse_filter(dict(filter)) if filter else None
+    vector = services.embed_upload(
+        catalog=catalog, entry=entry, settings=settings, data=data, filename=filename
     )
-    frame = decoded.frames[len(decoded.frames) // 2]
-    vector = encoder.embed([frame])[0]
-    return catalog.index.search(collection, vector, filter=filter, limit=limit)
+    hits: list[Hit] = services.search(
+        index=catalog.index,
+        entry=entry,
+        vector=vector,
+        search_filter=search_filter,
+        limit=limit,
+        offset=0,
+        score_threshold=None,
+    )
+    return hits
+
+
+def hit_rows(hits: Sequence[Hit]) -> list[dict[str, Any]]:
+    """Hits as the API returns them: ``{"id", "score", "payload"}``."""
+    return [{"id": hit.id, "score": hit.score, "payload": hit.payload} for hit in hits]
 
 
 def serve_api(

@@ -184,6 +184,12 @@ class BackfillJobPublic(BaseModel):
     throughput: dict[str, float | None]
     error: str | None = None
     failed_items: list[dict[str, str]] = Field(default_factory=list)
+    summary: dict[str, Any] | None = Field(
+        default=None,
+        description="once done: objects, frames_indexed, skipped, failed, quarantined, errors, "
+        "quarantined_items (the shape of `radsearch collections backfill --json`)",
+    )
+    error_status: int | None = Field(default=None, description="once failed: the HTTP status of its error")
 
 
 class CompareResult(BaseModel):

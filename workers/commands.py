@@ -7,6 +7,7 @@ import argparse
 import json
 import socket
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from core.errors import ConfigError
 if TYPE_CHECKING:
     from workers.jobs import JobKind, JobSpec
 
-__all__ = ["add_worker_commands", "ingest_celery"]
+__all__ = ["add_worker_commands", "ingest_celery", "job_line", "print_job", "print_job_result", "print_jobs"]
 
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
@@ -82,14 +83,59 @@ def _follow(settings: Settings, store: Any, job_id: str, *, progress: bool) -> A
         bar.close()
 
 
-def _summary_line(record: Any) -> str:
-    counts = record.counts
-    rate = record.throughput()["objects_per_s"] or 0.0
+# -- output shared with the command line through a server: jobs as `JobRecord.to_dict` gives them
+
+
+def _summary_line(job: Mapping[str, Any]) -> str:
+    counts = job["counts"]
+    rate = job["throughput"]["objects_per_s"] or 0.0
     return (
-        f"job {record.id} {record.state.value}: {counts['listed']} listed, {counts['queued']} queued, "
+        f"job {job['id']} {job['state']}: {counts['listed']} listed, {counts['queued']} queued, "
         f"{counts['indexed_frames']} frames indexed, {counts['skipped_unchanged']} unchanged skipped, "
         f"{counts['failed']} failed, {counts['quarantined']} quarantined ({rate:.1f} objects/s)"
     )
+
+
+def print_job_result(job: Mapping[str, Any], *, as_json: bool) -> int:
+    """A finished job (``JobRecord.to_dict()``): JSON, or a summary line with drift, failed items
+    and error; exit 0 when it is done, 1 when it failed."""
+    if as_json:
+        _out(json.dumps(dict(job)))
+    else:
+        _out(_summary_line(job))
+        if job.get("drift"):
+            for name, drift in job["drift"].items():
+                _out(f"  drift {name}: " + " ".join(f"{k}={v}" for k, v in drift.items()))
+        for item in job.get("failed_items", [])[:20]:
+            _out(f"  failed {item['key']}: {item['reason']}")
+        if job.get("error"):
+            _out(f"  error: {job['error']}")
+    return EXIT_OK if job["state"] == "done" else EXIT_RUNTIME_ERROR
+
+
+def job_line(job: Mapping[str, Any]) -> str:
+    """One line of ``radsearch jobs list``."""
+    c = job["counts"]
+    return (
+        f"{job['id']}  {job['kind']:<9} {job['state']:<8} {job['source']}  "
+        f"listed={c['listed']} frames={c['indexed_frames']} failed={c['failed']}"
+    )
+
+
+def print_jobs(jobs: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
+    """``radsearch jobs list``: jobs as ``JobRecord.to_dict(with_items=False)`` gives them."""
+    if as_json:
+        _out(json.dumps({"data": [dict(j) for j in jobs], "count": len(jobs)}))
+        return
+    for job in jobs:
+        _out(job_line(job))
+    if not jobs:
+        _out("no jobs")
+
+
+def print_job(job: Mapping[str, Any], *, as_json: bool) -> None:
+    """``radsearch jobs show``: one job as ``JobRecord.to_dict()`` gives it."""
+    _out(json.dumps(dict(job)) if as_json else json.dumps(dict(job), indent=2))
 
 
 def _finish(record: Any, job_id: str, *, as_json: bool) -> int:
@@ -99,18 +145,7 @@ def _finish(record: Any, job_id: str, *, as_json: bool) -> int:
             "run `radsearch reconcile SOURCE --collection NAME` to repair\n"
         )
         return EXIT_RUNTIME_ERROR
-    if as_json:
-        _out(json.dumps(record.to_dict()))
-    else:
-        _out(_summary_line(record))
-        if record.drift:
-            for name, drift in record.drift.items():
-                _out(f"  drift {name}: " + " ".join(f"{k}={v}" for k, v in drift.items()))
-        for item in record.failed_items[:20]:
-            _out(f"  failed {item['key']}: {item['reason']}")
-        if record.error:
-            _out(f"  error: {record.error}")
-    return EXIT_OK if record.state.value == "done" else EXIT_RUNTIME_ERROR
+    return print_job_result(record.to_dict(), as_json=as_json)
 
 
 def _submit_and_follow(args: argparse.Namespace, settings: Settings, kind: JobKind, spec: JobSpec) -> int:
@@ -166,28 +201,14 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
 
     store, app = _connect(settings)
     if args.jobs_command == "list":
-        records = store.recent(limit=args.limit)
-        if args.json:
-            _out(json.dumps({"data": [r.to_dict(with_items=False) for r in records], "count": len(records)}))
-            return EXIT_OK
-        for r in records:
-            c = r.counts
-            _out(
-                f"{r.id}  {r.kind.value:<9} {r.state.value:<8} {r.spec.source}  "
-                f"listed={c['listed']} frames={c['indexed_frames']} failed={c['failed']}"
-            )
-        if not records:
-            _out("no jobs")
+        print_jobs([r.to_dict(with_items=False) for r in store.recent(limit=args.limit)], as_json=args.json)
         return EXIT_OK
     if args.jobs_command == "show":
         record = store.get(args.job_id)
         if record is None:
             sys.stderr.write(f"radsearch: error: no job {args.job_id}\n")
             return EXIT_RUNTIME_ERROR
-        if args.json:
-            _out(json.dumps(record.to_dict()))
-        else:
-            _out(json.dumps(record.to_dict(), indent=2))
+        print_job(record.to_dict(), as_json=args.json)
         return EXIT_OK
     # requeue
     letters = store.dead_letters(job_id=args.job_id)
@@ -235,8 +256,14 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def add_worker_commands(sub: Any) -> None:
-    """Register ``worker``, ``jobs`` and ``reconcile`` on the ``radsearch`` subparsers."""
+def add_worker_commands(
+    sub: Any, *, remote_jobs: Callable[[argparse.Namespace, Settings, str], int] | None = None
+) -> None:
+    """Register ``worker``, ``jobs`` and ``reconcile`` on the ``radsearch`` subparsers.
+
+    ``remote_jobs`` runs ``jobs list|show`` through a radsearch server (``--url``, or the store's
+    serving owner, which also runs jobs of its own); they run here otherwise."""
+    remote = {"remote_handler": remote_jobs, "remote_mode": "optional"} if remote_jobs else {}
     worker = sub.add_parser(
         "worker",
         help="start a Celery worker (one per GPU)",
@@ -262,11 +289,11 @@ def add_worker_commands(sub: Any) -> None:
     jlist = jobs_sub.add_parser("list", help="recent jobs, newest first")
     jlist.add_argument("--limit", type=int, default=20)
     jlist.add_argument("--json", action="store_true")
-    jlist.set_defaults(handler=_cmd_jobs)
+    jlist.set_defaults(handler=_cmd_jobs, **remote)
     jshow = jobs_sub.add_parser("show", help="one job: state, counts, failed items, throughput")
     jshow.add_argument("job_id")
     jshow.add_argument("--json", action="store_true")
-    jshow.set_defaults(handler=_cmd_jobs)
+    jshow.set_defaults(handler=_cmd_jobs, **remote)
     jrequeue = jobs_sub.add_parser("requeue", help="replay dead-lettered batches (all, or one job's)")
     jrequeue.add_argument("job_id", nargs="?")
     jrequeue.add_argument("--json", action="store_true")

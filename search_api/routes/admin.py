@@ -12,10 +12,10 @@ import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from core.catalog import Catalog
+from core.catalog import Catalog, CollectionBusy
 from core.errors import CollectionNotFound, ConfigError
 from search_api import admin_services
-from search_api.backfill_jobs import BackfillRunner, LocalJobStore
+from search_api.backfill_jobs import OwnerJob, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, CatalogDep, InferenceLimiterDep, check_job_id, check_name
 from search_api.schemas import (
     AliasesPublic,
@@ -27,19 +27,11 @@ from search_api.schemas import (
     CollectionDetailPublic,
 )
 from search_api.security import Role, require_role
-from workers.jobs import JobRecord
 
 router = APIRouter(prefix="/v1", tags=["admin"], dependencies=[require_role(Role.ADMIN)])
 
-# The API reads only buckets on the configured S3 endpoint, never a path on the server's disk.
-
-
-def _runner(request: Request) -> BackfillRunner:
-    runner: BackfillRunner | None = getattr(request.app.state, "backfill", None)
-    if runner is None:
-        runner = BackfillRunner(request.app.state.catalog, request.app.state.settings, LocalJobStore())
-        request.app.state.backfill = runner
-    return runner
+# The API reads only buckets on the configured S3 endpoint, never a path on the server's disk
+# (owner-run ingest jobs aside: `search_api.backfill_jobs.check_local_path`).
 
 
 @router.post("/collections", status_code=201)
@@ -54,18 +46,24 @@ async def create_collection(
     return created
 
 
-@router.delete("/collections/{name}", status_code=204, responses={404: {"description": "No such collection"}})
-async def delete_collection(name: str, catalog: CatalogDep) -> Response:
-    """Drop a collection by its own name (refused while an alias points at it)."""
+@router.delete(
+    "/collections/{name}",
+    status_code=204,
+    responses={404: {"description": "No such collection"}, 409: {"description": "Aliased or being written"}},
+)
+async def delete_collection(name: str, request: Request) -> Response:
+    """Drop a collection by its own name; 409 while an alias points at it or a job writes to it
+    (a backfill or ingest the server runs, or an unfinished Celery ingest job)."""
     check_name(name)
-    await run_in_threadpool(catalog.drop, name)
+    try:
+        await run_in_threadpool(owner_jobs(request).drop, name)
+    except CollectionBusy as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
     return Response(status_code=204)
 
 
-def _job_public(record: JobRecord) -> BackfillJobPublic:
-    data = record.to_dict()
-    data["kind"] = "backfill"
-    return BackfillJobPublic.model_validate(data)
+def _job_public(job: OwnerJob) -> BackfillJobPublic:
+    return BackfillJobPublic.model_validate(job.to_dict())
 
 
 def _check_origin(catalog: Catalog, origin: str) -> None:
@@ -84,28 +82,27 @@ async def create_backfill(
     Insert-only: points a concurrent ingest wrote are never overwritten. Returns the job.
     """
     check_name(name)
-    runner = _runner(request)
+    runner = owner_jobs(request)
 
-    def submit() -> JobRecord:
+    def submit() -> OwnerJob:
         _check_origin(catalog, body.from_)
-        job_id = runner.submit(name, body.from_, path_template=body.path_template)
-        record = runner.store.get(job_id)
-        assert record is not None
-        return record
+        job = runner.job(runner.submit_backfill(name, body.from_, path_template=body.path_template))
+        assert job is not None
+        return job
 
-    record = await run_in_threadpool(submit)
-    response.headers["Location"] = f"/v1/backfill-jobs/{record.id}"
-    return _job_public(record)
+    job = await run_in_threadpool(submit)
+    response.headers["Location"] = f"/v1/backfill-jobs/{job.record.id}"
+    return _job_public(job)
 
 
 @router.get("/backfill-jobs/{job_id}", responses={404: {"description": "No such job"}})
 async def read_backfill_job(job_id: str, request: Request) -> BackfillJobPublic:
     """A backfill job: state, counts, failed items, times and throughput."""
     check_job_id(job_id)
-    record = await run_in_threadpool(_runner(request).store.get, job_id)
-    if record is None:
+    job = await run_in_threadpool(owner_jobs(request).job, job_id)
+    if job is None or job.kind != "backfill":
         raise HTTPException(status_code=404, detail="job not found")
-    return _job_public(record)
+    return _job_public(job)
 
 
 @router.get("/backfill-jobs")
@@ -113,8 +110,8 @@ async def read_backfill_jobs(
     request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> list[BackfillJobPublic]:
     """Recent backfill jobs of this API process, newest first."""
-    records = await run_in_threadpool(partial(_runner(request).store.recent, limit=limit))
-    return [_job_public(r) for r in records]
+    jobs = await run_in_threadpool(partial(owner_jobs(request).recent, "backfill", limit=limit))
+    return [_job_public(job) for job in jobs]
 
 
 @router.put("/aliases/{alias}")

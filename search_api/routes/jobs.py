@@ -1,4 +1,5 @@
-"""Ingest jobs run by the Celery workers: submit, follow, list."""
+"""Ingest jobs: submit, follow, list. Run by the Celery workers (``executor`` celery, the default)
+or by the store's owner itself, this API process, with the inline pipeline (``executor`` owner)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from core.encoders.registry import get_spec
 from core.errors import ConfigError
 from ingest.labels import PathTemplate
+from search_api.backfill_jobs import OwnerIngest, OwnerJob, check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gateway
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
@@ -22,10 +24,21 @@ router = APIRouter(prefix="/v1/ingest-jobs", tags=["ingest-jobs"], dependencies=
 
 
 class IngestJobCreate(BaseModel):
-    """A bulk ingest of ``s3://bucket/prefix`` into one or more collections (one per encoder)."""
+    """A bulk ingest of ``s3://bucket/prefix`` into one or more collections (one per encoder).
+
+    ``executor`` owner: this server, the store's owner, runs the inline pipeline itself (no
+    workers, no Redis); ``source`` may then also be an absolute folder path and ``manifest`` a file
+    on this server's disk, read only while the API is open (no keys: loopback clients) or under
+    ``RADSEARCH_API__INGEST_ROOTS``; missing collections are created with ``encoder`` (default
+    baseline), and the job ends once the collections are indexed, with ``summary``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
+    # Before ``source``: its validators read it.
+    executor: Literal["celery", "owner"] = Field(
+        default="celery", description="celery (the workers) or owner (this server, inline pipeline)"
+    )
     source: str = Field(max_length=1100, examples=["s3://raw/ct/"])
     collections: list[str] = Field(min_length=1, max_length=16)
     manifest: str | None = Field(
@@ -38,18 +51,25 @@ class IngestJobCreate(BaseModel):
 
     @field_validator("source")
     @classmethod
-    def _check_source(cls, value: str) -> str:
+    def _check_source(cls, value: str, info: ValidationInfo) -> str:
         # Only buckets on the configured S3 endpoint: never a URL or a path on the worker's disk.
-        if not S3_URI.match(value):
-            raise ValueError("source must be s3://bucket/prefix")
-        return value
+        # The owner may read a folder, once the route's `check_local_path` allows it.
+        if S3_URI.match(value) or (_owner(info) and _absolute_path(value)):
+            return value
+        raise ValueError(
+            "source must be s3://bucket/prefix" + (" or an absolute path" if _owner(info) else "")
+        )
 
     @field_validator("manifest")
     @classmethod
-    def _check_manifest(cls, value: str | None) -> str | None:
-        if value is not None and (not S3_URI.match(value) or value.count("/") < 3):
-            raise ValueError("manifest must be the s3:// URI of an object")
-        return value
+    def _check_manifest(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or (S3_URI.match(value) and value.count("/") >= 3):
+            return value
+        if _owner(info) and _absolute_path(value):
+            return value
+        raise ValueError(
+            "manifest must be the s3:// URI of an object" + (" or an absolute path" if _owner(info) else "")
+        )
 
     @field_validator("collections")
     @classmethod
@@ -60,6 +80,14 @@ class IngestJobCreate(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError("collections must not repeat")
         return value
+
+
+def _owner(info: ValidationInfo) -> bool:
+    return info.data.get("executor") == "owner"
+
+
+def _absolute_path(value: str) -> bool:
+    return value.startswith("/") and "\x00" not in value
 
 
 class JobCounts(BaseModel):
@@ -111,6 +139,15 @@ class IngestJobPublic(BaseModel):
     error: str | None = None
     drift: dict[str, dict[str, int]] | None = None
     failed_items: list[FailedItemPublic] = Field(default_factory=list)
+    executor: Literal["celery", "owner"] = "celery"
+    summary: dict[str, Any] | None = Field(
+        default=None,
+        description="owner jobs, once done: collection, objects, frames_indexed, skipped, failed, "
+        "quarantined, errors, quarantined_items, seconds (the shape of `radsearch ingest --json`)",
+    )
+    error_status: int | None = Field(
+        default=None, description="owner jobs, once failed: the HTTP status of their error"
+    )
 
 
 class IngestJobsPublic(BaseModel):
@@ -118,7 +155,7 @@ class IngestJobsPublic(BaseModel):
     count: int
 
 
-def _public(record: JobRecord, *, with_items: bool = True) -> IngestJobPublic:
+def _public(record: JobRecord | OwnerJob, *, with_items: bool = True) -> IngestJobPublic:
     data: dict[str, Any] = record.to_dict(with_items=with_items)
     return IngestJobPublic.model_validate(data)
 
@@ -151,23 +188,72 @@ def _create(gateway: WorkerGateway, body: IngestJobCreate) -> JobRecord:
     return record
 
 
+def _create_owner(request: Request, body: IngestJobCreate) -> OwnerJob:
+    if body.encoder:
+        get_spec(body.encoder)
+    settings = request.app.state.settings
+    open_api: bool = request.app.state.authenticator.open
+    source, manifest = body.source, body.manifest
+    if not S3_URI.match(source):
+        folder = check_local_path(source, settings=settings, open_api=open_api, what="source folder")
+        if not folder.is_dir():
+            raise ConfigError("the source folder does not exist or is not a folder")
+        source = str(folder)
+    if manifest is not None and not S3_URI.match(manifest):
+        path = check_local_path(manifest, settings=settings, open_api=open_api, what="manifest")
+        if not path.is_file():
+            raise ConfigError("the manifest file does not exist or is not a file")
+        manifest = str(path)
+    runner = owner_jobs(request)
+    job_id = runner.submit_ingest(
+        OwnerIngest(
+            source=source,
+            collections=tuple(body.collections),
+            manifest=manifest,
+            path_template=body.path_template,
+            skip_unchanged=body.skip_unchanged,
+            encoder=body.encoder,
+            batch_size=body.batch_size,
+        )
+    )
+    job = runner.job(job_id)
+    if job is None:
+        raise ConfigError("the job vanished right after it was created")
+    return job
+
+
 @router.post("", status_code=202)
 async def create_ingest_job(body: IngestJobCreate, request: Request, response: Response) -> IngestJobPublic:
-    """Submit a bulk ingest job; the workers list the source and embed it in batches."""
+    """Submit a bulk ingest job: the workers list the source and embed it in batches, or with
+    ``executor`` owner this server runs it (collections are created first, as needed)."""
     note_collections(request, body.collections)
-    record: JobRecord = await _call(partial(_create, worker_gateway(request), body))
-    response.headers["Location"] = f"/v1/ingest-jobs/{record.id}"
-    return _public(record)
+    job: JobRecord | OwnerJob
+    if body.executor == "owner":
+        job = await run_in_threadpool(partial(_create_owner, request, body))
+    else:
+        job = await _call(partial(_create, worker_gateway(request), body))
+    job_id = job.record.id if isinstance(job, OwnerJob) else job.id
+    response.headers["Location"] = f"/v1/ingest-jobs/{job_id}"
+    return _public(job)
 
 
 @router.get("")
 async def read_ingest_jobs(
     request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> IngestJobsPublic:
-    """Recent jobs, newest first (without their failed items)."""
+    """Recent jobs, newest first (without their failed items): the workers' and this server's.
+    While Redis is down, this server's own jobs alone (503 when it has none)."""
+    owned = owner_jobs(request).recent("ingest", limit=limit)
     gateway = worker_gateway(request)
-    records: list[JobRecord] = await _call(partial(gateway.store.recent, limit=limit))
-    data = [_public(r, with_items=False) for r in records]
+    try:
+        records: list[JobRecord] = await _call(partial(gateway.store.recent, limit=limit))
+    except HTTPException:
+        if not owned:
+            raise
+        records = []
+    jobs: list[JobRecord | OwnerJob] = [*owned, *records]
+    jobs.sort(key=lambda j: j.record.created_at if isinstance(j, OwnerJob) else j.created_at, reverse=True)
+    data = [_public(j, with_items=False) for j in jobs[:limit]]
     return IngestJobsPublic(data=data, count=len(data))
 
 
@@ -175,6 +261,9 @@ async def read_ingest_jobs(
 async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
     """One job: state, counts, failed items with reasons, times and throughput."""
     check_job_id(job_id)
+    owned = owner_jobs(request).job(job_id)
+    if owned is not None and owned.kind == "ingest":
+        return _public(owned)
     gateway = worker_gateway(request)
     record: JobRecord | None = await _call(partial(gateway.store.get, job_id))
     if record is None:

@@ -192,7 +192,7 @@ def test_zero_downtime_model_upgrade(client: TestClient, corpus: Corpus, index: 
     assert no_text.status_code == 400 and "no text tower" in no_text.json()["detail"]
 
     refused = client.delete(f"/v1/collections/{B}")
-    assert refused.status_code == 400 and ALIAS in refused.json()["detail"]
+    assert refused.status_code == 409 and ALIAS in refused.json()["detail"]
 
     rolled_back = client.put(f"/v1/aliases/{ALIAS}", json={"collection": COLLECTION})
     assert rolled_back.json()["previous"] == B

@@ -1,0 +1,396 @@
+"""The command line through a serving owner: `radsearch serve` owns a data dir, and CLI
+subprocesses on that data dir (or with ``--url``) go through its HTTP API, printing exactly what the
+same commands print when they open an equivalent store themselves (run in process here)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+from pydantic import SecretStr
+
+from core.catalog import Catalog, CollectionBusy
+from core.config import RuntimeSettings, SecuritySettings, Settings
+from core.encoders.registry import resolve_spec
+from core.index.edge import EdgeIndex
+from radsearch.cli import main
+from search_api.backfill_jobs import JobProgress, LocalJobStore, OwnerJobRunner
+from tests.conftest import free_port
+from workers.jobs import JobKind, JobSpec, open_job_store
+
+HASH_KEY = "through-server-test"
+TEMPLATE = "{modality}/{anatomy}/{file}"
+INGEST_KEY = "rs_through-server-ingest-key"
+_TIMING = re.compile(r"\(\d+\.\d objects/s\)")
+
+
+def _images(root: Path) -> Path:
+    """Ten distinct smooth images (no two score alike) and one file that is not an image."""
+    for i in range(10):
+        modality, anatomy = ("CT", "chest") if i % 2 else ("MR", "brain")
+        low = np.random.default_rng(100 + i).random((6, 6)) * 255
+        image = Image.fromarray(low.astype(np.uint8)).resize((64, 64), Image.Resampling.BILINEAR)
+        path = root / modality / anatomy / f"img_{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+    (root / "bad.png").write_bytes(b"not an image")
+    return root
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
+    return {**env, "RADSEARCH_SECURITY__HASH_KEY": HASH_KEY, "RADSEARCH_RUNTIME__DEVICE": "cpu", **extra}
+
+
+def _serve(data: Path, port: int, **extra: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "radsearch.cli", "--data-dir", str(data), "serve", "--port", str(port)]
+    return subprocess.Popen(command, env=_env(**extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"radsearch serve at {url} did not become ready")
+
+
+@dataclass(frozen=True)
+class World:
+    images: Path
+    direct: Path  # data dir the in-process commands open themselves
+    served: Path  # data dir owned by the open `radsearch serve`
+    url: str
+    keyed_url: str  # a server with API keys (no local folders)
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("through-server")
+    images = _images(root / "images")
+    ports = free_port(), free_port()
+    keys = json.dumps(
+        [{"name": "ingest-bot", "role": "ingest", "sha256": hashlib.sha256(INGEST_KEY.encode()).hexdigest()}]
+    )
+    servers = [
+        _serve(root / "served", ports[0]),
+        _serve(root / "keyed", ports[1], RADSEARCH_SECURITY__API_KEYS=keys),
+    ]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        for url in urls:
+            _wait_ready(url)
+        yield World(images, root / "direct", root / "served", urls[0], urls[1], root)
+    finally:
+        for proc in servers:
+            proc.terminate()
+        for proc in servers:
+            proc.wait(timeout=30)
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def _direct(world: World, *args: str) -> Run:
+    """A command in this process, opening the store of ``world.direct`` itself."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [k for k in os.environ if k.startswith("RADSEARCH_")]:
+            mp.delenv(name)
+        mp.setenv("RADSEARCH_SECURITY__HASH_KEY", HASH_KEY)
+        mp.setenv("RADSEARCH_RUNTIME__DEVICE", "cpu")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["--data-dir", str(world.direct), *args])
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def _cli(data: Path, *args: str, **env: str) -> Run:
+    """A ``radsearch`` subprocess on ``data``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "radsearch.cli", "--data-dir", str(data), *args],
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def _served(world: World, *args: str) -> Run:
+    return _cli(world.served, *args)
+
+
+def _in_parallel(*calls: Callable[[], Run]) -> list[Run]:
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
+def _without(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in keys}
+
+
+def _hits_without_times(out: str) -> list[dict[str, Any]]:
+    hits: list[dict[str, Any]] = json.loads(out)["hits"]
+    return [{**hit, "payload": _without(hit["payload"], "ingested_at")} for hit in hits]
+
+
+def test_ingest_through_the_serving_owner_prints_what_direct_ingest_prints(world: World) -> None:
+    args = ("ingest", str(world.images), "--collection", "chest", "--path-template", TEMPLATE)
+    direct, served = _direct(world, *args, "--json"), _served(world, *args, "--json")
+    assert (direct.code, served.code) == (0, 0), served.err
+    direct_summary, served_summary = json.loads(direct.out), json.loads(served.out)
+    assert list(served_summary) == [
+        "collection",
+        "objects",
+        "frames_indexed",
+        "skipped",
+        "failed",
+        "quarantined",
+        "errors",
+        "quarantined_items",
+        "seconds",
+    ]
+    assert _without(served_summary, "seconds") == _without(direct_summary, "seconds")
+    assert (served_summary["frames_indexed"], served_summary["failed"]) == (10, 1)
+    info = httpx.get(f"{world.url}/v1/collections/chest").json()
+    assert info["points"] == 10 and info["indexing"]["status"] == "green"
+
+    # a second run, as text: everything unchanged is skipped, the bad file listed again
+    direct, served = _direct(world, *args), _served(world, *args)
+    assert (direct.code, served.code) == (0, 0)
+    assert _TIMING.sub("", served.out) == _TIMING.sub("", direct.out)
+    assert "10 unchanged skipped" in served.out and "failed bad.png" in served.out
+
+    # --detach prints the owner's job id; `jobs show` reads the job from the server
+    detached = _served(world, *args, "--detach")
+    job_id = detached.out.strip()
+    assert detached.code == 0 and re.fullmatch(r"[0-9a-f-]{36}", job_id), detached.out
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{world.url}/v1/ingest-jobs/{job_id}").json()["state"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    shown = _served(world, "jobs", "show", job_id, "--json")
+    job = json.loads(shown.out)
+    assert shown.code == 0 and job["executor"] == "owner" and job["summary"]["skipped"] == 10
+
+
+def test_alias_list_and_search_by_alias_print_what_direct_mode_prints(world: World) -> None:
+    direct, served = (
+        _direct(world, "collections", "alias", "current", "chest"),
+        _served(world, "collections", "alias", "current", "chest"),
+    )
+    assert (direct.code, served.code, served.out) == (0, 0, "current -> chest\n") and direct.out == served.out
+
+    query = str(world.images / "MR" / "brain" / "img_4.png")
+    commands = [
+        ("collections", "list"),
+        ("collections", "list", "--json"),
+        ("search", query, "--collection", "current", "-k", "4"),
+        ("search", query, "--collection", "current", "--modality", "MR", "-k", "3", "--json"),
+    ]
+    served_runs = _in_parallel(*[partial(_served, world, *command) for command in commands])
+    direct_runs = [_direct(world, *command) for command in commands]
+    for command, direct, served in zip(commands, direct_runs, served_runs, strict=True):
+        assert (direct.code, served.code) == (0, 0), (command, served.err)
+        if command[-1] == "--json" and command[0] == "search":
+            assert _hits_without_times(served.out) == _hits_without_times(direct.out)
+        else:
+            assert served.out == direct.out, command
+    assert "chest                    baseline       dim=512   points=10" in served_runs[0].out
+    table = served_runs[2].out.splitlines()
+    assert len(table) == 5 and "MR/brain/img_4.png#0" in table[1] and " 1.000 " in table[1]
+    hits = json.loads(served_runs[3].out)["hits"]
+    assert len(hits) == 3 and {h["payload"]["modality"] for h in hits} == {"MR"}
+
+
+def _redis_job_store(settings: Settings) -> Any:
+    store = open_job_store(settings.redis.url, settings.celery)
+    try:
+        store.client.ping()
+    except redis.exceptions.RedisError:
+        pytest.skip("Redis is not running on the default URL")
+    return store
+
+
+def test_drop_is_refused_while_aliased_or_written_then_allowed(world: World) -> None:
+    # the collection and alias of the previous tests, made here too when run alone
+    for run in (_direct, _served):
+        if run(world, "collections", "list").out.startswith("no collections"):
+            run(world, "ingest", str(world.images), "--collection", "chest", "--json")
+        run(world, "collections", "alias", "current", "chest")
+
+    direct, served = (
+        _direct(world, "collections", "drop", "chest"),
+        _served(world, "collections", "drop", "chest"),
+    )
+    aliased = (
+        "radsearch: error: collection 'chest' is the target of alias current; "
+        "switch or delete the alias first\n"
+    )
+    assert (direct.code, direct.err, served.code, served.err) == (2, aliased, 2, aliased)
+    for run in (_direct, _served):
+        assert run(world, "collections", "unalias", "current").out == "removed alias current\n"
+
+    # an unfinished Celery ingest job in Redis writes to it
+    store = _redis_job_store(Settings())
+    job_id = store.create(JobKind.INGEST, JobSpec(source="s3://nowhere/prefix/", collections=("chest",)))
+    try:
+        direct = _direct(world, "collections", "drop", "chest")
+        served = _served(world, "collections", "drop", "chest")
+    finally:
+        store.fail(job_id, "stopped by the test")
+    written = (
+        f"radsearch: error: collection 'chest' is being written by ingest job {job_id}; "
+        "drop it once that has finished\n"
+    )
+    assert (direct.code, direct.err, served.code, served.err) == (2, written, 2, written)
+    # the job failed: nothing writes any more
+    for run in (_direct, _served):
+        dropped = run(world, "collections", "drop", "chest")
+        assert (dropped.code, dropped.out) == (0, "dropped chest\n")
+
+
+def test_explicit_url_and_a_wrong_api_key(world: World) -> None:
+    elsewhere = world.root / "elsewhere"  # a data dir nobody owns: only --url leads to the server
+    keyed = world.root / "keyed"
+    explicit, wrong_key, local_folder = _in_parallel(
+        partial(_cli, elsewhere, "--url", world.url, "collections", "list", "--json"),
+        partial(_cli, keyed, "collections", "list", RADSEARCH_API_KEY="rs_wrong"),
+        partial(_cli, keyed, "ingest", str(world.images), "--collection", "x", RADSEARCH_API_KEY=INGEST_KEY),
+    )
+    listed = httpx.get(f"{world.url}/v1/collections").json()["collections"]
+    expected = [{k: c[k] for k in ("name", "encoder", "weights", "dim", "points")} for c in listed]
+    assert explicit.code == 0 and json.loads(explicit.out) == {"collections": expected}
+    assert not (elsewhere / "index").exists()
+
+    assert wrong_key.code == 2 and "Traceback" not in wrong_key.err
+    assert wrong_key.err == (
+        f"radsearch: error: the radsearch server at {world.keyed_url} refused the request (401: missing or "
+        "invalid credentials); give a key with the right role in RADSEARCH_API_KEY\n"
+    )
+    assert local_folder.code == 2 and local_folder.err == (
+        "radsearch: error: this server reads a source folder on its own disk only under "
+        "RADSEARCH_API__INGEST_ROOTS (or while the API is open, without keys, to loopback clients); "
+        "give an s3:// URI\n"
+    )
+
+
+def test_drop_waits_for_an_owner_run_job(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        runtime=RuntimeSettings(device="cpu"),
+        security=SecuritySettings(hash_key=SecretStr(HASH_KEY)),
+    )
+    index = EdgeIndex(settings.index_dir, settings.store)
+    catalog = Catalog(index, settings)
+    catalog.create("busy", resolve_spec("baseline"))
+    runner = OwnerJobRunner(catalog, settings, LocalJobStore())
+    release = threading.Event()
+
+    def work(progress: JobProgress) -> dict[str, Any]:
+        progress.plan(objects=1, batches=0)
+        release.wait(30)
+        return {"objects": 1}
+
+    try:
+        job_id = runner.submit("ingest", JobSpec(source="/archive", collections=("busy",)), work)
+        with pytest.raises(CollectionBusy, match=f"being written by ingest job {job_id}; drop it once"):
+            runner.drop("busy")
+        release.set()
+        deadline = time.monotonic() + 10
+        while (job := runner.job(job_id)) is None or job.record.state.value != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert job.summary == {"objects": 1} and job.to_dict()["executor"] == "owner"
+        runner.drop("busy")
+        assert not index.collection_exists("busy")
+    finally:
+        release.set()
+        runner.close()
+        index.close()
+
+
+def test_owner_ingest_reads_a_local_folder_only_under_the_ingest_roots(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from core.config import ApiKeyEntry, ApiSettings, RedisSettings
+    from search_api.app import create_app
+
+    allowed = _images(tmp_path / "allowed" / "archive")
+    outside = _images(tmp_path / "outside")
+    (allowed / "escape").symlink_to(outside, target_is_directory=True)
+    digest = hashlib.sha256(INGEST_KEY.encode()).hexdigest()
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        runtime=RuntimeSettings(device="cpu"),
+        security=SecuritySettings(
+            hash_key=SecretStr(HASH_KEY), api_keys=[ApiKeyEntry(name="bot", role="ingest", sha256=digest)]
+        ),
+        api=ApiSettings(ingest_roots=[tmp_path / "allowed"]),
+        redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0"),  # nothing listens: Redis is down
+    )
+    index = EdgeIndex(settings.index_dir, settings.store)
+    headers = {"X-API-Key": INGEST_KEY}
+    try:
+        with TestClient(create_app(settings, index=index)) as client:
+
+            def submit(source: str, **extra: object) -> Any:
+                body = {"executor": "owner", "source": source, "collections": ["roots"], **extra}
+                return client.post("/v1/ingest-jobs", json=body, headers=headers)
+
+            for source in (
+                str(outside),
+                str(allowed / "escape"),
+                "/etc",
+                str(allowed / ".." / ".." / "outside"),
+            ):
+                refused = submit(source)
+                assert (
+                    refused.status_code == 400 and "RADSEARCH_API__INGEST_ROOTS" in refused.json()["detail"]
+                )
+            missing = submit(str(allowed / "missing"))
+            assert missing.json()["detail"] == "the source folder does not exist or is not a folder"
+            assert submit("relative/path").status_code == 422
+            outside_manifest = submit(str(allowed), manifest=str(outside / "bad.png"))
+            assert outside_manifest.status_code == 400
+            assert not index.collection_exists("roots")  # nothing created by a refused job
+
+            created = submit(str(allowed), path_template=TEMPLATE)
+            assert created.status_code == 202, created.text
+            job_id = created.json()["id"]
+            deadline = time.monotonic() + 30
+            while (job := client.get(f"/v1/ingest-jobs/{job_id}", headers=headers).json())["state"] != "done":
+                assert job["state"] != "failed" and time.monotonic() < deadline, job
+                time.sleep(0.1)
+            assert job["executor"] == "owner" and job["summary"]["frames_indexed"] == 10
+            assert job["summary"]["errors"] == [{"key": "bad.png", "reason": "unrecognised file format"}]
+            listed = client.get("/v1/ingest-jobs", headers=headers)  # Redis down: the owner's jobs alone
+            assert listed.status_code == 200 and [j["id"] for j in listed.json()["data"]] == [job_id]
+    finally:
+        index.close()
