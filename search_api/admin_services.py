@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -9,10 +10,10 @@ from pydantic import ValidationError
 from core.catalog import Catalog
 from core.encoders.registry import resolve_spec
 from core.encoders.spec import EncoderSpec
-from core.errors import CollectionExists, ConfigError, WeightsUnavailable
+from core.errors import CollectionExists, CollectionNotFound, ConfigError, WeightsUnavailable
 from search_api.schemas import CollectionCreate, CollectionDetailPublic
 
-__all__ = ["collection_detail", "create_collection", "spec_from"]
+__all__ = ["collection_detail", "create_collection", "ensure_collections", "spec_from"]
 
 
 def spec_from(body: CollectionCreate) -> EncoderSpec:
@@ -38,6 +39,23 @@ def create_collection(*, catalog: Catalog, body: CollectionCreate) -> Collection
         # The weights this request names cannot be had here: the request's to fix, not a 503.
         raise ConfigError(str(exc)) from exc
     return collection_detail(catalog=catalog, name=entry.name)
+
+
+def ensure_collections(*, catalog: Catalog, names: Sequence[str], encoder: str) -> list[str]:
+    """Create those of ``names`` that are neither a collection nor an alias yet, with ``encoder``
+    (a registry name); returns the names created. For jobs the workers run on the embedded store:
+    they never open it, so its owner, this server, creates their collections."""
+    created: list[str] = []
+    for name in names:
+        try:
+            catalog.get(name)
+        except CollectionNotFound:
+            try:
+                catalog.create(name, resolve_spec(encoder))
+            except CollectionExists:  # a concurrent request created it
+                continue
+            created.append(name)
+    return created
 
 
 def collection_detail(*, catalog: Catalog, name: str) -> CollectionDetailPublic:

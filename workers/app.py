@@ -5,8 +5,8 @@ Delivery is at-least-once and tasks are idempotent (deterministic point ids, bat
 prefetch 1 keeps a long batch from holding others hostage, and Redis' visibility timeout returns
 the messages of a worker that vanished altogether. JSON only: a task argument is never unpickled.
 
-Queues: ``plan`` (CPU: list a source, reconcile, delete) and ``embed`` (GPU or CPU: a batch of
-object keys → the batch pipeline → upsert).
+Queues: ``plan`` (CPU: list a source, reconcile, delete, finish a complete job by indexing its
+collections) and ``embed`` (GPU or CPU: a batch of object keys → the batch pipeline → upsert).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = [
     "DELETE_TASK",
     "EMBED_QUEUE",
     "EMBED_TASK",
+    "FINISH_TASK",
     "PLAN_QUEUE",
     "PLAN_TASK",
     "RECONCILE_ALL_TASK",
@@ -39,6 +40,7 @@ EMBED_TASK = "radsearch.embed_batch"
 DELETE_TASK = "radsearch.delete_objects"
 RECONCILE_TASK = "radsearch.reconcile"
 RECONCILE_ALL_TASK = "radsearch.reconcile_subscriptions"
+FINISH_TASK = "radsearch.finish_job"
 
 _SETTINGS_KEY = "radsearch_settings"
 
@@ -121,6 +123,7 @@ def create_celery(settings: Settings) -> Celery:
             RECONCILE_TASK: {"queue": PLAN_QUEUE},
             RECONCILE_ALL_TASK: {"queue": PLAN_QUEUE},
             DELETE_TASK: {"queue": PLAN_QUEUE},
+            FINISH_TASK: {"queue": PLAN_QUEUE},
             EMBED_TASK: {"queue": EMBED_QUEUE},
         },
         worker_send_task_events=False,

@@ -22,7 +22,7 @@ from celery import Celery
 
 from core.config import Settings, Subscription
 from core.errors import RadsearchError
-from workers.app import DELETE_TASK, EMBED_TASK, PLAN_TASK, RECONCILE_TASK
+from workers.app import DELETE_TASK, EMBED_TASK, FINISH_TASK, PLAN_TASK, RECONCILE_TASK
 from workers.jobs import JobKind, JobRecord, JobSpec, JobStore
 
 __all__ = [
@@ -89,6 +89,8 @@ def requeue_dead_letters(store: JobStore, app: Celery, *, job_id: str | None = N
             name = DELETE_TASK if task == "delete" else EMBED_TASK
             _send(app, name, [new_id, f"q{i}", keys])
         store.plan_done(new_id)
+        if store.is_complete(new_id):  # every batch finished before planning did
+            _send(app, FINISH_TASK, [new_id])
         new_ids.append(new_id)
     return new_ids
 

@@ -148,10 +148,37 @@ def _finish(record: Any, job_id: str, *, as_json: bool) -> int:
     return print_job_result(record.to_dict(), as_json=as_json)
 
 
+def _create_on_owner(settings: Settings, spec: JobSpec) -> None:
+    """Embedded store: create the job's missing collections with its encoder on the store's
+    owner (the workers cannot: they never open the store); `ServerUnavailable` without one."""
+    if settings.store.backend != "edge" or not spec.encoder:
+        return
+    from core.api_client import ApiClient
+    from core.errors import CollectionNotFound
+    from core.index.remote import locate_owner
+
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    with ApiClient(locate_owner(settings), api_key=api_key) as api:
+        for name in spec.collections:
+            try:
+                api.request("GET", f"/v1/collections/{name}")
+                continue
+            except CollectionNotFound:
+                pass
+            try:
+                api.request("POST", "/v1/collections", json={"name": name, "encoder": spec.encoder})
+            except ConfigError as exc:
+                try:  # 409: created meanwhile; anything else (a bad encoder: 400) stands
+                    api.request("GET", f"/v1/collections/{name}")
+                except CollectionNotFound:
+                    raise exc from None
+
+
 def _submit_and_follow(args: argparse.Namespace, settings: Settings, kind: JobKind, spec: JobSpec) -> int:
     """Queue the job; print its id with ``--detach``, else follow it to the end and summarise."""
     from workers.client import submit_job
 
+    _create_on_owner(settings, spec)
     store, app = _connect(settings)
     job_id = submit_job(store, app, kind, spec)
     if args.detach:
@@ -227,13 +254,9 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(
             update={"runtime": settings.runtime.model_copy(update={"device": args.device})}
         )
-    edge = settings.store.backend == "edge"
-    pool = args.pool or ("threads" if edge else "prefork")
-    if edge and pool == "prefork" and args.concurrency > 1:
-        raise ConfigError(
-            "the edge store (Qdrant Edge) can be opened by one process only: use --pool threads "
-            "(or solo, or prefork with --concurrency 1), or RADSEARCH_STORE__BACKEND=qdrant to scale out"
-        )
+    # Workers never open the embedded store (its owner writes what they send), so any pool and
+    # any number of processes will do.
+    pool = args.pool or "prefork"
     app = create_celery(settings)
     hostname = args.hostname or f"radsearch-{'-'.join(args.queues.split(','))}@{socket.gethostname()}"
     argv = [
@@ -268,16 +291,15 @@ def add_worker_commands(
         "worker",
         help="start a Celery worker (one per GPU)",
         description=(
-            "Start a worker. With the edge store exactly one worker process may own the store: the "
-            "default pool is then 'threads'; scale out with the qdrant backend and prefork."
+            "Start a worker: it fetches, decodes and embeds batches, then writes them to the Qdrant "
+            "server or, with the embedded store, sends them to the store's owner (`radsearch serve` "
+            "on the data dir, or RADSEARCH_URL). Start as many as you like."
         ),
     )
     worker.add_argument("--queues", default="plan,embed", help="comma-separated: plan, embed (default both)")
     worker.add_argument("--device", help="encoder device for this worker, e.g. cuda:0 or cpu")
     worker.add_argument("--concurrency", type=int, default=1, help="pool size (1 per GPU)")
-    worker.add_argument(
-        "--pool", choices=("prefork", "threads", "solo"), help="default: threads (edge), prefork (qdrant)"
-    )
+    worker.add_argument("--pool", choices=("prefork", "threads", "solo"), help="default: prefork")
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--hostname", help="worker node name (default radsearch-QUEUES@HOST)")
     worker.add_argument("--beat", action="store_true", help="also run the periodic reconcile schedule")

@@ -1,8 +1,15 @@
 """What a worker process keeps between tasks: the store, the encoders, sources and label rules.
 
 Built lazily on the first task in each worker *child* process, never in the parent: CUDA must not
-be initialised before a fork, and Qdrant Edge lets only one process open a store. Threads of one
-process (``--pool threads``) share one `WorkerResources`.
+be initialised before a fork. Threads of one process (``--pool threads``) share one
+`WorkerResources`.
+
+The store: with a Qdrant server (``store.backend`` qdrant) every worker writes to it directly. The
+embedded store (edge) belongs to one process, ``radsearch serve``: workers never open it, they
+reach it through its owner's API (`core.index.remote.OwnerIndex`), so any number of worker
+processes fill one collection. They cannot create collections there (that loads the encoder on
+the owner, an administrator's call): the API creates a job's missing collections when the job is
+submitted with an encoder.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from core.encoders.registry import resolve_spec
 from core.errors import CollectionExists, CollectionNotFound, ConfigError
 from core.index.base import VectorIndex
 from core.index.factory import open_index
+from core.index.remote import OwnerIndex
 from ingest.inline import IngestOptions, build_context
 from ingest.labels import Labeler, PathTemplate, load_manifest, parse_manifest
 from ingest.pipeline import PipelineContext
@@ -66,12 +74,25 @@ class WorkerResources:
             return self._store
 
     @property
+    def embedded(self) -> bool:
+        """Whether the store is the embedded one, written by its owner (``radsearch serve``)."""
+        return self.settings.store.backend == "edge"
+
+    @property
     def catalog(self) -> Catalog:
+        """Collections and encoders over the owner's API (embedded store) or the Qdrant server.
+
+        The owner is located on first use, and again after it could not be reached: without one
+        the task fails with `ServerUnavailable` (transient, retried) saying to start it."""
         with self._lock:
             if self._catalog is None:
-                self._index = open_index(self.settings)
+                if self.embedded:
+                    self._index = OwnerIndex.for_settings(self.settings)
+                    log.info("pid %d writes the embedded store through its owner's API", self.pid)
+                else:
+                    self._index = open_index(self.settings, owner="worker")
+                    log.info("pid %d opened the %s store", self.pid, self.settings.store.backend)
                 self._catalog = Catalog(self._index, self.settings)
-                log.info("pid %d opened the %s store", self.pid, self.settings.store.backend)
             return self._catalog
 
     def source(self, uri: str) -> Source:
@@ -81,7 +102,8 @@ class WorkerResources:
             return self._sources[uri]
 
     def ensure_collections(self, spec: JobSpec) -> None:
-        """Create missing collections with the job's encoder; `CollectionNotFound` without one."""
+        """Check the job's collections exist; with a Qdrant server, create missing ones with the
+        job's encoder. `CollectionNotFound` saying what to do otherwise."""
         catalog = self.catalog
         with self._lock:
             for name in spec.collections:
@@ -90,6 +112,13 @@ class WorkerResources:
                 try:
                     catalog.get(name)
                 except CollectionNotFound:
+                    if self.embedded:
+                        raise CollectionNotFound(
+                            f"collection {name!r} does not exist on the radsearch server that owns the "
+                            "store, and workers do not create collections there: submit the job through "
+                            "the API with an encoder (POST /v1/ingest-jobs creates missing collections), "
+                            "or create it first (radsearch collections create)"
+                        ) from None
                     if not spec.encoder:
                         raise CollectionNotFound(
                             f"collection {name!r} does not exist; create it first or give the job an encoder"

@@ -11,9 +11,11 @@ Keys (prefix ``radsearch:``)::
     bad:{collection}     hash ``source\\x1fkey`` → ETag of objects that cannot be decoded, so
                          reconciliation does not re-enqueue a known-bad object at the same ETag
 
-Batch completion, counting and the job's final state change happen in one Lua script, so a batch
-that is redelivered after a crash (``acks_late``) never counts twice and the job finishes exactly
-when the last planned batch is done.
+Batch completion and counting happen in one Lua script, so a batch that is redelivered after a
+crash (``acks_late``) never counts twice. A job whose planned batches are all done is *complete*
+but still ``running``: it becomes ``done`` (`JobStore.finish`, again one script that re-checks
+completeness) once its collections are indexed, so a ``done`` job's collections are searchable
+at full speed.
 """
 
 from __future__ import annotations
@@ -228,14 +230,7 @@ if redis.call('HGET', KEYS[1], 'started_at') == false then
 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'done' and state ~= 'failed' then
-  local planned = redis.call('HGET', KEYS[1], 'planned')
-  local done = tonumber(redis.call('HGET', KEYS[1], 'batches_done') or '0')
-  local total = tonumber(redis.call('HGET', KEYS[1], 'batches_total') or '0')
-  if planned == '1' and done >= total then
-    redis.call('HSET', KEYS[1], 'state', 'done', 'finished_at', ARGV[2])
-  else
-    redis.call('HSET', KEYS[1], 'state', 'running')
-  end
+  redis.call('HSET', KEYS[1], 'state', 'running')
 end
 return 1
 """
@@ -252,22 +247,33 @@ end
 return 1
 """
 
-# KEYS: job hash. ARGV: now. Planning finished: the job is done if every batch already is.
+# KEYS: job hash. ARGV: now. Planning finished (the job may be complete already: see _FINISH).
 _PLAN_DONE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[1], 'planned', '1')
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'done' or state == 'failed' then return 0 end
+if redis.call('HGET', KEYS[1], 'started_at') == false then
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'state', 'running')
+return 1
+"""
+
+# KEYS: job hash. ARGV: now. The job is done if it is still complete (every planned batch done):
+# a batch added meanwhile (events) keeps it running.
+_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'done' or state == 'failed' then return 0 end
+local planned = redis.call('HGET', KEYS[1], 'planned')
 local done = tonumber(redis.call('HGET', KEYS[1], 'batches_done') or '0')
 local total = tonumber(redis.call('HGET', KEYS[1], 'batches_total') or '0')
-if done >= total then
-  if redis.call('HGET', KEYS[1], 'started_at') == false then
-    redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
-  end
-  redis.call('HSET', KEYS[1], 'state', 'done', 'finished_at', ARGV[1])
-else
-  redis.call('HSET', KEYS[1], 'state', 'running')
+if planned ~= '1' or done < total then return 0 end
+if redis.call('HGET', KEYS[1], 'started_at') == false then
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
 end
+redis.call('HSET', KEYS[1], 'state', 'done', 'finished_at', ARGV[1])
 return 1
 """
 
@@ -302,6 +308,7 @@ class JobStore:
         self._raise = client.register_script(_RAISE_COUNTERS)
         self._plan_done = client.register_script(_PLAN_DONE)
         self._add_batches = client.register_script(_ADD_BATCHES)
+        self._finish = client.register_script(_FINISH)
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -395,7 +402,25 @@ class JobStore:
         self._raise(keys=[_job_key(job_id)], args=args)
 
     def plan_done(self, job_id: str) -> None:
+        """Every batch of the job is enqueued; it may be complete already (`is_complete`)."""
         self._plan_done(keys=[_job_key(job_id)], args=[repr(time.time())])
+
+    def is_complete(self, job_id: str) -> bool:
+        """Planned, every planned batch done, and not yet done or failed: ready to `finish` once
+        its collections are indexed."""
+        raw = cast(
+            list[str | None],
+            self.client.hmget(_job_key(job_id), ["state", "planned", "batches_done", "batches_total"]),
+        )
+        state, planned, done, total = raw
+        if state is None or state in _FINAL_STATES or planned != "1":
+            return False
+        return int(done or 0) >= int(total or 0)
+
+    def finish(self, job_id: str) -> bool:
+        """Mark a complete job done (its collections are indexed); False if it is not complete
+        any more (a batch was added meanwhile), already finished, or gone."""
+        return int(self._finish(keys=[_job_key(job_id)], args=[repr(time.time())])) == 1
 
     def add_batches(self, job_id: str, *, batches: int, objects: int) -> None:
         self._add_batches(
@@ -424,7 +449,9 @@ class JobStore:
         counts: Mapping[str, int],
         failed: Sequence[tuple[str, str]] = (),
     ) -> bool:
-        """Count one finished batch once; False if it was counted before or the job is gone."""
+        """Count one finished batch once; False if it was counted before or the job is gone.
+
+        The last batch leaves the job complete (`is_complete`), not done: `finish` makes it done."""
         args: list[str] = [
             batch_id,
             repr(time.time()),

@@ -6,6 +6,12 @@ Errors: a bad object is a failed item of its batch (``BadInput``, no retry); a t
 (S3, Qdrant, network, Redis) retries the whole batch with exponential backoff and jitter; when the
 retries or deliveries run out, or on any other error, the batch goes to the dead-letter list
 (``radsearch jobs requeue`` replays it) and counts as failed, so the job still finishes.
+
+A job whose last batch is done is complete, not yet done: the finish task indexes its collections
+(through the owner of the embedded store; a Qdrant server indexes by itself), then marks it done,
+so a ``done`` job's collections are searched through their index. Whoever completes the job (the
+last batch, a dead letter, or the planner when every batch finished first) enqueues it; it is
+idempotent, and a redelivered batch enqueues it again.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from ingest.sources.base import ObjectRef
 from workers.app import (
     DELETE_TASK,
     EMBED_TASK,
+    FINISH_TASK,
     PLAN_TASK,
     RECONCILE_ALL_TASK,
     RECONCILE_TASK,
@@ -98,6 +105,12 @@ def _dead_letter(
     log.error("job %s batch %s dead-lettered (%d keys): %s", job_id, batch_id, len(keys), error)
 
 
+def _finish_when_complete(app: Celery, store: JobStore, job_id: str) -> None:
+    """Enqueue the finish task once every planned batch of the job is done."""
+    if store.is_complete(job_id):
+        app.send_task(FINISH_TASK, args=[job_id])
+
+
 def _guarded(
     task: RadsearchTask,
     job_id: str,
@@ -127,6 +140,7 @@ def _guarded(
             deliveries - 1,
             kind,
         )
+        _finish_when_complete(task.app, store, job_id)
         return
     try:
         work(spec)
@@ -142,6 +156,7 @@ def _guarded(
         if not is_transient(exc):
             log.exception("job %s batch %s failed on a non-transient error", job_id, batch_id)
         _dead_letter(store, job_id, batch_id, spec, keys, error, attempts, kind)
+        _finish_when_complete(task.app, store, job_id)
 
 
 def _embed(
@@ -194,6 +209,7 @@ def _embed(
             },
             failed,
         )
+        _finish_when_complete(task.app, res.store, job_id)
 
     _guarded(task, job_id, batch_id, keys, work, "embed")
 
@@ -216,6 +232,7 @@ def _delete(task: RadsearchTask, job_id: str, batch_id: str, keys: Sequence[str]
                 chunk = gone[i : i + _DELETE_CHUNK]
                 index.delete_by_filter(collection, SearchFilter(source=[source.uri], key=chunk))
         res.store.complete_batch(job_id, batch_id, {"objects_done": len(keys), "deleted": len(gone)})
+        _finish_when_complete(task.app, res.store, job_id)
 
     _guarded(task, job_id, batch_id, keys, work, "delete")
 
@@ -275,6 +292,7 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
         store.fail(job_id, f"planning failed: {type(exc).__name__}: {exc}")
         return
     store.plan_done(job_id)
+    _finish_when_complete(task.app, store, job_id)
 
 
 def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, Any] | None:
@@ -343,6 +361,7 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
     batch_size = spec.batch_size or res.settings.celery.task_batch_size
     _send_embed_batches(app, store, job_id, refs, batch_size, "r")
     store.plan_done(job_id)
+    _finish_when_complete(app, store, job_id)
     log.info("reconcile job %s: %s", job_id, drift)
     return drift
 
@@ -354,6 +373,32 @@ def _reconcile(task: RadsearchTask, job_id: str) -> None:
         if is_transient(exc) and task.request.retries < task.resources.settings.celery.max_retries:
             raise task.retry(exc=exc, countdown=_backoff(task)) from exc
         task.resources.store.fail(job_id, f"reconcile failed: {type(exc).__name__}: {exc}")
+
+
+def _finish(task: RadsearchTask, job_id: str) -> None:
+    """Index a complete job's collections, then mark it done (nothing if it is not complete:
+    finished already, or a batch was added meanwhile and its completion enqueues another)."""
+    res = task.resources
+    store = res.store
+    spec = store.spec(job_id)
+    if spec is None or not store.is_complete(job_id):
+        return
+    try:
+        catalog = res.catalog
+        for name in spec.collections:
+            try:
+                collection = catalog.resolve(name)
+            except CollectionNotFound:
+                continue  # the job failed every batch of it, or it was dropped since
+            started = time.monotonic()
+            catalog.index.optimize(collection)
+            log.info("job %s: %s indexed in %.1f s", job_id, collection, time.monotonic() - started)
+    except Exception as exc:
+        if is_transient(exc) and task.request.retries < res.settings.celery.max_retries:
+            raise task.retry(exc=exc, countdown=_backoff(task)) from exc
+        store.fail(job_id, f"indexing the job's collections failed: {type(exc).__name__}: {exc}")
+        return
+    store.finish(job_id)
 
 
 def _reconcile_subscriptions(task: RadsearchTask) -> list[str]:
@@ -401,6 +446,11 @@ def register_tasks(app: Celery) -> None:
     def reconcile(self: RadsearchTask, job_id: str) -> None:
         """Repair the drift between a source and its collections."""
         _reconcile(self, job_id)
+
+    @app.task(bind=True, base=RadsearchTask, name=FINISH_TASK)  # type: ignore[untyped-decorator]
+    def finish_job(self: RadsearchTask, job_id: str) -> None:
+        """Index a complete job's collections, then mark the job done."""
+        _finish(self, job_id)
 
     @app.task(bind=True, base=RadsearchTask, name=RECONCILE_ALL_TASK)  # type: ignore[untyped-decorator]
     def reconcile_subscriptions(self: RadsearchTask) -> list[str]:

@@ -11,9 +11,12 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from starlette.concurrency import run_in_threadpool
 
+from core.catalog import Catalog
+from core.config import Settings
 from core.encoders.registry import get_spec
 from core.errors import ConfigError
 from ingest.labels import PathTemplate
+from search_api import admin_services
 from search_api.backfill_jobs import OwnerIngest, OwnerJob, check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gateway
 from search_api.security import Role, note_collections, require_role
@@ -167,11 +170,13 @@ async def _call(fn: Any) -> Any:
         raise HTTPException(status_code=503, detail="job queue unavailable") from exc
 
 
-def _create(gateway: WorkerGateway, body: IngestJobCreate) -> JobRecord:
+def _create(gateway: WorkerGateway, body: IngestJobCreate, catalog: Catalog | None = None) -> JobRecord:
     if body.path_template:
         PathTemplate(body.path_template)
     if body.encoder:
         get_spec(body.encoder)
+        if catalog is not None:
+            admin_services.ensure_collections(catalog=catalog, names=body.collections, encoder=body.encoder)
     spec = JobSpec(
         source=body.source,
         collections=tuple(body.collections),
@@ -186,6 +191,14 @@ def _create(gateway: WorkerGateway, body: IngestJobCreate) -> JobRecord:
     if record is None:
         raise ConfigError("the job vanished right after it was created")
     return record
+
+
+def _embedded_catalog(request: Request) -> Catalog | None:
+    """This server's catalog when it owns the embedded store: the workers never open that store,
+    so their jobs' missing collections are created here (a Qdrant server: by the workers)."""
+    settings: Settings = request.app.state.settings
+    catalog: Catalog = request.app.state.catalog
+    return catalog if settings.store.backend == "edge" else None
 
 
 def _create_owner(request: Request, body: IngestJobCreate) -> OwnerJob:
@@ -231,7 +244,7 @@ async def create_ingest_job(body: IngestJobCreate, request: Request, response: R
     if body.executor == "owner":
         job = await run_in_threadpool(partial(_create_owner, request, body))
     else:
-        job = await _call(partial(_create, worker_gateway(request), body))
+        job = await _call(partial(_create, worker_gateway(request), body, _embedded_catalog(request)))
     job_id = job.record.id if isinstance(job, OwnerJob) else job.id
     response.headers["Location"] = f"/v1/ingest-jobs/{job_id}"
     return _public(job)

@@ -278,6 +278,12 @@ def test_openapi_lists_every_route_with_tag_operation_ids(client: TestClient) ->
         ("GET", "/v1/ingest-jobs"): "ingest-jobs-read_ingest_jobs",
         ("GET", "/v1/ingest-jobs/{job_id}"): "ingest-jobs-read_ingest_job",
         ("POST", "/v1/events/s3"): "events-create_s3_events",
+        # points written through the store's owner (issue 13)
+        ("PUT", "/v1/collections/{name}/points"): "points-upsert_points",
+        ("POST", "/v1/collections/{name}/points/delete"): "points-delete_points",
+        ("POST", "/v1/collections/{name}/points/lookup"): "points-lookup_points",
+        ("POST", "/v1/collections/{name}/points/scroll"): "points-scroll_points",
+        ("POST", "/v1/collections/{name}/optimize"): "points-optimize_collection",
     }
     assert client.get("/docs").status_code == 200
 

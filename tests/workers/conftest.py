@@ -1,5 +1,6 @@
 """Real parts for the worker tests: a private redis-server per test, `radsearch worker` subprocesses,
-moto's S3 server (from tests/conftest.py), and the edge store inspected after the worker stops."""
+moto's S3 server (from tests/conftest.py), and `radsearch serve` as the embedded store's owner (the
+workers send it what they embed); the store is read through its API, or opened once no one owns it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -143,6 +145,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
     for name in type(settings).model_fields:
         value = _plain(getattr(settings, name))
+        if value is None:
+            continue
         env[f"RADSEARCH_{name.upper()}"] = json.dumps(value) if isinstance(value, dict | list) else str(value)
     env["PYTHONPATH"] = str(REPO)
     env["PYTHONUNBUFFERED"] = "1"
@@ -271,6 +275,108 @@ def _wait_gone(pids: list[int], timeout_s: float = 10) -> None:
             time.sleep(0.05)
 
 
+class Server:
+    """``radsearch serve`` as a subprocess: the owner of the settings' embedded store, advertising
+    its URL in the owner record (the workers find it there); log in ``log_path``."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, *, wait: bool = True) -> Server:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "radsearch.cli",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                env=settings_env(self.settings),
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"radsearch serve exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
+                )
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"radsearch serve not ready after {timeout_s} s:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM (uvicorn shuts down, the store is closed and the owner lock given up)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def create_collection(self, name: str, encoder: str | dict[str, Any] = "baseline") -> None:
+        """Create a collection on the owner (workers cannot: a job submitted straight to the
+        queue finds it there)."""
+        with self.client() as client:
+            response = client.post("/v1/collections", json={"name": name, "encoder": encoder})
+        assert response.status_code == 201, response.text
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start ``radsearch serve`` owners (``wait=False``: `Server.wait_ready` later); every one is
+    stopped at the end of the test."""
+    started: list[Server] = []
+
+    def start(settings: Settings, *, wait: bool = True) -> Server:
+        server = Server(settings, tmp_path / f"serve-{len(started)}.log")
+        started.append(server)
+        return server.start(wait=wait)
+
+    yield start
+    for server in started:
+        try:
+            server.stop()
+        except Exception:  # noqa: BLE001 - clean-up must reach every server
+            pass
+
+
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """Start workers; every one is stopped at the end of the test."""
@@ -327,10 +433,32 @@ def wait_job(store: JobStore, job_id: str, timeout_s: float = 120) -> JobRecord:
     raise TimeoutError(f"job {job_id} not finished after {timeout_s} s: {store.get(job_id)}")
 
 
-def stored_points(settings: Settings, collection: str) -> list[tuple[str, int, str]]:
-    """(key, frame, id) of every point, read from the edge store after the worker stopped."""
-    from core.index.edge import EdgeIndex
+def served_points(url: str, collection: str) -> list[tuple[str, int, str]]:
+    """(key, frame, id) of every point, listed by the server that owns the store."""
+    out: list[tuple[str, int, str]] = []
+    offset = None
+    with httpx.Client(base_url=url, timeout=60) as client:
+        while True:
+            response = client.post(
+                f"/v1/collections/{collection}/points/scroll", json={"limit": 1000, "offset": offset}
+            )
+            response.raise_for_status()
+            page = response.json()
+            out += [(str(p["key"]), int(p.get("frame") or 0), str(p["id"])) for p in page["points"]]
+            offset = page["next_offset"]
+            if offset is None:
+                return out
 
+
+def stored_points(settings: Settings, collection: str) -> list[tuple[str, int, str]]:
+    """(key, frame, id) of every point: through the store's owner while one serves, else read from
+    the edge store itself."""
+    from core.index.edge import EdgeIndex
+    from core.ownership import current_owner
+
+    owner = current_owner(settings.index_dir)
+    if owner is not None and owner.url:
+        return served_points(owner.url, collection)
     index = EdgeIndex(settings.index_dir, settings.store)
     try:
         return [

@@ -21,6 +21,7 @@ from core.index.edge import EdgeIndex
 from search_api.app import create_app
 from tests.workers.conftest import (
     WEBHOOK_TOKEN,
+    Server,
     Worker,
     cli,
     png_bytes,
@@ -70,7 +71,7 @@ def events_settings(worker_settings: Settings, bucket: str) -> Settings:
 
 @pytest.fixture
 def api(events_settings: Settings, tmp_path: Path) -> Iterator[TestClient]:
-    # The worker owns the edge store under data_dir; the API gets a store of its own.
+    # The webhook needs no store: this API gets one of its own (`radsearch serve` owns data_dir's).
     index = EdgeIndex(tmp_path / "api-index", events_settings.store)
     with TestClient(create_app(events_settings, index=index)) as client:
         yield client
@@ -122,11 +123,14 @@ def test_events_dropped_duplicated_out_of_order_then_reconcile(
     minio_client: Minio,
     bucket: str,
     job_store: JobStore,
+    start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:
     rng = random.Random(7)
+    server = start_server(events_settings, wait=False)  # the embedded store's owner
     worker = start_worker(events_settings, "--pool", "threads", "--concurrency", "2")
-    # The subscribed collection exists before events arrive (reconcile creates it, empty).
+    server.wait_ready()
+    # The subscribed collection exists before events arrive (reconcile creates it on the owner, empty).
     created = cli(
         events_settings, "reconcile", f"s3://{bucket}/raw/", "--collection", "ev", "--encoder", "baseline"
     )

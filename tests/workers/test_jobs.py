@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from minio import Minio
@@ -15,7 +16,7 @@ from minio import Minio
 from core.config import Settings
 from core.index.edge import EdgeIndex
 from search_api.app import create_app
-from tests.workers.conftest import Worker, cli, upload_images
+from tests.workers.conftest import Server, Worker, cli, upload_images
 from workers.client import parse_s3_event
 from workers.jobs import JobKind, JobSpec, JobState, JobStore
 
@@ -28,7 +29,7 @@ def api(worker_settings: Settings, tmp_path: Path) -> Iterator[TestClient]:
     index.close()
 
 
-def _wait_api(api: TestClient, job_id: str, timeout_s: float = 90) -> dict[str, object]:
+def _wait_api(api: httpx.Client, job_id: str, timeout_s: float = 90) -> dict[str, object]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         body: dict[str, object] = api.get(f"/v1/ingest-jobs/{job_id}").json()
@@ -40,16 +41,21 @@ def _wait_api(api: TestClient, job_id: str, timeout_s: float = 90) -> dict[str, 
 
 def test_ingest_job_api_fills_several_collections_with_labels(
     worker_settings: Settings,
-    api: TestClient,
     minio_client: Minio,
     bucket: str,
+    start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:
+    # The API is the embedded store's owner: it creates the job's collections, the workers fill them.
+    server = start_server(worker_settings, wait=False)
+    worker = start_worker(worker_settings, wait=False)
     keys = [f"raw/CT/chest/{i:02d}.png" for i in range(12)] + [f"raw/MR/head/{i:02d}.png" for i in range(8)]
     upload_images(minio_client, bucket, keys)
     manifest = b"key,pathology,anatomy\nraw/CT/chest/00.png,nodule,lung\nraw/MR/head/03.png,glioma,\n"
     minio_client.put_object(bucket, "manifests/labels.csv", io.BytesIO(manifest), len(manifest))
-    worker = start_worker(worker_settings)
+    server.wait_ready()
+    worker.wait_ready()
+    api = server.client()
     body = {
         "source": f"s3://{bucket}/raw/",
         "collections": ["multi-a", "multi-b"],
@@ -85,7 +91,10 @@ def test_ingest_job_api_fills_several_collections_with_labels(
     assert json.loads(shown.stdout)["counts"]["indexed_frames"] == 40
     listing = cli(worker_settings, "jobs", "list")
     assert job_id in listing.stdout and again in listing.stdout
+    detail = api.get("/v1/collections/multi-a").json()
+    assert detail["encoder"] == "baseline" and detail["points"] == 20
     worker.stop()
+    server.stop()  # gives the store up: it is read here directly
 
     index = EdgeIndex(worker_settings.index_dir, worker_settings.store)
     try:
@@ -142,7 +151,12 @@ def test_job_store_counts_a_redelivered_batch_once(job_store: JobStore) -> None:
     assert job_store.state(job_id) == JobState.RUNNING
     assert job_store.complete_batch(job_id, "p1", {"objects_done": 10, "failed": 1}, [("k", "bad")])
     assert job_store.state(job_id) == JobState.RUNNING  # not planned yet: more batches may come
+    assert not job_store.is_complete(job_id) and not job_store.finish(job_id)
     job_store.plan_done(job_id)
+    # complete, and done only once its collections are indexed (the finish task calls finish)
+    assert job_store.is_complete(job_id) and job_store.state(job_id) == JobState.RUNNING
+    assert job_store.finish(job_id)
+    assert not job_store.is_complete(job_id) and not job_store.finish(job_id)
     record = job_store.get(job_id)
     assert record is not None and record.state == JobState.DONE
     assert record.counts["objects_done"] == 20 and record.counts["indexed_frames"] == 10
@@ -152,6 +166,18 @@ def test_job_store_counts_a_redelivered_batch_once(job_store: JobStore) -> None:
     # a batch of a job Redis no longer has is ignored, not resurrected as a half job
     assert not job_store.complete_batch("0" * 32, "p0", {"objects_done": 1})
     assert job_store.get("0" * 32) is None
+
+
+def test_a_batch_added_while_the_job_is_indexed_keeps_it_running(job_store: JobStore) -> None:
+    job_id = job_store.create(JobKind.EVENTS, JobSpec(source="s3://b/p/", collections=("a",)))
+    job_store.raise_counters(job_id, {"batches_total": 1})
+    job_store.plan_done(job_id)
+    assert job_store.complete_batch(job_id, "e0", {"objects_done": 3})
+    assert job_store.is_complete(job_id)
+    job_store.add_batches(job_id, batches=1, objects=2)  # an event arrives while the index is built
+    assert not job_store.finish(job_id) and job_store.state(job_id) == JobState.RUNNING
+    assert job_store.complete_batch(job_id, "e1", {"objects_done": 2})
+    assert job_store.finish(job_id) and job_store.state(job_id) == JobState.DONE
 
 
 def test_parse_minio_event_decodes_keys_and_ignores_other_events() -> None:

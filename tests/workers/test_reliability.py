@@ -1,5 +1,6 @@
 """Crash tests with real parts: worker kill -9, Redis restart without persistence, bad files and
-dead letters. Each prints one line of figures (REFERENCE (i) T1, T3)."""
+dead letters, with `radsearch serve` owning the embedded store the workers fill. Each prints one
+line of figures (REFERENCE (i) T1, T3)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from minio import Minio
 from core.config import Settings
 from tests.workers.conftest import (
     RedisServer,
+    Server,
     Worker,
     cli,
     coverage,
@@ -44,14 +46,18 @@ def test_kill_worker_and_child_during_job(
     minio_client: Minio,
     bucket: str,
     job_store: JobStore,
+    start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:
     n = 300
     keys = [f"raw/{i:04d}.png" for i in range(n)]
+    server = start_server(worker_settings, wait=False)
     upload_images(minio_client, bucket, keys)
-    # prefork, one child: the child owns the edge store; killing it (or the whole worker) is the test
+    server.wait_ready()
+    # prefork, one child: killing it (or the whole worker) mid-batch is the test
     worker = start_worker(worker_settings, "--pool", "prefork", "--concurrency", "1")
     app = create_celery(worker_settings)
+    server.create_collection("kill")
     spec = JobSpec(source=f"s3://{bucket}/raw/", collections=("kill",), encoder="baseline")
     job_id = submit_job(job_store, app, JobKind.INGEST, spec)
 
@@ -117,14 +123,18 @@ def test_redis_restart_mid_job_then_reconcile(
     minio_client: Minio,
     bucket: str,
     job_store: JobStore,
+    start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:
     n = 300
     keys = [f"raw/{i:04d}.png" for i in range(n)]
+    server = start_server(worker_settings, wait=False)
     upload_images(minio_client, bucket, keys)
+    server.wait_ready()
     worker = start_worker(worker_settings, "--pool", "threads", "--concurrency", "2")
     app = create_celery(worker_settings)
     source = f"s3://{bucket}/raw/"
+    server.create_collection("rr")
     job_id = submit_job(
         job_store, app, JobKind.INGEST, JobSpec(source=source, collections=("rr",), encoder="baseline")
     )
@@ -173,8 +183,10 @@ def test_bad_file_in_a_batch_is_listed_not_retried(
     minio_client: Minio,
     bucket: str,
     job_store: JobStore,
+    start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:
+    start_server(worker_settings, wait=False).wait_ready()
     good = [f"raw/{i:03d}.png" for i in range(19)]
     upload_images(minio_client, bucket, good)
     junk = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4  # a PNG signature, then garbage
@@ -222,10 +234,12 @@ def test_transient_errors_retry_then_dead_letter_and_requeue(
     minio_client: Minio,
     bucket: str,
     job_store: JobStore,
+    start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:
     keys = [f"raw/{i:03d}.png" for i in range(20)]
     upload_images(minio_client, bucket, keys)
+    start_server(worker_settings).create_collection("dl")
     planner = start_worker(worker_settings, "--queues", "plan", name="planner")
     app = create_celery(worker_settings)
     spec = JobSpec(source=f"s3://{bucket}/raw/", collections=("dl",), encoder="baseline")
@@ -240,7 +254,8 @@ def test_transient_errors_retry_then_dead_letter_and_requeue(
         minio_client.remove_object(bucket, key)
     minio_client.remove_bucket(bucket)
 
-    embedder = start_worker(worker_settings, "--queues", "embed", name="embedder")
+    # plan too: it finishes the job (indexes its collection) once the last batch is done
+    embedder = start_worker(worker_settings, "--queues", "embed,plan", name="embedder")
     record = wait_job(job_store, job_id, timeout_s=90)
     deliveries = job_store.deliveries(job_id)
     letters = job_store.dead_letters(job_id=job_id)
@@ -274,9 +289,3 @@ def test_transient_errors_retry_then_dead_letter_and_requeue(
     )
     print(f"\ndead_letter: {line} {'PASS' if ok else 'FAIL'}")
     assert ok, line
-
-
-def test_edge_store_refuses_several_worker_processes(worker_settings: Settings) -> None:
-    result = cli(worker_settings, "worker", "--pool", "prefork", "--concurrency", "2")
-    assert result.returncode == 2
-    assert "one process" in result.stderr
