@@ -4,11 +4,9 @@ moto's S3 server, uncompressed CT DICOMs.
 ``python bench/ingest_celery.py --n 400 --worker-processes 2 --worker-threads 1`` (or
 ``python bench/ingest.py --executor celery ...``) prints one JSON line.
 
-With the edge store only one process may own a store, so with ``--worker-processes`` > 1 every
-process owns a store of its own (its own data dir): the job's batches are spread over the processes
-and the points are sharded by process. That measures the pipeline (fetch → decode → embed →
-upsert) across processes; with a Qdrant server (``RADSEARCH_STORE__BACKEND=qdrant``) all processes
-would write one collection.
+The embedded store is owned by a `radsearch serve` process, as in production: the workers fetch,
+decode and embed, and send each batch to it (``PUT /v1/collections/{name}/points``), so every
+worker process fills the one collection. The timed job ends once the owner has indexed it.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from common import REPO_ROOT, emit, moto_server, write_ct_dicoms
 
 from core.config import CelerySettings, IngestSettings, RuntimeSettings, S3Settings, Settings
@@ -44,6 +43,8 @@ def _env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
     dumped = settings.model_dump(mode="python")
     for name, value in dumped.items():
+        if value is None:
+            continue
         if name == "s3":
             assert settings.s3.secret_key is not None
             value = {**value, "secret_key": settings.s3.secret_key.get_secret_value()}
@@ -66,6 +67,20 @@ def _wait(store: JobStore, job_id: str, timeout_s: float = 1800) -> Any:
     raise TimeoutError(job_id)
 
 
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"radsearch serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"radsearch serve not ready at {url}")
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is required")
@@ -77,6 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             stdout=subprocess.DEVNULL,
         )
         workers: list[subprocess.Popen[bytes]] = []
+        owner: subprocess.Popen[bytes] | None = None
         try:
             from minio import Minio
 
@@ -97,15 +113,29 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 ingest=IngestSettings(batch_size=args.batch_size, decode_workers=args.workers),
                 security={"hash_key": "bench"},
             )
+            # The store's owner; the workers send it their batches.
+            owner_url = f"http://127.0.0.1:{_free_port()}"
+            owner = subprocess.Popen(
+                [sys.executable, "-m", "radsearch.cli", "serve", "--host", "127.0.0.1"]
+                + ["--port", owner_url.rsplit(":", 1)[1]],
+                env=_env(base),
+                cwd=REPO_ROOT,
+                stdout=(root / "serve.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            _wait_ready(owner_url, owner)
+            created = httpx.post(
+                f"{owner_url}/v1/collections", json={"name": "bench", "encoder": args.encoder}, timeout=600
+            )
+            created.raise_for_status()
             for p in range(args.worker_processes):
-                settings = base.model_copy(update={"data_dir": root / f"data-{p}"})
                 queues = "plan,embed" if p == 0 else "embed"
                 log = (root / f"worker-{p}.log").open("wb")
                 workers.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "radsearch.cli", "worker", "--queues", queues]
                         + ["--pool", "threads", "--concurrency", str(args.worker_threads)],
-                        env=_env(settings),
+                        env=_env(base),
                         cwd=REPO_ROOT,
                         stdout=log,
                         stderr=subprocess.STDOUT,
@@ -113,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 )
             store = open_job_store(base.redis.url, base.celery)
             app = create_celery(base)
-            # Warm-up: model load and collection creation in every process are not billed.
+            # Warm-up: the model load in every process is not billed.
             warm = submit_job(
                 store, app, JobKind.INGEST, JobSpec("s3://bench/warm/", ("bench",), encoder=args.encoder)
             )
@@ -134,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 "batch_size": args.batch_size,
                 "worker_processes": args.worker_processes,
                 "worker_threads": args.worker_threads,
-                "store": "edge, one per process" if args.worker_processes > 1 else "edge",
+                "store": "edge, written by its owner (radsearch serve)",
                 "images_per_s": round(record.counts["indexed_frames"] / wall, 2),
                 "seconds": round(wall, 2),
                 "cpus": os.cpu_count(),
@@ -147,6 +177,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+            if owner is not None:
+                owner.terminate()
+                owner.wait(timeout=60)
             redis_proc.terminate()
             redis_proc.wait(timeout=10)
 
