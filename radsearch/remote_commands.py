@@ -65,6 +65,14 @@ def _local_ref(value: str | Path) -> str:
     return text if "://" in text else str(Path(text).expanduser().resolve())
 
 
+def _weights_ref(value: str | None) -> str | None:
+    """``--weights`` as the server reads it: a local file or folder made absolute; a hub id, an
+    ``s3://`` URI or ``random`` as given."""
+    if value is None or "://" in value or not Path(value).expanduser().exists():
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
 def _follow(client: ApiClient, path: str, *, desc: str, progress: bool, postfix: bool) -> dict[str, Any]:
     """Poll a job until it ends, with a progress bar like the command run here; its last state.
 
@@ -175,7 +183,11 @@ def _ensure_with_weights(client: ApiClient, args: argparse.Namespace) -> None:
         client.request(
             "POST",
             "/v1/collections",
-            json={"name": args.collection, "encoder": args.encoder or "baseline", "weights": args.weights},
+            json={
+                "name": args.collection,
+                "encoder": args.encoder or "baseline",
+                "weights": _weights_ref(args.weights),
+            },
         )
 
 
@@ -231,7 +243,7 @@ def create(args: argparse.Namespace, settings: Settings, url: str) -> int:
     body: dict[str, Any] = {
         "name": args.name,
         "encoder": encoder_arg(args.encoder),
-        "weights": args.weights,
+        "weights": _weights_ref(args.weights),
         "quantization": args.quantization,
         "on_disk": args.on_disk,
     }

@@ -229,6 +229,20 @@ def test_alias_list_and_search_by_alias_print_what_direct_mode_prints(world: Wor
     assert len(hits) == 3 and {h["payload"]["modality"] for h in hits} == {"MR"}
 
 
+def test_backfill_through_the_server_follows_its_job_and_prints_the_same_summary(world: World) -> None:
+    for command in (
+        ("collections", "create", "copy", "--encoder", "baseline", "--quantization", "none"),
+        ("collections", "backfill", "copy", "--from", "chest", "--json"),
+        ("collections", "backfill", "copy", "--from", "chest"),
+    ):
+        direct, served = _direct(world, *command), _served(world, *command)
+        assert (direct.code, served.code) == (0, 0), (command, served.err)
+        assert served.out == direct.out, command
+    assert served.out == "copy: 10 objects from chest, 0 frames indexed, 10 already present, 0 failed\n"
+    summary = json.loads(_direct(world, "collections", "backfill", "copy", "--from", "chest", "--json").out)
+    assert (summary["collection"], summary["from"], summary["skipped"]) == ("copy", "chest", 10)
+
+
 def _redis_job_store(settings: Settings) -> Any:
     store = open_job_store(settings.redis.url, settings.celery)
     try:
@@ -240,10 +254,12 @@ def _redis_job_store(settings: Settings) -> Any:
 
 def test_drop_is_refused_while_aliased_or_written_then_allowed(world: World) -> None:
     # the collection and alias of the previous tests, made here too when run alone
-    for run in (_direct, _served):
-        if run(world, "collections", "list").out.startswith("no collections"):
-            run(world, "ingest", str(world.images), "--collection", "chest", "--json")
-        run(world, "collections", "alias", "current", "chest")
+    if "current" not in json.loads(_direct(world, "collections", "aliases", "--json").out)["aliases"]:
+        _direct(world, "ingest", str(world.images), "--collection", "chest", "--json")
+        _direct(world, "collections", "alias", "current", "chest")
+    if httpx.get(f"{world.url}/v1/aliases").json()["aliases"] == []:
+        _served(world, "ingest", str(world.images), "--collection", "chest", "--json")
+        _served(world, "collections", "alias", "current", "chest")
 
     direct, served = (
         _direct(world, "collections", "drop", "chest"),
