@@ -19,7 +19,18 @@ from core.index.factory import open_index
 from search_api.backfill_jobs import BackfillRunner, LocalJobStore
 from search_api.errors import install_exception_handlers
 from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
-from search_api.routes import admin, collections, compare, events, health, jobs, points, search, web
+from search_api.routes import (
+    admin,
+    collections,
+    compare,
+    evaluation,
+    events,
+    health,
+    jobs,
+    points,
+    search,
+    web,
+)
 from search_api.security import AccessMiddleware, Authenticator, check_route_policies
 
 __all__ = ["create_app"]
@@ -78,6 +89,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     app.include_router(admin.router)
     app.include_router(compare.router)
     app.include_router(search.router)
+    app.include_router(evaluation.router)
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(web.router)

@@ -284,6 +284,7 @@ def test_openapi_lists_every_route_with_tag_operation_ids(client: TestClient) ->
         ("POST", "/v1/collections/{name}/points/lookup"): "points-lookup_points",
         ("POST", "/v1/collections/{name}/points/scroll"): "points-scroll_points",
         ("POST", "/v1/collections/{name}/optimize"): "points-optimize_collection",
+        ("POST", "/v1/collections/{name}/evaluate"): "evaluation-create_evaluation",
     }
     assert client.get("/docs").status_code == 200
 

@@ -42,6 +42,7 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/v1/collections/{name}/points/{point_id}/thumbnail"): frozenset({READER}),
     ("POST", "/v1/collections/{name}/search"): frozenset({READER}),
     ("POST", "/v1/collections/{name}/search/image"): frozenset({READER}),
+    ("POST", "/v1/collections/{name}/evaluate"): frozenset({READER}),
     # The store's owner writes what the workers (or users) computed: the ingest side.
     ("PUT", "/v1/collections/{name}/points"): frozenset({INGEST}),
     ("POST", "/v1/collections/{name}/points/delete"): frozenset({INGEST}),
