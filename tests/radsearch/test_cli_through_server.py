@@ -243,12 +243,36 @@ def test_backfill_through_the_server_follows_its_job_and_prints_the_same_summary
     assert (summary["collection"], summary["from"], summary["skipped"]) == ("copy", "chest", 10)
 
 
+def test_eval_through_the_server_prints_what_direct_eval_prints(world: World, tmp_path: Path) -> None:
+    manifest = tmp_path / "splits.csv"
+    keys = sorted(p.relative_to(world.images).as_posix() for p in world.images.rglob("img_*.png"))
+    manifest.write_text(
+        "key,split\n" + "".join(f"{k},{'test' if i % 3 == 0 else 'train'}\n" for i, k in enumerate(keys))
+    )
+    ingest = ("ingest", str(world.images), "--collection", "evalset", "--path-template", TEMPLATE)
+    for run in (
+        _direct(world, *ingest, "--manifest", str(manifest)),
+        _served(world, *ingest, "--manifest", str(manifest)),
+    ):
+        assert run.code == 0, run.err
+    for command in (("eval", "--collection", "evalset", "--json"), ("eval", "--collection", "evalset")):
+        direct, served = _direct(world, *command), _served(world, *command)
+        assert (direct.code, served.code) == (0, 0), served.err
+        if "--json" in command:
+            assert _without(json.loads(served.out), "seconds") == _without(json.loads(direct.out), "seconds")
+            assert json.loads(served.out)["n_queries"] == 4
+        else:
+            assert served.out == direct.out
+    missing = _served(world, "eval", "--collection", "nope")
+    assert missing.code == 2 and missing.err == "radsearch: error: collection 'nope' does not exist\n"
+
+
 def _redis_job_store(settings: Settings) -> Any:
     store = open_job_store(settings.redis.url, settings.celery)
     try:
         store.client.ping()
     except redis.exceptions.RedisError:
-        pytest.skip("Redis is not running on the default URL")
+        pytest.fail("Redis is not running on the default URL (.ci/run starts it)")
     return store
 
 
