@@ -52,11 +52,21 @@ class StoreSettings(BaseModel):
     hnsw_ef_construct: int = 64
     hnsw_payload_m: int = 16
     hnsw_ef: int = 384
+    # Below this many KB of vectors a segment is searched by full scan and gets no HNSW graph; it is
+    # also the engine's indexing threshold for new collections (both 10,000 KB, the engine's default)
+    # and the unindexed volume at which the owner builds the index by itself (below).
     full_scan_threshold_kb: int = 10_000
     # Writes are refused (StoreFull: HTTP 507, CLI exit 4) while the disk under the store has less
-    # free space than this: the engine memory-maps its files, and a full disk would end the
-    # process with SIGBUS instead of an error.
+    # free space than this, plus what the write itself may take: the engine memory-maps its files,
+    # and a full disk would end the process with SIGBUS instead of an error.
     min_free_mb: int = Field(default=1024, ge=0)
+    # The store's owner builds a collection's index (EdgeIndex.optimize) in a background thread once
+    # the vectors written since its last build pass ``full_scan_threshold_kb``: after
+    # ``auto_index_quiet_s`` without writes to it, at the latest ``auto_index_max_delay_s`` after the
+    # threshold was passed (at 60 k points a search took 40.7 ms unindexed, 3.0 ms indexed).
+    auto_index: bool = True
+    auto_index_quiet_s: float = Field(default=5.0, ge=0)
+    auto_index_max_delay_s: float = Field(default=300.0, ge=0)
     # Indexed payload fields that get payload-aware HNSW links (``payload_m`` per value block
     # larger than the full-scan threshold); the other indexed fields get none.
     hnsw_payload_fields: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", "split", "source")

@@ -4,6 +4,7 @@ Nothing new is invented: the objects named by the other collection's payloads (`
 are fetched again and go through the same batch pipeline as an ingest (`process_batch`), with the
 other collection's labels. Writes are insert-only, so a point a concurrent ingest wrote into the
 new collection is never overwritten, and objects already present at the same ETag are skipped.
+When it has indexed frames, the backfill ends by building the new collection's search index.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def run_backfill(
     on_batch: Callable[[BatchReport], None] | None = None,
     path_template: str | None = None,
 ) -> BatchReport:
-    """Embed the plan's objects into ``target`` with its own encoder, insert-only."""
+    """Embed the plan's objects into ``target`` with its own encoder, insert-only, then build the
+    target's search index when frames were indexed."""
     name = catalog.resolve(target)
     total = BatchReport()
     with ThreadPoolExecutor(
@@ -118,6 +120,9 @@ def run_backfill(
             finally:
                 source.close()
             total.merge(report)
+    if total.frames_indexed:
+        # Qdrant Edge builds HNSW graphs only when asked: once, after the bulk load.
+        catalog.index.optimize(name)
     log.info(
         "backfill %s from %s: %d objects, %d frames", name, plan.origin, total.objects, total.frames_indexed
     )

@@ -62,6 +62,10 @@ def collection_detail(*, catalog: Catalog, name: str) -> CollectionDetailPublic:
     """A collection's full record: spec, dim, points, indexing state, quantization, aliases."""
     entry = catalog.get(name)
     info: dict[str, Any] = catalog.index.collection_info(entry.name)
+    indexed = info.get("indexed_vectors")
+    unindexed = info.get("unindexed_vectors")
+    if unindexed is None and indexed is not None:
+        unindexed = max(0, int(info["points"]) - int(indexed))
     return CollectionDetailPublic.model_validate(
         {
             "name": entry.name,
@@ -76,7 +80,10 @@ def collection_detail(*, catalog: Catalog, name: str) -> CollectionDetailPublic:
             "on_disk": entry.on_disk,
             "indexing": {
                 "status": info.get("status", "unknown"),
-                "indexed_vectors": info.get("indexed_vectors"),
+                "points": info["points"],
+                "indexed_vectors": indexed,
+                "unindexed_vectors": unindexed,
+                "optimizing": info.get("optimizing"),
                 "segments": info.get("segments"),
             },
             "aliases": list(catalog.aliases_of(entry.name)),

@@ -120,10 +120,18 @@ class CollectionDetailPublic(CollectionPublic):
 
 
 class IndexingPublic(BaseModel):
-    """``status``: green = index built, yellow = optimising, unknown where the store does not say."""
+    """How much of the collection its search index covers: ``indexed_vectors`` of ``points``.
+
+    ``status``: green = indexed (what is left unindexed is small enough for a full scan), yellow =
+    an index build is due, scheduled or running (``optimizing``: the store's owner builds it in
+    the background, or a bulk load's end does), unknown where the store does not say. Fields the
+    store does not report are null."""
 
     status: str
+    points: int | None = None
     indexed_vectors: int | None
+    unindexed_vectors: int | None = None
+    optimizing: bool | None = None
     segments: int | None = None
 
 

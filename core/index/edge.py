@@ -11,6 +11,18 @@ the life of this object. Queries may come from many threads, but qdrant-edge-py 
 GIL through every call (measured: a Python thread beside a search stalls for the whole search,
 beside a 1 M-point shard load for its 2.5 s), so one process searches one query at a time and
 `holds_gil` is True; updates are serialised per collection.
+
+The owner keeps collections searchable: once the vectors written since a collection's last index
+build pass its full-scan threshold (the engine's indexing threshold), a background thread of that
+collection builds the index (`optimize`), after a pause in the writes. The engine holds the GIL
+through an optimize too, so this process's searches wait for it: the debounce keeps builds few, and
+each one indexes what was written since the last.
+
+Disk: every write first checks that the free space under the store stays above the reserve
+(``min_free_mb``) once the write's own estimated footprint is taken off, and an out-of-space error
+from the engine or a file write comes back as `StoreFull`. The engine writes through memory maps,
+where running out of space is a SIGBUS that ends the process, not an error: the check is what
+prevents it.
 """
 
 from __future__ import annotations
@@ -19,13 +31,16 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import errno
 import functools
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -62,6 +77,8 @@ from core.payload import INDEXED_FIELDS, SearchFilter
 
 __all__ = ["EdgeIndex"]
 
+logger = logging.getLogger(__name__)
+
 _CONFIG_FILE = "collection.json"
 # Up to this many ``exclude_ids`` are filtered out of the results in Python, more by the engine.
 _EXCLUDE_IN_PYTHON_MAX = 16
@@ -70,6 +87,17 @@ _ALIASES_FILE = "aliases.json"
 _SHARD_DIR = "shard"
 # Distinct filters whose planning estimates are kept per collection (two engine counts each).
 _CARDINALITY_CACHE_MAX = 1024
+# What a write may add on disk, estimated high, checked against the reserve beforehand. Measured on
+# 512-d int8 collections: creating one took 17 MB (payload index pages), a point ~5 KB with its WAL
+# entry (3 x the vector + 4 KB is asked), an optimize up to 0.8 x the shard's size while the old
+# and the new segments coexist (the shard's whole size is asked).
+_CREATE_BYTES = 32 * 2**20
+_SMALL_WRITE_BYTES = 2**20
+_POINT_OVERHEAD_BYTES = 4096
+# Free space asked for beyond what loading a shard writes (`_load_bytes`).
+_OPEN_MARGIN_BYTES = 16 * 2**20
+# After an index build refused for want of space, the background indexer tries again this often.
+_AUTO_INDEX_RETRY_S = 60.0
 
 
 class _RWLock:
@@ -124,6 +152,14 @@ class _Handle:
         # filter → (matching points, all points), the engine's estimates; every write clears it
         # (this process owns the shard, so nothing else can change the counts).
         self.cardinality: dict[tuple[tuple[str, tuple[str, ...]], ...], tuple[int, int]] = {}
+        # One index build of this collection at a time, explicit or in the background.
+        self.optimizing = threading.Lock()
+        # Unindexed vectors the last build left (the engine indexes whole segments): the next
+        # build is due once the unindexed vectors pass this plus the threshold.
+        self.unindexed_after_build = 0
+        self.indexer: _Indexer | None = None
+        self.indexer_lock = threading.Lock()  # guards ``indexer`` and ``stopping``
+        self.stopping = False
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[qe.EdgeShard]:
@@ -141,10 +177,98 @@ class _Handle:
                 self.cardinality = {}
 
     def close(self) -> None:
+        """Stop the background indexer (a build under way finishes first), then close the shard."""
+        with self.indexer_lock:
+            self.stopping = True
+            indexer = self.indexer
+        if indexer is not None:
+            indexer.stop()
         with self.update, self.rw.write():
             if not self.closed:
                 self.closed = True
                 self.shard.close()
+        if indexer is not None:
+            indexer.join()
+
+
+class _Indexer:
+    """The background thread that builds one collection's index, debounced.
+
+    `due` says the unindexed vectors passed the threshold; the thread then waits for ``quiet_s``
+    without a `written` call, but no longer than ``max_delay_s`` after the first `due`, and runs
+    ``build`` once for every write that came before (outside its own lock: ``build`` takes the
+    collection's locks itself)."""
+
+    def __init__(self, name: str, build: Callable[[], None], *, quiet_s: float, max_delay_s: float) -> None:
+        self._build = build
+        self._quiet_s = quiet_s
+        self._max_delay_s = max_delay_s
+        self._cond = threading.Condition()
+        self._due_since: float | None = None
+        self._last_write = 0.0
+        self._building = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name=f"auto-index-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        """A build is scheduled or running."""
+        with self._cond:
+            return self._building or self._due_since is not None
+
+    def written(self) -> None:
+        """A write happened: a scheduled build waits for the writes to pause."""
+        with self._cond:
+            self._last_write = time.monotonic()
+            self._cond.notify_all()
+
+    def due(self, *, delay_s: float = 0.0) -> None:
+        """Schedule a build (once: a scheduled one absorbs the next calls), not before ``delay_s``."""
+        with self._cond:
+            if self._due_since is None:
+                self._due_since = time.monotonic() + delay_s
+            self._cond.notify_all()
+
+    def built(self) -> None:
+        """A build just ended (an explicit one too): it covered every write so far, so a build
+        still scheduled has nothing left to do."""
+        with self._cond:
+            self._due_since = None
+
+    def _wait_until_due(self) -> bool:
+        """Block until a scheduled build should start; False once stopped."""
+        with self._cond:
+            while not self._stopped:
+                if self._due_since is None:
+                    self._cond.wait()
+                    continue
+                start = min(self._last_write + self._quiet_s, self._due_since + self._max_delay_s)
+                now = time.monotonic()
+                if now >= start and now >= self._due_since:
+                    self._due_since = None
+                    self._building = True
+                    return True
+                self._cond.wait(max(start, self._due_since) - now)
+            return False
+
+    def _loop(self) -> None:
+        while self._wait_until_due():
+            try:
+                self._build()
+            finally:
+                with self._cond:
+                    self._building = False
+
+    def stop(self) -> None:
+        """No new build starts; one under way runs to its end (the engine cannot stop it)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def join(self) -> None:
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 @functools.cache
@@ -167,17 +291,76 @@ def _release_free_heap() -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Replace ``path`` by ``text`` in one step (readers see the old file or the new one);
+    `StoreFull` when the disk is full, the old file left as it was."""
+    with _disk_errors(path.parent):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+_OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# How the engine words an out-of-space I/O error (Rust's io::Error: "... (os error 28)").
+_OUT_OF_SPACE_TEXT = ("no space left on device", "os error 28", "disk quota exceeded", "os error 122")
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (an OSError or an engine error) says the disk is full."""
+    if isinstance(exc, OSError) and exc.errno in _OUT_OF_SPACE_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _OUT_OF_SPACE_TEXT)
+
+
+def _store_full(root: Path, exc: BaseException) -> StoreFull:
+    return StoreFull(
+        f"the disk under the store ({root}) is full ({exc.strerror if isinstance(exc, OSError) else exc}): "
+        "the write was refused; free space and retry (RADSEARCH_STORE__MIN_FREE_MB keeps a reserve)"
+    )
+
+
+@contextlib.contextmanager
+def _disk_errors(root: Path) -> Iterator[None]:
+    """Out-of-space errors of the engine or of a file write, as `StoreFull`."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        yield
+    except StoreFull:
         raise
+    except Exception as exc:
+        if _out_of_space(exc):
+            raise _store_full(root, exc) from exc
+        raise
+
+
+def _load_bytes(shard_dir: Path) -> int:
+    """What loading a shard may write: the sparse parts (holes) of its segments' files. The engine
+    maps them and fills some in as it loads (measured on tmpfs: the payload indexes' pages, 40 MB
+    for a new collection, and the open vector chunk, up to 32 MB)."""
+    total = 0
+    for parent, _dirs, files in os.walk(shard_dir / "segments"):
+        for file in files:
+            with contextlib.suppress(OSError):
+                stat = os.lstat(os.path.join(parent, file))
+                total += max(0, stat.st_size - stat.st_blocks * 512)
+    return total
+
+
+def _allocated_bytes(directory: Path) -> int:
+    """Disk space the files under ``directory`` take (their blocks: the engine's files are sparse)."""
+    total = 0
+    for parent, _dirs, files in os.walk(directory):
+        for file in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(parent, file)).st_blocks * 512
+    return total
 
 
 def _to_filter(
@@ -292,18 +475,35 @@ class EdgeIndex(VectorIndex):
     def _exists_on_disk(self, name: str) -> bool:
         return (self._dir(name) / _CONFIG_FILE).is_file()
 
-    def check_free_space(self) -> None:
-        """`StoreFull` while the disk under the store has less free space than the reserve.
+    def check_free_space(self, needed_bytes: int = 0) -> None:
+        """`StoreFull` unless the disk under the store keeps the reserve (``min_free_mb``) free
+        once ``needed_bytes`` (the write's estimated footprint) are taken off.
 
         Called before every write: the engine memory-maps its files, and running out of space
-        under a mapping ends the process with SIGBUS instead of an error."""
+        under a mapping ends the process with SIGBUS instead of an error. Nothing is remembered:
+        writes work again as soon as space is freed."""
         stat = os.statvfs(self._root)
         free_mb = stat.f_bavail * stat.f_frsize / 2**20
-        if free_mb < self._store.min_free_mb:
+        needed_mb = needed_bytes / 2**20
+        if free_mb - needed_mb < self._store.min_free_mb:
+            needs = f", and this write may take {math.ceil(needed_mb)} MB" if needed_bytes else ""
             raise StoreFull(
-                f"only {free_mb:.0f} MB free under the store ({self._root}), below the reserve of "
-                f"{self._store.min_free_mb} MB (RADSEARCH_STORE__MIN_FREE_MB): writes are refused "
-                "until space is freed; nothing stored was changed"
+                f"only {free_mb:.0f} MB free under the store ({self._root}), the reserve is "
+                f"{self._store.min_free_mb} MB (RADSEARCH_STORE__MIN_FREE_MB){needs}: writes are "
+                "refused until space is freed; nothing stored was changed"
+            )
+
+    def _check_room_to_open(self, name: str, shard_dir: Path) -> None:
+        """`StoreFull` when loading the shard could fill the disk. The reserve is not asked for
+        (reading goes on while writes are refused), only what the load writes, plus a margin."""
+        needed = _load_bytes(shard_dir) + _OPEN_MARGIN_BYTES
+        stat = os.statvfs(self._root)
+        free = stat.f_bavail * stat.f_frsize
+        if free < needed:
+            raise StoreFull(
+                f"opening collection {name!r} takes up to {math.ceil(needed / 2**20)} MB of disk (the "
+                f"engine fills in its index files), only {free / 2**20:.0f} MB free under the store "
+                f"({self._root}): free space and retry"
             )
 
     def _edge_config(self, config: CollectionConfig) -> qe.EdgeConfig:
@@ -317,18 +517,24 @@ class EdgeIndex(VectorIndex):
             if config.quantization == "int8"
             else None
         )
-        hnsw = qe.HnswIndexConfig(**hnsw_params(config, self._store))
+        params = hnsw_params(config, self._store)
+        hnsw = qe.HnswIndexConfig(**params)
         vectors = qe.EdgeVectorParams(
             size=config.dim, distance=qe.Distance.Cosine, on_disk=True if config.on_disk else None
         )
-        return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw, quantization_config=quantization)
+        # Segments are indexed from the size they stop being searched by full scan (0 would mean
+        # never): what `optimize` builds and what the background indexer waits for agree.
+        optimizers = qe.EdgeOptimizersConfig(indexing_threshold=max(1, params["full_scan_threshold"]))
+        return qe.EdgeConfig(
+            vectors=vectors, hnsw_config=hnsw, quantization_config=quantization, optimizers=optimizers
+        )
 
     def create_collection(self, config: CollectionConfig) -> None:
         """Create the shard, its keyword payload indexes, then commit by writing collection.json."""
         check_config(config)
         config_json = json.dumps(config_to_dict(config), indent=2, sort_keys=True)
-        self.check_free_space()
-        with self._lock:
+        self.check_free_space(_CREATE_BYTES)
+        with self._lock, _disk_errors(self._root):
             if config.name in self._handles or self._exists_on_disk(config.name):
                 raise CollectionExists(f"collection {config.name!r} already exists")
             directory = self._dir(config.name)
@@ -361,8 +567,13 @@ class EdgeIndex(VectorIndex):
             if handle is not None:
                 return handle
             config = self._read_config(name)
+            shard_dir = self._dir(name) / _SHARD_DIR
+            self._check_room_to_open(name, shard_dir)
             try:
-                shard = qe.EdgeShard.load(str(self._dir(name) / _SHARD_DIR))
+                with _disk_errors(self._root):
+                    shard = qe.EdgeShard.load(str(shard_dir))
+            except StoreFull:
+                raise
             except Exception as exc:
                 if "WouldBlock" in str(exc):
                     raise IndexStoreError(
@@ -407,7 +618,7 @@ class EdgeIndex(VectorIndex):
         return handle.config if handle is not None else self._read_config(name)
 
     def update_metadata(self, name: str, metadata: dict[str, Any]) -> None:
-        self.check_free_space()
+        self.check_free_space(_SMALL_WRITE_BYTES)
         handle = self._handle(name)
         with handle.writing():
             config = dataclasses.replace(handle.config, metadata={**handle.config.metadata, **metadata})
@@ -421,13 +632,19 @@ class EdgeIndex(VectorIndex):
         with handle.reading() as shard:
             info = shard.info()
         points, indexed = int(info.points_count), int(info.indexed_vectors_count)
-        # Below the full-scan threshold the engine searches exactly and builds no HNSW: that is done.
-        small = points * handle.config.dim * 4 < self._store.full_scan_threshold_kb * 1024
+        unindexed = max(0, points - indexed)
+        # Fewer unindexed vectors than the threshold are searched by full scan and get no HNSW
+        # graph of their own: that is done.
+        done = unindexed - handle.unindexed_after_build < self._threshold_vectors(handle)
+        indexer = handle.indexer
+        building = handle.optimizing.locked() or (indexer is not None and indexer.busy)
         return {
             "points": points,
             "indexed_vectors": indexed,
+            "unindexed_vectors": unindexed,
             "segments": int(info.segments_count),
-            "status": "green" if indexed >= points or small else "yellow",
+            "optimizing": building,
+            "status": "green" if done and not building else "yellow",
         }
 
     # -- aliases -----------------------------------------------------------------------------
@@ -452,7 +669,7 @@ class EdgeIndex(VectorIndex):
 
     def set_alias(self, alias: str, collection: str) -> None:
         check_name(alias)
-        self.check_free_space()
+        self.check_free_space(_SMALL_WRITE_BYTES)
         with self._lock:
             if not self._exists_on_disk(collection):
                 raise CollectionNotFound(f"collection {collection!r} not found")
@@ -484,7 +701,7 @@ class EdgeIndex(VectorIndex):
         arr, canonical = check_batch(ids, vectors, payloads, handle.config.dim)
         if not canonical:
             return
-        self.check_free_space()
+        self.check_free_space(len(canonical) * (3 * arr.shape[1] * 4 + _POINT_OVERHEAD_BYTES))
         # The engine reads a float32 row's memoryview value by value, without the list of Python
         # floats tolist() builds (upserting 1 M x 512: 87 -> 72 s).
         points = [
@@ -492,9 +709,11 @@ class EdgeIndex(VectorIndex):
             for pid, row, payload in zip(canonical, arr, payloads, strict=True)
         ]
         mode = qe.UpdateMode.InsertOnly if insert_only else None
-        with handle.writing() as shard:
+        with handle.writing() as shard, _disk_errors(self._root):
             shard.update(qe.UpdateOperation.upsert_points(points, update_mode=mode))
             shard.flush()
+            unindexed = self._unindexed(shard)
+        self._written(handle, unindexed)
 
     def search(
         self,
@@ -760,7 +979,8 @@ class EdgeIndex(VectorIndex):
         wanted = known_ids(ids)
         if not wanted:
             return
-        with handle.writing() as shard:
+        self.check_free_space(_SMALL_WRITE_BYTES)
+        with handle.writing() as shard, _disk_errors(self._root):
             shard.update(qe.UpdateOperation.delete_points(list(wanted)))
             shard.flush()
 
@@ -768,18 +988,108 @@ class EdgeIndex(VectorIndex):
         handle = self._handle(name)
         engine_filter = _to_filter(filter, require=True)
         assert engine_filter is not None
-        with handle.writing() as shard:
+        self.check_free_space(_SMALL_WRITE_BYTES)
+        with handle.writing() as shard, _disk_errors(self._root):
             shard.update(qe.UpdateOperation.delete_points_by_filter(engine_filter))
             shard.flush()
 
     def optimize(self, name: str) -> None:
-        """Build HNSW/quantized segments now; blocks updates to this collection, not queries."""
-        self.check_free_space()
+        """Build HNSW/quantized segments now; blocks updates to this collection, and (the engine
+        holds the GIL throughout) this process's other calls while it runs. Waits for a build the
+        background indexer runs. `StoreFull` when the disk could not hold a rebuilt copy of the
+        collection beside the reserve (the background indexer then tries again by itself)."""
         handle = self._handle(name)
-        with handle.writing() as shard:
+        with handle.optimizing:
+            try:
+                self._build_index(handle)
+            except StoreFull:
+                self._schedule(handle, delay_s=_AUTO_INDEX_RETRY_S)
+                raise
+
+    # -- keeping collections indexed ---------------------------------------------------------
+
+    @staticmethod
+    def _unindexed(shard: qe.EdgeShard) -> int:
+        info = shard.info()
+        return max(0, int(info.points_count) - int(info.indexed_vectors_count))
+
+    def _threshold_vectors(self, handle: _Handle) -> int:
+        """How many unindexed vectors of this collection make an index build worth it."""
+        kb = handle.config.full_scan_threshold_kb
+        kb = self._store.full_scan_threshold_kb if kb is None else kb
+        return max(1, kb * 1024 // (handle.config.dim * 4))
+
+    def _build_index(self, handle: _Handle) -> None:
+        """One optimize of ``handle``'s shard (the caller holds ``handle.optimizing``)."""
+        with handle.reading() as shard:
+            waiting = self._unindexed(shard) - handle.unindexed_after_build
+        if waiting >= self._threshold_vectors(handle):
+            # Indexing, and the merges that follow it, can rewrite every segment beside the old.
+            needed = _allocated_bytes(self._dir(handle.name) / _SHARD_DIR / "segments")
+        else:  # nothing for the engine to index: at most some clean-up
+            needed = _SMALL_WRITE_BYTES
+        self.check_free_space(needed)
+        started = time.perf_counter()
+        with handle.writing() as shard, _disk_errors(self._root):
+            before = self._unindexed(shard)
             shard.optimize()
             shard.flush()
+            handle.unindexed_after_build = after = self._unindexed(shard)
+        indexer = handle.indexer
+        if indexer is not None:
+            indexer.built()
         _release_free_heap()
+        if before:
+            logger.info(
+                "indexed collection %s: %d of %d unindexed vectors in %.1f s",
+                handle.name,
+                before - after,
+                before,
+                time.perf_counter() - started,
+            )
+
+    def _written(self, handle: _Handle, unindexed: int) -> None:
+        """After a write: schedule a background build once enough vectors wait for one; a
+        scheduled build waits for the writes to pause."""
+        if unindexed - handle.unindexed_after_build >= self._threshold_vectors(handle):
+            self._schedule(handle)
+        indexer = handle.indexer
+        if indexer is not None:
+            indexer.written()
+
+    def _schedule(self, handle: _Handle, *, delay_s: float = 0.0) -> None:
+        """Have ``handle``'s indexer thread (started on first use) build the index."""
+        if not self._store.auto_index:
+            return
+        with handle.indexer_lock:  # not self._lock: close() holds it while joining the thread
+            if handle.stopping:
+                return
+            if handle.indexer is None:
+                handle.indexer = _Indexer(
+                    handle.name,
+                    functools.partial(self._build_in_background, handle),
+                    quiet_s=self._store.auto_index_quiet_s,
+                    max_delay_s=self._store.auto_index_max_delay_s,
+                )
+            indexer = handle.indexer
+        indexer.due(delay_s=delay_s)
+
+    def _build_in_background(self, handle: _Handle) -> None:
+        """The indexer thread's build: skipped when an explicit `optimize` did it meanwhile."""
+        try:
+            with handle.optimizing:
+                with handle.reading() as shard:
+                    unindexed = self._unindexed(shard)
+                if unindexed - handle.unindexed_after_build < self._threshold_vectors(handle):
+                    return
+                self._build_index(handle)
+        except CollectionNotFound:
+            return  # closed or dropped meanwhile
+        except StoreFull as exc:
+            logger.warning("collection %s not indexed: %s", handle.name, exc)
+            self._schedule(handle, delay_s=_AUTO_INDEX_RETRY_S)
+        except Exception:
+            logger.exception("building the index of collection %s failed", handle.name)
 
     def close(self) -> None:
         """Close every open shard; collections reopen on next use."""
