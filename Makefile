@@ -40,7 +40,8 @@ check: lint typecheck test
 # Results and the machine they were measured on: bench/RESULTS.md. In order: a 1 M collection
 # without quantization (reported only: its RSS is asked for beside the int8 one); the default
 # collection (int8, originals in RAM: the latency, speed-up and build targets, then HTTP); the
-# memory target's collection (int8, originals on disk: recall and peak RSS); ingest.
+# memory target's collection (int8, originals on disk: recall and peak RSS); ingest; the start-up of
+# the light CLI commands (issue 13: at most 1.0 s, no torch).
 bench: install
 	fail=0; dir=$$(mktemp -d /tmp/radsearch-bench-1m.XXXXXX); \
 	$(PY) bench/search.py --n 1000000 --quantization none --rss --no-check; \
@@ -51,6 +52,7 @@ bench: install
 	$(PY) bench/ingest.py --n 1000 --encoder baseline --source local || fail=1; \
 	$(PY) bench/ingest.py --n 1000 --encoder baseline --source s3 || fail=1; \
 	$(PY) bench/ingest.py --n 256 --encoder clip-vit-b16 --source s3 --dtype bfloat16 || fail=1; \
+	$(PY) bench/cli_startup.py || fail=1; \
 	exit $$fail
 
 # The same checks at small sizes (a few minutes); the 1 M-only targets (speed-up, build time,
@@ -62,6 +64,7 @@ bench-quick: install
 	$(PY) bench/http_search.py --quick || fail=1; \
 	$(PY) bench/ingest.py --quick --encoder baseline --source local || fail=1; \
 	$(PY) bench/ingest.py --quick --encoder clip-vit-b16 --source s3 --dtype bfloat16 || fail=1; \
+	$(PY) bench/cli_startup.py --quick || fail=1; \
 	exit $$fail
 
 clean:

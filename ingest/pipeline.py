@@ -23,7 +23,7 @@ from core.errors import BadInput
 from core.index.base import VectorIndex
 from core.payload import build_payload, point_id
 from ingest.labels import Labeler
-from ingest.readers import DecodeLimits, decode_object
+from ingest.readers import DecodeLimits
 from ingest.sources.base import ObjectRef, Source
 
 __all__ = [
@@ -151,6 +151,8 @@ class _Pending:
 
 def _load(ctx: PipelineContext, ref: ObjectRef, positions: list[int]) -> _Loaded | FailedItem:
     """Fetch, decode, label and preprocess one object (runs in a worker thread)."""
+    from ingest.readers.dispatch import decode_object  # pydicom and Pillow load with the first object
+
     try:
         data, metadata = ctx.source.fetch_with_metadata(ref.key)
         decoded = decode_object(data, ref.key, limits=ctx.limits, hash_key=ctx.hash_key)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from core.encoders.spec import EncoderSpec
 from core.errors import NoTextTower
+
+if TYPE_CHECKING:
+    # torch costs ~2 s to import: loaded by the methods that run a model, so that commands which
+    # only name encoders (the CLI's light commands, the catalog) start without it.
+    import torch
 
 __all__ = ["Encoder", "Frame"]
 
@@ -51,6 +56,8 @@ class Encoder(ABC):
     def embed_batch(self, batch: NDArray[np.float32] | torch.Tensor) -> NDArray[np.float32]:
         """A preprocessed batch ``[n, *input_shape]`` → ``[n, dim]`` float32 (L2-normalised when
         the spec says so)."""
+        import torch
+
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         tensor = torch.as_tensor(batch)
@@ -73,6 +80,8 @@ class Encoder(ABC):
         """Texts → ``[n, dim]`` for encoders with a text tower; `NoTextTower` otherwise."""
         if not self.spec.text_tower:
             raise NoTextTower(f"encoder {self.spec.name!r} has no text tower; search by image instead")
+        import torch
+
         with self._lock, torch.inference_mode():
             out = self._embed_text(list(texts))
         vectors = out.detach().to(torch.float32).cpu().numpy()
