@@ -164,7 +164,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
-    from search_api.security import hash_api_key, new_api_key
+    from core.api_keys import hash_api_key, new_api_key
 
     if args.keys_command == "create":
         key = new_api_key()

@@ -30,7 +30,6 @@ import ipaddress
 import json
 import logging
 import re
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -45,6 +44,7 @@ from starlette.datastructures import Headers
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.api_keys import hash_api_key, new_api_key
 from core.config import ApiKeyEntry, OidcSettings, SecuritySettings
 from core.errors import ConfigError
 from search_api.middleware import RouteInfo, RouteTable, iter_routes, walk_dependants
@@ -109,17 +109,6 @@ class Principal:
     @property
     def role_label(self) -> str:
         return "+".join(sorted(self.roles)) or "-"
-
-
-def hash_api_key(key: str) -> str:
-    """The SHA-256 hex digest stored in settings. Keys are 256-bit random tokens, so a fast hash is
-    enough (nothing to brute-force, unlike passwords)."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def new_api_key() -> str:
-    """A fresh random key (``rs_`` + 43 URL-safe characters, 256 bits)."""
-    return "rs_" + secrets.token_urlsafe(32)
 
 
 class AuthError(Exception):
