@@ -121,7 +121,10 @@ class StoreOwned(IndexStoreError):
 
     def __init__(self, directory: Path, owner: OwnerRecord) -> None:
         if owner.url:
-            hint = f"use its HTTP API ({owner.url}), e.g. run the command with --url {owner.url}"
+            hint = (
+                f"it serves this store at {owner.url}: radsearch commands go through it by themselves "
+                f"(or with --url {owner.url}); stop it (kill {owner.pid}) to open the store here"
+            )
         elif owner.kind in ("serve", "demo"):
             hint = "stop it, or let it finish starting and run the command again"
         else:
