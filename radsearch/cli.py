@@ -18,7 +18,6 @@ from core.errors import (
     EncoderError,
     IndexStoreError,
     RadsearchError,
-    SourceError,
     StoreFull,
     StoreOwned,
 )
@@ -351,18 +350,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return remote_code
         code: int = args.handler(args, settings)
         return code
-    except StoreOwned as exc:
+    except RadsearchError as exc:
+        code = exit_code_for(exc)
         print(f"radsearch: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):
+            # A script reading --json output finds the failure as its last line, too.
+            _print_json({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}})
+        return code
+
+
+def exit_code_for(exc: RadsearchError) -> int:
+    """The exit code of a command that failed with ``exc`` (README, How radsearch runs)."""
+    if isinstance(exc, StoreOwned):
         return EXIT_STORE_OWNED
-    except StoreFull as exc:
-        print(f"radsearch: error: {exc}", file=sys.stderr)
+    if isinstance(exc, StoreFull):
         return EXIT_STORE_FULL
-    except (ConfigError, EncoderError, IndexStoreError, BadInput) as exc:
-        print(f"radsearch: error: {exc}", file=sys.stderr)
+    if isinstance(exc, ConfigError | EncoderError | IndexStoreError | BadInput):
         return EXIT_USAGE
-    except (SourceError, RadsearchError) as exc:
-        print(f"radsearch: error: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME_ERROR
+    return EXIT_RUNTIME_ERROR
 
 
 if __name__ == "__main__":

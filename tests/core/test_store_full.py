@@ -134,7 +134,9 @@ def test_an_ingest_that_fills_the_disk_stops_with_exit_4_and_resumes_once_space_
     assert lines[0].startswith("radsearch: error: only ") and "MB free under the store" in lines[0]
     assert f"the reserve is {RESERVE_MB} MB (RADSEARCH_STORE__MIN_FREE_MB)" in lines[0]
     assert "writes are refused until space is freed; nothing stored was changed" in lines[0]
-    assert refused.stdout == ""  # no summary: the run did not complete
+    # No summary (the run did not complete): the --json output's last line is the typed error.
+    error = json.loads(refused.stdout.strip().splitlines()[-1])["error"]
+    assert (error["type"], error["exit_code"], error["message"]) == ("StoreFull", 4, lines[0][18:])
     before = _stored(settings)
     assert FIRST < len(before) < N_IMAGES
 
