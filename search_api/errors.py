@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from core.errors import (
@@ -73,5 +74,18 @@ async def _radsearch_error_handler(request: Request, exc: Exception) -> JSONResp
     return JSONResponse(status_code=status, content={"detail": str(exc)})
 
 
+async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 without the rejected values: its default body carries each one as ``input``
+    (a DICOM sent as a text field would come back whole, patient name included), so the body
+    names the field (``loc``) and the rule (``type``, ``msg``) only."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {"type": error.get("type"), "loc": list(error.get("loc", ())), "msg": error.get("msg")}
+        for error in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
 def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RadsearchError, _radsearch_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)

@@ -77,9 +77,10 @@ class IngestJobCreate(BaseModel):
     @field_validator("collections")
     @classmethod
     def _check_collections(cls, value: list[str]) -> list[str]:
-        for name in value:
+        for position, name in enumerate(value):
             if not COLLECTION_NAME.match(name):
-                raise ValueError(f"invalid collection name {name!r}")
+                # the position, not the value: an error body never echoes what was sent
+                raise ValueError(f"collections[{position}] must match {COLLECTION_NAME.pattern}")
         if len(set(value)) != len(value):
             raise ValueError("collections must not repeat")
         return value

@@ -14,15 +14,12 @@ building the collection's index when a bulk load ends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi import APIRouter
 from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
 
@@ -54,31 +51,10 @@ __all__ = ["BOOKKEEPING_FIELDS", "router", "takes_batches"]
 BOOKKEEPING_FIELDS: tuple[str, ...] = ("source", "key", "frame", "n_frames", "etag", "size")
 
 
-class _NoEchoRoute(APIRoute):
-    """A route whose validation errors name the field and the problem, never the input: FastAPI's
-    422 body carries every rejected value, and a batch is thousands of vector values."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route_handler(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                detail = [
-                    {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
-                    for e in exc.errors()
-                ]
-                return JSONResponse(status_code=422, content={"detail": detail})
-
-        return route_handler
-
-
 router = APIRouter(
     prefix="/v1/collections",
     tags=["points"],
     dependencies=[require_role(Role.INGEST)],
-    route_class=_NoEchoRoute,
 )
 
 

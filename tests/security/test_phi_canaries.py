@@ -144,6 +144,25 @@ def test_phi_canaries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
                         files={"file": (name, data, "application/dicom")},
                     ).text
                 )
+            # A DICOM sent the wrong way (a text form field, a JSON string, a filter): the 422 or
+            # 400 names the field and the rule, never the value.
+            dicom = sorted(archive.root.glob("dicom/**/*.dcm"))[0].read_bytes().decode("latin-1")
+            wrongly_typed = [
+                client.post("/v1/collections/canary/search/image", data={"file": dicom}),
+                client.post(
+                    "/v1/collections/canary/search/image",
+                    files={"file": ("q.dcm", dicom.encode("latin-1"), "application/dicom")},
+                    data={"filter": dicom, "limit": dicom},
+                ),
+                client.post("/v1/collections/canary/search", json={"point_id": dicom}),
+                client.post("/v1/collections/canary/search", json={"text": 5, "vector": dicom}),
+                client.post("/v1/collections/canary/search", json={"point_id": "x", "filter": dicom}),
+                client.post("/v1/search/compare", data={"file": dicom, "collections": dicom}),
+            ]
+            assert all(400 <= r.status_code < 500 for r in wrongly_typed), [
+                r.status_code for r in wrongly_typed
+            ]
+            api_text.extend(r.text for r in wrongly_typed)
             api_text.append(client.get("/v1/collections/canary/points/ZZCANARY^PATIENT").text)
             api_text.append(
                 client.post(
