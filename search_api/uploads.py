@@ -7,12 +7,14 @@ import re
 from pathlib import PurePosixPath
 
 from fastapi import UploadFile
+from starlette.datastructures import FormData
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from core.errors import DecodeError, InvalidFilter, TooLarge
+from core.errors import BadInput, DecodeError, InvalidFilter, TooLarge
 from core.payload import SearchFilter
 from search_api.schemas import parse_filter
 
-__all__ = ["filter_from_form", "read_upload", "upload_name"]
+__all__ = ["check_form_fields", "filter_from_form", "read_upload", "upload_name"]
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^\w.\- ]")
 
@@ -42,3 +44,16 @@ async def read_upload(file: UploadFile, max_bytes: int, name: str) -> bytes:
     if not data:
         raise DecodeError(name, "empty upload")
     return data
+
+
+def check_form_fields(form: FormData, allowed: tuple[str, ...]) -> None:
+    """`BadInput` (400) for a form part the route does not take, and for anything but exactly one
+    file: nothing a caller sends is silently ignored (``-F modality=MR`` would otherwise search
+    unfiltered). Unknown names are echoed made safe and short, never their values."""
+    unknown = sorted({name for name in form if name not in allowed})
+    if unknown:
+        names = ", ".join(repr(_UNSAFE_NAME_CHARS.sub("_", name)[:40]) for name in unknown[:5])
+        hint = ' (filters go in the JSON "filter" field)' if "filter" in allowed else ""
+        raise BadInput("form", f"unknown form field {names}; this route takes {', '.join(allowed)}{hint}")
+    if sum(1 for _, value in form.multi_items() if isinstance(value, StarletteUploadFile)) != 1:
+        raise BadInput("upload", "exactly one file per search request")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
 
@@ -21,7 +21,7 @@ from search_api import services
 from search_api.deps import CatalogDep, IndexDep, InferenceLimiterDep, SettingsDep, check_limit, on_index
 from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit
 from search_api.security import Role, require_role
-from search_api.uploads import filter_from_form, read_upload, upload_name
+from search_api.uploads import check_form_fields, filter_from_form, read_upload, upload_name
 
 router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[require_role(Role.READER)])
 
@@ -96,6 +96,7 @@ def _search_all(
 
 @router.post("/compare")
 async def compare_collections(
+    request: Request,
     file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG image")],
     collections: Annotated[list[str], Form(description="collections or aliases (repeat, or comma-separate)")],
     index: IndexDep,
@@ -108,6 +109,7 @@ async def compare_collections(
 ) -> CompareResponse:
     """Search one image in several collections: each collection's hits, and optionally a fused list."""
     check_limit(limit, settings, loc=("body", "limit"))
+    check_form_fields(await request.form(), ("file", "collections", "limit", "fuse", "filter"))
     names = _parse_collections(collections)
     search_filter = filter_from_form(filter_json)
     entries = await run_in_threadpool(lambda: [catalog.get(name) for name in names])

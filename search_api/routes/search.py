@@ -9,10 +9,8 @@ import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from numpy.typing import NDArray
-from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from core.catalog import CollectionEntry
-from core.errors import BadInput
 from core.index.base import Hit
 from search_api import services
 from search_api.deps import (
@@ -26,7 +24,9 @@ from search_api.deps import (
 )
 from search_api.schemas import SearchHit, SearchQuery, SearchResponse, parse_filter
 from search_api.security import Role, require_role
-from search_api.uploads import filter_from_form, read_upload, upload_name
+from search_api.uploads import check_form_fields, filter_from_form, read_upload, upload_name
+
+_IMAGE_FORM_FIELDS = ("file", "filter", "limit", "offset", "score_threshold")
 
 router = APIRouter(prefix="/v1/collections", tags=["search"], dependencies=[require_role(Role.READER)])
 logger = logging.getLogger(__name__)
@@ -110,9 +110,7 @@ async def search_by_image(
     """Search by an uploaded image (its middle frame for multi-frame DICOM)."""
     check_limit(limit, settings, loc=("body", "limit"))
     # One file per search: the parsed form is cached on the request, so this re-reads nothing.
-    form = await request.form()
-    if sum(1 for _, value in form.multi_items() if isinstance(value, StarletteUploadFile)) != 1:
-        raise BadInput("upload", "exactly one file per search request")
+    check_form_fields(await request.form(), _IMAGE_FORM_FIELDS)
     name = upload_name(file.filename)
     search_filter = filter_from_form(filter_json)
     data = await read_upload(file, settings.api.max_upload_bytes, name)

@@ -640,6 +640,23 @@ def test_upload_with_bad_filter_is_400(client: TestClient, filter_: str, needle:
     assert needle in response.json()["detail"]
 
 
+def test_an_unknown_form_field_is_400_not_ignored(client: TestClient) -> None:
+    # `curl -F modality=MR` looks like a filter; searching unfiltered instead would mislead.
+    query = png_bytes(make_frame("circles", np.random.default_rng(5)))
+    response = upload(client, query, modality="MR", limit=5)
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert "unknown form field 'modality'" in detail and '"filter"' in detail and "MR" not in detail
+    compare = client.post(
+        "/v1/search/compare",
+        files={"file": ("q.png", query, "image/png")},
+        data={"collections": COLLECTION, "modality": "MR"},
+    )
+    assert compare.status_code == 400 and "'modality'" in compare.json()["detail"], compare.text
+    ok = upload(client, query, limit=5, filter={"modality": ["MR"]})
+    assert ok.status_code == 200 and {h["payload"]["modality"] for h in ok.json()["hits"]} == {"MR"}
+
+
 def test_upload_limit_bounds_are_422(client: TestClient) -> None:
     query = png_bytes(make_frame("circles", np.random.default_rng(5)))
     assert upload(client, query, limit=0).status_code == 422
