@@ -116,6 +116,7 @@ def _local(spec: EncoderSpec, location: str) -> ResolvedWeights:
 def _s3(spec: EncoderSpec, uri: str, settings: Settings) -> ResolvedWeights:
     from minio import Minio
     from minio.error import S3Error
+    from urllib3.exceptions import HTTPError as TransportError
 
     parsed = urlparse(uri)
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
@@ -144,6 +145,11 @@ def _s3(spec: EncoderSpec, uri: str, settings: Settings) -> ResolvedWeights:
             os.replace(tmp, target)  # atomic: a reader never sees a partial file
         except (S3Error, OSError, ValueError) as exc:
             raise _unavailable(spec, f"cannot download weights {uri!r} from {s3.endpoint}: {exc}") from exc
+        except TransportError as exc:
+            # an endpoint that is down or unreachable: urllib3's own errors, not OSError
+            raise _unavailable(
+                spec, f"cannot reach the S3 endpoint {s3.endpoint} for weights {uri!r} ({type(exc).__name__})"
+            ) from exc
         finally:
             tmp.unlink(missing_ok=True)
     digest = file_sha256(target)

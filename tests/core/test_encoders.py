@@ -28,6 +28,7 @@ from core.encoders.registry import get_spec, load_encoder
 from core.encoders.spec import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, EncoderFamily, EncoderSpec
 from core.encoders.weights import resolve_weights
 from core.errors import ConfigError, EncoderNotFound, WeightsUnavailable
+from tests.conftest import free_port
 
 BIOMEDCLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 BIOMEDCLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -441,6 +442,20 @@ def test_weights_from_s3_cached_and_verified(
     with pytest.raises(WeightsUnavailable) as info:
         resolve_weights(spec.model_copy(update={"weights_sha256": wrong}), settings)
     assert wrong in str(info.value) and digest in str(info.value)
+
+
+def test_weights_from_an_unreachable_s3_endpoint_fail_helpfully(settings: Settings) -> None:
+    # The README's admin example with the S3 endpoint down: a typed error naming it, never a 500.
+    port = free_port()  # nothing listens there
+    down = settings.model_copy(
+        update={"s3": settings.s3.model_copy(update={"endpoint": f"127.0.0.1:{port}"})}
+    )
+    spec = get_spec("clip-vit-b16").model_copy(update={"weights": "s3://models/clip/clip.safetensors"})
+    started = time.monotonic()
+    with pytest.raises(WeightsUnavailable) as info:
+        resolve_weights(spec, down)
+    assert f"cannot reach the S3 endpoint 127.0.0.1:{port}" in str(info.value)
+    assert time.monotonic() - started < 30
 
 
 def test_weights_missing_sources_fail_helpfully(settings: Settings, bucket: str) -> None:
