@@ -16,7 +16,7 @@ from core.catalog import Catalog
 from core.config import Settings
 from core.index.base import VectorIndex
 from core.index.factory import open_index
-from search_api.backfill_jobs import BackfillRunner, LocalJobStore
+from search_api.backfill_jobs import LocalJobStore, OwnerJobRunner
 from search_api.errors import install_exception_handlers
 from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
 from search_api.routes import (
@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
         app.state.index = opened
         app.state.catalog = Catalog(opened, settings)
         app.state.inference_limiter = CapacityLimiter(_INFERENCE_THREADS)
-        app.state.backfill = BackfillRunner(app.state.catalog, settings, LocalJobStore())
+        app.state.backfill = OwnerJobRunner(app.state.catalog, settings, LocalJobStore())
         try:
             yield
         finally:

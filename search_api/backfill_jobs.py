@@ -40,7 +40,6 @@ from ingest.sources.local import LocalSource
 from workers.jobs import COUNTERS, JobKind, JobRecord, JobSpec, JobState
 
 __all__ = [
-    "BackfillRunner",
     "JobProgress",
     "JobStoreLike",
     "LocalJobStore",
@@ -415,8 +414,7 @@ class OwnerJobRunner:
             target=target,
             on_batch=progress.batch,
             path_template=path_template,
-        )
-        index_written(self.catalog, [target], report)
+        )  # which builds the target's index at its end
         return report.to_dict()
 
     def _ingest(
@@ -466,10 +464,6 @@ class OwnerJobRunner:
     def close(self) -> None:
         """Wait for running jobs (the store they write to closes next)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-# The name the app and older callers know the runner by.
-BackfillRunner = OwnerJobRunner
 
 
 def owner_jobs(request: Request) -> OwnerJobRunner:
