@@ -8,7 +8,8 @@ caller handles a remote failure exactly like a local one (the API maps the same 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -19,6 +20,9 @@ from core.errors import (
     ServerUnavailable,
     StoreFull,
 )
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 __all__ = ["ApiClient", "error_for"]
 
@@ -67,6 +71,12 @@ class ApiClient:
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 
+    @classmethod
+    def from_settings(cls, url: str, settings: Settings, *, timeout_s: float | None = 120.0) -> ApiClient:
+        """A client of ``url`` with the key in ``settings`` (``RADSEARCH_API_KEY``), if any."""
+        api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+        return cls(url, api_key=api_key, timeout_s=timeout_s)
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one request; the parsed JSON answer (None when empty), or the typed error."""
         deadline = time.monotonic() + _CONNECT_GRACE_S
@@ -87,6 +97,24 @@ class ApiClient:
         if not response.content:
             return None
         return response.json()
+
+    def ensure_collection(self, name: str, spec: dict[str, Any]) -> None:
+        """Create the collection ``name`` (``POST /v1/collections`` with ``spec``: encoder,
+        weights...) unless it already exists. Looked up first: creating one loads its encoder. A
+        refused creation stands unless the collection was created meanwhile (409)."""
+        path = f"/v1/collections/{quote(name, safe='')}"
+        try:
+            self.request("GET", path)
+            return
+        except CollectionNotFound:
+            pass
+        try:
+            self.request("POST", "/v1/collections", json={"name": name, **spec})
+        except ConfigError as exc:
+            try:
+                self.request("GET", path)
+            except CollectionNotFound:
+                raise exc from None
 
     def close(self) -> None:
         self._http.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -168,11 +168,14 @@ class Catalog:
         entry = self.get(name)
         return self.encoder(entry.encoder)
 
-    def drop(self, name: str, *, writers: Callable[[str], Sequence[str]] | None = None) -> None:
+    def drop(
+        self, name: str, *, writers: Callable[[str, Mapping[str, str]], Sequence[str]] | None = None
+    ) -> None:
         """Drop a collection by its own name.
 
-        `CollectionBusy` while an alias points at it, or while ``writers(name)`` names anything
-        (the jobs writing to it, as the caller knows them: e.g. "ingest job <id>").
+        `CollectionBusy` while an alias points at it, or while ``writers(name, aliases)`` names
+        anything (the jobs writing to it, as the caller knows them: e.g. "ingest job <id>";
+        ``aliases`` is alias → collection, read once here).
         """
         aliases = self.aliases()
         if name in aliases:
@@ -186,7 +189,7 @@ class Catalog:
                 f"collection {name!r} is the target of alias {', '.join(pointing)}; switch or delete "
                 "the alias first"
             )
-        busy = list(writers(name)) if writers is not None else []
+        busy = list(writers(name, aliases)) if writers is not None else []
         if busy:
             raise CollectionBusy(
                 f"collection {name!r} is being written by {', '.join(busy)}; drop it once "

@@ -69,13 +69,14 @@ def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
+    from functools import partial
+
     from radsearch.services import open_catalog
     from search_api.backfill_jobs import celery_writers
 
     with open_catalog(settings) as catalog:
-        aliases = catalog.aliases()
         # This process owns the store, so no owner-run job can be writing: Celery jobs only.
-        catalog.drop(args.name, writers=lambda name: celery_writers(settings, name, aliases))
+        catalog.drop(args.name, writers=partial(celery_writers, settings))
     print_dropped(args.name)
     return 0
 
@@ -85,7 +86,6 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
     from ingest.backfill import plan_backfill, run_backfill
     from radsearch.services import open_catalog
-    from search_api.backfill_jobs import index_written
 
     with open_catalog(settings) as catalog:
         plan = plan_backfill(catalog, settings, args.origin, target=args.name)
@@ -96,8 +96,7 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
         report = run_backfill(
             catalog, settings, plan, target=args.name, on_batch=on_batch, path_template=args.path_template
-        )
-        index_written(catalog, [args.name], report)
+        )  # which builds the target's index at its end
         bar.close()
     print_backfill({"collection": args.name, "from": args.origin, **report.to_dict()}, as_json=args.json)
     return 0

@@ -50,8 +50,7 @@ if TYPE_CHECKING:
 def _client(settings: Settings, url: str) -> ApiClient:
     from core.api_client import ApiClient
 
-    key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-    return ApiClient(url, api_key=key)
+    return ApiClient.from_settings(url, settings)
 
 
 def _segment(name: str) -> str:
@@ -177,18 +176,9 @@ def ingest(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
 def _ensure_with_weights(client: ApiClient, args: argparse.Namespace) -> None:
     """``--weights`` for a new collection: create it first, as the command run here would."""
-    try:
-        client.request("GET", f"/v1/collections/{_segment(args.collection)}")
-    except CollectionNotFound:
-        client.request(
-            "POST",
-            "/v1/collections",
-            json={
-                "name": args.collection,
-                "encoder": args.encoder or "baseline",
-                "weights": _weights_ref(args.weights),
-            },
-        )
+    client.ensure_collection(
+        args.collection, {"encoder": args.encoder or "baseline", "weights": _weights_ref(args.weights)}
+    )
 
 
 def search(args: argparse.Namespace, settings: Settings, url: str) -> int:

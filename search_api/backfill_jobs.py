@@ -374,10 +374,9 @@ class OwnerJobRunner:
         """Drop a collection; `CollectionBusy` while an alias points at it or a job writes to it
         (one of this process's, or an unfinished Celery job in Redis)."""
         with self._lock:
-            aliases = self.catalog.aliases()
             self.catalog.drop(
                 name,
-                writers=lambda n: [*self.writers(n), *celery_writers(self.settings, n, aliases)],
+                writers=lambda n, aliases: [*self.writers(n), *celery_writers(self.settings, n, aliases)],
             )
 
     # -- running -------------------------------------------------------------------------------

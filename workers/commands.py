@@ -154,24 +154,11 @@ def _create_on_owner(settings: Settings, spec: JobSpec) -> None:
     if settings.store.backend != "edge" or not spec.encoder:
         return
     from core.api_client import ApiClient
-    from core.errors import CollectionNotFound
     from core.index.remote import locate_owner
 
-    api_key = settings.api_key.get_secret_value() if settings.api_key else None
-    with ApiClient(locate_owner(settings), api_key=api_key) as api:
+    with ApiClient.from_settings(locate_owner(settings), settings) as api:
         for name in spec.collections:
-            try:
-                api.request("GET", f"/v1/collections/{name}")
-                continue
-            except CollectionNotFound:
-                pass
-            try:
-                api.request("POST", "/v1/collections", json={"name": name, "encoder": spec.encoder})
-            except ConfigError as exc:
-                try:  # 409: created meanwhile; anything else (a bad encoder: 400) stands
-                    api.request("GET", f"/v1/collections/{name}")
-                except CollectionNotFound:
-                    raise exc from None
+            api.ensure_collection(name, {"encoder": spec.encoder})
 
 
 def _submit_and_follow(args: argparse.Namespace, settings: Settings, kind: JobKind, spec: JobSpec) -> int:

@@ -167,9 +167,8 @@ def run_remote_eval_command(args: argparse.Namespace, settings: Settings, url: s
         "seed": args.seed,
         "max_queries": args.max_queries,
     }
-    api_key = settings.api_key.get_secret_value() if settings.api_key else None
     # No client-side time limit: a large collection's evaluation takes minutes.
-    with ApiClient(url, api_key=api_key, timeout_s=None) as client:
+    with ApiClient.from_settings(url, settings, timeout_s=None) as client:
         result = client.request("POST", f"/v1/collections/{args.collection}/evaluate", json=body)
     return _write_result(result, args, out)
 
