@@ -6,7 +6,7 @@ import dataclasses
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypedDict
 
 import numpy as np
@@ -33,7 +33,6 @@ __all__ = [
     "filter_conditions",
     "hnsw_params",
     "is_valid_name",
-    "iter_pages",
     "known_ids",
     "query_vector",
     "stored_point",
@@ -158,17 +157,6 @@ def stored_point(record: Any, with_vectors: bool) -> StoredPoint:
         payload=dict(record.payload or {}),
         vector=vector_from_raw(record.vector) if with_vectors else None,
     )
-
-
-def iter_pages(fetch: Callable[[Any], tuple[list[StoredPoint], Any]]) -> Iterator[StoredPoint]:
-    """The points of successive pages: ``fetch(offset)`` from None on, until a page says it has
-    no next offset."""
-    offset = None
-    while True:
-        points, offset = fetch(offset)
-        yield from points
-        if offset is None:
-            return
 
 
 def stored_points(wanted: Sequence[str], records: Iterable[Any], with_vectors: bool) -> list[StoredPoint]:

@@ -7,8 +7,9 @@ entry: encoder spec, weights version, ...) stored with the collection.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -153,7 +154,6 @@ class VectorIndex(ABC):
     ) -> dict[str, int]:
         """Point counts per value of an indexed keyword field, largest first."""
 
-    @abstractmethod
     def scroll(
         self,
         name: str,
@@ -162,8 +162,16 @@ class VectorIndex(ABC):
         batch_size: int = 1000,
         with_vectors: bool = False,
     ) -> Iterator[StoredPoint]:
-        """Every point (matching the filter), streamed in pages."""
+        """Every point (matching the filter), streamed in pages of `scroll_page`. The first page is
+        asked for at the call (`CollectionNotFound` then, not at the first ``next``)."""
+        if batch_size < 1:
+            raise IndexStoreError(f"batch_size must be at least 1, got {batch_size}")
+        page = functools.partial(
+            self.scroll_page, name, filter=filter, batch_size=batch_size, with_vectors=with_vectors
+        )
+        return _pages(page(), page)
 
+    @abstractmethod
     def scroll_page(
         self,
         name: str,
@@ -176,7 +184,6 @@ class VectorIndex(ABC):
         """One page of `scroll` from ``offset`` (None: the first) and the offset of the next page
         (None after the last), for a caller that pages across requests. Offsets are point ids: the
         string form of one is accepted back."""
-        raise IndexStoreError(f"{type(self).__name__} does not page its scroll")
 
     @abstractmethod
     def delete(self, name: str, ids: Sequence[str]) -> None: ...
@@ -208,3 +215,16 @@ class VectorIndex(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections."""
+
+
+def _pages(
+    first: tuple[list[StoredPoint], Any], fetch: Callable[..., tuple[list[StoredPoint], Any]]
+) -> Iterator[StoredPoint]:
+    """The points of ``first`` and of the pages after it: ``fetch(offset=...)`` until a page says
+    it has no next offset."""
+    points, offset = first
+    while True:
+        yield from points
+        if offset is None:
+            return
+        points, offset = fetch(offset=offset)

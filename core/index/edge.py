@@ -64,7 +64,6 @@ from core.index._shared import (
     filter_conditions,
     hnsw_params,
     is_valid_name,
-    iter_pages,
     known_ids,
     query_vector,
     stored_point,
@@ -931,24 +930,6 @@ class EdgeIndex(VectorIndex):
         with handle.reading() as shard:
             response = shard.facet(request)
         return facet_counts(response.hits)
-
-    def scroll(
-        self,
-        name: str,
-        *,
-        filter: SearchFilter | None = None,
-        batch_size: int = 1000,
-        with_vectors: bool = False,
-    ) -> Iterator[StoredPoint]:
-        """Every point (matching the filter), streamed in pages."""
-        if batch_size < 1:
-            raise IndexStoreError(f"batch_size must be at least 1, got {batch_size}")
-        self._handle(name)  # CollectionNotFound now, not at the first next()
-        return iter_pages(
-            lambda offset: self.scroll_page(
-                name, filter=filter, offset=offset, batch_size=batch_size, with_vectors=with_vectors
-            )
-        )
 
     def scroll_page(
         self,

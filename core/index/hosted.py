@@ -22,7 +22,7 @@ import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from multiprocessing.connection import Client, Connection, Listener, wait
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ from numpy.typing import NDArray
 
 from core.config import StoreSettings
 from core.errors import IndexStoreError
-from core.index._shared import iter_pages
 from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
 from core.ownership import StoreLease
 from core.payload import SearchFilter
@@ -329,28 +328,6 @@ class HostedEdgeIndex(VectorIndex):
     ) -> dict[str, int]:
         result: dict[str, int] = self._call("facet", name, field, filter=filter, limit=limit)
         return result
-
-    def scroll(
-        self,
-        name: str,
-        *,
-        filter: SearchFilter | None = None,
-        batch_size: int = 1000,
-        with_vectors: bool = False,
-    ) -> Iterator[StoredPoint]:
-        if batch_size < 1:
-            raise IndexStoreError(f"batch_size must be at least 1, got {batch_size}")
-        self.collection_config(name)  # CollectionNotFound now, not at the first next()
-        return iter_pages(
-            lambda offset: self._call(
-                "scroll_page",
-                name,
-                filter=filter,
-                offset=offset,
-                batch_size=batch_size,
-                with_vectors=with_vectors,
-            )
-        )
 
     def scroll_page(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -258,32 +258,6 @@ class OwnerIndex(VectorIndex):
         }
         body = self._request("POST", self._path(name, "/points/scroll"), request)
         return [_stored(item) for item in body["points"]], body.get("next_offset")
-
-    def scroll(
-        self,
-        name: str,
-        *,
-        filter: SearchFilter | None = None,
-        batch_size: int = 1000,
-        with_vectors: bool = False,
-    ) -> Iterator[StoredPoint]:
-        """Every point (matching the filter), bookkeeping fields only, page by page; the first
-        page is asked for now (`CollectionNotFound` at the call, not at the first ``next``)."""
-        if batch_size < 1:
-            raise IndexStoreError(f"batch_size must be at least 1, got {batch_size}")
-        first = self.scroll_page(name, filter=filter, batch_size=batch_size, with_vectors=with_vectors)
-
-        def pages() -> Iterator[StoredPoint]:
-            points, offset = first
-            while True:
-                yield from points
-                if offset is None:
-                    return
-                points, offset = self.scroll_page(
-                    name, filter=filter, offset=offset, batch_size=batch_size, with_vectors=with_vectors
-                )
-
-        return pages()
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         wanted = list(dict.fromkeys(ids))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -30,7 +30,6 @@ from core.index._shared import (
     facet_counts,
     filter_conditions,
     hnsw_params,
-    iter_pages,
     known_ids,
     query_vector,
     stored_point,
@@ -346,24 +345,6 @@ class QdrantServerIndex(VectorIndex):
             lambda: self._client.facet(name, key=field, facet_filter=engine_filter, limit=limit, exact=True),
         )
         return facet_counts(response.hits)
-
-    def scroll(
-        self,
-        name: str,
-        *,
-        filter: SearchFilter | None = None,
-        batch_size: int = 1000,
-        with_vectors: bool = False,
-    ) -> Iterator[StoredPoint]:
-        """Every point (matching the filter), streamed in pages."""
-        if batch_size < 1:
-            raise IndexStoreError(f"batch_size must be at least 1, got {batch_size}")
-        self._config(name)
-        return iter_pages(
-            lambda offset: self.scroll_page(
-                name, filter=filter, offset=offset, batch_size=batch_size, with_vectors=with_vectors
-            )
-        )
 
     def scroll_page(
         self,
