@@ -4,7 +4,7 @@ file (through the API's own query functions, so both modes answer alike)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -156,11 +156,10 @@ def serve_api(
     from core.ownership import acquire_store
     from search_api.app import create_app
 
-    if settings.store.backend != "edge":
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
-        return
-    with acquire_store(settings.index_dir, kind) as lease:
-        lease.advertise(f"http://{_url_host(host)}:{port}")
+    with ExitStack() as owned:
+        if settings.store.backend == "edge":  # a Qdrant server has no owner to be
+            lease = owned.enter_context(acquire_store(settings.index_dir, kind))
+            lease.advertise(f"http://{_url_host(host)}:{port}")
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 

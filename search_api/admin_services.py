@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,21 +42,16 @@ def create_collection(*, catalog: Catalog, body: CollectionCreate) -> Collection
     return collection_detail(catalog=catalog, name=entry.name)
 
 
-def ensure_collections(*, catalog: Catalog, names: Sequence[str], encoder: str) -> list[str]:
+def ensure_collections(*, catalog: Catalog, names: Sequence[str], encoder: str) -> None:
     """Create those of ``names`` that are neither a collection nor an alias yet, with ``encoder``
-    (a registry name); returns the names created. For jobs the workers run on the embedded store:
-    they never open it, so its owner, this server, creates their collections."""
-    created: list[str] = []
+    (a registry name). For jobs the workers run on the embedded store: they never open it, so its
+    owner, this server, creates their collections."""
     for name in names:
         try:
             catalog.get(name)
         except CollectionNotFound:
-            try:
+            with contextlib.suppress(CollectionExists):  # a concurrent request created it
                 catalog.create(name, resolve_spec(encoder))
-            except CollectionExists:  # a concurrent request created it
-                continue
-            created.append(name)
-    return created
 
 
 def collection_detail(*, catalog: Catalog, name: str) -> CollectionDetailPublic:

@@ -237,6 +237,14 @@ class OwnerJob:
     summary: dict[str, Any] | None = None
     error_status: int | None = None
 
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def created_at(self) -> float:
+        return self.record.created_at
+
     def to_dict(self, *, with_items: bool = True) -> dict[str, Any]:
         """The record in the ingest jobs' public shape, with ``executor``, ``summary`` and
         ``error_status`` (``kind`` is ``backfill`` for backfills)."""

@@ -246,8 +246,7 @@ async def create_ingest_job(body: IngestJobCreate, request: Request, response: R
         job = await run_in_threadpool(partial(_create_owner, request, body))
     else:
         job = await _call(partial(_create, worker_gateway(request), body, _embedded_catalog(request)))
-    job_id = job.record.id if isinstance(job, OwnerJob) else job.id
-    response.headers["Location"] = f"/v1/ingest-jobs/{job_id}"
+    response.headers["Location"] = f"/v1/ingest-jobs/{job.id}"
     return _public(job)
 
 
@@ -266,7 +265,7 @@ async def read_ingest_jobs(
             raise
         records = []
     jobs: list[JobRecord | OwnerJob] = [*owned, *records]
-    jobs.sort(key=lambda j: j.record.created_at if isinstance(j, OwnerJob) else j.created_at, reverse=True)
+    jobs.sort(key=lambda j: j.created_at, reverse=True)
     data = [_public(j, with_items=False) for j in jobs[:limit]]
     return IngestJobsPublic(data=data, count=len(data))
 
