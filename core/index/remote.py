@@ -89,28 +89,27 @@ def _stored(item: dict[str, Any]) -> StoredPoint:
 class OwnerIndex(VectorIndex):
     """The owner's collections over its HTTP API (`ApiClient`: remote errors come back typed).
 
-    ``locate`` gives the owner's URL; it is asked again after the owner could not be reached, so a
-    restarted server (a new port in its owner record) is found without restarting the worker.
+    ``connect`` makes a client of the owner; it is asked again after the owner could not be
+    reached, so a restarted server (a new port in its owner record) is found without restarting
+    the worker.
     """
 
-    def __init__(self, locate: Callable[[], str], *, api_key: str | None = None) -> None:
-        self._locate = locate
-        self._api_key = api_key
+    def __init__(self, connect: Callable[[], ApiClient]) -> None:
+        self._connect = connect
         self._client: ApiClient | None = None
         self._lock = threading.Lock()
 
     @classmethod
     def for_settings(cls, settings: Settings) -> OwnerIndex:
         """The owner of ``settings``' data dir (or ``settings.url``), with ``settings.api_key``."""
-        api_key = settings.api_key.get_secret_value() if settings.api_key else None
-        return cls(lambda: locate_owner(settings), api_key=api_key)
+        return cls(lambda: ApiClient.from_settings(locate_owner(settings), settings))
 
     # -- transport -----------------------------------------------------------------------------
 
     def _api(self) -> ApiClient:
         with self._lock:
             if self._client is None:
-                self._client = ApiClient(self._locate(), api_key=self._api_key)
+                self._client = self._connect()
             return self._client
 
     def _request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
