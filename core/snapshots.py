@@ -216,12 +216,13 @@ class SnapshotStore:
         collection: str | None = None,
         as_name: str | None = None,
         force: bool = False,
-        trash: Trash | None = None,
+        replace: Callable[[str], object] | None = None,
     ) -> builtins.list[dict[str, Any]]:
         """Recreate the snapshot's collections (or ``collection`` alone, as ``as_name``).
 
         A name that is taken is refused (`CollectionExists`, HTTP 409) unless ``force``: the
-        collection there then goes to ``trash`` first (restorable), or is deleted without one.
+        collection there is then dropped first by ``replace`` (the caller's drop: `Catalog.drop`
+        with its alias and writer checks, to the trash), or deleted for good without one.
         Returns ``{"name", "source", "points"}`` per restored collection."""
         _require_files(index)
         manifest = self.get(snapshot_id)
@@ -249,10 +250,7 @@ class SnapshotStore:
                 if target in aliases:
                     raise ConfigError(f"{target!r} is an alias; restore under another name (--as)")
                 if index.collection_exists(target):
-                    if trash is not None:
-                        trash.put(index, target)
-                    else:
-                        index.drop_collection(target)
+                    (replace or index.drop_collection)(target)
                 source = self._dir(snapshot_id) / _COLLECTIONS / name
                 index.attach_collection(str(source), _renamed(_read_config(source), target))
                 restored.append({"name": target, "source": name, "points": index.count(target)})

@@ -89,8 +89,11 @@ def print_trash(entries: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
 
 
 def _cmd_snapshot(args: argparse.Namespace, settings: Settings) -> int:
+    from functools import partial
+
     from core.snapshots import SnapshotStore
     from radsearch.services import open_catalog
+    from search_api.backfill_jobs import celery_writers
 
     store = SnapshotStore(settings)
     if args.snapshot_command == "list":
@@ -107,7 +110,7 @@ def _cmd_snapshot(args: argparse.Namespace, settings: Settings) -> int:
             collection=args.collection,
             as_name=args.as_name,
             force=args.force,
-            trash=catalog.trash,
+            replace=partial(catalog.drop, writers=partial(celery_writers, settings)),
         )
     print_restored(restored, origin=f"snapshot {args.snapshot}", as_json=args.json)
     return 0

@@ -134,10 +134,11 @@ async def read_snapshots(catalog: CatalogDep) -> SnapshotsPublic:
     responses={404: {"description": "No such snapshot"}, 409: {"description": "The name is taken"}},
 )
 async def restore_snapshot(
-    snapshot_id: str, catalog: CatalogDep, body: SnapshotRestore | None = None
+    snapshot_id: str, catalog: CatalogDep, request: Request, body: SnapshotRestore | None = None
 ) -> SnapshotRestored:
     """Recreate a snapshot's collections (or one, under ``as``); 409 for a taken name unless
-    ``force`` (the collection there goes to the trash first)."""
+    ``force``: the collection there is dropped first, as ``DELETE`` would (to the trash; 409
+    while an alias points at it or a job writes to it)."""
     body = body or SnapshotRestore()
     restored = await run_in_threadpool(
         partial(
@@ -147,7 +148,7 @@ async def restore_snapshot(
             collection=body.collection,
             as_name=body.as_,
             force=body.force,
-            trash=catalog.trash,
+            replace=owner_jobs(request).drop,  # refused while aliased or written; to the trash
         )
     )
     return SnapshotRestored(

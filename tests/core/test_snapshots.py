@@ -159,8 +159,9 @@ def test_snapshot_restore_refuses_a_taken_name_unless_forced(
     store: tuple[Settings, EdgeIndex, Catalog],
 ) -> None:
     """Reproduced first: nothing guarded a restore, so it could only have overwritten the live
-    collection. Now a taken name is refused (409), ``--force`` replaces it and keeps the replaced
-    collection in the trash, and ids that could name a path elsewhere are not found."""
+    collection. Now a taken name is refused (409), ``--force`` replaces it through the drop (refused
+    while an alias points at it; the replaced collection kept in the trash), and ids that could
+    name a path elsewhere are not found."""
     settings, index, catalog = store
     for name in ("a", "z"):
         _create(index, name)
@@ -178,7 +179,11 @@ def test_snapshot_restore_refuses_a_taken_name_unless_forced(
         snapshots.restore(index, "../index")
     assert not index.collection_exists("b")
 
-    restored = snapshots.restore(index, manifest.id, collection="a", force=True, trash=catalog.trash)
+    catalog.set_alias("current", "a")
+    with pytest.raises(ConfigError, match="target of alias current"):
+        snapshots.restore(index, manifest.id, collection="a", force=True, replace=catalog.drop)
+    catalog.delete_alias("current")
+    restored = snapshots.restore(index, manifest.id, collection="a", force=True, replace=catalog.drop)
     assert restored == [{"name": "a", "source": "a", "points": BATCH}]
     assert index.count("a") == BATCH
     [replaced] = catalog.trash.list()
