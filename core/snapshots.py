@@ -153,12 +153,18 @@ class SnapshotStore:
         return self.root / snapshot_id
 
     def create(self, index: VectorIndex, collections: Sequence[str] | None = None) -> SnapshotManifest:
-        """Snapshot ``collections`` (by their own names; default every collection), each copied
-        consistently by the index while its writes wait."""
+        """Snapshot ``collections`` (an alias stands for its collection; default every
+        collection), each copied consistently by the index while its writes wait."""
         _require_files(index)
-        names = sorted(index.list_collections()) if not collections else list(dict.fromkeys(collections))
-        for name in names:
+        aliases = _aliases(index)
+        for name in collections or ():
             _check_name(name, "collection name")
+        names = (
+            sorted(index.list_collections())
+            if not collections
+            else list(dict.fromkeys(aliases.get(name, name) for name in collections))
+        )
+        for name in names:
             if not index.collection_exists(name):
                 raise CollectionNotFound(f"collection {name!r} does not exist")
         if not names:
