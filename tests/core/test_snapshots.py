@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from pydantic import SecretStr
 from qdrant_client import QdrantClient
 
 from core.catalog import Catalog, CollectionEntry
@@ -31,11 +33,11 @@ DIM = 16
 BATCH = 40
 
 
-def _settings(tmp_path: Path, **store: object) -> Settings:
+def _settings(tmp_path: Path, **store: Any) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
-        store=StoreSettings(min_free_mb=0, **store),  # type: ignore[arg-type]
-        security=SecuritySettings(hash_key="snapshot-test"),  # type: ignore[arg-type]
+        store=StoreSettings(min_free_mb=0, **store),
+        security=SecuritySettings(hash_key=SecretStr("snapshot-test")),
     )
 
 
