@@ -41,18 +41,18 @@ def _settings(tmp_path: Path, **store: Any) -> Settings:
     )
 
 
-def _create(index: VectorIndex, name: str) -> None:
+def _create(index: VectorIndex, name: str, *, dim: int = DIM) -> None:
     """A collection with a real catalog entry (the baseline spec), without loading an encoder."""
     entry = CollectionEntry(
         name=name,
         encoder=resolve_spec("baseline"),
         weights_version="snapshot-test",
-        dim=DIM,
+        dim=dim,
         created_at="2026-12-01T00:00:00+00:00",
         quantization="int8",
     )
     config = CollectionConfig(
-        name=name, dim=DIM, quantization="int8", metadata={"catalog": entry.model_dump(mode="json")}
+        name=name, dim=dim, quantization="int8", metadata={"catalog": entry.model_dump(mode="json")}
     )
     index.create_collection(config)
 

@@ -23,7 +23,10 @@ import httpx
 import numpy as np
 import pytest
 
+from core.config import StoreSettings
+from core.index.edge import EdgeIndex
 from tests.conftest import free_port
+from tests.core.test_snapshots import _create
 
 BATCH = 20
 DIM = 512  # the baseline encoder's
@@ -91,6 +94,10 @@ def test_snapshot_drop_and_restore_through_the_serving_owner_then_without_it(tmp
     restores onto a taken name are refused (exit 2 / 409). With the server gone, the CLI takes the
     store lock itself and snapshots again."""
     data = tmp_path / "data"
+    # The collection is made before the server starts (the baseline catalog entry, no encoder load).
+    index = EdgeIndex(data / "index", StoreSettings())
+    _create(index, "live", dim=DIM)
+    index.close()
     url = f"http://127.0.0.1:{free_port()}"
     server = subprocess.Popen(
         [
@@ -110,8 +117,6 @@ def test_snapshot_drop_and_restore_through_the_serving_owner_then_without_it(tmp
     try:
         _wait_ready(url)
         with httpx.Client(base_url=url, timeout=60) as http:
-            created = http.post("/v1/collections", json={"name": "live", "encoder": "baseline"})
-            assert created.status_code == 201, created.text
             for number in range(3):
                 assert http.put("/v1/collections/live/points", json=_points(number)).status_code == 200
 
@@ -188,9 +193,11 @@ def test_snapshot_drop_and_restore_through_the_serving_owner_then_without_it(tmp
             gone = http.delete("/v1/collections/copy")
             assert gone.status_code == 200 and gone.json()["trashed"] is True, gone.text
             assert gone.json()["expires_at"] in gone.json()["message"]
-            assert (
-                http.post("/v1/collections", json={"name": "copy", "encoder": "baseline"}).status_code == 201
+            # the name is taken again (by another restore of the snapshot)
+            again = http.post(
+                f"/v1/snapshots/{manifest['id']}/restore", json={"collection": "live", "as": "copy"}
             )
+            assert again.status_code == 200, again.text
             taken = _cli(data, "collections", "restore", "copy")
             assert taken.returncode == 2 and "taken again" in taken.stderr, taken.stderr
             assert http.post("/v1/collections/copy/restore", json={}).status_code == 409
