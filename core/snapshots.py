@@ -169,9 +169,15 @@ class SnapshotStore:
                 raise CollectionNotFound(f"collection {name!r} does not exist")
         if not names:
             raise ConfigError("there is no collection to snapshot")
+        with _lock:  # one snapshot at a time: what another left partial is a crash's leftover
+            return self._create(index, names)
+
+    def _create(self, index: VectorIndex, names: Sequence[str]) -> SnapshotManifest:
         now = self._clock()
         snapshot_id = f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
         self.root.mkdir(parents=True, exist_ok=True)
+        for leftover in self.root.glob(".*.partial"):
+            shutil.rmtree(leftover, ignore_errors=True)
         partial = self.root / f".{snapshot_id}.partial"
         (partial / _COLLECTIONS).mkdir(parents=True)
         try:

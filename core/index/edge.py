@@ -1155,7 +1155,9 @@ class EdgeIndex(VectorIndex):
         check_config(config)
         origin = Path(source)
         if not (origin / _SHARD_DIR).is_dir():
-            raise IndexStoreError(f"{origin} holds no collection files")
+            raise IndexStoreError(
+                f"no collection files to restore as {config.name!r} (the copy is incomplete)"
+            )
         if not move:
             self.check_free_space(_allocated_bytes(origin))
         config_json = json.dumps(config_to_dict(config), indent=2, sort_keys=True)
