@@ -22,6 +22,7 @@ from core.encoders.registry import load_encoder
 from core.encoders.spec import EncoderSpec
 from core.errors import CollectionExists, CollectionNotFound, ConfigError, IndexStoreError
 from core.index.base import CollectionConfig, VectorIndex
+from core.snapshots import Trash, TrashEntry
 
 __all__ = ["COLLECTION_NAME_PATTERN", "Catalog", "CollectionBusy", "CollectionEntry"]
 
@@ -58,6 +59,7 @@ class Catalog:
         self.settings = settings
         self._encoders: dict[tuple[str, str | None], Encoder] = {}
         self._lock = threading.Lock()
+        self.trash = Trash(settings)  # where the embedded store's dropped collections go
 
     def encoder(self, spec: EncoderSpec) -> Encoder:
         """The loaded encoder for ``spec`` (loaded on first use, then reused)."""
@@ -170,8 +172,9 @@ class Catalog:
 
     def drop(
         self, name: str, *, writers: Callable[[str, Mapping[str, str]], Sequence[str]] | None = None
-    ) -> None:
-        """Drop a collection by its own name.
+    ) -> TrashEntry | None:
+        """Drop a collection by its own name: the embedded store moves it to the trash (the entry
+        is returned; `core.snapshots.Trash`), a Qdrant server deletes it for good (None).
 
         `CollectionBusy` while an alias points at it, or while ``writers(name, aliases)`` names
         anything (the jobs writing to it, as the caller knows them: e.g. "ingest job <id>";
@@ -195,7 +198,10 @@ class Catalog:
                 f"collection {name!r} is being written by {', '.join(busy)}; drop it once "
                 f"{'that has' if len(busy) == 1 else 'they have'} finished"
             )
+        if self.index.supports_files:
+            return self.trash.put(self.index, name)
         self.index.drop_collection(name)
+        return None
 
     # -- aliases -------------------------------------------------------------------------------
 

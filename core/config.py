@@ -95,6 +95,9 @@ class StoreSettings(BaseModel):
     # Small filters ride their payload links: 1 M points, 2 % filter, recall@10 0.9996 at ef 128
     # (1.0 at 384) in 40 % of the engine time.
     hnsw_ef_selective: int = 128
+    # A dropped embedded collection goes to ``<data>/trash/`` for this many hours (restorable with
+    # ``radsearch collections restore``), then is purged when the owner starts or after a drop.
+    trash_hours: float = Field(default=24.0, ge=0)
 
 
 class S3Settings(BaseModel):
@@ -307,6 +310,14 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "index"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
+
+    @property
+    def trash_dir(self) -> Path:
+        return self.data_dir / "trash"
 
     @property
     def model_cache_dir(self) -> Path:

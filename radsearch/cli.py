@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     from radsearch.admin_commands import add_admin_commands
 
     add_admin_commands(collections_sub, sub)
+    from radsearch.backup_commands import add_backup_commands
+
+    add_backup_commands(collections_sub, sub)
 
     serve = sub.add_parser("serve", help="serve the HTTP API and web page")
     serve.add_argument("--host")

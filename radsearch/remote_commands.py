@@ -249,8 +249,8 @@ def drop(args: argparse.Namespace, settings: Settings, url: str) -> int:
     from radsearch.admin_commands import print_dropped
 
     with _client(settings, url) as client:
-        client.request("DELETE", f"/v1/collections/{_segment(args.name)}")
-    print_dropped(args.name)
+        dropped = client.request("DELETE", f"/v1/collections/{_segment(args.name)}")
+    print_dropped(args.name, dropped if dropped["trashed"] else None)
     return EXIT_OK
 
 

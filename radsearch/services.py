@@ -39,7 +39,10 @@ def open_catalog(settings: Settings, *, owner: str = "cli") -> Iterator[Catalog]
 
     index = open_index(settings, owner=owner)
     try:
-        yield Catalog(index, settings)
+        catalog = Catalog(index, settings)
+        if index.supports_files:  # this process owns the store now: what expired in the trash goes
+            catalog.trash.purge()
+        yield catalog
     finally:
         index.close()
 

@@ -16,6 +16,7 @@ from core.catalog import Catalog
 from core.config import Settings
 from core.index.base import VectorIndex
 from core.index.factory import open_index
+from core.snapshots import Trash
 from search_api.backfill_jobs import LocalJobStore, OwnerJobRunner
 from search_api.errors import install_exception_handlers
 from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
@@ -58,6 +59,8 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
             )
         )
         app.state.index = opened
+        if opened.supports_files:  # the owner starts: what expired in the trash goes
+            await run_in_threadpool(Trash(settings).purge)
         app.state.catalog = Catalog(opened, settings)
         app.state.inference_limiter = CapacityLimiter(_INFERENCE_THREADS)
         app.state.backfill = OwnerJobRunner(app.state.catalog, settings, LocalJobStore())

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from core.catalog import Catalog
 from core.config import Settings
 from core.errors import ConfigError, RadsearchError
+from core.snapshots import TrashEntry
 from ingest.backfill import plan_backfill, run_backfill
 from ingest.inline import IngestOptions, build_context
 from ingest.labels import Labeler, PathTemplate, load_manifest, parse_manifest
@@ -378,11 +379,12 @@ class OwnerJobRunner:
                 out.append(f"{meta.kind} job {job_id}")
         return out
 
-    def drop(self, name: str) -> None:
-        """Drop a collection; `CollectionBusy` while an alias points at it or a job writes to it
-        (one of this process's, or an unfinished Celery job in Redis)."""
+    def drop(self, name: str) -> TrashEntry | None:
+        """Drop a collection (`Catalog.drop`: to the trash on the embedded store); `CollectionBusy`
+        while an alias points at it or a job writes to it (one of this process's, or an
+        unfinished Celery job in Redis)."""
         with self._lock:
-            self.catalog.drop(
+            return self.catalog.drop(
                 name,
                 writers=lambda n, aliases: [*self.writers(n), *celery_writers(self.settings, n, aliases)],
             )

@@ -375,3 +375,96 @@ class OptimizePublic(BaseModel):
     points: int
     indexed_vectors: int | None
     status: str
+
+
+# -- backups: the trash and snapshots (embedded store) ---------------------------------------------
+
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+
+
+class CollectionDropped(BaseModel):
+    """What a drop did: moved to the trash until ``expires_at`` (embedded store), or deleted for
+    good (``trashed`` false: a Qdrant server)."""
+
+    name: str
+    trashed: bool
+    points: int | None = None
+    dropped_at: str | None = None
+    expires_at: str | None = None
+    message: str
+
+
+class CollectionRestore(BaseModel):
+    """Bring a dropped collection back from the trash, under its name or ``as``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    as_: str | None = Field(default=None, alias="as", pattern=_NAME_PATTERN)
+
+
+class TrashEntryPublic(BaseModel):
+    id: str
+    name: str
+    points: int
+    dropped_at: str
+    expires_at: str
+
+
+class TrashPublic(BaseModel):
+    trash: list[TrashEntryPublic]
+
+
+class CollectionRestored(BaseModel):
+    name: str
+    source: str
+    points: int
+
+
+class SnapshotCreate(BaseModel):
+    """Collections to snapshot (their own names); none: every collection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collections: list[str] | None = Field(default=None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _names(self) -> SnapshotCreate:
+        import re
+
+        for name in self.collections or ():
+            if not re.match(_NAME_PATTERN, name):
+                raise ValueError(f"collections: each must match {_NAME_PATTERN}")
+        return self
+
+
+class SnapshotCollectionPublic(BaseModel):
+    name: str
+    points: int
+    catalog: dict[str, Any]
+
+
+class SnapshotPublic(BaseModel):
+    id: str
+    created_at: str
+    radsearch_version: str
+    collections: list[SnapshotCollectionPublic]
+
+
+class SnapshotsPublic(BaseModel):
+    snapshots: list[SnapshotPublic]
+
+
+class SnapshotRestore(BaseModel):
+    """Restore a snapshot's collections, or ``collection`` alone (as ``as``); ``force`` replaces a
+    collection of the same name (it goes to the trash)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    collection: str | None = Field(default=None, pattern=_NAME_PATTERN)
+    as_: str | None = Field(default=None, alias="as", pattern=_NAME_PATTERN)
+    force: bool = False
+
+
+class SnapshotRestored(BaseModel):
+    snapshot: str
+    restored: list[CollectionRestored]

@@ -285,6 +285,12 @@ def test_openapi_lists_every_route_with_tag_operation_ids(client: TestClient) ->
         ("POST", "/v1/collections/{name}/points/scroll"): "points-scroll_points",
         ("POST", "/v1/collections/{name}/optimize"): "points-optimize_collection",
         ("POST", "/v1/collections/{name}/evaluate"): "evaluation-create_evaluation",
+        # backups: the trash and snapshots (issue 14)
+        ("POST", "/v1/collections/{name}/restore"): "admin-restore_collection",
+        ("GET", "/v1/trash"): "admin-read_trash",
+        ("POST", "/v1/snapshots"): "admin-create_snapshot",
+        ("GET", "/v1/snapshots"): "admin-read_snapshots",
+        ("POST", "/v1/snapshots/{snapshot_id}/restore"): "admin-restore_snapshot",
     }
     assert client.get("/docs").status_code == 200
 

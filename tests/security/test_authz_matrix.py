@@ -62,6 +62,11 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/v1/aliases"): frozenset({ADMIN}),
     ("PUT", "/v1/aliases/{alias}"): frozenset({ADMIN}),
     ("DELETE", "/v1/aliases/{alias}"): frozenset({ADMIN}),
+    ("POST", "/v1/collections/{name}/restore"): frozenset({ADMIN}),
+    ("GET", "/v1/trash"): frozenset({ADMIN}),
+    ("POST", "/v1/snapshots"): frozenset({ADMIN}),
+    ("GET", "/v1/snapshots"): frozenset({ADMIN}),
+    ("POST", "/v1/snapshots/{snapshot_id}/restore"): frozenset({ADMIN}),
     # FastAPI's own documentation routes, present only while docs are on.
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
