@@ -59,6 +59,7 @@ NOT_RUN: dict[str, str] = {
     "radsearch reconcile": "needs Redis and a worker (tests/workers/test_jobs.py)",
     "radsearch serve &": "the scaled-out layout (the served owner here comes from the same command)",
     "radsearch serve\n": "the scaled-out layout against a Qdrant server (none can run here)",
+    "$Q/collections": "a Qdrant server's own snapshot API (no Qdrant server can run here)",
 }
 
 # The README's hosts, buckets and files, and what stands in for them here.
@@ -167,6 +168,7 @@ def _substitute(text: str, world: World) -> str:
     for placeholder, value in replacements.items():
         text = text.replace(placeholder, value)
     text = re.sub(r" \[(--[^\]]*)\]", "", text)
+    text = text.replace("20261202T014500Z-3fa9c1", world.values.get("snapshot_id", "no-such-snapshot"))
     job = world.values.get("job_id", "no-such-job")
     text = re.sub(r"<job id>|JOB_ID|(?<=jobs/)<id>", job, text)
     return re.sub(r"<id of a hit>|<id>", world.values.get("point_id", "no-such-point"), text)
@@ -178,6 +180,8 @@ def _remember(world: World, output: str) -> None:
         line = line.strip()
         if match := re.search(r"\b(rs_[A-Za-z0-9_\-]{20,})", line):
             world.values["KEY"] = match.group(1)
+        if match := re.search(r"\b(\d{8}T\d{6}Z-[0-9a-f]{6})\b", line):
+            world.values["snapshot_id"] = match.group(1)
         try:
             doc = json.loads(line)
         except ValueError:
