@@ -17,6 +17,7 @@ from core.config import Settings
 from core.index.base import VectorIndex
 from core.index.factory import open_index
 from search_api.backfill_jobs import LocalJobStore, OwnerJobRunner
+from search_api.docs import install_docs
 from search_api.errors import install_exception_handlers
 from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
 from search_api.routes import (
@@ -76,10 +77,13 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
         version="0.1.0",
         lifespan=lifespan,
         generate_unique_id_function=_unique_id,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        # The pages are added by `install_docs` (self-hosted assets, no CDN).
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
+    if docs:
+        install_docs(app)
     app.state.settings = settings
     app.state.authenticator = authenticator
     install_exception_handlers(app)
