@@ -31,6 +31,7 @@ from search_api.routes import (
     points,
     search,
     web,
+    workers,
 )
 from search_api.security import AccessMiddleware, Authenticator, check_route_policies
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     app.include_router(search.router)
     app.include_router(evaluation.router)
     app.include_router(jobs.router)
+    app.include_router(workers.router)
     app.include_router(events.router)
     app.include_router(web.router)
     check_route_policies(app)
