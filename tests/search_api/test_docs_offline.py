@@ -25,6 +25,8 @@ from search_api import create_app
 from search_api.docs import ASSETS_PATH
 from tests.conftest import free_port
 
+# Generous for a loaded CI machine: each step takes well under a second on an idle one.
+TIMEOUT_MS = 30_000
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -136,17 +138,17 @@ def test_docs_and_redoc_render_offline(served: _Served, tmp_path: Path) -> None:
                 lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None,
             )
 
-            page.goto(f"{served.url}/docs", wait_until="load", timeout=15_000)
-            page.wait_for_selector(".opblock", timeout=15_000)
+            page.goto(f"{served.url}/docs", wait_until="load", timeout=TIMEOUT_MS)
+            page.wait_for_selector(".opblock", timeout=TIMEOUT_MS)
             page.wait_for_function(
-                f"document.querySelectorAll('.opblock').length >= {len(operations)}", timeout=15_000
+                f"document.querySelectorAll('.opblock').length >= {len(operations)}", timeout=TIMEOUT_MS
             )
             rendered = page.locator(".opblock").count()
             swagger_paths = set(page.locator(".opblock-summary-path").all_inner_texts())
 
-            page.goto(f"{served.url}/redoc", wait_until="load", timeout=15_000)
-            page.wait_for_selector("h2", timeout=15_000)
-            redoc_text = page.locator("body").inner_text(timeout=15_000)
+            page.goto(f"{served.url}/redoc", wait_until="load", timeout=TIMEOUT_MS)
+            page.wait_for_selector("h2", timeout=TIMEOUT_MS)
+            redoc_text = page.locator("body").inner_text(timeout=TIMEOUT_MS)
             page.screenshot(path=str(tmp_path / "redoc.png"))
         finally:
             browser.close()
