@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -128,11 +129,11 @@ def test_job_waits_for_a_worker_which_then_shows_up_and_drops_off_when_killed(
     assert created.json()["waiting"] is None
 
     # No worker anywhere: after the (shortened) threshold the job says why it does not move.
-    started = time.monotonic()
     job = _until(
         lambda: (body := _job(api, job_id))["waiting"] and body, DEAD_AFTER_S + 10, "no waiting reason"
     )
-    assert time.monotonic() - started >= DEAD_AFTER_S - 1.0
+    # Not before the threshold: a worker that is starting gets that long to show up.
+    assert time.time() - datetime.fromisoformat(job["created_at"]).timestamp() >= DEAD_AFTER_S
     assert job["waiting"] == "no live worker on queue plan" and job["state"] == "queued"
     shown = cli(beat_settings, "jobs", "show", job_id, "--json")
     assert shown.returncode == 0, shown.stderr
@@ -149,8 +150,6 @@ def test_job_waits_for_a_worker_which_then_shows_up_and_drops_off_when_killed(
     assert sorted(entry["queues"]) == ["embed", "plan"]
     table = cli(beat_settings, "jobs", "workers")
     assert table.returncode == 0 and "hb-worker@test" in table.stdout and "queues=embed,plan" in table.stdout
-    as_json = json.loads(cli(beat_settings, "jobs", "workers", "--json").stdout)
-    assert [w["hostname"] for w in as_json["data"]] == ["hb-worker@test"]
 
     done = _until(lambda: (body := _job(api, job_id))["state"] in ("done", "failed") and body, 90, "job")
     assert done["state"] == "done" and done["counts"]["indexed_frames"] == 4
@@ -158,7 +157,17 @@ def test_job_waits_for_a_worker_which_then_shows_up_and_drops_off_when_killed(
 
     # Killed outright: no goodbye, the heartbeat expires after the threshold.
     worker.kill_all()
-    killed = time.monotonic()
-    _until(lambda: api.get("/v1/workers").json()["count"] == 0, DEAD_AFTER_S + 5, "worker still listed")
-    assert time.monotonic() - killed <= DEAD_AFTER_S + 5
-    assert "hb-worker@test" not in cli(beat_settings, "jobs", "workers").stdout
+    _until(lambda: api.get("/v1/workers").json()["count"] == 0, DEAD_AFTER_S + 8, "worker still listed")
+
+
+def test_jobs_workers_prints_a_table_or_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from workers.commands import print_workers
+
+    beat = _beat("w@h", ("embed", "plan"), time.time() - 3).to_dict()
+    print_workers([beat], as_json=True)
+    assert json.loads(capsys.readouterr().out) == {"data": [beat], "count": 1}
+    print_workers([beat], as_json=False)
+    line = capsys.readouterr().out
+    assert line.startswith("w@h  queues=embed,plan  pid=4242  last_seen=3s ago") and "active=0/1" in line
+    print_workers([], as_json=False)
+    assert capsys.readouterr().out == "no live workers\n"
