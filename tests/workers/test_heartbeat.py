@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -168,6 +169,6 @@ def test_jobs_workers_prints_a_table_or_json(capsys: pytest.CaptureFixture[str])
     assert json.loads(capsys.readouterr().out) == {"data": [beat], "count": 1}
     print_workers([beat], as_json=False)
     line = capsys.readouterr().out
-    assert line.startswith("w@h  queues=embed,plan  pid=4242  last_seen=3s ago") and "active=0/1" in line
+    assert re.match(r"w@h  queues=embed,plan  pid=4242  last_seen=[34]s ago  active=0/1$", line)
     print_workers([], as_json=False)
     assert capsys.readouterr().out == "no live workers\n"
