@@ -327,10 +327,13 @@ def _as_record(job: dict[str, Any], *, with_items: bool = True) -> dict[str, Any
 
 
 def jobs(args: argparse.Namespace, settings: Settings, url: str) -> int:
-    """``radsearch jobs list|show`` through the server: the workers' jobs and its own."""
-    from workers.commands import print_job, print_jobs
+    """``radsearch jobs list|show|workers`` through the server: the workers' jobs and its own."""
+    from workers.commands import print_job, print_jobs, print_workers
 
     with _client(settings, url) as client:
+        if args.jobs_command == "workers":
+            print_workers(client.request("GET", "/v1/workers")["data"], as_json=args.json)
+            return EXIT_OK
         if args.jobs_command == "list":
             listed = client.request("GET", "/v1/ingest-jobs", params={"limit": args.limit})["data"]
             print_jobs([_as_record(job, with_items=False) for job in listed], as_json=args.json)

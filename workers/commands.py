@@ -17,7 +17,15 @@ from core.errors import ConfigError
 if TYPE_CHECKING:
     from workers.jobs import JobKind, JobSpec
 
-__all__ = ["add_worker_commands", "ingest_celery", "job_line", "print_job", "print_job_result", "print_jobs"]
+__all__ = [
+    "add_worker_commands",
+    "ingest_celery",
+    "job_line",
+    "print_job",
+    "print_job_result",
+    "print_jobs",
+    "print_workers",
+]
 
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
@@ -134,8 +142,36 @@ def print_jobs(jobs: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
 
 
 def print_job(job: Mapping[str, Any], *, as_json: bool) -> None:
-    """``radsearch jobs show``: one job as ``JobRecord.to_dict()`` gives it."""
+    """``radsearch jobs show``: one job as ``JobRecord.to_dict()`` gives it, with ``waiting``
+    (why it does not move, or null); said on stderr too, unless ``as_json``."""
     _out(json.dumps(dict(job)) if as_json else json.dumps(dict(job), indent=2))
+    if job.get("waiting") and not as_json:
+        sys.stderr.write(
+            f"radsearch: job {job['id']} is waiting: {job['waiting']} (start `radsearch worker`)\n"
+        )
+
+
+def _ago(iso: str, now: float) -> str:
+    from datetime import datetime
+
+    return f"{max(now - datetime.fromisoformat(iso).timestamp(), 0.0):.0f}s ago"
+
+
+def print_workers(workers: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
+    """``radsearch jobs workers``: live workers as ``WorkerBeat.to_dict`` gives them."""
+    if as_json:
+        _out(json.dumps({"data": [dict(w) for w in workers], "count": len(workers)}))
+        return
+    import time
+
+    now = time.time()
+    for worker in workers:
+        _out(
+            f"{worker['hostname']}  queues={','.join(worker['queues'])}  pid={worker['pid']}  "
+            f"last_seen={_ago(worker['last_seen'], now)}  active={worker['active']}/{worker['concurrency']}"
+        )
+    if not workers:
+        _out("no live workers")
 
 
 def _finish(record: Any, job_id: str, *, as_json: bool) -> int:
@@ -222,7 +258,17 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
         if record is None:
             sys.stderr.write(f"radsearch: error: no job {args.job_id}\n")
             return EXIT_RUNTIME_ERROR
-        print_job(record.to_dict(), as_json=args.json)
+        from workers.heartbeat import job_waiting
+
+        job = record.to_dict()
+        job["waiting"] = job_waiting(store, record, settings.celery)
+        print_job(job, as_json=args.json)
+        return EXIT_OK
+    if args.jobs_command == "workers":
+        from workers.heartbeat import live_workers
+
+        beats = live_workers(store.client, dead_after_s=settings.celery.worker_dead_after_s)
+        print_workers([beat.to_dict() for beat in beats], as_json=args.json)
         return EXIT_OK
     # requeue
     letters = store.dead_letters(job_id=args.job_id)
@@ -303,6 +349,11 @@ def add_worker_commands(
     jshow.add_argument("job_id")
     jshow.add_argument("--json", action="store_true")
     jshow.set_defaults(handler=_cmd_jobs, **remote)
+    jworkers = jobs_sub.add_parser(
+        "workers", help="live workers: hostname, queues, pid, last heartbeat, running tasks"
+    )
+    jworkers.add_argument("--json", action="store_true")
+    jworkers.set_defaults(handler=_cmd_jobs, **remote)
     jrequeue = jobs_sub.add_parser("requeue", help="replay dead-lettered batches (all, or one job's)")
     jrequeue.add_argument("job_id", nargs="?")
     jrequeue.add_argument("--json", action="store_true")

@@ -21,6 +21,7 @@ from search_api.backfill_jobs import OwnerIngest, OwnerJob, check_local_path, ow
 from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gateway
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
+from workers.heartbeat import job_waiting
 from workers.jobs import JobKind, JobRecord, JobSpec
 
 router = APIRouter(prefix="/v1/ingest-jobs", tags=["ingest-jobs"], dependencies=[require_role(Role.INGEST)])
@@ -152,6 +153,11 @@ class IngestJobPublic(BaseModel):
     error_status: int | None = Field(
         default=None, description="owner jobs, once failed: the HTTP status of their error"
     )
+    waiting: str | None = Field(
+        default=None,
+        description="why an unfinished job does not move, e.g. 'no live worker on queue plan' "
+        "(no worker of that queue heard from for celery.worker_dead_after_s); null otherwise",
+    )
 
 
 class IngestJobsPublic(BaseModel):
@@ -281,4 +287,7 @@ async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
     record: JobRecord | None = await _call(partial(gateway.store.get, job_id))
     if record is None:
         raise HTTPException(status_code=404, detail="job not found")
-    return _public(record)
+    settings: Settings = request.app.state.settings
+    public = _public(record)
+    public.waiting = await _call(partial(job_waiting, gateway.store, record, settings.celery))
+    return public

@@ -277,6 +277,7 @@ def test_openapi_lists_every_route_with_tag_operation_ids(client: TestClient) ->
         ("POST", "/v1/ingest-jobs"): "ingest-jobs-create_ingest_job",
         ("GET", "/v1/ingest-jobs"): "ingest-jobs-read_ingest_jobs",
         ("GET", "/v1/ingest-jobs/{job_id}"): "ingest-jobs-read_ingest_job",
+        ("GET", "/v1/workers"): "workers-read_workers",
         ("POST", "/v1/events/s3"): "events-create_s3_events",
         # points written through the store's owner (issue 13)
         ("PUT", "/v1/collections/{name}/points"): "points-upsert_points",

@@ -52,6 +52,7 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("POST", "/v1/ingest-jobs"): frozenset({INGEST}),
     ("GET", "/v1/ingest-jobs"): frozenset({INGEST}),
     ("GET", "/v1/ingest-jobs/{job_id}"): frozenset({INGEST}),
+    ("GET", "/v1/workers"): frozenset({INGEST}),
     ("POST", "/v1/events/s3"): WEBHOOK,
     ("POST", "/v1/search/compare"): frozenset({READER}),
     ("POST", "/v1/collections"): frozenset({ADMIN}),
