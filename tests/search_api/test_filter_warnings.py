@@ -63,7 +63,8 @@ def test_unmatched_value_warns_with_the_closest_stored_values(client: TestClient
         {
             "field": "anatomy",
             "value": "lugn",
-            "message": "filter anatomy='lugn' matches no stored value; none is close (stored: abdomen, brain, chest)",
+            "message": "filter anatomy='lugn' matches no stored value; "
+            "none is close (stored: abdomen, brain, chest)",
             "suggestions": [],
         }
     ]
