@@ -58,10 +58,21 @@ def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
         print(f"  failed {item['key']}: {item['reason']}")
 
 
-def print_hits(hits: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
-    """Search hits, ``{"id", "score", "payload"}`` each, as a table or as ``{"hits": [...]}``."""
+def print_hits(
+    hits: Sequence[Mapping[str, Any]], *, as_json: bool, warnings: Sequence[Mapping[str, Any]] = ()
+) -> None:
+    """Search hits, ``{"id", "score", "payload"}`` each, as a table or as ``{"hits": [...],
+    "warnings": [...]}``; each filter warning (``{"field", "value", "message", "suggestions"}``)
+    also goes to stderr, one line each."""
+    for warning in warnings:
+        print(f"radsearch: warning: {warning['message']}", file=sys.stderr)
     if as_json:
-        _print_json({"hits": [{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits]})
+        _print_json(
+            {
+                "hits": [{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits],
+                "warnings": [dict(w) for w in warnings],
+            }
+        )
         return
     print(f"{'rank':>4}  {'score':>6}  {'modality':<8} {'anatomy':<10} {'pathology':<14} key")
     for rank, hit in enumerate(hits, start=1):
@@ -113,7 +124,14 @@ def filter_mapping(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from radsearch.services import check_limit, hit_rows, open_catalog, read_query_image, search_image
+    from radsearch.services import (
+        check_limit,
+        hit_rows,
+        open_catalog,
+        read_query_image,
+        search_image,
+        search_warnings,
+    )
 
     check_limit(args.k, settings)
     filename, data = read_query_image(args.image, settings)
@@ -127,7 +145,8 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
             filter=filter_mapping(args),
             limit=args.k,
         )
-    print_hits(hit_rows(hits), as_json=args.json)
+        warnings = search_warnings(catalog, args.collection, filter_mapping(args))
+    print_hits(hit_rows(hits), as_json=args.json, warnings=warnings)
     return EXIT_OK
 
 

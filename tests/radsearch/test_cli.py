@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,6 +79,21 @@ def test_ingest_search_and_list_json(
     )
     hits = _last_json(capsys.readouterr().out)["hits"]
     assert hits and all(h["payload"]["modality"] == "CT" for h in hits)  # type: ignore[index,union-attr]
+
+    # modality codes are upper-case whatever the case given; a value nothing holds warns on stderr
+    argv = ["--data-dir", data, "search", str(query), "--collection", "c", "--json", "--modality"]
+    assert main([*argv, "ct"]) == 0
+    captured = capsys.readouterr()
+    found: Any = _last_json(captured.out)
+    assert [h["payload"]["modality"] for h in found["hits"]] == ["CT"] * 4
+    assert captured.err == ""
+    assert main([*argv, "mri"]) == 0
+    captured = capsys.readouterr()
+    found = _last_json(captured.out)
+    assert found["hits"] == []
+    [warning] = found["warnings"]
+    assert (warning["field"], warning["value"], warning["suggestions"]) == ("modality", "MRI", ["MR"])
+    assert captured.err == f"radsearch: warning: {warning['message']}\n"
 
     assert main(["--data-dir", data, "search", str(query), "--collection", "c"]) == 0
     assert "MR" in capsys.readouterr().out
