@@ -236,16 +236,23 @@ class _HashTokenizer:
 class OpenClipEncoder(Encoder):
     """An open_clip model, loaded eagerly, in eval mode on ``device`` as ``dtype``.
 
-    Weights come from `resolve_weights`: random init (seeded), the hub (cache first, no network
-    when offline), a local file or directory, or an ``s3://`` object cached under the model cache.
+    Weights come from `resolve_weights` (or ``resolved``, already resolved): random init (seeded),
+    the hub (cache first, no network when offline), a local file or directory, or an ``s3://``
+    object cached under the model cache.
     """
 
     def __init__(
-        self, spec: EncoderSpec, *, settings: Settings, device: torch.device, dtype: torch.dtype
+        self,
+        spec: EncoderSpec,
+        *,
+        settings: Settings,
+        device: torch.device,
+        dtype: torch.dtype,
+        resolved: ResolvedWeights | None = None,
     ) -> None:
         super().__init__(spec, device=device, dtype=dtype)
         self._settings = settings
-        resolved = resolve_weights(spec, settings)
+        resolved = resolved or resolve_weights(spec, settings)
         self.resolved_weights = resolved
         arch = self._arch = _arch_for(spec, settings)
         self._config = model_config(spec, settings, arch)
