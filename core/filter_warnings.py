@@ -29,6 +29,9 @@ __all__ = ["FilterWarning", "StoredValues", "filter_warnings"]
 # stored value" only of the values it saw).
 MAX_VALUES = 1000
 _SUGGESTIONS = 3
+# Labels are short; a longer filter value is quoted cut to this length, and not compared (difflib
+# is quadratic in the lengths).
+_MAX_QUOTED = 100
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,13 @@ class StoredValues:
 
 def _warning(field: str, value: str, stored: frozenset[str]) -> FilterWarning:
     candidates = sorted(stored)
-    close = difflib.get_close_matches(
-        _fold(field, value), [_fold(field, v) for v in candidates], n=_SUGGESTIONS
-    )
+    close: list[str] = []
+    if len(value) > _MAX_QUOTED:
+        value = value[:_MAX_QUOTED] + "..."
+    else:
+        close = difflib.get_close_matches(
+            _fold(field, value), [_fold(field, v) for v in candidates], n=_SUGGESTIONS
+        )
     by_fold = {_fold(field, v): v for v in candidates}
     suggestions = tuple(dict.fromkeys(by_fold[c] for c in close))
     if suggestions:

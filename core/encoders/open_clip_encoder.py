@@ -22,7 +22,14 @@ from core.config import Settings
 from core.encoders.base import Encoder, Frame
 from core.encoders.preprocess import Preprocessor
 from core.encoders.spec import EncoderSpec
-from core.encoders.weights import HOW_TO_PROVIDE, ResolvedWeights, hub_download, is_offline, resolve_weights
+from core.encoders.weights import (
+    HOW_TO_PROVIDE,
+    ResolvedWeights,
+    hub_download,
+    hub_reachable,
+    is_offline,
+    resolve_weights,
+)
 from core.errors import ConfigError, EncoderError, NoTextTower, WeightsUnavailable
 
 __all__ = ["OpenClipEncoder", "model_config"]
@@ -306,8 +313,9 @@ class OpenClipEncoder(Encoder):
         hf_name = text_cfg.get("hf_tokenizer_name")
         if not hf_name:
             return cast(Tokenizer, open_clip.get_tokenizer(self._arch))
-        # Random weights never touch the network: a cached tokenizer or the stand-in.
-        offline = is_offline(self._settings) or self.resolved_weights.kind == "random"
+        # Random weights never touch the network: a cached tokenizer or the stand-in. Nor does an
+        # unreachable hub (no minutes of retries): the cache only.
+        offline = is_offline(self._settings) or self.resolved_weights.kind == "random" or not hub_reachable()
         errors: list[str] = []
         for cache in (self._settings.model_cache_dir, None):
             try:

@@ -77,6 +77,11 @@ def test_unmatched_value_warns_with_the_closest_stored_values(client: TestClient
         ("pathology", "nodul", ["nodule"]),
     ]
     assert "closest stored: chest" in typo["warnings"][0]["message"]
+    # a long value is quoted cut short, and not compared with every stored value
+    long = search(client, point_id=corpus.ids("circles")[0], filter={"anatomy": ["x" * 100_000]})
+    [warning] = long["warnings"]
+    assert warning["value"] == "x" * 100 + "..." and warning["suggestions"] == []
+    assert len(warning["message"]) < 300
     # key is not a facet: an unknown key simply matches nothing
     assert search(client, point_id=corpus.ids("circles")[0], filter={"key": ["nope.png"]})["warnings"] == []
 
