@@ -15,8 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from core.api_client import error_for
 from core.config import RuntimeSettings, S3Settings, SecuritySettings, Settings
+from core.errors import WeightsUnavailable
 from core.index.factory import open_index
+from radsearch.cli import exit_code_for
 from search_api import create_app
 from tests.conftest import free_port
 
@@ -98,3 +101,10 @@ def test_unreachable_s3_endpoint_for_weights_is_502_naming_it(admin: TestClient,
     assert f"cannot reach the S3 endpoint 127.0.0.1:{s3_port}" in detail
     assert "--weights" not in detail
     assert admin.get("/v1/collections/bmc").status_code == 404
+
+
+def test_a_424_comes_back_to_a_remote_cli_as_weights_unavailable() -> None:
+    # `radsearch --url ... collections create` gets the server's message, and the CLI its hint
+    error = error_for(424, "encoder 'biomedclip': offline and ...", "http://127.0.0.1:8000")
+    assert isinstance(error, WeightsUnavailable) and str(error) == "encoder 'biomedclip': offline and ..."
+    assert exit_code_for(error) == 2
