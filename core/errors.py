@@ -7,7 +7,8 @@
     │   ├── WeightsUnavailable
     │   └── NoTextTower
     ├── SourceError            (a source cannot be reached; transient, retried)
-    │   └── ServerUnavailable  (the radsearch server, e.g. the store's owner, cannot be reached)
+    │   ├── ServerUnavailable  (the radsearch server, e.g. the store's owner, cannot be reached)
+    │   └── UpstreamUnreachable (a service radsearch needs, e.g. the S3 endpoint of model weights)
     ├── IndexStoreError
     │   ├── CollectionNotFound
     │   ├── CollectionExists
@@ -54,6 +55,7 @@ __all__ = [
     "StoreOwned",
     "TooLarge",
     "UnsupportedFormat",
+    "UpstreamUnreachable",
     "WeightsUnavailable",
 ]
 
@@ -88,6 +90,11 @@ class SourceError(RadsearchError):
 
 class ServerUnavailable(SourceError):
     """A radsearch server (the store's owner, or ``--url``) cannot be reached right now."""
+
+
+class UpstreamUnreachable(SourceError):
+    """A service radsearch depends on (the S3 endpoint holding model weights) does not answer;
+    the message names the endpoint. Not the caller's fault, and worth retrying later."""
 
 
 class IndexStoreError(RadsearchError):

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from core.errors import (
     RadsearchError,
     StoreFull,
     StoreOwned,
+    WeightsUnavailable,
 )
 from core.payload import FILTER_FIELDS
 from ingest.inline import IngestOptions
@@ -58,10 +60,21 @@ def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
         print(f"  failed {item['key']}: {item['reason']}")
 
 
-def print_hits(hits: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
-    """Search hits, ``{"id", "score", "payload"}`` each, as a table or as ``{"hits": [...]}``."""
+def print_hits(
+    hits: Sequence[Mapping[str, Any]], *, as_json: bool, warnings: Sequence[Mapping[str, Any]] = ()
+) -> None:
+    """Search hits, ``{"id", "score", "payload"}`` each, as a table or as ``{"hits": [...],
+    "warnings": [...]}``; each filter warning (``{"field", "value", "message", "suggestions"}``)
+    also goes to stderr, one line each."""
+    for warning in warnings:
+        print(f"radsearch: warning: {warning['message']}", file=sys.stderr)
     if as_json:
-        _print_json({"hits": [{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits]})
+        _print_json(
+            {
+                "hits": [{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits],
+                "warnings": [dict(w) for w in warnings],
+            }
+        )
         return
     print(f"{'rank':>4}  {'score':>6}  {'modality':<8} {'anatomy':<10} {'pathology':<14} key")
     for rank, hit in enumerate(hits, start=1):
@@ -113,7 +126,14 @@ def filter_mapping(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from radsearch.services import check_limit, hit_rows, open_catalog, read_query_image, search_image
+    from radsearch.services import (
+        check_limit,
+        hit_rows,
+        open_catalog,
+        read_query_image,
+        search_image,
+        search_warnings,
+    )
 
     check_limit(args.k, settings)
     filename, data = read_query_image(args.image, settings)
@@ -127,7 +147,8 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
             filter=filter_mapping(args),
             limit=args.k,
         )
-    print_hits(hit_rows(hits), as_json=args.json)
+        warnings = search_warnings(catalog, args.collection, filter_mapping(args))
+    print_hits(hit_rows(hits), as_json=args.json, warnings=warnings)
     return EXIT_OK
 
 
@@ -355,11 +376,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except RadsearchError as exc:
         code = exit_code_for(exc)
-        print(f"radsearch: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        hint = _CLI_HINTS.get(type(exc), "") if getattr(args, "command", "") != "serve" else ""
+        _report(args, f"radsearch: error: {message}{hint}")
         if getattr(args, "json", False):
             # A script reading --json output finds the failure as its last line, too.
             _print_json({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}})
         return code
+    except Exception as exc:  # noqa: BLE001 - the CLI's last resort: one line, not a traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        _report(
+            args,
+            f"radsearch: unexpected error: {type(exc).__name__}"
+            + (f": {first}" if first else "")
+            + ("" if args.verbose else " (run with -v for the traceback)"),
+        )
+        if getattr(args, "json", False):
+            _print_json(
+                {"error": {"type": type(exc).__name__, "message": first, "exit_code": EXIT_RUNTIME_ERROR}}
+            )
+        return EXIT_RUNTIME_ERROR
+
+
+# What only the command line can say about an error (its flags); HTTP callers get the message alone.
+_CLI_HINTS: dict[type[RadsearchError], str] = {
+    WeightsUnavailable: " (here: --weights PATH, --weights s3://BUCKET/KEY or --weights ORG/NAME)",
+}
+
+
+def _report(args: argparse.Namespace, line: str) -> None:
+    """One line on stderr; with ``-v`` the traceback of the exception being handled first."""
+    if args.verbose:
+        traceback.print_exc(file=sys.stderr)
+    print(line, file=sys.stderr)
 
 
 def exit_code_for(exc: RadsearchError) -> int:

@@ -199,7 +199,7 @@ def search(args: argparse.Namespace, settings: Settings, url: str) -> int:
             files={"file": (args.image.name, handle, "application/octet-stream")},
             data=form,
         )
-    print_hits(answer["hits"], as_json=args.json)
+    print_hits(answer["hits"], as_json=args.json, warnings=answer.get("warnings", []))
     return EXIT_OK
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "open_query_image",
     "read_query_image",
     "search_image",
+    "search_warnings",
     "serve_api",
 ]
 
@@ -142,6 +143,25 @@ def search_image(
         score_threshold=None,
     )
     return hits
+
+
+def search_warnings(
+    catalog: Catalog, collection: str, filter: Mapping[str, Sequence[str]] | None
+) -> list[dict[str, Any]]:
+    """The ``warnings`` of the API's search response: a ``{"field", "value", "message",
+    "suggestions"}`` per filter value no point of the collection holds."""
+    from core.filter_warnings import StoredValues
+    from search_api import services
+    from search_api.schemas import parse_filter
+
+    search_filter = parse_filter(dict(filter)) if filter else None
+    if search_filter is None:
+        return []
+    entry = catalog.get(collection)
+    found = services.search_warnings(
+        index=catalog.index, entry=entry, search_filter=search_filter, stored=StoredValues()
+    )
+    return [warning.model_dump() for warning in found]
 
 
 def hit_rows(hits: Sequence[Hit]) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from core.errors import (
     StoreOwned,
     TooLarge,
     UnsupportedFormat,
+    UpstreamUnreachable,
     WeightsUnavailable,
 )
 
@@ -52,7 +53,9 @@ STATUS_BY_ERROR: dict[type[RadsearchError], int] = {
     NoTextTower: 400,
     EncoderNotFound: 400,
     ConfigError: 400,
-    WeightsUnavailable: 503,
+    # the weights the request names cannot be had here (a failed dependency, the caller's to provide)
+    WeightsUnavailable: 424,
+    UpstreamUnreachable: 502,
     StoreFull: 507,
     StoreOwned: 503,
     UpstreamUnavailable: 502,

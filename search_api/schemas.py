@@ -41,6 +41,7 @@ __all__ = [
     "SearchHit",
     "SearchQuery",
     "SearchResponse",
+    "SearchWarning",
     "parse_filter",
 ]
 
@@ -93,10 +94,23 @@ class SearchHit(BaseModel):
     payload: dict[str, Any]
 
 
+class SearchWarning(BaseModel):
+    """A filter value that matches no stored value of its field: the search ran, and found only
+    what the other values allow (often nothing)."""
+
+    field: str = Field(description="the filter field, e.g. anatomy")
+    value: str = Field(description="the filter value that matched no stored value")
+    message: str
+    suggestions: list[str] = Field(description="the closest stored values of the field, best first")
+
+
 class SearchResponse(BaseModel):
     hits: list[SearchHit]
     collection: str
     took_ms: float
+    warnings: list[SearchWarning] = Field(
+        default_factory=list, description="filter values that match no stored value"
+    )
 
 
 class CollectionPublic(BaseModel):
@@ -205,6 +219,9 @@ class CompareResult(BaseModel):
     encoder: str
     hits: list[SearchHit]
     took_ms: float
+    warnings: list[SearchWarning] = Field(
+        default_factory=list, description="filter values that match no stored value of this collection"
+    )
 
 
 class FusedHit(BaseModel):

@@ -16,12 +16,14 @@ from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
 from core.encoders.base import Frame
 from core.errors import DecodeError, PointNotFound
+from core.filter_warnings import StoredValues, filter_warnings
 from core.index.base import Hit, StoredPoint, VectorIndex
 from core.payload import SearchFilter
 from core.vectors import validate_vectors
 from ingest.readers import DecodedObject, DecodeLimits, decode_object
 from ingest.sources import open_source
 from search_api.errors import UpstreamUnavailable
+from search_api.schemas import SearchWarning
 
 __all__ = [
     "embed_frame",
@@ -30,6 +32,7 @@ __all__ = [
     "read_point",
     "render_thumbnail",
     "search",
+    "search_warnings",
     "upload_frame",
 ]
 
@@ -104,6 +107,16 @@ def search(
         offset=offset,
         score_threshold=score_threshold,
     )
+
+
+def search_warnings(
+    *, index: VectorIndex, entry: CollectionEntry, search_filter: SearchFilter | None, stored: StoredValues
+) -> list[SearchWarning]:
+    """A warning per filter value no point of the collection holds (none without a filter)."""
+    return [
+        SearchWarning.model_validate(w.to_dict())
+        for w in filter_warnings(index, entry.name, search_filter, stored)
+    ]
 
 
 def _pick_frame(decoded: DecodedObject, frame_index: int) -> Frame:

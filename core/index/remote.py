@@ -78,7 +78,8 @@ def _points_per_request(dim: int) -> int:
 def _filter_body(filter: SearchFilter | None) -> dict[str, list[str]] | None:
     if filter is None:
         return None
-    return dict(filter.conditions())
+    # as given, not as matched: the owner expands the values itself (`SearchFilter.conditions`)
+    return dict(filter.fields())
 
 
 def _stored(item: dict[str, Any]) -> StoredPoint:

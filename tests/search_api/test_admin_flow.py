@@ -81,12 +81,16 @@ def test_bad_specs_are_400_and_leave_nothing_behind(client: TestClient) -> None:
         ({**tiny_resnet_spec(), "colour": "red"}, "colour"),
         (wrong_dim, "dim 63"),
         ({**tiny_resnet_spec(), "checkpoint": "acme/unknown"}, "no shipped architecture"),
-        ({**tiny_resnet_spec(), "weights": "/nonexistent/weights.safetensors"}, "does not exist"),
     ]
     for encoder, needle in cases:
         response = client.post("/v1/collections", json={"name": "broken", "encoder": encoder})
         assert response.status_code == 400, response.text
         assert needle in response.json()["detail"]
+    # weights that cannot be had here: a failed dependency (424), the request itself is well-formed
+    missing = {**tiny_resnet_spec(), "weights": "/nonexistent/weights.safetensors"}
+    response = client.post("/v1/collections", json={"name": "broken", "encoder": missing})
+    assert response.status_code == 424, response.text
+    assert "does not exist" in response.json()["detail"]
     assert client.get("/v1/collections/broken").status_code == 404
     assert "broken" not in [c["name"] for c in client.get("/v1/collections").json()["collections"]]
     taken = client.post("/v1/collections", json={"name": COLLECTION, "encoder": "baseline"})
