@@ -115,6 +115,11 @@ class CollectionDetailPublic(CollectionPublic):
     spec: dict[str, Any]
     quantization: Literal["none", "int8"]
     on_disk: bool
+    accept_burned_in: bool = Field(
+        default=False,
+        description="an ingest accepted objects with burned-in annotation (--accept-burned-in): "
+        "they are indexed and their thumbnails served",
+    )
     indexing: IndexingPublic
     aliases: list[str]
 

@@ -158,6 +158,7 @@ class OwnerIndex(VectorIndex):
             "created_at": detail["created_at"],
             "quantization": detail["quantization"],
             "on_disk": detail["on_disk"],
+            "accept_burned_in": bool(detail.get("accept_burned_in", False)),
         }
         return CollectionConfig(
             name=str(detail["name"]),
