@@ -29,6 +29,7 @@ __all__ = [
     "delete_keys",
     "diff_lines",
     "diff_source",
+    "guard_message",
     "indexed_objects",
     "payload_source",
     "prune_gone",
@@ -150,6 +151,15 @@ def check_deletions(diffs: Iterable[SourceDiff], *, max_fraction: float, force: 
             )
 
 
+def guard_message(diffs: Iterable[SourceDiff], *, max_fraction: float, force: bool) -> str | None:
+    """Why `check_deletions` would refuse these diffs (for a dry run to say), or None."""
+    try:
+        check_deletions(diffs, max_fraction=max_fraction, force=force)
+    except DeletionRefused as exc:
+        return str(exc)
+    return None
+
+
 def still_gone(source: Source, keys: Sequence[str]) -> list[str]:
     """Those of ``keys`` that the source still does not have (one may be uploaded after the
     listing was taken: its points stay)."""
@@ -208,6 +218,8 @@ def diff_lines(diff: Mapping[str, Any], *, max_items: int = 1000) -> list[str]:
         f"{diff['collection']}: {diff['listed']} listed, {diff['indexed_objects']} indexed; would add "
         f"{diff['added']}, re-embed {diff['changed']} changed, delete {diff['deleted']}"
     ]
+    if diff.get("would_refuse"):
+        lines.append(f"  the deletions would be refused: {diff['would_refuse']}")
     shown = 0
     for mark, name in (("+", "added_items"), ("~", "changed_items"), ("-", "deleted_items")):
         for key in diff.get(name, []):

@@ -87,7 +87,7 @@ def diff_source_inline(
     each collection, as `SourceDiff.to_dict`; nothing is written (a collection that does not exist
     yet would get every object)."""
     from core.errors import CollectionNotFound
-    from ingest.prune import diff_source, source_diffs
+    from ingest.prune import SourceDiff, diff_source, guard_message, source_diffs
     from ingest.sources import open_source
     from search_api.backfill_jobs import manifest_keys
 
@@ -95,14 +95,14 @@ def diff_source_inline(
     try:
         exclude = manifest_keys(source, options.manifest)
         listing = {ref.key: ref for ref in source.list() if ref.key not in exclude}
-        out: list[dict[str, Any]] = []
+        diffs: list[SourceDiff] = []
         for name in collections:
             try:
                 resolved = catalog.resolve(name)
             except CollectionNotFound:
-                out.append(diff_source(name, listing, {}).to_dict())
+                diffs.append(diff_source(name, listing, {}))
                 continue
-            diffs = source_diffs(
+            diffs += source_diffs(
                 catalog.index,
                 [resolved],
                 source,
@@ -110,8 +110,8 @@ def diff_source_inline(
                 max_frames=settings.ingest.max_frames_per_object,
                 prune=options.prune,
             )
-            out.append(diffs[0].to_dict())
-        return out
+        refusal = guard_message(diffs, max_fraction=options.max_delete_fraction, force=options.force)
+        return [{**d.to_dict(), "would_refuse": refusal} for d in diffs]
     finally:
         source.close()
 

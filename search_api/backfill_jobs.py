@@ -34,7 +34,7 @@ from ingest.inline import IngestOptions, build_context, diff_inline, listing_of,
 from ingest.labels import Labeler, PathTemplate, load_manifest, parse_manifest
 from ingest.pipeline import BatchReport, run_pipeline
 from ingest.planner import plan_batches
-from ingest.prune import SourceDiff, prune_gone
+from ingest.prune import SourceDiff, guard_message, prune_gone
 from ingest.sources import open_source
 from ingest.sources.base import ObjectRef, Source
 from ingest.sources.local import LocalSource
@@ -467,10 +467,11 @@ class OwnerJobRunner:
             if request.dry_run:
                 listing = listing_of(ctx, exclude)
                 diffs = diff_inline(ctx, self.settings, listing, prune=request.prune)
+                refusal = guard_message(diffs, max_fraction=request.max_delete_fraction, force=request.force)
                 return {
                     "collection": ",".join(request.collections),
                     "dry_run": True,
-                    "diffs": [d.to_dict() for d in diffs],
+                    "diffs": [{**d.to_dict(), "would_refuse": refusal} for d in diffs],
                 }
             listed: Iterable[ObjectRef] = (r for r in source.list() if r.key not in exclude)
             prune_diffs: list[SourceDiff] = []

@@ -41,6 +41,7 @@ from ingest.prune import (
     check_deletions,
     delete_keys,
     diff_source,
+    guard_message,
     indexed_objects,
     payload_source,
     still_gone,
@@ -343,8 +344,10 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
         for c in spec.collections
     ]
     drift: dict[str, Any] = {}
+    refusal = guard_message(diffs, max_fraction=spec.max_delete_fraction, force=spec.force)
     try:
-        check_deletions(diffs, max_fraction=spec.max_delete_fraction, force=spec.force)
+        if not spec.dry_run:
+            check_deletions(diffs, max_fraction=spec.max_delete_fraction, force=spec.force)
     except DeletionRefused as exc:
         drift = {d.collection: {**_drift_counts(d, 0), "refused": True} for d in diffs}
         store.set_drift(job_id, drift)
@@ -363,6 +366,7 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
                 **_drift_counts(diff, len(known_bad)),
                 **diff.to_dict(),
                 "dry_run": True,
+                "would_refuse": refusal,
             }
             continue
         delete_keys(index, diff.collection, source, diff.deleted)

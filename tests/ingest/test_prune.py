@@ -126,7 +126,12 @@ def test_deleted_file_is_searchable_until_ingest_prune(
     code, dry, _ = _run(capsys, *ingest, "--prune", "--dry-run", "--json")
     assert code == 0 and dry["dry_run"] is True
     diff = dry["diffs"][0]
-    assert (diff["added"], diff["changed"], diff["deleted"], diff["deleted_items"]) == (0, 0, 1, ["img_07.png"])
+    assert (diff["added"], diff["changed"], diff["deleted"], diff["deleted_items"]) == (
+        0,
+        0,
+        1,
+        ["img_07.png"],
+    )
     assert _count(data) == N_IMAGES  # nothing written
     (folder / "img_99.png").write_bytes(png_bytes(99))
     assert main([*ingest, "--prune", "--dry-run"]) == 0
@@ -195,7 +200,9 @@ def test_long_series_is_not_changed_for_reconcile(settings: Settings, tmp_path: 
         assert report.frames_indexed == 64 + 5 and not report.failed and not report.quarantined
         payloads = [p.payload for p in index.scroll("c")]
         long_points = [p for p in payloads if p["key"] == "long.dcm"]
-        assert {p["n_frames"] for p in long_points} == {70} and {p["frames_sampled"] for p in long_points} == {64}
+        assert {p["n_frames"] for p in long_points} == {70} and {
+            p["frames_sampled"] for p in long_points
+        } == {64}
         # the old rule: 64 stored points < 70 frames in the file → "changed"
         assert len(long_points) < long_points[0]["n_frames"]
 

@@ -118,7 +118,11 @@ def test_ultrasound_archive_ingests_with_accept_burned_in(
     assert (refused["quarantined"], refused["frames_indexed"], refused["accept_burned_in"]) == (4, 0, False)
     assert main([*ingest, "--accept-burned-in"]) == 0
     accepted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (accepted["quarantined"], accepted["frames_indexed"], accepted["accept_burned_in"]) == (0, 12, True)
+    assert (accepted["quarantined"], accepted["frames_indexed"], accepted["accept_burned_in"]) == (
+        0,
+        12,
+        True,
+    )
 
     index = EdgeIndex(settings.index_dir, settings.store)
     try:
