@@ -26,19 +26,11 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from core.errors import (
-    BadInput,
-    CollectionNotFound,
-    ConfigError,
-    DeletionRefused,
-    EncoderError,
-    SourceError,
-)
+from core.errors import BadInput, CollectionNotFound, ConfigError, EncoderError, SourceError
 from ingest.pipeline import process_batch
 from ingest.planner import plan_batches
 from ingest.prune import (
     SourceDiff,
-    check_deletions,
     delete_keys,
     diff_source,
     guard_message,
@@ -344,15 +336,13 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
         for c in spec.collections
     ]
     drift: dict[str, Any] = {}
+    # The guard (`check_deletions`): a dry run reports what it would say, a real run stops here.
     refusal = guard_message(diffs, max_fraction=spec.max_delete_fraction, force=spec.force)
-    try:
-        if not spec.dry_run:
-            check_deletions(diffs, max_fraction=spec.max_delete_fraction, force=spec.force)
-    except DeletionRefused as exc:
+    if refusal is not None and not spec.dry_run:
         drift = {d.collection: {**_drift_counts(d, 0), "refused": True} for d in diffs}
         store.set_drift(job_id, drift)
-        store.fail(job_id, str(exc))
-        log.warning("reconcile job %s refused: %s", job_id, exc)
+        store.fail(job_id, refusal)
+        log.warning("reconcile job %s refused: %s", job_id, refusal)
         return None
     to_embed: dict[str, ObjectRef] = {}
     deleted_total = 0
