@@ -174,6 +174,9 @@ def test_ingest_through_the_serving_owner_prints_what_direct_ingest_prints(world
         "quarantined",
         "errors",
         "quarantined_items",
+        "deleted",
+        "deleted_items",
+        "accept_burned_in",
         "seconds",
     ]
     assert _without(served_summary, "seconds") == _without(direct_summary, "seconds")
