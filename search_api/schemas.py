@@ -274,6 +274,7 @@ class PointPayloadIn(BaseModel):
     key: str | None = Field(default=None, max_length=2048)
     frame: int | None = _count()
     n_frames: int | None = _count()
+    frames_sampled: int | None = _count()
     etag: str | None = _label()
     size: int | None = _count()
     rows: int | None = _count()
@@ -362,6 +363,7 @@ class PointBookkeeping(BaseModel):
     key: str | None = None
     frame: int | None = None
     n_frames: int | None = None
+    frames_sampled: int | None = None
     etag: str | None = None
     size: int | None = None
 

@@ -53,6 +53,11 @@ def test_reconcile_guard_dry_run_and_sampled_frames(
     code, job = reconcile("--encoder", "baseline")
     assert code == 0 and job["drift"]["rg"]["missing"] == 10, job
     assert len(stored_points(worker_settings, "rg")) == 9 + 64
+    # the workers' points reach the owner with the count reconcile compares with
+    with server.client() as client:
+        body = {"filter": {"key": ["raw/long.dcm"]}, "limit": 100}
+        page = client.post("/v1/collections/rg/points/scroll", json=body).json()["points"]
+    assert len(page) == 64 and {p["frames_sampled"] for p in page} == {64}
     code, job = reconcile()
     assert code == 0 and (job["drift"]["rg"]["changed"], job["drift"]["rg"]["missing"]) == (0, 0), job
     assert job["counts"]["queued"] == 0  # nothing re-embedded: the long series is not "changed"
