@@ -44,6 +44,9 @@ class CollectionEntry(BaseModel):
     created_at: str
     quantization: Literal["none", "int8"] = "none"
     on_disk: bool = False
+    # An ingest opted in to objects with burned-in annotation (``--accept-burned-in``): they are
+    # indexed and their pixels served. Once set it stays set (the collection holds such objects).
+    accept_burned_in: bool = False
 
     @property
     def encoder_label(self) -> str:
@@ -164,6 +167,16 @@ class Catalog:
             except CollectionNotFound:
                 continue
         return entries
+
+    def record_accept_burned_in(self, name: str) -> CollectionEntry:
+        """Record in the catalog entry of collection (or alias) ``name`` that an ingest accepted
+        objects with burned-in annotation; returns the updated entry."""
+        entry = self.get(name)
+        if entry.accept_burned_in:
+            return entry
+        entry = entry.model_copy(update={"accept_burned_in": True})
+        self.index.update_metadata(self.resolve(name), {"catalog": entry.model_dump(mode="json")})
+        return entry
 
     def encoder_for(self, name: str) -> Encoder:
         """The encoder a collection was built with, for embedding its queries."""

@@ -2,6 +2,7 @@
 
     RadsearchError
     ├── ConfigError
+    │   └── DeletionRefused    (a prune/reconcile would delete too much; ``--force`` to go on)
     ├── EncoderError
     │   ├── EncoderNotFound
     │   ├── WeightsUnavailable
@@ -39,6 +40,7 @@ __all__ = [
     "CollectionExists",
     "CollectionNotFound",
     "ConfigError",
+    "DeletionRefused",
     "DecodeError",
     "DecodeTimeout",
     "EncoderError",
@@ -66,6 +68,12 @@ class RadsearchError(Exception):
 
 class ConfigError(RadsearchError):
     """Settings or arguments that cannot work together."""
+
+
+class DeletionRefused(ConfigError):
+    """A prune or reconcile would delete the points of an empty listing's collection, or more than
+    the allowed fraction of a collection's objects (HTTP 409, CLI exit 2); nothing was deleted.
+    The message names the numbers; ``--force`` (``"force": true``) goes on anyway."""
 
 
 class EncoderError(RadsearchError):

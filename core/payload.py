@@ -39,6 +39,8 @@ PAYLOAD_FIELDS: frozenset[str] = frozenset(
         *INDEXED_FIELDS,
         "frame",
         "n_frames",
+        # how many frames of the object were embedded (long series are sampled): reconcile's count
+        "frames_sampled",
         "etag",
         "size",
         "rows",

@@ -27,7 +27,15 @@ from core.payload import FILTER_FIELDS
 from ingest.inline import IngestOptions
 from radsearch import remote_commands
 
-__all__ = ["filter_mapping", "main", "print_collections", "print_hits", "print_ingest_summary", "server_url"]
+__all__ = [
+    "filter_mapping",
+    "main",
+    "print_collections",
+    "print_dry_run",
+    "print_hits",
+    "print_ingest_summary",
+    "server_url",
+]
 
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
@@ -58,6 +66,28 @@ def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
     )
     for item in summary["errors"][:20]:
         print(f"  failed {item['key']}: {item['reason']}")
+    deleted = summary.get("deleted_items") or []
+    if deleted:
+        print(f"  {len(deleted)} objects gone from the source, their points deleted:")
+        for key in deleted[:20]:
+            print(f"  deleted {key}")
+        if len(deleted) > 20:
+            print(f"  ... {len(deleted) - 20} more (--json lists every key)")
+
+
+def print_dry_run(summary: Mapping[str, Any], *, as_json: bool) -> None:
+    """``ingest --dry-run``: ``{"collection", "dry_run": true, "diffs": [SourceDiff.to_dict()]}``
+    as JSON, or per collection a count line and the keys that would be added (+), re-embedded (~)
+    and deleted (-)."""
+    from ingest.prune import diff_lines
+
+    if as_json:
+        _print_json(dict(summary))
+        return
+    print("dry run: nothing was written")
+    for diff in summary["diffs"]:
+        for line in diff_lines(diff):
+            print(line)
 
 
 def print_hits(
@@ -102,22 +132,45 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
         return ingest_celery(args, settings)
     from ingest.sources import open_source
-    from radsearch.services import ensure_collection, ingest_source, open_catalog
+    from radsearch.services import diff_source_inline, ensure_collection, ingest_source, open_catalog
 
+    check_prune_args(args)
     options = IngestOptions(
         manifest=args.manifest,
         path_template=args.path_template,
         skip_unchanged=not args.no_skip_unchanged,
+        accept_burned_in=args.accept_burned_in,
+        prune=args.prune,
+        dry_run=args.dry_run,
+        max_delete_fraction=args.max_delete_fraction,
+        force=args.force,
     )
     open_source(args.source, settings).close()  # a bad source fails before any collection is created
     with open_catalog(settings, owner="ingest") as catalog:
+        if args.dry_run:
+            diffs = diff_source_inline(catalog, settings, args.source, [args.collection], options)
+            print_dry_run({"collection": args.collection, "dry_run": True, "diffs": diffs}, as_json=args.json)
+            return EXIT_OK
         ensure_collection(catalog, args.collection, args.encoder, weights=args.weights)
+        if args.accept_burned_in:
+            catalog.record_accept_burned_in(args.collection)
         report = ingest_source(
             catalog, settings, args.source, [args.collection], options, progress=not args.json
         )
-    summary = {"collection": args.collection, **report.to_dict(), "seconds": round(report.seconds, 3)}
+    summary = {
+        "collection": args.collection,
+        **report.to_dict(),
+        "accept_burned_in": args.accept_burned_in,
+        "seconds": round(report.seconds, 3),
+    }
     print_ingest_summary(summary, as_json=args.json)
     return EXIT_OK
+
+
+def check_prune_args(args: argparse.Namespace) -> None:
+    """`ConfigError` for a ``--max-delete-fraction`` outside [0, 1]."""
+    if not 0.0 <= args.max_delete_fraction <= 1.0:
+        raise ConfigError("--max-delete-fraction must be between 0 and 1")
 
 
 def filter_mapping(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -299,6 +352,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--detach",
         action="store_true",
         help="with --executor celery or through a server: print the job id and return",
+    )
+    ingest.add_argument(
+        "--prune",
+        action="store_true",
+        help="also delete the points of objects gone from the source (inline or through a server)",
+    )
+    ingest.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the keys that would be added, re-embedded and (--prune) deleted; write nothing",
+    )
+    ingest.add_argument(
+        "--max-delete-fraction",
+        type=float,
+        default=0.1,
+        help="refuse a prune deleting more than this fraction of a collection's objects (default 0.1)",
+    )
+    ingest.add_argument(
+        "--force", action="store_true", help="prune even an empty listing or beyond --max-delete-fraction"
+    )
+    ingest.add_argument(
+        "--accept-burned-in",
+        action="store_true",
+        help="index objects with burned-in annotation (de-identified upstream) instead of quarantining them",
     )
     ingest.set_defaults(
         handler=_cmd_ingest, remote_handler=remote_commands.ingest, remote_mode=_ingest_remote_mode

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_limit",
+    "diff_source_inline",
     "ensure_collection",
     "hit_rows",
     "ingest_source",
@@ -68,7 +69,8 @@ def ingest_source(
     *,
     progress: bool = True,
 ) -> BatchReport:
-    """Ingest a source into existing collections with the inline executor."""
+    """Ingest a source into existing collections with the inline executor (``options.prune``:
+    and delete the points of objects gone from it)."""
     from ingest.inline import build_context, ingest_inline
     from ingest.sources import open_source
     from search_api.backfill_jobs import manifest_keys
@@ -77,7 +79,43 @@ def ingest_source(
     try:
         ctx = build_context(source, catalog, collections, options, settings)
         exclude = manifest_keys(source, options.manifest)
-        return ingest_inline(ctx, settings, progress=progress, exclude_keys=exclude)
+        return ingest_inline(ctx, settings, progress=progress, exclude_keys=exclude, options=options)
+    finally:
+        source.close()
+
+
+def diff_source_inline(
+    catalog: Catalog, settings: Settings, source_uri: str, collections: list[str], options: IngestOptions
+) -> list[dict[str, Any]]:
+    """``ingest --dry-run``: what an ingest (``options.prune``: with its deletions) would change in
+    each collection, as `SourceDiff.to_dict`; nothing is written (a collection that does not exist
+    yet would get every object)."""
+    from core.errors import CollectionNotFound
+    from ingest.prune import SourceDiff, diff_source, guard_message, source_diffs
+    from ingest.sources import open_source
+    from search_api.backfill_jobs import manifest_keys
+
+    source = open_source(source_uri, settings)
+    try:
+        exclude = manifest_keys(source, options.manifest)
+        listing = {ref.key: ref for ref in source.list() if ref.key not in exclude}
+        diffs: list[SourceDiff] = []
+        for name in collections:
+            try:
+                resolved = catalog.resolve(name)
+            except CollectionNotFound:
+                diffs.append(diff_source(name, listing, {}))
+                continue
+            diffs += source_diffs(
+                catalog.index,
+                [resolved],
+                source,
+                listing,
+                max_frames=settings.ingest.max_frames_per_object,
+                prune=options.prune,
+            )
+        refusal = guard_message(diffs, max_fraction=options.max_delete_fraction, force=options.force)
+        return [{**d.to_dict(), "would_refuse": refusal} for d in diffs]
     finally:
         source.close()
 

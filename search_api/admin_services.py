@@ -71,6 +71,7 @@ def collection_detail(*, catalog: Catalog, name: str) -> CollectionDetailPublic:
             "spec": entry.encoder.model_dump(mode="json"),
             "quantization": entry.quantization,
             "on_disk": entry.on_disk,
+            "accept_burned_in": entry.accept_burned_in,
             "indexing": {
                 "status": info.get("status", "unknown"),
                 "points": info["points"],

@@ -17,6 +17,7 @@ from core.errors import (
     CollectionExists,
     CollectionNotFound,
     ConfigError,
+    DeletionRefused,
     EncoderNotFound,
     InvalidFilter,
     InvalidVector,
@@ -31,7 +32,14 @@ from core.errors import (
     WeightsUnavailable,
 )
 
-__all__ = ["STATUS_BY_ERROR", "UpstreamUnavailable", "install_exception_handlers", "status_for"]
+__all__ = [
+    "STATUS_BY_ERROR",
+    "ObjectGone",
+    "ObjectQuarantined",
+    "UpstreamUnavailable",
+    "install_exception_handlers",
+    "status_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +48,23 @@ class UpstreamUnavailable(RadsearchError):
     """A point's source object cannot be fetched or decoded (thumbnails): the store, not the client."""
 
 
+class ObjectGone(RadsearchError):
+    """A point's source object no longer exists (deleted from the archive): no pixels to serve."""
+
+
+class ObjectQuarantined(RadsearchError):
+    """A point's source object is quarantined now (burned-in annotation) and its collection did not
+    accept burned-in objects: its pixels are not served."""
+
+
 # Most specific first: the first class in an error's MRO found here decides.
 STATUS_BY_ERROR: dict[type[RadsearchError], int] = {
     CollectionNotFound: 404,
     PointNotFound: 404,
     CollectionExists: 409,
+    DeletionRefused: 409,
+    ObjectGone: 404,
+    ObjectQuarantined: 410,
     TooLarge: 413,
     UnsupportedFormat: 415,
     BadInput: 400,

@@ -129,6 +129,11 @@ class CollectionDetailPublic(CollectionPublic):
     spec: dict[str, Any]
     quantization: Literal["none", "int8"]
     on_disk: bool
+    accept_burned_in: bool = Field(
+        default=False,
+        description="an ingest accepted objects with burned-in annotation (--accept-burned-in): "
+        "they are indexed and their thumbnails served",
+    )
     indexing: IndexingPublic
     aliases: list[str]
 
@@ -286,6 +291,7 @@ class PointPayloadIn(BaseModel):
     key: str | None = Field(default=None, max_length=2048)
     frame: int | None = _count()
     n_frames: int | None = _count()
+    frames_sampled: int | None = _count()
     etag: str | None = _label()
     size: int | None = _count()
     rows: int | None = _count()
@@ -374,6 +380,7 @@ class PointBookkeeping(BaseModel):
     key: str | None = None
     frame: int | None = None
     n_frames: int | None = None
+    frames_sampled: int | None = None
     etag: str | None = None
     size: int | None = None
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_worker_commands",
+    "deletion_refused",
     "ingest_celery",
     "job_line",
     "print_job",
@@ -29,6 +30,7 @@ __all__ = [
 
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
+EXIT_REFUSED = 2  # a reconcile's deletions were refused by the guard (as a usage error)
 
 
 def _out(text: str) -> None:
@@ -113,12 +115,36 @@ def print_job_result(job: Mapping[str, Any], *, as_json: bool) -> int:
         _out(_summary_line(job))
         if job.get("drift"):
             for name, drift in job["drift"].items():
-                _out(f"  drift {name}: " + " ".join(f"{k}={v}" for k, v in drift.items()))
+                _out(_drift_text(name, drift))
         for item in job.get("failed_items", [])[:20]:
             _out(f"  failed {item['key']}: {item['reason']}")
         if job.get("error"):
             _out(f"  error: {job['error']}")
-    return EXIT_OK if job["state"] == "done" else EXIT_RUNTIME_ERROR
+    if job["state"] == "done":
+        return EXIT_OK
+    return EXIT_REFUSED if deletion_refused(job) else EXIT_RUNTIME_ERROR
+
+
+def deletion_refused(job: Mapping[str, Any]) -> bool:
+    """Whether a failed job is a reconcile whose deletions the guard refused (nothing deleted)."""
+    drift = job.get("drift") or {}
+    return job["state"] == "failed" and any(d.get("refused") for d in drift.values())
+
+
+def _drift_text(name: str, drift: Mapping[str, Any]) -> str:
+    """A collection's drift: its counts, then the keys deleted (or, for a dry run, the keys that
+    would be added, re-embedded and deleted)."""
+    if drift.get("dry_run"):
+        from ingest.prune import diff_lines
+
+        return "\n".join(["  dry run: nothing was written", *(f"  {line}" for line in diff_lines(drift))])
+    counts = " ".join(f"{k}={v}" for k, v in drift.items() if not k.endswith("_items"))
+    lines = [f"  drift {name}: {counts}"]
+    deleted = drift.get("deleted_items") or []
+    lines += [f"    deleted {key}" for key in deleted[:20]]
+    if len(deleted) > 20:
+        lines.append(f"    ... {len(deleted) - 20} more (--json lists every key)")
+    return "\n".join(lines)
 
 
 def job_line(job: Mapping[str, Any]) -> str:
@@ -224,7 +250,13 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
         path_template=args.path_template,
         skip_unchanged=not args.no_skip_unchanged,
         encoder=args.encoder or "baseline",
+        accept_burned_in=args.accept_burned_in,
     )
+    if args.prune or args.dry_run:
+        raise ConfigError(
+            "--prune and --dry-run run inline or through a server; with the workers, "
+            "`radsearch reconcile SOURCE --collection NAME [--dry-run]` deletes what is gone"
+        )
     if spec.path_template:
         from ingest.labels import PathTemplate
 
@@ -235,6 +267,8 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from workers.jobs import JobKind, JobSpec
 
+    if not 0.0 <= args.max_delete_fraction <= 1.0:
+        raise ConfigError("--max-delete-fraction must be between 0 and 1")
     spec = JobSpec(
         source=_source_uri(args.source),
         collections=_collections(args.collection),
@@ -242,6 +276,10 @@ def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         path_template=args.path_template,
         skip_unchanged=True,
         encoder=args.encoder,
+        accept_burned_in=args.accept_burned_in,
+        dry_run=args.dry_run,
+        max_delete_fraction=args.max_delete_fraction,
+        force=args.force,
     )
     return _submit_and_follow(args, settings, JobKind.RECONCILE, spec)
 
@@ -370,6 +408,25 @@ def add_worker_commands(
         "--manifest", help="CSV/JSONL manifest (path or s3:// URI) for re-ingested objects"
     )
     reconcile.add_argument("--path-template")
+    reconcile.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the keys that would be added, re-embedded and deleted; change nothing",
+    )
+    reconcile.add_argument(
+        "--max-delete-fraction",
+        type=float,
+        default=0.1,
+        help="refuse deleting more than this fraction of a collection's objects (default 0.1)",
+    )
+    reconcile.add_argument(
+        "--force", action="store_true", help="delete even for an empty listing or beyond the fraction"
+    )
+    reconcile.add_argument(
+        "--accept-burned-in",
+        action="store_true",
+        help="index re-embedded objects with burned-in annotation instead of quarantining them",
+    )
     reconcile.add_argument("--detach", action="store_true", help="print the job id and return")
     reconcile.add_argument("--json", action="store_true")
     reconcile.set_defaults(handler=_cmd_reconcile)

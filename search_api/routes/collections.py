@@ -28,7 +28,9 @@ _ANY_ROLE = [require_role(Role.READER, Role.INGEST, Role.ADMIN)]
 _READER = [require_role(Role.READER)]
 
 _PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}}, "description": "A PNG thumbnail"}
+    200: {"content": {"image/png": {}}, "description": "A PNG thumbnail"},
+    404: {"description": "No such point, or its source object was deleted"},
+    410: {"description": "The source object is quarantined (burned-in annotation)"},
 }
 
 
@@ -99,9 +101,17 @@ async def read_thumbnail(
     settings: SettingsDep,
     size: Annotated[int, Query(ge=16, le=1024)] = 256,
 ) -> Response:
-    """A PNG of the point's image, longest side ``size`` pixels, rendered from pixels only."""
+    """A PNG of the point's image, longest side ``size`` pixels, rendered from pixels only; 404
+    when its source object was deleted, 410 when it is quarantined now (burned-in annotation)
+    and the collection did not accept burned-in objects."""
     point = await run_in_threadpool(partial(services.read_point, index=index, entry=entry, point_id=point_id))
     png = await run_in_threadpool(
-        partial(services.render_thumbnail, settings=settings, point=point, size=size)
+        partial(
+            services.render_thumbnail,
+            settings=settings,
+            point=point,
+            size=size,
+            accept_burned_in=entry.accept_burned_in,
+        )
     )
     return Response(content=png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
