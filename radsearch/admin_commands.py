@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "add_admin_commands",
     "encoder_arg",
+    "owner_job_dicts",
     "print_alias",
     "print_aliases",
     "print_backfill",
@@ -104,8 +105,21 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_alias(args: argparse.Namespace, settings: Settings) -> int:
     from radsearch.services import open_catalog
+    from search_api.backfill_jobs import alias_blockers, read_owner_jobs
 
     with open_catalog(settings) as catalog:
+        if not args.force:
+            jobs = read_owner_jobs(settings)
+            try:
+                blockers = alias_blockers(catalog, jobs, args.collection)
+            finally:
+                if jobs is not None:
+                    jobs.close()
+            if blockers:
+                raise ConfigError(
+                    f"collection {args.collection!r} is not ready: {'; '.join(blockers)} "
+                    "(wait for it, or give --force)"
+                )
         previous = catalog.set_alias(args.alias, args.collection)
     print_alias(args.alias, args.collection, previous)
     return 0
@@ -141,6 +155,36 @@ def print_created(row: Mapping[str, Any], *, as_json: bool) -> None:
         f"created {row['name']}: encoder {row['encoder']}, dim {row['dim']}, weights {row['weights']}, "
         f"quantization {row['quantization']}" + (", vectors on disk" if row["on_disk"] else "")
     )
+
+
+def owner_job_dicts(settings: Settings, job_id: str | None, limit: int) -> list[dict[str, Any]]:
+    """Owner-run jobs (backfills, owner ingests) of the data dir, read beside its owner: one
+    (``job_id``) or the newest ``limit``, in the shape of ``radsearch jobs show|list``."""
+    from search_api.backfill_jobs import OwnerJob, read_owner_jobs
+
+    store = read_owner_jobs(settings)
+    if store is None:
+        return []
+    try:
+        if job_id is not None:
+            record = store.get(job_id)
+            records = [] if record is None else [record]
+        else:
+            records = store.recent(limit=limit)
+        out = []
+        for record in records:
+            meta = store.load_meta(record.id)
+            if meta is None:
+                out.append(record.to_dict(with_items=job_id is not None))
+                continue
+            job = OwnerJob(meta.kind, record, meta.summary, meta.error_status, meta.resumed)
+            data = job.to_dict(with_items=job_id is not None)
+            out.append(
+                {k: v for k, v in data.items() if v is not None or k not in ("summary", "error_status")}
+            )
+        return out
+    finally:
+        store.close()
 
 
 def print_dropped(name: str) -> None:
@@ -228,6 +272,11 @@ def add_admin_commands(collections_sub: Any, sub: Any) -> None:
     alias = collections_sub.add_parser("alias", help="point an alias at a collection (atomic switch)")
     alias.add_argument("alias")
     alias.add_argument("collection")
+    alias.add_argument(
+        "--force",
+        action="store_true",
+        help="switch even while a backfill writes to it or its index is not built",
+    )
     alias.set_defaults(handler=_cmd_alias, remote_handler=remote_commands.alias)
 
     unalias = collections_sub.add_parser("unalias", help="remove an alias")
