@@ -69,6 +69,8 @@ OwnerJobKind = Literal["ingest", "backfill"]
 # Unfinished Celery jobs of these kinds write to the collections they name (events jobs are
 # per-day counters of a subscription, never finished).
 _WRITING_KINDS = frozenset({JobKind.INGEST, JobKind.RECONCILE, JobKind.REQUEUE})
+# Jobs some runner of this process is running (two apps on one data dir in one process: tests).
+_RUNNING: set[str] = set()
 _NOT_RESUMED = "the server stopped while the job ran, and it cannot be resumed"
 # How many of the newest Celery jobs a drop looks through for one still writing.
 _CELERY_JOBS_CHECKED = 500
@@ -638,6 +640,7 @@ class OwnerJobRunner:
             meta = _Meta(kind=kind, targets=tuple(spec.collections), resume=dict(resume or {}))
             self.store.save_meta(job_id, meta)
             self._meta[job_id] = meta
+            _RUNNING.add(job_id)
         self._pool.submit(self._run, job_id, work)
         return job_id
 
@@ -646,6 +649,8 @@ class OwnerJobRunner:
         a job that cannot run again is marked failed with the reason. Returns the resumed ids."""
         resumed: list[str] = []
         for job_id in self.store.unfinished():
+            if job_id in _RUNNING:
+                continue
             meta = self.store.load_meta(job_id)
             if meta is None:
                 self.store.fail(job_id, _NOT_RESUMED)
@@ -662,6 +667,7 @@ class OwnerJobRunner:
                 self.store.restart(job_id)
                 self.store.save_meta(job_id, meta)
                 self._meta[job_id] = meta
+                _RUNNING.add(job_id)
             self._pool.submit(self._run, job_id, work)
             logger.info("%s job %s resumed after a restart", meta.kind, job_id)
             resumed.append(job_id)
@@ -798,6 +804,8 @@ class OwnerJobRunner:
             meta.error_status = 500
             self.store.save_meta(job_id, meta)
             self.store.fail(job_id, self._dropped(meta) or f"{type(exc).__name__}: {exc}")
+        finally:
+            _RUNNING.discard(job_id)
 
     def _dropped(self, meta: _Meta) -> str | None:
         """The reason a job failed if a collection it wrote is gone (dropped meanwhile)."""

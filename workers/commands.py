@@ -227,25 +227,33 @@ def _owner_jobs(
 
 
 def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.client import requeue_dead_letters
+    from workers.client import BrokerUnavailable, requeue_dead_letters
     from workers.jobs import JOB_STATE_LOST
 
-    store, app = _connect(settings)
+    if args.jobs_command == "show":
+        owned = _owner_jobs(args, settings, args.job_id, 1)  # the data dir's own: no Redis needed
+        if owned:
+            print_job(owned[0], as_json=args.json)
+            return EXIT_OK
     if args.jobs_command == "list":
-        if store.was_reset():
-            sys.stderr.write(f"radsearch: warning: {JOB_STATE_LOST}\n")
-        records = [r.to_dict(with_items=False) for r in store.recent(limit=args.limit)]
-        records += _owner_jobs(args, settings, None, args.limit)
+        records = _owner_jobs(args, settings, None, args.limit)
+        try:
+            store, _ = _connect(settings)
+        except BrokerUnavailable:
+            if not records:
+                raise
+            sys.stderr.write("radsearch: warning: Redis does not answer; the server's own jobs only\n")
+        else:
+            if store.was_reset():
+                sys.stderr.write(f"radsearch: warning: {JOB_STATE_LOST}\n")
+            records += [r.to_dict(with_items=False) for r in store.recent(limit=args.limit)]
         records.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
         print_jobs(records[: args.limit], as_json=args.json)
         return EXIT_OK
+    store, app = _connect(settings)
     if args.jobs_command == "show":
         record = store.get(args.job_id)
         if record is None:
-            owned = _owner_jobs(args, settings, args.job_id, 1)
-            if owned:
-                print_job(owned[0], as_json=args.json)
-                return EXIT_OK
             if store.lost(args.job_id):
                 sys.stderr.write(f"radsearch: error: job {args.job_id}: {JOB_STATE_LOST}\n")
                 return EXIT_RUNTIME_ERROR

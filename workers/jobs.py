@@ -349,8 +349,9 @@ class JobStore:
     def _remember(self, epoch: str) -> None:
         if epoch in self._epochs_seen:
             return
+        mirrored = epoch in self.known_epochs()
         self._epochs_seen.add(epoch)
-        if self.epoch_dir is None or epoch in self.known_epochs():
+        if self.epoch_dir is None or mirrored:
             return
         with contextlib.suppress(OSError):  # a read-only data dir: the process remembers it still
             self.epoch_dir.mkdir(parents=True, exist_ok=True)
