@@ -85,21 +85,30 @@ def _cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from ingest.backfill import plan_backfill, run_backfill
     from radsearch.services import open_catalog
+    from search_api.backfill_jobs import OwnerJobRunner, open_owner_store
 
     with open_catalog(settings) as catalog:
-        plan = plan_backfill(catalog, settings, args.origin, target=args.name)
-        bar = tqdm(total=plan.objects, unit="obj", desc="backfill", disable=args.json, dynamic_ncols=True)
+        bar = tqdm(unit="obj", desc="backfill", disable=args.json, dynamic_ncols=True)
+
+        def on_plan(objects: int) -> None:
+            bar.total = objects
+            bar.refresh()
 
         def on_batch(done: BatchReport) -> None:
             bar.update(done.objects)
 
-        report = run_backfill(
-            catalog, settings, plan, target=args.name, on_batch=on_batch, path_template=args.path_template
-        )  # which builds the target's index at its end
-        bar.close()
-    print_backfill({"collection": args.name, "from": args.origin, **report.to_dict()}, as_json=args.json)
+        # Recorded in the data dir's job store like the server's backfills: killed, it is resumed
+        # by the next `radsearch serve`, and `collections alias` waits for it.
+        store, close_store = open_owner_store(settings)
+        try:
+            summary = OwnerJobRunner(catalog, settings, store).run_backfill_here(
+                args.name, args.origin, path_template=args.path_template, on_plan=on_plan, on_batch=on_batch
+            )  # which builds the target's index at its end
+        finally:
+            close_store()
+            bar.close()
+    print_backfill({"collection": args.name, "from": args.origin, **summary}, as_json=args.json)
     return 0
 
 

@@ -533,16 +533,27 @@ def read_owner_jobs(settings: Settings) -> DurableJobStore | None:
 class JobProgress:
     """What a running job reports to its record: how much is planned so far, then each batch."""
 
-    def __init__(self, store: JobStoreLike, job_id: str) -> None:
+    def __init__(
+        self,
+        store: JobStoreLike,
+        job_id: str,
+        *,
+        on_plan: Callable[[int], None] | None = None,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ) -> None:
         self._store = store
         self._job_id = job_id
         self._batches = 0
+        self._on_plan = on_plan
+        self._on_batch = on_batch
 
     def plan(self, *, objects: int, batches: int) -> None:
         """At least ``objects`` objects in ``batches`` batches are planned (counts only grow)."""
         self._store.raise_counters(
             self._job_id, {"listed": objects, "queued": objects, "batches_total": batches}
         )
+        if self._on_plan is not None:
+            self._on_plan(objects)
 
     def batch(self, report: BatchReport) -> None:
         """One batch is done: count it, with its failed and quarantined objects."""
@@ -559,6 +570,8 @@ class JobProgress:
             },
             [(f.key, f.reason) for f in [*report.failed, *report.quarantined]],
         )
+        if self._on_batch is not None:
+            self._on_batch(report)
 
 
 Work = Callable[[JobProgress], dict[str, Any]]
@@ -690,6 +703,51 @@ class OwnerJobRunner:
             source, labeler, exclude = self._prepare_ingest(request)
             return partial(self._ingest, source, request, request.collections, labeler, exclude)
         raise ConfigError("the job's record does not say how to run it")
+
+    def run_backfill_here(
+        self,
+        target: str,
+        origin: str,
+        *,
+        path_template: str | None = None,
+        on_plan: Callable[[int], None] | None = None,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ) -> dict[str, Any]:
+        """`submit_backfill` run by the calling thread (the command line owning the store), recorded
+        the same way: a killed command leaves a job the next owner resumes. Returns the summary;
+        the error is raised (and recorded) if it fails."""
+        entry = self.catalog.get(target)
+        if path_template:
+            PathTemplate(path_template)
+        spec = JobSpec(
+            source=origin, collections=(entry.name,), path_template=path_template, encoder=entry.encoder.name
+        )
+        meta = _Meta(
+            kind="backfill",
+            targets=(entry.name,),
+            resume={"target": entry.name, "origin": origin, "path_template": path_template},
+        )
+        with self._lock:
+            job_id = self.store.create(JobKind.INGEST, spec)
+            self.store.save_meta(job_id, meta)
+            self._meta[job_id] = meta
+            _RUNNING.add(job_id)
+        try:
+            self.store.mark_planning(job_id)
+            progress = JobProgress(self.store, job_id, on_plan=on_plan, on_batch=on_batch)
+            summary = self._backfill(entry.name, origin, path_template, progress)
+            meta.summary = summary
+            self.store.save_meta(job_id, meta)
+            self.store.plan_done(job_id)
+            return summary
+        except KeyboardInterrupt:
+            self.store.fail(job_id, "interrupted")
+            raise
+        except Exception as exc:
+            self.store.fail(job_id, self._dropped(meta) or str(exc))
+            raise
+        finally:
+            _RUNNING.discard(job_id)
 
     def submit_backfill(self, target: str, origin: str, *, path_template: str | None = None) -> str:
         """Embed every object ``origin`` (a collection, alias or source) knows into ``target``."""
