@@ -21,7 +21,7 @@ from workers.jobs import JobState
 
 __all__ = ["start_server"]  # the fixture, used by name
 
-_OBJECTS = 48
+_OBJECTS = 32
 
 
 def _wait(
