@@ -294,6 +294,7 @@ class DurableJobStore:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, timeout=5, isolation_level=None)
+            path.chmod(0o600)  # object keys are paths, and paths can carry names
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
