@@ -428,9 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(evaluate)
     evaluate.set_defaults(handler=_cmd_eval, remote_handler=_remote_eval)
 
+    from radsearch.admin_commands import owner_job_dicts
     from workers.commands import add_worker_commands
 
-    add_worker_commands(sub, remote_jobs=remote_commands.jobs)
+    add_worker_commands(sub, remote_jobs=remote_commands.jobs, owner_jobs=owner_job_dicts)
     return parser
 
 

@@ -301,7 +301,9 @@ def alias(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
     with _client(settings, url) as client:
         answer = client.request(
-            "PUT", f"/v1/aliases/{_segment(args.alias)}", json={"collection": args.collection}
+            "PUT",
+            f"/v1/aliases/{_segment(args.alias)}",
+            json={"collection": args.collection, "force": bool(getattr(args, "force", False))},
         )
     print_alias(args.alias, args.collection, answer.get("previous"))
     return EXIT_OK
@@ -353,13 +355,24 @@ def jobs(args: argparse.Namespace, settings: Settings, url: str) -> int:
             print_workers(client.request("GET", "/v1/workers")["data"], as_json=args.json)
             return EXIT_OK
         if args.jobs_command == "list":
-            listed = client.request("GET", "/v1/ingest-jobs", params={"limit": args.limit})["data"]
+            answer = client.request("GET", "/v1/ingest-jobs", params={"limit": args.limit})
+            if answer.get("warning"):
+                sys.stderr.write(f"radsearch: warning: {answer['warning']}\n")
+            listed = answer["data"]
             print_jobs([_as_record(job, with_items=False) for job in listed], as_json=args.json)
             return EXIT_OK
         try:
             job = client.request("GET", f"/v1/ingest-jobs/{_segment(args.job_id)}")
         except CollectionNotFound:
-            sys.stderr.write(f"radsearch: error: no job {args.job_id}\n")
+            try:  # a backfill the server runs (or ran before a restart)
+                job = client.request("GET", f"/v1/backfill-jobs/{_segment(args.job_id)}")
+            except CollectionNotFound:
+                sys.stderr.write(f"radsearch: error: no job {args.job_id}\n")
+                return EXIT_RUNTIME_ERROR
+        except ConfigError as exc:
+            if not str(exc).startswith("job state lost"):
+                raise
+            sys.stderr.write(f"radsearch: error: job {args.job_id}: {exc}\n")
             return EXIT_RUNTIME_ERROR
     print_job(_as_record(job), as_json=args.json)
     return EXIT_OK

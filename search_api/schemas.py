@@ -183,6 +183,9 @@ class AliasUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     collection: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
+    force: bool = Field(
+        default=False, description="switch even while a backfill writes to it or its index is not built"
+    )
 
 
 class AliasPublic(BaseModel):
@@ -217,6 +220,7 @@ class BackfillJobPublic(BaseModel):
         "quarantined_items (the shape of `radsearch collections backfill --json`)",
     )
     error_status: int | None = Field(default=None, description="once failed: the HTTP status of its error")
+    resumed: int = Field(default=0, description="how often a restart of the server ran it again")
 
 
 class CompareResult(BaseModel):

@@ -255,7 +255,9 @@ class WorkerGateway:
                 from workers.jobs import open_job_store
 
                 url = self.settings.celery.broker_url or self.settings.redis.url
-                self._store = open_job_store(url, self.settings.celery)
+                self._store = open_job_store(
+                    url, self.settings.celery, epoch_dir=self.settings.data_dir / "jobs"
+                )
             return self._store
 
     @property

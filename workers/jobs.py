@@ -10,6 +10,12 @@ Keys (prefix ``radsearch:``)::
     deadletter           list of dead-lettered batches (JSON), replayed by ``radsearch jobs requeue``
     bad:{collection}     hash ``source\\x1fkey`` → ETag of objects that cannot be decoded, so
                          reconciliation does not re-enqueue a known-bad object at the same ETag
+    epoch                8 hex digits, written once (SET NX) by the first job created in this Redis
+
+A job id begins with the store's epoch (the first 8 hex digits of the UUID). A Redis restarted
+without persistence has lost its epoch with everything else; the epochs are mirrored in
+``<data_dir>/jobs/redis-epochs`` (and remembered by the process), so a missing job whose id
+carries an earlier epoch is reported lost (`JobStore.lost`), not unknown.
 
 Batch completion and counting happen in one Lua script, so a batch that is redelivered after a
 crash (``acks_late``) never counts twice. A job whose planned batches are all done is *complete*
@@ -20,6 +26,7 @@ at full speed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -27,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, cast
 
 import redis
@@ -40,6 +48,7 @@ __all__ = [
     "JobRecord",
     "JobSpec",
     "JobState",
+    "JOB_STATE_LOST",
     "JobStore",
     "open_job_store",
 ]
@@ -47,6 +56,13 @@ __all__ = [
 _PREFIX = "radsearch:"
 _JOBS_INDEX = f"{_PREFIX}jobs"
 _DEADLETTER = f"{_PREFIX}deadletter"
+_EPOCH = f"{_PREFIX}epoch"
+_EPOCHS_FILE = "redis-epochs"
+
+JOB_STATE_LOST = (
+    "job state lost (the job store was reset: Redis restarted without persistence, or was flushed); "
+    "run `radsearch reconcile SOURCE --collection NAME` to repair the collections it wrote"
+)
 
 COUNTERS: tuple[str, ...] = (
     "listed",
@@ -315,9 +331,13 @@ def _float(raw: str | None) -> float | None:
 class JobStore:
     """Job state over one Redis database; every method is a few round trips at most."""
 
-    def __init__(self, client: redis.Redis, settings: CelerySettings) -> None:
+    def __init__(
+        self, client: redis.Redis, settings: CelerySettings, *, epoch_dir: Path | None = None
+    ) -> None:
         self.client = client
         self.settings = settings
+        self.epoch_dir = epoch_dir
+        self._epochs_seen: set[str] = set()
         self._complete = client.register_script(_COMPLETE_BATCH)
         self._raise = client.register_script(_RAISE_COUNTERS)
         self._plan_done = client.register_script(_PLAN_DONE)
@@ -326,9 +346,65 @@ class JobStore:
 
     # -- jobs ------------------------------------------------------------------------------------
 
+    # -- epoch ---------------------------------------------------------------------------------
+
+    def epoch(self, *, create: bool = False) -> str | None:
+        """This Redis's job-store epoch; with ``create``, set first if it has none."""
+        if not create:
+            return cast(str | None, self.client.get(_EPOCH))
+        with self.client.pipeline() as pipe:
+            pipe.set(_EPOCH, uuid.uuid4().hex[:8], nx=True)
+            pipe.get(_EPOCH)
+            _, value = pipe.execute()
+        epoch = str(value)
+        self._remember(epoch)
+        return epoch
+
+    def _remember(self, epoch: str) -> None:
+        if epoch in self._epochs_seen:
+            return
+        mirrored = epoch in self.known_epochs()
+        self._epochs_seen.add(epoch)
+        if self.epoch_dir is None or mirrored:
+            return
+        with contextlib.suppress(OSError):  # a read-only data dir: the process remembers it still
+            self.epoch_dir.mkdir(parents=True, exist_ok=True)
+            with (self.epoch_dir / _EPOCHS_FILE).open("a", encoding="utf-8") as handle:
+                handle.write(f"{epoch} {time.time():.0f}\n")
+
+    def known_epochs(self) -> list[str]:
+        """The epochs jobs were created under, oldest first (mirrored in the data dir)."""
+        seen: list[str] = []
+        if self.epoch_dir is not None:
+            with contextlib.suppress(OSError):
+                for line in (self.epoch_dir / _EPOCHS_FILE).read_text(encoding="utf-8").splitlines():
+                    epoch = line.split(" ", 1)[0].strip()
+                    if epoch and epoch not in seen:
+                        seen.append(epoch)
+        seen += sorted(self._epochs_seen - set(seen))
+        return seen
+
+    def lost(self, job_id: str) -> bool:
+        """Whether a job that `get` does not find was created under an earlier epoch of the store
+        (which has been reset since), rather than never existing here."""
+        prefix = job_id.replace("-", "")[:8].lower()
+        if prefix not in self.known_epochs():
+            return False
+        return prefix != self.epoch()
+
+    def was_reset(self) -> bool:
+        """Whether the store lost its state since the latest job created through this data dir."""
+        known = self.known_epochs()
+        return bool(known) and self.epoch() != known[-1]
+
+    # -- jobs ------------------------------------------------------------------------------------
+
     def create(self, kind: JobKind, spec: JobSpec, *, job_id: str | None = None) -> str:
-        """A new job in state ``queued``; ids are uuid4 unless given (events jobs)."""
-        job_id = job_id or str(uuid.uuid4())
+        """A new job in state ``queued``; ids are uuid4 beginning with the store's epoch, unless
+        given (events jobs)."""
+        if job_id is None:
+            epoch = self.epoch(create=True) or ""
+            job_id = str(uuid.UUID(hex=epoch + uuid.uuid4().hex[len(epoch) :]))
         now = time.time()
         # Any: redis-py's mapping type is invariant in a union of key types.
         fields: dict[Any, Any] = {
@@ -543,8 +619,9 @@ class JobStore:
         return {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
 
 
-def open_job_store(redis_url: str, settings: CelerySettings) -> JobStore:
-    """A job store on ``redis_url`` with bounded socket timeouts (a dead Redis fails fast)."""
+def open_job_store(redis_url: str, settings: CelerySettings, *, epoch_dir: Path | None = None) -> JobStore:
+    """A job store on ``redis_url`` with bounded socket timeouts (a dead Redis fails fast);
+    ``epoch_dir`` (``<data_dir>/jobs``) mirrors its epochs, to tell a lost job from an unknown one."""
     client = redis.Redis.from_url(
         redis_url,
         decode_responses=True,
@@ -552,4 +629,4 @@ def open_job_store(redis_url: str, settings: CelerySettings) -> JobStore:
         socket_connect_timeout=min(settings.publish_timeout_s, 5.0),
         health_check_interval=30,
     )
-    return JobStore(client, settings)
+    return JobStore(client, settings, epoch_dir=epoch_dir)

@@ -151,6 +151,12 @@ def _guarded(
         return
     try:
         work(spec)
+    except CollectionNotFound as exc:
+        # Dropped since the job was planned: the job fails, its batches are not dead-lettered
+        # (a replay would write into nothing, or re-create it half-filled).
+        log.warning("job %s batch %s: %s", job_id, batch_id, exc)
+        task.resources.forget_collections()
+        store.fail(job_id, _dropped_reason(task, spec, exc))
     except Exception as exc:
         attempts = int(task.request.retries) + 1
         error = f"{type(exc).__name__}: {exc}"
@@ -164,6 +170,17 @@ def _guarded(
             log.exception("job %s batch %s failed on a non-transient error", job_id, batch_id)
         _dead_letter(store, job_id, batch_id, spec, keys, error, attempts, kind)
         _finish_when_complete(task.app, store, job_id)
+
+
+def _dropped_reason(task: RadsearchTask, spec: JobSpec, exc: CollectionNotFound) -> str:
+    """ "collection X was dropped while the job wrote to it", naming the missing collection."""
+    catalog = task.resources.catalog
+    for name in spec.collections:
+        try:
+            catalog.resolve(name)
+        except CollectionNotFound:
+            return f"collection {name!r} was dropped while the job wrote to it"
+    return str(exc)
 
 
 def _embed(
@@ -284,7 +301,7 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
         return
     store.mark_planning(job_id)
     try:
-        res.ensure_collections(spec)
+        res.ensure_collections(spec, create=True)
         _record_accept_burned_in(res, spec)
         source = res.source(spec.source)
         batch_size = spec.batch_size or res.settings.celery.task_batch_size
@@ -322,7 +339,7 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
         return None
     store.mark_planning(job_id)
     try:
-        res.ensure_collections(spec)
+        res.ensure_collections(spec, create=True)
         _record_accept_burned_in(res, spec)
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
         store.fail(job_id, str(exc))
@@ -417,7 +434,8 @@ def _finish(task: RadsearchTask, job_id: str) -> None:
             try:
                 collection = catalog.resolve(name)
             except CollectionNotFound:
-                continue  # the job failed every batch of it, or it was dropped since
+                store.fail(job_id, f"collection {name!r} was dropped while the job wrote to it")
+                return
             started = time.monotonic()
             catalog.index.optimize(collection)
             log.info("job %s: %s indexed in %.1f s", job_id, collection, time.monotonic() - started)

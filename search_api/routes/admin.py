@@ -16,7 +16,7 @@ from core.catalog import Catalog, CollectionBusy
 from core.errors import CollectionNotFound, ConfigError
 from core.snapshots import SnapshotStore
 from search_api import admin_services
-from search_api.backfill_jobs import OwnerJob, owner_jobs
+from search_api.backfill_jobs import OwnerJob, alias_blockers, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, CatalogDep, InferenceLimiterDep, check_job_id, check_name
 from search_api.schemas import (
     AliasesPublic,
@@ -203,15 +203,35 @@ async def read_backfill_job(job_id: str, request: Request) -> BackfillJobPublic:
 async def read_backfill_jobs(
     request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> list[BackfillJobPublic]:
-    """Recent backfill jobs of this API process, newest first."""
+    """Recent backfill jobs of this server (those of its earlier runs on the data dir included),
+    newest first."""
     jobs = await run_in_threadpool(partial(owner_jobs(request).recent, "backfill", limit=limit))
     return [_job_public(job) for job in jobs]
 
 
-@router.put("/aliases/{alias}")
-async def update_alias(alias: str, body: AliasUpdate, catalog: CatalogDep) -> AliasPublic:
-    """Point an alias at a collection, atomically; searches through the alias switch at once."""
-    previous = await run_in_threadpool(catalog.set_alias, alias, body.collection)
+@router.put(
+    "/aliases/{alias}",
+    responses={409: {"description": "The collection is not ready: a backfill writes to it, or no index"}},
+)
+async def update_alias(alias: str, body: AliasUpdate, catalog: CatalogDep, request: Request) -> AliasPublic:
+    """Point an alias at a collection, atomically; searches through the alias switch at once.
+
+    409 naming what is missing while a backfill (or owner-run ingest) still writes to the
+    collection or its index is not built, unless ``force``."""
+    runner = owner_jobs(request)
+
+    def switch() -> str | None:
+        if not body.force:
+            blockers = alias_blockers(catalog, runner.store, body.collection)
+            if blockers:
+                raise HTTPException(
+                    status_code=409,
+                    detail=f"collection {body.collection!r} is not ready: {'; '.join(blockers)} "
+                    '(wait for it, or send "force": true)',
+                )
+        return catalog.set_alias(alias, body.collection)
+
+    previous = await run_in_threadpool(switch)
     return AliasPublic(alias=alias, collection=body.collection, previous=previous)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -22,7 +23,7 @@ from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gatewa
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
 from workers.heartbeat import job_waiting
-from workers.jobs import JobKind, JobRecord, JobSpec
+from workers.jobs import JOB_STATE_LOST, JobKind, JobRecord, JobSpec
 
 router = APIRouter(prefix="/v1/ingest-jobs", tags=["ingest-jobs"], dependencies=[require_role(Role.INGEST)])
 
@@ -196,11 +197,15 @@ class IngestJobPublic(BaseModel):
         description="why an unfinished job does not move, e.g. 'no live worker on queue plan' "
         "(no worker of that queue heard from for celery.worker_dead_after_s); null otherwise",
     )
+    resumed: int = Field(default=0, description="owner jobs: how often a restart of the server ran it again")
 
 
 class IngestJobsPublic(BaseModel):
     data: list[IngestJobPublic]
     count: int
+    warning: str | None = Field(
+        default=None, description="set when the job store lost its state (jobs created before are gone)"
+    )
 
 
 def _public(record: JobRecord | OwnerJob, *, with_items: bool = True) -> IngestJobPublic:
@@ -311,8 +316,11 @@ async def read_ingest_jobs(
     While Redis is down, this server's own jobs alone (503 when it has none)."""
     owned = owner_jobs(request).recent("ingest", limit=limit)
     gateway = worker_gateway(request)
+    warning: str | None = None
     try:
         records: list[JobRecord] = await _call(partial(gateway.store.recent, limit=limit))
+        if await _call(gateway.store.was_reset):
+            warning = JOB_STATE_LOST
     except HTTPException:
         if not owned:
             raise
@@ -320,11 +328,18 @@ async def read_ingest_jobs(
     jobs: list[JobRecord | OwnerJob] = [*owned, *records]
     jobs.sort(key=lambda j: j.created_at, reverse=True)
     data = [_public(j, with_items=False) for j in jobs[:limit]]
-    return IngestJobsPublic(data=data, count=len(data))
+    return IngestJobsPublic(data=data, count=len(data), warning=warning)
 
 
-@router.get("/{job_id}", responses={404: {"description": "No such job"}})
-async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
+@router.get(
+    "/{job_id}",
+    responses={
+        404: {"description": "No such job"},
+        410: {"description": "The job store was reset (Redis lost its data): code job_state_lost"},
+    },
+    response_model=IngestJobPublic,
+)
+async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic | JSONResponse:
     """One job: state, counts, failed items with reasons, times and throughput."""
     check_job_id(job_id)
     owned = owner_jobs(request).job(job_id)
@@ -333,6 +348,8 @@ async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
     gateway = worker_gateway(request)
     record: JobRecord | None = await _call(partial(gateway.store.get, job_id))
     if record is None:
+        if await _call(partial(gateway.store.lost, job_id)):
+            return JSONResponse(status_code=410, content={"detail": JOB_STATE_LOST, "code": "job_state_lost"})
         raise HTTPException(status_code=404, detail="job not found")
     settings: Settings = request.app.state.settings
     public = _public(record)
