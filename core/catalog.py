@@ -43,6 +43,9 @@ class CollectionEntry(BaseModel):
     created_at: str
     quantization: Literal["none", "int8"] = "none"
     on_disk: bool = False
+    #: How point ids derive (`core.payload.ID_SCHEMES`): a collection created before stable image
+    #: identity has no such field and keeps v1; new collections are v2.
+    id_scheme: Literal["v1", "v2"] = "v1"
 
     @property
     def encoder_label(self) -> str:
@@ -58,6 +61,7 @@ class Catalog:
         self.settings = settings
         self._encoders: dict[tuple[str, str | None], Encoder] = {}
         self._lock = threading.Lock()
+        self._registered: set[tuple[str, str, str]] = set()
 
     def encoder(self, spec: EncoderSpec) -> Encoder:
         """The loaded encoder for ``spec`` (loaded on first use, then reused)."""
@@ -100,6 +104,7 @@ class Catalog:
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             quantization=quantization,
             on_disk=on_disk,
+            id_scheme="v2",
         )
         metadata: dict[str, Any] = {"catalog": entry.model_dump(mode="json")}
         self.index.create_collection(
@@ -196,6 +201,25 @@ class Catalog:
                 f"{'that has' if len(busy) == 1 else 'they have'} finished"
             )
         self.index.drop_collection(name)
+
+    # -- sources: stable name → URI ---------------------------------------------------------------
+
+    def register_source(self, collections: Sequence[str], source_name: str, uri: str) -> None:
+        """Record, once per process, that ``source_name`` is read from ``uri`` for each collection
+        (payloads carry the name only; the server needs the URI to read an object again)."""
+        for name in collections:
+            key = (name, source_name, uri)
+            if key in self._registered:
+                continue
+            self.index.register_source(name, source_name, uri)
+            self._registered.add(key)
+
+    def source_uri(self, collection: str, source_name: str) -> str | None:
+        """Where the objects of ``source_name`` in ``collection`` are read from; None when the
+        name was never registered."""
+        sources = self.index.collection_config(self.resolve(collection)).metadata.get("sources") or {}
+        uri = sources.get(source_name)
+        return uri if isinstance(uri, str) else None
 
     # -- aliases -------------------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ def collection_detail(*, catalog: Catalog, name: str) -> CollectionDetailPublic:
             "spec": entry.encoder.model_dump(mode="json"),
             "quantization": entry.quantization,
             "on_disk": entry.on_disk,
+            "id_scheme": entry.id_scheme,
             "indexing": {
                 "status": info.get("status", "unknown"),
                 "points": info["points"],

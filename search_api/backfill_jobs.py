@@ -217,6 +217,7 @@ class JobProgress:
                 "objects_done": report.objects,
                 "indexed_frames": report.frames_indexed,
                 "skipped_unchanged": report.skipped,
+                "relabelled": report.relabelled,
                 "failed": len(report.failed),
                 "quarantined": len(report.quarantined),
             },
@@ -277,6 +278,7 @@ class OwnerIngest:
     skip_unchanged: bool = True
     encoder: str | None = None
     batch_size: int | None = None
+    source_name: str | None = None
 
 
 class OwnerJobRunner:
@@ -326,7 +328,7 @@ class OwnerJobRunner:
             manifest=read_manifest(request.manifest, self.settings) if request.manifest else {},
             path_template=PathTemplate(request.path_template) if request.path_template else None,
         )
-        source = open_source(request.source, self.settings)
+        source = open_source(request.source, self.settings, name=request.source_name)
         try:
             names = tuple(self.catalog.ensure(name, request.encoder).name for name in request.collections)
             local_manifest = request.manifest if request.manifest and "://" not in request.manifest else None
@@ -339,6 +341,7 @@ class OwnerJobRunner:
                 skip_unchanged=request.skip_unchanged,
                 encoder=request.encoder,
                 batch_size=request.batch_size,
+                source_name=source.name,
             )
             work = partial(self._ingest, source, request, names, labeler, exclude)
             return self.submit("ingest", spec, work)

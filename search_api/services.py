@@ -29,6 +29,7 @@ __all__ = [
     "embed_upload",
     "read_point",
     "render_thumbnail",
+    "source_location",
     "search",
     "upload_frame",
 ]
@@ -132,12 +133,25 @@ def _to_png(frame: Frame, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def render_thumbnail(*, settings: Settings, point: StoredPoint, size: int) -> bytes:
-    """A PNG of the point's frame, longest side ``size``, rendered from pixels only."""
+def source_location(catalog: Catalog, collection: str, point: StoredPoint) -> str | None:
+    """Where the point's object is read from: the URI its collection registered for the payload's
+    source name; a v1 payload's source that is itself a URI or an absolute path; else None."""
+    name = point.payload.get("source")
+    if not isinstance(name, str):
+        return None
+    uri = catalog.source_uri(collection, name)
+    if uri is None and (name.startswith("s3://") or name.startswith("/")):
+        return name
+    return uri
+
+
+def render_thumbnail(*, settings: Settings, point: StoredPoint, size: int, source_uri: str | None) -> bytes:
+    """A PNG of the point's frame, longest side ``size``, rendered from pixels only; the object is
+    read from ``source_uri`` (`source_location`)."""
     payload: Mapping[str, Any] = point.payload
-    source_uri, key = payload.get("source"), payload.get("key")
-    if not isinstance(source_uri, str) or not isinstance(key, str):
-        raise UpstreamUnavailable(f"point {point.id!r} records no source object")
+    key = payload.get("key")
+    if source_uri is None or not isinstance(key, str):
+        raise UpstreamUnavailable(f"point {point.id!r} records no source object this server knows")
     frame_index = int(payload.get("frame", 0) or 0)
     try:
         source = open_source(source_uri, settings)

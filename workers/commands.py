@@ -58,6 +58,15 @@ def _source_uri(value: str) -> str:
     return str(Path(value).resolve())
 
 
+def _source_name(value: str | None) -> str | None:
+    """``--source-name``, checked before anything is queued (exit 2 naming the flag)."""
+    if value is None:
+        return None
+    from ingest.sources.base import check_source_name
+
+    return check_source_name(value, field="--source-name")
+
+
 def _follow(settings: Settings, store: Any, job_id: str, *, progress: bool) -> Any:
     from tqdm import tqdm
 
@@ -92,6 +101,7 @@ def _summary_line(job: Mapping[str, Any]) -> str:
     return (
         f"job {job['id']} {job['state']}: {counts['listed']} listed, {counts['queued']} queued, "
         f"{counts['indexed_frames']} frames indexed, {counts['skipped_unchanged']} unchanged skipped, "
+        f"{counts.get('relabelled', 0)} relabelled, "
         f"{counts['failed']} failed, {counts['quarantined']} quarantined ({rate:.1f} objects/s)"
     )
 
@@ -188,6 +198,7 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
         path_template=args.path_template,
         skip_unchanged=not args.no_skip_unchanged,
         encoder=args.encoder or "baseline",
+        source_name=_source_name(args.source_name),
     )
     if spec.path_template:
         from ingest.labels import PathTemplate
@@ -206,6 +217,7 @@ def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         path_template=args.path_template,
         skip_unchanged=True,
         encoder=args.encoder,
+        source_name=_source_name(args.source_name),
     )
     return _submit_and_follow(args, settings, JobKind.RECONCILE, spec)
 
@@ -319,6 +331,10 @@ def add_worker_commands(
         "--manifest", help="CSV/JSONL manifest (path or s3:// URI) for re-ingested objects"
     )
     reconcile.add_argument("--path-template")
+    reconcile.add_argument(
+        "--source-name",
+        help="the source's stable name, as given to ingest (default: folder or bucket/prefix)",
+    )
     reconcile.add_argument("--detach", action="store_true", help="print the job id and return")
     reconcile.add_argument("--json", action="store_true")
     reconcile.set_defaults(handler=_cmd_reconcile)

@@ -54,6 +54,7 @@ COUNTERS: tuple[str, ...] = (
     "objects_done",
     "indexed_frames",
     "skipped_unchanged",
+    "relabelled",
     "failed",
     "quarantined",
     "vanished",
@@ -97,6 +98,8 @@ class JobSpec:
     skip_unchanged: bool = True
     encoder: str | None = None
     batch_size: int | None = None
+    #: The source's stable name (payload ``source``); None: the folder's name or bucket/prefix.
+    source_name: str | None = None
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -165,6 +168,7 @@ class JobRecord:
                 "skip_unchanged": self.spec.skip_unchanged,
                 "encoder": self.spec.encoder,
                 "batch_size": self.spec.batch_size,
+                "source_name": self.spec.source_name,
             },
             "counts": dict(self.counts),
             "created_at": iso(self.created_at),

@@ -195,7 +195,7 @@ def _embed(
                 failed.append((item.key, item.reason))
                 bad[item.key] = etag_of.get(item.key, "")
         failed += [(item.key, item.reason) for item in report.quarantined]
-        res.store.mark_bad(spec.collections, ctx.source.uri, bad)
+        res.store.mark_bad(spec.collections, ctx.source.name, bad)
         res.store.complete_batch(
             job_id,
             batch_id,
@@ -203,6 +203,7 @@ def _embed(
                 "objects_done": len(keys),
                 "indexed_frames": report.frames_indexed,
                 "skipped_unchanged": report.skipped,
+                "relabelled": report.relabelled,
                 "failed": len(failed) - len(report.quarantined),
                 "quarantined": len(report.quarantined),
                 "vanished": vanished,
@@ -217,7 +218,7 @@ def _embed(
 def _delete(task: RadsearchTask, job_id: str, batch_id: str, keys: Sequence[str]) -> None:
     def work(spec: JobSpec) -> None:
         res = task.resources
-        source = res.source(spec.source)
+        source = res.source(spec.source, spec.source_name)
         index = res.catalog.index
         gone: list[str] = []
         for key in keys:
@@ -230,7 +231,7 @@ def _delete(task: RadsearchTask, job_id: str, batch_id: str, keys: Sequence[str]
                 continue
             for i in range(0, len(gone), _DELETE_CHUNK):
                 chunk = gone[i : i + _DELETE_CHUNK]
-                index.delete_by_filter(collection, SearchFilter(source=[source.uri], key=chunk))
+                index.delete_by_filter(collection, SearchFilter(source=[source.name], key=chunk))
         res.store.complete_batch(job_id, batch_id, {"objects_done": len(keys), "deleted": len(gone)})
         _finish_when_complete(task.app, res.store, job_id)
 
@@ -280,7 +281,7 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
     store.mark_planning(job_id)
     try:
         res.ensure_collections(spec)
-        source = res.source(spec.source)
+        source = res.source(spec.source, spec.source_name)
         batch_size = spec.batch_size or res.settings.celery.task_batch_size
         _send_embed_batches(task.app, store, job_id, source.list(), batch_size, "p", count_listed=True)
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
@@ -310,7 +311,7 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
         store.fail(job_id, str(exc))
         return None
-    source = res.source(spec.source)
+    source = res.source(spec.source, spec.source_name)
     index = res.catalog.index
     prefix = str(getattr(source, "prefix", "") or "")
     listing = {ref.key: ref for ref in source.list()}
@@ -319,14 +320,14 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
     for collection in spec.collections:
         indexed: dict[str, tuple[str | None, int]] = {}
         frames: dict[str, int] = {}
-        for point in index.scroll(collection, filter=SearchFilter(source=[source.uri])):
+        for point in index.scroll(collection, filter=SearchFilter(source=[source.name])):
             key = point.payload.get("key")
             if not isinstance(key, str) or not key.startswith(prefix):
                 continue
             frames[key] = frames.get(key, 0) + 1
             if key not in indexed:
                 indexed[key] = (point.payload.get("etag"), int(point.payload.get("n_frames") or 1))
-        bad = store.bad_objects(collection, source.uri)
+        bad = store.bad_objects(collection, source.name)
         missing = [k for k, ref in listing.items() if k not in indexed and bad.get(k) != ref.etag]
         known_bad = sum(1 for k, ref in listing.items() if k not in indexed and bad.get(k) == ref.etag)
         changed = [
@@ -343,7 +344,7 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
                 gone.append(key)
         for i in range(0, len(gone), _DELETE_CHUNK):
             index.delete_by_filter(
-                collection, SearchFilter(source=[source.uri], key=gone[i : i + _DELETE_CHUNK])
+                collection, SearchFilter(source=[source.name], key=gone[i : i + _DELETE_CHUNK])
             )
         for key in (*missing, *changed):
             to_embed[key] = listing[key]

@@ -96,12 +96,14 @@ async def read_thumbnail(
     entry: CollectionDep,
     point_id: str,
     index: IndexDep,
+    catalog: CatalogDep,
     settings: SettingsDep,
     size: Annotated[int, Query(ge=16, le=1024)] = 256,
 ) -> Response:
     """A PNG of the point's image, longest side ``size`` pixels, rendered from pixels only."""
     point = await run_in_threadpool(partial(services.read_point, index=index, entry=entry, point_id=point_id))
+    source_uri = await run_in_threadpool(partial(services.source_location, catalog, entry.name, point))
     png = await run_in_threadpool(
-        partial(services.render_thumbnail, settings=settings, point=point, size=size)
+        partial(services.render_thumbnail, settings=settings, point=point, size=size, source_uri=source_uri)
     )
     return Response(content=png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})

@@ -16,6 +16,7 @@ from core.config import Settings
 from core.encoders.registry import get_spec
 from core.errors import ConfigError
 from ingest.labels import PathTemplate
+from ingest.sources.base import check_source_name
 from search_api import admin_services
 from search_api.backfill_jobs import OwnerIngest, OwnerJob, check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gateway
@@ -51,6 +52,22 @@ class IngestJobCreate(BaseModel):
     skip_unchanged: bool = True
     encoder: str | None = Field(default=None, description="create missing collections with this encoder")
     batch_size: int | None = Field(default=None, ge=1, le=100_000, description="objects per embed task")
+    source_name: str | None = Field(
+        default=None,
+        max_length=128,
+        description="the source's stable name in payloads and point ids (default: bucket/prefix or "
+        "the folder's name)",
+    )
+
+    @field_validator("source_name")
+    @classmethod
+    def _check_source_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_source_name(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("source")
     @classmethod
@@ -100,6 +117,7 @@ class JobCounts(BaseModel):
     objects_done: int
     indexed_frames: int
     skipped_unchanged: int
+    relabelled: int = 0
     failed: int
     quarantined: int
     vanished: int
@@ -115,6 +133,7 @@ class JobOptions(BaseModel):
     skip_unchanged: bool
     encoder: str | None
     batch_size: int | None
+    source_name: str | None = None
 
 
 class JobThroughput(BaseModel):
@@ -186,6 +205,7 @@ def _create(gateway: WorkerGateway, body: IngestJobCreate, catalog: Catalog | No
         skip_unchanged=body.skip_unchanged,
         encoder=body.encoder,
         batch_size=body.batch_size,
+        source_name=body.source_name,
     )
     job_id = submit_job(gateway.store, gateway.app, JobKind.INGEST, spec)
     record = gateway.store.get(job_id)
@@ -228,6 +248,7 @@ def _create_owner(request: Request, body: IngestJobCreate) -> OwnerJob:
             skip_unchanged=body.skip_unchanged,
             encoder=body.encoder,
             batch_size=body.batch_size,
+            source_name=body.source_name,
         )
     )
     job = runner.job(job_id)
