@@ -98,9 +98,8 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         skip_unchanged=not args.no_skip_unchanged,
         source_name=args.source_name,
     )
-    open_source(
-        args.source, settings, name=args.source_name
-    ).close()  # a bad source fails before any collection is created
+    # A bad source (or source name) fails before any collection is created.
+    open_source(args.source, settings, name=args.source_name).close()
     with open_catalog(settings, owner="ingest") as catalog:
         ensure_collection(catalog, args.collection, args.encoder, weights=args.weights)
         report = ingest_source(
@@ -273,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--no-skip-unchanged", action="store_true", help="re-embed objects already indexed")
     ingest.add_argument(
         "--source-name",
-        help="the source's stable name in payloads and point ids (default: the folder's name or bucket/prefix)",
+        help="the source's stable name in payloads and point ids "
+        "(default: the folder's name or bucket/prefix)",
     )
     ingest.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     ingest.add_argument(
