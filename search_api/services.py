@@ -151,7 +151,9 @@ def render_thumbnail(*, settings: Settings, point: StoredPoint, size: int, sourc
     payload: Mapping[str, Any] = point.payload
     key = payload.get("key")
     if source_uri is None or not isinstance(key, str):
-        raise UpstreamUnavailable(f"point {point.id!r} records no source object this server knows")
+        raise UpstreamUnavailable(
+            f"the source object of point {point.id!r} cannot be read: its source is not registered here"
+        )
     frame_index = int(payload.get("frame", 0) or 0)
     try:
         source = open_source(source_uri, settings)
