@@ -6,6 +6,7 @@ its query with exactly the encoder the collection was built with.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,8 @@ from core.encoders.registry import load_encoder
 from core.encoders.spec import EncoderSpec
 from core.errors import CollectionExists, CollectionNotFound, ConfigError, IndexStoreError
 from core.index.base import CollectionConfig, VectorIndex
+
+log = logging.getLogger(__name__)
 
 __all__ = ["COLLECTION_NAME_PATTERN", "Catalog", "CollectionBusy", "CollectionEntry"]
 
@@ -211,7 +214,11 @@ class Catalog:
             key = (name, source_name, uri)
             if key in self._registered:
                 continue
-            self.index.register_source(name, source_name, uri)
+            try:
+                self.index.register_source(name, source_name, uri)
+            except ConfigError as exc:
+                # The ingest goes on; only re-reading its objects (thumbnails) needs the record.
+                log.warning("source %r not registered with collection %r: %s", source_name, name, exc)
             self._registered.add(key)
 
     def source_uri(self, collection: str, source_name: str) -> str | None:

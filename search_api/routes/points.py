@@ -19,17 +19,19 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
 
 from core.catalog import CollectionEntry
+from core.config import Settings
 from core.errors import InvalidFilter, InvalidVector
 from core.index.base import StoredPoint, VectorIndex
 from core.payload import SearchFilter, build_payload
 from core.vectors import validate_vectors
 from ingest.sources.base import check_source_name
-from search_api.deps import CollectionDep, IndexDep
+from search_api.backfill_jobs import check_local_path
+from search_api.deps import S3_URI, CollectionDep, IndexDep, SettingsDep
 from search_api.middleware import RouteInfo
 from search_api.schemas import (
     OptimizePublic,
@@ -120,16 +122,26 @@ async def overwrite_payloads(
     return await run_in_threadpool(_overwrite, index, entry, body)
 
 
-def _register(index: VectorIndex, entry: CollectionEntry, body: SourceRegistration) -> None:
+def _register(
+    index: VectorIndex, entry: CollectionEntry, body: SourceRegistration, settings: Settings, open_api: bool
+) -> None:
     check_source_name(body.name, field="name")
-    index.register_source(entry.name, body.name, body.uri)
+    uri = body.uri
+    if not S3_URI.match(uri):
+        # The server will read this folder again: the same rule as an ingest job's source folder.
+        uri = str(check_local_path(uri, settings=settings, open_api=open_api, what="source folder"))
+    index.register_source(entry.name, body.name, uri)
 
 
 @router.put("/{name}/sources", status_code=204)
-async def register_source(entry: CollectionDep, body: SourceRegistration, index: IndexDep) -> None:
-    """Record where the objects of a stable source name are read from (``uri``), so that this
-    server can read them again (thumbnails). Payloads carry the name only, never the URI."""
-    await run_in_threadpool(_register, index, entry, body)
+async def register_source(
+    entry: CollectionDep, body: SourceRegistration, index: IndexDep, settings: SettingsDep, request: Request
+) -> None:
+    """Record where the objects of a stable source name are read from (``uri``: ``s3://bucket``
+    or a folder this server may read, as for ingest jobs), so that this server can read them again
+    (thumbnails). Payloads carry the name only, never the URI."""
+    open_api: bool = request.app.state.authenticator.open
+    await run_in_threadpool(_register, index, entry, body, settings, open_api)
 
 
 def _filter(raw: dict[str, Any] | None) -> SearchFilter:
