@@ -58,6 +58,8 @@ _METHODS = frozenset(
         "scroll_page",
         "delete",
         "delete_by_filter",
+        "overwrite_payloads",
+        "register_source",
         "collection_info",
         "aliases",
         "set_alias",
