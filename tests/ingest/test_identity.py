@@ -231,3 +231,20 @@ def test_v1_collection_keeps_its_ids_and_takes_names(
     again = _ingest(catalog, settings, uri)
     assert again["frames_indexed"] == 0 and again["relabelled"] == 1
     assert [p.payload["source"] for p in catalog.index.scroll("c")] == ["old"]
+
+
+@pytest.mark.parametrize("command", ["ingest", "reconcile"])
+def test_bad_source_name_is_a_usage_error_naming_the_flag(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A source name that could be a path or carries control characters is refused before anything
+    is created or queued (exit 2), the message naming the field and not echoing the value."""
+    from radsearch.cli import main
+
+    folder = tmp_path / "images"
+    _write_png(folder / "a.png", seed=60)
+    argv = ["--data-dir", str(tmp_path / "data"), command, str(folder), "--collection", "c"]
+    assert main([*argv, "--source-name", "../up\x07"]) == 2
+    err = capsys.readouterr().err
+    assert "source" in err and "name" in err and "../up" not in err
+    assert not (tmp_path / "data" / "index").exists() or not any((tmp_path / "data" / "index").iterdir())
