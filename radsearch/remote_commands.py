@@ -138,7 +138,7 @@ def ingest(args: argparse.Namespace, settings: Settings, url: str) -> int:
         )
     if not celery:
         # The same checks, in the same order and words, as the command run here.
-        open_source(args.source, settings).close()
+        open_source(args.source, settings, name=args.source_name).close()
         if args.manifest is not None:
             load_manifest(args.manifest)
         if args.path_template:
@@ -160,6 +160,8 @@ def ingest(args: argparse.Namespace, settings: Settings, url: str) -> int:
             max_delete_fraction=args.max_delete_fraction,
             force=args.force,
         )
+    if args.source_name is not None:
+        body["source_name"] = args.source_name
     with _client(settings, url) as client:
         if args.weights and not celery:
             _ensure_with_weights(client, args)

@@ -572,6 +572,7 @@ class JobProgress:
                 "objects_done": report.objects,
                 "indexed_frames": report.frames_indexed,
                 "skipped_unchanged": report.skipped,
+                "relabelled": report.relabelled,
                 "failed": len(report.failed),
                 "quarantined": len(report.quarantined),
             },
@@ -635,6 +636,7 @@ class OwnerIngest:
     dry_run: bool = False
     max_delete_fraction: float = 0.1
     force: bool = False
+    source_name: str | None = None
 
 
 class OwnerJobRunner:
@@ -786,7 +788,7 @@ class OwnerJobRunner:
             manifest=read_manifest(request.manifest, self.settings) if request.manifest else {},
             path_template=PathTemplate(request.path_template) if request.path_template else None,
         )
-        source = open_source(request.source, self.settings)
+        source = open_source(request.source, self.settings, name=request.source_name)
         try:
             local_manifest = request.manifest if request.manifest and "://" not in request.manifest else None
             exclude = manifest_keys(source, Path(local_manifest) if local_manifest else None)
@@ -816,6 +818,7 @@ class OwnerJobRunner:
                 dry_run=request.dry_run,
                 max_delete_fraction=request.max_delete_fraction,
                 force=request.force,
+                source_name=source.name,
             )
             work = partial(self._ingest, source, request, names, labeler, exclude)
             resume = {**asdict(request), "collections": list(names)}

@@ -27,8 +27,11 @@ __all__ = [
     "PointBookkeeping",
     "PointIn",
     "PointPayloadIn",
+    "SourceRegistration",
     "PointsBookkeeping",
+    "PointPayloadUpdate",
     "PointsDelete",
+    "PointsPayloadOverwrite",
     "PointsDeleted",
     "PointsLookup",
     "PointsScroll",
@@ -136,6 +139,9 @@ class CollectionDetailPublic(CollectionPublic):
     )
     indexing: IndexingPublic
     aliases: list[str]
+    id_scheme: Literal["v1", "v2"] = Field(
+        default="v1", description="how point ids derive: v1 source path + key, v2 the image itself"
+    )
 
 
 class IndexingPublic(BaseModel):
@@ -307,6 +313,7 @@ class PointPayloadIn(BaseModel):
     series_hash: str | None = _hash()
     instance_hash: str | None = _hash()
     patient_hash: str | None = _hash()
+    labels_hash: str | None = _hash()
 
 
 class PointIn(BaseModel):
@@ -333,6 +340,33 @@ class PointsUpsert(BaseModel):
 class PointsUpserted(BaseModel):
     collection: str
     upserted: int
+
+
+class PointPayloadUpdate(BaseModel):
+    """A point's new payload (replaces the whole stored payload; its vector stays)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: UUID
+    payload: PointPayloadIn
+
+
+class PointsPayloadOverwrite(BaseModel):
+    """Relabel points without re-embedding them: each listed point that exists gets ``payload``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points: list[PointPayloadUpdate] = Field(min_length=1, max_length=10_000)
+
+
+class SourceRegistration(BaseModel):
+    """Where the objects of a stable source name are read from (kept in the collection's metadata,
+    never shown in payloads)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    uri: str = Field(min_length=1, max_length=2048)
 
 
 class PointsDelete(BaseModel):
@@ -387,6 +421,7 @@ class PointBookkeeping(BaseModel):
     frames_sampled: int | None = None
     etag: str | None = None
     size: int | None = None
+    labels_hash: str | None = None
 
 
 class PointsBookkeeping(BaseModel):

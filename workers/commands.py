@@ -72,6 +72,15 @@ def _source_uri(value: str) -> str:
     return str(Path(value).resolve())
 
 
+def _source_name(value: str | None) -> str | None:
+    """``--source-name``, checked before anything is queued (exit 2 naming the flag)."""
+    if value is None:
+        return None
+    from ingest.sources.base import check_source_name
+
+    return check_source_name(value, field="--source-name")
+
+
 def _follow(settings: Settings, store: Any, job_id: str, *, progress: bool) -> Any:
     from tqdm import tqdm
 
@@ -106,6 +115,7 @@ def _summary_line(job: Mapping[str, Any]) -> str:
     return (
         f"job {job['id']} {job['state']}: {counts['listed']} listed, {counts['queued']} queued, "
         f"{counts['indexed_frames']} frames indexed, {counts['skipped_unchanged']} unchanged skipped, "
+        f"{counts.get('relabelled', 0)} relabelled, "
         f"{counts['failed']} failed, {counts['quarantined']} quarantined ({rate:.1f} objects/s)"
     )
 
@@ -255,6 +265,7 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
         skip_unchanged=not args.no_skip_unchanged,
         encoder=args.encoder or "baseline",
         accept_burned_in=args.accept_burned_in,
+        source_name=_source_name(args.source_name),
     )
     if args.prune or args.dry_run:
         raise ConfigError(
@@ -284,6 +295,7 @@ def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         dry_run=args.dry_run,
         max_delete_fraction=args.max_delete_fraction,
         force=args.force,
+        source_name=_source_name(args.source_name),
     )
     return _submit_and_follow(args, settings, JobKind.RECONCILE, spec)
 
@@ -469,6 +481,10 @@ def add_worker_commands(
         "--accept-burned-in",
         action="store_true",
         help="index re-embedded objects with burned-in annotation instead of quarantining them",
+    )
+    reconcile.add_argument(
+        "--source-name",
+        help="the source's stable name, as given to ingest (default: folder or bucket/prefix)",
     )
     reconcile.add_argument("--detach", action="store_true", help="print the job id and return")
     reconcile.add_argument("--json", action="store_true")

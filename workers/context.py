@@ -58,7 +58,7 @@ class WorkerResources:
         self._index: VectorIndex | None = None
         self._catalog: Catalog | None = None
         self._store: JobStore | None = None
-        self._sources: dict[str, Source] = {}
+        self._sources: dict[tuple[str, str | None], Source] = {}
         self._labelers: OrderedDict[tuple[str, str | None, str | None], Labeler] = OrderedDict()
         self._ensured: set[str] = set()
         self.pool = ThreadPoolExecutor(
@@ -97,11 +97,12 @@ class WorkerResources:
                 self._catalog = Catalog(self._index, self.settings)
             return self._catalog
 
-    def source(self, uri: str) -> Source:
+    def source(self, uri: str, name: str | None = None) -> Source:
+        """The source at ``uri`` under the stable ``name`` (None: its default name), opened once."""
         with self._lock:
-            if uri not in self._sources:
-                self._sources[uri] = open_source(uri, self.settings)
-            return self._sources[uri]
+            if (uri, name) not in self._sources:
+                self._sources[(uri, name)] = open_source(uri, self.settings, name=name)
+            return self._sources[(uri, name)]
 
     def ensure_collections(self, spec: JobSpec, *, create: bool = False) -> None:
         """Check the job's collections exist; with ``create`` (the planning step of a new job
@@ -176,7 +177,7 @@ class WorkerResources:
         """The batch pipeline's context for one job (cheap: everything heavy is cached)."""
         self.ensure_collections(spec)
         return build_context(
-            self.source(spec.source),
+            self.source(spec.source, spec.source_name),
             self.catalog,
             list(spec.collections),
             IngestOptions(skip_unchanged=spec.skip_unchanged, accept_burned_in=spec.accept_burned_in),

@@ -70,6 +70,7 @@ COUNTERS: tuple[str, ...] = (
     "objects_done",
     "indexed_frames",
     "skipped_unchanged",
+    "relabelled",
     "failed",
     "quarantined",
     "vanished",
@@ -122,6 +123,8 @@ class JobSpec:
     dry_run: bool = False
     max_delete_fraction: float = 0.1
     force: bool = False
+    #: The source's stable name (payload ``source``); None: the folder's name or bucket/prefix.
+    source_name: str | None = None
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -195,6 +198,7 @@ class JobRecord:
                 "dry_run": self.spec.dry_run,
                 "max_delete_fraction": self.spec.max_delete_fraction,
                 "force": self.spec.force,
+                "source_name": self.spec.source_name,
             },
             "counts": dict(self.counts),
             "created_at": iso(self.created_at),

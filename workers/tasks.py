@@ -35,7 +35,6 @@ from ingest.prune import (
     diff_source,
     guard_message,
     indexed_objects,
-    payload_source,
     still_gone,
 )
 from ingest.sources.base import ObjectRef
@@ -219,7 +218,7 @@ def _embed(
                 failed.append((item.key, item.reason))
                 bad[item.key] = etag_of.get(item.key, "")
         failed += [(item.key, item.reason) for item in report.quarantined]
-        res.store.mark_bad(spec.collections, payload_source(ctx.source), bad)
+        res.store.mark_bad(spec.collections, ctx.source.name, bad)
         res.store.complete_batch(
             job_id,
             batch_id,
@@ -227,6 +226,7 @@ def _embed(
                 "objects_done": len(keys),
                 "indexed_frames": report.frames_indexed,
                 "skipped_unchanged": report.skipped,
+                "relabelled": report.relabelled,
                 "failed": len(failed) - len(report.quarantined),
                 "quarantined": len(report.quarantined),
                 "vanished": vanished,
@@ -241,7 +241,7 @@ def _embed(
 def _delete(task: RadsearchTask, job_id: str, batch_id: str, keys: Sequence[str]) -> None:
     def work(spec: JobSpec) -> None:
         res = task.resources
-        source = res.source(spec.source)
+        source = res.source(spec.source, spec.source_name)
         index = res.catalog.index
         gone: list[str] = []
         for key in keys:
@@ -303,7 +303,7 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
     try:
         res.ensure_collections(spec, create=True)
         _record_accept_burned_in(res, spec)
-        source = res.source(spec.source)
+        source = res.source(spec.source, spec.source_name)
         batch_size = spec.batch_size or res.settings.celery.task_batch_size
         _send_embed_batches(task.app, store, job_id, source.list(), batch_size, "p", count_listed=True)
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
@@ -344,7 +344,7 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
         store.fail(job_id, str(exc))
         return None
-    source = res.source(spec.source)
+    source = res.source(spec.source, spec.source_name)
     index = res.catalog.index
     listing = {ref.key: ref for ref in source.list()}
     max_frames = res.settings.ingest.max_frames_per_object
@@ -364,7 +364,7 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
     to_embed: dict[str, ObjectRef] = {}
     deleted_total = 0
     for diff in diffs:
-        bad = store.bad_objects(diff.collection, payload_source(source))
+        bad = store.bad_objects(diff.collection, source.name)
         known_bad = [k for k in diff.added if bad.get(k) == listing[k].etag]
         diff.added = [k for k in diff.added if bad.get(k) != listing[k].etag]
         diff.deleted = still_gone(source, diff.deleted)

@@ -17,6 +17,7 @@ from core.config import Settings
 from core.encoders.registry import get_spec
 from core.errors import ConfigError
 from ingest.labels import PathTemplate
+from ingest.sources.base import check_source_name
 from search_api import admin_services
 from search_api.backfill_jobs import OwnerIngest, OwnerJob, check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gateway
@@ -72,6 +73,22 @@ class IngestJobCreate(BaseModel):
         description="a prune deleting more of a collection's objects is refused (409) unless force",
     )
     force: bool = Field(default=False, description="prune even an empty listing or beyond the fraction")
+    source_name: str | None = Field(
+        default=None,
+        max_length=128,
+        description="the source's stable name in payloads and point ids (default: bucket/prefix or "
+        "the folder's name)",
+    )
+
+    @field_validator("source_name")
+    @classmethod
+    def _check_source_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_source_name(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("source")
     @classmethod
@@ -130,6 +147,7 @@ class JobCounts(BaseModel):
     objects_done: int
     indexed_frames: int
     skipped_unchanged: int
+    relabelled: int = 0
     failed: int
     quarantined: int
     vanished: int
@@ -150,6 +168,7 @@ class JobOptions(BaseModel):
     dry_run: bool = False
     max_delete_fraction: float = 0.1
     force: bool = False
+    source_name: str | None = None
 
 
 class JobThroughput(BaseModel):
@@ -236,6 +255,7 @@ def _create(gateway: WorkerGateway, body: IngestJobCreate, catalog: Catalog | No
         encoder=body.encoder,
         batch_size=body.batch_size,
         accept_burned_in=body.accept_burned_in,
+        source_name=body.source_name,
     )
     if body.accept_burned_in and catalog is not None:
         for name in body.collections:
@@ -286,6 +306,7 @@ def _create_owner(request: Request, body: IngestJobCreate) -> OwnerJob:
             dry_run=body.dry_run,
             max_delete_fraction=body.max_delete_fraction,
             force=body.force,
+            source_name=body.source_name,
         )
     )
     job = runner.job(job_id)

@@ -106,6 +106,8 @@ def test_ingest_job_api_fills_several_collections_with_labels(
             assert payloads["raw/CT/chest/05.png"]["modality"] == "CT"
             assert payloads["raw/MR/head/03.png"]["anatomy"] == "head"
             assert payloads["raw/MR/head/03.png"]["pathology"] == ["glioma"]
+            # the workers record the source's stable name (bucket/prefix), never a URI or path
+            assert {p["source"] for p in payloads.values()} == {f"{bucket}/raw"}
     finally:
         index.close()
 
@@ -119,6 +121,8 @@ def test_ingest_job_api_fills_several_collections_with_labels(
         {"source": "s3://bucket/x", "collections": ["Bad Name"]},
         {"source": "s3://bucket/x", "collections": ["a"], "manifest": "/etc/passwd"},
         {"source": "s3://bucket/x", "collections": ["a"], "unknown": 1},
+        {"source": "s3://bucket/x", "collections": ["a"], "source_name": "../etc"},
+        {"source": "s3://bucket/x", "collections": ["a"], "source_name": "a\x00b"},
     ],
 )
 def test_ingest_job_api_rejects_bad_requests(api: TestClient, body: dict[str, object]) -> None:
