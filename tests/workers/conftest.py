@@ -472,6 +472,36 @@ def stored_points(settings: Settings, collection: str) -> list[tuple[str, int, s
         index.close()
 
 
+def stored_etags(settings: Settings, collection: str) -> dict[str, set[str]]:
+    """key → the ETags its points were embedded from (one, unless a stale point survived)."""
+    from core.index.edge import EdgeIndex
+    from core.ownership import current_owner
+
+    out: dict[str, set[str]] = {}
+    owner = current_owner(settings.index_dir)
+    if owner is not None and owner.url:
+        offset = None
+        with httpx.Client(base_url=owner.url, timeout=60) as client:
+            while True:
+                response = client.post(
+                    f"/v1/collections/{collection}/points/scroll", json={"limit": 1000, "offset": offset}
+                )
+                response.raise_for_status()
+                page = response.json()
+                for p in page["points"]:
+                    out.setdefault(str(p["key"]), set()).add(str(p.get("etag")))
+                offset = page["next_offset"]
+                if offset is None:
+                    return out
+    index = EdgeIndex(settings.index_dir, settings.store)
+    try:
+        for point in index.scroll(collection):
+            out.setdefault(str(point.payload["key"]), set()).add(str(point.payload.get("etag")))
+        return out
+    finally:
+        index.close()
+
+
 def coverage(expected: list[str], points: list[tuple[str, int, str]]) -> dict[str, int]:
     """stored / missing / duplicates / unexpected for a set of single-frame objects."""
     per_key: dict[str, int] = {}
