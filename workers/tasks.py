@@ -241,9 +241,14 @@ def _delete(task: RadsearchTask, job_id: str, batch_id: str, keys: Sequence[str]
     _guarded(task, job_id, batch_id, keys, work, "delete")
 
 
+# Queues longer than this are not searched for a job's messages: they are assumed to hold one.
+_SCAN_QUEUE_MAX = 2000
+
+
 def _broker_holds(broker: redis.Redis, job_id: str) -> bool:
     """Whether a message of the job may still be with the broker: queued (any of our queues, any
-    priority) or taken by a worker and not acknowledged (kombu's ``unacked`` hash)."""
+    priority; a long queue counts as holding one) or taken by a worker and not acknowledged
+    (kombu's ``unacked`` hash)."""
     from kombu.transport.redis import Channel
 
     steps = [""] + [f"{Channel.sep}{p}" for p in Channel.priority_steps if p]
@@ -251,10 +256,13 @@ def _broker_holds(broker: redis.Redis, job_id: str) -> bool:
     with broker.pipeline() as pipe:
         for queue in queues:
             pipe.llen(queue)
-        lengths = pipe.execute()
-    if any(int(n) for n in lengths):
+        lengths = [int(n) for n in pipe.execute()]
+    if sum(lengths) > _SCAN_QUEUE_MAX:
         return True
     needle = job_id.encode()
+    for queue, length in zip(queues, lengths, strict=True):
+        if length and any(needle in message for message in broker.lrange(queue, 0, -1)):
+            return True
     return any(needle in value for value in broker.hvals(Channel.unacked_key))
 
 
@@ -264,9 +272,10 @@ def resend_lost_batches(app: Celery, store: JobStore, broker: redis.Redis, idle_
     A batch is lost when its job is unfinished, nothing happened to the job for ``idle_s`` (more
     than the visibility timeout and a restore sweep, so kombu had its chance to bring an
     unacknowledged message back), the batch is not done, and no message of the job is queued or
-    unacknowledged. kombu's Redis transport loses a message when the worker that popped it is
-    killed before recording it as unacknowledged; the job then waited forever for that batch.
-    Batches are idempotent and counted once, so a copy that races the original does no harm.
+    unacknowledged (`_broker_holds`). kombu's Redis transport loses a message when the worker
+    that popped it is killed before recording it as unacknowledged; the job then waited forever
+    for that batch. Batches are idempotent and counted once, so a copy that races the original
+    does no harm.
     """
     sent = 0
     for job_id in store.unfinished_job_ids():

@@ -227,13 +227,16 @@ def test_a_batch_the_broker_lost_is_sent_again(worker_settings: Settings, job_st
     assert resend_lost_batches(app, job_store, broker, idle_s=1.0) == 0  # not idle long enough
     time.sleep(1.1)
     broker.lpush(EMBED_QUEUE, b"a message of another job")
-    assert resend_lost_batches(app, job_store, broker, idle_s=1.0) == 0  # the queue is not empty...
+    broker.lpush(EMBED_QUEUE, json.dumps({"body": job_id}))
+    assert resend_lost_batches(app, job_store, broker, idle_s=1.0) == 0  # one of its is queued...
     broker.delete(EMBED_QUEUE)
     broker.hset("unacked", "tag", json.dumps([{"body": job_id}, "", "embed"]))
     assert resend_lost_batches(app, job_store, broker, idle_s=1.0) == 0  # ...or a worker holds one
     broker.delete("unacked")
 
+    broker.lpush(EMBED_QUEUE, b"a message of another job")  # others' messages do not hold it back
     assert resend_lost_batches(app, job_store, broker, idle_s=1.0) == 1
+    assert broker.llen(EMBED_QUEUE) == 2
     message = json.loads(broker.lindex(EMBED_QUEUE, 0) or b"{}")
     assert (
         message["headers"]["task"] == "radsearch.embed_batch"
