@@ -302,7 +302,7 @@ ORIGINALS: dict[str, Callable[[], bytes]] = {
     "grey8": lambda: _native(_grey(8, False), ExplicitVRLittleEndian),
     "rgb": lambda: _native(_rgb(), ExplicitVRLittleEndian),
 }
-_NO_HTJ2K = "no HTJ2K encoder installed (pylibjpeg-openjpeg decodes HTJ2K only)"
+_NO_HTJ2K = "pydicom registers no HTJ2K encoder (its plugins here decode HTJ2K only)"
 # Syntaxes nothing installed here can write, with the reason (printed in the table's footer).
 NOT_WRITTEN = {
     "JPEG Baseline (Process 1)": "lossy 8-bit JPEG: pydicom and its plugins have no JPEG encoder",
