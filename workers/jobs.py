@@ -6,6 +6,8 @@ Keys (prefix ``radsearch:``)::
     job:{id}:batches     set of finished batch ids: a batch delivered twice is counted once
     job:{id}:failed      list of failed items (JSON ``{key, reason}``), capped
     jobs                 sorted set of job ids by creation time (recent jobs)
+    job:{id}:pending     hash batch id → task and args of each sent batch not yet done (resent if lost)
+    job:{id}:active      time of the job's last send, batch start or completion
     deliveries:{id}:{b}  how often batch ``b`` of job ``id`` was started (poison-message guard)
     deadletter           list of dead-lettered batches (JSON), replayed by ``radsearch jobs requeue``
     bad:{collection}     hash ``source\\x1fkey`` → ETag of objects that cannot be decoded, so
@@ -328,6 +330,14 @@ def _job_key(job_id: str) -> str:
     return f"{_PREFIX}job:{job_id}"
 
 
+def _pending_key(job_id: str) -> str:
+    return f"{_job_key(job_id)}:pending"
+
+
+def _active_key(job_id: str) -> str:
+    return f"{_job_key(job_id)}:active"
+
+
 def _float(raw: str | None) -> float | None:
     return None if raw is None or raw == "" else float(raw)
 
@@ -560,7 +570,73 @@ class JobStore:
         result = self._complete(
             keys=[_job_key(job_id), f"{_job_key(job_id)}:batches", f"{_job_key(job_id)}:failed"], args=args
         )
+        with self.client.pipeline() as pipe:
+            pipe.hdel(_pending_key(job_id), batch_id)
+            pipe.set(_active_key(job_id), repr(time.time()), ex=self.settings.job_ttl_s)
+            pipe.execute()
         return int(result) == 1
+
+    # -- sent batches: a message the broker lost is sent again -----------------------------------
+
+    def track_batch(self, job_id: str, batch_id: str, task: str, args: Sequence[Any]) -> None:
+        """Remember a batch as sent and not yet done, with what it takes to send it again.
+
+        kombu's Redis transport pops a message (BRPOP) before it records it as unacknowledged, so a
+        worker killed in between loses it for good: no visibility timeout brings it back and the
+        job would wait forever for its last batch (`resend_lost_batches` in workers.tasks).
+        """
+        with self.client.pipeline() as pipe:
+            pipe.hset(_pending_key(job_id), batch_id, json.dumps({"task": task, "args": list(args)}))
+            pipe.expire(_pending_key(job_id), self.settings.job_ttl_s)
+            pipe.set(_active_key(job_id), repr(time.time()), ex=self.settings.job_ttl_s)
+            pipe.execute()
+
+    def is_batch_done(self, job_id: str, batch_id: str) -> bool:
+        """Whether the batch was counted (done or dead-lettered): a second copy has nothing to do."""
+        return bool(self.client.sismember(f"{_job_key(job_id)}:batches", batch_id))
+
+    def done_batches(self, job_id: str) -> set[str]:
+        """The ids of the job's counted batches."""
+        return set(cast(Iterable[str], self.client.smembers(f"{_job_key(job_id)}:batches")))
+
+    def lost_batches(self, job_id: str, idle_s: float) -> dict[str, tuple[str, list[Any]]]:
+        """batch id → (task, args) of the sent batches not done, if the job is unfinished and
+        nothing (a send, a start, a completion) happened to it for ``idle_s``; else empty."""
+        state, active = cast(
+            list[str | None],
+            [self.client.hget(_job_key(job_id), "state"), self.client.get(_active_key(job_id))],
+        )
+        if state is None or state in _FINAL_STATES or active is None:
+            return {}
+        if time.time() - float(active) < idle_s:
+            return {}
+        pending = cast(dict[str, str], self.client.hgetall(_pending_key(job_id)))
+        done = self.done_batches(job_id)
+        out: dict[str, tuple[str, list[Any]]] = {}
+        for batch_id, raw in pending.items():
+            if batch_id not in done:
+                item = json.loads(raw)
+                out[batch_id] = (str(item["task"]), list(item["args"]))
+        return out
+
+    def touch(self, job_id: str) -> None:
+        """Record activity on the job now (restarts its idle clock)."""
+        self.client.set(_active_key(job_id), repr(time.time()), ex=self.settings.job_ttl_s)
+
+    def claim_resend(self, job_id: str, hold_s: float) -> bool:
+        """One worker at a time resends a job's lost batches: True for the one that may."""
+        return bool(self.client.set(f"{_job_key(job_id)}:resend", "1", nx=True, ex=max(1, int(hold_s))))
+
+    def unfinished_job_ids(self, *, limit: int = 500) -> list[str]:
+        """Ids of the most recent jobs that are not done or failed."""
+        ids = cast(list[str], self.client.zrevrange(_JOBS_INDEX, 0, limit - 1))
+        if not ids:
+            return []
+        with self.client.pipeline() as pipe:
+            for job_id in ids:
+                pipe.hget(_job_key(job_id), "state")
+            states = cast(list[str | None], pipe.execute())
+        return [j for j, st in zip(ids, states, strict=True) if st is not None and st not in _FINAL_STATES]
 
     # -- delivery guard and dead letters ---------------------------------------------------------
 
@@ -570,7 +646,8 @@ class JobStore:
         with self.client.pipeline() as pipe:
             pipe.incr(key)
             pipe.expire(key, self.settings.job_ttl_s)
-            count, _ = pipe.execute()
+            pipe.set(_active_key(job_id), repr(time.time()), ex=self.settings.job_ttl_s)
+            count, _, _ = pipe.execute()
         return int(count)
 
     def deliveries(self, job_id: str) -> dict[str, int]:

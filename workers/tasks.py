@@ -40,8 +40,10 @@ from ingest.prune import (
 from ingest.sources.base import ObjectRef
 from workers.app import (
     DELETE_TASK,
+    EMBED_QUEUE,
     EMBED_TASK,
     FINISH_TASK,
+    PLAN_QUEUE,
     PLAN_TASK,
     RECONCILE_ALL_TASK,
     RECONCILE_TASK,
@@ -49,7 +51,7 @@ from workers.app import (
 from workers.context import WorkerResources, resources_for
 from workers.jobs import DeadLetter, JobKind, JobSpec, JobState, JobStore
 
-__all__ = ["RadsearchTask", "is_transient", "reconcile_job", "register_tasks"]
+__all__ = ["RadsearchTask", "is_transient", "reconcile_job", "register_tasks", "resend_lost_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,8 @@ def _guarded(
         return
     if store.state(job_id) == JobState.FAILED:
         return
+    if store.is_batch_done(job_id, batch_id):
+        return  # a copy resent as lost (`resend_lost_batches`) that the original beat, or vice versa
     cfg = task.resources.settings.celery
     deliveries = store.count_delivery(job_id, batch_id)
     if deliveries > cfg.max_deliveries:
@@ -259,6 +263,60 @@ def _delete(task: RadsearchTask, job_id: str, batch_id: str, keys: Sequence[str]
     _guarded(task, job_id, batch_id, keys, work, "delete")
 
 
+# Queues longer than this are not searched for a job's messages: they are assumed to hold one.
+_SCAN_QUEUE_MAX = 2000
+
+
+def _broker_holds(broker: redis.Redis, job_id: str) -> bool:
+    """Whether a message of the job may still be with the broker: queued (any of our queues, any
+    priority; a long queue counts as holding one) or taken by a worker and not acknowledged
+    (kombu's ``unacked`` hash)."""
+    from kombu.transport.redis import Channel
+
+    steps = [""] + [f"{Channel.sep}{p}" for p in Channel.priority_steps if p]
+    queues = [f"{q}{step}" for q in (EMBED_QUEUE, PLAN_QUEUE) for step in steps]
+    with broker.pipeline() as pipe:
+        for queue in queues:
+            pipe.llen(queue)
+        lengths = [int(n) for n in pipe.execute()]
+    if sum(lengths) > _SCAN_QUEUE_MAX:
+        return True
+    needle = job_id.encode()
+    for queue, length in zip(queues, lengths, strict=True):
+        if length and any(needle in message for message in broker.lrange(queue, 0, -1)):
+            return True
+    return any(needle in value for value in broker.hvals(Channel.unacked_key))
+
+
+def resend_lost_batches(app: Celery, store: JobStore, broker: redis.Redis, idle_s: float) -> int:
+    """Send again the batches the broker lost; returns how many were sent.
+
+    A batch is lost when its job is unfinished, nothing happened to the job for ``idle_s`` (more
+    than the visibility timeout and a restore sweep, so kombu had its chance to bring an
+    unacknowledged message back), the batch is not done, and no message of the job is queued or
+    unacknowledged (`_broker_holds`). kombu's Redis transport loses a message when the worker
+    that popped it is killed before recording it as unacknowledged; the job then waited forever
+    for that batch. Batches are idempotent and counted once, so a copy that races the original
+    does no harm.
+    """
+    sent = 0
+    for job_id in store.unfinished_job_ids():
+        lost = store.lost_batches(job_id, idle_s)
+        if not lost or _broker_holds(broker, job_id) or not store.claim_resend(job_id, idle_s):
+            continue
+        for batch_id, (name, args) in sorted(lost.items()):
+            log.warning(
+                "job %s batch %s: lost by the broker (no progress for %.0f s); sent again",
+                job_id,
+                batch_id,
+                idle_s,
+            )
+            app.send_task(name, args=args)
+            sent += 1
+        store.touch(job_id)
+    return sent
+
+
 def _send_embed_batches(
     app: Celery,
     store: JobStore,
@@ -279,16 +337,15 @@ def _send_embed_batches(
         if count_listed:
             counters["listed"] = queued
         store.raise_counters(job_id, counters)
-        app.send_task(
-            EMBED_TASK,
-            args=[
-                job_id,
-                f"{prefix}{i}",
-                [r.key for r in batch],
-                [r.etag for r in batch],
-                [r.size for r in batch],
-            ],
-        )
+        args = [
+            job_id,
+            f"{prefix}{i}",
+            [r.key for r in batch],
+            [r.etag for r in batch],
+            [r.size for r in batch],
+        ]
+        store.track_batch(job_id, f"{prefix}{i}", EMBED_TASK, args)
+        app.send_task(EMBED_TASK, args=args)
         count = i + 1
     return count
 
