@@ -150,7 +150,9 @@ def test_filter_estimates_are_cached_until_the_next_write(tmp_path: Path) -> Non
         mr = SearchFilter(modality=["MR"])
         assert index.search("c", vectors[0], filter=mr) == []
         handle = index._handle("c")
-        assert handle.cardinality == {(("modality", ("MR",)),): (0, 300)}
+        # keyed by the conditions the store matches (MR and its legacy spellings, one estimate)
+        key = tuple((name, tuple(values)) for name, values in mr.conditions())
+        assert handle.cardinality == {key: (0, 300)}
         new_id = str(uuid.UUID(int=10_000))
         index.upsert("c", [new_id], vectors[:1], [{"modality": "MR"}])
         assert handle.cardinality == {}
