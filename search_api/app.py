@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from anyio import CapacityLimiter
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
@@ -17,8 +17,10 @@ from core.config import Settings
 from core.index.base import VectorIndex
 from core.index.factory import open_index
 from search_api.backfill_jobs import LocalJobStore, OwnerJobRunner
+from search_api.deps import reject_unknown_query
 from search_api.errors import install_exception_handlers
 from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
+from search_api.openapi import install_openapi
 from search_api.routes import (
     admin,
     collections,
@@ -42,7 +44,9 @@ _BODY_OVERHEAD_BYTES = 256 * 1024
 
 
 def _unique_id(route: APIRoute) -> str:
-    return f"{route.tags[0]}-{route.name}"
+    """The operation id: the endpoint's name (``search_by_image``), unique across the app (a test
+    checks), which generated clients turn into their function names."""
+    return route.name
 
 
 def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastAPI:
@@ -79,6 +83,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
+        dependencies=[Depends(reject_unknown_query)],
     )
     app.state.settings = settings
     app.state.authenticator = authenticator
@@ -94,6 +99,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     app.include_router(events.router)
     app.include_router(web.router)
     check_route_policies(app)
+    install_openapi(app, settings)
 
     upload_limit = settings.api.max_upload_bytes + _BODY_OVERHEAD_BYTES
     route_table = RouteTable(app.routes)

@@ -24,6 +24,7 @@ __all__ = [
     "FusedHit",
     "IndexingPublic",
     "OptimizePublic",
+    "PayloadPublic",
     "PointBookkeeping",
     "PointIn",
     "PointPayloadIn",
@@ -38,6 +39,7 @@ __all__ = [
     "FacetsPublic",
     "HealthPublic",
     "PointPublic",
+    "SearchFilterIn",
     "SearchHit",
     "SearchQuery",
     "SearchResponse",
@@ -49,6 +51,8 @@ def parse_filter(raw: Any) -> SearchFilter | None:
     """An untrusted filter mapping → `SearchFilter` (None when empty); `InvalidFilter` otherwise."""
     if raw is None:
         return None
+    if isinstance(raw, BaseModel):
+        raw = raw.model_dump(exclude_none=True)
     try:
         search_filter = SearchFilter.from_mapping(raw)
     except ValidationError as exc:
@@ -57,6 +61,25 @@ def parse_filter(raw: Any) -> SearchFilter | None:
         raise InvalidFilter(f"invalid filter: {errors}") from exc
     # conditions() refuses fields given with no values rather than silently widening the search
     return search_filter if search_filter.conditions() else None
+
+
+def _values(max_items: int) -> Any:
+    return Field(default=None, max_length=max_items)
+
+
+class SearchFilterIn(BaseModel):
+    """A search filter: field → the values to match (any of the values within a field, all of the
+    fields); a single string stands for a one-value list. The fields of `core.payload.SearchFilter`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modality: list[str] | str | None = _values(100)
+    anatomy: list[str] | str | None = _values(100)
+    pathology: list[str] | str | None = _values(100)
+    dataset: list[str] | str | None = _values(100)
+    split: list[str] | str | None = _values(100)
+    source: list[str] | str | None = _values(100)
+    key: list[str] | str | None = _values(1000)
 
 
 class SearchQuery(BaseModel):
@@ -71,8 +94,8 @@ class SearchQuery(BaseModel):
     point_id: str | None = Field(default=None, max_length=64)
     vector: list[float] | None = Field(default=None, min_length=1, max_length=65536)
     text: str | None = Field(default=None, min_length=1, max_length=2000)
-    filter: dict[str, Any] | None = None
-    limit: int = Field(default=10, ge=1)
+    filter: SearchFilterIn | None = None
+    limit: int = Field(default=10, ge=1, description="at most the server's max_limit (1000 by default)")
     offset: int = Field(default=0, ge=0, le=100_000)
     score_threshold: float | None = Field(default=None, allow_inf_nan=False)
 
@@ -87,10 +110,40 @@ class SearchQuery(BaseModel):
         return self
 
 
+def _shown() -> Any:
+    return Field(default=None, exclude_if=lambda value: value is None)
+
+
+class PayloadPublic(BaseModel):
+    """A point's stored payload: the allow-listed fields of ``core.payload`` (only those a point
+    has appear). No patient-identifying attribute is ever among them; ``*_hash`` are keyed hashes."""
+
+    modality: str | None = _shown()
+    anatomy: str | None = _shown()
+    pathology: list[str] | None = _shown()
+    dataset: str | None = _shown()
+    split: str | None = _shown()
+    source: str | None = _shown()
+    key: str | None = _shown()
+    frame: int | None = _shown()
+    n_frames: int | None = _shown()
+    etag: str | None = _shown()
+    size: int | None = _shown()
+    rows: int | None = _shown()
+    cols: int | None = _shown()
+    encoder: str | None = _shown()
+    weights: str | None = _shown()
+    ingested_at: str | None = _shown()
+    study_hash: str | None = _shown()
+    series_hash: str | None = _shown()
+    instance_hash: str | None = _shown()
+    patient_hash: str | None = _shown()
+
+
 class SearchHit(BaseModel):
     id: str
     score: float
-    payload: dict[str, Any]
+    payload: PayloadPublic
 
 
 class SearchResponse(BaseModel):
@@ -213,7 +266,7 @@ class FusedHit(BaseModel):
     id: str
     score: float
     ranks: dict[str, int]
-    payload: dict[str, Any]
+    payload: PayloadPublic
 
 
 class CompareResponse(BaseModel):
@@ -227,7 +280,7 @@ class CollectionsPublic(BaseModel):
 
 class PointPublic(BaseModel):
     id: str
-    payload: dict[str, Any]
+    payload: PayloadPublic
 
 
 class FacetsPublic(BaseModel):
@@ -255,10 +308,10 @@ def _count() -> Any:
 
 
 class PointPayloadIn(BaseModel):
-    """A point's payload: only these fields are stored (the allow-list of ``core.payload``); any
-    other field is dropped, never stored. ``pathology`` is a list of labels."""
+    """A point's payload: the allow-list of ``core.payload``; any other field is refused (400
+    ``unknown_field``, naming it), never stored. ``pathology`` is a list of labels."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     modality: str | None = _label()
     anatomy: str | None = _label()
@@ -315,7 +368,7 @@ class PointsDelete(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ids: list[UUID] | None = Field(default=None, min_length=1, max_length=10_000)
-    filter: dict[str, Any] | None = None
+    filter: SearchFilterIn | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PointsDelete:
@@ -343,7 +396,7 @@ class PointsScroll(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    filter: dict[str, Any] | None = None
+    filter: SearchFilterIn | None = None
     limit: int = Field(default=1000, ge=1, le=10_000)
     offset: UUID | None = None
 

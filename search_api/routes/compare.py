@@ -14,11 +14,20 @@ from starlette.concurrency import run_in_threadpool
 
 from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
-from core.errors import ConfigError
+from core.errors import (
+    BadInput,
+    CollectionNotFound,
+    ConfigError,
+    DecodeError,
+    InvalidFilter,
+    TooLarge,
+    UnsupportedFormat,
+)
 from core.index.base import Hit, VectorIndex
 from core.payload import SearchFilter
 from search_api import services
 from search_api.deps import CatalogDep, IndexDep, InferenceLimiterDep, SettingsDep, check_limit, on_index
+from search_api.errors import UnknownField, error_responses
 from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit
 from search_api.security import Role, require_role
 from search_api.uploads import check_form_fields, filter_from_form, read_upload, upload_name
@@ -94,7 +103,19 @@ def _search_all(
     return out
 
 
-@router.post("/compare")
+@router.post(
+    "/compare",
+    responses=error_responses(
+        CollectionNotFound,
+        ConfigError,
+        InvalidFilter,
+        UnknownField,
+        BadInput,
+        DecodeError,
+        TooLarge,
+        UnsupportedFormat,
+    ),
+)
 async def compare_collections(
     request: Request,
     file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG image")],

@@ -7,18 +7,19 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from core.catalog import Catalog
 from core.config import Settings
 from core.encoders.registry import get_spec
-from core.errors import ConfigError
+from core.errors import CollectionExists, ConfigError, EncoderNotFound, StoreFull, WeightsUnavailable
 from ingest.labels import PathTemplate
 from search_api import admin_services
 from search_api.backfill_jobs import OwnerIngest, OwnerJob, check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gateway
+from search_api.errors import ApiError, error_responses
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
 from workers.jobs import JobKind, JobRecord, JobSpec
@@ -168,7 +169,7 @@ async def _call(fn: Any) -> Any:
     try:
         return await run_in_threadpool(fn)
     except (BrokerUnavailable, redis.exceptions.RedisError) as exc:
-        raise HTTPException(status_code=503, detail="job queue unavailable") from exc
+        raise ApiError(503, "queue_unavailable", "job queue unavailable") from exc
 
 
 def _create(gateway: WorkerGateway, body: IngestJobCreate, catalog: Catalog | None = None) -> JobRecord:
@@ -236,7 +237,13 @@ def _create_owner(request: Request, body: IngestJobCreate) -> OwnerJob:
     return job
 
 
-@router.post("", status_code=202)
+@router.post(
+    "",
+    status_code=202,
+    responses=error_responses(
+        ConfigError, EncoderNotFound, CollectionExists, WeightsUnavailable, StoreFull, 503
+    ),
+)
 async def create_ingest_job(body: IngestJobCreate, request: Request, response: Response) -> IngestJobPublic:
     """Submit a bulk ingest job: the workers list the source and embed it in batches, or with
     ``executor`` owner this server runs it (collections are created first, as needed)."""
@@ -250,7 +257,7 @@ async def create_ingest_job(body: IngestJobCreate, request: Request, response: R
     return _public(job)
 
 
-@router.get("")
+@router.get("", responses=error_responses(503))
 async def read_ingest_jobs(
     request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> IngestJobsPublic:
@@ -260,7 +267,7 @@ async def read_ingest_jobs(
     gateway = worker_gateway(request)
     try:
         records: list[JobRecord] = await _call(partial(gateway.store.recent, limit=limit))
-    except HTTPException:
+    except ApiError:
         if not owned:
             raise
         records = []
@@ -270,7 +277,7 @@ async def read_ingest_jobs(
     return IngestJobsPublic(data=data, count=len(data))
 
 
-@router.get("/{job_id}", responses={404: {"description": "No such job"}})
+@router.get("/{job_id}", responses=error_responses(404, 503))
 async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
     """One job: state, counts, failed items with reasons, times and throughput."""
     check_job_id(job_id)
@@ -280,5 +287,5 @@ async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
     gateway = worker_gateway(request)
     record: JobRecord | None = await _call(partial(gateway.store.get, job_id))
     if record is None:
-        raise HTTPException(status_code=404, detail="job not found")
+        raise ApiError(404, "job_not_found", "job not found", field="job_id")
     return _public(record)

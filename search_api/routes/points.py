@@ -24,11 +24,12 @@ from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
 
 from core.catalog import CollectionEntry
-from core.errors import InvalidFilter, InvalidVector
+from core.errors import InvalidFilter, InvalidVector, StoreFull, StoreOwned
 from core.index.base import StoredPoint, VectorIndex
 from core.payload import SearchFilter, build_payload
 from core.vectors import validate_vectors
 from search_api.deps import CollectionDep, IndexDep
+from search_api.errors import error_responses
 from search_api.middleware import RouteInfo
 from search_api.schemas import (
     OptimizePublic,
@@ -86,7 +87,7 @@ def _upsert(index: VectorIndex, entry: CollectionEntry, body: PointsUpsert) -> P
     return PointsUpserted(collection=entry.name, upserted=len(ids))
 
 
-@router.put("/{name}/points")
+@router.put("/{name}/points", responses=error_responses(InvalidVector, StoreFull, StoreOwned))
 async def upsert_points(entry: CollectionDep, body: PointsUpsert, index: IndexDep) -> PointsUpserted:
     """Write a batch of points (id, vector, payload) into a collection or the one an alias names.
 
@@ -99,7 +100,7 @@ async def upsert_points(entry: CollectionDep, body: PointsUpsert, index: IndexDe
     return await run_in_threadpool(_upsert, index, entry, body)
 
 
-def _filter(raw: dict[str, Any] | None) -> SearchFilter:
+def _filter(raw: Any) -> SearchFilter:
     search_filter = parse_filter(raw)
     if search_filter is None:
         raise InvalidFilter("filter must name at least one field with values; it would match every point")
@@ -118,7 +119,7 @@ def _delete(index: VectorIndex, entry: CollectionEntry, body: PointsDelete) -> P
     return PointsDeleted(collection=entry.name, deleted=found)
 
 
-@router.post("/{name}/points/delete")
+@router.post("/{name}/points/delete", responses=error_responses(InvalidFilter, StoreFull, StoreOwned))
 async def delete_points(entry: CollectionDep, body: PointsDelete, index: IndexDep) -> PointsDeleted:
     """Delete points by ``ids``, or every point matching ``filter`` (e.g. the frames of some
     objects: ``{"source": ["s3://raw/ct/"], "key": ["ct/0001.dcm"]}``). Exactly one of the two."""
@@ -155,7 +156,7 @@ def _scroll(index: VectorIndex, entry: CollectionEntry, body: PointsScroll) -> P
     )
 
 
-@router.post("/{name}/points/scroll")
+@router.post("/{name}/points/scroll", responses=error_responses(InvalidFilter))
 async def scroll_points(entry: CollectionDep, body: PointsScroll, index: IndexDep) -> PointsBookkeeping:
     """A page of the collection's points (those matching ``filter``), bookkeeping fields only;
     pass ``next_offset`` back as ``offset`` for the next page, until it is null."""
@@ -175,7 +176,7 @@ def _optimize(index: VectorIndex, entry: CollectionEntry) -> OptimizePublic:
     )
 
 
-@router.post("/{name}/optimize")
+@router.post("/{name}/optimize", responses=error_responses(StoreFull, StoreOwned))
 async def optimize_collection(entry: CollectionDep, index: IndexDep) -> OptimizePublic:
     """Build the collection's search index (HNSW) now, as a bulk load ends, and answer its points
     and indexed vectors; returns at once when the index is already built. A large collection takes
