@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -194,7 +194,7 @@ class CollectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
-    encoder: str | dict[str, Any] = Field(examples=["biomedclip"])
+    encoder: Annotated[str, Field(max_length=200)] | dict[str, Any] = Field(examples=["biomedclip"])
     weights: str | None = Field(
         default=None, max_length=1100, description="path, s3:// URI, hub id or 'random' (overrides the spec)"
     )

@@ -26,7 +26,7 @@ from core.errors import (
 from core.index.base import Hit, VectorIndex
 from core.payload import SearchFilter
 from search_api import services
-from search_api.deps import CatalogDep, IndexDep, InferenceLimiterDep, SettingsDep, check_limit, on_index
+from search_api.deps import COLLECTION_NAME, CatalogDep, IndexDep, InferenceLimiterDep, SettingsDep, check_limit, on_index
 from search_api.errors import UnknownField, error_responses
 from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit
 from search_api.security import Role, require_role
@@ -68,6 +68,10 @@ def _parse_collections(raw: list[str]) -> list[str]:
         raise ConfigError("collections must not repeat")
     if len(names) > _MAX_COLLECTIONS:
         raise ConfigError(f"compare at most {_MAX_COLLECTIONS} collections")
+    for position, name in enumerate(names):
+        if not COLLECTION_NAME.match(name):
+            # the position, not the value: an error body never echoes what was sent
+            raise CollectionNotFound(f"collections[{position}]: no such collection")
     return names
 
 
@@ -119,7 +123,14 @@ def _search_all(
 async def compare_collections(
     request: Request,
     file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG image")],
-    collections: Annotated[list[str], Form(description="collections or aliases (repeat, or comma-separate)")],
+    collections: Annotated[
+        list[str],
+        Form(
+            min_length=1,
+            max_length=_MAX_COLLECTIONS,
+            description=f"collections or aliases (repeat, or comma-separate; at most {_MAX_COLLECTIONS})",
+        ),
+    ],
     index: IndexDep,
     catalog: CatalogDep,
     settings: SettingsDep,

@@ -50,7 +50,9 @@ class IngestJobCreate(BaseModel):
     )
     path_template: str | None = Field(default=None, max_length=300)
     skip_unchanged: bool = True
-    encoder: str | None = Field(default=None, description="create missing collections with this encoder")
+    encoder: str | None = Field(
+        default=None, max_length=200, description="create missing collections with this encoder"
+    )
     batch_size: int | None = Field(default=None, ge=1, le=100_000, description="objects per embed task")
 
     @field_validator("source")
