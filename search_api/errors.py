@@ -226,7 +226,9 @@ def _describe(errors: Iterable[Mapping[str, Any]]) -> str:
     for error in errors:
         loc = [str(part) for part in error.get("loc", ())]
         if error.get("type") == "json_invalid":
-            described.append(f"body: {error.get('msg', 'invalid JSON')} at position {loc[-1] if loc else '?'}")
+            described.append(
+                f"body: {error.get('msg', 'invalid JSON')} at position {loc[-1] if loc else '?'}"
+            )
             continue
         where = ".".join(loc[1:]) if loc and loc[0] in _LOCATIONS else ".".join(loc)
         prefix = f"{where} ({loc[0]})" if where else (loc[0] if loc else "request")

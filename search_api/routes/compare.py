@@ -26,7 +26,15 @@ from core.errors import (
 from core.index.base import Hit, VectorIndex
 from core.payload import SearchFilter
 from search_api import services
-from search_api.deps import COLLECTION_NAME, CatalogDep, IndexDep, InferenceLimiterDep, SettingsDep, check_limit, on_index
+from search_api.deps import (
+    COLLECTION_NAME,
+    CatalogDep,
+    IndexDep,
+    InferenceLimiterDep,
+    SettingsDep,
+    check_limit,
+    on_index,
+)
 from search_api.errors import UnknownField, error_responses
 from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit
 from search_api.security import Role, require_role

@@ -159,12 +159,17 @@ def test_generated_client_reads_and_searches(generated: Any, served: Served) -> 
     created = _api("admin.create_collection").sync_detailed(
         client=admin_client, body=models.CollectionCreate(name="second", encoder="baseline")
     )
-    assert created.status_code == 201 and isinstance(created.parsed, models.CollectionDetailPublic), created.content
+    assert created.status_code == 201 and isinstance(created.parsed, models.CollectionDetailPublic), (
+        created.content
+    )
     upload = types.File(payload=BytesIO(dicom), file_name="query.dcm", mime_type="application/dicom")
     compared = _api("search.compare_collections").sync(
         client=reader,
         body=models.BodyCompareCollections(
-            file=upload, collections=[COLLECTION, "second"], filter_=json.dumps({"modality": ["CT"]}), fuse=True
+            file=upload,
+            collections=[COLLECTION, "second"],
+            filter_=json.dumps({"modality": ["CT"]}),
+            fuse=True,
         ),
     )
     assert isinstance(compared, models.CompareResponse)
@@ -173,7 +178,9 @@ def test_generated_client_reads_and_searches(generated: Any, served: Served) -> 
     assert compared.results[1].hits == [] and compared.fused
     dropped = _api("admin.delete_collection").sync_detailed("second", client=admin_client)
     assert dropped.status_code == 204
-    assert [c.name for c in _api("collections.read_collections").sync(client=reader).collections] == [COLLECTION]
+    assert [c.name for c in _api("collections.read_collections").sync(client=reader).collections] == [
+        COLLECTION
+    ]
 
 
 def test_generated_client_submits_and_reads_an_ingest_job(generated: Any, served: Served) -> None:

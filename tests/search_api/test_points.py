@@ -165,7 +165,11 @@ def test_bad_vectors_are_400_naming_the_point_and_never_echoed(api: TestClient) 
     assert str(MARKER) not in response.text
     # schema errors (422; 400 for a field the schema does not take) name the field, never the values
     for broken, status, field in (
-        ({"points": [{**good, "vector": [*_marker_vector(DIM - 1), "x"]}]}, 422, f"points.0.vector.{DIM - 1}"),
+        (
+            {"points": [{**good, "vector": [*_marker_vector(DIM - 1), "x"]}]},
+            422,
+            f"points.0.vector.{DIM - 1}",
+        ),
         ({"points": [{**good, "id": "not-a-uuid"}]}, 422, "points.0.id"),
         ({"points": [good], "unknown": 1}, 400, "unknown"),
         ({"vectors": [_marker_vector()]}, 400, "vectors"),

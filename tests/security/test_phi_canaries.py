@@ -321,13 +321,15 @@ def test_wrongly_typed_dicoms_through_every_route_and_field(secured: SecuredApp)
     point = secured.corpus.ids("circles")[0]
     valid_path = {"name": "demo", "point_id": point, "field": "modality", "job_id": str(uuid.uuid4())}
     valid_path["alias"] = "demo-alias"
-    answers: list[tuple[str, httpx.Response]] = []
+    answers: list[tuple[str, Any]] = []
     with TestClient(app) as client:
         document = client.get("/openapi.json").json()
         for path, operations in document["paths"].items():
             for method, operation in operations.items():
                 tag = operation["tags"][0]
-                role = "admin" if tag == "admin" else "ingest" if tag in ("points", "ingest-jobs") else "reader"
+                role = (
+                    "admin" if tag == "admin" else "ingest" if tag in ("points", "ingest-jobs") else "reader"
+                )
                 headers = key_headers(role)
                 if tag == "events":
                     headers = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
@@ -373,7 +375,11 @@ def test_wrongly_typed_dicoms_through_every_route_and_field(secured: SecuredApp)
                 if "application/json" in content:
                     schema = _resolve(document, content["application/json"]["schema"])
                     call("json body = string", json=text)
-                    call("json body = raw dicom", content=dicom, extra_headers={"content-type": "application/json"})
+                    call(
+                        "json body = raw dicom",
+                        content=dicom,
+                        extra_headers={"content-type": "application/json"},
+                    )
                     for prop in schema.get("properties", {}):
                         for value in (text, [text]):
                             call(f"json {prop} = {type(value).__name__}", json={prop: value})
