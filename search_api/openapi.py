@@ -109,7 +109,7 @@ def _drop_unused(document: dict[str, Any]) -> None:
     text = str(document["paths"])
     if "HTTPValidationError" not in text:
         schemas.pop("HTTPValidationError", None)
-        if "ValidationError'" not in str(schemas):
+        if "#/components/schemas/ValidationError" not in str(schemas):
             schemas.pop("ValidationError", None)
 
 

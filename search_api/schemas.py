@@ -7,6 +7,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.encoders.spec import EncoderSpec
 from core.errors import InvalidFilter
 from core.payload import SearchFilter
 
@@ -23,6 +24,8 @@ __all__ = [
     "CompareResult",
     "FusedHit",
     "IndexingPublic",
+    "ItemPublic",
+    "JobSummary",
     "OptimizePublic",
     "PayloadPublic",
     "PointBookkeeping",
@@ -165,7 +168,7 @@ class CollectionPublic(BaseModel):
 class CollectionDetailPublic(CollectionPublic):
     """One collection's full record (``GET /v1/collections/{name}``)."""
 
-    spec: dict[str, Any]
+    spec: EncoderSpec
     quantization: Literal["none", "int8"]
     on_disk: bool
     indexing: IndexingPublic
@@ -229,6 +232,29 @@ class AliasesPublic(BaseModel):
     aliases: list[AliasPublic]
 
 
+class ItemPublic(BaseModel):
+    """One object a job could not use: its key and why (never anything from inside the file)."""
+
+    key: str
+    reason: str
+
+
+class JobSummary(BaseModel):
+    """A finished owner-run job's summary: the shape of ``radsearch ingest --json``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    collection: str | None = _shown()
+    objects: int | None = _shown()
+    frames_indexed: int | None = _shown()
+    skipped: int | None = _shown()
+    failed: int | None = _shown()
+    quarantined: int | None = _shown()
+    errors: list[ItemPublic] | None = _shown()
+    quarantined_items: list[ItemPublic] | None = _shown()
+    seconds: float | None = _shown()
+
+
 class BackfillJobPublic(BaseModel):
     """A backfill job, in the ingest jobs' shape (``source`` is the collection or URI it reads)."""
 
@@ -245,7 +271,7 @@ class BackfillJobPublic(BaseModel):
     throughput: dict[str, float | None]
     error: str | None = None
     failed_items: list[dict[str, str]] = Field(default_factory=list)
-    summary: dict[str, Any] | None = Field(
+    summary: JobSummary | None = Field(
         default=None,
         description="once done: objects, frames_indexed, skipped, failed, quarantined, errors, "
         "quarantined_items (the shape of `radsearch collections backfill --json`)",

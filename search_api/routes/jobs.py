@@ -20,6 +20,7 @@ from search_api import admin_services
 from search_api.backfill_jobs import OwnerIngest, OwnerJob, check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gateway
 from search_api.errors import ApiError, error_responses
+from search_api.schemas import JobSummary
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
 from workers.jobs import JobKind, JobRecord, JobSpec
@@ -147,7 +148,7 @@ class IngestJobPublic(BaseModel):
     drift: dict[str, dict[str, int]] | None = None
     failed_items: list[FailedItemPublic] = Field(default_factory=list)
     executor: Literal["celery", "owner"] = "celery"
-    summary: dict[str, Any] | None = Field(
+    summary: JobSummary | None = Field(
         default=None,
         description="owner jobs, once done: collection, objects, frames_indexed, skipped, failed, "
         "quarantined, errors, quarantined_items, seconds (the shape of `radsearch ingest --json`)",
