@@ -475,6 +475,50 @@ def test_bad_filter_is_400(client: TestClient, corpus: Corpus, filter_: dict[str
     )
     assert response.status_code == 400, response.text
     assert needle in response.json()["detail"]
+    assert (
+        response.json()["error"]["code"] == "invalid_filter" and response.json()["error"]["field"] == "filter"
+    )
+
+
+@pytest.mark.parametrize("filter_", ["CT", ["CT"], 5])
+def test_a_filter_that_is_no_object_is_400_on_json_and_form_routes(
+    client: TestClient, corpus: Corpus, filter_: Any
+) -> None:
+    response = client.post(
+        f"/v1/collections/{COLLECTION}/search", json={"point_id": corpus.ids("circles")[0], "filter": filter_}
+    )
+    assert response.status_code == 400, response.text
+    assert (
+        response.json()["error"]["code"] == "invalid_filter" and response.json()["error"]["field"] == "filter"
+    )
+    form = client.post(
+        f"/v1/collections/{COLLECTION}/search/image",
+        files={"file": ("q.png", png_bytes(corpus.frames[corpus.ids("circles")[0]]), "image/png")},
+        data={"filter": json.dumps(filter_)},
+    )
+    assert form.status_code == 400 and form.json()["error"]["code"] == "invalid_filter", form.text
+
+
+def test_nothing_sent_is_ignored(client: TestClient, corpus: Corpus) -> None:
+    """Unknown query parameters, JSON fields and form parts: 400 unknown_field naming them."""
+    query = client.get(f"/v1/collections/{COLLECTION}/facets/modality", params={"modalty": "CT"})
+    assert query.status_code == 400 and query.json()["error"]["field"] == "modalty", query.text
+    assert "anatomy" in query.json()["error"]["message"]  # what the operation does take
+    body = client.post(
+        f"/v1/collections/{COLLECTION}/search", json={"point_id": corpus.ids("circles")[0], "limt": 5}
+    )
+    assert body.status_code == 400, body.text
+    assert (body.json()["error"]["code"], body.json()["error"]["field"]) == ("unknown_field", "limt")
+    form = client.post(
+        f"/v1/collections/{COLLECTION}/search/image",
+        files={"file": ("q.png", png_bytes(corpus.frames[corpus.ids("circles")[0]]), "image/png")},
+        data={"modality": "MR"},
+    )
+    assert form.status_code == 400 and form.json()["error"] == {
+        "code": "unknown_field",
+        "message": form.json()["detail"],
+        "field": "modality",
+    }
 
 
 def test_limit_offset_paging_equals_slices(backend: Backend) -> None:
