@@ -109,16 +109,16 @@ async def on_index(index: VectorIndex, call: Callable[[], T]) -> T:
 
 
 _SAFE_NAME = re.compile(r"[^\w.\-\[\]]")
-_QUERY_NAMES: dict[int, frozenset[str]] = {}
 
 
 def _query_names(route: APIRoute) -> frozenset[str]:
-    names = _QUERY_NAMES.get(id(route))
+    """The query parameters ``route`` takes, worked out once and kept on the route itself."""
+    names: frozenset[str] | None = getattr(route, "_radsearch_query_names", None)
     if names is None:
         names = frozenset(
             param.alias for dep in walk_dependants(route.dependant) for param in dep.query_params
         )
-        _QUERY_NAMES[id(route)] = names
+        route._radsearch_query_names = names  # type: ignore[attr-defined]
     return names
 
 
