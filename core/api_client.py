@@ -19,6 +19,7 @@ from core.errors import (
     RadsearchError,
     ServerUnavailable,
     StoreFull,
+    WeightsUnavailable,
 )
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ def error_for(status: int, detail: str, url: str) -> RadsearchError:
         return CollectionNotFound(detail)
     if status == 507:
         return StoreFull(detail)
+    if status == 424:
+        return WeightsUnavailable(detail)
     if status in (401, 403):
         return ConfigError(
             f"the radsearch server at {url} refused the request ({status}: {detail}); "

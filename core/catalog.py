@@ -22,6 +22,7 @@ from core.encoders.registry import load_encoder
 from core.encoders.spec import EncoderSpec
 from core.errors import CollectionExists, CollectionNotFound, ConfigError, IndexStoreError
 from core.index.base import CollectionConfig, VectorIndex
+from core.snapshots import Trash, TrashEntry
 
 __all__ = ["COLLECTION_NAME_PATTERN", "Catalog", "CollectionBusy", "CollectionEntry"]
 
@@ -43,6 +44,9 @@ class CollectionEntry(BaseModel):
     created_at: str
     quantization: Literal["none", "int8"] = "none"
     on_disk: bool = False
+    # An ingest opted in to objects with burned-in annotation (``--accept-burned-in``): they are
+    # indexed and their pixels served. Once set it stays set (the collection holds such objects).
+    accept_burned_in: bool = False
 
     @property
     def encoder_label(self) -> str:
@@ -58,6 +62,7 @@ class Catalog:
         self.settings = settings
         self._encoders: dict[tuple[str, str | None], Encoder] = {}
         self._lock = threading.Lock()
+        self.trash = Trash(settings)  # where the embedded store's dropped collections go
 
     def encoder(self, spec: EncoderSpec) -> Encoder:
         """The loaded encoder for ``spec`` (loaded on first use, then reused)."""
@@ -163,6 +168,16 @@ class Catalog:
                 continue
         return entries
 
+    def record_accept_burned_in(self, name: str) -> CollectionEntry:
+        """Record in the catalog entry of collection (or alias) ``name`` that an ingest accepted
+        objects with burned-in annotation; returns the updated entry."""
+        entry = self.get(name)
+        if entry.accept_burned_in:
+            return entry
+        entry = entry.model_copy(update={"accept_burned_in": True})
+        self.index.update_metadata(self.resolve(name), {"catalog": entry.model_dump(mode="json")})
+        return entry
+
     def encoder_for(self, name: str) -> Encoder:
         """The encoder a collection was built with, for embedding its queries."""
         entry = self.get(name)
@@ -170,8 +185,9 @@ class Catalog:
 
     def drop(
         self, name: str, *, writers: Callable[[str, Mapping[str, str]], Sequence[str]] | None = None
-    ) -> None:
-        """Drop a collection by its own name.
+    ) -> TrashEntry | None:
+        """Drop a collection by its own name: the embedded store moves it to the trash (the entry
+        is returned; `core.snapshots.Trash`), a Qdrant server deletes it for good (None).
 
         `CollectionBusy` while an alias points at it, or while ``writers(name, aliases)`` names
         anything (the jobs writing to it, as the caller knows them: e.g. "ingest job <id>";
@@ -195,7 +211,10 @@ class Catalog:
                 f"collection {name!r} is being written by {', '.join(busy)}; drop it once "
                 f"{'that has' if len(busy) == 1 else 'they have'} finished"
             )
+        if self.index.supports_files:
+            return self.trash.put(self.index, name)
         self.index.drop_collection(name)
+        return None
 
     # -- aliases -------------------------------------------------------------------------------
 

@@ -95,6 +95,9 @@ class StoreSettings(BaseModel):
     # Small filters ride their payload links: 1 M points, 2 % filter, recall@10 0.9996 at ef 128
     # (1.0 at 384) in 40 % of the engine time.
     hnsw_ef_selective: int = 128
+    # A dropped embedded collection goes to ``<data>/trash/`` for this many hours (restorable with
+    # ``radsearch collections restore``), then is purged when the owner starts or after a drop.
+    trash_hours: float = Field(default=24.0, ge=0)
 
 
 class S3Settings(BaseModel):
@@ -252,6 +255,10 @@ class CelerySettings(BaseModel):
     max_failed_items: int = Field(default=10_000, ge=0)
     # Periodic reconciliation of every subscription by Celery beat; 0 turns it off.
     reconcile_interval_s: float = Field(default=6 * 3600, ge=0)
+    # Every worker writes a heartbeat this often; one silent for ``worker_dead_after_s`` is gone
+    # (its key expires), and a job whose queue has had no live worker that long says so.
+    worker_heartbeat_s: float = Field(default=10.0, gt=0)
+    worker_dead_after_s: float = Field(default=30.0, gt=0)
 
 
 class Subscription(BaseModel):
@@ -307,6 +314,14 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "index"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
+
+    @property
+    def trash_dir(self) -> Path:
+        return self.data_dir / "trash"
 
     @property
     def model_cache_dir(self) -> Path:

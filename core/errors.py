@@ -2,12 +2,14 @@
 
     RadsearchError
     ├── ConfigError
+    │   └── DeletionRefused    (a prune/reconcile would delete too much; ``--force`` to go on)
     ├── EncoderError
     │   ├── EncoderNotFound
     │   ├── WeightsUnavailable
     │   └── NoTextTower
     ├── SourceError            (a source cannot be reached; transient, retried)
-    │   └── ServerUnavailable  (the radsearch server, e.g. the store's owner, cannot be reached)
+    │   ├── ServerUnavailable  (the radsearch server, e.g. the store's owner, cannot be reached)
+    │   └── UpstreamUnreachable (a service radsearch needs, e.g. the S3 endpoint of model weights)
     ├── IndexStoreError
     │   ├── CollectionNotFound
     │   ├── CollectionExists
@@ -38,6 +40,7 @@ __all__ = [
     "CollectionExists",
     "CollectionNotFound",
     "ConfigError",
+    "DeletionRefused",
     "DecodeError",
     "DecodeTimeout",
     "EncoderError",
@@ -54,6 +57,7 @@ __all__ = [
     "StoreOwned",
     "TooLarge",
     "UnsupportedFormat",
+    "UpstreamUnreachable",
     "WeightsUnavailable",
 ]
 
@@ -64,6 +68,12 @@ class RadsearchError(Exception):
 
 class ConfigError(RadsearchError):
     """Settings or arguments that cannot work together."""
+
+
+class DeletionRefused(ConfigError):
+    """A prune or reconcile would delete the points of an empty listing's collection, or more than
+    the allowed fraction of a collection's objects (HTTP 409, CLI exit 2); nothing was deleted.
+    The message names the numbers; ``--force`` (``"force": true``) goes on anyway."""
 
 
 class EncoderError(RadsearchError):
@@ -88,6 +98,11 @@ class SourceError(RadsearchError):
 
 class ServerUnavailable(SourceError):
     """A radsearch server (the store's owner, or ``--url``) cannot be reached right now."""
+
+
+class UpstreamUnreachable(SourceError):
+    """A service radsearch depends on (the S3 endpoint holding model weights) does not answer;
+    the message names the endpoint. Not the caller's fault, and worth retrying later."""
 
 
 class IndexStoreError(RadsearchError):

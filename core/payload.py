@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.errors import InvalidFilter
 
@@ -24,6 +24,7 @@ __all__ = [
     "SearchFilter",
     "build_payload",
     "keyed_hash",
+    "normalise_modality",
     "point_id",
 ]
 
@@ -38,6 +39,8 @@ PAYLOAD_FIELDS: frozenset[str] = frozenset(
         *INDEXED_FIELDS,
         "frame",
         "n_frames",
+        # how many frames of the object were embedded (long series are sampled): reconcile's count
+        "frames_sampled",
         "etag",
         "size",
         "rows",
@@ -51,6 +54,9 @@ PAYLOAD_FIELDS: frozenset[str] = frozenset(
     }
 )
 _LIST_FIELDS = frozenset({"pathology"})
+# Fields whose values are case-insensitive codes, stored and matched upper-case (DICOM's defined
+# terms for Modality: CT, MR, CR, DX, US, ...). Other labels keep the case they were given.
+UPPER_CASE_FIELDS: frozenset[str] = frozenset({"modality"})
 
 
 def point_id(source: str, key: str, frame: int) -> str:
@@ -70,6 +76,11 @@ def _normalise_label(value: Any) -> str | None:
     return text or None
 
 
+def normalise_modality(value: str) -> str:
+    """A modality code as stored and matched: stripped, upper-case (``" mr"`` → ``"MR"``)."""
+    return value.strip().upper()
+
+
 def build_payload(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Keep only allow-listed fields, normalise labels; ``pathology`` is always a list of strings.
 
@@ -87,7 +98,7 @@ def build_payload(fields: Mapping[str, Any]) -> dict[str, Any]:
         elif name in INDEXED_FIELDS:
             label = _normalise_label(value)
             if label is not None:
-                payload[name] = label
+                payload[name] = label.upper() if name in UPPER_CASE_FIELDS else label
         else:
             payload[name] = value
     payload.setdefault("ingested_at", datetime.now(UTC).isoformat(timespec="seconds"))
@@ -95,7 +106,12 @@ def build_payload(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class SearchFilter(BaseModel):
-    """Any-of within a field, all-of across fields. Only known fields; values are plain strings."""
+    """Any-of within a field, all-of across fields. Only known fields; values are plain strings.
+
+    ``modality`` values are upper-cased (as `build_payload` stores them); since collections built
+    before that may hold lower- or mixed-case codes, `conditions` also matches a modality's lower-
+    and title-case forms (``MR`` matches stored ``MR``, ``mr`` and ``Mr``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -107,8 +123,26 @@ class SearchFilter(BaseModel):
     source: list[str] | None = Field(default=None, max_length=100)
     key: list[str] | None = Field(default=None, max_length=1000)
 
+    @field_validator("modality")
+    @classmethod
+    def _upper_case_modality(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        return list(dict.fromkeys(normalise_modality(v) for v in values))
+
     def conditions(self) -> list[tuple[str, list[str]]]:
-        """The non-empty (field, any-of values) pairs."""
+        """The non-empty (field, any-of values) pairs, as the stores match them (a modality also
+        as its lower- and title-case forms, for payloads stored before codes were upper-cased)."""
+        out: list[tuple[str, list[str]]] = []
+        for name, values in self.fields():
+            if name in UPPER_CASE_FIELDS:
+                values = list(dict.fromkeys(f(v) for v in values for f in (str, str.lower, str.title)))
+            out.append((name, values))
+        return out
+
+    def fields(self) -> list[tuple[str, list[str]]]:
+        """The non-empty (field, any-of values) pairs as given (modality upper-cased); `InvalidFilter`
+        for a field given with no values."""
         out: list[tuple[str, list[str]]] = []
         for name in (*FILTER_FIELDS, "key"):
             values = getattr(self, name)

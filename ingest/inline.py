@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,18 +16,36 @@ from core.errors import SourceError
 from ingest.labels import Labeler, PathTemplate, load_manifest
 from ingest.pipeline import BatchReport, PipelineContext, Target, run_pipeline
 from ingest.planner import plan_batches
+from ingest.prune import DEFAULT_MAX_DELETE_FRACTION, SourceDiff, check_deletions, prune_gone, source_diffs
 from ingest.readers import DecodeLimits
-from ingest.sources.base import Source
+from ingest.sources.base import ObjectRef, Source
 
-__all__ = ["IngestOptions", "build_context", "ingest_inline", "make_labeler", "make_targets"]
+__all__ = [
+    "IngestOptions",
+    "build_context",
+    "diff_inline",
+    "ingest_inline",
+    "listing_of",
+    "make_labeler",
+    "make_targets",
+    "plan_prune",
+]
 
 
 @dataclass(frozen=True)
 class IngestOptions:
+    """How to ingest. ``prune`` also deletes the points of objects gone from the source (refused
+    beyond ``max_delete_fraction`` of a collection's objects, or for an empty listing, unless
+    ``force``); ``dry_run`` only computes what would change (`diff_inline`)."""
+
     manifest: Path | None = None
     path_template: str | None = None
     skip_unchanged: bool = True
     accept_burned_in: bool = False
+    prune: bool = False
+    dry_run: bool = False
+    max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
+    force: bool = False
 
 
 def make_targets(catalog: Catalog, collections: list[str]) -> list[Target]:
@@ -71,16 +90,59 @@ def build_context(
     )
 
 
+def listing_of(ctx: PipelineContext, exclude_keys: frozenset[str]) -> dict[str, ObjectRef]:
+    """The whole listing of the context's source (but ``exclude_keys``), key → reference."""
+    return {ref.key: ref for ref in ctx.source.list() if ref.key not in exclude_keys}
+
+
+def diff_inline(
+    ctx: PipelineContext, settings: Settings, listing: dict[str, ObjectRef], *, prune: bool
+) -> list[SourceDiff]:
+    """What an ingest (with ``prune``: and its deletions) would change in each target collection."""
+    return source_diffs(
+        ctx.index,
+        [t.collection for t in ctx.targets],
+        ctx.source,
+        listing,
+        max_frames=settings.ingest.max_frames_per_object,
+        prune=prune,
+    )
+
+
+def plan_prune(
+    ctx: PipelineContext, settings: Settings, listing: dict[str, ObjectRef], options: IngestOptions
+) -> list[SourceDiff]:
+    """The deletions a prune will make, checked before anything is written (`DeletionRefused`)."""
+    diffs = diff_inline(ctx, settings, listing, prune=True)
+    check_deletions(diffs, max_fraction=options.max_delete_fraction, force=options.force)
+    return diffs
+
+
 def ingest_inline(
     ctx: PipelineContext,
     settings: Settings,
     *,
     progress: bool = True,
     exclude_keys: frozenset[str] = frozenset(),
+    options: IngestOptions | None = None,
 ) -> BatchReport:
     """Ingest every object of the context's source (but ``exclude_keys``, e.g. a manifest stored
-    beside the images); returns the run's report, ``seconds`` being wall-clock time."""
+    beside the images); returns the run's report, ``seconds`` being wall-clock time.
+
+    With ``options.prune``, the points of objects gone from the source are
+    deleted too (``report.deleted``), after the deletion guard passed and before anything is
+    written."""
     started = time.perf_counter()
+    listing: dict[str, ObjectRef] | None = None
+    diffs: list[SourceDiff] = []
+    if options is not None and options.prune:
+        listing = listing_of(ctx, exclude_keys)
+        diffs = plan_prune(ctx, settings, listing, options)
+    refs: Iterable[ObjectRef] = (
+        listing.values()
+        if listing is not None
+        else (ref for ref in ctx.source.list() if ref.key not in exclude_keys)
+    )
     bar = tqdm(unit="obj", desc="ingest", disable=not progress, dynamic_ncols=True)
     frames = 0
     errors = 0
@@ -96,10 +158,7 @@ def ingest_inline(
         try:
             report = run_pipeline(
                 ctx,
-                plan_batches(
-                    (ref for ref in ctx.source.list() if ref.key not in exclude_keys),
-                    settings.ingest.batch_size,
-                ),
+                plan_batches(refs, settings.ingest.batch_size),
                 pool,
                 on_batch=on_batch,
             )
@@ -107,7 +166,9 @@ def ingest_inline(
             bar.close()
             raise
     bar.close()
-    if report.frames_indexed:
+    if diffs:
+        report.deleted = prune_gone(ctx.index, ctx.source, diffs)
+    if report.frames_indexed or report.deleted:
         # Qdrant Edge builds its HNSW graph only when asked: do it once, after the bulk load.
         for target in ctx.targets:
             ctx.index.optimize(target.collection)

@@ -23,6 +23,7 @@ from core.errors import BadInput
 from core.index.base import VectorIndex
 from core.payload import build_payload, point_id
 from ingest.labels import Labeler
+from ingest.prune import delete_keys
 from ingest.readers import DecodeLimits
 from ingest.sources.base import ObjectRef, Source
 
@@ -68,6 +69,8 @@ class BatchReport:
     failed: list[FailedItem] = field(default_factory=list)
     quarantined: list[FailedItem] = field(default_factory=list)
     seconds: float = 0.0
+    # Keys of objects gone from the source whose points a prune deleted.
+    deleted: list[str] = field(default_factory=list)
 
     def merge(self, other: BatchReport) -> None:
         self.objects += other.objects
@@ -76,6 +79,7 @@ class BatchReport:
         self.failed.extend(other.failed)
         self.quarantined.extend(other.quarantined)
         self.seconds += other.seconds
+        self.deleted.extend(other.deleted)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +90,8 @@ class BatchReport:
             "quarantined": len(self.quarantined),
             "errors": [{"key": f.key, "reason": f.reason} for f in self.failed],
             "quarantined_items": [{"key": f.key, "reason": f.reason} for f in self.quarantined],
+            "deleted": len(self.deleted),
+            "deleted_items": list(self.deleted),
         }
 
 
@@ -208,6 +214,12 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
             (report.quarantined if result.quarantined else report.failed).append(result)
         else:
             loaded.append(result)
+    if report.quarantined:
+        # Quarantine holds for what is stored, too: an object indexed before it was flagged
+        # (re-sent with BurnedInAnnotation=YES) loses its points.
+        quarantined = [item.key for item in report.quarantined]
+        for target in ctx.targets:
+            delete_keys(ctx.index, target.collection, ctx.source, quarantined)
     bad_keys: set[str] = set()
     for pos, target in enumerate(ctx.targets):
         items = [item for item in loaded if pos in item.tensors]
@@ -251,6 +263,7 @@ def _payload(ctx: PipelineContext, target: Target, item: _Loaded, frame: int) ->
             "source": ctx.source.uri,
             "key": item.ref.key,
             "frame": frame,
+            "frames_sampled": len(item.frame_indices),
             "etag": item.ref.etag,
             "size": item.ref.size,
             "encoder": target.encoder_label,

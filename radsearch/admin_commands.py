@@ -76,8 +76,8 @@ def _cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
 
     with open_catalog(settings) as catalog:
         # This process owns the store, so no owner-run job can be writing: Celery jobs only.
-        catalog.drop(args.name, writers=partial(celery_writers, settings))
-    print_dropped(args.name)
+        entry = catalog.drop(args.name, writers=partial(celery_writers, settings))
+    print_dropped(args.name, entry.model_dump() if entry is not None else None)
     return 0
 
 
@@ -143,8 +143,15 @@ def print_created(row: Mapping[str, Any], *, as_json: bool) -> None:
     )
 
 
-def print_dropped(name: str) -> None:
-    print(f"dropped {name}")
+def print_dropped(name: str, trashed: Mapping[str, Any] | None) -> None:
+    """A drop: moved to the trash (``{"expires_at", ...}``), or deleted for good (None)."""
+    if trashed is None:
+        print(f"dropped {name} (deleted for good: a Qdrant server keeps no trash)")
+        return
+    print(
+        f"dropped {name}: moved to the trash until {trashed['expires_at']} "
+        f"(radsearch collections restore {name})"
+    )
 
 
 def print_backfill(summary: Mapping[str, Any], *, as_json: bool) -> None:
@@ -211,7 +218,9 @@ def add_admin_commands(collections_sub: Any, sub: Any) -> None:
     create.set_defaults(handler=_cmd_create, remote_handler=remote_commands.create)
 
     drop = collections_sub.add_parser(
-        "drop", help="drop a collection (refused while an alias points at it or a job writes to it)"
+        "drop",
+        help="drop a collection: to the trash for store.trash_hours (refused while an alias points at it "
+        "or a job writes to it)",
     )
     drop.add_argument("name")
     drop.set_defaults(handler=_cmd_drop, remote_handler=remote_commands.drop)

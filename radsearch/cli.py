@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,12 +21,21 @@ from core.errors import (
     RadsearchError,
     StoreFull,
     StoreOwned,
+    WeightsUnavailable,
 )
 from core.payload import FILTER_FIELDS
 from ingest.inline import IngestOptions
 from radsearch import remote_commands
 
-__all__ = ["filter_mapping", "main", "print_collections", "print_hits", "print_ingest_summary", "server_url"]
+__all__ = [
+    "filter_mapping",
+    "main",
+    "print_collections",
+    "print_dry_run",
+    "print_hits",
+    "print_ingest_summary",
+    "server_url",
+]
 
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
@@ -56,12 +66,45 @@ def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
     )
     for item in summary["errors"][:20]:
         print(f"  failed {item['key']}: {item['reason']}")
+    deleted = summary.get("deleted_items") or []
+    if deleted:
+        print(f"  {len(deleted)} objects gone from the source, their points deleted:")
+        for key in deleted[:20]:
+            print(f"  deleted {key}")
+        if len(deleted) > 20:
+            print(f"  ... {len(deleted) - 20} more (--json lists every key)")
 
 
-def print_hits(hits: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
-    """Search hits, ``{"id", "score", "payload"}`` each, as a table or as ``{"hits": [...]}``."""
+def print_dry_run(summary: Mapping[str, Any], *, as_json: bool) -> None:
+    """``ingest --dry-run``: ``{"collection", "dry_run": true, "diffs": [SourceDiff.to_dict()]}``
+    as JSON, or per collection a count line and the keys that would be added (+), re-embedded (~)
+    and deleted (-)."""
+    from ingest.prune import diff_lines
+
     if as_json:
-        _print_json({"hits": [{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits]})
+        _print_json(dict(summary))
+        return
+    print("dry run: nothing was written")
+    for diff in summary["diffs"]:
+        for line in diff_lines(diff):
+            print(line)
+
+
+def print_hits(
+    hits: Sequence[Mapping[str, Any]], *, as_json: bool, warnings: Sequence[Mapping[str, Any]] = ()
+) -> None:
+    """Search hits, ``{"id", "score", "payload"}`` each, as a table or as ``{"hits": [...],
+    "warnings": [...]}``; each filter warning (``{"field", "value", "message", "suggestions"}``)
+    also goes to stderr, one line each."""
+    for warning in warnings:
+        print(f"radsearch: warning: {warning['message']}", file=sys.stderr)
+    if as_json:
+        _print_json(
+            {
+                "hits": [{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits],
+                "warnings": [dict(w) for w in warnings],
+            }
+        )
         return
     print(f"{'rank':>4}  {'score':>6}  {'modality':<8} {'anatomy':<10} {'pathology':<14} key")
     for rank, hit in enumerate(hits, start=1):
@@ -89,22 +132,45 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
         return ingest_celery(args, settings)
     from ingest.sources import open_source
-    from radsearch.services import ensure_collection, ingest_source, open_catalog
+    from radsearch.services import diff_source_inline, ensure_collection, ingest_source, open_catalog
 
+    check_prune_args(args)
     options = IngestOptions(
         manifest=args.manifest,
         path_template=args.path_template,
         skip_unchanged=not args.no_skip_unchanged,
+        accept_burned_in=args.accept_burned_in,
+        prune=args.prune,
+        dry_run=args.dry_run,
+        max_delete_fraction=args.max_delete_fraction,
+        force=args.force,
     )
     open_source(args.source, settings).close()  # a bad source fails before any collection is created
     with open_catalog(settings, owner="ingest") as catalog:
+        if args.dry_run:
+            diffs = diff_source_inline(catalog, settings, args.source, [args.collection], options)
+            print_dry_run({"collection": args.collection, "dry_run": True, "diffs": diffs}, as_json=args.json)
+            return EXIT_OK
         ensure_collection(catalog, args.collection, args.encoder, weights=args.weights)
+        if args.accept_burned_in:
+            catalog.record_accept_burned_in(args.collection)
         report = ingest_source(
             catalog, settings, args.source, [args.collection], options, progress=not args.json
         )
-    summary = {"collection": args.collection, **report.to_dict(), "seconds": round(report.seconds, 3)}
+    summary = {
+        "collection": args.collection,
+        **report.to_dict(),
+        "accept_burned_in": args.accept_burned_in,
+        "seconds": round(report.seconds, 3),
+    }
     print_ingest_summary(summary, as_json=args.json)
     return EXIT_OK
+
+
+def check_prune_args(args: argparse.Namespace) -> None:
+    """`ConfigError` for a ``--max-delete-fraction`` outside [0, 1]."""
+    if not 0.0 <= args.max_delete_fraction <= 1.0:
+        raise ConfigError("--max-delete-fraction must be between 0 and 1")
 
 
 def filter_mapping(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -113,7 +179,14 @@ def filter_mapping(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from radsearch.services import check_limit, hit_rows, open_catalog, read_query_image, search_image
+    from radsearch.services import (
+        check_limit,
+        hit_rows,
+        open_catalog,
+        read_query_image,
+        search_image,
+        search_warnings,
+    )
 
     check_limit(args.k, settings)
     filename, data = read_query_image(args.image, settings)
@@ -127,7 +200,8 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
             filter=filter_mapping(args),
             limit=args.k,
         )
-    print_hits(hit_rows(hits), as_json=args.json)
+        warnings = search_warnings(catalog, args.collection, filter_mapping(args))
+    print_hits(hit_rows(hits), as_json=args.json, warnings=warnings)
     return EXIT_OK
 
 
@@ -279,6 +353,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --executor celery or through a server: print the job id and return",
     )
+    ingest.add_argument(
+        "--prune",
+        action="store_true",
+        help="also delete the points of objects gone from the source (inline or through a server)",
+    )
+    ingest.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the keys that would be added, re-embedded and (--prune) deleted; write nothing",
+    )
+    ingest.add_argument(
+        "--max-delete-fraction",
+        type=float,
+        default=0.1,
+        help="refuse a prune deleting more than this fraction of a collection's objects (default 0.1)",
+    )
+    ingest.add_argument(
+        "--force", action="store_true", help="prune even an empty listing or beyond --max-delete-fraction"
+    )
+    ingest.add_argument(
+        "--accept-burned-in",
+        action="store_true",
+        help="index objects with burned-in annotation (de-identified upstream) instead of quarantining them",
+    )
     ingest.set_defaults(
         handler=_cmd_ingest, remote_handler=remote_commands.ingest, remote_mode=_ingest_remote_mode
     )
@@ -300,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     from radsearch.admin_commands import add_admin_commands
 
     add_admin_commands(collections_sub, sub)
+    from radsearch.backup_commands import add_backup_commands
+
+    add_backup_commands(collections_sub, sub)
 
     serve = sub.add_parser("serve", help="serve the HTTP API and web page")
     serve.add_argument("--host")
@@ -352,11 +453,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except RadsearchError as exc:
         code = exit_code_for(exc)
-        print(f"radsearch: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        hint = _CLI_HINTS.get(type(exc), "") if getattr(args, "command", "") != "serve" else ""
+        _report(args, f"radsearch: error: {message}{hint}")
         if getattr(args, "json", False):
             # A script reading --json output finds the failure as its last line, too.
             _print_json({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}})
         return code
+    except Exception as exc:  # noqa: BLE001 - the CLI's last resort: one line, not a traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        _report(
+            args,
+            f"radsearch: unexpected error: {type(exc).__name__}"
+            + (f": {first}" if first else "")
+            + ("" if args.verbose else " (run with -v for the traceback)"),
+        )
+        if getattr(args, "json", False):
+            _print_json(
+                {"error": {"type": type(exc).__name__, "message": first, "exit_code": EXIT_RUNTIME_ERROR}}
+            )
+        return EXIT_RUNTIME_ERROR
+
+
+# What only the command line can say about an error (its flags); HTTP callers get the message alone.
+_CLI_HINTS: dict[type[RadsearchError], str] = {
+    WeightsUnavailable: " (here: --weights PATH, --weights s3://BUCKET/KEY or --weights ORG/NAME)",
+}
+
+
+def _report(args: argparse.Namespace, line: str) -> None:
+    """One line on stderr; with ``-v`` the traceback of the exception being handled first."""
+    if args.verbose:
+        traceback.print_exc(file=sys.stderr)
+    print(line, file=sys.stderr)
 
 
 def exit_code_for(exc: RadsearchError) -> int:

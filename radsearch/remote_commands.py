@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from core.config import Settings
-from core.errors import CollectionNotFound, RadsearchError
+from core.errors import CollectionNotFound, ConfigError, RadsearchError
 
 __all__ = [
     "alias",
@@ -127,8 +127,15 @@ def ingest(args: argparse.Namespace, settings: Settings, url: str) -> int:
     folder or bucket (``--executor celery``: the server queues it for the workers)."""
     from ingest.labels import PathTemplate, load_manifest
     from ingest.sources import open_source
+    from radsearch.cli import check_prune_args
 
     celery = args.executor == "celery"
+    check_prune_args(args)
+    if celery and (args.prune or args.dry_run):
+        raise ConfigError(
+            "--prune and --dry-run run inline or through a server; with the workers, "
+            "`radsearch reconcile SOURCE --collection NAME [--dry-run]` deletes what is gone"
+        )
     if not celery:
         # The same checks, in the same order and words, as the command run here.
         open_source(args.source, settings).close()
@@ -144,7 +151,15 @@ def ingest(args: argparse.Namespace, settings: Settings, url: str) -> int:
         "path_template": args.path_template,
         "skip_unchanged": not args.no_skip_unchanged,
         "encoder": (args.encoder or "baseline") if celery else args.encoder,
+        "accept_burned_in": args.accept_burned_in,
     }
+    if not celery:
+        body.update(
+            prune=args.prune,
+            dry_run=args.dry_run,
+            max_delete_fraction=args.max_delete_fraction,
+            force=args.force,
+        )
     with _client(settings, url) as client:
         if args.weights and not celery:
             _ensure_with_weights(client, args)
@@ -168,9 +183,12 @@ def ingest(args: argparse.Namespace, settings: Settings, url: str) -> int:
         return print_job_result(_as_record(job), as_json=args.json)
     if job["state"] != "done":
         raise _job_error(job, url)
-    from radsearch.cli import print_ingest_summary
+    from radsearch.cli import print_dry_run, print_ingest_summary
 
-    print_ingest_summary(job["summary"], as_json=args.json)
+    if job["summary"].get("dry_run"):
+        print_dry_run(job["summary"], as_json=args.json)
+    else:
+        print_ingest_summary(job["summary"], as_json=args.json)
     return EXIT_OK
 
 
@@ -199,7 +217,7 @@ def search(args: argparse.Namespace, settings: Settings, url: str) -> int:
             files={"file": (args.image.name, handle, "application/octet-stream")},
             data=form,
         )
-    print_hits(answer["hits"], as_json=args.json)
+    print_hits(answer["hits"], as_json=args.json, warnings=answer.get("warnings", []))
     return EXIT_OK
 
 
@@ -249,8 +267,8 @@ def drop(args: argparse.Namespace, settings: Settings, url: str) -> int:
     from radsearch.admin_commands import print_dropped
 
     with _client(settings, url) as client:
-        client.request("DELETE", f"/v1/collections/{_segment(args.name)}")
-    print_dropped(args.name)
+        dropped = client.request("DELETE", f"/v1/collections/{_segment(args.name)}")
+    print_dropped(args.name, dropped if dropped["trashed"] else None)
     return EXIT_OK
 
 
@@ -327,10 +345,13 @@ def _as_record(job: dict[str, Any], *, with_items: bool = True) -> dict[str, Any
 
 
 def jobs(args: argparse.Namespace, settings: Settings, url: str) -> int:
-    """``radsearch jobs list|show`` through the server: the workers' jobs and its own."""
-    from workers.commands import print_job, print_jobs
+    """``radsearch jobs list|show|workers`` through the server: the workers' jobs and its own."""
+    from workers.commands import print_job, print_jobs, print_workers
 
     with _client(settings, url) as client:
+        if args.jobs_command == "workers":
+            print_workers(client.request("GET", "/v1/workers")["data"], as_json=args.json)
+            return EXIT_OK
         if args.jobs_command == "list":
             listed = client.request("GET", "/v1/ingest-jobs", params={"limit": args.limit})["data"]
             print_jobs([_as_record(job, with_items=False) for job in listed], as_json=args.json)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_limit",
+    "diff_source_inline",
     "ensure_collection",
     "hit_rows",
     "ingest_source",
@@ -26,6 +27,7 @@ __all__ = [
     "open_query_image",
     "read_query_image",
     "search_image",
+    "search_warnings",
     "serve_api",
 ]
 
@@ -39,7 +41,10 @@ def open_catalog(settings: Settings, *, owner: str = "cli") -> Iterator[Catalog]
 
     index = open_index(settings, owner=owner)
     try:
-        yield Catalog(index, settings)
+        catalog = Catalog(index, settings)
+        if index.supports_files:  # this process owns the store now: what expired in the trash goes
+            catalog.trash.purge()
+        yield catalog
     finally:
         index.close()
 
@@ -64,7 +69,8 @@ def ingest_source(
     *,
     progress: bool = True,
 ) -> BatchReport:
-    """Ingest a source into existing collections with the inline executor."""
+    """Ingest a source into existing collections with the inline executor (``options.prune``:
+    and delete the points of objects gone from it)."""
     from ingest.inline import build_context, ingest_inline
     from ingest.sources import open_source
     from search_api.backfill_jobs import manifest_keys
@@ -73,7 +79,43 @@ def ingest_source(
     try:
         ctx = build_context(source, catalog, collections, options, settings)
         exclude = manifest_keys(source, options.manifest)
-        return ingest_inline(ctx, settings, progress=progress, exclude_keys=exclude)
+        return ingest_inline(ctx, settings, progress=progress, exclude_keys=exclude, options=options)
+    finally:
+        source.close()
+
+
+def diff_source_inline(
+    catalog: Catalog, settings: Settings, source_uri: str, collections: list[str], options: IngestOptions
+) -> list[dict[str, Any]]:
+    """``ingest --dry-run``: what an ingest (``options.prune``: with its deletions) would change in
+    each collection, as `SourceDiff.to_dict`; nothing is written (a collection that does not exist
+    yet would get every object)."""
+    from core.errors import CollectionNotFound
+    from ingest.prune import SourceDiff, diff_source, guard_message, source_diffs
+    from ingest.sources import open_source
+    from search_api.backfill_jobs import manifest_keys
+
+    source = open_source(source_uri, settings)
+    try:
+        exclude = manifest_keys(source, options.manifest)
+        listing = {ref.key: ref for ref in source.list() if ref.key not in exclude}
+        diffs: list[SourceDiff] = []
+        for name in collections:
+            try:
+                resolved = catalog.resolve(name)
+            except CollectionNotFound:
+                diffs.append(diff_source(name, listing, {}))
+                continue
+            diffs += source_diffs(
+                catalog.index,
+                [resolved],
+                source,
+                listing,
+                max_frames=settings.ingest.max_frames_per_object,
+                prune=options.prune,
+            )
+        refusal = guard_message(diffs, max_fraction=options.max_delete_fraction, force=options.force)
+        return [{**d.to_dict(), "would_refuse": refusal} for d in diffs]
     finally:
         source.close()
 
@@ -139,6 +181,25 @@ def search_image(
         score_threshold=None,
     )
     return hits
+
+
+def search_warnings(
+    catalog: Catalog, collection: str, filter: Mapping[str, Sequence[str]] | None
+) -> list[dict[str, Any]]:
+    """The ``warnings`` of the API's search response: a ``{"field", "value", "message",
+    "suggestions"}`` per filter value no point of the collection holds."""
+    from core.filter_warnings import StoredValues
+    from search_api import services
+    from search_api.schemas import parse_filter
+
+    search_filter = parse_filter(dict(filter)) if filter else None
+    if search_filter is None:
+        return []
+    entry = catalog.get(collection)
+    found = services.search_warnings(
+        index=catalog.index, entry=entry, search_filter=search_filter, stored=StoredValues()
+    )
+    return [warning.model_dump() for warning in found]
 
 
 def hit_rows(hits: Sequence[Hit]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from core.catalog import Catalog
 from core.encoders.registry import resolve_spec
 from core.encoders.spec import EncoderSpec
-from core.errors import CollectionExists, CollectionNotFound, ConfigError, WeightsUnavailable
+from core.errors import CollectionExists, CollectionNotFound, ConfigError
 from search_api.schemas import CollectionCreate, CollectionDetailPublic
 
 __all__ = ["collection_detail", "create_collection", "ensure_collections", "spec_from"]
@@ -28,17 +28,14 @@ def spec_from(body: CollectionCreate) -> EncoderSpec:
 
 
 def create_collection(*, catalog: Catalog, body: CollectionCreate) -> CollectionDetailPublic:
-    """Load the encoder, probe one image, then create the collection; nothing is left on failure."""
+    """Load the encoder, probe one image, then create the collection; nothing is left on failure.
+
+    `WeightsUnavailable` (HTTP 424) when the weights cannot be had here, `UpstreamUnreachable`
+    (502) when the S3 endpoint holding them does not answer."""
     spec = spec_from(body)
     if catalog.index.collection_exists(body.name):
         raise CollectionExists(f"collection {body.name!r} already exists")
-    try:
-        entry = catalog.create(
-            body.name, spec, quantization=body.quantization, on_disk=body.on_disk, probe=True
-        )
-    except WeightsUnavailable as exc:
-        # The weights this request names cannot be had here: the request's to fix, not a 503.
-        raise ConfigError(str(exc)) from exc
+    entry = catalog.create(body.name, spec, quantization=body.quantization, on_disk=body.on_disk, probe=True)
     return collection_detail(catalog=catalog, name=entry.name)
 
 
@@ -74,6 +71,7 @@ def collection_detail(*, catalog: Catalog, name: str) -> CollectionDetailPublic:
             "spec": entry.encoder.model_dump(mode="json"),
             "quantization": entry.quantization,
             "on_disk": entry.on_disk,
+            "accept_burned_in": entry.accept_burned_in,
             "indexing": {
                 "status": info.get("status", "unknown"),
                 "points": info["points"],

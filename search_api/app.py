@@ -16,8 +16,10 @@ from core.catalog import Catalog
 from core.config import Settings
 from core.index.base import VectorIndex
 from core.index.factory import open_index
+from core.snapshots import Trash
 from search_api.backfill_jobs import LocalJobStore, OwnerJobRunner
 from search_api.deps import reject_unknown_query
+from search_api.docs import install_docs
 from search_api.errors import install_exception_handlers
 from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
 from search_api.openapi import install_openapi
@@ -32,6 +34,7 @@ from search_api.routes import (
     points,
     search,
     web,
+    workers,
 )
 from search_api.security import AccessMiddleware, Authenticator, check_route_policies
 
@@ -62,6 +65,8 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
             )
         )
         app.state.index = opened
+        if opened.supports_files:  # the owner starts: what expired in the trash goes
+            await run_in_threadpool(Trash(settings).purge)
         app.state.catalog = Catalog(opened, settings)
         app.state.inference_limiter = CapacityLimiter(_INFERENCE_THREADS)
         app.state.backfill = OwnerJobRunner(app.state.catalog, settings, LocalJobStore())
@@ -80,11 +85,14 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
         version="0.1.0",
         lifespan=lifespan,
         generate_unique_id_function=_unique_id,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        # The pages are added by `install_docs` (self-hosted assets, no CDN).
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
         dependencies=[Depends(reject_unknown_query)],
     )
+    if docs:
+        install_docs(app)
     app.state.settings = settings
     app.state.authenticator = authenticator
     install_exception_handlers(app)
@@ -96,6 +104,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     app.include_router(search.router)
     app.include_router(evaluation.router)
     app.include_router(jobs.router)
+    app.include_router(workers.router)
     app.include_router(events.router)
     app.include_router(web.router)
     check_route_policies(app)

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,11 +29,13 @@ from starlette.requests import Request
 from core.catalog import Catalog
 from core.config import Settings
 from core.errors import ConfigError, RadsearchError
+from core.snapshots import TrashEntry
 from ingest.backfill import plan_backfill, run_backfill
-from ingest.inline import IngestOptions, build_context
+from ingest.inline import IngestOptions, build_context, diff_inline, listing_of, plan_prune
 from ingest.labels import Labeler, PathTemplate, load_manifest, parse_manifest
 from ingest.pipeline import BatchReport, run_pipeline
 from ingest.planner import plan_batches
+from ingest.prune import SourceDiff, guard_message, prune_gone
 from ingest.sources import open_source
 from ingest.sources.base import ObjectRef, Source
 from ingest.sources.local import LocalSource
@@ -207,6 +209,10 @@ class JobProgress:
             self._job_id, {"listed": objects, "queued": objects, "batches_total": batches}
         )
 
+    def deleted(self, count: int) -> None:
+        """A prune deleted the points of ``count`` objects gone from the source."""
+        self._store.raise_counters(self._job_id, {"deleted": count})
+
     def batch(self, report: BatchReport) -> None:
         """One batch is done: count it, with its failed and quarantined objects."""
         self._batches += 1
@@ -268,7 +274,8 @@ class OwnerIngest:
     """An ingest the owner runs with the inline pipeline. ``source`` is an ``s3://`` URI or a
     folder the caller has allowed (`check_local_path`); ``manifest`` an ``s3://`` object URI or
     such a file. A missing collection is created with ``encoder`` (default ``baseline``), as
-    ``radsearch ingest`` does."""
+    ``radsearch ingest`` does. ``accept_burned_in``, ``prune``, ``dry_run``,
+    ``max_delete_fraction`` and ``force`` as `IngestOptions` has them."""
 
     source: str
     collections: tuple[str, ...]
@@ -277,6 +284,11 @@ class OwnerIngest:
     skip_unchanged: bool = True
     encoder: str | None = None
     batch_size: int | None = None
+    accept_burned_in: bool = False
+    prune: bool = False
+    dry_run: bool = False
+    max_delete_fraction: float = 0.1
+    force: bool = False
 
 
 class OwnerJobRunner:
@@ -329,6 +341,9 @@ class OwnerJobRunner:
         source = open_source(request.source, self.settings)
         try:
             names = tuple(self.catalog.ensure(name, request.encoder).name for name in request.collections)
+            if request.accept_burned_in and not request.dry_run:
+                for name in names:
+                    self.catalog.record_accept_burned_in(name)
             local_manifest = request.manifest if request.manifest and "://" not in request.manifest else None
             exclude = manifest_keys(source, Path(local_manifest) if local_manifest else None)
             spec = JobSpec(
@@ -339,6 +354,11 @@ class OwnerJobRunner:
                 skip_unchanged=request.skip_unchanged,
                 encoder=request.encoder,
                 batch_size=request.batch_size,
+                accept_burned_in=request.accept_burned_in,
+                prune=request.prune,
+                dry_run=request.dry_run,
+                max_delete_fraction=request.max_delete_fraction,
+                force=request.force,
             )
             work = partial(self._ingest, source, request, names, labeler, exclude)
             return self.submit("ingest", spec, work)
@@ -378,11 +398,12 @@ class OwnerJobRunner:
                 out.append(f"{meta.kind} job {job_id}")
         return out
 
-    def drop(self, name: str) -> None:
-        """Drop a collection; `CollectionBusy` while an alias points at it or a job writes to it
-        (one of this process's, or an unfinished Celery job in Redis)."""
+    def drop(self, name: str) -> TrashEntry | None:
+        """Drop a collection (`Catalog.drop`: to the trash on the embedded store); `CollectionBusy`
+        while an alias points at it or a job writes to it (one of this process's, or an
+        unfinished Celery job in Redis)."""
         with self._lock:
-            self.catalog.drop(
+            return self.catalog.drop(
                 name,
                 writers=lambda n, aliases: [*self.writers(n), *celery_writers(self.settings, n, aliases)],
             )
@@ -435,22 +456,37 @@ class OwnerJobRunner:
     ) -> dict[str, Any]:
         started = time.perf_counter()
         batch_size = request.batch_size or self.settings.ingest.batch_size
+        options = IngestOptions(
+            skip_unchanged=request.skip_unchanged,
+            accept_burned_in=request.accept_burned_in,
+            prune=request.prune,
+            dry_run=request.dry_run,
+            max_delete_fraction=request.max_delete_fraction,
+            force=request.force,
+        )
         try:
-            ctx = build_context(
-                source,
-                self.catalog,
-                list(names),
-                IngestOptions(skip_unchanged=request.skip_unchanged),
-                self.settings,
-                labeler=labeler,
-            )
+            ctx = build_context(source, self.catalog, list(names), options, self.settings, labeler=labeler)
+            if request.dry_run:
+                listing = listing_of(ctx, exclude)
+                diffs = diff_inline(ctx, self.settings, listing, prune=request.prune)
+                refusal = guard_message(diffs, max_fraction=request.max_delete_fraction, force=request.force)
+                return {
+                    "collection": ",".join(request.collections),
+                    "dry_run": True,
+                    "diffs": [{**d.to_dict(), "would_refuse": refusal} for d in diffs],
+                }
+            listed: Iterable[ObjectRef] = (r for r in source.list() if r.key not in exclude)
+            prune_diffs: list[SourceDiff] = []
+            if request.prune:
+                # The whole listing first: the deletion guard decides before anything is written.
+                listing = listing_of(ctx, exclude)
+                prune_diffs = plan_prune(ctx, self.settings, listing, options)
+                listed = listing.values()
 
             def batches() -> Iterator[list[ObjectRef]]:
                 # The listing is streamed: the plan grows as it is read.
                 objects = 0
-                for count, batch in enumerate(
-                    plan_batches((r for r in source.list() if r.key not in exclude), batch_size), start=1
-                ):
+                for count, batch in enumerate(plan_batches(listed, batch_size), start=1):
                     objects += len(batch)
                     progress.plan(objects=objects, batches=count)
                     yield batch
@@ -459,12 +495,16 @@ class OwnerJobRunner:
                 max_workers=self.settings.ingest.decode_workers, thread_name_prefix="decode"
             ) as pool:
                 report = run_pipeline(ctx, batches(), pool, on_batch=progress.batch)
+            if prune_diffs:
+                report.deleted = prune_gone(ctx.index, source, prune_diffs)
+                progress.deleted(len(report.deleted))
             index_written(self.catalog, names, report)
         finally:
             source.close()
         return {
             "collection": ",".join(request.collections),
             **report.to_dict(),
+            "accept_burned_in": request.accept_burned_in,
             "seconds": round(time.perf_counter() - started, 3),
         }
 
@@ -486,7 +526,7 @@ def owner_jobs(request: Request) -> OwnerJobRunner:
 def index_written(catalog: Catalog, collections: Sequence[str], report: BatchReport) -> None:
     """Build the index of collections a run wrote frames into (Qdrant Edge builds its HNSW graph
     only when asked: once, after the bulk load, as the inline executor does)."""
-    if report.frames_indexed:
+    if report.frames_indexed or report.deleted:
         for name in collections:
             catalog.index.optimize(catalog.resolve(name))
 

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from core.catalog import COLLECTION_NAME_PATTERN, Catalog, CollectionEntry
 from core.config import Settings
 from core.errors import CollectionNotFound
+from core.filter_warnings import StoredValues
 from core.index.base import VectorIndex
 from core.payload import SearchFilter
 from search_api.errors import ApiError, UnknownField
@@ -31,6 +32,7 @@ __all__ = [
     "IndexDep",
     "InferenceLimiterDep",
     "SettingsDep",
+    "StoredValuesDep",
     "check_job_id",
     "check_limit",
     "check_name",
@@ -73,7 +75,16 @@ def worker_gateway(request: Request) -> WorkerGateway:
     return gateway
 
 
+async def get_stored_values(request: Request) -> StoredValues:
+    """The app's cache of stored filter values (for search warnings), made on first use."""
+    stored: StoredValues | None = getattr(request.app.state, "stored_values", None)
+    if stored is None:
+        stored = request.app.state.stored_values = StoredValues()
+    return stored
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoredValuesDep = Annotated[StoredValues, Depends(get_stored_values)]
 IndexDep = Annotated[VectorIndex, Depends(get_index)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 InferenceLimiterDep = Annotated[CapacityLimiter, Depends(get_inference_limiter)]

@@ -28,6 +28,7 @@ from core.errors import (
     CollectionExists,
     CollectionNotFound,
     ConfigError,
+    DeletionRefused,
     EncoderNotFound,
     InvalidFilter,
     InvalidVector,
@@ -38,6 +39,7 @@ from core.errors import (
     StoreOwned,
     TooLarge,
     UnsupportedFormat,
+    UpstreamUnreachable,
     WeightsUnavailable,
 )
 
@@ -47,6 +49,8 @@ __all__ = [
     "ApiError",
     "ErrorBody",
     "ErrorInfo",
+    "ObjectGone",
+    "ObjectQuarantined",
     "UnknownField",
     "UpstreamUnavailable",
     "code_for",
@@ -82,6 +86,15 @@ class UpstreamUnavailable(RadsearchError):
     """A point's source object cannot be fetched or decoded (thumbnails): the store, not the client."""
 
 
+class ObjectGone(RadsearchError):
+    """A point's source object no longer exists (deleted from the archive): no pixels to serve."""
+
+
+class ObjectQuarantined(RadsearchError):
+    """A point's source object is quarantined now (burned-in annotation) and its collection did not
+    accept burned-in objects: its pixels are not served."""
+
+
 class UnknownField(BadInput):
     """A request names a field, form part or query parameter the route does not take."""
 
@@ -113,6 +126,9 @@ STATUS_BY_ERROR: dict[type[RadsearchError], int] = {
     CollectionNotFound: 404,
     PointNotFound: 404,
     CollectionExists: 409,
+    DeletionRefused: 409,
+    ObjectGone: 404,
+    ObjectQuarantined: 410,
     TooLarge: 413,
     UnsupportedFormat: 415,
     BadInput: 400,
@@ -121,7 +137,9 @@ STATUS_BY_ERROR: dict[type[RadsearchError], int] = {
     NoTextTower: 400,
     EncoderNotFound: 400,
     ConfigError: 400,
-    WeightsUnavailable: 503,
+    # the weights the request names cannot be had here (a failed dependency, the caller's to provide)
+    WeightsUnavailable: 424,
+    UpstreamUnreachable: 502,
     StoreFull: 507,
     StoreOwned: 503,
     UpstreamUnavailable: 502,
@@ -141,6 +159,7 @@ _CODE_BY_STATUS: dict[int, str] = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    410: "gone",
     413: "body_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
@@ -272,6 +291,7 @@ _STATUS_TEXT: dict[int, str] = {
     403: "The credentials lack the role this operation needs",
     404: "Not found",
     409: "Conflict with the current state",
+    410: "Gone: the resource is withheld for good",
     413: "The request body or upload is too large",
     415: "The upload's format is not supported",
     422: "A field breaks its rule (type, bounds, pattern); the value is never echoed",

@@ -46,6 +46,7 @@ __all__ = [
     "SearchHit",
     "SearchQuery",
     "SearchResponse",
+    "SearchWarning",
     "parse_filter",
 ]
 
@@ -130,6 +131,7 @@ class PayloadPublic(BaseModel):
     key: str | None = _shown()
     frame: int | None = _shown()
     n_frames: int | None = _shown()
+    frames_sampled: int | None = _shown()
     etag: str | None = _shown()
     size: int | None = _shown()
     rows: int | None = _shown()
@@ -149,10 +151,23 @@ class SearchHit(BaseModel):
     payload: PayloadPublic
 
 
+class SearchWarning(BaseModel):
+    """A filter value that matches no stored value of its field: the search ran, and found only
+    what the other values allow (often nothing)."""
+
+    field: str = Field(description="the filter field, e.g. anatomy")
+    value: str = Field(description="the filter value that matched no stored value")
+    message: str
+    suggestions: list[str] = Field(description="the closest stored values of the field, best first")
+
+
 class SearchResponse(BaseModel):
     hits: list[SearchHit]
     collection: str
     took_ms: float
+    warnings: list[SearchWarning] = Field(
+        default_factory=list, description="filter values that match no stored value"
+    )
 
 
 class CollectionPublic(BaseModel):
@@ -171,6 +186,11 @@ class CollectionDetailPublic(CollectionPublic):
     spec: EncoderSpec
     quantization: Literal["none", "int8"]
     on_disk: bool
+    accept_burned_in: bool = Field(
+        default=False,
+        description="an ingest accepted objects with burned-in annotation (--accept-burned-in): "
+        "they are indexed and their thumbnails served",
+    )
     indexing: IndexingPublic
     aliases: list[str]
 
@@ -284,6 +304,9 @@ class CompareResult(BaseModel):
     encoder: str
     hits: list[SearchHit]
     took_ms: float
+    warnings: list[SearchWarning] = Field(
+        default_factory=list, description="filter values that match no stored value of this collection"
+    )
 
 
 class FusedHit(BaseModel):
@@ -348,6 +371,7 @@ class PointPayloadIn(BaseModel):
     key: str | None = Field(default=None, max_length=2048)
     frame: int | None = _count()
     n_frames: int | None = _count()
+    frames_sampled: int | None = _count()
     etag: str | None = _label()
     size: int | None = _count()
     rows: int | None = _count()
@@ -436,6 +460,7 @@ class PointBookkeeping(BaseModel):
     key: str | None = None
     frame: int | None = None
     n_frames: int | None = None
+    frames_sampled: int | None = None
     etag: str | None = None
     size: int | None = None
 
@@ -454,3 +479,96 @@ class OptimizePublic(BaseModel):
     points: int
     indexed_vectors: int | None
     status: str
+
+
+# -- backups: the trash and snapshots (embedded store) ---------------------------------------------
+
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+
+
+class CollectionDropped(BaseModel):
+    """What a drop did: moved to the trash until ``expires_at`` (embedded store), or deleted for
+    good (``trashed`` false: a Qdrant server)."""
+
+    name: str
+    trashed: bool
+    points: int | None = None
+    dropped_at: str | None = None
+    expires_at: str | None = None
+    message: str
+
+
+class CollectionRestore(BaseModel):
+    """Bring a dropped collection back from the trash, under its name or ``as``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    as_: str | None = Field(default=None, alias="as", pattern=_NAME_PATTERN)
+
+
+class TrashEntryPublic(BaseModel):
+    id: str
+    name: str
+    points: int
+    dropped_at: str
+    expires_at: str
+
+
+class TrashPublic(BaseModel):
+    trash: list[TrashEntryPublic]
+
+
+class CollectionRestored(BaseModel):
+    name: str
+    source: str
+    points: int
+
+
+class SnapshotCreate(BaseModel):
+    """Collections to snapshot (their own names); none: every collection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collections: list[str] | None = Field(default=None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _names(self) -> SnapshotCreate:
+        import re
+
+        for name in self.collections or ():
+            if not re.match(_NAME_PATTERN, name):
+                raise ValueError(f"collections: each must match {_NAME_PATTERN}")
+        return self
+
+
+class SnapshotCollectionPublic(BaseModel):
+    name: str
+    points: int
+    catalog: dict[str, Any]
+
+
+class SnapshotPublic(BaseModel):
+    id: str
+    created_at: str
+    radsearch_version: str
+    collections: list[SnapshotCollectionPublic]
+
+
+class SnapshotsPublic(BaseModel):
+    snapshots: list[SnapshotPublic]
+
+
+class SnapshotRestore(BaseModel):
+    """Restore a snapshot's collections, or ``collection`` alone (as ``as``); ``force`` replaces a
+    collection of the same name (it goes to the trash)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    collection: str | None = Field(default=None, pattern=_NAME_PATTERN)
+    as_: str | None = Field(default=None, alias="as", pattern=_NAME_PATTERN)
+    force: bool = False
+
+
+class SnapshotRestored(BaseModel):
+    snapshot: str
+    restored: list[CollectionRestored]

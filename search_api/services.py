@@ -15,13 +15,15 @@ from PIL import Image
 from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
 from core.encoders.base import Frame
-from core.errors import DecodeError, PointNotFound
+from core.errors import BadInput, DecodeError, PointNotFound
+from core.filter_warnings import StoredValues, filter_warnings
 from core.index.base import Hit, StoredPoint, VectorIndex
 from core.payload import SearchFilter
 from core.vectors import validate_vectors
 from ingest.readers import DecodedObject, DecodeLimits, decode_object
 from ingest.sources import open_source
-from search_api.errors import UpstreamUnavailable
+from search_api.errors import ObjectGone, ObjectQuarantined, UpstreamUnavailable
+from search_api.schemas import SearchWarning
 
 __all__ = [
     "embed_frame",
@@ -30,10 +32,13 @@ __all__ = [
     "read_point",
     "render_thumbnail",
     "search",
+    "search_warnings",
     "upload_frame",
 ]
 
 logger = logging.getLogger(__name__)
+
+_NOT_FOUND = "object not found"  # the reason sources give for a missing object
 
 
 def read_point(
@@ -107,6 +112,16 @@ def search(
     )
 
 
+def search_warnings(
+    *, index: VectorIndex, entry: CollectionEntry, search_filter: SearchFilter | None, stored: StoredValues
+) -> list[SearchWarning]:
+    """A warning per filter value no point of the collection holds (none without a filter)."""
+    return [
+        SearchWarning.model_validate(w.to_dict())
+        for w in filter_warnings(index, entry.name, search_filter, stored)
+    ]
+
+
 def _pick_frame(decoded: DecodedObject, frame_index: int) -> Frame:
     if not decoded.frames:
         raise UpstreamUnavailable("the source object has no image frames")
@@ -133,8 +148,16 @@ def _to_png(frame: Frame, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def render_thumbnail(*, settings: Settings, point: StoredPoint, size: int) -> bytes:
-    """A PNG of the point's frame, longest side ``size``, rendered from pixels only."""
+def render_thumbnail(
+    *, settings: Settings, point: StoredPoint, size: int, accept_burned_in: bool = False
+) -> bytes:
+    """A PNG of the point's frame, longest side ``size``, rendered from pixels only.
+
+    The source object is checked as it is now: `ObjectGone` (404) when it was deleted,
+    `ObjectQuarantined` (410) when it carries burned-in annotation (`burned_in_reason`) and the
+    collection did not accept such objects (``accept_burned_in``)."""
+    from ingest.pipeline import burned_in_reason
+
     payload: Mapping[str, Any] = point.payload
     source_uri, key = payload.get("source"), payload.get("key")
     if not isinstance(source_uri, str) or not isinstance(key, str):
@@ -147,8 +170,21 @@ def render_thumbnail(*, settings: Settings, point: StoredPoint, size: int) -> by
         finally:
             source.close()
         decoded = _decode(data, key, settings)
+    except BadInput as exc:
+        if exc.reason == _NOT_FOUND:
+            raise ObjectGone(
+                f"the source object of point {point.id!r} no longer exists; its points go with "
+                "the next prune or reconcile"
+            ) from None
+        logger.warning("thumbnail source undecodable for point %s: %s", point.id, type(exc).__name__)
+        raise UpstreamUnavailable(f"the source object of point {point.id!r} cannot be read") from exc
     except Exception as exc:
         # any failure to reach or read the store is the upstream's, never the client's (502)
         logger.warning("thumbnail source unreadable for point %s: %s", point.id, type(exc).__name__)
         raise UpstreamUnavailable(f"the source object of point {point.id!r} cannot be read") from exc
+    if not accept_burned_in and burned_in_reason(decoded.meta, decoded.labels) is not None:
+        raise ObjectQuarantined(
+            f"the source object of point {point.id!r} is quarantined (burned-in annotation) and "
+            "its collection does not accept burned-in objects: no pixels are served"
+        )
     return _to_png(_pick_frame(decoded, frame_index), size)

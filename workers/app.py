@@ -75,6 +75,7 @@ def _patch_kombu_closed_connection() -> None:
 
 def create_celery(settings: Settings) -> Celery:
     """A configured Celery app with the radsearch tasks registered."""
+    from workers.heartbeat import HeartbeatStep
     from workers.tasks import register_tasks
 
     _patch_kombu_closed_connection()
@@ -141,6 +142,8 @@ def create_celery(settings: Settings) -> Celery:
         }
     app.conf[_SETTINGS_KEY] = settings
     register_tasks(app)
+    # Every worker of this app says it is alive (radsearch jobs workers, a job's `waiting`).
+    app.steps["worker"].add(HeartbeatStep)
     return app
 
 

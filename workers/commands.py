@@ -17,10 +17,20 @@ from core.errors import ConfigError
 if TYPE_CHECKING:
     from workers.jobs import JobKind, JobSpec
 
-__all__ = ["add_worker_commands", "ingest_celery", "job_line", "print_job", "print_job_result", "print_jobs"]
+__all__ = [
+    "add_worker_commands",
+    "deletion_refused",
+    "ingest_celery",
+    "job_line",
+    "print_job",
+    "print_job_result",
+    "print_jobs",
+    "print_workers",
+]
 
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
+EXIT_REFUSED = 2  # a reconcile's deletions were refused by the guard (as a usage error)
 
 
 def _out(text: str) -> None:
@@ -105,12 +115,36 @@ def print_job_result(job: Mapping[str, Any], *, as_json: bool) -> int:
         _out(_summary_line(job))
         if job.get("drift"):
             for name, drift in job["drift"].items():
-                _out(f"  drift {name}: " + " ".join(f"{k}={v}" for k, v in drift.items()))
+                _out(_drift_text(name, drift))
         for item in job.get("failed_items", [])[:20]:
             _out(f"  failed {item['key']}: {item['reason']}")
         if job.get("error"):
             _out(f"  error: {job['error']}")
-    return EXIT_OK if job["state"] == "done" else EXIT_RUNTIME_ERROR
+    if job["state"] == "done":
+        return EXIT_OK
+    return EXIT_REFUSED if deletion_refused(job) else EXIT_RUNTIME_ERROR
+
+
+def deletion_refused(job: Mapping[str, Any]) -> bool:
+    """Whether a failed job is a reconcile whose deletions the guard refused (nothing deleted)."""
+    drift = job.get("drift") or {}
+    return job["state"] == "failed" and any(d.get("refused") for d in drift.values())
+
+
+def _drift_text(name: str, drift: Mapping[str, Any]) -> str:
+    """A collection's drift: its counts, then the keys deleted (or, for a dry run, the keys that
+    would be added, re-embedded and deleted)."""
+    if drift.get("dry_run"):
+        from ingest.prune import diff_lines
+
+        return "\n".join(["  dry run: nothing was written", *(f"  {line}" for line in diff_lines(drift))])
+    counts = " ".join(f"{k}={v}" for k, v in drift.items() if not k.endswith("_items"))
+    lines = [f"  drift {name}: {counts}"]
+    deleted = drift.get("deleted_items") or []
+    lines += [f"    deleted {key}" for key in deleted[:20]]
+    if len(deleted) > 20:
+        lines.append(f"    ... {len(deleted) - 20} more (--json lists every key)")
+    return "\n".join(lines)
 
 
 def job_line(job: Mapping[str, Any]) -> str:
@@ -134,8 +168,36 @@ def print_jobs(jobs: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
 
 
 def print_job(job: Mapping[str, Any], *, as_json: bool) -> None:
-    """``radsearch jobs show``: one job as ``JobRecord.to_dict()`` gives it."""
+    """``radsearch jobs show``: one job as ``JobRecord.to_dict()`` gives it, with ``waiting``
+    (why it does not move, or null); said on stderr too, unless ``as_json``."""
     _out(json.dumps(dict(job)) if as_json else json.dumps(dict(job), indent=2))
+    if job.get("waiting") and not as_json:
+        sys.stderr.write(
+            f"radsearch: job {job['id']} is waiting: {job['waiting']} (start `radsearch worker`)\n"
+        )
+
+
+def _ago(iso: str, now: float) -> str:
+    from datetime import datetime
+
+    return f"{max(now - datetime.fromisoformat(iso).timestamp(), 0.0):.0f}s ago"
+
+
+def print_workers(workers: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
+    """``radsearch jobs workers``: live workers as ``WorkerBeat.to_dict`` gives them."""
+    if as_json:
+        _out(json.dumps({"data": [dict(w) for w in workers], "count": len(workers)}))
+        return
+    import time
+
+    now = time.time()
+    for worker in workers:
+        _out(
+            f"{worker['hostname']}  queues={','.join(worker['queues'])}  pid={worker['pid']}  "
+            f"last_seen={_ago(worker['last_seen'], now)}  active={worker['active']}/{worker['concurrency']}"
+        )
+    if not workers:
+        _out("no live workers")
 
 
 def _finish(record: Any, job_id: str, *, as_json: bool) -> int:
@@ -188,7 +250,13 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
         path_template=args.path_template,
         skip_unchanged=not args.no_skip_unchanged,
         encoder=args.encoder or "baseline",
+        accept_burned_in=args.accept_burned_in,
     )
+    if args.prune or args.dry_run:
+        raise ConfigError(
+            "--prune and --dry-run run inline or through a server; with the workers, "
+            "`radsearch reconcile SOURCE --collection NAME [--dry-run]` deletes what is gone"
+        )
     if spec.path_template:
         from ingest.labels import PathTemplate
 
@@ -199,6 +267,8 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from workers.jobs import JobKind, JobSpec
 
+    if not 0.0 <= args.max_delete_fraction <= 1.0:
+        raise ConfigError("--max-delete-fraction must be between 0 and 1")
     spec = JobSpec(
         source=_source_uri(args.source),
         collections=_collections(args.collection),
@@ -206,6 +276,10 @@ def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         path_template=args.path_template,
         skip_unchanged=True,
         encoder=args.encoder,
+        accept_burned_in=args.accept_burned_in,
+        dry_run=args.dry_run,
+        max_delete_fraction=args.max_delete_fraction,
+        force=args.force,
     )
     return _submit_and_follow(args, settings, JobKind.RECONCILE, spec)
 
@@ -222,7 +296,17 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
         if record is None:
             sys.stderr.write(f"radsearch: error: no job {args.job_id}\n")
             return EXIT_RUNTIME_ERROR
-        print_job(record.to_dict(), as_json=args.json)
+        from workers.heartbeat import job_waiting
+
+        job = record.to_dict()
+        job["waiting"] = job_waiting(store, record, settings.celery)
+        print_job(job, as_json=args.json)
+        return EXIT_OK
+    if args.jobs_command == "workers":
+        from workers.heartbeat import live_workers
+
+        beats = live_workers(store.client, dead_after_s=settings.celery.worker_dead_after_s)
+        print_workers([beat.to_dict() for beat in beats], as_json=args.json)
         return EXIT_OK
     # requeue
     letters = store.dead_letters(job_id=args.job_id)
@@ -303,6 +387,11 @@ def add_worker_commands(
     jshow.add_argument("job_id")
     jshow.add_argument("--json", action="store_true")
     jshow.set_defaults(handler=_cmd_jobs, **remote)
+    jworkers = jobs_sub.add_parser(
+        "workers", help="live workers: hostname, queues, pid, last heartbeat, running tasks"
+    )
+    jworkers.add_argument("--json", action="store_true")
+    jworkers.set_defaults(handler=_cmd_jobs, **remote)
     jrequeue = jobs_sub.add_parser("requeue", help="replay dead-lettered batches (all, or one job's)")
     jrequeue.add_argument("job_id", nargs="?")
     jrequeue.add_argument("--json", action="store_true")
@@ -319,6 +408,25 @@ def add_worker_commands(
         "--manifest", help="CSV/JSONL manifest (path or s3:// URI) for re-ingested objects"
     )
     reconcile.add_argument("--path-template")
+    reconcile.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the keys that would be added, re-embedded and deleted; change nothing",
+    )
+    reconcile.add_argument(
+        "--max-delete-fraction",
+        type=float,
+        default=0.1,
+        help="refuse deleting more than this fraction of a collection's objects (default 0.1)",
+    )
+    reconcile.add_argument(
+        "--force", action="store_true", help="delete even for an empty listing or beyond the fraction"
+    )
+    reconcile.add_argument(
+        "--accept-burned-in",
+        action="store_true",
+        help="index re-embedded objects with burned-in annotation instead of quarantining them",
+    )
     reconcile.add_argument("--detach", action="store_true", help="print the job id and return")
     reconcile.add_argument("--json", action="store_true")
     reconcile.set_defaults(handler=_cmd_reconcile)

@@ -166,7 +166,7 @@ class WorkerResources:
             self.source(spec.source),
             self.catalog,
             list(spec.collections),
-            IngestOptions(skip_unchanged=spec.skip_unchanged),
+            IngestOptions(skip_unchanged=spec.skip_unchanged, accept_burned_in=spec.accept_burned_in),
             self.settings,
             labeler=self.labeler(job_id, spec),
         )

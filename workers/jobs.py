@@ -88,6 +88,10 @@ class JobSpec:
 
     ``manifest`` is a reference (local path or ``s3://`` URI) that workers read themselves; tasks
     never carry its content. ``encoder`` creates missing collections with that encoder.
+    ``accept_burned_in`` indexes objects with burned-in annotation instead of quarantining them.
+    Reconcile (and an owner ingest with ``prune``): ``dry_run`` only reports the diff, deletions of
+    more than ``max_delete_fraction`` of a collection's objects (or of an empty listing's) are
+    refused unless ``force``.
     """
 
     source: str
@@ -97,6 +101,11 @@ class JobSpec:
     skip_unchanged: bool = True
     encoder: str | None = None
     batch_size: int | None = None
+    accept_burned_in: bool = False
+    prune: bool = False
+    dry_run: bool = False
+    max_delete_fraction: float = 0.1
+    force: bool = False
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -165,6 +174,11 @@ class JobRecord:
                 "skip_unchanged": self.spec.skip_unchanged,
                 "encoder": self.spec.encoder,
                 "batch_size": self.spec.batch_size,
+                "accept_burned_in": self.spec.accept_burned_in,
+                "prune": self.spec.prune,
+                "dry_run": self.spec.dry_run,
+                "max_delete_fraction": self.spec.max_delete_fraction,
+                "force": self.spec.force,
             },
             "counts": dict(self.counts),
             "created_at": iso(self.created_at),

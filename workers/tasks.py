@@ -27,9 +27,17 @@ import redis
 from celery import Celery, Task
 
 from core.errors import BadInput, CollectionNotFound, ConfigError, EncoderError, SourceError
-from core.payload import SearchFilter
 from ingest.pipeline import process_batch
 from ingest.planner import plan_batches
+from ingest.prune import (
+    SourceDiff,
+    delete_keys,
+    diff_source,
+    guard_message,
+    indexed_objects,
+    payload_source,
+    still_gone,
+)
 from ingest.sources.base import ObjectRef
 from workers.app import (
     DELETE_TASK,
@@ -47,7 +55,6 @@ __all__ = ["RadsearchTask", "is_transient", "reconcile_job", "register_tasks"]
 log = logging.getLogger(__name__)
 
 _NOT_FOUND = "object not found"
-_DELETE_CHUNK = 500
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -195,7 +202,7 @@ def _embed(
                 failed.append((item.key, item.reason))
                 bad[item.key] = etag_of.get(item.key, "")
         failed += [(item.key, item.reason) for item in report.quarantined]
-        res.store.mark_bad(spec.collections, ctx.source.uri, bad)
+        res.store.mark_bad(spec.collections, payload_source(ctx.source), bad)
         res.store.complete_batch(
             job_id,
             batch_id,
@@ -228,9 +235,7 @@ def _delete(task: RadsearchTask, job_id: str, batch_id: str, keys: Sequence[str]
         for collection in spec.collections:
             if not index.collection_exists(collection):
                 continue
-            for i in range(0, len(gone), _DELETE_CHUNK):
-                chunk = gone[i : i + _DELETE_CHUNK]
-                index.delete_by_filter(collection, SearchFilter(source=[source.uri], key=chunk))
+            delete_keys(index, collection, source, gone)
         res.store.complete_batch(job_id, batch_id, {"objects_done": len(keys), "deleted": len(gone)})
         _finish_when_complete(task.app, res.store, job_id)
 
@@ -280,6 +285,7 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
     store.mark_planning(job_id)
     try:
         res.ensure_collections(spec)
+        _record_accept_burned_in(res, spec)
         source = res.source(spec.source)
         batch_size = spec.batch_size or res.settings.celery.task_batch_size
         _send_embed_batches(task.app, store, job_id, source.list(), batch_size, "p", count_listed=True)
@@ -295,10 +301,20 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
     _finish_when_complete(task.app, store, job_id)
 
 
-def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, Any] | None:
-    """Diff the source listing with each collection; enqueue missing/changed, delete gone objects.
+def _record_accept_burned_in(res: WorkerResources, spec: JobSpec) -> None:
+    """Record the job's opt-in to burned-in objects in its collections' catalog entries (with the
+    embedded store its owner records it, when the job is submitted through the API)."""
+    if spec.accept_burned_in and not res.embedded:
+        for name in spec.collections:
+            res.catalog.record_accept_burned_in(name)
 
-    Returns the drift per collection (also stored on the job), None if the job does not exist.
+
+def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, Any] | None:
+    """Diff the source listing with each collection; enqueue missing/changed, delete gone objects
+    (refused by `check_deletions` unless the job forces it; nothing written with ``dry_run``).
+
+    Returns the drift per collection (also stored on the job, with the keys deleted, or with
+    every key of the diff for a dry run), None if the job does not exist or failed.
     """
     store = res.store
     spec = store.spec(job_id)
@@ -307,63 +323,75 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
     store.mark_planning(job_id)
     try:
         res.ensure_collections(spec)
+        _record_accept_burned_in(res, spec)
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
         store.fail(job_id, str(exc))
         return None
     source = res.source(spec.source)
     index = res.catalog.index
-    prefix = str(getattr(source, "prefix", "") or "")
     listing = {ref.key: ref for ref in source.list()}
-    to_embed: dict[str, ObjectRef] = {}
+    max_frames = res.settings.ingest.max_frames_per_object
+    diffs = [
+        diff_source(c, listing, indexed_objects(index, c, source, max_frames=max_frames))
+        for c in spec.collections
+    ]
     drift: dict[str, Any] = {}
-    for collection in spec.collections:
-        indexed: dict[str, tuple[str | None, int]] = {}
-        frames: dict[str, int] = {}
-        for point in index.scroll(collection, filter=SearchFilter(source=[source.uri])):
-            key = point.payload.get("key")
-            if not isinstance(key, str) or not key.startswith(prefix):
-                continue
-            frames[key] = frames.get(key, 0) + 1
-            if key not in indexed:
-                indexed[key] = (point.payload.get("etag"), int(point.payload.get("n_frames") or 1))
-        bad = store.bad_objects(collection, source.uri)
-        missing = [k for k, ref in listing.items() if k not in indexed and bad.get(k) != ref.etag]
-        known_bad = sum(1 for k, ref in listing.items() if k not in indexed and bad.get(k) == ref.etag)
-        changed = [
-            k
-            for k, (etag, n_frames) in indexed.items()
-            if k in listing and (etag != listing[k].etag or frames[k] < n_frames)
-        ]
-        candidates = [k for k in indexed if k not in listing]
-        gone: list[str] = []
-        for key in candidates:
-            try:
-                source.stat(key)  # uploaded after the listing was taken: not gone
-            except BadInput:
-                gone.append(key)
-        for i in range(0, len(gone), _DELETE_CHUNK):
-            index.delete_by_filter(
-                collection, SearchFilter(source=[source.uri], key=gone[i : i + _DELETE_CHUNK])
-            )
-        for key in (*missing, *changed):
+    # The guard (`check_deletions`): a dry run reports what it would say, a real run stops here.
+    refusal = guard_message(diffs, max_fraction=spec.max_delete_fraction, force=spec.force)
+    if refusal is not None and not spec.dry_run:
+        drift = {d.collection: {**_drift_counts(d, 0), "refused": True} for d in diffs}
+        store.set_drift(job_id, drift)
+        store.fail(job_id, refusal)
+        log.warning("reconcile job %s refused: %s", job_id, refusal)
+        return None
+    to_embed: dict[str, ObjectRef] = {}
+    deleted_total = 0
+    for diff in diffs:
+        bad = store.bad_objects(diff.collection, payload_source(source))
+        known_bad = [k for k in diff.added if bad.get(k) == listing[k].etag]
+        diff.added = [k for k in diff.added if bad.get(k) != listing[k].etag]
+        diff.deleted = still_gone(source, diff.deleted)
+        if spec.dry_run:
+            drift[diff.collection] = {
+                **_drift_counts(diff, len(known_bad)),
+                **diff.to_dict(),
+                "dry_run": True,
+                "would_refuse": refusal,
+            }
+            continue
+        delete_keys(index, diff.collection, source, diff.deleted)
+        deleted_total += len(diff.deleted)
+        for key in (*diff.added, *diff.changed):
             to_embed[key] = listing[key]
-        drift[collection] = {
-            "bucket_objects": len(listing),
-            "indexed_objects": len(indexed),
-            "missing": len(missing),
-            "changed": len(changed),
-            "gone": len(gone),
-            "known_bad": known_bad,
+        drift[diff.collection] = {
+            **_drift_counts(diff, len(known_bad)),
+            "deleted": len(diff.deleted),
+            "deleted_items": list(diff.deleted),
         }
-    store.raise_counters(job_id, {"listed": len(listing)})
+    store.raise_counters(job_id, {"listed": len(listing), "deleted": deleted_total})
     store.set_drift(job_id, drift)
     refs = [to_embed[k] for k in sorted(to_embed)]
     batch_size = spec.batch_size or res.settings.celery.task_batch_size
     _send_embed_batches(app, store, job_id, refs, batch_size, "r")
     store.plan_done(job_id)
     _finish_when_complete(app, store, job_id)
-    log.info("reconcile job %s: %s", job_id, drift)
+    log.info(
+        "reconcile job %s: %s",
+        job_id,
+        {c: {k: v for k, v in d.items() if not k.endswith("_items")} for c, d in drift.items()},
+    )
     return drift
+
+
+def _drift_counts(diff: SourceDiff, known_bad: int) -> dict[str, Any]:
+    return {
+        "bucket_objects": diff.listed,
+        "indexed_objects": diff.indexed,
+        "missing": len(diff.added),
+        "changed": len(diff.changed),
+        "gone": len(diff.deleted),
+        "known_bad": known_bad,
+    }
 
 
 def _reconcile(task: RadsearchTask, job_id: str) -> None:

@@ -22,7 +22,14 @@ from core.config import Settings
 from core.encoders.base import Encoder, Frame
 from core.encoders.preprocess import Preprocessor
 from core.encoders.spec import EncoderSpec
-from core.encoders.weights import HOW_TO_PROVIDE, ResolvedWeights, hub_download, is_offline, resolve_weights
+from core.encoders.weights import (
+    HOW_TO_PROVIDE,
+    ResolvedWeights,
+    hub_download,
+    hub_reachable,
+    is_offline,
+    resolve_weights,
+)
 from core.errors import ConfigError, EncoderError, NoTextTower, WeightsUnavailable
 
 __all__ = ["OpenClipEncoder", "model_config"]
@@ -236,16 +243,23 @@ class _HashTokenizer:
 class OpenClipEncoder(Encoder):
     """An open_clip model, loaded eagerly, in eval mode on ``device`` as ``dtype``.
 
-    Weights come from `resolve_weights`: random init (seeded), the hub (cache first, no network
-    when offline), a local file or directory, or an ``s3://`` object cached under the model cache.
+    Weights come from `resolve_weights` (or ``resolved``, already resolved): random init (seeded),
+    the hub (cache first, no network when offline), a local file or directory, or an ``s3://``
+    object cached under the model cache.
     """
 
     def __init__(
-        self, spec: EncoderSpec, *, settings: Settings, device: torch.device, dtype: torch.dtype
+        self,
+        spec: EncoderSpec,
+        *,
+        settings: Settings,
+        device: torch.device,
+        dtype: torch.dtype,
+        resolved: ResolvedWeights | None = None,
     ) -> None:
         super().__init__(spec, device=device, dtype=dtype)
         self._settings = settings
-        resolved = resolve_weights(spec, settings)
+        resolved = resolved or resolve_weights(spec, settings)
         self.resolved_weights = resolved
         arch = self._arch = _arch_for(spec, settings)
         self._config = model_config(spec, settings, arch)
@@ -299,8 +313,9 @@ class OpenClipEncoder(Encoder):
         hf_name = text_cfg.get("hf_tokenizer_name")
         if not hf_name:
             return cast(Tokenizer, open_clip.get_tokenizer(self._arch))
-        # Random weights never touch the network: a cached tokenizer or the stand-in.
-        offline = is_offline(self._settings) or self.resolved_weights.kind == "random"
+        # Random weights never touch the network: a cached tokenizer or the stand-in. Nor does an
+        # unreachable hub (no minutes of retries): the cache only.
+        offline = is_offline(self._settings) or self.resolved_weights.kind == "random" or not hub_reachable()
         errors: list[str] = []
         for cache in (self._settings.model_cache_dir, None):
             try:

@@ -14,6 +14,8 @@ from core.errors import EncoderNotFound
 if TYPE_CHECKING:
     import torch
 
+    from core.encoders.weights import ResolvedWeights
+
 __all__ = ["REGISTRY", "get_spec", "list_specs", "load_encoder", "resolve_spec"]
 
 _SPECS: tuple[EncoderSpec, ...] = (
@@ -267,18 +269,38 @@ def load_encoder(spec: EncoderSpec, settings: Settings, *, weights: str | None =
 
     ``weights`` overrides ``spec.weights`` (``"random"`` for tests and benchmarks).
     """
+    spec = spec.with_weights(weights)
+    resolved = _resolve_first(spec, settings)
+
     from core.encoders.device import quantize_linear_int8, select_device_and_dtype, uses_int8_linear
 
-    spec = spec.with_weights(weights)
     device, dtype = select_device_and_dtype(settings.runtime, spec)
-    encoder = _build_encoder(spec, settings, device, dtype)
+    encoder = _build_encoder(spec, settings, device, dtype, resolved)
     if uses_int8_linear(settings.runtime, spec, device):
         quantize_linear_int8(encoder)
     return encoder
 
 
+def _resolve_first(spec: EncoderSpec, settings: Settings) -> ResolvedWeights | None:
+    """The spec's weights, resolved before torch is imported and the device probed: weights that
+    cannot be had fail in a fraction of a second, not after the seconds a model build takes.
+    None where the encoder decides (built-in features; a transformers architecture's default
+    weights, which may not be on the hub at all)."""
+    from core.encoders.weights import resolve_weights
+
+    if spec.family is EncoderFamily.BUILTIN:
+        return None
+    if spec.family is EncoderFamily.TRANSFORMERS and spec.weights is None:
+        return None
+    return resolve_weights(spec, settings)
+
+
 def _build_encoder(
-    spec: EncoderSpec, settings: Settings, device: torch.device, dtype: torch.dtype
+    spec: EncoderSpec,
+    settings: Settings,
+    device: torch.device,
+    dtype: torch.dtype,
+    resolved: ResolvedWeights | None = None,
 ) -> Encoder:
     match spec.family:
         case EncoderFamily.BUILTIN:
@@ -288,14 +310,14 @@ def _build_encoder(
         case EncoderFamily.OPEN_CLIP:
             from core.encoders.open_clip_encoder import OpenClipEncoder
 
-            return OpenClipEncoder(spec, settings=settings, device=device, dtype=dtype)
+            return OpenClipEncoder(spec, settings=settings, device=device, dtype=dtype, resolved=resolved)
         case EncoderFamily.TRANSFORMERS if spec.output == "neck_mean":
             from core.encoders.sam_encoder import SamEncoder
 
-            return SamEncoder(spec, settings=settings, device=device, dtype=dtype)
+            return SamEncoder(spec, settings=settings, device=device, dtype=dtype, resolved=resolved)
         case EncoderFamily.TRANSFORMERS:
             from core.encoders.transformers_encoder import TransformersEncoder
 
-            return TransformersEncoder(spec, settings=settings, device=device, dtype=dtype)
+            return TransformersEncoder(spec, settings=settings, device=device, dtype=dtype, resolved=resolved)
         case _:
             raise EncoderNotFound(f"encoder family {spec.family!s} of {spec.name!r} is not supported yet")

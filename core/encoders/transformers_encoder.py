@@ -225,7 +225,13 @@ class TransformersEncoder(Encoder):
     """A transformers vision model, loaded eagerly, in eval mode on ``device`` as ``dtype``."""
 
     def __init__(
-        self, spec: EncoderSpec, *, settings: Settings, device: torch.device, dtype: torch.dtype
+        self,
+        spec: EncoderSpec,
+        *,
+        settings: Settings,
+        device: torch.device,
+        dtype: torch.dtype,
+        resolved: ResolvedWeights | None = None,
     ) -> None:
         super().__init__(spec, device=device, dtype=dtype)
         arch = architecture_for(spec)
@@ -234,7 +240,7 @@ class TransformersEncoder(Encoder):
                 f"encoder {spec.name!r}: output {spec.output!r} is not one of "
                 f"{', '.join(self._outputs(arch))} for {spec.checkpoint!r}"
             )
-        resolved = _resolve(spec, arch, settings)
+        resolved = resolved or _resolve(spec, arch, settings)
         model = build_model(spec)
         if resolved.kind != "random":
             assert resolved.path is not None

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,7 +16,7 @@ from urllib.parse import urlparse
 
 from core.config import Settings
 from core.encoders.spec import EncoderFamily, EncoderSpec
-from core.errors import WeightsUnavailable
+from core.errors import UpstreamUnreachable, WeightsUnavailable
 
 __all__ = [
     "HOW_TO_PROVIDE",
@@ -21,16 +24,28 @@ __all__ = [
     "file_sha256",
     "find_weights_file",
     "hub_download",
+    "hub_reachable",
     "is_offline",
     "resolve_weights",
 ]
 
 logger = logging.getLogger(__name__)
 
+# Said once per error, to HTTP callers and the CLI alike (the CLI adds its own flag).
 HOW_TO_PROVIDE = (
-    "pass --weights with a local path or an s3:// URI, or pre-populate the Hugging Face cache; "
-    "see README 'Encoders' > 'Using real weights'"
+    "provide the weights as a local file or directory, an s3:// URI in the model bucket (on the "
+    "S3 endpoint RADSEARCH_S3__ENDPOINT), or a Hugging Face hub id with network access, or "
+    "pre-populate the model cache (RADSEARCH_MODELS__CACHE_DIR, default <data dir>/models) or the "
+    "Hugging Face cache; see README 'Encoders' > 'Using real weights'"
 )
+# How long a probe of the hub (or the proxy to it) may take before the hub counts as unreachable,
+# and how long its answer is trusted.
+HUB_PROBE_TIMEOUT_S = 2.0
+_HUB_PROBE_TTL_S = 60.0
+# The S3 endpoint of the weights: a refused or timed-out connection fails at once (no retries),
+# so an admin request with the endpoint down answers in seconds; reads may be slow (large files).
+_S3_CONNECT_TIMEOUT_S = 2.0
+_S3_READ_TIMEOUT_S = 120.0
 # Preferred weight file names in a directory or hub repo, best first (open_clip's own order).
 WEIGHT_FILE_NAMES = (
     "open_clip_model.safetensors",
@@ -68,6 +83,53 @@ def is_offline(settings: Settings) -> bool:
         os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
         for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
+
+
+_probe_lock = threading.Lock()
+_probe_cache: dict[tuple[str, int], tuple[bool, float]] = {}
+
+
+def _hub_address() -> tuple[str, int]:
+    """Where a hub request would connect first: the HTTPS proxy when one is set, else the hub
+    endpoint (``HF_ENDPOINT``, default huggingface.co)."""
+    from huggingface_hub import constants
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    parsed = urlparse(proxy if proxy else constants.ENDPOINT)
+    default_port = 443 if parsed.scheme == "https" else 80
+    return parsed.hostname or "huggingface.co", parsed.port or default_port
+
+
+def hub_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub (or its proxy) opens within ``timeout_s``, name lookup
+    included; the answer is cached for a minute. Without it, huggingface_hub retries each file
+    for minutes before failing."""
+    address = _hub_address()
+    now = time.monotonic()
+    with _probe_lock:
+        cached = _probe_cache.get(address)
+    if cached is not None and now - cached[1] < _HUB_PROBE_TTL_S:
+        return cached[0]
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout_s).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    # getaddrinfo has no timeout of its own: the probe runs in a thread that is waited for at most
+    # timeout_s (a hung lookup is abandoned, the daemon thread ends with it).
+    probe = threading.Thread(target=connect, name="hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout_s)
+    reachable = bool(result and result[0])
+    if not reachable:
+        logger.info("the Hugging Face hub (%s:%d) is not reachable: using cached weights only", *address)
+    with _probe_lock:
+        _probe_cache[address] = (reachable, time.monotonic())
+    return reachable
 
 
 def file_sha256(path: Path) -> str:
@@ -127,6 +189,8 @@ def _s3(spec: EncoderSpec, uri: str, settings: Settings) -> ResolvedWeights:
         raise _unavailable(spec, f"{uri!r} has an empty, '.' or '..' path segment")
     target = settings.model_cache_dir / "s3" / bucket / key
     if not target.is_file():
+        import urllib3
+
         s3 = settings.s3
         client = Minio(
             s3.endpoint,
@@ -134,6 +198,12 @@ def _s3(spec: EncoderSpec, uri: str, settings: Settings) -> ResolvedWeights:
             secret_key=s3.secret_key.get_secret_value() if s3.secret_key is not None else None,
             secure=s3.secure,
             region=s3.region,
+            http_client=urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=_S3_CONNECT_TIMEOUT_S, read=_S3_READ_TIMEOUT_S),
+                retries=urllib3.Retry(
+                    total=3, connect=0, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+                ),
+            ),
         )
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
@@ -147,8 +217,9 @@ def _s3(spec: EncoderSpec, uri: str, settings: Settings) -> ResolvedWeights:
             raise _unavailable(spec, f"cannot download weights {uri!r} from {s3.endpoint}: {exc}") from exc
         except TransportError as exc:
             # an endpoint that is down or unreachable: urllib3's own errors, not OSError
-            raise _unavailable(
-                spec, f"cannot reach the S3 endpoint {s3.endpoint} for weights {uri!r} ({type(exc).__name__})"
+            raise UpstreamUnreachable(
+                f"encoder {spec.name!r}: cannot reach the S3 endpoint {s3.endpoint} for weights {uri!r} "
+                f"({type(exc).__name__}); check that it is up and RADSEARCH_S3__ENDPOINT names it"
             ) from exc
         finally:
             tmp.unlink(missing_ok=True)
@@ -166,28 +237,34 @@ def hub_download(
     spec: EncoderSpec, repo_id: str, filenames: tuple[str, ...], settings: Settings
 ) -> tuple[Path, str]:
     """The first of ``filenames`` in hub repo ``repo_id``: from ``settings.model_cache_dir`` or the
-    default Hugging Face cache when offline (no network call), downloaded there otherwise."""
+    default Hugging Face cache when offline or the hub is unreachable (`hub_reachable`: no network
+    call, no retries), downloaded there otherwise."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     cache_dir = settings.model_cache_dir
-    if is_offline(settings):
+    offline = is_offline(settings)
+    if offline or not hub_reachable():
         for filename in filenames:
             for cache in (cache_dir, None):
                 found = try_to_load_from_cache(repo_id, filename, cache_dir=cache)
                 if isinstance(found, str):
                     return Path(found), filename
+        why = "offline" if offline else f"the Hugging Face hub ({_hub_address()[0]}) cannot be reached"
         raise _unavailable(
             spec,
-            f"offline and {', '.join(filenames)} of hub repo {repo_id!r} is not cached "
+            f"{why} and no weights file of hub repo {repo_id!r} ({', '.join(filenames)}) is cached "
             f"(looked in {cache_dir} and the default Hugging Face cache)",
         )
-    errors: list[str] = []
+    # one line per distinct failure (the same "cannot connect" for each name is said once)
+    errors: dict[str, list[str]] = {}
     for filename in filenames:
         try:
             return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir)), filename
         except Exception as exc:  # hub errors are many; the next name may exist
-            errors.append(f"{filename}: {type(exc).__name__}: {exc}")
-    raise _unavailable(spec, f"cannot fetch weights from hub repo {repo_id!r} ({'; '.join(errors)})")
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            errors.setdefault(f"{type(exc).__name__}: {first_line}", []).append(filename)
+    problems = "; ".join(f"{', '.join(names)}: {error}" for error, names in errors.items())
+    raise _unavailable(spec, f"cannot fetch weights from hub repo {repo_id!r} ({problems})")
 
 
 def _open_clip_hub_source(spec: EncoderSpec) -> tuple[str, tuple[str, ...]]:

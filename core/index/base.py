@@ -216,6 +216,31 @@ class VectorIndex(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections."""
 
+    # -- collection files: snapshots and the trash (the embedded store only) ----------------------
+
+    #: True where collections are files this process can copy and move (`export_collection`, ...).
+    supports_files: ClassVar[bool] = False
+
+    def export_collection(self, name: str, target: str) -> int:
+        """Copy the collection's files to the new directory ``target`` consistently (writes to it
+        wait meanwhile); the number of points copied."""
+        raise IndexStoreError(
+            f"{type(self).__name__} keeps no collection files: use the store's own snapshots"
+        )
+
+    def detach_collection(self, name: str, target: str) -> None:
+        """Close the collection and move its files to ``target``; it is gone from the store."""
+        raise IndexStoreError(
+            f"{type(self).__name__} keeps no collection files: use the store's own snapshots"
+        )
+
+    def attach_collection(self, source: str, config: CollectionConfig, *, move: bool = False) -> None:
+        """Make the collection files under ``source`` the collection ``config.name`` (with
+        ``config``); a copy unless ``move``. `CollectionExists` when the name is taken."""
+        raise IndexStoreError(
+            f"{type(self).__name__} keeps no collection files: use the store's own snapshots"
+        )
+
 
 def _pages(
     first: tuple[list[StoredPoint], Any], fetch: Callable[..., tuple[list[StoredPoint], Any]]

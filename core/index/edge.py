@@ -362,6 +362,49 @@ def _allocated_bytes(directory: Path) -> int:
     return total
 
 
+def _copy_file_sparse(src: Path, dst: Path) -> None:
+    """Copy one file, its holes left holes: the engine's files are mostly sparse (a new collection's
+    200 MB of files hold a few MB), and a plain copy would write every hole out as zeros."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole is left
+                    break
+                raise
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            fin.seek(start)
+            fout.seek(start)
+            remaining = end - start
+            while remaining:
+                chunk = fin.read(min(remaining, 8 * 2**20))
+                if not chunk:
+                    break
+                fout.write(chunk)
+                remaining -= len(chunk)
+            offset = end
+        fout.truncate(size)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def _copy_tree_sparse(src: Path, dst: Path, *, skip: frozenset[str] = frozenset()) -> None:
+    """Copy the directory ``src`` to ``dst`` (which must not exist), files sparse; top-level names
+    in ``skip`` are left out."""
+    dst.mkdir(parents=True)
+    for entry in os.scandir(src):
+        if entry.name in skip:
+            continue
+        target = dst / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            _copy_tree_sparse(Path(entry.path), target)
+        elif entry.is_file(follow_symlinks=False):
+            _copy_file_sparse(Path(entry.path), target)
+
+
 def _to_filter(
     filter: SearchFilter | None,
     exclude_ids: Sequence[str] = (),
@@ -1071,6 +1114,75 @@ class EdgeIndex(VectorIndex):
             self._schedule(handle, delay_s=_AUTO_INDEX_RETRY_S)
         except Exception:
             logger.exception("building the index of collection %s failed", handle.name)
+
+    # -- files: snapshots and the trash -------------------------------------------------------
+
+    supports_files = True
+
+    def export_collection(self, name: str, target: str) -> int:
+        """Copy the collection's files to the new directory ``target``, consistent: its writes and
+        index builds wait while the copy runs (searches go on), after a flush. Returns the number
+        of points the copy holds. `StoreFull` when the copy would eat into the reserve."""
+        handle = self._handle(name)
+        destination = Path(target)
+        self.check_free_space(_allocated_bytes(self._dir(name)))
+        with handle.optimizing, handle.writing() as shard, _disk_errors(destination.parent):
+            shard.flush()
+            points = int(shard.count(qe.CountRequest(exact=True)))
+            try:
+                _copy_tree_sparse(self._dir(name), destination)
+            except BaseException:
+                shutil.rmtree(destination, ignore_errors=True)
+                raise
+        return points
+
+    def detach_collection(self, name: str, target: str) -> None:
+        """Close the collection and move its directory to ``target`` (kept whole, restorable with
+        `attach_collection`); the collection is gone from the store."""
+        with self._lock:
+            handle = self._handles.pop(name, None)
+            if handle is None and not (is_valid_name(name) and self._exists_on_disk(name)):
+                raise CollectionNotFound(f"collection {name!r} not found")
+            if handle is not None:
+                handle.close()
+            shutil.move(str(self._dir(name)), target)
+
+    def attach_collection(self, source: str, config: CollectionConfig, *, move: bool = False) -> None:
+        """Make the collection files under ``source`` (an `export_collection` copy or a
+        `detach_collection` directory) the collection ``config.name``, with ``config`` as its
+        collection.json. ``move`` takes the directory itself, otherwise a copy.
+        `CollectionExists` when the name is taken."""
+        check_config(config)
+        origin = Path(source)
+        if not (origin / _SHARD_DIR).is_dir():
+            raise IndexStoreError(
+                f"no collection files to restore as {config.name!r} (the copy is incomplete)"
+            )
+        if not move:
+            self.check_free_space(_allocated_bytes(origin))
+        config_json = json.dumps(config_to_dict(config), indent=2, sort_keys=True)
+        with self._lock, _disk_errors(self._root):
+            if config.name in self._handles or self._exists_on_disk(config.name):
+                raise CollectionExists(f"collection {config.name!r} already exists")
+            # Staged under a name no collection can have, then renamed: never half a collection.
+            staging = self._root / f".attach-{config.name}"
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                if move:
+                    shutil.move(str(origin), staging)
+                    (staging / _CONFIG_FILE).unlink(missing_ok=True)
+                else:
+                    _copy_tree_sparse(origin, staging, skip=frozenset({_CONFIG_FILE}))
+                _write_atomic(staging / _CONFIG_FILE, config_json)
+                directory = self._dir(config.name)
+                if directory.exists():
+                    shutil.rmtree(directory)  # leftover of an interrupted create (no collection.json)
+                os.rename(staging, directory)
+            except BaseException:
+                if move and staging.exists() and not origin.exists():
+                    shutil.move(str(staging), origin)  # give the trash its directory back
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
 
     def close(self) -> None:
         """Close every open shard; collections reopen on next use."""

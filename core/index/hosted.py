@@ -63,6 +63,9 @@ _METHODS = frozenset(
         "set_alias",
         "delete_alias",
         "optimize",
+        "export_collection",
+        "detach_collection",
+        "attach_collection",
     }
 )
 _START_TIMEOUT_S = 120.0
@@ -370,6 +373,22 @@ class HostedEdgeIndex(VectorIndex):
 
     def optimize(self, name: str) -> None:
         self._call("optimize", name)
+
+    supports_files = True
+
+    def export_collection(self, name: str, target: str) -> int:
+        return int(self._call("export_collection", name, target))
+
+    def detach_collection(self, name: str, target: str) -> None:
+        self._changing_metadata("detach_collection", name, target)
+
+    def attach_collection(self, source: str, config: CollectionConfig, *, move: bool = False) -> None:
+        try:
+            self._call("attach_collection", source, config, move=move)
+        finally:
+            with self._metadata_lock:
+                self._metadata.clear()
+                self._metadata_generation += 1
 
     def close(self) -> None:
         """Stop the child process (it closes its shards first); idempotent."""

@@ -7,9 +7,9 @@ read (catalog entries, the bookkeeping fields of stored points). So any number o
 fill one collection, and the owner validates and writes every point.
 
 It implements what the ingest side uses: the catalog (collections, their entries, aliases),
-``upsert``, ``retrieve``/``scroll`` of bookkeeping fields (source, key, frame, n_frames, etag,
-size; never vectors, labels or pixels), ``delete``, ``delete_by_filter``, ``collection_info`` and
-``optimize``. Everything else raises `IndexStoreError`: search through the HTTP API.
+``upsert``, ``retrieve``/``scroll`` of bookkeeping fields (source, key, frame, n_frames,
+frames_sampled, etag, size; never vectors, labels or pixels), ``delete``, ``delete_by_filter``,
+``collection_info`` and ``optimize``. Everything else raises `IndexStoreError`: search through the HTTP API.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def _points_per_request(dim: int) -> int:
 def _filter_body(filter: SearchFilter | None) -> dict[str, list[str]] | None:
     if filter is None:
         return None
-    return dict(filter.conditions())
+    # as given, not as matched: the owner expands the values itself (`SearchFilter.conditions`)
+    return dict(filter.fields())
 
 
 def _stored(item: dict[str, Any]) -> StoredPoint:
@@ -158,6 +159,7 @@ class OwnerIndex(VectorIndex):
             "created_at": detail["created_at"],
             "quantization": detail["quantization"],
             "on_disk": detail["on_disk"],
+            "accept_burned_in": bool(detail.get("accept_burned_in", False)),
         }
         return CollectionConfig(
             name=str(detail["name"]),

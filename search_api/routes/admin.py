@@ -1,4 +1,4 @@
-"""Collections administration: create, drop, backfill, aliases (admin role).
+"""Collections administration: create, drop, backfill, aliases, the trash, snapshots (admin role).
 
 Everything is on ``router`` so the auth layer can attach an admin-role dependency to all of it.
 """
@@ -20,8 +20,10 @@ from core.errors import (
     EncoderNotFound,
     StoreFull,
     StoreOwned,
+    UpstreamUnreachable,
     WeightsUnavailable,
 )
+from core.snapshots import SnapshotStore
 from search_api import admin_services
 from search_api.backfill_jobs import OwnerJob, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, CatalogDep, InferenceLimiterDep, check_job_id, check_name
@@ -34,6 +36,16 @@ from search_api.schemas import (
     BackfillJobPublic,
     CollectionCreate,
     CollectionDetailPublic,
+    CollectionDropped,
+    CollectionRestore,
+    CollectionRestored,
+    SnapshotCreate,
+    SnapshotPublic,
+    SnapshotRestore,
+    SnapshotRestored,
+    SnapshotsPublic,
+    TrashEntryPublic,
+    TrashPublic,
 )
 from search_api.security import Role, require_role
 
@@ -47,7 +59,13 @@ router = APIRouter(prefix="/v1", tags=["admin"], dependencies=[require_role(Role
     "/collections",
     status_code=201,
     responses=error_responses(
-        ConfigError, EncoderNotFound, CollectionExists, WeightsUnavailable, StoreOwned, StoreFull
+        ConfigError,
+        EncoderNotFound,
+        CollectionExists,
+        WeightsUnavailable,
+        UpstreamUnreachable,
+        StoreOwned,
+        StoreFull,
     ),
 )
 async def create_collection(
@@ -63,18 +81,101 @@ async def create_collection(
 
 @router.delete(
     "/collections/{name}",
-    status_code=204,
     responses=error_responses(CollectionNotFound, ConfigError, 409),
 )
-async def delete_collection(name: str, request: Request) -> Response:
+async def delete_collection(name: str, request: Request) -> CollectionDropped:
     """Drop a collection by its own name; 409 while an alias points at it or a job writes to it
-    (a backfill or ingest the server runs, or an unfinished Celery ingest job)."""
+    (a backfill or ingest the server runs, or an unfinished Celery ingest job).
+
+    The embedded store moves it to the trash, restorable until ``expires_at``
+    (``POST /v1/collections/{name}/restore``); a Qdrant server deletes it for good."""
     check_name(name)
     try:
-        await run_in_threadpool(owner_jobs(request).drop, name)
+        entry = await run_in_threadpool(owner_jobs(request).drop, name)
     except CollectionBusy as exc:
         raise ApiError(409, "collection_busy", str(exc), field="name") from None
-    return Response(status_code=204)
+    if entry is None:
+        return CollectionDropped(
+            name=name, trashed=False, message="deleted for good (a Qdrant server keeps no trash)"
+        )
+    return CollectionDropped(
+        name=name,
+        trashed=True,
+        points=entry.points,
+        dropped_at=entry.dropped_at,
+        expires_at=entry.expires_at,
+        message=f"moved to the trash until {entry.expires_at}; "
+        f"POST /v1/collections/{name}/restore brings it back",
+    )
+
+
+@router.post(
+    "/collections/{name}/restore",
+    responses=error_responses(CollectionNotFound, CollectionExists, ConfigError),
+)
+async def restore_collection(
+    name: str, catalog: CatalogDep, body: CollectionRestore | None = None
+) -> CollectionRestored:
+    """Bring a dropped collection back from the trash (under ``as`` if given); 409 while a
+    collection or alias has that name again."""
+    check_name(name)
+    as_name = body.as_ if body is not None else None
+    entry = await run_in_threadpool(partial(catalog.trash.restore, catalog.index, name, as_name=as_name))
+    return CollectionRestored(name=as_name or name, source=entry.name, points=entry.points)
+
+
+@router.get("/trash")
+async def read_trash(catalog: CatalogDep) -> TrashPublic:
+    """The dropped collections the trash holds, and when each expires."""
+    entries = await run_in_threadpool(catalog.trash.list)
+    return TrashPublic(trash=[TrashEntryPublic.model_validate(e.model_dump()) for e in entries])
+
+
+def _snapshots(catalog: Catalog) -> SnapshotStore:
+    return SnapshotStore(catalog.settings)
+
+
+@router.post("/snapshots", status_code=201, responses=error_responses(CollectionNotFound, ConfigError))
+async def create_snapshot(catalog: CatalogDep, body: SnapshotCreate | None = None) -> SnapshotPublic:
+    """Snapshot collections of the embedded store (default: all) under ``<data>/snapshots/<id>``;
+    each is copied while its writes wait, so it holds exactly what was written before."""
+    names = body.collections if body is not None else None
+    manifest = await run_in_threadpool(_snapshots(catalog).create, catalog.index, names)
+    return SnapshotPublic.model_validate(manifest.model_dump())
+
+
+@router.get("/snapshots")
+async def read_snapshots(catalog: CatalogDep) -> SnapshotsPublic:
+    """Every snapshot, oldest first."""
+    manifests = await run_in_threadpool(_snapshots(catalog).list)
+    return SnapshotsPublic(snapshots=[SnapshotPublic.model_validate(m.model_dump()) for m in manifests])
+
+
+@router.post(
+    "/snapshots/{snapshot_id}/restore",
+    responses=error_responses(CollectionNotFound, CollectionExists, ConfigError, 409),
+)
+async def restore_snapshot(
+    snapshot_id: str, catalog: CatalogDep, request: Request, body: SnapshotRestore | None = None
+) -> SnapshotRestored:
+    """Recreate a snapshot's collections (or one, under ``as``); 409 for a taken name unless
+    ``force``: the collection there is dropped first, as ``DELETE`` would (to the trash; 409
+    while an alias points at it or a job writes to it)."""
+    body = body or SnapshotRestore()
+    restored = await run_in_threadpool(
+        partial(
+            _snapshots(catalog).restore,
+            catalog.index,
+            snapshot_id,
+            collection=body.collection,
+            as_name=body.as_,
+            force=body.force,
+            replace=owner_jobs(request).drop,  # refused while aliased or written; to the trash
+        )
+    )
+    return SnapshotRestored(
+        snapshot=snapshot_id, restored=[CollectionRestored.model_validate(r) for r in restored]
+    )
 
 
 def _job_public(job: OwnerJob) -> BackfillJobPublic:

@@ -12,7 +12,13 @@ from core.index.base import VectorIndex
 from core.payload import FILTER_FIELDS
 from search_api import admin_services, services
 from search_api.deps import CatalogDep, CollectionDep, FacetFilterDep, IndexDep, SettingsDep
-from search_api.errors import UnknownField, UpstreamUnavailable, error_responses
+from search_api.errors import (
+    ObjectGone,
+    ObjectQuarantined,
+    UnknownField,
+    UpstreamUnavailable,
+    error_responses,
+)
 from search_api.schemas import (
     CollectionDetailPublic,
     CollectionPublic,
@@ -33,7 +39,7 @@ _PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
         "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
         "description": "A PNG thumbnail",
     },
-    **error_responses(PointNotFound, UpstreamUnavailable),
+    **error_responses(PointNotFound, ObjectGone, ObjectQuarantined, UpstreamUnavailable),
 }
 
 
@@ -107,9 +113,17 @@ async def read_thumbnail(
     settings: SettingsDep,
     size: Annotated[int, Query(ge=16, le=1024)] = 256,
 ) -> Response:
-    """A PNG of the point's image, longest side ``size`` pixels, rendered from pixels only."""
+    """A PNG of the point's image, longest side ``size`` pixels, rendered from pixels only; 404
+    when its source object was deleted, 410 when it is quarantined now (burned-in annotation)
+    and the collection did not accept burned-in objects."""
     point = await run_in_threadpool(partial(services.read_point, index=index, entry=entry, point_id=point_id))
     png = await run_in_threadpool(
-        partial(services.render_thumbnail, settings=settings, point=point, size=size)
+        partial(
+            services.render_thumbnail,
+            settings=settings,
+            point=point,
+            size=size,
+            accept_burned_in=entry.accept_burned_in,
+        )
     )
     return Response(content=png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})

@@ -23,6 +23,7 @@ from core.errors import (
     TooLarge,
     UnsupportedFormat,
 )
+from core.filter_warnings import StoredValues
 from core.index.base import Hit, VectorIndex
 from core.payload import SearchFilter
 from search_api import services
@@ -32,11 +33,12 @@ from search_api.deps import (
     IndexDep,
     InferenceLimiterDep,
     SettingsDep,
+    StoredValuesDep,
     check_limit,
     on_index,
 )
 from search_api.errors import UnknownField, error_responses
-from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit
+from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit, SearchWarning
 from search_api.security import Role, require_role
 from search_api.uploads import check_form_fields, filter_from_form, read_upload, upload_name
 
@@ -98,8 +100,9 @@ def _search_all(
     vectors: list[NDArray[np.float32]],
     search_filter: SearchFilter | None,
     limit: int,
-) -> list[tuple[list[Hit], float]]:
-    out: list[tuple[list[Hit], float]] = []
+    stored: StoredValues,
+) -> list[tuple[list[Hit], float, list[SearchWarning]]]:
+    out: list[tuple[list[Hit], float, list[SearchWarning]]] = []
     for entry, vector in zip(entries, vectors, strict=True):
         started = time.perf_counter()
         hits = services.search(
@@ -111,7 +114,11 @@ def _search_all(
             offset=0,
             score_threshold=None,
         )
-        out.append((hits, (time.perf_counter() - started) * 1000))
+        took = (time.perf_counter() - started) * 1000
+        warnings = services.search_warnings(
+            index=index, entry=entry, search_filter=search_filter, stored=stored
+        )
+        out.append((hits, took, warnings))
     return out
 
 
@@ -143,11 +150,13 @@ async def compare_collections(
     catalog: CatalogDep,
     settings: SettingsDep,
     limiter: InferenceLimiterDep,
+    stored: StoredValuesDep,
     limit: Annotated[int, Form(ge=1)] = 10,
     fuse: Annotated[bool, Form(description="add a reciprocal-rank-fusion list")] = False,
     filter_json: Annotated[str | None, Form(alias="filter", description="JSON filter object")] = None,
 ) -> CompareResponse:
-    """Search one image in several collections: each collection's hits, and optionally a fused list."""
+    """Search one image in several collections: each collection's hits (and ``warnings`` for filter
+    values it does not hold), and optionally a fused list."""
     check_limit(limit, settings, loc=("body", "limit"))
     check_form_fields(await request.form(), ("file", "collections", "limit", "fuse", "filter"))
     names = _parse_collections(collections)
@@ -170,6 +179,7 @@ async def compare_collections(
             vectors=vectors,
             search_filter=search_filter,
             limit=limit,
+            stored=stored,
         ),
     )
     results = [
@@ -178,12 +188,13 @@ async def compare_collections(
             encoder=entry.encoder.name,
             hits=[SearchHit(id=h.id, score=h.score, payload=h.payload) for h in hits],
             took_ms=round(took, 3),
+            warnings=warnings,
         )
-        for name, entry, (hits, took) in zip(names, entries, searched, strict=True)
+        for name, entry, (hits, took, warnings) in zip(names, entries, searched, strict=True)
     ]
     fused = (
         reciprocal_rank_fusion(
-            {name: hits for name, (hits, _) in zip(names, searched, strict=True)}, limit=limit
+            {name: hits for name, (hits, _, _) in zip(names, searched, strict=True)}, limit=limit
         )
         if fuse
         else None

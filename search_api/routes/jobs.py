@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from core.catalog import Catalog
@@ -23,6 +23,7 @@ from search_api.errors import ApiError, error_responses
 from search_api.schemas import JobSummary
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
+from workers.heartbeat import job_waiting
 from workers.jobs import JobKind, JobRecord, JobSpec
 
 router = APIRouter(prefix="/v1/ingest-jobs", tags=["ingest-jobs"], dependencies=[require_role(Role.INGEST)])
@@ -55,6 +56,25 @@ class IngestJobCreate(BaseModel):
         default=None, max_length=200, description="create missing collections with this encoder"
     )
     batch_size: int | None = Field(default=None, ge=1, le=100_000, description="objects per embed task")
+    accept_burned_in: bool = Field(
+        default=False,
+        description="index objects with burned-in annotation (de-identified upstream) instead of "
+        "quarantining them; recorded in the job and in the collections' catalog entries",
+    )
+    prune: bool = Field(
+        default=False, description="owner executor: also delete the points of objects gone from the source"
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="owner executor: only compute the diff (keys to add, re-embed, delete: in summary)",
+    )
+    max_delete_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="a prune deleting more of a collection's objects is refused (409) unless force",
+    )
+    force: bool = Field(default=False, description="prune even an empty listing or beyond the fraction")
 
     @field_validator("source")
     @classmethod
@@ -89,6 +109,15 @@ class IngestJobCreate(BaseModel):
             raise ValueError("collections must not repeat")
         return value
 
+    @model_validator(mode="after")
+    def _check_prune(self) -> IngestJobCreate:
+        if self.executor == "celery" and (self.prune or self.dry_run):
+            raise ValueError(
+                "prune and dry_run need executor owner; with the workers, a reconcile job deletes "
+                "what is gone (radsearch reconcile)"
+            )
+        return self
+
 
 def _owner(info: ValidationInfo) -> bool:
     return info.data.get("executor") == "owner"
@@ -119,6 +148,11 @@ class JobOptions(BaseModel):
     skip_unchanged: bool
     encoder: str | None
     batch_size: int | None
+    accept_burned_in: bool = False
+    prune: bool = False
+    dry_run: bool = False
+    max_delete_fraction: float = 0.1
+    force: bool = False
 
 
 class JobThroughput(BaseModel):
@@ -145,16 +179,26 @@ class IngestJobPublic(BaseModel):
     seconds: float | None
     throughput: JobThroughput
     error: str | None = None
-    drift: dict[str, dict[str, int]] | None = None
+    drift: dict[str, dict[str, Any]] | None = Field(
+        default=None,
+        description="reconcile: per collection, counts and the keys deleted (deleted_items); a dry "
+        "run lists every key that would be added, changed or deleted; refused: the guard said no",
+    )
     failed_items: list[FailedItemPublic] = Field(default_factory=list)
     executor: Literal["celery", "owner"] = "celery"
     summary: JobSummary | None = Field(
         default=None,
         description="owner jobs, once done: collection, objects, frames_indexed, skipped, failed, "
-        "quarantined, errors, quarantined_items, seconds (the shape of `radsearch ingest --json`)",
+        "quarantined, errors, quarantined_items, deleted, deleted_items, accept_burned_in, seconds (the "
+        "shape of `radsearch ingest --json`); a dry run: dry_run and diffs",
     )
     error_status: int | None = Field(
         default=None, description="owner jobs, once failed: the HTTP status of their error"
+    )
+    waiting: str | None = Field(
+        default=None,
+        description="why an unfinished job does not move, e.g. 'no live worker on queue plan' "
+        "(no worker of that queue heard from for celery.worker_dead_after_s); null otherwise",
     )
 
 
@@ -190,7 +234,11 @@ def _create(gateway: WorkerGateway, body: IngestJobCreate, catalog: Catalog | No
         skip_unchanged=body.skip_unchanged,
         encoder=body.encoder,
         batch_size=body.batch_size,
+        accept_burned_in=body.accept_burned_in,
     )
+    if body.accept_burned_in and catalog is not None:
+        for name in body.collections:
+            catalog.record_accept_burned_in(name)
     job_id = submit_job(gateway.store, gateway.app, JobKind.INGEST, spec)
     record = gateway.store.get(job_id)
     if record is None:
@@ -232,6 +280,11 @@ def _create_owner(request: Request, body: IngestJobCreate) -> OwnerJob:
             skip_unchanged=body.skip_unchanged,
             encoder=body.encoder,
             batch_size=body.batch_size,
+            accept_burned_in=body.accept_burned_in,
+            prune=body.prune,
+            dry_run=body.dry_run,
+            max_delete_fraction=body.max_delete_fraction,
+            force=body.force,
         )
     )
     job = runner.job(job_id)
@@ -291,4 +344,7 @@ async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
     record: JobRecord | None = await _call(partial(gateway.store.get, job_id))
     if record is None:
         raise ApiError(404, "job_not_found", "job not found", field="job_id")
-    return _public(record)
+    settings: Settings = request.app.state.settings
+    public = _public(record)
+    public.waiting = await _call(partial(job_waiting, gateway.store, record, settings.celery))
+    return public

@@ -49,7 +49,7 @@ from search_api.security import Role, require_role
 __all__ = ["BOOKKEEPING_FIELDS", "router", "takes_batches"]
 
 #: The payload fields the ingest role reads back: enough to skip unchanged objects and reconcile.
-BOOKKEEPING_FIELDS: tuple[str, ...] = ("source", "key", "frame", "n_frames", "etag", "size")
+BOOKKEEPING_FIELDS: tuple[str, ...] = ("source", "key", "frame", "n_frames", "frames_sampled", "etag", "size")
 
 
 router = APIRouter(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated
 
@@ -21,7 +22,9 @@ from core.errors import (
     TooLarge,
     UnsupportedFormat,
 )
-from core.index.base import Hit
+from core.filter_warnings import StoredValues
+from core.index.base import Hit, VectorIndex
+from core.payload import SearchFilter
 from search_api import services
 from search_api.deps import (
     CatalogDep,
@@ -29,11 +32,12 @@ from search_api.deps import (
     IndexDep,
     InferenceLimiterDep,
     SettingsDep,
+    StoredValuesDep,
     check_limit,
     on_index,
 )
 from search_api.errors import UnknownField, error_responses
-from search_api.schemas import SearchHit, SearchQuery, SearchResponse, parse_filter
+from search_api.schemas import SearchHit, SearchQuery, SearchResponse, SearchWarning, parse_filter
 from search_api.security import Role, require_role
 from search_api.uploads import check_form_fields, filter_from_form, read_upload, upload_name
 
@@ -43,7 +47,10 @@ router = APIRouter(prefix="/v1/collections", tags=["search"], dependencies=[requ
 logger = logging.getLogger(__name__)
 
 
-def _response(entry: CollectionEntry, hits: list[Hit], started: float, mode: str) -> SearchResponse:
+def _response(
+    entry: CollectionEntry, found: tuple[list[Hit], list[SearchWarning]], started: float, mode: str
+) -> SearchResponse:
+    hits, warnings = found
     took_ms = (time.perf_counter() - started) * 1000
     # collection, mode, counts and timings only: nothing about the query image or its patient
     logger.info("search collection=%s mode=%s hits=%d took_ms=%.1f", entry.name, mode, len(hits), took_ms)
@@ -51,7 +58,22 @@ def _response(entry: CollectionEntry, hits: list[Hit], started: float, mode: str
         hits=[SearchHit(id=hit.id, score=hit.score, payload=hit.payload) for hit in hits],
         collection=entry.name,
         took_ms=round(took_ms, 3),
+        warnings=warnings,
     )
+
+
+def _with_warnings(
+    run: Callable[[], list[Hit]],
+    *,
+    index: VectorIndex,
+    entry: CollectionEntry,
+    search_filter: SearchFilter | None,
+    stored: StoredValues,
+) -> tuple[list[Hit], list[SearchWarning]]:
+    """The hits, and a warning per filter value the collection does not hold (one thread hop)."""
+    hits = run()
+    warnings = services.search_warnings(index=index, entry=entry, search_filter=search_filter, stored=stored)
+    return hits, warnings
 
 
 @router.post(
@@ -64,11 +86,14 @@ async def search_collection(
     catalog: CatalogDep,
     settings: SettingsDep,
     limiter: InferenceLimiterDep,
+    stored: StoredValuesDep,
 ) -> SearchResponse:
-    """Search by a stored point id, a raw vector or a text, with filters and paging."""
+    """Search by a stored point id, a raw vector or a text, with filters and paging; ``warnings``
+    names each filter value that matches no stored value, with the closest stored ones."""
     check_limit(query.limit, settings, loc=("body", "limit"))
     search_filter = parse_filter(query.filter)
     started = time.perf_counter()
+    warned = partial(_with_warnings, index=index, entry=entry, search_filter=search_filter, stored=stored)
     search = partial(
         services.search,
         index=index,
@@ -89,7 +114,7 @@ async def search_collection(
             offset=query.offset,
             score_threshold=query.score_threshold,
         )
-        return _response(entry, await on_index(index, by_point), started, "point")
+        return _response(entry, await on_index(index, partial(warned, by_point)), started, "point")
     if query.text is not None:
         mode = "text"
         vector = await anyio.to_thread.run_sync(
@@ -99,8 +124,8 @@ async def search_collection(
         assert query.vector is not None
         mode = "vector"
         vector = query.vector
-    hits = await on_index(index, partial(search, vector=vector))
-    return _response(entry, hits, started, mode)
+    found = await on_index(index, partial(warned, partial(search, vector=vector)))
+    return _response(entry, found, started, mode)
 
 
 @router.post(
@@ -117,6 +142,7 @@ async def search_by_image(
     catalog: CatalogDep,
     settings: SettingsDep,
     limiter: InferenceLimiterDep,
+    stored: StoredValuesDep,
     filter_json: Annotated[
         str | None,
         Form(alias="filter", description='JSON object, e.g. {"modality": ["CT"], "anatomy": ["chest"]}'),
@@ -125,7 +151,8 @@ async def search_by_image(
     offset: Annotated[int, Form(ge=0, le=100_000)] = 0,
     score_threshold: Annotated[float | None, Form(allow_inf_nan=False)] = None,
 ) -> SearchResponse:
-    """Search by an uploaded image (its middle frame for multi-frame DICOM)."""
+    """Search by an uploaded image (its middle frame for multi-frame DICOM); ``warnings`` as for
+    the JSON search."""
     check_limit(limit, settings, loc=("body", "limit"))
     # One file per search: the parsed form is cached on the request, so this re-reads nothing.
     check_form_fields(await request.form(), _IMAGE_FORM_FIELDS)
@@ -139,17 +166,18 @@ async def search_by_image(
         ),
         limiter=limiter,
     )
-    hits = await on_index(
-        index,
-        partial(
-            services.search,
-            index=index,
-            entry=entry,
-            vector=vector,
-            search_filter=search_filter,
-            limit=limit,
-            offset=offset,
-            score_threshold=score_threshold,
-        ),
+    search = partial(
+        services.search,
+        index=index,
+        entry=entry,
+        vector=vector,
+        search_filter=search_filter,
+        limit=limit,
+        offset=offset,
+        score_threshold=score_threshold,
     )
-    return _response(entry, hits, started, "image")
+    found = await on_index(
+        index,
+        partial(_with_warnings, search, index=index, entry=entry, search_filter=search_filter, stored=stored),
+    )
+    return _response(entry, found, started, "image")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 from PIL import Image
@@ -79,6 +83,21 @@ def test_ingest_search_and_list_json(
     hits = _last_json(capsys.readouterr().out)["hits"]
     assert hits and all(h["payload"]["modality"] == "CT" for h in hits)  # type: ignore[index,union-attr]
 
+    # modality codes are upper-case whatever the case given; a value nothing holds warns on stderr
+    argv = ["--data-dir", data, "search", str(query), "--collection", "c", "--json", "--modality"]
+    assert main([*argv, "ct"]) == 0
+    captured = capsys.readouterr()
+    found: Any = _last_json(captured.out)
+    assert [h["payload"]["modality"] for h in found["hits"]] == ["CT"] * 4
+    assert captured.err == ""
+    assert main([*argv, "mri"]) == 0
+    captured = capsys.readouterr()
+    found = _last_json(captured.out)
+    assert found["hits"] == []
+    [warning] = found["warnings"]
+    assert (warning["field"], warning["value"], warning["suggestions"]) == ("modality", "MRI", ["MR"])
+    assert captured.err == f"radsearch: warning: {warning['message']}\n"
+
     assert main(["--data-dir", data, "search", str(query), "--collection", "c"]) == 0
     assert "MR" in capsys.readouterr().out
 
@@ -148,3 +167,65 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
         check=True,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"collections": []}
+
+
+def _run_cli(tmp_path: Path, *argv: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    exe = shutil.which("radsearch", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    # offline, with an empty Hugging Face cache: the weights of a hub encoder cannot be had
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf-cache")}
+    started = time.monotonic()
+    done = subprocess.run([exe, *argv], capture_output=True, text=True, env=env, timeout=60)
+    return done, time.monotonic() - started
+
+
+def test_missing_weights_fail_in_one_line_within_seconds(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    done, elapsed = _run_cli(
+        tmp_path, "--data-dir", data, "collections", "create", "bmc", "--encoder", "biomedclip"
+    )
+    assert done.returncode == 2, done.stderr
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    [line] = done.stderr.splitlines()
+    assert line.startswith("radsearch: error: encoder 'biomedclip': offline and no weights file")
+    assert line.count("provide the weights") == 1
+    assert line.endswith("(here: --weights PATH, --weights s3://BUCKET/KEY or --weights ORG/NAME)")
+    assert done.stdout == ""
+
+
+def test_unexpected_errors_are_one_line_and_v_shows_the_traceback(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    argv = ("--data-dir", str(not_a_dir), "collections", "list")
+    done, _ = _run_cli(tmp_path, *argv)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("radsearch: unexpected error: NotADirectoryError: ")
+    assert line.endswith(" (run with -v for the traceback)")
+    verbose, _ = _run_cli(tmp_path, "-v", *argv)
+    assert verbose.returncode == 1
+    assert verbose.stderr.startswith("Traceback (most recent call last):")
+    assert verbose.stderr.splitlines()[-1].startswith("radsearch: unexpected error: NotADirectoryError: ")
+
+
+def test_ingest_with_an_encoder_whose_weights_are_missing_fails_fast(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    argv = [
+        "--data-dir",
+        str(tmp_path / "data"),
+        "ingest",
+        str(folder),
+        "--collection",
+        "c",
+        "--encoder",
+        "biomedclip",
+    ]
+    started = time.monotonic()
+    assert main(argv) == 2
+    assert time.monotonic() - started < 10
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("radsearch: error: encoder 'biomedclip': offline and no weights file")

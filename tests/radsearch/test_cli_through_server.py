@@ -174,6 +174,9 @@ def test_ingest_through_the_serving_owner_prints_what_direct_ingest_prints(world
         "quarantined",
         "errors",
         "quarantined_items",
+        "deleted",
+        "deleted_items",
+        "accept_burned_in",
         "seconds",
     ]
     assert _without(served_summary, "seconds") == _without(direct_summary, "seconds")
@@ -313,7 +316,7 @@ def test_drop_is_refused_while_aliased_or_written_then_allowed(world: World) -> 
     # the job failed: nothing writes any more
     for run in (_direct, _served):
         dropped = run(world, "collections", "drop", "chest")
-        assert (dropped.code, dropped.out) == (0, "dropped chest\n")
+        assert (dropped.code, dropped.out[:40]) == (0, "dropped chest: moved to the trash until ")
 
 
 def test_explicit_url_and_a_wrong_api_key(world: World) -> None:
@@ -434,3 +437,25 @@ def test_owner_ingest_reads_a_local_folder_only_under_the_ingest_roots(tmp_path:
             assert listed.status_code == 200 and [j["id"] for j in listed.json()["data"]] == [job_id]
     finally:
         index.close()
+
+
+def test_prune_through_the_serving_owner_as_run_here(world: World) -> None:
+    """``ingest --prune`` through the serving owner (its ``POST /v1/ingest-jobs`` owner job): the
+    dry run prints the diff, a prune beyond --max-delete-fraction exits 2 as the command run here
+    would (the job's 409), --force deletes and lists the keys."""
+    folder = _images(world.root / "prune-archive")
+    args = ("ingest", str(folder), "--collection", "pruned", "--json")
+    assert _served(world, *args).code == 0
+    (folder / "MR" / "brain" / "img_0.png").unlink()
+    (folder / "CT" / "chest" / "img_1.png").unlink()  # 2 of 10 indexed objects: beyond 0.1
+    gone = ["CT/chest/img_1.png", "MR/brain/img_0.png"]
+
+    dry = _served(world, *args, "--prune", "--dry-run")
+    diff = json.loads(dry.out.strip().splitlines()[-1])["diffs"][0]
+    assert dry.code == 0 and diff["deleted_items"] == gone and "2 of the 10" in diff["would_refuse"]
+    refused = _served(world, *args, "--prune")
+    assert refused.code == 2 and "2 of the 10 objects" in refused.err, refused.err
+    forced = _served(world, *args, "--prune", "--force")
+    summary = json.loads(forced.out.strip().splitlines()[-1])
+    assert forced.code == 0 and summary["deleted_items"] == gone
+    assert httpx.get(f"{world.url}/v1/collections/pruned").json()["points"] == 8

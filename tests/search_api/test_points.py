@@ -211,7 +211,7 @@ def test_lookup_and_scroll_answer_bookkeeping_fields_only(api: TestClient) -> No
     ).json()["points"]
     assert found == [
         {"id": points[3]["id"], "source": SOURCE, "key": "s03.png", "frame": 0, "n_frames": None,
-         "etag": "e-s03.png", "size": 100}
+         "frames_sampled": None, "etag": "e-s03.png", "size": 100}
     ]  # fmt: skip
 
     seen: list[dict[str, Any]] = []

@@ -1,0 +1,180 @@
+"""Modality codes are matched upper-case; filter values no point holds come back as warnings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from core.catalog import Catalog
+from core.config import RuntimeSettings, SecuritySettings, Settings
+from core.encoders import get_spec
+from core.filter_warnings import StoredValues, filter_warnings
+from core.index.base import VectorIndex
+from core.payload import SearchFilter, build_payload, point_id
+from tests.search_api.test_api import COLLECTION, PER_CLASS, Corpus, png_bytes, search, upload
+
+LEGACY = "legacy"
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("data"),
+        runtime=RuntimeSettings(device="cpu", dtype="float32"),
+        security=SecuritySettings(hash_key=SecretStr("test-hash-key")),
+    )
+
+
+def test_payload_and_filter_upper_case_modality_only() -> None:
+    payload = build_payload(
+        {"modality": " mr ", "anatomy": "Lung", "pathology": ["Nodule"], "key": "a/B.png"}
+    )
+    assert (payload["modality"], payload["anatomy"], payload["pathology"], payload["key"]) == (
+        "MR",
+        "Lung",
+        ["Nodule"],
+        "a/B.png",
+    )
+    search_filter = SearchFilter.from_mapping({"modality": ["mr", "MR", "Ct"], "anatomy": ["Lung"]})
+    assert search_filter.modality == ["MR", "CT"]
+    assert search_filter.fields() == [("modality", ["MR", "CT"]), ("anatomy", ["Lung"])]
+    # stores match the legacy spellings too; other fields exactly as given
+    assert search_filter.conditions() == [
+        ("modality", ["MR", "mr", "Mr", "CT", "ct", "Ct"]),
+        ("anatomy", ["Lung"]),
+    ]
+
+
+def test_lower_case_modality_filter_matches_upper_case_payloads(client: TestClient, corpus: Corpus) -> None:
+    body = search(client, point_id=corpus.ids("circles")[0], filter={"modality": ["mr"]}, limit=40)
+    assert len(body["hits"]) == PER_CLASS
+    assert {hit["payload"]["modality"] for hit in body["hits"]} == {"MR"}
+    assert body["warnings"] == []
+
+
+def test_unmatched_value_warns_with_the_closest_stored_values(client: TestClient, corpus: Corpus) -> None:
+    body = search(client, point_id=corpus.ids("circles")[0], filter={"anatomy": ["lugn", "chest"]}, limit=40)
+    assert len(body["hits"]) == 2 * PER_CLASS - 1  # "chest" still matches (the query point aside)
+    assert body["warnings"] == [
+        {
+            "field": "anatomy",
+            "value": "lugn",
+            "message": "filter anatomy='lugn' matches no stored value; "
+            "none is close (stored: abdomen, brain, chest)",
+            "suggestions": [],
+        }
+    ]
+    typo = search(
+        client, point_id=corpus.ids("circles")[0], filter={"anatomy": ["chset"], "pathology": ["nodul"]}
+    )
+    assert typo["hits"] == []
+    assert [(w["field"], w["value"], w["suggestions"]) for w in typo["warnings"]] == [
+        ("anatomy", "chset", ["chest"]),
+        ("pathology", "nodul", ["nodule"]),
+    ]
+    assert "closest stored: chest" in typo["warnings"][0]["message"]
+    # a long value is quoted cut short, and not compared with every stored value
+    long = search(client, point_id=corpus.ids("circles")[0], filter={"anatomy": ["x" * 100_000]})
+    [warning] = long["warnings"]
+    assert warning["value"] == "x" * 100 + "..." and warning["suggestions"] == []
+    assert len(warning["message"]) < 300
+    # key is not a facet: an unknown key simply matches nothing
+    assert search(client, point_id=corpus.ids("circles")[0], filter={"key": ["nope.png"]})["warnings"] == []
+
+
+def test_image_and_compare_routes_warn(client: TestClient, corpus: Corpus) -> None:
+    query = png_bytes(corpus.frames[corpus.ids("noise")[0]])
+    response = upload(client, query, filter={"modality": ["us"], "dataset": ["synthetc"]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["hits"] == []
+    assert [(w["field"], w["value"], w["suggestions"]) for w in body["warnings"]] == [
+        ("dataset", "synthetc", ["synthetic"])
+    ]
+    compared = client.post(
+        "/v1/search/compare",
+        files={"file": ("q.png", query, "image/png")},
+        data={"collections": COLLECTION, "filter": json.dumps({"split": ["tset"]})},
+    )
+    assert compared.status_code == 200, compared.text
+    [result] = compared.json()["results"]
+    assert [(w["field"], w["suggestions"]) for w in result["warnings"]] == [("split", ["test"])]
+
+
+@pytest.fixture(scope="module")
+def legacy(index: VectorIndex, settings: Settings, corpus: Corpus) -> list[list[float]]:
+    """A collection written before modality codes were upper-cased (payloads as stored then)."""
+    Catalog(index, settings).create(LEGACY, get_spec("baseline"))
+    vectors = np.random.default_rng(1).normal(size=(2, 512)).astype(np.float32)
+    ids = [point_id("legacy", f"k{i}", 0) for i in range(2)]
+    payloads = [
+        {"modality": "mr", "anatomy": "lung", "key": "k0"},
+        {"modality": "Ct", "anatomy": "liver", "key": "k1"},
+    ]
+    index.upsert(LEGACY, ids, vectors, payloads)
+    return [v.tolist() for v in vectors]
+
+
+def test_lugn_finds_nothing_and_suggests_lung(client: TestClient, legacy: list[list[float]]) -> None:
+    response = client.post(
+        f"/v1/collections/{LEGACY}/search", json={"vector": legacy[0], "filter": {"anatomy": ["lugn"]}}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["hits"] == []
+    assert response.json()["warnings"] == [
+        {
+            "field": "anatomy",
+            "value": "lugn",
+            "message": "filter anatomy='lugn' matches no stored value; closest stored: lung",
+            "suggestions": ["lung"],
+        }
+    ]
+
+
+def test_legacy_lower_case_payloads_still_match(client: TestClient, legacy: list[list[float]]) -> None:
+    """Stored "mr" and "Ct" are found whatever the case given, and do not warn."""
+    vectors = legacy
+    for given, expected in (("MR", "mr"), ("mr", "mr"), ("ct", "Ct")):
+        response = client.post(
+            f"/v1/collections/{LEGACY}/search", json={"vector": vectors[0], "filter": {"modality": [given]}}
+        )
+        assert response.status_code == 200, response.text
+        assert [h["payload"]["modality"] for h in response.json()["hits"]] == [expected]
+        assert response.json()["warnings"] == []
+
+
+class _CountingIndex:
+    """Counts facet reads of a real index (the cache is what is under test)."""
+
+    def __init__(self, index: VectorIndex) -> None:
+        self.index = index
+        self.reads = 0
+
+    def facet(self, name: str, field: str, *, limit: int = 100) -> dict[str, int]:
+        self.reads += 1
+        return self.index.facet(name, field, limit=limit)
+
+
+def test_stored_values_are_cached_and_refreshed_on_a_miss(index: VectorIndex, corpus: Corpus) -> None:
+    now = [0.0]
+    stored = StoredValues(ttl_s=300, refresh_s=5, clock=lambda: now[0])
+    counting = _CountingIndex(index)
+    known = SearchFilter(anatomy=["chest"])
+    assert filter_warnings(counting, COLLECTION, None, stored) == []  # type: ignore[arg-type]
+    assert counting.reads == 0  # no filter: no work
+    for _ in range(3):
+        assert filter_warnings(counting, COLLECTION, known, stored) == []  # type: ignore[arg-type]
+    assert counting.reads == 1
+    unknown = SearchFilter(anatomy=["knee"])
+    assert len(filter_warnings(counting, COLLECTION, unknown, stored)) == 1  # type: ignore[arg-type]
+    assert counting.reads == 1  # read 0 s ago: a miss does not re-read yet
+    now[0] = 6.0
+    assert len(filter_warnings(counting, COLLECTION, unknown, stored)) == 1  # type: ignore[arg-type]
+    assert counting.reads == 2  # a miss after refresh_s re-reads (a value written since is found)
+    stored.invalidate(COLLECTION)
+    assert filter_warnings(counting, COLLECTION, known, stored) == []  # type: ignore[arg-type]
+    assert counting.reads == 3

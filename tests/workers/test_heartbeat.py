@@ -1,0 +1,174 @@
+"""Worker heartbeats: live workers listed, a job with no worker on its queue says it is waiting."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from minio import Minio
+
+from core.config import Settings
+from tests.workers.conftest import Server, Worker, cli, upload_images
+from workers.heartbeat import HeartbeatThread, WorkerBeat, live_workers, waiting_reason, write_beat
+from workers.jobs import JobKind, JobRecord, JobSpec, JobStore
+
+HEARTBEAT_S = 0.5
+DEAD_AFTER_S = 2.0
+
+
+@pytest.fixture
+def beat_settings(worker_settings: Settings) -> Settings:
+    celery = worker_settings.celery.model_copy(
+        update={"worker_heartbeat_s": HEARTBEAT_S, "worker_dead_after_s": DEAD_AFTER_S}
+    )
+    return worker_settings.model_copy(update={"celery": celery})
+
+
+def _beat(hostname: str, queues: tuple[str, ...], last_seen: float) -> WorkerBeat:
+    return WorkerBeat(hostname, 4242, queues, 1, 0, last_seen - 60, last_seen)
+
+
+def _record(job_store: JobStore, **changes: Any) -> JobRecord:
+    job_id = job_store.create(JobKind.INGEST, JobSpec(source="s3://b/p/", collections=("c",)))
+    record = job_store.get(job_id)
+    assert record is not None
+    return JobRecord(**{**record.__dict__, **changes})
+
+
+def test_live_workers_by_injected_clock(job_store: JobStore) -> None:
+    write_beat(job_store.client, _beat("w-plan@h", ("plan",), 1000.0), ttl_s=60)
+    write_beat(job_store.client, _beat("w-embed@h", ("embed",), 1020.0), ttl_s=60)
+    names = [b.hostname for b in live_workers(job_store.client, dead_after_s=30, now=1025.0)]
+    assert names == ["w-embed@h", "w-plan@h"]
+    names = [b.hostname for b in live_workers(job_store.client, dead_after_s=30, now=1040.0)]
+    assert names == ["w-embed@h"]  # w-plan last seen 40 s before
+    assert live_workers(job_store.client, dead_after_s=30, now=1100.0) == []
+
+
+def test_waiting_names_the_queue_the_job_needs(job_store: JobStore) -> None:
+    queued = _record(job_store)
+    now = queued.created_at + 31
+    plan_worker = [_beat("p@h", ("plan",), now)]
+    embed_worker = [_beat("e@h", ("embed",), now)]
+    assert waiting_reason(queued, [], now=now, dead_after_s=30) == "no live worker on queue plan"
+    assert waiting_reason(queued, embed_worker, now=now, dead_after_s=30) == "no live worker on queue plan"
+    assert waiting_reason(queued, plan_worker, now=now, dead_after_s=30) is None
+    # A job younger than the threshold gives a worker that is starting time to show up.
+    assert waiting_reason(queued, [], now=queued.created_at + 5, dead_after_s=30) is None
+
+    counts = {**queued.counts, "batches_total": 3, "batches_done": 1}
+    running = _record(job_store, state="running", counts=counts, planned=True)
+    assert waiting_reason(running, plan_worker, now=now, dead_after_s=30) == "no live worker on queue embed"
+    assert waiting_reason(running, embed_worker, now=now, dead_after_s=30) is None
+    # Every batch embedded: the planner finishes the job (indexes its collections).
+    complete = _record(job_store, state="running", counts={**counts, "batches_done": 3}, planned=True)
+    assert waiting_reason(complete, embed_worker, now=now, dead_after_s=30) == "no live worker on queue plan"
+    done = _record(job_store, state="done")
+    assert waiting_reason(done, [], now=now, dead_after_s=30) is None
+
+
+def test_a_stopped_heartbeat_is_gone_at_once(job_store: JobStore) -> None:
+    beats = 0
+
+    def describe() -> WorkerBeat:
+        nonlocal beats
+        beats += 1
+        return _beat("t@h", ("plan", "embed"), time.time())
+
+    thread = HeartbeatThread(job_store.client, describe, interval_s=0.05, ttl_s=5)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while beats < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [b.hostname for b in live_workers(job_store.client, dead_after_s=5)] == ["t@h"]
+    thread.stop()
+    assert live_workers(job_store.client, dead_after_s=5) == []
+    assert beats >= 3
+
+
+def _job(api: httpx.Client, job_id: str) -> dict[str, Any]:
+    response = api.get(f"/v1/ingest-jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.1)
+
+
+def test_job_waits_for_a_worker_which_then_shows_up_and_drops_off_when_killed(
+    beat_settings: Settings,
+    minio_client: Minio,
+    bucket: str,
+    start_server: Callable[..., Server],
+    start_worker: Callable[..., Worker],
+) -> None:
+    server = start_server(beat_settings, wait=False)
+    upload_images(minio_client, bucket, [f"hb/{i}.png" for i in range(4)])
+    server.wait_ready()
+    api = server.client()
+    created = api.post(
+        "/v1/ingest-jobs",
+        json={"source": f"s3://{bucket}/hb/", "collections": ["beats"], "encoder": "baseline"},
+    )
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    assert created.json()["waiting"] is None
+
+    # No worker anywhere: after the (shortened) threshold the job says why it does not move.
+    job = _until(
+        lambda: (body := _job(api, job_id))["waiting"] and body, DEAD_AFTER_S + 10, "no waiting reason"
+    )
+    # Not before the threshold: a worker that is starting gets that long to show up.
+    assert time.time() - datetime.fromisoformat(job["created_at"]).timestamp() >= DEAD_AFTER_S
+    assert job["waiting"] == "no live worker on queue plan" and job["state"] == "queued"
+    shown = cli(beat_settings, "jobs", "show", job_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["waiting"] == "no live worker on queue plan"
+    human = cli(beat_settings, "jobs", "show", job_id)
+    assert "waiting: no live worker on queue plan" in human.stderr
+    assert api.get("/v1/workers").json() == {"data": [], "count": 0}
+
+    worker = start_worker(beat_settings, "--hostname", "hb-worker@test")
+    listed = api.get("/v1/workers").json()
+    assert listed["count"] == 1
+    (entry,) = listed["data"]
+    assert entry["hostname"] == "hb-worker@test" and entry["pid"] == worker.pid
+    assert sorted(entry["queues"]) == ["embed", "plan"]
+    table = cli(beat_settings, "jobs", "workers")
+    assert table.returncode == 0 and "hb-worker@test" in table.stdout and "queues=embed,plan" in table.stdout
+
+    done = _until(lambda: (body := _job(api, job_id))["state"] in ("done", "failed") and body, 90, "job")
+    assert done["state"] == "done" and done["counts"]["indexed_frames"] == 4
+    assert done["waiting"] is None
+
+    # Killed outright: no goodbye, the heartbeat expires after the threshold.
+    worker.kill_all()
+    _until(lambda: api.get("/v1/workers").json()["count"] == 0, DEAD_AFTER_S + 8, "worker still listed")
+
+
+def test_jobs_workers_prints_a_table_or_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from workers.commands import print_workers
+
+    beat = _beat("w@h", ("embed", "plan"), time.time() - 3).to_dict()
+    print_workers([beat], as_json=True)
+    assert json.loads(capsys.readouterr().out) == {"data": [beat], "count": 1}
+    print_workers([beat], as_json=False)
+    line = capsys.readouterr().out
+    assert re.match(r"w@h  queues=embed,plan  pid=4242  last_seen=[34]s ago  active=0/1$", line)
+    print_workers([], as_json=False)
+    assert capsys.readouterr().out == "no live workers\n"

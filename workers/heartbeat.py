@@ -1,0 +1,289 @@
+"""Worker heartbeats: which workers are alive, on which queues, and whether a job waits for none.
+
+Every worker (its main process, whatever the pool) writes a heartbeat to Redis every
+``celery.worker_heartbeat_s`` from a thread of its own, so a long task does not silence it::
+
+    worker:{hostname}   JSON `WorkerBeat`, expiring after ``celery.worker_dead_after_s``
+    workers             sorted set hostname → last beat (the index; stale entries pruned on read)
+
+A worker stopped cleanly removes its heartbeat at once; one killed outright drops off when its
+key expires. A job that is not finished and whose queue (`job_queue`) has had no live worker for
+``worker_dead_after_s`` gets a `waiting` reason, shown by the API and ``radsearch jobs show``.
+Times are injected (``now``) so tests need not wait on the wall clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis
+from celery import bootsteps
+
+from core.config import CelerySettings
+from workers.jobs import JobRecord, JobState, JobStore
+
+__all__ = [
+    "HeartbeatStep",
+    "HeartbeatThread",
+    "WorkerBeat",
+    "job_queue",
+    "job_waiting",
+    "live_workers",
+    "remove_beat",
+    "waiting_reason",
+    "write_beat",
+]
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "radsearch:"
+_INDEX = f"{_PREFIX}workers"
+# The queues, as in workers.app (not imported: that module builds the Celery app).
+_PLAN_QUEUE = "plan"
+_EMBED_QUEUE = "embed"
+
+
+def _key(hostname: str) -> str:
+    return f"{_PREFIX}worker:{hostname}"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    """One worker as its last heartbeat described it."""
+
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    active: int
+    started_at: float
+    last_seen: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerBeat:
+        data = json.loads(text)
+        return cls(
+            hostname=str(data["hostname"]),
+            pid=int(data["pid"]),
+            queues=tuple(str(q) for q in data["queues"]),
+            concurrency=int(data["concurrency"]),
+            active=int(data["active"]),
+            started_at=float(data["started_at"]),
+            last_seen=float(data["last_seen"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the API and ``radsearch jobs workers --json`` show it (ISO times, UTC)."""
+        return {
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "queues": list(self.queues),
+            "concurrency": self.concurrency,
+            "active": self.active,
+            "started_at": _iso(self.started_at),
+            "last_seen": _iso(self.last_seen),
+        }
+
+
+def write_beat(client: redis.Redis, beat: WorkerBeat, *, ttl_s: float) -> None:
+    """Record ``beat``; its key expires after ``ttl_s`` unless the next beat comes first."""
+    with client.pipeline() as pipe:
+        pipe.set(_key(beat.hostname), beat.to_json(), px=max(int(ttl_s * 1000), 1))
+        pipe.zadd(_INDEX, {beat.hostname: beat.last_seen})
+        pipe.execute()
+
+
+def remove_beat(client: redis.Redis, hostname: str) -> None:
+    """Forget a worker at once (clean shutdown)."""
+    with client.pipeline() as pipe:
+        pipe.delete(_key(hostname))
+        pipe.zrem(_INDEX, hostname)
+        pipe.execute()
+
+
+def live_workers(client: redis.Redis, *, dead_after_s: float, now: float | None = None) -> list[WorkerBeat]:
+    """Workers heard from within ``dead_after_s`` of ``now``, by hostname."""
+    now = time.time() if now is None else now
+    cutoff = now - dead_after_s
+    # Index entries of workers gone for good (killed: their key expired) are pruned here.
+    client.zremrangebyscore(_INDEX, "-inf", f"({cutoff - dead_after_s}")
+    names = cast(list[Any], client.zrangebyscore(_INDEX, cutoff, "+inf"))
+    if not names:
+        return []
+    raw = cast(list[Any], client.mget([_key(_text(n)) for n in names]))
+    out: list[WorkerBeat] = []
+    for value in raw:
+        if value is None:
+            continue
+        try:
+            beat = WorkerBeat.from_json(_text(value))
+        except (ValueError, KeyError, TypeError):
+            continue
+        if beat.last_seen >= cutoff:
+            out.append(beat)
+    return sorted(out, key=lambda b: b.hostname)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def job_queue(record: JobRecord) -> str | None:
+    """The queue whose workers the job needs next; None once it is finished.
+
+    Queued and planning jobs wait for a planner (``plan``); a running job with batches left
+    for the embedders (``embed``), and once every batch is done for the planner that finishes it.
+    """
+    if record.finished:
+        return None
+    if record.state in (JobState.QUEUED, JobState.PLANNING):
+        return _PLAN_QUEUE
+    if record.counts["batches_done"] < record.counts["batches_total"]:
+        return _EMBED_QUEUE
+    return _PLAN_QUEUE
+
+
+def waiting_reason(
+    record: JobRecord, workers: list[WorkerBeat], *, now: float, dead_after_s: float
+) -> str | None:
+    """``"no live worker on queue plan"`` when the job needs a queue no live worker serves and
+    has existed for ``dead_after_s`` (a worker that is just starting gets that long); else None."""
+    queue = job_queue(record)
+    if queue is None or now - record.created_at < dead_after_s:
+        return None
+    if any(queue in beat.queues for beat in workers):
+        return None
+    return f"no live worker on queue {queue}"
+
+
+def job_waiting(
+    store: JobStore, record: JobRecord, settings: CelerySettings, *, now: float | None = None
+) -> str | None:
+    """`waiting_reason` with the live workers read from the job store's Redis."""
+    if record.finished:
+        return None
+    now = time.time() if now is None else now
+    workers = live_workers(store.client, dead_after_s=settings.worker_dead_after_s, now=now)
+    return waiting_reason(record, workers, now=now, dead_after_s=settings.worker_dead_after_s)
+
+
+class HeartbeatThread:
+    """Writes ``describe()`` every ``interval_s`` (the first at once) until `stop`; a Redis error
+    is logged and the next beat tried as usual."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        describe: Callable[[], WorkerBeat],
+        *,
+        interval_s: float,
+        ttl_s: float,
+    ) -> None:
+        self.client = client
+        self.describe = describe
+        self.interval_s = interval_s
+        self.ttl_s = ttl_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._hostname: str | None = None
+        self._failing = False
+
+    def beat(self) -> None:
+        beat = self.describe()
+        self._hostname = beat.hostname
+        try:
+            write_beat(self.client, beat, ttl_s=self.ttl_s)
+        except redis.exceptions.RedisError as exc:
+            if not self._failing:
+                log.warning("worker heartbeat not written (%s); retrying", type(exc).__name__)
+            self._failing = True
+        else:
+            self._failing = False
+
+    def _run(self) -> None:
+        while True:
+            self.beat()
+            if self._stop.wait(self.interval_s):
+                return
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="radsearch-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and remove the heartbeat (the worker is gone from the list at once)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_s + 5)
+            self._thread = None
+        if self._hostname is not None:
+            try:
+                remove_beat(self.client, self._hostname)
+            except redis.exceptions.RedisError:
+                pass  # the key expires by itself
+
+
+class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped
+    """A worker blueprint step: the heartbeat thread of the worker's main process."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.thread: HeartbeatThread | None = None
+
+    def start(self, parent: Any) -> None:
+        from celery.worker import state
+
+        from workers.app import settings_of
+
+        settings = settings_of(parent.app)
+        cfg = settings.celery
+        client = redis.Redis.from_url(
+            cfg.broker_url or settings.redis.url,
+            decode_responses=True,
+            socket_timeout=min(cfg.publish_timeout_s, 5.0),
+            socket_connect_timeout=min(cfg.publish_timeout_s, 5.0),
+        )
+        hostname = str(parent.hostname)
+        queues = tuple(sorted(parent.app.amqp.queues.consume_from or ()))
+        concurrency = int(parent.concurrency or 1)
+        pid = os.getpid()
+        started_at = time.time()
+
+        def describe() -> WorkerBeat:
+            return WorkerBeat(
+                hostname=hostname,
+                pid=pid,
+                queues=queues,
+                concurrency=concurrency,
+                active=len(state.active_requests),
+                started_at=started_at,
+                last_seen=time.time(),
+            )
+
+        self.thread = HeartbeatThread(
+            client, describe, interval_s=cfg.worker_heartbeat_s, ttl_s=cfg.worker_dead_after_s
+        )
+        self.thread.start()
+
+    def stop(self, parent: Any) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+            self.thread.client.close()
+            self.thread = None
+
+    terminate = stop
