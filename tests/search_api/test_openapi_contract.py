@@ -22,11 +22,14 @@ from search_api.errors import STATUS_BY_ERROR, code_for, error_responses, status
 _REF = "#/components/schemas/ErrorBody"
 # Free-form objects that remain, on purpose: an encoder's architecture overrides (any config of
 # the model family), the evaluation report (its shape follows `radsearch eval --json`), a job
-# summary's extra keys.
+# summary's extra keys, and:
 UNTYPED_ALLOWED = {
     "components/schemas/EncoderSpec/properties/model_overrides/anyOf/0",
     "components/schemas/CollectionCreate/properties/encoder/anyOf/1",
     "components/schemas/JobSummary",
+    # a snapshot's copy of the catalog record; a reconcile job's drift counts per collection
+    "components/schemas/SnapshotCollectionPublic/properties/catalog",
+    "components/schemas/IngestJobPublic/properties/drift/anyOf/0/additionalProperties",
     "paths//v1/collections/{name}/evaluate/post/responses/200/content/application/json/schema",
 }
 

@@ -321,6 +321,7 @@ def test_wrongly_typed_dicoms_through_every_route_and_field(secured: SecuredApp)
     point = secured.corpus.ids("circles")[0]
     valid_path = {"name": "demo", "point_id": point, "field": "modality", "job_id": str(uuid.uuid4())}
     valid_path["alias"] = "demo-alias"
+    valid_path["snapshot_id"] = "20261202T014500Z-3fa9c1"
     answers: list[tuple[str, Any]] = []
     with TestClient(app) as client:
         document = client.get("/openapi.json").json()
@@ -328,7 +329,7 @@ def test_wrongly_typed_dicoms_through_every_route_and_field(secured: SecuredApp)
             for method, operation in operations.items():
                 tag = operation["tags"][0]
                 role = (
-                    "admin" if tag == "admin" else "ingest" if tag in ("points", "ingest-jobs") else "reader"
+                    "admin" if tag == "admin" else "ingest" if tag in ("points", "ingest-jobs", "workers") else "reader"
                 )
                 headers = key_headers(role)
                 if tag == "events":
