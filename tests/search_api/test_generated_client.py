@@ -177,7 +177,8 @@ def test_generated_client_reads_and_searches(generated: Any, served: Served) -> 
     assert compared.results[0].hits and {h.payload.modality for h in compared.results[0].hits} == {"CT"}
     assert compared.results[1].hits == [] and compared.fused
     dropped = _api("admin.delete_collection").sync_detailed("second", client=admin_client)
-    assert dropped.status_code == 204
+    assert dropped.status_code == 200 and isinstance(dropped.parsed, models.CollectionDropped)
+    assert dropped.parsed.name == "second" and dropped.parsed.trashed
     assert [c.name for c in _api("collections.read_collections").sync(client=reader).collections] == [
         COLLECTION
     ]
