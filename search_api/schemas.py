@@ -529,7 +529,9 @@ class SnapshotCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    collections: list[str] | None = Field(default=None, max_length=1000)
+    collections: list[Annotated[str, Field(pattern=_NAME_PATTERN)]] | None = Field(
+        default=None, max_length=1000
+    )
 
     @model_validator(mode="after")
     def _names(self) -> SnapshotCreate:
