@@ -272,6 +272,9 @@ class JobSummary(BaseModel):
     quarantined: int | None = _shown()
     errors: list[ItemPublic] | None = _shown()
     quarantined_items: list[ItemPublic] | None = _shown()
+    deleted: int | None = _shown()
+    deleted_items: list[str] | None = _shown()
+    accept_burned_in: bool | None = _shown()
     seconds: float | None = _shown()
 
 
