@@ -6,6 +6,7 @@ its query with exactly the encoder the collection was built with.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,8 @@ from core.encoders.spec import EncoderSpec
 from core.errors import CollectionExists, CollectionNotFound, ConfigError, IndexStoreError
 from core.index.base import CollectionConfig, VectorIndex
 from core.snapshots import Trash, TrashEntry
+
+log = logging.getLogger(__name__)
 
 __all__ = ["COLLECTION_NAME_PATTERN", "Catalog", "CollectionBusy", "CollectionEntry"]
 
@@ -47,6 +50,9 @@ class CollectionEntry(BaseModel):
     # An ingest opted in to objects with burned-in annotation (``--accept-burned-in``): they are
     # indexed and their pixels served. Once set it stays set (the collection holds such objects).
     accept_burned_in: bool = False
+    #: How point ids derive (`core.payload.ID_SCHEMES`): a collection created before stable image
+    #: identity has no such field and keeps v1; new collections are v2.
+    id_scheme: Literal["v1", "v2"] = "v1"
 
     @property
     def encoder_label(self) -> str:
@@ -63,6 +69,7 @@ class Catalog:
         self._encoders: dict[tuple[str, str | None], Encoder] = {}
         self._lock = threading.Lock()
         self.trash = Trash(settings)  # where the embedded store's dropped collections go
+        self._registered: set[tuple[str, str, str]] = set()
 
     def encoder(self, spec: EncoderSpec) -> Encoder:
         """The loaded encoder for ``spec`` (loaded on first use, then reused)."""
@@ -105,6 +112,7 @@ class Catalog:
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             quantization=quantization,
             on_disk=on_disk,
+            id_scheme="v2",
         )
         metadata: dict[str, Any] = {"catalog": entry.model_dump(mode="json")}
         self.index.create_collection(
@@ -215,6 +223,29 @@ class Catalog:
             return self.trash.put(self.index, name)
         self.index.drop_collection(name)
         return None
+
+    # -- sources: stable name → URI ---------------------------------------------------------------
+
+    def register_source(self, collections: Sequence[str], source_name: str, uri: str) -> None:
+        """Record, once per process, that ``source_name`` is read from ``uri`` for each collection
+        (payloads carry the name only; the server needs the URI to read an object again)."""
+        for name in collections:
+            key = (name, source_name, uri)
+            if key in self._registered:
+                continue
+            try:
+                self.index.register_source(name, source_name, uri)
+            except ConfigError as exc:
+                # The ingest goes on; only re-reading its objects (thumbnails) needs the record.
+                log.warning("source %r not registered with collection %r: %s", source_name, name, exc)
+            self._registered.add(key)
+
+    def source_uri(self, collection: str, source_name: str) -> str | None:
+        """Where the objects of ``source_name`` in ``collection`` are read from; None when the
+        name was never registered."""
+        sources = self.index.collection_config(self.resolve(collection)).metadata.get("sources") or {}
+        uri = sources.get(source_name)
+        return uri if isinstance(uri, str) else None
 
     # -- aliases -------------------------------------------------------------------------------
 

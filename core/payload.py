@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -23,10 +24,17 @@ __all__ = [
     "PAYLOAD_FIELDS",
     "SearchFilter",
     "build_payload",
+    "ID_SCHEMES",
+    "image_point_id",
     "keyed_hash",
     "normalise_modality",
+    "labels_hash",
     "point_id",
 ]
+
+#: How a collection derives point ids. v1 (collections created before stable identity): the
+#: source URI, the key and the frame. v2: the image itself (`image_point_id`).
+ID_SCHEMES: tuple[str, ...] = ("v1", "v2")
 
 # Namespace of radsearch point ids (a fixed, arbitrary UUID).
 _POINT_NAMESPACE = uuid.UUID("5b0a3c1e-7d2f-4c55-9e0a-2f7b6c1d9a41")
@@ -51,6 +59,7 @@ PAYLOAD_FIELDS: frozenset[str] = frozenset(
         "series_hash",
         "instance_hash",
         "patient_hash",
+        "labels_hash",
     }
 )
 _LIST_FIELDS = frozenset({"pathology"})
@@ -60,8 +69,31 @@ UPPER_CASE_FIELDS: frozenset[str] = frozenset({"modality"})
 
 
 def point_id(source: str, key: str, frame: int) -> str:
-    """Deterministic id of one frame: UUIDv5 of (source URI, object key, frame index)."""
+    """Deterministic id of one frame: UUIDv5 of (source URI, object key, frame index) (id scheme
+    v1, kept by collections created before `image_point_id`)."""
     return str(uuid.uuid5(_POINT_NAMESPACE, f"{source}\x1f{key}\x1f{frame}"))
+
+
+def image_point_id(frame: int, *, instance_hash: str | None, source_name: str, key: str) -> str:
+    """Deterministic id of one frame from the image, not its location (id scheme v2).
+
+    A DICOM frame: the keyed hash of its SOP Instance UID and the frame number, so the same
+    instance is one image wherever it is stored and in whatever transfer syntax. Any other file:
+    the stable source name and the key relative to the ingested root.
+    """
+    if instance_hash:
+        identity = f"dicom\x1f{instance_hash}\x1f{frame}"
+    else:
+        identity = f"file\x1f{source_name}\x1f{key}\x1f{frame}"
+    return str(uuid.uuid5(_POINT_NAMESPACE, identity))
+
+
+def labels_hash(labels: Mapping[str, Any]) -> str:
+    """A short digest of the label-rule results of one object (manifest row, path template), stored
+    with its points so that a re-ingest notices a changed label without reading the object."""
+    present = {k: v for k, v in labels.items() if v not in (None, "", [], {})}
+    text = json.dumps(present, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def keyed_hash(key: bytes, value: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,13 @@ _LABEL_FIELDS = ("modality", "anatomy", "pathology", "dataset", "split")
 
 @dataclass(frozen=True)
 class BackfillPlan:
-    """Per source URI, the objects to embed and their labels (from the other collection)."""
+    """Per source name, the objects to embed and their labels (from the other collection), and
+    where each source is read from (``uris``: name → URI)."""
 
     origin: str
     sources: dict[str, list[ObjectRef]]
     labels: dict[str, dict[str, dict[str, Any]]]
+    uris: dict[str, str] = field(default_factory=dict)
 
     @property
     def objects(self) -> int:
@@ -60,28 +62,36 @@ def plan_backfill(catalog: Catalog, settings: Settings, origin: str, *, target: 
         labels: dict[str, dict[str, dict[str, Any]]] = {}
         for point in catalog.index.scroll(name, batch_size=1000):
             payload = point.payload
-            uri, key = payload.get("source"), payload.get("key")
-            if not isinstance(uri, str) or not isinstance(key, str):
+            source_name, key = payload.get("source"), payload.get("key")
+            if not isinstance(source_name, str) or not isinstance(key, str):
                 continue
-            if key not in sources.setdefault(uri, {}):
-                sources[uri][key] = ObjectRef(
+            if key not in sources.setdefault(source_name, {}):
+                sources[source_name][key] = ObjectRef(
                     key=key, etag=str(payload.get("etag") or ""), size=int(payload.get("size") or 0)
                 )
-                labels.setdefault(uri, {})[key] = {
+                labels.setdefault(source_name, {})[key] = {
                     f: payload[f] for f in _LABEL_FIELDS if payload.get(f) not in (None, [], "")
                 }
+        uris: dict[str, str] = {}
+        for source_name in sources:
+            uri = catalog.source_uri(name, source_name)
+            # Points of a v1 collection may still name their source by its URI.
+            uris[source_name] = uri if uri is not None else source_name
         return BackfillPlan(
-            origin=name, sources={uri: list(refs.values()) for uri, refs in sources.items()}, labels=labels
+            origin=name,
+            sources={n: list(refs.values()) for n, refs in sources.items()},
+            labels=labels,
+            uris=uris,
         )
     if "://" not in origin and not Path(origin).expanduser().is_dir():
         raise ConfigError(f"backfill origin {origin!r} is neither a collection, an alias nor a source URI")
     source = open_source(origin, settings)
     try:
         refs = list(source.list())
-        uri = source.uri
+        source_name = source.name
     finally:
         source.close()
-    return BackfillPlan(origin=origin, sources={uri: refs}, labels={})
+    return BackfillPlan(origin=origin, sources={source_name: refs}, labels={}, uris={source_name: origin})
 
 
 def run_backfill(
@@ -100,8 +110,10 @@ def run_backfill(
     with ThreadPoolExecutor(
         max_workers=settings.ingest.decode_workers, thread_name_prefix="backfill"
     ) as pool:
-        for uri, refs in plan.sources.items():
-            source = open_source(uri, settings)
+        for source_name, refs in plan.sources.items():
+            uri = plan.uris.get(source_name, source_name)
+            legacy = source_name == uri and ("://" in uri or uri.startswith("/"))
+            source = open_source(uri, settings, name=None if legacy else source_name)
             try:
                 ctx = build_context(
                     source,
@@ -110,7 +122,7 @@ def run_backfill(
                     IngestOptions(skip_unchanged=True),
                     settings,
                     labeler=Labeler(
-                        manifest=plan.labels.get(uri, {}),
+                        manifest=plan.labels.get(source_name, {}),
                         path_template=PathTemplate(path_template) if path_template else None,
                     ),
                     insert_only=True,

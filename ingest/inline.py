@@ -46,6 +46,8 @@ class IngestOptions:
     dry_run: bool = False
     max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
     force: bool = False
+    #: The source's stable name (payload ``source``); None: the folder's name or bucket/prefix.
+    source_name: str | None = None
 
 
 def make_targets(catalog: Catalog, collections: list[str]) -> list[Target]:
@@ -54,7 +56,9 @@ def make_targets(catalog: Catalog, collections: list[str]) -> list[Target]:
     targets = []
     for name in collections:
         entry = catalog.get(name)
-        targets.append(Target(entry.name, catalog.encoder(entry.encoder), entry.encoder_label))
+        targets.append(
+            Target(entry.name, catalog.encoder(entry.encoder), entry.encoder_label, entry.id_scheme)
+        )
     return targets
 
 
@@ -75,11 +79,16 @@ def build_context(
     labeler: Labeler | None = None,
     insert_only: bool = False,
 ) -> PipelineContext:
-    """The pipeline context for ``collections``; ``labeler`` replaces the one ``options`` describe."""
+    """The pipeline context for ``collections``; ``labeler`` replaces the one ``options`` describe.
+
+    Records in each collection where the source's stable name is read from (`Catalog.register_source`).
+    """
+    targets = make_targets(catalog, collections)
+    catalog.register_source([t.collection for t in targets], source.name, source.uri)
     return PipelineContext(
         source=source,
         index=catalog.index,
-        targets=make_targets(catalog, collections),
+        targets=targets,
         labeler=labeler if labeler is not None else make_labeler(options),
         limits=DecodeLimits.from_settings(settings.ingest),
         hash_key=settings.hash_key_bytes(),

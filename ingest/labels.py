@@ -116,6 +116,14 @@ class Labeler:
     manifest: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     path_template: PathTemplate | None = None
 
+    def rule_labels(self, key: str) -> dict[str, Any]:
+        """What the label rules alone (manifest row, path template) say about ``key``: known
+        without reading the object, so a re-ingest notices a corrected row of an unchanged image."""
+        return {
+            "manifest": dict(self.manifest.get(key, {})),
+            "template": self.path_template.match(key) if self.path_template else {},
+        }
+
     def labels(
         self,
         key: str,

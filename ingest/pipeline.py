@@ -4,6 +4,14 @@ One function (`process_batch`) used by both executors (inline and Celery); `run_
 batches through it with fetch/decode of the next batch overlapping the embedding of the current one.
 Per-object failures (`BadInput`) are recorded and the batch goes on; `SourceError` (transient)
 propagates so the caller can retry the batch, which is safe because point ids are deterministic.
+
+Identity and updates: point ids derive from the image (`core.payload.image_point_id`: a DICOM
+frame from its SOP Instance UID, other files from the source's stable name and key) in collections
+of id scheme v2, from the source URI and key in older (v1) ones. What a batch's objects already
+have stored is read with one filtered scroll per collection (payload ``source`` and ``key``), so
+an unchanged object is skipped, an object whose label rules changed is relabelled (payload only,
+no embedding) and a re-embedded object's points that no longer exist (fewer frames, another
+sampling) are deleted in the same step.
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ from numpy.typing import NDArray
 
 from core.encoders.base import Encoder
 from core.errors import BadInput
-from core.index.base import VectorIndex
-from core.payload import build_payload, point_id
+from core.index.base import StoredPoint, VectorIndex
+from core.payload import SearchFilter, build_payload, image_point_id, labels_hash, point_id
 from ingest.labels import Labeler
 from ingest.prune import delete_keys
 from ingest.readers import DecodeLimits
@@ -48,6 +56,8 @@ class Target:
     collection: str
     encoder: Encoder
     encoder_label: str
+    #: How the collection derives point ids (`core.payload.ID_SCHEMES`).
+    id_scheme: str = "v2"
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class BatchReport:
     objects: int = 0
     frames_indexed: int = 0
     skipped: int = 0
+    #: Objects whose pixels were unchanged but whose labels were rewritten (no re-embedding).
+    relabelled: int = 0
     failed: list[FailedItem] = field(default_factory=list)
     quarantined: list[FailedItem] = field(default_factory=list)
     seconds: float = 0.0
@@ -76,6 +88,7 @@ class BatchReport:
         self.objects += other.objects
         self.frames_indexed += other.frames_indexed
         self.skipped += other.skipped
+        self.relabelled += other.relabelled
         self.failed.extend(other.failed)
         self.quarantined.extend(other.quarantined)
         self.seconds += other.seconds
@@ -86,6 +99,7 @@ class BatchReport:
             "objects": self.objects,
             "frames_indexed": self.frames_indexed,
             "skipped": self.skipped,
+            "relabelled": self.relabelled,
             "failed": len(self.failed),
             "quarantined": len(self.quarantined),
             "errors": [{"key": f.key, "reason": f.reason} for f in self.failed],
@@ -153,10 +167,15 @@ class _Pending:
     futures: list[Future[_Loaded | FailedItem]]
     started: float
     skipped: int
+    # target position → key → the points stored for it before this batch
+    stored: list[dict[str, list[StoredPoint]]]
+    # key → the target positions whose points only need new labels
+    relabel: dict[str, list[int]]
 
 
 def _load(ctx: PipelineContext, ref: ObjectRef, positions: list[int]) -> _Loaded | FailedItem:
-    """Fetch, decode, label and preprocess one object (runs in a worker thread)."""
+    """Fetch, decode, label and preprocess one object (runs in a worker thread); ``positions``
+    empty: no preprocessing (a relabel)."""
     from ingest.readers.dispatch import decode_object  # pydicom and Pillow load with the first object
 
     try:
@@ -182,27 +201,102 @@ def _load(ctx: PipelineContext, ref: ObjectRef, positions: list[int]) -> _Loaded
     return _Loaded(ref, labels, decoded.meta, decoded.frame_indices, tensors)
 
 
-def _unchanged(ctx: PipelineContext, refs: Sequence[ObjectRef]) -> dict[str, list[int]]:
-    """Per key, the target positions whose collection lacks the object at this ETag."""
-    if not ctx.skip_unchanged:
-        return {ref.key: list(range(len(ctx.targets))) for ref in refs}
+# Keys per filtered look-up (the filter's limit on any-of values).
+_KEYS_PER_LOOKUP = 1000
+
+
+def _source_values(ctx: PipelineContext, target: Target) -> list[str]:
+    """The payload ``source`` values this source's points may carry in ``target``: its name, and
+    in a v1 collection also the URI its points were written with before sources had names."""
+    values = [ctx.source.name]
+    if target.id_scheme == "v1" and ctx.source.uri != ctx.source.name:
+        values.append(ctx.source.uri)
+    return values
+
+
+def _stored(ctx: PipelineContext, refs: Sequence[ObjectRef]) -> list[dict[str, list[StoredPoint]]]:
+    """Per target, the points already stored for each key of the batch: one filtered scroll per
+    collection (per 1,000 keys), whatever the ids (they cannot be known before decoding)."""
+    keys = list(dict.fromkeys(ref.key for ref in refs))
+    out: list[dict[str, list[StoredPoint]]] = []
+    for target in ctx.targets:
+        found: dict[str, list[StoredPoint]] = {}
+        for start in range(0, len(keys), _KEYS_PER_LOOKUP):
+            chunk = keys[start : start + _KEYS_PER_LOOKUP]
+            search_filter = SearchFilter(source=_source_values(ctx, target), key=chunk)
+            for point in ctx.index.scroll(target.collection, filter=search_filter, batch_size=10_000):
+                key = point.payload.get("key")
+                if isinstance(key, str):
+                    found.setdefault(key, []).append(point)
+        out.append(found)
+    return out
+
+
+def _plan(
+    ctx: PipelineContext, refs: Sequence[ObjectRef], stored: list[dict[str, list[StoredPoint]]]
+) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Per key, the target positions to embed and those to relabel only."""
     wanted: dict[str, list[int]] = {ref.key: [] for ref in refs}
-    ids = {point_id(ctx.source.uri, ref.key, 0): ref for ref in refs}
-    for pos, target in enumerate(ctx.targets):
-        stored = {p.id: p.payload for p in ctx.index.retrieve(target.collection, list(ids))}
-        for pid, ref in ids.items():
-            payload = stored.get(pid)
-            if payload is None or payload.get("etag") != ref.etag or payload.get("size") != ref.size:
+    relabel: dict[str, list[int]] = {ref.key: [] for ref in refs}
+    for ref in refs:
+        rules = labels_hash(ctx.labeler.rule_labels(ref.key))
+        for pos in range(len(ctx.targets)):
+            points = stored[pos].get(ref.key, [])
+            if not ctx.skip_unchanged or not points:
                 wanted[ref.key].append(pos)
-    return wanted
+                continue
+            payload = points[0].payload
+            if payload.get("etag") != ref.etag or payload.get("size") != ref.size:
+                wanted[ref.key].append(pos)
+            elif ctx.insert_only:
+                continue
+            elif any(
+                p.payload.get("labels_hash") != rules or p.payload.get("source") != ctx.source.name
+                for p in points
+            ):
+                relabel[ref.key].append(pos)
+    return wanted, relabel
 
 
 def _submit(ctx: PipelineContext, refs: list[ObjectRef], pool: ThreadPoolExecutor) -> _Pending:
     started = time.perf_counter()
-    wanted = _unchanged(ctx, refs)
-    futures = [pool.submit(_load, ctx, ref, wanted[ref.key]) for ref in refs if wanted[ref.key]]
-    skipped = sum(1 for ref in refs if not wanted[ref.key])
-    return _Pending(refs, futures, started, skipped)
+    stored = _stored(ctx, refs)
+    wanted, relabel = _plan(ctx, refs, stored)
+    futures = [
+        pool.submit(_load, ctx, ref, wanted[ref.key]) for ref in refs if wanted[ref.key] or relabel[ref.key]
+    ]
+    skipped = sum(1 for ref in refs if not wanted[ref.key] and not relabel[ref.key])
+    return _Pending(refs, futures, started, skipped, stored, {k: v for k, v in relabel.items() if v})
+
+
+def _frame_id(ctx: PipelineContext, target: Target, item: _Loaded, frame: int) -> str:
+    if target.id_scheme == "v1":
+        return point_id(ctx.source.uri, item.ref.key, frame)
+    instance = item.meta.get("instance_hash")
+    return image_point_id(
+        frame,
+        instance_hash=instance if isinstance(instance, str) else None,
+        source_name=ctx.source.name,
+        key=item.ref.key,
+    )
+
+
+def _relabel(ctx: PipelineContext, pending: _Pending, loaded: list[_Loaded], report: BatchReport) -> None:
+    """Rewrite the payload of the stored points of unchanged objects whose labels changed: one
+    call per collection, vectors untouched."""
+    relabelled: set[str] = set()
+    for pos, target in enumerate(ctx.targets):
+        updates: dict[str, dict[str, Any]] = {}
+        for item in loaded:
+            if pos not in pending.relabel.get(item.ref.key, []):
+                continue
+            for point in pending.stored[pos].get(item.ref.key, []):
+                frame = int(point.payload.get("frame") or 0)
+                updates[point.id] = _payload(ctx, target, item, frame)
+            relabelled.add(item.ref.key)
+        if updates:
+            ctx.index.overwrite_payloads(target.collection, updates)
+    report.relabelled += len(relabelled)
 
 
 def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
@@ -220,6 +314,7 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
         quarantined = [item.key for item in report.quarantined]
         for target in ctx.targets:
             delete_keys(ctx.index, target.collection, ctx.source, quarantined)
+    _relabel(ctx, pending, loaded, report)
     bad_keys: set[str] = set()
     for pos, target in enumerate(ctx.targets):
         items = [item for item in loaded if pos in item.tensors]
@@ -232,23 +327,34 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
                 for i in range(0, len(batch), ctx.embed_batch_size)
             ]
         )
-        ids: list[str] = []
-        payloads: list[dict[str, Any]] = []
-        keep: list[int] = []
+        # id → (row, payload): one file holding the same instance as another of the batch (another
+        # transfer syntax) writes the same ids, the last one's payload wins.
+        points: dict[str, tuple[int, dict[str, Any]]] = {}
+        stale: set[str] = set()
         row = 0
         for item in items:
+            written: set[str] = set()
             for frame in item.frame_indices:
                 vec = vectors[row]
+                pid = _frame_id(ctx, target, item, frame)
+                written.add(pid)
                 if not np.isfinite(vec).all() or float(np.linalg.norm(vec)) < 1e-6:
                     bad_keys.add(item.ref.key)
                 else:
-                    keep.append(row)
-                    ids.append(point_id(ctx.source.uri, item.ref.key, frame))
-                    payloads.append(_payload(ctx, target, item, frame))
+                    points[pid] = (row, _payload(ctx, target, item, frame))
                 row += 1
-        if ids:
-            ctx.index.upsert(target.collection, ids, vectors[keep], payloads, insert_only=ctx.insert_only)
-        report.frames_indexed += len(ids)
+            stale.update(p.id for p in pending.stored[pos].get(item.ref.key, []) if p.id not in written)
+        if points:
+            ids = list(points)
+            rows = [points[pid][0] for pid in ids]
+            payloads = [points[pid][1] for pid in ids]
+            ctx.index.upsert(target.collection, ids, vectors[rows], payloads, insert_only=ctx.insert_only)
+        stale.difference_update(points)
+        if stale and not ctx.insert_only:
+            # The object's frames that no longer exist (fewer frames, another sampling, another
+            # instance under the same key): gone in the same step as the new ones are written.
+            ctx.index.delete(target.collection, sorted(stale))
+        report.frames_indexed += len(points)
     for key in sorted(bad_keys):
         report.failed.append(FailedItem(key, "encoder produced an invalid (NaN or zero) vector"))
     report.seconds = time.perf_counter() - pending.started
@@ -260,13 +366,14 @@ def _payload(ctx: PipelineContext, target: Target, item: _Loaded, frame: int) ->
         {
             **item.labels,
             **item.meta,
-            "source": ctx.source.uri,
+            "source": ctx.source.name,
             "key": item.ref.key,
             "frame": frame,
             "frames_sampled": len(item.frame_indices),
             "etag": item.ref.etag,
             "size": item.ref.size,
             "encoder": target.encoder_label,
+            "labels_hash": labels_hash(ctx.labeler.rule_labels(item.ref.key)),
         }
     )
 

@@ -31,7 +31,6 @@ __all__ = [
     "diff_source",
     "guard_message",
     "indexed_objects",
-    "payload_source",
     "prune_gone",
     "source_diffs",
     "still_gone",
@@ -39,12 +38,6 @@ __all__ = [
 
 DEFAULT_MAX_DELETE_FRACTION = 0.1
 _DELETE_CHUNK = 500
-
-
-def payload_source(source: Source) -> str:
-    """The value of the payload's ``source`` field for this source's points (one place to change
-    when points are named by a stable source name instead of the URI)."""
-    return source.uri
 
 
 @dataclass
@@ -70,7 +63,7 @@ def indexed_objects(
     """Per object key of ``source``, what ``collection`` holds of it."""
     prefix = str(getattr(source, "prefix", "") or "")
     out: dict[str, IndexedObject] = {}
-    for point in index.scroll(collection, filter=SearchFilter(source=[payload_source(source)])):
+    for point in index.scroll(collection, filter=SearchFilter(source=[source.name])):
         key = point.payload.get("key")
         if not isinstance(key, str) or not key.startswith(prefix):
             continue
@@ -176,7 +169,7 @@ def delete_keys(index: VectorIndex, collection: str, source: Source, keys: Seque
     """Delete every point of these objects of ``source`` from ``collection``, in chunks."""
     for i in range(0, len(keys), _DELETE_CHUNK):
         chunk = list(keys[i : i + _DELETE_CHUNK])
-        index.delete_by_filter(collection, SearchFilter(source=[payload_source(source)], key=chunk))
+        index.delete_by_filter(collection, SearchFilter(source=[source.name], key=chunk))
 
 
 def source_diffs(

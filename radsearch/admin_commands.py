@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "add_admin_commands",
     "encoder_arg",
+    "owner_job_dicts",
     "print_alias",
     "print_aliases",
     "print_backfill",
@@ -84,28 +85,50 @@ def _cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from ingest.backfill import plan_backfill, run_backfill
     from radsearch.services import open_catalog
+    from search_api.backfill_jobs import OwnerJobRunner, open_owner_store
 
     with open_catalog(settings) as catalog:
-        plan = plan_backfill(catalog, settings, args.origin, target=args.name)
-        bar = tqdm(total=plan.objects, unit="obj", desc="backfill", disable=args.json, dynamic_ncols=True)
+        bar = tqdm(unit="obj", desc="backfill", disable=args.json, dynamic_ncols=True)
+
+        def on_plan(objects: int) -> None:
+            bar.total = objects
+            bar.refresh()
 
         def on_batch(done: BatchReport) -> None:
             bar.update(done.objects)
 
-        report = run_backfill(
-            catalog, settings, plan, target=args.name, on_batch=on_batch, path_template=args.path_template
-        )  # which builds the target's index at its end
-        bar.close()
-    print_backfill({"collection": args.name, "from": args.origin, **report.to_dict()}, as_json=args.json)
+        # Recorded in the data dir's job store like the server's backfills: killed, it is resumed
+        # by the next `radsearch serve`, and `collections alias` waits for it.
+        store, close_store = open_owner_store(settings)
+        try:
+            summary = OwnerJobRunner(catalog, settings, store).run_backfill_here(
+                args.name, args.origin, path_template=args.path_template, on_plan=on_plan, on_batch=on_batch
+            )  # which builds the target's index at its end
+        finally:
+            close_store()
+            bar.close()
+    print_backfill({"collection": args.name, "from": args.origin, **summary}, as_json=args.json)
     return 0
 
 
 def _cmd_alias(args: argparse.Namespace, settings: Settings) -> int:
     from radsearch.services import open_catalog
+    from search_api.backfill_jobs import alias_blockers, read_owner_jobs
 
     with open_catalog(settings) as catalog:
+        if not args.force:
+            jobs = read_owner_jobs(settings)
+            try:
+                blockers = alias_blockers(catalog, jobs, args.collection)
+            finally:
+                if jobs is not None:
+                    jobs.close()
+            if blockers:
+                raise ConfigError(
+                    f"collection {args.collection!r} is not ready: {'; '.join(blockers)} "
+                    "(wait for it, or give --force)"
+                )
         previous = catalog.set_alias(args.alias, args.collection)
     print_alias(args.alias, args.collection, previous)
     return 0
@@ -141,6 +164,36 @@ def print_created(row: Mapping[str, Any], *, as_json: bool) -> None:
         f"created {row['name']}: encoder {row['encoder']}, dim {row['dim']}, weights {row['weights']}, "
         f"quantization {row['quantization']}" + (", vectors on disk" if row["on_disk"] else "")
     )
+
+
+def owner_job_dicts(settings: Settings, job_id: str | None, limit: int) -> list[dict[str, Any]]:
+    """Owner-run jobs (backfills, owner ingests) of the data dir, read beside its owner: one
+    (``job_id``) or the newest ``limit``, in the shape of ``radsearch jobs show|list``."""
+    from search_api.backfill_jobs import OwnerJob, read_owner_jobs
+
+    store = read_owner_jobs(settings)
+    if store is None:
+        return []
+    try:
+        if job_id is not None:
+            record = store.get(job_id)
+            records = [] if record is None else [record]
+        else:
+            records = store.recent(limit=limit)
+        out = []
+        for record in records:
+            meta = store.load_meta(record.id)
+            if meta is None:
+                out.append(record.to_dict(with_items=job_id is not None))
+                continue
+            job = OwnerJob(meta.kind, record, meta.summary, meta.error_status, meta.resumed)
+            data = job.to_dict(with_items=job_id is not None)
+            out.append(
+                {k: v for k, v in data.items() if v is not None or k not in ("summary", "error_status")}
+            )
+        return out
+    finally:
+        store.close()
 
 
 def print_dropped(name: str, trashed: Mapping[str, Any] | None) -> None:
@@ -237,6 +290,11 @@ def add_admin_commands(collections_sub: Any, sub: Any) -> None:
     alias = collections_sub.add_parser("alias", help="point an alias at a collection (atomic switch)")
     alias.add_argument("alias")
     alias.add_argument("collection")
+    alias.add_argument(
+        "--force",
+        action="store_true",
+        help="switch even while a backfill writes to it or its index is not built",
+    )
     alias.set_defaults(handler=_cmd_alias, remote_handler=remote_commands.alias)
 
     unalias = collections_sub.add_parser("unalias", help="remove an alias")

@@ -52,8 +52,8 @@ def _print_json(obj: Any) -> None:
 
 
 def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
-    """An ingest's summary: ``{"collection", "objects", "frames_indexed", "skipped", "failed",
-    "quarantined", "errors", "quarantined_items", "seconds"}``."""
+    """An ingest's summary: ``{"collection", "objects", "frames_indexed", "skipped", "relabelled",
+    "failed", "quarantined", "errors", "quarantined_items", "seconds"}``."""
     if as_json:
         _print_json(dict(summary))
         return
@@ -61,7 +61,8 @@ def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
     rate = summary["objects"] / seconds if seconds > 0 else 0.0
     print(
         f"{summary['collection']}: {summary['objects']} objects, {summary['frames_indexed']} frames indexed, "
-        f"{summary['skipped']} unchanged skipped, {summary['failed']} failed, "
+        f"{summary['skipped']} unchanged skipped, {summary.get('relabelled', 0)} relabelled, "
+        f"{summary['failed']} failed, "
         f"{summary['quarantined']} quarantined ({rate:.1f} objects/s)"
     )
     for item in summary["errors"][:20]:
@@ -144,8 +145,10 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         dry_run=args.dry_run,
         max_delete_fraction=args.max_delete_fraction,
         force=args.force,
+        source_name=args.source_name,
     )
-    open_source(args.source, settings).close()  # a bad source fails before any collection is created
+    # A bad source (or source name) fails before any collection is created.
+    open_source(args.source, settings, name=args.source_name).close()
     with open_catalog(settings, owner="ingest") as catalog:
         if args.dry_run:
             diffs = diff_source_inline(catalog, settings, args.source, [args.collection], options)
@@ -341,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--manifest", type=Path, help="CSV or JSONL mapping key → labels")
     ingest.add_argument("--path-template", help="e.g. '{modality}/{anatomy}/{pathology}/{file}'")
     ingest.add_argument("--no-skip-unchanged", action="store_true", help="re-embed objects already indexed")
+    ingest.add_argument(
+        "--source-name",
+        help="the source's stable name in payloads and point ids "
+        "(default: the folder's name or bucket/prefix)",
+    )
     ingest.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     ingest.add_argument(
         "--executor",
@@ -428,9 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(evaluate)
     evaluate.set_defaults(handler=_cmd_eval, remote_handler=_remote_eval)
 
+    from radsearch.admin_commands import owner_job_dicts
     from workers.commands import add_worker_commands
 
-    add_worker_commands(sub, remote_jobs=remote_commands.jobs)
+    add_worker_commands(sub, remote_jobs=remote_commands.jobs, owner_jobs=owner_job_dicts)
     return parser
 
 

@@ -138,7 +138,7 @@ def ingest(args: argparse.Namespace, settings: Settings, url: str) -> int:
         )
     if not celery:
         # The same checks, in the same order and words, as the command run here.
-        open_source(args.source, settings).close()
+        open_source(args.source, settings, name=args.source_name).close()
         if args.manifest is not None:
             load_manifest(args.manifest)
         if args.path_template:
@@ -160,6 +160,8 @@ def ingest(args: argparse.Namespace, settings: Settings, url: str) -> int:
             max_delete_fraction=args.max_delete_fraction,
             force=args.force,
         )
+    if args.source_name is not None:
+        body["source_name"] = args.source_name
     with _client(settings, url) as client:
         if args.weights and not celery:
             _ensure_with_weights(client, args)
@@ -301,7 +303,9 @@ def alias(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
     with _client(settings, url) as client:
         answer = client.request(
-            "PUT", f"/v1/aliases/{_segment(args.alias)}", json={"collection": args.collection}
+            "PUT",
+            f"/v1/aliases/{_segment(args.alias)}",
+            json={"collection": args.collection, "force": bool(getattr(args, "force", False))},
         )
     print_alias(args.alias, args.collection, answer.get("previous"))
     return EXIT_OK
@@ -353,13 +357,24 @@ def jobs(args: argparse.Namespace, settings: Settings, url: str) -> int:
             print_workers(client.request("GET", "/v1/workers")["data"], as_json=args.json)
             return EXIT_OK
         if args.jobs_command == "list":
-            listed = client.request("GET", "/v1/ingest-jobs", params={"limit": args.limit})["data"]
+            answer = client.request("GET", "/v1/ingest-jobs", params={"limit": args.limit})
+            if answer.get("warning"):
+                sys.stderr.write(f"radsearch: warning: {answer['warning']}\n")
+            listed = answer["data"]
             print_jobs([_as_record(job, with_items=False) for job in listed], as_json=args.json)
             return EXIT_OK
         try:
             job = client.request("GET", f"/v1/ingest-jobs/{_segment(args.job_id)}")
         except CollectionNotFound:
-            sys.stderr.write(f"radsearch: error: no job {args.job_id}\n")
+            try:  # a backfill the server runs (or ran before a restart)
+                job = client.request("GET", f"/v1/backfill-jobs/{_segment(args.job_id)}")
+            except CollectionNotFound:
+                sys.stderr.write(f"radsearch: error: no job {args.job_id}\n")
+                return EXIT_RUNTIME_ERROR
+        except ConfigError as exc:
+            if not str(exc).startswith("job state lost"):
+                raise
+            sys.stderr.write(f"radsearch: error: job {args.job_id}: {exc}\n")
             return EXIT_RUNTIME_ERROR
     print_job(_as_record(job), as_json=args.json)
     return EXIT_OK

@@ -75,7 +75,7 @@ def ingest_source(
     from ingest.sources import open_source
     from search_api.backfill_jobs import manifest_keys
 
-    source = open_source(source_uri, settings)
+    source = open_source(source_uri, settings, name=options.source_name)
     try:
         ctx = build_context(source, catalog, collections, options, settings)
         exclude = manifest_keys(source, options.manifest)

@@ -72,6 +72,7 @@ def collection_detail(*, catalog: Catalog, name: str) -> CollectionDetailPublic:
             "quantization": entry.quantization,
             "on_disk": entry.on_disk,
             "accept_burned_in": entry.accept_burned_in,
+            "id_scheme": entry.id_scheme,
             "indexing": {
                 "status": info.get("status", "unknown"),
                 "points": info["points"],

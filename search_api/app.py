@@ -17,7 +17,7 @@ from core.config import Settings
 from core.index.base import VectorIndex
 from core.index.factory import open_index
 from core.snapshots import Trash
-from search_api.backfill_jobs import LocalJobStore, OwnerJobRunner
+from search_api.backfill_jobs import OwnerJobRunner, open_owner_store
 from search_api.deps import reject_unknown_query
 from search_api.docs import install_docs
 from search_api.errors import install_exception_handlers
@@ -69,11 +69,15 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
             await run_in_threadpool(Trash(settings).purge)
         app.state.catalog = Catalog(opened, settings)
         app.state.inference_limiter = CapacityLimiter(_INFERENCE_THREADS)
-        app.state.backfill = OwnerJobRunner(app.state.catalog, settings, LocalJobStore())
+        job_store, close_job_store = await run_in_threadpool(open_owner_store, settings)
+        app.state.backfill = OwnerJobRunner(app.state.catalog, settings, job_store)
+        # Jobs an earlier owner of this data dir left unfinished (killed mid-backfill) run again.
+        await run_in_threadpool(app.state.backfill.resume)
         try:
             yield
         finally:
             await run_in_threadpool(app.state.backfill.close)
+            await run_in_threadpool(close_job_store)
             if index is None:
                 await run_in_threadpool(opened.close)
 

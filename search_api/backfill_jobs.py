@@ -7,19 +7,25 @@ process there; it runs here, one job at a time by default. Progress goes through
 interface (`workers.jobs.JobStore`: create, mark_planning, raise_counters, complete_batch,
 plan_done, fail, get, recent) and comes back as the same `JobRecord` shape as Celery ingest jobs,
 plus what only the owner knows: the job's summary once it is done (the command line's ``--json``
-summary) and the HTTP status of its error once it failed. `LocalJobStore` keeps records in memory
-(lost on restart, like the jobs themselves); a Redis `JobStore` can be passed instead.
+summary) and the HTTP status of its error once it failed. `DurableJobStore` keeps the records in
+SQLite under ``<data_dir>/jobs/`` (written only by the process holding that folder's lock,
+`core.ownership`), so a job outlives the process: on start-up the owner resumes its unfinished jobs
+(`OwnerJobRunner.resume`; a backfill is insert-only with deterministic point ids, an owner ingest
+skips unchanged objects, so re-running is idempotent) or marks them failed with the reason.
+`LocalJobStore` keeps records in memory (a second API process on the same data dir, and tests).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -28,7 +34,7 @@ from starlette.requests import Request
 
 from core.catalog import Catalog
 from core.config import Settings
-from core.errors import ConfigError, RadsearchError
+from core.errors import CollectionNotFound, ConfigError, RadsearchError
 from core.snapshots import TrashEntry
 from ingest.backfill import plan_backfill, run_backfill
 from ingest.inline import IngestOptions, build_context, diff_inline, listing_of, plan_prune
@@ -42,17 +48,21 @@ from ingest.sources.local import LocalSource
 from workers.jobs import COUNTERS, JobKind, JobRecord, JobSpec, JobState
 
 __all__ = [
+    "DurableJobStore",
     "JobProgress",
     "JobStoreLike",
     "LocalJobStore",
     "OwnerIngest",
     "OwnerJob",
     "OwnerJobRunner",
+    "alias_blockers",
     "celery_writers",
     "check_local_path",
     "index_written",
     "manifest_keys",
+    "open_owner_store",
     "owner_jobs",
+    "read_owner_jobs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,12 +71,38 @@ OwnerJobKind = Literal["ingest", "backfill"]
 # Unfinished Celery jobs of these kinds write to the collections they name (events jobs are
 # per-day counters of a subscription, never finished).
 _WRITING_KINDS = frozenset({JobKind.INGEST, JobKind.RECONCILE, JobKind.REQUEUE})
+# Jobs some runner of this process is running (two apps on one data dir in one process: tests).
+_RUNNING: set[str] = set()
+_NOT_RESUMED = "the server stopped while the job ran, and it cannot be resumed"
 # How many of the newest Celery jobs a drop looks through for one still writing.
 _CELERY_JOBS_CHECKED = 500
 
 
+@dataclass
+class _Meta:
+    """What only the owner knows of its job: what it is, the collections it writes, how to run it
+    again (``resume``), its summary or error status, and how often a restart resumed it."""
+
+    kind: OwnerJobKind
+    targets: tuple[str, ...]
+    summary: dict[str, Any] | None = None
+    error_status: int | None = None
+    resume: dict[str, Any] = field(default_factory=dict)
+    resumed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> _Meta:
+        data = json.loads(text)
+        data["targets"] = tuple(data.get("targets") or ())
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 class JobStoreLike(Protocol):
-    """The part of `workers.jobs.JobStore` an owner-run job uses."""
+    """The part of `workers.jobs.JobStore` an owner-run job uses, and the owner's own metadata."""
 
     def create(self, kind: JobKind, spec: JobSpec, *, job_id: str | None = None) -> str: ...
 
@@ -85,6 +121,14 @@ class JobStoreLike(Protocol):
     def complete_batch(
         self, job_id: str, batch_id: str, counts: Mapping[str, int], failed: Sequence[tuple[str, str]] = ()
     ) -> bool: ...
+
+    def save_meta(self, job_id: str, meta: _Meta) -> None: ...
+
+    def load_meta(self, job_id: str) -> _Meta | None: ...
+
+    def unfinished(self) -> list[str]: ...
+
+    def restart(self, job_id: str) -> None: ...
 
 
 @dataclass
@@ -108,8 +152,28 @@ class LocalJobStore:
 
     def __init__(self, *, max_failed_items: int = 10_000) -> None:
         self._jobs: dict[str, _Job] = {}
+        self._meta: dict[str, str] = {}
         self._lock = threading.Lock()
         self._max_failed = max_failed_items
+
+    def save_meta(self, job_id: str, meta: _Meta) -> None:
+        with self._lock:
+            self._meta[job_id] = meta.to_json()
+
+    def load_meta(self, job_id: str) -> _Meta | None:
+        with self._lock:
+            raw = self._meta.get(job_id)
+        return None if raw is None else _Meta.from_json(raw)
+
+    def unfinished(self) -> list[str]:
+        with self._lock:
+            return [i for i, j in self._jobs.items() if j.state not in (JobState.DONE, JobState.FAILED)]
+
+    def restart(self, job_id: str) -> None:
+        """Back to ``queued`` with nothing counted: the job runs again from the start."""
+        with self._lock:
+            old = self._jobs[job_id]
+            self._jobs[job_id] = _Job(kind=old.kind, spec=old.spec, created_at=old.created_at)
 
     def create(self, kind: JobKind, spec: JobSpec, *, job_id: str | None = None) -> str:
         job_id = job_id or str(uuid.uuid4())
@@ -195,19 +259,304 @@ class LocalJobStore:
             return True
 
 
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    planned INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    counts TEXT NOT NULL,
+    meta TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE TABLE IF NOT EXISTS batches (
+    job_id TEXT NOT NULL, batch_id TEXT NOT NULL, PRIMARY KEY (job_id, batch_id)
+);
+CREATE TABLE IF NOT EXISTS failed (job_id TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS failed_job ON failed (job_id);
+"""
+
+_STORE_FILE = "owner-jobs.sqlite3"
+
+
+class DurableJobStore:
+    """`LocalJobStore`'s semantics in a SQLite file (``<data_dir>/jobs/owner-jobs.sqlite3``): the
+    owner's jobs outlive it. One writer, the process that holds the folder's lock (`open_owner_store`);
+    others may read (`read_owner_jobs`). Every change is one transaction."""
+
+    def __init__(self, path: Path, *, max_failed_items: int = 10_000, read_only: bool = False) -> None:
+        self.path = path
+        if read_only:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=5)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, timeout=5, isolation_level=None)
+            path.chmod(0o600)  # object keys are paths, and paths can carry names
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._max_failed = max_failed_items
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _row(self, job_id: str) -> sqlite3.Row | None:
+        self._db.row_factory = sqlite3.Row
+        row: sqlite3.Row | None = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row
+
+    def _update(self, job_id: str, **values: Any) -> None:
+        names = ", ".join(f"{name} = ?" for name in values)
+        self._db.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*values.values(), job_id))  # noqa: S608
+
+    def create(self, kind: JobKind, spec: JobSpec, *, job_id: str | None = None) -> str:
+        job_id = job_id or str(uuid.uuid4())
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (id, kind, state, spec, created_at, counts) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    kind.value,
+                    JobState.QUEUED.value,
+                    spec.to_json(),
+                    time.time(),
+                    json.dumps(dict.fromkeys(COUNTERS, 0)),
+                ),
+            )
+        return job_id
+
+    def get(self, job_id: str, *, with_items: bool = True, max_items: int = 1000) -> JobRecord | None:
+        with self._lock:
+            row = self._row(job_id)
+            if row is None:
+                return None
+            items: list[dict[str, str]] = []
+            if with_items:
+                rows = self._db.execute(
+                    "SELECT key, reason FROM failed WHERE job_id = ? ORDER BY rowid LIMIT ?",
+                    (job_id, max_items),
+                ).fetchall()
+                items = [{"key": r[0], "reason": r[1]} for r in rows]
+        return JobRecord(
+            id=job_id,
+            kind=JobKind(row["kind"]),
+            state=JobState(row["state"]),
+            spec=JobSpec.from_json(row["spec"]),
+            created_at=float(row["created_at"]),
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            counts={**dict.fromkeys(COUNTERS, 0), **json.loads(row["counts"])},
+            planned=bool(row["planned"]),
+            error=row["error"],
+            failed_items=items,
+        )
+
+    def recent(self, *, limit: int = 50) -> list[JobRecord]:
+        with self._lock:
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?", (max(limit, 1),)
+                ).fetchall()
+            ]
+        return [r for r in (self.get(i, with_items=False) for i in ids) if r is not None]
+
+    def mark_planning(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET started_at = COALESCE(started_at, ?), state = ? WHERE id = ?",
+                (time.time(), JobState.PLANNING.value, job_id),
+            )
+
+    def raise_counters(self, job_id: str, values: Mapping[str, int]) -> None:
+        with self._lock:
+            row = self._row(job_id)
+            if row is None:
+                return
+            counts = json.loads(row["counts"])
+            for name, value in values.items():
+                counts[name] = max(int(counts.get(name, 0)), int(value))
+            self._update(job_id, counts=json.dumps(counts))
+
+    def _settled(
+        self, row: sqlite3.Row, counts: Mapping[str, int], planned: bool
+    ) -> tuple[str, float | None]:
+        state = JobState(row["state"])
+        if state in (JobState.DONE, JobState.FAILED):
+            return state.value, row["finished_at"]
+        if planned and counts.get("batches_done", 0) >= counts.get("batches_total", 0):
+            return JobState.DONE.value, time.time()
+        return JobState.RUNNING.value, None
+
+    def plan_done(self, job_id: str) -> None:
+        with self._lock:
+            row = self._row(job_id)
+            if row is None:
+                return
+            state, finished = self._settled(row, json.loads(row["counts"]), True)
+            self._update(
+                job_id,
+                planned=1,
+                state=state,
+                finished_at=finished,
+                started_at=row["started_at"] or time.time(),
+            )
+
+    def fail(self, job_id: str, error: str) -> None:
+        with self._lock:
+            row = self._row(job_id)
+            if row is None:
+                return
+            now = time.time()
+            self._update(
+                job_id,
+                state=JobState.FAILED.value,
+                error=error,
+                finished_at=now,
+                started_at=row["started_at"] or now,
+            )
+
+    def complete_batch(
+        self, job_id: str, batch_id: str, counts: Mapping[str, int], failed: Sequence[tuple[str, str]] = ()
+    ) -> bool:
+        with self._lock:
+            row = self._row(job_id)
+            if row is None:
+                return False
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                inserted = self._db.execute(
+                    "INSERT OR IGNORE INTO batches (job_id, batch_id) VALUES (?, ?)", (job_id, batch_id)
+                ).rowcount
+                if not inserted:
+                    self._db.execute("ROLLBACK")
+                    return False
+                totals = json.loads(row["counts"])
+                for name, value in counts.items():
+                    totals[name] = int(totals.get(name, 0)) + int(value)
+                totals["batches_done"] = int(totals.get("batches_done", 0)) + 1
+                (stored,) = self._db.execute(
+                    "SELECT COUNT(*) FROM failed WHERE job_id = ?", (job_id,)
+                ).fetchone()
+                room = max(self._max_failed - int(stored), 0)
+                self._db.executemany(
+                    "INSERT INTO failed (job_id, key, reason) VALUES (?, ?, ?)",
+                    [(job_id, k, r) for k, r in list(failed)[:room]],
+                )
+                state, finished = self._settled(row, totals, bool(row["planned"]))
+                self._update(
+                    job_id,
+                    counts=json.dumps(totals),
+                    state=state,
+                    finished_at=finished,
+                    started_at=row["started_at"] or time.time(),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return True
+
+    def save_meta(self, job_id: str, meta: _Meta) -> None:
+        with self._lock:
+            self._update(job_id, meta=meta.to_json())
+
+    def load_meta(self, job_id: str) -> _Meta | None:
+        with self._lock:
+            row = self._row(job_id)
+        return None if row is None or not row["meta"] else _Meta.from_json(row["meta"])
+
+    def unfinished(self) -> list[str]:
+        """The jobs not yet done or failed, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE state NOT IN (?, ?) ORDER BY created_at",
+                (JobState.DONE.value, JobState.FAILED.value),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def restart(self, job_id: str) -> None:
+        """Back to ``queued`` with nothing counted: the job runs again from the start."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM batches WHERE job_id = ?", (job_id,))
+            self._db.execute("DELETE FROM failed WHERE job_id = ?", (job_id,))
+            self._update(
+                job_id,
+                state=JobState.QUEUED.value,
+                started_at=None,
+                finished_at=None,
+                planned=0,
+                error=None,
+                counts=json.dumps(dict.fromkeys(COUNTERS, 0)),
+            )
+            self._db.execute("COMMIT")
+
+
+def open_owner_store(settings: Settings) -> tuple[JobStoreLike, Callable[[], None]]:
+    """The owner's job store and how to close it: `DurableJobStore` under ``<data_dir>/jobs/``
+    while this process can take that folder's lock, else (another API process on the same data
+    dir holds it) a `LocalJobStore`, whose jobs end with this process."""
+    from core.errors import StoreOwned
+    from core.ownership import acquire_store
+
+    folder = settings.data_dir / "jobs"
+    try:
+        lease = acquire_store(folder, "jobs")
+    except StoreOwned as exc:
+        logger.warning("owner-run jobs are kept in memory: %s", exc)
+        return LocalJobStore(), lambda: None
+    store = DurableJobStore(folder / _STORE_FILE)
+
+    def close() -> None:
+        store.close()
+        lease.close()
+
+    return store, close
+
+
+def read_owner_jobs(settings: Settings) -> DurableJobStore | None:
+    """The owner's job store read-only (commands run beside the owner), None if it has none."""
+    path = settings.data_dir / "jobs" / _STORE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return DurableJobStore(path, read_only=True)
+    except sqlite3.Error:
+        return None
+
+
 class JobProgress:
     """What a running job reports to its record: how much is planned so far, then each batch."""
 
-    def __init__(self, store: JobStoreLike, job_id: str) -> None:
+    def __init__(
+        self,
+        store: JobStoreLike,
+        job_id: str,
+        *,
+        on_plan: Callable[[int], None] | None = None,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ) -> None:
         self._store = store
         self._job_id = job_id
         self._batches = 0
+        self._on_plan = on_plan
+        self._on_batch = on_batch
 
     def plan(self, *, objects: int, batches: int) -> None:
         """At least ``objects`` objects in ``batches`` batches are planned (counts only grow)."""
         self._store.raise_counters(
             self._job_id, {"listed": objects, "queued": objects, "batches_total": batches}
         )
+        if self._on_plan is not None:
+            self._on_plan(objects)
 
     def deleted(self, count: int) -> None:
         """A prune deleted the points of ``count`` objects gone from the source."""
@@ -223,11 +572,14 @@ class JobProgress:
                 "objects_done": report.objects,
                 "indexed_frames": report.frames_indexed,
                 "skipped_unchanged": report.skipped,
+                "relabelled": report.relabelled,
                 "failed": len(report.failed),
                 "quarantined": len(report.quarantined),
             },
             [(f.key, f.reason) for f in [*report.failed, *report.quarantined]],
         )
+        if self._on_batch is not None:
+            self._on_batch(report)
 
 
 Work = Callable[[JobProgress], dict[str, Any]]
@@ -242,6 +594,7 @@ class OwnerJob:
     record: JobRecord
     summary: dict[str, Any] | None = None
     error_status: int | None = None
+    resumed: int = 0
 
     @property
     def id(self) -> str:
@@ -257,16 +610,10 @@ class OwnerJob:
         data = self.record.to_dict(with_items=with_items)
         if self.kind == "backfill":
             data["kind"] = "backfill"
-        data.update(executor="owner", summary=self.summary, error_status=self.error_status)
+        data.update(
+            executor="owner", summary=self.summary, error_status=self.error_status, resumed=self.resumed
+        )
         return data
-
-
-@dataclass
-class _Meta:
-    kind: OwnerJobKind
-    targets: tuple[str, ...]
-    summary: dict[str, Any] | None = None
-    error_status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +636,7 @@ class OwnerIngest:
     dry_run: bool = False
     max_delete_fraction: float = 0.1
     force: bool = False
+    source_name: str | None = None
 
 
 class OwnerJobRunner:
@@ -309,14 +657,112 @@ class OwnerJobRunner:
 
     # -- submitting ----------------------------------------------------------------------------
 
-    def submit(self, kind: OwnerJobKind, spec: JobSpec, work: Work) -> str:
+    def submit(
+        self, kind: OwnerJobKind, spec: JobSpec, work: Work, *, resume: Mapping[str, Any] | None = None
+    ) -> str:
         """Create the job and start ``work`` (which returns the summary); returns the job id.
-        ``spec.collections`` are the collections it writes, by their own names."""
+        ``spec.collections`` are the collections it writes, by their own names; ``resume`` what
+        `resume` needs to run it again after a restart."""
         with self._lock:
             job_id = self.store.create(JobKind.INGEST, spec)
-            self._meta[job_id] = _Meta(kind=kind, targets=tuple(spec.collections))
+            meta = _Meta(kind=kind, targets=tuple(spec.collections), resume=dict(resume or {}))
+            self.store.save_meta(job_id, meta)
+            self._meta[job_id] = meta
+            _RUNNING.add(job_id)
         self._pool.submit(self._run, job_id, work)
         return job_id
+
+    def resume(self) -> list[str]:
+        """Run again the unfinished jobs a previous owner left (killed, or the machine went down);
+        a job that cannot run again is marked failed with the reason. Returns the resumed ids."""
+        resumed: list[str] = []
+        for job_id in self.store.unfinished():
+            if job_id in _RUNNING:
+                continue
+            meta = self.store.load_meta(job_id)
+            if meta is None:
+                self.store.fail(job_id, _NOT_RESUMED)
+                continue
+            meta.resumed += 1
+            try:
+                work = self._work_for(meta)
+            except RadsearchError as exc:
+                self.store.save_meta(job_id, meta)
+                self.store.fail(job_id, f"{_NOT_RESUMED}: {exc}")
+                logger.warning("%s job %s not resumed: %s", meta.kind, job_id, exc)
+                continue
+            with self._lock:
+                self.store.restart(job_id)
+                self.store.save_meta(job_id, meta)
+                self._meta[job_id] = meta
+                _RUNNING.add(job_id)
+            self._pool.submit(self._run, job_id, work)
+            logger.info("%s job %s resumed after a restart", meta.kind, job_id)
+            resumed.append(job_id)
+        return resumed
+
+    def _work_for(self, meta: _Meta) -> Work:
+        """The work of a job to run again; `RadsearchError` if it cannot be (a collection it
+        wrote was dropped since: never re-created here)."""
+        for name in meta.targets:
+            try:
+                self.catalog.get(name)
+            except CollectionNotFound:
+                raise CollectionNotFound(f"collection {name!r} no longer exists") from None
+        params = meta.resume
+        if meta.kind == "backfill" and params.get("target") and params.get("origin"):
+            target, origin = str(params["target"]), str(params["origin"])
+            return partial(self._backfill, target, origin, params.get("path_template"))
+        if meta.kind == "ingest" and params.get("source"):
+            request = OwnerIngest(**{**params, "collections": tuple(params.get("collections") or ())})
+            source, labeler, exclude = self._prepare_ingest(request)
+            return partial(self._ingest, source, request, request.collections, labeler, exclude)
+        raise ConfigError("the job's record does not say how to run it")
+
+    def run_backfill_here(
+        self,
+        target: str,
+        origin: str,
+        *,
+        path_template: str | None = None,
+        on_plan: Callable[[int], None] | None = None,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ) -> dict[str, Any]:
+        """`submit_backfill` run by the calling thread (the command line owning the store), recorded
+        the same way: a killed command leaves a job the next owner resumes. Returns the summary;
+        the error is raised (and recorded) if it fails."""
+        entry = self.catalog.get(target)
+        if path_template:
+            PathTemplate(path_template)
+        spec = JobSpec(
+            source=origin, collections=(entry.name,), path_template=path_template, encoder=entry.encoder.name
+        )
+        meta = _Meta(
+            kind="backfill",
+            targets=(entry.name,),
+            resume={"target": entry.name, "origin": origin, "path_template": path_template},
+        )
+        with self._lock:
+            job_id = self.store.create(JobKind.INGEST, spec)
+            self.store.save_meta(job_id, meta)
+            self._meta[job_id] = meta
+            _RUNNING.add(job_id)
+        try:
+            self.store.mark_planning(job_id)
+            progress = JobProgress(self.store, job_id, on_plan=on_plan, on_batch=on_batch)
+            summary = self._backfill(entry.name, origin, path_template, progress)
+            meta.summary = summary
+            self.store.save_meta(job_id, meta)
+            self.store.plan_done(job_id)
+            return summary
+        except KeyboardInterrupt:
+            self.store.fail(job_id, "interrupted")
+            raise
+        except Exception as exc:
+            self.store.fail(job_id, self._dropped(meta) or str(exc))
+            raise
+        finally:
+            _RUNNING.discard(job_id)
 
     def submit_backfill(self, target: str, origin: str, *, path_template: str | None = None) -> str:
         """Embed every object ``origin`` (a collection, alias or source) knows into ``target``."""
@@ -330,22 +776,35 @@ class OwnerJobRunner:
             skip_unchanged=True,
             encoder=entry.encoder.name,
         )
-        return self.submit("backfill", spec, partial(self._backfill, entry.name, origin, path_template))
+        return self.submit(
+            "backfill",
+            spec,
+            partial(self._backfill, entry.name, origin, path_template),
+            resume={"target": entry.name, "origin": origin, "path_template": path_template},
+        )
 
-    def submit_ingest(self, request: OwnerIngest) -> str:
-        """Check the label rules and the source, create missing collections, start the ingest."""
+    def _prepare_ingest(self, request: OwnerIngest) -> tuple[Source, Labeler, frozenset[str]]:
         labeler = Labeler(
             manifest=read_manifest(request.manifest, self.settings) if request.manifest else {},
             path_template=PathTemplate(request.path_template) if request.path_template else None,
         )
-        source = open_source(request.source, self.settings)
+        source = open_source(request.source, self.settings, name=request.source_name)
+        try:
+            local_manifest = request.manifest if request.manifest and "://" not in request.manifest else None
+            exclude = manifest_keys(source, Path(local_manifest) if local_manifest else None)
+        except BaseException:
+            source.close()
+            raise
+        return source, labeler, exclude
+
+    def submit_ingest(self, request: OwnerIngest) -> str:
+        """Check the label rules and the source, create missing collections, start the ingest."""
+        source, labeler, exclude = self._prepare_ingest(request)
         try:
             names = tuple(self.catalog.ensure(name, request.encoder).name for name in request.collections)
             if request.accept_burned_in and not request.dry_run:
                 for name in names:
                     self.catalog.record_accept_burned_in(name)
-            local_manifest = request.manifest if request.manifest and "://" not in request.manifest else None
-            exclude = manifest_keys(source, Path(local_manifest) if local_manifest else None)
             spec = JobSpec(
                 source=source.uri,
                 collections=names,
@@ -359,44 +818,42 @@ class OwnerJobRunner:
                 dry_run=request.dry_run,
                 max_delete_fraction=request.max_delete_fraction,
                 force=request.force,
+                source_name=source.name,
             )
             work = partial(self._ingest, source, request, names, labeler, exclude)
-            return self.submit("ingest", spec, work)
+            resume = {**asdict(request), "collections": list(names)}
+            return self.submit("ingest", spec, work, resume=resume)
         except BaseException:
             source.close()
             raise
 
     # -- reading -------------------------------------------------------------------------------
 
+    def _meta_of(self, job_id: str) -> _Meta | None:
+        return self._meta.get(job_id) or self.store.load_meta(job_id)
+
     def job(self, job_id: str) -> OwnerJob | None:
-        """One owner-run job, or None if this process runs no such job."""
-        meta = self._meta.get(job_id)
+        """One owner-run job (this process's, or one an earlier owner of the data dir ran), or None."""
+        meta = self._meta_of(job_id)
         record = self.store.get(job_id) if meta is not None else None
         if meta is None or record is None:
             return None
-        return OwnerJob(meta.kind, record, meta.summary, meta.error_status)
+        return OwnerJob(meta.kind, record, meta.summary, meta.error_status, meta.resumed)
 
     def recent(self, kind: OwnerJobKind, *, limit: int = 50) -> list[OwnerJob]:
-        """This process's jobs of one kind, newest first (without their failed items)."""
+        """Owner-run jobs of one kind, newest first (without their failed items)."""
         out: list[OwnerJob] = []
-        for record in self.store.recent(limit=max(len(self._meta), 1)):
-            meta = self._meta.get(record.id)
+        for record in self.store.recent(limit=max(limit * 4, 200)):
+            meta = self._meta_of(record.id)
             if meta is not None and meta.kind == kind:
-                out.append(OwnerJob(meta.kind, record, meta.summary, meta.error_status))
+                out.append(OwnerJob(meta.kind, record, meta.summary, meta.error_status, meta.resumed))
                 if len(out) >= limit:
                     break
         return out
 
     def writers(self, collection: str) -> list[str]:
-        """The unfinished jobs of this process that write to ``collection`` ("ingest job <id>")."""
-        out = []
-        for job_id, meta in list(self._meta.items()):
-            if collection not in meta.targets:
-                continue
-            record = self.store.get(job_id, with_items=False)
-            if record is not None and not record.finished:
-                out.append(f"{meta.kind} job {job_id}")
-        return out
+        """The unfinished owner-run jobs that write to ``collection`` ("ingest job <id>")."""
+        return unfinished_writers(self.store, collection)
 
     def drop(self, name: str) -> TrashEntry | None:
         """Drop a collection (`Catalog.drop`: to the trash on the embedded store); `CollectionBusy`
@@ -415,6 +872,7 @@ class OwnerJobRunner:
         try:
             self.store.mark_planning(job_id)
             meta.summary = work(JobProgress(self.store, job_id))
+            self.store.save_meta(job_id, meta)
             # Done only now: after the last batch the collection is still being indexed.
             self.store.plan_done(job_id)
         except RadsearchError as exc:
@@ -422,11 +880,26 @@ class OwnerJobRunner:
 
             logger.warning("%s job %s failed: %s", meta.kind, job_id, exc)
             meta.error_status = status_for(exc)
-            self.store.fail(job_id, str(exc))
+            self.store.save_meta(job_id, meta)
+            self.store.fail(job_id, self._dropped(meta) or str(exc))
         except Exception as exc:
             logger.exception("%s job %s crashed", meta.kind, job_id)
             meta.error_status = 500
-            self.store.fail(job_id, f"{type(exc).__name__}: {exc}")
+            self.store.save_meta(job_id, meta)
+            self.store.fail(job_id, self._dropped(meta) or f"{type(exc).__name__}: {exc}")
+        finally:
+            _RUNNING.discard(job_id)
+
+    def _dropped(self, meta: _Meta) -> str | None:
+        """The reason a job failed if a collection it wrote is gone (dropped meanwhile)."""
+        for name in meta.targets:
+            try:
+                self.catalog.get(name)
+            except CollectionNotFound:
+                return f"collection {name!r} was dropped while the job wrote to it"
+            except Exception:  # noqa: BLE001 - the store itself failing: the job's own error says it
+                return None
+        return None
 
     def _backfill(
         self, target: str, origin: str, path_template: str | None, progress: JobProgress
@@ -511,6 +984,41 @@ class OwnerJobRunner:
     def close(self) -> None:
         """Wait for running jobs (the store they write to closes next)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def unfinished_writers(store: JobStoreLike, collection: str) -> list[str]:
+    """The unfinished owner-run jobs in ``store`` that write to ``collection`` ("backfill job <id>")."""
+    out = []
+    for job_id in store.unfinished():
+        meta = store.load_meta(job_id)
+        if meta is not None and collection in meta.targets:
+            out.append(f"{meta.kind} job {job_id}")
+    return out
+
+
+def alias_blockers(catalog: Catalog, store: JobStoreLike | None, collection: str) -> list[str]:
+    """Why ``collection`` is not ready to serve searches through an alias: unfinished owner-run
+    jobs writing to it ("backfill <id> is running (224/600)"), an index not built ("index not
+    built: 600 unindexed vectors"). Empty when it is ready."""
+    name = catalog.resolve(collection)
+    out: list[str] = []
+    if store is not None:
+        for job_id in store.unfinished():
+            meta = store.load_meta(job_id)
+            if meta is None or name not in meta.targets:
+                continue
+            record = store.get(job_id, with_items=False)
+            counts = record.counts if record is not None else {}
+            out.append(
+                f"{meta.kind} {job_id} is running ({counts.get('objects_done', 0)}/{counts.get('listed', 0)})"
+            )
+    info = catalog.index.collection_info(name)
+    if info.get("status") not in ("green", "unknown") or info.get("optimizing"):
+        points = int(info.get("points") or 0)
+        indexed = info.get("indexed_vectors")
+        unindexed = info.get("unindexed_vectors", points - int(indexed or 0))
+        out.append(f"index not built: {unindexed} unindexed vectors")
+    return out
 
 
 def owner_jobs(request: Request) -> OwnerJobRunner:

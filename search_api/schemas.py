@@ -31,8 +31,11 @@ __all__ = [
     "PointBookkeeping",
     "PointIn",
     "PointPayloadIn",
+    "SourceRegistration",
     "PointsBookkeeping",
+    "PointPayloadUpdate",
     "PointsDelete",
+    "PointsPayloadOverwrite",
     "PointsDeleted",
     "PointsLookup",
     "PointsScroll",
@@ -193,6 +196,9 @@ class CollectionDetailPublic(CollectionPublic):
     )
     indexing: IndexingPublic
     aliases: list[str]
+    id_scheme: Literal["v1", "v2"] = Field(
+        default="v1", description="how point ids derive: v1 source path + key, v2 the image itself"
+    )
 
 
 class IndexingPublic(BaseModel):
@@ -240,6 +246,9 @@ class AliasUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     collection: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
+    force: bool = Field(
+        default=False, description="switch even while a backfill writes to it or its index is not built"
+    )
 
 
 class AliasPublic(BaseModel):
@@ -300,6 +309,7 @@ class BackfillJobPublic(BaseModel):
         "quarantined_items (the shape of `radsearch collections backfill --json`)",
     )
     error_status: int | None = Field(default=None, description="once failed: the HTTP status of its error")
+    resumed: int = Field(default=0, description="how often a restart of the server ran it again")
 
 
 class CompareResult(BaseModel):
@@ -386,6 +396,7 @@ class PointPayloadIn(BaseModel):
     series_hash: str | None = _hash()
     instance_hash: str | None = _hash()
     patient_hash: str | None = _hash()
+    labels_hash: str | None = _hash()
 
 
 class PointIn(BaseModel):
@@ -412,6 +423,33 @@ class PointsUpsert(BaseModel):
 class PointsUpserted(BaseModel):
     collection: str
     upserted: int
+
+
+class PointPayloadUpdate(BaseModel):
+    """A point's new payload (replaces the whole stored payload; its vector stays)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: UUID
+    payload: PointPayloadIn
+
+
+class PointsPayloadOverwrite(BaseModel):
+    """Relabel points without re-embedding them: each listed point that exists gets ``payload``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points: list[PointPayloadUpdate] = Field(min_length=1, max_length=10_000)
+
+
+class SourceRegistration(BaseModel):
+    """Where the objects of a stable source name are read from (kept in the collection's metadata,
+    never shown in payloads)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    uri: str = Field(min_length=1, max_length=2048)
 
 
 class PointsDelete(BaseModel):
@@ -466,6 +504,7 @@ class PointBookkeeping(BaseModel):
     frames_sampled: int | None = None
     etag: str | None = None
     size: int | None = None
+    labels_hash: str | None = None
 
 
 class PointsBookkeeping(BaseModel):

@@ -31,6 +31,7 @@ __all__ = [
     "embed_upload",
     "read_point",
     "render_thumbnail",
+    "source_location",
     "search",
     "search_warnings",
     "upload_frame",
@@ -148,20 +149,38 @@ def _to_png(frame: Frame, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def render_thumbnail(
-    *, settings: Settings, point: StoredPoint, size: int, accept_burned_in: bool = False
-) -> bytes:
-    """A PNG of the point's frame, longest side ``size``, rendered from pixels only.
+def source_location(catalog: Catalog, collection: str, point: StoredPoint) -> str | None:
+    """Where the point's object is read from: the URI its collection registered for the payload's
+    source name; a v1 payload's source that is itself a URI or an absolute path; else None."""
+    name = point.payload.get("source")
+    if not isinstance(name, str):
+        return None
+    uri = catalog.source_uri(collection, name)
+    if uri is None and (name.startswith("s3://") or name.startswith("/")):
+        return name
+    return uri
 
-    The source object is checked as it is now: `ObjectGone` (404) when it was deleted,
-    `ObjectQuarantined` (410) when it carries burned-in annotation (`burned_in_reason`) and the
-    collection did not accept such objects (``accept_burned_in``)."""
+
+def render_thumbnail(
+    *,
+    settings: Settings,
+    point: StoredPoint,
+    size: int,
+    source_uri: str | None,
+    accept_burned_in: bool = False,
+) -> bytes:
+    """A PNG of the point's frame, longest side ``size``, rendered from pixels only; the object is
+    read from ``source_uri`` (`source_location`) and checked as it is now: `ObjectGone` (404) when
+    it was deleted, `ObjectQuarantined` (410) when it carries burned-in annotation
+    (`burned_in_reason`) and the collection did not accept such objects (``accept_burned_in``)."""
     from ingest.pipeline import burned_in_reason
 
     payload: Mapping[str, Any] = point.payload
-    source_uri, key = payload.get("source"), payload.get("key")
-    if not isinstance(source_uri, str) or not isinstance(key, str):
-        raise UpstreamUnavailable(f"point {point.id!r} records no source object")
+    key = payload.get("key")
+    if source_uri is None or not isinstance(key, str):
+        raise UpstreamUnavailable(
+            f"the source object of point {point.id!r} cannot be read: its source is not registered here"
+        )
     frame_index = int(payload.get("frame", 0) or 0)
     try:
         source = open_source(source_uri, settings)

@@ -11,10 +11,11 @@ collections) and ``embed`` (GPU or CPU: a batch of object keys → the batch pip
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any, cast
 
-from celery import Celery
+from celery import Celery, bootsteps
 
 from core.config import Settings
 
@@ -43,6 +44,8 @@ RECONCILE_ALL_TASK = "radsearch.reconcile_subscriptions"
 FINISH_TASK = "radsearch.finish_job"
 
 _SETTINGS_KEY = "radsearch_settings"
+
+log = logging.getLogger(__name__)
 
 
 def _patch_kombu_closed_connection() -> None:
@@ -144,7 +147,55 @@ def create_celery(settings: Settings) -> Celery:
     register_tasks(app)
     # Every worker of this app says it is alive (radsearch jobs workers, a job's `waiting`).
     app.steps["worker"].add(HeartbeatStep)
+    app.steps["worker"].add(_LostBatchWatch)
     return app
+
+
+class _LostBatchWatch(bootsteps.StartStopStep):  # type: ignore[misc]
+    """In each worker's main process, every ``restore_interval_s``: send again the batches the
+    broker lost (`workers.tasks.resend_lost_batches`), once their job has been idle for longer
+    than the visibility timeout plus a few restore sweeps."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+        self.clients: tuple[Any, Any] | None = None
+
+    def start(self, parent: Any) -> None:
+        cfg = settings_of(parent.app).celery
+        self.tref = parent.timer.call_repeatedly(cfg.restore_interval_s, self.tick, (parent,), priority=10)
+
+    def stop(self, parent: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+    def tick(self, parent: Any) -> None:
+        import redis
+
+        from workers.jobs import open_job_store
+        from workers.tasks import resend_lost_batches
+
+        settings = settings_of(parent.app)
+        cfg = settings.celery
+        broker_url = cfg.broker_url or settings.redis.url
+        if not broker_url.startswith(("redis://", "rediss://", "unix://")):
+            return  # the loss this repairs is the Redis transport's
+        try:
+            if self.clients is None:
+                broker = redis.Redis.from_url(
+                    broker_url,
+                    socket_timeout=cfg.publish_timeout_s,
+                    socket_connect_timeout=min(cfg.publish_timeout_s, 5.0),
+                )
+                self.clients = (open_job_store(settings.redis.url, cfg), broker)
+            store, broker = self.clients
+            idle_s = cfg.visibility_timeout_s + 3 * cfg.restore_interval_s + 5
+            resend_lost_batches(parent.app, store, broker, idle_s)
+        except Exception as exc:  # Redis away: the next tick tries again
+            log.warning("lost-batch check failed: %s", type(exc).__name__)
 
 
 def settings_of(app: Celery) -> Settings:

@@ -229,12 +229,16 @@ def dispatch_events(
         if created.get(pos):
             keys = created[pos]
             store.add_batches(job_id, batches=1, objects=len(keys))
-            _send(app, EMBED_TASK, [job_id, f"e{uuid.uuid4().hex}", keys])
+            args: list[Any] = [job_id, f"e{uuid.uuid4().hex}", keys]
+            store.track_batch(job_id, args[1], EMBED_TASK, args)
+            _send(app, EMBED_TASK, args)
             report.enqueued += len(keys)
         if removed.get(pos):
             keys = removed[pos]
             store.add_batches(job_id, batches=1, objects=len(keys))
-            _send(app, DELETE_TASK, [job_id, f"d{uuid.uuid4().hex}", keys])
+            args = [job_id, f"d{uuid.uuid4().hex}", keys]
+            store.track_batch(job_id, args[1], DELETE_TASK, args)
+            _send(app, DELETE_TASK, args)
             report.deletions += len(keys)
     return report
 
@@ -255,7 +259,9 @@ class WorkerGateway:
                 from workers.jobs import open_job_store
 
                 url = self.settings.celery.broker_url or self.settings.redis.url
-                self._store = open_job_store(url, self.settings.celery)
+                self._store = open_job_store(
+                    url, self.settings.celery, epoch_dir=self.settings.data_dir / "jobs"
+                )
             return self._store
 
     @property

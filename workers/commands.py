@@ -46,7 +46,11 @@ def _connect(settings: Settings) -> tuple[Any, Any]:
     from workers.client import BrokerUnavailable
     from workers.jobs import open_job_store
 
-    store = open_job_store(settings.celery.broker_url or settings.redis.url, settings.celery)
+    store = open_job_store(
+        settings.celery.broker_url or settings.redis.url,
+        settings.celery,
+        epoch_dir=settings.data_dir / "jobs",
+    )
     try:
         store.client.ping()
     except redis.exceptions.RedisError as exc:
@@ -66,6 +70,15 @@ def _source_uri(value: str) -> str:
         return value
     # Workers resolve the path themselves: give them an absolute one.
     return str(Path(value).resolve())
+
+
+def _source_name(value: str | None) -> str | None:
+    """``--source-name``, checked before anything is queued (exit 2 naming the flag)."""
+    if value is None:
+        return None
+    from ingest.sources.base import check_source_name
+
+    return check_source_name(value, field="--source-name")
 
 
 def _follow(settings: Settings, store: Any, job_id: str, *, progress: bool) -> Any:
@@ -102,6 +115,7 @@ def _summary_line(job: Mapping[str, Any]) -> str:
     return (
         f"job {job['id']} {job['state']}: {counts['listed']} listed, {counts['queued']} queued, "
         f"{counts['indexed_frames']} frames indexed, {counts['skipped_unchanged']} unchanged skipped, "
+        f"{counts.get('relabelled', 0)} relabelled, "
         f"{counts['failed']} failed, {counts['quarantined']} quarantined ({rate:.1f} objects/s)"
     )
 
@@ -251,6 +265,7 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
         skip_unchanged=not args.no_skip_unchanged,
         encoder=args.encoder or "baseline",
         accept_burned_in=args.accept_burned_in,
+        source_name=_source_name(args.source_name),
     )
     if args.prune or args.dry_run:
         raise ConfigError(
@@ -280,20 +295,54 @@ def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         dry_run=args.dry_run,
         max_delete_fraction=args.max_delete_fraction,
         force=args.force,
+        source_name=_source_name(args.source_name),
     )
     return _submit_and_follow(args, settings, JobKind.RECONCILE, spec)
 
 
-def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.client import requeue_dead_letters
+# (settings, job id or None for the newest, limit) → owner-run jobs as dicts: the command line
+# passes it (`add_worker_commands`), since their store lives with the API (search_api).
+OwnerJobsReader = Callable[[Settings, str | None, int], list[dict[str, Any]]]
 
-    store, app = _connect(settings)
+
+def _owner_jobs(
+    args: argparse.Namespace, settings: Settings, job_id: str | None, limit: int
+) -> list[dict[str, Any]]:
+    reader: OwnerJobsReader | None = getattr(args, "owner_jobs", None)
+    return reader(settings, job_id, limit) if reader is not None else []
+
+
+def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.client import BrokerUnavailable, requeue_dead_letters
+    from workers.jobs import JOB_STATE_LOST
+
+    if args.jobs_command == "show":
+        owned = _owner_jobs(args, settings, args.job_id, 1)  # the data dir's own: no Redis needed
+        if owned:
+            print_job(owned[0], as_json=args.json)
+            return EXIT_OK
     if args.jobs_command == "list":
-        print_jobs([r.to_dict(with_items=False) for r in store.recent(limit=args.limit)], as_json=args.json)
+        records = _owner_jobs(args, settings, None, args.limit)
+        try:
+            store, _ = _connect(settings)
+        except BrokerUnavailable:
+            if not records:
+                raise
+            sys.stderr.write("radsearch: warning: Redis does not answer; the server's own jobs only\n")
+        else:
+            if store.was_reset():
+                sys.stderr.write(f"radsearch: warning: {JOB_STATE_LOST}\n")
+            records += [r.to_dict(with_items=False) for r in store.recent(limit=args.limit)]
+        records.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
+        print_jobs(records[: args.limit], as_json=args.json)
         return EXIT_OK
+    store, app = _connect(settings)
     if args.jobs_command == "show":
         record = store.get(args.job_id)
         if record is None:
+            if store.lost(args.job_id):
+                sys.stderr.write(f"radsearch: error: job {args.job_id}: {JOB_STATE_LOST}\n")
+                return EXIT_RUNTIME_ERROR
             sys.stderr.write(f"radsearch: error: no job {args.job_id}\n")
             return EXIT_RUNTIME_ERROR
         from workers.heartbeat import job_waiting
@@ -351,13 +400,19 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def add_worker_commands(
-    sub: Any, *, remote_jobs: Callable[[argparse.Namespace, Settings, str], int] | None = None
+    sub: Any,
+    *,
+    remote_jobs: Callable[[argparse.Namespace, Settings, str], int] | None = None,
+    owner_jobs: OwnerJobsReader | None = None,
 ) -> None:
     """Register ``worker``, ``jobs`` and ``reconcile`` on the ``radsearch`` subparsers.
 
     ``remote_jobs`` runs ``jobs list|show`` through a radsearch server (``--url``, or the store's
-    serving owner, which also runs jobs of its own); they run here otherwise."""
+    serving owner, which also runs jobs of its own); they run here otherwise, with the owner-run
+    jobs (backfills) ``owner_jobs`` reads from the data dir."""
     remote = {"remote_handler": remote_jobs, "remote_mode": "optional"} if remote_jobs else {}
+    if owner_jobs is not None:
+        remote["owner_jobs"] = owner_jobs
     worker = sub.add_parser(
         "worker",
         help="start a Celery worker (one per GPU)",
@@ -426,6 +481,10 @@ def add_worker_commands(
         "--accept-burned-in",
         action="store_true",
         help="index re-embedded objects with burned-in annotation instead of quarantining them",
+    )
+    reconcile.add_argument(
+        "--source-name",
+        help="the source's stable name, as given to ingest (default: folder or bucket/prefix)",
     )
     reconcile.add_argument("--detach", action="store_true", help="print the job id and return")
     reconcile.add_argument("--json", action="store_true")

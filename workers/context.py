@@ -58,7 +58,7 @@ class WorkerResources:
         self._index: VectorIndex | None = None
         self._catalog: Catalog | None = None
         self._store: JobStore | None = None
-        self._sources: dict[str, Source] = {}
+        self._sources: dict[tuple[str, str | None], Source] = {}
         self._labelers: OrderedDict[tuple[str, str | None, str | None], Labeler] = OrderedDict()
         self._ensured: set[str] = set()
         self.pool = ThreadPoolExecutor(
@@ -70,7 +70,9 @@ class WorkerResources:
         with self._lock:
             if self._store is None:
                 broker = self.settings.celery.broker_url or self.settings.redis.url
-                self._store = open_job_store(broker, self.settings.celery)
+                self._store = open_job_store(
+                    broker, self.settings.celery, epoch_dir=self.settings.data_dir / "jobs"
+                )
             return self._store
 
     @property
@@ -95,15 +97,18 @@ class WorkerResources:
                 self._catalog = Catalog(self._index, self.settings)
             return self._catalog
 
-    def source(self, uri: str) -> Source:
+    def source(self, uri: str, name: str | None = None) -> Source:
+        """The source at ``uri`` under the stable ``name`` (None: its default name), opened once."""
         with self._lock:
-            if uri not in self._sources:
-                self._sources[uri] = open_source(uri, self.settings)
-            return self._sources[uri]
+            if (uri, name) not in self._sources:
+                self._sources[(uri, name)] = open_source(uri, self.settings, name=name)
+            return self._sources[(uri, name)]
 
-    def ensure_collections(self, spec: JobSpec) -> None:
-        """Check the job's collections exist; with a Qdrant server, create missing ones with the
-        job's encoder. `CollectionNotFound` saying what to do otherwise."""
+    def ensure_collections(self, spec: JobSpec, *, create: bool = False) -> None:
+        """Check the job's collections exist; with ``create`` (the planning step of a new job
+        only) and a Qdrant server, create missing ones with the job's encoder. `CollectionNotFound`
+        saying what to do otherwise: a batch, a retry or a replayed dead letter never re-creates a
+        collection dropped since its job was planned."""
         catalog = self.catalog
         with self._lock:
             for name in spec.collections:
@@ -112,6 +117,10 @@ class WorkerResources:
                 try:
                     catalog.get(name)
                 except CollectionNotFound:
+                    if not create:
+                        raise CollectionNotFound(
+                            f"collection {name!r} was dropped while the job wrote to it"
+                        ) from None
                     if self.embedded:
                         raise CollectionNotFound(
                             f"collection {name!r} does not exist on the radsearch server that owns the "
@@ -128,6 +137,11 @@ class WorkerResources:
                     except CollectionExists:
                         pass
                 self._ensured.add(name)
+
+    def forget_collections(self) -> None:
+        """Check every collection again on its next use (one was found dropped)."""
+        with self._lock:
+            self._ensured.clear()
 
     def labeler(self, job_id: str, spec: JobSpec) -> Labeler:
         """The job's label rules; a manifest is read once per job per process."""
@@ -163,7 +177,7 @@ class WorkerResources:
         """The batch pipeline's context for one job (cheap: everything heavy is cached)."""
         self.ensure_collections(spec)
         return build_context(
-            self.source(spec.source),
+            self.source(spec.source, spec.source_name),
             self.catalog,
             list(spec.collections),
             IngestOptions(skip_unchanged=spec.skip_unchanged, accept_burned_in=spec.accept_burned_in),

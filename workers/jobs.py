@@ -6,10 +6,18 @@ Keys (prefix ``radsearch:``)::
     job:{id}:batches     set of finished batch ids: a batch delivered twice is counted once
     job:{id}:failed      list of failed items (JSON ``{key, reason}``), capped
     jobs                 sorted set of job ids by creation time (recent jobs)
+    job:{id}:pending     hash batch id → task and args of each sent batch not yet done (resent if lost)
+    job:{id}:active      time of the job's last send, batch start or completion
     deliveries:{id}:{b}  how often batch ``b`` of job ``id`` was started (poison-message guard)
     deadletter           list of dead-lettered batches (JSON), replayed by ``radsearch jobs requeue``
     bad:{collection}     hash ``source\\x1fkey`` → ETag of objects that cannot be decoded, so
                          reconciliation does not re-enqueue a known-bad object at the same ETag
+    epoch                8 hex digits, written once (SET NX) by the first job created in this Redis
+
+A job id begins with the store's epoch (the first 8 hex digits of the UUID). A Redis restarted
+without persistence has lost its epoch with everything else; the epochs are mirrored in
+``<data_dir>/jobs/redis-epochs`` (and remembered by the process), so a missing job whose id
+carries an earlier epoch is reported lost (`JobStore.lost`), not unknown.
 
 Batch completion and counting happen in one Lua script, so a batch that is redelivered after a
 crash (``acks_late``) never counts twice. A job whose planned batches are all done is *complete*
@@ -20,6 +28,7 @@ at full speed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -27,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, cast
 
 import redis
@@ -40,6 +50,7 @@ __all__ = [
     "JobRecord",
     "JobSpec",
     "JobState",
+    "JOB_STATE_LOST",
     "JobStore",
     "open_job_store",
 ]
@@ -47,6 +58,13 @@ __all__ = [
 _PREFIX = "radsearch:"
 _JOBS_INDEX = f"{_PREFIX}jobs"
 _DEADLETTER = f"{_PREFIX}deadletter"
+_EPOCH = f"{_PREFIX}epoch"
+_EPOCHS_FILE = "redis-epochs"
+
+JOB_STATE_LOST = (
+    "job state lost (the job store was reset: Redis restarted without persistence, or was flushed); "
+    "run `radsearch reconcile SOURCE --collection NAME` to repair the collections it wrote"
+)
 
 COUNTERS: tuple[str, ...] = (
     "listed",
@@ -54,6 +72,7 @@ COUNTERS: tuple[str, ...] = (
     "objects_done",
     "indexed_frames",
     "skipped_unchanged",
+    "relabelled",
     "failed",
     "quarantined",
     "vanished",
@@ -106,6 +125,8 @@ class JobSpec:
     dry_run: bool = False
     max_delete_fraction: float = 0.1
     force: bool = False
+    #: The source's stable name (payload ``source``); None: the folder's name or bucket/prefix.
+    source_name: str | None = None
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -179,6 +200,7 @@ class JobRecord:
                 "dry_run": self.spec.dry_run,
                 "max_delete_fraction": self.spec.max_delete_fraction,
                 "force": self.spec.force,
+                "source_name": self.spec.source_name,
             },
             "counts": dict(self.counts),
             "created_at": iso(self.created_at),
@@ -308,6 +330,14 @@ def _job_key(job_id: str) -> str:
     return f"{_PREFIX}job:{job_id}"
 
 
+def _pending_key(job_id: str) -> str:
+    return f"{_job_key(job_id)}:pending"
+
+
+def _active_key(job_id: str) -> str:
+    return f"{_job_key(job_id)}:active"
+
+
 def _float(raw: str | None) -> float | None:
     return None if raw is None or raw == "" else float(raw)
 
@@ -315,9 +345,13 @@ def _float(raw: str | None) -> float | None:
 class JobStore:
     """Job state over one Redis database; every method is a few round trips at most."""
 
-    def __init__(self, client: redis.Redis, settings: CelerySettings) -> None:
+    def __init__(
+        self, client: redis.Redis, settings: CelerySettings, *, epoch_dir: Path | None = None
+    ) -> None:
         self.client = client
         self.settings = settings
+        self.epoch_dir = epoch_dir
+        self._epochs_seen: set[str] = set()
         self._complete = client.register_script(_COMPLETE_BATCH)
         self._raise = client.register_script(_RAISE_COUNTERS)
         self._plan_done = client.register_script(_PLAN_DONE)
@@ -326,9 +360,65 @@ class JobStore:
 
     # -- jobs ------------------------------------------------------------------------------------
 
+    # -- epoch ---------------------------------------------------------------------------------
+
+    def epoch(self, *, create: bool = False) -> str | None:
+        """This Redis's job-store epoch; with ``create``, set first if it has none."""
+        if not create:
+            return cast(str | None, self.client.get(_EPOCH))
+        with self.client.pipeline() as pipe:
+            pipe.set(_EPOCH, uuid.uuid4().hex[:8], nx=True)
+            pipe.get(_EPOCH)
+            _, value = pipe.execute()
+        epoch = str(value)
+        self._remember(epoch)
+        return epoch
+
+    def _remember(self, epoch: str) -> None:
+        if epoch in self._epochs_seen:
+            return
+        mirrored = epoch in self.known_epochs()
+        self._epochs_seen.add(epoch)
+        if self.epoch_dir is None or mirrored:
+            return
+        with contextlib.suppress(OSError):  # a read-only data dir: the process remembers it still
+            self.epoch_dir.mkdir(parents=True, exist_ok=True)
+            with (self.epoch_dir / _EPOCHS_FILE).open("a", encoding="utf-8") as handle:
+                handle.write(f"{epoch} {time.time():.0f}\n")
+
+    def known_epochs(self) -> list[str]:
+        """The epochs jobs were created under, oldest first (mirrored in the data dir)."""
+        seen: list[str] = []
+        if self.epoch_dir is not None:
+            with contextlib.suppress(OSError):
+                for line in (self.epoch_dir / _EPOCHS_FILE).read_text(encoding="utf-8").splitlines():
+                    epoch = line.split(" ", 1)[0].strip()
+                    if epoch and epoch not in seen:
+                        seen.append(epoch)
+        seen += sorted(self._epochs_seen - set(seen))
+        return seen
+
+    def lost(self, job_id: str) -> bool:
+        """Whether a job that `get` does not find was created under an earlier epoch of the store
+        (which has been reset since), rather than never existing here."""
+        prefix = job_id.replace("-", "")[:8].lower()
+        if prefix not in self.known_epochs():
+            return False
+        return prefix != self.epoch()
+
+    def was_reset(self) -> bool:
+        """Whether the store lost its state since the latest job created through this data dir."""
+        known = self.known_epochs()
+        return bool(known) and self.epoch() != known[-1]
+
+    # -- jobs ------------------------------------------------------------------------------------
+
     def create(self, kind: JobKind, spec: JobSpec, *, job_id: str | None = None) -> str:
-        """A new job in state ``queued``; ids are uuid4 unless given (events jobs)."""
-        job_id = job_id or str(uuid.uuid4())
+        """A new job in state ``queued``; ids are uuid4 beginning with the store's epoch, unless
+        given (events jobs)."""
+        if job_id is None:
+            epoch = self.epoch(create=True) or ""
+            job_id = str(uuid.UUID(hex=epoch + uuid.uuid4().hex[len(epoch) :]))
         now = time.time()
         # Any: redis-py's mapping type is invariant in a union of key types.
         fields: dict[Any, Any] = {
@@ -480,7 +570,73 @@ class JobStore:
         result = self._complete(
             keys=[_job_key(job_id), f"{_job_key(job_id)}:batches", f"{_job_key(job_id)}:failed"], args=args
         )
+        with self.client.pipeline() as pipe:
+            pipe.hdel(_pending_key(job_id), batch_id)
+            pipe.set(_active_key(job_id), repr(time.time()), ex=self.settings.job_ttl_s)
+            pipe.execute()
         return int(result) == 1
+
+    # -- sent batches: a message the broker lost is sent again -----------------------------------
+
+    def track_batch(self, job_id: str, batch_id: str, task: str, args: Sequence[Any]) -> None:
+        """Remember a batch as sent and not yet done, with what it takes to send it again.
+
+        kombu's Redis transport pops a message (BRPOP) before it records it as unacknowledged, so a
+        worker killed in between loses it for good: no visibility timeout brings it back and the
+        job would wait forever for its last batch (`resend_lost_batches` in workers.tasks).
+        """
+        with self.client.pipeline() as pipe:
+            pipe.hset(_pending_key(job_id), batch_id, json.dumps({"task": task, "args": list(args)}))
+            pipe.expire(_pending_key(job_id), self.settings.job_ttl_s)
+            pipe.set(_active_key(job_id), repr(time.time()), ex=self.settings.job_ttl_s)
+            pipe.execute()
+
+    def is_batch_done(self, job_id: str, batch_id: str) -> bool:
+        """Whether the batch was counted (done or dead-lettered): a second copy has nothing to do."""
+        return bool(self.client.sismember(f"{_job_key(job_id)}:batches", batch_id))
+
+    def done_batches(self, job_id: str) -> set[str]:
+        """The ids of the job's counted batches."""
+        return set(cast(Iterable[str], self.client.smembers(f"{_job_key(job_id)}:batches")))
+
+    def lost_batches(self, job_id: str, idle_s: float) -> dict[str, tuple[str, list[Any]]]:
+        """batch id → (task, args) of the sent batches not done, if the job is unfinished and
+        nothing (a send, a start, a completion) happened to it for ``idle_s``; else empty."""
+        state, active = cast(
+            list[str | None],
+            [self.client.hget(_job_key(job_id), "state"), self.client.get(_active_key(job_id))],
+        )
+        if state is None or state in _FINAL_STATES or active is None:
+            return {}
+        if time.time() - float(active) < idle_s:
+            return {}
+        pending = cast(dict[str, str], self.client.hgetall(_pending_key(job_id)))
+        done = self.done_batches(job_id)
+        out: dict[str, tuple[str, list[Any]]] = {}
+        for batch_id, raw in pending.items():
+            if batch_id not in done:
+                item = json.loads(raw)
+                out[batch_id] = (str(item["task"]), list(item["args"]))
+        return out
+
+    def touch(self, job_id: str) -> None:
+        """Record activity on the job now (restarts its idle clock)."""
+        self.client.set(_active_key(job_id), repr(time.time()), ex=self.settings.job_ttl_s)
+
+    def claim_resend(self, job_id: str, hold_s: float) -> bool:
+        """One worker at a time resends a job's lost batches: True for the one that may."""
+        return bool(self.client.set(f"{_job_key(job_id)}:resend", "1", nx=True, ex=max(1, int(hold_s))))
+
+    def unfinished_job_ids(self, *, limit: int = 500) -> list[str]:
+        """Ids of the most recent jobs that are not done or failed."""
+        ids = cast(list[str], self.client.zrevrange(_JOBS_INDEX, 0, limit - 1))
+        if not ids:
+            return []
+        with self.client.pipeline() as pipe:
+            for job_id in ids:
+                pipe.hget(_job_key(job_id), "state")
+            states = cast(list[str | None], pipe.execute())
+        return [j for j, st in zip(ids, states, strict=True) if st is not None and st not in _FINAL_STATES]
 
     # -- delivery guard and dead letters ---------------------------------------------------------
 
@@ -490,7 +646,8 @@ class JobStore:
         with self.client.pipeline() as pipe:
             pipe.incr(key)
             pipe.expire(key, self.settings.job_ttl_s)
-            count, _ = pipe.execute()
+            pipe.set(_active_key(job_id), repr(time.time()), ex=self.settings.job_ttl_s)
+            count, _, _ = pipe.execute()
         return int(count)
 
     def deliveries(self, job_id: str) -> dict[str, int]:
@@ -543,8 +700,9 @@ class JobStore:
         return {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
 
 
-def open_job_store(redis_url: str, settings: CelerySettings) -> JobStore:
-    """A job store on ``redis_url`` with bounded socket timeouts (a dead Redis fails fast)."""
+def open_job_store(redis_url: str, settings: CelerySettings, *, epoch_dir: Path | None = None) -> JobStore:
+    """A job store on ``redis_url`` with bounded socket timeouts (a dead Redis fails fast);
+    ``epoch_dir`` (``<data_dir>/jobs``) mirrors its epochs, to tell a lost job from an unknown one."""
     client = redis.Redis.from_url(
         redis_url,
         decode_responses=True,
@@ -552,4 +710,4 @@ def open_job_store(redis_url: str, settings: CelerySettings) -> JobStore:
         socket_connect_timeout=min(settings.publish_timeout_s, 5.0),
         health_check_interval=30,
     )
-    return JobStore(client, settings)
+    return JobStore(client, settings, epoch_dir=epoch_dir)

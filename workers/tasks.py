@@ -35,14 +35,15 @@ from ingest.prune import (
     diff_source,
     guard_message,
     indexed_objects,
-    payload_source,
     still_gone,
 )
 from ingest.sources.base import ObjectRef
 from workers.app import (
     DELETE_TASK,
+    EMBED_QUEUE,
     EMBED_TASK,
     FINISH_TASK,
+    PLAN_QUEUE,
     PLAN_TASK,
     RECONCILE_ALL_TASK,
     RECONCILE_TASK,
@@ -50,7 +51,7 @@ from workers.app import (
 from workers.context import WorkerResources, resources_for
 from workers.jobs import DeadLetter, JobKind, JobSpec, JobState, JobStore
 
-__all__ = ["RadsearchTask", "is_transient", "reconcile_job", "register_tasks"]
+__all__ = ["RadsearchTask", "is_transient", "reconcile_job", "register_tasks", "resend_lost_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ def _guarded(
         return
     if store.state(job_id) == JobState.FAILED:
         return
+    if store.is_batch_done(job_id, batch_id):
+        return  # a copy resent as lost (`resend_lost_batches`) that the original beat, or vice versa
     cfg = task.resources.settings.celery
     deliveries = store.count_delivery(job_id, batch_id)
     if deliveries > cfg.max_deliveries:
@@ -151,6 +154,12 @@ def _guarded(
         return
     try:
         work(spec)
+    except CollectionNotFound as exc:
+        # Dropped since the job was planned: the job fails, its batches are not dead-lettered
+        # (a replay would write into nothing, or re-create it half-filled).
+        log.warning("job %s batch %s: %s", job_id, batch_id, exc)
+        task.resources.forget_collections()
+        store.fail(job_id, _dropped_reason(task, spec, exc))
     except Exception as exc:
         attempts = int(task.request.retries) + 1
         error = f"{type(exc).__name__}: {exc}"
@@ -164,6 +173,17 @@ def _guarded(
             log.exception("job %s batch %s failed on a non-transient error", job_id, batch_id)
         _dead_letter(store, job_id, batch_id, spec, keys, error, attempts, kind)
         _finish_when_complete(task.app, store, job_id)
+
+
+def _dropped_reason(task: RadsearchTask, spec: JobSpec, exc: CollectionNotFound) -> str:
+    """ "collection X was dropped while the job wrote to it", naming the missing collection."""
+    catalog = task.resources.catalog
+    for name in spec.collections:
+        try:
+            catalog.resolve(name)
+        except CollectionNotFound:
+            return f"collection {name!r} was dropped while the job wrote to it"
+    return str(exc)
 
 
 def _embed(
@@ -202,7 +222,7 @@ def _embed(
                 failed.append((item.key, item.reason))
                 bad[item.key] = etag_of.get(item.key, "")
         failed += [(item.key, item.reason) for item in report.quarantined]
-        res.store.mark_bad(spec.collections, payload_source(ctx.source), bad)
+        res.store.mark_bad(spec.collections, ctx.source.name, bad)
         res.store.complete_batch(
             job_id,
             batch_id,
@@ -210,6 +230,7 @@ def _embed(
                 "objects_done": len(keys),
                 "indexed_frames": report.frames_indexed,
                 "skipped_unchanged": report.skipped,
+                "relabelled": report.relabelled,
                 "failed": len(failed) - len(report.quarantined),
                 "quarantined": len(report.quarantined),
                 "vanished": vanished,
@@ -224,7 +245,7 @@ def _embed(
 def _delete(task: RadsearchTask, job_id: str, batch_id: str, keys: Sequence[str]) -> None:
     def work(spec: JobSpec) -> None:
         res = task.resources
-        source = res.source(spec.source)
+        source = res.source(spec.source, spec.source_name)
         index = res.catalog.index
         gone: list[str] = []
         for key in keys:
@@ -240,6 +261,60 @@ def _delete(task: RadsearchTask, job_id: str, batch_id: str, keys: Sequence[str]
         _finish_when_complete(task.app, res.store, job_id)
 
     _guarded(task, job_id, batch_id, keys, work, "delete")
+
+
+# Queues longer than this are not searched for a job's messages: they are assumed to hold one.
+_SCAN_QUEUE_MAX = 2000
+
+
+def _broker_holds(broker: redis.Redis, job_id: str) -> bool:
+    """Whether a message of the job may still be with the broker: queued (any of our queues, any
+    priority; a long queue counts as holding one) or taken by a worker and not acknowledged
+    (kombu's ``unacked`` hash)."""
+    from kombu.transport.redis import Channel
+
+    steps = [""] + [f"{Channel.sep}{p}" for p in Channel.priority_steps if p]
+    queues = [f"{q}{step}" for q in (EMBED_QUEUE, PLAN_QUEUE) for step in steps]
+    with broker.pipeline() as pipe:
+        for queue in queues:
+            pipe.llen(queue)
+        lengths = [int(n) for n in pipe.execute()]
+    if sum(lengths) > _SCAN_QUEUE_MAX:
+        return True
+    needle = job_id.encode()
+    for queue, length in zip(queues, lengths, strict=True):
+        if length and any(needle in message for message in broker.lrange(queue, 0, -1)):
+            return True
+    return any(needle in value for value in broker.hvals(Channel.unacked_key))
+
+
+def resend_lost_batches(app: Celery, store: JobStore, broker: redis.Redis, idle_s: float) -> int:
+    """Send again the batches the broker lost; returns how many were sent.
+
+    A batch is lost when its job is unfinished, nothing happened to the job for ``idle_s`` (more
+    than the visibility timeout and a restore sweep, so kombu had its chance to bring an
+    unacknowledged message back), the batch is not done, and no message of the job is queued or
+    unacknowledged (`_broker_holds`). kombu's Redis transport loses a message when the worker
+    that popped it is killed before recording it as unacknowledged; the job then waited forever
+    for that batch. Batches are idempotent and counted once, so a copy that races the original
+    does no harm.
+    """
+    sent = 0
+    for job_id in store.unfinished_job_ids():
+        lost = store.lost_batches(job_id, idle_s)
+        if not lost or _broker_holds(broker, job_id) or not store.claim_resend(job_id, idle_s):
+            continue
+        for batch_id, (name, args) in sorted(lost.items()):
+            log.warning(
+                "job %s batch %s: lost by the broker (no progress for %.0f s); sent again",
+                job_id,
+                batch_id,
+                idle_s,
+            )
+            app.send_task(name, args=args)
+            sent += 1
+        store.touch(job_id)
+    return sent
 
 
 def _send_embed_batches(
@@ -262,16 +337,15 @@ def _send_embed_batches(
         if count_listed:
             counters["listed"] = queued
         store.raise_counters(job_id, counters)
-        app.send_task(
-            EMBED_TASK,
-            args=[
-                job_id,
-                f"{prefix}{i}",
-                [r.key for r in batch],
-                [r.etag for r in batch],
-                [r.size for r in batch],
-            ],
-        )
+        args = [
+            job_id,
+            f"{prefix}{i}",
+            [r.key for r in batch],
+            [r.etag for r in batch],
+            [r.size for r in batch],
+        ]
+        store.track_batch(job_id, f"{prefix}{i}", EMBED_TASK, args)
+        app.send_task(EMBED_TASK, args=args)
         count = i + 1
     return count
 
@@ -284,9 +358,9 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
         return
     store.mark_planning(job_id)
     try:
-        res.ensure_collections(spec)
+        res.ensure_collections(spec, create=True)
         _record_accept_burned_in(res, spec)
-        source = res.source(spec.source)
+        source = res.source(spec.source, spec.source_name)
         batch_size = spec.batch_size or res.settings.celery.task_batch_size
         _send_embed_batches(task.app, store, job_id, source.list(), batch_size, "p", count_listed=True)
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
@@ -322,12 +396,12 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
         return None
     store.mark_planning(job_id)
     try:
-        res.ensure_collections(spec)
+        res.ensure_collections(spec, create=True)
         _record_accept_burned_in(res, spec)
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
         store.fail(job_id, str(exc))
         return None
-    source = res.source(spec.source)
+    source = res.source(spec.source, spec.source_name)
     index = res.catalog.index
     listing = {ref.key: ref for ref in source.list()}
     max_frames = res.settings.ingest.max_frames_per_object
@@ -347,7 +421,7 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
     to_embed: dict[str, ObjectRef] = {}
     deleted_total = 0
     for diff in diffs:
-        bad = store.bad_objects(diff.collection, payload_source(source))
+        bad = store.bad_objects(diff.collection, source.name)
         known_bad = [k for k in diff.added if bad.get(k) == listing[k].etag]
         diff.added = [k for k in diff.added if bad.get(k) != listing[k].etag]
         diff.deleted = still_gone(source, diff.deleted)
@@ -417,7 +491,8 @@ def _finish(task: RadsearchTask, job_id: str) -> None:
             try:
                 collection = catalog.resolve(name)
             except CollectionNotFound:
-                continue  # the job failed every batch of it, or it was dropped since
+                store.fail(job_id, f"collection {name!r} was dropped while the job wrote to it")
+                return
             started = time.monotonic()
             catalog.index.optimize(collection)
             log.info("job %s: %s indexed in %.1f s", job_id, collection, time.monotonic() - started)

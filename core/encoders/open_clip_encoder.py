@@ -96,7 +96,13 @@ def model_config(spec: EncoderSpec, settings: Settings, arch: str | None = None)
     config = open_clip.get_model_config(arch or _arch_for(spec, settings))
     if config is None:
         raise ConfigError(f"encoder {spec.name!r}: no open_clip config for {spec.checkpoint!r}")
-    return dict(config)
+    merged = dict(config)
+    # spec.model_overrides (reduced or custom variants): a dict value updates that sub-config
+    # (vision_cfg, text_cfg) key by key, anything else replaces the key.
+    for key, value in (spec.model_overrides or {}).items():
+        current = merged.get(key)
+        merged[key] = {**current, **value} if isinstance(value, dict) and isinstance(current, dict) else value
+    return merged
 
 
 def _quick_gelu(spec: EncoderSpec, arch: str) -> bool:
@@ -109,7 +115,7 @@ def _quick_gelu(spec: EncoderSpec, arch: str) -> bool:
 
 
 def _build(spec: EncoderSpec, arch: str, config: dict[str, Any]) -> torch.nn.Module:
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {key: config[key] for key in spec.model_overrides or {}}
     text_cfg = dict(config.get("text_cfg", {}))
     local_text = _SHIPPED_TEXT_CONFIGS.get(str(text_cfg.get("hf_model_name", "")))
     if local_text is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -190,6 +190,19 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def delete_by_filter(self, name: str, filter: SearchFilter) -> None: ...
+
+    def overwrite_payloads(self, name: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+        """Replace the whole payload of each existing point (id → new payload), vectors untouched:
+        a relabel without re-embedding. Ids that do not exist are left out."""
+        raise IndexStoreError(f"{type(self).__name__} cannot overwrite payloads")
+
+    def register_source(self, name: str, source_name: str, uri: str) -> None:
+        """Record in the collection's metadata (``sources``: stable name → URI) where the objects
+        of ``source_name`` are read from, for the server to read them again (thumbnails)."""
+        sources = dict(self.collection_config(name).metadata.get("sources") or {})
+        if sources.get(source_name) != uri:
+            sources[source_name] = uri
+            self.update_metadata(name, {"sources": sources})
 
     def collection_info(self, name: str) -> dict[str, Any]:
         """Store-side state: ``points``, ``indexed_vectors``, ``status`` ("green" when indexing is

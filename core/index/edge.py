@@ -41,7 +41,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -1006,6 +1006,21 @@ class EdgeIndex(VectorIndex):
         self.check_free_space(_SMALL_WRITE_BYTES)
         with handle.writing() as shard, _disk_errors(self._root):
             shard.update(qe.UpdateOperation.delete_points(list(wanted)))
+            shard.flush()
+
+    def overwrite_payloads(self, name: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+        """One engine operation per point (each has its own payload), one flush for all."""
+        handle = self._handle(name)
+        wanted = {canonical: payload for pid, payload in payloads.items() for canonical in known_ids([pid])}
+        if not wanted:
+            return
+        self.check_free_space(_SMALL_WRITE_BYTES)
+        point_ids: list[Any] = list(wanted)
+        with handle.writing() as shard, _disk_errors(self._root):
+            records = shard.retrieve(point_ids, with_payload=False, with_vector=False)
+            for record in records:
+                pid = str(record.id)
+                shard.update(qe.UpdateOperation.overwrite_payload([record.id], dict(wanted[pid])))
             shard.flush()
 
     def delete_by_filter(self, name: str, filter: SearchFilter) -> None:

@@ -22,7 +22,7 @@ import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Client, Connection, Listener, wait
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,8 @@ _METHODS = frozenset(
         "scroll_page",
         "delete",
         "delete_by_filter",
+        "overwrite_payloads",
+        "register_source",
         "collection_info",
         "aliases",
         "set_alias",
@@ -356,6 +358,12 @@ class HostedEdgeIndex(VectorIndex):
 
     def delete_by_filter(self, name: str, filter: SearchFilter) -> None:
         self._call("delete_by_filter", name, filter)
+
+    def overwrite_payloads(self, name: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+        self._call("overwrite_payloads", name, dict(payloads))
+
+    def register_source(self, name: str, source_name: str, uri: str) -> None:
+        self._changing_metadata("register_source", name, source_name, uri)
 
     def collection_info(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("collection_info", name)

@@ -8,15 +8,16 @@ fill one collection, and the owner validates and writes every point.
 
 It implements what the ingest side uses: the catalog (collections, their entries, aliases),
 ``upsert``, ``retrieve``/``scroll`` of bookkeeping fields (source, key, frame, n_frames,
-frames_sampled, etag, size; never vectors, labels or pixels), ``delete``, ``delete_by_filter``,
-``collection_info`` and ``optimize``. Everything else raises `IndexStoreError`: search through the HTTP API.
+frames_sampled, etag, size, labels_hash; never vectors, labels or pixels), ``delete``, ``delete_by_filter``,
+``overwrite_payloads`` (relabels), ``register_source``, ``collection_info`` and ``optimize``.
+Everything else raises `IndexStoreError`: search through the HTTP API.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -160,6 +161,7 @@ class OwnerIndex(VectorIndex):
             "quantization": detail["quantization"],
             "on_disk": detail["on_disk"],
             "accept_burned_in": bool(detail.get("accept_burned_in", False)),
+            "id_scheme": detail.get("id_scheme", "v1"),
         }
         return CollectionConfig(
             name=str(detail["name"]),
@@ -271,6 +273,17 @@ class OwnerIndex(VectorIndex):
         if not body:
             raise IndexStoreError("an empty filter would match every point; name at least one field")
         self._request("POST", self._path(name, "/points/delete"), {"filter": body})
+
+    def overwrite_payloads(self, name: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+        """Send the new payloads to the owner (it relabels; vectors stay), in requests of 1,000."""
+        items = [{"id": str(pid), "payload": payload} for pid, payload in payloads.items()]
+        for start in range(0, len(items), _IDS_PER_REQUEST):
+            chunk = items[start : start + _IDS_PER_REQUEST]
+            self._request("POST", self._path(name, "/points/payload"), {"points": chunk})
+
+    def register_source(self, name: str, source_name: str, uri: str) -> None:
+        """Have the owner record where ``source_name`` is read from."""
+        self._request("PUT", self._path(name, "/sources"), {"name": source_name, "uri": uri})
 
     def optimize(self, name: str) -> None:
         """Have the owner build the collection's index now (it answers once it is built)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -377,6 +377,28 @@ class QdrantServerIndex(VectorIndex):
             return
         selector = models.PointIdsList(points=list(wanted))
         self._call(name, lambda: self._client.delete(name, points_selector=selector, wait=True))
+
+    def overwrite_payloads(self, name: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+        """One overwrite per point, in one batch request."""
+        self._config(name)
+        wanted = {canonical: payload for pid, payload in payloads.items() for canonical in known_ids([pid])}
+        if not wanted:
+            return
+        existing = {
+            str(r.id)
+            for r in self._call(
+                name, lambda: self._client.retrieve(name, ids=list(wanted), with_payload=False)
+            )
+        }
+        operations: list[Any] = [
+            models.OverwritePayloadOperation(
+                overwrite_payload=models.SetPayload(payload=dict(wanted[pid]), points=[pid])
+            )
+            for pid in wanted
+            if pid in existing
+        ]
+        if operations:
+            self._call(name, lambda: self._client.batch_update_points(name, operations, wait=True))
 
     def delete_by_filter(self, name: str, filter: SearchFilter) -> None:
         engine_filter = _to_filter(filter, require=True)

@@ -20,16 +20,19 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def open_source(uri: str, settings: Settings) -> Source:
-    """``s3://bucket/prefix`` (endpoint and credentials from settings) or a local folder."""
+def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Source:
+    """``s3://bucket/prefix`` (endpoint and credentials from settings) or a local folder; ``name``
+    overrides the source's stable name (`Source.name`)."""
     if uri.startswith("s3://"):
         from ingest.sources.s3 import S3Source
 
         bucket, prefix = parse_s3_uri(uri)
-        return S3Source(bucket, prefix, settings.s3, max_object_bytes=settings.ingest.max_object_bytes)
+        return S3Source(
+            bucket, prefix, settings.s3, max_object_bytes=settings.ingest.max_object_bytes, name=name
+        )
     if "://" in uri and not uri.startswith("file://"):
         raise ConfigError(f"unsupported source {uri!r}; use s3://bucket/prefix or a local folder")
     from ingest.sources.local import LocalSource
 
     path = Path(uri.removeprefix("file://"))
-    return LocalSource(path, max_object_bytes=settings.ingest.max_object_bytes)
+    return LocalSource(path, max_object_bytes=settings.ingest.max_object_bytes, name=name)

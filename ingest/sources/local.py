@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.errors import BadInput, ConfigError, TooLarge
-from ingest.sources.base import ObjectRef, Source
+from ingest.sources.base import ObjectRef, Source, check_source_name
 
 __all__ = ["LocalSource"]
 
@@ -15,12 +15,19 @@ __all__ = ["LocalSource"]
 class LocalSource(Source):
     """Files under ``root``, listed in sorted order, hidden files skipped."""
 
-    def __init__(self, root: Path, *, max_object_bytes: int) -> None:
+    def __init__(self, root: Path, *, max_object_bytes: int, name: str | None = None) -> None:
         resolved = root.expanduser().resolve()
         if not resolved.is_dir():
             raise ConfigError(f"source folder {str(root)!r} does not exist or is not a folder")
         self.root = resolved
         self.uri = str(resolved)
+        self.name = (
+            check_source_name(name)
+            if name is not None
+            else check_source_name(
+                resolved.name or "root", field="the source folder's name (give --source-name)"
+            )
+        )
         self.max_object_bytes = max_object_bytes
 
     def list(self) -> Iterator[ObjectRef]:

@@ -10,7 +10,7 @@ from minio.error import S3Error
 
 from core.config import S3Settings
 from core.errors import BadInput, ConfigError, SourceError, TooLarge
-from ingest.sources.base import ObjectRef, Source
+from ingest.sources.base import ObjectRef, Source, check_source_name
 
 __all__ = ["S3Source", "make_minio_client"]
 
@@ -48,13 +48,21 @@ def _user_metadata(headers: Mapping[str, str] | None) -> dict[str, str]:
 
 
 class S3Source(Source):
-    """Objects under ``s3://bucket/prefix``. The point-id source is ``s3://bucket`` so that the
-    same object gets the same id whichever prefix it was ingested through."""
+    """Objects under ``s3://bucket/prefix``. ``uri`` is ``s3://bucket`` (keys are full object keys,
+    so the same object has the same key whichever prefix it was ingested through); ``name``
+    defaults to ``bucket/prefix`` (``bucket`` without a prefix)."""
 
-    def __init__(self, bucket: str, prefix: str, s3: S3Settings, *, max_object_bytes: int) -> None:
+    def __init__(
+        self, bucket: str, prefix: str, s3: S3Settings, *, max_object_bytes: int, name: str | None = None
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self.uri = f"s3://{bucket}"
+        default = f"{bucket}/{prefix.strip('/')}" if prefix.strip("/") else bucket
+        self.name = check_source_name(
+            name if name is not None else default,
+            field="source_name" if name is not None else "the bucket/prefix name (give --source-name)",
+        )
         self.max_object_bytes = max_object_bytes
         self.client = make_minio_client(s3)
 

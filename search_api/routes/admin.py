@@ -25,7 +25,7 @@ from core.errors import (
 )
 from core.snapshots import SnapshotStore
 from search_api import admin_services
-from search_api.backfill_jobs import OwnerJob, owner_jobs
+from search_api.backfill_jobs import OwnerJob, alias_blockers, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, CatalogDep, InferenceLimiterDep, check_job_id, check_name
 from search_api.errors import ApiError, error_responses
 from search_api.schemas import (
@@ -229,15 +229,37 @@ async def read_backfill_job(job_id: str, request: Request) -> BackfillJobPublic:
 async def read_backfill_jobs(
     request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> list[BackfillJobPublic]:
-    """Recent backfill jobs of this API process, newest first."""
+    """Recent backfill jobs of this server (those of its earlier runs on the data dir included),
+    newest first."""
     jobs = await run_in_threadpool(partial(owner_jobs(request).recent, "backfill", limit=limit))
     return [_job_public(job) for job in jobs]
 
 
-@router.put("/aliases/{alias}", responses=error_responses(CollectionNotFound, ConfigError))
-async def update_alias(alias: str, body: AliasUpdate, catalog: CatalogDep) -> AliasPublic:
-    """Point an alias at a collection, atomically; searches through the alias switch at once."""
-    previous = await run_in_threadpool(catalog.set_alias, alias, body.collection)
+@router.put(
+    "/aliases/{alias}",
+    responses=error_responses(CollectionNotFound, ConfigError, 409),
+)
+async def update_alias(alias: str, body: AliasUpdate, catalog: CatalogDep, request: Request) -> AliasPublic:
+    """Point an alias at a collection, atomically; searches through the alias switch at once.
+
+    409 naming what is missing while a backfill (or owner-run ingest) still writes to the
+    collection or its index is not built, unless ``force``."""
+    runner = owner_jobs(request)
+
+    def switch() -> str | None:
+        if not body.force:
+            blockers = alias_blockers(catalog, runner.store, body.collection)
+            if blockers:
+                raise ApiError(
+                    409,
+                    "collection_not_ready",
+                    f"collection {body.collection!r} is not ready: {'; '.join(blockers)} "
+                    '(wait for it, or send "force": true)',
+                    field="collection",
+                )
+        return catalog.set_alias(alias, body.collection)
+
+    previous = await run_in_threadpool(switch)
     return AliasPublic(alias=alias, collection=body.collection, previous=previous)
 
 

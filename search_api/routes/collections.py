@@ -110,6 +110,7 @@ async def read_thumbnail(
     entry: CollectionDep,
     point_id: str,
     index: IndexDep,
+    catalog: CatalogDep,
     settings: SettingsDep,
     size: Annotated[int, Query(ge=16, le=1024)] = 256,
 ) -> Response:
@@ -117,12 +118,14 @@ async def read_thumbnail(
     when its source object was deleted, 410 when it is quarantined now (burned-in annotation)
     and the collection did not accept burned-in objects."""
     point = await run_in_threadpool(partial(services.read_point, index=index, entry=entry, point_id=point_id))
+    source_uri = await run_in_threadpool(partial(services.source_location, catalog, entry.name, point))
     png = await run_in_threadpool(
         partial(
             services.render_thumbnail,
             settings=settings,
             point=point,
             size=size,
+            source_uri=source_uri,
             accept_burned_in=entry.accept_burned_in,
         )
     )

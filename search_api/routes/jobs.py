@@ -16,6 +16,7 @@ from core.config import Settings
 from core.encoders.registry import get_spec
 from core.errors import CollectionExists, ConfigError, EncoderNotFound, StoreFull, WeightsUnavailable
 from ingest.labels import PathTemplate
+from ingest.sources.base import check_source_name
 from search_api import admin_services
 from search_api.backfill_jobs import OwnerIngest, OwnerJob, check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gateway
@@ -24,7 +25,7 @@ from search_api.schemas import JobSummary
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
 from workers.heartbeat import job_waiting
-from workers.jobs import JobKind, JobRecord, JobSpec
+from workers.jobs import JOB_STATE_LOST, JobKind, JobRecord, JobSpec
 
 router = APIRouter(prefix="/v1/ingest-jobs", tags=["ingest-jobs"], dependencies=[require_role(Role.INGEST)])
 
@@ -75,6 +76,22 @@ class IngestJobCreate(BaseModel):
         description="a prune deleting more of a collection's objects is refused (409) unless force",
     )
     force: bool = Field(default=False, description="prune even an empty listing or beyond the fraction")
+    source_name: str | None = Field(
+        default=None,
+        max_length=128,
+        description="the source's stable name in payloads and point ids (default: bucket/prefix or "
+        "the folder's name)",
+    )
+
+    @field_validator("source_name")
+    @classmethod
+    def _check_source_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_source_name(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("source")
     @classmethod
@@ -133,6 +150,7 @@ class JobCounts(BaseModel):
     objects_done: int
     indexed_frames: int
     skipped_unchanged: int
+    relabelled: int = 0
     failed: int
     quarantined: int
     vanished: int
@@ -153,6 +171,7 @@ class JobOptions(BaseModel):
     dry_run: bool = False
     max_delete_fraction: float = 0.1
     force: bool = False
+    source_name: str | None = None
 
 
 class JobThroughput(BaseModel):
@@ -200,11 +219,15 @@ class IngestJobPublic(BaseModel):
         description="why an unfinished job does not move, e.g. 'no live worker on queue plan' "
         "(no worker of that queue heard from for celery.worker_dead_after_s); null otherwise",
     )
+    resumed: int = Field(default=0, description="owner jobs: how often a restart of the server ran it again")
 
 
 class IngestJobsPublic(BaseModel):
     data: list[IngestJobPublic]
     count: int
+    warning: str | None = Field(
+        default=None, description="set when the job store lost its state (jobs created before are gone)"
+    )
 
 
 def _public(record: JobRecord | OwnerJob, *, with_items: bool = True) -> IngestJobPublic:
@@ -235,6 +258,7 @@ def _create(gateway: WorkerGateway, body: IngestJobCreate, catalog: Catalog | No
         encoder=body.encoder,
         batch_size=body.batch_size,
         accept_burned_in=body.accept_burned_in,
+        source_name=body.source_name,
     )
     if body.accept_burned_in and catalog is not None:
         for name in body.collections:
@@ -285,6 +309,7 @@ def _create_owner(request: Request, body: IngestJobCreate) -> OwnerJob:
             dry_run=body.dry_run,
             max_delete_fraction=body.max_delete_fraction,
             force=body.force,
+            source_name=body.source_name,
         )
     )
     job = runner.job(job_id)
@@ -321,8 +346,11 @@ async def read_ingest_jobs(
     While Redis is down, this server's own jobs alone (503 when it has none)."""
     owned = owner_jobs(request).recent("ingest", limit=limit)
     gateway = worker_gateway(request)
+    warning: str | None = None
     try:
         records: list[JobRecord] = await _call(partial(gateway.store.recent, limit=limit))
+        if await _call(gateway.store.was_reset):
+            warning = JOB_STATE_LOST
     except ApiError:
         if not owned:
             raise
@@ -330,10 +358,10 @@ async def read_ingest_jobs(
     jobs: list[JobRecord | OwnerJob] = [*owned, *records]
     jobs.sort(key=lambda j: j.created_at, reverse=True)
     data = [_public(j, with_items=False) for j in jobs[:limit]]
-    return IngestJobsPublic(data=data, count=len(data))
+    return IngestJobsPublic(data=data, count=len(data), warning=warning)
 
 
-@router.get("/{job_id}", responses=error_responses(404, 503))
+@router.get("/{job_id}", responses=error_responses(404, 410, 503))
 async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
     """One job: state, counts, failed items with reasons, times and throughput."""
     check_job_id(job_id)
@@ -343,6 +371,8 @@ async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
     gateway = worker_gateway(request)
     record: JobRecord | None = await _call(partial(gateway.store.get, job_id))
     if record is None:
+        if await _call(partial(gateway.store.lost, job_id)):
+            raise ApiError(410, "job_state_lost", JOB_STATE_LOST, field="job_id")
         raise ApiError(404, "job_not_found", "job not found", field="job_id")
     settings: Settings = request.app.state.settings
     public = _public(record)

@@ -19,16 +19,19 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
 
 from core.catalog import CollectionEntry
-from core.errors import InvalidFilter, InvalidVector, StoreFull, StoreOwned
+from core.config import Settings
+from core.errors import ConfigError, InvalidFilter, InvalidVector, StoreFull, StoreOwned
 from core.index.base import StoredPoint, VectorIndex
 from core.payload import SearchFilter, build_payload
 from core.vectors import validate_vectors
-from search_api.deps import CollectionDep, IndexDep
+from ingest.sources.base import check_source_name
+from search_api.backfill_jobs import check_local_path
+from search_api.deps import S3_URI, CollectionDep, IndexDep, SettingsDep
 from search_api.errors import error_responses
 from search_api.middleware import RouteInfo
 from search_api.schemas import (
@@ -39,9 +42,11 @@ from search_api.schemas import (
     PointsDelete,
     PointsDeleted,
     PointsLookup,
+    PointsPayloadOverwrite,
     PointsScroll,
     PointsUpsert,
     PointsUpserted,
+    SourceRegistration,
     parse_filter,
 )
 from search_api.security import Role, require_role
@@ -49,7 +54,16 @@ from search_api.security import Role, require_role
 __all__ = ["BOOKKEEPING_FIELDS", "router", "takes_batches"]
 
 #: The payload fields the ingest role reads back: enough to skip unchanged objects and reconcile.
-BOOKKEEPING_FIELDS: tuple[str, ...] = ("source", "key", "frame", "n_frames", "frames_sampled", "etag", "size")
+BOOKKEEPING_FIELDS: tuple[str, ...] = (
+    "source",
+    "key",
+    "frame",
+    "n_frames",
+    "frames_sampled",
+    "etag",
+    "size",
+    "labels_hash",
+)
 
 
 router = APIRouter(
@@ -93,11 +107,51 @@ async def upsert_points(entry: CollectionDep, body: PointsUpsert, index: IndexDe
 
     The same id overwrites (``insert_only`` leaves existing points untouched), so a batch sent
     twice stores each point once. Vectors must have the collection's dimension, be finite and
-    non-zero (400 naming the point otherwise); they are stored L2-normalised. Payload fields
-    outside the allow-list are dropped. This route takes large bodies (the upload limit,
+    non-zero (400 naming the point otherwise); they are stored L2-normalised. A payload field
+    outside the allow-list is refused (400 ``unknown_field``). This route takes large bodies (the upload limit,
     ``RADSEARCH_API__MAX_UPLOAD_BYTES``): send big loads in batches of a few hundred points.
     """
     return await run_in_threadpool(_upsert, index, entry, body)
+
+
+def _overwrite(index: VectorIndex, entry: CollectionEntry, body: PointsPayloadOverwrite) -> PointsUpserted:
+    payloads = {
+        str(point.id): build_payload(point.payload.model_dump(exclude_none=True)) for point in body.points
+    }
+    index.overwrite_payloads(entry.name, payloads)
+    return PointsUpserted(collection=entry.name, upserted=len(payloads))
+
+
+@router.post("/{name}/points/payload", responses=error_responses(StoreFull, StoreOwned))
+async def overwrite_payloads(
+    entry: CollectionDep, body: PointsPayloadOverwrite, index: IndexDep
+) -> PointsUpserted:
+    """Replace the payload of existing points, their vectors untouched (a relabel: a corrected
+    manifest row on an unchanged image). Ids that do not exist are left out; a field outside the
+    allow-list is refused (400 ``unknown_field``)."""
+    return await run_in_threadpool(_overwrite, index, entry, body)
+
+
+def _register(
+    index: VectorIndex, entry: CollectionEntry, body: SourceRegistration, settings: Settings, open_api: bool
+) -> None:
+    check_source_name(body.name, field="name")
+    uri = body.uri
+    if not S3_URI.match(uri):
+        # The server will read this folder again: the same rule as an ingest job's source folder.
+        uri = str(check_local_path(uri, settings=settings, open_api=open_api, what="source folder"))
+    index.register_source(entry.name, body.name, uri)
+
+
+@router.put("/{name}/sources", status_code=204, responses=error_responses(ConfigError))
+async def register_source(
+    entry: CollectionDep, body: SourceRegistration, index: IndexDep, settings: SettingsDep, request: Request
+) -> None:
+    """Record where the objects of a stable source name are read from (``uri``: ``s3://bucket``
+    or a folder this server may read, as for ingest jobs), so that this server can read them again
+    (thumbnails). Payloads carry the name only, never the URI."""
+    open_api: bool = request.app.state.authenticator.open
+    await run_in_threadpool(_register, index, entry, body, settings, open_api)
 
 
 def _filter(raw: Any) -> SearchFilter:
@@ -139,7 +193,7 @@ def _lookup(index: VectorIndex, entry: CollectionEntry, body: PointsLookup) -> P
 @router.post("/{name}/points/lookup")
 async def lookup_points(entry: CollectionDep, body: PointsLookup, index: IndexDep) -> PointsBookkeeping:
     """The points that exist among ``ids``, with their bookkeeping fields only (source, key,
-    frame, n_frames, etag, size): enough to skip objects already stored at the same ETag."""
+    frame, n_frames, etag, size, labels_hash): enough to skip objects already stored at the same ETag."""
     return await run_in_threadpool(_lookup, index, entry, body)
 
 

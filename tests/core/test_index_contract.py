@@ -437,6 +437,34 @@ def test_delete_by_filter(filled: VectorIndex, data: Data) -> None:
     assert filled.count("c") == N - len(doomed)
 
 
+def test_overwrite_payloads_relabels_existing_points_only(filled: VectorIndex, data: Data) -> None:
+    """A relabel replaces whole payloads (one per point), keeps vectors, and never creates a point."""
+    target, other = data.ids[0], data.ids[1]
+    before = filled.retrieve("c", [target], with_vectors=True)[0]
+    missing = str(uuid.uuid4())
+    filled.overwrite_payloads(
+        "c", {target: {"modality": "XR", "key": "relabelled"}, missing: {"modality": "XR"}, "bad": {}}
+    )
+    after = filled.retrieve("c", [target], with_vectors=True)[0]
+    assert after.payload == {"modality": "XR", "key": "relabelled"}
+    assert before.vector is not None and after.vector is not None
+    assert np.allclose(before.vector, after.vector, atol=1e-6)
+    assert filled.count("c") == N and filled.retrieve("c", [missing]) == []
+    assert filled.retrieve("c", [other])[0].payload == data.payloads[1]
+    assert filled.count("c", SearchFilter(modality=["XR"])) == 1 + len(
+        data.matching(lambda p: p["modality"] == "XR")
+    )
+
+
+def test_register_source_keeps_names_in_metadata(index: VectorIndex) -> None:
+    index.create_collection(CollectionConfig(name="s", dim=4, metadata={"catalog": {"x": 1}}))
+    index.register_source("s", "site-a", "s3://bucket")
+    index.register_source("s", "site-b", "/data/b")
+    index.register_source("s", "site-a", "s3://moved")
+    metadata = index.collection_config("s").metadata
+    assert metadata == {"catalog": {"x": 1}, "sources": {"site-a": "s3://moved", "site-b": "/data/b"}}
+
+
 # -- metadata, quantization, persistence -----------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from core.catalog import Catalog
 from core.config import Settings
 from core.encoders.registry import get_spec
 from core.index import open_index
-from core.payload import PAYLOAD_FIELDS, SearchFilter, point_id
+from core.payload import PAYLOAD_FIELDS, SearchFilter, image_point_id
 from ingest.inline import IngestOptions, build_context, ingest_inline
 from ingest.sources import open_source
 from radsearch.demo_data import DemoArchive, generate_demo_archive
@@ -109,7 +109,7 @@ def test_changed_object_is_re_embedded(catalog: Catalog, settings: Settings, tmp
     folder.mkdir()
     Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (64, 1))).save(folder / "a.png")
     _ingest(catalog, settings, str(folder))
-    pid = point_id(str(folder.resolve()), "a.png", 0)
+    pid = image_point_id(0, instance_hash=None, source_name="one", key="a.png")
     before = catalog.index.retrieve("c", [pid], with_vectors=True)[0]
     Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (64, 1)).T.copy()).save(folder / "b.png")
     (folder / "b.png").replace(folder / "a.png")
@@ -142,7 +142,8 @@ def test_ingest_from_s3_over_http(
     )
     assert report["objects"] == 10 and report["failed"] == 0
     points = list(catalog.index.scroll("c"))
-    assert {p.payload["source"] for p in points} == {f"s3://{bucket}"}
+    # the source's stable name (bucket/prefix), never its URI or a path
+    assert {p.payload["source"] for p in points} == {f"{bucket}/export"}
     # the path template outranks object metadata (modality), metadata fills what it lacks (split)
     for p in points:
         assert p.payload["split"] == "train"

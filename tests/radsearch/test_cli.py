@@ -67,9 +67,20 @@ def test_ingest_search_and_list_json(
     )
     assert summary["errors"] == [{"key": "bad.png", "reason": summary["errors"][0]["reason"]}]  # type: ignore[index]
 
-    # a second run skips every unchanged object
-    assert main(["--data-dir", data, "ingest", str(folder), "--collection", "c", "--json"]) == 0
-    assert _last_json(capsys.readouterr().out)["skipped"] == 8
+    # a second run with the same label rules skips every unchanged object
+    again = [
+        "--data-dir",
+        data,
+        "ingest",
+        str(folder),
+        "--collection",
+        "c",
+        "--path-template",
+        "{modality}/{file}",
+    ]
+    assert main([*again, "--json"]) == 0
+    second = _last_json(capsys.readouterr().out)
+    assert (second["skipped"], second["relabelled"], second["frames_indexed"]) == (8, 0, 0)
 
     query = folder / "MR" / "cols_1.png"
     assert main(["--data-dir", data, "search", str(query), "--collection", "c", "-k", "3", "--json"]) == 0

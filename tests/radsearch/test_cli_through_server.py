@@ -170,6 +170,7 @@ def test_ingest_through_the_serving_owner_prints_what_direct_ingest_prints(world
         "objects",
         "frames_indexed",
         "skipped",
+        "relabelled",
         "failed",
         "quarantined",
         "errors",
@@ -188,7 +189,7 @@ def test_ingest_through_the_serving_owner_prints_what_direct_ingest_prints(world
     direct, served = _direct(world, *args), _served(world, *args)
     assert (direct.code, served.code) == (0, 0)
     assert _TIMING.sub("", served.out) == _TIMING.sub("", direct.out)
-    assert "10 unchanged skipped" in served.out and "failed bad.png" in served.out
+    assert "10 unchanged skipped, 0 relabelled" in served.out and "failed bad.png" in served.out
 
     # --detach prints the owner's job id; `jobs show` reads the job from the server
     detached = _served(world, *args, "--detach")

@@ -156,6 +156,8 @@ def _substitute(text: str, world: World) -> str:
         "http://127.0.0.1:8000": world.url,
         "--port 8000": f"--port {world.url.rsplit(':', 1)[1]}",
         "RADSEARCH_API_KEY=rs_...": "RADSEARCH_API_KEY=",
+        "./archive-2024": str(world.work / "archive-2024"),
+        "./moved/archive": str(world.work / "moved/archive"),
         "./archive": str(world.work / "archive"),
         "labels.csv": str(world.work / "labels.csv"),
         "query.dcm": str(world.work / "query.dcm"),
@@ -265,9 +267,10 @@ def _prepare_inputs(world: World, s3_endpoint: str) -> None:
     target = world.work / "archive"
     rows = list(csvreader(archive / "manifest.csv"))
     for path in sorted((archive / "dicom").rglob("*.dcm")):
-        dest = target / path.relative_to(archive / "dicom")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(path.read_bytes())
+        for root in (target, world.work / "moved/archive", world.work / "archive-2024"):
+            dest = root / path.relative_to(archive / "dicom")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(path.read_bytes())
     header = ["key", *[name for name in rows[0] if name != "key"]]
     lines = [",".join(header)]
     for row in rows:

@@ -22,7 +22,7 @@ from core.config import ApiSettings, RuntimeSettings, SecuritySettings, Settings
 from core.encoders import get_spec
 from core.index.base import VectorIndex
 from core.index.factory import open_index
-from core.payload import build_payload, point_id
+from core.payload import build_payload, image_point_id, point_id
 from search_api import create_app
 from tests.conftest import free_port
 
@@ -87,7 +87,9 @@ def populate(index: VectorIndex, settings: Settings, folder: Path) -> Corpus:
     folder.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(index, settings)
     catalog.create(COLLECTION, get_spec("baseline"))
-    corpus = Corpus(source=str(folder.resolve()))
+    # Written as the pipeline writes: payload ``source`` is the folder's stable name, ids come from
+    # name + key (id scheme v2), and the collection records where the name is read from.
+    corpus = Corpus(source=folder.name)
     rng = np.random.default_rng(7)
     keys, frames, payloads = [], [], []
     for kind, (modality, anatomy, pathology) in LABELS.items():
@@ -95,7 +97,7 @@ def populate(index: VectorIndex, settings: Settings, folder: Path) -> Corpus:
             frame = make_frame(kind, rng)
             key = f"{kind}_{i:02d}.png"
             (folder / key).write_bytes(png_bytes(frame))
-            pid = point_id(corpus.source, key, 0)
+            pid = image_point_id(0, instance_hash=None, source_name=corpus.source, key=key)
             corpus.class_of[pid] = kind
             corpus.frames[pid] = frame
             keys.append(pid)
@@ -116,6 +118,7 @@ def populate(index: VectorIndex, settings: Settings, folder: Path) -> Corpus:
             )
     vectors = catalog.encoder_for(COLLECTION).embed(frames)
     index.upsert(COLLECTION, keys, vectors, payloads)
+    index.register_source(COLLECTION, corpus.source, str(folder.resolve()))
     return corpus
 
 
@@ -284,6 +287,8 @@ def test_openapi_lists_every_route_with_clean_operation_ids(client: TestClient) 
         ("POST", "/v1/collections/{name}/points/delete"): "delete_points",
         ("POST", "/v1/collections/{name}/points/lookup"): "lookup_points",
         ("POST", "/v1/collections/{name}/points/scroll"): "scroll_points",
+        ("POST", "/v1/collections/{name}/points/payload"): "overwrite_payloads",
+        ("PUT", "/v1/collections/{name}/sources"): "register_source",
         ("POST", "/v1/collections/{name}/optimize"): "optimize_collection",
         ("POST", "/v1/collections/{name}/evaluate"): "create_evaluation",
         # backups: the trash and snapshots (issue 14)

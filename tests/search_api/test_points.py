@@ -211,7 +211,7 @@ def test_lookup_and_scroll_answer_bookkeeping_fields_only(api: TestClient) -> No
     ).json()["points"]
     assert found == [
         {"id": points[3]["id"], "source": SOURCE, "key": "s03.png", "frame": 0, "n_frames": None,
-         "frames_sampled": None, "etag": "e-s03.png", "size": 100}
+         "frames_sampled": None, "etag": "e-s03.png", "size": 100, "labels_hash": None}
     ]  # fmt: skip
 
     seen: list[dict[str, Any]] = []
@@ -254,3 +254,38 @@ def test_optimize_answers_points_and_indexed_vectors(api: TestClient) -> None:
 
 def test_the_payload_schema_is_the_allow_list() -> None:
     assert set(PointPayloadIn.model_fields) == set(PAYLOAD_FIELDS)
+
+
+def test_payload_overwrite_relabels_without_touching_vectors(api: TestClient, index: VectorIndex) -> None:
+    """The relabel route replaces whole payloads (a label removed is gone), keeps vectors, skips
+    ids that do not exist and drops fields outside the allow-list."""
+    _clear(api)
+    points = [_point("r0.png", anatomy="knee", pathology=["tear"]), _point("r1.png", anatomy="knee")]
+    assert _put(api, points).status_code == 200
+    count = _count(api)
+    before = index.retrieve(COLLECTION, [points[0]["id"]], with_vectors=True)[0]
+    new = {"source": "scans", "key": "r0.png", "frame": 0, "anatomy": "hand", "patient_name": "X"}
+    body = {"points": [{"id": points[0]["id"], "payload": new}, {"id": str(uuid.uuid4()), "payload": new}]}
+    response = api.post(f"/v1/collections/{ALIAS}/points/payload", json=body)
+    assert response.status_code == 200, response.text
+    after = index.retrieve(COLLECTION, [points[0]["id"]], with_vectors=True)[0]
+    assert after.payload["anatomy"] == "hand" and "pathology" not in after.payload
+    assert after.payload["source"] == "scans" and "patient_name" not in after.payload
+    assert before.vector is not None and after.vector is not None
+    assert np.allclose(before.vector, after.vector)
+    assert _count(api) == count  # the unknown id was not created
+    assert index.retrieve(COLLECTION, [points[1]["id"]])[0].payload["anatomy"] == "knee"
+
+
+def test_source_registration_is_kept_out_of_every_answer(api: TestClient, index: VectorIndex) -> None:
+    """A stable source name maps to its URI in the collection's metadata; no answer shows the URI,
+    and a name that could be a path is refused naming the field."""
+    url = f"/v1/collections/{COLLECTION}/sources"
+    secret = "/srv/archive/secret-site"
+    assert api.put(url, json={"name": "site-a", "uri": secret}).status_code == 204
+    assert Catalog(index, api.app.state.settings).source_uri(COLLECTION, "site-a") == secret  # type: ignore[attr-defined]
+    bad = api.put(url, json={"name": "../etc", "uri": secret})
+    assert bad.status_code == 400 and "name" in bad.json()["detail"] and "../etc" not in bad.text
+    detail = api.get(f"/v1/collections/{COLLECTION}")
+    assert detail.status_code == 200 and secret not in detail.text
+    assert detail.json()["id_scheme"] == "v2"

@@ -48,6 +48,8 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("POST", "/v1/collections/{name}/points/delete"): frozenset({INGEST}),
     ("POST", "/v1/collections/{name}/points/lookup"): frozenset({INGEST}),
     ("POST", "/v1/collections/{name}/points/scroll"): frozenset({INGEST}),
+    ("POST", "/v1/collections/{name}/points/payload"): frozenset({INGEST}),
+    ("PUT", "/v1/collections/{name}/sources"): frozenset({INGEST}),
     ("POST", "/v1/collections/{name}/optimize"): frozenset({INGEST}),
     ("POST", "/v1/ingest-jobs"): frozenset({INGEST}),
     ("GET", "/v1/ingest-jobs"): frozenset({INGEST}),

@@ -124,31 +124,52 @@ def test_phi_canaries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
 
         # -- the API: every read route, uploads of canary-laden files, error paths ------------
         api_text: list[str] = []
+        # A body without canaries proves little if the route failed: every answer's status is
+        # checked too (reads and query uploads of archive files 200 (a query is not stored, so
+        # burned-in text is no reason to refuse it), bad input 4xx).
+        statuses: list[tuple[str, int, str]] = []  # (what, status, expected)
+
+        def expect(what: str, response: httpx.Response, expected: str) -> str:
+            statuses.append((what, response.status_code, expected))
+            return response.text
+
         with TestClient(create_app(settings, index=index), headers=key_headers("reader")) as client:
-            api_text.append(client.get("/v1/collections").text)
-            api_text.append(client.get("/v1/collections/canary").text)
+            api_text.append(expect("list collections", client.get("/v1/collections"), "200"))
+            api_text.append(expect("get collection", client.get("/v1/collections/canary"), "200"))
             for field in ("modality", "anatomy", "pathology", "dataset", "split", "source"):
-                api_text.append(client.get(f"/v1/collections/canary/facets/{field}").text)
+                api_text.append(
+                    expect(f"facet {field}", client.get(f"/v1/collections/canary/facets/{field}"), "200")
+                )
             for pid in point_ids[:40]:
-                api_text.append(client.get(f"/v1/collections/canary/points/{pid}").text)
+                api_text.append(
+                    expect("get point", client.get(f"/v1/collections/canary/points/{pid}"), "200")
+                )
                 thumb = client.get(f"/v1/collections/canary/points/{pid}/thumbnail?size=64")
                 assert thumb.status_code == 200
                 api_text.append(thumb.content.decode("latin-1"))
             api_text.append(
-                client.post("/v1/collections/canary/search", json={"point_id": point_ids[0]}).text
+                expect(
+                    "search by point",
+                    client.post("/v1/collections/canary/search", json={"point_id": point_ids[0]}),
+                    "200",
+                )
             )
             for path in sorted(archive.root.glob("dicom/**/*.dcm"))[:12]:
                 response = client.post(
                     "/v1/collections/canary/search/image",
                     files={"file": (path.name, path.read_bytes(), "application/dicom")},
                 )
-                api_text.append(response.text)
+                api_text.append(expect(f"search by {path.name}", response, "200"))
             for name, data in hostile_corpus().items():
                 api_text.append(
-                    client.post(
-                        "/v1/collections/canary/search/image",
-                        files={"file": (name, data, "application/dicom")},
-                    ).text
+                    expect(
+                        f"search by hostile {name}",
+                        client.post(
+                            "/v1/collections/canary/search/image",
+                            files={"file": (name, data, "application/dicom")},
+                        ),
+                        "4xx",
+                    )
                 )
             # A DICOM sent the wrong way (a text form field, a JSON string, a filter): the 422 or
             # 400 names the field and the rule, never the value.
@@ -169,12 +190,22 @@ def test_phi_canaries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
                 r.status_code for r in wrongly_typed
             ]
             api_text.extend(r.text for r in wrongly_typed)
-            api_text.append(client.get("/v1/collections/canary/points/ZZCANARY^PATIENT").text)
             api_text.append(
-                client.post(
-                    "/v1/collections/canary/search",
-                    json={"point_id": point_ids[0], "filter": {"PatientName": ["x"]}},
-                ).text
+                expect(
+                    "point id of a name",
+                    client.get("/v1/collections/canary/points/ZZCANARY^PATIENT"),
+                    "4xx",
+                )
+            )
+            api_text.append(
+                expect(
+                    "filter on PatientName",
+                    client.post(
+                        "/v1/collections/canary/search",
+                        json={"point_id": point_ids[0], "filter": {"PatientName": ["x"]}},
+                    ),
+                    "4xx",
+                )
             )
     finally:
         index.close()
@@ -230,21 +261,29 @@ def test_phi_canaries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         headers = key_headers("reader")
         for path in sorted(archive.root.glob("dicom/**/*.dcm"))[:6]:
             served_responses.append(
-                httpx.post(
-                    f"{base}/v1/collections/canary/search/image",
-                    files={"file": (path.name, path.read_bytes(), "application/dicom")},
-                    headers=headers,
-                    timeout=60,
-                ).text
+                expect(
+                    f"served: search by {path.name}",
+                    httpx.post(
+                        f"{base}/v1/collections/canary/search/image",
+                        files={"file": (path.name, path.read_bytes(), "application/dicom")},
+                        headers=headers,
+                        timeout=60,
+                    ),
+                    "200",
+                )
             )
         for name, data in list(hostile_corpus().items())[:10]:
             served_responses.append(
-                httpx.post(
-                    f"{base}/v1/collections/canary/search/image",
-                    files={"file": (name, data, "application/dicom")},
-                    headers=headers,
-                    timeout=60,
-                ).text
+                expect(
+                    f"served: search by hostile {name}",
+                    httpx.post(
+                        f"{base}/v1/collections/canary/search/image",
+                        files={"file": (name, data, "application/dicom")},
+                        headers=headers,
+                        timeout=60,
+                    ),
+                    "4xx",
+                )
             )
     finally:
         proc.terminate()
@@ -269,6 +308,12 @@ def test_phi_canaries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         f"burned_in_unquarantined={len(unquarantined)}"
     )
     assert not any(hits.values()), hits
+    wrong = [
+        (what, status, expected)
+        for what, status, expected in statuses
+        if not (status == 200 if expected == "200" else 400 <= status < 500)
+    ]
+    assert not wrong, wrong
     assert archive.burned_in_keys and archive.us_absent_keys
     assert not unquarantined
     assert len(point_ids) > 0 and len(caplog.records) > 0

@@ -3,6 +3,8 @@ before any store call (query path), and bad vectors never reach a collection (in
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
 
 import numpy as np
@@ -110,10 +112,30 @@ FILTER_ATTACKS: dict[str, Any] = {
 }
 
 
+def _png(side: int = 48) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.arange(side * side, dtype=np.uint8).reshape(side, side)).save(out, format="PNG")
+    return out.getvalue()
+
+
 def test_filter_injection_is_400(secured: SecuredApp) -> None:
+    """The image route gets a valid PNG, so only its filter can make it refuse (the upload half
+    used to send a bare PNG signature, refused whatever the filter said); a valid filter with the
+    same image answers 200."""
     point = next(iter(secured.corpus.class_of))
     statuses: dict[str, int] = {}
+    upload_statuses: dict[str, int] = {}
     bypass = 0
+    image = _png()
+    control = secured.client.post(
+        "/v1/collections/demo/search/image",
+        files={"file": ("q.png", image, "image/png")},
+        data={"filter": json.dumps({"modality": ["CT"]})},
+        headers=key_headers("reader"),
+    )
+    assert control.status_code == 200, control.text
     for name, attack in FILTER_ATTACKS.items():
         response = secured.client.post(
             "/v1/collections/demo/search",
@@ -125,12 +147,15 @@ def test_filter_injection_is_400(secured: SecuredApp) -> None:
             bypass += 1
         upload = secured.client.post(
             "/v1/collections/demo/search/image",
-            files={"file": ("q.png", b"\x89PNG\r\n\x1a\n", "image/png")},
-            data={"filter": __import__("json").dumps(attack)},
+            files={"file": ("q.png", image, "image/png")},
+            data={"filter": json.dumps(attack)},
             headers=key_headers("reader"),
         )
+        upload_statuses[name] = upload.status_code
         if upload.status_code == 200:
             bypass += 1
+        elif upload.status_code in (400, 422):
+            assert "filter" in upload.text.lower(), (name, upload.text)  # refused for the filter
     facet = secured.client.get(
         "/v1/collections/demo/facets/modality", params={"patient_name": "x"}, headers=key_headers("reader")
     )
@@ -141,3 +166,4 @@ def test_filter_injection_is_400(secured: SecuredApp) -> None:
     )
     assert bypass == 0
     assert all(status in (400, 422) for status in statuses.values()), statuses
+    assert all(status in (400, 422) for status in upload_statuses.values()), upload_statuses

@@ -25,6 +25,7 @@ from tests.workers.conftest import (
     Worker,
     cli,
     png_bytes,
+    stored_etags,
     stored_points,
     upload_images,
 )
@@ -176,15 +177,23 @@ def test_events_dropped_duplicated_out_of_order_then_reconcile(
     drift = json.loads(result.stdout.strip().splitlines()[-1])["drift"]["ev"]
     worker.stop()
 
-    bucket_keys = {o.object_name for o in minio_client.list_objects(bucket, prefix="raw/", recursive=True)}
+    bucket_etags = {
+        str(o.object_name): (o.etag or "").strip('"')
+        for o in minio_client.list_objects(bucket, prefix="raw/", recursive=True)
+    }
+    bucket_keys = set(bucket_etags)
     points = stored_points(events_settings, "ev")
+    # Keys alone would not see a re-upload whose new content was never embedded (the point of the
+    # old content stays under the same key): every point must carry its object's current ETag.
+    etags = stored_etags(events_settings, "ev")
+    stale = sorted(k for k, tags in etags.items() if k in bucket_etags and tags != {bucket_etags[k]})
     point_keys = [k for k, _frame, _id in points]
     diff = len(bucket_keys.symmetric_difference(point_keys)) + (len(point_keys) - len(set(point_keys)))
     line = (
         f"dropped={dropped_total} duplicated={duplicated_total} bucket_objects={len(bucket_keys)} "
         f"qdrant_points={len(points)} diff={diff} reconcile_missing={drift['missing']} "
-        f"reconcile_changed={drift['changed']} reconcile_gone={drift['gone']}"
+        f"reconcile_changed={drift['changed']} reconcile_gone={drift['gone']} stale_etag={len(stale)}"
     )
-    ok = diff == 0 and len(points) == len(bucket_keys)
+    ok = diff == 0 and len(points) == len(bucket_keys) and not stale
     print(f"\nevents: {line} {'PASS' if ok else 'FAIL'}")
     assert ok, line

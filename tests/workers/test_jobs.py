@@ -106,6 +106,8 @@ def test_ingest_job_api_fills_several_collections_with_labels(
             assert payloads["raw/CT/chest/05.png"]["modality"] == "CT"
             assert payloads["raw/MR/head/03.png"]["anatomy"] == "head"
             assert payloads["raw/MR/head/03.png"]["pathology"] == ["glioma"]
+            # the workers record the source's stable name (bucket/prefix), never a URI or path
+            assert {p["source"] for p in payloads.values()} == {f"{bucket}/raw"}
     finally:
         index.close()
 
@@ -119,6 +121,8 @@ def test_ingest_job_api_fills_several_collections_with_labels(
         {"source": "s3://bucket/x", "collections": ["Bad Name"]},
         {"source": "s3://bucket/x", "collections": ["a"], "manifest": "/etc/passwd"},
         {"source": "s3://bucket/x", "collections": ["a"], "unknown": 1},
+        {"source": "s3://bucket/x", "collections": ["a"], "source_name": "../etc"},
+        {"source": "s3://bucket/x", "collections": ["a"], "source_name": "a\x00b"},
     ],
 )
 def test_ingest_job_api_rejects_bad_requests(api: TestClient, body: dict[str, object]) -> None:
@@ -200,3 +204,50 @@ def test_parse_minio_event_decodes_keys_and_ignores_other_events() -> None:
         parse_s3_event({"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {}}]})
     with pytest.raises(ValueError):
         parse_s3_event([1, 2])
+
+
+def test_a_batch_the_broker_lost_is_sent_again(worker_settings: Settings, job_store: JobStore) -> None:
+    """Reproduces the stuck kill test (~1 run in 10 stuck at 29/30 batches): kombu's Redis
+    transport BRPOPs a message before recording it as unacknowledged, so a worker killed in
+    between loses it and no visibility timeout brings it back. Here the 'killed worker' pops both
+    messages; one batch completes, the other is gone from Redis. The job is idle for longer than
+    the allowed time, nothing of it is queued or unacknowledged: that batch is sent again, once."""
+    import redis as redis_lib
+
+    from ingest.sources.base import ObjectRef
+    from workers.app import EMBED_QUEUE, create_celery
+    from workers.tasks import _send_embed_batches, resend_lost_batches
+
+    app = create_celery(worker_settings)
+    broker = redis_lib.Redis.from_url(worker_settings.redis.url)
+    job_id = job_store.create(JobKind.INGEST, JobSpec(source="s3://b/p/", collections=("a",)))
+    refs = [ObjectRef(f"p/{i}.png", f"etag{i}", 10) for i in range(4)]
+    assert _send_embed_batches(app, job_store, job_id, refs, 2, "p") == 2
+    job_store.plan_done(job_id)
+    assert broker.llen(EMBED_QUEUE) == 2
+    broker.delete(EMBED_QUEUE)  # both popped by a worker that was killed before recording them
+    job_store.complete_batch(job_id, "p0", {"objects_done": 2})  # p0 had run; p1 is lost
+
+    assert resend_lost_batches(app, job_store, broker, idle_s=1.0) == 0  # not idle long enough
+    time.sleep(1.1)
+    broker.lpush(EMBED_QUEUE, b"a message of another job")
+    broker.lpush(EMBED_QUEUE, json.dumps({"body": job_id}))
+    assert resend_lost_batches(app, job_store, broker, idle_s=1.0) == 0  # one of its is queued...
+    broker.delete(EMBED_QUEUE)
+    broker.hset("unacked", "tag", json.dumps([{"body": job_id}, "", "embed"]))
+    assert resend_lost_batches(app, job_store, broker, idle_s=1.0) == 0  # ...or a worker holds one
+    broker.delete("unacked")
+
+    broker.lpush(EMBED_QUEUE, b"a message of another job")  # others' messages do not hold it back
+    assert resend_lost_batches(app, job_store, broker, idle_s=1.0) == 1
+    assert broker.llen(EMBED_QUEUE) == 2
+    message = json.loads(broker.lindex(EMBED_QUEUE, 0) or b"{}")
+    assert (
+        message["headers"]["task"] == "radsearch.embed_batch"
+        and message["headers"]["argsrepr"].find("'p1'") > 0
+    )
+    assert resend_lost_batches(app, job_store, broker, idle_s=1.0) == 0  # sent once, clock restarted
+    job_store.complete_batch(job_id, "p1", {"objects_done": 2})
+    time.sleep(1.1)
+    assert job_store.lost_batches(job_id, 1.0) == {} and job_store.is_complete(job_id)
+    broker.close()

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from minio import Minio
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
@@ -21,7 +22,7 @@ from core.encoders import get_spec
 from core.errors import IndexStoreError, ServerUnavailable
 from core.index.remote import OwnerIndex, locate_owner
 from core.ownership import current_owner
-from core.payload import SearchFilter, point_id
+from core.payload import SearchFilter, image_point_id, keyed_hash, point_id
 from tests.workers.conftest import (
     Server,
     Worker,
@@ -103,12 +104,21 @@ def test_two_workers_fill_one_embedded_collection_through_the_owner(
     dicoms = [f"raw/{i:04d}.dcm" for i in range(N_OBJECTS) if i % 15 in (2, 9)]
     pngs = [f"raw/{i:04d}.png" for i in range(N_OBJECTS) if i % 15 not in (2, 9)]
     upload_images(minio_client, bucket, pngs)
+    instances: dict[str, str] = {}
     for i, key in enumerate(dicoms):
         data = multiframe_dicom(i)
+        instances[key] = keyed_hash(
+            worker_settings.hash_key_bytes(), str(dcmread(io.BytesIO(data)).SOPInstanceUID)
+        )
         minio_client.put_object(bucket, key, io.BytesIO(data), len(data), content_type="application/dicom")
     source = f"s3://{bucket}"
-    expected = {point_id(source, key, 0) for key in pngs}
-    expected |= {point_id(source, key, f) for key in dicoms for f in range(FRAMES)}
+    # ids from the image: DICOM frames by instance, PNGs by the source's name (bucket/prefix) + key
+    expected = {image_point_id(0, instance_hash=None, source_name=f"{bucket}/raw", key=key) for key in pngs}
+    expected |= {
+        image_point_id(f, instance_hash=instances[key], source_name="-", key="-")
+        for key in dicoms
+        for f in range(FRAMES)
+    }
     assert len(expected) * WIDE_DIM * 4 > INDEXING_THRESHOLD_BYTES
 
     server.wait_ready()
