@@ -146,6 +146,7 @@ class PayloadPublic(BaseModel):
     series_hash: str | None = _shown()
     instance_hash: str | None = _shown()
     patient_hash: str | None = _shown()
+    labels_hash: str | None = _shown()
 
 
 class SearchHit(BaseModel):
