@@ -264,7 +264,12 @@ def test_payload_overwrite_relabels_without_touching_vectors(api: TestClient, in
     assert _put(api, points).status_code == 200
     count = _count(api)
     before = index.retrieve(COLLECTION, [points[0]["id"]], with_vectors=True)[0]
-    new = {"source": "scans", "key": "r0.png", "frame": 0, "anatomy": "hand", "patient_name": "X"}
+    refused = {"source": "scans", "key": "r0.png", "frame": 0, "anatomy": "hand", "patient_name": "ZZX"}
+    body = {"points": [{"id": points[0]["id"], "payload": refused}]}
+    response = api.post(f"/v1/collections/{ALIAS}/points/payload", json=body)
+    assert response.status_code == 400 and "ZZX" not in response.text, response.text  # outside the allow-list
+    assert response.json()["error"]["field"] == "points.0.payload.patient_name"
+    new = {"source": "scans", "key": "r0.png", "frame": 0, "anatomy": "hand"}
     body = {"points": [{"id": points[0]["id"], "payload": new}, {"id": str(uuid.uuid4()), "payload": new}]}
     response = api.post(f"/v1/collections/{ALIAS}/points/payload", json=body)
     assert response.status_code == 200, response.text
