@@ -18,11 +18,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from core.config import Settings
 from search_api.deps import get_collection
 from search_api.errors import ErrorBody, error_responses
 from search_api.middleware import RouteInfo, iter_routes, walk_dependants
+from search_api.schemas import JobSummary
 from search_api.security import RoleRequirement, route_policy
 
 __all__ = ["install_openapi", "route_errors"]
@@ -47,11 +49,13 @@ def route_errors(info: RouteInfo) -> list[int]:
     return sorted(statuses)
 
 
-def _error_schema(components: dict[str, Any]) -> None:
-    schema = ErrorBody.model_json_schema(ref_template=_REF)
-    for name, definition in schema.pop("$defs", {}).items():
-        components.setdefault(name, definition)
-    components.setdefault("ErrorBody", schema)
+def _add_components(components: dict[str, Any], *models: type[BaseModel]) -> None:
+    """Models the document refers to without FastAPI seeing them (the error body, job summaries)."""
+    for model in models:
+        schema = model.model_json_schema(ref_template=_REF, mode="serialization")
+        for name, definition in schema.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        components.setdefault(model.__name__, schema)
 
 
 def _declare_errors(document: dict[str, Any], infos: list[RouteInfo]) -> None:
@@ -122,7 +126,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             return app.openapi_schema
         document = build()
         components = document.setdefault("components", {}).setdefault("schemas", {})
-        _error_schema(components)
+        _add_components(components, ErrorBody, JobSummary)
         _declare_errors(document, iter_routes(app.routes))
         _binary_uploads(document)
         _apply_settings(document, settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
 from core.encoders.spec import EncoderSpec
 from core.errors import InvalidFilter
@@ -26,6 +26,7 @@ __all__ = [
     "IndexingPublic",
     "ItemPublic",
     "JobSummary",
+    "JobSummaryField",
     "OptimizePublic",
     "PayloadPublic",
     "PointBookkeeping",
@@ -270,7 +271,9 @@ class ItemPublic(BaseModel):
 
 
 class JobSummary(BaseModel):
-    """A finished owner-run job's summary: the shape of ``radsearch ingest --json``."""
+    """A finished owner-run job's summary: the shape of ``radsearch ingest --json``. Documents
+    `JobSummaryField`; the summary itself is passed on as the job wrote it (its keys in its order,
+    as the command line prints them)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -286,6 +289,13 @@ class JobSummary(BaseModel):
     deleted_items: list[str] | None = _shown()
     accept_burned_in: bool | None = _shown()
     seconds: float | None = _shown()
+
+
+# The summary as the job wrote it, declared as `JobSummary` (`search_api.openapi` adds the component).
+JobSummaryField = Annotated[
+    dict[str, Any] | None,
+    WithJsonSchema({"anyOf": [{"$ref": "#/components/schemas/JobSummary"}, {"type": "null"}]}),
+]
 
 
 class BackfillJobPublic(BaseModel):
@@ -304,7 +314,7 @@ class BackfillJobPublic(BaseModel):
     throughput: dict[str, float | None]
     error: str | None = None
     failed_items: list[dict[str, str]] = Field(default_factory=list)
-    summary: JobSummary | None = Field(
+    summary: JobSummaryField = Field(
         default=None,
         description="once done: objects, frames_indexed, skipped, failed, quarantined, errors, "
         "quarantined_items (the shape of `radsearch collections backfill --json`)",

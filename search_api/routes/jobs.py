@@ -21,7 +21,7 @@ from search_api import admin_services
 from search_api.backfill_jobs import OwnerIngest, OwnerJob, check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gateway
 from search_api.errors import ApiError, error_responses
-from search_api.schemas import JobSummary
+from search_api.schemas import JobSummaryField
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
 from workers.heartbeat import job_waiting
@@ -205,7 +205,7 @@ class IngestJobPublic(BaseModel):
     )
     failed_items: list[FailedItemPublic] = Field(default_factory=list)
     executor: Literal["celery", "owner"] = "celery"
-    summary: JobSummary | None = Field(
+    summary: JobSummaryField = Field(
         default=None,
         description="owner jobs, once done: collection, objects, frames_indexed, skipped, failed, "
         "quarantined, errors, quarantined_items, deleted, deleted_items, accept_burned_in, seconds (the "

@@ -108,8 +108,9 @@ async def upsert_points(entry: CollectionDep, body: PointsUpsert, index: IndexDe
     The same id overwrites (``insert_only`` leaves existing points untouched), so a batch sent
     twice stores each point once. Vectors must have the collection's dimension, be finite and
     non-zero (400 naming the point otherwise); they are stored L2-normalised. A payload field
-    outside the allow-list is refused (400 ``unknown_field``). This route takes large bodies (the upload limit,
-    ``RADSEARCH_API__MAX_UPLOAD_BYTES``): send big loads in batches of a few hundred points.
+    outside the allow-list is refused (400 ``unknown_field``). This route takes large bodies (the
+    upload limit, ``RADSEARCH_API__MAX_UPLOAD_BYTES``): send big loads in batches of a few hundred
+    points.
     """
     return await run_in_threadpool(_upsert, index, entry, body)
 
