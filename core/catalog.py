@@ -263,7 +263,7 @@ class Catalog:
         requests; the old collection stays until dropped (rollback = set the alias back).
         """
         if not re.match(COLLECTION_NAME_PATTERN, alias):
-            raise ConfigError(f"alias {alias!r} must match {COLLECTION_NAME_PATTERN}")
+            raise ConfigError(f"an alias must match {COLLECTION_NAME_PATTERN}")  # the name is not echoed
         if self._is_collection(alias):
             raise ConfigError(f"{alias!r} is a collection; an alias needs a name of its own")
         if not self._is_collection(collection):

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from anyio import CapacityLimiter
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
@@ -18,9 +18,11 @@ from core.index.base import VectorIndex
 from core.index.factory import open_index
 from core.snapshots import Trash
 from search_api.backfill_jobs import OwnerJobRunner, open_owner_store
+from search_api.deps import reject_unknown_query
 from search_api.docs import install_docs
 from search_api.errors import install_exception_handlers
 from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
+from search_api.openapi import install_openapi
 from search_api.routes import (
     admin,
     collections,
@@ -45,7 +47,9 @@ _BODY_OVERHEAD_BYTES = 256 * 1024
 
 
 def _unique_id(route: APIRoute) -> str:
-    return f"{route.tags[0]}-{route.name}"
+    """The operation id: the endpoint's name (``search_by_image``), unique across the app (a test
+    checks), which generated clients turn into their function names."""
+    return route.name
 
 
 def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastAPI:
@@ -89,6 +93,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
+        dependencies=[Depends(reject_unknown_query)],
     )
     if docs:
         install_docs(app)
@@ -107,6 +112,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     app.include_router(events.router)
     app.include_router(web.router)
     check_route_policies(app)
+    install_openapi(app, settings)
 
     upload_limit = settings.api.max_upload_bytes + _BODY_OVERHEAD_BYTES
     route_table = RouteTable(app.routes)

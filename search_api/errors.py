@@ -1,16 +1,27 @@
-"""Map radsearch's exception tree to HTTP at the API edge; bodies are ``{"detail": "<message>"}``.
+"""One error model for every 4xx/5xx answer, and the mapping of radsearch's exception tree to it.
 
-Core messages name the file or field at fault and never carry patient-identifying values, so they
-are passed through as the detail.
+Every error body is `ErrorBody`: ``{"error": {"code", "message", "field"}, "detail": message}``
+(``detail`` repeats the message for clients of the earlier ``{"detail": ...}`` body). ``code`` is a
+stable snake_case id per error class; ``field`` names the offending field or parameter where
+there is one. Core messages name the file or field at fault and never carry patient-identifying
+values; validation errors name the field and the rule, never the rejected value.
+
+Adding an error class to the HTTP mapping is one line in `STATUS_BY_ERROR`; its code is its class
+name in snake_case unless `CODE_BY_ERROR` says otherwise.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
     BadInput,
@@ -33,15 +44,42 @@ from core.errors import (
 )
 
 __all__ = [
+    "CODE_BY_ERROR",
     "STATUS_BY_ERROR",
+    "ApiError",
+    "ErrorBody",
+    "ErrorInfo",
     "ObjectGone",
     "ObjectQuarantined",
+    "UnknownField",
     "UpstreamUnavailable",
+    "code_for",
+    "error_content",
+    "error_responses",
     "install_exception_handlers",
     "status_for",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class ErrorInfo(BaseModel):
+    """What went wrong: a stable ``code``, a message for people, the field at fault if any."""
+
+    code: str = Field(
+        description="stable snake_case id of the error class", examples=["collection_not_found"]
+    )
+    message: str = Field(description="what went wrong; names fields and rules, never the values sent")
+    field: str | None = Field(
+        default=None, description="the request field or parameter at fault (dotted path), if any"
+    )
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx/5xx answer."""
+
+    error: ErrorInfo
+    detail: str = Field(description="the message again, for clients of the earlier {detail} body")
 
 
 class UpstreamUnavailable(RadsearchError):
@@ -55,6 +93,32 @@ class ObjectGone(RadsearchError):
 class ObjectQuarantined(RadsearchError):
     """A point's source object is quarantined now (burned-in annotation) and its collection did not
     accept burned-in objects: its pixels are not served."""
+
+
+class UnknownField(BadInput):
+    """A request names a field, form part or query parameter the route does not take."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.args = (reason,)  # the message names the field itself
+        self.field = field
+
+
+class ApiError(HTTPException):
+    """An HTTP-level refusal (auth, queue, job ids) with its stable ``code`` and optional field."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(status_code=status_code, detail=message, headers=dict(headers or {}) or None)
+        self.code = code
+        self.field = field
 
 
 # Most specific first: the first class in an error's MRO found here decides.
@@ -81,12 +145,67 @@ STATUS_BY_ERROR: dict[type[RadsearchError], int] = {
     UpstreamUnavailable: 502,
 }
 
+# Codes that differ from the class name in snake_case.
+CODE_BY_ERROR: dict[type[Exception], str] = {
+    ConfigError: "invalid_request",
+    BadInput: "bad_input",
+}
 
-def status_for(exc: RadsearchError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]
+# HTTP-level errors without a class of their own (404 of an unknown path, 405...).
+_CODE_BY_STATUS: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    410: "gone",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    502: "bad_gateway",
+    503: "unavailable",
+}
+
+# Errors that name their field when the exception does not.
+_FIELD_BY_ERROR: dict[type[Exception], str] = {InvalidFilter: "filter", NoTextTower: "text"}
+
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def status_for(exc: RadsearchError | type[RadsearchError]) -> int:
+    """The HTTP status of an error (or error class): its nearest class in `STATUS_BY_ERROR`."""
+    cls = exc if isinstance(exc, type) else type(exc)
+    for base in cls.__mro__:
+        if base in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[base]
     return 500
+
+
+def code_for(cls: type[Exception]) -> str:
+    """The stable code of an error class: `CODE_BY_ERROR`, else its name in snake_case."""
+    return CODE_BY_ERROR.get(cls) or _CAMEL.sub("_", cls.__name__).lower()
+
+
+def _field_for(exc: Exception) -> str | None:
+    field = getattr(exc, "field", None)
+    if isinstance(field, str):
+        return field
+    return next((f for cls, f in _FIELD_BY_ERROR.items() if isinstance(exc, cls)), None)
+
+
+def error_content(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """The JSON of an `ErrorBody` (for middleware that answers before the app)."""
+    return {"error": {"code": code, "message": message, "field": field}, "detail": message}
+
+
+def _response(
+    status: int, code: str, message: str, field: str | None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, content=error_content(code, message, field), headers=dict(headers or {}) or None
+    )
 
 
 async def _radsearch_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -94,21 +213,112 @@ async def _radsearch_error_handler(request: Request, exc: Exception) -> JSONResp
     status = status_for(exc)
     if status >= 500:
         logger.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
-    return JSONResponse(status_code=status, content={"detail": str(exc)})
+    field = _field_for(exc)
+    if field is None and isinstance(exc, BadInput) and _is_multipart(request):
+        field = "file"  # an upload that cannot be used: the file part is at fault
+    return _response(status, code_for(type(exc)), str(exc), field)
+
+
+def _is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = getattr(exc, "code", None) or _CODE_BY_STATUS.get(exc.status_code, "http_error")
+    field = getattr(exc, "field", None)
+    return _response(exc.status_code, code, str(exc.detail), field, exc.headers)
+
+
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+def _field_path(loc: Sequence[Any]) -> str | None:
+    parts = [str(part) for part in loc]
+    if parts and parts[0] in _LOCATIONS:
+        parts = parts[1:]
+    return ".".join(parts) or None
+
+
+def _describe(errors: Iterable[Mapping[str, Any]]) -> str:
+    described = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        if error.get("type") == "json_invalid":
+            described.append(
+                f"body: {error.get('msg', 'invalid JSON')} at position {loc[-1] if loc else '?'}"
+            )
+            continue
+        where = ".".join(loc[1:]) if loc and loc[0] in _LOCATIONS else ".".join(loc)
+        prefix = f"{where} ({loc[0]})" if where else (loc[0] if loc else "request")
+        described.append(f"{prefix}: {error.get('msg', 'invalid')}")
+    return "; ".join(described[:10]) + (f" (and {len(described) - 10} more)" if len(described) > 10 else "")
 
 
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422 without the rejected values: its default body carries each one as ``input``
-    (a DICOM sent as a text field would come back whole, patient name included), so the body
-    names the field (``loc``) and the rule (``type``, ``msg``) only."""
+    """Request validation without the rejected values (FastAPI's default body carries each one as
+    ``input``: a DICOM sent as a text field would come back whole, patient name included).
+
+    A malformed ``filter`` is 400 ``invalid_filter``; a field the model does not take is 400
+    ``unknown_field`` (nothing a caller sends is ignored); anything else 422 ``validation_error``.
+    """
     assert isinstance(exc, RequestValidationError)
-    detail = [
-        {"type": error.get("type"), "loc": list(error.get("loc", ())), "msg": error.get("msg")}
-        for error in exc.errors()
-    ]
-    return JSONResponse(status_code=422, content={"detail": detail})
+    errors = list(exc.errors())
+    in_filter = [e for e in errors if "filter" in [str(p) for p in e.get("loc", ())[1:2]]]
+    unknown = [e for e in errors if e.get("type") == "extra_forbidden"]
+    if in_filter:
+        return _response(400, code_for(InvalidFilter), "invalid filter: " + _describe(in_filter), "filter")
+    if unknown:
+        names = ", ".join(repr(_field_path(e.get("loc", ())) or "?") for e in unknown[:10])
+        message = f"unknown field {names}: the request schema does not take it"
+        return _response(400, "unknown_field", message, _field_path(unknown[0].get("loc", ())))
+    field = None
+    if errors and errors[0].get("type") != "json_invalid":
+        field = _field_path(errors[0].get("loc", ()))
+    return _response(422, "validation_error", _describe(errors), field)
 
 
 def install_exception_handlers(app: FastAPI) -> None:
+    """Every error the app answers, in the `ErrorBody` shape."""
     app.add_exception_handler(RadsearchError, _radsearch_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+
+
+_STATUS_TEXT: dict[int, str] = {
+    400: "The request is malformed (a field, form part or query parameter it does not take, a bad filter)",
+    401: "Missing or invalid credentials",
+    403: "The credentials lack the role this operation needs",
+    404: "Not found",
+    409: "Conflict with the current state",
+    410: "Gone: the resource is withheld for good",
+    413: "The request body or upload is too large",
+    415: "The upload's format is not supported",
+    422: "A field breaks its rule (type, bounds, pattern); the value is never echoed",
+    424: "A dependency the operation needs (e.g. encoder weights) cannot be had",
+    429: "Too many requests",
+    502: "An upstream service (S3 endpoint, source object) failed",
+    503: "Temporarily unavailable",
+    507: "The store's disk is below its free-space reserve",
+}
+
+
+def error_responses(*errors: type[Exception] | int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that can raise ``errors`` (error classes, or bare statuses):
+    one entry per status, `ErrorBody` as its model, the codes it carries in its description."""
+    codes: dict[int, list[str]] = {}
+    for error in errors:
+        if isinstance(error, int):
+            codes.setdefault(error, [])
+            continue
+        status = status_for(error) if issubclass(error, RadsearchError) else 400
+        codes.setdefault(status, []).append(code_for(error))
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in sorted(codes):
+        text = _STATUS_TEXT.get(status, "Error")
+        listed = sorted(set(codes[status]))
+        out[status] = {
+            "model": ErrorBody,
+            "description": text + (f" (codes: {', '.join(listed)})" if listed else ""),
+        }
+    return out

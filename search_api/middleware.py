@@ -23,6 +23,8 @@ from fastapi.dependencies.models import Dependant
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from search_api.errors import error_content
+
 __all__ = [
     "BodyLimitMiddleware",
     "BodyTooLarge",
@@ -135,8 +137,8 @@ def _content_length(scope: Scope) -> int | None:
     return int(values[0])
 
 
-async def _send_json(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _send_json(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps(error_content(code, message)).encode()
     await send(
         {
             "type": "http.response.start",
@@ -165,10 +167,10 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope)
         declared = _content_length(scope)
         if declared == -1:
-            await _send_json(send, 400, "malformed Content-Length")
+            await _send_json(send, 400, "malformed_content_length", "malformed Content-Length")
             return
         if declared is not None and declared > limit:
-            await _send_json(send, 413, f"request body larger than {limit} bytes")
+            await _send_json(send, 413, "body_too_large", f"request body larger than {limit} bytes")
             return
 
         received = 0
@@ -184,7 +186,9 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     if not started:
-                        await _send_json(send, 413, f"request body larger than {limit} bytes")
+                        await _send_json(
+                            send, 413, "body_too_large", f"request body larger than {limit} bytes"
+                        )
                         rejected = True
                     raise BodyTooLarge
             return message

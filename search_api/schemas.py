@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
+from core.encoders.spec import EncoderSpec
 from core.errors import InvalidFilter
 from core.payload import SearchFilter
 
@@ -23,7 +24,11 @@ __all__ = [
     "CompareResult",
     "FusedHit",
     "IndexingPublic",
+    "ItemPublic",
+    "JobSummary",
+    "JobSummaryField",
     "OptimizePublic",
+    "PayloadPublic",
     "PointBookkeeping",
     "PointIn",
     "PointPayloadIn",
@@ -41,6 +46,7 @@ __all__ = [
     "FacetsPublic",
     "HealthPublic",
     "PointPublic",
+    "SearchFilterIn",
     "SearchHit",
     "SearchQuery",
     "SearchResponse",
@@ -53,6 +59,8 @@ def parse_filter(raw: Any) -> SearchFilter | None:
     """An untrusted filter mapping → `SearchFilter` (None when empty); `InvalidFilter` otherwise."""
     if raw is None:
         return None
+    if isinstance(raw, BaseModel):
+        raw = raw.model_dump(exclude_none=True)
     try:
         search_filter = SearchFilter.from_mapping(raw)
     except ValidationError as exc:
@@ -61,6 +69,25 @@ def parse_filter(raw: Any) -> SearchFilter | None:
         raise InvalidFilter(f"invalid filter: {errors}") from exc
     # conditions() refuses fields given with no values rather than silently widening the search
     return search_filter if search_filter.conditions() else None
+
+
+def _values(max_items: int) -> Any:
+    return Field(default=None, max_length=max_items)
+
+
+class SearchFilterIn(BaseModel):
+    """A search filter: field → the values to match (any of the values within a field, all of the
+    fields); a single string stands for a one-value list. The fields of `core.payload.SearchFilter`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modality: list[str] | str | None = _values(100)
+    anatomy: list[str] | str | None = _values(100)
+    pathology: list[str] | str | None = _values(100)
+    dataset: list[str] | str | None = _values(100)
+    split: list[str] | str | None = _values(100)
+    source: list[str] | str | None = _values(100)
+    key: list[str] | str | None = _values(1000)
 
 
 class SearchQuery(BaseModel):
@@ -75,8 +102,8 @@ class SearchQuery(BaseModel):
     point_id: str | None = Field(default=None, max_length=64)
     vector: list[float] | None = Field(default=None, min_length=1, max_length=65536)
     text: str | None = Field(default=None, min_length=1, max_length=2000)
-    filter: dict[str, Any] | None = None
-    limit: int = Field(default=10, ge=1)
+    filter: SearchFilterIn | None = None
+    limit: int = Field(default=10, ge=1, description="at most the server's max_limit (1000 by default)")
     offset: int = Field(default=0, ge=0, le=100_000)
     score_threshold: float | None = Field(default=None, allow_inf_nan=False)
 
@@ -91,10 +118,42 @@ class SearchQuery(BaseModel):
         return self
 
 
+def _shown() -> Any:
+    return Field(default=None, exclude_if=lambda value: value is None)
+
+
+class PayloadPublic(BaseModel):
+    """A point's stored payload: the allow-listed fields of ``core.payload`` (only those a point
+    has appear). No patient-identifying attribute is ever among them; ``*_hash`` are keyed hashes."""
+
+    modality: str | None = _shown()
+    anatomy: str | None = _shown()
+    pathology: list[str] | None = _shown()
+    dataset: str | None = _shown()
+    split: str | None = _shown()
+    source: str | None = _shown()
+    key: str | None = _shown()
+    frame: int | None = _shown()
+    n_frames: int | None = _shown()
+    frames_sampled: int | None = _shown()
+    etag: str | None = _shown()
+    size: int | None = _shown()
+    rows: int | None = _shown()
+    cols: int | None = _shown()
+    encoder: str | None = _shown()
+    weights: str | None = _shown()
+    ingested_at: str | None = _shown()
+    study_hash: str | None = _shown()
+    series_hash: str | None = _shown()
+    instance_hash: str | None = _shown()
+    patient_hash: str | None = _shown()
+    labels_hash: str | None = _shown()
+
+
 class SearchHit(BaseModel):
     id: str
     score: float
-    payload: dict[str, Any]
+    payload: PayloadPublic
 
 
 class SearchWarning(BaseModel):
@@ -129,7 +188,7 @@ class CollectionPublic(BaseModel):
 class CollectionDetailPublic(CollectionPublic):
     """One collection's full record (``GET /v1/collections/{name}``)."""
 
-    spec: dict[str, Any]
+    spec: EncoderSpec
     quantization: Literal["none", "int8"]
     on_disk: bool
     accept_burned_in: bool = Field(
@@ -166,7 +225,7 @@ class CollectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
-    encoder: str | dict[str, Any] = Field(examples=["biomedclip"])
+    encoder: Annotated[str, Field(max_length=200)] | dict[str, Any] = Field(examples=["biomedclip"])
     weights: str | None = Field(
         default=None, max_length=1100, description="path, s3:// URI, hub id or 'random' (overrides the spec)"
     )
@@ -204,6 +263,41 @@ class AliasesPublic(BaseModel):
     aliases: list[AliasPublic]
 
 
+class ItemPublic(BaseModel):
+    """One object a job could not use: its key and why (never anything from inside the file)."""
+
+    key: str
+    reason: str
+
+
+class JobSummary(BaseModel):
+    """A finished owner-run job's summary: the shape of ``radsearch ingest --json``. Documents
+    `JobSummaryField`; the summary itself is passed on as the job wrote it (its keys in its order,
+    as the command line prints them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    collection: str | None = _shown()
+    objects: int | None = _shown()
+    frames_indexed: int | None = _shown()
+    skipped: int | None = _shown()
+    failed: int | None = _shown()
+    quarantined: int | None = _shown()
+    errors: list[ItemPublic] | None = _shown()
+    quarantined_items: list[ItemPublic] | None = _shown()
+    deleted: int | None = _shown()
+    deleted_items: list[str] | None = _shown()
+    accept_burned_in: bool | None = _shown()
+    seconds: float | None = _shown()
+
+
+# The summary as the job wrote it, declared as `JobSummary` (`search_api.openapi` adds the component).
+JobSummaryField = Annotated[
+    dict[str, Any] | None,
+    WithJsonSchema({"anyOf": [{"$ref": "#/components/schemas/JobSummary"}, {"type": "null"}]}),
+]
+
+
 class BackfillJobPublic(BaseModel):
     """A backfill job, in the ingest jobs' shape (``source`` is the collection or URI it reads)."""
 
@@ -220,7 +314,7 @@ class BackfillJobPublic(BaseModel):
     throughput: dict[str, float | None]
     error: str | None = None
     failed_items: list[dict[str, str]] = Field(default_factory=list)
-    summary: dict[str, Any] | None = Field(
+    summary: JobSummaryField = Field(
         default=None,
         description="once done: objects, frames_indexed, skipped, failed, quarantined, errors, "
         "quarantined_items (the shape of `radsearch collections backfill --json`)",
@@ -245,7 +339,7 @@ class FusedHit(BaseModel):
     id: str
     score: float
     ranks: dict[str, int]
-    payload: dict[str, Any]
+    payload: PayloadPublic
 
 
 class CompareResponse(BaseModel):
@@ -259,7 +353,7 @@ class CollectionsPublic(BaseModel):
 
 class PointPublic(BaseModel):
     id: str
-    payload: dict[str, Any]
+    payload: PayloadPublic
 
 
 class FacetsPublic(BaseModel):
@@ -287,10 +381,10 @@ def _count() -> Any:
 
 
 class PointPayloadIn(BaseModel):
-    """A point's payload: only these fields are stored (the allow-list of ``core.payload``); any
-    other field is dropped, never stored. ``pathology`` is a list of labels."""
+    """A point's payload: the allow-list of ``core.payload``; any other field is refused (400
+    ``unknown_field``, naming it), never stored. ``pathology`` is a list of labels."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     modality: str | None = _label()
     anatomy: str | None = _label()
@@ -376,7 +470,7 @@ class PointsDelete(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ids: list[UUID] | None = Field(default=None, min_length=1, max_length=10_000)
-    filter: dict[str, Any] | None = None
+    filter: SearchFilterIn | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PointsDelete:
@@ -404,7 +498,7 @@ class PointsScroll(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    filter: dict[str, Any] | None = None
+    filter: SearchFilterIn | None = None
     limit: int = Field(default=1000, ge=1, le=10_000)
     offset: UUID | None = None
 
@@ -488,7 +582,9 @@ class SnapshotCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    collections: list[str] | None = Field(default=None, max_length=1000)
+    collections: list[Annotated[str, Field(pattern=_NAME_PATTERN)]] | None = Field(
+        default=None, max_length=1000
+    )
 
     @model_validator(mode="after")
     def _names(self) -> SnapshotCreate:

@@ -30,7 +30,7 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.api_keys import hash_api_key, new_api_key
 from core.config import ApiKeyEntry, OidcSettings, SecuritySettings
 from core.errors import ConfigError
+from search_api.errors import ApiError, error_content
 from search_api.middleware import RouteInfo, RouteTable, iter_routes, walk_dependants
 
 __all__ = [
@@ -212,9 +213,10 @@ def _is_local_client(host: str | None) -> bool:
 
 
 def _unauthorized() -> HTTPException:
-    return HTTPException(
-        status_code=401,
-        detail="missing or invalid credentials",
+    return ApiError(
+        401,
+        "unauthorized",
+        "missing or invalid credentials",
         headers={"WWW-Authenticate": 'Bearer realm="radsearch"'},
     )
 
@@ -242,7 +244,7 @@ async def _resolve(
 def _authorize(principal: Principal, roles: frozenset[Role]) -> None:
     if not principal.may(roles):
         needed = " or ".join(sorted(roles))
-        raise HTTPException(status_code=403, detail=f"this action needs the {needed} role")
+        raise ApiError(403, "forbidden", f"this action needs the {needed} role")
 
 
 class RoleRequirement:
@@ -375,7 +377,7 @@ class AccessMiddleware:
                     scope.setdefault("state", {})["principal"] = principal
                     _authorize(principal, policy.roles)
                 except HTTPException as exc:
-                    await _send_plain_json(record_send, exc.status_code, str(exc.detail), exc.headers)
+                    await _send_error(record_send, exc)
                     return
             await self.app(scope, receive, record_send)
         finally:
@@ -384,11 +386,12 @@ class AccessMiddleware:
                     _audit(scope, route, policy, status)
 
 
-async def _send_plain_json(send: Send, status: int, detail: str, headers: Mapping[str, str] | None) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _send_error(send: Send, exc: HTTPException) -> None:
+    code = getattr(exc, "code", None) or "unauthorized"
+    body = json.dumps(error_content(code, str(exc.detail))).encode()
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})
 
 

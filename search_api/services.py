@@ -49,7 +49,8 @@ def read_point(
     try:
         uuid.UUID(point_id)
     except ValueError:
-        raise PointNotFound(f"point {point_id!r} does not exist in {entry.name!r}") from None
+        # not echoed: whatever the caller sent where a point id goes
+        raise PointNotFound(f"no such point in {entry.name!r} (point ids are UUIDs)") from None
     points = index.retrieve(entry.name, [point_id], with_vectors=with_vector)
     if not points:
         raise PointNotFound(f"point {point_id!r} does not exist in {entry.name!r}")

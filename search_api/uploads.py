@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from core.errors import BadInput, DecodeError, InvalidFilter, TooLarge
 from core.payload import SearchFilter
+from search_api.errors import UnknownField
 from search_api.schemas import parse_filter
 
 __all__ = ["check_form_fields", "filter_from_form", "read_upload", "upload_name"]
@@ -52,8 +53,11 @@ def check_form_fields(form: FormData, allowed: tuple[str, ...]) -> None:
     unfiltered). Unknown names are echoed made safe and short, never their values."""
     unknown = sorted({name for name in form if name not in allowed})
     if unknown:
-        names = ", ".join(repr(_UNSAFE_NAME_CHARS.sub("_", name)[:40]) for name in unknown[:5])
+        safe = [_UNSAFE_NAME_CHARS.sub("_", name)[:40] for name in unknown[:5]]
+        names = ", ".join(map(repr, safe))
         hint = ' (filters go in the JSON "filter" field)' if "filter" in allowed else ""
-        raise BadInput("form", f"unknown form field {names}; this route takes {', '.join(allowed)}{hint}")
+        raise UnknownField(
+            safe[0], f"unknown form field {names}; this route takes {', '.join(allowed)}{hint}"
+        )
     if sum(1 for _, value in form.multi_items() if isinstance(value, StarletteUploadFile)) != 1:
         raise BadInput("upload", "exactly one file per search request")

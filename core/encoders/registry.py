@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
@@ -244,7 +245,9 @@ def get_spec(name: str) -> EncoderSpec:
         return REGISTRY[cleaned]
     close = difflib.get_close_matches(cleaned, REGISTRY, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(REGISTRY))}"
-    raise EncoderNotFound(f"unknown encoder {name!r}{hint}")
+    # echoed only when it looks like an encoder name: an error never carries arbitrary input
+    shown = f" {name!r}" if re.fullmatch(r"[\w.\-/]{1,64}", name) else ""
+    raise EncoderNotFound(f"unknown encoder{shown}{hint}")
 
 
 def list_specs() -> list[EncoderSpec]:

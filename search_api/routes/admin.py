@@ -9,15 +9,25 @@ from functools import partial
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from core.catalog import Catalog, CollectionBusy
-from core.errors import CollectionNotFound, ConfigError
+from core.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    ConfigError,
+    EncoderNotFound,
+    StoreFull,
+    StoreOwned,
+    UpstreamUnreachable,
+    WeightsUnavailable,
+)
 from core.snapshots import SnapshotStore
 from search_api import admin_services
 from search_api.backfill_jobs import OwnerJob, alias_blockers, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, CatalogDep, InferenceLimiterDep, check_job_id, check_name
+from search_api.errors import ApiError, error_responses
 from search_api.schemas import (
     AliasesPublic,
     AliasPublic,
@@ -45,7 +55,19 @@ router = APIRouter(prefix="/v1", tags=["admin"], dependencies=[require_role(Role
 # (owner-run ingest jobs aside: `search_api.backfill_jobs.check_local_path`).
 
 
-@router.post("/collections", status_code=201)
+@router.post(
+    "/collections",
+    status_code=201,
+    responses=error_responses(
+        ConfigError,
+        EncoderNotFound,
+        CollectionExists,
+        WeightsUnavailable,
+        UpstreamUnreachable,
+        StoreOwned,
+        StoreFull,
+    ),
+)
 async def create_collection(
     body: CollectionCreate, catalog: CatalogDep, limiter: InferenceLimiterDep, response: Response
 ) -> CollectionDetailPublic:
@@ -59,7 +81,7 @@ async def create_collection(
 
 @router.delete(
     "/collections/{name}",
-    responses={404: {"description": "No such collection"}, 409: {"description": "Aliased or being written"}},
+    responses=error_responses(CollectionNotFound, ConfigError, 409),
 )
 async def delete_collection(name: str, request: Request) -> CollectionDropped:
     """Drop a collection by its own name; 409 while an alias points at it or a job writes to it
@@ -71,7 +93,7 @@ async def delete_collection(name: str, request: Request) -> CollectionDropped:
     try:
         entry = await run_in_threadpool(owner_jobs(request).drop, name)
     except CollectionBusy as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from None
+        raise ApiError(409, "collection_busy", str(exc), field="name") from None
     if entry is None:
         return CollectionDropped(
             name=name, trashed=False, message="deleted for good (a Qdrant server keeps no trash)"
@@ -89,7 +111,7 @@ async def delete_collection(name: str, request: Request) -> CollectionDropped:
 
 @router.post(
     "/collections/{name}/restore",
-    responses={404: {"description": "Not in the trash"}, 409: {"description": "The name is taken again"}},
+    responses=error_responses(CollectionNotFound, CollectionExists, ConfigError),
 )
 async def restore_collection(
     name: str, catalog: CatalogDep, body: CollectionRestore | None = None
@@ -113,7 +135,7 @@ def _snapshots(catalog: Catalog) -> SnapshotStore:
     return SnapshotStore(catalog.settings)
 
 
-@router.post("/snapshots", status_code=201)
+@router.post("/snapshots", status_code=201, responses=error_responses(CollectionNotFound, ConfigError))
 async def create_snapshot(catalog: CatalogDep, body: SnapshotCreate | None = None) -> SnapshotPublic:
     """Snapshot collections of the embedded store (default: all) under ``<data>/snapshots/<id>``;
     each is copied while its writes wait, so it holds exactly what was written before."""
@@ -131,7 +153,7 @@ async def read_snapshots(catalog: CatalogDep) -> SnapshotsPublic:
 
 @router.post(
     "/snapshots/{snapshot_id}/restore",
-    responses={404: {"description": "No such snapshot"}, 409: {"description": "The name is taken"}},
+    responses=error_responses(CollectionNotFound, CollectionExists, ConfigError, 409),
 )
 async def restore_snapshot(
     snapshot_id: str, catalog: CatalogDep, request: Request, body: SnapshotRestore | None = None
@@ -167,7 +189,11 @@ def _check_origin(catalog: Catalog, origin: str) -> None:
         raise ConfigError("from must be a collection, an alias or an s3://bucket/prefix URI")
 
 
-@router.post("/collections/{name}/backfill", status_code=202)
+@router.post(
+    "/collections/{name}/backfill",
+    status_code=202,
+    responses=error_responses(CollectionNotFound, ConfigError, EncoderNotFound),
+)
 async def create_backfill(
     name: str, body: BackfillCreate, catalog: CatalogDep, request: Request, response: Response
 ) -> BackfillJobPublic:
@@ -189,13 +215,13 @@ async def create_backfill(
     return _job_public(job)
 
 
-@router.get("/backfill-jobs/{job_id}", responses={404: {"description": "No such job"}})
+@router.get("/backfill-jobs/{job_id}", responses=error_responses(404))
 async def read_backfill_job(job_id: str, request: Request) -> BackfillJobPublic:
     """A backfill job: state, counts, failed items, times and throughput."""
     check_job_id(job_id)
     job = await run_in_threadpool(owner_jobs(request).job, job_id)
     if job is None or job.kind != "backfill":
-        raise HTTPException(status_code=404, detail="job not found")
+        raise ApiError(404, "job_not_found", "job not found", field="job_id")
     return _job_public(job)
 
 
@@ -211,7 +237,7 @@ async def read_backfill_jobs(
 
 @router.put(
     "/aliases/{alias}",
-    responses={409: {"description": "The collection is not ready: a backfill writes to it, or no index"}},
+    responses=error_responses(CollectionNotFound, ConfigError, 409),
 )
 async def update_alias(alias: str, body: AliasUpdate, catalog: CatalogDep, request: Request) -> AliasPublic:
     """Point an alias at a collection, atomically; searches through the alias switch at once.
@@ -224,10 +250,12 @@ async def update_alias(alias: str, body: AliasUpdate, catalog: CatalogDep, reque
         if not body.force:
             blockers = alias_blockers(catalog, runner.store, body.collection)
             if blockers:
-                raise HTTPException(
-                    status_code=409,
-                    detail=f"collection {body.collection!r} is not ready: {'; '.join(blockers)} "
+                raise ApiError(
+                    409,
+                    "collection_not_ready",
+                    f"collection {body.collection!r} is not ready: {'; '.join(blockers)} "
                     '(wait for it, or send "force": true)',
+                    field="collection",
                 )
         return catalog.set_alias(alias, body.collection)
 
@@ -242,10 +270,10 @@ async def read_aliases(catalog: CatalogDep) -> AliasesPublic:
     return AliasesPublic(aliases=[AliasPublic(alias=a, collection=c) for a, c in sorted(aliases.items())])
 
 
-@router.delete("/aliases/{alias}", status_code=204, responses={404: {"description": "No such alias"}})
+@router.delete("/aliases/{alias}", status_code=204, responses=error_responses(CollectionNotFound))
 async def delete_alias(alias: str, catalog: CatalogDep) -> Response:
     """Remove an alias; its collection stays."""
     if not COLLECTION_NAME.match(alias):
-        raise CollectionNotFound(f"alias {alias!r} not found")  # the store's own wording
+        raise CollectionNotFound("no such alias")  # not echoed: whatever the caller sent
     await run_in_threadpool(catalog.delete_alias, alias)
     return Response(status_code=204)

@@ -7,11 +7,18 @@ from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from core.catalog import Catalog, CollectionEntry
-from core.errors import InvalidFilter
+from core.errors import InvalidFilter, PointNotFound
 from core.index.base import VectorIndex
 from core.payload import FILTER_FIELDS
 from search_api import admin_services, services
 from search_api.deps import CatalogDep, CollectionDep, FacetFilterDep, IndexDep, SettingsDep
+from search_api.errors import (
+    ObjectGone,
+    ObjectQuarantined,
+    UnknownField,
+    UpstreamUnavailable,
+    error_responses,
+)
 from search_api.schemas import (
     CollectionDetailPublic,
     CollectionPublic,
@@ -28,9 +35,11 @@ _ANY_ROLE = [require_role(Role.READER, Role.INGEST, Role.ADMIN)]
 _READER = [require_role(Role.READER)]
 
 _PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}}, "description": "A PNG thumbnail"},
-    404: {"description": "No such point, or its source object was deleted"},
-    410: {"description": "The source object is quarantined (burned-in annotation)"},
+    200: {
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "A PNG thumbnail",
+    },
+    **error_responses(PointNotFound, ObjectGone, ObjectQuarantined, UpstreamUnavailable),
 }
 
 
@@ -64,14 +73,16 @@ async def read_collection(entry: CollectionDep, catalog: CatalogDep) -> Collecti
     return await run_in_threadpool(detail)
 
 
-@router.get("/{name}/points/{point_id}", dependencies=_READER)
+@router.get("/{name}/points/{point_id}", dependencies=_READER, responses=error_responses(PointNotFound))
 async def read_point(entry: CollectionDep, point_id: str, index: IndexDep) -> PointPublic:
     """One stored point's payload."""
     point = await run_in_threadpool(partial(services.read_point, index=index, entry=entry, point_id=point_id))
     return PointPublic(id=point.id, payload=point.payload)
 
 
-@router.get("/{name}/facets/{field}", dependencies=_READER)
+@router.get(
+    "/{name}/facets/{field}", dependencies=_READER, responses=error_responses(UnknownField, InvalidFilter)
+)
 async def read_facets(
     entry: CollectionDep,
     field: str,
@@ -81,7 +92,8 @@ async def read_facets(
 ) -> FacetsPublic:
     """Point counts per value of a filter field, optionally within a filter."""
     if field not in FILTER_FIELDS:
-        raise InvalidFilter(f"unknown facet field {field!r}; allowed: {', '.join(FILTER_FIELDS)}")
+        # the path segment is not echoed: it is whatever the caller sent
+        raise UnknownField("field", f"unknown facet field; allowed: {', '.join(FILTER_FIELDS)}")
     counts = await run_in_threadpool(
         partial(index.facet, entry.name, field, filter=search_filter, limit=limit)
     )

@@ -14,12 +14,21 @@ from starlette.concurrency import run_in_threadpool
 
 from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
-from core.errors import ConfigError
+from core.errors import (
+    BadInput,
+    CollectionNotFound,
+    ConfigError,
+    DecodeError,
+    InvalidFilter,
+    TooLarge,
+    UnsupportedFormat,
+)
 from core.filter_warnings import StoredValues
 from core.index.base import Hit, VectorIndex
 from core.payload import SearchFilter
 from search_api import services
 from search_api.deps import (
+    COLLECTION_NAME,
     CatalogDep,
     IndexDep,
     InferenceLimiterDep,
@@ -28,6 +37,7 @@ from search_api.deps import (
     check_limit,
     on_index,
 )
+from search_api.errors import UnknownField, error_responses
 from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit, SearchWarning
 from search_api.security import Role, require_role
 from search_api.uploads import check_form_fields, filter_from_form, read_upload, upload_name
@@ -68,6 +78,10 @@ def _parse_collections(raw: list[str]) -> list[str]:
         raise ConfigError("collections must not repeat")
     if len(names) > _MAX_COLLECTIONS:
         raise ConfigError(f"compare at most {_MAX_COLLECTIONS} collections")
+    for position, name in enumerate(names):
+        if not COLLECTION_NAME.match(name):
+            # the position, not the value: an error body never echoes what was sent
+            raise CollectionNotFound(f"collections[{position}]: no such collection")
     return names
 
 
@@ -108,11 +122,30 @@ def _search_all(
     return out
 
 
-@router.post("/compare")
+@router.post(
+    "/compare",
+    responses=error_responses(
+        CollectionNotFound,
+        ConfigError,
+        InvalidFilter,
+        UnknownField,
+        BadInput,
+        DecodeError,
+        TooLarge,
+        UnsupportedFormat,
+    ),
+)
 async def compare_collections(
     request: Request,
     file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG image")],
-    collections: Annotated[list[str], Form(description="collections or aliases (repeat, or comma-separate)")],
+    collections: Annotated[
+        list[str],
+        Form(
+            min_length=1,
+            max_length=_MAX_COLLECTIONS,
+            description=f"collections or aliases (repeat, or comma-separate; at most {_MAX_COLLECTIONS})",
+        ),
+    ],
     index: IndexDep,
     catalog: CatalogDep,
     settings: SettingsDep,

@@ -10,10 +10,12 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from core.errors import ConfigError
 from core.evaluation.command import json_safe
 from core.evaluation.protocol import EvalOptions
 from core.evaluation.run import evaluate_collection
 from search_api.deps import CollectionDep, IndexDep
+from search_api.errors import error_responses
 from search_api.security import Role, require_role
 
 router = APIRouter(prefix="/v1/collections", tags=["evaluation"], dependencies=[require_role(Role.READER)])
@@ -38,7 +40,7 @@ class EvaluationCreate(BaseModel):
     max_queries: int | None = Field(default=None, ge=1)
 
 
-@router.post("/{name}/evaluate")
+@router.post("/{name}/evaluate", responses=error_responses(ConfigError))
 async def create_evaluation(entry: CollectionDep, body: EvaluationCreate, index: IndexDep) -> dict[str, Any]:
     """Micro/macro P@k (and mAP, majority vote, chance, per modality) with index = ``index_split``
     and queries = ``query_split``, through the collection's own search; the same JSON object as

@@ -8,12 +8,13 @@ from functools import partial
 from typing import Annotated
 
 import redis
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from core.config import Settings
 from search_api.deps import worker_gateway
+from search_api.errors import ApiError, error_responses
 from search_api.security import public
 from workers.client import BrokerUnavailable, dispatch_events, parse_s3_event
 
@@ -37,17 +38,21 @@ class EventsAccepted(BaseModel):
 def _check_token(settings: Settings, authorization: str | None) -> None:
     configured = settings.events.webhook_token
     if configured is None or not configured.get_secret_value():
-        raise HTTPException(status_code=503, detail="event webhook not configured")
+        raise ApiError(503, "webhook_not_configured", "event webhook not configured")
     scheme, _, presented = (authorization or "").partition(" ")
     expected = configured.get_secret_value().encode()
     # compare_digest: the time taken must not reveal how much of the token matched.
     if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected):
-        raise HTTPException(
-            status_code=401, detail="invalid or missing token", headers={"WWW-Authenticate": "Bearer"}
+        raise ApiError(
+            401,
+            "unauthorized",
+            "invalid or missing token",
+            field="authorization",
+            headers={"WWW-Authenticate": "Bearer"},
         )
 
 
-@router.post("/s3", responses={401: {"description": "Bad token"}, 503: {"description": "Queue unavailable"}})
+@router.post("/s3", responses=error_responses(400, 401, 413, 503))
 async def create_s3_events(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> EventsAccepted:
@@ -56,11 +61,11 @@ async def create_s3_events(
     _check_token(settings, authorization)
     body = await request.body()
     if len(body) > _MAX_EVENT_BYTES:
-        raise HTTPException(status_code=413, detail="event body too large")
+        raise ApiError(413, "body_too_large", "event body too large")
     try:
         events = parse_s3_event(json.loads(body or b"{}"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPException(status_code=400, detail=f"malformed event: {exc}") from exc
+        raise ApiError(400, "malformed_event", f"malformed event: {exc}") from exc
     gateway = worker_gateway(request)
     try:
         report = await run_in_threadpool(
@@ -68,5 +73,5 @@ async def create_s3_events(
         )
     except (BrokerUnavailable, redis.exceptions.RedisError) as exc:
         # Non-2xx: MinIO keeps the event in its queue dir and delivers it again.
-        raise HTTPException(status_code=503, detail="job queue unavailable") from exc
+        raise ApiError(503, "queue_unavailable", "job queue unavailable") from exc
     return EventsAccepted(**report.to_dict())

@@ -7,20 +7,21 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from core.catalog import Catalog
 from core.config import Settings
 from core.encoders.registry import get_spec
-from core.errors import ConfigError
+from core.errors import CollectionExists, ConfigError, EncoderNotFound, StoreFull, WeightsUnavailable
 from ingest.labels import PathTemplate
 from ingest.sources.base import check_source_name
 from search_api import admin_services
 from search_api.backfill_jobs import OwnerIngest, OwnerJob, check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gateway
+from search_api.errors import ApiError, error_responses
+from search_api.schemas import JobSummaryField
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
 from workers.heartbeat import job_waiting
@@ -52,7 +53,9 @@ class IngestJobCreate(BaseModel):
     )
     path_template: str | None = Field(default=None, max_length=300)
     skip_unchanged: bool = True
-    encoder: str | None = Field(default=None, description="create missing collections with this encoder")
+    encoder: str | None = Field(
+        default=None, max_length=200, description="create missing collections with this encoder"
+    )
     batch_size: int | None = Field(default=None, ge=1, le=100_000, description="objects per embed task")
     accept_burned_in: bool = Field(
         default=False,
@@ -202,7 +205,7 @@ class IngestJobPublic(BaseModel):
     )
     failed_items: list[FailedItemPublic] = Field(default_factory=list)
     executor: Literal["celery", "owner"] = "celery"
-    summary: dict[str, Any] | None = Field(
+    summary: JobSummaryField = Field(
         default=None,
         description="owner jobs, once done: collection, objects, frames_indexed, skipped, failed, "
         "quarantined, errors, quarantined_items, deleted, deleted_items, accept_burned_in, seconds (the "
@@ -236,7 +239,7 @@ async def _call(fn: Any) -> Any:
     try:
         return await run_in_threadpool(fn)
     except (BrokerUnavailable, redis.exceptions.RedisError) as exc:
-        raise HTTPException(status_code=503, detail="job queue unavailable") from exc
+        raise ApiError(503, "queue_unavailable", "job queue unavailable") from exc
 
 
 def _create(gateway: WorkerGateway, body: IngestJobCreate, catalog: Catalog | None = None) -> JobRecord:
@@ -315,7 +318,13 @@ def _create_owner(request: Request, body: IngestJobCreate) -> OwnerJob:
     return job
 
 
-@router.post("", status_code=202)
+@router.post(
+    "",
+    status_code=202,
+    responses=error_responses(
+        ConfigError, EncoderNotFound, CollectionExists, WeightsUnavailable, StoreFull, 503
+    ),
+)
 async def create_ingest_job(body: IngestJobCreate, request: Request, response: Response) -> IngestJobPublic:
     """Submit a bulk ingest job: the workers list the source and embed it in batches, or with
     ``executor`` owner this server runs it (collections are created first, as needed)."""
@@ -329,7 +338,7 @@ async def create_ingest_job(body: IngestJobCreate, request: Request, response: R
     return _public(job)
 
 
-@router.get("")
+@router.get("", responses=error_responses(503))
 async def read_ingest_jobs(
     request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> IngestJobsPublic:
@@ -342,7 +351,7 @@ async def read_ingest_jobs(
         records: list[JobRecord] = await _call(partial(gateway.store.recent, limit=limit))
         if await _call(gateway.store.was_reset):
             warning = JOB_STATE_LOST
-    except HTTPException:
+    except ApiError:
         if not owned:
             raise
         records = []
@@ -352,15 +361,8 @@ async def read_ingest_jobs(
     return IngestJobsPublic(data=data, count=len(data), warning=warning)
 
 
-@router.get(
-    "/{job_id}",
-    responses={
-        404: {"description": "No such job"},
-        410: {"description": "The job store was reset (Redis lost its data): code job_state_lost"},
-    },
-    response_model=IngestJobPublic,
-)
-async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic | JSONResponse:
+@router.get("/{job_id}", responses=error_responses(404, 410, 503))
+async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
     """One job: state, counts, failed items with reasons, times and throughput."""
     check_job_id(job_id)
     owned = owner_jobs(request).job(job_id)
@@ -370,8 +372,8 @@ async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic | JS
     record: JobRecord | None = await _call(partial(gateway.store.get, job_id))
     if record is None:
         if await _call(partial(gateway.store.lost, job_id)):
-            return JSONResponse(status_code=410, content={"detail": JOB_STATE_LOST, "code": "job_state_lost"})
-        raise HTTPException(status_code=404, detail="job not found")
+            raise ApiError(410, "job_state_lost", JOB_STATE_LOST, field="job_id")
+        raise ApiError(404, "job_not_found", "job not found", field="job_id")
     settings: Settings = request.app.state.settings
     public = _public(record)
     public.waiting = await _call(partial(job_waiting, gateway.store, record, settings.celery))

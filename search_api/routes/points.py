@@ -25,13 +25,14 @@ from starlette.concurrency import run_in_threadpool
 
 from core.catalog import CollectionEntry
 from core.config import Settings
-from core.errors import InvalidFilter, InvalidVector
+from core.errors import ConfigError, InvalidFilter, InvalidVector, StoreFull, StoreOwned
 from core.index.base import StoredPoint, VectorIndex
 from core.payload import SearchFilter, build_payload
 from core.vectors import validate_vectors
 from ingest.sources.base import check_source_name
 from search_api.backfill_jobs import check_local_path
 from search_api.deps import S3_URI, CollectionDep, IndexDep, SettingsDep
+from search_api.errors import error_responses
 from search_api.middleware import RouteInfo
 from search_api.schemas import (
     OptimizePublic,
@@ -100,15 +101,16 @@ def _upsert(index: VectorIndex, entry: CollectionEntry, body: PointsUpsert) -> P
     return PointsUpserted(collection=entry.name, upserted=len(ids))
 
 
-@router.put("/{name}/points")
+@router.put("/{name}/points", responses=error_responses(InvalidVector, StoreFull, StoreOwned))
 async def upsert_points(entry: CollectionDep, body: PointsUpsert, index: IndexDep) -> PointsUpserted:
     """Write a batch of points (id, vector, payload) into a collection or the one an alias names.
 
     The same id overwrites (``insert_only`` leaves existing points untouched), so a batch sent
     twice stores each point once. Vectors must have the collection's dimension, be finite and
-    non-zero (400 naming the point otherwise); they are stored L2-normalised. Payload fields
-    outside the allow-list are dropped. This route takes large bodies (the upload limit,
-    ``RADSEARCH_API__MAX_UPLOAD_BYTES``): send big loads in batches of a few hundred points.
+    non-zero (400 naming the point otherwise); they are stored L2-normalised. A payload field
+    outside the allow-list is refused (400 ``unknown_field``). This route takes large bodies (the
+    upload limit, ``RADSEARCH_API__MAX_UPLOAD_BYTES``): send big loads in batches of a few hundred
+    points.
     """
     return await run_in_threadpool(_upsert, index, entry, body)
 
@@ -121,13 +123,13 @@ def _overwrite(index: VectorIndex, entry: CollectionEntry, body: PointsPayloadOv
     return PointsUpserted(collection=entry.name, upserted=len(payloads))
 
 
-@router.post("/{name}/points/payload")
+@router.post("/{name}/points/payload", responses=error_responses(StoreFull, StoreOwned))
 async def overwrite_payloads(
     entry: CollectionDep, body: PointsPayloadOverwrite, index: IndexDep
 ) -> PointsUpserted:
     """Replace the payload of existing points, their vectors untouched (a relabel: a corrected
-    manifest row on an unchanged image). Ids that do not exist are left out; fields outside the
-    allow-list are dropped."""
+    manifest row on an unchanged image). Ids that do not exist are left out; a field outside the
+    allow-list is refused (400 ``unknown_field``)."""
     return await run_in_threadpool(_overwrite, index, entry, body)
 
 
@@ -142,7 +144,7 @@ def _register(
     index.register_source(entry.name, body.name, uri)
 
 
-@router.put("/{name}/sources", status_code=204)
+@router.put("/{name}/sources", status_code=204, responses=error_responses(ConfigError))
 async def register_source(
     entry: CollectionDep, body: SourceRegistration, index: IndexDep, settings: SettingsDep, request: Request
 ) -> None:
@@ -153,7 +155,7 @@ async def register_source(
     await run_in_threadpool(_register, index, entry, body, settings, open_api)
 
 
-def _filter(raw: dict[str, Any] | None) -> SearchFilter:
+def _filter(raw: Any) -> SearchFilter:
     search_filter = parse_filter(raw)
     if search_filter is None:
         raise InvalidFilter("filter must name at least one field with values; it would match every point")
@@ -172,7 +174,7 @@ def _delete(index: VectorIndex, entry: CollectionEntry, body: PointsDelete) -> P
     return PointsDeleted(collection=entry.name, deleted=found)
 
 
-@router.post("/{name}/points/delete")
+@router.post("/{name}/points/delete", responses=error_responses(InvalidFilter, StoreFull, StoreOwned))
 async def delete_points(entry: CollectionDep, body: PointsDelete, index: IndexDep) -> PointsDeleted:
     """Delete points by ``ids``, or every point matching ``filter`` (e.g. the frames of some
     objects: ``{"source": ["s3://raw/ct/"], "key": ["ct/0001.dcm"]}``). Exactly one of the two."""
@@ -209,7 +211,7 @@ def _scroll(index: VectorIndex, entry: CollectionEntry, body: PointsScroll) -> P
     )
 
 
-@router.post("/{name}/points/scroll")
+@router.post("/{name}/points/scroll", responses=error_responses(InvalidFilter))
 async def scroll_points(entry: CollectionDep, body: PointsScroll, index: IndexDep) -> PointsBookkeeping:
     """A page of the collection's points (those matching ``filter``), bookkeeping fields only;
     pass ``next_offset`` back as ``offset`` for the next page, until it is null."""
@@ -229,7 +231,7 @@ def _optimize(index: VectorIndex, entry: CollectionEntry) -> OptimizePublic:
     )
 
 
-@router.post("/{name}/optimize")
+@router.post("/{name}/optimize", responses=error_responses(StoreFull, StoreOwned))
 async def optimize_collection(entry: CollectionDep, index: IndexDep) -> OptimizePublic:
     """Build the collection's search index (HNSW) now, as a bulk load ends, and answer its points
     and indexed vectors; returns at once when the index is already built. A large collection takes

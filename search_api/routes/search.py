@@ -12,6 +12,16 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from numpy.typing import NDArray
 
 from core.catalog import CollectionEntry
+from core.errors import (
+    BadInput,
+    DecodeError,
+    InvalidFilter,
+    InvalidVector,
+    NoTextTower,
+    PointNotFound,
+    TooLarge,
+    UnsupportedFormat,
+)
 from core.filter_warnings import StoredValues
 from core.index.base import Hit, VectorIndex
 from core.payload import SearchFilter
@@ -26,6 +36,7 @@ from search_api.deps import (
     check_limit,
     on_index,
 )
+from search_api.errors import UnknownField, error_responses
 from search_api.schemas import SearchHit, SearchQuery, SearchResponse, SearchWarning, parse_filter
 from search_api.security import Role, require_role
 from search_api.uploads import check_form_fields, filter_from_form, read_upload, upload_name
@@ -65,7 +76,9 @@ def _with_warnings(
     return hits, warnings
 
 
-@router.post("/{name}/search")
+@router.post(
+    "/{name}/search", responses=error_responses(InvalidFilter, InvalidVector, NoTextTower, PointNotFound)
+)
 async def search_collection(
     entry: CollectionDep,
     query: SearchQuery,
@@ -115,7 +128,12 @@ async def search_collection(
     return _response(entry, found, started, mode)
 
 
-@router.post("/{name}/search/image")
+@router.post(
+    "/{name}/search/image",
+    responses=error_responses(
+        InvalidFilter, UnknownField, BadInput, DecodeError, TooLarge, UnsupportedFormat
+    ),
+)
 async def search_by_image(
     request: Request,
     entry: CollectionDep,

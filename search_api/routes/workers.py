@@ -5,12 +5,13 @@ from __future__ import annotations
 from functools import partial
 
 import redis
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from core.config import Settings
 from search_api.deps import worker_gateway
+from search_api.errors import ApiError, error_responses
 from search_api.security import Role, require_role
 from workers.client import BrokerUnavailable
 from workers.heartbeat import WorkerBeat, live_workers
@@ -33,7 +34,7 @@ class WorkersPublic(BaseModel):
     count: int
 
 
-@router.get("", responses={503: {"description": "Redis (the job queue) unavailable"}})
+@router.get("", responses=error_responses(503))
 async def read_workers(request: Request) -> WorkersPublic:
     """Live workers: those heard from within ``celery.worker_dead_after_s``, by hostname."""
     settings: Settings = request.app.state.settings
@@ -43,6 +44,6 @@ async def read_workers(request: Request) -> WorkersPublic:
             partial(live_workers, store.client, dead_after_s=settings.celery.worker_dead_after_s)
         )
     except (BrokerUnavailable, redis.exceptions.RedisError) as exc:
-        raise HTTPException(status_code=503, detail="job queue unavailable") from exc
+        raise ApiError(503, "queue_unavailable", "job queue unavailable") from exc
     data = [WorkerPublic.model_validate(beat.to_dict()) for beat in beats]
     return WorkersPublic(data=data, count=len(data))

@@ -248,7 +248,7 @@ def test_web_page_is_self_contained_html(client: TestClient) -> None:
     assert "http://" not in page and "https://" not in page
 
 
-def test_openapi_lists_every_route_with_tag_operation_ids(client: TestClient) -> None:
+def test_openapi_lists_every_route_with_clean_operation_ids(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     operations = {
         (method.upper(), path): op["operationId"]
@@ -256,47 +256,47 @@ def test_openapi_lists_every_route_with_tag_operation_ids(client: TestClient) ->
         for method, op in ops.items()
     }
     assert operations == {
-        ("GET", "/healthz"): "health-read_liveness",
-        ("GET", "/readyz"): "health-read_readiness",
-        ("GET", "/v1/collections"): "collections-read_collections",
-        ("GET", "/v1/collections/{name}"): "collections-read_collection",
-        ("GET", "/v1/collections/{name}/points/{point_id}"): "collections-read_point",
-        ("GET", "/v1/collections/{name}/facets/{field}"): "collections-read_facets",
-        ("GET", "/v1/collections/{name}/points/{point_id}/thumbnail"): "collections-read_thumbnail",
-        ("POST", "/v1/collections/{name}/search"): "search-search_collection",
-        ("POST", "/v1/collections/{name}/search/image"): "search-search_by_image",
-        ("GET", "/"): "web-read_page",
+        ("GET", "/healthz"): "read_liveness",
+        ("GET", "/readyz"): "read_readiness",
+        ("GET", "/v1/collections"): "read_collections",
+        ("GET", "/v1/collections/{name}"): "read_collection",
+        ("GET", "/v1/collections/{name}/points/{point_id}"): "read_point",
+        ("GET", "/v1/collections/{name}/facets/{field}"): "read_facets",
+        ("GET", "/v1/collections/{name}/points/{point_id}/thumbnail"): "read_thumbnail",
+        ("POST", "/v1/collections/{name}/search"): "search_collection",
+        ("POST", "/v1/collections/{name}/search/image"): "search_by_image",
+        ("GET", "/"): "read_page",
         # collections administration and comparison (issue 4)
-        ("POST", "/v1/collections"): "admin-create_collection",
-        ("DELETE", "/v1/collections/{name}"): "admin-delete_collection",
-        ("POST", "/v1/collections/{name}/backfill"): "admin-create_backfill",
-        ("GET", "/v1/backfill-jobs"): "admin-read_backfill_jobs",
-        ("GET", "/v1/backfill-jobs/{job_id}"): "admin-read_backfill_job",
-        ("PUT", "/v1/aliases/{alias}"): "admin-update_alias",
-        ("GET", "/v1/aliases"): "admin-read_aliases",
-        ("DELETE", "/v1/aliases/{alias}"): "admin-delete_alias",
-        ("POST", "/v1/search/compare"): "search-compare_collections",
+        ("POST", "/v1/collections"): "create_collection",
+        ("DELETE", "/v1/collections/{name}"): "delete_collection",
+        ("POST", "/v1/collections/{name}/backfill"): "create_backfill",
+        ("GET", "/v1/backfill-jobs"): "read_backfill_jobs",
+        ("GET", "/v1/backfill-jobs/{job_id}"): "read_backfill_job",
+        ("PUT", "/v1/aliases/{alias}"): "update_alias",
+        ("GET", "/v1/aliases"): "read_aliases",
+        ("DELETE", "/v1/aliases/{alias}"): "delete_alias",
+        ("POST", "/v1/search/compare"): "compare_collections",
         # ingest jobs and bucket events (issue 3)
-        ("POST", "/v1/ingest-jobs"): "ingest-jobs-create_ingest_job",
-        ("GET", "/v1/ingest-jobs"): "ingest-jobs-read_ingest_jobs",
-        ("GET", "/v1/ingest-jobs/{job_id}"): "ingest-jobs-read_ingest_job",
-        ("GET", "/v1/workers"): "workers-read_workers",
-        ("POST", "/v1/events/s3"): "events-create_s3_events",
+        ("POST", "/v1/ingest-jobs"): "create_ingest_job",
+        ("GET", "/v1/ingest-jobs"): "read_ingest_jobs",
+        ("GET", "/v1/ingest-jobs/{job_id}"): "read_ingest_job",
+        ("GET", "/v1/workers"): "read_workers",
+        ("POST", "/v1/events/s3"): "create_s3_events",
         # points written through the store's owner (issue 13)
-        ("PUT", "/v1/collections/{name}/points"): "points-upsert_points",
-        ("POST", "/v1/collections/{name}/points/delete"): "points-delete_points",
-        ("POST", "/v1/collections/{name}/points/lookup"): "points-lookup_points",
-        ("POST", "/v1/collections/{name}/points/scroll"): "points-scroll_points",
-        ("POST", "/v1/collections/{name}/points/payload"): "points-overwrite_payloads",
-        ("PUT", "/v1/collections/{name}/sources"): "points-register_source",
-        ("POST", "/v1/collections/{name}/optimize"): "points-optimize_collection",
-        ("POST", "/v1/collections/{name}/evaluate"): "evaluation-create_evaluation",
+        ("PUT", "/v1/collections/{name}/points"): "upsert_points",
+        ("POST", "/v1/collections/{name}/points/delete"): "delete_points",
+        ("POST", "/v1/collections/{name}/points/lookup"): "lookup_points",
+        ("POST", "/v1/collections/{name}/points/scroll"): "scroll_points",
+        ("POST", "/v1/collections/{name}/points/payload"): "overwrite_payloads",
+        ("PUT", "/v1/collections/{name}/sources"): "register_source",
+        ("POST", "/v1/collections/{name}/optimize"): "optimize_collection",
+        ("POST", "/v1/collections/{name}/evaluate"): "create_evaluation",
         # backups: the trash and snapshots (issue 14)
-        ("POST", "/v1/collections/{name}/restore"): "admin-restore_collection",
-        ("GET", "/v1/trash"): "admin-read_trash",
-        ("POST", "/v1/snapshots"): "admin-create_snapshot",
-        ("GET", "/v1/snapshots"): "admin-read_snapshots",
-        ("POST", "/v1/snapshots/{snapshot_id}/restore"): "admin-restore_snapshot",
+        ("POST", "/v1/collections/{name}/restore"): "restore_collection",
+        ("GET", "/v1/trash"): "read_trash",
+        ("POST", "/v1/snapshots"): "create_snapshot",
+        ("GET", "/v1/snapshots"): "read_snapshots",
+        ("POST", "/v1/snapshots/{snapshot_id}/restore"): "restore_snapshot",
     }
     assert client.get("/docs").status_code == 200
 
@@ -345,7 +345,9 @@ def test_point_payload(client: TestClient, corpus: Corpus) -> None:
 def test_missing_point_is_404(client: TestClient, pid: str) -> None:
     response = client.get(f"/v1/collections/{COLLECTION}/points/{pid}")
     assert response.status_code == 404
-    assert "does not exist" in response.json()["detail"]
+    assert response.json()["error"]["code"] == "point_not_found"
+    if pid == "not-a-uuid":
+        assert pid not in response.json()["detail"]  # what is no point id is not echoed
 
 
 def test_facets(client: TestClient) -> None:
@@ -368,7 +370,9 @@ def test_facets(client: TestClient) -> None:
 def test_facets_of_unknown_field_is_400(client: TestClient, field_name: str) -> None:
     response = client.get(f"/v1/collections/{COLLECTION}/facets/{field_name}")
     assert response.status_code == 400
-    assert field_name in response.json()["detail"]
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("unknown_field", "field") and "modality" in error["message"]
+    assert field_name not in response.text  # the path segment is never echoed
 
 
 # -- search by point, vector, text ---------------------------------------------------------------
@@ -483,6 +487,50 @@ def test_bad_filter_is_400(client: TestClient, corpus: Corpus, filter_: dict[str
     )
     assert response.status_code == 400, response.text
     assert needle in response.json()["detail"]
+    assert (
+        response.json()["error"]["code"] == "invalid_filter" and response.json()["error"]["field"] == "filter"
+    )
+
+
+@pytest.mark.parametrize("filter_", ["CT", ["CT"], 5])
+def test_a_filter_that_is_no_object_is_400_on_json_and_form_routes(
+    client: TestClient, corpus: Corpus, filter_: Any
+) -> None:
+    response = client.post(
+        f"/v1/collections/{COLLECTION}/search", json={"point_id": corpus.ids("circles")[0], "filter": filter_}
+    )
+    assert response.status_code == 400, response.text
+    assert (
+        response.json()["error"]["code"] == "invalid_filter" and response.json()["error"]["field"] == "filter"
+    )
+    form = client.post(
+        f"/v1/collections/{COLLECTION}/search/image",
+        files={"file": ("q.png", png_bytes(corpus.frames[corpus.ids("circles")[0]]), "image/png")},
+        data={"filter": json.dumps(filter_)},
+    )
+    assert form.status_code == 400 and form.json()["error"]["code"] == "invalid_filter", form.text
+
+
+def test_nothing_sent_is_ignored(client: TestClient, corpus: Corpus) -> None:
+    """Unknown query parameters, JSON fields and form parts: 400 unknown_field naming them."""
+    query = client.get(f"/v1/collections/{COLLECTION}/facets/modality", params={"modalty": "CT"})
+    assert query.status_code == 400 and query.json()["error"]["field"] == "modalty", query.text
+    assert "anatomy" in query.json()["error"]["message"]  # what the operation does take
+    body = client.post(
+        f"/v1/collections/{COLLECTION}/search", json={"point_id": corpus.ids("circles")[0], "limt": 5}
+    )
+    assert body.status_code == 400, body.text
+    assert (body.json()["error"]["code"], body.json()["error"]["field"]) == ("unknown_field", "limt")
+    form = client.post(
+        f"/v1/collections/{COLLECTION}/search/image",
+        files={"file": ("q.png", png_bytes(corpus.frames[corpus.ids("circles")[0]]), "image/png")},
+        data={"modality": "MR"},
+    )
+    assert form.status_code == 400 and form.json()["error"] == {
+        "code": "unknown_field",
+        "message": form.json()["detail"],
+        "field": "modality",
+    }
 
 
 def test_limit_offset_paging_equals_slices(backend: Backend) -> None:
@@ -504,7 +552,9 @@ def test_paging_bounds_are_422(client: TestClient, corpus: Corpus, changes: dict
     body = {"point_id": corpus.ids("circles")[0], **changes}
     response = client.post(f"/v1/collections/{COLLECTION}/search", json=body)
     assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["body", loc]
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("validation_error", loc), error
+    assert f"{loc} (body)" in error["message"] and error["message"] == response.json()["detail"]
 
 
 def test_score_threshold(client: TestClient, corpus: Corpus) -> None:
@@ -561,7 +611,7 @@ def test_unknown_collection_is_404(
 ) -> None:
     response = client.request(method, path, **kwargs)
     assert response.status_code == 404, response.text
-    assert "does not exist" in response.json()["detail"]
+    assert response.json()["error"]["code"] == "collection_not_found", response.text
 
 
 # -- search by uploaded image --------------------------------------------------------------------

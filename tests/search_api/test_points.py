@@ -85,8 +85,15 @@ def _clear(api: TestClient) -> None:
 
 def test_put_is_idempotent_and_stores_allow_listed_payload_only(api: TestClient) -> None:
     _clear(api)
+    # a payload field outside the allow-list is refused, named, never echoed, never stored
+    refused = _put(api, [_point("a.dcm", 0, modality="CT", PatientName="ZZCANARY^PATIENT", comment="x")])
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["field"]) == ("unknown_field", "points.0.payload.PatientName")
+    assert "comment" in error["message"] and "ZZCANARY" not in refused.text
+    assert _count(api) == 0
     points = [
-        _point("a.dcm", 0, modality="CT", pathology="nodule", PatientName="ZZCANARY^PATIENT", comment="x"),
+        _point("a.dcm", 0, modality="CT", pathology="nodule"),
         _point("a.dcm", 1, modality="CT"),
         _point("b.png", 0, anatomy="chest"),
     ]
@@ -98,8 +105,6 @@ def test_put_is_idempotent_and_stores_allow_listed_payload_only(api: TestClient)
     assert _count(api) == 3
 
     stored = api.get(f"/v1/collections/{COLLECTION}/points/{points[0]['id']}").json()["payload"]
-    assert "PatientName" not in stored and "comment" not in stored
-    assert "ZZCANARY" not in json.dumps(stored)
     assert stored["pathology"] == ["nodule"] and stored["modality"] == "CT" and stored["ingested_at"]
 
     # stored L2-normalised: searching with the raw vector finds the point itself at cosine 1
@@ -158,16 +163,21 @@ def test_bad_vectors_are_400_naming_the_point_and_never_echoed(api: TestClient) 
     )
     assert response.status_code == 400 and "points[1].vector contains NaN or Inf" in response.json()["detail"]
     assert str(MARKER) not in response.text
-    # schema errors (422) name the field without the rejected values
-    for broken in (
-        {"points": [{**good, "vector": [*_marker_vector(DIM - 1), "x"]}]},
-        {"points": [{**good, "id": "not-a-uuid"}]},
-        {"points": [good], "unknown": 1},
-        {"vectors": [_marker_vector()]},
+    # schema errors (422; 400 for a field the schema does not take) name the field, never the values
+    for broken, status, field in (
+        (
+            {"points": [{**good, "vector": [*_marker_vector(DIM - 1), "x"]}]},
+            422,
+            f"points.0.vector.{DIM - 1}",
+        ),
+        ({"points": [{**good, "id": "not-a-uuid"}]}, 422, "points.0.id"),
+        ({"points": [good], "unknown": 1}, 400, "unknown"),
+        ({"vectors": [_marker_vector()]}, 400, "vectors"),
     ):
         response = api.put(f"/v1/collections/{COLLECTION}/points", json=broken)
-        assert response.status_code == 422, response.text
-        assert str(MARKER) not in response.text and "input" not in response.json()["detail"][0]
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["field"] == field, response.text
+        assert str(MARKER) not in response.text and "input" not in response.json()["error"]
     assert _count(api) == before  # nothing of a refused batch was written
 
 
@@ -254,7 +264,12 @@ def test_payload_overwrite_relabels_without_touching_vectors(api: TestClient, in
     assert _put(api, points).status_code == 200
     count = _count(api)
     before = index.retrieve(COLLECTION, [points[0]["id"]], with_vectors=True)[0]
-    new = {"source": "scans", "key": "r0.png", "frame": 0, "anatomy": "hand", "patient_name": "X"}
+    refused = {"source": "scans", "key": "r0.png", "frame": 0, "anatomy": "hand", "patient_name": "ZZX"}
+    body = {"points": [{"id": points[0]["id"], "payload": refused}]}
+    response = api.post(f"/v1/collections/{ALIAS}/points/payload", json=body)
+    assert response.status_code == 400 and "ZZX" not in response.text, response.text  # outside the allow-list
+    assert response.json()["error"]["field"] == "points.0.payload.patient_name"
+    new = {"source": "scans", "key": "r0.png", "frame": 0, "anatomy": "hand"}
     body = {"points": [{"id": points[0]["id"], "payload": new}, {"id": str(uuid.uuid4()), "payload": new}]}
     response = api.post(f"/v1/collections/{ALIAS}/points/payload", json=body)
     assert response.status_code == 200, response.text

@@ -3,14 +3,19 @@ search, thumbnails, errors and a served process, none of them appears anywhere w
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import subprocess
 import sys
 import time
+import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pydicom
@@ -24,9 +29,10 @@ from ingest.inline import IngestOptions
 from radsearch.demo_data import generate_demo_archive
 from radsearch.services import ingest_source
 from search_api import create_app
+from search_api.errors import ErrorBody
 from search_api.security import hash_api_key
 from tests.conftest import free_port
-from tests.security.conftest import KEYS, key_headers, secured_settings
+from tests.security.conftest import KEYS, WEBHOOK_TOKEN, SecuredApp, key_headers, secured_settings
 from tests.security.hostile import hostile_corpus
 
 # Identifying attributes beyond the demo archive's own (names, ids, birth date, address,
@@ -311,3 +317,149 @@ def test_phi_canaries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert archive.burned_in_keys and archive.us_absent_keys
     assert not unquarantined
     assert len(point_ids) > 0 and len(caplog.records) > 0
+
+
+# -- every route and field, wrongly typed ------------------------------------------------------
+
+ROUTE_CANARIES = {
+    "PatientName": "ZZROUTECANARY^NAME",
+    "PatientID": "ZZROUTECANARY-ID",
+    "PatientBirthDate": "19010203",
+    "PatientAddress": "ZZROUTECANARY Street 1",
+    "OtherPatientIDs": "ZZROUTECANARY-OTHER",
+    "InstitutionName": "ZZROUTECANARY HOSPITAL",
+    "ReferringPhysicianName": "ZZROUTECANARY^REFERRER",
+    "AccessionNumber": "ZZRCANACC1",
+}
+
+
+def _route_canary_dicom() -> bytes:
+    import numpy as np
+
+    from tests.search_api.test_api import dicom_bytes, make_frame
+
+    raw = dicom_bytes(make_frame("circles", np.random.default_rng(5)), patient_name="x")
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    for keyword, value in ROUTE_CANARIES.items():
+        setattr(ds, keyword, value)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def test_wrongly_typed_dicoms_through_every_route_and_field(secured: SecuredApp) -> None:
+    """A canary-laden DICOM sent as every path segment, query parameter, header, JSON field, JSON
+    body and form field of every operation: no answer is a 5xx, every error body is the error
+    model, and no canary comes back."""
+    on = secured.settings.api.model_copy(update={"docs": True})
+    app = create_app(secured.settings.model_copy(update={"api": on}), index=secured.index)
+    dicom = _route_canary_dicom()
+    text = dicom.decode("latin-1")
+    canaries = set(ROUTE_CANARIES.values())
+    assert all(c in text for c in canaries)
+    point = secured.corpus.ids("circles")[0]
+    valid_path = {"name": "demo", "point_id": point, "field": "modality", "job_id": str(uuid.uuid4())}
+    valid_path["alias"] = "demo-alias"
+    valid_path["snapshot_id"] = "20261202T014500Z-3fa9c1"
+    answers: list[tuple[str, Any]] = []
+    with TestClient(app) as client:
+        document = client.get("/openapi.json").json()
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                tag = operation["tags"][0]
+                ingest_tags = ("points", "ingest-jobs", "workers")
+                role = "admin" if tag == "admin" else "ingest" if tag in ingest_tags else "reader"
+                headers = key_headers(role)
+                if tag == "events":
+                    headers = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
+                label = f"{method.upper()} {path}"
+                params = operation.get("parameters", [])
+
+                def call(
+                    where: str,
+                    *,
+                    path_values: dict[str, str] | None = None,
+                    query: dict[str, str] | None = None,
+                    extra_headers: dict[str, str] | None = None,
+                    label: str = label,
+                    method: str = method,
+                    path: str = path,
+                    headers: dict[str, str] = headers,
+                    **kwargs: Any,
+                ) -> None:
+                    values = {**valid_path, **(path_values or {})}
+                    url = path.format(**{k: quote(v, safe="") for k, v in values.items()})
+                    response = client.request(
+                        method.upper(),
+                        url,
+                        params=query,
+                        headers={**headers, **(extra_headers or {})},
+                        **kwargs,
+                    )
+                    answers.append((f"{label} [{where}]", response))
+
+                for param in params:
+                    name = param["name"]
+                    if param["in"] == "path":
+                        call(f"path {name} = dicom", path_values={name: text})
+                        call(f"path {name} = canary", path_values={name: ROUTE_CANARIES["PatientName"]})
+                    elif param["in"] == "query":
+                        call(f"query {name}", query={name: text})
+                    elif param["in"] == "header":
+                        call(f"header {name}", extra_headers={name: ROUTE_CANARIES["PatientName"]})
+                call("unknown query parameter", query={"patient": text})
+                if tag not in ("health", "web", "events"):
+                    call("header X-API-Key", headers={"X-API-Key": ROUTE_CANARIES["PatientName"]})
+                content = operation.get("requestBody", {}).get("content", {})
+                if "application/json" in content:
+                    schema = _resolve(document, content["application/json"]["schema"])
+                    call("json body = string", json=text)
+                    call(
+                        "json body = raw dicom",
+                        content=dicom,
+                        extra_headers={"content-type": "application/json"},
+                    )
+                    for prop in schema.get("properties", {}):
+                        for value in (text, [text]):
+                            call(f"json {prop} = {type(value).__name__}", json={prop: value})
+                if "multipart/form-data" in content:
+                    schema = _resolve(document, content["multipart/form-data"]["schema"])
+                    valid_form = {"collections": "demo"} if "collections" in schema["properties"] else {}
+                    upload = {"file": ("q.dcm", dicom, "application/dicom")}
+                    for prop in schema["properties"]:
+                        if prop == "file":
+                            call("form file as text", data={**valid_form, "file": text})
+                        else:
+                            call(f"form {prop} = dicom", data={**valid_form, prop: text}, files=upload)
+                    call("form unknown field", data={**valid_form, "PatientName": text}, files=upload)
+                if tag == "events":
+                    call("event body = dicom", content=dicom)
+
+    statuses = Counter(r.status_code for _, r in answers)
+    server_errors = [f"{label} -> {r.status_code}" for label, r in answers if r.status_code >= 500]
+    bad_bodies: list[str] = []
+    for label, response in answers:
+        if response.status_code >= 400:
+            try:
+                body = ErrorBody.model_validate(response.json())
+            except ValueError as exc:
+                bad_bodies.append(f"{label}: {str(exc)[:200]}")
+                continue
+            if body.detail != body.error.message:
+                bad_bodies.append(f"{label}: detail differs from error.message")
+    echoed = [f"{label}: {_hits(canaries, r.text)}" for label, r in answers if _hits(canaries, r.text)]
+    print(
+        f"route_canaries: requests={len(answers)} operations={len(document['paths'])} "
+        f"statuses={dict(sorted(statuses.items()))} server_errors={len(server_errors)} "
+        f"bad_error_bodies={len(bad_bodies)} echoed={len(echoed)}"
+    )
+    assert len(answers) > 150
+    assert not server_errors, server_errors
+    assert not bad_bodies, bad_bodies[:10]
+    assert not echoed, echoed[:10]
