@@ -239,11 +239,19 @@ class HeartbeatThread:
 
 
 class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped
-    """A worker blueprint step: the heartbeat thread of the worker's main process."""
+    """A worker blueprint step: the heartbeat of the worker's main process.
+
+    With the prefork pool the beats run on the worker's timer, not in a thread: the main process
+    forks pool children (again after a child dies), and a fork while another thread runs can hand
+    the child a lock held forever. With ``solo``/``threads`` the main thread runs the tasks, so a
+    thread keeps beating through a long batch."""
+
+    requires = {"celery.worker.components:Timer"}
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.thread: HeartbeatThread | None = None
+        self.tref: Any = None
 
     def start(self, parent: Any) -> None:
         from celery.worker import state
@@ -278,12 +286,25 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is
         self.thread = HeartbeatThread(
             client, describe, interval_s=cfg.worker_heartbeat_s, ttl_s=cfg.worker_dead_after_s
         )
-        self.thread.start()
+        if _is_prefork(parent):
+            self.thread.beat()
+            self.tref = parent.timer.call_repeatedly(cfg.worker_heartbeat_s, self.thread.beat, priority=10)
+        else:
+            self.thread.start()
 
     def stop(self, parent: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
         if self.thread is not None:
             self.thread.stop()
             self.thread.client.close()
             self.thread = None
 
     terminate = stop
+
+
+def _is_prefork(parent: Any) -> bool:
+    """Whether the worker runs its tasks in forked pool children (celery's prefork pool)."""
+    pool_cls = getattr(parent, "pool_cls", None)
+    return "prefork" in f"{getattr(pool_cls, '__module__', '')}.{pool_cls}".lower()
