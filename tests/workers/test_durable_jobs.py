@@ -109,7 +109,7 @@ def test_a_job_lost_with_redis_is_told_apart_from_an_unknown_id(
 
     lost = api.get(f"/v1/ingest-jobs/{job_id}")
     assert lost.status_code == 410, lost.text
-    assert lost.json()["code"] == "job_state_lost"
+    assert lost.json()["error"]["code"] == "job_state_lost"
     assert "radsearch reconcile" in lost.json()["detail"]
     unknown = api.get(f"/v1/ingest-jobs/{uuid.uuid4()}")
     assert unknown.status_code == 404, unknown.text

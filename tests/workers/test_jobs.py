@@ -120,13 +120,23 @@ def test_ingest_job_api_fills_several_collections_with_labels(
         {"source": "s3://bucket/x", "collections": []},
         {"source": "s3://bucket/x", "collections": ["Bad Name"]},
         {"source": "s3://bucket/x", "collections": ["a"], "manifest": "/etc/passwd"},
-        {"source": "s3://bucket/x", "collections": ["a"], "unknown": 1},
         {"source": "s3://bucket/x", "collections": ["a"], "source_name": "../etc"},
         {"source": "s3://bucket/x", "collections": ["a"], "source_name": "a\x00b"},
     ],
 )
 def test_ingest_job_api_rejects_bad_requests(api: TestClient, body: dict[str, object]) -> None:
     assert api.post("/v1/ingest-jobs", json=body).status_code == 422
+
+
+def test_ingest_job_api_names_an_unknown_field(api: TestClient) -> None:
+    body = {"source": "s3://bucket/x", "collections": ["a"], "unknown": 1}
+    response = api.post("/v1/ingest-jobs", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "unknown_field",
+        "message": "unknown field 'unknown': the request schema does not take it",
+        "field": "unknown",
+    }
 
 
 def test_ingest_job_api_rejects_bad_template_and_encoder(api: TestClient) -> None:
