@@ -24,6 +24,7 @@ from core.errors import (
     WeightsUnavailable,
 )
 from core.payload import FILTER_FIELDS
+from ingest.cli_options import add_sync_options
 from ingest.inline import IngestOptions
 from radsearch import remote_commands
 
@@ -344,11 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--manifest", type=Path, help="CSV or JSONL mapping key → labels")
     ingest.add_argument("--path-template", help="e.g. '{modality}/{anatomy}/{pathology}/{file}'")
     ingest.add_argument("--no-skip-unchanged", action="store_true", help="re-embed objects already indexed")
-    ingest.add_argument(
-        "--source-name",
-        help="the source's stable name in payloads and point ids "
-        "(default: the folder's name or bucket/prefix)",
-    )
     ingest.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     ingest.add_argument(
         "--executor",
@@ -366,25 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also delete the points of objects gone from the source (inline or through a server)",
     )
-    ingest.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the keys that would be added, re-embedded and (--prune) deleted; write nothing",
-    )
-    ingest.add_argument(
-        "--max-delete-fraction",
-        type=float,
-        default=0.1,
-        help="refuse a prune deleting more than this fraction of a collection's objects (default 0.1)",
-    )
-    ingest.add_argument(
-        "--force", action="store_true", help="prune even an empty listing or beyond --max-delete-fraction"
-    )
-    ingest.add_argument(
-        "--accept-burned-in",
-        action="store_true",
-        help="index objects with burned-in annotation (de-identified upstream) instead of quarantining them",
-    )
+    add_sync_options(ingest)
     ingest.set_defaults(
         handler=_cmd_ingest, remote_handler=remote_commands.ingest, remote_mode=_ingest_remote_mode
     )

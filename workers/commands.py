@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from core.errors import ConfigError
+from ingest.cli_options import add_sync_options
 
 if TYPE_CHECKING:
     from workers.jobs import JobKind, JobSpec
@@ -463,29 +464,7 @@ def add_worker_commands(
         "--manifest", help="CSV/JSONL manifest (path or s3:// URI) for re-ingested objects"
     )
     reconcile.add_argument("--path-template")
-    reconcile.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the keys that would be added, re-embedded and deleted; change nothing",
-    )
-    reconcile.add_argument(
-        "--max-delete-fraction",
-        type=float,
-        default=0.1,
-        help="refuse deleting more than this fraction of a collection's objects (default 0.1)",
-    )
-    reconcile.add_argument(
-        "--force", action="store_true", help="delete even for an empty listing or beyond the fraction"
-    )
-    reconcile.add_argument(
-        "--accept-burned-in",
-        action="store_true",
-        help="index re-embedded objects with burned-in annotation instead of quarantining them",
-    )
-    reconcile.add_argument(
-        "--source-name",
-        help="the source's stable name, as given to ingest (default: folder or bucket/prefix)",
-    )
+    add_sync_options(reconcile)
     reconcile.add_argument("--detach", action="store_true", help="print the job id and return")
     reconcile.add_argument("--json", action="store_true")
     reconcile.set_defaults(handler=_cmd_reconcile)
