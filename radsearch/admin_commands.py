@@ -86,7 +86,8 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from radsearch.services import open_catalog
-    from search_api.backfill_jobs import OwnerJobRunner, open_owner_store
+    from search_api.backfill_jobs import OwnerJobRunner
+    from search_api.owner_job_store import open_owner_store
 
     with open_catalog(settings) as catalog:
         bar = tqdm(unit="obj", desc="backfill", disable=args.json, dynamic_ncols=True)
@@ -114,7 +115,8 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_alias(args: argparse.Namespace, settings: Settings) -> int:
     from radsearch.services import open_catalog
-    from search_api.backfill_jobs import alias_blockers, read_owner_jobs
+    from search_api.backfill_jobs import alias_blockers
+    from search_api.owner_job_store import read_owner_jobs
 
     with open_catalog(settings) as catalog:
         if not args.force:
@@ -169,7 +171,8 @@ def print_created(row: Mapping[str, Any], *, as_json: bool) -> None:
 def owner_job_dicts(settings: Settings, job_id: str | None, limit: int) -> list[dict[str, Any]]:
     """Owner-run jobs (backfills, owner ingests) of the data dir, read beside its owner: one
     (``job_id``) or the newest ``limit``, in the shape of ``radsearch jobs show|list``."""
-    from search_api.backfill_jobs import OwnerJob, read_owner_jobs
+    from search_api.backfill_jobs import OwnerJob
+    from search_api.owner_job_store import read_owner_jobs
 
     store = read_owner_jobs(settings)
     if store is None:

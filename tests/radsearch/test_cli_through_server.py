@@ -33,7 +33,8 @@ from core.config import RuntimeSettings, SecuritySettings, Settings
 from core.encoders.registry import resolve_spec
 from core.index.edge import EdgeIndex
 from radsearch.cli import main
-from search_api.backfill_jobs import JobProgress, LocalJobStore, OwnerJobRunner
+from search_api.backfill_jobs import JobProgress, OwnerJobRunner
+from search_api.owner_job_store import LocalJobStore
 from tests.conftest import free_port
 from workers.jobs import JobKind, JobSpec, open_job_store
 

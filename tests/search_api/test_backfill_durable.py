@@ -15,7 +15,7 @@ import httpx
 from minio import Minio
 
 from core.config import IngestSettings, Settings
-from search_api.backfill_jobs import read_owner_jobs
+from search_api.owner_job_store import read_owner_jobs
 from tests.workers.conftest import Server, cli, start_server, upload_images
 from workers.jobs import JobState
 
@@ -112,7 +112,7 @@ def test_a_backfill_survives_kill_9_and_the_alias_waits_for_it(
 def test_the_durable_store_counts_a_batch_once_and_outlives_its_connection(tmp_path: Path) -> None:
     """The owner's job store keeps `JobStore`'s rules (a batch counts once; done once planned and
     every batch is) in a file that a new process reads back whole."""
-    from search_api.backfill_jobs import DurableJobStore
+    from search_api.owner_job_store import DurableJobStore
     from workers.jobs import JobKind, JobSpec
 
     path = tmp_path / "jobs" / "owner-jobs.sqlite3"
