@@ -177,9 +177,10 @@ def test_two_workers_fill_one_embedded_collection_through_the_owner(
     assert record.state.value == "done", record.error
     assert record.counts["objects_done"] == N_OBJECTS and record.counts["failed"] == 0
     assert missing == 0 and duplicated == 0 and unexpected == 0 and frames_ok, line
-    assert detail["points"] == len(expected) and detail["indexing"]["indexed_vectors"] == detail["points"], (
-        line
-    )
+    # Indexed at done: what the engine leaves unindexed after the finish task's build (a last small
+    # segment) is under the full-scan threshold, so every search still runs at full speed.
+    unindexed = detail["points"] - detail["indexing"]["indexed_vectors"]
+    assert detail["points"] == len(expected) and unindexed < INDEXING_THRESHOLD_BYTES // (WIDE_DIM * 4), line
     assert all(n > 0 for n in embed_logs), line  # both processes embedded batches
     assert wrote == 200 and deleted == 1 and owned and opened == [0, 0], line
 
