@@ -10,14 +10,15 @@ import csv
 import io
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from core.s3 import S3Location, parse_s3_uri
 
-__all__ = ["LABEL_FIELDS", "Labeler", "PathTemplate", "load_manifest", "parse_manifest"]
+__all__ = ["LABEL_FIELDS", "Labeler", "PathTemplate", "load_manifest", "parse_manifest", "read_manifest"]
 
 LABEL_FIELDS: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", "split")
 _TEMPLATE_FIELDS = frozenset({*LABEL_FIELDS, "file", "_"})
@@ -107,6 +108,22 @@ def load_manifest(path: Path) -> dict[str, dict[str, Any]]:
     except OSError as exc:
         raise ConfigError(f"cannot read manifest {str(path)!r}: {exc.strerror}") from exc
     return parse_manifest(text, name=path.name)
+
+
+def read_manifest(ref: str, fetch_object: Callable[[S3Location], bytes]) -> dict[str, dict[str, Any]]:
+    """A manifest from an ``s3://`` object URI (its bytes read by ``fetch_object``) or a local
+    file. The errors name the manifest by its file name only, never the whole reference."""
+    if not ref.startswith("s3://"):
+        return load_manifest(Path(ref))
+    location = parse_s3_uri(ref)
+    if not location.key:
+        raise ConfigError("the manifest URI names a bucket, not an object")
+    data = fetch_object(location)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("the manifest is not UTF-8 text") from exc
+    return parse_manifest(text, name=location.key.rsplit("/", 1)[-1])
 
 
 @dataclass

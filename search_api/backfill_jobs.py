@@ -31,10 +31,11 @@ from starlette.requests import Request
 from core.catalog import Catalog
 from core.config import Settings
 from core.errors import CollectionNotFound, ConfigError, RadsearchError
+from core.s3 import S3Location
 from core.snapshots import TrashEntry
 from ingest.backfill import plan_backfill, run_backfill
 from ingest.inline import IngestOptions, build_context, diff_inline, listing_of, plan_prune
-from ingest.labels import Labeler, PathTemplate, load_manifest, parse_manifest
+from ingest.labels import Labeler, PathTemplate, read_manifest
 from ingest.pipeline import BatchReport, run_pipeline
 from ingest.planner import plan_batches
 from ingest.prune import SourceDiff, guard_message, prune_gone
@@ -326,7 +327,9 @@ class OwnerJobRunner:
 
     def _prepare_ingest(self, request: OwnerIngest) -> tuple[Source, Labeler, frozenset[str]]:
         labeler = Labeler(
-            manifest=read_manifest(request.manifest, self.settings) if request.manifest else {},
+            manifest=read_manifest(request.manifest, _fetch_object(self.settings))
+            if request.manifest
+            else {},
             path_template=PathTemplate(request.path_template) if request.path_template else None,
         )
         source = open_source(request.source, self.settings, name=request.source_name)
@@ -591,25 +594,17 @@ def manifest_keys(source: Source, manifest: Path | None) -> frozenset[str]:
     return frozenset()
 
 
-def read_manifest(ref: str, settings: Settings) -> dict[str, dict[str, Any]]:
-    """A manifest from an ``s3://`` object URI or a local file."""
-    if not ref.startswith("s3://"):
-        return load_manifest(Path(ref))
-    from ingest.sources.factory import parse_s3_uri
+def _fetch_object(settings: Settings) -> Callable[[S3Location], bytes]:
+    """Reads one S3 object (a manifest) on the configured endpoint."""
 
-    bucket, key = parse_s3_uri(ref)
-    if not key:
-        raise ConfigError("the manifest URI names a bucket, not an object")
-    source = open_source(f"s3://{bucket}", settings)
-    try:
-        data = source.fetch(key)
-    finally:
-        source.close()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError("the manifest is not UTF-8 text") from exc
-    return parse_manifest(text, name=key.rsplit("/", 1)[-1])
+    def fetch(location: S3Location) -> bytes:
+        source = open_source(f"s3://{location.bucket}", settings)
+        try:
+            return source.fetch(location.key)
+        finally:
+            source.close()
+
+    return fetch
 
 
 def check_local_path(value: str, *, settings: Settings, open_api: bool, what: str) -> Path:

@@ -92,8 +92,6 @@ InferenceLimiterDep = Annotated[CapacityLimiter, Depends(get_inference_limiter)]
 
 # The catalog's own naming rule: anything else cannot exist, and never reaches the store.
 COLLECTION_NAME = re.compile(COLLECTION_NAME_PATTERN)
-# Allow-listed shape of a bucket source (never a URL: no SSRF through ingest or backfill).
-S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00]*)?$")
 
 
 def check_name(name: str) -> None:

@@ -19,23 +19,22 @@ import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from celery import Celery
 
 from core.catalog import Catalog
 from core.config import Settings
 from core.encoders.registry import resolve_spec
-from core.errors import CollectionExists, CollectionNotFound, ConfigError
+from core.errors import CollectionExists, CollectionNotFound
 from core.index.base import VectorIndex
 from core.index.factory import open_index
 from core.index.remote import OwnerIndex
+from core.s3 import S3Location
 from ingest.inline import IngestOptions, build_context
-from ingest.labels import Labeler, PathTemplate, load_manifest, parse_manifest
+from ingest.labels import Labeler, PathTemplate, read_manifest
 from ingest.pipeline import PipelineContext
 from ingest.sources import open_source
 from ingest.sources.base import Source
-from ingest.sources.factory import parse_s3_uri
 from workers.app import settings_of
 from workers.jobs import JobSpec, JobStore, open_job_store
 
@@ -104,6 +103,9 @@ class WorkerResources:
                 self._sources[(uri, name)] = open_source(uri, self.settings, name=name)
             return self._sources[(uri, name)]
 
+    def _fetch_object(self, location: S3Location) -> bytes:
+        return self.source(f"s3://{location.bucket}").fetch(location.key)
+
     def ensure_collections(self, spec: JobSpec, *, create: bool = False) -> None:
         """Check the job's collections exist; with ``create`` (the planning step of a new job
         only) and a Qdrant server, create missing ones with the job's encoder. `CollectionNotFound`
@@ -151,7 +153,7 @@ class WorkerResources:
                 self._labelers.move_to_end(cache_key)
                 return self._labelers[cache_key]
         labeler = Labeler(
-            manifest=self._read_manifest(spec.manifest) if spec.manifest else {},
+            manifest=read_manifest(spec.manifest, self._fetch_object) if spec.manifest else {},
             path_template=PathTemplate(spec.path_template) if spec.path_template else None,
         )
         with self._lock:
@@ -159,19 +161,6 @@ class WorkerResources:
             while len(self._labelers) > _LABELER_CACHE:
                 self._labelers.popitem(last=False)
         return labeler
-
-    def _read_manifest(self, ref: str) -> dict[str, dict[str, object]]:
-        if ref.startswith("s3://"):
-            bucket, key = parse_s3_uri(ref)
-            if not key:
-                raise ConfigError(f"manifest {ref!r} names a bucket, not an object")
-            data = self.source(f"s3://{bucket}").fetch(key)
-            try:
-                text = data.decode("utf-8-sig")
-            except UnicodeDecodeError as exc:
-                raise ConfigError(f"manifest {ref!r} is not UTF-8 text") from exc
-            return parse_manifest(text, name=key)
-        return load_manifest(Path(ref))
 
     def pipeline_context(self, job_id: str, spec: JobSpec) -> PipelineContext:
         """The batch pipeline's context for one job (cheap: everything heavy is cached)."""

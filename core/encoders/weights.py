@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 
 from core.config import Settings
 from core.encoders.spec import EncoderFamily, EncoderSpec
-from core.errors import UpstreamUnreachable, WeightsUnavailable
+from core.errors import ConfigError, UpstreamUnreachable, WeightsUnavailable
+from core.s3 import parse_s3_uri, s3_client
 
 __all__ = [
     "HOW_TO_PROVIDE",
@@ -176,34 +177,28 @@ def _local(spec: EncoderSpec, location: str) -> ResolvedWeights:
 
 
 def _s3(spec: EncoderSpec, uri: str, settings: Settings) -> ResolvedWeights:
-    from minio import Minio
     from minio.error import S3Error
     from urllib3.exceptions import HTTPError as TransportError
 
-    parsed = urlparse(uri)
-    bucket, key = parsed.netloc, parsed.path.lstrip("/")
-    if not bucket or not key or key.endswith("/"):
+    try:
+        location = parse_s3_uri(uri)
+    except ConfigError:
+        location = None
+    if location is None or not location.key or location.key.endswith("/"):
         raise _unavailable(spec, f"{uri!r} must name one object: s3://bucket/key")
-    if any(part in {"", ".", ".."} for part in key.split("/")) or "/" in bucket or bucket.startswith("."):
+    bucket, key = location.bucket, location.key
+    if any(part in {"", ".", ".."} for part in key.split("/")) or bucket.startswith("."):
         # The key becomes a path under the model cache; it must not climb out of it.
         raise _unavailable(spec, f"{uri!r} has an empty, '.' or '..' path segment")
     target = settings.model_cache_dir / "s3" / bucket / key
     if not target.is_file():
-        import urllib3
-
         s3 = settings.s3
-        client = Minio(
-            s3.endpoint,
-            access_key=s3.access_key,
-            secret_key=s3.secret_key.get_secret_value() if s3.secret_key is not None else None,
-            secure=s3.secure,
-            region=s3.region,
-            http_client=urllib3.PoolManager(
-                timeout=urllib3.Timeout(connect=_S3_CONNECT_TIMEOUT_S, read=_S3_READ_TIMEOUT_S),
-                retries=urllib3.Retry(
-                    total=3, connect=0, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
-                ),
-            ),
+        client = s3_client(
+            s3,
+            connect_timeout_s=_S3_CONNECT_TIMEOUT_S,
+            read_timeout_s=_S3_READ_TIMEOUT_S,
+            retry_connect=False,
+            credentials_required=False,
         )
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")

@@ -6,18 +6,10 @@ from pathlib import Path
 
 from core.config import Settings
 from core.errors import ConfigError
+from core.s3 import parse_s3_uri
 from ingest.sources.base import Source
 
-__all__ = ["open_source", "parse_s3_uri"]
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` → (bucket, prefix); the prefix may be empty."""
-    rest = uri[len("s3://") :]
-    bucket, _, prefix = rest.partition("/")
-    if not bucket:
-        raise ConfigError(f"S3 URI {uri!r} has no bucket; expected s3://bucket/prefix")
-    return bucket, prefix
+__all__ = ["open_source"]
 
 
 def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Source:
@@ -26,9 +18,13 @@ def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Sou
     if uri.startswith("s3://"):
         from ingest.sources.s3 import S3Source
 
-        bucket, prefix = parse_s3_uri(uri)
+        location = parse_s3_uri(uri)
         return S3Source(
-            bucket, prefix, settings.s3, max_object_bytes=settings.ingest.max_object_bytes, name=name
+            location.bucket,
+            location.key,
+            settings.s3,
+            max_object_bytes=settings.ingest.max_object_bytes,
+            name=name,
         )
     if "://" in uri and not uri.startswith("file://"):
         raise ConfigError(f"unsupported source {uri!r}; use s3://bucket/prefix or a local folder")

@@ -5,38 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 import urllib3
-from minio import Minio
 from minio.error import S3Error
 
 from core.config import S3Settings
-from core.errors import BadInput, ConfigError, SourceError, TooLarge
+from core.errors import BadInput, SourceError, TooLarge
+from core.s3 import s3_client
 from ingest.sources.base import ObjectRef, Source, check_source_name
 
-__all__ = ["S3Source", "make_minio_client"]
+__all__ = ["S3Source"]
 
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
-
-
-def make_minio_client(s3: S3Settings) -> Minio:
-    """A minio client for the configured endpoint; credentials are required."""
-    if not s3.access_key or s3.secret_key is None:
-        raise ConfigError(
-            "S3 credentials missing: set RADSEARCH_S3__ACCESS_KEY and RADSEARCH_S3__SECRET_KEY "
-            f"(endpoint {s3.endpoint})"
-        )
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=5.0, read=60.0),
-        maxsize=16,
-        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
-    )
-    return Minio(
-        s3.endpoint,
-        access_key=s3.access_key,
-        secret_key=s3.secret_key.get_secret_value(),
-        secure=s3.secure,
-        region=s3.region,
-        http_client=http,
-    )
 
 
 def _user_metadata(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -64,7 +42,7 @@ class S3Source(Source):
             field="source_name" if name is not None else "the bucket/prefix name (give --source-name)",
         )
         self.max_object_bytes = max_object_bytes
-        self.client = make_minio_client(s3)
+        self.client = s3_client(s3)
 
     def list(self) -> Iterator[ObjectRef]:
         try:

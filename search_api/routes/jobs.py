@@ -15,11 +15,12 @@ from core.catalog import Catalog
 from core.config import Settings
 from core.encoders.registry import get_spec
 from core.errors import CollectionExists, ConfigError, EncoderNotFound, StoreFull, WeightsUnavailable
+from core.s3 import S3_URI
 from ingest.labels import PathTemplate
 from ingest.sources.base import check_source_name
 from search_api import admin_services
 from search_api.backfill_jobs import OwnerIngest, OwnerJob, check_local_path, owner_jobs
-from search_api.deps import COLLECTION_NAME, S3_URI, check_job_id, worker_gateway
+from search_api.deps import COLLECTION_NAME, check_job_id, worker_gateway
 from search_api.errors import ApiError, error_responses
 from search_api.schemas import JobSummaryField
 from search_api.security import Role, note_collections, require_role

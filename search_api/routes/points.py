@@ -28,10 +28,11 @@ from core.config import Settings
 from core.errors import ConfigError, InvalidFilter, InvalidVector, StoreFull, StoreOwned
 from core.index.base import StoredPoint, VectorIndex
 from core.payload import SearchFilter, build_payload
+from core.s3 import S3_URI
 from core.vectors import validate_vectors
 from ingest.sources.base import check_source_name
 from search_api.backfill_jobs import check_local_path
-from search_api.deps import S3_URI, CollectionDep, IndexDep, SettingsDep
+from search_api.deps import CollectionDep, IndexDep, SettingsDep
 from search_api.errors import error_responses
 from search_api.middleware import RouteInfo
 from search_api.schemas import (
