@@ -327,6 +327,16 @@ class Settings(BaseSettings):
     def model_cache_dir(self) -> Path:
         return self.models.cache_dir or self.data_dir / "models"
 
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker, which also holds the job store: ``celery.broker_url``, else ``redis.url``."""
+        return self.celery.broker_url or self.redis.url
+
+    @property
+    def result_backend_url(self) -> str:
+        """Celery's result backend: ``celery.result_backend``, else ``redis.url``."""
+        return self.celery.result_backend or self.redis.url
+
     def hash_key_bytes(self) -> bytes:
         """The key for keyed hashes of identifiers; created under the data dir on first use."""
         if self.security.hash_key is not None:

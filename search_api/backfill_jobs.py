@@ -632,7 +632,7 @@ def celery_writers(settings: Settings, collection: str, aliases: Mapping[str, st
 
     from workers.jobs import open_job_store
 
-    store = open_job_store(settings.celery.broker_url or settings.redis.url, settings.celery)
+    store = open_job_store(settings.broker_url, settings.celery)
     try:
         records = store.recent(limit=_CELERY_JOBS_CHECKED)
     except (redis.exceptions.RedisError, OSError) as exc:

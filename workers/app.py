@@ -84,8 +84,8 @@ def create_celery(settings: Settings) -> Celery:
     _patch_kombu_closed_connection()
 
     cfg = settings.celery
-    broker = cfg.broker_url or settings.redis.url
-    backend = cfg.result_backend or settings.redis.url
+    broker = settings.broker_url
+    backend = settings.result_backend_url
     app = Celery("radsearch", broker=broker, backend=backend, set_as_current=False)
     transport_options: dict[str, Any] = {
         "visibility_timeout": cfg.visibility_timeout_s,
@@ -180,7 +180,7 @@ class _LostBatchWatch(bootsteps.StartStopStep):  # type: ignore[misc]
 
         settings = settings_of(parent.app)
         cfg = settings.celery
-        broker_url = cfg.broker_url or settings.redis.url
+        broker_url = settings.broker_url
         if not broker_url.startswith(("redis://", "rediss://", "unix://")):
             return  # the loss this repairs is the Redis transport's
         try:
@@ -190,7 +190,7 @@ class _LostBatchWatch(bootsteps.StartStopStep):  # type: ignore[misc]
                     socket_timeout=cfg.publish_timeout_s,
                     socket_connect_timeout=min(cfg.publish_timeout_s, 5.0),
                 )
-                self.clients = (open_job_store(settings.redis.url, cfg), broker)
+                self.clients = (open_job_store(settings.broker_url, cfg), broker)
             store, broker = self.clients
             idle_s = cfg.visibility_timeout_s + 3 * cfg.restore_interval_s + 5
             resend_lost_batches(parent.app, store, broker, idle_s)

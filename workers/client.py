@@ -256,12 +256,9 @@ class WorkerGateway:
     def store(self) -> JobStore:
         with self._lock:
             if self._store is None:
-                from workers.jobs import open_job_store
+                from workers.jobs import job_store_for
 
-                url = self.settings.celery.broker_url or self.settings.redis.url
-                self._store = open_job_store(
-                    url, self.settings.celery, epoch_dir=self.settings.data_dir / "jobs"
-                )
+                self._store = job_store_for(self.settings)
             return self._store
 
     @property

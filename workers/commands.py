@@ -45,17 +45,13 @@ def _connect(settings: Settings) -> tuple[Any, Any]:
 
     from workers.app import create_celery
     from workers.client import BrokerUnavailable
-    from workers.jobs import open_job_store
+    from workers.jobs import job_store_for
 
-    store = open_job_store(
-        settings.celery.broker_url or settings.redis.url,
-        settings.celery,
-        epoch_dir=settings.data_dir / "jobs",
-    )
+    store = job_store_for(settings)
     try:
         store.client.ping()
     except redis.exceptions.RedisError as exc:
-        raise BrokerUnavailable(f"Redis at {settings.redis.url} does not answer: {exc}") from exc
+        raise BrokerUnavailable(f"Redis at {settings.broker_url} does not answer: {exc}") from exc
     return store, create_celery(settings)
 
 

@@ -36,7 +36,7 @@ from ingest.pipeline import PipelineContext
 from ingest.sources import open_source
 from ingest.sources.base import Source
 from workers.app import settings_of
-from workers.jobs import JobSpec, JobStore, open_job_store
+from workers.jobs import JobSpec, JobStore, job_store_for
 
 __all__ = ["WorkerResources", "resources_for"]
 
@@ -68,10 +68,7 @@ class WorkerResources:
     def store(self) -> JobStore:
         with self._lock:
             if self._store is None:
-                broker = self.settings.celery.broker_url or self.settings.redis.url
-                self._store = open_job_store(
-                    broker, self.settings.celery, epoch_dir=self.settings.data_dir / "jobs"
-                )
+                self._store = job_store_for(self.settings)
             return self._store
 
     @property

@@ -261,7 +261,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is
         settings = settings_of(parent.app)
         cfg = settings.celery
         client = redis.Redis.from_url(
-            cfg.broker_url or settings.redis.url,
+            settings.broker_url,
             decode_responses=True,
             socket_timeout=min(cfg.publish_timeout_s, 5.0),
             socket_connect_timeout=min(cfg.publish_timeout_s, 5.0),

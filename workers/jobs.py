@@ -41,7 +41,7 @@ from typing import Any, cast
 
 import redis
 
-from core.config import CelerySettings
+from core.config import CelerySettings, Settings
 
 __all__ = [
     "COUNTERS",
@@ -52,6 +52,7 @@ __all__ = [
     "JobState",
     "JOB_STATE_LOST",
     "JobStore",
+    "job_store_for",
     "open_job_store",
 ]
 
@@ -711,3 +712,8 @@ def open_job_store(redis_url: str, settings: CelerySettings, *, epoch_dir: Path 
         health_check_interval=30,
     )
     return JobStore(client, settings, epoch_dir=epoch_dir)
+
+
+def job_store_for(settings: Settings) -> JobStore:
+    """The job store of ``settings``: on the broker, its epochs mirrored under ``<data_dir>/jobs``."""
+    return open_job_store(settings.broker_url, settings.celery, epoch_dir=settings.data_dir / "jobs")
