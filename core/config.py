@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.payload import FILTER_FIELDS
+
 __all__ = [
     "ApiKeyEntry",
     "ApiSettings",
@@ -69,7 +71,7 @@ class StoreSettings(BaseModel):
     auto_index_max_delay_s: float = Field(default=300.0, ge=0)
     # Indexed payload fields that get payload-aware HNSW links (``payload_m`` per value block
     # larger than the full-scan threshold); the other indexed fields get none.
-    hnsw_payload_fields: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", "split", "source")
+    hnsw_payload_fields: tuple[str, ...] = FILTER_FIELDS
     # Filtered searches (EdgeIndex._filtered_plan, bench/RESULTS.md):
     # - filters matching at least ``post_filter_min_share`` of the collection, for pages of at
     #   most ``post_filter_max_results``: the ``post_filter_factor`` x (page / share) nearest

@@ -21,6 +21,7 @@ from core.errors import InvalidFilter
 __all__ = [
     "FILTER_FIELDS",
     "INDEXED_FIELDS",
+    "LABEL_FIELDS",
     "PAYLOAD_FIELDS",
     "SearchFilter",
     "build_payload",
@@ -39,7 +40,10 @@ ID_SCHEMES: tuple[str, ...] = ("v1", "v2")
 # Namespace of radsearch point ids (a fixed, arbitrary UUID).
 _POINT_NAMESPACE = uuid.UUID("5b0a3c1e-7d2f-4c55-9e0a-2f7b6c1d9a41")
 
-FILTER_FIELDS: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", "split", "source")
+#: The labels an image carries (manifest, path template, object metadata, DICOM tags).
+LABEL_FIELDS: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", "split")
+#: The fields searches filter on and facets count: the labels and the source's name.
+FILTER_FIELDS: tuple[str, ...] = (*LABEL_FIELDS, "source")
 # Keyword payload indexes, created before any data is written.
 INDEXED_FIELDS: tuple[str, ...] = (*FILTER_FIELDS, "key", "study_hash")
 PAYLOAD_FIELDS: frozenset[str] = frozenset(

@@ -19,6 +19,7 @@ from typing import Any
 from core.catalog import Catalog
 from core.config import Settings
 from core.errors import ConfigError
+from core.payload import LABEL_FIELDS
 from ingest.inline import IngestOptions, build_context
 from ingest.labels import Labeler, PathTemplate
 from ingest.pipeline import BatchReport, run_pipeline
@@ -29,8 +30,6 @@ from ingest.sources.base import ObjectRef
 __all__ = ["BackfillPlan", "plan_backfill", "run_backfill"]
 
 log = logging.getLogger(__name__)
-
-_LABEL_FIELDS = ("modality", "anatomy", "pathology", "dataset", "split")
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ def plan_backfill(catalog: Catalog, settings: Settings, origin: str, *, target: 
                     key=key, etag=str(payload.get("etag") or ""), size=int(payload.get("size") or 0)
                 )
                 labels.setdefault(source_name, {})[key] = {
-                    f: payload[f] for f in _LABEL_FIELDS if payload.get(f) not in (None, [], "")
+                    f: payload[f] for f in LABEL_FIELDS if payload.get(f) not in (None, [], "")
                 }
         uris: dict[str, str] = {}
         for source_name in sources:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from core.payload import LABEL_FIELDS
 from core.s3 import S3Location, parse_s3_uri
 
-__all__ = ["LABEL_FIELDS", "Labeler", "PathTemplate", "load_manifest", "parse_manifest", "read_manifest"]
+__all__ = ["Labeler", "PathTemplate", "load_manifest", "parse_manifest", "read_manifest"]
 
-LABEL_FIELDS: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", "split")
 _TEMPLATE_FIELDS = frozenset({*LABEL_FIELDS, "file", "_"})
 _PATHOLOGY_SEPARATORS = re.compile(r"[|;]")
 

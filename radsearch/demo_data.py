@@ -41,10 +41,12 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from core.payload import LABEL_FIELDS
+
 __all__ = ["DATASET_NAME", "DemoArchive", "generate_demo_archive"]
 
 DATASET_NAME = "radsearch-demo"
-MANIFEST_HEADER = ("key", "modality", "anatomy", "pathology", "dataset", "split")
+MANIFEST_HEADER = ("key", *LABEL_FIELDS)
 TRAIN_FRACTION = 0.7
 
 Array = NDArray[np.float64]

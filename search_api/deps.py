@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from core.config import Settings
 from core.errors import CollectionNotFound
 from core.filter_warnings import StoredValues
 from core.index.base import VectorIndex
-from core.payload import SearchFilter
+from core.payload import FILTER_FIELDS, SearchFilter
 from search_api.errors import ApiError, UnknownField
 from search_api.middleware import walk_dependants
 from search_api.schemas import parse_filter
@@ -156,25 +157,21 @@ async def get_collection(name: str, catalog: CatalogDep) -> CollectionEntry:
 CollectionDep = Annotated[CollectionEntry, Depends(get_collection)]
 
 
-async def get_facet_filter(
-    modality: Annotated[list[str] | None, Query()] = None,
-    anatomy: Annotated[list[str] | None, Query()] = None,
-    pathology: Annotated[list[str] | None, Query()] = None,
-    dataset: Annotated[list[str] | None, Query()] = None,
-    split: Annotated[list[str] | None, Query()] = None,
-    source: Annotated[list[str] | None, Query()] = None,
-) -> SearchFilter | None:
-    """A filter from repeated query parameters (``?modality=CT&modality=MR&anatomy=chest``)."""
-    return parse_filter(
-        {
-            "modality": modality,
-            "anatomy": anatomy,
-            "pathology": pathology,
-            "dataset": dataset,
-            "split": split,
-            "source": source,
-        }
-    )
+async def get_facet_filter(**values: list[str] | None) -> SearchFilter | None:
+    """A filter from repeated query parameters (``?modality=CT&modality=MR&anatomy=chest``), one
+    parameter per filter field (`core.payload.FILTER_FIELDS`: the signature below)."""
+    return parse_filter(values)
+
+
+# FastAPI reads a dependency's query parameters from its signature: one per filter field.
+_FilterValues = Annotated[list[str] | None, Query()]
+get_facet_filter.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_FilterValues)
+        for name in FILTER_FIELDS
+    ],
+    return_annotation=SearchFilter | None,
+)
 
 
 FacetFilterDep = Annotated[SearchFilter | None, Depends(get_facet_filter)]
