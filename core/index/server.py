@@ -42,10 +42,6 @@ __all__ = ["QdrantServerIndex"]
 
 _T = TypeVar("_T")
 _META_KEY = "radsearch"
-# Filtered HNSW search loses recall on tight clusters (bench/search.py, 25 % modality filter: recall@10
-# 0.93 at ef 128); ACORN, used by the engine only below this filter selectivity, gave 0.9995 there
-# for ~0.4 ms more per query.
-_ACORN_MAX_SELECTIVITY = 0.4
 
 
 def _is_not_found(exc: BaseException) -> bool:
@@ -83,14 +79,17 @@ def _to_filter(
 class QdrantServerIndex(VectorIndex):
     """Collections in a Qdrant server (or qdrant-client's local mode, for tests).
 
-    ``acorn`` turns on ACORN for filtered searches (Qdrant >= 1.16; better recall under selective
-    filters).
+    ``acorn`` (default ``store.acorn``) turns on ACORN for filtered searches (Qdrant >= 1.16; better
+    recall under selective filters), which the server applies below ``store.acorn_max_selectivity``:
+    filtered HNSW loses recall on tight clusters (bench/search.py, 25 % modality filter: recall@10
+    0.93 at ef 128), ACORN gave 0.9995 there for ~0.4 ms more per query. The server plans the
+    filtered search itself: edge's own plan (post-filtering, per-share ef) is not repeated here.
     """
 
-    def __init__(self, client: QdrantClient, store: StoreSettings, *, acorn: bool = True) -> None:
+    def __init__(self, client: QdrantClient, store: StoreSettings, *, acorn: bool | None = None) -> None:
         self._client = client
         self._store = store
-        self._acorn = acorn
+        self._acorn = store.acorn if acorn is None else acorn
         self._configs: dict[str, CollectionConfig] = {}
         self._lock = threading.Lock()
 
@@ -291,7 +290,7 @@ class QdrantServerIndex(VectorIndex):
             exact=exact,
             quantization=quantization,
             acorn=(
-                models.AcornSearchParams(enable=True, max_selectivity=_ACORN_MAX_SELECTIVITY)
+                models.AcornSearchParams(enable=True, max_selectivity=self._store.acorn_max_selectivity)
                 if self._acorn and filter is not None and not filter.is_empty()
                 else None
             ),
