@@ -12,6 +12,7 @@ name in snake_case unless `CODE_BY_ERROR` says otherwise.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from core.errors import (
     BadInput,
@@ -57,6 +59,7 @@ __all__ = [
     "error_content",
     "error_responses",
     "install_exception_handlers",
+    "send_error",
     "status_for",
 ]
 
@@ -196,8 +199,20 @@ def _field_for(exc: Exception) -> str | None:
 
 
 def error_content(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    """The JSON of an `ErrorBody` (for middleware that answers before the app)."""
+    """The JSON of an `ErrorBody`."""
     return {"error": {"code": code, "message": message, "field": field}, "detail": message}
+
+
+async def send_error(
+    send: Send, status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
+) -> None:
+    """Answer with an `ErrorBody` straight through ASGI ``send``, for middleware that answers
+    before the app; ``headers`` are added to the JSON content type and length."""
+    body = json.dumps(error_content(code, message)).encode()
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _response(

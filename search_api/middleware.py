@@ -13,7 +13,6 @@ other route the small JSON limit. A reverse proxy in front should enforce the sa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from fastapi.dependencies.models import Dependant
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from search_api.errors import error_content
+from search_api.errors import send_error
 
 __all__ = [
     "BodyLimitMiddleware",
@@ -137,20 +136,7 @@ def _content_length(scope: Scope) -> int | None:
     return int(values[0])
 
 
-async def _send_json(send: Send, status: int, code: str, message: str) -> None:
-    body = json.dumps(error_content(code, message)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+_CLOSE = {"connection": "close"}  # the rest of a refused body is never read
 
 
 class BodyLimitMiddleware:
@@ -167,10 +153,14 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope)
         declared = _content_length(scope)
         if declared == -1:
-            await _send_json(send, 400, "malformed_content_length", "malformed Content-Length")
+            await send_error(
+                send, 400, "malformed_content_length", "malformed Content-Length", headers=_CLOSE
+            )
             return
         if declared is not None and declared > limit:
-            await _send_json(send, 413, "body_too_large", f"request body larger than {limit} bytes")
+            await send_error(
+                send, 413, "body_too_large", f"request body larger than {limit} bytes", headers=_CLOSE
+            )
             return
 
         received = 0
@@ -186,8 +176,12 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     if not started:
-                        await _send_json(
-                            send, 413, "body_too_large", f"request body larger than {limit} bytes"
+                        await send_error(
+                            send,
+                            413,
+                            "body_too_large",
+                            f"request body larger than {limit} bytes",
+                            headers=_CLOSE,
                         )
                         rejected = True
                     raise BodyTooLarge

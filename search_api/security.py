@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -47,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.api_keys import hash_api_key, new_api_key
 from core.config import ApiKeyEntry, OidcSettings, SecuritySettings
 from core.errors import ConfigError
-from search_api.errors import ApiError, error_content
+from search_api.errors import ApiError, send_error
 from search_api.middleware import RouteInfo, RouteTable, iter_routes, walk_dependants
 
 __all__ = [
@@ -377,22 +376,14 @@ class AccessMiddleware:
                     scope.setdefault("state", {})["principal"] = principal
                     _authorize(principal, policy.roles)
                 except HTTPException as exc:
-                    await _send_error(record_send, exc)
+                    code = getattr(exc, "code", None) or "unauthorized"
+                    await send_error(record_send, exc.status_code, code, str(exc.detail), headers=exc.headers)
                     return
             await self.app(scope, receive, record_send)
         finally:
             if route is not None and isinstance(policy, RoleRequirement):
                 if policy.roles & _AUDITED or status in (401, 403):
                     _audit(scope, route, policy, status)
-
-
-async def _send_error(send: Send, exc: HTTPException) -> None:
-    code = getattr(exc, "code", None) or "unauthorized"
-    body = json.dumps(error_content(code, str(exc.detail))).encode()
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _audit(scope: Scope, route: RouteInfo, policy: RoleRequirement, status: int) -> None:
