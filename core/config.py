@@ -84,6 +84,8 @@ class StoreSettings(BaseModel):
     # - the rest (small, selective filters, served by their payload links): ``hnsw_ef_selective``.
     # ACORN gave recall 1.0 on a 25 k-point filter at 100 k points but 3-20x the latency on the
     # 250 k- and 20 k-point filters at 1 M.
+    # The Qdrant-server backend leaves the plan to the server: ACORN (``acorn``, applied below
+    # ``acorn_max_selectivity``) on every filtered search.
     post_filter_min_share: float = 0.2
     post_filter_factor: float = 4.0
     post_filter_max_candidates: int = 1000
