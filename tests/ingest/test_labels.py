@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from minio import Minio
 
+from core.config import Settings
 from core.errors import ConfigError
-from ingest.labels import Labeler, PathTemplate, load_manifest, parse_manifest
+from core.s3 import S3Location
+from ingest.labels import Labeler, PathTemplate, load_manifest, parse_manifest, read_manifest
+from ingest.sources import open_source
 
 
 def test_path_template_matches_radimagenet_layout() -> None:
@@ -80,3 +85,29 @@ def test_dicom_tags_are_the_fallback_and_labels_are_normalised() -> None:
     labels = Labeler().labels("x.dcm", dicom_tags={"modality": "ct ", "anatomy": "CHEST"})
     assert labels == {"modality": "CT", "anatomy": "chest"}
     assert Labeler().labels("x.dcm") == {}
+
+
+def test_read_manifest_from_an_s3_object_or_a_local_file(
+    settings: Settings, minio_client: Minio, bucket: str, tmp_path: Path
+) -> None:
+    text = b"key,modality,pathology\na.png,ct,nodule|mass\n"
+    minio_client.put_object(bucket, "manifests/labels.csv", io.BytesIO(text), len(text))
+    minio_client.put_object(bucket, "manifests/latin1.csv", io.BytesIO(b"key\n\xe9.png\n"), 9)
+    source = open_source(f"s3://{bucket}", settings)
+
+    def fetch(location: S3Location) -> bytes:
+        assert location.bucket == bucket
+        return source.fetch(location.key)
+
+    expected = {"a.png": {"modality": "ct", "pathology": "nodule|mass"}}
+    assert read_manifest(f"s3://{bucket}/manifests/labels.csv", fetch) == expected
+    local = tmp_path / "labels.csv"
+    local.write_bytes(text)
+    assert read_manifest(str(local), fetch) == expected
+    # the errors never repeat the reference (it is what a caller sent)
+    with pytest.raises(ConfigError, match="names a bucket, not an object") as info:
+        read_manifest(f"s3://{bucket}/", fetch)
+    assert bucket not in str(info.value)
+    with pytest.raises(ConfigError, match="not UTF-8") as info:
+        read_manifest(f"s3://{bucket}/manifests/latin1.csv", fetch)
+    assert bucket not in str(info.value)
