@@ -143,7 +143,7 @@ class IngestSettings(BaseModel):
     decode_timeout_s: float = Field(default=30.0, gt=0)
 
 
-RoleName = Literal["reader", "ingest", "admin"]
+RoleName = Literal["reader", "ingest", "admin", "metrics"]
 
 
 class ApiKeyEntry(BaseModel):
@@ -258,6 +258,8 @@ class CelerySettings(BaseModel):
     # Every worker writes a heartbeat this often; one silent for ``worker_dead_after_s`` is gone
     # (its key expires), and a job whose queue has had no live worker that long says so.
     worker_heartbeat_s: float = Field(default=10.0, gt=0)
+    # Where `radsearch worker --metrics-port` listens (0.0.0.0 in compose, for the scraper).
+    metrics_host: str = "127.0.0.1"
     worker_dead_after_s: float = Field(default=30.0, gt=0)
 
 

@@ -20,6 +20,7 @@ from core.snapshots import Trash
 from search_api.backfill_jobs import OwnerJobRunner
 from search_api.deps import reject_unknown_query
 from search_api.docs import install_docs
+from search_api.metrics import MetricsMiddleware
 from search_api.errors import install_exception_handlers
 from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
 from search_api.openapi import install_openapi
@@ -32,6 +33,7 @@ from search_api.routes import (
     events,
     health,
     jobs,
+    metrics,
     points,
     search,
     web,
@@ -111,6 +113,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     app.include_router(jobs.router)
     app.include_router(workers.router)
     app.include_router(events.router)
+    app.include_router(metrics.router)
     app.include_router(web.router)
     check_route_policies(app)
     install_openapi(app, settings)
@@ -128,4 +131,6 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     # Added last = outermost: the access check runs before the body limit, which runs before parsing.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     app.add_middleware(AccessMiddleware, routes=app.routes, authenticator=authenticator)
+    # Outermost: a request refused by the access check or the body limit is timed too.
+    app.add_middleware(MetricsMiddleware, routes=route_table)
     return app
