@@ -298,6 +298,8 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path("./data")
+    # Log lines as text, or one JSON object per line (with the request id) for a log collector.
+    log_format: Literal["text", "json"] = "text"
     # A radsearch server to send commands to instead of opening the store (RADSEARCH_URL); by
     # default the CLI finds the server that owns the data dir by itself.
     url: str | None = None

@@ -27,6 +27,7 @@ from core.payload import FILTER_FIELDS
 from ingest.cli_options import add_sync_options
 from ingest.inline import IngestOptions
 from radsearch import remote_commands
+from radsearch.logs import configure_logging
 
 __all__ = [
     "filter_mapping",
@@ -424,14 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbose, "text")
     try:
         overrides: dict[str, Any] = {"data_dir": args.data_dir, "url": args.url}
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        if settings.log_format != "text":
+            configure_logging(args.verbose, settings.log_format)
         url = _remote_url(args, settings)
         if url:
             remote_code: int = args.remote_handler(args, settings, url)

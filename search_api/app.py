@@ -24,6 +24,7 @@ from search_api.metrics import MetricsMiddleware
 from search_api.errors import install_exception_handlers
 from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
 from search_api.openapi import install_openapi
+from search_api.request_id import RequestIdMiddleware
 from search_api.owner_job_store import open_owner_store
 from search_api.routes import (
     admin,
@@ -133,4 +134,5 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     app.add_middleware(AccessMiddleware, routes=app.routes, authenticator=authenticator)
     # Outermost: a request refused by the access check or the body limit is timed too.
     app.add_middleware(MetricsMiddleware, routes=route_table)
+    app.add_middleware(RequestIdMiddleware)
     return app
