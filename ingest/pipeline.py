@@ -353,9 +353,7 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
             rows = [points[pid][0] for pid in ids]
             payloads = [points[pid][1] for pid in ids]
             with INGEST_STAGE_SECONDS.labels("upsert").time():
-                ctx.index.upsert(
-                    target.collection, ids, vectors[rows], payloads, insert_only=ctx.insert_only
-                )
+                ctx.index.upsert(target.collection, ids, vectors[rows], payloads, insert_only=ctx.insert_only)
         stale.difference_update(points)
         if stale and not ctx.insert_only:
             # The object's frames that no longer exist (fewer frames, another sampling, another

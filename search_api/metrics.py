@@ -66,7 +66,7 @@ class LiveStateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         settings: Settings = self.state.settings
         up = GaugeMetricFamily(
-            "radsearch_scrape_source_up", "Whether a source of the live gauges could be read.", labels=["source"]
+            "radsearch_scrape_source_up", "Whether a live gauges' source could be read.", labels=["source"]
         )
         disk = GaugeMetricFamily("radsearch_store_disk_free_bytes", "Free bytes on the store's data disk.")
         try:
@@ -76,9 +76,7 @@ class LiveStateCollector(Collector):
             yield disk
         except OSError:
             up.add_metric(["disk"], 0.0)
-        jobs = GaugeMetricFamily(
-            "radsearch_jobs", "Recent jobs by kind and state.", labels=["kind", "state"]
-        )
+        jobs = GaugeMetricFamily("radsearch_jobs", "Recent jobs by kind and state.", labels=["kind", "state"])
         owner = getattr(self.state, "backfill", None)
         if owner is not None:
             counts: dict[tuple[str, str], int] = {}
@@ -100,8 +98,8 @@ class LiveStateCollector(Collector):
 
     @staticmethod
     def _broker(gateway: Any, settings: Settings, jobs: GaugeMetricFamily) -> Iterator[GaugeMetricFamily]:
-        from workers.heartbeat import live_workers
         from workers.client import queue_depths
+        from workers.heartbeat import live_workers
 
         client = gateway.store.client
         queue = GaugeMetricFamily("radsearch_queue_depth", "Messages waiting per queue.", labels=["queue"])

@@ -32,7 +32,7 @@ def serve_worker_metrics(host: str, port: int, *, pool: str) -> None:
         for stale in path.glob("*.db"):
             stale.unlink()
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     elif pool == "prefork":
         raise ConfigError(
             f"--metrics-port with the prefork pool needs {MULTIPROC_ENV} set to an empty folder "

@@ -21,7 +21,8 @@ from radsearch.services import ingest_source
 from search_api import create_app
 from tests.search_api.test_api import COLLECTION, Corpus, make_frame, png_bytes
 
-KEYS = {"reader": "reader-key-0123456789", "metrics": "metrics-key-0123456789", "admin": "admin-key-0123456789"}
+KEYS = {role: f"{role}-key-0123456789" for role in ("reader", "metrics", "admin")}
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     )
 
 
-def samples(client: TestClient, **headers: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def samples(client: TestClient, **headers: str) -> Samples:
     response = client.get("/metrics", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
@@ -44,26 +45,27 @@ def samples(client: TestClient, **headers: str) -> dict[tuple[str, frozenset[tup
     }
 
 
-def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+def value(found: Samples, name: str, **labels: str) -> float:
     return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def grew(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
 
 
 def test_search_moves_the_route_and_search_metrics(client: TestClient, corpus: Corpus) -> None:
     before = samples(client)
     point = next(iter(corpus.class_of))
-    for body in ({"point_id": point}, {"point_id": point, "filter": {"modality": ["CT"], "anatomy": ["chest"]}}):
+    filtered = {"modality": ["CT"], "anatomy": ["chest"]}
+    for body in ({"point_id": point}, {"point_id": point, "filter": filtered}):
         assert client.post(f"/v1/collections/{COLLECTION}/search", json=body).status_code == 200
     after = samples(client)
-    route = "/v1/collections/{name}/search"
-    assert value(after, "radsearch_http_request_duration_seconds_count", method="POST", route=route, status="200") - value(
-        before, "radsearch_http_request_duration_seconds_count", method="POST", route=route, status="200"
-    ) == 2
+    route = {"method": "POST", "route": "/v1/collections/{name}/search", "status": "200"}
+    assert grew(before, after, "radsearch_http_request_duration_seconds_count", **route) == 2
     for kind in ("none", "anatomy+modality"):
         labels = {"collection": COLLECTION, "filter_kind": kind}
-        assert value(after, "radsearch_searches_total", **labels) - value(before, "radsearch_searches_total", **labels) == 1
-        assert value(after, "radsearch_search_seconds_count", **labels) - value(
-            before, "radsearch_search_seconds_count", **labels
-        ) == 1
+        assert grew(before, after, "radsearch_searches_total", **labels) == 1
+        assert grew(before, after, "radsearch_search_seconds_count", **labels) == 1
     # A 404 is timed under its route template: the raw path (a collection name, an id) never is.
     client.get(f"/v1/collections/{COLLECTION}/points/not-a-point-id")
     text = client.get("/metrics").text
@@ -92,17 +94,10 @@ def test_ingest_moves_the_stage_and_image_metrics(
     report = ingest_source(catalog, settings, str(folder), ["metered"], IngestOptions(), progress=False)
     assert report.frames_indexed == 5
     after = samples(client)
-    assert value(after, "radsearch_ingest_images_total", collection="metered") - value(
-        before, "radsearch_ingest_images_total", collection="metered"
-    ) == 5
-    assert value(after, "radsearch_ingest_objects_total", outcome="indexed") - value(
-        before, "radsearch_ingest_objects_total", outcome="indexed"
-    ) == 5
+    assert grew(before, after, "radsearch_ingest_images_total", collection="metered") == 5
+    assert grew(before, after, "radsearch_ingest_objects_total", outcome="indexed") == 5
     for stage, per in (("fetch", 5), ("decode", 5), ("embed", 1), ("upsert", 1)):
-        grew = value(after, "radsearch_ingest_stage_seconds_count", stage=stage) - value(
-            before, "radsearch_ingest_stage_seconds_count", stage=stage
-        )
-        assert grew == per, stage
+        assert grew(before, after, "radsearch_ingest_stage_seconds_count", stage=stage) == per, stage
 
 
 @pytest.fixture
@@ -131,3 +126,20 @@ def test_keys_on_only_metrics_or_admin_reads_it(secured: TestClient, caller: str
     assert response.status_code == status
     if caller == "metrics":  # the scraper's key reads nothing else
         assert secured.get("/v1/collections", headers=headers).status_code == 403
+
+
+def test_dashboard_queries_only_exposed_metrics(client: TestClient) -> None:
+    import json
+    import re
+
+    exposed = {family.name for family in text_string_to_metric_families(client.get("/metrics").text)}
+    path = Path(__file__).parents[2] / "infra/grafana/dashboards/radsearch.json"
+    dashboard = json.loads(path.read_text())
+    queried = {
+        re.sub(r"_(bucket|sum|count|total)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"radsearch_[a-z_]+", target["expr"])
+    }
+    assert len(queried) >= 10
+    assert queried <= exposed, queried - exposed
