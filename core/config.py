@@ -147,7 +147,7 @@ class IngestSettings(BaseModel):
     decode_timeout_s: float = Field(default=30.0, gt=0)
 
 
-RoleName = Literal["reader", "ingest", "admin"]
+RoleName = Literal["reader", "ingest", "admin", "metrics"]
 
 
 class ApiKeyEntry(BaseModel):
@@ -262,6 +262,8 @@ class CelerySettings(BaseModel):
     # Every worker writes a heartbeat this often; one silent for ``worker_dead_after_s`` is gone
     # (its key expires), and a job whose queue has had no live worker that long says so.
     worker_heartbeat_s: float = Field(default=10.0, gt=0)
+    # Where `radsearch worker --metrics-port` listens (0.0.0.0 in compose, for the scraper).
+    metrics_host: str = "127.0.0.1"
     worker_dead_after_s: float = Field(default=30.0, gt=0)
 
 
@@ -300,6 +302,8 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path("./data")
+    # Log lines as text, or one JSON object per line (with the request id) for a log collector.
+    log_format: Literal["text", "json"] = "text"
     # A radsearch server to send commands to instead of opening the store (RADSEARCH_URL); by
     # default the CLI finds the server that owns the data dir by itself.
     url: str | None = None

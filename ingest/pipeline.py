@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from core.encoders.base import Encoder
 from core.errors import BadInput
 from core.index.base import StoredPoint, VectorIndex
+from core.metrics import INGEST_IMAGES, INGEST_OBJECTS, INGEST_STAGE_SECONDS
 from core.payload import SearchFilter, build_payload, image_point_id, labels_hash, point_id
 from ingest.labels import Labeler
 from ingest.prune import delete_keys
@@ -179,8 +180,10 @@ def _load(ctx: PipelineContext, ref: ObjectRef, positions: list[int]) -> _Loaded
     from ingest.readers.dispatch import decode_object  # pydicom and Pillow load with the first object
 
     try:
-        data, metadata = ctx.source.fetch_with_metadata(ref.key)
-        decoded = decode_object(data, ref.key, limits=ctx.limits, hash_key=ctx.hash_key)
+        with INGEST_STAGE_SECONDS.labels("fetch").time():
+            data, metadata = ctx.source.fetch_with_metadata(ref.key)
+        with INGEST_STAGE_SECONDS.labels("decode").time():
+            decoded = decode_object(data, ref.key, limits=ctx.limits, hash_key=ctx.hash_key)
     except BadInput as exc:
         return FailedItem(ref.key, exc.reason)
     if not ctx.accept_burned_in:
@@ -321,12 +324,13 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
         if not items:
             continue
         batch = np.concatenate([item.tensors[pos] for item in items])
-        vectors = np.concatenate(
-            [
-                target.encoder.embed_batch(batch[i : i + ctx.embed_batch_size])
-                for i in range(0, len(batch), ctx.embed_batch_size)
-            ]
-        )
+        with INGEST_STAGE_SECONDS.labels("embed").time():
+            vectors = np.concatenate(
+                [
+                    target.encoder.embed_batch(batch[i : i + ctx.embed_batch_size])
+                    for i in range(0, len(batch), ctx.embed_batch_size)
+                ]
+            )
         # id → (row, payload): one file holding the same instance as another of the batch (another
         # transfer syntax) writes the same ids, the last one's payload wins.
         points: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -348,17 +352,34 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
             ids = list(points)
             rows = [points[pid][0] for pid in ids]
             payloads = [points[pid][1] for pid in ids]
-            ctx.index.upsert(target.collection, ids, vectors[rows], payloads, insert_only=ctx.insert_only)
+            with INGEST_STAGE_SECONDS.labels("upsert").time():
+                ctx.index.upsert(target.collection, ids, vectors[rows], payloads, insert_only=ctx.insert_only)
         stale.difference_update(points)
         if stale and not ctx.insert_only:
             # The object's frames that no longer exist (fewer frames, another sampling, another
             # instance under the same key): gone in the same step as the new ones are written.
             ctx.index.delete(target.collection, sorted(stale))
         report.frames_indexed += len(points)
+        INGEST_IMAGES.labels(target.collection).inc(len(points))
     for key in sorted(bad_keys):
         report.failed.append(FailedItem(key, "encoder produced an invalid (NaN or zero) vector"))
     report.seconds = time.perf_counter() - pending.started
+    _count_outcomes(report)
     return report
+
+
+def _count_outcomes(report: BatchReport) -> None:
+    failed, quarantined = len(report.failed), len(report.quarantined)
+    indexed = report.objects - report.skipped - report.relabelled - failed - quarantined
+    for outcome, count in (
+        ("indexed", indexed),
+        ("skipped", report.skipped),
+        ("relabelled", report.relabelled),
+        ("failed", failed),
+        ("quarantined", quarantined),
+    ):
+        if count > 0:
+            INGEST_OBJECTS.labels(outcome).inc(count)
 
 
 def _payload(ctx: PipelineContext, target: Target, item: _Loaded, frame: int) -> dict[str, Any]:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from core.config import Settings
+from core.config import RoleName, Settings
 from core.errors import (
     BadInput,
     ConfigError,
@@ -27,6 +26,7 @@ from core.payload import FILTER_FIELDS
 from ingest.cli_options import add_sync_options
 from ingest.inline import IngestOptions
 from radsearch import remote_commands
+from radsearch.logs import configure_logging
 
 __all__ = [
     "filter_mapping",
@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API keys: create one, or hash one read from stdin")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="print a new random key and its settings entry")
-    create.add_argument("--role", choices=("reader", "ingest", "admin"), required=True)
+    create.add_argument("--role", choices=get_args(RoleName), required=True)
     create.add_argument("--name", required=True, help="who holds the key (shown in audit lines)")
     keys_sub.add_parser("hash", help="print the SHA-256 to store for a key read from stdin")
     keys.set_defaults(handler=_cmd_keys)
@@ -424,14 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbose, "text")
     try:
         overrides: dict[str, Any] = {"data_dir": args.data_dir, "url": args.url}
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        if settings.log_format != "text":
+            configure_logging(args.verbose, settings.log_format)
         url = _remote_url(args, settings)
         if url:
             remote_code: int = args.remote_handler(args, settings, url)

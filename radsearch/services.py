@@ -221,7 +221,12 @@ def serve_api(
         if settings.store.backend == "edge":  # a Qdrant server has no owner to be
             lease = owned.enter_context(acquire_store(settings.index_dir, kind))
             lease.advertise(f"http://{_url_host(host)}:{port}")
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+        # JSON logs: uvicorn's own loggers go through the root handler (its default log config
+        # would print text) and so carry the request id.
+        if settings.log_format == "json":
+            uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, log_config=None)
+        else:
+            uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
 def _url_host(host: str) -> str:

@@ -21,9 +21,11 @@ from search_api.backfill_jobs import OwnerJobRunner
 from search_api.deps import reject_unknown_query
 from search_api.docs import install_docs
 from search_api.errors import install_exception_handlers
+from search_api.metrics import MetricsMiddleware
 from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
 from search_api.openapi import install_openapi
 from search_api.owner_job_store import open_owner_store
+from search_api.request_id import RequestIdMiddleware
 from search_api.routes import (
     admin,
     collections,
@@ -32,6 +34,7 @@ from search_api.routes import (
     events,
     health,
     jobs,
+    metrics,
     points,
     search,
     web,
@@ -111,6 +114,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     app.include_router(jobs.router)
     app.include_router(workers.router)
     app.include_router(events.router)
+    app.include_router(metrics.router)
     app.include_router(web.router)
     check_route_policies(app)
     install_openapi(app, settings)
@@ -128,4 +132,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     # Added last = outermost: the access check runs before the body limit, which runs before parsing.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     app.add_middleware(AccessMiddleware, routes=app.routes, authenticator=authenticator)
+    # Outermost: a request refused by the access check or the body limit is timed too.
+    app.add_middleware(MetricsMiddleware, routes=route_table)
+    app.add_middleware(RequestIdMiddleware)
     return app

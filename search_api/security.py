@@ -76,13 +76,16 @@ class Role(StrEnum):
     READER = "reader"
     INGEST = "ingest"
     ADMIN = "admin"
+    # Reads /metrics only: the key a Prometheus server scrapes with.
+    METRICS = "metrics"
 
 
 # What holding a role lets a principal do.
 _GRANTS: dict[Role, frozenset[Role]] = {
     Role.READER: frozenset({Role.READER}),
     Role.INGEST: frozenset({Role.INGEST}),
-    Role.ADMIN: frozenset({Role.ADMIN, Role.INGEST}),
+    Role.ADMIN: frozenset({Role.ADMIN, Role.INGEST, Role.METRICS}),
+    Role.METRICS: frozenset({Role.METRICS}),
 }
 _ROLE_NAMES = frozenset(role.value for role in Role)
 _AUDITED = frozenset({Role.INGEST, Role.ADMIN})

@@ -18,6 +18,7 @@ from core.encoders.base import Frame
 from core.errors import BadInput, DecodeError, PointNotFound
 from core.filter_warnings import StoredValues, filter_warnings
 from core.index.base import Hit, StoredPoint, VectorIndex
+from core.metrics import timed_search
 from core.payload import SearchFilter
 from core.vectors import validate_vectors
 from ingest.readers import DecodedObject, DecodeLimits, decode_object
@@ -103,14 +104,37 @@ def search(
 ) -> list[Hit]:
     """Filtered k-NN; `InvalidVector` for a wrong dimension, NaN or a zero vector."""
     query = validate_vectors(vector, entry.dim)[0]
-    return index.search(
-        entry.name,
-        query,
-        filter=search_filter,
-        limit=limit,
-        offset=offset,
-        score_threshold=score_threshold,
-    )
+    with timed_search(entry.name, search_filter):
+        return index.search(
+            entry.name,
+            query,
+            filter=search_filter,
+            limit=limit,
+            offset=offset,
+            score_threshold=score_threshold,
+        )
+
+
+def search_near_point(
+    *,
+    index: VectorIndex,
+    entry: CollectionEntry,
+    point_id: str,
+    search_filter: SearchFilter | None,
+    limit: int,
+    offset: int,
+    score_threshold: float | None,
+) -> list[Hit]:
+    """Filtered k-NN around a stored point (the point itself left out)."""
+    with timed_search(entry.name, search_filter):
+        return index.search_near_point(
+            entry.name,
+            point_id,
+            filter=search_filter,
+            limit=limit,
+            offset=offset,
+            score_threshold=score_threshold,
+        )
 
 
 def search_warnings(

@@ -18,6 +18,7 @@ from typing import Any, cast
 from celery import Celery, bootsteps
 
 from core.config import Settings
+from workers.request_headers import install_request_id_propagation
 
 __all__ = [
     "DELETE_TASK",
@@ -136,6 +137,7 @@ def create_celery(settings: Settings) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
+    install_request_id_propagation()
     if cfg.reconcile_interval_s > 0 and settings.events.subscriptions:
         app.conf.beat_schedule = {
             "reconcile-subscriptions": {

@@ -22,7 +22,15 @@ from celery import Celery
 
 from core.config import Settings, Subscription
 from core.errors import RadsearchError
-from workers.app import DELETE_TASK, EMBED_TASK, FINISH_TASK, PLAN_TASK, RECONCILE_TASK
+from workers.app import (
+    DELETE_TASK,
+    EMBED_QUEUE,
+    EMBED_TASK,
+    FINISH_TASK,
+    PLAN_QUEUE,
+    PLAN_TASK,
+    RECONCILE_TASK,
+)
 from workers.jobs import JobKind, JobRecord, JobSpec, JobStore
 
 __all__ = [
@@ -269,3 +277,20 @@ class WorkerGateway:
 
                 self._app = create_celery(self.settings)
             return self._app
+
+
+def queue_depths(client: redis.Redis) -> dict[str, int]:
+    """Messages waiting in each of our queues, every priority level summed (kombu's Redis transport
+    keeps one list per queue and priority)."""
+    from kombu.transport.redis import Channel
+
+    steps = [""] + [f"{Channel.sep}{p}" for p in Channel.priority_steps if p]
+    names = [(queue, f"{queue}{step}") for queue in (PLAN_QUEUE, EMBED_QUEUE) for step in steps]
+    with client.pipeline() as pipe:
+        for _, key in names:
+            pipe.llen(key)
+        lengths = pipe.execute()
+    depths = dict.fromkeys((PLAN_QUEUE, EMBED_QUEUE), 0)
+    for (queue, _), length in zip(names, lengths, strict=True):
+        depths[queue] += int(length)
+    return depths

@@ -375,6 +375,10 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # any number of processes will do.
     pool = args.pool or "prefork"
     app = create_celery(settings)
+    if args.metrics_port:
+        from workers.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings.celery.metrics_host, args.metrics_port, pool=pool)
     hostname = args.hostname or f"radsearch-{'-'.join(args.queues.split(','))}@{socket.gethostname()}"
     argv = [
         "worker",
@@ -427,6 +431,12 @@ def add_worker_commands(
     worker.add_argument("--hostname", help="worker node name (default radsearch-QUEUES@HOST)")
     worker.add_argument("--beat", action="store_true", help="also run the periodic reconcile schedule")
     worker.add_argument("--max-tasks-per-child", type=int, default=0)
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port (host: RADSEARCH_CELERY__METRICS_HOST); the "
+        "prefork pool needs PROMETHEUS_MULTIPROC_DIR set to an empty folder",
+    )
     worker.set_defaults(handler=_cmd_worker)
 
     jobs = sub.add_parser("jobs", help="ingest jobs run by the workers")

@@ -106,10 +106,11 @@ async def search_collection(
     vector: list[float] | NDArray[np.float32]
     if query.point_id is not None:
         by_point = partial(
-            index.search_near_point,
-            entry.name,
-            query.point_id,
-            filter=search_filter,
+            services.search_near_point,
+            index=index,
+            entry=entry,
+            point_id=query.point_id,
+            search_filter=search_filter,
             limit=query.limit,
             offset=query.offset,
             score_threshold=query.score_threshold,

@@ -35,6 +35,7 @@ KEYS: dict[str, str] = {
     "reader": "rs_test-reader-key-0123456789abcdefghijklmnopqrstuv",
     "ingest": "rs_test-ingest-key-0123456789abcdefghijklmnopqrstuv",
     "admin": "rs_test-admin-key-0123456789abcdefghijklmnopqrstuvw",
+    "metrics": "rs_test-metrics-key-0123456789abcdefghijklmnopqrst",
 }
 WEBHOOK_TOKEN = "test-webhook-token-0123456789"
 JWT_KEY = "test-oidc-shared-key-0123456789abcdef0123456789"

@@ -25,7 +25,7 @@ from search_api.middleware import iter_routes
 from search_api.security import AUDIT_LOGGER, Role, route_policy
 from tests.security.conftest import KEYS, WEBHOOK_TOKEN, SecuredApp, key_headers, mint_jwt
 
-READER, INGEST, ADMIN = Role.READER, Role.INGEST, Role.ADMIN
+READER, INGEST, ADMIN, METRICS = Role.READER, Role.INGEST, Role.ADMIN, Role.METRICS
 ANY_ROLE = frozenset({READER, INGEST, ADMIN})
 PUBLIC = "public"
 WEBHOOK = "webhook"
@@ -55,6 +55,8 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/v1/ingest-jobs"): frozenset({INGEST}),
     ("GET", "/v1/ingest-jobs/{job_id}"): frozenset({INGEST}),
     ("GET", "/v1/workers"): frozenset({INGEST}),
+    # Prometheus' scrape key (role metrics) or an administrator.
+    ("GET", "/metrics"): frozenset({METRICS}),
     ("POST", "/v1/events/s3"): WEBHOOK,
     ("POST", "/v1/search/compare"): frozenset({READER}),
     ("POST", "/v1/collections"): frozenset({ADMIN}),
@@ -77,8 +79,8 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/redoc"): PUBLIC,
 }
 
-# Role grants: admin also holds ingest, never reader (see search_api/security.py).
-GRANTS = {READER: {READER}, INGEST: {INGEST}, ADMIN: {ADMIN, INGEST}}
+# Role grants: admin also holds ingest and metrics, never reader (see search_api/security.py).
+GRANTS = {READER: {READER}, INGEST: {INGEST}, ADMIN: {ADMIN, INGEST, METRICS}, METRICS: {METRICS}}
 
 CALLERS: dict[str, dict[str, str]] = {
     "anonymous": {},
@@ -86,9 +88,16 @@ CALLERS: dict[str, dict[str, str]] = {
     "reader": key_headers("reader"),
     "ingest": key_headers("ingest"),
     "admin": key_headers("admin"),
+    "metrics": key_headers("metrics"),
     "bearer_key_reader": {"Authorization": f"Bearer {KEYS['reader']}"},
 }
-ROLE_OF = {"reader": READER, "ingest": INGEST, "admin": ADMIN, "bearer_key_reader": READER}
+ROLE_OF = {
+    "reader": READER,
+    "ingest": INGEST,
+    "admin": ADMIN,
+    "metrics": METRICS,
+    "bearer_key_reader": READER,
+}
 
 
 def _png() -> bytes:

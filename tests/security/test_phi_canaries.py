@@ -207,6 +207,9 @@ def test_phi_canaries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
                     "4xx",
                 )
             )
+            # Metrics label values are route templates and names; the ingest and searches above
+            # were recorded in this process.
+            api_text.append(expect("metrics", client.get("/metrics", headers=key_headers("admin")), "200"))
     finally:
         index.close()
     log_text = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)

@@ -103,3 +103,22 @@ def test_dockerfiles_and_init_script_exist() -> None:
     cuda = (REPO / "infra/Dockerfile.cuda").read_text()
     assert "whl/cu" in cuda and "cuda:0" in cuda
     assert "whl/cpu" in (REPO / "infra/Dockerfile.cpu").read_text()
+
+
+def test_monitoring_profile_scrapes_the_api_and_every_worker(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["prometheus"]["profiles"] == ["monitoring"] == services["grafana"]["profiles"]
+    scrape = yaml.safe_load((REPO / "infra/prometheus/prometheus.yml").read_text())["scrape_configs"]
+    jobs = {job["job_name"]: job for job in scrape}
+    api = jobs["radsearch-api"]
+    assert api["static_configs"][0]["targets"] == ["api:8000"]
+    secret = Path(api["authorization"]["credentials_file"]).name
+    assert secret in services["prometheus"]["secrets"] and secret in compose["secrets"]
+    workers = jobs["radsearch-workers"]["dns_sd_configs"][0]
+    for name in workers["names"]:
+        command = " ".join(services[name]["command"])
+        assert f"--metrics-port {workers['port']}" in command, name
+    env = compose["x-radsearch-env"]
+    assert env["RADSEARCH_CELERY__METRICS_HOST"] == "0.0.0.0" and env["PROMETHEUS_MULTIPROC_DIR"]
+    for mount in ("./infra/grafana/provisioning", "./infra/grafana/dashboards"):
+        assert any(volume.startswith(mount) for volume in services["grafana"]["volumes"])
