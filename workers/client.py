@@ -22,8 +22,8 @@ from celery import Celery
 
 from core.config import Settings, Subscription
 from core.errors import RadsearchError
-from workers.app import DELETE_TASK, EMBED_TASK, FINISH_TASK, PLAN_TASK, RECONCILE_TASK
 from workers.jobs import JobKind, JobRecord, JobSpec, JobStore
+from workers.names import DELETE_TASK, EMBED_TASK, FINISH_TASK, PLAN_TASK, RECONCILE_TASK
 
 __all__ = [
     "BrokerUnavailable",

@@ -36,8 +36,8 @@ from ingest.pipeline import PipelineContext
 from ingest.sources import open_source
 from ingest.sources.base import Source
 from ingest.sources.factory import parse_s3_uri
-from workers.app import settings_of
 from workers.jobs import JobSpec, JobStore, open_job_store
+from workers.names import settings_of
 
 __all__ = ["WorkerResources", "resources_for"]
 

@@ -20,7 +20,8 @@ from core.config import Settings
 from core.index.edge import EdgeIndex
 from search_api.app import create_app
 from tests.workers.conftest import RedisServer, Server, Worker, cli, upload_images, wait_job
-from workers.app import EMBED_TASK, create_celery
+from workers.app import create_celery
+from workers.names import EMBED_TASK
 from workers.jobs import DeadLetter, JobKind, JobSpec, JobState, JobStore
 
 

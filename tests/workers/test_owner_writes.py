@@ -30,7 +30,8 @@ from tests.workers.conftest import (
     upload_images,
     wait_job,
 )
-from workers.app import EMBED_TASK, create_celery
+from workers.app import create_celery
+from workers.names import EMBED_TASK
 from workers.client import requeue_dead_letters, submit_job
 from workers.jobs import JobKind, JobSpec, JobStore
 
