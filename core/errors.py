@@ -19,6 +19,7 @@
     │   ├── StoreOwned         (another process owns the embedded store's data dir)
     │   └── StoreFull          (free disk below the reserve: writes refused, nothing lost)
     └── BadInput               (one input file/object cannot be used; the batch goes on)
+        ├── ObjectNotFound      (the source has no such object, or no longer)
         ├── DecodeError         (corrupt, truncated, not an image)
         │   └── DecodeTimeout   (decoding ran past the per-file time limit)
         ├── UnsupportedFormat   (unknown container or transfer syntax without a decoder)
@@ -30,10 +31,7 @@ Messages name the file or field at fault and never carry patient-identifying val
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from core.ownership import OwnerRecord
+from typing import Protocol
 
 __all__ = [
     "BadInput",
@@ -49,6 +47,8 @@ __all__ = [
     "InvalidFilter",
     "InvalidVector",
     "NoTextTower",
+    "ObjectNotFound",
+    "OwnerLike",
     "PointNotFound",
     "RadsearchError",
     "ServerUnavailable",
@@ -129,12 +129,27 @@ class InvalidFilter(IndexStoreError):
     pass
 
 
+class OwnerLike(Protocol):
+    """What `StoreOwned` says of a data dir's owner (`core.ownership.OwnerRecord` is one)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def url(self) -> str | None: ...
+
+    def describe(self) -> str: ...
+
+
 class StoreOwned(IndexStoreError):
     """The embedded store's data dir belongs to another process, which is not disturbed.
 
     ``owner`` says which (pid, kind, URL); a serving owner is reached over HTTP instead."""
 
-    def __init__(self, directory: Path, owner: OwnerRecord) -> None:
+    def __init__(self, directory: Path, owner: OwnerLike) -> None:
         if owner.url:
             hint = (
                 f"it serves this store at {owner.url}: radsearch commands go through it by themselves "
@@ -162,6 +177,13 @@ class BadInput(RadsearchError):
         super().__init__(f"{key}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class ObjectNotFound(BadInput):
+    """The source has no object under ``key`` (never had, or it was deleted since it was listed)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, "object not found")
 
 
 class DecodeError(BadInput):

@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from core.encoders.base import Encoder
-from core.errors import BadInput
+from core.errors import BadInput, ObjectNotFound
 from core.index.base import StoredPoint, VectorIndex
 from core.metrics import INGEST_IMAGES, INGEST_OBJECTS, INGEST_STAGE_SECONDS
 from core.payload import SearchFilter, build_payload, image_point_id, labels_hash, point_id
@@ -68,6 +68,8 @@ class FailedItem:
     key: str
     reason: str
     quarantined: bool = False
+    #: The source no longer has it (`ObjectNotFound`): deleted since it was listed or announced.
+    vanished: bool = False
 
 
 @dataclass
@@ -185,7 +187,7 @@ def _load(ctx: PipelineContext, ref: ObjectRef, positions: list[int]) -> _Loaded
         with INGEST_STAGE_SECONDS.labels("decode").time():
             decoded = decode_object(data, ref.key, limits=ctx.limits, hash_key=ctx.hash_key)
     except BadInput as exc:
-        return FailedItem(ref.key, exc.reason)
+        return FailedItem(ref.key, exc.reason, vanished=isinstance(exc, ObjectNotFound))
     if not ctx.accept_burned_in:
         reason = burned_in_reason(decoded.meta, decoded.labels)
         if reason is not None:

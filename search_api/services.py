@@ -15,7 +15,7 @@ from PIL import Image
 from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
 from core.encoders.base import Frame
-from core.errors import BadInput, DecodeError, PointNotFound
+from core.errors import BadInput, DecodeError, ObjectNotFound, PointNotFound
 from core.filter_warnings import StoredValues, filter_warnings
 from core.index.base import Hit, StoredPoint, VectorIndex
 from core.metrics import timed_search
@@ -39,8 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_NOT_FOUND = "object not found"  # the reason sources give for a missing object
 
 
 def read_point(
@@ -213,12 +211,12 @@ def render_thumbnail(
         finally:
             source.close()
         decoded = _decode(data, key, settings)
+    except ObjectNotFound:
+        raise ObjectGone(
+            f"the source object of point {point.id!r} no longer exists; its points go with "
+            "the next prune or reconcile"
+        ) from None
     except BadInput as exc:
-        if exc.reason == _NOT_FOUND:
-            raise ObjectGone(
-                f"the source object of point {point.id!r} no longer exists; its points go with "
-                "the next prune or reconcile"
-            ) from None
         logger.warning("thumbnail source undecodable for point %s: %s", point.id, type(exc).__name__)
         raise UpstreamUnavailable(f"the source object of point {point.id!r} cannot be read") from exc
     except Exception as exc:

@@ -5,46 +5,26 @@ Delivery is at-least-once and tasks are idempotent (deterministic point ids, bat
 prefetch 1 keeps a long batch from holding others hostage, and Redis' visibility timeout returns
 the messages of a worker that vanished altogether. JSON only: a task argument is never unpickled.
 
-Queues: ``plan`` (CPU: list a source, reconcile, delete, finish a complete job by indexing its
-collections) and ``embed`` (GPU or CPU: a batch of object keys → the batch pipeline → upsert).
+Task names and queues: `workers.names`.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
+import redis
 from celery import Celery, bootsteps
 
 from core.config import Settings
+from workers.heartbeat import HeartbeatStep
+from workers.jobs import open_job_store
+from workers.names import EMBED_QUEUE, RECONCILE_ALL_TASK, SETTINGS_KEY, TASK_QUEUES, settings_of
 from workers.request_headers import install_request_id_propagation
+from workers.tasks import register_tasks, resend_lost_batches
 
-__all__ = [
-    "DELETE_TASK",
-    "EMBED_QUEUE",
-    "EMBED_TASK",
-    "FINISH_TASK",
-    "PLAN_QUEUE",
-    "PLAN_TASK",
-    "RECONCILE_ALL_TASK",
-    "RECONCILE_TASK",
-    "create_celery",
-    "settings_of",
-]
-
-PLAN_QUEUE = "plan"
-EMBED_QUEUE = "embed"
-
-# Task names are the wire contract: the API and the command line enqueue by name.
-PLAN_TASK = "radsearch.plan_job"
-EMBED_TASK = "radsearch.embed_batch"
-DELETE_TASK = "radsearch.delete_objects"
-RECONCILE_TASK = "radsearch.reconcile"
-RECONCILE_ALL_TASK = "radsearch.reconcile_subscriptions"
-FINISH_TASK = "radsearch.finish_job"
-
-_SETTINGS_KEY = "radsearch_settings"
+__all__ = ["create_celery"]
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +59,6 @@ def _patch_kombu_closed_connection() -> None:
 
 def create_celery(settings: Settings) -> Celery:
     """A configured Celery app with the radsearch tasks registered."""
-    from workers.heartbeat import HeartbeatStep
-    from workers.tasks import register_tasks
-
     _patch_kombu_closed_connection()
 
     cfg = settings.celery
@@ -123,14 +100,7 @@ def create_celery(settings: Settings) -> Celery:
             "interval_max": 2.0,
         },
         task_default_queue=EMBED_QUEUE,
-        task_routes={
-            PLAN_TASK: {"queue": PLAN_QUEUE},
-            RECONCILE_TASK: {"queue": PLAN_QUEUE},
-            RECONCILE_ALL_TASK: {"queue": PLAN_QUEUE},
-            DELETE_TASK: {"queue": PLAN_QUEUE},
-            FINISH_TASK: {"queue": PLAN_QUEUE},
-            EMBED_TASK: {"queue": EMBED_QUEUE},
-        },
+        task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
         worker_send_task_events=False,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
@@ -145,7 +115,7 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": timedelta(seconds=cfg.reconcile_interval_s),
             }
         }
-    app.conf[_SETTINGS_KEY] = settings
+    app.conf[SETTINGS_KEY] = settings
     register_tasks(app)
     # Every worker of this app says it is alive (radsearch jobs workers, a job's `waiting`).
     app.steps["worker"].add(HeartbeatStep)
@@ -175,11 +145,6 @@ class _LostBatchWatch(bootsteps.StartStopStep):  # type: ignore[misc]
             self.tref = None
 
     def tick(self, parent: Any) -> None:
-        import redis
-
-        from workers.jobs import open_job_store
-        from workers.tasks import resend_lost_batches
-
         settings = settings_of(parent.app)
         cfg = settings.celery
         broker_url = settings.broker_url
@@ -198,8 +163,3 @@ class _LostBatchWatch(bootsteps.StartStopStep):  # type: ignore[misc]
             resend_lost_batches(parent.app, store, broker, idle_s)
         except Exception as exc:  # Redis away: the next tick tries again
             log.warning("lost-batch check failed: %s", type(exc).__name__)
-
-
-def settings_of(app: Celery) -> Settings:
-    """The `Settings` the app was built from."""
-    return cast(Settings, app.conf[_SETTINGS_KEY])

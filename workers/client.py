@@ -22,7 +22,8 @@ from celery import Celery
 
 from core.config import Settings, Subscription
 from core.errors import RadsearchError
-from workers.app import (
+from workers.jobs import JobKind, JobRecord, JobSpec, JobStore
+from workers.names import (
     DELETE_TASK,
     EMBED_QUEUE,
     EMBED_TASK,
@@ -31,7 +32,6 @@ from workers.app import (
     PLAN_TASK,
     RECONCILE_TASK,
 )
-from workers.jobs import JobKind, JobRecord, JobSpec, JobStore
 
 __all__ = [
     "BrokerUnavailable",

@@ -35,8 +35,8 @@ from ingest.labels import Labeler, PathTemplate, read_manifest
 from ingest.pipeline import PipelineContext
 from ingest.sources import open_source
 from ingest.sources.base import Source
-from workers.app import settings_of
 from workers.jobs import JobSpec, JobStore, job_store_for
+from workers.names import settings_of
 
 __all__ = ["WorkerResources", "resources_for"]
 

@@ -29,6 +29,7 @@ from celery import bootsteps
 
 from core.config import CelerySettings
 from workers.jobs import JobRecord, JobState, JobStore
+from workers.names import EMBED_QUEUE, PLAN_QUEUE, settings_of
 
 __all__ = [
     "HeartbeatStep",
@@ -46,9 +47,6 @@ log = logging.getLogger(__name__)
 
 _PREFIX = "radsearch:"
 _INDEX = f"{_PREFIX}workers"
-# The queues, as in workers.app (not imported: that module builds the Celery app).
-_PLAN_QUEUE = "plan"
-_EMBED_QUEUE = "embed"
 
 
 def _key(hostname: str) -> str:
@@ -152,10 +150,10 @@ def job_queue(record: JobRecord) -> str | None:
     if record.finished:
         return None
     if record.state in (JobState.QUEUED, JobState.PLANNING):
-        return _PLAN_QUEUE
+        return PLAN_QUEUE
     if record.counts["batches_done"] < record.counts["batches_total"]:
-        return _EMBED_QUEUE
-    return _PLAN_QUEUE
+        return EMBED_QUEUE
+    return PLAN_QUEUE
 
 
 def waiting_reason(
@@ -254,9 +252,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is
         self.tref: Any = None
 
     def start(self, parent: Any) -> None:
-        from celery.worker import state
-
-        from workers.app import settings_of
+        from celery.worker import state  # the worker's own machinery: loaded in workers only
 
         settings = settings_of(parent.app)
         cfg = settings.celery

@@ -26,19 +26,22 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from core.errors import BadInput, CollectionNotFound, ConfigError, EncoderError, SourceError
+from core.errors import (
+    BadInput,
+    CollectionNotFound,
+    ConfigError,
+    EncoderError,
+    ObjectNotFound,
+    SourceError,
+)
 from ingest.pipeline import process_batch
 from ingest.planner import plan_batches
-from ingest.prune import (
-    SourceDiff,
-    delete_keys,
-    diff_source,
-    guard_message,
-    indexed_objects,
-    still_gone,
-)
+from ingest.prune import delete_keys, indexed_objects, still_gone
+from ingest.reconcile import plan_reconcile
 from ingest.sources.base import ObjectRef
-from workers.app import (
+from workers.context import WorkerResources, resources_for
+from workers.jobs import DeadLetter, JobKind, JobSpec, JobState, JobStore
+from workers.names import (
     DELETE_TASK,
     EMBED_QUEUE,
     EMBED_TASK,
@@ -48,14 +51,10 @@ from workers.app import (
     RECONCILE_ALL_TASK,
     RECONCILE_TASK,
 )
-from workers.context import WorkerResources, resources_for
-from workers.jobs import DeadLetter, JobKind, JobSpec, JobState, JobStore
 
 __all__ = ["RadsearchTask", "is_transient", "reconcile_job", "register_tasks", "resend_lost_batches"]
 
 log = logging.getLogger(__name__)
-
-_NOT_FOUND = "object not found"
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -90,6 +89,25 @@ def _backoff(task: RadsearchTask) -> float:
     cap = min(cfg.retry_backoff_max_s, cfg.visibility_timeout_s / 2)
     delay = min(cap, cfg.retry_backoff_s * 2 ** int(task.request.retries))
     return float(delay * random.uniform(0.5, 1.0))
+
+
+def _retry_if_transient(task: RadsearchTask, exc: Exception, what: str) -> None:
+    """Retry the task later, with exponential backoff and jitter, if ``exc`` is transient
+    (`is_transient`) and ``celery.max_retries`` is not reached: raises Celery's ``Retry``.
+    Returns otherwise, for the caller to record the failure. ``what`` names the work in the log."""
+    cfg = task.resources.settings.celery
+    if not is_transient(exc) or task.request.retries >= cfg.max_retries:
+        return
+    countdown = _backoff(task)
+    log.warning(
+        "%s: %s: %s; retry %d in %.1f s",
+        what,
+        type(exc).__name__,
+        exc,
+        int(task.request.retries) + 1,
+        countdown,
+    )
+    raise task.retry(exc=exc, countdown=countdown, max_retries=cfg.max_retries) from exc
 
 
 def _dead_letter(
@@ -161,16 +179,11 @@ def _guarded(
         task.resources.forget_collections()
         store.fail(job_id, _dropped_reason(task, spec, exc))
     except Exception as exc:
-        attempts = int(task.request.retries) + 1
-        error = f"{type(exc).__name__}: {exc}"
-        if is_transient(exc) and task.request.retries < cfg.max_retries:
-            countdown = _backoff(task)
-            log.warning(
-                "job %s batch %s: %s; retry %d in %.1f s", job_id, batch_id, error, attempts, countdown
-            )
-            raise task.retry(exc=exc, countdown=countdown, max_retries=cfg.max_retries) from exc
+        _retry_if_transient(task, exc, f"job {job_id} batch {batch_id}")
         if not is_transient(exc):
             log.exception("job %s batch %s failed on a non-transient error", job_id, batch_id)
+        error = f"{type(exc).__name__}: {exc}"
+        attempts = int(task.request.retries) + 1
         _dead_letter(store, job_id, batch_id, spec, keys, error, attempts, kind)
         _finish_when_complete(task.app, store, job_id)
 
@@ -207,16 +220,15 @@ def _embed(
             for key in keys:
                 try:
                     refs.append(ctx.source.stat(key))
+                except ObjectNotFound:
+                    vanished += 1
                 except BadInput as exc:
-                    if exc.reason == _NOT_FOUND:
-                        vanished += 1
-                    else:
-                        failed.append((key, exc.reason))
+                    failed.append((key, exc.reason))
         report = process_batch(ctx, refs, res.pool)
         etag_of = {ref.key: ref.etag for ref in refs}
         bad: dict[str, str] = {}
         for item in report.failed:
-            if item.reason == _NOT_FOUND:
+            if item.vanished:
                 vanished += 1
             else:
                 failed.append((item.key, item.reason))
@@ -367,8 +379,7 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
         store.fail(job_id, str(exc))
         return
     except Exception as exc:
-        if is_transient(exc) and task.request.retries < res.settings.celery.max_retries:
-            raise task.retry(exc=exc, countdown=_backoff(task)) from exc
+        _retry_if_transient(task, exc, f"planning job {job_id}")
         store.fail(job_id, f"planning failed: {type(exc).__name__}: {exc}")
         return
     store.plan_done(job_id)
@@ -405,46 +416,42 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
     index = res.catalog.index
     listing = {ref.key: ref for ref in source.list()}
     max_frames = res.settings.ingest.max_frames_per_object
-    diffs = [
-        diff_source(c, listing, indexed_objects(index, c, source, max_frames=max_frames))
-        for c in spec.collections
-    ]
-    drift: dict[str, Any] = {}
+    plan = plan_reconcile(
+        listing,
+        {c: indexed_objects(index, c, source, max_frames=max_frames) for c in spec.collections},
+        {c: store.bad_objects(c, source.name) for c in spec.collections},
+        max_fraction=spec.max_delete_fraction,
+        force=spec.force,
+    )
     # The guard (`check_deletions`): a dry run reports what it would say, a real run stops here.
-    refusal = guard_message(diffs, max_fraction=spec.max_delete_fraction, force=spec.force)
-    if refusal is not None and not spec.dry_run:
-        drift = {d.collection: {**_drift_counts(d, 0), "refused": True} for d in diffs}
-        store.set_drift(job_id, drift)
-        store.fail(job_id, refusal)
-        log.warning("reconcile job %s refused: %s", job_id, refusal)
+    if plan.refusal is not None and not spec.dry_run:
+        store.set_drift(job_id, plan.refused_drift())
+        store.fail(job_id, plan.refusal)
+        log.warning("reconcile job %s refused: %s", job_id, plan.refusal)
         return None
-    to_embed: dict[str, ObjectRef] = {}
+    drift: dict[str, Any] = {}
     deleted_total = 0
-    for diff in diffs:
-        bad = store.bad_objects(diff.collection, source.name)
-        known_bad = [k for k in diff.added if bad.get(k) == listing[k].etag]
-        diff.added = [k for k in diff.added if bad.get(k) != listing[k].etag]
+    for part in plan.collections:
+        diff = part.diff
         diff.deleted = still_gone(source, diff.deleted)
         if spec.dry_run:
             drift[diff.collection] = {
-                **_drift_counts(diff, len(known_bad)),
+                **part.counts(),
                 **diff.to_dict(),
                 "dry_run": True,
-                "would_refuse": refusal,
+                "would_refuse": plan.refusal,
             }
             continue
         delete_keys(index, diff.collection, source, diff.deleted)
         deleted_total += len(diff.deleted)
-        for key in (*diff.added, *diff.changed):
-            to_embed[key] = listing[key]
         drift[diff.collection] = {
-            **_drift_counts(diff, len(known_bad)),
+            **part.counts(),
             "deleted": len(diff.deleted),
             "deleted_items": list(diff.deleted),
         }
     store.raise_counters(job_id, {"listed": len(listing), "deleted": deleted_total})
     store.set_drift(job_id, drift)
-    refs = [to_embed[k] for k in sorted(to_embed)]
+    refs = [] if spec.dry_run else plan.to_embed(listing)
     batch_size = spec.batch_size or res.settings.celery.task_batch_size
     _send_embed_batches(app, store, job_id, refs, batch_size, "r")
     store.plan_done(job_id)
@@ -457,23 +464,11 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
     return drift
 
 
-def _drift_counts(diff: SourceDiff, known_bad: int) -> dict[str, Any]:
-    return {
-        "bucket_objects": diff.listed,
-        "indexed_objects": diff.indexed,
-        "missing": len(diff.added),
-        "changed": len(diff.changed),
-        "gone": len(diff.deleted),
-        "known_bad": known_bad,
-    }
-
-
 def _reconcile(task: RadsearchTask, job_id: str) -> None:
     try:
         reconcile_job(task.app, task.resources, job_id)
     except Exception as exc:
-        if is_transient(exc) and task.request.retries < task.resources.settings.celery.max_retries:
-            raise task.retry(exc=exc, countdown=_backoff(task)) from exc
+        _retry_if_transient(task, exc, f"reconcile job {job_id}")
         task.resources.store.fail(job_id, f"reconcile failed: {type(exc).__name__}: {exc}")
 
 
@@ -497,8 +492,7 @@ def _finish(task: RadsearchTask, job_id: str) -> None:
             catalog.index.optimize(collection)
             log.info("job %s: %s indexed in %.1f s", job_id, collection, time.monotonic() - started)
     except Exception as exc:
-        if is_transient(exc) and task.request.retries < res.settings.celery.max_retries:
-            raise task.retry(exc=exc, countdown=_backoff(task)) from exc
+        _retry_if_transient(task, exc, f"indexing job {job_id}")
         store.fail(job_id, f"indexing the job's collections failed: {type(exc).__name__}: {exc}")
         return
     store.finish(job_id)

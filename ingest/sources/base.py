@@ -54,11 +54,12 @@ class Source(ABC):
 
     @abstractmethod
     def stat(self, key: str) -> ObjectRef:
-        """One object's reference; `BadInput` if it does not exist."""
+        """One object's reference; `ObjectNotFound` if it does not exist."""
 
     @abstractmethod
     def fetch(self, key: str) -> bytes:
-        """The object's bytes; `BadInput` if it does not exist or exceeds the size limit."""
+        """The object's bytes; `ObjectNotFound` if it does not exist, another `BadInput` if it
+        cannot be used (beyond the size limit)."""
 
     def fetch_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
         """The object's bytes and its user metadata (S3 ``x-amz-meta-*``), read in one request."""

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.errors import BadInput, ConfigError, TooLarge
+from core.errors import BadInput, ConfigError, ObjectNotFound, TooLarge
 from ingest.sources.base import ObjectRef, Source, check_source_name
 
 __all__ = ["LocalSource"]
@@ -44,7 +44,7 @@ class LocalSource(Source):
     def stat(self, key: str) -> ObjectRef:
         path = self._path(key)
         if not path.is_file():
-            raise BadInput(key, "object not found")
+            raise ObjectNotFound(key)
         return self._ref(path)
 
     def fetch(self, key: str) -> bytes:
@@ -55,7 +55,7 @@ class LocalSource(Source):
                 raise TooLarge(key, f"object of {size} bytes exceeds the {self.max_object_bytes}-byte limit")
             return path.read_bytes()
         except FileNotFoundError as exc:
-            raise BadInput(key, "object not found") from exc
+            raise ObjectNotFound(key) from exc
         except IsADirectoryError as exc:
             raise BadInput(key, "not a file") from exc
 

@@ -8,7 +8,7 @@ import urllib3
 from minio.error import S3Error
 
 from core.config import S3Settings
-from core.errors import BadInput, SourceError, TooLarge
+from core.errors import BadInput, ObjectNotFound, SourceError, TooLarge
 from core.s3 import s3_client
 from ingest.sources.base import ObjectRef, Source, check_source_name
 
@@ -60,7 +60,7 @@ class S3Source(Source):
         """What a failed stat/get of ``key`` raises: a missing object is bad input, the rest transient."""
         if isinstance(exc, S3Error):
             if exc.code in _MISSING_CODES:
-                return BadInput(key, "object not found")
+                return ObjectNotFound(key)
             return SourceError(f"cannot {verb} s3://{self.bucket}/{key}: {exc.code}")
         return SourceError(f"cannot reach S3 endpoint for s3://{self.bucket}: {exc}")
 

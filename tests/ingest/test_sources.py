@@ -7,7 +7,7 @@ import pytest
 from minio import Minio
 
 from core.config import Settings
-from core.errors import BadInput, ConfigError, SourceError, TooLarge
+from core.errors import BadInput, ConfigError, ObjectNotFound, SourceError, TooLarge
 from ingest.planner import plan_batches
 from ingest.sources import open_source
 from ingest.sources.s3 import S3Source
@@ -81,3 +81,17 @@ def test_s3_source_needs_credentials(settings: Settings) -> None:
     anonymous = settings.model_copy(update={"s3": settings.s3.model_copy(update={"access_key": None})})
     with pytest.raises(ConfigError, match="credentials"):
         open_source("s3://bucket/x", anonymous)
+
+
+def test_missing_object_is_object_not_found_from_every_source(
+    tmp_path: Path, minio_client: Minio, bucket: str, settings: Settings
+) -> None:
+    """A missing object is `ObjectNotFound` (a `BadInput` naming the key), whatever the source."""
+    minio_client.put_object(bucket, "raw/here.png", io.BytesIO(b"p"), 1)
+    for uri in (str(tmp_path), f"s3://{bucket}/raw/"):
+        source = open_source(uri, settings)
+        for call in (source.stat, source.fetch):
+            with pytest.raises(ObjectNotFound) as missing:
+                call("raw/gone.png")
+            assert isinstance(missing.value, BadInput)
+            assert (missing.value.key, missing.value.reason) == ("raw/gone.png", "object not found")

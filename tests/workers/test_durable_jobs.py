@@ -20,8 +20,9 @@ from core.config import Settings
 from core.index.edge import EdgeIndex
 from search_api.app import create_app
 from tests.workers.conftest import RedisServer, Server, Worker, cli, upload_images, wait_job
-from workers.app import EMBED_TASK, create_celery
+from workers.app import create_celery
 from workers.jobs import DeadLetter, JobKind, JobSpec, JobState, JobStore
+from workers.names import EMBED_TASK
 
 
 def test_a_collection_dropped_under_a_job_fails_it_and_requeue_does_not_recreate_it(

@@ -225,7 +225,8 @@ def test_a_batch_the_broker_lost_is_sent_again(worker_settings: Settings, job_st
     import redis as redis_lib
 
     from ingest.sources.base import ObjectRef
-    from workers.app import EMBED_QUEUE, create_celery
+    from workers.app import create_celery
+    from workers.names import EMBED_QUEUE
     from workers.tasks import _send_embed_batches, resend_lost_batches
 
     app = create_celery(worker_settings)

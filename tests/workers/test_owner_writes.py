@@ -30,9 +30,10 @@ from tests.workers.conftest import (
     upload_images,
     wait_job,
 )
-from workers.app import EMBED_TASK, create_celery
+from workers.app import create_celery
 from workers.client import requeue_dead_letters, submit_job
 from workers.jobs import JobKind, JobSpec, JobStore
+from workers.names import EMBED_TASK
 
 # The baseline encoder projected to 2048 dimensions: 8 kB a vector, so ~1,300 points pass the
 # engine's indexing threshold (10 MB of vectors; below it a collection is searched exactly).
