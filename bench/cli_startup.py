@@ -42,7 +42,7 @@ def _report():
     with open(os.environ["CLI_STARTUP_REPORT"], "w") as fh:
         json.dump(sorted(m for m in {heavy} if m in sys.modules), fh)
 atexit.register(_report)
-from radsearch.cli import main
+from radsearch.commands.main import main
 sys.exit(main(sys.argv[1:]))
 """.replace("{heavy}", repr(HEAVY))
 
@@ -171,7 +171,7 @@ def serving(data_dir: Path) -> Iterator[None]:
     """``radsearch serve`` owning ``data_dir``, until the block ends."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "radsearch.cli", "--data-dir", str(data_dir), "serve", "--port", str(port)],
+        [sys.executable, "-m", "radsearch", "--data-dir", str(data_dir), "serve", "--port", str(port)],
         cwd=REPO_ROOT,
         env=_env(),
         stdout=subprocess.DEVNULL,

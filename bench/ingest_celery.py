@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             # The store's owner; the workers send it their batches.
             owner_url = f"http://127.0.0.1:{_free_port()}"
             owner = subprocess.Popen(
-                [sys.executable, "-m", "radsearch.cli", "serve", "--host", "127.0.0.1"]
+                [sys.executable, "-m", "radsearch", "serve", "--host", "127.0.0.1"]
                 + ["--port", owner_url.rsplit(":", 1)[1]],
                 env=_env(base),
                 cwd=REPO_ROOT,
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 log = (root / f"worker-{p}.log").open("wb")
                 workers.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "radsearch.cli", "worker", "--queues", queues]
+                        [sys.executable, "-m", "radsearch", "worker", "--queues", queues]
                         + ["--pool", "threads", "--concurrency", str(args.worker_threads)],
                         env=_env(base),
                         cwd=REPO_ROOT,

@@ -26,8 +26,8 @@ def class_label(payload: dict[str, Any]) -> str:
 
 def evaluate_collection(catalog: Catalog, collection: str, *, k_max: int = 10) -> dict[str, Any]:
     """Micro/macro P@k with index = split train and queries = split test, plus the chance level."""
-    from core.evaluation import EvalOptions
-    from core.evaluation import evaluate_collection as run_protocol
+    from evaluation import EvalOptions
+    from evaluation import evaluate_collection as run_protocol
 
     ks = tuple(k for k in (1, 3, 5, 10) if k <= k_max) or (k_max,)
     result = run_protocol(catalog.index, collection, EvalOptions(ks=ks))

@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import ConfigError
-from core.evaluation.command import json_safe
-from core.evaluation.protocol import EvalOptions
-from core.evaluation.run import evaluate_collection
+from radsearch.commands.eval import json_safe
+from evaluation.protocol import EvalOptions
+from evaluation.run import evaluate_collection
 from search_api.deps import CollectionDep, IndexDep
 from search_api.errors import error_responses
 from search_api.security import Role, require_role

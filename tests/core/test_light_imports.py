@@ -1,4 +1,4 @@
-"""The light commands of the CLI start without torch (~2 s to import): importing `radsearch.cli`,
+"""The light commands of the CLI start without torch (~2 s to import): importing `radsearch.commands.main`,
 ``--help``, ``collections list`` (on an empty store and on one holding a collection) and ``keys
 create`` leave torch, transformers and open_clip out of ``sys.modules``. Timings are measured by
 ``bench/cli_startup.py``; this checks the cause, which cannot be flaky."""
@@ -25,13 +25,13 @@ _CHECK = """
 import contextlib, io, json, sys
 heavy = {heavy}
 seen = {{}}
-import radsearch.cli
-seen["import radsearch.cli"] = [m for m in heavy if m in sys.modules]
+import radsearch.commands.main
+seen["import radsearch.commands.main"] = [m for m in heavy if m in sys.modules]
 for name, argv in {commands}:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         try:
-            code = radsearch.cli.main(argv)
+            code = radsearch.commands.main.main(argv)
         except SystemExit as exc:
             code = exc.code
     assert code == 0, (name, code)
@@ -65,4 +65,4 @@ def test_light_commands_import_no_torch(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen == {name: [] for name in ["import radsearch.cli", *(name for name, _ in commands)]}
+    assert seen == {name: [] for name in ["import radsearch.commands.main", *(name for name, _ in commands)]}

@@ -27,7 +27,7 @@ from core.errors import StoreFull
 from core.index.edge import _disk_errors, _write_atomic
 from core.index.factory import open_index
 from ingest.inline import IngestOptions
-from radsearch.cli import EXIT_STORE_FULL
+from radsearch.commands.main import EXIT_STORE_FULL
 from radsearch.services import ensure_collection, ingest_source, open_catalog
 from search_api import create_app
 from tests.search_api.test_api import COLLECTION, populate
@@ -124,7 +124,7 @@ def test_an_ingest_that_fills_the_disk_stops_with_exit_4_and_resumes_once_space_
         "RADSEARCH_RUNTIME__DEVICE": "cpu",
         "RADSEARCH_INGEST__BATCH_SIZE": "16",
     }
-    command = [sys.executable, "-m", "radsearch.cli", "--data-dir", str(data), "ingest", str(archive)]
+    command = [sys.executable, "-m", "radsearch", "--data-dir", str(data), "ingest", str(archive)]
     command += ["--collection", "chest", "--json"]
 
     refused = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)

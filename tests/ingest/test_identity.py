@@ -239,7 +239,7 @@ def test_bad_source_name_is_a_usage_error_naming_the_flag(
 ) -> None:
     """A source name that could be a path or carries control characters is refused before anything
     is created or queued (exit 2), the message naming the field and not echoing the value."""
-    from radsearch.cli import main
+    from radsearch.commands.main import main
 
     folder = tmp_path / "images"
     _write_png(folder / "a.png", seed=60)

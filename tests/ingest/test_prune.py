@@ -23,7 +23,7 @@ from core.index import open_index
 from ingest.inline import IngestOptions, build_context, ingest_inline
 from ingest.prune import diff_source, indexed_objects
 from ingest.sources import open_source
-from radsearch.cli import main
+from radsearch.commands.main import main
 
 N_IMAGES = 20
 

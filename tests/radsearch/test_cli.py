@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from radsearch.cli import main
+from radsearch.commands.main import main
 
 
 @pytest.fixture

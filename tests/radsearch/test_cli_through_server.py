@@ -32,7 +32,7 @@ from core.catalog import Catalog, CollectionBusy
 from core.config import RuntimeSettings, SecuritySettings, Settings
 from core.encoders.registry import resolve_spec
 from core.index.edge import EdgeIndex
-from radsearch.cli import main
+from radsearch.commands.main import main
 from search_api.backfill_jobs import JobProgress, OwnerJobRunner
 from search_api.owner_job_store import LocalJobStore
 from tests.conftest import free_port
@@ -63,7 +63,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _serve(data: Path, port: int, **extra: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "radsearch.cli", "--data-dir", str(data), "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "radsearch", "--data-dir", str(data), "serve", "--port", str(port)]
     return subprocess.Popen(command, env=_env(**extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -134,7 +134,7 @@ def _direct(world: World, *args: str) -> Run:
 def _cli(data: Path, *args: str, **env: str) -> Run:
     """A ``radsearch`` subprocess on ``data``."""
     done = subprocess.run(
-        [sys.executable, "-m", "radsearch.cli", "--data-dir", str(data), *args],
+        [sys.executable, "-m", "radsearch", "--data-dir", str(data), *args],
         env=_env(**env),
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ REPO = Path(__file__).parents[2]
 def _cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
     return subprocess.run(
-        [sys.executable, "-m", "radsearch.cli", "--data-dir", str(data), *args],
+        [sys.executable, "-m", "radsearch", "--data-dir", str(data), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -35,7 +35,7 @@ def test_demo_serves_the_readme_examples_and_owns_the_store(tmp_path: Path) -> N
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "radsearch.cli", "--data-dir", str(data), "demo", "--per-class", "3"]
+        [sys.executable, "-m", "radsearch", "--data-dir", str(data), "demo", "--per-class", "3"]
         + ["--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

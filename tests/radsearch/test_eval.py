@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from core.config import RuntimeSettings, SecuritySettings, Settings
-from core.evaluation import EvalOptions, evaluate_collection, evaluate_files, export_collection
+from evaluation import EvalOptions, evaluate_collection, evaluate_files, export_collection
 from core.index import CollectionConfig, VectorIndex, open_index
 from core.payload import SearchFilter
 from ingest.inline import IngestOptions
-from radsearch.cli import main
+from radsearch.commands.main import main
 from radsearch.demo import evaluate_collection as demo_evaluate_collection
 from radsearch.demo_data import generate_demo_archive
 from radsearch.services import ensure_collection, ingest_source, open_catalog
@@ -221,7 +221,7 @@ def test_demo_delegates_to_the_evaluation_module(demo_settings: Settings) -> Non
 
 def test_the_evaluation_module_does_not_import_ingest() -> None:
     code = (
-        "import sys, core.evaluation, core.evaluation.command; "
+        "import sys, evaluation, radsearch.commands.eval; "
         "bad = [m for m in sys.modules if m == 'ingest' or m.startswith('ingest.')]; "
         "assert not bad, bad"
     )

@@ -17,7 +17,7 @@ from PIL import Image
 from core.config import Settings, StoreSettings
 from core.index.factory import open_index
 from core.ownership import current_owner
-from radsearch.cli import EXIT_STORE_OWNED, main
+from radsearch.commands.main import EXIT_STORE_OWNED, main
 
 N_IMAGES = 1200
 REPO = Path(__file__).parents[2]
@@ -45,7 +45,7 @@ def test_every_command_is_refused_while_an_ingest_owns_the_store(
     data = tmp_path / "data"
     index_dir = data / "index"
     owner = subprocess.Popen(
-        [sys.executable, "-m", "radsearch.cli", "--data-dir", str(data), "ingest", str(archive)]
+        [sys.executable, "-m", "radsearch", "--data-dir", str(data), "ingest", str(archive)]
         + ["--collection", "chest", "--encoder", "baseline", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

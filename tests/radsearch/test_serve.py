@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from radsearch.cli import main
+from radsearch.commands.main import main
 from tests.conftest import free_port
 
 
@@ -40,7 +40,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "radsearch.cli",
+            "radsearch",
             "--data-dir",
             data,
             "serve",

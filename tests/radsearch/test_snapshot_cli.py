@@ -39,7 +39,7 @@ def _env() -> dict[str, str]:
 
 def _cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "radsearch.cli", "--data-dir", str(data), *args],
+        [sys.executable, "-m", "radsearch", "--data-dir", str(data), *args],
         env=_env(),
         capture_output=True,
         text=True,
@@ -103,7 +103,7 @@ def test_snapshot_drop_and_restore_through_the_serving_owner_then_without_it(tmp
         [
             sys.executable,
             "-m",
-            "radsearch.cli",
+            "radsearch",
             "--data-dir",
             str(data),
             "serve",

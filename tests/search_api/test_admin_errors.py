@@ -19,7 +19,7 @@ from core.api_client import error_for
 from core.config import RuntimeSettings, S3Settings, SecuritySettings, Settings
 from core.errors import WeightsUnavailable
 from core.index.factory import open_index
-from radsearch.cli import exit_code_for
+from radsearch.commands.main import exit_code_for
 from search_api import create_app
 from tests.conftest import free_port
 

@@ -20,7 +20,7 @@ from core.index.edge import EdgeIndex
 from core.payload import SearchFilter
 from ingest.inline import IngestOptions, build_context, ingest_inline
 from ingest.sources import open_source
-from radsearch.cli import main
+from radsearch.commands.main import main
 from search_api.app import create_app
 from tests.ingest.test_prune import dicom_bytes
 

@@ -225,7 +225,7 @@ def test_phi_canaries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         [
             sys.executable,
             "-m",
-            "radsearch.cli",
+            "radsearch",
             "-vv",
             "--data-dir",
             data_dir,
@@ -245,7 +245,7 @@ def test_phi_canaries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cli_text = cli.stdout + cli.stderr
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "radsearch.cli", "-vv", "--data-dir", data_dir, "serve", "--port", str(port)],
+        [sys.executable, "-m", "radsearch", "-vv", "--data-dir", data_dir, "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from core.config import ApiKeyEntry, SecuritySettings, Settings
 from core.errors import ConfigError
-from radsearch.cli import EXIT_USAGE, main
+from radsearch.commands.main import EXIT_USAGE, main
 from search_api import create_app
 from search_api.security import Authenticator, check_bind, hash_api_key
 from tests.security.conftest import SecuredApp

@@ -186,7 +186,7 @@ def test_limits_over_http_and_memory(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "radsearch.cli",
+            "radsearch",
             "--data-dir",
             str(tmp_path / "data"),
             "serve",

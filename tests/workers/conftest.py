@@ -160,7 +160,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the ``radsearch`` command line in a subprocess with these settings."""
     return subprocess.run(
-        [sys.executable, "-m", "radsearch.cli", *args],
+        [sys.executable, "-m", "radsearch", *args],
         env=settings_env(settings),
         cwd=REPO,
         capture_output=True,
@@ -197,7 +197,7 @@ class Worker:
         log.write(f"\n===== start {self.starts} =====\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "radsearch.cli", "-v", "worker", *self.args],
+            [sys.executable, "-m", "radsearch", "-v", "worker", *self.args],
             env=settings_env(self.settings),
             cwd=REPO,
             stdout=log,
@@ -304,7 +304,7 @@ class Server:
                 [
                     sys.executable,
                     "-m",
-                    "radsearch.cli",
+                    "radsearch",
                     "serve",
                     "--host",
                     "127.0.0.1",

@@ -162,7 +162,7 @@ def test_job_waits_for_a_worker_which_then_shows_up_and_drops_off_when_killed(
 
 
 def test_jobs_workers_prints_a_table_or_json(capsys: pytest.CaptureFixture[str]) -> None:
-    from workers.commands import print_workers
+    from radsearch.commands.jobs import print_workers
 
     beat = _beat("w@h", ("embed", "plan"), time.time() - 3).to_dict()
     print_workers([beat], as_json=True)

@@ -12,7 +12,7 @@ import pytest
 from minio import Minio
 
 from core.config import Settings
-from radsearch.cli import main
+from radsearch.commands.main import main
 from tests.ingest.test_prune import dicom_bytes
 from tests.workers.conftest import Server, Worker, settings_env, stored_points, upload_images
 

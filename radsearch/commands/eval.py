@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from core.config import Settings
-from core.evaluation.data import EvalInputError
-from core.evaluation.protocol import DEFAULT_FRACTIONS, EvalOptions
-from core.evaluation.report import plot_index_size_curve, to_markdown
-from core.evaluation.run import evaluate_collection, evaluate_files
-from core.retrieval_metrics import DEFAULT_KS
+from evaluation.data import EvalInputError
+from evaluation.protocol import DEFAULT_FRACTIONS, EvalOptions
+from evaluation.report import plot_index_size_curve, to_markdown
+from evaluation.run import evaluate_collection, evaluate_files
+from evaluation.metrics import DEFAULT_KS
 
 __all__ = ["add_eval_arguments", "json_safe", "run_eval_command", "run_remote_eval_command"]
 

@@ -1,5 +1,5 @@
 """The command-line side of the workers: ``radsearch worker``, ``jobs``, ``reconcile`` and
-``ingest --executor celery``. `radsearch.cli` registers these on its parser."""
+``ingest --executor celery``. `radsearch.commands.main` registers these on its parser."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from core.errors import ConfigError
-from ingest.cli_options import add_sync_options
+from radsearch.commands.options import add_sync_options
 
 if TYPE_CHECKING:
     from workers.jobs import JobKind, JobSpec

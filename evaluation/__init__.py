@@ -3,7 +3,7 @@
 Independent of ingest: it reads a collection through `core.index.VectorIndex` or files from disk.
 """
 
-from core.evaluation.data import (
+from evaluation.data import (
     EvalData,
     EvalInputError,
     LabelledSet,
@@ -12,10 +12,10 @@ from core.evaluation.data import (
     load_collection,
     load_files,
 )
-from core.evaluation.protocol import DEFAULT_FRACTIONS, EvalOptions, evaluate, index_size_curve, score_ranking
-from core.evaluation.report import comparison_table, plot_index_size_curve, to_markdown
-from core.evaluation.run import evaluate_collection, evaluate_files
-from core.evaluation.search import collection_topk, exact_topk
+from evaluation.protocol import DEFAULT_FRACTIONS, EvalOptions, evaluate, index_size_curve, score_ranking
+from evaluation.report import comparison_table, plot_index_size_curve, to_markdown
+from evaluation.run import evaluate_collection, evaluate_files
+from evaluation.search import collection_topk, exact_topk
 
 __all__ = [
     "DEFAULT_FRACTIONS",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from core.errors import ConfigError
-from radsearch import remote_commands
+from radsearch.commands import remote as remote_commands
 
 if TYPE_CHECKING:
     from ingest.pipeline import BatchReport
@@ -154,7 +154,7 @@ def _cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# -- output shared by the direct mode and the mode through a server (radsearch.remote_commands) --
+# -- output shared by the direct mode and the mode through a server (radsearch.commands.remote) --
 
 
 def print_created(row: Mapping[str, Any], *, as_json: bool) -> None:

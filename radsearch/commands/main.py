@@ -23,9 +23,9 @@ from core.errors import (
     WeightsUnavailable,
 )
 from core.payload import FILTER_FIELDS
-from ingest.cli_options import add_sync_options
+from radsearch.commands.options import add_sync_options
 from ingest.inline import IngestOptions
-from radsearch import remote_commands
+from radsearch.commands import remote as remote_commands
 from radsearch.logs import configure_logging
 
 __all__ = [
@@ -49,7 +49,7 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, sort_keys=False))
 
 
-# -- output shared by the direct mode and the mode through a server (radsearch.remote_commands) --
+# -- output shared by the direct mode and the mode through a server (radsearch.commands.remote) --
 
 
 def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
@@ -130,7 +130,7 @@ def print_collections(rows: Sequence[Mapping[str, Any]], *, as_json: bool) -> No
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "executor", "inline") == "celery":
-        from workers.commands import ingest_celery
+        from radsearch.commands.jobs import ingest_celery
 
         return ingest_celery(args, settings)
     from ingest.sources import open_source
@@ -268,13 +268,13 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from core.evaluation.command import run_eval_command
+    from radsearch.commands.eval import run_eval_command
 
     return run_eval_command(args, settings, sys.stdout)
 
 
 def _remote_eval(args: argparse.Namespace, settings: Settings, url: str) -> int:
-    from core.evaluation.command import run_remote_eval_command
+    from radsearch.commands.eval import run_remote_eval_command
 
     return run_remote_eval_command(args, settings, url, sys.stdout)
 
@@ -381,10 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     clist = collections_sub.add_parser("list", help="list collections")
     clist.add_argument("--json", action="store_true")
     clist.set_defaults(handler=_cmd_collections, remote_handler=remote_commands.collections_list)
-    from radsearch.admin_commands import add_admin_commands
+    from radsearch.commands.collections import add_admin_commands
 
     add_admin_commands(collections_sub, sub)
-    from radsearch.backup_commands import add_backup_commands
+    from radsearch.commands.backup import add_backup_commands
 
     add_backup_commands(collections_sub, sub)
 
@@ -408,14 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int)
     demo.set_defaults(handler=_cmd_demo)
 
-    from core.evaluation.command import add_eval_arguments
+    from radsearch.commands.eval import add_eval_arguments
 
     evaluate = sub.add_parser("eval", help="retrieval quality by the reference paper's protocol (P@k, ...)")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(handler=_cmd_eval, remote_handler=_remote_eval)
 
-    from radsearch.admin_commands import owner_job_dicts
-    from workers.commands import add_worker_commands
+    from radsearch.commands.collections import owner_job_dicts
+    from radsearch.commands.jobs import add_worker_commands
 
     add_worker_commands(sub, remote_jobs=remote_commands.jobs, owner_jobs=owner_job_dicts)
     return parser

@@ -2,10 +2,10 @@
 serves its HTTP API (or ``--url``/``RADSEARCH_URL`` names a server).
 
 Every handler takes ``(args, settings, url)``, sends the same arguments to the API, and prints
-through the same functions as the command run here (`radsearch.cli.print_*`,
-`radsearch.admin_commands.print_*`, `workers.commands.print_*`), so the output is the same.
+through the same functions as the command run here (`radsearch.commands.main.print_*`,
+`radsearch.commands.collections.print_*`, `radsearch.commands.jobs.print_*`), so the output is the same.
 Error answers come back from `core.api_client.ApiClient` as radsearch's own errors, which
-`radsearch.cli.main` turns into the same exit codes. Long work (``ingest``, ``collections
+`radsearch.commands.main.main` turns into the same exit codes. Long work (``ingest``, ``collections
 backfill``) runs as a job in the server; the command follows it with a progress bar.
 
 This module is imported by the parser: heavy imports stay inside the functions.
@@ -127,7 +127,7 @@ def ingest(args: argparse.Namespace, settings: Settings, url: str) -> int:
     folder or bucket (``--executor celery``: the server queues it for the workers)."""
     from ingest.labels import PathTemplate, load_manifest
     from ingest.sources import open_source
-    from radsearch.cli import check_prune_args
+    from radsearch.commands.main import check_prune_args
 
     celery = args.executor == "celery"
     check_prune_args(args)
@@ -180,12 +180,12 @@ def ingest(args: argparse.Namespace, settings: Settings, url: str) -> int:
         except KeyboardInterrupt:
             return _interrupted(job_id)
     if celery:
-        from workers.commands import print_job_result
+        from radsearch.commands.jobs import print_job_result
 
         return print_job_result(_as_record(job), as_json=args.json)
     if job["state"] != "done":
         raise _job_error(job, url)
-    from radsearch.cli import print_dry_run, print_ingest_summary
+    from radsearch.commands.main import print_dry_run, print_ingest_summary
 
     if job["summary"].get("dry_run"):
         print_dry_run(job["summary"], as_json=args.json)
@@ -203,7 +203,7 @@ def _ensure_with_weights(client: ApiClient, args: argparse.Namespace) -> None:
 
 def search(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """``radsearch search``: the image is uploaded to ``POST /v1/collections/{name}/search/image``."""
-    from radsearch.cli import filter_mapping, print_hits
+    from radsearch.commands.main import filter_mapping, print_hits
     from radsearch.services import check_limit, open_query_image
 
     check_limit(args.k, settings)
@@ -228,7 +228,7 @@ def search(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
 def collections_list(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """``radsearch collections list``."""
-    from radsearch.cli import print_collections
+    from radsearch.commands.main import print_collections
 
     with _client(settings, url) as client:
         listed = client.request("GET", "/v1/collections")["collections"]
@@ -248,7 +248,7 @@ def collections_list(args: argparse.Namespace, settings: Settings, url: str) -> 
 
 def create(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """``radsearch collections create``."""
-    from radsearch.admin_commands import encoder_arg, print_created
+    from radsearch.commands.collections import encoder_arg, print_created
 
     body: dict[str, Any] = {
         "name": args.name,
@@ -266,7 +266,7 @@ def create(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
 def drop(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """``radsearch collections drop``: refused (409, exit 2) while aliased or being written."""
-    from radsearch.admin_commands import print_dropped
+    from radsearch.commands.collections import print_dropped
 
     with _client(settings, url) as client:
         dropped = client.request("DELETE", f"/v1/collections/{_segment(args.name)}")
@@ -276,7 +276,7 @@ def drop(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
 def backfill(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """``radsearch collections backfill`` as a backfill job of the server, followed to its end."""
-    from radsearch.admin_commands import print_backfill
+    from radsearch.commands.collections import print_backfill
 
     # The API backfills from a collection, an alias or a bucket, never from a folder on its disk.
     with _client(settings, url) as client:
@@ -299,7 +299,7 @@ def backfill(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
 def alias(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """``radsearch collections alias``."""
-    from radsearch.admin_commands import print_alias
+    from radsearch.commands.collections import print_alias
 
     with _client(settings, url) as client:
         answer = client.request(
@@ -313,7 +313,7 @@ def alias(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
 def unalias(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """``radsearch collections unalias``."""
-    from radsearch.admin_commands import print_unaliased
+    from radsearch.commands.collections import print_unaliased
 
     with _client(settings, url) as client:
         client.request("DELETE", f"/v1/aliases/{_segment(args.alias)}")
@@ -323,7 +323,7 @@ def unalias(args: argparse.Namespace, settings: Settings, url: str) -> int:
 
 def aliases(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """``radsearch collections aliases``."""
-    from radsearch.admin_commands import print_aliases
+    from radsearch.commands.collections import print_aliases
 
     with _client(settings, url) as client:
         listed = client.request("GET", "/v1/aliases")["aliases"]
@@ -350,7 +350,7 @@ def _as_record(job: dict[str, Any], *, with_items: bool = True) -> dict[str, Any
 
 def jobs(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """``radsearch jobs list|show|workers`` through the server: the workers' jobs and its own."""
-    from workers.commands import print_job, print_jobs, print_workers
+    from radsearch.commands.jobs import print_job, print_jobs, print_workers
 
     with _client(settings, url) as client:
         if args.jobs_command == "workers":

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from core.evaluation.data import load_collection, load_files
-from core.evaluation.protocol import EvalOptions, Ranker, evaluate
-from core.evaluation.search import IntArray, collection_topk, exact_topk
+from evaluation.data import load_collection, load_files
+from evaluation.protocol import EvalOptions, Ranker, evaluate
+from evaluation.search import IntArray, collection_topk, exact_topk
 from core.index.base import VectorIndex
 
 __all__ = ["evaluate_collection", "evaluate_files"]

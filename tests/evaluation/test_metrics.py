@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.evaluation import EvalInputError, EvalOptions, Record, evaluate_files, exact_topk
-from core.evaluation.data import build_eval_data
-from core.evaluation.protocol import class_sizes, evaluate, score_ranking
-from core.retrieval_metrics import (
+from evaluation import EvalInputError, EvalOptions, Record, evaluate_files, exact_topk
+from evaluation.data import build_eval_data
+from evaluation.protocol import class_sizes, evaluate, score_ranking
+from evaluation.metrics import (
     ann_recall,
     average_precision,
     chance_precision,

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from core.evaluation.data import EvalData, LabelledSet
-from core.evaluation.search import DEFAULT_CHUNK_BYTES, exact_topk
-from core.retrieval_metrics import (
+from evaluation.data import EvalData, LabelledSet
+from evaluation.search import DEFAULT_CHUNK_BYTES, exact_topk
+from evaluation.metrics import (
     DEFAULT_KS,
     ann_recall,
     average_precision,

@@ -1,0 +1,7 @@
+"""``python -m radsearch``: the ``radsearch`` command."""
+
+import sys
+
+from radsearch.commands.main import main
+
+sys.exit(main())
