@@ -32,7 +32,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 typecheck: install
-	$(BIN)/mypy core ingest workers search_api radsearch
+	$(BIN)/mypy core evaluation ingest workers search_api radsearch
 
 check: lint typecheck test
 

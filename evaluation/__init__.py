@@ -1,6 +1,8 @@
 """Retrieval evaluation: the reference paper's protocol on a collection or on embedding files.
 
 Independent of ingest: it reads a collection through `core.index.VectorIndex` or files from disk.
+A layer above `core` (which it imports); the command line (`radsearch.commands.eval`) and the
+API's evaluation route run it.
 """
 
 from evaluation.data import (
@@ -13,7 +15,7 @@ from evaluation.data import (
     load_files,
 )
 from evaluation.protocol import DEFAULT_FRACTIONS, EvalOptions, evaluate, index_size_curve, score_ranking
-from evaluation.report import comparison_table, plot_index_size_curve, to_markdown
+from evaluation.report import comparison_table, json_safe, plot_index_size_curve, to_markdown
 from evaluation.run import evaluate_collection, evaluate_files
 from evaluation.search import collection_topk, exact_topk
 
@@ -32,6 +34,7 @@ __all__ = [
     "exact_topk",
     "export_collection",
     "index_size_curve",
+    "json_safe",
     "load_collection",
     "load_files",
     "plot_index_size_curve",

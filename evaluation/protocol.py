@@ -12,7 +12,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from evaluation.data import EvalData, LabelledSet
-from evaluation.search import DEFAULT_CHUNK_BYTES, exact_topk
 from evaluation.metrics import (
     DEFAULT_KS,
     ann_recall,
@@ -21,6 +20,7 @@ from evaluation.metrics import (
     micro_macro,
     modified_precision,
 )
+from evaluation.search import DEFAULT_CHUNK_BYTES, exact_topk
 
 __all__ = [
     "DEFAULT_FRACTIONS",

@@ -1,4 +1,4 @@
-"""Human output of an evaluation: markdown tables and the index-size plot."""
+"""Output of an evaluation: markdown tables, the index-size plot, and strict JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["comparison_table", "plot_index_size_curve", "to_markdown"]
+__all__ = ["comparison_table", "json_safe", "plot_index_size_curve", "to_markdown"]
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/Inf become null, so the output is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def _fmt(value: Any) -> str:

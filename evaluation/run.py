@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from core.index.base import VectorIndex
 from evaluation.data import load_collection, load_files
 from evaluation.protocol import EvalOptions, Ranker, evaluate
 from evaluation.search import IntArray, collection_topk, exact_topk
-from core.index.base import VectorIndex
 
 __all__ = ["evaluate_collection", "evaluate_files"]
 

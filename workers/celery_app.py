@@ -1,6 +1,6 @@
 """Entry point for Celery's own tools (``celery -A workers.celery_app inspect ping``, Flower, beat).
 
-This is an entry point like ``radsearch.cli``: settings are built here, from the environment, once.
+This is an entry point like the ``radsearch`` command: settings are built here, from the environment, once.
 ``radsearch worker`` does not use this module.
 """
 

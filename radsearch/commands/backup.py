@@ -10,12 +10,15 @@ This module is imported by the parser: heavy imports stay inside the functions.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Mapping, Sequence
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
+from radsearch.commands import remote
+from radsearch.commands.common import EXIT_OK, print_json
+
+if TYPE_CHECKING:
+    from core.api_client import ApiClient
 
 __all__ = [
     "add_backup_commands",
@@ -26,14 +29,8 @@ __all__ = [
 ]
 
 
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, sort_keys=False))
-
-
-def _client(settings: Settings, url: str) -> Any:
-    from core.api_client import ApiClient
-
-    return ApiClient.from_settings(url, settings, timeout_s=None)  # a large copy takes its time
+def _client(settings: Settings, url: str) -> ApiClient:
+    return remote.client(settings, url, timeout_s=None)  # a large copy takes its time
 
 
 # -- output shared by both modes -------------------------------------------------------------------
@@ -42,7 +39,7 @@ def _client(settings: Settings, url: str) -> Any:
 def print_snapshot(manifest: Mapping[str, Any], *, as_json: bool) -> None:
     """A new snapshot's manifest: ``{"id", "created_at", "radsearch_version", "collections"}``."""
     if as_json:
-        _print_json(dict(manifest))
+        print_json(dict(manifest))
         return
     print(f"snapshot {manifest['id']} ({manifest['created_at']})")
     for item in manifest["collections"]:
@@ -52,7 +49,7 @@ def print_snapshot(manifest: Mapping[str, Any], *, as_json: bool) -> None:
 def print_snapshots(manifests: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
     """Snapshots, oldest first."""
     if as_json:
-        _print_json({"snapshots": [dict(m) for m in manifests]})
+        print_json({"snapshots": [dict(m) for m in manifests]})
         return
     for manifest in manifests:
         held = ", ".join(f"{c['name']} ({c['points']} points)" for c in manifest["collections"])
@@ -64,7 +61,7 @@ def print_snapshots(manifests: Sequence[Mapping[str, Any]], *, as_json: bool) ->
 def print_restored(restored: Sequence[Mapping[str, Any]], *, origin: str, as_json: bool) -> None:
     """Restored collections, ``{"name", "source", "points"}`` each, from ``origin``."""
     if as_json:
-        _print_json({"from": origin, "restored": [dict(r) for r in restored]})
+        print_json({"from": origin, "restored": [dict(r) for r in restored]})
         return
     for item in restored:
         renamed = f" as {item['name']}" if item["name"] != item["source"] else ""
@@ -74,7 +71,7 @@ def print_restored(restored: Sequence[Mapping[str, Any]], *, origin: str, as_jso
 def print_trash(entries: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
     """The trash: ``{"name", "points", "dropped_at", "expires_at"}`` each."""
     if as_json:
-        _print_json({"trash": [dict(e) for e in entries]})
+        print_json({"trash": [dict(e) for e in entries]})
         return
     for entry in entries:
         print(
@@ -98,12 +95,12 @@ def _cmd_snapshot(args: argparse.Namespace, settings: Settings) -> int:
     store = SnapshotStore(settings)
     if args.snapshot_command == "list":
         print_snapshots([m.model_dump() for m in store.list()], as_json=args.json)
-        return 0
+        return EXIT_OK
     with open_catalog(settings, owner="snapshot") as catalog:
         if args.snapshot_command == "create":
             manifest = store.create(catalog.index, args.collection)
             print_snapshot(manifest.model_dump(), as_json=args.json)
-            return 0
+            return EXIT_OK
         restored = store.restore(
             catalog.index,
             args.snapshot,
@@ -113,22 +110,22 @@ def _cmd_snapshot(args: argparse.Namespace, settings: Settings) -> int:
             replace=partial(catalog.drop, writers=partial(celery_writers, settings)),
         )
     print_restored(restored, origin=f"snapshot {args.snapshot}", as_json=args.json)
-    return 0
+    return EXIT_OK
 
 
 def _remote_snapshot(args: argparse.Namespace, settings: Settings, url: str) -> int:
     with _client(settings, url) as client:
         if args.snapshot_command == "list":
             print_snapshots(client.request("GET", "/v1/snapshots")["snapshots"], as_json=args.json)
-            return 0
+            return EXIT_OK
         if args.snapshot_command == "create":
             manifest = client.request("POST", "/v1/snapshots", json={"collections": args.collection or None})
             print_snapshot(manifest, as_json=args.json)
-            return 0
+            return EXIT_OK
         body = {"collection": args.collection, "as": args.as_name, "force": args.force}
-        answer = client.request("POST", f"/v1/snapshots/{quote(args.snapshot, safe='')}/restore", json=body)
+        answer = client.request("POST", f"/v1/snapshots/{remote.segment(args.snapshot)}/restore", json=body)
     print_restored(answer["restored"], origin=f"snapshot {args.snapshot}", as_json=args.json)
-    return 0
+    return EXIT_OK
 
 
 # -- the trash -------------------------------------------------------------------------------------
@@ -141,16 +138,16 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
         entry = catalog.trash.restore(catalog.index, args.name, as_name=args.as_name)
     restored = [{"name": args.as_name or args.name, "source": entry.name, "points": entry.points}]
     print_restored(restored, origin="the trash", as_json=args.json)
-    return 0
+    return EXIT_OK
 
 
 def _remote_restore(args: argparse.Namespace, settings: Settings, url: str) -> int:
     with _client(settings, url) as client:
         answer = client.request(
-            "POST", f"/v1/collections/{quote(args.name, safe='')}/restore", json={"as": args.as_name}
+            "POST", f"/v1/collections/{remote.segment(args.name)}/restore", json={"as": args.as_name}
         )
     print_restored([answer], origin="the trash", as_json=args.json)
-    return 0
+    return EXIT_OK
 
 
 def _cmd_trash(args: argparse.Namespace, settings: Settings) -> int:
@@ -159,14 +156,14 @@ def _cmd_trash(args: argparse.Namespace, settings: Settings) -> int:
     with open_catalog(settings) as catalog:
         entries = catalog.trash.list()
     print_trash([e.model_dump() for e in entries], as_json=args.json)
-    return 0
+    return EXIT_OK
 
 
 def _remote_trash(args: argparse.Namespace, settings: Settings, url: str) -> int:
     with _client(settings, url) as client:
         entries = client.request("GET", "/v1/trash")["trash"]
     print_trash(entries, as_json=args.json)
-    return 0
+    return EXIT_OK
 
 
 def add_backup_commands(collections_sub: Any, sub: Any) -> None:
@@ -201,6 +198,6 @@ def add_backup_commands(collections_sub: Any, sub: Any) -> None:
     snapshot.set_defaults(handler=_cmd_snapshot, remote_handler=_remote_snapshot, remote_mode=_snapshot_mode)
 
 
-def _snapshot_mode(args: argparse.Namespace) -> str:
+def _snapshot_mode(args: argparse.Namespace) -> remote.RemoteMode:
     # Listing reads files only: through the serving owner if there is one, else here.
     return "optional" if args.snapshot_command == "list" else "store"

@@ -1,34 +1,32 @@
-"""``radsearch collections create|drop|backfill|alias|unalias|aliases`` and ``radsearch encoders``."""
+"""``radsearch collections list|create|drop|backfill|alias|unalias|aliases``, here or through a
+server (``collections restore|trash``: `radsearch.commands.backup`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from core.errors import ConfigError
-from radsearch.commands import remote as remote_commands
+from radsearch.commands import remote
+from radsearch.commands.common import EXIT_OK, print_json
 
 if TYPE_CHECKING:
     from ingest.pipeline import BatchReport
 
 __all__ = [
-    "add_admin_commands",
+    "add_collections_commands",
     "encoder_arg",
-    "owner_job_dicts",
     "print_alias",
     "print_aliases",
     "print_backfill",
+    "print_collections",
     "print_created",
     "print_dropped",
     "print_unaliased",
 ]
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, sort_keys=False))
 
 
 def encoder_arg(value: str) -> str | dict[str, Any]:
@@ -41,6 +39,24 @@ def encoder_arg(value: str) -> str | dict[str, Any]:
         parsed: dict[str, Any] = json.loads(value)
         return parsed
     return value
+
+
+def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from radsearch.services import open_catalog
+
+    with open_catalog(settings) as catalog:
+        rows = [
+            {
+                "name": entry.name,
+                "encoder": entry.encoder.name,
+                "weights": entry.weights_version,
+                "dim": entry.dim,
+                "points": catalog.index.count(entry.name),
+            }
+            for entry in catalog.list()
+        ]
+    print_collections(rows, as_json=args.json)
+    return EXIT_OK
 
 
 def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -66,7 +82,7 @@ def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         "on_disk": entry.on_disk,
     }
     print_created(row, as_json=args.json)
-    return 0
+    return EXIT_OK
 
 
 def _cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
@@ -79,7 +95,7 @@ def _cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
         # This process owns the store, so no owner-run job can be writing: Celery jobs only.
         entry = catalog.drop(args.name, writers=partial(celery_writers, settings))
     print_dropped(args.name, entry.model_dump() if entry is not None else None)
-    return 0
+    return EXIT_OK
 
 
 def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
@@ -110,7 +126,7 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
             close_store()
             bar.close()
     print_backfill({"collection": args.name, "from": args.origin, **summary}, as_json=args.json)
-    return 0
+    return EXIT_OK
 
 
 def _cmd_alias(args: argparse.Namespace, settings: Settings) -> int:
@@ -133,7 +149,7 @@ def _cmd_alias(args: argparse.Namespace, settings: Settings) -> int:
                 )
         previous = catalog.set_alias(args.alias, args.collection)
     print_alias(args.alias, args.collection, previous)
-    return 0
+    return EXIT_OK
 
 
 def _cmd_unalias(args: argparse.Namespace, settings: Settings) -> int:
@@ -142,7 +158,7 @@ def _cmd_unalias(args: argparse.Namespace, settings: Settings) -> int:
     with open_catalog(settings) as catalog:
         catalog.delete_alias(args.alias)
     print_unaliased(args.alias)
-    return 0
+    return EXIT_OK
 
 
 def _cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
@@ -151,52 +167,32 @@ def _cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
     with open_catalog(settings) as catalog:
         aliases = catalog.aliases()
     print_aliases(aliases, as_json=args.json)
-    return 0
+    return EXIT_OK
 
 
 # -- output shared by the direct mode and the mode through a server (radsearch.commands.remote) --
 
 
+def print_collections(rows: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
+    """Collections, ``{"name", "encoder", "weights", "dim", "points"}`` each."""
+    if as_json:
+        print_json({"collections": [dict(row) for row in rows]})
+        return
+    for row in rows:
+        print(f"{row['name']:<24} {row['encoder']:<14} dim={row['dim']:<5} points={row['points']}")
+    if not rows:
+        print("no collections yet: radsearch ingest SOURCE --collection NAME")
+
+
 def print_created(row: Mapping[str, Any], *, as_json: bool) -> None:
     """A new collection: ``{"name", "encoder", "dim", "weights", "quantization", "on_disk"}``."""
     if as_json:
-        _print_json(dict(row))
+        print_json(dict(row))
         return
     print(
         f"created {row['name']}: encoder {row['encoder']}, dim {row['dim']}, weights {row['weights']}, "
         f"quantization {row['quantization']}" + (", vectors on disk" if row["on_disk"] else "")
     )
-
-
-def owner_job_dicts(settings: Settings, job_id: str | None, limit: int) -> list[dict[str, Any]]:
-    """Owner-run jobs (backfills, owner ingests) of the data dir, read beside its owner: one
-    (``job_id``) or the newest ``limit``, in the shape of ``radsearch jobs show|list``."""
-    from search_api.backfill_jobs import OwnerJob
-    from search_api.owner_job_store import read_owner_jobs
-
-    store = read_owner_jobs(settings)
-    if store is None:
-        return []
-    try:
-        if job_id is not None:
-            record = store.get(job_id)
-            records = [] if record is None else [record]
-        else:
-            records = store.recent(limit=limit)
-        out = []
-        for record in records:
-            meta = store.load_meta(record.id)
-            if meta is None:
-                out.append(record.to_dict(with_items=job_id is not None))
-                continue
-            job = OwnerJob(meta.kind, record, meta.summary, meta.error_status, meta.resumed)
-            data = job.to_dict(with_items=job_id is not None)
-            out.append(
-                {k: v for k, v in data.items() if v is not None or k not in ("summary", "error_status")}
-            )
-        return out
-    finally:
-        store.close()
 
 
 def print_dropped(name: str, trashed: Mapping[str, Any] | None) -> None:
@@ -214,7 +210,7 @@ def print_backfill(summary: Mapping[str, Any], *, as_json: bool) -> None:
     """A backfill's summary: ``{"collection", "from", "objects", "frames_indexed", "skipped",
     "failed", "quarantined", "errors", "quarantined_items"}``."""
     if as_json:
-        _print_json(dict(summary))
+        print_json(dict(summary))
         return
     print(
         f"{summary['collection']}: {summary['objects']} objects from {summary['from']}, "
@@ -234,28 +230,109 @@ def print_unaliased(alias: str) -> None:
 def print_aliases(aliases: Mapping[str, str], *, as_json: bool) -> None:
     """alias → collection."""
     if as_json:
-        _print_json({"aliases": dict(aliases)})
+        print_json({"aliases": dict(aliases)})
         return
     for alias, target in sorted(aliases.items()):
         print(f"{alias} -> {target}")
 
 
-def _cmd_encoders(args: argparse.Namespace, settings: Settings) -> int:
-    from core.encoders.registry import list_specs
-
-    specs = list_specs()
-    if args.json:
-        _print_json({"encoders": [s.model_dump(mode="json") for s in specs]})
-        return 0
-    for spec in specs:
-        text = "text" if spec.text_tower else "    "
-        size = f"{spec.input_size}px"
-        print(f"{spec.name:<16} {spec.family.value:<12} dim={spec.dim:<5} {size:>6} {text} {spec.license}")
-    return 0
+# -- through a server ----------------------------------------------------------------------------
 
 
-def add_admin_commands(collections_sub: Any, sub: Any) -> None:
-    """Add the administration subcommands to ``radsearch collections`` and ``radsearch encoders``."""
+def _remote_list(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    with remote.client(settings, url) as api:
+        listed = api.request("GET", "/v1/collections")["collections"]
+    rows = [
+        {
+            "name": c["name"],
+            "encoder": c["encoder"],
+            "weights": c["weights"],
+            "dim": c["dim"],
+            "points": c["points"],
+        }
+        for c in listed
+    ]
+    print_collections(rows, as_json=args.json)
+    return EXIT_OK
+
+
+def _remote_create(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    body: dict[str, Any] = {
+        "name": args.name,
+        "encoder": encoder_arg(args.encoder),
+        "weights": remote.weights_ref(args.weights),
+        "quantization": args.quantization,
+        "on_disk": args.on_disk,
+    }
+    with remote.client(settings, url) as api:
+        created = api.request("POST", "/v1/collections", json=body)
+    row = {key: created[key] for key in ("name", "encoder", "dim", "weights", "quantization", "on_disk")}
+    print_created(row, as_json=args.json)
+    return EXIT_OK
+
+
+def _remote_drop(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    """Refused (409, exit 2) while aliased or being written."""
+    with remote.client(settings, url) as api:
+        dropped = api.request("DELETE", f"/v1/collections/{remote.segment(args.name)}")
+    print_dropped(args.name, dropped if dropped["trashed"] else None)
+    return EXIT_OK
+
+
+def _remote_backfill(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    """A backfill job of the server, followed to its end."""
+    # The API backfills from a collection, an alias or a bucket, never from a folder on its disk.
+    with remote.client(settings, url) as api:
+        job_id = api.request(
+            "POST",
+            f"/v1/collections/{remote.segment(args.name)}/backfill",
+            json={"from": args.origin, "path_template": args.path_template},
+        )["id"]
+        try:
+            job = remote.follow(
+                api, f"/v1/backfill-jobs/{job_id}", desc="backfill", progress=not args.json, postfix=False
+            )
+        except KeyboardInterrupt:
+            return remote.interrupted(job_id)
+    if job["state"] != "done":
+        raise remote.job_error(job, url)
+    print_backfill({"collection": args.name, "from": args.origin, **job["summary"]}, as_json=args.json)
+    return EXIT_OK
+
+
+def _remote_alias(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    with remote.client(settings, url) as api:
+        answer = api.request(
+            "PUT",
+            f"/v1/aliases/{remote.segment(args.alias)}",
+            json={"collection": args.collection, "force": bool(getattr(args, "force", False))},
+        )
+    print_alias(args.alias, args.collection, answer.get("previous"))
+    return EXIT_OK
+
+
+def _remote_unalias(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    with remote.client(settings, url) as api:
+        api.request("DELETE", f"/v1/aliases/{remote.segment(args.alias)}")
+    print_unaliased(args.alias)
+    return EXIT_OK
+
+
+def _remote_aliases(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    with remote.client(settings, url) as api:
+        listed = api.request("GET", "/v1/aliases")["aliases"]
+    print_aliases({item["alias"]: item["collection"] for item in listed}, as_json=args.json)
+    return EXIT_OK
+
+
+def add_collections_commands(sub: Any) -> Any:
+    """Register ``radsearch collections`` and its subcommands on the ``radsearch`` subparsers;
+    the ``collections`` subparsers, for the commands other modules add to it."""
+    collections = sub.add_parser("collections", help="manage collections")
+    collections_sub = collections.add_subparsers(dest="collections_command", required=True)
+    clist = collections_sub.add_parser("list", help="list collections")
+    clist.add_argument("--json", action="store_true")
+    clist.set_defaults(handler=_cmd_list, remote_handler=_remote_list)
     create = collections_sub.add_parser(
         "create", help="create a collection for an encoder (probes one image)"
     )
@@ -271,7 +348,7 @@ def add_admin_commands(collections_sub: Any, sub: Any) -> None:
         "--on-disk", action="store_true", help="keep the original vectors on disk (less memory, slower)"
     )
     create.add_argument("--json", action="store_true")
-    create.set_defaults(handler=_cmd_create, remote_handler=remote_commands.create)
+    create.set_defaults(handler=_cmd_create, remote_handler=_remote_create)
 
     drop = collections_sub.add_parser(
         "drop",
@@ -279,7 +356,7 @@ def add_admin_commands(collections_sub: Any, sub: Any) -> None:
         "or a job writes to it)",
     )
     drop.add_argument("name")
-    drop.set_defaults(handler=_cmd_drop, remote_handler=remote_commands.drop)
+    drop.set_defaults(handler=_cmd_drop, remote_handler=_remote_drop)
 
     backfill = collections_sub.add_parser(
         "backfill", help="embed every image another collection (or a source) knows into this one"
@@ -288,7 +365,7 @@ def add_admin_commands(collections_sub: Any, sub: Any) -> None:
     backfill.add_argument("--from", dest="origin", required=True, help="collection, alias or source URI")
     backfill.add_argument("--path-template", help="labels from keys, for a source URI")
     backfill.add_argument("--json", action="store_true")
-    backfill.set_defaults(handler=_cmd_backfill, remote_handler=remote_commands.backfill)
+    backfill.set_defaults(handler=_cmd_backfill, remote_handler=_remote_backfill)
 
     alias = collections_sub.add_parser("alias", help="point an alias at a collection (atomic switch)")
     alias.add_argument("alias")
@@ -298,16 +375,14 @@ def add_admin_commands(collections_sub: Any, sub: Any) -> None:
         action="store_true",
         help="switch even while a backfill writes to it or its index is not built",
     )
-    alias.set_defaults(handler=_cmd_alias, remote_handler=remote_commands.alias)
+    alias.set_defaults(handler=_cmd_alias, remote_handler=_remote_alias)
 
     unalias = collections_sub.add_parser("unalias", help="remove an alias")
     unalias.add_argument("alias")
-    unalias.set_defaults(handler=_cmd_unalias, remote_handler=remote_commands.unalias)
+    unalias.set_defaults(handler=_cmd_unalias, remote_handler=_remote_unalias)
 
     aliases = collections_sub.add_parser("aliases", help="list aliases")
     aliases.add_argument("--json", action="store_true")
-    aliases.set_defaults(handler=_cmd_aliases, remote_handler=remote_commands.aliases)
+    aliases.set_defaults(handler=_cmd_aliases, remote_handler=_remote_aliases)
 
-    encoders = sub.add_parser("encoders", help="list the registered encoders")
-    encoders.add_argument("--json", action="store_true")
-    encoders.set_defaults(handler=_cmd_encoders)
+    return collections_sub

@@ -1,21 +1,22 @@
-"""``radsearch eval``: its arguments and what it runs; the CLI module only wires it in."""
+"""``radsearch eval``: retrieval quality by the reference paper's protocol (`evaluation`), on a
+collection (here, or computed by the server that owns the store) or on embedding files."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from core.config import Settings
 from evaluation.data import EvalInputError
-from evaluation.protocol import DEFAULT_FRACTIONS, EvalOptions
-from evaluation.report import plot_index_size_curve, to_markdown
-from evaluation.run import evaluate_collection, evaluate_files
 from evaluation.metrics import DEFAULT_KS
+from evaluation.protocol import DEFAULT_FRACTIONS, EvalOptions
+from evaluation.report import json_safe, plot_index_size_curve, to_markdown
+from evaluation.run import evaluate_collection, evaluate_files
 
-__all__ = ["add_eval_arguments", "json_safe", "run_eval_command", "run_remote_eval_command"]
+__all__ = ["add_eval_command", "run_eval_command", "run_remote_eval_command"]
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -38,8 +39,9 @@ def _fraction_list(text: str) -> tuple[float, ...]:
     return values
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``eval`` subcommand's options (collection mode or files mode)."""
+def add_eval_command(sub: Any) -> None:
+    """Register ``radsearch eval`` (collection mode or files mode) on the ``radsearch`` subparsers."""
+    parser = sub.add_parser("eval", help="retrieval quality by the reference paper's protocol (P@k, ...)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--collection", help="evaluate a collection through its own search path")
     source.add_argument(
@@ -89,17 +91,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the markdown tables here")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="plot the index-size curve to a PNG")
+    parser.set_defaults(handler=_cmd_eval, remote_handler=_remote_eval)
 
 
-def json_safe(obj: Any) -> Any:
-    """NaN/Inf become null, so the output is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
+def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    return run_eval_command(args, settings, sys.stdout)
+
+
+def _remote_eval(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    return run_remote_eval_command(args, settings, url, sys.stdout)
 
 
 def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

@@ -1,37 +1,36 @@
-"""The command-line side of the workers: ``radsearch worker``, ``jobs``, ``reconcile`` and
-``ingest --executor celery``. `radsearch.commands.main` registers these on its parser."""
+"""Jobs: ``radsearch jobs list|show|workers|requeue``, ``radsearch reconcile`` and ``ingest
+--executor celery`` (jobs for the workers, in Redis), with the jobs the store's owner runs itself
+(backfills, owner ingests); here, or ``jobs`` through the serving owner."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
-from core.errors import ConfigError
-from radsearch.commands.options import add_sync_options
+from core.errors import CollectionNotFound, ConfigError
+from radsearch.commands import remote
+from radsearch.commands.common import EXIT_OK, EXIT_REFUSED, EXIT_RUNTIME_ERROR
+from radsearch.commands.options import add_sync_options, check_prune_args
 
 if TYPE_CHECKING:
     from workers.jobs import JobKind, JobSpec
 
 __all__ = [
-    "add_worker_commands",
+    "add_jobs_commands",
     "deletion_refused",
     "ingest_celery",
     "job_line",
+    "owner_job_dicts",
     "print_job",
     "print_job_result",
     "print_jobs",
     "print_workers",
 ]
-
-EXIT_OK = 0
-EXIT_RUNTIME_ERROR = 1
-EXIT_REFUSED = 2  # a reconcile's deletions were refused by the guard (as a usage error)
 
 
 def _out(text: str) -> None:
@@ -279,8 +278,7 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from workers.jobs import JobKind, JobSpec
 
-    if not 0.0 <= args.max_delete_fraction <= 1.0:
-        raise ConfigError("--max-delete-fraction must be between 0 and 1")
+    check_prune_args(args)
     spec = JobSpec(
         source=_source_uri(args.source),
         collections=_collections(args.collection),
@@ -297,16 +295,35 @@ def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return _submit_and_follow(args, settings, JobKind.RECONCILE, spec)
 
 
-# (settings, job id or None for the newest, limit) → owner-run jobs as dicts: the command line
-# passes it (`add_worker_commands`), since their store lives with the API (search_api).
-OwnerJobsReader = Callable[[Settings, str | None, int], list[dict[str, Any]]]
+def owner_job_dicts(settings: Settings, job_id: str | None, limit: int) -> list[dict[str, Any]]:
+    """Owner-run jobs (backfills, owner ingests) of the data dir, read beside its owner: one
+    (``job_id``) or the newest ``limit``, in the shape of ``radsearch jobs show|list``."""
+    from search_api.backfill_jobs import OwnerJob
+    from search_api.owner_job_store import read_owner_jobs
 
-
-def _owner_jobs(
-    args: argparse.Namespace, settings: Settings, job_id: str | None, limit: int
-) -> list[dict[str, Any]]:
-    reader: OwnerJobsReader | None = getattr(args, "owner_jobs", None)
-    return reader(settings, job_id, limit) if reader is not None else []
+    store = read_owner_jobs(settings)
+    if store is None:
+        return []
+    try:
+        if job_id is not None:
+            record = store.get(job_id)
+            records = [] if record is None else [record]
+        else:
+            records = store.recent(limit=limit)
+        out = []
+        for record in records:
+            meta = store.load_meta(record.id)
+            if meta is None:
+                out.append(record.to_dict(with_items=job_id is not None))
+                continue
+            job = OwnerJob(meta.kind, record, meta.summary, meta.error_status, meta.resumed)
+            data = job.to_dict(with_items=job_id is not None)
+            out.append(
+                {k: v for k, v in data.items() if v is not None or k not in ("summary", "error_status")}
+            )
+        return out
+    finally:
+        store.close()
 
 
 def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
@@ -314,12 +331,12 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     from workers.jobs import JOB_STATE_LOST
 
     if args.jobs_command == "show":
-        owned = _owner_jobs(args, settings, args.job_id, 1)  # the data dir's own: no Redis needed
+        owned = owner_job_dicts(settings, args.job_id, 1)  # the data dir's own: no Redis needed
         if owned:
             print_job(owned[0], as_json=args.json)
             return EXIT_OK
     if args.jobs_command == "list":
-        records = _owner_jobs(args, settings, None, args.limit)
+        records = owner_job_dicts(settings, None, args.limit)
         try:
             store, _ = _connect(settings)
         except BrokerUnavailable:
@@ -364,96 +381,58 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.app import create_celery
-
-    if args.device:
-        settings = settings.model_copy(
-            update={"runtime": settings.runtime.model_copy(update={"device": args.device})}
-        )
-    # Workers never open the embedded store (its owner writes what they send), so any pool and
-    # any number of processes will do.
-    pool = args.pool or "prefork"
-    app = create_celery(settings)
-    if args.metrics_port:
-        from workers.metrics import serve_worker_metrics
-
-        serve_worker_metrics(settings.celery.metrics_host, args.metrics_port, pool=pool)
-    hostname = args.hostname or f"radsearch-{'-'.join(args.queues.split(','))}@{socket.gethostname()}"
-    argv = [
-        "worker",
-        f"--queues={args.queues}",
-        f"--concurrency={args.concurrency}",
-        f"--pool={pool}",
-        f"--loglevel={args.loglevel}",
-        f"--hostname={hostname}",
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    if args.max_tasks_per_child:
-        argv.append(f"--max-tasks-per-child={args.max_tasks_per_child}")
-    if args.beat:
-        schedule = settings.data_dir / "celerybeat-schedule"
-        schedule.parent.mkdir(parents=True, exist_ok=True)
-        argv += ["--beat", f"--schedule={schedule}"]
-    app.worker_main(argv=argv)
+def _remote_jobs(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    """``radsearch jobs list|show|workers`` through the server: the workers' jobs and its own."""
+    with remote.client(settings, url) as api:
+        if args.jobs_command == "workers":
+            print_workers(api.request("GET", "/v1/workers")["data"], as_json=args.json)
+            return EXIT_OK
+        if args.jobs_command == "list":
+            answer = api.request("GET", "/v1/ingest-jobs", params={"limit": args.limit})
+            if answer.get("warning"):
+                sys.stderr.write(f"radsearch: warning: {answer['warning']}\n")
+            listed = answer["data"]
+            print_jobs([remote.as_record(job, with_items=False) for job in listed], as_json=args.json)
+            return EXIT_OK
+        try:
+            job = api.request("GET", f"/v1/ingest-jobs/{remote.segment(args.job_id)}")
+        except CollectionNotFound:
+            try:  # a backfill the server runs (or ran before a restart)
+                job = api.request("GET", f"/v1/backfill-jobs/{remote.segment(args.job_id)}")
+            except CollectionNotFound:
+                sys.stderr.write(f"radsearch: error: no job {args.job_id}\n")
+                return EXIT_RUNTIME_ERROR
+        except ConfigError as exc:
+            if not str(exc).startswith("job state lost"):
+                raise
+            sys.stderr.write(f"radsearch: error: job {args.job_id}: {exc}\n")
+            return EXIT_RUNTIME_ERROR
+    print_job(remote.as_record(job), as_json=args.json)
     return EXIT_OK
 
 
-def add_worker_commands(
-    sub: Any,
-    *,
-    remote_jobs: Callable[[argparse.Namespace, Settings, str], int] | None = None,
-    owner_jobs: OwnerJobsReader | None = None,
-) -> None:
-    """Register ``worker``, ``jobs`` and ``reconcile`` on the ``radsearch`` subparsers.
+def add_jobs_commands(sub: Any) -> None:
+    """Register ``jobs`` and ``reconcile`` on the ``radsearch`` subparsers.
 
-    ``remote_jobs`` runs ``jobs list|show`` through a radsearch server (``--url``, or the store's
-    serving owner, which also runs jobs of its own); they run here otherwise, with the owner-run
-    jobs (backfills) ``owner_jobs`` reads from the data dir."""
-    remote = {"remote_handler": remote_jobs, "remote_mode": "optional"} if remote_jobs else {}
-    if owner_jobs is not None:
-        remote["owner_jobs"] = owner_jobs
-    worker = sub.add_parser(
-        "worker",
-        help="start a Celery worker (one per GPU)",
-        description=(
-            "Start a worker: it fetches, decodes and embeds batches, then writes them to the Qdrant "
-            "server or, with the embedded store, sends them to the store's owner (`radsearch serve` "
-            "on the data dir, or RADSEARCH_URL). Start as many as you like."
-        ),
-    )
-    worker.add_argument("--queues", default="plan,embed", help="comma-separated: plan, embed (default both)")
-    worker.add_argument("--device", help="encoder device for this worker, e.g. cuda:0 or cpu")
-    worker.add_argument("--concurrency", type=int, default=1, help="pool size (1 per GPU)")
-    worker.add_argument("--pool", choices=("prefork", "threads", "solo"), help="default: prefork")
-    worker.add_argument("--loglevel", default="INFO")
-    worker.add_argument("--hostname", help="worker node name (default radsearch-QUEUES@HOST)")
-    worker.add_argument("--beat", action="store_true", help="also run the periodic reconcile schedule")
-    worker.add_argument("--max-tasks-per-child", type=int, default=0)
-    worker.add_argument(
-        "--metrics-port",
-        type=int,
-        help="serve Prometheus metrics on this port (host: RADSEARCH_CELERY__METRICS_HOST); the "
-        "prefork pool needs PROMETHEUS_MULTIPROC_DIR set to an empty folder",
-    )
-    worker.set_defaults(handler=_cmd_worker)
-
+    ``jobs list|show|workers`` run through a radsearch server (``--url``, or the store's serving
+    owner, which also runs jobs of its own); they run here otherwise, with the owner-run jobs
+    (backfills) read from the data dir."""
+    through_server = {"remote_handler": _remote_jobs, "remote_mode": "optional"}
     jobs = sub.add_parser("jobs", help="ingest jobs run by the workers")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     jlist = jobs_sub.add_parser("list", help="recent jobs, newest first")
     jlist.add_argument("--limit", type=int, default=20)
     jlist.add_argument("--json", action="store_true")
-    jlist.set_defaults(handler=_cmd_jobs, **remote)
+    jlist.set_defaults(handler=_cmd_jobs, **through_server)
     jshow = jobs_sub.add_parser("show", help="one job: state, counts, failed items, throughput")
     jshow.add_argument("job_id")
     jshow.add_argument("--json", action="store_true")
-    jshow.set_defaults(handler=_cmd_jobs, **remote)
+    jshow.set_defaults(handler=_cmd_jobs, **through_server)
     jworkers = jobs_sub.add_parser(
         "workers", help="live workers: hostname, queues, pid, last heartbeat, running tasks"
     )
     jworkers.add_argument("--json", action="store_true")
-    jworkers.set_defaults(handler=_cmd_jobs, **remote)
+    jworkers.set_defaults(handler=_cmd_jobs, **through_server)
     jrequeue = jobs_sub.add_parser("requeue", help="replay dead-lettered batches (all, or one job's)")
     jrequeue.add_argument("job_id", nargs="?")
     jrequeue.add_argument("--json", action="store_true")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 
+from core.errors import ConfigError
 from ingest.prune import DEFAULT_MAX_DELETE_FRACTION
 
-__all__ = ["add_sync_options"]
+__all__ = ["add_sync_options", "check_prune_args"]
 
 
 def add_sync_options(parser: argparse.ArgumentParser) -> None:
@@ -37,3 +38,9 @@ def add_sync_options(parser: argparse.ArgumentParser) -> None:
         help="the source's stable name in payloads and point ids "
         "(default: the folder's name or bucket/prefix)",
     )
+
+
+def check_prune_args(args: argparse.Namespace) -> None:
+    """`ConfigError` for a ``--max-delete-fraction`` outside [0, 1]."""
+    if not 0.0 <= args.max_delete_fraction <= 1.0:
+        raise ConfigError("--max-delete-fraction must be between 0 and 1")

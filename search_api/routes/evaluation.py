@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import ConfigError
-from radsearch.commands.eval import json_safe
 from evaluation.protocol import EvalOptions
+from evaluation.report import json_safe
 from evaluation.run import evaluate_collection
 from search_api.deps import CollectionDep, IndexDep
 from search_api.errors import error_responses

@@ -11,7 +11,6 @@ import pytest
 
 from evaluation import EvalInputError, EvalOptions, Record, evaluate_files, exact_topk
 from evaluation.data import build_eval_data
-from evaluation.protocol import class_sizes, evaluate, score_ranking
 from evaluation.metrics import (
     ann_recall,
     average_precision,
@@ -21,6 +20,7 @@ from evaluation.metrics import (
     modified_precision,
     modified_precision_at_k,
 )
+from evaluation.protocol import class_sizes, evaluate, score_ranking
 
 A, B, C = 0, 1, 2
 

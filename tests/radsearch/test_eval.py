@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from core.config import RuntimeSettings, SecuritySettings, Settings
-from evaluation import EvalOptions, evaluate_collection, evaluate_files, export_collection
 from core.index import CollectionConfig, VectorIndex, open_index
 from core.payload import SearchFilter
+from evaluation import EvalOptions, evaluate_collection, evaluate_files, export_collection
 from ingest.inline import IngestOptions
 from radsearch.commands.main import main
 from radsearch.demo import evaluate_collection as demo_evaluate_collection

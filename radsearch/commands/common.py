@@ -1,0 +1,30 @@
+"""What every command shares: exit codes and JSON output."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "EXIT_RUNTIME_ERROR",
+    "EXIT_STORE_FULL",
+    "EXIT_STORE_OWNED",
+    "EXIT_USAGE",
+    "print_json",
+]
+
+EXIT_OK = 0
+EXIT_RUNTIME_ERROR = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 2  # a reconcile's deletions were refused by the guard (as a usage error)
+EXIT_STORE_OWNED = 3  # another process owns the embedded store and serves no API to go through
+EXIT_STORE_FULL = 4  # free disk below the store's reserve: writes refused, nothing lost
+EXIT_INTERRUPTED = 130
+
+
+def print_json(obj: Any) -> None:
+    """One JSON object on stdout, on one line."""
+    print(json.dumps(obj, sort_keys=False))

@@ -1,0 +1,107 @@
+"""``radsearch search``: the images most similar to an image file, here or through a server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from core.config import Settings
+from core.payload import FILTER_FIELDS
+from radsearch.commands import remote
+from radsearch.commands.common import EXIT_OK, print_json
+
+__all__ = ["add_search_command", "filter_mapping", "print_hits"]
+
+
+def print_hits(
+    hits: Sequence[Mapping[str, Any]], *, as_json: bool, warnings: Sequence[Mapping[str, Any]] = ()
+) -> None:
+    """Search hits, ``{"id", "score", "payload"}`` each, as a table or as ``{"hits": [...],
+    "warnings": [...]}``; each filter warning (``{"field", "value", "message", "suggestions"}``)
+    also goes to stderr, one line each."""
+    for warning in warnings:
+        print(f"radsearch: warning: {warning['message']}", file=sys.stderr)
+    if as_json:
+        print_json(
+            {
+                "hits": [{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits],
+                "warnings": [dict(w) for w in warnings],
+            }
+        )
+        return
+    print(f"{'rank':>4}  {'score':>6}  {'modality':<8} {'anatomy':<10} {'pathology':<14} key")
+    for rank, hit in enumerate(hits, start=1):
+        p = hit["payload"]
+        print(
+            f"{rank:>4}  {hit['score']:6.3f}  {p.get('modality', '-'):<8} {p.get('anatomy', '-'):<10} "
+            f"{','.join(p.get('pathology', [])) or '-':<14} {p.get('key')}#{p.get('frame', 0)}"
+        )
+
+
+def filter_mapping(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The search filter the ``--modality`` ... options give (any-of within a field)."""
+    return {name: list(getattr(args, name)) for name in FILTER_FIELDS if getattr(args, name)}
+
+
+def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from radsearch.services import (
+        check_limit,
+        hit_rows,
+        open_catalog,
+        read_query_image,
+        search_image,
+        search_warnings,
+    )
+
+    check_limit(args.k, settings)
+    filename, data = read_query_image(args.image, settings)
+    with open_catalog(settings) as catalog:
+        hits = search_image(
+            catalog,
+            settings,
+            args.collection,
+            data=data,
+            filename=filename,
+            filter=filter_mapping(args),
+            limit=args.k,
+        )
+        warnings = search_warnings(catalog, args.collection, filter_mapping(args))
+    print_hits(hit_rows(hits), as_json=args.json, warnings=warnings)
+    return EXIT_OK
+
+
+def _remote_search(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    """The image is uploaded to ``POST /v1/collections/{name}/search/image``."""
+    from radsearch.services import check_limit, open_query_image
+
+    check_limit(args.k, settings)
+    form = {"limit": str(args.k)}
+    mapping = filter_mapping(args)
+    if mapping:
+        form["filter"] = json.dumps(mapping)
+    # The server names, size-checks and decodes the upload, with the words of the direct mode.
+    with open_query_image(args.image) as handle, remote.client(settings, url) as api:
+        answer = api.request(
+            "POST",
+            f"/v1/collections/{remote.segment(args.collection)}/search/image",
+            files={"file": (args.image.name, handle, "application/octet-stream")},
+            data=form,
+        )
+    print_hits(answer["hits"], as_json=args.json, warnings=answer.get("warnings", []))
+    return EXIT_OK
+
+
+def add_search_command(sub: Any) -> None:
+    """Register ``radsearch search`` on the ``radsearch`` subparsers."""
+    search = sub.add_parser("search", help="find the images most similar to an image file")
+    search.add_argument("image", type=Path)
+    search.add_argument("--collection", required=True)
+    for name in FILTER_FIELDS:
+        search.add_argument(f"--{name}", action="append", metavar=name.upper(), help=f"only this {name}")
+    search.add_argument("-k", type=int, default=10, help="number of hits")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=_cmd_search, remote_handler=_remote_search)

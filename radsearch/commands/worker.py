@@ -1,0 +1,76 @@
+"""``radsearch worker``: a Celery worker of the ingest pipeline (one per GPU)."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from typing import Any
+
+from core.config import Settings
+from radsearch.commands.common import EXIT_OK
+
+__all__ = ["add_worker_command"]
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.app import create_celery
+
+    if args.device:
+        settings = settings.model_copy(
+            update={"runtime": settings.runtime.model_copy(update={"device": args.device})}
+        )
+    # Workers never open the embedded store (its owner writes what they send), so any pool and
+    # any number of processes will do.
+    pool = args.pool or "prefork"
+    app = create_celery(settings)
+    if args.metrics_port:
+        from workers.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings.celery.metrics_host, args.metrics_port, pool=pool)
+    hostname = args.hostname or f"radsearch-{'-'.join(args.queues.split(','))}@{socket.gethostname()}"
+    argv = [
+        "worker",
+        f"--queues={args.queues}",
+        f"--concurrency={args.concurrency}",
+        f"--pool={pool}",
+        f"--loglevel={args.loglevel}",
+        f"--hostname={hostname}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if args.max_tasks_per_child:
+        argv.append(f"--max-tasks-per-child={args.max_tasks_per_child}")
+    if args.beat:
+        schedule = settings.data_dir / "celerybeat-schedule"
+        schedule.parent.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", f"--schedule={schedule}"]
+    app.worker_main(argv=argv)
+    return EXIT_OK
+
+
+def add_worker_command(sub: Any) -> None:
+    """Register ``radsearch worker`` on the ``radsearch`` subparsers."""
+    worker = sub.add_parser(
+        "worker",
+        help="start a Celery worker (one per GPU)",
+        description=(
+            "Start a worker: it fetches, decodes and embeds batches, then writes them to the Qdrant "
+            "server or, with the embedded store, sends them to the store's owner (`radsearch serve` "
+            "on the data dir, or RADSEARCH_URL). Start as many as you like."
+        ),
+    )
+    worker.add_argument("--queues", default="plan,embed", help="comma-separated: plan, embed (default both)")
+    worker.add_argument("--device", help="encoder device for this worker, e.g. cuda:0 or cpu")
+    worker.add_argument("--concurrency", type=int, default=1, help="pool size (1 per GPU)")
+    worker.add_argument("--pool", choices=("prefork", "threads", "solo"), help="default: prefork")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--hostname", help="worker node name (default radsearch-QUEUES@HOST)")
+    worker.add_argument("--beat", action="store_true", help="also run the periodic reconcile schedule")
+    worker.add_argument("--max-tasks-per-child", type=int, default=0)
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port (host: RADSEARCH_CELERY__METRICS_HOST); the "
+        "prefork pool needs PROMETHEUS_MULTIPROC_DIR set to an empty folder",
+    )
+    worker.set_defaults(handler=_cmd_worker)
