@@ -14,9 +14,9 @@ from PIL import Image
 
 from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
-from core.encoders.base import Frame
 from core.errors import BadInput, DecodeError, ObjectNotFound, PointNotFound
 from core.filter_warnings import StoredValues, filter_warnings
+from core.frame import Frame
 from core.index.base import Hit, StoredPoint, VectorIndex
 from core.metrics import timed_search
 from core.payload import SearchFilter

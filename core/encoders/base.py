@@ -12,16 +12,14 @@ from numpy.typing import NDArray
 
 from core.encoders.spec import EncoderSpec
 from core.errors import NoTextTower
+from core.frame import Frame
 
 if TYPE_CHECKING:
     # torch costs ~2 s to import: loaded by the methods that run a model, so that commands which
     # only name encoders (the CLI's light commands, the catalog) start without it.
     import torch
 
-__all__ = ["Encoder", "Frame"]
-
-# One display-ready 2-D image: uint8 (H, W) greyscale or (H, W, 3) RGB, windowed by the reader.
-Frame = NDArray[np.uint8]
+__all__ = ["Encoder"]
 
 
 class Encoder(ABC):

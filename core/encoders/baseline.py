@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from core.encoders.base import Encoder, Frame
+from core.config import Settings
+from core.encoders.base import Encoder
 from core.encoders.preprocess import Preprocessor
 from core.encoders.spec import EncoderSpec
+from core.frame import Frame
+
+if TYPE_CHECKING:
+    from core.encoders.weights import ResolvedWeights
 
 __all__ = ["BaselineEncoder"]
 
@@ -66,7 +72,16 @@ class BaselineEncoder(Encoder):
     normalised and weighted, then rotated into ``spec.dim`` dimensions by a fixed projection.
     """
 
-    def __init__(self, spec: EncoderSpec, *, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        settings: Settings | None = None,
+        resolved: ResolvedWeights | None = None,
+    ) -> None:
+        # settings and resolved are the load signature every family shares: no weights to read here.
         # Hand-crafted features are cheap and precision-sensitive (histograms): always fp32.
         super().__init__(spec, device=device, dtype=torch.float32)
         if spec.input_size % _HOG_GRID or spec.input_size < max(_LAYOUT_SIZES):

@@ -19,7 +19,7 @@ from open_clip.tokenizer import HFTokenizer
 from open_clip.transformer import QuickGELU
 
 from core.config import Settings
-from core.encoders.base import Encoder, Frame
+from core.encoders.base import Encoder
 from core.encoders.preprocess import Preprocessor
 from core.encoders.spec import EncoderSpec
 from core.encoders.weights import (
@@ -31,6 +31,7 @@ from core.encoders.weights import (
     resolve_weights,
 )
 from core.errors import ConfigError, EncoderError, NoTextTower, WeightsUnavailable
+from core.frame import Frame
 
 __all__ = ["OpenClipEncoder", "model_config"]
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import re
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.config import Settings
 from core.encoders.base import Encoder
@@ -281,16 +283,47 @@ def load_encoder(spec: EncoderSpec, settings: Settings, *, weights: str | None =
     return encoder
 
 
+class _LoadEncoder(Protocol):
+    """The constructor every family's `Encoder` class has."""
+
+    def __call__(
+        self,
+        spec: EncoderSpec,
+        *,
+        settings: Settings,
+        device: torch.device,
+        dtype: torch.dtype,
+        resolved: ResolvedWeights | None,
+    ) -> Encoder: ...
+
+
+@dataclass(frozen=True)
+class _Family:
+    """How a family's encoders load: ``encoder`` is the `Encoder` class, ``"module:Class"``,
+    imported only when a model is loaded (it imports torch); ``defers_default_weights`` is True where
+    the encoder resolves the default weights itself (a transformers checkpoint's may not be on the
+    hub at all, which its record says)."""
+
+    encoder: str
+    defers_default_weights: bool = False
+
+
+_FAMILIES: dict[EncoderFamily, _Family] = {
+    EncoderFamily.BUILTIN: _Family("core.encoders.baseline:BaselineEncoder"),
+    EncoderFamily.OPEN_CLIP: _Family("core.encoders.open_clip_encoder:OpenClipEncoder"),
+    EncoderFamily.TRANSFORMERS: _Family(
+        "core.encoders.transformers_encoder:TransformersEncoder", defers_default_weights=True
+    ),
+}
+
+
 def _resolve_first(spec: EncoderSpec, settings: Settings) -> ResolvedWeights | None:
     """The spec's weights, resolved before torch is imported and the device probed: weights that
     cannot be had fail in a fraction of a second, not after the seconds a model build takes.
-    None where the encoder decides (built-in features; a transformers architecture's default
-    weights, which may not be on the hub at all)."""
+    None where the encoder decides (a transformers checkpoint's default weights)."""
     from core.encoders.weights import resolve_weights
 
-    if spec.family is EncoderFamily.BUILTIN:
-        return None
-    if spec.family is EncoderFamily.TRANSFORMERS and spec.weights is None:
+    if spec.weights is None and _FAMILIES[spec.family].defers_default_weights:
         return None
     return resolve_weights(spec, settings)
 
@@ -302,22 +335,6 @@ def _build_encoder(
     dtype: torch.dtype,
     resolved: ResolvedWeights | None = None,
 ) -> Encoder:
-    match spec.family:
-        case EncoderFamily.BUILTIN:
-            from core.encoders.baseline import BaselineEncoder
-
-            return BaselineEncoder(spec, device=device, dtype=dtype)
-        case EncoderFamily.OPEN_CLIP:
-            from core.encoders.open_clip_encoder import OpenClipEncoder
-
-            return OpenClipEncoder(spec, settings=settings, device=device, dtype=dtype, resolved=resolved)
-        case EncoderFamily.TRANSFORMERS if spec.output == "neck_mean":
-            from core.encoders.sam_encoder import SamEncoder
-
-            return SamEncoder(spec, settings=settings, device=device, dtype=dtype, resolved=resolved)
-        case EncoderFamily.TRANSFORMERS:
-            from core.encoders.transformers_encoder import TransformersEncoder
-
-            return TransformersEncoder(spec, settings=settings, device=device, dtype=dtype, resolved=resolved)
-        case _:
-            raise EncoderNotFound(f"encoder family {spec.family!s} of {spec.name!r} is not supported yet")
+    module, _, name = _FAMILIES[spec.family].encoder.partition(":")
+    load: _LoadEncoder = getattr(importlib.import_module(module), name)
+    return load(spec, settings=settings, device=device, dtype=dtype, resolved=resolved)

@@ -24,7 +24,6 @@ class EncoderFamily(StrEnum):
     BUILTIN = "builtin"
     OPEN_CLIP = "open_clip"
     TRANSFORMERS = "transformers"
-    TIMM = "timm"
 
 
 class EncoderSpec(BaseModel):

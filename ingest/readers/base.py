@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.config import IngestSettings
-from core.encoders.base import Frame
+from core.frame import Frame
 
 __all__ = ["DecodeLimits", "DecodedObject"]
 

@@ -40,8 +40,8 @@ from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
-from core.encoders.base import Frame
 from core.errors import BadInput, DecodeError, DecodeTimeout, TooLarge, UnsupportedFormat
+from core.frame import Frame
 from core.payload import keyed_hash
 from ingest.readers.base import DecodedObject, DecodeLimits
 

@@ -16,8 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
-from core.encoders.base import Frame
 from core.errors import BadInput, DecodeError, TooLarge
+from core.frame import Frame
 from ingest.readers.base import DecodedObject, DecodeLimits
 
 __all__ = ["decode_raster"]

@@ -23,7 +23,7 @@ from core.encoders.base import Encoder
 from core.encoders.device import cpu_has_native_bf16
 from core.encoders.preprocess import Preprocessor
 from core.encoders.registry import get_spec, list_specs, load_encoder
-from core.encoders.sam_encoder import transformers_to_segment_anything
+from core.encoders.sam import transformers_to_segment_anything
 from core.encoders.spec import EncoderSpec
 from core.encoders.transformers_encoder import TransformersEncoder
 from core.errors import NoTextTower, WeightsUnavailable
@@ -291,7 +291,7 @@ def test_sam_neck_mean_pooled_full_size(encoders: dict[str, Encoder]) -> None:
 
 
 def test_sam_determinism_and_batch_invariance_small_variant(settings: Settings) -> None:
-    # The same SamEncoder code on a 64-px variant (full size: one forward pass costs seconds).
+    # The same SAM code on a 64-px variant (full size: one forward pass costs seconds).
     encoder = load_encoder(_tiny_spec("sam-vit-b"), settings, weights="random")
     batch = np.stack([encoder.preprocess(f) for f in _frames(2, (90, 70), seed=8)])
     alone = encoder.embed_batch(batch[1:2])
