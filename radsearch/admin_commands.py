@@ -85,9 +85,9 @@ def _cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
+    from core.jobs.sqlite_store import open_owner_store
     from radsearch.services import open_catalog
     from search_api.backfill_jobs import OwnerJobRunner
-    from search_api.owner_job_store import open_owner_store
 
     with open_catalog(settings) as catalog:
         bar = tqdm(unit="obj", desc="backfill", disable=args.json, dynamic_ncols=True)
@@ -114,9 +114,9 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_alias(args: argparse.Namespace, settings: Settings) -> int:
+    from core.jobs.sqlite_store import read_owner_jobs
     from radsearch.services import open_catalog
     from search_api.backfill_jobs import alias_blockers
-    from search_api.owner_job_store import read_owner_jobs
 
     with open_catalog(settings) as catalog:
         if not args.force:
@@ -171,8 +171,7 @@ def print_created(row: Mapping[str, Any], *, as_json: bool) -> None:
 def owner_job_dicts(settings: Settings, job_id: str | None, limit: int) -> list[dict[str, Any]]:
     """Owner-run jobs (backfills, owner ingests) of the data dir, read beside its owner: one
     (``job_id``) or the newest ``limit``, in the shape of ``radsearch jobs show|list``."""
-    from search_api.backfill_jobs import OwnerJob
-    from search_api.owner_job_store import read_owner_jobs
+    from core.jobs.sqlite_store import read_owner_jobs
 
     store = read_owner_jobs(settings)
     if store is None:
@@ -185,12 +184,8 @@ def owner_job_dicts(settings: Settings, job_id: str | None, limit: int) -> list[
             records = store.recent(limit=limit)
         out = []
         for record in records:
-            meta = store.load_meta(record.id)
-            if meta is None:
-                out.append(record.to_dict(with_items=job_id is not None))
-                continue
-            job = OwnerJob(meta.kind, record, meta.summary, meta.error_status, meta.resumed)
-            data = job.to_dict(with_items=job_id is not None)
+            data = record.to_dict(with_items=job_id is not None)
+            # an owner-run job's summary and error status only once it has them
             out.append(
                 {k: v for k, v in data.items() if v is not None or k not in ("summary", "error_status")}
             )

@@ -175,7 +175,7 @@ class _LostBatchWatch(bootsteps.StartStopStep):  # type: ignore[misc]
     def tick(self, parent: Any) -> None:
         import redis
 
-        from workers.jobs import open_job_store
+        from core.jobs.redis_store import open_job_store
         from workers.tasks import resend_lost_batches
 
         settings = settings_of(parent.app)

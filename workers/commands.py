@@ -16,7 +16,7 @@ from core.errors import ConfigError
 from ingest.cli_options import add_sync_options
 
 if TYPE_CHECKING:
-    from workers.jobs import JobKind, JobSpec
+    from core.jobs import JobKind, JobSpec
 
 __all__ = [
     "add_worker_commands",
@@ -43,9 +43,9 @@ def _connect(settings: Settings) -> tuple[Any, Any]:
     """(job store, celery app) for submitting work; `BrokerUnavailable` if Redis does not answer."""
     import redis
 
+    from core.jobs.redis_store import open_job_store
     from workers.app import create_celery
     from workers.client import BrokerUnavailable
-    from workers.jobs import open_job_store
 
     store = open_job_store(
         settings.celery.broker_url or settings.redis.url,
@@ -85,8 +85,8 @@ def _source_name(value: str | None) -> str | None:
 def _follow(settings: Settings, store: Any, job_id: str, *, progress: bool) -> Any:
     from tqdm import tqdm
 
+    from core.jobs import JobRecord
     from workers.client import follow_job
-    from workers.jobs import JobRecord
 
     bar = tqdm(unit="obj", desc=f"job {job_id[:8]}", disable=not progress, dynamic_ncols=True)
 
@@ -254,7 +254,7 @@ def _submit_and_follow(args: argparse.Namespace, settings: Settings, kind: JobKi
 
 def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
     """``radsearch ingest SOURCE --collection A[,B] --executor celery [--detach]``."""
-    from workers.jobs import JobKind, JobSpec
+    from core.jobs import JobKind, JobSpec
 
     spec = JobSpec(
         source=_source_uri(args.source),
@@ -281,7 +281,7 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.jobs import JobKind, JobSpec
+    from core.jobs import JobKind, JobSpec
 
     if not 0.0 <= args.max_delete_fraction <= 1.0:
         raise ConfigError("--max-delete-fraction must be between 0 and 1")
@@ -314,8 +314,8 @@ def _owner_jobs(
 
 
 def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from core.jobs import JOB_STATE_LOST
     from workers.client import BrokerUnavailable, requeue_dead_letters
-    from workers.jobs import JOB_STATE_LOST
 
     if args.jobs_command == "show":
         owned = _owner_jobs(args, settings, args.job_id, 1)  # the data dir's own: no Redis needed

@@ -30,6 +30,8 @@ from core.errors import CollectionExists, CollectionNotFound, ConfigError
 from core.index.base import VectorIndex
 from core.index.factory import open_index
 from core.index.remote import OwnerIndex
+from core.jobs import JobSpec
+from core.jobs.redis_store import RedisJobStore, open_job_store
 from ingest.inline import IngestOptions, build_context
 from ingest.labels import Labeler, PathTemplate, load_manifest, parse_manifest
 from ingest.pipeline import PipelineContext
@@ -37,7 +39,6 @@ from ingest.sources import open_source
 from ingest.sources.base import Source
 from ingest.sources.factory import parse_s3_uri
 from workers.app import settings_of
-from workers.jobs import JobSpec, JobStore, open_job_store
 
 __all__ = ["WorkerResources", "resources_for"]
 
@@ -57,7 +58,7 @@ class WorkerResources:
         self._lock = threading.RLock()
         self._index: VectorIndex | None = None
         self._catalog: Catalog | None = None
-        self._store: JobStore | None = None
+        self._store: RedisJobStore | None = None
         self._sources: dict[tuple[str, str | None], Source] = {}
         self._labelers: OrderedDict[tuple[str, str | None, str | None], Labeler] = OrderedDict()
         self._ensured: set[str] = set()
@@ -66,7 +67,7 @@ class WorkerResources:
         )
 
     @property
-    def store(self) -> JobStore:
+    def store(self) -> RedisJobStore:
         with self._lock:
             if self._store is None:
                 broker = self.settings.celery.broker_url or self.settings.redis.url

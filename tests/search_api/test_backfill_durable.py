@@ -15,9 +15,9 @@ import httpx
 from minio import Minio
 
 from core.config import IngestSettings, Settings
-from search_api.owner_job_store import read_owner_jobs
+from core.jobs import JobState
+from core.jobs.sqlite_store import read_owner_jobs
 from tests.workers.conftest import Server, cli, start_server, upload_images
-from workers.jobs import JobState
 
 __all__ = ["start_server"]  # the fixture, used by name
 
@@ -113,7 +113,8 @@ def test_the_durable_store_counts_a_batch_once_and_outlives_its_connection(tmp_p
     """The owner's job store keeps `JobStore`'s rules (a batch counts once; done once planned and
     every batch is) in a file that a new process reads back whole."""
     from search_api.owner_job_store import DurableJobStore
-    from workers.jobs import JobKind, JobSpec
+
+    from core.jobs import JobKind, JobSpec
 
     path = tmp_path / "jobs" / "owner-jobs.sqlite3"
     store = DurableJobStore(path)
