@@ -250,7 +250,8 @@ class JobMeta(BaseModel):
     resumed: int = 0
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        # not sorted: the summary keeps its keys in the order the job wrote them
+        return json.dumps(self.model_dump(mode="json"))
 
     @classmethod
     def from_json(cls, text: str) -> JobMeta:

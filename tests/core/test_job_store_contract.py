@@ -230,13 +230,14 @@ def test_an_owner_job_is_answered_with_its_meta(owner_store: OwnerJobStore) -> N
     meta = JobMeta(kind="backfill", targets=("chest",), resume={"target": "chest", "origin": "old"})
     owner_store.save_meta(job_id, meta)
     assert owner_store.load_meta(job_id) == meta
-    meta.summary, meta.resumed = {"objects": 3}, 1
+    meta.summary, meta.resumed = {"objects": 3, "frames_indexed": 3, "collection": "chest"}, 1
     assert owner_store.load_meta(job_id) != meta  # saved, not shared
     owner_store.save_meta(job_id, meta)
     record = owner_store.get(job_id)
     assert record is not None
     assert record.kind == JobKind.BACKFILL and record.executor == "owner"
-    assert record.summary == {"objects": 3} and record.resumed == 1 and record.error_status is None
+    assert record.summary == meta.summary and record.resumed == 1 and record.error_status is None
+    assert list(record.summary) == ["objects", "frames_indexed", "collection"]  # as the job wrote it
     data = record.to_dict()
     assert data["kind"] == "backfill" and data["executor"] == "owner" and data["resumed"] == 1
     assert [r.executor for r in owner_store.recent()] == ["owner"]

@@ -370,7 +370,7 @@ def test_drop_waits_for_an_owner_run_job(tmp_path: Path) -> None:
             runner.drop("busy")
         release.set()
         deadline = time.monotonic() + 10
-        while (job := runner.job(job_id)) is None or job.record.state.value != "done":
+        while (job := runner.job(job_id)) is None or job.state.value != "done":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert job.summary == {"objects": 1} and job.to_dict()["executor"] == "owner"
