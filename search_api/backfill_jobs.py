@@ -592,7 +592,8 @@ def celery_writers(settings: Settings, collection: str, aliases: Mapping[str, st
     """The unfinished Celery jobs in Redis that write to ``collection`` ("ingest job <id>"),
     among the newest few hundred. Redis being down is no reason to refuse a drop: then none."""
     import redis
-    from workers.jobs import open_job_store
+
+    from core.jobs.redis_store import open_job_store
 
     store = open_job_store(settings.celery.broker_url or settings.redis.url, settings.celery)
     try:
