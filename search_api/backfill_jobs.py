@@ -8,10 +8,10 @@ contract (`core.jobs.store.OwnerJobStore`) and comes back as the same `JobRecord
 jobs, with what only the owner knows (`core.jobs.records.JobMeta`): the job's summary once it is
 done (the command line's ``--json`` summary) and the HTTP status of its error once it failed. The
 records are kept by `core.jobs.sqlite_store` (durable in the data dir), so a job outlives the
-process: on start-up
-the owner resumes its unfinished jobs (`OwnerJobRunner.resume`; a backfill is insert-only with
-deterministic point ids, an owner ingest skips unchanged objects, so re-running is idempotent) or
-marks them failed with the reason.
+process: on start-up the owner resumes its unfinished jobs (`OwnerJobRunner.resume`; a backfill is
+insert-only with deterministic point ids, an owner ingest skips unchanged objects, so re-running is
+idempotent) or marks them failed with the reason. Like a Celery job, an owner-run job is done
+(`finish`) only once the collections it wrote are indexed.
 """
 
 from __future__ import annotations
