@@ -138,7 +138,8 @@ def redis_with_a_job() -> Iterator[tuple[str, str] | None]:
         yield None
         return
     from core.config import CelerySettings
-    from workers.jobs import JobKind, JobSpec, open_job_store
+    from core.jobs import JobKind, JobSpec
+    from core.jobs.redis_store import open_job_store
 
     port = _free_port()
     proc = subprocess.Popen(

@@ -28,9 +28,10 @@ import httpx
 from common import REPO_ROOT, emit, moto_server, write_ct_dicoms
 
 from core.config import CelerySettings, IngestSettings, RuntimeSettings, S3Settings, Settings
+from core.jobs import JobKind, JobSpec
+from core.jobs.redis_store import RedisJobStore, open_job_store
 from workers.app import create_celery
 from workers.client import submit_job
-from workers.jobs import JobKind, JobSpec, JobStore, open_job_store
 
 
 def _free_port() -> int:
@@ -57,7 +58,7 @@ def _env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _wait(store: JobStore, job_id: str, timeout_s: float = 1800) -> Any:
+def _wait(store: RedisJobStore, job_id: str, timeout_s: float = 1800) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         record = store.get(job_id, with_items=False)
@@ -145,10 +146,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             app = create_celery(base)
             # Warm-up: the model load in every process is not billed.
             warm = submit_job(
-                store, app, JobKind.INGEST, JobSpec("s3://bench/warm/", ("bench",), encoder=args.encoder)
+                store,
+                app,
+                JobKind.INGEST,
+                JobSpec(source="s3://bench/warm/", collections=("bench",), encoder=args.encoder),
             )
             _wait(store, warm)
-            spec = JobSpec("s3://bench/ct/", ("bench",), skip_unchanged=False, encoder=args.encoder)
+            spec = JobSpec(
+                source="s3://bench/ct/", collections=("bench",), skip_unchanged=False, encoder=args.encoder
+            )
             started = time.perf_counter()
             job_id = submit_job(store, app, JobKind.INGEST, spec)
             record = _wait(store, job_id)

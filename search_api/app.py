@@ -16,6 +16,7 @@ from core.catalog import Catalog
 from core.config import Settings
 from core.index.base import VectorIndex
 from core.index.factory import open_index
+from core.jobs.sqlite_store import open_owner_store
 from core.snapshots import Trash
 from search_api.backfill_jobs import OwnerJobRunner
 from search_api.deps import reject_unknown_query
@@ -24,7 +25,6 @@ from search_api.errors import install_exception_handlers
 from search_api.metrics import MetricsMiddleware
 from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
 from search_api.openapi import install_openapi
-from search_api.owner_job_store import open_owner_store
 from search_api.request_id import RequestIdMiddleware
 from search_api.routes import (
     admin,

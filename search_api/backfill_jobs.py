@@ -4,14 +4,14 @@
 
 The embedded store (Qdrant Edge) is owned by the API process, so such work cannot run in another
 process there; it runs here, one job at a time by default. Progress goes through the job-store
-interface (`workers.jobs.JobStore`: create, mark_planning, raise_counters, complete_batch,
-plan_done, fail, get, recent) and comes back as the same `JobRecord` shape as Celery ingest jobs,
-plus what only the owner knows: the job's summary once it is done (the command line's ``--json``
-summary) and the HTTP status of its error once it failed. The records are kept by
-`search_api.owner_job_store` (durable in the data dir), so a job outlives the process: on start-up
-the owner resumes its unfinished jobs (`OwnerJobRunner.resume`; a backfill is insert-only with
-deterministic point ids, an owner ingest skips unchanged objects, so re-running is idempotent) or
-marks them failed with the reason.
+contract (`core.jobs.store.OwnerJobStore`) and comes back as the same `JobRecord` as Celery ingest
+jobs, with what only the owner knows (`core.jobs.records.JobMeta`): the job's summary once it is
+done (the command line's ``--json`` summary) and the HTTP status of its error once it failed. The
+records are kept by `core.jobs.sqlite_store` (durable in the data dir), so a job outlives the
+process: on start-up the owner resumes its unfinished jobs (`OwnerJobRunner.resume`; a backfill is
+insert-only with deterministic point ids, an owner ingest skips unchanged objects, so re-running is
+idempotent) or marks them failed with the reason. Like a Celery job, an owner-run job is done
+(`finish`) only once the collections it wrote are indexed.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from core.catalog import Catalog
 from core.config import Settings
 from core.errors import CollectionNotFound, ConfigError, RadsearchError
 from core.s3 import S3Location
+from core.jobs import JobKind, JobMeta, JobRecord, JobSpec, OwnerJobKind, OwnerJobStore
+from core.jobs.memory_store import MemoryJobStore
 from core.snapshots import TrashEntry
 from ingest.backfill import plan_backfill, run_backfill
 from ingest.inline import IngestOptions, build_context, diff_inline, listing_of, plan_prune
@@ -42,18 +44,10 @@ from ingest.prune import SourceDiff, guard_message, prune_gone
 from ingest.sources import open_source
 from ingest.sources.base import ObjectRef, Source
 from ingest.sources.local import LocalSource
-from search_api.owner_job_store import (
-    JobMeta,
-    JobStoreLike,
-    LocalJobStore,
-    OwnerJobKind,
-)
-from workers.jobs import JobKind, JobRecord, JobSpec
 
 __all__ = [
     "JobProgress",
     "OwnerIngest",
-    "OwnerJob",
     "OwnerJobRunner",
     "alias_blockers",
     "celery_writers",
@@ -80,7 +74,7 @@ class JobProgress:
 
     def __init__(
         self,
-        store: JobStoreLike,
+        store: OwnerJobStore,
         job_id: str,
         *,
         on_plan: Callable[[int], None] | None = None,
@@ -128,37 +122,6 @@ Work = Callable[[JobProgress], dict[str, Any]]
 
 
 @dataclass(frozen=True)
-class OwnerJob:
-    """An owner-run job: what it is, its record, and once it ended its ``summary`` (done) or the
-    HTTP status its error maps to (failed)."""
-
-    kind: OwnerJobKind
-    record: JobRecord
-    summary: dict[str, Any] | None = None
-    error_status: int | None = None
-    resumed: int = 0
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def created_at(self) -> float:
-        return self.record.created_at
-
-    def to_dict(self, *, with_items: bool = True) -> dict[str, Any]:
-        """The record in the ingest jobs' public shape, with ``executor``, ``summary`` and
-        ``error_status`` (``kind`` is ``backfill`` for backfills)."""
-        data = self.record.to_dict(with_items=with_items)
-        if self.kind == "backfill":
-            data["kind"] = "backfill"
-        data.update(
-            executor="owner", summary=self.summary, error_status=self.error_status, resumed=self.resumed
-        )
-        return data
-
-
-@dataclass(frozen=True)
 class OwnerIngest:
     """An ingest the owner runs with the inline pipeline. ``source`` is an ``s3://`` URI or a
     folder the caller has allowed (`check_local_path`); ``manifest`` an ``s3://`` object URI or
@@ -185,7 +148,7 @@ class OwnerJobRunner:
     """Starts owner-run jobs in background threads and records their progress in ``store``."""
 
     def __init__(
-        self, catalog: Catalog, settings: Settings, store: JobStoreLike, *, max_parallel: int = 1
+        self, catalog: Catalog, settings: Settings, store: OwnerJobStore, *, max_parallel: int = 1
     ) -> None:
         self.catalog = catalog
         self.settings = settings
@@ -206,7 +169,7 @@ class OwnerJobRunner:
         ``spec.collections`` are the collections it writes, by their own names; ``resume`` what
         `resume` needs to run it again after a restart."""
         with self._lock:
-            job_id = self.store.create(JobKind.INGEST, spec)
+            job_id = self.store.create(JobKind(kind), spec)
             meta = JobMeta(kind=kind, targets=tuple(spec.collections), resume=dict(resume or {}))
             self.store.save_meta(job_id, meta)
             self._meta[job_id] = meta
@@ -285,7 +248,7 @@ class OwnerJobRunner:
             resume={"target": entry.name, "origin": origin, "path_template": path_template},
         )
         with self._lock:
-            job_id = self.store.create(JobKind.INGEST, spec)
+            job_id = self.store.create(JobKind.BACKFILL, spec)
             self.store.save_meta(job_id, meta)
             self._meta[job_id] = meta
             _RUNNING.add(job_id)
@@ -296,6 +259,7 @@ class OwnerJobRunner:
             meta.summary = summary
             self.store.save_meta(job_id, meta)
             self.store.plan_done(job_id)
+            self.store.finish(job_id)
             return summary
         except KeyboardInterrupt:
             self.store.fail(job_id, "interrupted")
@@ -373,24 +337,17 @@ class OwnerJobRunner:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _meta_of(self, job_id: str) -> JobMeta | None:
-        return self._meta.get(job_id) or self.store.load_meta(job_id)
-
-    def job(self, job_id: str) -> OwnerJob | None:
+    def job(self, job_id: str) -> JobRecord | None:
         """One owner-run job (this process's, or one an earlier owner of the data dir ran), or None."""
-        meta = self._meta_of(job_id)
-        record = self.store.get(job_id) if meta is not None else None
-        if meta is None or record is None:
-            return None
-        return OwnerJob(meta.kind, record, meta.summary, meta.error_status, meta.resumed)
+        record = self.store.get(job_id)
+        return record if record is not None and record.executor == "owner" else None
 
-    def recent(self, kind: OwnerJobKind, *, limit: int = 50) -> list[OwnerJob]:
+    def recent(self, kind: OwnerJobKind, *, limit: int = 50) -> list[JobRecord]:
         """Owner-run jobs of one kind, newest first (without their failed items)."""
-        out: list[OwnerJob] = []
+        out: list[JobRecord] = []
         for record in self.store.recent(limit=max(limit * 4, 200)):
-            meta = self._meta_of(record.id)
-            if meta is not None and meta.kind == kind:
-                out.append(OwnerJob(meta.kind, record, meta.summary, meta.error_status, meta.resumed))
+            if record.executor == "owner" and record.kind == kind:
+                out.append(record)
                 if len(out) >= limit:
                     break
         return out
@@ -419,6 +376,7 @@ class OwnerJobRunner:
             self.store.save_meta(job_id, meta)
             # Done only now: after the last batch the collection is still being indexed.
             self.store.plan_done(job_id)
+            self.store.finish(job_id)
         except RadsearchError as exc:
             from search_api.errors import status_for
 
@@ -530,7 +488,7 @@ class OwnerJobRunner:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def unfinished_writers(store: JobStoreLike, collection: str) -> list[str]:
+def unfinished_writers(store: OwnerJobStore, collection: str) -> list[str]:
     """The unfinished owner-run jobs in ``store`` that write to ``collection`` ("backfill job <id>")."""
     out = []
     for job_id in store.unfinished():
@@ -540,7 +498,7 @@ def unfinished_writers(store: JobStoreLike, collection: str) -> list[str]:
     return out
 
 
-def alias_blockers(catalog: Catalog, store: JobStoreLike | None, collection: str) -> list[str]:
+def alias_blockers(catalog: Catalog, store: OwnerJobStore | None, collection: str) -> list[str]:
     """Why ``collection`` is not ready to serve searches through an alias: unfinished owner-run
     jobs writing to it ("backfill <id> is running (224/600)"), an index not built ("index not
     built: 600 unindexed vectors"). Empty when it is ready."""
@@ -570,7 +528,7 @@ def owner_jobs(request: Request) -> OwnerJobRunner:
     where the app's lifespan did not make one."""
     runner: OwnerJobRunner | None = getattr(request.app.state, "backfill", None)
     if runner is None:
-        runner = OwnerJobRunner(request.app.state.catalog, request.app.state.settings, LocalJobStore())
+        runner = OwnerJobRunner(request.app.state.catalog, request.app.state.settings, MemoryJobStore())
         request.app.state.backfill = runner
     return runner
 
@@ -630,7 +588,7 @@ def celery_writers(settings: Settings, collection: str, aliases: Mapping[str, st
     among the newest few hundred. Redis being down is no reason to refuse a drop: then none."""
     import redis
 
-    from workers.jobs import open_job_store
+    from core.jobs.redis_store import open_job_store
 
     store = open_job_store(settings.broker_url, settings.celery)
     try:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSche
 
 from core.encoders.spec import EncoderSpec
 from core.errors import InvalidFilter
+from core.jobs import JobCounts, JobRecord
 from core.payload import SearchFilter
 
 __all__ = [
@@ -22,11 +23,17 @@ __all__ = [
     "CollectionPublic",
     "CompareResponse",
     "CompareResult",
+    "FailedItemPublic",
     "FusedHit",
     "IndexingPublic",
+    "IngestJobPublic",
+    "IngestJobsPublic",
     "ItemPublic",
+    "JobCounts",
+    "JobOptions",
     "JobSummary",
     "JobSummaryField",
+    "JobThroughput",
     "OptimizePublic",
     "PayloadPublic",
     "PointBookkeeping",
@@ -298,6 +305,81 @@ JobSummaryField = Annotated[
 ]
 
 
+class JobOptions(BaseModel):
+    manifest: str | None
+    path_template: str | None
+    skip_unchanged: bool
+    encoder: str | None
+    batch_size: int | None
+    accept_burned_in: bool = False
+    prune: bool = False
+    dry_run: bool = False
+    max_delete_fraction: float = 0.1
+    force: bool = False
+    source_name: str | None = None
+
+
+class JobThroughput(BaseModel):
+    objects_per_s: float | None
+    frames_per_s: float | None
+
+
+class FailedItemPublic(BaseModel):
+    key: str
+    reason: str
+
+
+class IngestJobPublic(BaseModel):
+    id: str
+    kind: Literal["ingest", "reconcile", "events", "requeue"]
+    state: Literal["queued", "planning", "running", "done", "failed"]
+    source: str
+    collections: list[str]
+    options: JobOptions
+    counts: JobCounts
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    seconds: float | None
+    throughput: JobThroughput
+    error: str | None = None
+    drift: dict[str, dict[str, Any]] | None = Field(
+        default=None,
+        description="reconcile: per collection, counts and the keys deleted (deleted_items); a dry "
+        "run lists every key that would be added, changed or deleted; refused: the guard said no",
+    )
+    failed_items: list[FailedItemPublic] = Field(default_factory=list)
+    executor: Literal["celery", "owner"] = "celery"
+    summary: JobSummaryField = Field(
+        default=None,
+        description="owner jobs, once done: collection, objects, frames_indexed, skipped, failed, "
+        "quarantined, errors, quarantined_items, deleted, deleted_items, accept_burned_in, seconds (the "
+        "shape of `radsearch ingest --json`); a dry run: dry_run and diffs",
+    )
+    error_status: int | None = Field(
+        default=None, description="owner jobs, once failed: the HTTP status of their error"
+    )
+    waiting: str | None = Field(
+        default=None,
+        description="why an unfinished job does not move, e.g. 'no live worker on queue plan' "
+        "(no worker of that queue heard from for celery.worker_dead_after_s); null otherwise",
+    )
+    resumed: int = Field(default=0, description="owner jobs: how often a restart of the server ran it again")
+
+    @classmethod
+    def from_record(cls, record: JobRecord, *, with_items: bool = True) -> IngestJobPublic:
+        """An ingest job (the workers' or an owner-run one) as the ingest-jobs routes show it."""
+        return cls.model_validate(record.to_dict(with_items=with_items))
+
+
+class IngestJobsPublic(BaseModel):
+    data: list[IngestJobPublic]
+    count: int
+    warning: str | None = Field(
+        default=None, description="set when the job store lost its state (jobs created before are gone)"
+    )
+
+
 class BackfillJobPublic(BaseModel):
     """A backfill job, in the ingest jobs' shape (``source`` is the collection or URI it reads)."""
 
@@ -321,6 +403,11 @@ class BackfillJobPublic(BaseModel):
     )
     error_status: int | None = Field(default=None, description="once failed: the HTTP status of its error")
     resumed: int = Field(default=0, description="how often a restart of the server ran it again")
+
+    @classmethod
+    def from_record(cls, record: JobRecord) -> BackfillJobPublic:
+        """A backfill job as the backfill routes show it (a `JobRecord` of kind backfill)."""
+        return cls.model_validate(record.to_dict())
 
 
 class CompareResult(BaseModel):

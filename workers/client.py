@@ -22,7 +22,8 @@ from celery import Celery
 
 from core.config import Settings, Subscription
 from core.errors import RadsearchError
-from workers.jobs import JobKind, JobRecord, JobSpec, JobStore
+from core.jobs import JobKind, JobRecord, JobSpec
+from core.jobs.redis_store import RedisJobStore
 from workers.names import (
     DELETE_TASK,
     EMBED_QUEUE,
@@ -60,7 +61,7 @@ def _send(app: Celery, name: str, args: list[Any]) -> None:
         raise BrokerUnavailable(f"cannot enqueue {name}: {type(exc).__name__}: {exc}") from exc
 
 
-def submit_job(store: JobStore, app: Celery, kind: JobKind, spec: JobSpec) -> str:
+def submit_job(store: RedisJobStore, app: Celery, kind: JobKind, spec: JobSpec) -> str:
     """Create a job and enqueue its first task (plan, or reconcile); returns the job id."""
     if kind not in (JobKind.INGEST, JobKind.RECONCILE):
         raise ValueError(f"jobs of kind {kind} are not submitted directly")
@@ -77,7 +78,7 @@ def submit_job(store: JobStore, app: Celery, kind: JobKind, spec: JobSpec) -> st
     return job_id
 
 
-def requeue_dead_letters(store: JobStore, app: Celery, *, job_id: str | None = None) -> list[str]:
+def requeue_dead_letters(store: RedisJobStore, app: Celery, *, job_id: str | None = None) -> list[str]:
     """Replay dead-lettered batches (all, or one job's) as new ``requeue`` jobs, one per spec.
 
     Objects are re-read (stat) by the workers, so a replay sees the bucket as it is now.
@@ -104,7 +105,7 @@ def requeue_dead_letters(store: JobStore, app: Celery, *, job_id: str | None = N
 
 
 def follow_job(
-    store: JobStore,
+    store: RedisJobStore,
     job_id: str,
     *,
     on_update: Callable[[JobRecord], None] | None = None,
@@ -203,7 +204,7 @@ def _matching(subscriptions: Iterable[Subscription], event: S3Event) -> list[Sub
 
 
 def dispatch_events(
-    settings: Settings, store: JobStore, app: Celery, events: Sequence[S3Event]
+    settings: Settings, store: RedisJobStore, app: Celery, events: Sequence[S3Event]
 ) -> EventsReport:
     """Enqueue created objects for every subscribed collection; enqueue deletion of removed ones.
 
@@ -256,15 +257,15 @@ class WorkerGateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._store: JobStore | None = None
+        self._store: RedisJobStore | None = None
         self._app: Celery | None = None
         self._lock = threading.Lock()
 
     @property
-    def store(self) -> JobStore:
+    def store(self) -> RedisJobStore:
         with self._lock:
             if self._store is None:
-                from workers.jobs import job_store_for
+                from core.jobs.redis_store import job_store_for
 
                 self._store = job_store_for(self.settings)
             return self._store

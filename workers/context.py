@@ -29,13 +29,14 @@ from core.errors import CollectionExists, CollectionNotFound
 from core.index.base import VectorIndex
 from core.index.factory import open_index
 from core.index.remote import OwnerIndex
+from core.jobs import JobSpec
+from core.jobs.redis_store import RedisJobStore, job_store_for
 from core.s3 import S3Location
 from ingest.inline import IngestOptions, build_context
 from ingest.labels import Labeler, PathTemplate, read_manifest
 from ingest.pipeline import PipelineContext
 from ingest.sources import open_source
 from ingest.sources.base import Source
-from workers.jobs import JobSpec, JobStore, job_store_for
 from workers.names import settings_of
 
 __all__ = ["WorkerResources", "resources_for"]
@@ -56,7 +57,7 @@ class WorkerResources:
         self._lock = threading.RLock()
         self._index: VectorIndex | None = None
         self._catalog: Catalog | None = None
-        self._store: JobStore | None = None
+        self._store: RedisJobStore | None = None
         self._sources: dict[tuple[str, str | None], Source] = {}
         self._labelers: OrderedDict[tuple[str, str | None, str | None], Labeler] = OrderedDict()
         self._ensured: set[str] = set()
@@ -65,7 +66,7 @@ class WorkerResources:
         )
 
     @property
-    def store(self) -> JobStore:
+    def store(self) -> RedisJobStore:
         with self._lock:
             if self._store is None:
                 self._store = job_store_for(self.settings)

@@ -28,7 +28,8 @@ import redis
 from celery import bootsteps
 
 from core.config import CelerySettings
-from workers.jobs import JobRecord, JobState, JobStore
+from core.jobs import JobRecord, JobState
+from core.jobs.redis_store import RedisJobStore
 from workers.names import EMBED_QUEUE, PLAN_QUEUE, settings_of
 
 __all__ = [
@@ -170,7 +171,7 @@ def waiting_reason(
 
 
 def job_waiting(
-    store: JobStore, record: JobRecord, settings: CelerySettings, *, now: float | None = None
+    store: RedisJobStore, record: JobRecord, settings: CelerySettings, *, now: float | None = None
 ) -> str | None:
     """`waiting_reason` with the live workers read from the job store's Redis."""
     if record.finished:

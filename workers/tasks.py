@@ -1,7 +1,7 @@
 """Thin Celery tasks around the batch pipeline. They take job ids and object keys, never pixels.
 
 Every task is idempotent: point ids are deterministic (a redelivered batch overwrites), batches are
-counted once per job (`JobStore.complete_batch`), deletions re-check that the object is gone.
+counted once per job (`RedisJobStore.complete_batch`), deletions re-check that the object is gone.
 Errors: a bad object is a failed item of its batch (``BadInput``, no retry); a transient error
 (S3, Qdrant, network, Redis) retries the whole batch with exponential backoff and jitter; when the
 retries or deliveries run out, or on any other error, the batch goes to the dead-letter list
@@ -34,13 +34,14 @@ from core.errors import (
     ObjectNotFound,
     SourceError,
 )
+from core.jobs import DeadLetter, JobKind, JobSpec, JobState
+from core.jobs.redis_store import RedisJobStore
 from ingest.pipeline import process_batch
 from ingest.planner import plan_batches
 from ingest.prune import delete_keys, indexed_objects, still_gone
 from ingest.reconcile import plan_reconcile
 from ingest.sources.base import ObjectRef
 from workers.context import WorkerResources, resources_for
-from workers.jobs import DeadLetter, JobKind, JobSpec, JobState, JobStore
 from workers.names import (
     DELETE_TASK,
     EMBED_QUEUE,
@@ -51,6 +52,7 @@ from workers.names import (
     RECONCILE_ALL_TASK,
     RECONCILE_TASK,
 )
+from workers.context import WorkerResources, resources_for
 
 __all__ = ["RadsearchTask", "is_transient", "reconcile_job", "register_tasks", "resend_lost_batches"]
 
@@ -111,7 +113,7 @@ def _retry_if_transient(task: RadsearchTask, exc: Exception, what: str) -> None:
 
 
 def _dead_letter(
-    store: JobStore,
+    store: RedisJobStore,
     job_id: str,
     batch_id: str,
     spec: JobSpec,
@@ -131,7 +133,7 @@ def _dead_letter(
     log.error("job %s batch %s dead-lettered (%d keys): %s", job_id, batch_id, len(keys), error)
 
 
-def _finish_when_complete(app: Celery, store: JobStore, job_id: str) -> None:
+def _finish_when_complete(app: Celery, store: RedisJobStore, job_id: str) -> None:
     """Enqueue the finish task once every planned batch of the job is done."""
     if store.is_complete(job_id):
         app.send_task(FINISH_TASK, args=[job_id])
@@ -300,7 +302,7 @@ def _broker_holds(broker: redis.Redis, job_id: str) -> bool:
     return any(needle in value for value in broker.hvals(Channel.unacked_key))
 
 
-def resend_lost_batches(app: Celery, store: JobStore, broker: redis.Redis, idle_s: float) -> int:
+def resend_lost_batches(app: Celery, store: RedisJobStore, broker: redis.Redis, idle_s: float) -> int:
     """Send again the batches the broker lost; returns how many were sent.
 
     A batch is lost when its job is unfinished, nothing happened to the job for ``idle_s`` (more
@@ -312,7 +314,7 @@ def resend_lost_batches(app: Celery, store: JobStore, broker: redis.Redis, idle_
     does no harm.
     """
     sent = 0
-    for job_id in store.unfinished_job_ids():
+    for job_id in store.unfinished():
         lost = store.lost_batches(job_id, idle_s)
         if not lost or _broker_holds(broker, job_id) or not store.claim_resend(job_id, idle_s):
             continue
@@ -331,7 +333,7 @@ def resend_lost_batches(app: Celery, store: JobStore, broker: redis.Redis, idle_
 
 def _send_embed_batches(
     app: Celery,
-    store: JobStore,
+    store: RedisJobStore,
     job_id: str,
     refs: Iterable[ObjectRef],
     batch_size: int,

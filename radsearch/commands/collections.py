@@ -101,9 +101,9 @@ def _cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
+    from core.jobs.sqlite_store import open_owner_store
     from radsearch.services import open_catalog
     from search_api.backfill_jobs import OwnerJobRunner
-    from search_api.owner_job_store import open_owner_store
 
     with open_catalog(settings) as catalog:
         bar = tqdm(unit="obj", desc="backfill", disable=args.json, dynamic_ncols=True)
@@ -130,9 +130,9 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_alias(args: argparse.Namespace, settings: Settings) -> int:
+    from core.jobs.sqlite_store import read_owner_jobs
     from radsearch.services import open_catalog
     from search_api.backfill_jobs import alias_blockers
-    from search_api.owner_job_store import read_owner_jobs
 
     with open_catalog(settings) as catalog:
         if not args.force:

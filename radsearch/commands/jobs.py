@@ -18,7 +18,7 @@ from radsearch.commands.common import EXIT_OK, EXIT_REFUSED, EXIT_RUNTIME_ERROR
 from radsearch.commands.options import add_sync_options, check_prune_args
 
 if TYPE_CHECKING:
-    from workers.jobs import JobKind, JobSpec
+    from core.jobs import JobKind, JobSpec
 
 __all__ = [
     "add_jobs_commands",
@@ -42,9 +42,10 @@ def _connect(settings: Settings) -> tuple[Any, Any]:
     """(job store, celery app) for submitting work; `BrokerUnavailable` if Redis does not answer."""
     import redis
 
+    from core.jobs.redis_store import open_job_store
     from workers.app import create_celery
     from workers.client import BrokerUnavailable
-    from workers.jobs import job_store_for
+    from core.jobs.redis_store import job_store_for
 
     store = job_store_for(settings)
     try:
@@ -80,8 +81,8 @@ def _source_name(value: str | None) -> str | None:
 def _follow(settings: Settings, store: Any, job_id: str, *, progress: bool) -> Any:
     from tqdm import tqdm
 
+    from core.jobs import JobRecord
     from workers.client import follow_job
-    from workers.jobs import JobRecord
 
     bar = tqdm(unit="obj", desc=f"job {job_id[:8]}", disable=not progress, dynamic_ncols=True)
 
@@ -249,7 +250,7 @@ def _submit_and_follow(args: argparse.Namespace, settings: Settings, kind: JobKi
 
 def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
     """``radsearch ingest SOURCE --collection A[,B] --executor celery [--detach]``."""
-    from workers.jobs import JobKind, JobSpec
+    from core.jobs import JobKind, JobSpec
 
     spec = JobSpec(
         source=_source_uri(args.source),
@@ -276,7 +277,7 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.jobs import JobKind, JobSpec
+    from core.jobs import JobKind, JobSpec
 
     check_prune_args(args)
     spec = JobSpec(
@@ -298,8 +299,7 @@ def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 def owner_job_dicts(settings: Settings, job_id: str | None, limit: int) -> list[dict[str, Any]]:
     """Owner-run jobs (backfills, owner ingests) of the data dir, read beside its owner: one
     (``job_id``) or the newest ``limit``, in the shape of ``radsearch jobs show|list``."""
-    from search_api.backfill_jobs import OwnerJob
-    from search_api.owner_job_store import read_owner_jobs
+    from core.jobs.sqlite_store import read_owner_jobs
 
     store = read_owner_jobs(settings)
     if store is None:
@@ -312,12 +312,8 @@ def owner_job_dicts(settings: Settings, job_id: str | None, limit: int) -> list[
             records = store.recent(limit=limit)
         out = []
         for record in records:
-            meta = store.load_meta(record.id)
-            if meta is None:
-                out.append(record.to_dict(with_items=job_id is not None))
-                continue
-            job = OwnerJob(meta.kind, record, meta.summary, meta.error_status, meta.resumed)
-            data = job.to_dict(with_items=job_id is not None)
+            data = record.to_dict(with_items=job_id is not None)
+            # an owner-run job's summary and error status only once it has them
             out.append(
                 {k: v for k, v in data.items() if v is not None or k not in ("summary", "error_status")}
             )
@@ -327,8 +323,8 @@ def owner_job_dicts(settings: Settings, job_id: str | None, limit: int) -> list[
 
 
 def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from core.jobs import JOB_STATE_LOST
     from workers.client import BrokerUnavailable, requeue_dead_letters
-    from workers.jobs import JOB_STATE_LOST
 
     if args.jobs_command == "show":
         owned = owner_job_dicts(settings, args.job_id, 1)  # the data dir's own: no Redis needed

@@ -23,10 +23,11 @@ from core.errors import (
     UpstreamUnreachable,
     WeightsUnavailable,
 )
+from core.jobs import JobRecord
 from core.s3 import S3_URI
 from core.snapshots import SnapshotStore
 from search_api import admin_services
-from search_api.backfill_jobs import OwnerJob, alias_blockers, owner_jobs
+from search_api.backfill_jobs import alias_blockers, owner_jobs
 from search_api.deps import COLLECTION_NAME, CatalogDep, InferenceLimiterDep, check_job_id, check_name
 from search_api.errors import ApiError, error_responses
 from search_api.schemas import (
@@ -179,10 +180,6 @@ async def restore_snapshot(
     )
 
 
-def _job_public(job: OwnerJob) -> BackfillJobPublic:
-    return BackfillJobPublic.model_validate(job.to_dict())
-
-
 def _check_origin(catalog: Catalog, origin: str) -> None:
     if COLLECTION_NAME.match(origin):
         catalog.get(origin)  # 404 for an unknown collection or alias
@@ -205,15 +202,15 @@ async def create_backfill(
     check_name(name)
     runner = owner_jobs(request)
 
-    def submit() -> OwnerJob:
+    def submit() -> JobRecord:
         _check_origin(catalog, body.from_)
         job = runner.job(runner.submit_backfill(name, body.from_, path_template=body.path_template))
         assert job is not None
         return job
 
     job = await run_in_threadpool(submit)
-    response.headers["Location"] = f"/v1/backfill-jobs/{job.record.id}"
-    return _job_public(job)
+    response.headers["Location"] = f"/v1/backfill-jobs/{job.id}"
+    return BackfillJobPublic.from_record(job)
 
 
 @router.get("/backfill-jobs/{job_id}", responses=error_responses(404))
@@ -223,7 +220,7 @@ async def read_backfill_job(job_id: str, request: Request) -> BackfillJobPublic:
     job = await run_in_threadpool(owner_jobs(request).job, job_id)
     if job is None or job.kind != "backfill":
         raise ApiError(404, "job_not_found", "job not found", field="job_id")
-    return _job_public(job)
+    return BackfillJobPublic.from_record(job)
 
 
 @router.get("/backfill-jobs")
@@ -233,7 +230,7 @@ async def read_backfill_jobs(
     """Recent backfill jobs of this server (those of its earlier runs on the data dir included),
     newest first."""
     jobs = await run_in_threadpool(partial(owner_jobs(request).recent, "backfill", limit=limit))
-    return [_job_public(job) for job in jobs]
+    return [BackfillJobPublic.from_record(job) for job in jobs]
 
 
 @router.put(

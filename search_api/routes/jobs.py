@@ -15,18 +15,18 @@ from core.catalog import Catalog
 from core.config import Settings
 from core.encoders.registry import get_spec
 from core.errors import CollectionExists, ConfigError, EncoderNotFound, StoreFull, WeightsUnavailable
+from core.jobs import JOB_STATE_LOST, JobKind, JobRecord, JobSpec
 from core.s3 import S3_URI
 from ingest.labels import PathTemplate
 from ingest.sources.base import check_source_name
 from search_api import admin_services
-from search_api.backfill_jobs import OwnerIngest, OwnerJob, check_local_path, owner_jobs
+from search_api.backfill_jobs import OwnerIngest, check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, check_job_id, worker_gateway
 from search_api.errors import ApiError, error_responses
-from search_api.schemas import JobSummaryField
+from search_api.schemas import IngestJobPublic, IngestJobsPublic
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
 from workers.heartbeat import job_waiting
-from workers.jobs import JOB_STATE_LOST, JobKind, JobRecord, JobSpec
 
 router = APIRouter(prefix="/v1/ingest-jobs", tags=["ingest-jobs"], dependencies=[require_role(Role.INGEST)])
 
@@ -145,97 +145,6 @@ def _absolute_path(value: str) -> bool:
     return value.startswith("/") and "\x00" not in value
 
 
-class JobCounts(BaseModel):
-    listed: int
-    queued: int
-    objects_done: int
-    indexed_frames: int
-    skipped_unchanged: int
-    relabelled: int = 0
-    failed: int
-    quarantined: int
-    vanished: int
-    deleted: int
-    dead_lettered: int
-    batches_total: int
-    batches_done: int
-
-
-class JobOptions(BaseModel):
-    manifest: str | None
-    path_template: str | None
-    skip_unchanged: bool
-    encoder: str | None
-    batch_size: int | None
-    accept_burned_in: bool = False
-    prune: bool = False
-    dry_run: bool = False
-    max_delete_fraction: float = 0.1
-    force: bool = False
-    source_name: str | None = None
-
-
-class JobThroughput(BaseModel):
-    objects_per_s: float | None
-    frames_per_s: float | None
-
-
-class FailedItemPublic(BaseModel):
-    key: str
-    reason: str
-
-
-class IngestJobPublic(BaseModel):
-    id: str
-    kind: Literal["ingest", "reconcile", "events", "requeue"]
-    state: Literal["queued", "planning", "running", "done", "failed"]
-    source: str
-    collections: list[str]
-    options: JobOptions
-    counts: JobCounts
-    created_at: str | None
-    started_at: str | None
-    finished_at: str | None
-    seconds: float | None
-    throughput: JobThroughput
-    error: str | None = None
-    drift: dict[str, dict[str, Any]] | None = Field(
-        default=None,
-        description="reconcile: per collection, counts and the keys deleted (deleted_items); a dry "
-        "run lists every key that would be added, changed or deleted; refused: the guard said no",
-    )
-    failed_items: list[FailedItemPublic] = Field(default_factory=list)
-    executor: Literal["celery", "owner"] = "celery"
-    summary: JobSummaryField = Field(
-        default=None,
-        description="owner jobs, once done: collection, objects, frames_indexed, skipped, failed, "
-        "quarantined, errors, quarantined_items, deleted, deleted_items, accept_burned_in, seconds (the "
-        "shape of `radsearch ingest --json`); a dry run: dry_run and diffs",
-    )
-    error_status: int | None = Field(
-        default=None, description="owner jobs, once failed: the HTTP status of their error"
-    )
-    waiting: str | None = Field(
-        default=None,
-        description="why an unfinished job does not move, e.g. 'no live worker on queue plan' "
-        "(no worker of that queue heard from for celery.worker_dead_after_s); null otherwise",
-    )
-    resumed: int = Field(default=0, description="owner jobs: how often a restart of the server ran it again")
-
-
-class IngestJobsPublic(BaseModel):
-    data: list[IngestJobPublic]
-    count: int
-    warning: str | None = Field(
-        default=None, description="set when the job store lost its state (jobs created before are gone)"
-    )
-
-
-def _public(record: JobRecord | OwnerJob, *, with_items: bool = True) -> IngestJobPublic:
-    data: dict[str, Any] = record.to_dict(with_items=with_items)
-    return IngestJobPublic.model_validate(data)
-
-
 async def _call(fn: Any) -> Any:
     try:
         return await run_in_threadpool(fn)
@@ -279,7 +188,7 @@ def _embedded_catalog(request: Request) -> Catalog | None:
     return catalog if settings.store.backend == "edge" else None
 
 
-def _create_owner(request: Request, body: IngestJobCreate) -> OwnerJob:
+def _create_owner(request: Request, body: IngestJobCreate) -> JobRecord:
     if body.encoder:
         get_spec(body.encoder)
     settings = request.app.state.settings
@@ -330,13 +239,13 @@ async def create_ingest_job(body: IngestJobCreate, request: Request, response: R
     """Submit a bulk ingest job: the workers list the source and embed it in batches, or with
     ``executor`` owner this server runs it (collections are created first, as needed)."""
     note_collections(request, body.collections)
-    job: JobRecord | OwnerJob
+    job: JobRecord
     if body.executor == "owner":
         job = await run_in_threadpool(partial(_create_owner, request, body))
     else:
         job = await _call(partial(_create, worker_gateway(request), body, _embedded_catalog(request)))
     response.headers["Location"] = f"/v1/ingest-jobs/{job.id}"
-    return _public(job)
+    return IngestJobPublic.from_record(job)
 
 
 @router.get("", responses=error_responses(503))
@@ -356,9 +265,9 @@ async def read_ingest_jobs(
         if not owned:
             raise
         records = []
-    jobs: list[JobRecord | OwnerJob] = [*owned, *records]
+    jobs: list[JobRecord] = [*owned, *records]
     jobs.sort(key=lambda j: j.created_at, reverse=True)
-    data = [_public(j, with_items=False) for j in jobs[:limit]]
+    data = [IngestJobPublic.from_record(j, with_items=False) for j in jobs[:limit]]
     return IngestJobsPublic(data=data, count=len(data), warning=warning)
 
 
@@ -368,7 +277,7 @@ async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
     check_job_id(job_id)
     owned = owner_jobs(request).job(job_id)
     if owned is not None and owned.kind == "ingest":
-        return _public(owned)
+        return IngestJobPublic.from_record(owned)
     gateway = worker_gateway(request)
     record: JobRecord | None = await _call(partial(gateway.store.get, job_id))
     if record is None:
@@ -376,6 +285,6 @@ async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
             raise ApiError(410, "job_state_lost", JOB_STATE_LOST, field="job_id")
         raise ApiError(404, "job_not_found", "job not found", field="job_id")
     settings: Settings = request.app.state.settings
-    public = _public(record)
+    public = IngestJobPublic.from_record(record)
     public.waiting = await _call(partial(job_waiting, gateway.store, record, settings.celery))
     return public

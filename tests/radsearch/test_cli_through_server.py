@@ -32,11 +32,12 @@ from core.catalog import Catalog, CollectionBusy
 from core.config import RuntimeSettings, SecuritySettings, Settings
 from core.encoders.registry import resolve_spec
 from core.index.edge import EdgeIndex
+from core.jobs import JobKind, JobSpec
+from core.jobs.memory_store import MemoryJobStore
+from core.jobs.redis_store import open_job_store
 from radsearch.commands.main import main
 from search_api.backfill_jobs import JobProgress, OwnerJobRunner
-from search_api.owner_job_store import LocalJobStore
 from tests.conftest import free_port
-from workers.jobs import JobKind, JobSpec, open_job_store
 
 HASH_KEY = "through-server-test"
 TEMPLATE = "{modality}/{anatomy}/{file}"
@@ -355,7 +356,7 @@ def test_drop_waits_for_an_owner_run_job(tmp_path: Path) -> None:
     index = EdgeIndex(settings.index_dir, settings.store)
     catalog = Catalog(index, settings)
     catalog.create("busy", resolve_spec("baseline"))
-    runner = OwnerJobRunner(catalog, settings, LocalJobStore())
+    runner = OwnerJobRunner(catalog, settings, MemoryJobStore())
     release = threading.Event()
 
     def work(progress: JobProgress) -> dict[str, Any]:
@@ -369,7 +370,7 @@ def test_drop_waits_for_an_owner_run_job(tmp_path: Path) -> None:
             runner.drop("busy")
         release.set()
         deadline = time.monotonic() + 10
-        while (job := runner.job(job_id)) is None or job.record.state.value != "done":
+        while (job := runner.job(job_id)) is None or job.state.value != "done":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert job.summary == {"objects": 1} and job.to_dict()["executor"] == "owner"

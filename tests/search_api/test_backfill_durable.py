@@ -15,9 +15,9 @@ import httpx
 from minio import Minio
 
 from core.config import IngestSettings, Settings
-from search_api.owner_job_store import read_owner_jobs
+from core.jobs import JobState
+from core.jobs.sqlite_store import read_owner_jobs
 from tests.workers.conftest import Server, cli, start_server, upload_images
-from workers.jobs import JobState
 
 __all__ = ["start_server"]  # the fixture, used by name
 
@@ -107,37 +107,3 @@ def test_a_backfill_survives_kill_9_and_the_alias_waits_for_it(
         assert detail["points"] == _OBJECTS  # idempotent re-run: no duplicates, nothing missing
         switched = client.put("/v1/aliases/live", json={"collection": "dst"})
         assert switched.status_code == 200, switched.text
-
-
-def test_the_durable_store_counts_a_batch_once_and_outlives_its_connection(tmp_path: Path) -> None:
-    """The owner's job store keeps `JobStore`'s rules (a batch counts once; done once planned and
-    every batch is) in a file that a new process reads back whole."""
-    from search_api.owner_job_store import DurableJobStore
-    from workers.jobs import JobKind, JobSpec
-
-    path = tmp_path / "jobs" / "owner-jobs.sqlite3"
-    store = DurableJobStore(path)
-    job_id = store.create(JobKind.INGEST, JobSpec(source="s3://b", collections=("c",)))
-    store.mark_planning(job_id)
-    store.raise_counters(job_id, {"listed": 4, "batches_total": 2})
-    assert store.complete_batch(job_id, "b1", {"objects_done": 2}, [("k1", "bad pixels")])
-    assert not store.complete_batch(job_id, "b1", {"objects_done": 2})
-    store.plan_done(job_id)
-    assert store.unfinished() == [job_id]
-    store.close()
-
-    reopened = DurableJobStore(path, read_only=True)
-    record = reopened.get(job_id)
-    reopened.close()
-    assert record is not None and record.state == JobState.RUNNING
-    assert record.counts["objects_done"] == 2 and record.counts["batches_done"] == 1
-    assert record.failed_items == [{"key": "k1", "reason": "bad pixels"}]
-
-    store = DurableJobStore(path)
-    assert store.complete_batch(job_id, "b2", {"objects_done": 2})
-    done = store.get(job_id)
-    assert done is not None and done.state == JobState.DONE and done.counts["objects_done"] == 4
-    store.restart(job_id)
-    again = store.get(job_id)
-    store.close()
-    assert again is not None and again.state == JobState.QUEUED and again.counts["objects_done"] == 0

@@ -25,8 +25,9 @@ from PIL import Image
 from pydantic import BaseModel, SecretStr
 
 from core.config import CelerySettings, EventSettings, IngestSettings, RedisSettings, Settings
+from core.jobs import JobRecord
+from core.jobs.redis_store import RedisJobStore, open_job_store
 from tests.conftest import free_port, wait_for_port
-from workers.jobs import JobRecord, JobStore, open_job_store
 
 REPO = Path(__file__).resolve().parents[2]
 WEBHOOK_TOKEN = "test-webhook-token"
@@ -400,7 +401,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
 
 
 @pytest.fixture
-def job_store(worker_settings: Settings) -> Iterator[JobStore]:
+def job_store(worker_settings: Settings) -> Iterator[RedisJobStore]:
     store = open_job_store(worker_settings.redis.url, worker_settings.celery)
     yield store
     store.client.close()
@@ -427,7 +428,7 @@ def upload_images(client: Minio, bucket: str, keys: list[str], *, offset: int = 
         list(pool.map(put, enumerate(keys)))
 
 
-def wait_job(store: JobStore, job_id: str, timeout_s: float = 120) -> JobRecord:
+def wait_job(store: RedisJobStore, job_id: str, timeout_s: float = 120) -> JobRecord:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         record = store.get(job_id)

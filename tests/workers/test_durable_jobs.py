@@ -18,10 +18,13 @@ from minio import Minio
 
 from core.config import Settings
 from core.index.edge import EdgeIndex
+from core.jobs import DeadLetter, JobKind, JobSpec, JobState
+from core.jobs.redis_store import RedisJobStore
 from search_api.app import create_app
 from tests.workers.conftest import RedisServer, Server, Worker, cli, upload_images, wait_job
 from workers.app import create_celery
-from workers.jobs import DeadLetter, JobKind, JobSpec, JobState, JobStore
+from core.jobs import DeadLetter, JobKind, JobSpec, JobState
+from core.jobs.redis_store import RedisJobStore
 from workers.names import EMBED_TASK
 
 
@@ -29,7 +32,7 @@ def test_a_collection_dropped_under_a_job_fails_it_and_requeue_does_not_recreate
     worker_settings: Settings,
     minio_client: Minio,
     bucket: str,
-    job_store: JobStore,
+    job_store: RedisJobStore,
     redis_server: RedisServer,
     start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],

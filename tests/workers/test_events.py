@@ -18,6 +18,7 @@ from minio import Minio
 
 from core.config import EventSettings, Settings, Subscription
 from core.index.edge import EdgeIndex
+from core.jobs.redis_store import RedisJobStore
 from search_api.app import create_app
 from tests.workers.conftest import (
     WEBHOOK_TOKEN,
@@ -29,7 +30,6 @@ from tests.workers.conftest import (
     stored_points,
     upload_images,
 )
-from workers.jobs import JobStore
 
 
 def minio_event(action: str, bucket: str, key: str) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def test_webhook_disabled_without_token(worker_settings: Settings, tmp_path: Pat
     assert response.status_code == 503
 
 
-def _wait_idle(store: JobStore, job_ids: set[str], timeout_s: float = 90) -> None:
+def _wait_idle(store: RedisJobStore, job_ids: set[str], timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         records = [store.get(j, with_items=False) for j in job_ids]
@@ -123,7 +123,7 @@ def test_events_dropped_duplicated_out_of_order_then_reconcile(
     api: TestClient,
     minio_client: Minio,
     bucket: str,
-    job_store: JobStore,
+    job_store: RedisJobStore,
     start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:

@@ -14,9 +14,10 @@ import pytest
 from minio import Minio
 
 from core.config import Settings
+from core.jobs import JobKind, JobRecord, JobSpec
+from core.jobs.redis_store import RedisJobStore
 from tests.workers.conftest import Server, Worker, cli, upload_images
 from workers.heartbeat import HeartbeatThread, WorkerBeat, live_workers, waiting_reason, write_beat
-from workers.jobs import JobKind, JobRecord, JobSpec, JobStore
 
 HEARTBEAT_S = 0.5
 DEAD_AFTER_S = 2.0
@@ -34,14 +35,14 @@ def _beat(hostname: str, queues: tuple[str, ...], last_seen: float) -> WorkerBea
     return WorkerBeat(hostname, 4242, queues, 1, 0, last_seen - 60, last_seen)
 
 
-def _record(job_store: JobStore, **changes: Any) -> JobRecord:
+def _record(job_store: RedisJobStore, **changes: Any) -> JobRecord:
     job_id = job_store.create(JobKind.INGEST, JobSpec(source="s3://b/p/", collections=("c",)))
     record = job_store.get(job_id)
     assert record is not None
     return JobRecord(**{**record.__dict__, **changes})
 
 
-def test_live_workers_by_injected_clock(job_store: JobStore) -> None:
+def test_live_workers_by_injected_clock(job_store: RedisJobStore) -> None:
     write_beat(job_store.client, _beat("w-plan@h", ("plan",), 1000.0), ttl_s=60)
     write_beat(job_store.client, _beat("w-embed@h", ("embed",), 1020.0), ttl_s=60)
     names = [b.hostname for b in live_workers(job_store.client, dead_after_s=30, now=1025.0)]
@@ -51,7 +52,7 @@ def test_live_workers_by_injected_clock(job_store: JobStore) -> None:
     assert live_workers(job_store.client, dead_after_s=30, now=1100.0) == []
 
 
-def test_waiting_names_the_queue_the_job_needs(job_store: JobStore) -> None:
+def test_waiting_names_the_queue_the_job_needs(job_store: RedisJobStore) -> None:
     queued = _record(job_store)
     now = queued.created_at + 31
     plan_worker = [_beat("p@h", ("plan",), now)]
@@ -73,7 +74,7 @@ def test_waiting_names_the_queue_the_job_needs(job_store: JobStore) -> None:
     assert waiting_reason(done, [], now=now, dead_after_s=30) is None
 
 
-def test_a_stopped_heartbeat_is_gone_at_once(job_store: JobStore) -> None:
+def test_a_stopped_heartbeat_is_gone_at_once(job_store: RedisJobStore) -> None:
     beats = 0
 
     def describe() -> WorkerBeat:

@@ -15,10 +15,11 @@ from minio import Minio
 
 from core.config import Settings
 from core.index.edge import EdgeIndex
+from core.jobs import JobKind, JobSpec, JobState
+from core.jobs.redis_store import RedisJobStore
 from search_api.app import create_app
 from tests.workers.conftest import Server, Worker, cli, upload_images
 from workers.client import parse_s3_event
-from workers.jobs import JobKind, JobSpec, JobState, JobStore
 
 
 @pytest.fixture
@@ -155,7 +156,7 @@ def test_ingest_job_api_503_when_redis_is_down(
     assert api.get("/v1/ingest-jobs").status_code == 503
 
 
-def test_job_store_counts_a_redelivered_batch_once(job_store: JobStore) -> None:
+def test_job_store_counts_a_redelivered_batch_once(job_store: RedisJobStore) -> None:
     spec = JobSpec(source="s3://b/p/", collections=("a",))
     job_id = job_store.create(JobKind.INGEST, spec)
     job_store.raise_counters(job_id, {"listed": 20, "queued": 20, "batches_total": 2})
@@ -182,7 +183,7 @@ def test_job_store_counts_a_redelivered_batch_once(job_store: JobStore) -> None:
     assert job_store.get("0" * 32) is None
 
 
-def test_a_batch_added_while_the_job_is_indexed_keeps_it_running(job_store: JobStore) -> None:
+def test_a_batch_added_while_the_job_is_indexed_keeps_it_running(job_store: RedisJobStore) -> None:
     job_id = job_store.create(JobKind.EVENTS, JobSpec(source="s3://b/p/", collections=("a",)))
     job_store.raise_counters(job_id, {"batches_total": 1})
     job_store.plan_done(job_id)
@@ -216,7 +217,7 @@ def test_parse_minio_event_decodes_keys_and_ignores_other_events() -> None:
         parse_s3_event([1, 2])
 
 
-def test_a_batch_the_broker_lost_is_sent_again(worker_settings: Settings, job_store: JobStore) -> None:
+def test_a_batch_the_broker_lost_is_sent_again(worker_settings: Settings, job_store: RedisJobStore) -> None:
     """Reproduces the stuck kill test (~1 run in 10 stuck at 29/30 batches): kombu's Redis
     transport BRPOPs a message before recording it as unacknowledged, so a worker killed in
     between loses it and no visibility timeout brings it back. Here the 'killed worker' pops both

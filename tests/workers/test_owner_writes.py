@@ -21,6 +21,8 @@ from core.config import Settings
 from core.encoders import get_spec
 from core.errors import IndexStoreError, ServerUnavailable
 from core.index.remote import OwnerIndex, locate_owner
+from core.jobs import JobKind, JobSpec
+from core.jobs.redis_store import RedisJobStore
 from core.ownership import current_owner
 from core.payload import SearchFilter, image_point_id, keyed_hash, point_id
 from tests.workers.conftest import (
@@ -32,7 +34,8 @@ from tests.workers.conftest import (
 )
 from workers.app import create_celery
 from workers.client import requeue_dead_letters, submit_job
-from workers.jobs import JobKind, JobSpec, JobStore
+from core.jobs import JobKind, JobSpec
+from core.jobs.redis_store import RedisJobStore
 from workers.names import EMBED_TASK
 
 # The baseline encoder projected to 2048 dimensions: 8 kB a vector, so ~1,300 points pass the
@@ -75,7 +78,7 @@ def multiframe_dicom(i: int, frames: int = FRAMES) -> bytes:
     return buffer.getvalue()
 
 
-def _wait_batches(store: JobStore, job_id: str, at_least: int, timeout_s: float = 180) -> None:
+def _wait_batches(store: RedisJobStore, job_id: str, at_least: int, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         record = store.get(job_id, with_items=False)
@@ -95,7 +98,7 @@ def test_two_workers_fill_one_embedded_collection_through_the_owner(
     worker_settings: Settings,
     minio_client: Minio,
     bucket: str,
-    job_store: JobStore,
+    job_store: RedisJobStore,
     start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:
@@ -190,7 +193,7 @@ def test_without_a_serving_owner_batches_retry_then_dead_letter_then_requeue(
     worker_settings: Settings,
     minio_client: Minio,
     bucket: str,
-    job_store: JobStore,
+    job_store: RedisJobStore,
     start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:
@@ -227,7 +230,7 @@ def test_without_a_serving_owner_batches_retry_then_dead_letter_then_requeue(
 def test_a_missing_collection_fails_the_job_saying_how_to_create_it(
     worker_settings: Settings,
     bucket: str,
-    job_store: JobStore,
+    job_store: RedisJobStore,
     start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:

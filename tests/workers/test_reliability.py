@@ -14,6 +14,8 @@ import redis
 from minio import Minio
 
 from core.config import Settings
+from core.jobs import JobKind, JobSpec
+from core.jobs.redis_store import RedisJobStore
 from tests.workers.conftest import (
     RedisServer,
     Server,
@@ -27,10 +29,9 @@ from tests.workers.conftest import (
 )
 from workers.app import create_celery
 from workers.client import BrokerUnavailable, submit_job
-from workers.jobs import JobKind, JobSpec, JobStore
 
 
-def _wait_batches(store: JobStore, job_id: str, at_least: int, timeout_s: float = 120) -> None:
+def _wait_batches(store: RedisJobStore, job_id: str, at_least: int, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         record = store.get(job_id, with_items=False)
@@ -40,7 +41,7 @@ def _wait_batches(store: JobStore, job_id: str, at_least: int, timeout_s: float 
     raise TimeoutError(f"job {job_id}: fewer than {at_least} batches done after {timeout_s} s")
 
 
-def _wait_in_flight(store: JobStore, job_id: str, timeout_s: float = 60) -> set[str]:
+def _wait_in_flight(store: RedisJobStore, job_id: str, timeout_s: float = 60) -> set[str]:
     """The batches that started after this call and are not done, once there is one: running now.
 
     "Started and not done" alone is not enough: a batch of a killed worker waits unacknowledged
@@ -63,7 +64,7 @@ def test_kill_worker_and_child_during_job(
     worker_settings: Settings,
     minio_client: Minio,
     bucket: str,
-    job_store: JobStore,
+    job_store: RedisJobStore,
     start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:
@@ -159,7 +160,7 @@ def test_redis_restart_mid_job_then_reconcile(
     redis_server: RedisServer,
     minio_client: Minio,
     bucket: str,
-    job_store: JobStore,
+    job_store: RedisJobStore,
     start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:
@@ -219,7 +220,7 @@ def test_bad_file_in_a_batch_is_listed_not_retried(
     worker_settings: Settings,
     minio_client: Minio,
     bucket: str,
-    job_store: JobStore,
+    job_store: RedisJobStore,
     start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:
@@ -270,7 +271,7 @@ def test_transient_errors_retry_then_dead_letter_and_requeue(
     worker_settings: Settings,
     minio_client: Minio,
     bucket: str,
-    job_store: JobStore,
+    job_store: RedisJobStore,
     start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
 ) -> None:

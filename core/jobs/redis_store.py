@@ -1,4 +1,5 @@
-"""Ingest jobs: state, progress counters, failed items and dead letters, kept in Redis.
+"""The job store of the Celery workers (`RedisJobStore`): state, progress counters, failed items
+and dead letters, kept in Redis.
 
 Keys (prefix ``radsearch:``)::
 
@@ -17,11 +18,11 @@ Keys (prefix ``radsearch:``)::
 A job id begins with the store's epoch (the first 8 hex digits of the UUID). A Redis restarted
 without persistence has lost its epoch with everything else; the epochs are mirrored in
 ``<data_dir>/jobs/redis-epochs`` (and remembered by the process), so a missing job whose id
-carries an earlier epoch is reported lost (`JobStore.lost`), not unknown.
+carries an earlier epoch is reported lost (`RedisJobStore.lost`), not unknown.
 
 Batch completion and counting happen in one Lua script, so a batch that is redelivered after a
 crash (``acks_late``) never counts twice. A job whose planned batches are all done is *complete*
-but still ``running``: it becomes ``done`` (`JobStore.finish`, again one script that re-checks
+but still ``running``: it becomes ``done`` (`RedisJobStore.finish`, again one script that re-checks
 completeness) once its collections are indexed, so a ``done`` job's collections are searchable
 at full speed.
 """
@@ -33,214 +34,30 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, cast
 
 import redis
 
 from core.config import CelerySettings, Settings
+from core.jobs.records import (
+    COUNTERS,
+    FINAL_STATES,
+    DeadLetter,
+    JobKind,
+    JobRecord,
+    JobSpec,
+    JobState,
+    check_counters,
+)
 
-__all__ = [
-    "COUNTERS",
-    "DeadLetter",
-    "JobKind",
-    "JobRecord",
-    "JobSpec",
-    "JobState",
-    "JOB_STATE_LOST",
-    "JobStore",
-    "job_store_for",
-    "open_job_store",
-]
+__all__ = ["RedisJobStore", "job_store_for", "open_job_store"]
 
 _PREFIX = "radsearch:"
 _JOBS_INDEX = f"{_PREFIX}jobs"
 _DEADLETTER = f"{_PREFIX}deadletter"
 _EPOCH = f"{_PREFIX}epoch"
 _EPOCHS_FILE = "redis-epochs"
-
-JOB_STATE_LOST = (
-    "job state lost (the job store was reset: Redis restarted without persistence, or was flushed); "
-    "run `radsearch reconcile SOURCE --collection NAME` to repair the collections it wrote"
-)
-
-COUNTERS: tuple[str, ...] = (
-    "listed",
-    "queued",
-    "objects_done",
-    "indexed_frames",
-    "skipped_unchanged",
-    "relabelled",
-    "failed",
-    "quarantined",
-    "vanished",
-    "deleted",
-    "dead_lettered",
-    "batches_total",
-    "batches_done",
-)
-
-
-class JobKind(StrEnum):
-    INGEST = "ingest"
-    RECONCILE = "reconcile"
-    EVENTS = "events"
-    REQUEUE = "requeue"
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    PLANNING = "planning"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-
-_FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED})
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What a job ingests: a source, the collections it fills, and the label options.
-
-    ``manifest`` is a reference (local path or ``s3://`` URI) that workers read themselves; tasks
-    never carry its content. ``encoder`` creates missing collections with that encoder.
-    ``accept_burned_in`` indexes objects with burned-in annotation instead of quarantining them.
-    Reconcile (and an owner ingest with ``prune``): ``dry_run`` only reports the diff, deletions of
-    more than ``max_delete_fraction`` of a collection's objects (or of an empty listing's) are
-    refused unless ``force``.
-    """
-
-    source: str
-    collections: tuple[str, ...]
-    manifest: str | None = None
-    path_template: str | None = None
-    skip_unchanged: bool = True
-    encoder: str | None = None
-    batch_size: int | None = None
-    accept_burned_in: bool = False
-    prune: bool = False
-    dry_run: bool = False
-    max_delete_fraction: float = 0.1
-    force: bool = False
-    #: The source's stable name (payload ``source``); None: the folder's name or bucket/prefix.
-    source_name: str | None = None
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["collections"] = list(self.collections)
-        return json.dumps(data, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> JobSpec:
-        data = json.loads(text)
-        data["collections"] = tuple(data["collections"])
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """A job as the API and the command line show it."""
-
-    id: str
-    kind: JobKind
-    state: JobState
-    spec: JobSpec
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    counts: dict[str, int]
-    planned: bool
-    error: str | None = None
-    drift: dict[str, Any] | None = None
-    failed_items: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def finished(self) -> bool:
-        return self.state in _FINAL_STATES
-
-    @property
-    def seconds(self) -> float | None:
-        """Wall-clock seconds from the first work on the job to its end (or now)."""
-        if self.started_at is None:
-            return None
-        end = self.finished_at if self.finished_at is not None else time.time()
-        return max(end - self.started_at, 0.0)
-
-    def throughput(self) -> dict[str, float | None]:
-        seconds = self.seconds
-        if not seconds:
-            return {"objects_per_s": None, "frames_per_s": None}
-        return {
-            "objects_per_s": round(self.counts["objects_done"] / seconds, 3),
-            "frames_per_s": round(self.counts["indexed_frames"] / seconds, 3),
-        }
-
-    def to_dict(self, *, with_items: bool = True) -> dict[str, Any]:
-        def iso(ts: float | None) -> str | None:
-            return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
-
-        out: dict[str, Any] = {
-            "id": self.id,
-            "kind": self.kind.value,
-            "state": self.state.value,
-            "source": self.spec.source,
-            "collections": list(self.spec.collections),
-            "options": {
-                "manifest": self.spec.manifest,
-                "path_template": self.spec.path_template,
-                "skip_unchanged": self.spec.skip_unchanged,
-                "encoder": self.spec.encoder,
-                "batch_size": self.spec.batch_size,
-                "accept_burned_in": self.spec.accept_burned_in,
-                "prune": self.spec.prune,
-                "dry_run": self.spec.dry_run,
-                "max_delete_fraction": self.spec.max_delete_fraction,
-                "force": self.spec.force,
-                "source_name": self.spec.source_name,
-            },
-            "counts": dict(self.counts),
-            "created_at": iso(self.created_at),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "seconds": None if self.seconds is None else round(self.seconds, 3),
-            "throughput": self.throughput(),
-            "error": self.error,
-            "drift": self.drift,
-        }
-        if with_items:
-            out["failed_items"] = list(self.failed_items)
-        return out
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A batch that ran out of retries (or deliveries): enough to replay it, no pixels."""
-
-    job_id: str
-    batch_id: str
-    spec: JobSpec
-    keys: list[str]
-    error: str
-    attempts: int
-    at: float
-    task: str = "embed"  # or "delete"
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["spec"] = json.loads(self.spec.to_json())
-        return json.dumps(data, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> DeadLetter:
-        data = json.loads(text)
-        data["spec"] = JobSpec.from_json(json.dumps(data["spec"]))
-        return cls(**data)
-
 
 # KEYS: job hash, batches set, failed list. ARGV: batch id, now, ttl, max failed items, n counter
 # pairs, (field, increment)..., failed item JSONs...
@@ -343,8 +160,10 @@ def _float(raw: str | None) -> float | None:
     return None if raw is None or raw == "" else float(raw)
 
 
-class JobStore:
-    """Job state over one Redis database; every method is a few round trips at most."""
+class RedisJobStore:
+    """`core.jobs.store.JobStore` over one Redis database (with what the Celery workers need
+    besides: sent batches, the delivery guard, dead letters, known-bad objects, the epoch); every
+    method is a few round trips at most."""
 
     def __init__(
         self, client: redis.Redis, settings: CelerySettings, *, epoch_dir: Path | None = None
@@ -358,8 +177,6 @@ class JobStore:
         self._plan_done = client.register_script(_PLAN_DONE)
         self._add_batches = client.register_script(_ADD_BATCHES)
         self._finish = client.register_script(_FINISH)
-
-    # -- jobs ------------------------------------------------------------------------------------
 
     # -- epoch ---------------------------------------------------------------------------------
 
@@ -494,6 +311,8 @@ class JobStore:
     def mark_planning(self, job_id: str) -> None:
         now = repr(time.time())
         key = _job_key(job_id)
+        if not self.client.exists(key):
+            return
         with self.client.pipeline() as pipe:
             pipe.hsetnx(key, "started_at", now)
             pipe.hset(key, "state", JobState.PLANNING.value)
@@ -501,6 +320,7 @@ class JobStore:
 
     def raise_counters(self, job_id: str, values: Mapping[str, int]) -> None:
         """Raise counters to at least these values (a re-run planner does not double count)."""
+        check_counters(values)
         args: list[str] = [repr(time.time())]
         for name, value in values.items():
             args += [name, str(int(value))]
@@ -518,7 +338,7 @@ class JobStore:
             self.client.hmget(_job_key(job_id), ["state", "planned", "batches_done", "batches_total"]),
         )
         state, planned, done, total = raw
-        if state is None or state in _FINAL_STATES or planned != "1":
+        if state is None or state in FINAL_STATES or planned != "1":
             return False
         return int(done or 0) >= int(total or 0)
 
@@ -557,6 +377,7 @@ class JobStore:
         """Count one finished batch once; False if it was counted before or the job is gone.
 
         The last batch leaves the job complete (`is_complete`), not done: `finish` makes it done."""
+        check_counters(counts)
         args: list[str] = [
             batch_id,
             repr(time.time()),
@@ -607,7 +428,7 @@ class JobStore:
             list[str | None],
             [self.client.hget(_job_key(job_id), "state"), self.client.get(_active_key(job_id))],
         )
-        if state is None or state in _FINAL_STATES or active is None:
+        if state is None or state in FINAL_STATES or active is None:
             return {}
         if time.time() - float(active) < idle_s:
             return {}
@@ -628,8 +449,8 @@ class JobStore:
         """One worker at a time resends a job's lost batches: True for the one that may."""
         return bool(self.client.set(f"{_job_key(job_id)}:resend", "1", nx=True, ex=max(1, int(hold_s))))
 
-    def unfinished_job_ids(self, *, limit: int = 500) -> list[str]:
-        """Ids of the most recent jobs that are not done or failed."""
+    def unfinished(self, *, limit: int = 500) -> list[str]:
+        """Ids of the jobs among the newest ``limit`` that are not done or failed, oldest first."""
         ids = cast(list[str], self.client.zrevrange(_JOBS_INDEX, 0, limit - 1))
         if not ids:
             return []
@@ -637,7 +458,10 @@ class JobStore:
             for job_id in ids:
                 pipe.hget(_job_key(job_id), "state")
             states = cast(list[str | None], pipe.execute())
-        return [j for j, st in zip(ids, states, strict=True) if st is not None and st not in _FINAL_STATES]
+        unfinished = [
+            j for j, st in zip(ids, states, strict=True) if st is not None and st not in FINAL_STATES
+        ]
+        return unfinished[::-1]
 
     # -- delivery guard and dead letters ---------------------------------------------------------
 
@@ -701,7 +525,9 @@ class JobStore:
         return {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
 
 
-def open_job_store(redis_url: str, settings: CelerySettings, *, epoch_dir: Path | None = None) -> JobStore:
+def open_job_store(
+    redis_url: str, settings: CelerySettings, *, epoch_dir: Path | None = None
+) -> RedisJobStore:
     """A job store on ``redis_url`` with bounded socket timeouts (a dead Redis fails fast);
     ``epoch_dir`` (``<data_dir>/jobs``) mirrors its epochs, to tell a lost job from an unknown one."""
     client = redis.Redis.from_url(
@@ -711,9 +537,9 @@ def open_job_store(redis_url: str, settings: CelerySettings, *, epoch_dir: Path 
         socket_connect_timeout=min(settings.publish_timeout_s, 5.0),
         health_check_interval=30,
     )
-    return JobStore(client, settings, epoch_dir=epoch_dir)
+    return RedisJobStore(client, settings, epoch_dir=epoch_dir)
 
 
-def job_store_for(settings: Settings) -> JobStore:
+def job_store_for(settings: Settings) -> RedisJobStore:
     """The job store of ``settings``: on the broker, its epochs mirrored under ``<data_dir>/jobs``."""
     return open_job_store(settings.broker_url, settings.celery, epoch_dir=settings.data_dir / "jobs")
