@@ -5,17 +5,27 @@ BIN    := $(VENV)/bin
 SERVE  ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format typecheck bench bench-quick check clean
+.PHONY: install lock demo test lint format typecheck bench bench-quick check clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch from this machine's disk (pip, not uv: uv would download a CUDA build)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# The rest at the versions the lock names (torch and its CUDA wheels at those just installed),
+	# then the project itself without resolving anything again.
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+# Rewrites requirements.lock from pyproject's dependencies and dev extra; pins already there stay
+# unless pyproject rules them out (pass LOCK_ARGS=--upgrade to move everything to the newest).
+LOCK_ARGS ?=
+lock: install
+	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links --extra dev \
+		$(LOCK_ARGS) --output-file requirements.lock pyproject.toml
 
 demo: install
 	$(BIN)/radsearch demo $(if $(filter 0,$(SERVE)),--no-serve,)
@@ -34,7 +44,8 @@ format: install
 typecheck: install
 	$(BIN)/mypy core evaluation ingest workers search_api radsearch
 
-check: lint typecheck test
+# Static checks only (.ci/run runs them before the tests; .pre-commit-config.yaml runs the same tools).
+check: lint typecheck
 
 # Issue 6's targets; each benchmark exits non-zero on a missed target, all of them run (JSON lines).
 # Results and the machine they were measured on: bench/RESULTS.md. In order: a 1 M collection

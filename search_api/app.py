@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 from anyio import CapacityLimiter
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from core.catalog import Catalog
@@ -19,11 +17,12 @@ from core.index.factory import open_index
 from core.jobs.sqlite_store import open_owner_store
 from core.snapshots import Trash
 from search_api.backfill_jobs import OwnerJobRunner
+from search_api.body_limit import BodyLimitMiddleware
 from search_api.deps import reject_unknown_query
 from search_api.docs import install_docs
 from search_api.errors import install_exception_handlers
 from search_api.metrics import MetricsMiddleware
-from search_api.middleware import BodyLimitMiddleware, RouteTable, is_upload_route
+from search_api.offload import in_thread
 from search_api.openapi import install_openapi
 from search_api.request_id import RequestIdMiddleware
 from search_api.routes import (
@@ -40,6 +39,7 @@ from search_api.routes import (
     web,
     workers,
 )
+from search_api.routing import RouteTable, is_upload_route
 from search_api.security import AccessMiddleware, Authenticator, check_route_policies
 
 __all__ = ["create_app"]
@@ -64,26 +64,24 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
         opened = (
             index
             if index is not None
-            else await run_in_threadpool(
-                partial(open_index, settings, child_process=settings.api.index_process)
-            )
+            else await in_thread(open_index, settings, child_process=settings.api.index_process)
         )
         app.state.index = opened
         if opened.supports_files:  # the owner starts: what expired in the trash goes
-            await run_in_threadpool(Trash(settings).purge)
+            await in_thread(Trash(settings).purge)
         app.state.catalog = Catalog(opened, settings)
         app.state.inference_limiter = CapacityLimiter(_INFERENCE_THREADS)
-        job_store, close_job_store = await run_in_threadpool(open_owner_store, settings)
+        job_store, close_job_store = await in_thread(open_owner_store, settings)
         app.state.backfill = OwnerJobRunner(app.state.catalog, settings, job_store)
         # Jobs an earlier owner of this data dir left unfinished (killed mid-backfill) run again.
-        await run_in_threadpool(app.state.backfill.resume)
+        await in_thread(app.state.backfill.resume)
         try:
             yield
         finally:
-            await run_in_threadpool(app.state.backfill.close)
-            await run_in_threadpool(close_job_store)
+            await in_thread(app.state.backfill.close)
+            await in_thread(close_job_store)
             if index is None:
-                await run_in_threadpool(opened.close)
+                await in_thread(opened.close)
 
     authenticator = Authenticator(settings.security)
     docs = settings.api.docs if settings.api.docs is not None else authenticator.open

@@ -31,9 +31,9 @@ from starlette.requests import Request
 from core.catalog import Catalog
 from core.config import Settings
 from core.errors import CollectionNotFound, ConfigError, RadsearchError
-from core.s3 import S3Location
 from core.jobs import JobKind, JobMeta, JobRecord, JobSpec, OwnerJobKind, OwnerJobStore
 from core.jobs.memory_store import MemoryJobStore
+from core.s3 import S3Location
 from core.snapshots import TrashEntry
 from ingest.backfill import plan_backfill, run_backfill
 from ingest.inline import IngestOptions, build_context, diff_inline, listing_of, plan_prune

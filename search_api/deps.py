@@ -5,15 +5,12 @@ from __future__ import annotations
 import inspect
 import re
 import uuid
-from collections.abc import Callable
-from functools import partial
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from anyio import CapacityLimiter
 from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
 
 from core.catalog import COLLECTION_NAME_PATTERN, Catalog, CollectionEntry
 from core.config import Settings
@@ -22,7 +19,8 @@ from core.filter_warnings import StoredValues
 from core.index.base import VectorIndex
 from core.payload import FILTER_FIELDS, SearchFilter
 from search_api.errors import ApiError, UnknownField
-from search_api.middleware import walk_dependants
+from search_api.offload import on_index
+from search_api.routing import walk_dependants
 from search_api.schemas import parse_filter
 from workers.client import WorkerGateway
 
@@ -37,12 +35,9 @@ __all__ = [
     "check_job_id",
     "check_limit",
     "check_name",
-    "on_index",
     "reject_unknown_query",
     "worker_gateway",
 ]
-
-T = TypeVar("T")
 
 
 # The getters are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a worker
@@ -110,14 +105,6 @@ def check_job_id(job_id: str) -> None:
         raise ApiError(404, "job_not_found", "job not found", field="job_id") from None
 
 
-async def on_index(index: VectorIndex, call: Callable[[], T]) -> T:
-    """Run a blocking call on ``index``: in a worker thread, or inline where the backend holds the
-    GIL throughout anyway (`VectorIndex.holds_gil`). A worker thread could then run only while
-    the event loop waits, so it adds two thread switches and GIL hand-offs per call and no
-    concurrency (1 M points, 4 clients: 4.1-5.0 instead of 5.5-5.7 ms of server CPU per search)."""
-    return call() if index.holds_gil else await run_in_threadpool(call)
-
-
 _SAFE_NAME = re.compile(r"[^\w.\-\[\]]")
 
 
@@ -151,7 +138,7 @@ async def reject_unknown_query(request: Request) -> None:
 async def get_collection(name: str, catalog: CatalogDep) -> CollectionEntry:
     """The catalog entry of the ``{name}`` path parameter; 404 for unknown collections."""
     check_name(name)
-    return await on_index(catalog.index, partial(catalog.get, name))
+    return await on_index(catalog.index, catalog.get, name)
 
 
 CollectionDep = Annotated[CollectionEntry, Depends(get_collection)]

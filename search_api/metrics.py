@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings
 from core.metrics import HTTP_REQUEST_SECONDS
-from search_api.middleware import RouteTable
+from search_api.routing import RouteTable
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from core.config import Settings
 from search_api.deps import get_collection
 from search_api.errors import ErrorBody, error_responses
-from search_api.middleware import RouteInfo, iter_routes, walk_dependants
+from search_api.routing import RouteInfo, iter_routes, walk_dependants
 from search_api.schemas import JobSummary
 from search_api.security import RoleRequirement, route_policy
 

@@ -38,7 +38,6 @@ import jwt
 from fastapi import FastAPI, HTTPException, Request, Security
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -47,7 +46,8 @@ from core.api_keys import hash_api_key, new_api_key
 from core.config import ApiKeyEntry, OidcSettings, SecuritySettings
 from core.errors import ConfigError
 from search_api.errors import ApiError, send_error
-from search_api.middleware import RouteInfo, RouteTable, iter_routes, walk_dependants
+from search_api.offload import in_thread
+from search_api.routing import RouteInfo, RouteTable, iter_routes, walk_dependants
 
 __all__ = [
     "AUDIT_LOGGER",
@@ -233,7 +233,7 @@ async def _resolve(
         return _LOCAL
     try:
         if bearer and authenticator.needs_thread:
-            principal = await run_in_threadpool(authenticator.authenticate, api_key, bearer)
+            principal = await in_thread(authenticator.authenticate, api_key, bearer)
         else:
             principal = authenticator.authenticate(api_key, bearer)
     except AuthError:

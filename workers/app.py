@@ -18,8 +18,8 @@ import redis
 from celery import Celery, bootsteps
 
 from core.config import Settings
-from workers.heartbeat import HeartbeatStep
 from core.jobs.redis_store import open_job_store
+from workers.heartbeat import HeartbeatStep
 from workers.names import EMBED_QUEUE, RECONCILE_ALL_TASK, SETTINGS_KEY, TASK_QUEUES, settings_of
 from workers.request_headers import install_request_id_propagation
 from workers.tasks import register_tasks, resend_lost_batches

@@ -52,7 +52,6 @@ from workers.names import (
     RECONCILE_ALL_TASK,
     RECONCILE_TASK,
 )
-from workers.context import WorkerResources, resources_for
 
 __all__ = ["RadsearchTask", "is_transient", "reconcile_job", "register_tasks", "resend_lost_batches"]
 

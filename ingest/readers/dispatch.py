@@ -4,8 +4,11 @@ The per-file time limit (``DecodeLimits.timeout_s``) is enforced here for every 
 pipeline, Celery workers, API uploads): the decode runs in a daemon thread and the caller stops
 waiting at the deadline with a `DecodeTimeout`. Python cannot kill a thread, so a runaway decode
 keeps its CPU until it returns; the DICOM reader also checks the deadline between frames, so a
-long multi-frame object stops at the next frame. Celery's hard ``time_limit`` (a process kill) is
-the backstop for a single frame that never finishes. `abandoned_decodes` counts such threads.
+long multi-frame object stops at the next frame. No time limit kills a single frame that never
+finishes: the Celery workers run without ``time_limit`` (a batch's length varies with its size and
+model), so such a thread lives until its process exits (a daemon thread never holds the exit up):
+``radsearch worker --max-tasks-per-child N`` recycles prefork children, and with them any abandoned
+decode. `abandoned_decodes` counts such threads.
 """
 
 from __future__ import annotations

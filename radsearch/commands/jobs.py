@@ -42,10 +42,9 @@ def _connect(settings: Settings) -> tuple[Any, Any]:
     """(job store, celery app) for submitting work; `BrokerUnavailable` if Redis does not answer."""
     import redis
 
-    from core.jobs.redis_store import open_job_store
+    from core.jobs.redis_store import job_store_for
     from workers.app import create_celery
     from workers.client import BrokerUnavailable
-    from core.jobs.redis_store import job_store_for
 
     store = job_store_for(settings)
     try:

@@ -5,12 +5,9 @@ Everything is on ``router`` so the auth layer can attach an admin-role dependenc
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated
 
-import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from core.catalog import Catalog, CollectionBusy
 from core.errors import (
@@ -30,6 +27,7 @@ from search_api import admin_services
 from search_api.backfill_jobs import alias_blockers, owner_jobs
 from search_api.deps import COLLECTION_NAME, CatalogDep, InferenceLimiterDep, check_job_id, check_name
 from search_api.errors import ApiError, error_responses
+from search_api.offload import in_inference_thread, in_thread
 from search_api.schemas import (
     AliasesPublic,
     AliasPublic,
@@ -74,8 +72,8 @@ async def create_collection(
     body: CollectionCreate, catalog: CatalogDep, limiter: InferenceLimiterDep, response: Response
 ) -> CollectionDetailPublic:
     """Load the encoder, probe one image, create the collection with payload indexes and its spec."""
-    created: CollectionDetailPublic = await anyio.to_thread.run_sync(
-        partial(admin_services.create_collection, catalog=catalog, body=body), limiter=limiter
+    created: CollectionDetailPublic = await in_inference_thread(
+        limiter, admin_services.create_collection, catalog=catalog, body=body
     )
     response.headers["Location"] = f"/v1/collections/{created.name}"
     return created
@@ -93,7 +91,7 @@ async def delete_collection(name: str, request: Request) -> CollectionDropped:
     (``POST /v1/collections/{name}/restore``); a Qdrant server deletes it for good."""
     check_name(name)
     try:
-        entry = await run_in_threadpool(owner_jobs(request).drop, name)
+        entry = await in_thread(owner_jobs(request).drop, name)
     except CollectionBusy as exc:
         raise ApiError(409, "collection_busy", str(exc), field="name") from None
     if entry is None:
@@ -122,14 +120,14 @@ async def restore_collection(
     collection or alias has that name again."""
     check_name(name)
     as_name = body.as_ if body is not None else None
-    entry = await run_in_threadpool(partial(catalog.trash.restore, catalog.index, name, as_name=as_name))
+    entry = await in_thread(catalog.trash.restore, catalog.index, name, as_name=as_name)
     return CollectionRestored(name=as_name or name, source=entry.name, points=entry.points)
 
 
 @router.get("/trash")
 async def read_trash(catalog: CatalogDep) -> TrashPublic:
     """The dropped collections the trash holds, and when each expires."""
-    entries = await run_in_threadpool(catalog.trash.list)
+    entries = await in_thread(catalog.trash.list)
     return TrashPublic(trash=[TrashEntryPublic.model_validate(e.model_dump()) for e in entries])
 
 
@@ -142,14 +140,14 @@ async def create_snapshot(catalog: CatalogDep, body: SnapshotCreate | None = Non
     """Snapshot collections of the embedded store (default: all) under ``<data>/snapshots/<id>``;
     each is copied while its writes wait, so it holds exactly what was written before."""
     names = body.collections if body is not None else None
-    manifest = await run_in_threadpool(_snapshots(catalog).create, catalog.index, names)
+    manifest = await in_thread(_snapshots(catalog).create, catalog.index, names)
     return SnapshotPublic.model_validate(manifest.model_dump())
 
 
 @router.get("/snapshots")
 async def read_snapshots(catalog: CatalogDep) -> SnapshotsPublic:
     """Every snapshot, oldest first."""
-    manifests = await run_in_threadpool(_snapshots(catalog).list)
+    manifests = await in_thread(_snapshots(catalog).list)
     return SnapshotsPublic(snapshots=[SnapshotPublic.model_validate(m.model_dump()) for m in manifests])
 
 
@@ -164,16 +162,14 @@ async def restore_snapshot(
     ``force``: the collection there is dropped first, as ``DELETE`` would (to the trash; 409
     while an alias points at it or a job writes to it)."""
     body = body or SnapshotRestore()
-    restored = await run_in_threadpool(
-        partial(
-            _snapshots(catalog).restore,
-            catalog.index,
-            snapshot_id,
-            collection=body.collection,
-            as_name=body.as_,
-            force=body.force,
-            replace=owner_jobs(request).drop,  # refused while aliased or written; to the trash
-        )
+    restored = await in_thread(
+        _snapshots(catalog).restore,
+        catalog.index,
+        snapshot_id,
+        collection=body.collection,
+        as_name=body.as_,
+        force=body.force,
+        replace=owner_jobs(request).drop,  # refused while aliased or written; to the trash
     )
     return SnapshotRestored(
         snapshot=snapshot_id, restored=[CollectionRestored.model_validate(r) for r in restored]
@@ -208,7 +204,7 @@ async def create_backfill(
         assert job is not None
         return job
 
-    job = await run_in_threadpool(submit)
+    job = await in_thread(submit)
     response.headers["Location"] = f"/v1/backfill-jobs/{job.id}"
     return BackfillJobPublic.from_record(job)
 
@@ -217,7 +213,7 @@ async def create_backfill(
 async def read_backfill_job(job_id: str, request: Request) -> BackfillJobPublic:
     """A backfill job: state, counts, failed items, times and throughput."""
     check_job_id(job_id)
-    job = await run_in_threadpool(owner_jobs(request).job, job_id)
+    job = await in_thread(owner_jobs(request).job, job_id)
     if job is None or job.kind != "backfill":
         raise ApiError(404, "job_not_found", "job not found", field="job_id")
     return BackfillJobPublic.from_record(job)
@@ -229,7 +225,7 @@ async def read_backfill_jobs(
 ) -> list[BackfillJobPublic]:
     """Recent backfill jobs of this server (those of its earlier runs on the data dir included),
     newest first."""
-    jobs = await run_in_threadpool(partial(owner_jobs(request).recent, "backfill", limit=limit))
+    jobs = await in_thread(owner_jobs(request).recent, "backfill", limit=limit)
     return [BackfillJobPublic.from_record(job) for job in jobs]
 
 
@@ -257,14 +253,14 @@ async def update_alias(alias: str, body: AliasUpdate, catalog: CatalogDep, reque
                 )
         return catalog.set_alias(alias, body.collection)
 
-    previous = await run_in_threadpool(switch)
+    previous = await in_thread(switch)
     return AliasPublic(alias=alias, collection=body.collection, previous=previous)
 
 
 @router.get("/aliases")
 async def read_aliases(catalog: CatalogDep) -> AliasesPublic:
     """Every alias and the collection it points at."""
-    aliases = await run_in_threadpool(catalog.aliases)
+    aliases = await in_thread(catalog.aliases)
     return AliasesPublic(aliases=[AliasPublic(alias=a, collection=c) for a, c in sorted(aliases.items())])
 
 
@@ -273,5 +269,5 @@ async def delete_alias(alias: str, catalog: CatalogDep) -> Response:
     """Remove an alias; its collection stays."""
     if not COLLECTION_NAME.match(alias):
         raise CollectionNotFound("no such alias")  # not echoed: whatever the caller sent
-    await run_in_threadpool(catalog.delete_alias, alias)
+    await in_thread(catalog.delete_alias, alias)
     return Response(status_code=204)

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from starlette.concurrency import run_in_threadpool
 
 from core.catalog import Catalog, CollectionEntry
 from core.errors import InvalidFilter, PointNotFound
@@ -19,6 +17,7 @@ from search_api.errors import (
     UpstreamUnavailable,
     error_responses,
 )
+from search_api.offload import in_thread
 from search_api.schemas import (
     CollectionDetailPublic,
     CollectionPublic,
@@ -62,21 +61,20 @@ def _list_collections(index: VectorIndex, catalog: Catalog) -> CollectionsPublic
 @router.get("", dependencies=_ANY_ROLE)
 async def read_collections(index: IndexDep, catalog: CatalogDep) -> CollectionsPublic:
     """List collections with their encoder, dimension and point count."""
-    return await run_in_threadpool(_list_collections, index, catalog)
+    return await in_thread(_list_collections, index, catalog)
 
 
 @router.get("/{name}", dependencies=_ANY_ROLE)
 async def read_collection(entry: CollectionDep, catalog: CatalogDep) -> CollectionDetailPublic:
     """One collection (or the one an alias points at): encoder spec, dim, points, indexing state,
     quantization and aliases."""
-    detail = partial(admin_services.collection_detail, catalog=catalog, name=entry.name)
-    return await run_in_threadpool(detail)
+    return await in_thread(admin_services.collection_detail, catalog=catalog, name=entry.name)
 
 
 @router.get("/{name}/points/{point_id}", dependencies=_READER, responses=error_responses(PointNotFound))
 async def read_point(entry: CollectionDep, point_id: str, index: IndexDep) -> PointPublic:
     """One stored point's payload."""
-    point = await run_in_threadpool(partial(services.read_point, index=index, entry=entry, point_id=point_id))
+    point = await in_thread(services.read_point, index=index, entry=entry, point_id=point_id)
     return PointPublic(id=point.id, payload=point.payload)
 
 
@@ -94,9 +92,7 @@ async def read_facets(
     if field not in FILTER_FIELDS:
         # the path segment is not echoed: it is whatever the caller sent
         raise UnknownField("field", f"unknown facet field; allowed: {', '.join(FILTER_FIELDS)}")
-    counts = await run_in_threadpool(
-        partial(index.facet, entry.name, field, filter=search_filter, limit=limit)
-    )
+    counts = await in_thread(index.facet, entry.name, field, filter=search_filter, limit=limit)
     return FacetsPublic(field=field, counts=counts)
 
 
@@ -117,16 +113,14 @@ async def read_thumbnail(
     """A PNG of the point's image, longest side ``size`` pixels, rendered from pixels only; 404
     when its source object was deleted, 410 when it is quarantined now (burned-in annotation)
     and the collection did not accept burned-in objects."""
-    point = await run_in_threadpool(partial(services.read_point, index=index, entry=entry, point_id=point_id))
-    source_uri = await run_in_threadpool(partial(services.source_location, catalog, entry.name, point))
-    png = await run_in_threadpool(
-        partial(
-            services.render_thumbnail,
-            settings=settings,
-            point=point,
-            size=size,
-            source_uri=source_uri,
-            accept_burned_in=entry.accept_burned_in,
-        )
+    point = await in_thread(services.read_point, index=index, entry=entry, point_id=point_id)
+    source_uri = await in_thread(services.source_location, catalog, entry.name, point)
+    png = await in_thread(
+        services.render_thumbnail,
+        settings=settings,
+        point=point,
+        size=size,
+        source_uri=source_uri,
+        accept_burned_in=entry.accept_burned_in,
     )
     return Response(content=png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})

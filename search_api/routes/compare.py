@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import time
-from functools import partial
 from typing import Annotated, Any
 
-import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from numpy.typing import NDArray
-from starlette.concurrency import run_in_threadpool
 
 from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
@@ -35,9 +32,9 @@ from search_api.deps import (
     SettingsDep,
     StoredValuesDep,
     check_limit,
-    on_index,
 )
 from search_api.errors import UnknownField, error_responses
+from search_api.offload import in_inference_thread, in_thread, on_index
 from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit, SearchWarning
 from search_api.security import Role, require_role
 from search_api.uploads import check_form_fields, filter_from_form, read_upload, upload_name
@@ -161,26 +158,21 @@ async def compare_collections(
     check_form_fields(await request.form(), ("file", "collections", "limit", "fuse", "filter"))
     names = _parse_collections(collections)
     search_filter = filter_from_form(filter_json)
-    entries = await run_in_threadpool(lambda: [catalog.get(name) for name in names])
+    entries = await in_thread(lambda: [catalog.get(name) for name in names])
     filename = upload_name(file.filename)
     data = await read_upload(file, settings.api.max_upload_bytes, filename)
-    vectors = await anyio.to_thread.run_sync(
-        partial(
-            _embed_all, catalog=catalog, entries=entries, settings=settings, data=data, filename=filename
-        ),
-        limiter=limiter,
+    vectors = await in_inference_thread(
+        limiter, _embed_all, catalog=catalog, entries=entries, settings=settings, data=data, filename=filename
     )
     searched = await on_index(
         index,
-        partial(
-            _search_all,
-            index=index,
-            entries=entries,
-            vectors=vectors,
-            search_filter=search_filter,
-            limit=limit,
-            stored=stored,
-        ),
+        _search_all,
+        index=index,
+        entries=entries,
+        vectors=vectors,
+        search_filter=search_filter,
+        limit=limit,
+        stored=stored,
     )
     results = [
         CompareResult(

@@ -3,12 +3,10 @@ that owns the store (what ``radsearch eval --collection`` sends here while a ser
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from core.errors import ConfigError
 from evaluation.protocol import EvalOptions
@@ -16,6 +14,7 @@ from evaluation.report import json_safe
 from evaluation.run import evaluate_collection
 from search_api.deps import CollectionDep, IndexDep
 from search_api.errors import error_responses
+from search_api.offload import in_thread
 from search_api.security import Role, require_role
 
 router = APIRouter(prefix="/v1/collections", tags=["evaluation"], dependencies=[require_role(Role.READER)])
@@ -48,7 +47,7 @@ async def create_evaluation(entry: CollectionDep, body: EvaluationCreate, index:
     options = EvalOptions(
         ks=tuple(body.ks), fractions=tuple(body.index_fractions), seed=body.seed, max_queries=body.max_queries
     )
-    run = partial(
+    evaluated = await in_thread(
         evaluate_collection,
         index,
         entry.name,
@@ -60,5 +59,5 @@ async def create_evaluation(entry: CollectionDep, body: EvaluationCreate, index:
         hnsw_ef=body.hnsw_ef,
         exclude_same=body.exclude_same,
     )
-    result: dict[str, Any] = json_safe(await run_in_threadpool(run))
+    result: dict[str, Any] = json_safe(evaluated)
     return result

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import hmac
 import json
-from functools import partial
 from typing import Annotated
 
 import redis
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 from core.config import Settings
 from search_api.deps import worker_gateway
 from search_api.errors import ApiError, error_responses
+from search_api.offload import in_thread
 from search_api.security import public
 from workers.client import BrokerUnavailable, dispatch_events, parse_s3_event
 
@@ -68,9 +67,7 @@ async def create_s3_events(
         raise ApiError(400, "malformed_event", f"malformed event: {exc}") from exc
     gateway = worker_gateway(request)
     try:
-        report = await run_in_threadpool(
-            partial(dispatch_events, settings, gateway.store, gateway.app, events)
-        )
+        report = await in_thread(dispatch_events, settings, gateway.store, gateway.app, events)
     except (BrokerUnavailable, redis.exceptions.RedisError) as exc:
         # Non-2xx: MinIO keeps the event in its queue dir and delivers it again.
         raise ApiError(503, "queue_unavailable", "job queue unavailable") from exc

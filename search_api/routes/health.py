@@ -3,9 +3,9 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Response
-from starlette.concurrency import run_in_threadpool
 
 from search_api.deps import IndexDep
+from search_api.offload import in_thread
 from search_api.schemas import HealthPublic
 from search_api.security import public
 
@@ -24,7 +24,7 @@ async def read_liveness() -> HealthPublic:
 async def read_readiness(index: IndexDep, response: Response) -> HealthPublic:
     """Readiness: the vector index answers."""
     try:
-        await run_in_threadpool(index.list_collections)
+        await in_thread(index.list_collections)
     except Exception as exc:
         # any failure of the store means "not ready", whatever its type
         logger.warning("readiness check failed: %s", type(exc).__name__)

@@ -3,13 +3,12 @@ or by the store's owner itself, this API process, with the inline pipeline (``ex
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Literal, ParamSpec, TypeVar
 
 import redis
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-from starlette.concurrency import run_in_threadpool
 
 from core.catalog import Catalog
 from core.config import Settings
@@ -23,10 +22,14 @@ from search_api import admin_services
 from search_api.backfill_jobs import OwnerIngest, check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, check_job_id, worker_gateway
 from search_api.errors import ApiError, error_responses
+from search_api.offload import in_thread
 from search_api.schemas import IngestJobPublic, IngestJobsPublic
 from search_api.security import Role, note_collections, require_role
 from workers.client import BrokerUnavailable, WorkerGateway, submit_job
 from workers.heartbeat import job_waiting
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 router = APIRouter(prefix="/v1/ingest-jobs", tags=["ingest-jobs"], dependencies=[require_role(Role.INGEST)])
 
@@ -145,9 +148,10 @@ def _absolute_path(value: str) -> bool:
     return value.startswith("/") and "\x00" not in value
 
 
-async def _call(fn: Any) -> Any:
+async def _call(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(*args, **kwargs)`` in a worker thread; 503 when the queue's Redis is unreachable."""
     try:
-        return await run_in_threadpool(fn)
+        return await in_thread(fn, *args, **kwargs)
     except (BrokerUnavailable, redis.exceptions.RedisError) as exc:
         raise ApiError(503, "queue_unavailable", "job queue unavailable") from exc
 
@@ -241,9 +245,9 @@ async def create_ingest_job(body: IngestJobCreate, request: Request, response: R
     note_collections(request, body.collections)
     job: JobRecord
     if body.executor == "owner":
-        job = await run_in_threadpool(partial(_create_owner, request, body))
+        job = await in_thread(_create_owner, request, body)
     else:
-        job = await _call(partial(_create, worker_gateway(request), body, _embedded_catalog(request)))
+        job = await _call(_create, worker_gateway(request), body, _embedded_catalog(request))
     response.headers["Location"] = f"/v1/ingest-jobs/{job.id}"
     return IngestJobPublic.from_record(job)
 
@@ -258,7 +262,7 @@ async def read_ingest_jobs(
     gateway = worker_gateway(request)
     warning: str | None = None
     try:
-        records: list[JobRecord] = await _call(partial(gateway.store.recent, limit=limit))
+        records: list[JobRecord] = await _call(gateway.store.recent, limit=limit)
         if await _call(gateway.store.was_reset):
             warning = JOB_STATE_LOST
     except ApiError:
@@ -279,12 +283,12 @@ async def read_ingest_job(job_id: str, request: Request) -> IngestJobPublic:
     if owned is not None and owned.kind == "ingest":
         return IngestJobPublic.from_record(owned)
     gateway = worker_gateway(request)
-    record: JobRecord | None = await _call(partial(gateway.store.get, job_id))
+    record: JobRecord | None = await _call(gateway.store.get, job_id)
     if record is None:
-        if await _call(partial(gateway.store.lost, job_id)):
+        if await _call(gateway.store.lost, job_id):
             raise ApiError(410, "job_state_lost", JOB_STATE_LOST, field="job_id")
         raise ApiError(404, "job_not_found", "job not found", field="job_id")
     settings: Settings = request.app.state.settings
     public = IngestJobPublic.from_record(record)
-    public.waiting = await _call(partial(job_waiting, gateway.store, record, settings.celery))
+    public.waiting = await _call(job_waiting, gateway.store, record, settings.celery)
     return public

@@ -15,13 +15,11 @@ building the collection's index when a bulk load ends.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from numpy.typing import NDArray
-from starlette.concurrency import run_in_threadpool
 
 from core.catalog import CollectionEntry
 from core.config import Settings
@@ -34,7 +32,8 @@ from ingest.sources.base import check_source_name
 from search_api.backfill_jobs import check_local_path
 from search_api.deps import CollectionDep, IndexDep, SettingsDep
 from search_api.errors import error_responses
-from search_api.middleware import RouteInfo
+from search_api.offload import in_thread
+from search_api.routing import RouteInfo
 from search_api.schemas import (
     OptimizePublic,
     PointBookkeeping,
@@ -113,7 +112,7 @@ async def upsert_points(entry: CollectionDep, body: PointsUpsert, index: IndexDe
     upload limit, ``RADSEARCH_API__MAX_UPLOAD_BYTES``): send big loads in batches of a few hundred
     points.
     """
-    return await run_in_threadpool(_upsert, index, entry, body)
+    return await in_thread(_upsert, index, entry, body)
 
 
 def _overwrite(index: VectorIndex, entry: CollectionEntry, body: PointsPayloadOverwrite) -> PointsUpserted:
@@ -131,7 +130,7 @@ async def overwrite_payloads(
     """Replace the payload of existing points, their vectors untouched (a relabel: a corrected
     manifest row on an unchanged image). Ids that do not exist are left out; a field outside the
     allow-list is refused (400 ``unknown_field``)."""
-    return await run_in_threadpool(_overwrite, index, entry, body)
+    return await in_thread(_overwrite, index, entry, body)
 
 
 def _register(
@@ -153,7 +152,7 @@ async def register_source(
     or a folder this server may read, as for ingest jobs), so that this server can read them again
     (thumbnails). Payloads carry the name only, never the URI."""
     open_api: bool = request.app.state.authenticator.open
-    await run_in_threadpool(_register, index, entry, body, settings, open_api)
+    await in_thread(_register, index, entry, body, settings, open_api)
 
 
 def _filter(raw: Any) -> SearchFilter:
@@ -179,7 +178,7 @@ def _delete(index: VectorIndex, entry: CollectionEntry, body: PointsDelete) -> P
 async def delete_points(entry: CollectionDep, body: PointsDelete, index: IndexDep) -> PointsDeleted:
     """Delete points by ``ids``, or every point matching ``filter`` (e.g. the frames of some
     objects: ``{"source": ["s3://raw/ct/"], "key": ["ct/0001.dcm"]}``). Exactly one of the two."""
-    return await run_in_threadpool(_delete, index, entry, body)
+    return await in_thread(_delete, index, entry, body)
 
 
 def _bookkeeping(point: StoredPoint) -> PointBookkeeping:
@@ -196,7 +195,7 @@ def _lookup(index: VectorIndex, entry: CollectionEntry, body: PointsLookup) -> P
 async def lookup_points(entry: CollectionDep, body: PointsLookup, index: IndexDep) -> PointsBookkeeping:
     """The points that exist among ``ids``, with their bookkeeping fields only (source, key,
     frame, n_frames, etag, size, labels_hash): enough to skip objects already stored at the same ETag."""
-    return await run_in_threadpool(_lookup, index, entry, body)
+    return await in_thread(_lookup, index, entry, body)
 
 
 def _scroll(index: VectorIndex, entry: CollectionEntry, body: PointsScroll) -> PointsBookkeeping:
@@ -216,7 +215,7 @@ def _scroll(index: VectorIndex, entry: CollectionEntry, body: PointsScroll) -> P
 async def scroll_points(entry: CollectionDep, body: PointsScroll, index: IndexDep) -> PointsBookkeeping:
     """A page of the collection's points (those matching ``filter``), bookkeeping fields only;
     pass ``next_offset`` back as ``offset`` for the next page, until it is null."""
-    return await run_in_threadpool(_scroll, index, entry, body)
+    return await in_thread(_scroll, index, entry, body)
 
 
 def _optimize(index: VectorIndex, entry: CollectionEntry) -> OptimizePublic:
@@ -237,7 +236,7 @@ async def optimize_collection(entry: CollectionDep, index: IndexDep) -> Optimize
     """Build the collection's search index (HNSW) now, as a bulk load ends, and answer its points
     and indexed vectors; returns at once when the index is already built. A large collection takes
     minutes, during which writes to it wait."""
-    return await run_in_threadpool(partial(_optimize, index, entry))
+    return await in_thread(_optimize, index, entry)
 
 
 def takes_batches(info: RouteInfo) -> bool:

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Annotated
 
-import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from numpy.typing import NDArray
@@ -34,9 +33,9 @@ from search_api.deps import (
     SettingsDep,
     StoredValuesDep,
     check_limit,
-    on_index,
 )
 from search_api.errors import UnknownField, error_responses
+from search_api.offload import in_inference_thread, on_index
 from search_api.schemas import SearchHit, SearchQuery, SearchResponse, SearchWarning, parse_filter
 from search_api.security import Role, require_role
 from search_api.uploads import check_form_fields, filter_from_form, read_upload, upload_name
@@ -115,17 +114,17 @@ async def search_collection(
             offset=query.offset,
             score_threshold=query.score_threshold,
         )
-        return _response(entry, await on_index(index, partial(warned, by_point)), started, "point")
+        return _response(entry, await on_index(index, warned, by_point), started, "point")
     if query.text is not None:
         mode = "text"
-        vector = await anyio.to_thread.run_sync(
-            partial(services.embed_text, catalog=catalog, entry=entry, text=query.text), limiter=limiter
+        vector = await in_inference_thread(
+            limiter, services.embed_text, catalog=catalog, entry=entry, text=query.text
         )
     else:
         assert query.vector is not None
         mode = "vector"
         vector = query.vector
-    found = await on_index(index, partial(warned, partial(search, vector=vector)))
+    found = await on_index(index, warned, partial(search, vector=vector))
     return _response(entry, found, started, mode)
 
 
@@ -161,11 +160,14 @@ async def search_by_image(
     search_filter = filter_from_form(filter_json)
     data = await read_upload(file, settings.api.max_upload_bytes, name)
     started = time.perf_counter()
-    vector = await anyio.to_thread.run_sync(
-        partial(
-            services.embed_upload, catalog=catalog, entry=entry, settings=settings, data=data, filename=name
-        ),
-        limiter=limiter,
+    vector = await in_inference_thread(
+        limiter,
+        services.embed_upload,
+        catalog=catalog,
+        entry=entry,
+        settings=settings,
+        data=data,
+        filename=name,
     )
     search = partial(
         services.search,
@@ -178,7 +180,6 @@ async def search_by_image(
         score_threshold=score_threshold,
     )
     found = await on_index(
-        index,
-        partial(_with_warnings, search, index=index, entry=entry, search_filter=search_filter, stored=stored),
+        index, _with_warnings, search, index=index, entry=entry, search_filter=search_filter, stored=stored
     )
     return _response(entry, found, started, "image")

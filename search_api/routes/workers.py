@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import redis
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from core.config import Settings
 from search_api.deps import worker_gateway
 from search_api.errors import ApiError, error_responses
+from search_api.offload import in_thread
 from search_api.security import Role, require_role
 from workers.client import BrokerUnavailable
 from workers.heartbeat import WorkerBeat, live_workers
@@ -40,8 +38,8 @@ async def read_workers(request: Request) -> WorkersPublic:
     settings: Settings = request.app.state.settings
     store = worker_gateway(request).store
     try:
-        beats: list[WorkerBeat] = await run_in_threadpool(
-            partial(live_workers, store.client, dead_after_s=settings.celery.worker_dead_after_s)
+        beats: list[WorkerBeat] = await in_thread(
+            live_workers, store.client, dead_after_s=settings.celery.worker_dead_after_s
         )
     except (BrokerUnavailable, redis.exceptions.RedisError) as exc:
         raise ApiError(503, "queue_unavailable", "job queue unavailable") from exc

@@ -89,6 +89,9 @@ def test_the_child_exits_and_frees_the_shard_when_its_parent_is_killed(tmp_path:
         assert _gone(child_pid, 15), "the index process outlived its parent"
     finally:
         parent.kill()
+        parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
     local = EdgeIndex(tmp_path, StoreSettings())
     try:
         assert local.count("c") == 200

@@ -35,6 +35,7 @@ def _hold(directory: Path, kind: str, url: str | None = None) -> subprocess.Pope
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "owned"
+    proc.stdout.close()  # the holder says nothing more; an open pipe would outlive the test
     return proc
 
 

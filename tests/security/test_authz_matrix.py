@@ -21,7 +21,7 @@ from PIL import Image
 from starlette.routing import BaseRoute
 
 from search_api import create_app
-from search_api.middleware import iter_routes
+from search_api.routing import iter_routes
 from search_api.security import AUDIT_LOGGER, Role, route_policy
 from tests.security.conftest import KEYS, WEBHOOK_TOKEN, SecuredApp, key_headers, mint_jwt
 

@@ -23,8 +23,6 @@ from core.jobs.redis_store import RedisJobStore
 from search_api.app import create_app
 from tests.workers.conftest import RedisServer, Server, Worker, cli, upload_images, wait_job
 from workers.app import create_celery
-from core.jobs import DeadLetter, JobKind, JobSpec, JobState
-from core.jobs.redis_store import RedisJobStore
 from workers.names import EMBED_TASK
 
 

@@ -34,8 +34,6 @@ from tests.workers.conftest import (
 )
 from workers.app import create_celery
 from workers.client import requeue_dead_letters, submit_job
-from core.jobs import JobKind, JobSpec
-from core.jobs.redis_store import RedisJobStore
 from workers.names import EMBED_TASK
 
 # The baseline encoder projected to 2048 dimensions: 8 kB a vector, so ~1,300 points pass the

@@ -13,117 +13,17 @@ other route the small JSON limit. A reverse proxy in front should enforce the sa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
 
-from fastapi import params
-from fastapi.dependencies.models import Dependant
-from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_api.errors import send_error
 
-__all__ = [
-    "BodyLimitMiddleware",
-    "BodyTooLarge",
-    "RouteInfo",
-    "RouteTable",
-    "is_upload_route",
-    "iter_routes",
-    "walk_dependants",
-]
+__all__ = ["BodyLimitMiddleware", "BodyTooLarge"]
 
 
 class BodyTooLarge(Exception):
     """Raised into the app's ``receive`` once the 413 has been sent; the middleware swallows it."""
-
-
-def walk_dependants(dependant: Dependant) -> Iterator[Dependant]:
-    """``dependant`` and all its sub-dependencies, depth first."""
-    yield dependant
-    for sub in dependant.dependencies:
-        yield from walk_dependants(sub)
-
-
-@dataclass(frozen=True)
-class RouteInfo:
-    """One effective route of an app: what was declared (``route``), its full path and methods,
-    the dependant that actually runs (router/include-level dependencies included), a matcher."""
-
-    route: BaseRoute
-    path: str
-    methods: frozenset[str]
-    dependant: Dependant | None
-    matcher: Any
-
-    def matches(self, scope: Scope) -> bool:
-        match, _ = self.matcher.matches(scope)
-        return bool(match == Match.FULL)
-
-
-def iter_routes(routes: Sequence[BaseRoute]) -> list[RouteInfo]:
-    """The app's routes flattened. FastAPI ≥ 0.16x composes included routers lazily
-    (``app.routes`` holds router placeholders); older versions list every route directly."""
-    contexts: Iterable[Any]
-    try:
-        from fastapi.routing import iter_route_contexts
-    except ImportError:  # older FastAPI: app.routes is already flat
-        contexts = routes
-    else:
-        contexts = iter_route_contexts(routes)
-    out: list[RouteInfo] = []
-    for ctx in contexts:
-        original: Any = getattr(ctx, "original_route", ctx)
-        out.append(
-            RouteInfo(
-                route=original,
-                path=str(getattr(ctx, "path", "")),
-                methods=frozenset(getattr(ctx, "methods", None) or ()),
-                dependant=getattr(ctx, "dependant", None),
-                matcher=ctx,
-            )
-        )
-    return out
-
-
-def is_upload_route(info: RouteInfo) -> bool:
-    """Whether the route takes a file upload (any ``File`` parameter, in any dependency)."""
-    if info.dependant is None:
-        return False
-    return any(
-        isinstance(field.field_info, params.File)
-        for dep in walk_dependants(info.dependant)
-        for field in dep.body_params
-    )
-
-
-class RouteTable:
-    """The route that fully matches a request scope (path and method), or None; for middleware.
-    The routes are flattened once, on the first request (by then the app's route list is
-    complete), and each (method, path) is matched once: two middlewares match every request, and
-    a linear scan of the route list costs ~0.1 ms each time."""
-
-    _CACHE_MAX = 4096  # paths carry collection names and ids: bounded, cleared when full
-
-    def __init__(self, routes: Sequence[BaseRoute]) -> None:
-        self._routes = routes
-        self._infos: list[RouteInfo] | None = None
-        self._matched: dict[tuple[str, str, str], RouteInfo | None] = {}
-
-    def match(self, scope: Scope) -> RouteInfo | None:
-        key = (scope.get("method", ""), scope.get("root_path", ""), scope.get("path", ""))
-        try:
-            return self._matched[key]
-        except KeyError:
-            pass
-        if self._infos is None:
-            self._infos = iter_routes(self._routes)
-        found = next((info for info in self._infos if info.matches(scope)), None)
-        if len(self._matched) >= self._CACHE_MAX:
-            self._matched.clear()
-        self._matched[key] = found
-        return found
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -11,7 +11,7 @@ import pytest
 
 from core.config import StoreSettings
 from core.index.edge import EdgeIndex
-from search_api.deps import on_index
+from search_api.offload import on_index
 
 
 class _ThreadedEdge(EdgeIndex):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from search_api.middleware import RouteInfo, RouteTable, iter_routes
+from search_api.routing import RouteInfo, RouteTable, iter_routes
 
 
 def _scan(app: FastAPI, scope: dict[str, object]) -> RouteInfo | None:
