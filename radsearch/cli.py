@@ -26,7 +26,7 @@ from core.errors import (
 from core.payload import FILTER_FIELDS
 from ingest.cli_options import add_sync_options
 from ingest.inline import IngestOptions
-from radsearch import remote_commands
+from radsearch import dicomweb_commands, remote_commands
 
 __all__ = [
     "filter_mapping",
@@ -338,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ingest = sub.add_parser("ingest", help="embed and index every image of a source")
-    ingest.add_argument("source", help="s3://bucket/prefix or a local folder")
+    ingest.add_argument(
+        "source", help="s3://bucket/prefix, dicomweb+http(s)://HOST/PREFIX (a PACS) or a local folder"
+    )
     ingest.add_argument("--collection", required=True)
     ingest.add_argument("--encoder", help="encoder for a new collection (default: baseline)")
     ingest.add_argument("--weights", help="weights for a new collection: path, s3:// URI, hub id or 'random'")
@@ -363,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also delete the points of objects gone from the source (inline or through a server)",
     )
     add_sync_options(ingest)
+    dicomweb_commands.add_selector_options(ingest)
     ingest.set_defaults(
         handler=_cmd_ingest, remote_handler=remote_commands.ingest, remote_mode=_ingest_remote_mode
     )
@@ -432,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides: dict[str, Any] = {"data_dir": args.data_dir, "url": args.url}
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        dicomweb_commands.apply_selectors(args)
         url = _remote_url(args, settings)
         if url:
             remote_code: int = args.remote_handler(args, settings, url)
