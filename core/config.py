@@ -144,7 +144,7 @@ class IngestSettings(BaseModel):
     decode_timeout_s: float = Field(default=30.0, gt=0)
 
 
-RoleName = Literal["reader", "ingest", "admin"]
+RoleName = Literal["reader", "ingest", "admin", "clinician"]
 
 
 class ApiKeyEntry(BaseModel):
@@ -302,6 +302,9 @@ class DicomwebSettings(BaseModel):
     #: WADO-RS retrievals in flight at once, per source.
     fetch_workers: int = Field(default=4, ge=1, le=64)
     timeout_s: float = Field(default=30.0, gt=0)
+    #: The collection instances pushed by STOW-RS (``POST /v1/dicomweb/studies``) go to, unless
+    #: the request names one (``?collection=``).
+    stow_collection: str = "pacs"
     #: The viewer hits link to (``{viewer}`` in the template), e.g. an OHIF at ``https://ohif.example``.
     viewer: str | None = None
     viewer_template: str = "{viewer}/viewer?StudyInstanceUIDs={study_uid}"

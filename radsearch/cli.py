@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API keys: create one, or hash one read from stdin")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="print a new random key and its settings entry")
-    create.add_argument("--role", choices=("reader", "ingest", "admin"), required=True)
+    create.add_argument("--role", choices=("reader", "ingest", "admin", "clinician"), required=True)
     create.add_argument("--name", required=True, help="who holds the key (shown in audit lines)")
     keys_sub.add_parser("hash", help="print the SHA-256 to store for a key read from stdin")
     keys.set_defaults(handler=_cmd_keys)

@@ -9,7 +9,10 @@ Roles (least privilege; a key has one role, a token may carry several):
 - ``reader``: search, points, facets, thumbnails (de-identified payload and pixels);
 - ``ingest``: ingest jobs (the bucket webhook has its own token, see ``routes/events.py``);
 - ``admin``: collections, aliases, deletions, backfills; also grants ``ingest``, not ``reader``
-  (an administrator manages collections but does not look at images).
+  (an administrator manages collections but does not look at images);
+- ``clinician``: what ``reader`` may, and hits re-identified (Study/Series/SOP Instance UIDs and a
+  viewer link) where the collection has a re-identification table; every re-identified hit is
+  audited. Never granted by the open mode: re-identification needs a configured key or token.
 
 Collection metadata (names, encoders, counts) is readable by every role.
 
@@ -77,6 +80,7 @@ class Role(StrEnum):
     READER = "reader"
     INGEST = "ingest"
     ADMIN = "admin"
+    CLINICIAN = "clinician"
 
 
 # What holding a role lets a principal do.
@@ -84,6 +88,7 @@ _GRANTS: dict[Role, frozenset[Role]] = {
     Role.READER: frozenset({Role.READER}),
     Role.INGEST: frozenset({Role.INGEST}),
     Role.ADMIN: frozenset({Role.ADMIN, Role.INGEST}),
+    Role.CLINICIAN: frozenset({Role.CLINICIAN, Role.READER}),
 }
 _ROLE_NAMES = frozenset(role.value for role in Role)
 _AUDITED = frozenset({Role.INGEST, Role.ADMIN})
@@ -199,7 +204,7 @@ class Authenticator:
 _api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key")
 _bearer_scheme = HTTPBearer(auto_error=False, description="An OIDC access token (JWT) or an API key")
 
-_LOCAL = Principal("local", frozenset(Role), "open")
+_LOCAL = Principal("local", frozenset(Role) - {Role.CLINICIAN}, "open")
 
 
 def _is_local_client(host: str | None) -> bool:

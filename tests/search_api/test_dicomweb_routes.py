@@ -1,0 +1,157 @@
+"""DICOMweb routes against a real Orthanc: STOW-RS pushed by Orthanc (a DICOMweb peer), search by
+UID fetched from Orthanc by WADO-RS, re-identification for clinicians only."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from core.config import ApiKeyEntry, DicomwebSettings, RuntimeSettings, SecuritySettings, Settings
+from ingest.sources.multipart import encode_multipart
+from radsearch.demo_data import DemoArchive, generate_demo_archive
+from radsearch.services import ensure_collection, open_catalog
+from search_api.security import hash_api_key
+from tests.orthanc_server import Orthanc, ServedApp, start_orthanc
+
+pytestmark = pytest.mark.timeout(300)
+
+KEYS = {"ingest": "ingest-key-123", "reader": "reader-key-456", "clinician": "clinician-key-789"}
+
+
+def headers(role: str) -> dict[str, str]:
+    return {"X-API-Key": KEYS[role]}
+
+
+@dataclass
+class Setup:
+    orthanc: Orthanc
+    api: ServedApp
+    archive: DemoArchive
+    settings: Settings
+
+    def post(self, path: str, role: str, *, content_type: str | None = None, **kwargs: Any) -> httpx.Response:
+        extra = {"Content-Type": content_type} if content_type else {}
+        return httpx.post(f"{self.api.url}{path}", headers={**headers(role), **extra}, timeout=120, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    root = tmp_path_factory.mktemp("dicomweb")
+    archive = generate_demo_archive(root / "demo", per_class=1, seed=11)
+    # Orthanc first (radsearch's settings name it as the PACS), its peer pointing at radsearch.
+    from tests.conftest import free_port
+
+    api_port = free_port()
+    orthanc = start_orthanc(
+        root / "orthanc",
+        dicomweb_servers={
+            "radsearch": {
+                "Url": f"http://127.0.0.1:{api_port}/v1/dicomweb/",
+                "HttpHeaders": {"X-API-Key": KEYS["ingest"]},
+            }
+        },
+    )
+    settings = Settings(
+        data_dir=root / "data",
+        runtime=RuntimeSettings(device="cpu", dtype="float32"),
+        security=SecuritySettings(
+            hash_key=SecretStr("test-hash-key"),
+            api_keys=[
+                ApiKeyEntry(name=f"{role}-bot", role=role, sha256=hash_api_key(key))
+                for role, key in KEYS.items()
+            ],
+        ),
+        dicomweb=DicomwebSettings(url=orthanc.dicomweb, viewer="https://ohif.example"),
+    )
+    with open_catalog(settings, owner="test") as catalog:
+        ensure_collection(catalog, "pacs", None)
+        ensure_collection(catalog, "uploads", None)
+    api = ServedApp(settings, port=api_port)
+    try:
+        with api:
+            yield Setup(orthanc, api, archive, settings)
+    finally:
+        orthanc.stop()
+
+
+def _dicoms(archive: DemoArchive, modality: str) -> list[Path]:
+    return sorted((archive.root / "dicom" / modality).rglob("*.dcm"))
+
+
+def _count(setup: Setup, collection: str) -> int:
+    response = httpx.get(
+        f"{setup.api.url}/v1/collections/{collection}", headers=headers("reader"), timeout=30
+    )
+    response.raise_for_status()
+    return int(response.json()["points"])
+
+
+def test_orthanc_forwards_a_study_to_the_stow_receiver(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    path = _dicoms(setup.archive, "CT")[0]
+    stored = setup.orthanc.upload(path.read_bytes())
+    before = _count(setup, "pacs")
+    response = httpx.post(
+        f"{setup.orthanc.url}/dicom-web/servers/radsearch/stow",
+        json={"Resources": [stored["ParentStudy"]], "Synchronous": True},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    after = _count(setup, "pacs")
+    assert after > before
+
+    # Searchable: an upload of the same file finds the pushed instance first.
+    with path.open("rb") as fh:
+        found = setup.post("/v1/collections/pacs/search/image", "reader", files={"file": ("q.dcm", fh)})
+    assert found.status_code == 200, found.text
+    top = found.json()["hits"][0]
+    assert top["score"] > 0.999 and top["payload"]["modality"] == "CT"
+
+    # Forwarding again changes nothing (idempotent point ids), and no PHI reached the logs.
+    again = httpx.post(
+        f"{setup.orthanc.url}/dicom-web/servers/radsearch/stow",
+        json={"Resources": [stored["ParentStudy"]], "Synchronous": True},
+        timeout=120,
+    )
+    assert again.status_code == 200 and _count(setup, "pacs") == after
+    assert not [s for s in setup.archive.phi_strings if s in caplog.text]
+
+
+def test_direct_stow_client_roles_and_errors(setup: Setup) -> None:
+    files = _dicoms(setup.archive, "MR")[:2]
+    body, content_type = encode_multipart([p.read_bytes() for p in files] + [b"not dicom"])
+    response = setup.post(
+        "/v1/dicomweb/studies?collection=uploads", "ingest", content=body, content_type=content_type
+    )
+    assert response.status_code == 202, response.text  # two stored, one not understood
+    result = response.json()
+    assert len(result["00081199"]["Value"]) == 2 and len(result["00081198"]["Value"]) == 1
+    assert _count(setup, "uploads") >= 2
+    n = _count(setup, "uploads")
+    assert (
+        setup.post(
+            "/v1/dicomweb/studies?collection=uploads", "ingest", content=body, content_type=content_type
+        ).status_code
+        == 202
+    )
+    assert _count(setup, "uploads") == n
+
+    refused = setup.post("/v1/dicomweb/studies", "reader", content=body, content_type=content_type)
+    assert refused.status_code == 403
+    wrong = setup.post("/v1/dicomweb/studies", "ingest", content=b"x", content_type="application/json")
+    assert wrong.status_code == 415 and wrong.json()["error"]["field"] == "Content-Type"
+    missing = setup.post(
+        "/v1/dicomweb/studies?collection=nope", "ingest", content=body, content_type=content_type
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "collection_not_found"
+    assert json.dumps(missing.json()).count("ZZ") == 0
