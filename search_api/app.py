@@ -113,6 +113,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     app.include_router(workers.router)
     app.include_router(events.router)
     app.include_router(dicomweb.router)
+    app.include_router(dicomweb.search_router)
     app.include_router(web.router)
     check_route_policies(app)
     install_openapi(app, settings)

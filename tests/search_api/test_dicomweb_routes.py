@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
 import pytest
+from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from core.config import ApiKeyEntry, DicomwebSettings, RuntimeSettings, SecuritySettings, Settings
@@ -23,6 +25,7 @@ from tests.orthanc_server import Orthanc, ServedApp, start_orthanc
 
 pytestmark = pytest.mark.timeout(300)
 
+REID_KEY = Fernet.generate_key().decode()
 KEYS = {"ingest": "ingest-key-123", "reader": "reader-key-456", "clinician": "clinician-key-789"}
 
 
@@ -69,7 +72,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                 for role, key in KEYS.items()
             ],
         ),
-        dicomweb=DicomwebSettings(url=orthanc.dicomweb, viewer="https://ohif.example"),
+        dicomweb=DicomwebSettings(
+            url=orthanc.dicomweb, viewer="https://ohif.example", reid_key=SecretStr(REID_KEY)
+        ),
     )
     with open_catalog(settings, owner="test") as catalog:
         ensure_collection(catalog, "pacs", None)
@@ -155,3 +160,68 @@ def test_direct_stow_client_roles_and_errors(setup: Setup) -> None:
     )
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "collection_not_found"
     assert json.dumps(missing.json()).count("ZZ") == 0
+
+
+def test_search_by_uid_matches_an_upload_and_reidentifies_for_clinicians(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    studies = [setup.orthanc.upload(p.read_bytes())["ParentStudy"] for p in _dicoms(setup.archive, "")]
+    forwarded = httpx.post(
+        f"{setup.orthanc.url}/dicom-web/servers/radsearch/stow",
+        json={"Resources": sorted(set(studies)), "Synchronous": True},
+        timeout=300,
+    )
+    assert forwarded.status_code == 200, forwarded.text
+    path = _dicoms(setup.archive, "MR")[0]
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    uids = {
+        "study_uid": str(ds.StudyInstanceUID),
+        "series_uid": str(ds.SeriesInstanceUID),
+        "instance_uid": str(ds.SOPInstanceUID),
+    }
+
+    with path.open("rb") as fh:
+        uploaded = setup.post("/v1/collections/pacs/search/image", "reader", files={"file": ("q.dcm", fh)})
+    assert uploaded.status_code == 200, uploaded.text
+    expected = [(h["id"], round(h["score"], 4)) for h in uploaded.json()["hits"]]
+    for query in (uids, {"study_uid": uids["study_uid"]}, {**uids, "series_uid": None}):
+        by_uid = setup.post("/v1/collections/pacs/search/dicomweb", "reader", json=query)
+        assert by_uid.status_code == 200, by_uid.text
+        assert [(h["id"], round(h["score"], 4)) for h in by_uid.json()["hits"]] == expected
+    reader_text = by_uid.text
+    assert "study_uid" not in reader_text and uids["study_uid"] not in reader_text
+
+    caplog.set_level(logging.INFO, logger="radsearch.audit")
+    caplog.clear()
+    clinician = setup.post("/v1/collections/pacs/search/dicomweb", "clinician", json={**uids, "limit": 5})
+    assert clinician.status_code == 200, clinician.text
+    hits = clinician.json()["hits"]
+    top = hits[0]
+    assert (top["study_uid"], top["series_uid"], top["instance_uid"]) == (
+        uids["study_uid"],
+        uids["series_uid"],
+        uids["instance_uid"],
+    )
+    assert top["viewer_url"] == f"https://ohif.example/viewer?StudyInstanceUIDs={uids['study_uid']}"
+    reidentified = [h for h in hits if "instance_uid" in h]
+    audit = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reidentify ")]
+    assert len(audit) == len(reidentified) == len(hits)
+    assert all("who=clinician-bot" in line and "at=" in line for line in audit)
+    assert {line.split("instance_hash=")[1].split()[0] for line in audit} == {
+        h["payload"]["instance_hash"] for h in hits
+    }
+    assert not [line for line in audit if uids["study_uid"] in line]
+
+    # The table on disk holds no UID in the clear.
+    table = (setup.settings.data_dir / "reid" / "uids.sqlite").read_bytes()
+    assert uids["study_uid"].encode() not in table and uids["instance_uid"].encode() not in table
+
+    bad = setup.post("/v1/collections/pacs/search/dicomweb", "reader", json={"study_uid": "1.2.x"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "study_uid"
+    unknown = setup.post("/v1/collections/pacs/search/dicomweb", "reader", json={"study_uid": "1.2.3.4"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["field"] == "study_uid"
+    assert "1.2.3.4" not in unknown.text
+    gone = setup.post(
+        "/v1/collections/pacs/search/dicomweb", "reader", json={**uids, "instance_uid": "1.2.3.4.5"}
+    )
+    assert gone.status_code == 404 and gone.json()["error"]["field"] == "instance_uid"

@@ -25,7 +25,7 @@ from search_api.middleware import iter_routes
 from search_api.security import AUDIT_LOGGER, Role, route_policy
 from tests.security.conftest import KEYS, WEBHOOK_TOKEN, SecuredApp, key_headers, mint_jwt
 
-READER, INGEST, ADMIN = Role.READER, Role.INGEST, Role.ADMIN
+READER, INGEST, ADMIN, CLINICIAN = Role.READER, Role.INGEST, Role.ADMIN, Role.CLINICIAN
 ANY_ROLE = frozenset({READER, INGEST, ADMIN})
 PUBLIC = "public"
 WEBHOOK = "webhook"
@@ -43,6 +43,10 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("POST", "/v1/collections/{name}/search"): frozenset({READER}),
     ("POST", "/v1/collections/{name}/search/image"): frozenset({READER}),
     ("POST", "/v1/collections/{name}/evaluate"): frozenset({READER}),
+    ("POST", "/v1/collections/{name}/search/dicomweb"): frozenset({READER}),
+    # A PACS or modality pushes instances (STOW-RS): the ingest side.
+    ("POST", "/v1/dicomweb/studies"): frozenset({INGEST}),
+    ("POST", "/v1/dicomweb/studies/{study_uid}"): frozenset({INGEST}),
     # The store's owner writes what the workers (or users) computed: the ingest side.
     ("PUT", "/v1/collections/{name}/points"): frozenset({INGEST}),
     ("POST", "/v1/collections/{name}/points/delete"): frozenset({INGEST}),
@@ -78,7 +82,7 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
 }
 
 # Role grants: admin also holds ingest, never reader (see search_api/security.py).
-GRANTS = {READER: {READER}, INGEST: {INGEST}, ADMIN: {ADMIN, INGEST}}
+GRANTS = {READER: {READER}, INGEST: {INGEST}, ADMIN: {ADMIN, INGEST}, CLINICIAN: {CLINICIAN, READER}}
 
 CALLERS: dict[str, dict[str, str]] = {
     "anonymous": {},
