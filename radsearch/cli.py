@@ -421,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     from workers.commands import add_worker_commands
 
     add_worker_commands(sub, remote_jobs=remote_commands.jobs, owner_jobs=owner_job_dicts)
+    dicomweb_commands.add_watch_command(sub)
     return parser
 
 
