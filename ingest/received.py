@@ -1,8 +1,8 @@
 """Instances pushed to radsearch (STOW-RS) through the same pipeline as every source.
 
-Each received instance is keyed by its SOP Instance UID, like an instance pulled over DICOMweb,
-so a push and a pull of the same instance write the same point ids (from the SOP Instance UID)
-and each instance has exactly one point set whichever way it came in.
+Each received instance gets the object key it has when pulled over DICOMweb (`InstanceKeys`), and
+point ids derive from the SOP Instance UID, so a push and a pull of the same instance write the
+same points: each instance has exactly one point set whichever way it came in.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from core.errors import BadInput
 from ingest.inline import IngestOptions, build_context
 from ingest.pipeline import BatchReport, process_batch
 from ingest.sources.base import ObjectRef, Source, check_source_name
+from ingest.sources.dicomweb import InstanceKeys
 
 __all__ = ["Received", "ReceivedSource", "ingest_received", "read_identity"]
 
@@ -31,37 +32,50 @@ STOW_SOURCE_NAME = "dicomweb-stow"
 
 @dataclass(frozen=True)
 class Received:
-    """One pushed instance: its SOP Class and Instance UIDs (None when unreadable) and bytes."""
+    """One pushed instance: its UIDs (None when unreadable) and bytes."""
 
     sop_class: str | None
     sop_instance: str | None
     data: bytes
+    study: str | None = None
+    series: str | None = None
+
+
+_IDENTITY_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
 
 
 def read_identity(data: bytes) -> Received:
-    """The SOP Class/Instance UIDs of a Part 10 file, read from its header only."""
+    """The SOP Class/Instance, Study and Series UIDs of a Part 10 file, from its header only."""
     try:
-        ds = pydicom.dcmread(
-            io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"]
-        )
-        sop_class = str(ds.get("SOPClassUID", "") or "") or None
-        sop_instance = str(ds.get("SOPInstanceUID", "") or "") or None
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_IDENTITY_TAGS)
+        sop_class, sop, study, series = (str(ds.get(tag, "") or "").strip() or None for tag in _IDENTITY_TAGS)
     except (InvalidDicomError, ValueError, TypeError, EOFError, OSError, AttributeError, KeyError):
         return Received(None, None, data)
-    return Received(sop_class, sop_instance, data)
+    if not (study and series):
+        return Received(sop_class, None, data)
+    return Received(sop_class, sop, data, study, series)
+
+
+def received_key(keys: InstanceKeys, item: Received) -> str | None:
+    """The object key of a pushed instance: the same as when pulled over DICOMweb."""
+    if not (item.study and item.series and item.sop_instance):
+        return None
+    try:
+        return keys.encode(item.study, item.series, item.sop_instance)
+    except BadInput:
+        return None
 
 
 class ReceivedSource(Source):
-    """Instances held in memory for one request, keyed by SOP Instance UID."""
+    """Instances held in memory for one request, by object key."""
 
-    def __init__(self, items: Sequence[Received], *, name: str, uri: str) -> None:
+    def __init__(self, items: dict[str, bytes], *, name: str, uri: str) -> None:
         self.name = check_source_name(name)
         self.uri = uri
-        self._items = {item.sop_instance: item.data for item in items if item.sop_instance}
+        self._items = items
 
     def _ref(self, key: str, data: bytes) -> ObjectRef:
-        digest = hashlib.sha256(data).hexdigest()[:16]
-        return ObjectRef(key=key, etag=f"{key}-{digest}", size=len(data))
+        return ObjectRef(key=key, etag=hashlib.sha256(data).hexdigest()[:32], size=len(data))
 
     def list(self) -> Iterator[ObjectRef]:
         for key, data in self._items.items():
@@ -85,7 +99,10 @@ def received_source_identity(settings: Settings) -> tuple[str, str]:
         from ingest.sources.dicomweb import DicomwebSource
 
         source = DicomwebSource(
-            settings.dicomweb.url, settings.dicomweb, max_object_bytes=settings.ingest.max_object_bytes
+            settings.dicomweb.url,
+            settings.dicomweb,
+            hash_key=settings.hash_key_bytes(),
+            max_object_bytes=settings.ingest.max_object_bytes,
         )
         try:
             return source.name, source.uri
@@ -96,19 +113,22 @@ def received_source_identity(settings: Settings) -> tuple[str, str]:
 
 def ingest_received(
     catalog: Catalog, settings: Settings, collection: str, items: Sequence[Received]
-) -> BatchReport:
-    """Index pushed instances into ``collection`` (which must exist); the report's failed and
-    quarantined items are keyed by SOP Instance UID."""
+) -> tuple[BatchReport, list[str | None]]:
+    """Index pushed instances into ``collection`` (which must exist): the report, and each
+    item's object key (None for an item without readable UIDs, which is not indexed)."""
     name, uri = received_source_identity(settings)
-    source = ReceivedSource(items, name=name, uri=uri)
+    keys = [received_key(InstanceKeys(settings.hash_key_bytes()), item) for item in items]
+    source = ReceivedSource(
+        {key: item.data for key, item in zip(keys, items, strict=True) if key is not None}, name=name, uri=uri
+    )
     ctx = build_context(source, catalog, [collection], IngestOptions(), settings)
     refs = list(source.list())
     report = BatchReport()
     if not refs:
-        return report
+        return report, keys
     with ThreadPoolExecutor(max_workers=settings.ingest.decode_workers, thread_name_prefix="stow") as pool:
         for start in range(0, len(refs), settings.ingest.batch_size):
             report.merge(process_batch(ctx, refs[start : start + settings.ingest.batch_size], pool))
     if report.frames_indexed:
         ctx.index.optimize(collection)
-    return report
+    return report, keys

@@ -82,7 +82,12 @@ def _follow(args: argparse.Namespace, settings: Settings, deliver: Callable[[lis
     from ingest.sources.dicomweb import DicomwebSource, make_session
     from ingest.watch import Cursor, OrthancChanges, cursor_path, follow, orthanc_rest_url
 
-    source = DicomwebSource(args.source, settings.dicomweb, max_object_bytes=settings.ingest.max_object_bytes)
+    source = DicomwebSource(
+        args.source,
+        settings.dicomweb,
+        hash_key=settings.hash_key_bytes(),
+        max_object_bytes=settings.ingest.max_object_bytes,
+    )
     source.close()
     feed = OrthancChanges(
         args.orthanc_url or orthanc_rest_url(source.base_url),
@@ -119,7 +124,12 @@ def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.sources.dicomweb import DicomwebSource
     from radsearch.services import ensure_collection, open_catalog
 
-    source = DicomwebSource(args.source, settings.dicomweb, max_object_bytes=settings.ingest.max_object_bytes)
+    source = DicomwebSource(
+        args.source,
+        settings.dicomweb,
+        hash_key=settings.hash_key_bytes(),
+        max_object_bytes=settings.ingest.max_object_bytes,
+    )
     with (
         open_catalog(settings, owner="watch") as catalog,
         ThreadPoolExecutor(max_workers=settings.ingest.decode_workers, thread_name_prefix="watch") as pool,
@@ -128,12 +138,8 @@ def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
         ctx = build_context(source, catalog, [args.collection], IngestOptions(), settings)
 
         def deliver(uids: list[str]) -> None:
-            refs = []
-            for uid in uids:
-                try:
-                    refs.append(source.stat(uid))
-                except BadInput:
-                    continue  # deleted since the change was logged
+            # None: deleted since the change was logged
+            refs = [ref for ref in (source.ref_for_uid(uid) for uid in uids) if ref is not None]
             report = process_batch(ctx, refs, pool)
             if report.frames_indexed:
                 catalog.index.optimize(args.collection)
@@ -159,7 +165,12 @@ def _cmd_watch_remote(args: argparse.Namespace, settings: Settings, url: str) ->
     from ingest.sources.dicomweb import DicomwebSource
     from ingest.sources.multipart import encode_multipart
 
-    source = DicomwebSource(args.source, settings.dicomweb, max_object_bytes=settings.ingest.max_object_bytes)
+    source = DicomwebSource(
+        args.source,
+        settings.dicomweb,
+        hash_key=settings.hash_key_bytes(),
+        max_object_bytes=settings.ingest.max_object_bytes,
+    )
     with ApiClient.from_settings(url, settings) as api:
         api.ensure_collection(args.collection, {"encoder": args.encoder} if args.encoder else {})
     headers = {"X-API-Key": settings.api_key.get_secret_value()} if settings.api_key else {}
@@ -168,8 +179,11 @@ def _cmd_watch_remote(args: argparse.Namespace, settings: Settings, url: str) ->
     def deliver(uids: list[str]) -> None:
         parts = []
         for uid in uids:
+            ref = source.ref_for_uid(uid)
+            if ref is None:
+                continue  # deleted since the change was logged
             try:
-                parts.append(source.fetch(uid))
+                parts.append(source.fetch(ref.key))
             except BadInput:
                 continue
         if not parts:

@@ -2,26 +2,34 @@
 
 Addressed as ``dicomweb+http(s)://HOST[:PORT]/PREFIX`` with optional selectors in the query string
 (``?study=UID&study=UID&modality=CT&since=2024-01-01``; the command line's ``--study``,
-``--modality`` and ``--since`` append them). Keys are SOP Instance UIDs; the ETag equivalent is
-the SOP Instance UID and a hash of the instance's QIDO-RS attributes (a DICOM instance never
-changes under its UID, so the attributes stand for the bytes without downloading them at listing
-time). Credentials come from `DicomwebSettings` and never appear in URIs, messages or logs.
+``--modality`` and ``--since`` append them).
+
+Keys stand for an instance's Study/Series/SOP Instance UIDs without showing them
+(`InstanceKeys`: deterministic authenticated encryption under a key derived from the data dir's
+hash key), so payloads, task arguments and logs never hold a UID, while any process with the same
+settings (a Celery worker) fetches an instance from its key alone. The ETag equivalent is a keyed
+hash of the SOP Instance UID and the instance's QIDO-RS attributes (a DICOM instance never
+changes under its UID, so they stand for the bytes without downloading them at listing time).
+Credentials come from `DicomwebSettings` and never appear in URIs, messages or logs.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import logging
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from dicomweb_client.api import DICOMwebClient
 
 from core.config import DicomwebSettings
@@ -29,7 +37,14 @@ from core.errors import BadInput, ConfigError, SourceError, TooLarge
 from ingest.sources.base import ObjectRef, Source, check_source_name
 from ingest.sources.multipart import boundary_of, split_multipart
 
-__all__ = ["DicomwebSelector", "DicomwebSource", "is_dicomweb_uri", "parse_dicomweb_uri", "with_selectors"]
+__all__ = [
+    "DicomwebSelector",
+    "DicomwebSource",
+    "InstanceKeys",
+    "is_dicomweb_uri",
+    "parse_dicomweb_uri",
+    "with_selectors",
+]
 
 # dicomweb-client logs every UID it retrieves at INFO; radsearch's logs name keys only where needed.
 logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
@@ -48,7 +63,49 @@ SOP_UID = "00080018"
 _IDENTITY_FIELDS = ("SOPClassUID", "InstanceNumber", "Rows", "Columns", "NumberOfFrames")
 _IDENTITY_TAGS = ("00080016", "00200013", "00280010", "00280011", "00280008")
 _WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-_LOOKUP_CACHE = 100_000
+_KEY_PREFIX = "dw1-"
+# UIDs are digits and dots: with "/" between the three, 4 bits a character.
+_NIBBLES = "0123456789./"
+
+
+class InstanceKeys:
+    """Object keys of DICOM instances: the three UIDs packed (4 bits a character) and sealed with
+    AES-SIV, deterministic (the same instance, the same key) and authenticated (a key that was
+    not made here is refused), under a key derived from ``hash_key``."""
+
+    def __init__(self, hash_key: bytes) -> None:
+        derived = hmac.new(hash_key, b"radsearch dicomweb instance keys v1", hashlib.sha512).digest()
+        self._siv = AESSIV(derived)
+
+    def encode(self, study: str, series: str, sop: str) -> str:
+        text = f"{study}/{series}/{sop}"
+        if len(text) > 200 or any(c not in _NIBBLES for c in text):
+            raise BadInput("instance", "not DICOM UIDs")
+        nibbles = [_NIBBLES.index(c) for c in text]
+        if len(nibbles) % 2:
+            nibbles.append(15)
+        packed = bytes(hi << 4 | lo for hi, lo in zip(nibbles[::2], nibbles[1::2], strict=True))
+        sealed = self._siv.encrypt(packed, None)
+        return _KEY_PREFIX + base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+
+    def decode(self, key: str) -> tuple[str, str, str]:
+        """(Study, Series, SOP Instance UID) of a key; `BadInput` for anything not made here."""
+        if not key.startswith(_KEY_PREFIX) or len(key) > 400:
+            raise BadInput(key[:80], "not a DICOMweb instance key")
+        body = key[len(_KEY_PREFIX) :]
+        try:
+            packed = self._siv.decrypt(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)), None)
+        except (InvalidTag, ValueError) as exc:
+            raise BadInput(key[:80], "not a DICOMweb instance key (made under another hash key?)") from exc
+        chars = []
+        for byte in packed:
+            for nibble in (byte >> 4, byte & 15):
+                if nibble < len(_NIBBLES):
+                    chars.append(_NIBBLES[nibble])
+        parts = "".join(chars).split("/")
+        if len(parts) != 3:
+            raise BadInput(key[:80], "not a DICOMweb instance key")
+        return parts[0], parts[1], parts[2]
 
 
 def is_dicomweb_uri(uri: str) -> bool:
@@ -155,7 +212,13 @@ class DicomwebSource(Source):
     """Instances of a DICOMweb server, listed study → series → instance page by page."""
 
     def __init__(
-        self, uri: str, settings: DicomwebSettings, *, max_object_bytes: int, name: str | None = None
+        self,
+        uri: str,
+        settings: DicomwebSettings,
+        *,
+        hash_key: bytes,
+        max_object_bytes: int,
+        name: str | None = None,
     ) -> None:
         parsed = parse_dicomweb_uri(uri)
         self.base_url = parsed.base_url
@@ -171,9 +234,8 @@ class DicomwebSource(Source):
         self.session = make_session(settings)
         self.client = DICOMwebClient(self.base_url, session=self.session, timeout=settings.timeout_s)
         self._fetch_slots = threading.BoundedSemaphore(settings.fetch_workers)
-        self._lock = threading.Lock()
-        # SOP Instance UID → (study, series) of instances listed lately, so a fetch needs no look-up.
-        self._where: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._hash_key = hash_key
+        self.keys = InstanceKeys(hash_key)
 
     # -- QIDO-RS -----------------------------------------------------------------------------
 
@@ -224,13 +286,9 @@ class DicomwebSource(Source):
         if not sop:
             return None
         identity = {tag: (item.get(tag) or {}).get("Value") for tag in _IDENTITY_TAGS}
-        digest = hashlib.sha256(json.dumps([sop, identity], sort_keys=True).encode()).hexdigest()[:16]
-        with self._lock:
-            self._where[sop] = (study, series)
-            self._where.move_to_end(sop)
-            while len(self._where) > _LOOKUP_CACHE:
-                self._where.popitem(last=False)
-        return ObjectRef(key=sop, etag=f"{sop}-{digest}", size=0)
+        text = json.dumps([sop, identity], sort_keys=True).encode()
+        etag = hmac.new(self._hash_key, text, hashlib.sha256).hexdigest()[:32]
+        return ObjectRef(key=self.keys.encode(study, series, sop), etag=etag, size=0)
 
     def list(self) -> Iterator[ObjectRef]:
         for study in self._studies():
@@ -246,42 +304,50 @@ class DicomwebSource(Source):
                     if ref is not None:
                         yield ref
 
-    def _look_up(self, key: str) -> tuple[ObjectRef, str, str]:
-        if len(key) > 64 or not _UID.match(key):
-            raise BadInput(key, "not a SOP Instance UID")
-        found = list(
-            self._qido(
-                "an instance",
-                self.client.search_for_instances,
-                search_filters={"SOPInstanceUID": key},
-                fields=["StudyInstanceUID", "SeriesInstanceUID", *_IDENTITY_FIELDS],
-            )
-        )
-        for item in found:
-            study, series = _value(item, STUDY_UID), _value(item, SERIES_UID)
-            if study and series and _value(item, SOP_UID) == key:
-                ref = self._ref(item, study, series)
+    def _instance(self, study: str, series: str | None, sop: str) -> tuple[ObjectRef, str, str] | None:
+        """One instance by QIDO-RS, within a study and series when known; None if absent."""
+        kwargs: dict[str, Any] = {"search_filters": {"SOPInstanceUID": sop}}
+        if series is not None:
+            kwargs.update(study_instance_uid=study, series_instance_uid=series)
+        fields = ["StudyInstanceUID", "SeriesInstanceUID", *_IDENTITY_FIELDS]
+        for item in self._qido("an instance", self.client.search_for_instances, fields=fields, **kwargs):
+            found_study, found_series = _value(item, STUDY_UID), _value(item, SERIES_UID)
+            found_study = found_study or (study if series is not None else None)
+            found_series = found_series or series
+            if found_study and found_series and _value(item, SOP_UID) == sop:
+                ref = self._ref(item, found_study, found_series)
                 if ref is not None:
-                    return ref, study, series
-        raise BadInput(key, "object not found")
+                    return ref, found_study, found_series
+        return None
 
     def stat(self, key: str) -> ObjectRef:
-        return self._look_up(key)[0]
+        study, series, sop = self.keys.decode(key)
+        found = self._instance(study, series, sop)
+        if found is None:
+            raise BadInput(key, "object not found")
+        return found[0]
+
+    def ref_for_uid(self, sop: str) -> ObjectRef | None:
+        """The reference of the instance with SOP Instance UID ``sop`` (a global QIDO-RS look-up);
+        None if the server does not hold it (or ``sop`` is no UID)."""
+        if len(sop) > 64 or not _UID.match(sop):
+            return None
+        found = self._instance("", None, sop)
+        return found[0] if found else None
+
+    def locate(self, sop: str) -> tuple[str, str]:
+        """The (Study, Series) Instance UIDs of the instance ``sop``, by QIDO-RS; `BadInput`
+        (naming no UID) if the server does not hold it."""
+        found = self._instance("", None, sop) if len(sop) <= 64 and _UID.match(sop) else None
+        if found is None:
+            raise BadInput("instance", "object not found")
+        return found[1], found[2]
 
     # -- WADO-RS -----------------------------------------------------------------------------
 
-    def locate(self, key: str) -> tuple[str, str]:
-        """The (Study, Series) Instance UIDs of the instance ``key``: from the listing, else QIDO-RS."""
-        with self._lock:
-            where = self._where.get(key)
-        if where is not None:
-            return where
-        _, study, series = self._look_up(key)
-        return study, series
-
     def retrieve(self, study: str, series: str, sop: str, *, key: str | None = None) -> bytes:
         """One instance's Part 10 bytes as stored (any transfer syntax), by WADO-RS."""
-        key = key or sop
+        key = key or "instance"
         url = f"{self.base_url}/studies/{study}/series/{series}/instances/{sop}"
         with self._fetch_slots:
             try:
@@ -323,11 +389,8 @@ class DicomwebSource(Source):
         return data
 
     def fetch(self, key: str) -> bytes:
-        study, series = self.locate(key)
-        data = self.retrieve(study, series, key)
-        with self._lock:
-            self._where.pop(key, None)
-        return data
+        study, series, sop = self.keys.decode(key)
+        return self.retrieve(study, series, sop, key=key)
 
     def close(self) -> None:
         self.session.close()

@@ -36,7 +36,11 @@ def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Sou
         from ingest.sources.dicomweb import DicomwebSource
 
         return DicomwebSource(
-            uri, settings.dicomweb, max_object_bytes=settings.ingest.max_object_bytes, name=name
+            uri,
+            settings.dicomweb,
+            hash_key=settings.hash_key_bytes(),
+            max_object_bytes=settings.ingest.max_object_bytes,
+            name=name,
         )
     if "://" in uri and not uri.startswith("file://"):
         raise ConfigError(

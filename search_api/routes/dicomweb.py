@@ -114,15 +114,14 @@ def _reference(item: Received) -> dict[str, Any]:
 
 def _store(catalog: Catalog, settings: Settings, collection: str, items: list[Received]) -> dict[str, Any]:
     catalog.get(collection)  # 404 before anything is decoded
-    readable = [item for item in items if item.sop_instance]
-    report = ingest_received(catalog, settings, collection, readable)
+    report, keys = ingest_received(catalog, settings, collection, items)
     refused = {f.key for f in report.failed} | {f.key for f in report.quarantined}
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    for item in items:
-        if item.sop_instance is None:
+    for item, key in zip(items, keys, strict=True):
+        if key is None:
             failed.append({**_reference(item), _FAILURE_REASON: {"vr": "US", "Value": [_CANNOT_UNDERSTAND]}})
-        elif item.sop_instance in refused:
+        elif key in refused:
             failed.append({**_reference(item), _FAILURE_REASON: {"vr": "US", "Value": [_PROCESSING_FAILURE]}})
         else:
             stored.append(_reference(item))
@@ -256,7 +255,10 @@ def _fetch_query_instance(settings: Settings, query: DicomwebSearchQuery) -> byt
             503, "pacs_not_configured", "no PACS is configured (set RADSEARCH_DICOMWEB__URL)", field=None
         )
     source = DicomwebSource(
-        settings.dicomweb.url, settings.dicomweb, max_object_bytes=settings.api.max_upload_bytes
+        settings.dicomweb.url,
+        settings.dicomweb,
+        hash_key=settings.hash_key_bytes(),
+        max_object_bytes=settings.api.max_upload_bytes,
     )
     try:
         study, series, instance = query.study_uid, query.series_uid, query.instance_uid

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from core.config import DicomwebSettings, Settings
@@ -106,8 +107,11 @@ def test_ingest_from_orthanc_matches_the_local_folder(
         assert point["source"] == orthanc.dicomweb.removeprefix("dicomweb+http://").replace(":", "-")
     assert {p["modality"] for p in pacs_points.values()} >= {"CT", "MR"}
 
-    # No PHI canary anywhere: payloads, output, logs.
+    # No PHI canary anywhere (payloads, output, logs), and no UID in the payloads: keys and ETags
+    # stand for the UIDs without showing them.
     everything = json.dumps(list(pacs_points.values())) + captured.out + captured.err + caplog.text
+    uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+    assert not [uid for uid in uids if uid in json.dumps(list(pacs_points.values()))]
     assert archive.phi_strings and not [s for s in archive.phi_strings if s in everything]
 
     # A second run finds every instance unchanged.
@@ -121,28 +125,43 @@ def test_selectors_narrow_the_listing(orthanc: Orthanc, archive: DemoArchive) ->
     for path in files:
         orthanc.upload(path.read_bytes())
     settings = DicomwebSettings(page_size=3)  # several pages at every level
-    source = DicomwebSource(orthanc.dicomweb, settings, max_object_bytes=1 << 30)
+    source = DicomwebSource(orthanc.dicomweb, settings, hash_key=b"k", max_object_bytes=1 << 30)
     everything = list(source.list())
     assert len({ref.key for ref in everything}) == len(files)
 
-    ct = DicomwebSource(f"{orthanc.dicomweb}?modality=CT", settings, max_object_bytes=1 << 30)
+    ct = DicomwebSource(f"{orthanc.dicomweb}?modality=CT", settings, hash_key=b"k", max_object_bytes=1 << 30)
     ct_keys = {ref.key for ref in ct.list()}
     n_ct = sum(1 for p in files if "/CT/" in p.as_posix())
     assert len(ct_keys) == n_ct > 0
 
     one = everything[0]
-    study, _ = source.locate(one.key)
-    in_study = DicomwebSource(f"{orthanc.dicomweb}?study={study}", settings, max_object_bytes=1 << 30)
+    study, series, sop = source.keys.decode(one.key)
+    assert source.locate(sop) == (study, series) and source.ref_for_uid(sop) == one
+    assert sop not in one.key + one.etag and study not in one.key
+    in_study = DicomwebSource(
+        f"{orthanc.dicomweb}?study={study}", settings, hash_key=b"k", max_object_bytes=1 << 30
+    )
     assert one.key in {ref.key for ref in in_study.list()}
-    future = DicomwebSource(f"{orthanc.dicomweb}?since=2999-01-01", settings, max_object_bytes=1 << 30)
+    future = DicomwebSource(
+        f"{orthanc.dicomweb}?since=2999-01-01", settings, hash_key=b"k", max_object_bytes=1 << 30
+    )
     assert list(future.list()) == []
 
     # stat and fetch by key alone (another process: no listing before), the bytes as uploaded.
-    fresh = open_source(orthanc.dicomweb, Settings(dicomweb=settings))
+    fresh = open_source(
+        orthanc.dicomweb,
+        Settings(dicomweb=settings, security={"hash_key": "k"}),
+    )
     assert isinstance(fresh, DicomwebSource)
     assert fresh.stat(one.key) == one
     data = fresh.fetch(one.key)
     assert data in {p.read_bytes() for p in files}
+    with pytest.raises(BadInput, match="not found"):
+        fresh.fetch(source.keys.encode(study, series, "1.2.3.4.5"))
+    with pytest.raises(BadInput, match="not found"):
+        fresh.stat(source.keys.encode(study, series, "1.2.3.4.5"))
+    with pytest.raises(BadInput, match="another hash key"):  # keys are authenticated
+        DicomwebSource(orthanc.dicomweb, settings, hash_key=b"other", max_object_bytes=1).fetch(one.key)
     with pytest.raises(BadInput):
         fresh.fetch("1.2.3.4.5")
     with pytest.raises(BadInput):
