@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,3 +226,42 @@ def test_search_by_uid_matches_an_upload_and_reidentifies_for_clinicians(
         "/v1/collections/pacs/search/dicomweb", "reader", json={**uids, "instance_uid": "1.2.3.4.5"}
     )
     assert gone.status_code == 404 and gone.json()["error"]["field"] == "instance_uid"
+
+
+def test_ingest_job_from_the_configured_pacs_only(setup: Setup) -> None:
+    for path in _dicoms(setup.archive, "CT"):
+        setup.orthanc.upload(path.read_bytes())
+    # The collection is created by the job (baseline encoder).
+    created = setup.post(
+        "/v1/ingest-jobs",
+        "ingest",
+        json={
+            "source": f"{setup.orthanc.dicomweb}?modality=CT",
+            "collections": ["jobs"],
+            "executor": "owner",
+        },
+    )
+    assert created.status_code in (200, 201, 202), created.text
+    job_id = created.json()["id"]
+    deadline = time.monotonic() + 120
+    while True:
+        job = httpx.get(
+            f"{setup.api.url}/v1/ingest-jobs/{job_id}", headers=headers("ingest"), timeout=30
+        ).json()
+        if job["state"] in ("done", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert job["state"] == "done", job
+    assert _count(setup, "jobs") >= len(_dicoms(setup.archive, "CT"))
+
+    # Any other server is refused: a job never makes radsearch call an arbitrary URL.
+    refused = setup.post(
+        "/v1/ingest-jobs",
+        "ingest",
+        json={
+            "source": "dicomweb+http://169.254.169.254/dicom-web",
+            "collections": ["jobs"],
+            "executor": "owner",
+        },
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "source", refused.text
