@@ -13,16 +13,26 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 
 from core.errors import ConfigError, SourceError
+from ingest.sources.base import ObjectRef
 
-__all__ = ["Cursor", "OrthancChanges", "WatchStats", "follow", "orthanc_rest_url"]
+__all__ = [
+    "Cursor",
+    "DateCursor",
+    "OrthancChanges",
+    "WatchStats",
+    "follow",
+    "follow_qido",
+    "orthanc_rest_url",
+]
 
 log = logging.getLogger(__name__)
 
@@ -144,4 +154,81 @@ def follow(
             if once:
                 break
             time.sleep(interval_s)
+    return stats
+
+
+class DateCursor:
+    """For servers without a change feed: the StudyDate a QIDO-RS poll starts from, and the ETag
+    equivalents delivered since then (studies of that day are listed again by the next poll)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> tuple[str | None, set[str]]:
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            return raw.get("since"), set(raw.get("seen", []))
+        except FileNotFoundError:
+            return None, set()
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"watch cursor {self.path} is unreadable; delete it to start over") from exc
+
+    def save(self, since: str | None, seen: set[str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump({"since": since, "seen": sorted(seen)}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+def follow_qido(
+    list_since: Callable[[str | None], Iterable[ObjectRef]],
+    cursor: DateCursor,
+    deliver: Callable[[list[ObjectRef]], None],
+    *,
+    interval_s: float = 60.0,
+    batch_size: int = 32,
+    stop: Callable[[], bool] = lambda: False,
+    once: bool = False,
+    today: Callable[[], str] = lambda: datetime.now(UTC).strftime("%Y%m%d"),
+) -> WatchStats:
+    """Poll by QIDO-RS: every instance of studies dated from the cursor's day on that was not
+    delivered yet, in batches; the cursor (day and delivered ETags) saved after each batch. Then
+    the day moves to the day the poll started (late instances of older studies are not seen:
+    that is what Orthanc's change feed is for)."""
+    stats = WatchStats()
+    while not stop():
+        since, seen = cursor.load()
+        before = set(seen)
+        started_day = today()
+        try:
+            batch: list[ObjectRef] = []
+            for ref in list_since(since):
+                if ref.etag in seen:
+                    continue
+                batch.append(ref)
+                if len(batch) >= batch_size:
+                    deliver(batch)
+                    stats.delivered += len(batch)
+                    seen.update(r.etag for r in batch)
+                    cursor.save(since, seen)
+                    batch = []
+            if batch:
+                deliver(batch)
+                stats.delivered += len(batch)
+                seen.update(r.etag for r in batch)
+        except SourceError as exc:
+            log.warning("watch: %s; retrying in %.1f s", exc, max(interval_s, 1.0))
+            time.sleep(max(interval_s, 1.0))
+            continue
+        # Kept while the day stays; on a new day only this round's (the new day's studies are among
+        # them): the set stays about one day of instances. What was delivered earlier and is
+        # listed again is delivered again: at-least-once, the same points.
+        cursor.save(started_day, seen if since == started_day else seen - before)
+        stats.rounds += 1
+        if once:
+            break
+        time.sleep(interval_s)
     return stats

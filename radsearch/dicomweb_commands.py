@@ -14,6 +14,7 @@ from typing import Any
 
 from core.config import Settings
 from core.errors import BadInput, ConfigError, SourceError
+from ingest.sources.base import ObjectRef
 
 __all__ = ["add_selector_options", "add_watch_command", "apply_selectors"]
 
@@ -63,6 +64,12 @@ def add_watch_command(sub: Any) -> None:
     watch.add_argument("--orthanc-url", help="Orthanc's REST root (default: the DICOMweb root's parent)")
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between polls once drained")
     watch.add_argument("--once", action="store_true", help="stop once the feed is drained")
+    watch.add_argument(
+        "--feed",
+        choices=("orthanc", "qido"),
+        default="orthanc",
+        help="orthanc: its /changes feed (default); qido: any DICOMweb server, polled by StudyDate",
+    )
     watch.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     watch.set_defaults(handler=_cmd_watch, remote_handler=_cmd_watch_remote, remote_mode="store")
 
@@ -78,37 +85,77 @@ def _stop_on_signals() -> Callable[[], bool]:
     return stopping.is_set
 
 
-def _follow(args: argparse.Namespace, settings: Settings, deliver: Callable[[list[str]], None]) -> int:
-    from ingest.sources.dicomweb import DicomwebSource, make_session
-    from ingest.watch import Cursor, OrthancChanges, cursor_path, follow, orthanc_rest_url
+def _follow(
+    args: argparse.Namespace, settings: Settings, source: Any, deliver: Callable[[list[Any]], None]
+) -> int:
+    """Follow the PACS (``--feed``), handing each batch of new instances' references to ``deliver``."""
+    from ingest.sources.dicomweb import DicomwebSource, make_session, with_selectors
+    from ingest.watch import (
+        Cursor,
+        DateCursor,
+        OrthancChanges,
+        cursor_path,
+        follow,
+        follow_qido,
+        orthanc_rest_url,
+    )
 
-    source = DicomwebSource(
-        args.source,
-        settings.dicomweb,
-        hash_key=settings.hash_key_bytes(),
-        max_object_bytes=settings.ingest.max_object_bytes,
-    )
-    source.close()
-    feed = OrthancChanges(
-        args.orthanc_url or orthanc_rest_url(source.base_url),
-        make_session(settings.dicomweb),
-        timeout_s=settings.dicomweb.timeout_s,
-    )
-    cursor = Cursor(cursor_path(settings.data_dir, source.name, args.collection))
-    stats = follow(
-        feed,
-        cursor,
-        deliver,
-        interval_s=args.interval,
-        page_size=settings.dicomweb.page_size,
-        stop=_stop_on_signals(),
-        once=args.once,
-    )
-    summary = {"collection": args.collection, "delivered": stats.delivered, "last": stats.last}
+    path = cursor_path(settings.data_dir, source.name, args.collection)
+    if args.feed == "qido":
+
+        def list_since(since: str | None) -> Any:
+            # The poll's day last: it replaces a --since of the source URI.
+            uri = with_selectors(args.source, since=since) if since else args.source
+            polled = DicomwebSource(
+                uri,
+                settings.dicomweb,
+                hash_key=settings.hash_key_bytes(),
+                max_object_bytes=settings.ingest.max_object_bytes,
+                name=source.name,
+            )
+            try:
+                yield from polled.list()
+            finally:
+                polled.close()
+
+        stats = follow_qido(
+            list_since,
+            DateCursor(path.with_name(path.stem + "-qido.json")),
+            deliver,
+            interval_s=args.interval,
+            batch_size=settings.ingest.batch_size,
+            stop=_stop_on_signals(),
+            once=args.once,
+        )
+        last: object = DateCursor(path.with_name(path.stem + "-qido.json")).load()[0]
+    else:
+        feed = OrthancChanges(
+            args.orthanc_url or orthanc_rest_url(source.base_url),
+            make_session(settings.dicomweb),
+            timeout_s=settings.dicomweb.timeout_s,
+        )
+
+        def deliver_uids(uids: list[str]) -> None:
+            # None: deleted since the change was logged
+            refs = [ref for ref in (source.ref_for_uid(uid) for uid in uids) if ref is not None]
+            if refs:
+                deliver(refs)
+
+        stats = follow(
+            feed,
+            Cursor(path),
+            deliver_uids,
+            interval_s=args.interval,
+            page_size=settings.dicomweb.page_size,
+            stop=_stop_on_signals(),
+            once=args.once,
+        )
+        last = stats.last
+    summary = {"collection": args.collection, "delivered": stats.delivered, "last": last}
     line = (
         json.dumps(summary)
         if args.json
-        else f"watch: {stats.delivered} instances delivered, cursor at change {stats.last}"
+        else f"watch: {stats.delivered} instances delivered, cursor at {last}"
     )
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -137,9 +184,7 @@ def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
         ensure_collection(catalog, args.collection, args.encoder)
         ctx = build_context(source, catalog, [args.collection], IngestOptions(), settings)
 
-        def deliver(uids: list[str]) -> None:
-            # None: deleted since the change was logged
-            refs = [ref for ref in (source.ref_for_uid(uid) for uid in uids) if ref is not None]
+        def deliver(refs: list[ObjectRef]) -> None:
             report = process_batch(ctx, refs, pool)
             if report.frames_indexed:
                 catalog.index.optimize(args.collection)
@@ -152,7 +197,7 @@ def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
             )
 
         try:
-            return _follow(args, settings, deliver)
+            return _follow(args, settings, source, deliver)
         finally:
             source.close()
 
@@ -176,12 +221,9 @@ def _cmd_watch_remote(args: argparse.Namespace, settings: Settings, url: str) ->
     headers = {"X-API-Key": settings.api_key.get_secret_value()} if settings.api_key else {}
     stow = f"{url.rstrip('/')}/v1/dicomweb/studies"
 
-    def deliver(uids: list[str]) -> None:
+    def deliver(refs: list[ObjectRef]) -> None:
         parts = []
-        for uid in uids:
-            ref = source.ref_for_uid(uid)
-            if ref is None:
-                continue  # deleted since the change was logged
+        for ref in refs:
             try:
                 parts.append(source.fetch(ref.key))
             except BadInput:
@@ -207,6 +249,6 @@ def _cmd_watch_remote(args: argparse.Namespace, settings: Settings, url: str) ->
         log.info("watch batch sent=%d status=%d", len(parts), response.status_code)
 
     try:
-        return _follow(args, settings, deliver)
+        return _follow(args, settings, source, deliver)
     finally:
         source.close()
