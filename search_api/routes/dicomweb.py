@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import anyio.to_thread
@@ -206,7 +207,8 @@ class DicomwebSearchQuery(BaseModel):
     (``instance_uid``), else the middle instance (by InstanceNumber) of the series
     (``series_uid``), else of the study's first series; ``frame`` picks a frame of a multi-frame
     instance (default: its middle one). ``filter``, ``limit``, ``offset`` and
-    ``score_threshold`` as for the JSON search."""
+    ``score_threshold`` as for the JSON search; ``exclude`` and ``group_by`` apply before
+    ``offset`` and ``limit``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -215,6 +217,14 @@ class DicomwebSearchQuery(BaseModel):
     instance_uid: str | None = Field(default=None, max_length=64, pattern=_UID_FIELD)
     frame: int | None = Field(default=None, ge=0, le=100_000)
     filter: SearchFilterIn | None = None
+    group_by: Literal["study", "series"] | None = Field(
+        default=None, description="at most one hit (the best) per study or series"
+    )
+    exclude: list[Literal["instance", "series", "study"]] = Field(
+        default_factory=list,
+        max_length=3,
+        description="leave out hits of the query's own instance, series or study",
+    )
     limit: int = Field(default=10, ge=1, description="at most the server's max_limit (1000 by default)")
     offset: int = Field(default=0, ge=0, le=100_000)
     score_threshold: float | None = Field(default=None, allow_inf_nan=False)
@@ -314,7 +324,8 @@ def _fetch_query_instance(settings: Settings, query: DicomwebSearchQuery) -> byt
 
 def _query_vector(
     catalog: Catalog, entry: CollectionEntry, settings: Settings, query: DicomwebSearchQuery
-) -> NDArray[np.float32]:
+) -> tuple[NDArray[np.float32], dict[str, str]]:
+    """The query vector and the keyed hashes of the query instance's UIDs (for ``exclude``)."""
     from search_api.services import _decode, _pick_frame, embed_frame
 
     data = _fetch_query_instance(settings, query)
@@ -325,7 +336,55 @@ def _query_vector(
         frame = decoded.frames[len(decoded.frames) // 2]
     else:
         frame = _pick_frame(decoded, query.frame)
-    return embed_frame(catalog=catalog, entry=entry, frame=frame)
+    hashes = {
+        level: value
+        for level, name in (("instance", "instance_hash"), ("series", "series_hash"), ("study", "study_hash"))
+        if isinstance(value := decoded.meta.get(name), str)
+    }
+    return embed_frame(catalog=catalog, entry=entry, frame=frame), hashes
+
+
+# Raw pages a grouped or excluding search reads at most before it answers with what it found.
+_MAX_PAGES = 20
+_GROUP_FIELD = {"study": "study_hash", "series": "series_hash"}
+_LEVEL_FIELD = {"instance": "instance_hash", "series": "series_hash", "study": "study_hash"}
+
+
+def _grouped(
+    search: Callable[[int, int], list[Hit]],
+    query: DicomwebSearchQuery,
+    query_hashes: dict[str, str],
+) -> list[Hit]:
+    """Hits in score order without the query's own ``exclude`` levels and, with ``group_by``, the
+    best hit per study or series; ``offset``/``limit`` count what remains. Reads raw pages of
+    the index until enough remain (at most `_MAX_PAGES`)."""
+    page = max(2 * (query.limit + query.offset), 20)
+    excluded = {
+        (_LEVEL_FIELD[level], query_hashes[level]) for level in query.exclude if level in query_hashes
+    }
+    seen: set[str] = set()
+    out: list[Hit] = []
+    skipped = 0
+    for n in range(_MAX_PAGES):
+        raw = search(page, n * page)
+        for hit in raw:
+            if any(hit.payload.get(field) == value for field, value in excluded):
+                continue
+            if query.group_by is not None:
+                group = hit.payload.get(_GROUP_FIELD[query.group_by])
+                key = str(group) if group is not None else f"point:{hit.id}"
+                if key in seen:
+                    continue
+                seen.add(key)
+            if skipped < query.offset:
+                skipped += 1
+                continue
+            out.append(hit)
+            if len(out) == query.limit:
+                return out
+        if len(raw) < page:
+            break
+    return out
 
 
 def reidentify(
@@ -397,20 +456,26 @@ async def search_by_dicomweb(
     check_limit(query.limit, settings, loc=("body", "limit"))
     search_filter = parse_filter(query.filter)
     started = time.perf_counter()
-    vector = await anyio.to_thread.run_sync(
+    vector, query_hashes = await anyio.to_thread.run_sync(
         partial(_query_vector, catalog, entry, settings, query), limiter=limiter
     )
 
-    def run() -> tuple[list[Hit], list[SearchWarning]]:
-        hits = services.search(
+    def search(limit: int, offset: int) -> list[Hit]:
+        return services.search(
             index=index,
             entry=entry,
             vector=vector,
             search_filter=search_filter,
-            limit=query.limit,
-            offset=query.offset,
+            limit=limit,
+            offset=offset,
             score_threshold=query.score_threshold,
         )
+
+    def run() -> tuple[list[Hit], list[SearchWarning]]:
+        if query.exclude or query.group_by:
+            hits = _grouped(search, query, query_hashes)
+        else:
+            hits = search(query.limit, query.offset)
         return hits, services.search_warnings(
             index=index, entry=entry, search_filter=search_filter, stored=stored
         )

@@ -217,6 +217,19 @@ def test_search_by_uid_matches_an_upload_and_reidentifies_for_clinicians(
     table = (setup.settings.data_dir / "reid" / "uids.sqlite").read_bytes()
     assert uids["study_uid"].encode() not in table and uids["instance_uid"].encode() not in table
 
+    # exclude and group_by: the query's own study left out, one hit per study, limit still met.
+    own_study = by_uid.json()["hits"][0]["payload"]["study_hash"]
+    others = setup.post(
+        "/v1/collections/pacs/search/dicomweb",
+        "reader",
+        json={**uids, "exclude": ["study"], "group_by": "study", "limit": 5},
+    )
+    assert others.status_code == 200, others.text
+    studies = [h["payload"]["study_hash"] for h in others.json()["hits"]]
+    assert len(studies) == 5 and own_study not in studies and len(set(studies)) == 5
+    unfiltered = [h["id"] for h in by_uid.json()["hits"] if h["payload"]["study_hash"] != own_study]
+    assert [h["id"] for h in others.json()["hits"]][:2] == unfiltered[:2]
+
     bad = setup.post("/v1/collections/pacs/search/dicomweb", "reader", json={"study_uid": "1.2.x"})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "study_uid"
     unknown = setup.post("/v1/collections/pacs/search/dicomweb", "reader", json={"study_uid": "1.2.3.4"})
