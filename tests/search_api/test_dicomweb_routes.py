@@ -63,28 +63,28 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             }
         },
     )
-    settings = Settings(
-        data_dir=root / "data",
-        runtime=RuntimeSettings(device="cpu", dtype="float32"),
-        security=SecuritySettings(
-            hash_key=SecretStr("test-hash-key"),
-            api_keys=[
-                ApiKeyEntry(name=f"{role}-bot", role=role, sha256=hash_api_key(key))
-                for role, key in KEYS.items()
-            ],
-        ),
-        dicomweb=DicomwebSettings(
-            url=orthanc.dicomweb, viewer="https://ohif.example", reid_key=SecretStr(REID_KEY)
-        ),
-    )
-    with open_catalog(settings, owner="test") as catalog:
-        ensure_collection(catalog, "pacs", None)
-        ensure_collection(catalog, "uploads", None)
-    api = ServedApp(settings, port=api_port)
     try:
-        with api:
+        settings = Settings(
+            data_dir=root / "data",
+            runtime=RuntimeSettings(device="cpu", dtype="float32"),
+            security=SecuritySettings(
+                hash_key=SecretStr("test-hash-key"),
+                api_keys=[
+                    ApiKeyEntry(name=f"{role}-bot", role=role, sha256=hash_api_key(key))
+                    for role, key in KEYS.items()
+                ],
+            ),
+            dicomweb=DicomwebSettings(
+                url=orthanc.dicomweb, viewer="https://ohif.example", reid_key=SecretStr(REID_KEY)
+            ),
+        )
+        with open_catalog(settings, owner="test") as catalog:
+            ensure_collection(catalog, "pacs", None)
+            ensure_collection(catalog, "uploads", None)
+        with ServedApp(settings, port=api_port) as api:
             yield Setup(orthanc, api, archive, settings)
     finally:
+        # Stopped whatever failed after it started (a leaked Orthanc outlives the test run).
         orthanc.stop()
 
 
