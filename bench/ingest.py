@@ -5,7 +5,9 @@
 "ratio", ...}``. ``encoder_only`` runs the same encoder, batch size and dtype on already-decoded,
 already-preprocessed tensors in the same process. Model encoders use random weights when no weights
 are available (a speed benchmark, not a quality one), and the output says so. ``--source s3``
-serves the DICOMs from moto's S3 server (a Python process on the same cores) over HTTP.
+serves the DICOMs from moto's S3 server (a Python process on the same cores) over HTTP;
+``--source dicomweb`` from a local Orthanc over DICOMweb (QIDO-RS + WADO-RS), and the same files
+from the local folder in the same run (``local_images_per_s``, ``dicomweb_vs_local``).
 
 For a model encoder running in bf16 the same run also loads it in fp32 and reports the fp32
 encoder-only rate and ``bf16_vs_fp32_mean_cosine`` over the embeddings of the same images.
@@ -24,10 +26,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from common import emit, moto_server, write_ct_dicoms
+from orthanc import orthanc_with
 
 from core.catalog import Catalog
 from core.config import RuntimeSettings, S3Settings, Settings
@@ -77,9 +81,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="radsearch-bench-") as tmp:
         root = Path(tmp)
         files = write_ct_dicoms(root / "images", args.n, size=args.size)
-        with moto_server() if args.source == "s3" else _null() as s3_info:
+        with (
+            moto_server() if args.source == "s3" else _null() as s3_info,
+            orthanc_with(files) if args.source == "dicomweb" else _null() as dicomweb_uri,
+        ):
             s3 = None
-            source_uri = str(root / "images")
+            source_uri = dicomweb_uri or str(root / "images")
             if s3_info is not None:
                 from minio import Minio
 
@@ -112,6 +119,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 only_after, _ = _encoder_only_rate(encoder, batch, settings.ingest.batch_size)
                 only = (only_before + only_after) / 2
                 extra: dict[str, object] = {}
+                if args.source == "dicomweb":
+                    # The same files from the local folder, in the same run: the PACS's cost.
+                    catalog.create("bench_local", spec)
+                    local = open_source(str(root / "images"), settings)
+                    local_ctx = build_context(
+                        local, catalog, ["bench_local"], IngestOptions(skip_unchanged=False), settings
+                    )
+                    local_report = ingest_inline(local_ctx, settings, progress=False)
+                    local_rate = local_report.frames_indexed / local_report.seconds
+                    extra["local_images_per_s"] = round(local_rate, 2)
+                    extra["dicomweb_vs_local"] = round(e2e / local_rate, 3)
                 if encoder.dtype == torch.bfloat16:
                     fp32_settings = settings.model_copy(deep=True)
                     fp32_settings.runtime.dtype = "float32"
@@ -151,7 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 class _null:
-    def __enter__(self) -> None:
+    def __enter__(self) -> Any:
         return None
 
     def __exit__(self, *exc: object) -> None:
@@ -163,7 +181,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--encoder", default="baseline")
     parser.add_argument("--weights", default="random", help="weights for model encoders (default random)")
-    parser.add_argument("--source", choices=("local", "s3"), default="local")
+    parser.add_argument("--source", choices=("local", "s3", "dicomweb"), default="local")
     parser.add_argument("--size", type=int, default=512, help="DICOM rows/columns")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="decode threads")

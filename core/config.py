@@ -21,6 +21,7 @@ __all__ = [
     "ApiKeyEntry",
     "ApiSettings",
     "CelerySettings",
+    "DicomwebSettings",
     "EventSettings",
     "IngestSettings",
     "ModelSettings",
@@ -147,7 +148,7 @@ class IngestSettings(BaseModel):
     decode_timeout_s: float = Field(default=30.0, gt=0)
 
 
-RoleName = Literal["reader", "ingest", "admin", "metrics"]
+RoleName = Literal["reader", "ingest", "admin", "metrics", "clinician"]
 
 
 class ApiKeyEntry(BaseModel):
@@ -291,6 +292,33 @@ class EventSettings(BaseModel):
     subscriptions: list[Subscription] = Field(default_factory=list)
 
 
+class DicomwebSettings(BaseModel):
+    """A PACS spoken to over DICOMweb (QIDO-RS, WADO-RS): credentials for ``dicomweb+http(s)://``
+    sources, the PACS that searches by UID fetch from, viewer deep links and re-identification.
+
+    Credentials are basic (``username``/``password``) or bearer (``bearer_token``), never logged."""
+
+    #: The PACS searches by UID and ``watch`` use, e.g. ``dicomweb+http://pacs:8042/dicom-web``.
+    url: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    bearer_token: SecretStr | None = None
+    #: Results per QIDO-RS page (studies, series, instances).
+    page_size: int = Field(default=100, ge=1, le=10_000)
+    #: WADO-RS retrievals in flight at once, per source.
+    fetch_workers: int = Field(default=4, ge=1, le=64)
+    timeout_s: float = Field(default=30.0, gt=0)
+    #: The collection instances pushed by STOW-RS (``POST /v1/dicomweb/studies``) go to, unless
+    #: the request names one (``?collection=``).
+    stow_collection: str = "pacs"
+    #: The viewer hits link to (``{viewer}`` in the template), e.g. an OHIF at ``https://ohif.example``.
+    viewer: str | None = None
+    viewer_template: str = "{viewer}/viewer?StudyInstanceUIDs={study_uid}"
+    #: Fernet key (urlsafe base64 of 32 bytes) of the re-identification table; generated once per
+    #: data dir (``<data_dir>/reid.key``) if unset.
+    reid_key: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     """All of radsearch's configuration."""
 
@@ -318,6 +346,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)
     events: EventSettings = Field(default_factory=EventSettings)
+    dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
 
     @property
     def index_dir(self) -> Path:

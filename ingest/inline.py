@@ -18,6 +18,7 @@ from ingest.pipeline import BatchReport, PipelineContext, Target, run_pipeline
 from ingest.planner import plan_batches
 from ingest.prune import DEFAULT_MAX_DELETE_FRACTION, SourceDiff, check_deletions, prune_gone, source_diffs
 from ingest.readers import DecodeLimits
+from ingest.reid import open_reid_table
 from ingest.sources.base import ObjectRef, Source
 
 __all__ = [
@@ -96,6 +97,7 @@ def build_context(
         skip_unchanged=options.skip_unchanged,
         accept_burned_in=options.accept_burned_in,
         insert_only=insert_only,
+        reid=open_reid_table(settings),
     )
 
 

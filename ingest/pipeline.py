@@ -34,6 +34,7 @@ from core.payload import SearchFilter, build_payload, image_point_id, labels_has
 from ingest.labels import Labeler
 from ingest.prune import delete_keys
 from ingest.readers import DecodeLimits
+from ingest.reid import ReidTable, read_uids
 from ingest.sources.base import ObjectRef, Source
 
 __all__ = [
@@ -127,6 +128,8 @@ class PipelineContext:
     accept_burned_in: bool = False
     # Leave points that already exist untouched (a backfill never overwrites a concurrent ingest).
     insert_only: bool = False
+    # Where the UIDs of indexed DICOM instances are kept, encrypted (None: not kept).
+    reid: ReidTable | None = None
 
 
 # Modalities whose images routinely carry burned-in patient text (PS3.15 E.3.1: "Ultrasound images
@@ -192,6 +195,11 @@ def _load(ctx: PipelineContext, ref: ObjectRef, positions: list[int]) -> _Loaded
         reason = burned_in_reason(decoded.meta, decoded.labels)
         if reason is not None:
             return FailedItem(ref.key, reason, quarantined=True)
+    instance_hash = decoded.meta.get("instance_hash")
+    if ctx.reid is not None and isinstance(instance_hash, str):
+        uids = read_uids(data)
+        if uids is not None:
+            ctx.reid.record(instance_hash, uids)
     labels = ctx.labeler.labels(
         ref.key, dicom_tags=decoded.labels, object_metadata={**ref.metadata, **metadata}
     )

@@ -29,6 +29,7 @@ from search_api.routes import (
     admin,
     collections,
     compare,
+    dicomweb,
     evaluation,
     events,
     health,
@@ -113,6 +114,8 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     app.include_router(workers.router)
     app.include_router(events.router)
     app.include_router(metrics.router)
+    app.include_router(dicomweb.router)
+    app.include_router(dicomweb.search_router)
     app.include_router(web.router)
     check_route_policies(app)
     install_openapi(app, settings)
@@ -123,7 +126,9 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     def body_limit(scope: Scope) -> int:
         route = route_table.match(scope)
         # Image uploads, and batches of points (256 x 768-d vectors are ~4 MB of JSON).
-        if route is not None and (is_upload_route(route) or points.takes_batches(route)):
+        if route is not None and (
+            is_upload_route(route) or points.takes_batches(route) or dicomweb.takes_uploads(route)
+        ):
             return upload_limit
         return settings.api.max_json_bytes
 

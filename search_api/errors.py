@@ -51,6 +51,7 @@ __all__ = [
     "ApiError",
     "ErrorBody",
     "ErrorInfo",
+    "NotInPacs",
     "ObjectGone",
     "ObjectQuarantined",
     "UnknownField",
@@ -107,6 +108,15 @@ class UnknownField(BadInput):
         self.field = field
 
 
+class NotInPacs(BadInput):
+    """The configured PACS holds no study, series or instance with the UIDs given (``field``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.args = (reason,)
+        self.field = field
+
+
 class ApiError(HTTPException):
     """An HTTP-level refusal (auth, queue, job ids) with its stable ``code`` and optional field."""
 
@@ -131,6 +141,7 @@ STATUS_BY_ERROR: dict[type[RadsearchError], int] = {
     CollectionExists: 409,
     DeletionRefused: 409,
     ObjectGone: 404,
+    NotInPacs: 404,
     ObjectQuarantined: 410,
     TooLarge: 413,
     UnsupportedFormat: 415,

@@ -9,7 +9,10 @@ Roles (least privilege; a key has one role, a token may carry several):
 - ``reader``: search, points, facets, thumbnails (de-identified payload and pixels);
 - ``ingest``: ingest jobs (the bucket webhook has its own token, see ``routes/events.py``);
 - ``admin``: collections, aliases, deletions, backfills; also grants ``ingest``, not ``reader``
-  (an administrator manages collections but does not look at images).
+  (an administrator manages collections but does not look at images);
+- ``clinician``: what ``reader`` may, and hits re-identified (Study/Series/SOP Instance UIDs and a
+  viewer link) where the collection has a re-identification table; every re-identified hit is
+  audited. Never granted by the open mode: re-identification needs a configured key or token.
 
 Collection metadata (names, encoders, counts) is readable by every role.
 
@@ -78,6 +81,7 @@ class Role(StrEnum):
     ADMIN = "admin"
     # Reads /metrics only: the key a Prometheus server scrapes with.
     METRICS = "metrics"
+    CLINICIAN = "clinician"
 
 
 # What holding a role lets a principal do.
@@ -86,6 +90,7 @@ _GRANTS: dict[Role, frozenset[Role]] = {
     Role.INGEST: frozenset({Role.INGEST}),
     Role.ADMIN: frozenset({Role.ADMIN, Role.INGEST, Role.METRICS}),
     Role.METRICS: frozenset({Role.METRICS}),
+    Role.CLINICIAN: frozenset({Role.CLINICIAN, Role.READER}),
 }
 _ROLE_NAMES = frozenset(role.value for role in Role)
 _AUDITED = frozenset({Role.INGEST, Role.ADMIN})
@@ -201,7 +206,7 @@ class Authenticator:
 _api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key")
 _bearer_scheme = HTTPBearer(auto_error=False, description="An OIDC access token (JWT) or an API key")
 
-_LOCAL = Principal("local", frozenset(Role), "open")
+_LOCAL = Principal("local", frozenset(Role) - {Role.CLINICIAN}, "open")
 
 
 def _is_local_client(host: str | None) -> bool:

@@ -1,4 +1,4 @@
-"""Where objects come from: a local folder or an S3 bucket, addressed by a source URI."""
+"""Where objects come from: a folder, an S3 bucket or a PACS over DICOMweb, addressed by a source URI."""
 
 from ingest.sources.base import ObjectRef, Source
 from ingest.sources.factory import open_source

@@ -13,7 +13,9 @@ __all__ = ["open_source"]
 
 
 def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Source:
-    """``s3://bucket/prefix`` (endpoint and credentials from settings) or a local folder; ``name``
+    """``s3://bucket/prefix`` (endpoint and credentials from settings), a DICOMweb server
+    (``dicomweb+http(s)://HOST/PREFIX?study=&modality=&since=``, credentials from settings) or a
+    local folder; ``name``
     overrides the source's stable name (`Source.name`)."""
     if uri.startswith("s3://"):
         from ingest.sources.s3 import S3Source
@@ -26,8 +28,21 @@ def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Sou
             max_object_bytes=settings.ingest.max_object_bytes,
             name=name,
         )
+    if uri.startswith(("dicomweb+http://", "dicomweb+https://")):
+        from ingest.sources.dicomweb import DicomwebSource
+
+        return DicomwebSource(
+            uri,
+            settings.dicomweb,
+            hash_key=settings.hash_key_bytes(),
+            max_object_bytes=settings.ingest.max_object_bytes,
+            name=name,
+        )
     if "://" in uri and not uri.startswith("file://"):
-        raise ConfigError(f"unsupported source {uri!r}; use s3://bucket/prefix or a local folder")
+        raise ConfigError(
+            f"unsupported source {uri!r}; use s3://bucket/prefix, dicomweb+http(s)://HOST/PREFIX "
+            "or a local folder"
+        )
     from ingest.sources.local import LocalSource
 
     path = Path(uri.removeprefix("file://"))

@@ -12,6 +12,7 @@ from core.config import Settings
 from core.errors import ConfigError
 from radsearch.commands import remote
 from radsearch.commands.common import EXIT_OK, print_json
+from radsearch.commands.dicomweb import add_selector_options
 from radsearch.commands.jobs import ingest_celery, print_job_result
 from radsearch.commands.options import add_sync_options, check_prune_args
 
@@ -184,7 +185,9 @@ def _ingest_remote_mode(args: argparse.Namespace) -> remote.RemoteMode:
 def add_ingest_command(sub: Any) -> None:
     """Register ``radsearch ingest`` on the ``radsearch`` subparsers."""
     ingest = sub.add_parser("ingest", help="embed and index every image of a source")
-    ingest.add_argument("source", help="s3://bucket/prefix or a local folder")
+    ingest.add_argument(
+        "source", help="s3://bucket/prefix, dicomweb+http(s)://HOST/PREFIX (a PACS) or a local folder"
+    )
     ingest.add_argument("--collection", required=True)
     ingest.add_argument("--encoder", help="encoder for a new collection (default: baseline)")
     ingest.add_argument("--weights", help="weights for a new collection: path, s3:// URI, hub id or 'random'")
@@ -209,4 +212,5 @@ def add_ingest_command(sub: Any) -> None:
         help="also delete the points of objects gone from the source (inline or through a server)",
     )
     add_sync_options(ingest)
+    add_selector_options(ingest)
     ingest.set_defaults(handler=_cmd_ingest, remote_handler=_remote_ingest, remote_mode=_ingest_remote_mode)

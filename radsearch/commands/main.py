@@ -36,6 +36,7 @@ from radsearch.commands.common import (
     print_json,
 )
 from radsearch.commands.demo import add_demo_command
+from radsearch.commands.dicomweb import add_watch_command, apply_selectors
 from radsearch.commands.encoders import add_encoders_command
 from radsearch.commands.eval import add_eval_command
 from radsearch.commands.ingest import add_ingest_command
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_command(sub)
     add_worker_command(sub)
     add_jobs_commands(sub)
+    add_watch_command(sub)
     return parser
 
 
@@ -98,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
         if settings.log_format != "text":
             configure_logging(args.verbose, settings.log_format)
+        apply_selectors(args)
         url = remote_url(args, settings)
         if url:
             remote_code: int = args.remote_handler(args, settings, url)

@@ -3,6 +3,7 @@ or by the store's owner itself, this API process, with the inline pipeline (``ex
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Literal, ParamSpec, TypeVar
 
@@ -21,7 +22,7 @@ from ingest.sources.base import check_source_name
 from search_api import admin_services
 from search_api.backfill_jobs import OwnerIngest, check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, check_job_id, worker_gateway
-from search_api.errors import ApiError, error_responses
+from search_api.errors import ApiError, UnknownField, error_responses
 from search_api.offload import in_thread
 from search_api.schemas import IngestJobPublic, IngestJobsPublic
 from search_api.security import Role, note_collections, require_role
@@ -102,10 +103,12 @@ class IngestJobCreate(BaseModel):
     def _check_source(cls, value: str, info: ValidationInfo) -> str:
         # Only buckets on the configured S3 endpoint: never a URL or a path on the worker's disk.
         # The owner may read a folder, once the route's `check_local_path` allows it.
-        if S3_URI.match(value) or (_owner(info) and _absolute_path(value)):
+        # A PACS only if it is the configured one (`check_dicomweb_source`, in the route).
+        if S3_URI.match(value) or DICOMWEB_URI.match(value) or (_owner(info) and _absolute_path(value)):
             return value
         raise ValueError(
-            "source must be s3://bucket/prefix" + (" or an absolute path" if _owner(info) else "")
+            "source must be s3://bucket/prefix, the configured PACS (dicomweb+http(s)://...)"
+            + (" or an absolute path" if _owner(info) else "")
         )
 
     @field_validator("manifest")
@@ -138,6 +141,19 @@ class IngestJobCreate(BaseModel):
                 "what is gone (radsearch reconcile)"
             )
         return self
+
+
+DICOMWEB_URI = re.compile(r"^dicomweb\+https?://[^\s\x00]+$")
+
+
+def check_dicomweb_source(source: str, settings: Settings) -> None:
+    """A DICOMweb source of a job must be the configured PACS (``dicomweb.url``, selectors
+    allowed): a job never makes the server or its workers call an arbitrary URL."""
+    from ingest.sources.dicomweb import parse_dicomweb_uri
+
+    allowed = settings.dicomweb.url
+    if not allowed or parse_dicomweb_uri(source).base_url != parse_dicomweb_uri(allowed).base_url:
+        raise UnknownField("source", "a DICOMweb source must be the configured PACS (dicomweb.url)")
 
 
 def _owner(info: ValidationInfo) -> bool:
@@ -198,7 +214,7 @@ def _create_owner(request: Request, body: IngestJobCreate) -> JobRecord:
     settings = request.app.state.settings
     open_api: bool = request.app.state.authenticator.open
     source, manifest = body.source, body.manifest
-    if not S3_URI.match(source):
+    if not S3_URI.match(source) and not DICOMWEB_URI.match(source):
         folder = check_local_path(source, settings=settings, open_api=open_api, what="source folder")
         if not folder.is_dir():
             raise ConfigError("the source folder does not exist or is not a folder")
@@ -243,6 +259,8 @@ async def create_ingest_job(body: IngestJobCreate, request: Request, response: R
     """Submit a bulk ingest job: the workers list the source and embed it in batches, or with
     ``executor`` owner this server runs it (collections are created first, as needed)."""
     note_collections(request, body.collections)
+    if DICOMWEB_URI.match(body.source):
+        check_dicomweb_source(body.source, request.app.state.settings)
     job: JobRecord
     if body.executor == "owner":
         job = await in_thread(_create_owner, request, body)

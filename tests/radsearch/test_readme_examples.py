@@ -60,6 +60,10 @@ NOT_RUN: dict[str, str] = {
     "radsearch serve &": "the scaled-out layout (the served owner here comes from the same command)",
     "radsearch serve\n": "the scaled-out layout against a Qdrant server (none can run here)",
     "$Q/collections": "a Qdrant server's own snapshot API (no Qdrant server can run here)",
+    "dicomweb+http://127.0.0.1:8042/dicom-web": "needs an Orthanc (tests/ingest/test_dicomweb_source.py, "
+    "tests/radsearch/test_dicomweb_watch.py start one)",
+    "dicom-web/servers/radsearch/stow": "needs an Orthanc (tests/search_api/test_dicomweb_routes.py)",
+    "search/dicomweb": "needs an Orthanc (tests/search_api/test_dicomweb_routes.py)",
 }
 
 # The README's hosts, buckets and files, and what stands in for them here.

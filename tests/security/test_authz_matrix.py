@@ -25,7 +25,13 @@ from search_api.routing import iter_routes
 from search_api.security import AUDIT_LOGGER, Role, route_policy
 from tests.security.conftest import KEYS, WEBHOOK_TOKEN, SecuredApp, key_headers, mint_jwt
 
-READER, INGEST, ADMIN, METRICS = Role.READER, Role.INGEST, Role.ADMIN, Role.METRICS
+READER, INGEST, ADMIN, METRICS, CLINICIAN = (
+    Role.READER,
+    Role.INGEST,
+    Role.ADMIN,
+    Role.METRICS,
+    Role.CLINICIAN,
+)
 ANY_ROLE = frozenset({READER, INGEST, ADMIN})
 PUBLIC = "public"
 WEBHOOK = "webhook"
@@ -43,6 +49,10 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("POST", "/v1/collections/{name}/search"): frozenset({READER}),
     ("POST", "/v1/collections/{name}/search/image"): frozenset({READER}),
     ("POST", "/v1/collections/{name}/evaluate"): frozenset({READER}),
+    ("POST", "/v1/collections/{name}/search/dicomweb"): frozenset({READER}),
+    # A PACS or modality pushes instances (STOW-RS): the ingest side.
+    ("POST", "/v1/dicomweb/studies"): frozenset({INGEST}),
+    ("POST", "/v1/dicomweb/studies/{study_uid}"): frozenset({INGEST}),
     # The store's owner writes what the workers (or users) computed: the ingest side.
     ("PUT", "/v1/collections/{name}/points"): frozenset({INGEST}),
     ("POST", "/v1/collections/{name}/points/delete"): frozenset({INGEST}),
@@ -80,7 +90,13 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
 }
 
 # Role grants: admin also holds ingest and metrics, never reader (see search_api/security.py).
-GRANTS = {READER: {READER}, INGEST: {INGEST}, ADMIN: {ADMIN, INGEST, METRICS}, METRICS: {METRICS}}
+GRANTS = {
+    READER: {READER},
+    INGEST: {INGEST},
+    ADMIN: {ADMIN, INGEST, METRICS},
+    METRICS: {METRICS},
+    CLINICIAN: {CLINICIAN, READER},
+}
 
 CALLERS: dict[str, dict[str, str]] = {
     "anonymous": {},

@@ -27,7 +27,8 @@ ROLES = ["anonymous", "reader", "ingest", "admin"]
 
 # Where the defaults of two checks do not fit this API, by design and documented per operation:
 # - an image's content cannot be expressed in a schema: a schema-valid upload of random bytes is
-#   refused 400/415 (not an image), so the upload routes may answer those to valid data;
+#   refused 400/415 (not an image; STOW-RS: not multipart/related DICOM), so the upload routes may
+#   answer those to valid data;
 # - rules no schema states: an encoder name the registry lacks or a spec that cannot load (400
 #   invalid_request/encoder_not_found), a backfill origin that is neither a collection nor s3://,
 #   an alias named like a collection, an ingest source whose form depends on the executor (422);
@@ -53,7 +54,12 @@ CONFIG = {
             },
         },
         {
-            "include-operation-id": ["search_by_image", "compare_collections"],
+            "include-operation-id": [
+                "search_by_image",
+                "compare_collections",
+                "stow_instances",
+                "stow_study_instances",
+            ],
             "checks": {
                 "positive_data_acceptance": {
                     "expected-statuses": ["2xx", "400", "401", "403", "404", "409", "415", "429"]

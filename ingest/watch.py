@@ -1,0 +1,234 @@
+"""Following a PACS: Orthanc's ``/changes`` feed, a durable cursor, at-least-once delivery.
+
+`follow` reads the feed from the stored cursor, hands each page's new instances (SOP Instance
+UIDs) to ``deliver`` and only then advances the cursor (written atomically): a watcher killed at
+any point resumes from the last delivered page, so nothing is missed; an instance delivered twice
+writes the same point ids (from its SOP Instance UID), so nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from core.errors import ConfigError, SourceError
+from ingest.sources.base import ObjectRef
+
+__all__ = [
+    "Cursor",
+    "DateCursor",
+    "OrthancChanges",
+    "WatchStats",
+    "follow",
+    "follow_qido",
+    "orthanc_rest_url",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Cursor:
+    """The last change sequence number delivered, in a small JSON file replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> int:
+        try:
+            return int(json.loads(self.path.read_text(encoding="utf-8"))["last"])
+        except FileNotFoundError:
+            return 0
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"watch cursor {self.path} is unreadable; delete it to start over") from exc
+
+    def save(self, last: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump({"last": last}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+def cursor_path(data_dir: Path, source_name: str, collection: str) -> Path:
+    """Where the cursor of a watch of ``source_name`` into ``collection`` lives."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{source_name}--{collection}")
+    return data_dir / "watch" / f"{safe}.json"
+
+
+def orthanc_rest_url(dicomweb_base: str) -> str:
+    """Orthanc's REST root from its DICOMweb root (``http://h:8042/dicom-web`` → ``http://h:8042``):
+    the plugin's root is one path segment under the REST API."""
+    parts = urlsplit(dicomweb_base)
+    path = parts.path.rstrip("/").rsplit("/", 1)[0]
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+class OrthancChanges:
+    """Orthanc's change log (``GET /changes?since=&limit=``), new instances only."""
+
+    def __init__(self, rest_url: str, session: requests.Session, *, timeout_s: float = 30.0) -> None:
+        self.rest_url = rest_url.rstrip("/")
+        self.session = session
+        self.timeout_s = timeout_s
+
+    def _get(self, path: str, **params: int) -> requests.Response:
+        try:
+            response = self.session.get(f"{self.rest_url}{path}", params=params, timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise SourceError(f"cannot reach Orthanc at {self.rest_url}: {type(exc).__name__}") from exc
+        if response.status_code >= 500 or response.status_code in (401, 403):
+            raise SourceError(f"Orthanc at {self.rest_url} answered HTTP {response.status_code}")
+        return response
+
+    def page(self, since: int, limit: int) -> tuple[list[str], int, bool]:
+        """(Orthanc ids of instances created after ``since``, the last sequence number read,
+        whether the feed is drained)."""
+        body = self._get("/changes", since=since, limit=limit).json()
+        ids = [
+            str(change["ID"])
+            for change in body.get("Changes", [])
+            if change.get("ChangeType") == "NewInstance"
+        ]
+        return ids, int(body.get("Last", since)), bool(body.get("Done", True))
+
+    def sop_uid(self, orthanc_id: str) -> str | None:
+        """The SOP Instance UID of an Orthanc instance; None once it is gone."""
+        if not re.fullmatch(r"[0-9a-f-]{1,64}", orthanc_id):
+            return None
+        response = self._get(f"/instances/{orthanc_id}")
+        if response.status_code == 404:
+            return None
+        value = (response.json().get("MainDicomTags") or {}).get("SOPInstanceUID")
+        return str(value) if value else None
+
+
+@dataclass
+class WatchStats:
+    rounds: int = 0
+    delivered: int = 0
+    last: int = 0
+
+
+def follow(
+    feed: OrthancChanges,
+    cursor: Cursor,
+    deliver: Callable[[list[str]], None],
+    *,
+    interval_s: float = 1.0,
+    page_size: int = 100,
+    stop: Callable[[], bool] = lambda: False,
+    once: bool = False,
+) -> WatchStats:
+    """Deliver the SOP Instance UIDs of new instances page by page, the cursor advanced after
+    each delivered page; polls every ``interval_s`` once drained; ``once``: stop when drained."""
+    stats = WatchStats(last=cursor.load())
+    while not stop():
+        try:
+            ids, last, done = feed.page(stats.last, page_size)
+            uids = [uid for uid in (feed.sop_uid(i) for i in ids) if uid]
+            if uids:
+                deliver(uids)
+                stats.delivered += len(uids)
+        except SourceError as exc:
+            # The PACS (or the radsearch server) is away for now: the same page again later.
+            log.warning("watch: %s; retrying in %.1f s", exc, max(interval_s, 1.0))
+            time.sleep(max(interval_s, 1.0))
+            continue
+        if last > stats.last or stats.rounds == 0:
+            cursor.save(last)
+            stats.last = last
+        stats.rounds += 1
+        if done:
+            if once:
+                break
+            time.sleep(interval_s)
+    return stats
+
+
+class DateCursor:
+    """For servers without a change feed: the StudyDate a QIDO-RS poll starts from, and the ETag
+    equivalents delivered since then (studies of that day are listed again by the next poll)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> tuple[str | None, set[str]]:
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            return raw.get("since"), set(raw.get("seen", []))
+        except FileNotFoundError:
+            return None, set()
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"watch cursor {self.path} is unreadable; delete it to start over") from exc
+
+    def save(self, since: str | None, seen: set[str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump({"since": since, "seen": sorted(seen)}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+def follow_qido(
+    list_since: Callable[[str | None], Iterable[ObjectRef]],
+    cursor: DateCursor,
+    deliver: Callable[[list[ObjectRef]], None],
+    *,
+    interval_s: float = 60.0,
+    batch_size: int = 32,
+    stop: Callable[[], bool] = lambda: False,
+    once: bool = False,
+    today: Callable[[], str] = lambda: datetime.now(UTC).strftime("%Y%m%d"),
+) -> WatchStats:
+    """Poll by QIDO-RS: every instance of studies dated from the cursor's day on that was not
+    delivered yet, in batches; the cursor (day and delivered ETags) saved after each batch. Then
+    the day moves to the day the poll started (late instances of older studies are not seen:
+    that is what Orthanc's change feed is for)."""
+    stats = WatchStats()
+    while not stop():
+        since, seen = cursor.load()
+        before = set(seen)
+        started_day = today()
+        try:
+            batch: list[ObjectRef] = []
+            for ref in list_since(since):
+                if ref.etag in seen:
+                    continue
+                batch.append(ref)
+                if len(batch) >= batch_size:
+                    deliver(batch)
+                    stats.delivered += len(batch)
+                    seen.update(r.etag for r in batch)
+                    cursor.save(since, seen)
+                    batch = []
+            if batch:
+                deliver(batch)
+                stats.delivered += len(batch)
+                seen.update(r.etag for r in batch)
+        except SourceError as exc:
+            log.warning("watch: %s; retrying in %.1f s", exc, max(interval_s, 1.0))
+            time.sleep(max(interval_s, 1.0))
+            continue
+        # Kept while the day stays; on a new day only this round's (the new day's studies are among
+        # them): the set stays about one day of instances. What was delivered earlier and is
+        # listed again is delivered again: at-least-once, the same points.
+        cursor.save(started_day, seen if since == started_day else seen - before)
+        stats.rounds += 1
+        if once:
+            break
+        time.sleep(interval_s)
+    return stats

@@ -1,0 +1,254 @@
+"""Command-line parts for PACS sources (``dicomweb+http(s)://``): the ``ingest`` selectors and
+``radsearch watch``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from core.config import Settings
+from core.errors import BadInput, ConfigError, SourceError
+from ingest.sources.base import ObjectRef
+
+__all__ = ["add_selector_options", "add_watch_command", "apply_selectors"]
+
+log = logging.getLogger(__name__)
+
+
+def add_selector_options(parser: argparse.ArgumentParser) -> None:
+    """``--study UID`` (repeatable), ``--modality CT``, ``--since YYYY-MM-DD``: which instances of a
+    DICOMweb source to take."""
+    group = parser.add_argument_group("DICOMweb selectors (dicomweb+http(s):// sources only)")
+    group.add_argument(
+        "--study", action="append", dest="dicomweb_studies", metavar="UID", help="a Study Instance UID"
+    )
+    group.add_argument("--modality", dest="dicomweb_modality", metavar="CODE", help="e.g. CT")
+    group.add_argument("--since", dest="dicomweb_since", metavar="YYYY-MM-DD", help="studies from this date")
+
+
+def apply_selectors(args: argparse.Namespace) -> None:
+    """Fold the selector options into ``args.source``'s query string (so the source URI alone says
+    what to take, through Celery jobs and servers too); `ConfigError` for selectors on another
+    kind of source."""
+    studies = getattr(args, "dicomweb_studies", None)
+    modality = getattr(args, "dicomweb_modality", None)
+    since = getattr(args, "dicomweb_since", None)
+    if not (studies or modality or since):
+        return
+    from ingest.sources.dicomweb import is_dicomweb_uri, parse_dicomweb_uri, with_selectors
+
+    if not is_dicomweb_uri(args.source):
+        raise ConfigError("--study, --modality and --since apply to dicomweb+http(s):// sources only")
+    args.source = with_selectors(args.source, studies=studies, modality=modality, since=since)
+    parse_dicomweb_uri(args.source)  # a bad selector fails here, before anything is opened
+
+
+def add_watch_command(sub: Any) -> None:
+    """``radsearch watch dicomweb+http(s)://HOST/PREFIX --collection NAME``."""
+    watch = sub.add_parser(
+        "watch",
+        help="follow a PACS (Orthanc's change feed) and index each new instance",
+        description="Follow Orthanc's /changes feed from a cursor kept in the data dir (resumable, "
+        "at-least-once) and index each new instance: here, or through the radsearch server "
+        "(--url or the store's serving owner) by STOW-RS.",
+    )
+    watch.add_argument("source", help="dicomweb+http(s)://HOST[:PORT]/PREFIX of an Orthanc")
+    watch.add_argument("--collection", required=True)
+    watch.add_argument("--encoder", help="encoder for a new collection (default: baseline)")
+    watch.add_argument("--orthanc-url", help="Orthanc's REST root (default: the DICOMweb root's parent)")
+    watch.add_argument("--interval", type=float, default=1.0, help="seconds between polls once drained")
+    watch.add_argument("--once", action="store_true", help="stop once the feed is drained")
+    watch.add_argument(
+        "--feed",
+        choices=("orthanc", "qido"),
+        default="orthanc",
+        help="orthanc: its /changes feed (default); qido: any DICOMweb server, polled by StudyDate",
+    )
+    watch.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    watch.set_defaults(handler=_cmd_watch, remote_handler=_cmd_watch_remote, remote_mode="store")
+
+
+def _stop_on_signals() -> Callable[[], bool]:
+    stopping = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    return stopping.is_set
+
+
+def _follow(
+    args: argparse.Namespace, settings: Settings, source: Any, deliver: Callable[[list[Any]], None]
+) -> int:
+    """Follow the PACS (``--feed``), handing each batch of new instances' references to ``deliver``."""
+    from ingest.sources.dicomweb import DicomwebSource, make_session, with_selectors
+    from ingest.watch import (
+        Cursor,
+        DateCursor,
+        OrthancChanges,
+        cursor_path,
+        follow,
+        follow_qido,
+        orthanc_rest_url,
+    )
+
+    path = cursor_path(settings.data_dir, source.name, args.collection)
+    if args.feed == "qido":
+
+        def list_since(since: str | None) -> Any:
+            # The poll's day last: it replaces a --since of the source URI.
+            uri = with_selectors(args.source, since=since) if since else args.source
+            polled = DicomwebSource(
+                uri,
+                settings.dicomweb,
+                hash_key=settings.hash_key_bytes(),
+                max_object_bytes=settings.ingest.max_object_bytes,
+                name=source.name,
+            )
+            try:
+                yield from polled.list()
+            finally:
+                polled.close()
+
+        stats = follow_qido(
+            list_since,
+            DateCursor(path.with_name(path.stem + "-qido.json")),
+            deliver,
+            interval_s=args.interval,
+            batch_size=settings.ingest.batch_size,
+            stop=_stop_on_signals(),
+            once=args.once,
+        )
+        last: object = DateCursor(path.with_name(path.stem + "-qido.json")).load()[0]
+    else:
+        feed = OrthancChanges(
+            args.orthanc_url or orthanc_rest_url(source.base_url),
+            make_session(settings.dicomweb),
+            timeout_s=settings.dicomweb.timeout_s,
+        )
+
+        def deliver_uids(uids: list[str]) -> None:
+            # None: deleted since the change was logged
+            refs = [ref for ref in (source.ref_for_uid(uid) for uid in uids) if ref is not None]
+            if refs:
+                deliver(refs)
+
+        stats = follow(
+            feed,
+            Cursor(path),
+            deliver_uids,
+            interval_s=args.interval,
+            page_size=settings.dicomweb.page_size,
+            stop=_stop_on_signals(),
+            once=args.once,
+        )
+        last = stats.last
+    summary = {"collection": args.collection, "delivered": stats.delivered, "last": last}
+    line = (
+        json.dumps(summary)
+        if args.json
+        else f"watch: {stats.delivered} instances delivered, cursor at {last}"
+    )
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    """Index new instances here, in the store this process owns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ingest.inline import IngestOptions, build_context
+    from ingest.pipeline import process_batch
+    from ingest.sources.dicomweb import DicomwebSource
+    from radsearch.services import ensure_collection, open_catalog
+
+    source = DicomwebSource(
+        args.source,
+        settings.dicomweb,
+        hash_key=settings.hash_key_bytes(),
+        max_object_bytes=settings.ingest.max_object_bytes,
+    )
+    with (
+        open_catalog(settings, owner="watch") as catalog,
+        ThreadPoolExecutor(max_workers=settings.ingest.decode_workers, thread_name_prefix="watch") as pool,
+    ):
+        ensure_collection(catalog, args.collection, args.encoder)
+        ctx = build_context(source, catalog, [args.collection], IngestOptions(), settings)
+
+        def deliver(refs: list[ObjectRef]) -> None:
+            report = process_batch(ctx, refs, pool)
+            if report.frames_indexed:
+                catalog.index.optimize(args.collection)
+            log.info(
+                "watch batch objects=%d frames=%d failed=%d quarantined=%d",
+                report.objects,
+                report.frames_indexed,
+                len(report.failed),
+                len(report.quarantined),
+            )
+
+        try:
+            return _follow(args, settings, source, deliver)
+        finally:
+            source.close()
+
+
+def _cmd_watch_remote(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    """Send new instances to the radsearch server at ``url`` by STOW-RS (role ingest)."""
+    import httpx
+
+    from core.api_client import ApiClient
+    from ingest.sources.dicomweb import DicomwebSource
+    from ingest.sources.multipart import encode_multipart
+
+    source = DicomwebSource(
+        args.source,
+        settings.dicomweb,
+        hash_key=settings.hash_key_bytes(),
+        max_object_bytes=settings.ingest.max_object_bytes,
+    )
+    with ApiClient.from_settings(url, settings) as api:
+        api.ensure_collection(args.collection, {"encoder": args.encoder} if args.encoder else {})
+    headers = {"X-API-Key": settings.api_key.get_secret_value()} if settings.api_key else {}
+    stow = f"{url.rstrip('/')}/v1/dicomweb/studies"
+
+    def deliver(refs: list[ObjectRef]) -> None:
+        parts = []
+        for ref in refs:
+            try:
+                parts.append(source.fetch(ref.key))
+            except BadInput:
+                continue
+        if not parts:
+            return
+        body, content_type = encode_multipart(parts)
+        try:
+            response = httpx.post(
+                stow,
+                params={"collection": args.collection},
+                content=body,
+                headers={**headers, "Content-Type": content_type},
+                timeout=300,
+            )
+        except httpx.HTTPError as exc:
+            raise SourceError(f"cannot reach the radsearch server at {url}: {type(exc).__name__}") from exc
+        # 409: none of the instances could be indexed (quarantined, undecodable): delivered all the same.
+        if response.status_code >= 400 and response.status_code != 409:
+            if response.status_code in (401, 403, 404):
+                raise ConfigError(f"the radsearch server at {url} refused STOW-RS ({response.status_code})")
+            raise SourceError(f"the radsearch server at {url} answered {response.status_code}")
+        log.info("watch batch sent=%d status=%d", len(parts), response.status_code)
+
+    try:
+        return _follow(args, settings, source, deliver)
+    finally:
+        source.close()

@@ -1,0 +1,218 @@
+"""`radsearch watch` following a real Orthanc's change feed: in process (the store here), and as a
+separate process sending to a radsearch server, killed and restarted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from radsearch.cli import main
+
+from core.config import ApiKeyEntry, RuntimeSettings, SecuritySettings, Settings
+from ingest.readers import DecodeLimits, decode_object
+from radsearch.demo_data import DemoArchive, generate_demo_archive
+from radsearch.services import ensure_collection, open_catalog
+from search_api.security import hash_api_key
+from tests.orthanc_server import Orthanc, ServedApp, orthanc  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.timeout(300)
+
+INGEST_KEY = "watch-ingest-key"
+READER_KEY = "watch-reader-key"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> DemoArchive:
+    return generate_demo_archive(tmp_path_factory.mktemp("demo"), per_class=1, seed=5)
+
+
+def _files(archive: DemoArchive) -> list[Path]:
+    """Demo DICOMs that are indexed (not quarantined), several modalities."""
+    return sorted(p for m in ("CT", "MR", "CR") for p in (archive.root / "dicom" / m).rglob("*.dcm"))
+
+
+def _frames(paths: list[Path]) -> int:
+    limits = DecodeLimits.from_settings(Settings().ingest)
+    return sum(len(decode_object(p.read_bytes(), p.name, limits=limits, hash_key=b"k").frames) for p in paths)
+
+
+def _last_json(out: str) -> dict[str, object]:
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_watch_in_process_resumes_from_its_cursor(
+    orthanc: Orthanc,  # noqa: F811
+    archive: DemoArchive,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = _files(archive)[:3]
+    for path in files[:2]:
+        orthanc.upload(path.read_bytes())
+    data = str(tmp_path / "data")
+    argv = ["--data-dir", data, "watch", orthanc.dicomweb, "--collection", "w", "--once", "--json"]
+    assert main(argv) == 0
+    assert _last_json(capsys.readouterr().out)["delivered"] == 2
+    orthanc.upload(files[2].read_bytes())
+    assert main(argv) == 0
+    second = _last_json(capsys.readouterr().out)
+    assert second["delivered"] == 1 and second["last"] == orthanc.get("/changes?limit=0")["Last"]
+    with open_catalog(Settings(data_dir=Path(data)), owner="test") as catalog:
+        assert catalog.index.count("w") == _frames(files)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[ServedApp, Settings]]:
+    settings = Settings(
+        data_dir=tmp_path / "server",
+        runtime=RuntimeSettings(device="cpu", dtype="float32"),
+        security=SecuritySettings(
+            hash_key=SecretStr("test-hash-key"),
+            api_keys=[
+                ApiKeyEntry(name="watcher", role="ingest", sha256=hash_api_key(INGEST_KEY)),
+                ApiKeyEntry(name="viewer", role="reader", sha256=hash_api_key(READER_KEY)),
+            ],
+        ),
+    )
+    with open_catalog(settings, owner="test") as catalog:
+        ensure_collection(catalog, "w", None)
+    with ServedApp(settings) as api:
+        yield api, settings
+
+
+def _start_watcher(api: ServedApp, source: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "RADSEARCH_API_KEY": INGEST_KEY,
+        "RADSEARCH_URL": api.url,
+    }
+    argv = [sys.executable, "-m", "radsearch.cli", "--data-dir", str(data_dir), "watch", source]
+    argv += ["--collection", "w", "--interval", "0.2"]
+    return subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def _points(api: ServedApp) -> int:
+    response = httpx.get(f"{api.url}/v1/collections/w", headers={"X-API-Key": READER_KEY}, timeout=30)
+    response.raise_for_status()
+    return int(response.json()["points"])
+
+
+def _wait_for_points(api: ServedApp, expected: int, timeout_s: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if _points(api) >= expected:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"{_points(api)} points after {timeout_s} s, expected {expected}")
+
+
+def test_watch_through_a_server_survives_a_kill(
+    orthanc: Orthanc,  # noqa: F811
+    archive: DemoArchive,
+    served: tuple[ServedApp, Settings],
+    tmp_path: Path,
+) -> None:
+    api, _ = served
+    files = _files(archive)
+    first, during, after = files[:1], files[1:4], files[4:6]
+    log = tmp_path / "watch.log"
+    watcher = _start_watcher(api, orthanc.dicomweb, tmp_path / "watcher", log)
+    try:
+        # The watcher writes its cursor once it has read the (empty) feed; the server's encoder is
+        # loaded by a first search: what is timed is the path of one new instance.
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "watcher" / "watch").glob("*.json")):
+            assert watcher.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        with first[0].open("rb") as fh:
+            warm = httpx.post(
+                f"{api.url}/v1/collections/w/search/image",
+                headers={"X-API-Key": READER_KEY},
+                files={"file": ("q.dcm", fh)},
+                timeout=60,
+            )
+        assert warm.status_code == 200
+        orthanc.upload(first[0].read_bytes())
+        took = _wait_for_points(api, _frames(first), 10.0)
+        # Searchable: the uploaded file's own point comes first.
+        with first[0].open("rb") as fh:
+            found = httpx.post(
+                f"{api.url}/v1/collections/w/search/image",
+                headers={"X-API-Key": READER_KEY},
+                files={"file": ("q.dcm", fh)},
+                timeout=60,
+            )
+        assert found.status_code == 200 and found.json()["hits"][0]["score"] > 0.999
+        print(f"\nwatch: new instance searchable after {took:.2f} s")
+
+        # Killed outright (no chance to save anything), instances arrive while it is down.
+        watcher.send_signal(signal.SIGKILL)
+        watcher.wait(timeout=10)
+        for path in during:
+            orthanc.upload(path.read_bytes())
+        watcher = _start_watcher(api, orthanc.dicomweb, tmp_path / "watcher", log)
+        _wait_for_points(api, _frames(first + during), 30.0)
+        for path in after:
+            orthanc.upload(path.read_bytes())
+        _wait_for_points(api, _frames(first + during + after), 30.0)
+        time.sleep(1.0)  # anything delivered twice would have landed by now
+        assert _points(api) == _frames(first + during + after)  # nothing missed, nothing doubled
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        watcher.wait(timeout=30)
+    assert watcher.returncode == 0, log.read_text()
+    cursor = json.loads(next((tmp_path / "watcher" / "watch").glob("*.json")).read_text())
+    assert cursor["last"] == orthanc.get("/changes?limit=0")["Last"]
+
+
+def test_watch_by_qido_for_servers_without_a_change_feed(
+    orthanc: Orthanc,  # noqa: F811
+    archive: DemoArchive,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = _files(archive)[:3]
+    for path in files[:2]:
+        orthanc.upload(path.read_bytes())
+    data = str(tmp_path / "data")
+    argv = ["--data-dir", data, "watch", orthanc.dicomweb, "--collection", "q", "--feed", "qido"]
+    assert main([*argv, "--once", "--json"]) == 0
+    assert _last_json(capsys.readouterr().out)["delivered"] == 2
+    with open_catalog(Settings(data_dir=Path(data)), owner="test") as catalog:
+        assert catalog.index.count("q") == _frames(files[:2])
+
+    # The poll logic itself, its day held back (the demo's studies are dated in the past):
+    # what was delivered is not delivered again, a new instance is, the cursor survives a restart.
+    from core.config import DicomwebSettings
+    from ingest.sources.dicomweb import DicomwebSource
+    from ingest.watch import DateCursor, follow_qido
+
+    source = DicomwebSource(orthanc.dicomweb, DicomwebSettings(), hash_key=b"k", max_object_bytes=1 << 30)
+    cursor = DateCursor(tmp_path / "qido.json")
+    delivered: list[str] = []
+
+    def run() -> int:
+        stats = follow_qido(
+            lambda since: source.list(),
+            cursor,
+            lambda refs: delivered.extend(r.key for r in refs),
+            once=True,
+            today=lambda: "19000101",
+        )
+        return stats.delivered
+
+    assert run() == 2 and run() == 0
+    orthanc.upload(files[2].read_bytes())
+    assert run() == 1 and len(set(delivered)) == len(delivered) == 3
+    assert cursor.load()[0] == "19000101" and len(cursor.load()[1]) == 3
