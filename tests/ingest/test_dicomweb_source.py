@@ -9,13 +9,13 @@ from typing import Any
 
 import pydicom
 import pytest
-from radsearch.cli import main
 
 from core.config import DicomwebSettings, Settings
 from core.errors import BadInput, ConfigError
 from ingest.sources import open_source
 from ingest.sources.dicomweb import DicomwebSource, parse_dicomweb_uri
 from ingest.sources.multipart import encode_multipart, split_multipart
+from radsearch.commands.main import main
 from radsearch.demo_data import DemoArchive, generate_demo_archive
 from radsearch.services import open_catalog
 from tests.orthanc_server import Orthanc, orthanc  # noqa: F401 - the fixture

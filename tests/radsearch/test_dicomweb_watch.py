@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import SecretStr
-from radsearch.cli import main
 
 from core.config import ApiKeyEntry, RuntimeSettings, SecuritySettings, Settings
 from ingest.readers import DecodeLimits, decode_object
+from radsearch.commands.main import main
 from radsearch.demo_data import DemoArchive, generate_demo_archive
 from radsearch.services import ensure_collection, open_catalog
 from search_api.security import hash_api_key
@@ -97,7 +97,7 @@ def _start_watcher(api: ServedApp, source: str, data_dir: Path, log: Path) -> su
         "RADSEARCH_API_KEY": INGEST_KEY,
         "RADSEARCH_URL": api.url,
     }
-    argv = [sys.executable, "-m", "radsearch.cli", "--data-dir", str(data_dir), "watch", source]
+    argv = [sys.executable, "-m", "radsearch", "--data-dir", str(data_dir), "watch", source]
     argv += ["--collection", "w", "--interval", "0.2"]
     return subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO)
 

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from workers.jobs import JobKind, JobSpec, JobStore
 
 from core.config import DicomwebSettings, Settings
+from core.jobs import JobKind, JobSpec
+from core.jobs.redis_store import RedisJobStore
 from radsearch.demo_data import generate_demo_archive
 from tests.orthanc_server import Orthanc, orthanc  # noqa: F401 - the fixture
 from tests.workers.conftest import Server, Worker, served_points, wait_job
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.timeout(300)
 def test_celery_workers_ingest_from_the_pacs(
     orthanc: Orthanc,  # noqa: F811
     worker_settings: Settings,
-    job_store: JobStore,
+    job_store: RedisJobStore,
     start_server: Callable[..., Server],
     start_worker: Callable[..., Worker],
     tmp_path: Path,
