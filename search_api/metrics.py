@@ -12,11 +12,11 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.config import Settings
 from core.metrics import HTTP_REQUEST_SECONDS
-from search_api.routing import RouteTable
+from search_api.routing import RouteTable, StatusRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -39,20 +39,15 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def record_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        record_send = StatusRecorder(send)
         try:
             await self.app(scope, receive, record_send)
         finally:
             route = self.routes.match(scope)
             HTTP_REQUEST_SECONDS.labels(
-                scope.get("method", "-"), route.path if route is not None else "unmatched", str(status)
+                scope.get("method", "-"),
+                route.path if route is not None else "unmatched",
+                str(record_send.status),
             ).observe(time.perf_counter() - started)
 
 

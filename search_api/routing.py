@@ -16,11 +16,12 @@ from fastapi import params
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import iter_route_contexts
 from starlette.routing import BaseRoute, Match
-from starlette.types import Scope
+from starlette.types import Message, Scope, Send
 
 __all__ = [
     "RouteInfo",
     "RouteTable",
+    "StatusRecorder",
     "is_upload_route",
     "iter_routes",
     "walk_dependants",
@@ -105,3 +106,17 @@ class RouteTable:
             self._matched.clear()
         self._matched[key] = found
         return found
+
+
+class StatusRecorder:
+    """An ASGI ``send`` that passes messages on and keeps the response's status (500 until one is
+    sent), for middleware that acts on it after the app ran."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        await self.send(message)

@@ -43,14 +43,14 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.api_keys import hash_api_key, new_api_key
 from core.config import ApiKeyEntry, OidcSettings, SecuritySettings
 from core.errors import ConfigError
 from search_api.errors import ApiError, send_error
 from search_api.offload import in_thread
-from search_api.routing import RouteInfo, RouteTable, iter_routes, walk_dependants
+from search_api.routing import RouteInfo, RouteTable, StatusRecorder, iter_routes, walk_dependants
 
 __all__ = [
     "AUDIT_LOGGER",
@@ -367,14 +367,7 @@ class AccessMiddleware:
             return
         route = self.routes.match(scope)
         policy = self._policy(route)
-        status = 500
-
-        async def record_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        record_send = StatusRecorder(send)
         try:
             if isinstance(policy, RoleRequirement):
                 # Decided before the body is read: an anonymous or unauthorised upload is refused
@@ -390,8 +383,8 @@ class AccessMiddleware:
             await self.app(scope, receive, record_send)
         finally:
             if route is not None and isinstance(policy, RoleRequirement):
-                if policy.roles & _AUDITED or status in (401, 403):
-                    _audit(scope, route, policy, status)
+                if policy.roles & _AUDITED or record_send.status in (401, 403):
+                    _audit(scope, route, policy, record_send.status)
 
 
 def _audit(scope: Scope, route: RouteInfo, policy: RoleRequirement, status: int) -> None:
