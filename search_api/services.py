@@ -26,6 +26,7 @@ from search_api.errors import ObjectGone, ObjectQuarantined, UpstreamUnavailable
 from search_api.schemas import SearchWarning
 
 __all__ = [
+    "decode_upload",
     "embed_frame",
     "embed_text",
     "embed_upload",
@@ -67,6 +68,11 @@ def _decode(data: bytes, key: str, settings: Settings) -> DecodedObject:
     return decode_object(
         data, key, limits=DecodeLimits.from_settings(settings.ingest), hash_key=settings.hash_key_bytes()
     )
+
+
+def decode_upload(*, settings: Settings, data: bytes, filename: str) -> DecodedObject:
+    """An uploaded DICOM/PNG/JPEG decoded as ingest decodes it (identifiers as keyed hashes)."""
+    return _decode(data, filename, settings)
 
 
 def upload_frame(*, settings: Settings, data: bytes, filename: str) -> Frame:

@@ -79,6 +79,8 @@ def _points_per_request(dim: int) -> int:
 def _filter_body(filter: SearchFilter | None) -> dict[str, list[str]] | None:
     if filter is None:
         return None
+    if filter.exclusions():
+        raise IndexStoreError("the owner's ingest API takes no exclusions (patient or study) in a filter")
     # as given, not as matched: the owner expands the values itself (`SearchFilter.conditions`)
     return dict(filter.fields())
 
