@@ -432,7 +432,7 @@ def test_search_by_text_without_text_tower_is_400(client: TestClient) -> None:
 def test_search_needs_exactly_one_query(client: TestClient, body: dict[str, Any]) -> None:
     response = client.post(f"/v1/collections/{COLLECTION}/search", json=body)
     assert response.status_code == 422
-    assert "exactly one of point_id, vector or text" in response.text
+    assert "exactly one of point_id, vector, text or positive" in response.text
 
 
 # -- filters, paging, threshold ------------------------------------------------------------------
