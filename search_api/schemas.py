@@ -412,6 +412,8 @@ class CompareResult(BaseModel):
     collection: str
     encoder: str
     hits: list[SearchHit]
+    groups: list[SearchGroup] | None = Field(default=None, exclude_if=lambda value: value is None)
+    close_match: bool | None = Field(default=None, exclude_if=lambda value: value is None)
     took_ms: float
     warnings: list[SearchWarning] = Field(
         default_factory=list, description="filter values that match no stored value of this collection"

@@ -436,3 +436,36 @@ def test_the_calibration_needs_points(tmp_path: Path) -> None:
     Catalog(index, settings).create("empty", get_spec("baseline"))
     assert calibrate(index, "empty") is None
     assert CALIBRATION_KEY not in index.collection_config("empty").metadata
+
+
+# -- the compare route ---------------------------------------------------------------------------
+
+
+def test_compare_groups_excludes_and_crops(cases: Cases) -> None:
+    frame = cases.frames[cases.of("p1/b1.dcm")[0]]
+    data = dicom_bytes(frame, patient_id="PAT-1", study_uid="1.2.9")
+
+    def compare(**form: Any) -> Any:
+        fields = {k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in form.items()}
+        return cases.client.post(
+            "/v1/search/compare",
+            files={"file": ("q.dcm", data, "application/dicom")},
+            data={"collections": COLLECTION, **fields},
+        )
+
+    plain = compare(limit=3)
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["results"][0]["hits"][0]["payload"]["patient_hash"] == h("PAT-1")
+    grouped = compare(limit=2, group_by="study", exclude={"same_patient": True}, fuse="true")
+    assert grouped.status_code == 200, grouped.text
+    result = grouped.json()["results"][0]
+    assert [g["key"] for g in result["groups"]] == [h("1.2.2"), h("1.2.3")]
+    assert all(x["payload"]["patient_hash"] != h("PAT-1") for x in result["hits"])
+    assert {x["id"] for x in grouped.json()["fused"]} <= {x["id"] for x in result["hits"]}
+    assert "ZZCANARY" not in grouped.text
+    roi = {"x": 0, "y": 0, "width": WIDTH // 2, "height": HEIGHT // 2}
+    cropped = compare(limit=1, roi=roi)
+    assert cropped.status_code == 200, cropped.text
+    assert cropped.json()["results"][0]["hits"][0]["score"] < plain.json()["results"][0]["hits"][0]["score"]
+    too_big = compare(roi={**roi, "width": WIDTH + 1})
+    assert too_big.status_code == 400 and too_big.json()["error"]["field"] == "roi"
