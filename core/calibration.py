@@ -13,7 +13,6 @@ end of an ingest and ``radsearch collections calibrate`` compute it.
 
 from __future__ import annotations
 
-import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from core.index.base import VectorIndex
 
-__all__ = ["CALIBRATION_KEY", "QUANTILE", "calibrate", "threshold_of"]
+__all__ = ["CALIBRATION_KEY", "QUANTILE", "calibrate", "calibrate_loaded", "threshold_of"]
 
 CALIBRATION_KEY = "calibration"
 #: The quantile of the unrelated queries' top-1 scores taken as the threshold.
@@ -34,24 +33,15 @@ _MIN_POINTS = 2
 def calibrate(
     index: VectorIndex, name: str, *, queries: int = _QUERIES, seed: int = 0
 ) -> dict[str, Any] | None:
-    """Compute and store the collection's threshold; the stored record, or None (and nothing
-    stored) for a collection with fewer than two points."""
-    sample: list[np.ndarray] = []
-    rng = random.Random(seed)
-    seen = 0
-    # reservoir sample: one pass over the collection, memory bounded by _SAMPLE vectors
-    for point in index.scroll(name, with_vectors=True):
-        if point.vector is None:
-            continue
-        seen += 1
-        if len(sample) < _SAMPLE:
-            sample.append(point.vector)
-        else:
-            slot = rng.randrange(seen)
-            if slot < _SAMPLE:
-                sample[slot] = point.vector
+    """Compute and store the collection's threshold (``queries`` searches of one hit each); the
+    stored record, or None (and nothing stored) for a collection with fewer than two points."""
+    # Point ids are UUIDv5 digests, so the first page in id order is a sample spread over the
+    # whole collection, read without a pass over every vector.
+    points, _ = index.scroll_page(name, batch_size=_SAMPLE, with_vectors=True)
+    sample = [p.vector for p in points if p.vector is not None]
     if len(sample) < _MIN_POINTS:
         return None
+    seen = index.count(name)
     vectors = np.stack(sample).astype(np.float64)
     mean, spread = vectors.mean(axis=0), vectors.std(axis=0)
     draws = np.random.default_rng(seed).normal(size=(queries, vectors.shape[1])) * spread + mean
@@ -74,6 +64,15 @@ def calibrate(
     }
     index.update_metadata(name, {CALIBRATION_KEY: record})
     return record
+
+
+def calibrate_loaded(index: VectorIndex, name: str) -> dict[str, Any] | None:
+    """`calibrate` as a load ends (after its `VectorIndex.optimize`), where this process searches
+    the store; an index that only writes through the owner's API leaves it to the owner, which
+    calibrates as it optimizes."""
+    if not index.searches_here:
+        return None
+    return calibrate(index, name)
 
 
 def threshold_of(metadata: dict[str, Any]) -> float | None:

@@ -240,6 +240,28 @@ def print_aliases(aliases: Mapping[str, str], *, as_json: bool) -> None:
         print(f"{alias} -> {target}")
 
 
+def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    from core.calibration import calibrate
+    from radsearch.services import open_catalog
+
+    with open_catalog(settings) as catalog:
+        name = catalog.resolve(args.name)
+        record = calibrate(catalog.index, name) or {"threshold": None}
+    print_calibrated({"collection": name, **record})
+    return 0
+
+
+def print_calibrated(record: Mapping[str, Any]) -> None:
+    """One line (or JSON with ``--json``-free callers): the collection and its threshold."""
+    if record.get("threshold") is None:
+        print(f"{record['collection']}: too few points to calibrate (nothing stored)")
+        return
+    print(
+        f"{record['collection']}: weak below {record['threshold']:.4f} "
+        f"(q{record['quantile']} of {record['queries']} unrelated queries' best scores)"
+    )
+
+
 def _cmd_encoders(args: argparse.Namespace, settings: Settings) -> int:
     from core.encoders.registry import list_specs
 
@@ -289,6 +311,12 @@ def add_admin_commands(collections_sub: Any, sub: Any) -> None:
     backfill.add_argument("--path-template", help="labels from keys, for a source URI")
     backfill.add_argument("--json", action="store_true")
     backfill.set_defaults(handler=_cmd_backfill, remote_handler=remote_commands.backfill)
+
+    calibrate = collections_sub.add_parser(
+        "calibrate", help='learn the "no close match" score threshold from the collection\'s own scores'
+    )
+    calibrate.add_argument("name")
+    calibrate.set_defaults(handler=_cmd_calibrate, remote_handler=remote_commands.calibrate)
 
     alias = collections_sub.add_parser("alias", help="point an alias at a collection (atomic switch)")
     alias.add_argument("alias")

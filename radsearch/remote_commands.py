@@ -274,6 +274,16 @@ def drop(args: argparse.Namespace, settings: Settings, url: str) -> int:
     return EXIT_OK
 
 
+def calibrate(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    """``radsearch collections calibrate`` by the server that owns the store."""
+    from radsearch.admin_commands import print_calibrated
+
+    with _client(settings, url) as client:
+        record = client.request("POST", f"/v1/collections/{_segment(args.name)}/calibrate")
+    print_calibrated(record)
+    return EXIT_OK
+
+
 def backfill(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """``radsearch collections backfill`` as a backfill job of the server, followed to its end."""
     from radsearch.admin_commands import print_backfill

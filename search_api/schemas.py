@@ -17,6 +17,7 @@ __all__ = [
     "AliasesPublic",
     "BackfillCreate",
     "BackfillJobPublic",
+    "CalibrationPublic",
     "CollectionCreate",
     "CollectionDetailPublic",
     "CollectionPublic",
@@ -406,6 +407,19 @@ class BackfillJobPublic(BaseModel):
     )
     error_status: int | None = Field(default=None, description="once failed: the HTTP status of its error")
     resumed: int = Field(default=0, description="how often a restart of the server ran it again")
+
+
+class CalibrationPublic(BaseModel):
+    """A collection's "no close match" threshold (``core.calibration``): hits scoring below it are
+    ``weak``. ``threshold`` is null for a collection of fewer than two points (nothing stored)."""
+
+    collection: str
+    threshold: float | None
+    quantile: float | None = None
+    queries: int | None = None
+    points: int | None = None
+    method: str | None = None
+    computed_at: str | None = None
 
 
 class CompareResult(BaseModel):

@@ -26,6 +26,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
+from core.calibration import calibrate_loaded
 from core.errors import BadInput, CollectionNotFound, ConfigError, EncoderError, SourceError
 from ingest.pipeline import process_batch
 from ingest.planner import plan_batches
@@ -495,6 +496,7 @@ def _finish(task: RadsearchTask, job_id: str) -> None:
                 return
             started = time.monotonic()
             catalog.index.optimize(collection)
+            calibrate_loaded(catalog.index, collection)
             log.info("job %s: %s indexed in %.1f s", job_id, collection, time.monotonic() - started)
     except Exception as exc:
         if is_transient(exc) and task.request.retries < res.settings.celery.max_retries:

@@ -104,6 +104,9 @@ class VectorIndex(ABC):
     #: which can run only while the loop waits, and pays two thread switches for it.
     holds_gil: ClassVar[bool] = False
 
+    #: False for an index that writes through another process's API and cannot search here.
+    searches_here: ClassVar[bool] = True
+
     @abstractmethod
     def create_collection(self, config: CollectionConfig) -> None:
         """Create the collection and its payload indexes; `CollectionExists` if it exists."""

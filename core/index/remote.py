@@ -98,6 +98,8 @@ class OwnerIndex(VectorIndex):
     the worker.
     """
 
+    searches_here = False  # the owner calibrates as it optimizes (`core.calibration`)
+
     def __init__(self, connect: Callable[[], ApiClient]) -> None:
         self._connect = connect
         self._client: ApiClient | None = None

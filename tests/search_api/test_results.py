@@ -430,6 +430,19 @@ def test_calibrated_collections_say_when_nothing_is_close(cases: Cases) -> None:
     cases.index.update_metadata(COLLECTION, {CALIBRATION_KEY: None})
 
 
+def test_calibrate_route(cases: Cases) -> None:
+    response = cases.client.post(f"/v1/collections/{COLLECTION}/calibrate")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["collection"] == COLLECTION and body["queries"] == 200 and body["points"] == len(cases.ids)
+    assert (
+        body["threshold"] == cases.index.collection_config(COLLECTION).metadata[CALIBRATION_KEY]["threshold"]
+    )
+    assert "close_match" in cases.search(point_id=cases.ids[0], limit=1)
+    assert cases.client.post("/v1/collections/nope/calibrate").status_code == 404
+    cases.index.update_metadata(COLLECTION, {CALIBRATION_KEY: None})
+
+
 def test_the_calibration_needs_points(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, runtime=RuntimeSettings(device="cpu", dtype="float32"))
     index = memory_index(settings)

@@ -66,6 +66,7 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("PUT", "/v1/aliases/{alias}"): frozenset({ADMIN}),
     ("DELETE", "/v1/aliases/{alias}"): frozenset({ADMIN}),
     ("POST", "/v1/collections/{name}/restore"): frozenset({ADMIN}),
+    ("POST", "/v1/collections/{name}/calibrate"): frozenset({ADMIN}),
     ("GET", "/v1/trash"): frozenset({ADMIN}),
     ("POST", "/v1/snapshots"): frozenset({ADMIN}),
     ("GET", "/v1/snapshots"): frozenset({ADMIN}),
