@@ -297,6 +297,10 @@ def test_openapi_lists_every_route_with_clean_operation_ids(client: TestClient) 
         ("POST", "/v1/snapshots"): "create_snapshot",
         ("GET", "/v1/snapshots"): "read_snapshots",
         ("POST", "/v1/snapshots/{snapshot_id}/restore"): "restore_snapshot",
+        # results a radiologist can use (issue 16)
+        ("POST", "/v1/collections/{name}/calibrate"): "calibrate_collection",
+        ("GET", "/v1/collections/{name}/points/{point_id}/image"): "read_point_image",
+        ("POST", "/v1/render"): "render_upload",
     }
     assert client.get("/docs").status_code == 200
 

@@ -57,6 +57,8 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/v1/workers"): frozenset({INGEST}),
     ("POST", "/v1/events/s3"): WEBHOOK,
     ("POST", "/v1/search/compare"): frozenset({READER}),
+    ("GET", "/v1/collections/{name}/points/{point_id}/image"): frozenset({READER}),
+    ("POST", "/v1/render"): frozenset({READER}),
     ("POST", "/v1/collections"): frozenset({ADMIN}),
     ("DELETE", "/v1/collections/{name}"): frozenset({ADMIN}),
     ("POST", "/v1/collections/{name}/backfill"): frozenset({ADMIN}),
