@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 from typing import TypeVar
 
 from fastapi import UploadFile
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
@@ -18,6 +18,7 @@ from search_api.errors import UnknownField
 from search_api.schemas import parse_filter
 
 __all__ = [
+    "FORM_NULL",
     "FormFieldError",
     "check_form_fields",
     "filter_from_form",
@@ -28,6 +29,15 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _form_null(value: object) -> object:
+    return None if value in ("null", "") else value
+
+
+#: For an optional non-string form field: ``null`` (as generated clients send None) and an empty
+#: value mean absent, as they do for the JSON fields (``filter``).
+FORM_NULL = BeforeValidator(_form_null)
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^\w.\- ]")
 

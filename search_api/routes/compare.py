@@ -50,7 +50,14 @@ from search_api.schemas import (
     SearchWarning,
 )
 from search_api.security import Role, require_role
-from search_api.uploads import check_form_fields, filter_from_form, model_from_form, read_upload, upload_name
+from search_api.uploads import (
+    FORM_NULL,
+    check_form_fields,
+    filter_from_form,
+    model_from_form,
+    read_upload,
+    upload_name,
+)
 
 _FORM_FIELDS = ("file", "collections", "limit", "fuse", "filter", "exclude", "group_by", "group_size", "roi")
 
@@ -172,7 +179,7 @@ async def compare_collections(
         str | None,
         Form(alias="exclude", description='JSON object as for the image search, e.g. {"same_patient": true}'),
     ] = None,
-    group_by: Annotated[GroupBy | None, Form(description=GROUP_BY_DESCRIPTION)] = None,
+    group_by: Annotated[GroupBy | None, FORM_NULL, Form(description=GROUP_BY_DESCRIPTION)] = None,
     group_size: Annotated[int, Form(ge=1, le=100)] = 3,
     roi_json: Annotated[
         str | None, Form(alias="roi", description='JSON {"x", "y", "width", "height"}: embed the crop')

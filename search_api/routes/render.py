@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from pydantic import Field
 
 from core.errors import BadInput, DecodeError, TooLarge, UnsupportedFormat
 from search_api import rendering
@@ -15,7 +16,7 @@ from search_api.deps import InferenceLimiterDep, SettingsDep
 from search_api.errors import ObjectQuarantined, UnknownField, error_responses
 from search_api.results import InvalidQuery
 from search_api.security import Role, require_role
-from search_api.uploads import check_form_fields, read_upload, upload_name
+from search_api.uploads import FORM_NULL, check_form_fields, read_upload, upload_name
 
 router = APIRouter(prefix="/v1", tags=["search"], dependencies=[require_role(Role.READER)])
 
@@ -41,11 +42,14 @@ async def render_upload(
     limiter: InferenceLimiterDep,
     window: Annotated[str, Form(max_length=40, description=rendering.WINDOW_DESCRIPTION)] = "auto",
     frame: Annotated[
-        int | None, Form(ge=0, le=100_000, description="the file's frame index; the middle one if absent")
+        Annotated[int, Field(ge=0, le=100_000)] | None,
+        FORM_NULL,
+        Form(description="the file's frame index; the middle one if absent"),
     ] = None,
     size: Annotated[
-        int | None,
-        Form(ge=16, le=2048, description="longest side; native size (the ROI's coordinates) if absent"),
+        Annotated[int, Field(ge=16, le=2048)] | None,
+        FORM_NULL,
+        Form(description="longest side; native size (the ROI's coordinates) if absent"),
     ] = None,
 ) -> Response:
     """Render an upload's frame from its pixels only (never overlays); a DICOM flagged for

@@ -10,6 +10,7 @@ import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from numpy.typing import NDArray
+from pydantic import Field
 
 from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
@@ -51,6 +52,7 @@ from search_api.schemas import (
 )
 from search_api.security import Role, require_role
 from search_api.uploads import (
+    FORM_NULL,
     check_form_fields,
     filter_from_form,
     model_from_form,
@@ -334,7 +336,7 @@ async def search_by_image(
             "DICOM's PatientID and StudyInstanceUID, hashed with the ingest key",
         ),
     ] = None,
-    group_by: Annotated[GroupBy | None, Form(description=GROUP_BY_DESCRIPTION)] = None,
+    group_by: Annotated[GroupBy | None, FORM_NULL, Form(description=GROUP_BY_DESCRIPTION)] = None,
     group_size: Annotated[int, Form(ge=1, le=100)] = 3,
     roi_json: Annotated[
         str | None,
@@ -346,7 +348,7 @@ async def search_by_image(
     ] = None,
     limit: Annotated[int, Form(ge=1)] = 10,
     offset: Annotated[int, Form(ge=0, le=100_000)] = 0,
-    score_threshold: Annotated[float | None, Form(allow_inf_nan=False)] = None,
+    score_threshold: Annotated[Annotated[float, Field(allow_inf_nan=False)] | None, FORM_NULL, Form()] = None,
 ) -> SearchResponse:
     """Search by uploaded images (the middle frame of a multi-frame DICOM), optionally cropped to
     ``roi``; several files (``role`` positive/negative) and example point ids combine as the JSON

@@ -53,7 +53,7 @@ CONFIG = {
             },
         },
         {
-            "include-operation-id": ["search_by_image", "compare_collections"],
+            "include-operation-id": ["search_by_image", "compare_collections", "render_upload"],
             "checks": {
                 "positive_data_acceptance": {
                     "expected-statuses": ["2xx", "400", "401", "403", "404", "409", "415", "429"]
