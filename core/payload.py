@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.errors import InvalidFilter
 
 __all__ = [
+    "EXCLUDABLE_FIELDS",
     "FILTER_FIELDS",
+    "GROUP_FIELDS",
     "INDEXED_FIELDS",
     "LABEL_FIELDS",
     "PAYLOAD_FIELDS",
@@ -45,7 +47,10 @@ LABEL_FIELDS: tuple[str, ...] = ("modality", "anatomy", "pathology", "dataset", 
 #: The fields searches filter on and facets count: the labels and the source's name.
 FILTER_FIELDS: tuple[str, ...] = (*LABEL_FIELDS, "source")
 # Keyword payload indexes, created before any data is written.
-INDEXED_FIELDS: tuple[str, ...] = (*FILTER_FIELDS, "key", "study_hash")
+INDEXED_FIELDS: tuple[str, ...] = (*FILTER_FIELDS, "key", "study_hash", "series_hash", "patient_hash")
+#: The payload fields a search can exclude values of (``exclude``: same patient, same study): keyed
+#: hashes only, never an identifier. Set on a `SearchFilter` by the server, never from a client filter.
+EXCLUDABLE_FIELDS: tuple[str, ...] = ("patient_hash", "study_hash")
 PAYLOAD_FIELDS: frozenset[str] = frozenset(
     {
         *INDEXED_FIELDS,
@@ -66,6 +71,9 @@ PAYLOAD_FIELDS: frozenset[str] = frozenset(
         "labels_hash",
     }
 )
+#: What a search can group hits by (``group_by``) → the payload field holding the group key: the
+#: object's key (all frames of one file), the keyed hash of its Series or Study Instance UID.
+GROUP_FIELDS: dict[str, str] = {"object": "key", "series": "series_hash", "study": "study_hash"}
 _LIST_FIELDS = frozenset({"pathology"})
 # Fields whose values are case-insensitive codes, stored and matched upper-case (DICOM's defined
 # terms for Modality: CT, MR, CR, DX, US, ...). Other labels keep the case they were given.
@@ -158,6 +166,9 @@ class SearchFilter(BaseModel):
     split: list[str] | None = Field(default=None, max_length=100)
     source: list[str] | None = Field(default=None, max_length=100)
     key: list[str] | None = Field(default=None, max_length=1000)
+    # none of these values may appear (must-not): set by the search services, not a client filter
+    not_patient_hash: list[str] | None = Field(default=None, max_length=1000)
+    not_study_hash: list[str] | None = Field(default=None, max_length=1000)
 
     @field_validator("modality")
     @classmethod
@@ -189,8 +200,22 @@ class SearchFilter(BaseModel):
             out.append((name, [str(v) for v in values]))
         return out
 
+    def exclusions(self) -> list[tuple[str, list[str]]]:
+        """The (field, none-of values) pairs: points holding any of the values are left out."""
+        return [
+            (name, list(values)) for name in EXCLUDABLE_FIELDS if (values := getattr(self, f"not_{name}"))
+        ]
+
+    def excluding(self, field: str, values: Iterable[str]) -> SearchFilter:
+        """This filter with ``values`` of ``field`` (one of `EXCLUDABLE_FIELDS`) also excluded."""
+        if field not in EXCLUDABLE_FIELDS:
+            raise InvalidFilter(f"cannot exclude by {field!r}")
+        current = getattr(self, f"not_{field}") or []
+        merged = list(dict.fromkeys([*current, *values]))
+        return self.model_copy(update={f"not_{field}": merged or None})
+
     def is_empty(self) -> bool:
-        return not any(getattr(self, name) for name in (*FILTER_FIELDS, "key"))
+        return not any(getattr(self, name) for name in (*FILTER_FIELDS, "key")) and not self.exclusions()
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any] | None) -> SearchFilter:

@@ -94,18 +94,24 @@ def score_ranking(
     *,
     index: LabelledSet | None = None,
     exclude_same_group: bool = False,
+    sizes_of: tuple[IntArray, IntArray] | None = None,
 ) -> dict[str, Any]:
     """Every metric of one ranking: modified P@k, mAP@k, majority vote, anatomy level, per modality.
 
-    ``index`` defaults to ``data.index`` (a subsample for the index-size curve).
+    ``index`` defaults to ``data.index`` (a subsample for the index-size curve). ``sizes_of``
+    gives each query's C_y (pathology, anatomy) where the ranking is not of images (of studies:
+    `evaluation.grouped`).
     """
     idx = index if index is not None else data.index
     q = data.queries
     groups: dict[str, IntArray] = (
         {"query_groups": q.groups, "index_groups": idx.groups} if exclude_same_group else {}
     )
-    sizes = class_sizes(q.labels, idx.labels, len(data.classes), **groups)
-    anatomy_sizes = class_sizes(q.anatomy, idx.anatomy, len(data.anatomies), **groups)
+    if sizes_of is not None:
+        sizes, anatomy_sizes = sizes_of
+    else:
+        sizes = class_sizes(q.labels, idx.labels, len(data.classes), **groups)
+        anatomy_sizes = class_sizes(q.anatomy, idx.anatomy, len(data.anatomies), **groups)
     labels = _labels_of(ranking, idx.labels)
     anatomy = _labels_of(ranking, idx.anatomy)
 

@@ -74,6 +74,13 @@ def to_markdown(result: dict[str, Any], title: str | None = None) -> str:
         ex = result["exclude_same"]
         lines.append(_row(f"micro P, same {ex['field']} excluded", ex["micro"], "P", ks))
         lines.append(_row(f"macro P, same {ex['field']} excluded", ex["macro"], "P", ks))
+    if "grouped" in result:
+        grouped = result["grouped"]
+        how = f"by {grouped['group_by']}" + (
+            f", same {grouped['exclude_same']} excluded" if grouped.get("exclude_same") else ""
+        )
+        lines.append(_row(f"micro P, grouped {how}", grouped["micro"], "P", ks))
+        lines.append(_row(f"macro P, grouped {how}", grouped["macro"], "P", ks))
     lines += ["", "Per modality (pathology level = full class; anatomy level = modality/region):", ""]
     lines += [
         "| modality | queries | "

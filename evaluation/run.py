@@ -6,9 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from core.index.base import VectorIndex
 from evaluation.data import load_collection, load_files
-from evaluation.protocol import EvalOptions, Ranker, evaluate
+from evaluation.grouped import GROUP_OVERFETCH, group_codes, group_sizes, keep_group_best
+from evaluation.protocol import EvalOptions, Ranker, evaluate, score_ranking
 from evaluation.search import IntArray, collection_topk, exact_topk
 
 __all__ = ["evaluate_collection", "evaluate_files"]
@@ -25,12 +28,15 @@ def evaluate_collection(
     compare_exact: bool = False,
     hnsw_ef: int | None = None,
     exclude_same: str | None = None,
+    group_by: str | None = None,
 ) -> dict[str, Any]:
     """The paper's protocol on a collection, queries answered by ``VectorIndex.search``.
 
     ``search="ann"`` uses the collection's HNSW index as users get it; ``compare_exact`` adds the
     store's exact search and the ANN recall against it. ``exclude_same`` ("patient" or "study")
-    adds a leave-one-patient/study-out result from the payload hashes.
+    adds a leave-one-patient/study-out result from the payload hashes. ``group_by`` ("study",
+    "series", "object") adds ``grouped``: the same metrics over distinct groups
+    (`evaluation.grouped`), with ``exclude_same`` applied too when given.
     """
     opts = options or EvalOptions()
     data = load_collection(
@@ -38,14 +44,14 @@ def evaluate_collection(
     )
     depth = max(opts.ks)
 
-    def ranker(exact: bool) -> Ranker:
+    def ranker(exact: bool, deep: int = depth) -> Ranker:
         def rank(exclude: bool) -> IntArray:
             return collection_topk(
                 index,
                 collection,
                 data.queries.vectors,
                 data.index.ids,
-                depth,
+                deep,
                 index_splits=index_splits,
                 exact=exact,
                 hnsw_ef=hnsw_ef,
@@ -62,6 +68,21 @@ def evaluate_collection(
         search=search,
         exact_rank=ranker(True) if compare_exact and search == "ann" else None,
     )
+    if group_by is not None:
+        codes = group_codes(index, collection, data.index.ids, index_splits, group_by)
+        exclude = data.group_field is not None
+        deep = min(len(data.index), depth * GROUP_OVERFETCH)
+        ranking = keep_group_best(ranker(search == "exact", deep)(exclude), codes, depth)
+        scored = score_ranking(data, ranking, opts.ks, sizes_of=group_sizes(data, codes, exclude=exclude))
+        result["grouped"] = {
+            "group_by": group_by,
+            "exclude_same": exclude_same,
+            "n_groups": int(len(np.unique(codes))),
+            **{
+                key: scored[key]
+                for key in ("n_queries", "n_skipped_queries", "micro", "macro", "map", "levels")
+            },
+        }
     return {"mode": "collection", "collection": collection, **result}
 
 

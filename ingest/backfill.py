@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.calibration import calibrate_loaded
 from core.catalog import Catalog
 from core.config import Settings
 from core.errors import ConfigError
@@ -134,6 +135,7 @@ def run_backfill(
     if total.frames_indexed:
         # Qdrant Edge builds HNSW graphs only when asked: once, after the bulk load.
         catalog.index.optimize(name)
+        calibrate_loaded(catalog.index, name)
     log.info(
         "backfill %s from %s: %d objects, %d frames", name, plan.origin, total.objects, total.frames_indexed
     )

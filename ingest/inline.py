@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from core.calibration import calibrate_loaded
 from core.catalog import Catalog
 from core.config import Settings
 from core.errors import SourceError
@@ -183,5 +184,6 @@ def ingest_inline(
         # Qdrant Edge builds its HNSW graph only when asked: do it once, after the bulk load.
         for target in ctx.targets:
             ctx.index.optimize(target.collection)
+            calibrate_loaded(ctx.index, target.collection)
     report.seconds = time.perf_counter() - started
     return report

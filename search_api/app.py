@@ -36,6 +36,7 @@ from search_api.routes import (
     jobs,
     metrics,
     points,
+    render,
     search,
     web,
     workers,
@@ -108,6 +109,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     app.include_router(points.router)
     app.include_router(admin.router)
     app.include_router(compare.router)
+    app.include_router(render.router)
     app.include_router(search.router)
     app.include_router(evaluation.router)
     app.include_router(jobs.router)

@@ -28,6 +28,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from core.calibration import calibrate_loaded
 from core.catalog import Catalog
 from core.config import Settings
 from core.errors import CollectionNotFound, ConfigError, RadsearchError
@@ -539,6 +540,7 @@ def index_written(catalog: Catalog, collections: Sequence[str], report: BatchRep
     if report.frames_indexed or report.deleted:
         for name in collections:
             catalog.index.optimize(catalog.resolve(name))
+            calibrate_loaded(catalog.index, catalog.resolve(name))
 
 
 def manifest_keys(source: Source, manifest: Path | None) -> frozenset[str]:

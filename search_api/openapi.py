@@ -101,7 +101,10 @@ def _apply_settings(document: dict[str, Any], settings: Settings) -> None:
         if searches and "limit" in properties and "maximum" not in properties["limit"]:
             properties["limit"]["maximum"] = max_limit
         for prop in properties.values():
-            if prop.get("format") == "binary":
+            # a file part, or a repeatable one (an array of them)
+            if prop.get("format") == "binary" or (
+                prop.get("type") == "array" and prop.get("items", {}).get("format") == "binary"
+            ):
                 prop["description"] = (
                     f"{prop.get('description', 'The file')} (at most {settings.api.max_upload_bytes} bytes, "
                     f"{megabytes:g} MiB)"

@@ -18,6 +18,7 @@ __all__ = [
     "AliasesPublic",
     "BackfillCreate",
     "BackfillJobPublic",
+    "CalibrationPublic",
     "CollectionCreate",
     "CollectionDetailPublic",
     "CollectionPublic",
@@ -53,7 +54,11 @@ __all__ = [
     "FacetsPublic",
     "HealthPublic",
     "PointPublic",
+    "ExcludeIn",
+    "GroupBy",
+    "Roi",
     "SearchFilterIn",
+    "SearchGroup",
     "SearchHit",
     "SearchQuery",
     "SearchResponse",
@@ -97,8 +102,49 @@ class SearchFilterIn(BaseModel):
     key: list[str] | str | None = _values(1000)
 
 
+GroupBy = Literal["object", "series", "study"]
+_HASH = r"^[0-9a-f]{32}$"
+_MAX_EXAMPLES = 64
+
+GROUP_BY_DESCRIPTION = (
+    "group hits by object (all frames of one file), series or study (the keyed hashes in the payload); "
+    "``limit`` then counts groups, each of up to ``group_size`` hits, ranked by its best hit. Points "
+    "without the field (PNG/JPEG have no series or study) are left out of series and study groups. "
+    "The Qdrant server backend groups in the engine (query_points_groups); the embedded Qdrant Edge "
+    "store over-fetches hits (4 x limit x group_size, growing 4-fold, at most 4096) and groups those."
+)
+
+
+class ExcludeIn(BaseModel):
+    """Hits to leave out: the query's own patient or study, or listed ones (keyed hashes, as in
+    payloads' ``patient_hash`` / ``study_hash``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    same_patient: bool = Field(
+        default=False,
+        description="leave out the query's patient (a stored point's or an uploaded DICOM's PatientID, "
+        "as its keyed hash); 400 for a query that has none (a vector, a text, a PNG)",
+    )
+    same_study: bool = Field(default=False, description="leave out the query's study, as same_patient")
+    patients: list[Annotated[str, Field(pattern=_HASH)]] | None = Field(default=None, max_length=1000)
+    studies: list[Annotated[str, Field(pattern=_HASH)]] | None = Field(default=None, max_length=1000)
+
+
+class Roi(BaseModel):
+    """A region of the uploaded image, in pixels of its rendered query frame: the crop is embedded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    x: int = Field(ge=0, le=65535)
+    y: int = Field(ge=0, le=65535)
+    width: int = Field(ge=1, le=65535)
+    height: int = Field(ge=1, le=65535)
+
+
 class SearchQuery(BaseModel):
-    """Search by exactly one of a stored point id, a raw vector or a text (encoders with a text tower).
+    """Search by exactly one of a stored point id, a raw vector, a text (encoders with a text tower)
+    or ``positive`` examples (with optional ``negative`` ones).
 
     ``filter`` maps field names (modality, anatomy, pathology, dataset, split, source, key) to lists of
     values: any of the values within a field, all of the fields.
@@ -109,19 +155,37 @@ class SearchQuery(BaseModel):
     point_id: str | None = Field(default=None, max_length=64)
     vector: list[float] | None = Field(default=None, min_length=1, max_length=65536)
     text: str | None = Field(default=None, min_length=1, max_length=2000)
+    positive: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=_MAX_EXAMPLES,
+        description="point ids of examples to search like, scored as Qdrant's recommendation query "
+        "with the average_vector strategy (avg(positive) + (avg(positive) - avg(negative))); the "
+        "examples themselves are left out of the hits",
+    )
+    negative: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None, max_length=_MAX_EXAMPLES, description="point ids of examples to search away from"
+    )
     filter: SearchFilterIn | None = None
+    exclude: ExcludeIn | None = None
+    group_by: GroupBy | None = Field(default=None, description=GROUP_BY_DESCRIPTION)
+    group_size: int = Field(default=3, ge=1, le=100, description="hits per group (with group_by)")
     limit: int = Field(default=10, ge=1, description="at most the server's max_limit (1000 by default)")
     offset: int = Field(default=0, ge=0, le=100_000)
     score_threshold: float | None = Field(default=None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _exactly_one_query(self) -> SearchQuery:
-        given = [name for name in ("point_id", "vector", "text") if getattr(self, name) is not None]
+        given = [
+            name for name in ("point_id", "vector", "text", "positive") if getattr(self, name) is not None
+        ]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of point_id, vector or text"
+                "give exactly one of point_id, vector, text or positive"
                 + (f" (got {', '.join(given)})" if given else "")
             )
+        if self.negative and self.positive is None:
+            raise ValueError("negative examples go with positive ones")
         return self
 
 
@@ -161,6 +225,19 @@ class SearchHit(BaseModel):
     id: str
     score: float
     payload: PayloadPublic
+    weak: bool | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="the score is below the collection's calibrated threshold (no close match); "
+        "absent when the collection was never calibrated",
+    )
+
+
+class SearchGroup(BaseModel):
+    """Hits sharing one object key, series hash or study hash, best first."""
+
+    key: str = Field(description="the object's key, or the keyed series/study hash")
+    hits: list[SearchHit]
 
 
 class SearchWarning(BaseModel):
@@ -174,7 +251,16 @@ class SearchWarning(BaseModel):
 
 
 class SearchResponse(BaseModel):
-    hits: list[SearchHit]
+    hits: list[SearchHit] = Field(description="the hits; with group_by, those of the groups in group order")
+    groups: list[SearchGroup] | None = Field(
+        default=None, exclude_if=lambda value: value is None, description="with group_by: the groups"
+    )
+    close_match: bool | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="false when the best hit is weak (or there is none); absent when the collection "
+        "was never calibrated (radsearch collections calibrate)",
+    )
     collection: str
     took_ms: float
     warnings: list[SearchWarning] = Field(
@@ -410,10 +496,25 @@ class BackfillJobPublic(BaseModel):
         return cls.model_validate(record.to_dict())
 
 
+class CalibrationPublic(BaseModel):
+    """A collection's "no close match" threshold (``core.calibration``): hits scoring below it are
+    ``weak``. ``threshold`` is null for a collection of fewer than two points (nothing stored)."""
+
+    collection: str
+    threshold: float | None
+    quantile: float | None = None
+    queries: int | None = None
+    points: int | None = None
+    method: str | None = None
+    computed_at: str | None = None
+
+
 class CompareResult(BaseModel):
     collection: str
     encoder: str
     hits: list[SearchHit]
+    groups: list[SearchGroup] | None = Field(default=None, exclude_if=lambda value: value is None)
+    close_match: bool | None = Field(default=None, exclude_if=lambda value: value is None)
     took_ms: float
     warnings: list[SearchWarning] = Field(
         default_factory=list, description="filter values that match no stored value of this collection"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,9 +26,13 @@ from search_api.errors import ObjectGone, ObjectQuarantined, UpstreamUnavailable
 from search_api.schemas import SearchWarning
 
 __all__ = [
+    "decode_upload",
     "embed_frame",
     "embed_text",
     "embed_upload",
+    "pick_frame",
+    "read_source_object",
+    "to_png",
     "read_point",
     "render_thumbnail",
     "source_location",
@@ -66,6 +69,11 @@ def _decode(data: bytes, key: str, settings: Settings) -> DecodedObject:
     return decode_object(
         data, key, limits=DecodeLimits.from_settings(settings.ingest), hash_key=settings.hash_key_bytes()
     )
+
+
+def decode_upload(*, settings: Settings, data: bytes, filename: str) -> DecodedObject:
+    """An uploaded DICOM/PNG/JPEG decoded as ingest decodes it (identifiers as keyed hashes)."""
+    return _decode(data, filename, settings)
 
 
 def upload_frame(*, settings: Settings, data: bytes, filename: str) -> Frame:
@@ -145,26 +153,18 @@ def search_warnings(
     ]
 
 
-def _pick_frame(decoded: DecodedObject, frame_index: int) -> Frame:
-    if not decoded.frames:
-        raise UpstreamUnavailable("the source object has no image frames")
-    # readers may sample long series, so fall back to the nearest frame they returned
-    indices = decoded.frame_indices or list(range(len(decoded.frames)))
-    nearest = min(range(len(indices)), key=lambda i: abs(indices[i] - frame_index))
-    return decoded.frames[nearest]
-
-
-def _to_png(frame: Frame, size: int) -> bytes:
+def _to_png(frame: Frame, size: int | None) -> bytes:
     pixels = np.ascontiguousarray(frame, dtype=np.uint8)
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     image = Image.fromarray(pixels)
     if image.mode not in ("L", "RGB"):
         image = image.convert("RGB")
-    width, height = image.size
-    scale = size / max(width, height)
-    target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image = image.resize(target, Image.Resampling.LANCZOS)
+    if size is not None:
+        width, height = image.size
+        scale = size / max(width, height)
+        target = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = image.resize(target, Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     # a fresh image from pixels carries no metadata; nothing of the source's header is copied
     image.save(buffer, format="PNG", optimize=False)
@@ -183,27 +183,20 @@ def source_location(catalog: Catalog, collection: str, point: StoredPoint) -> st
     return uri
 
 
-def render_thumbnail(
-    *,
-    settings: Settings,
-    point: StoredPoint,
-    size: int,
-    source_uri: str | None,
-    accept_burned_in: bool = False,
-) -> bytes:
-    """A PNG of the point's frame, longest side ``size``, rendered from pixels only; the object is
-    read from ``source_uri`` (`source_location`) and checked as it is now: `ObjectGone` (404) when
-    it was deleted, `ObjectQuarantined` (410) when it carries burned-in annotation
-    (`burned_in_reason`) and the collection did not accept such objects (``accept_burned_in``)."""
+def read_source_object(
+    *, settings: Settings, point: StoredPoint, source_uri: str | None, accept_burned_in: bool = False
+) -> tuple[bytes, DecodedObject]:
+    """The bytes of the point's object, read from ``source_uri`` (`source_location`) and decoded
+    as it is now: `ObjectGone` (404) when it was deleted, `ObjectQuarantined` (410) when it
+    carries burned-in annotation (`burned_in_reason`) and the collection did not accept such
+    objects (``accept_burned_in``), `UpstreamUnavailable` (502) when it cannot be read."""
     from ingest.pipeline import burned_in_reason
 
-    payload: Mapping[str, Any] = point.payload
-    key = payload.get("key")
+    key = point.payload.get("key")
     if source_uri is None or not isinstance(key, str):
         raise UpstreamUnavailable(
             f"the source object of point {point.id!r} cannot be read: its source is not registered here"
         )
-    frame_index = int(payload.get("frame", 0) or 0)
     try:
         source = open_source(source_uri, settings)
         try:
@@ -228,4 +221,36 @@ def render_thumbnail(
             f"the source object of point {point.id!r} is quarantined (burned-in annotation) and "
             "its collection does not accept burned-in objects: no pixels are served"
         )
-    return _to_png(_pick_frame(decoded, frame_index), size)
+    return data, decoded
+
+
+def pick_frame(decoded: DecodedObject, frame_index: int) -> tuple[int, Frame]:
+    """The decoded frame nearest to the file's frame ``frame_index`` (readers sample long
+    series), and the file's index of it."""
+    if not decoded.frames:
+        raise UpstreamUnavailable("the source object has no image frames")
+    indices = decoded.frame_indices or list(range(len(decoded.frames)))
+    nearest = min(range(len(indices)), key=lambda i: abs(indices[i] - frame_index))
+    return indices[nearest], decoded.frames[nearest]
+
+
+def to_png(frame: Frame, size: int | None) -> bytes:
+    """A PNG of ``frame``, longest side ``size`` (None: as it is), nothing of any header."""
+    return _to_png(frame, size)
+
+
+def render_thumbnail(
+    *,
+    settings: Settings,
+    point: StoredPoint,
+    size: int,
+    source_uri: str | None,
+    accept_burned_in: bool = False,
+) -> bytes:
+    """A PNG of the point's frame, longest side ``size``, rendered from pixels only; errors as
+    `read_source_object`."""
+    _, decoded = read_source_object(
+        settings=settings, point=point, source_uri=source_uri, accept_burned_in=accept_burned_in
+    )
+    frame_index = int(point.payload.get("frame", 0) or 0)
+    return _to_png(pick_frame(decoded, frame_index)[1], size)

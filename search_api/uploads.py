@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import PurePosixPath
+from typing import TypeVar
 
 from fastapi import UploadFile
+from pydantic import BaseModel, BeforeValidator, ValidationError
 from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
@@ -15,7 +17,27 @@ from core.payload import SearchFilter
 from search_api.errors import UnknownField
 from search_api.schemas import parse_filter
 
-__all__ = ["check_form_fields", "filter_from_form", "read_upload", "upload_name"]
+__all__ = [
+    "FORM_NULL",
+    "FormFieldError",
+    "check_form_fields",
+    "filter_from_form",
+    "model_from_form",
+    "point_ids_from_form",
+    "read_upload",
+    "upload_name",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _form_null(value: object) -> object:
+    return None if value in ("null", "") else value
+
+
+#: For an optional non-string form field: ``null`` (as generated clients send None) and an empty
+#: value mean absent, as they do for the JSON fields (``filter``).
+FORM_NULL = BeforeValidator(_form_null)
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^\w.\- ]")
 
@@ -47,10 +69,10 @@ async def read_upload(file: UploadFile, max_bytes: int, name: str) -> bytes:
     return data
 
 
-def check_form_fields(form: FormData, allowed: tuple[str, ...]) -> None:
-    """`BadInput` (400) for a form part the route does not take, and for anything but exactly one
-    file: nothing a caller sends is silently ignored (``-F modality=MR`` would otherwise search
-    unfiltered). Unknown names are echoed made safe and short, never their values."""
+def check_form_fields(form: FormData, allowed: tuple[str, ...], *, max_files: int = 1) -> None:
+    """`BadInput` (400) for a form part the route does not take, and for no file or more than
+    ``max_files``: nothing a caller sends is silently ignored (``-F modality=MR`` would otherwise
+    search unfiltered). Unknown names are echoed made safe and short, never their values."""
     unknown = sorted({name for name in form if name not in allowed})
     if unknown:
         safe = [_UNSAFE_NAME_CHARS.sub("_", name)[:40] for name in unknown[:5]]
@@ -59,5 +81,40 @@ def check_form_fields(form: FormData, allowed: tuple[str, ...]) -> None:
         raise UnknownField(
             safe[0], f"unknown form field {names}; this route takes {', '.join(allowed)}{hint}"
         )
-    if sum(1 for _, value in form.multi_items() if isinstance(value, StarletteUploadFile)) != 1:
-        raise BadInput("upload", "exactly one file per search request")
+    files = sum(1 for _, value in form.multi_items() if isinstance(value, StarletteUploadFile))
+    if files < 1 or files > max_files:
+        wanted = "exactly one file" if max_files == 1 else f"one to {max_files} files"
+        raise BadInput("upload", f"{wanted} per search request")
+
+
+def model_from_form(model: type[M], raw: str | None, field: str) -> M | None:
+    """A JSON form field (``exclude``, ``roi``) as ``model``, or None when absent or blank;
+    `InvalidQuery`-like `UnknownField`/`BadInput` (400) naming the field and the rule, never the
+    value sent."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in (field, *first.get("loc", ())))
+        if first.get("type") == "extra_forbidden":
+            raise UnknownField(
+                where, f"unknown field {where!r}: the request schema does not take it"
+            ) from None
+        raise FormFieldError(where, f"{where}: {first.get('msg', 'invalid')}") from None
+
+
+def point_ids_from_form(raw: list[str] | None) -> list[str]:
+    """Point ids given as repeated form fields or comma-separated, in order, without repeats."""
+    ids = [item.strip() for value in raw or [] for item in value.split(",") if item.strip()]
+    return list(dict.fromkeys(ids))
+
+
+class FormFieldError(BadInput):
+    """A form field's value does not follow its rule (400, naming the field)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.args = (reason,)
+        self.field = field

@@ -26,6 +26,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
+from core.calibration import calibrate_loaded
 from core.errors import (
     BadInput,
     CollectionNotFound,
@@ -491,6 +492,7 @@ def _finish(task: RadsearchTask, job_id: str) -> None:
                 return
             started = time.monotonic()
             catalog.index.optimize(collection)
+            calibrate_loaded(catalog.index, collection)
             log.info("job %s: %s indexed in %.1f s", job_id, collection, time.monotonic() - started)
     except Exception as exc:
         _retry_if_transient(task, exc, f"indexing job {job_id}")

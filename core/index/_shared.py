@@ -187,6 +187,11 @@ def filter_conditions(filter: SearchFilter | None, *, require: bool = False) -> 
     return conditions
 
 
+def filter_exclusions(filter: SearchFilter | None) -> list[tuple[str, list[str]]]:
+    """The filter's (field, none-of values) pairs (`SearchFilter.exclusions`)."""
+    return filter.exclusions() if filter is not None else []
+
+
 def unnamed_vector(raw: Any) -> Any:
     """The collection's one (unnamed) vector of an engine record's ``.vector``, as the engine gave
     it, or None; the engine may hand it as a dict of named vectors."""

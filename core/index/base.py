@@ -19,7 +19,20 @@ from numpy.typing import NDArray
 from core.errors import IndexStoreError, PointNotFound
 from core.payload import SearchFilter
 
-__all__ = ["CollectionConfig", "Hit", "StoredPoint", "VectorIndex"]
+__all__ = [
+    "GROUP_FETCH_MAX",
+    "CollectionConfig",
+    "Hit",
+    "HitGroup",
+    "StoredPoint",
+    "VectorIndex",
+    "group_hits",
+]
+
+#: Where the engine cannot group (Qdrant Edge), `VectorIndex.search_groups` over-fetches plain hits
+#: (4 x limit x group_size first, then 4 times more each round) up to this many, and groups those:
+#: groups whose hits all rank below the first GROUP_FETCH_MAX hits are not found.
+GROUP_FETCH_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,34 @@ class StoredPoint:
     vector: NDArray[np.float32] | None = None
 
 
+@dataclass(frozen=True)
+class HitGroup:
+    """Hits sharing one value of the grouping field, best first; groups rank by their best hit."""
+
+    key: str
+    hits: list[Hit]
+
+
+def group_hits(hits: Sequence[Hit], field: str, *, group_size: int, limit: int) -> list[HitGroup]:
+    """Group best-first ``hits`` by payload ``field``: at most ``limit`` groups of at most
+    ``group_size`` hits, in the order of each group's best hit. Hits without the field are left
+    out (as the Qdrant engine's grouping leaves them out)."""
+    groups: dict[str, list[Hit]] = {}
+    for hit in hits:
+        value = hit.payload.get(field)
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            continue
+        key = str(value)
+        members = groups.get(key)
+        if members is None:
+            if len(groups) >= limit:
+                continue
+            members = groups[key] = []
+        if len(members) < group_size:
+            members.append(hit)
+    return [HitGroup(key=key, hits=members) for key, members in groups.items()]
+
+
 class VectorIndex(ABC):
     """A set of named collections of vectors with payloads.
 
@@ -62,6 +103,9 @@ class VectorIndex(ABC):
     #: embedded engine): an event loop gains nothing by handing such a call to a worker thread,
     #: which can run only while the loop waits, and pays two thread switches for it.
     holds_gil: ClassVar[bool] = False
+
+    #: False for an index that writes through another process's API and cannot search here.
+    searches_here: ClassVar[bool] = True
 
     @abstractmethod
     def create_collection(self, config: CollectionConfig) -> None:
@@ -140,6 +184,43 @@ class VectorIndex(ABC):
             score_threshold=score_threshold,
             exclude_ids=(point_id,),
         )
+
+    #: True where `search_groups` is the engine's own grouping, not an over-fetch.
+    engine_groups: ClassVar[bool] = False
+
+    def search_groups(
+        self,
+        name: str,
+        vector: NDArray[np.float32],
+        *,
+        group_by: str,
+        group_size: int = 3,
+        limit: int = 10,
+        filter: SearchFilter | None = None,
+        score_threshold: float | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[HitGroup]:
+        """`search` grouped by the payload field ``group_by`` (`group_hits`): ``limit`` groups of
+        up to ``group_size`` hits. Here by over-fetching plain hits, at most `GROUP_FETCH_MAX`;
+        a backend with engine grouping overrides it."""
+        if group_size < 1 or limit < 1:
+            raise IndexStoreError("group_size and limit must be at least 1")
+        fetch = max(64, 4 * limit * group_size)
+        while True:
+            wanted = min(fetch, GROUP_FETCH_MAX)
+            hits = self.search(
+                name,
+                vector,
+                filter=filter,
+                limit=wanted,
+                score_threshold=score_threshold,
+                exclude_ids=exclude_ids,
+            )
+            groups = group_hits(hits, group_by, group_size=group_size, limit=limit)
+            full = len(groups) == limit and all(len(g.hits) == group_size for g in groups)
+            if full or len(hits) < wanted or wanted >= GROUP_FETCH_MAX:
+                return groups
+            fetch = wanted * 4
 
     @abstractmethod
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:

@@ -62,6 +62,7 @@ from core.index._shared import (
     config_to_dict,
     facet_counts,
     filter_conditions,
+    filter_exclusions,
     hnsw_params,
     is_valid_name,
     known_ids,
@@ -418,6 +419,9 @@ def _to_filter(
         must.append(qe.HasIdCondition(set(only_ids)))
     excluded = known_ids(exclude_ids)
     must_not: list[Any] = [qe.HasIdCondition(set(excluded))] if excluded else []
+    must_not += [
+        qe.FieldCondition(key, match=qe.MatchAny(values)) for key, values in filter_exclusions(filter)
+    ]
     if not must and not must_not:
         return None
     return qe.Filter(must=must or None, must_not=must_not or None)
@@ -927,7 +931,9 @@ class EdgeIndex(VectorIndex):
         - otherwise (a small, selective filter, served by its payload links): ``hnsw_ef_selective``.
         """
         store = self._store
-        key = tuple((field, tuple(values)) for field, values in filter_conditions(filter))
+        key = tuple((field, tuple(values)) for field, values in filter_conditions(filter)) + tuple(
+            ("not_" + field, tuple(values)) for field, values in filter_exclusions(filter)
+        )
         cache = handle.cardinality  # a write meanwhile replaces it: this estimate then goes stale
         counts = cache.get(key)
         if counts is None:

@@ -79,6 +79,8 @@ def _points_per_request(dim: int) -> int:
 def _filter_body(filter: SearchFilter | None) -> dict[str, list[str]] | None:
     if filter is None:
         return None
+    if filter.exclusions():
+        raise IndexStoreError("the owner's ingest API takes no exclusions (patient or study) in a filter")
     # as given, not as matched: the owner expands the values itself (`SearchFilter.conditions`)
     return dict(filter.fields())
 
@@ -95,6 +97,8 @@ class OwnerIndex(VectorIndex):
     reached, so a restarted server (a new port in its owner record) is found without restarting
     the worker.
     """
+
+    searches_here = False  # the owner calibrates as it optimizes (`core.calibration`)
 
     def __init__(self, connect: Callable[[], ApiClient]) -> None:
         self._connect = connect

@@ -29,13 +29,14 @@ from core.index._shared import (
     config_to_dict,
     facet_counts,
     filter_conditions,
+    filter_exclusions,
     hnsw_params,
     known_ids,
     query_vector,
     stored_point,
     stored_points,
 )
-from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
+from core.index.base import CollectionConfig, Hit, HitGroup, StoredPoint, VectorIndex
 from core.payload import INDEXED_FIELDS, SearchFilter
 
 __all__ = ["QdrantServerIndex"]
@@ -71,6 +72,10 @@ def _to_filter(
     ]
     excluded = known_ids(exclude_ids)
     must_not: list[models.Condition] = [models.HasIdCondition(has_id=list(excluded))] if excluded else []
+    must_not += [
+        models.FieldCondition(key=key, match=models.MatchAny(any=values))
+        for key, values in filter_exclusions(filter)
+    ]
     if not must and not must_not:
         return None
     return models.Filter(must=must or None, must_not=must_not or None)
@@ -312,6 +317,51 @@ class QdrantServerIndex(VectorIndex):
         )
         return [
             Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points
+        ]
+
+    engine_groups = True
+
+    def search_groups(
+        self,
+        name: str,
+        vector: NDArray[np.float32],
+        *,
+        group_by: str,
+        group_size: int = 3,
+        limit: int = 10,
+        filter: SearchFilter | None = None,
+        score_threshold: float | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[HitGroup]:
+        """The engine's own grouping (``query_points_groups``); points without ``group_by`` are
+        left out, as `VectorIndex.search_groups` leaves them out."""
+        config = self._config(name)
+        query = query_vector(vector, config.dim, limit, 0)
+        if group_size < 1:
+            raise IndexStoreError("group_size must be at least 1")
+        response = self._call(
+            name,
+            lambda: self._client.query_points_groups(
+                name,
+                group_by=group_by,
+                query=query,
+                query_filter=_to_filter(filter, exclude_ids),
+                search_params=models.SearchParams(hnsw_ef=self._store.hnsw_ef),
+                limit=limit,
+                group_size=group_size,
+                score_threshold=score_threshold,
+                with_payload=True,
+                with_vectors=False,
+            ),
+        )
+        return [
+            HitGroup(
+                key=str(group.id),
+                hits=[
+                    Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in group.hits
+                ],
+            )
+            for group in response.groups
         ]
 
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:

@@ -236,6 +236,28 @@ def print_aliases(aliases: Mapping[str, str], *, as_json: bool) -> None:
         print(f"{alias} -> {target}")
 
 
+def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    from core.calibration import calibrate
+    from radsearch.services import open_catalog
+
+    with open_catalog(settings) as catalog:
+        name = catalog.resolve(args.name)
+        record = calibrate(catalog.index, name) or {"threshold": None}
+    print_calibrated({"collection": name, **record})
+    return EXIT_OK
+
+
+def print_calibrated(record: Mapping[str, Any]) -> None:
+    """One line: the collection and its threshold."""
+    if record.get("threshold") is None:
+        print(f"{record['collection']}: too few points to calibrate (nothing stored)")
+        return
+    print(
+        f"{record['collection']}: weak below {record['threshold']:.4f} "
+        f"(q{record['quantile']} of {record['queries']} unrelated queries' best scores)"
+    )
+
+
 # -- through a server ----------------------------------------------------------------------------
 
 
@@ -276,6 +298,14 @@ def _remote_drop(args: argparse.Namespace, settings: Settings, url: str) -> int:
     with remote.client(settings, url) as api:
         dropped = api.request("DELETE", f"/v1/collections/{remote.segment(args.name)}")
     print_dropped(args.name, dropped if dropped["trashed"] else None)
+    return EXIT_OK
+
+
+def _remote_calibrate(args: argparse.Namespace, settings: Settings, url: str) -> int:
+    """The server that owns the store calibrates."""
+    with remote.client(settings, url) as api:
+        record = api.request("POST", f"/v1/collections/{remote.segment(args.name)}/calibrate")
+    print_calibrated(record)
     return EXIT_OK
 
 
@@ -366,6 +396,12 @@ def add_collections_commands(sub: Any) -> Any:
     backfill.add_argument("--path-template", help="labels from keys, for a source URI")
     backfill.add_argument("--json", action="store_true")
     backfill.set_defaults(handler=_cmd_backfill, remote_handler=_remote_backfill)
+
+    calibrate = collections_sub.add_parser(
+        "calibrate", help='learn the "no close match" score threshold from the collection\'s own scores'
+    )
+    calibrate.add_argument("name")
+    calibrate.set_defaults(handler=_cmd_calibrate, remote_handler=_remote_calibrate)
 
     alias = collections_sub.add_parser("alias", help="point an alias at a collection (atomic switch)")
     alias.add_argument("alias")

@@ -78,6 +78,17 @@ def add_eval_command(sub: Any) -> None:
         choices=("patient", "study"),
         help="also report results with hits from the query's own patient/study removed",
     )
+    parser.add_argument(
+        "--exclude",
+        choices=("same-patient", "same-study"),
+        help="as --exclude-same patient|study (the search API's exclude)",
+    )
+    parser.add_argument(
+        "--group-by",
+        choices=("study", "series", "object"),
+        help="collection mode: also report the metrics over distinct groups (hits grouped as the "
+        "search API's group_by does), with --exclude applied",
+    )
     parser.add_argument("--group-column", help="files mode: the CSV column holding the patient/study id")
     parser.add_argument(
         "--index-fractions",
@@ -102,8 +113,21 @@ def _remote_eval(args: argparse.Namespace, settings: Settings, url: str) -> int:
     return run_remote_eval_command(args, settings, url, sys.stdout)
 
 
+def _exclude_same(args: argparse.Namespace) -> str | None:
+    """``--exclude same-patient`` is ``--exclude-same patient``; both given must agree."""
+    alias = args.exclude.removeprefix("same-") if getattr(args, "exclude", None) else None
+    if alias and args.exclude_same and alias != args.exclude_same:
+        raise EvalInputError("--exclude and --exclude-same disagree: give one")
+    chosen: str | None = alias or args.exclude_same
+    return chosen
+
+
 def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """Run ``radsearch eval`` and write its JSON or markdown to ``out``; returns the exit code."""
+    exclude_same = _exclude_same(args)
+    group_by = getattr(args, "group_by", None)
+    if group_by and not args.collection:
+        raise EvalInputError("--group-by needs --collection (the payload's series/study hashes)")
     fractions = args.index_fractions or (DEFAULT_FRACTIONS if args.plot else ())
     options = EvalOptions(
         ks=tuple(args.ks),
@@ -128,7 +152,8 @@ def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) 
                 search=args.search,
                 compare_exact=args.compare_exact,
                 hnsw_ef=args.hnsw_ef,
-                exclude_same=args.exclude_same,
+                exclude_same=exclude_same,
+                group_by=group_by,
             )
         finally:
             index.close()
@@ -142,7 +167,7 @@ def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) 
             ids=args.ids,
             index_splits=index_splits,
             query_splits=query_splits,
-            exclude_same=args.exclude_same,
+            exclude_same=exclude_same,
             group_column=args.group_column,
         )
     return _write_result(result, args, out)
@@ -162,7 +187,8 @@ def run_remote_eval_command(args: argparse.Namespace, settings: Settings, url: s
         "search": args.search,
         "compare_exact": args.compare_exact,
         "hnsw_ef": args.hnsw_ef,
-        "exclude_same": args.exclude_same,
+        "exclude_same": _exclude_same(args),
+        "group_by": getattr(args, "group_by", None),
         "index_fractions": list(args.index_fractions or (DEFAULT_FRACTIONS if args.plot else ())),
         "seed": args.seed,
         "max_queries": args.max_queries,

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from core.calibration import calibrate
 from core.catalog import Catalog, CollectionBusy
 from core.errors import (
     CollectionExists,
@@ -34,6 +35,7 @@ from search_api.schemas import (
     AliasUpdate,
     BackfillCreate,
     BackfillJobPublic,
+    CalibrationPublic,
     CollectionCreate,
     CollectionDetailPublic,
     CollectionDropped,
@@ -122,6 +124,21 @@ async def restore_collection(
     as_name = body.as_ if body is not None else None
     entry = await in_thread(catalog.trash.restore, catalog.index, name, as_name=as_name)
     return CollectionRestored(name=as_name or name, source=entry.name, points=entry.points)
+
+
+def _calibrate(catalog: Catalog, name: str) -> CalibrationPublic:
+    collection = catalog.resolve(name)
+    record = calibrate(catalog.index, collection) or {"threshold": None}
+    return CalibrationPublic(collection=collection, **record)
+
+
+@router.post("/collections/{name}/calibrate", responses=error_responses(CollectionNotFound))
+async def calibrate_collection(name: str, catalog: CatalogDep) -> CalibrationPublic:
+    """Learn the collection's "no close match" threshold from its own scores now (as every load
+    does when it ends): the 0.99 quantile of the best score of 200 queries drawn like the
+    collection's vectors but depicting nothing in it. Hits below it come back ``weak``."""
+    check_name(name)
+    return await in_thread(_calibrate, catalog, name)
 
 
 @router.get("/trash")

@@ -8,7 +8,7 @@ from core.catalog import Catalog, CollectionEntry
 from core.errors import InvalidFilter, PointNotFound
 from core.index.base import VectorIndex
 from core.payload import FILTER_FIELDS
-from search_api import admin_services, services
+from search_api import admin_services, rendering, services
 from search_api.deps import CatalogDep, CollectionDep, FacetFilterDep, IndexDep, SettingsDep
 from search_api.errors import (
     ObjectGone,
@@ -18,6 +18,7 @@ from search_api.errors import (
     error_responses,
 )
 from search_api.offload import in_thread
+from search_api.results import InvalidQuery
 from search_api.schemas import (
     CollectionDetailPublic,
     CollectionPublic,
@@ -124,3 +125,50 @@ async def read_thumbnail(
         accept_burned_in=entry.accept_burned_in,
     )
     return Response(content=png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+_IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "A PNG of the frame in the window; X-Radsearch-Frame: the file's frame index",
+    },
+    **error_responses(PointNotFound, InvalidQuery, ObjectGone, ObjectQuarantined, UpstreamUnavailable),
+}
+
+
+@router.get(
+    "/{name}/points/{point_id}/image",
+    response_class=Response,
+    responses=_IMAGE_RESPONSE,
+    dependencies=_READER,
+)
+async def read_point_image(
+    entry: CollectionDep,
+    point_id: str,
+    index: IndexDep,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+    window: Annotated[str, Query(max_length=40, description=rendering.WINDOW_DESCRIPTION)] = "auto",
+    size: Annotated[
+        int | None, Query(ge=16, le=2048, description="longest side; native size if absent")
+    ] = None,
+) -> Response:
+    """The point's frame for the viewer, in a window preset or C,W, from pixels only (never
+    overlays); 404/410 as for thumbnails (deleted, quarantined)."""
+    parsed = rendering.parse_window(window)
+    point = await in_thread(services.read_point, index=index, entry=entry, point_id=point_id)
+    source_uri = await in_thread(services.source_location, catalog, entry.name, point)
+    rendered = await in_thread(
+        rendering.render_point,
+        settings=settings,
+        entry=entry,
+        point=point,
+        source_uri=source_uri,
+        window=parsed,
+        size=size,
+    )
+    return Response(
+        content=rendered.png,
+        media_type="image/png",
+        headers={"Cache-Control": "private, max-age=300", "X-Radsearch-Frame": str(rendered.frame)},
+    )

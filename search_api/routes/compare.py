@@ -23,7 +23,7 @@ from core.errors import (
 from core.filter_warnings import StoredValues
 from core.index.base import Hit, VectorIndex
 from core.payload import SearchFilter
-from search_api import services
+from search_api import results, services
 from search_api.deps import (
     COLLECTION_NAME,
     CatalogDep,
@@ -35,9 +35,28 @@ from search_api.deps import (
 )
 from search_api.errors import UnknownField, error_responses
 from search_api.offload import in_inference_thread, in_thread, on_index
-from search_api.schemas import CompareResponse, CompareResult, FusedHit, SearchHit, SearchWarning
+from search_api.results import InvalidQuery, Shape
+from search_api.schemas import (
+    GROUP_BY_DESCRIPTION,
+    CompareResponse,
+    CompareResult,
+    ExcludeIn,
+    FusedHit,
+    GroupBy,
+    Roi,
+    SearchWarning,
+)
 from search_api.security import Role, require_role
-from search_api.uploads import check_form_fields, filter_from_form, read_upload, upload_name
+from search_api.uploads import (
+    FORM_NULL,
+    check_form_fields,
+    filter_from_form,
+    model_from_form,
+    read_upload,
+    upload_name,
+)
+
+_FORM_FIELDS = ("file", "collections", "limit", "fuse", "filter", "exclude", "group_by", "group_size", "roi")
 
 router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[require_role(Role.READER)])
 
@@ -83,11 +102,18 @@ def _parse_collections(raw: list[str]) -> list[str]:
 
 
 def _embed_all(
-    *, catalog: Catalog, entries: list[CollectionEntry], settings: Settings, data: bytes, filename: str
-) -> list[NDArray[np.float32]]:
-    """Decode once; embed the middle frame with each collection's own encoder."""
-    frame = services.upload_frame(settings=settings, data=data, filename=filename)
-    return [services.embed_frame(catalog=catalog, entry=e, frame=frame) for e in entries]
+    *,
+    catalog: Catalog,
+    entries: list[CollectionEntry],
+    settings: Settings,
+    data: bytes,
+    filename: str,
+    roi: Roi | None,
+) -> tuple[list[NDArray[np.float32]], results.QueryImage]:
+    """Decode once, crop to ``roi``; embed the frame with each collection's own encoder."""
+    image = results.read_upload_image(settings=settings, data=data, filename=filename)
+    frame = results.crop(image.frame, roi, filename) if roi is not None else image.frame
+    return [services.embed_frame(catalog=catalog, entry=e, frame=frame) for e in entries], image
 
 
 def _search_all(
@@ -96,26 +122,20 @@ def _search_all(
     entries: list[CollectionEntry],
     vectors: list[NDArray[np.float32]],
     search_filter: SearchFilter | None,
-    limit: int,
+    shape: Shape,
     stored: StoredValues,
-) -> list[tuple[list[Hit], float, list[SearchWarning]]]:
-    out: list[tuple[list[Hit], float, list[SearchWarning]]] = []
+) -> list[tuple[results.Found, float, list[SearchWarning]]]:
+    out: list[tuple[results.Found, float, list[SearchWarning]]] = []
     for entry, vector in zip(entries, vectors, strict=True):
         started = time.perf_counter()
-        hits = services.search(
-            index=index,
-            entry=entry,
-            vector=vector,
-            search_filter=search_filter,
-            limit=limit,
-            offset=0,
-            score_threshold=None,
+        found = results.find(
+            index=index, entry=entry, vector=vector, search_filter=search_filter, shape=shape
         )
         took = (time.perf_counter() - started) * 1000
         warnings = services.search_warnings(
             index=index, entry=entry, search_filter=search_filter, stored=stored
         )
-        out.append((hits, took, warnings))
+        out.append((found, took, warnings))
     return out
 
 
@@ -125,6 +145,7 @@ def _search_all(
         CollectionNotFound,
         ConfigError,
         InvalidFilter,
+        InvalidQuery,
         UnknownField,
         BadInput,
         DecodeError,
@@ -151,18 +172,43 @@ async def compare_collections(
     limit: Annotated[int, Form(ge=1)] = 10,
     fuse: Annotated[bool, Form(description="add a reciprocal-rank-fusion list")] = False,
     filter_json: Annotated[str | None, Form(alias="filter", description="JSON filter object")] = None,
+    exclude_json: Annotated[
+        str | None,
+        Form(alias="exclude", description='JSON object as for the image search, e.g. {"same_patient": true}'),
+    ] = None,
+    group_by: Annotated[GroupBy | None, FORM_NULL, Form(description=GROUP_BY_DESCRIPTION)] = None,
+    group_size: Annotated[int, Form(ge=1, le=100)] = 3,
+    roi_json: Annotated[
+        str | None, Form(alias="roi", description='JSON {"x", "y", "width", "height"}: embed the crop')
+    ] = None,
 ) -> CompareResponse:
     """Search one image in several collections: each collection's hits (and ``warnings`` for filter
-    values it does not hold), and optionally a fused list."""
+    values it does not hold), and optionally a fused list (of the hits; with ``group_by`` each
+    collection also answers groups). ``exclude``, ``roi`` as for the image search."""
     check_limit(limit, settings, loc=("body", "limit"))
-    check_form_fields(await request.form(), ("file", "collections", "limit", "fuse", "filter"))
+    check_form_fields(await request.form(), _FORM_FIELDS)
     names = _parse_collections(collections)
-    search_filter = filter_from_form(filter_json)
+    exclude = model_from_form(ExcludeIn, exclude_json, "exclude")
+    roi = model_from_form(Roi, roi_json, "roi")
     entries = await in_thread(lambda: [catalog.get(name) for name in names])
     filename = upload_name(file.filename)
     data = await read_upload(file, settings.api.max_upload_bytes, filename)
-    vectors = await in_inference_thread(
-        limiter, _embed_all, catalog=catalog, entries=entries, settings=settings, data=data, filename=filename
+    vectors, image = await in_inference_thread(
+        limiter,
+        _embed_all,
+        catalog=catalog,
+        entries=entries,
+        settings=settings,
+        data=data,
+        filename=filename,
+        roi=roi,
+    )
+    search_filter = results.apply_exclusions(
+        filter_from_form(filter_json),
+        exclude,
+        patients=[image.patient_hash],
+        studies=[image.study_hash],
+        source="upload",
     )
     searched = await on_index(
         index,
@@ -171,24 +217,25 @@ async def compare_collections(
         entries=entries,
         vectors=vectors,
         search_filter=search_filter,
-        limit=limit,
+        shape=Shape(limit=limit, group_by=group_by, group_size=group_size),
         stored=stored,
     )
-    results = [
+    answers = [
         CompareResult(
             collection=name,
             encoder=entry.encoder.name,
-            hits=[SearchHit(id=h.id, score=h.score, payload=h.payload) for h in hits],
+            hits=results.hits_out(found.hits, found.threshold),
             took_ms=round(took, 3),
             warnings=warnings,
+            **results.describe(found),
         )
-        for name, entry, (hits, took, warnings) in zip(names, entries, searched, strict=True)
+        for name, entry, (found, took, warnings) in zip(names, entries, searched, strict=True)
     ]
     fused = (
         reciprocal_rank_fusion(
-            {name: hits for name, (hits, _, _) in zip(names, searched, strict=True)}, limit=limit
+            {name: found.hits for name, (found, _, _) in zip(names, searched, strict=True)}, limit=limit
         )
         if fuse
         else None
     )
-    return CompareResponse(results=results, fused=fused)
+    return CompareResponse(results=answers, fused=fused)

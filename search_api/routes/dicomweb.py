@@ -323,7 +323,7 @@ def _query_vector(
     catalog: Catalog, entry: CollectionEntry, settings: Settings, query: DicomwebSearchQuery
 ) -> tuple[NDArray[np.float32], dict[str, str]]:
     """The query vector and the keyed hashes of the query instance's UIDs (for ``exclude``)."""
-    from search_api.services import _decode, _pick_frame, embed_frame
+    from search_api.services import _decode, embed_frame, pick_frame
 
     data = _fetch_query_instance(settings, query)
     decoded = _decode(data, "instance_uid", settings)
@@ -332,7 +332,7 @@ def _query_vector(
     if query.frame is None:
         frame = decoded.frames[len(decoded.frames) // 2]
     else:
-        frame = _pick_frame(decoded, query.frame)
+        _, frame = pick_frame(decoded, query.frame)
     hashes = {
         level: value
         for level, name in (("instance", "instance_hash"), ("series", "series_hash"), ("study", "study_hash"))

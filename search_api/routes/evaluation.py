@@ -34,6 +34,9 @@ class EvaluationCreate(BaseModel):
     compare_exact: bool = False
     hnsw_ef: int | None = Field(default=None, ge=1, le=100_000)
     exclude_same: Literal["patient", "study"] | None = None
+    group_by: Literal["study", "series", "object"] | None = Field(
+        default=None, description="also report the metrics over distinct groups (``grouped``)"
+    )
     index_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(default=[], max_length=16)
     seed: int = 0
     max_queries: int | None = Field(default=None, ge=1)
@@ -58,6 +61,7 @@ async def create_evaluation(entry: CollectionDep, body: EvaluationCreate, index:
         compare_exact=body.compare_exact,
         hnsw_ef=body.hnsw_ef,
         exclude_same=body.exclude_same,
+        group_by=body.group_by,
     )
     result: dict[str, Any] = json_safe(evaluated)
     return result

@@ -21,6 +21,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from numpy.typing import NDArray
 
+from core.calibration import calibrate_loaded
 from core.catalog import CollectionEntry
 from core.config import Settings
 from core.errors import ConfigError, InvalidFilter, InvalidVector, StoreFull, StoreOwned
@@ -223,6 +224,8 @@ def _optimize(index: VectorIndex, entry: CollectionEntry) -> OptimizePublic:
     if info.get("status") != "green":
         index.optimize(entry.name)
         info = index.collection_info(entry.name)
+    # a bulk load through this API ends here: the "no close match" threshold follows its data
+    calibrate_loaded(index, entry.name)
     return OptimizePublic(
         collection=entry.name,
         points=int(info["points"]),

@@ -9,8 +9,10 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from numpy.typing import NDArray
+from pydantic import Field
 
-from core.catalog import CollectionEntry
+from core.catalog import Catalog, CollectionEntry
+from core.config import Settings
 from core.errors import (
     BadInput,
     DecodeError,
@@ -22,9 +24,9 @@ from core.errors import (
     UnsupportedFormat,
 )
 from core.filter_warnings import StoredValues
-from core.index.base import Hit, VectorIndex
+from core.index.base import VectorIndex
 from core.payload import SearchFilter
-from search_api import services
+from search_api import results, services
 from search_api.deps import (
     CatalogDep,
     CollectionDep,
@@ -36,47 +38,156 @@ from search_api.deps import (
 )
 from search_api.errors import UnknownField, error_responses
 from search_api.offload import in_inference_thread, on_index
-from search_api.schemas import SearchHit, SearchQuery, SearchResponse, SearchWarning, parse_filter
+from search_api.results import Found, InvalidQuery, Shape
+from search_api.schemas import (
+    GROUP_BY_DESCRIPTION,
+    ExcludeIn,
+    GroupBy,
+    Roi,
+    SearchQuery,
+    SearchResponse,
+    SearchWarning,
+    parse_filter,
+)
 from search_api.security import Role, require_role
-from search_api.uploads import check_form_fields, filter_from_form, read_upload, upload_name
+from search_api.uploads import (
+    FORM_NULL,
+    check_form_fields,
+    filter_from_form,
+    model_from_form,
+    point_ids_from_form,
+    read_upload,
+    upload_name,
+)
 
-_IMAGE_FORM_FIELDS = ("file", "filter", "limit", "offset", "score_threshold")
+_IMAGE_FORM_FIELDS = (
+    "file",
+    "role",
+    "positive",
+    "negative",
+    "filter",
+    "exclude",
+    "group_by",
+    "group_size",
+    "roi",
+    "limit",
+    "offset",
+    "score_threshold",
+)
+#: At most this many uploaded examples in one search (each within the upload size limit).
+MAX_UPLOADS = 8
 
 router = APIRouter(prefix="/v1/collections", tags=["search"], dependencies=[require_role(Role.READER)])
 logger = logging.getLogger(__name__)
 
 
 def _response(
-    entry: CollectionEntry, found: tuple[list[Hit], list[SearchWarning]], started: float, mode: str
+    entry: CollectionEntry, found: tuple[Found, list[SearchWarning]], started: float, mode: str
 ) -> SearchResponse:
-    hits, warnings = found
+    result, warnings = found
     took_ms = (time.perf_counter() - started) * 1000
     # collection, mode, counts and timings only: nothing about the query image or its patient
-    logger.info("search collection=%s mode=%s hits=%d took_ms=%.1f", entry.name, mode, len(hits), took_ms)
+    logger.info(
+        "search collection=%s mode=%s hits=%d took_ms=%.1f", entry.name, mode, len(result.hits), took_ms
+    )
     return SearchResponse(
-        hits=[SearchHit(id=hit.id, score=hit.score, payload=hit.payload) for hit in hits],
+        hits=results.hits_out(result.hits, result.threshold),
         collection=entry.name,
         took_ms=round(took_ms, 3),
         warnings=warnings,
+        **results.describe(result),
     )
 
 
 def _with_warnings(
-    run: Callable[[], list[Hit]],
+    run: Callable[[], Found],
     *,
     index: VectorIndex,
     entry: CollectionEntry,
     search_filter: SearchFilter | None,
     stored: StoredValues,
-) -> tuple[list[Hit], list[SearchWarning]]:
+) -> tuple[Found, list[SearchWarning]]:
     """The hits, and a warning per filter value the collection does not hold (one thread hop)."""
-    hits = run()
+    found = run()
     warnings = services.search_warnings(index=index, entry=entry, search_filter=search_filter, stored=stored)
-    return hits, warnings
+    return found, warnings
+
+
+def _example_vectors(
+    *, index: VectorIndex, entry: CollectionEntry, ids: list[str], role: str
+) -> list[tuple[str, NDArray[np.float32], dict[str, object]]]:
+    """(id, vector, payload) of each example point; `PointNotFound` naming the first missing one
+    by its position."""
+    points = {p.id: p for p in index.retrieve(entry.name, ids, with_vectors=True)} if ids else {}
+    out = []
+    for position, point_id in enumerate(ids):
+        point = points.get(point_id)
+        if point is None or point.vector is None:
+            raise PointNotFound(f"{role}[{position}]: no such point in {entry.name!r}")
+        out.append((point_id, point.vector, point.payload))
+    return out
+
+
+def _search_json(
+    *,
+    query: SearchQuery,
+    index: VectorIndex,
+    entry: CollectionEntry,
+    search_filter: SearchFilter | None,
+    vector: list[float] | NDArray[np.float32] | None,
+) -> Found:
+    """The JSON search once a text is embedded: by point, by examples or by vector."""
+    shape = Shape(
+        limit=query.limit,
+        offset=query.offset,
+        score_threshold=query.score_threshold,
+        group_by=query.group_by,
+        group_size=query.group_size,
+    )
+    find = partial(results.find, index=index, entry=entry, shape=shape)
+    if query.point_id is not None:
+        if query.exclude is None and query.group_by is None:
+            hits = services.search_near_point(
+                index=index,
+                entry=entry,
+                point_id=query.point_id,
+                search_filter=search_filter,
+                limit=query.limit,
+                offset=query.offset,
+                score_threshold=query.score_threshold,
+            )
+            return results.found(index=index, entry=entry, hits=hits)
+        point = services.read_point(index=index, entry=entry, point_id=query.point_id, with_vector=True)
+        assert point.vector is not None
+        narrowed = results.apply_exclusions(
+            search_filter,
+            query.exclude,
+            patients=[results.payload_str(point.payload, "patient_hash")],
+            studies=[results.payload_str(point.payload, "study_hash")],
+            source="point",
+        )
+        return find(vector=point.vector, search_filter=narrowed, exclude_ids=(point.id,))
+    if query.positive is not None:
+        positive = _example_vectors(index=index, entry=entry, ids=query.positive, role="positive")
+        negative = _example_vectors(index=index, entry=entry, ids=query.negative or [], role="negative")
+        examples = positive + negative
+        narrowed = results.apply_exclusions(
+            search_filter,
+            query.exclude,
+            patients=[results.payload_str(p, "patient_hash") for _, _, p in examples],
+            studies=[results.payload_str(p, "study_hash") for _, _, p in examples],
+            source="examples",
+        )
+        combined = results.average_vector([v for _, v, _ in positive], [v for _, v, _ in negative])
+        return find(vector=combined, search_filter=narrowed, exclude_ids=[pid for pid, _, _ in examples])
+    assert vector is not None
+    narrowed = results.apply_exclusions(search_filter, query.exclude, source="vector or text query")
+    return find(vector=vector, search_filter=narrowed)
 
 
 @router.post(
-    "/{name}/search", responses=error_responses(InvalidFilter, InvalidVector, NoTextTower, PointNotFound)
+    "/{name}/search",
+    responses=error_responses(InvalidFilter, InvalidVector, InvalidQuery, NoTextTower, PointNotFound),
 )
 async def search_collection(
     entry: CollectionDep,
@@ -87,99 +198,203 @@ async def search_collection(
     limiter: InferenceLimiterDep,
     stored: StoredValuesDep,
 ) -> SearchResponse:
-    """Search by a stored point id, a raw vector or a text, with filters and paging; ``warnings``
-    names each filter value that matches no stored value, with the closest stored ones."""
+    """Search by a stored point id, a raw vector, a text, or positive (and negative) example points,
+    with filters and paging; ``group_by`` groups hits by object, series or study; ``exclude``
+    leaves out the query's patient or study; ``warnings`` names each filter value that matches no
+    stored value, with the closest stored ones. In a calibrated collection every hit says whether
+    it is ``weak`` and ``close_match`` whether the best one is not."""
     check_limit(query.limit, settings, loc=("body", "limit"))
+    if query.group_by is not None and query.offset:
+        raise InvalidQuery("offset", "offset does not page groups: leave it out with group_by")
     search_filter = parse_filter(query.filter)
     started = time.perf_counter()
-    warned = partial(_with_warnings, index=index, entry=entry, search_filter=search_filter, stored=stored)
-    search = partial(
-        services.search,
-        index=index,
-        entry=entry,
-        search_filter=search_filter,
-        limit=query.limit,
-        offset=query.offset,
-        score_threshold=query.score_threshold,
-    )
-    vector: list[float] | NDArray[np.float32]
-    if query.point_id is not None:
-        by_point = partial(
-            services.search_near_point,
-            index=index,
-            entry=entry,
-            point_id=query.point_id,
-            search_filter=search_filter,
-            limit=query.limit,
-            offset=query.offset,
-            score_threshold=query.score_threshold,
-        )
-        return _response(entry, await on_index(index, warned, by_point), started, "point")
+    vector: list[float] | NDArray[np.float32] | None = None
+    mode = "point" if query.point_id is not None else "examples" if query.positive is not None else "vector"
     if query.text is not None:
         mode = "text"
         vector = await in_inference_thread(
             limiter, services.embed_text, catalog=catalog, entry=entry, text=query.text
         )
-    else:
-        assert query.vector is not None
-        mode = "vector"
+    elif query.vector is not None:
         vector = query.vector
-    found = await on_index(index, warned, partial(search, vector=vector))
-    return _response(entry, found, started, mode)
+    run = partial(
+        _search_json, query=query, index=index, entry=entry, search_filter=search_filter, vector=vector
+    )
+    warned = partial(
+        _with_warnings, run, index=index, entry=entry, search_filter=search_filter, stored=stored
+    )
+    return _response(entry, await on_index(index, warned), started, mode)
+
+
+def _embed_uploads(
+    *,
+    catalog: Catalog,
+    entry: CollectionEntry,
+    settings: Settings,
+    uploads: list[tuple[str, bytes]],
+    roi: Roi | None,
+) -> list[tuple[NDArray[np.float32], results.QueryImage]]:
+    """Decode each upload, crop its query frame to ``roi``, embed it with the collection's encoder."""
+    out = []
+    for name, data in uploads:
+        image = results.read_upload_image(settings=settings, data=data, filename=name)
+        frame = results.crop(image.frame, roi, name) if roi is not None else image.frame
+        out.append((services.embed_frame(catalog=catalog, entry=entry, frame=frame), image))
+    return out
+
+
+def _search_uploads(
+    *,
+    index: VectorIndex,
+    entry: CollectionEntry,
+    embedded: list[tuple[NDArray[np.float32], results.QueryImage]],
+    roles: list[str],
+    positive_ids: list[str],
+    negative_ids: list[str],
+    search_filter: SearchFilter | None,
+    exclude: ExcludeIn | None,
+    shape: Shape,
+) -> Found:
+    positive = [vector for (vector, _), role in zip(embedded, roles, strict=True) if role == "positive"]
+    negative = [vector for (vector, _), role in zip(embedded, roles, strict=True) if role == "negative"]
+    patients = [image.patient_hash for _, image in embedded]
+    studies = [image.study_hash for _, image in embedded]
+    by_id = _example_vectors(index=index, entry=entry, ids=positive_ids, role="positive")
+    by_id_neg = _example_vectors(index=index, entry=entry, ids=negative_ids, role="negative")
+    positive += [v for _, v, _ in by_id]
+    negative += [v for _, v, _ in by_id_neg]
+    for _, _, payload in by_id + by_id_neg:
+        patients.append(results.payload_str(payload, "patient_hash"))
+        studies.append(results.payload_str(payload, "study_hash"))
+    narrowed = results.apply_exclusions(
+        search_filter, exclude, patients=patients, studies=studies, source="upload"
+    )
+    vector = (
+        positive[0] if len(positive) == 1 and not negative else results.average_vector(positive, negative)
+    )
+    example_ids = [pid for pid, _, _ in by_id + by_id_neg]
+    return results.find(
+        index=index, entry=entry, vector=vector, search_filter=narrowed, shape=shape, exclude_ids=example_ids
+    )
+
+
+def _roles(raw: list[str] | None, files: int) -> list[str]:
+    if not raw:
+        return ["positive"] * files
+    if len(raw) != files:
+        raise InvalidQuery("role", f"give one role per file ({files} files, {len(raw)} roles) or none")
+    for position, role in enumerate(raw):
+        if role not in ("positive", "negative"):
+            raise InvalidQuery(f"role[{position}]", "a role is positive or negative")
+    return list(raw)
 
 
 @router.post(
     "/{name}/search/image",
     responses=error_responses(
-        InvalidFilter, UnknownField, BadInput, DecodeError, TooLarge, UnsupportedFormat
+        InvalidFilter,
+        InvalidQuery,
+        UnknownField,
+        BadInput,
+        DecodeError,
+        PointNotFound,
+        TooLarge,
+        UnsupportedFormat,
     ),
 )
 async def search_by_image(
     request: Request,
     entry: CollectionDep,
-    file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG image")],
+    file: Annotated[
+        list[UploadFile],
+        File(description=f"A DICOM, PNG or JPEG image; repeat for several examples (at most {MAX_UPLOADS})"),
+    ],
     index: IndexDep,
     catalog: CatalogDep,
     settings: SettingsDep,
     limiter: InferenceLimiterDep,
     stored: StoredValuesDep,
+    role: Annotated[
+        list[str] | None,
+        Form(description="positive or negative, one per file in order (default: all positive)"),
+    ] = None,
+    positive: Annotated[
+        list[str] | None, Form(description="point ids of more positive examples (repeat or comma-separate)")
+    ] = None,
+    negative: Annotated[
+        list[str] | None, Form(description="point ids of negative examples (repeat or comma-separate)")
+    ] = None,
     filter_json: Annotated[
         str | None,
         Form(alias="filter", description='JSON object, e.g. {"modality": ["CT"], "anatomy": ["chest"]}'),
     ] = None,
+    exclude_json: Annotated[
+        str | None,
+        Form(
+            alias="exclude",
+            description='JSON object, e.g. {"same_patient": true, "same_study": true}: the uploaded '
+            "DICOM's PatientID and StudyInstanceUID, hashed with the ingest key",
+        ),
+    ] = None,
+    group_by: Annotated[GroupBy | None, FORM_NULL, Form(description=GROUP_BY_DESCRIPTION)] = None,
+    group_size: Annotated[int, Form(ge=1, le=100)] = 3,
+    roi_json: Annotated[
+        str | None,
+        Form(
+            alias="roi",
+            description='JSON {"x", "y", "width", "height"} in pixels of the rendered query frame: '
+            "the crop is embedded (one file only)",
+        ),
+    ] = None,
     limit: Annotated[int, Form(ge=1)] = 10,
     offset: Annotated[int, Form(ge=0, le=100_000)] = 0,
-    score_threshold: Annotated[float | None, Form(allow_inf_nan=False)] = None,
+    score_threshold: Annotated[Annotated[float, Field(allow_inf_nan=False)] | None, FORM_NULL, Form()] = None,
 ) -> SearchResponse:
-    """Search by an uploaded image (its middle frame for multi-frame DICOM); ``warnings`` as for
-    the JSON search."""
+    """Search by uploaded images (the middle frame of a multi-frame DICOM), optionally cropped to
+    ``roi``; several files (``role`` positive/negative) and example point ids combine as the JSON
+    search's examples. ``group_by``, ``exclude`` and ``warnings`` as for the JSON search."""
     check_limit(limit, settings, loc=("body", "limit"))
-    # One file per search: the parsed form is cached on the request, so this re-reads nothing.
-    check_form_fields(await request.form(), _IMAGE_FORM_FIELDS)
-    name = upload_name(file.filename)
+    # the parsed form is cached on the request, so this re-reads nothing
+    check_form_fields(await request.form(), _IMAGE_FORM_FIELDS, max_files=MAX_UPLOADS)
+    roles = _roles(role, len(file))
+    if group_by is not None and offset:
+        raise InvalidQuery("offset", "offset does not page groups: leave it out with group_by")
     search_filter = filter_from_form(filter_json)
-    data = await read_upload(file, settings.api.max_upload_bytes, name)
+    exclude = model_from_form(ExcludeIn, exclude_json, "exclude")
+    roi = model_from_form(Roi, roi_json, "roi")
+    if roi is not None and len(file) != 1:
+        raise InvalidQuery("roi", "a region goes with exactly one uploaded file")
+    positive_ids = point_ids_from_form(positive)
+    negative_ids = point_ids_from_form(negative)
+    if "positive" not in roles and not positive_ids:
+        raise InvalidQuery("role", "give at least one positive example")
+    uploads = []
+    for upload in file:
+        name = upload_name(upload.filename)
+        uploads.append((name, await read_upload(upload, settings.api.max_upload_bytes, name)))
     started = time.perf_counter()
-    vector = await in_inference_thread(
-        limiter,
-        services.embed_upload,
-        catalog=catalog,
-        entry=entry,
-        settings=settings,
-        data=data,
-        filename=name,
+    embedded = await in_inference_thread(
+        limiter, _embed_uploads, catalog=catalog, entry=entry, settings=settings, uploads=uploads, roi=roi
     )
-    search = partial(
-        services.search,
+    run = partial(
+        _search_uploads,
         index=index,
         entry=entry,
-        vector=vector,
+        embedded=embedded,
+        roles=roles,
+        positive_ids=positive_ids,
+        negative_ids=negative_ids,
         search_filter=search_filter,
-        limit=limit,
-        offset=offset,
-        score_threshold=score_threshold,
+        exclude=exclude,
+        shape=Shape(
+            limit=limit,
+            offset=offset,
+            score_threshold=score_threshold,
+            group_by=group_by,
+            group_size=group_size,
+        ),
     )
     found = await on_index(
-        index, _with_warnings, search, index=index, entry=entry, search_filter=search_filter, stored=stored
+        index, _with_warnings, run, index=index, entry=entry, search_filter=search_filter, stored=stored
     )
     return _response(entry, found, started, "image")

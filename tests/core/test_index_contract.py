@@ -29,7 +29,7 @@ from core.errors import (
     InvalidVector,
     PointNotFound,
 )
-from core.index.base import CollectionConfig, VectorIndex
+from core.index.base import CollectionConfig, Hit, VectorIndex, group_hits
 from core.index.edge import EdgeIndex
 from core.index.hosted import HostedEdgeIndex
 from core.index.server import QdrantServerIndex
@@ -351,6 +351,75 @@ def test_search_near_point_is_a_search_by_its_vector_without_it(filled: VectorIn
             filled.search_near_point("c", missing)
     with pytest.raises(CollectionNotFound):
         filled.search_near_point("nope", data.ids[11])
+
+
+def _with_hashes(index: VectorIndex, data: Data) -> list[dict[str, Any]]:
+    """Collection ``g``: the data with patient/study/series hashes (every tenth point has none)."""
+    payloads = [
+        {
+            **p,
+            **(
+                {}
+                if i % 10 == 0
+                else {"patient_hash": f"p{i % 7}", "study_hash": f"s{i % 21}", "series_hash": f"r{i % 42}"}
+            ),
+        }
+        for i, p in enumerate(data.payloads)
+    ]
+    index.create_collection(CollectionConfig(name="g", dim=DIM))
+    index.upsert("g", data.ids, data.vectors, payloads)
+    return payloads
+
+
+@pytest.mark.parametrize("field", ["study_hash", "series_hash", "key"])
+def test_search_groups_group_the_exact_ranking(index: VectorIndex, data: Data, field: str) -> None:
+    payloads = _with_hashes(index, data)
+    for q in (0, 17, 101):
+        query = data.vectors[q]
+        ranked = exact_top(data, query, list(range(N)), N)
+        expected = group_hits(
+            [Hit(id=pid, score=0.0, payload=payloads[data.ids.index(pid)]) for pid in ranked],
+            field,
+            group_size=2,
+            limit=5,
+        )
+        groups = index.search_groups("g", query, group_by=field, group_size=2, limit=5)
+        assert [(g.key, [h.id for h in g.hits]) for g in groups] == [
+            (g.key, [h.id for h in g.hits]) for g in expected
+        ]
+        for group in groups:
+            assert all(h.payload[field] == group.key for h in group.hits)
+    # exclusions and filters hold inside groups too
+    flt = SearchFilter(modality=["CT", "MR"]).excluding("patient_hash", ["p1"])
+    groups = index.search_groups(
+        "g", data.vectors[3], group_by="study_hash", limit=50, filter=flt, exclude_ids=[data.ids[4]]
+    )
+    hits = [h for g in groups for h in g.hits]
+    assert hits and all(
+        h.payload["modality"] in ("CT", "MR") and h.payload["patient_hash"] != "p1" for h in hits
+    )
+    assert data.ids[4] not in {h.id for h in hits}
+
+
+def test_exclusions_never_come_back(index: VectorIndex, data: Data) -> None:
+    payloads = _with_hashes(index, data)
+    excluded = SearchFilter().excluding("patient_hash", ["p0", "p3"]).excluding("study_hash", ["s5"])
+    assert excluded.exclusions() == [("patient_hash", ["p0", "p3"]), ("study_hash", ["s5"])]
+    rows = [
+        i
+        for i, p in enumerate(payloads)
+        if p.get("patient_hash") not in ("p0", "p3") and p.get("study_hash") != "s5"
+    ]
+    query = data.vectors[9]
+    hits = index.search("g", query, filter=excluded, limit=N)
+    assert [h.id for h in hits] == exact_top(data, query, rows, N)
+    assert index.count("g", excluded) == len(rows)
+    both = excluded.excluding("patient_hash", ["p2"])
+    narrowed = SearchFilter(modality=["US"], not_patient_hash=both.not_patient_hash, not_study_hash=["s5"])
+    rows = [i for i in rows if payloads[i].get("patient_hash") != "p2" and payloads[i]["modality"] == "US"]
+    assert [h.id for h in index.search("g", query, filter=narrowed, limit=N)] == exact_top(
+        data, query, rows, N
+    )
 
 
 def test_exact_and_ann_agree_on_small_data(filled: VectorIndex, data: Data) -> None:

@@ -266,3 +266,80 @@ def test_ann_recall_against_exact_on_an_hnsw_indexed_collection(tmp_path: Path) 
     assert high["ann_recall"]["R@10"] >= 0.8
     assert low["exact"]["micro"] == high["exact"]["micro"]
     assert low["micro"]["P@10"] <= low["exact"]["micro"]["P@10"]
+
+
+def test_grouped_by_study_with_the_patient_excluded(demo_settings: Settings) -> None:
+    """``--exclude same-patient --group-by study``: P@k over distinct studies, the query's patient
+    left out, equal to a brute-force count; the image-level protocols are reported beside it."""
+    rng = np.random.default_rng(5)
+    store = open_index(demo_settings)
+    ids, vectors, payloads = [], [], []
+    try:
+        if store.collection_exists("studies"):
+            store.drop_collection("studies")
+        store.create_collection(CollectionConfig(name="studies", dim=16))
+        centres = rng.normal(size=(3, 16))
+        for i in range(120):
+            patient, study = i // 12, i // 4  # 3 studies of 4 images a patient
+            label = study % 3
+            vectors.append(
+                centres[label] + 0.8 * rng.normal(size=16) + (0.5 * rng.normal(size=16) if i % 4 else 0)
+            )
+            ids.append(f"00000000-0000-0000-0000-{i:012d}")
+            payloads.append(
+                {
+                    "modality": "CT",
+                    "anatomy": "chest",
+                    "pathology": [f"c{label}"],
+                    "split": "test" if patient % 5 == 0 else "train",
+                    "patient_hash": f"p{patient}",
+                    "study_hash": f"s{study}",
+                }
+            )
+        store.upsert("studies", ids, np.array(vectors, dtype=np.float32), payloads)
+        opts = EvalOptions(ks=(1, 3))
+        result = evaluate_collection(
+            store, "studies", opts, search="exact", exclude_same="patient", group_by="study"
+        )
+    finally:
+        store.close()
+
+    unit = np.array(vectors) / np.linalg.norm(vectors, axis=1, keepdims=True)
+    train = [i for i, p in enumerate(payloads) if p["split"] == "train"]
+    precision_at_3 = []
+    for q, payload in enumerate(payloads):
+        if payload["split"] != "test":
+            continue
+        order = sorted(train, key=lambda i: -float(unit[i] @ unit[q]))
+        studies: list[int] = []
+        for i in order:
+            if payloads[i]["patient_hash"] != payload["patient_hash"] and i not in studies:
+                if all(payloads[j]["study_hash"] != payloads[i]["study_hash"] for j in studies):
+                    studies.append(i)
+        relevant = {
+            payloads[i]["study_hash"] for i in train if payloads[i]["pathology"] == payload["pathology"]
+        }
+        hits = sum(payloads[i]["pathology"] == payload["pathology"] for i in studies[:3])
+        precision_at_3.append(hits / min(3, len(relevant)))
+    grouped = result["grouped"]
+    assert (grouped["group_by"], grouped["exclude_same"]) == ("study", "patient")
+    assert grouped["n_groups"] == len({payloads[i]["study_hash"] for i in train})
+    assert grouped["micro"]["P@3"] == pytest.approx(float(np.mean(precision_at_3)))
+    assert "exclude_same" in result and "micro" in result  # both protocols
+
+    out = _cli(
+        demo_settings,
+        "--collection",
+        "studies",
+        "--search",
+        "exact",
+        "--exclude",
+        "same-patient",
+        "--group-by",
+        "study",
+        "--index-split",
+        "train",
+        "--query-split",
+        "test",
+    )
+    assert "grouped by study, same patient excluded" in out and "same patient_hash excluded" in out

@@ -216,7 +216,8 @@ def _run(world: World, example: Example) -> tuple[int, str, float]:
     )
     seconds = time.monotonic() - started
     if is_curl:
-        output = body.read_text() if body.exists() else ""
+        # a PNG answer (viewer images) is binary: decoded leniently, as only JSON answers are read
+        output = body.read_bytes().decode("utf-8", "replace") if body.exists() else ""
         _remember(world, output)
         if "backfill-jobs/" in example.words:  # the README says: wait for "state": "done"
             _wait_for_job(f"{world.url}/v1/backfill-jobs/{world.values.get('job_id')}")

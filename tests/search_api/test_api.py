@@ -297,6 +297,10 @@ def test_openapi_lists_every_route_with_clean_operation_ids(client: TestClient) 
         ("POST", "/v1/snapshots"): "create_snapshot",
         ("GET", "/v1/snapshots"): "read_snapshots",
         ("POST", "/v1/snapshots/{snapshot_id}/restore"): "restore_snapshot",
+        # results a radiologist can use (issue 16)
+        ("POST", "/v1/collections/{name}/calibrate"): "calibrate_collection",
+        ("GET", "/v1/collections/{name}/points/{point_id}/image"): "read_point_image",
+        ("POST", "/v1/render"): "render_upload",
     }
     assert client.get("/docs").status_code == 200
 
@@ -432,7 +436,7 @@ def test_search_by_text_without_text_tower_is_400(client: TestClient) -> None:
 def test_search_needs_exactly_one_query(client: TestClient, body: dict[str, Any]) -> None:
     response = client.post(f"/v1/collections/{COLLECTION}/search", json=body)
     assert response.status_code == 422
-    assert "exactly one of point_id, vector or text" in response.text
+    assert "exactly one of point_id, vector, text or positive" in response.text
 
 
 # -- filters, paging, threshold ------------------------------------------------------------------

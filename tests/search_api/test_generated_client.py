@@ -137,7 +137,7 @@ def test_generated_client_reads_and_searches(generated: Any, served: Served) -> 
     by_image = _api("search.search_by_image").sync_detailed(
         COLLECTION,
         client=reader,
-        body=models.BodySearchByImage(file=upload, filter_=json.dumps({"anatomy": ["chest"]}), limit=4),
+        body=models.BodySearchByImage(file=[upload], filter_=json.dumps({"anatomy": ["chest"]}), limit=4),
     )
     assert by_image.status_code == 200, by_image.content[:300]
     assert isinstance(by_image.parsed, models.SearchResponse) and len(by_image.parsed.hits) == 4

@@ -57,6 +57,7 @@ CONFIG = {
             "include-operation-id": [
                 "search_by_image",
                 "compare_collections",
+                "render_upload",
                 "stow_instances",
                 "stow_study_instances",
             ],

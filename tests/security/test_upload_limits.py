@@ -22,6 +22,7 @@ from PIL import Image
 
 from search_api import create_app
 from search_api.app import _BODY_OVERHEAD_BYTES
+from search_api.routes.search import MAX_UPLOADS
 from search_api.security import hash_api_key
 from tests.conftest import free_port, wait_for_port
 from tests.security.conftest import KEYS, SecuredApp, key_headers, secured_settings
@@ -81,8 +82,9 @@ def test_limits_in_process(small_limits: TestClient, secured: SecuredApp) -> Non
         "/v1/collections/demo/search", content=padded, headers={"content-type": "application/json"}
     ).status_code
 
+    # several files are several examples, up to MAX_UPLOADS: one more is refused
     two = client.post(
-        url, files=[("file", ("a.png", _png(), "image/png")), ("file", ("b.png", _png(), "image/png"))]
+        url, files=[("file", (f"{i}.png", _png(), "image/png")) for i in range(MAX_UPLOADS + 1)]
     )
     many_files = [("file", (f"{i}.png", b"x", "image/png")) for i in range(1001)]
     too_many = client.post(url, files=many_files)
@@ -93,14 +95,14 @@ def test_limits_in_process(small_limits: TestClient, secured: SecuredApp) -> Non
 
     print(
         f"upload_limits_inprocess: over_limit_status={over_limit_status} chunked_status={chunked_status} "
-        f"json_over_limit_status={json_status} two_files_status={two.status_code} "
+        f"json_over_limit_status={json_status} too_many_examples_status={two.status_code} "
         f"too_many_files_status={too_many.status_code} wrong_content_status={wrong_content.status_code} "
         f"temp_files_left={temp_left}"
     )
     assert over_limit_status == 413
     assert chunked_status == 413
     assert json_status == 413
-    assert two.status_code == 400 and "one file" in two.json()["detail"]
+    assert two.status_code == 400 and f"one to {MAX_UPLOADS} files" in two.json()["detail"]
     assert too_many.status_code in (400, 413)
     assert wrong_content.status_code == 415
     assert temp_left == 0
