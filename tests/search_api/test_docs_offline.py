@@ -8,65 +8,21 @@ test is skipped on a developer's machine but fails in CI (``CI`` set): ``.ci/run
 
 from __future__ import annotations
 
-import os
-import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 
 from core.config import ApiSettings, SecuritySettings, Settings
 from search_api import create_app
 from search_api.docs import ASSETS_PATH
-from tests.conftest import free_port
-
-# Generous for a loaded CI machine: each step takes well under a second on an idle one.
-TIMEOUT_MS = 30_000
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _chromium() -> str:
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return CHROMIUM
-
-
-class _Served:
-    def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> _Served:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+from tests.search_api.browser import OFFLINE_ARGS, TIMEOUT_MS, Served, chromium
 
 
 @pytest.fixture
-def served(settings: Settings) -> Iterator[_Served]:
+def served(settings: Settings) -> Iterator[Served]:
     # API keys configured, docs switched on: the pages and their assets need no credentials.
     secured = settings.model_copy(
         update={
@@ -77,7 +33,7 @@ def served(settings: Settings) -> Iterator[_Served]:
             ),
         }
     )
-    with _Served(secured) as server:
+    with Served(create_app(secured)) as server:
         yield server
 
 
@@ -93,10 +49,10 @@ def _operations(spec: dict[str, object]) -> list[tuple[str, str, str]]:
     ]
 
 
-def test_docs_and_redoc_render_offline(served: _Served, tmp_path: Path) -> None:
+def test_docs_and_redoc_render_offline(served: Served, tmp_path: Path) -> None:
     from playwright.sync_api import Route, sync_playwright
 
-    executable = _chromium()
+    executable = chromium()
     spec = httpx.get(f"{served.url}/openapi.json", timeout=10).json()
     operations = _operations(spec)
     assert len(operations) >= 20
@@ -125,7 +81,7 @@ def test_docs_and_redoc_render_offline(served: _Served, tmp_path: Path) -> None:
             executable_path=executable,
             headless=True,
             # No name resolves: the network is off for the browser itself, not only for the page.
-            args=["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"],
+            args=OFFLINE_ARGS,
         )
         try:
             page = browser.new_page()
