@@ -444,7 +444,11 @@ async function runSearch() {
     renderWarnings([]);
     setStatus("Search failed: " + err.message, "error");
   } finally {
-    if (seq === searchSeq) updateButton();
+    if (seq === searchSeq) {
+      updateButton();
+      // for scripts (and tests) waiting on a search: how many have finished on this page
+      $("status").dataset.searches = String(seq);
+    }
   }
 }
 

@@ -41,6 +41,7 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/"): PUBLIC,
+    ("GET", "/static/{asset}"): PUBLIC,
     ("GET", "/v1/collections"): ANY_ROLE,
     ("GET", "/v1/collections/{name}"): ANY_ROLE,
     ("GET", "/v1/collections/{name}/points/{point_id}"): frozenset({READER}),
