@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,6 @@ from ingest.sources.local import LocalSource
 
 __all__ = [
     "JobProgress",
-    "OwnerIngest",
     "OwnerJobRunner",
     "alias_blockers",
     "celery_writers",
@@ -120,29 +118,6 @@ class JobProgress:
 
 
 Work = Callable[[JobProgress], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class OwnerIngest:
-    """An ingest the owner runs with the inline pipeline. ``source`` is an ``s3://`` URI or a
-    folder the caller has allowed (`check_local_path`); ``manifest`` an ``s3://`` object URI or
-    such a file. A missing collection is created with ``encoder`` (default ``baseline``), as
-    ``radsearch ingest`` does. ``accept_burned_in``, ``prune``, ``dry_run``,
-    ``max_delete_fraction`` and ``force`` as `IngestOptions` has them."""
-
-    source: str
-    collections: tuple[str, ...]
-    manifest: str | None = None
-    path_template: str | None = None
-    skip_unchanged: bool = True
-    encoder: str | None = None
-    batch_size: int | None = None
-    accept_burned_in: bool = False
-    prune: bool = False
-    dry_run: bool = False
-    max_delete_fraction: float = 0.1
-    force: bool = False
-    source_name: str | None = None
 
 
 class OwnerJobRunner:
@@ -220,7 +195,7 @@ class OwnerJobRunner:
             target, origin = str(params["target"]), str(params["origin"])
             return partial(self._backfill, target, origin, params.get("path_template"))
         if meta.kind == "ingest" and params.get("source"):
-            request = OwnerIngest(**{**params, "collections": tuple(params.get("collections") or ())})
+            request = JobSpec.model_validate(params)
             source, labeler, exclude = self._prepare_ingest(request)
             return partial(self._ingest, source, request, request.collections, labeler, exclude)
         raise ConfigError("the job's record does not say how to run it")
@@ -290,7 +265,7 @@ class OwnerJobRunner:
             resume={"target": entry.name, "origin": origin, "path_template": path_template},
         )
 
-    def _prepare_ingest(self, request: OwnerIngest) -> tuple[Source, Labeler, frozenset[str]]:
+    def _prepare_ingest(self, request: JobSpec) -> tuple[Source, Labeler, frozenset[str]]:
         labeler = Labeler(
             manifest=read_manifest(request.manifest, _fetch_object(self.settings))
             if request.manifest
@@ -306,31 +281,23 @@ class OwnerJobRunner:
             raise
         return source, labeler, exclude
 
-    def submit_ingest(self, request: OwnerIngest) -> str:
-        """Check the label rules and the source, create missing collections, start the ingest."""
+    def submit_ingest(self, request: JobSpec) -> str:
+        """Check the label rules and the source, create missing collections, start the ingest.
+
+        ``request.source`` is an ``s3://`` URI or a folder the caller has allowed
+        (`check_local_path`); ``manifest`` an ``s3://`` object URI or such a file. A missing
+        collection is created with ``encoder`` (default ``baseline``), as ``radsearch ingest`` does."""
         source, labeler, exclude = self._prepare_ingest(request)
         try:
             names = tuple(self.catalog.ensure(name, request.encoder).name for name in request.collections)
             if request.accept_burned_in and not request.dry_run:
                 for name in names:
                     self.catalog.record_accept_burned_in(name)
-            spec = JobSpec(
-                source=source.uri,
-                collections=names,
-                manifest=request.manifest,
-                path_template=request.path_template,
-                skip_unchanged=request.skip_unchanged,
-                encoder=request.encoder,
-                batch_size=request.batch_size,
-                accept_burned_in=request.accept_burned_in,
-                prune=request.prune,
-                dry_run=request.dry_run,
-                max_delete_fraction=request.max_delete_fraction,
-                force=request.force,
-                source_name=source.name,
+            spec = request.model_copy(
+                update={"source": source.uri, "collections": names, "source_name": source.name}
             )
             work = partial(self._ingest, source, request, names, labeler, exclude)
-            resume = {**asdict(request), "collections": list(names)}
+            resume = request.model_dump(mode="json") | {"collections": list(names)}
             return self.submit("ingest", spec, work, resume=resume)
         except BaseException:
             source.close()
@@ -424,7 +391,7 @@ class OwnerJobRunner:
     def _ingest(
         self,
         source: Source,
-        request: OwnerIngest,
+        request: JobSpec,
         names: tuple[str, ...],
         labeler: Labeler,
         exclude: frozenset[str],

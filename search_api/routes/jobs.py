@@ -20,7 +20,7 @@ from core.s3 import S3_URI
 from ingest.labels import PathTemplate
 from ingest.sources.base import check_source_name
 from search_api import admin_services
-from search_api.backfill_jobs import OwnerIngest, check_local_path, owner_jobs
+from search_api.backfill_jobs import check_local_path, owner_jobs
 from search_api.deps import COLLECTION_NAME, check_job_id, worker_gateway
 from search_api.errors import ApiError, UnknownField, error_responses
 from search_api.offload import in_thread
@@ -226,7 +226,7 @@ def _create_owner(request: Request, body: IngestJobCreate) -> JobRecord:
         manifest = str(path)
     runner = owner_jobs(request)
     job_id = runner.submit_ingest(
-        OwnerIngest(
+        JobSpec(
             source=source,
             collections=tuple(body.collections),
             manifest=manifest,
