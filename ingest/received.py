@@ -18,7 +18,7 @@ from pydicom.errors import InvalidDicomError
 
 from core.catalog import Catalog
 from core.config import Settings
-from core.errors import BadInput
+from core.errors import BadInput, ObjectNotFound
 from ingest.inline import IngestOptions, build_context
 from ingest.pipeline import BatchReport, process_batch
 from ingest.sources.base import ObjectRef, Source, check_source_name
@@ -83,12 +83,12 @@ class ReceivedSource(Source):
 
     def stat(self, key: str) -> ObjectRef:
         if key not in self._items:
-            raise BadInput(key, "object not found")
+            raise ObjectNotFound(key)
         return self._ref(key, self._items[key])
 
     def fetch(self, key: str) -> bytes:
         if key not in self._items:
-            raise BadInput(key, "object not found")
+            raise ObjectNotFound(key)
         return self._items[key]
 
 

@@ -221,6 +221,9 @@ class PayloadPublic(BaseModel):
     labels_hash: str | None = _shown()
 
 
+_CLINICIAN = "clinician role only: the instance's UID, from the re-identification table"
+
+
 class SearchHit(BaseModel):
     id: str
     score: float
@@ -230,6 +233,16 @@ class SearchHit(BaseModel):
         exclude_if=lambda value: value is None,
         description="the score is below the collection's calibrated threshold (no close match); "
         "absent when the collection was never calibrated",
+    )
+    # For the clinician role only, where the re-identification table holds the instance (each such
+    # hit is audited); absent for every other role.
+    study_uid: str | None = Field(default=None, exclude_if=lambda v: v is None, description=_CLINICIAN)
+    series_uid: str | None = Field(default=None, exclude_if=lambda v: v is None, description=_CLINICIAN)
+    instance_uid: str | None = Field(default=None, exclude_if=lambda v: v is None, description=_CLINICIAN)
+    viewer_url: str | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="clinician role only: the study in the configured viewer (RADSEARCH_DICOMWEB__VIEWER)",
     )
 
 

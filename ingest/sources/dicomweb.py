@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from dicomweb_client.api import DICOMwebClient
 
 from core.config import DicomwebSettings
-from core.errors import BadInput, ConfigError, SourceError, TooLarge
+from core.errors import BadInput, ConfigError, ObjectNotFound, SourceError, TooLarge
 from ingest.sources.base import ObjectRef, Source, check_source_name
 from ingest.sources.multipart import boundary_of, split_multipart
 
@@ -324,7 +324,7 @@ class DicomwebSource(Source):
         study, series, sop = self.keys.decode(key)
         found = self._instance(study, series, sop)
         if found is None:
-            raise BadInput(key, "object not found")
+            raise ObjectNotFound(key)
         return found[0]
 
     def ref_for_uid(self, sop: str) -> ObjectRef | None:
@@ -340,7 +340,7 @@ class DicomwebSource(Source):
         (naming no UID) if the server does not hold it."""
         found = self._instance("", None, sop) if len(sop) <= 64 and _UID.match(sop) else None
         if found is None:
-            raise BadInput("instance", "object not found")
+            raise ObjectNotFound("instance")
         return found[1], found[2]
 
     # -- WADO-RS -----------------------------------------------------------------------------
@@ -360,7 +360,7 @@ class DicomwebSource(Source):
                 ) from exc
             with response:
                 if response.status_code == 404:
-                    raise BadInput(key, "object not found")
+                    raise ObjectNotFound(key)
                 if response.status_code >= 400:
                     raise SourceError(
                         f"WADO-RS retrieval from {self.uri} failed: HTTP {response.status_code}"

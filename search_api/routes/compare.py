@@ -35,6 +35,7 @@ from search_api.deps import (
 )
 from search_api.errors import UnknownField, error_responses
 from search_api.offload import in_inference_thread, in_thread, on_index
+from search_api.reidentify import reidentify_response
 from search_api.results import InvalidQuery, Shape
 from search_api.schemas import (
     GROUP_BY_DESCRIPTION,
@@ -231,6 +232,8 @@ async def compare_collections(
         )
         for name, entry, (found, took, warnings) in zip(names, entries, searched, strict=True)
     ]
+    for answer in answers:
+        await reidentify_response(request, answer.collection, answer)
     fused = (
         reciprocal_rank_fusion(
             {name: found.hits for name, (found, _, _) in zip(names, searched, strict=True)}, limit=limit

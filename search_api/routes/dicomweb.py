@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from typing import Annotated, Any
 
 import numpy as np
 import requests
@@ -25,15 +22,15 @@ from core.errors import (
     ConfigError,
     DecodeError,
     InvalidFilter,
+    ObjectNotFound,
     SourceError,
     TooLarge,
     UnsupportedFormat,
 )
-from core.index.base import Hit
 from ingest.received import Received, ingest_received, read_identity
 from ingest.sources.dicomweb import SERIES_UID, SOP_UID, DicomwebSource
 from ingest.sources.multipart import boundary_of, split_multipart
-from search_api import services
+from search_api import results, services
 from search_api.deps import (
     CatalogDep,
     CollectionDep,
@@ -46,14 +43,23 @@ from search_api.deps import (
 )
 from search_api.errors import ApiError, NotInPacs, UpstreamUnavailable, error_responses
 from search_api.offload import in_inference_thread, in_thread, on_index
+from search_api.reidentify import reidentify_response
+from search_api.results import Found, Shape
 from search_api.routing import RouteInfo
-from search_api.schemas import SearchFilterIn, SearchHit, SearchWarning, parse_filter
-from search_api.security import AUDIT_LOGGER, Principal, Role, require_role
+from search_api.schemas import (
+    GROUP_BY_DESCRIPTION,
+    ExcludeIn,
+    GroupBy,
+    SearchFilterIn,
+    SearchResponse,
+    SearchWarning,
+    parse_filter,
+)
+from search_api.security import Role, require_role
 
-__all__ = ["DicomwebSearchQuery", "reidentify", "router", "search_router", "takes_uploads"]
+__all__ = ["DicomwebSearchQuery", "router", "search_router", "takes_uploads"]
 
 logger = logging.getLogger(__name__)
-audit_log = logging.getLogger(AUDIT_LOGGER)
 
 STOW_PATH = "/v1/dicomweb/studies"
 
@@ -203,9 +209,8 @@ class DicomwebSearchQuery(BaseModel):
     """Search with an instance of the configured PACS, named by its UIDs: the instance
     (``instance_uid``), else the middle instance (by InstanceNumber) of the series
     (``series_uid``), else of the study's first series; ``frame`` picks a frame of a multi-frame
-    instance (default: its middle one). ``filter``, ``limit``, ``offset`` and
-    ``score_threshold`` as for the JSON search; ``exclude`` and ``group_by`` apply before
-    ``offset`` and ``limit``."""
+    instance (default: its middle one). ``filter``, ``exclude`` (the query instance's patient or
+    study), ``group_by``, ``limit``, ``offset`` and ``score_threshold`` as for the JSON search."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -214,45 +219,19 @@ class DicomwebSearchQuery(BaseModel):
     instance_uid: str | None = Field(default=None, max_length=64, pattern=_UID_FIELD)
     frame: int | None = Field(default=None, ge=0, le=100_000)
     filter: SearchFilterIn | None = None
-    group_by: Literal["study", "series"] | None = Field(
-        default=None, description="at most one hit (the best) per study or series"
-    )
-    exclude: list[Literal["instance", "series", "study"]] = Field(
-        default_factory=list,
-        max_length=3,
-        description="leave out hits of the query's own instance, series or study",
-    )
+    exclude: ExcludeIn | None = None
+    group_by: GroupBy | None = Field(default=None, description=GROUP_BY_DESCRIPTION)
+    group_size: int = Field(default=3, ge=1, le=100, description="hits per group (with group_by)")
     limit: int = Field(default=10, ge=1, description="at most the server's max_limit (1000 by default)")
     offset: int = Field(default=0, ge=0, le=100_000)
     score_threshold: float | None = Field(default=None, allow_inf_nan=False)
 
 
-class DicomwebHit(SearchHit):
-    """A hit; for the ``clinician`` role also its UIDs and a viewer link, where the data dir's
-    re-identification table holds the instance (every such hit is audited)."""
-
-    study_uid: str | None = Field(default=None, exclude_if=lambda v: v is None)
-    series_uid: str | None = Field(default=None, exclude_if=lambda v: v is None)
-    instance_uid: str | None = Field(default=None, exclude_if=lambda v: v is None)
-    viewer_url: str | None = Field(default=None, exclude_if=lambda v: v is None)
-
-
-class DicomwebSearchResponse(BaseModel):
-    hits: list[DicomwebHit]
-    collection: str
-    took_ms: float
-    warnings: list[SearchWarning] = Field(default_factory=list)
-
-
 def _retrieve(source: DicomwebSource, study: str, series: str, instance: str, field: str) -> bytes:
     try:
         return source.retrieve(study, series, instance, key=field)
-    except TooLarge:
-        raise
-    except BadInput as exc:
-        if exc.reason == "object not found":
-            raise NotInPacs(field, "the PACS has no such instance") from exc
-        raise
+    except ObjectNotFound as exc:
+        raise NotInPacs(field, "the PACS has no such instance") from exc
 
 
 def _fetch_query_instance(settings: Settings, query: DicomwebSearchQuery) -> bytes:
@@ -321,8 +300,9 @@ def _fetch_query_instance(settings: Settings, query: DicomwebSearchQuery) -> byt
 
 def _query_vector(
     catalog: Catalog, entry: CollectionEntry, settings: Settings, query: DicomwebSearchQuery
-) -> tuple[NDArray[np.float32], dict[str, str]]:
-    """The query vector and the keyed hashes of the query instance's UIDs (for ``exclude``)."""
+) -> tuple[NDArray[np.float32], dict[str, str | None]]:
+    """The query vector and the keyed hashes of the query instance's patient and study (for
+    ``exclude``)."""
     from search_api.services import _decode, embed_frame, pick_frame
 
     data = _fetch_query_instance(settings, query)
@@ -334,98 +314,10 @@ def _query_vector(
     else:
         _, frame = pick_frame(decoded, query.frame)
     hashes = {
-        level: value
-        for level, name in (("instance", "instance_hash"), ("series", "series_hash"), ("study", "study_hash"))
-        if isinstance(value := decoded.meta.get(name), str)
+        name: value if isinstance(value := decoded.meta.get(name), str) else None
+        for name in ("patient_hash", "study_hash")
     }
     return embed_frame(catalog=catalog, entry=entry, frame=frame), hashes
-
-
-# Raw pages a grouped or excluding search reads at most before it answers with what it found.
-_MAX_PAGES = 20
-_GROUP_FIELD = {"study": "study_hash", "series": "series_hash"}
-_LEVEL_FIELD = {"instance": "instance_hash", "series": "series_hash", "study": "study_hash"}
-
-
-def _grouped(
-    search: Callable[[int, int], list[Hit]],
-    query: DicomwebSearchQuery,
-    query_hashes: dict[str, str],
-) -> list[Hit]:
-    """Hits in score order without the query's own ``exclude`` levels and, with ``group_by``, the
-    best hit per study or series; ``offset``/``limit`` count what remains. Reads raw pages of
-    the index until enough remain (at most `_MAX_PAGES`)."""
-    page = max(2 * (query.limit + query.offset), 20)
-    excluded = {
-        (_LEVEL_FIELD[level], query_hashes[level]) for level in query.exclude if level in query_hashes
-    }
-    seen: set[str] = set()
-    out: list[Hit] = []
-    skipped = 0
-    for n in range(_MAX_PAGES):
-        raw = search(page, n * page)
-        for hit in raw:
-            if any(hit.payload.get(field) == value for field, value in excluded):
-                continue
-            if query.group_by is not None:
-                group = hit.payload.get(_GROUP_FIELD[query.group_by])
-                key = str(group) if group is not None else f"point:{hit.id}"
-                if key in seen:
-                    continue
-                seen.add(key)
-            if skipped < query.offset:
-                skipped += 1
-                continue
-            out.append(hit)
-            if len(out) == query.limit:
-                return out
-        if len(raw) < page:
-            break
-    return out
-
-
-def reidentify(
-    settings: Settings, principal: Principal, collection: str, hits: list[Hit]
-) -> list[DicomwebHit]:
-    """The hits; for a ``clinician``, with UIDs and viewer links where the table holds them, one
-    audit line per re-identified hit (who, when, which hashes)."""
-    out = [DicomwebHit(id=hit.id, score=hit.score, payload=hit.payload) for hit in hits]
-    if Role.CLINICIAN not in principal.roles:
-        return out
-    from ingest.reid import open_reid_table
-
-    table = open_reid_table(settings)
-    if table is None:
-        return out
-    hashes = [h.payload.get("instance_hash") for h in hits]
-    found = table.look_up(h for h in hashes if isinstance(h, str))
-    viewer = settings.dicomweb.viewer
-    for item, instance_hash in zip(out, hashes, strict=True):
-        uids = found.get(instance_hash) if isinstance(instance_hash, str) else None
-        if uids is None:
-            continue
-        item.study_uid, item.series_uid, item.instance_uid = (
-            uids.study_uid,
-            uids.series_uid,
-            uids.instance_uid,
-        )
-        if viewer:
-            item.viewer_url = settings.dicomweb.viewer_template.format(
-                viewer=viewer.rstrip("/"),
-                study_uid=quote(uids.study_uid),
-                series_uid=quote(uids.series_uid),
-                instance_uid=quote(uids.instance_uid),
-            )
-        audit_log.info(
-            "reidentify who=%s role=%s collection=%s instance_hash=%s study_hash=%s at=%s",
-            principal.name,
-            principal.role_label,
-            collection,
-            instance_hash,
-            item.payload.study_hash,
-            datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-    return out
 
 
 search_router = APIRouter(prefix="/v1/collections", tags=["search"], dependencies=[require_role(Role.READER)])
@@ -446,7 +338,7 @@ async def search_by_dicomweb(
     settings: SettingsDep,
     limiter: InferenceLimiterDep,
     stored: StoredValuesDep,
-) -> DicomwebSearchResponse:
+) -> SearchResponse:
     """Search with an instance of the configured PACS named by its UIDs (fetched by WADO-RS):
     the same hits as an upload of the same file. For the ``clinician`` role hits carry their
     Study/Series/SOP Instance UIDs and a ``viewer_url``; every other role sees keyed hashes only."""
@@ -454,32 +346,38 @@ async def search_by_dicomweb(
     search_filter = parse_filter(query.filter)
     started = time.perf_counter()
     vector, query_hashes = await in_inference_thread(limiter, _query_vector, catalog, entry, settings, query)
+    narrowed = results.apply_exclusions(
+        search_filter,
+        query.exclude,
+        patients=[query_hashes["patient_hash"]],
+        studies=[query_hashes["study_hash"]],
+        source="instance",
+    )
+    shape = Shape(
+        limit=query.limit,
+        offset=query.offset,
+        score_threshold=query.score_threshold,
+        group_by=query.group_by,
+        group_size=query.group_size,
+    )
 
-    def search(limit: int, offset: int) -> list[Hit]:
-        return services.search(
-            index=index,
-            entry=entry,
-            vector=vector,
-            search_filter=search_filter,
-            limit=limit,
-            offset=offset,
-            score_threshold=query.score_threshold,
-        )
-
-    def run() -> tuple[list[Hit], list[SearchWarning]]:
-        if query.exclude or query.group_by:
-            hits = _grouped(search, query, query_hashes)
-        else:
-            hits = search(query.limit, query.offset)
-        return hits, services.search_warnings(
+    def run() -> tuple[Found, list[SearchWarning]]:
+        found = results.find(index=index, entry=entry, vector=vector, search_filter=narrowed, shape=shape)
+        return found, services.search_warnings(
             index=index, entry=entry, search_filter=search_filter, stored=stored
         )
 
-    hits, warnings = await on_index(index, run)
-    principal: Principal = request.state.principal
-    out = await in_thread(reidentify, settings, principal, entry.name, hits)
+    found, warnings = await on_index(index, run)
     took_ms = (time.perf_counter() - started) * 1000
-    logger.info("search collection=%s mode=dicomweb hits=%d took_ms=%.1f", entry.name, len(hits), took_ms)
-    return DicomwebSearchResponse(
-        hits=out, collection=entry.name, took_ms=round(took_ms, 3), warnings=warnings
+    logger.info(
+        "search collection=%s mode=dicomweb hits=%d took_ms=%.1f", entry.name, len(found.hits), took_ms
     )
+    response = SearchResponse(
+        hits=results.hits_out(found.hits, found.threshold),
+        collection=entry.name,
+        took_ms=round(took_ms, 3),
+        warnings=warnings,
+        **results.describe(found),
+    )
+    await reidentify_response(request, entry.name, response)
+    return response

@@ -38,6 +38,7 @@ from search_api.deps import (
 )
 from search_api.errors import UnknownField, error_responses
 from search_api.offload import in_inference_thread, on_index
+from search_api.reidentify import reidentify_response
 from search_api.results import Found, InvalidQuery, Shape
 from search_api.schemas import (
     GROUP_BY_DESCRIPTION,
@@ -81,8 +82,12 @@ router = APIRouter(prefix="/v1/collections", tags=["search"], dependencies=[requ
 logger = logging.getLogger(__name__)
 
 
-def _response(
-    entry: CollectionEntry, found: tuple[Found, list[SearchWarning]], started: float, mode: str
+async def _response(
+    request: Request,
+    entry: CollectionEntry,
+    found: tuple[Found, list[SearchWarning]],
+    started: float,
+    mode: str,
 ) -> SearchResponse:
     result, warnings = found
     took_ms = (time.perf_counter() - started) * 1000
@@ -90,13 +95,15 @@ def _response(
     logger.info(
         "search collection=%s mode=%s hits=%d took_ms=%.1f", entry.name, mode, len(result.hits), took_ms
     )
-    return SearchResponse(
+    response = SearchResponse(
         hits=results.hits_out(result.hits, result.threshold),
         collection=entry.name,
         took_ms=round(took_ms, 3),
         warnings=warnings,
         **results.describe(result),
     )
+    await reidentify_response(request, entry.name, response)
+    return response
 
 
 def _with_warnings(
@@ -190,6 +197,7 @@ def _search_json(
     responses=error_responses(InvalidFilter, InvalidVector, InvalidQuery, NoTextTower, PointNotFound),
 )
 async def search_collection(
+    request: Request,
     entry: CollectionDep,
     query: SearchQuery,
     index: IndexDep,
@@ -223,7 +231,7 @@ async def search_collection(
     warned = partial(
         _with_warnings, run, index=index, entry=entry, search_filter=search_filter, stored=stored
     )
-    return _response(entry, await on_index(index, warned), started, mode)
+    return await _response(request, entry, await on_index(index, warned), started, mode)
 
 
 def _embed_uploads(
@@ -397,4 +405,4 @@ async def search_by_image(
     found = await on_index(
         index, _with_warnings, run, index=index, entry=entry, search_filter=search_filter, stored=stored
     )
-    return _response(entry, found, started, "image")
+    return await _response(request, entry, found, started, "image")

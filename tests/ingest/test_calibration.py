@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from radsearch.cli import main
+from radsearch.commands.main import main
 
 from core.calibration import CALIBRATION_KEY, QUANTILE, threshold_of
 from core.catalog import Catalog

@@ -213,6 +213,18 @@ def test_search_by_uid_matches_an_upload_and_reidentifies_for_clinicians(
     }
     assert not [line for line in audit if uids["study_uid"] in line]
 
+    # Every search route re-identifies for a clinician, grouped hits audited once each; a reader
+    # of the same route sees hashes only.
+    caplog.clear()
+    body = {"point_id": top["id"], "group_by": "object", "limit": 3}
+    by_point = setup.post("/v1/collections/pacs/search", "clinician", json=body).json()
+    assert by_point["hits"] and all("instance_uid" in h for h in by_point["hits"])
+    assert all("instance_uid" in h for g in by_point["groups"] for h in g["hits"])
+    audit = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reidentify ")]
+    assert len(audit) == len({h["id"] for h in by_point["hits"]})
+    as_reader = setup.post("/v1/collections/pacs/search", "reader", json=body).json()
+    assert as_reader["hits"] and not [h for h in as_reader["hits"] if "instance_uid" in h]
+
     # The table on disk holds no UID in the clear.
     table = (setup.settings.data_dir / "reid" / "uids.sqlite").read_bytes()
     assert uids["study_uid"].encode() not in table and uids["instance_uid"].encode() not in table
@@ -222,7 +234,7 @@ def test_search_by_uid_matches_an_upload_and_reidentifies_for_clinicians(
     others = setup.post(
         "/v1/collections/pacs/search/dicomweb",
         "reader",
-        json={**uids, "exclude": ["study"], "group_by": "study", "limit": 5},
+        json={**uids, "exclude": {"same_study": True}, "group_by": "study", "group_size": 1, "limit": 5},
     )
     assert others.status_code == 200, others.text
     studies = [h["payload"]["study_hash"] for h in others.json()["hits"]]
