@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from radsearch.commands.main import main
 
 from core.calibration import CALIBRATION_KEY, QUANTILE, threshold_of
 from core.catalog import Catalog
@@ -16,6 +15,7 @@ from core.encoders.registry import get_spec
 from core.index import open_index
 from ingest.inline import IngestOptions, build_context, ingest_inline
 from ingest.sources import open_source
+from radsearch.commands.main import main
 from radsearch.demo_data import generate_demo_archive
 
 
