@@ -243,9 +243,17 @@ def test_web_page_is_self_contained_html(client: TestClient) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     page = response.text
-    assert "<html" in page and "v1/collections" in page and "/thumbnail" in page and "/facets/" in page
+    assert "<html" in page and 'src="static/page.js"' in page and 'href="static/page.css"' in page
+    script = client.get("/static/page.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    code = script.text
+    assert "v1/collections" in code and "/image?" in code and "/facets/" in code and "v1/render" in code
+    style = client.get("/static/page.css")
+    assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
     # no CDN: nothing is loaded from another origin
-    assert "http://" not in page and "https://" not in page
+    for text in (page, code, style.text):
+        assert "http://" not in text and "https://" not in text
+    assert client.get("/static/index.html").status_code == 404  # the page's files only
 
 
 def test_openapi_lists_every_route_with_clean_operation_ids(client: TestClient) -> None:
@@ -301,6 +309,13 @@ def test_openapi_lists_every_route_with_clean_operation_ids(client: TestClient) 
         ("POST", "/v1/collections/{name}/calibrate"): "calibrate_collection",
         ("GET", "/v1/collections/{name}/points/{point_id}/image"): "read_point_image",
         ("POST", "/v1/render"): "render_upload",
+        ("GET", "/static/{asset}"): "read_page_asset",
+        # metrics (issue 18)
+        ("GET", "/metrics"): "read_metrics",
+        # a PACS over DICOMweb (issue 17)
+        ("POST", "/v1/collections/{name}/search/dicomweb"): "search_by_dicomweb",
+        ("POST", "/v1/dicomweb/studies"): "stow_instances",
+        ("POST", "/v1/dicomweb/studies/{study_uid}"): "stow_study_instances",
     }
     assert client.get("/docs").status_code == 200
 

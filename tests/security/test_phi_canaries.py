@@ -371,6 +371,7 @@ def test_wrongly_typed_dicoms_through_every_route_and_field(secured: SecuredApp)
     valid_path["alias"] = "demo-alias"
     valid_path["snapshot_id"] = "20261202T014500Z-3fa9c1"
     valid_path["study_uid"] = "1.2.3"
+    valid_path["asset"] = "page.js"
     answers: list[tuple[str, Any]] = []
     with TestClient(app) as client:
         document = client.get("/openapi.json").json()
