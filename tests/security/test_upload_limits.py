@@ -52,9 +52,16 @@ def _temp_entries() -> set[str]:
     return set(os.listdir(tempfile.gettempdir()))
 
 
-def test_limits_in_process(small_limits: TestClient, secured: SecuredApp) -> None:
+def test_limits_in_process(
+    small_limits: TestClient, secured: SecuredApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = small_limits
     url = "/v1/collections/demo/search/image"
+    # Spooled uploads go to a folder of this test's own: other processes' temp files in the shared
+    # temp dir would count as leftovers.
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
     temp_before = _temp_entries()
 
     # an upload that fits
