@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from core.calibration import threshold_of
 from core.config import Settings
 from core.encoders.base import Encoder
 from core.encoders.registry import load_encoder
@@ -53,6 +54,9 @@ class CollectionEntry(BaseModel):
     #: How point ids derive (`core.payload.ID_SCHEMES`): a collection created before stable image
     #: identity has no such field and keeps v1; new collections are v2.
     id_scheme: Literal["v1", "v2"] = "v1"
+    #: The "no close match" score threshold (`core.calibration`), read with the entry from the same
+    #: collection metadata; None when never calibrated. Not part of the stored entry.
+    calibration_threshold: float | None = Field(default=None, exclude=True)
 
     @property
     def encoder_label(self) -> str:
@@ -162,10 +166,11 @@ class Catalog:
         """The catalog entry of a collection or of the collection an alias points at;
         `CollectionNotFound` for unknown names."""
         name = self.resolve(name)
-        raw = self.index.collection_config(name).metadata.get("catalog")
+        metadata = self.index.collection_config(name).metadata
+        raw = metadata.get("catalog")
         if raw is None:
             raise CollectionNotFound(f"collection {name!r} has no radsearch catalog entry")
-        return CollectionEntry.model_validate(raw)
+        return CollectionEntry.model_validate({**raw, "calibration_threshold": threshold_of(metadata)})
 
     def list(self) -> list[CollectionEntry]:
         entries = []

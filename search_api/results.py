@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from core.calibration import threshold_of
 from core.catalog import CollectionEntry
 from core.config import Settings
 from core.errors import BadInput, DecodeError
@@ -176,8 +175,7 @@ def find(
     query = validate_vectors(vector, entry.dim)[0]
     with timed_search(entry.name, search_filter):
         hits, groups = _search(index, entry, query, search_filter, shape, exclude_ids)
-    threshold = threshold_of(index.collection_config(entry.name).metadata)
-    return Found(hits=hits, groups=groups, threshold=threshold)
+    return Found(hits=hits, groups=groups, threshold=entry.calibration_threshold)
 
 
 def _search(
@@ -214,9 +212,9 @@ def _search(
     return hits, groups
 
 
-def found(*, index: VectorIndex, entry: CollectionEntry, hits: list[Hit]) -> Found:
+def found(*, entry: CollectionEntry, hits: list[Hit]) -> Found:
     """Plain ``hits`` found elsewhere (`VectorIndex.search_near_point`), with the threshold."""
-    return Found(hits=hits, groups=None, threshold=threshold_of(index.collection_config(entry.name).metadata))
+    return Found(hits=hits, groups=None, threshold=entry.calibration_threshold)
 
 
 def payload_str(payload: Mapping[str, Any], name: str) -> str | None:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.served import Served
 
 PLUGIN_PATHS = (
     "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
@@ -121,37 +122,11 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         server.stop()
 
 
-class ServedApp:
+class ServedApp(Served):
     """radsearch's API served by a real uvicorn on a free port (in a thread), so that Orthanc can
     call it over HTTP."""
 
     def __init__(self, settings: Any, *, port: int | None = None) -> None:
-        import threading
-
-        import uvicorn
-
         from search_api import create_app
 
-        self.port = port or free_port()
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ServedApp:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        super().__init__(create_app(settings), port=port)

@@ -163,7 +163,7 @@ def _search_json(
                 offset=query.offset,
                 score_threshold=query.score_threshold,
             )
-            return results.found(index=index, entry=entry, hits=hits)
+            return results.found(entry=entry, hits=hits)
         point = services.read_point(index=index, entry=entry, point_id=query.point_id, with_vector=True)
         assert point.vector is not None
         narrowed = results.apply_exclusions(

@@ -516,3 +516,14 @@ def coverage(expected: list[str], points: list[tuple[str, int, str]]) -> dict[st
         "duplicates": sum(n - 1 for n in per_key.values() if n > 1),
         "unexpected": sum(1 for k in per_key if k not in expected_set),
     }
+
+
+def wait_api_job(api: httpx.Client, job_id: str, timeout_s: float = 90) -> dict[str, object]:
+    """The job as `GET /v1/ingest-jobs/{id}` answers once it is done or failed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body: dict[str, object] = api.get(f"/v1/ingest-jobs/{job_id}").json()
+        if body["state"] in ("done", "failed"):
+            return body
+        time.sleep(0.2)
+    raise TimeoutError(job_id)

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from minio import Minio
@@ -18,7 +17,7 @@ from core.index.edge import EdgeIndex
 from core.jobs import JobKind, JobSpec, JobState
 from core.jobs.redis_store import RedisJobStore
 from search_api.app import create_app
-from tests.workers.conftest import Server, Worker, cli, upload_images
+from tests.workers.conftest import Server, Worker, cli, upload_images, wait_api_job
 from workers.client import parse_s3_event
 
 
@@ -28,16 +27,6 @@ def api(worker_settings: Settings, tmp_path: Path) -> Iterator[TestClient]:
     with TestClient(create_app(worker_settings, index=index)) as client:
         yield client
     index.close()
-
-
-def _wait_api(api: httpx.Client, job_id: str, timeout_s: float = 90) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        body: dict[str, object] = api.get(f"/v1/ingest-jobs/{job_id}").json()
-        if body["state"] in ("done", "failed"):
-            return body
-        time.sleep(0.2)
-    raise TimeoutError(job_id)
 
 
 def test_ingest_job_api_fills_several_collections_with_labels(
@@ -68,7 +57,7 @@ def test_ingest_job_api_fills_several_collections_with_labels(
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
     assert created.headers["location"] == f"/v1/ingest-jobs/{job_id}"
-    job = _wait_api(api, job_id)
+    job = wait_api_job(api, job_id)
     counts = job["counts"]
     assert isinstance(counts, dict)
     assert job["state"] == "done"
@@ -78,7 +67,7 @@ def test_ingest_job_api_fills_several_collections_with_labels(
     assert isinstance(throughput, dict) and throughput["objects_per_s"] > 0
 
     again = api.post("/v1/ingest-jobs", json=body).json()["id"]
-    second = _wait_api(api, again)
+    second = wait_api_job(api, again)
     second_counts = second["counts"]
     assert isinstance(second_counts, dict)
     assert second_counts["skipped_unchanged"] == 20 and second_counts["indexed_frames"] == 0

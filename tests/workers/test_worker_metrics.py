@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.config import Settings
 from tests.conftest import free_port
-from tests.workers.conftest import Server, Worker, upload_images
+from tests.workers.conftest import Server, Worker, upload_images, wait_api_job
 
 
 def _ingest_images(text: str, collection: str) -> float:
@@ -48,11 +47,7 @@ def test_prefork_children_report_through_the_worker_port(
     )
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
-    deadline = time.monotonic() + 90
-    while api.get(f"/v1/ingest-jobs/{job_id}").json()["state"] not in ("done", "failed"):
-        assert time.monotonic() < deadline, "job did not finish"
-        time.sleep(0.2)
-    assert api.get(f"/v1/ingest-jobs/{job_id}").json()["state"] == "done"
+    assert wait_api_job(api, job_id)["state"] == "done"
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     # The batch ran in a pool process, not in the worker's main process that serves the port.
     assert _ingest_images(text, "metered") == 6
@@ -93,10 +88,7 @@ def test_request_id_reaches_the_worker_log_lines(
     assert created.status_code == 202, created.text
     assert created.headers["x-request-id"] == "trace-0042"
     job_id = created.json()["id"]
-    deadline = time.monotonic() + 90
-    while api.get(f"/v1/ingest-jobs/{job_id}").json()["state"] not in ("done", "failed"):
-        assert time.monotonic() < deadline, "job did not finish"
-        time.sleep(0.2)
+    wait_api_job(api, job_id)
     lines = [json.loads(line) for line in worker.log_path.read_text().splitlines() if line.startswith("{")]
     traced = [line for line in lines if line["request_id"] == "trace-0042"]
     assert traced, lines[-20:]
