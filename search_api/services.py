@@ -153,7 +153,8 @@ def search_warnings(
     ]
 
 
-def _to_png(frame: Frame, size: int | None) -> bytes:
+def to_png(frame: Frame, size: int | None) -> bytes:
+    """A PNG of ``frame``, longest side ``size`` (None: as it is), nothing of any header."""
     pixels = np.ascontiguousarray(frame, dtype=np.uint8)
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
@@ -234,11 +235,6 @@ def pick_frame(decoded: DecodedObject, frame_index: int) -> tuple[int, Frame]:
     return indices[nearest], decoded.frames[nearest]
 
 
-def to_png(frame: Frame, size: int | None) -> bytes:
-    """A PNG of ``frame``, longest side ``size`` (None: as it is), nothing of any header."""
-    return _to_png(frame, size)
-
-
 def render_thumbnail(
     *,
     settings: Settings,
@@ -253,4 +249,4 @@ def render_thumbnail(
         settings=settings, point=point, source_uri=source_uri, accept_burned_in=accept_burned_in
     )
     frame_index = int(point.payload.get("frame", 0) or 0)
-    return _to_png(pick_frame(decoded, frame_index)[1], size)
+    return to_png(pick_frame(decoded, frame_index)[1], size)
