@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 import numpy as np
 from common import REPO_ROOT, emit, write_ct_dicoms
-from search import BATCH, MODALITIES, PATHOLOGIES, make_data, point_ids
+from search import BATCH, MODALITIES, PATHOLOGIES, make_data, payloads_of, point_ids
 
 from core.catalog import Catalog
 from core.config import Settings, StoreSettings
@@ -77,10 +77,7 @@ def build(data_dir: Path, args: argparse.Namespace) -> float:
     """Build the ``bench`` collection under ``data_dir``; the seconds it took."""
     data = make_data(args.n, 512, 0)
     ids = point_ids(args.n)
-    payloads = [
-        {"modality": MODALITIES[m], "pathology": [PATHOLOGIES[p]]}
-        for m, p in zip(data["modality"].tolist(), data["pathology"].tolist(), strict=True)
-    ]
+    payloads = payloads_of(data)
     settings = Settings(data_dir=data_dir, security={"hash_key": "bench"})  # type: ignore[arg-type]
     index = open_index(settings)
     try:

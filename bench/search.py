@@ -8,9 +8,14 @@ Data (seeded, reproducible; the issue's generator, not made easier):
   cos ~ 1 / sqrt(1 + sigma^2 * dim) = 0.8), then L2-normalised. The measured value is printed on
   the first line.
 - Payload: ``modality`` one of 4 values (~25 % each) and ``pathology`` one of 50 values (~2 %
-  each, stored as a one-element list), drawn independently of each other and of the cluster.
+  each, stored as a one-element list), drawn independently of each other and of the cluster;
+  ``anatomy`` one of 6 values (~17 % each), the pathology's own region (``p % 6``) for 90 % of the
+  points and a random one for the rest (pathologies belong to a body region), drawn from a
+  generator of its own so that every other draw stays as before.
 - Queries: ``--queries`` (500) existing points, perturbed with the same noise, renormalised; each
-  filtered query asks for one random modality / pathology value.
+  filtered query asks for one random modality / pathology value, and the combined shapes
+  radiologists ask for: modality AND anatomy (~4 %: the query's modality and its pathology's
+  region) and modality AND anatomy AND pathology (~0.5 %). The measured shares are printed.
 
 The points are upserted into an `EdgeIndex` in a temp dir (batches of 5,000, timed), then
 ``optimize()`` builds the HNSW segments (timed); ``build_s`` is the sum. The index uses
@@ -71,9 +76,11 @@ from core.payload import SearchFilter  # noqa: E402
 N_CENTRES = 1000
 MODALITIES = ("CT", "MR", "CR", "US")
 PATHOLOGIES = tuple(f"p{i:02d}" for i in range(50))
+ANATOMIES = ("chest", "head", "abdomen", "pelvis", "spine", "extremity")
+ANATOMY_OF_PATHOLOGY = 0.9  # share of the points whose anatomy is their pathology's region
 BATCH = 5000
 K = 10
-FILTERS = ("none", "modality", "pathology")
+FILTERS = ("none", "modality", "pathology", "modality+anatomy", "modality+anatomy+pathology")
 TARGET_RECALL = 0.99
 TARGET_P50_MS = 5.0
 TARGET_P99_MS = 20.0
@@ -104,34 +111,69 @@ def make_data(n: int, dim: int, n_queries: int, seed: int = 0) -> dict[str, Any]
     pathology = rng.integers(0, len(PATHOLOGIES), size=n)
     source = rng.choice(n, size=n_queries, replace=False)
     queries = _unit(vectors[source] + rng.standard_normal((n_queries, dim), dtype=np.float32) * sigma)
-    return {
+    q_pathology = rng.integers(0, len(PATHOLOGIES), size=n_queries)
+    data = {
         "vectors": vectors,
         "modality": modality,
         "pathology": pathology,
         "queries": queries,
         "q_modality": rng.integers(0, len(MODALITIES), size=n_queries),
-        "q_pathology": rng.integers(0, len(PATHOLOGIES), size=n_queries),
+        "q_pathology": q_pathology,
         "mean_cos": cos_sum / n,
         "sigma": float(sigma),
     }
+    # A generator of its own: the draws above (and so the earlier rounds' data) stay the same.
+    anatomy_rng = np.random.default_rng(seed + 1)
+    anatomy = pathology % len(ANATOMIES)
+    elsewhere = anatomy_rng.random(n) >= ANATOMY_OF_PATHOLOGY
+    anatomy[elsewhere] = anatomy_rng.integers(0, len(ANATOMIES), size=int(elsewhere.sum()))
+    data["anatomy"] = anatomy
+    data["q_anatomy"] = q_pathology % len(ANATOMIES)
+    return data
 
 
-def _mask(data: dict[str, Any], label: str, j: int) -> NDArray[np.bool_] | None:
-    if label == "modality":
-        out: NDArray[np.bool_] = data["modality"] == data["q_modality"][j]
-        return out
-    if label == "pathology":
-        out = data["pathology"] == data["q_pathology"][j]
-        return out
-    return None
+def _conditions(label: str) -> tuple[str, ...]:
+    """The payload fields a filter label combines (``modality+anatomy`` -> both)."""
+    return () if label == "none" else tuple(label.split("+"))
+
+
+def payloads_of(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points' payloads as radsearch stores them (pathology a one-element list)."""
+    return [
+        {"modality": MODALITIES[m], "anatomy": ANATOMIES[a], "pathology": [PATHOLOGIES[p]]}
+        for m, a, p in zip(
+            data["modality"].tolist(), data["anatomy"].tolist(), data["pathology"].tolist(), strict=True
+        )
+    ]
+
+
+_VALUES = {"modality": MODALITIES, "anatomy": ANATOMIES, "pathology": PATHOLOGIES}
+
+
+def mask_of(data: dict[str, Any], label: str, j: int) -> NDArray[np.bool_] | None:
+    """The points query ``j``'s filter ``label`` matches; None for no filter."""
+    out: NDArray[np.bool_] | None = None
+    for field in _conditions(label):
+        match = data[field] == data[f"q_{field}"][j]
+        out = match if out is None else out & match
+    return out
 
 
 def _filter(data: dict[str, Any], label: str, j: int) -> SearchFilter | None:
-    if label == "modality":
-        return SearchFilter(modality=[MODALITIES[int(data["q_modality"][j])]])
-    if label == "pathology":
-        return SearchFilter(pathology=[PATHOLOGIES[int(data["q_pathology"][j])]])
-    return None
+    fields = _conditions(label)
+    if not fields:
+        return None
+    return SearchFilter(**{field: [_VALUES[field][int(data[f"q_{field}"][j])]] for field in fields})
+
+
+def filter_shares(data: dict[str, Any]) -> dict[str, float]:
+    """Mean share of the collection each filtered label matches, over the queries."""
+    n_queries = len(data["queries"])
+    return {
+        label: round(float(np.mean([mask_of(data, label, j).mean() for j in range(n_queries)])), 5)  # type: ignore[union-attr]
+        for label in FILTERS
+        if label != "none"
+    }
 
 
 def exact_topk(data: dict[str, Any], label: str) -> NDArray[np.int64]:
@@ -142,7 +184,7 @@ def exact_topk(data: dict[str, Any], label: str) -> NDArray[np.int64]:
     for lo in range(0, len(queries), step):
         scores = queries[lo : lo + step] @ vectors.T
         for j in range(scores.shape[0]):
-            mask = _mask(data, label, lo + j)
+            mask = mask_of(data, label, lo + j)
             if mask is not None:
                 scores[j, ~mask] = -np.inf
         top = np.argpartition(-scores, K, axis=1)[:, :K]
@@ -156,7 +198,7 @@ def exact_p50_ms(data: dict[str, Any], label: str, n_timed: int) -> float:
     vectors, queries = data["vectors"], data["queries"]
     times = []
     for j in range(min(n_timed, len(queries))):
-        mask = _mask(data, label, j)
+        mask = mask_of(data, label, j)
         t = time.perf_counter()
         scores = vectors @ queries[j]
         if mask is not None:
@@ -323,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                 "queries": args.queries,
                 "sigma": round(data["sigma"], 6),
                 "mean_cos_to_centre": round(data["mean_cos"], 4),
+                "filter_shares": filter_shares(data),
                 "load1_at_start": round(load, 2),
             }
         ),
@@ -332,10 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     n_timed = 30 if args.n >= 500_000 else 100
     exact = {label: exact_p50_ms(data, label, n_timed) for label in FILTERS}
     ids = point_ids(args.n)
-    payloads = [
-        {"modality": MODALITIES[m], "pathology": [PATHOLOGIES[p]]}
-        for m, p in zip(data["modality"].tolist(), data["pathology"].tolist(), strict=True)
-    ]
+    payloads = payloads_of(data)
     failures: list[str] = []
     full = args.n >= FULL_SIZE
     latency_checked = not args.on_disk  # the memory target's collection: recall and RSS only
@@ -495,10 +535,8 @@ def _measure_rss(
     np.savez(
         blob,
         queries=data["queries"],
-        q_modality=data["q_modality"],
-        q_pathology=data["q_pathology"],
-        modality=data["modality"],
-        pathology=data["pathology"],
+        **{f"q_{field}": data[f"q_{field}"] for field in _VALUES},
+        **{field: data[field] for field in _VALUES},
         **{f"truth_{label}": truth[label] for label in FILTERS},
     )
     proc = subprocess.run(
