@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SERVE  ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install lock demo test lint format typecheck bench bench-quick check clean
+.PHONY: install lock demo test lint format typecheck bench bench-quick bench-peers-install check clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -77,6 +77,11 @@ bench-quick: install
 	$(PY) bench/ingest.py --quick --encoder clip-vit-b16 --source s3 --dtype bfloat16 || fail=1; \
 	$(PY) bench/cli_startup.py --quick || fail=1; \
 	exit $$fail
+
+# The peers bench/peers.py compares radsearch with (faiss, hnswlib, usearch); the versions mirror
+# pyproject's `bench` extra.
+bench-peers-install: install
+	$(PY) -m pip install --quiet faiss-cpu==1.15.1 hnswlib==0.8.0 usearch==2.26.6
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
