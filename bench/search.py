@@ -277,9 +277,92 @@ def probe(args: argparse.Namespace) -> None:
                 "rss_file_mb": round(status["RssFile"], 1),
             }
         )
+        if args.probe_long:
+            out.update(long_run(index, int(blob["n"]), args.probe_long))
     finally:
         index.close()
     print(json.dumps(out), flush=True)
+
+
+def long_run(index: EdgeIndex, n: int, queries: int) -> dict[str, Any]:
+    """``queries`` searches by distinct random stored points (the filter shapes in turn), as a
+    long-running server sees them: each one rescores originals no earlier query touched. The
+    resident memory after every 1,000, and the latency over the run."""
+    rng = np.random.default_rng(7)
+    rows = rng.choice(n, size=queries, replace=False)
+    pathology = rng.integers(0, len(PATHOLOGIES), size=queries)
+    modality = rng.integers(0, len(MODALITIES), size=queries)
+    data = {"q_modality": modality, "q_pathology": pathology, "q_anatomy": pathology % len(ANATOMIES)}
+    ids = point_ids(n)
+    latencies = []
+    rss_trace = []
+    for j, row in enumerate(rows.tolist()):
+        search_filter = _filter(data, FILTERS[j % len(FILTERS)], j)
+        t = time.perf_counter()
+        index.search_near_point("bench", ids[row], filter=search_filter, limit=K)
+        latencies.append(time.perf_counter() - t)
+        if (j + 1) % 1000 == 0:
+            rss_trace.append(round(_status_mb()["VmRSS"], 1))
+    status = _status_mb()
+    lat_ms = np.array(latencies) * 1000
+    return {
+        "long_run_queries": queries,
+        "long_run_p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
+        "long_run_p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
+        "long_run_rss_trace_mb": rss_trace,
+        "long_run_rss_mb": round(status["VmRSS"], 1),
+        "long_run_hwm_mb": round(status["VmHWM"], 1),
+        "long_run_rss_file_mb": round(status["RssFile"], 1),
+    }
+
+
+class MemoryCeiling:
+    """A memory cgroup (v2, or v1's memory controller) limiting a child process to ``limit_mb``,
+    as ``mem_limit`` in docker-compose.yml does for the API container: the kernel reclaims clean
+    page cache (mapped original vectors included) before it kills. Needs root; ``applied`` False
+    where no cgroup can be made (the run then reports that it went without a ceiling)."""
+
+    def __init__(self, limit_mb: int) -> None:
+        self.limit_mb = limit_mb
+        self.path: Path | None = None
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        root, limit_file = (
+            (Path("/sys/fs/cgroup"), "memory.max")
+            if v2.exists()
+            else (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes")
+        )
+        path = root / f"radsearch-bench-{os.getpid()}"
+        try:
+            path.mkdir()
+            (path / limit_file).write_text(str(limit_mb * 1024 * 1024))
+            self.path = path
+        except OSError:
+            if path.exists():
+                path.rmdir()
+
+    @property
+    def applied(self) -> bool:
+        return self.path is not None
+
+    def enter(self) -> None:
+        """Move the calling process (a child, before exec) into the cgroup."""
+        if self.path is not None:
+            (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def oom_kills(self) -> int:
+        if self.path is None:
+            return 0
+        for name in ("memory.events", "memory.oom_control"):
+            if (self.path / name).exists():
+                for line in (self.path / name).read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        return 0
+
+    def close(self) -> None:
+        if self.path is not None:
+            self.path.rmdir()
 
 
 def _store(args: argparse.Namespace) -> StoreSettings:
@@ -325,6 +408,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on-disk", action="store_true", help="original vectors on disk (mmap)")
     parser.add_argument("--rss", action="store_true", help="measure a separate serving process")
     parser.add_argument(
+        "--long-run",
+        type=int,
+        default=0,
+        help="with --rss: that many more searches by distinct stored points in the serving process",
+    )
+    parser.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        default=0,
+        help="with --rss: the serving process's memory ceiling (a cgroup, as compose's mem_limit)",
+    )
+    parser.add_argument(
         "--reuse-data-dir",
         default=None,
         help="skip the build: query the collection a --keep-data-dir run left (same --n; the "
@@ -341,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probe-data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probe-store", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-long", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         probe(args)
@@ -546,28 +642,42 @@ def _measure_rss(
         **{f"q_{field}": data[f"q_{field}"] for field in _VALUES},
         **{field: data[field] for field in _VALUES},
         **{f"truth_{label}": truth[label] for label in FILTERS},
+        n=np.array(args.n),
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--probe",
-            str(root),
-            "--probe-data",
-            str(blob),
-            "--probe-store",
-            store.model_dump_json(),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    ceiling = MemoryCeiling(args.memory_limit_mb) if args.memory_limit_mb else None
+    command = [sys.executable, __file__, "--probe", str(root), "--probe-data", str(blob)]
+    command += ["--probe-store", store.model_dump_json(), "--probe-long", str(args.long_run)]
+    try:
+        proc = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            check=False,
+            preexec_fn=ceiling.enter if ceiling is not None else None,
+        )
+        oom_kills = ceiling.oom_kills() if ceiling is not None else 0
+    finally:
+        if ceiling is not None:
+            ceiling.close()
     if proc.returncode != 0:
-        return [f"serving probe failed: {proc.stderr[-500:]}"]
+        return [f"serving probe failed (exit {proc.returncode}, OOM kills {oom_kills}): {proc.stderr[-500:]}"]
     record = json.loads(proc.stdout.strip().splitlines()[-1])
-    record.update({"n": args.n, "quantization": args.quantization, "on_disk": args.on_disk})
+    record.update(
+        {
+            "n": args.n,
+            "quantization": args.quantization,
+            "on_disk": args.on_disk,
+            "memory_limit_mb": args.memory_limit_mb,
+            "memory_limit_applied": ceiling is not None and ceiling.applied,
+            "oom_kills": oom_kills,
+        }
+    )
     print(json.dumps(record), flush=True)
     failures = []
+    if args.long_run and full and args.on_disk and record["long_run_rss_mb"] > TARGET_RSS_MB:
+        failures.append(
+            f"serving RSS after {args.long_run} queries {record['long_run_rss_mb']} MB > {TARGET_RSS_MB}"
+        )
     for label in FILTERS:
         if record[f"recall_{label}"] < TARGET_RECALL:
             failures.append(f"serving {label}: recall {record[f'recall_{label}']} < {TARGET_RECALL}")

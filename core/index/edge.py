@@ -72,6 +72,7 @@ from core.index._shared import (
     unnamed_vector,
 )
 from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
+from core.index.resident import unmap_original_vectors
 from core.ownership import StoreLease
 from core.payload import INDEXED_FIELDS, SearchFilter
 
@@ -160,6 +161,7 @@ class _Handle:
         self.indexer: _Indexer | None = None
         self.indexer_lock = threading.Lock()  # guards ``indexer`` and ``stopping``
         self.stopping = False
+        self.searches = 0  # since opening (approximate under threads): when to unmap originals
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[qe.EdgeShard]:
@@ -429,13 +431,15 @@ def _to_filter(
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    """A filtered search: post-filter unfiltered candidates first or not, the filter's share of
-    the collection, then (or else) filtered HNSW with ACORN or not, at ``ef``."""
+    """A filtered search: post-filter nearest candidates first or not (drawn from the whole
+    collection, or within ``base``, one condition of the filter), the filter's share of those
+    candidates' population, then (or else) filtered HNSW with ACORN or not, at ``ef``."""
 
     post_filter: bool
     share: float
     acorn: bool
     ef: int
+    base: SearchFilter | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -852,7 +856,7 @@ class EdgeIndex(VectorIndex):
         with handle.reading() as shard:
             scored = None
             if plan is not None and plan.post_filter and not exact:
-                scored = self._post_filtered(shard, query, page, plan.share, hnsw_ef, quantized)
+                scored = self._post_filtered(shard, query, page, plan, hnsw_ef, quantized)
             if scored is None:  # not post-filtered, or its candidates held too few matches
                 default_ef = plan.ef if plan is not None else self._store.hnsw_ef
                 params = qe.SearchParams(
@@ -866,30 +870,45 @@ class EdgeIndex(VectorIndex):
                     ),
                 )
                 scored = _query(shard, query, page, params)
+        self._searched(handle)
         if excluded:
             scored = [p for p in scored if str(p.id) not in excluded][offset : offset + limit]
         return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in scored]
+
+    def _searched(self, handle: _Handle) -> None:
+        """Every ``release_originals_every`` searches of a collection with on-disk originals, drop
+        the pages rescoring mapped (`core.index.resident`): a server's RSS stays flat instead of
+        growing with each distinct query towards the size of the vector files."""
+        every = self._store.release_originals_every
+        if not every or not handle.config.on_disk:
+            return
+        handle.searches += 1
+        if handle.searches % every == 0:
+            unmap_original_vectors(self._dir(handle.name))
 
     def _post_filtered(
         self,
         shard: qe.EdgeShard,
         query: list[float],
         page: _Page,
-        share: float,
+        plan: _Plan,
         hnsw_ef: int | None,
         quantized: bool,
     ) -> list[Any] | None:
-        """A filter matching a large share of the collection: the unfiltered nearest candidates
-        (quantized scores, no payloads), then the filter and exact rescoring over those alone.
-        None when they hold fewer matches than the page needs (the caller searches filtered)."""
+        """A filter matching a large share of the collection (or of ``plan.base``'s points): the
+        nearest candidates (quantized scores, no payloads; within ``plan.base`` when set), then
+        the filter and exact rescoring over those alone. None when they hold fewer matches than
+        the page needs (the caller searches filtered)."""
         store = self._store
         needed = page.limit + page.offset
-        count = min(store.post_filter_max_candidates, math.ceil(needed * store.post_filter_factor / share))
+        count = min(
+            store.post_filter_max_candidates, math.ceil(needed * store.post_filter_factor / plan.share)
+        )
         candidates = shard.query(
             qe.QueryRequest(
                 limit=count,
                 query=qe.Query.Nearest(query),
-                filter=_to_filter(None, page.excluded),
+                filter=_to_filter(plan.base, page.excluded),
                 params=qe.SearchParams(
                     hnsw_ef=max(count, hnsw_ef if hnsw_ef is not None else store.hnsw_ef_filtered),
                     quantization=qe.QuantizationSearchParams(rescore=False) if quantized else None,
@@ -918,19 +937,66 @@ class EdgeIndex(VectorIndex):
 
     def _filtered_plan(self, handle: _Handle, filter: SearchFilter | None, needed: int) -> _Plan:
         """How to run a filtered search, from the engine's cardinality estimate of the filter
-        (bench/RESULTS.md, 100 k and 1 M points):
+        (bench/RESULTS.md, 100 k to 1 M points):
 
         - at least ``post_filter_min_share`` of the collection and a page of at most
           ``post_filter_max_results``: first unfiltered candidates, then the filter
           (`_post_filtered`; filtered HNSW plateaued at recall 0.97-0.99 on a 25 % filter at
-          1 M points whatever the ef), and what follows when they hold too few matches:
-        - more than ``acorn_max_points`` points: payload-linked HNSW, ``hnsw_ef_filtered``;
+          1 M points whatever the ef);
+        - a filter of several conditions that matches at least that share of the points of its
+          narrowest payload-linked condition (modality AND anatomy: a quarter of the anatomy's
+          points): candidates from that condition's linked graph, then the whole filter (the
+          engine has no links for the combination: on its own graph such a filter reached recall
+          0.93 at 300 k points, without links 0.0003);
+        - when those hold too few matches, or otherwise: more than ``acorn_max_points`` points:
+          payload-linked HNSW, ``hnsw_ef_filtered``;
         - at most that many and at least ``acorn_min_selectivity`` of the collection: ACORN with
           ``hnsw_ef_acorn`` (a large share of a small collection, where plain filtered HNSW
           loses recall);
         - otherwise (a small, selective filter, served by its payload links): ``hnsw_ef_selective``.
         """
         store = self._store
+        matching, total = self._estimate(handle, filter)
+        share = matching / total if total else 0.0
+        small_page = needed <= store.post_filter_max_results
+        post, base, base_share = share >= store.post_filter_min_share and small_page, None, share
+        if not post and small_page:
+            base, base_share = self._narrowest_base(handle, filter, matching)
+            post = base is not None
+        if matching > store.acorn_max_points:
+            return _Plan(post, base_share, False, store.hnsw_ef_filtered, base)
+        if self._acorn and share >= store.acorn_min_selectivity:
+            return _Plan(post, base_share, True, store.hnsw_ef_acorn, base)
+        return _Plan(post, base_share, False, store.hnsw_ef_selective, base)
+
+    def _narrowest_base(
+        self, handle: _Handle, filter: SearchFilter | None, matching: int
+    ) -> tuple[SearchFilter | None, float]:
+        """The filter's narrowest payload-linked condition that holds a graph of its own (more
+        points than the full-scan threshold) and of whose points the whole filter matches at
+        least ``post_filter_min_share``, with that share; (None, 0) when there is none."""
+        if filter is None:
+            return None, 0.0
+        fields = filter.fields()
+        if len(fields) < 2:
+            return None, 0.0
+        linked = set(self._store.hnsw_payload_fields)
+        best: tuple[SearchFilter | None, float] = (None, 0.0)
+        best_count = 0
+        for name, values in fields:
+            if name not in linked:
+                continue
+            condition = SearchFilter.model_validate({name: values})
+            count, _ = self._estimate(handle, condition)
+            if count <= self._threshold_vectors(handle) or (best_count and count >= best_count):
+                continue
+            if count and matching / count >= self._store.post_filter_min_share:
+                best, best_count = (condition, matching / count), count
+        return best
+
+    def _estimate(self, handle: _Handle, filter: SearchFilter | None) -> tuple[int, int]:
+        """The engine's estimate of the points ``filter`` matches, and of all points; cached per
+        filter until the collection's next write."""
         key = tuple((field, tuple(values)) for field, values in filter_conditions(filter)) + tuple(
             ("not_" + field, tuple(values)) for field, values in filter_exclusions(filter)
         )
@@ -943,14 +1009,7 @@ class EdgeIndex(VectorIndex):
                 matching = int(shard.count(qe.CountRequest(exact=False, filter=_to_filter(filter))))
                 total = int(shard.count(qe.CountRequest(exact=False)))
             counts = cache[key] = (matching, total)
-        matching, total = counts
-        share = matching / total if total else 0.0
-        post = share >= store.post_filter_min_share and needed <= store.post_filter_max_results
-        if matching > store.acorn_max_points:
-            return _Plan(post, share, False, store.hnsw_ef_filtered)
-        if self._acorn and share >= store.acorn_min_selectivity:
-            return _Plan(post, share, True, store.hnsw_ef_acorn)
-        return _Plan(post, share, False, store.hnsw_ef_selective)
+        return counts
 
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
         """The points that exist among ``ids`` (missing ids are left out)."""
