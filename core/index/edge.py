@@ -904,13 +904,14 @@ class EdgeIndex(VectorIndex):
         count = min(
             store.post_filter_max_candidates, math.ceil(needed * store.post_filter_factor / plan.share)
         )
+        default_ef = store.hnsw_ef_filtered if plan.base is None else store.post_filter_base_ef
         candidates = shard.query(
             qe.QueryRequest(
                 limit=count,
                 query=qe.Query.Nearest(query),
                 filter=_to_filter(plan.base, page.excluded),
                 params=qe.SearchParams(
-                    hnsw_ef=max(count, hnsw_ef if hnsw_ef is not None else store.hnsw_ef_filtered),
+                    hnsw_ef=max(count, hnsw_ef if hnsw_ef is not None else default_ef),
                     quantization=qe.QuantizationSearchParams(rescore=False) if quantized else None,
                 ),
                 with_payload=False,

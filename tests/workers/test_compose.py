@@ -97,6 +97,13 @@ def test_security_and_durability_settings(compose: dict[str, Any]) -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
 
 
+def test_the_api_has_the_memory_ceiling_the_long_run_benchmark_uses(compose: dict[str, Any]) -> None:
+    # bench/search.py --long-run runs the serving process under the same ceiling (Makefile: bench)
+    assert compose["services"]["api"]["mem_limit"] == "${RADSEARCH_API_MEM_LIMIT:-2g}"
+    bench = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    assert "--long-run 10000 --memory-limit-mb 2048" in bench
+
+
 def test_dockerfiles_and_init_script_exist() -> None:
     for path in ("infra/Dockerfile.cpu", "infra/Dockerfile.cuda", "infra/minio-init.sh", "infra/README.md"):
         assert (REPO / path).is_file(), path
