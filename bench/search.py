@@ -20,24 +20,29 @@ Data (seeded, reproducible; the issue's generator, not made easier):
 The points are upserted into an `EdgeIndex` in a temp dir (batches of 5,000, timed), then
 ``optimize()`` builds the HNSW segments (timed); ``build_s`` is the sum. The index uses
 `StoreSettings()` (the defaults) unless a build option overrides one. For each filter (none,
-modality, pathology) and each ``--ef`` (and ACORN on/off with ``--acorn both``) the queries run
-one at a time: p50/p99 latency, qps, recall@10 against exact search over the same filtered set,
-and ``exact_p50_ms``: the median time of a NumPy brute-force search (one matrix-vector product +
-argpartition) per query in this process, the baseline of the ``speedup``.
+modality, pathology, modality+anatomy, modality+anatomy+pathology) and each ``--ef`` (and ACORN
+on/off with ``--acorn both``) the queries run one at a time: p50/p99 latency, qps, recall@10
+against exact search over the same filtered set, and ``exact_p50_ms``: the median time of a NumPy
+brute-force search (one matrix-vector product + argpartition) per query in this process, the
+baseline of the ``speedup``.
 
 ``--rss`` closes the index and opens it in a fresh subprocess (a serving process), which runs the
 same queries with the default settings and reports its resident memory (VmRSS after the queries,
-VmHWM peak) and recall.
+VmHWM peak) and recall. ``--long-run N`` then has it search by N distinct random stored points (a
+long-running server's traffic: each rescores originals no earlier query touched), with its RSS
+after every 1,000; ``--memory-limit-mb`` runs it under that memory ceiling (a cgroup made for the
+run, as compose's ``mem_limit`` for the API: ``make bench`` uses its 2 GB), and reports OOM kills.
 
-Targets (issue 6), checked on the rows of the default settings, exit status 1 when one is missed
+Targets (issues 6 and 18), checked on the rows of the default settings, exit status 1 when one is missed
 (``--no-check`` to explore): recall@10 >= 0.99 for every filter, and
 
 - for the default collection (``--quantization`` the store's default, int8 with the originals in
-  RAM): p50 <= 5 ms, p99 <= 20 ms for every filter; at n >= 1,000,000 also speedup >= 20x the
-  exact p50 and build <= 300 s;
+  RAM): p50 <= 5 ms, p99 <= 20 ms for every filter, the combined ones included; at n >= 1,000,000
+  also speedup >= 20x the exact p50 and build (upsert + index) <= 150 s;
 - for the memory target's collection (``--quantization int8 --on-disk --rss``): the serving
-  process's peak RSS (VmHWM, the open included) < 1.2 GB at 1 M; its latency and build are
-  reported, not checked (the issue asks recall of it, and rescoring reads the originals from disk).
+  process's peak RSS (VmHWM, the open included) < 1.2 GB at 1 M, and with ``--long-run`` its RSS
+  after the long run <= 1.2 GB; its latency and build are reported, not checked (the issue asks
+  recall of it, and rescoring reads the originals from disk).
 
 The targets are defined at 1 M; smaller runs report the 1 M-only ones.
 
@@ -47,7 +52,8 @@ Output: JSON lines on stdout: ``{"bench": "search-data"}``, ``{"bench": "search-
 
     .venv/bin/python bench/search.py --n 100000 --ef 64,128,256 --acorn both --no-check
     .venv/bin/python bench/search.py --n 1000000 --rss
-    .venv/bin/python bench/search.py --n 1000000 --quantization int8 --on-disk --rss
+    .venv/bin/python bench/search.py --n 1000000 --quantization int8 --on-disk --rss \
+        --long-run 10000 --memory-limit-mb 2048
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ TARGET_RECALL = 0.99
 TARGET_P50_MS = 5.0
 TARGET_P99_MS = 20.0
 TARGET_SPEEDUP = 20.0
-TARGET_BUILD_S = 300.0
+TARGET_BUILD_S = 150.0
 TARGET_RSS_MB = 1200.0
 FULL_SIZE = 1_000_000
 
