@@ -51,17 +51,18 @@ check: lint typecheck
 # Results and the machine they were measured on: bench/RESULTS.md. In order: a 1 M collection
 # without quantization (reported only: its RSS is asked for beside the int8 one); the default
 # collection (int8, originals in RAM: the latency, speed-up, build and combined-filter targets,
-# then serving: HTTP against the engine alone); the memory target's collection (int8, originals on
-# disk: recall, then 10,000 distinct queries under the API's compose memory ceiling); the peers
-# (faiss, hnswlib, usearch) on the same data; ingest; the start-up of the light CLI commands.
+# then serving: HTTP against the engine alone, and the peers (faiss, hnswlib, usearch) on the same
+# data, radsearch's row from that collection); the memory target's collection (int8, originals on
+# disk: recall, then 10,000 distinct queries under the API's compose memory ceiling); ingest; the
+# start-up of the light CLI commands.
 bench: install bench-peers-install
 	fail=0; dir=$$(mktemp -d /tmp/radsearch-bench-1m.XXXXXX); \
 	$(PY) bench/search.py --n 1000000 --quantization none --rss --no-check; \
 	$(PY) bench/search.py --n 1000000 --rss --keep-data-dir $$dir/data || fail=1; \
 	$(PY) bench/http_search.py --n 1000000 --data-dir $$dir/data || fail=1; \
+	$(PY) bench/peers.py --n 1000000 --radsearch-data-dir $$dir/data || fail=1; \
 	rm -rf $$dir; \
 	$(PY) bench/search.py --n 1000000 --quantization int8 --on-disk --rss --long-run 10000 --memory-limit-mb 2048 || fail=1; \
-	$(PY) bench/peers.py --n 1000000 || fail=1; \
 	$(PY) bench/ingest.py --n 1000 --encoder baseline --source local || fail=1; \
 	$(PY) bench/ingest.py --n 1000 --encoder baseline --source s3 || fail=1; \
 	$(PY) bench/ingest.py --n 256 --encoder clip-vit-b16 --source s3 --dtype bfloat16 || fail=1; \

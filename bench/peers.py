@@ -22,7 +22,9 @@ engine in a child process of its own, so that each one's resident memory is its 
 - ``radsearch``: `core.index.edge.EdgeIndex` with `StoreSettings()` (the defaults: int8 with
   rescoring, originals in RAM) in a temp dir, built and queried exactly as `bench/search.py` does
   (upserts in batches of 5,000 with the same payloads, ``optimize()``, `run_queries` with the
-  defaults, no sweep).
+  defaults, no sweep); or, with ``--radsearch-data-dir DIR``, the collection a
+  ``bench/search.py --keep-data-dir DIR`` run of the same ``--n`` built (that run reports its
+  build), opened and queried as it is (``make bench`` does so: one 1 M build less).
 
 Fairness: each build is timed (``build_s``; builds may use both cores), then the child drops its
 view of the source vectors so that RSS is the index's. Queries run one at a time on one thread
@@ -331,14 +333,14 @@ def sweep(
     return chosen, [s for s in steps if s is not chosen]
 
 
-def child(engine: str, data_dir: Path, cap_ms: float) -> None:
+def child(engine: str, data_dir: Path, cap_ms: float, radsearch_data_dir: str | None = None) -> None:
     base_rss = _status_mb()["VmRSS"]
     data, truth = _load(data_dir)
     n, dim = data["vectors"].shape
     common = {"engine": engine, "n": n, "dim": dim}
     rows: list[dict[str, Any]] = []
     if engine == "radsearch":
-        _radsearch(data, truth, common, rows)
+        _radsearch(data, truth, common, rows, radsearch_data_dir)
     else:
         peer = PEERS[engine]()
         t0 = time.perf_counter()
@@ -364,7 +366,7 @@ def child(engine: str, data_dir: Path, cap_ms: float) -> None:
                 **common,
                 **{"available": True, "param": None, "value": None, "recall_at_10": None, "p50_ms": None},
                 **row,
-                "build_s": round(row["build_s"], 2),
+                "build_s": None if row["build_s"] is None else round(row["build_s"], 2),
                 "rss_mb": round(status["VmRSS"], 1),
                 "hwm_mb": round(status["VmHWM"], 1),
                 "base_rss_mb": round(base_rss, 1),
@@ -378,39 +380,48 @@ def _radsearch(
     truth: dict[str, NDArray[np.int64]],
     common: dict[str, Any],
     rows: list[dict[str, Any]],
+    prebuilt: str | None,
 ) -> None:
-    from core.config import StoreSettings
+    """radsearch's index at its defaults: built here, or (``prebuilt``, a radsearch data dir a
+    ``bench/search.py --keep-data-dir`` run of the same ``--n`` built, whose build that run
+    reports) opened and queried as it is."""
+    from core.config import Settings, StoreSettings
     from core.index.base import CollectionConfig
     from core.index.edge import EdgeIndex
 
     store = StoreSettings()
     n, dim = data["vectors"].shape
     with tempfile.TemporaryDirectory(prefix="radsearch-peers-") as tmp:
-        index = EdgeIndex(Path(tmp), store)
+        build_s: float | None = None
+        if prebuilt:
+            index = EdgeIndex(Settings(data_dir=Path(prebuilt), store=store).index_dir, store)
+        else:
+            index = EdgeIndex(Path(tmp), store)
         try:
-            index.create_collection(
-                CollectionConfig(name="bench", dim=dim, quantization=store.default_quantization)
-            )
-            upsert_s, optimize_s = upsert_and_optimize(index, point_ids(n), data, payloads_of(data))
-            build_s = upsert_s + optimize_s
+            if not prebuilt:
+                index.create_collection(
+                    CollectionConfig(name="bench", dim=dim, quantization=store.default_quantization)
+                )
+                upsert_s, optimize_s = upsert_and_optimize(index, point_ids(n), data, payloads_of(data))
+                build_s = upsert_s + optimize_s
+                _emit(
+                    {
+                        "bench": "peers-build",
+                        **common,
+                        "build_s": round(build_s, 2),
+                        "upsert_s": round(upsert_s, 2),
+                        "optimize_s": round(optimize_s, 2),
+                        "quantization": store.default_quantization,
+                        "load1": _load1(),
+                    }
+                )
             del data["vectors"]
             gc.collect()
-            _emit(
-                {
-                    "bench": "peers-build",
-                    **common,
-                    "build_s": round(build_s, 2),
-                    "upsert_s": round(upsert_s, 2),
-                    "optimize_s": round(optimize_s, 2),
-                    "quantization": store.default_quantization,
-                    "load1": _load1(),
-                }
-            )
             for label in FILTERS:
                 result = run_queries(index, data, label, truth[label], None)
                 reached = result["recall_at_10"] >= TARGET_RECALL
                 row = {"filter": label, "param": "hnsw_ef", "value": "default", **result}
-                rows.append({**row, "reached": reached, "build_s": build_s})
+                rows.append({**row, "reached": reached, "build_s": build_s, "prebuilt": bool(prebuilt)})
         finally:
             index.close()
 
@@ -418,10 +429,14 @@ def _radsearch(
 # --- the parent -----------------------------------------------------------------------------------
 
 
-def _run_child(engine: str, data_dir: Path, cap_ms: float) -> tuple[list[dict[str, Any]], str | None]:
+def _run_child(
+    engine: str, data_dir: Path, cap_ms: float, radsearch_data_dir: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
     """The engine's child process: its JSON lines echoed and its ``peers`` rows returned, and the
     failure (None when it exited 0)."""
     cmd = [sys.executable, __file__, "--engine", engine, "--data", str(data_dir), "--cap-ms", str(cap_ms)]
+    if radsearch_data_dir and engine == "radsearch":
+        cmd += ["--radsearch-data-dir", radsearch_data_dir]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     tail: collections.deque[str] = collections.deque(maxlen=20)
 
@@ -473,7 +488,7 @@ def _table(engines: list[str], by_engine: dict[str, dict[str, dict[str, Any]]]) 
     for engine in engines:
         rows = by_engine.get(engine, {})
         first = next(iter(rows.values()), None)
-        build = f"{first['build_s']:.1f}" if first else "-"
+        build = f"{first['build_s']:.1f}" if first and first["build_s"] is not None else "-"
         rss = f"{first['rss_mb']:.0f}" if first else "-"
         cells = " | ".join(_cell(rows.get(label)) for label in FILTERS)
         lines.append(f"| {engine} | {build} | {rss} | {cells} |")
@@ -514,7 +529,7 @@ def parent(args: argparse.Namespace) -> int:
         gc.collect()
         for engine in engines:
             t0 = time.perf_counter()
-            rows, failure = _run_child(engine, data_dir, args.cap_ms)
+            rows, failure = _run_child(engine, data_dir, args.cap_ms, args.radsearch_data_dir)
             print(f"[{engine}] {time.perf_counter() - t0:.1f} s in all", file=sys.stderr, flush=True)
             by_engine[engine] = {row["filter"]: row for row in rows}
             if failure is not None:
@@ -580,11 +595,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma list, run in this order")
     parser.add_argument("--cap-ms", type=float, default=CAP_MS, help="stop a sweep past this p50")
     parser.add_argument("--no-check", action="store_true", help="report only; exit 0")
+    parser.add_argument(
+        "--radsearch-data-dir",
+        default=None,
+        help="query the collection a bench/search.py --keep-data-dir run of the same --n built "
+        "(its build figures are that run's) instead of building radsearch's index again",
+    )
     parser.add_argument("--engine", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.engine:
-        child(args.engine, Path(args.data), args.cap_ms)
+        child(args.engine, Path(args.data), args.cap_ms, args.radsearch_data_dir)
         return 0
     return parent(args)
 
