@@ -44,8 +44,9 @@ class Spy:
 def _build(
     root: Path, vectors: NDArray[np.float32], modality: list[str], quantization: Literal["none", "int8"]
 ) -> EdgeIndex:
-    index = EdgeIndex(root, StoreSettings())
-    # a 1 KB full-scan threshold: every search goes through the HNSW graph, as at scale
+    # no scan of small filters (filter_exact_max_points) and a 1 KB full-scan threshold: every
+    # search goes through the HNSW graph, as at scale
+    index = EdgeIndex(root, StoreSettings(filter_exact_max_points=0))
     index.create_collection(
         CollectionConfig(name="c", dim=DIM, quantization=quantization, full_scan_threshold_kb=1)
     )
@@ -163,6 +164,7 @@ def test_filter_estimates_are_cached_until_the_next_write(tmp_path: Path) -> Non
 
 def test_each_filter_size_gets_its_own_plan_and_ef(tmp_path: Path) -> None:
     store = StoreSettings(
+        filter_exact_max_points=20,
         post_filter_min_share=0.5,
         acorn_max_points=300,
         acorn_min_selectivity=0.1,
@@ -171,7 +173,7 @@ def test_each_filter_size_gets_its_own_plan_and_ef(tmp_path: Path) -> None:
         hnsw_ef_selective=33,
     )
     rng = np.random.default_rng(3)
-    modality = ["CT"] * 600 + ["MR"] * 250 + ["US"] * 50 + ["CR"] * 100
+    modality = ["CT"] * 600 + ["MR"] * 250 + ["US"] * 50 + ["CR"] * 80 + ["DX"] * 20
     index = EdgeIndex(tmp_path / "index", store)
     try:
         index.create_collection(CollectionConfig(name="c", dim=DIM))
@@ -179,7 +181,9 @@ def test_each_filter_size_gets_its_own_plan_and_ef(tmp_path: Path) -> None:
         vectors = _unit(rng.standard_normal((len(modality), DIM)).astype(np.float32))
         index.upsert("c", ids, vectors, [{"modality": m} for m in modality])
         handle = index._handle("c")
-        plans = {m: index._filtered_plan(handle, SearchFilter(modality=[m]), 10) for m in ("CT", "MR", "US")}
+        plans = {
+            m: index._filtered_plan(handle, SearchFilter(modality=[m]), 10) for m in ("CT", "MR", "US", "DX")
+        }
     finally:
         index.close()
     # 60 %: post-filtered first, then the payload-linked graph at hnsw_ef_filtered
@@ -188,6 +192,9 @@ def test_each_filter_size_gets_its_own_plan_and_ef(tmp_path: Path) -> None:
     assert (plans["MR"].post_filter, plans["MR"].acorn, plans["MR"].ef) == (False, True, 22)
     # 5 %: a small, selective filter on its payload links
     assert (plans["US"].post_filter, plans["US"].acorn, plans["US"].ef) == (False, False, 33)
+    assert not any(plans[m].exact for m in ("CT", "MR", "US"))
+    # at most filter_exact_max_points: scanned
+    assert plans["DX"].exact and not plans["DX"].post_filter
 
 
 def test_combined_filter_draws_its_candidates_from_its_narrowest_linked_condition(
@@ -202,7 +209,7 @@ def test_combined_filter_draws_its_candidates_from_its_narrowest_linked_conditio
     vectors = _unit(centres[rng.integers(0, 60, n)] + 0.15 * rng.standard_normal((n, DIM)).astype(np.float32))
     modality = np.array([MODALITIES[i] for i in rng.integers(0, 4, n)])
     anatomy = np.array(["chest", "head", "abdomen", "pelvis", "spine", "knee"])[rng.integers(0, 6, n)]
-    index = EdgeIndex(tmp_path / "index", StoreSettings())
+    index = EdgeIndex(tmp_path / "index", StoreSettings(filter_exact_max_points=0))
     index.create_collection(
         CollectionConfig(name="c", dim=DIM, quantization="int8", full_scan_threshold_kb=1)
     )
@@ -230,3 +237,40 @@ def test_combined_filter_draws_its_candidates_from_its_narrowest_linked_conditio
         index.close()
     assert len(spy.results) == 30 and all(r is not None for r in spy.results)
     assert float(np.mean(recalls)) >= 0.95
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_small_filters_are_scanned_exactly(tmp_path: Path, on_disk: bool) -> None:
+    """Three conditions matching ~1 % of the points: every matching point scored, so the hits are
+    exact search's, on a collection whose graph alone would miss some (originals in RAM: scored
+    with them; on disk: int8, then rescored)."""
+    rng = np.random.default_rng(5)
+    n = 6000
+    vectors = _unit(rng.standard_normal((n, DIM)).astype(np.float32))
+    modality = np.array(MODALITIES)[rng.integers(0, 4, n)]
+    anatomy = np.array(["chest", "head", "abdomen"])[rng.integers(0, 3, n)]
+    pathology = np.array(["a", "b", "c", "d", "e", "f", "g", "h"])[rng.integers(0, 8, n)]
+    index = EdgeIndex(tmp_path / "index", StoreSettings(filter_exact_max_points=200))
+    config = CollectionConfig(
+        name="c", dim=DIM, quantization="int8", on_disk=on_disk, full_scan_threshold_kb=1
+    )
+    index.create_collection(config)
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
+    payloads = [
+        {"modality": m, "anatomy": a, "pathology": [p]}
+        for m, a, p in zip(modality, anatomy, pathology, strict=True)
+    ]
+    index.upsert("c", ids, vectors, payloads)
+    index.optimize("c")
+    combined = SearchFilter(modality=["CT"], anatomy=["chest"], pathology=["a"])
+    mask = (modality == "CT") & (anatomy == "chest") & (pathology == "a")
+    try:
+        # exact counts for several conditions (the engine's estimate takes them as independent)
+        assert index._estimate(index._handle("c"), combined)[0] == int(mask.sum())
+        assert index._filtered_plan(index._handle("c"), combined, 10).exact
+        for j in range(20):
+            query = vectors[j * 97]
+            hits = index.search("c", query, filter=combined, limit=10)
+            assert [uuid.UUID(h.id).int - 1 for h in hits] == _exact(vectors, mask, query, 10)
+    finally:
+        index.close()
