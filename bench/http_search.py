@@ -66,6 +66,8 @@ TARGET_P99_MS = 30.0
 TARGET_ENGINE_RATIO = 0.75  # HTTP QPS / engine-only QPS, same queries, same run
 TARGET_IMAGE_P50_MS = 100.0
 API_KEY = "bench-reader-key-" + "0" * 32
+# The filter shapes the queries take in turn (--filters); the clients are forked after it is set.
+SHAPES: tuple[str, ...] = FILTERS
 
 
 def _free_port() -> int:
@@ -117,7 +119,7 @@ def _query(ids: list[str], rng: np.random.Generator, j: int) -> tuple[str, dict[
         "anatomy": [ANATOMIES[pathology % len(ANATOMIES)]],  # the pathology's region, as the data
         "pathology": [PATHOLOGIES[pathology]],
     }
-    label = FILTERS[j % len(FILTERS)]
+    label = SHAPES[j % len(SHAPES)]
     return point_id, {field: values[field] for field in label.split("+") if field != "none"}
 
 
@@ -340,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--filters", default=",".join(FILTERS), help="the filter shapes the queries take in turn"
+    )
     parser.add_argument("--engine-seconds", type=float, default=10.0, help="per engine-only run")
     parser.add_argument("--image-requests", type=int, default=30)
     parser.add_argument(
@@ -361,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.seconds, args.image_requests = min(args.n, 20_000), 5.0, 10
         args.engine_seconds = min(args.engine_seconds, 3.0)
 
+    global SHAPES
+    SHAPES = tuple(args.filters.split(","))
+    if unknown := set(SHAPES) - set(FILTERS):
+        parser.error(f"unknown filter shapes {sorted(unknown)}; known: {', '.join(FILTERS)}")
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="radsearch-bench-http-") as tmp:
         root = Path(tmp)
@@ -369,7 +378,15 @@ def main(argv: list[str] | None = None) -> int:
         dicom = write_ct_dicoms(root / "images", 1, size=512)[0].read_bytes()
         engine = {threads: engine_only(data_dir, args.n, threads, args.engine_seconds) for threads in (1, 2)}
         for result in engine.values():
-            emit({"bench": "engine-search", "n": args.n, **result, "load1": round(os.getloadavg()[0], 2)})
+            emit(
+                {
+                    "bench": "engine-search",
+                    "n": args.n,
+                    "filters": list(SHAPES),
+                    **result,
+                    "load1": round(os.getloadavg()[0], 2),
+                }
+            )
         engine_qps = max(result["qps"] for result in engine.values())
         with _serve(data_dir) as (port, proc):
             # warm-up: open the shard, touch the search path
@@ -385,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 "n": args.n,
                 "clients": args.clients,
                 "seconds": args.seconds,
+                "filters": list(SHAPES),
                 "auth": "api_key",
                 "quantization": args.quantization,
                 "build_s": None if build_s is None else round(build_s, 1),
