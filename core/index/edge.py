@@ -854,19 +854,19 @@ class EdgeIndex(VectorIndex):
             excluded=() if excluded else tuple(exclude_ids),
             score_threshold=score_threshold,
         )
+        scan = exact or (plan is not None and plan.exact)
         with handle.reading() as shard:
             scored = None
             if plan is not None and plan.post_filter and not exact:
                 scored = self._post_filtered(shard, query, page, plan, hnsw_ef, quantized)
             if scored is None:  # not post-filtered, or its candidates held too few matches
                 default_ef = plan.ef if plan is not None else self._store.hnsw_ef
-                scan = plan is not None and plan.exact
                 params = qe.SearchParams(
                     hnsw_ef=hnsw_ef if hnsw_ef is not None else default_ef,
-                    exact=exact or scan,
-                    # a scan of the originals alone where they are in RAM: 20 k points at 1 M,
-                    # 9.8 ms; with int8 scores rescored, 75.6 ms, but from disk only the rescored
-                    # originals are read (bench/RESULTS.md)
+                    exact=scan,
+                    # exact (asked for, or a small filter's scan): the originals alone where they
+                    # are in RAM (20 k points at 1 M, 9.8 ms; int8 scores rescored, 75.6 ms:
+                    # bench/RESULTS.md); from disk int8, then the best rescored
                     quantization=qe.QuantizationSearchParams(ignore=True)
                     if scan and quantized and not handle.config.on_disk
                     else _rescoring(quantized),
@@ -877,20 +877,22 @@ class EdgeIndex(VectorIndex):
                     ),
                 )
                 scored = _query(shard, query, page, params)
-        self._searched(handle)
+        self._searched(handle, scanned=scan)
         if excluded:
             scored = [p for p in scored if str(p.id) not in excluded][offset : offset + limit]
         return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in scored]
 
-    def _searched(self, handle: _Handle) -> None:
-        """Every ``release_originals_every`` searches of a collection with on-disk originals, drop
-        the pages rescoring mapped (`core.index.resident`): a server's RSS stays flat instead of
-        growing with each distinct query towards the size of the vector files."""
+    def _searched(self, handle: _Handle, *, scanned: bool) -> None:
+        """Every ``release_originals_every`` searches of a collection with on-disk originals, and
+        after each scan of one (it reads the originals of every point it scores: 9 MB for a
+        4.6 k-point filter), drop the pages they mapped (`core.index.resident`): a server's RSS
+        stays flat instead of growing with each distinct query towards the size of the vector
+        files (1 M points, 10,000 queries with scans unmapped only every 1,000: 2.1 GB)."""
         every = self._store.release_originals_every
         if not every or not handle.config.on_disk:
             return
         handle.searches += 1
-        if handle.searches % every == 0:
+        if scanned or handle.searches % every == 0:
             unmap_original_vectors(self._dir(handle.name))
 
     def _post_filtered(

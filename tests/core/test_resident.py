@@ -13,6 +13,7 @@ from core.config import StoreSettings
 from core.index.base import CollectionConfig
 from core.index.edge import EdgeIndex
 from core.index.resident import _is_original_vectors, unmap_original_vectors
+from core.payload import SearchFilter
 
 DIM = 256
 N = 4000
@@ -85,3 +86,17 @@ def test_only_shared_read_only_original_vector_files_under_the_root_qualify(
     perms: str, path: str, released: bool
 ) -> None:
     assert _is_original_vectors(perms, path, "/data/index/") is released
+
+
+def test_a_scan_of_an_on_disk_collection_is_unmapped_right_after(tmp_path: Path) -> None:
+    """A filter small enough to be scanned reads the originals of every point it matches; the
+    owner drops their pages after that search, not 1,000 searches later."""
+    root = tmp_path / "index"
+    index, ids, vectors = _index(root, every=1000)
+    try:
+        hits = index.search("c", vectors[0], filter=SearchFilter(modality=["CT"]), limit=10)
+        assert index._filtered_plan(index._handle("c"), SearchFilter(modality=["CT"]), 10).exact
+        assert hits[0].id == ids[0]
+        assert _resident_kb(root, "/matrix.dat") < 200
+    finally:
+        index.close()
