@@ -367,8 +367,9 @@ def child(engine: str, data_dir: Path, cap_ms: float, radsearch_data_dir: str | 
                 **{"available": True, "param": None, "value": None, "recall_at_10": None, "p50_ms": None},
                 **row,
                 "build_s": None if row["build_s"] is None else round(row["build_s"], 2),
-                "rss_mb": round(status["VmRSS"], 1),
-                "hwm_mb": round(status["VmHWM"], 1),
+                # radsearch's own, taken while its index was open (it is closed by now)
+                "rss_mb": round(row.get("rss_mb", status["VmRSS"]), 1),
+                "hwm_mb": round(row.get("hwm_mb", status["VmHWM"]), 1),
                 "base_rss_mb": round(base_rss, 1),
                 "load1": _load1(),
             }
@@ -422,6 +423,9 @@ def _radsearch(
                 reached = result["recall_at_10"] >= TARGET_RECALL
                 row = {"filter": label, "param": "hnsw_ef", "value": "default", **result}
                 rows.append({**row, "reached": reached, "build_s": build_s, "prebuilt": bool(prebuilt)})
+            status = _status_mb()
+            for row in rows:
+                row.update(rss_mb=status["VmRSS"], hwm_mb=status["VmHWM"])
         finally:
             index.close()
 
