@@ -52,7 +52,17 @@ from typing import Any
 import httpx
 import numpy as np
 from common import REPO_ROOT, emit, write_ct_dicoms
-from search import ANATOMIES, BATCH, FILTERS, MODALITIES, PATHOLOGIES, make_data, payloads_of, point_ids
+from search import (
+    ANATOMIES,
+    BATCH,
+    FILTERS,
+    MODALITIES,
+    PATHOLOGIES,
+    anatomy_of,
+    make_data,
+    payloads_of,
+    point_ids,
+)
 
 from core.catalog import Catalog
 from core.config import Settings, StoreSettings
@@ -116,7 +126,7 @@ def _query(ids: list[str], rng: np.random.Generator, j: int) -> tuple[str, dict[
     pathology = int(rng.integers(0, len(PATHOLOGIES)))
     values = {
         "modality": [MODALITIES[int(rng.integers(0, len(MODALITIES)))]],
-        "anatomy": [ANATOMIES[pathology % len(ANATOMIES)]],  # the pathology's region, as the data
+        "anatomy": [ANATOMIES[anatomy_of(pathology)]],  # the pathology's region, as the data
         "pathology": [PATHOLOGIES[pathology]],
     }
     label = SHAPES[j % len(SHAPES)]

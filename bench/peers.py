@@ -86,7 +86,6 @@ from search import (
     FILTERS,
     TARGET_RECALL,
     K,
-    _status_mb,
     exact_topk,
     filter_shares,
     make_data,
@@ -94,6 +93,7 @@ from search import (
     payloads_of,
     point_ids,
     run_queries,
+    status_mb,
     upsert_and_optimize,
 )
 
@@ -334,7 +334,7 @@ def sweep(
 
 
 def child(engine: str, data_dir: Path, cap_ms: float, radsearch_data_dir: str | None = None) -> None:
-    base_rss = _status_mb()["VmRSS"]
+    base_rss = status_mb()["VmRSS"]
     data, truth = _load(data_dir)
     n, dim = data["vectors"].shape
     common = {"engine": engine, "n": n, "dim": dim}
@@ -358,7 +358,7 @@ def child(engine: str, data_dir: Path, cap_ms: float, radsearch_data_dir: str | 
                 _emit({"bench": "peers-sweep", **common, "filter": label, **step, "load1": _load1()})
             reached = chosen["recall_at_10"] >= TARGET_RECALL
             rows.append({"filter": label, **chosen, "reached": reached, "build_s": build_s})
-    status = _status_mb()
+    status = status_mb()
     for row in rows:
         _emit(
             {
@@ -423,7 +423,7 @@ def _radsearch(
                 reached = result["recall_at_10"] >= TARGET_RECALL
                 row = {"filter": label, "param": "hnsw_ef", "value": "default", **result}
                 rows.append({**row, "reached": reached, "build_s": build_s, "prebuilt": bool(prebuilt)})
-            status = _status_mb()
+            status = status_mb()
             for row in rows:
                 row.update(rss_mb=status["VmRSS"], hwm_mb=status["VmHWM"])
         finally:

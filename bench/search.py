@@ -130,11 +130,11 @@ def make_data(n: int, dim: int, n_queries: int, seed: int = 0) -> dict[str, Any]
     }
     # A generator of its own: the draws above (and so the earlier rounds' data) stay the same.
     anatomy_rng = np.random.default_rng(seed + 1)
-    anatomy = pathology % len(ANATOMIES)
+    anatomy = anatomy_of(pathology)
     elsewhere = anatomy_rng.random(n) >= ANATOMY_OF_PATHOLOGY
     anatomy[elsewhere] = anatomy_rng.integers(0, len(ANATOMIES), size=int(elsewhere.sum()))
     data["anatomy"] = anatomy
-    data["q_anatomy"] = q_pathology % len(ANATOMIES)
+    data["q_anatomy"] = anatomy_of(q_pathology)
     return data
 
 
@@ -154,6 +154,11 @@ def payloads_of(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 _VALUES = {"modality": MODALITIES, "anatomy": ANATOMIES, "pathology": PATHOLOGIES}
+
+
+def anatomy_of(pathology: Any) -> Any:
+    """The body region (index into ANATOMIES) a pathology index (or array of them) belongs to."""
+    return pathology % len(ANATOMIES)
 
 
 def mask_of(data: dict[str, Any], label: str, j: int) -> NDArray[np.bool_] | None:
@@ -246,7 +251,7 @@ def run_queries(
     }
 
 
-def _status_mb() -> dict[str, float]:
+def status_mb() -> dict[str, float]:
     """VmRSS, VmHWM, RssAnon and RssFile of this process, in MB."""
     out: dict[str, float] = {}
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -257,7 +262,7 @@ def _status_mb() -> dict[str, float]:
 
 
 def _rss_mb() -> tuple[float, float]:
-    status = _status_mb()
+    status = status_mb()
     return status["VmRSS"], status["VmHWM"]
 
 
@@ -274,7 +279,7 @@ def probe(args: argparse.Namespace) -> None:
             result = run_queries(index, data, label, data[f"truth_{label}"], None)
             out[f"recall_{label}"] = result["recall_at_10"]
             out[f"p50_ms_{label}"] = result["p50_ms"]
-        status = _status_mb()
+        status = status_mb()
         out.update(
             {
                 "rss_mb": round(status["VmRSS"], 1),
@@ -298,7 +303,7 @@ def long_run(index: EdgeIndex, n: int, queries: int) -> dict[str, Any]:
     rows = rng.choice(n, size=queries, replace=False)
     pathology = rng.integers(0, len(PATHOLOGIES), size=queries)
     modality = rng.integers(0, len(MODALITIES), size=queries)
-    data = {"q_modality": modality, "q_pathology": pathology, "q_anatomy": pathology % len(ANATOMIES)}
+    data = {"q_modality": modality, "q_pathology": pathology, "q_anatomy": anatomy_of(pathology)}
     ids = point_ids(n)
     latencies = []
     rss_trace = []
@@ -308,8 +313,8 @@ def long_run(index: EdgeIndex, n: int, queries: int) -> dict[str, Any]:
         index.search_near_point("bench", ids[row], filter=search_filter, limit=K)
         latencies.append(time.perf_counter() - t)
         if (j + 1) % 1000 == 0:
-            rss_trace.append(round(_status_mb()["VmRSS"], 1))
-    status = _status_mb()
+            rss_trace.append(round(status_mb()["VmRSS"], 1))
+    status = status_mb()
     lat_ms = np.array(latencies) * 1000
     return {
         "long_run_queries": queries,
