@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from core.config import Settings
 from core.errors import (
     BadInput,
@@ -90,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings(overrides: dict[str, Any]) -> Settings:
+    """The settings from the environment and ``overrides``; a setting that fails validation is a
+    `ConfigError` naming its environment variable and the rule it breaks, never its value (a
+    value may be a secret)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"RADSEARCH_{'__'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"invalid setting: {problems}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``radsearch`` with ``argv`` (default: the process's arguments); the exit code."""
     parser = build_parser()
@@ -97,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose, "text")
     try:
         overrides: dict[str, Any] = {"data_dir": args.data_dir, "url": args.url}
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = _settings({k: v for k, v in overrides.items() if v is not None})
         if settings.log_format != "text":
             configure_logging(args.verbose, settings.log_format)
         apply_selectors(args)
