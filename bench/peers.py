@@ -401,7 +401,12 @@ def _radsearch(
         try:
             if not prebuilt:
                 index.create_collection(
-                    CollectionConfig(name="bench", dim=dim, quantization=store.default_quantization)
+                    CollectionConfig(
+                        name="bench",
+                        dim=dim,
+                        quantization=store.default_quantization,
+                        combined_fields=store.combined_filter_fields,
+                    )
                 )
                 upsert_s, optimize_s = upsert_and_optimize(index, point_ids(n), data, payloads_of(data))
                 build_s = upsert_s + optimize_s

@@ -529,7 +529,11 @@ def main(argv: list[str] | None = None) -> int:
             index = EdgeIndex(root, store)
             index.create_collection(
                 CollectionConfig(
-                    name="bench", dim=args.dim, quantization=args.quantization, on_disk=args.on_disk
+                    name="bench",
+                    dim=args.dim,
+                    quantization=args.quantization,
+                    on_disk=args.on_disk,
+                    combined_fields=store.combined_filter_fields,
                 )
             )
         try:

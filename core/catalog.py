@@ -121,7 +121,12 @@ class Catalog:
         metadata: dict[str, Any] = {"catalog": entry.model_dump(mode="json")}
         self.index.create_collection(
             CollectionConfig(
-                name=name, dim=entry.dim, metadata=metadata, quantization=quantization, on_disk=on_disk
+                name=name,
+                dim=entry.dim,
+                metadata=metadata,
+                quantization=quantization,
+                on_disk=on_disk,
+                combined_fields=self.settings.store.combined_filter_fields,
             )
         )
         return entry

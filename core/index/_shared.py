@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from core.config import StoreSettings
 from core.errors import IndexStoreError, InvalidFilter, InvalidVector
 from core.index.base import CollectionConfig, StoredPoint
+from core.index.combinations import public_payload
 from core.payload import INDEXED_FIELDS, SearchFilter
 from core.vectors import validate_vectors
 
@@ -154,7 +155,7 @@ def stored_point(record: Any, with_vectors: bool) -> StoredPoint:
     """An engine record (``.id``, ``.payload``, ``.vector``) as a `StoredPoint`."""
     return StoredPoint(
         id=str(record.id),
-        payload=dict(record.payload or {}),
+        payload=public_payload(record.payload),
         vector=vector_from_raw(record.vector) if with_vectors else None,
     )
 
@@ -176,7 +177,10 @@ def config_to_dict(config: CollectionConfig) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any]) -> CollectionConfig:
     known = {f.name for f in dataclasses.fields(CollectionConfig)}
-    return CollectionConfig(**{k: v for k, v in data.items() if k in known})
+    fields = {k: v for k, v in data.items() if k in known}
+    # JSON has no tuples; a collection.json from before combined_fields existed indexes none
+    fields["combined_fields"] = tuple(fields.get("combined_fields") or ())
+    return CollectionConfig(**fields)
 
 
 def filter_conditions(filter: SearchFilter | None, *, require: bool = False) -> list[tuple[str, list[str]]]:

@@ -48,6 +48,10 @@ class CollectionConfig:
     hnsw_ef_construct: int | None = None
     hnsw_payload_m: int | None = None
     full_scan_threshold_kb: int | None = None
+    # The labels whose combinations the collection indexes as one keyword each (core.index.
+    # combinations; the catalog passes StoreSettings.combined_filter_fields). The embedded engine's
+    # alone: a Qdrant server plans filters itself and stores no combinations.
+    combined_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
