@@ -100,8 +100,9 @@ class StoreSettings(BaseModel):
     # original vector where the originals are in RAM, else by int8 then rescored; from disk the
     # owner unmaps the pages the scan read right after it: see release_originals_every). At 1 M points
     # modality AND anatomy AND pathology (4.6 k points) reached recall 0.85-0.97 on the graphs
-    # and 0.988 with ACORN (30 ms), 1.0 scanned (17.6 ms, ~10 of them the filter's evaluation);
-    # at 300 k the 2 % filter (6 k points) 0.9765 on its links.
+    # and 0.988 with ACORN (30 ms), 1.0 scanned (17.6 ms, ~10 of them the filter's evaluation;
+    # 3-5 ms as one lookup of its combination: combined_filter_fields); at 300 k the 2 % filter
+    # (6 k points) 0.9765 on its links.
     filter_exact_max_points: int = 10_000
     acorn: bool = True
     acorn_max_selectivity: float = 0.4
