@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from core.config import Settings
 from core.errors import (
@@ -104,6 +105,13 @@ def _settings(overrides: dict[str, Any]) -> Settings:
             for error in exc.errors()
         )
         raise ConfigError(f"invalid setting: {problems}") from None
+    except SettingsError as exc:  # a list or mapping setting that is not JSON
+        field = exc.args[0].split('"')[1] if exc.args and '"' in str(exc.args[0]) else "?"
+        raise ConfigError(
+            f"invalid setting: a RADSEARCH_{field.upper()}__* variable could not be parsed; lists and "
+            "mappings are written as JSON, e.g. RADSEARCH_STORE__COMBINED_FILTER_FIELDS="
+            '\'["modality","pathology"]\''
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

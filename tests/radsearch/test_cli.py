@@ -181,6 +181,18 @@ def test_an_invalid_setting_names_its_variable_and_rule_never_its_value(
     assert "-7" not in err and "secret" not in err and "unexpected" not in err
 
 
+def test_a_list_setting_that_is_not_json_names_its_group_and_the_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RADSEARCH_STORE__COMBINED_FILTER_FIELDS", "modality,secret-ish")
+    assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "radsearch: error: invalid setting: a RADSEARCH_STORE__* variable could not be parsed"
+    )
+    assert "written as JSON" in err and "secret" not in err and "unexpected" not in err
+
+
 def test_console_script_is_installed(tmp_path: Path) -> None:
     exe = shutil.which("radsearch", path=str(Path(sys.executable).parent))
     assert exe is not None
