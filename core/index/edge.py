@@ -472,10 +472,6 @@ class _Scored(NamedTuple):
     payload: dict[str, Any] | None
 
 
-def _combined(handle: _Handle) -> tuple[str, ...]:
-    return handle.config.combined_fields
-
-
 def _stored_payload(payload: Mapping[str, Any], combined: Sequence[str]) -> dict[str, Any]:
     """A payload as the engine stores it: with its label combinations where the collection keeps
     them (`core.index.combinations`)."""
@@ -781,7 +777,7 @@ class EdgeIndex(VectorIndex):
         self.check_free_space(len(canonical) * (3 * arr.shape[1] * 4 + _POINT_OVERHEAD_BYTES))
         # The engine reads a float32 row's memoryview value by value, without the list of Python
         # floats tolist() builds (upserting 1 M x 512: 87 -> 72 s).
-        combined = _combined(handle)
+        combined = handle.config.combined_fields
         points = [
             qe.Point(pid, memoryview(row), _stored_payload(payload, combined))  # type: ignore[arg-type]  # stub says list
             for pid, row, payload in zip(canonical, arr, payloads, strict=True)
@@ -880,7 +876,7 @@ class EdgeIndex(VectorIndex):
             filter=filter,
             excluded=() if excluded else tuple(exclude_ids),
             score_threshold=score_threshold,
-            combined=_combined(handle),
+            combined=handle.config.combined_fields,
         )
         scan = exact or (plan is not None and plan.exact)
         with handle.reading() as shard:
@@ -1043,7 +1039,7 @@ class EdgeIndex(VectorIndex):
         pathology at 1 M, estimated 814 points, matched 4,673, and the plan built on the estimate
         reached recall 0.85). Where the collection indexes their combinations such labels are one
         condition, whose estimate is its index's count: no exact count (~12 ms at 1 M)."""
-        conditions = combine_conditions(filter_conditions(filter), _combined(handle))
+        conditions = combine_conditions(filter_conditions(filter), handle.config.combined_fields)
         key = tuple((field, tuple(values)) for field, values in conditions) + tuple(
             ("not_" + field, tuple(values)) for field, values in filter_exclusions(filter)
         )
@@ -1054,7 +1050,7 @@ class EdgeIndex(VectorIndex):
                 cache.clear()
             with handle.reading() as shard:
                 exact = len(conditions) > 1
-                engine_filter = _to_filter(filter, combined=_combined(handle))
+                engine_filter = _to_filter(filter, combined=handle.config.combined_fields)
                 matching = int(shard.count(qe.CountRequest(exact=exact, filter=engine_filter)))
                 total = int(shard.count(qe.CountRequest(exact=False)))
             counts = cache[key] = (matching, total)
@@ -1073,7 +1069,9 @@ class EdgeIndex(VectorIndex):
 
     def count(self, name: str, filter: SearchFilter | None = None) -> int:
         handle = self._handle(name)
-        request = qe.CountRequest(exact=True, filter=_to_filter(filter, combined=_combined(handle)))
+        request = qe.CountRequest(
+            exact=True, filter=_to_filter(filter, combined=handle.config.combined_fields)
+        )
         with handle.reading() as shard:
             return int(shard.count(request))
 
@@ -1084,7 +1082,7 @@ class EdgeIndex(VectorIndex):
         check_facet(field, limit)
         handle = self._handle(name)
         request = qe.FacetRequest(
-            field, limit=limit, exact=True, filter=_to_filter(filter, combined=_combined(handle))
+            field, limit=limit, exact=True, filter=_to_filter(filter, combined=handle.config.combined_fields)
         )
         with handle.reading() as shard:
             response = shard.facet(request)
@@ -1106,7 +1104,7 @@ class EdgeIndex(VectorIndex):
         request = qe.ScrollRequest(
             offset=offset,
             limit=batch_size,
-            filter=_to_filter(filter, combined=_combined(handle)),
+            filter=_to_filter(filter, combined=handle.config.combined_fields),
             with_payload=True,
             with_vector=with_vectors,
         )
@@ -1136,13 +1134,13 @@ class EdgeIndex(VectorIndex):
             records = shard.retrieve(point_ids, with_payload=False, with_vector=False)
             for record in records:
                 pid = str(record.id)
-                payload = _stored_payload(wanted[pid], _combined(handle))
+                payload = _stored_payload(wanted[pid], handle.config.combined_fields)
                 shard.update(qe.UpdateOperation.overwrite_payload([record.id], payload))
             shard.flush()
 
     def delete_by_filter(self, name: str, filter: SearchFilter) -> None:
         handle = self._handle(name)
-        engine_filter = _to_filter(filter, require=True, combined=_combined(handle))
+        engine_filter = _to_filter(filter, require=True, combined=handle.config.combined_fields)
         assert engine_filter is not None
         self.check_free_space(_SMALL_WRITE_BYTES)
         with handle.writing() as shard, _disk_errors(self._root):
