@@ -73,7 +73,7 @@ class StoreSettings(BaseModel):
     # Indexed payload fields that get payload-aware HNSW links (``payload_m`` per value block
     # larger than the full-scan threshold); the other indexed fields get none.
     hnsw_payload_fields: tuple[str, ...] = FILTER_FIELDS
-    # New collections index every combination of two or more of these labels as one keyword
+    # New collections index every combination of two or more of these labels as one integer key
     # (core/index/combinations.py): a filter on several of them is one index lookup, not a check of
     # each further condition on every point of the narrowest (1 M points, modality AND anatomy AND
     # pathology: ~9 of the 16 ms a search took). () turns it off for new collections.

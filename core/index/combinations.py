@@ -1,11 +1,11 @@
-"""Label combinations: one indexed keyword per combination of two or more label values a point holds.
+"""Label combinations: one indexed key per combination of two or more label values a point holds.
 
 A filter on several labels (modality AND anatomy AND pathology) costs the engine a check of every
 further condition on each point of the narrowest one: 1 M points, a 0.46 % three-label filter,
 ~9 ms of a 16 ms search went into evaluating it, once to count the matches and again to scan them.
 A collection created with ``combined_fields`` stores, beside the labels, the keys of every
 combination of two or more of those fields its point holds (`combination_keys`, in the payload
-field `COMBINATIONS_FIELD`, keyword-indexed), and a filter on two or more of them becomes one
+field `COMBINATIONS_FIELD`, integer-indexed), and a filter on two or more of them becomes one
 lookup of the keys of the values it allows (`combine_conditions`): the same points, as one
 condition whose size the engine knows from its index.
 
