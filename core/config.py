@@ -98,7 +98,7 @@ class StoreSettings(BaseModel):
     post_filter_max_results: int = 100
     # Filters matching at most this many points are scanned: every matching point scored (by its
     # original vector where the originals are in RAM, else by int8 then rescored; from disk the
-    # owner unmaps the pages the scan read right after it: see release_originals_every). At 1 M points
+    # pages the scan read count towards release_mapped_mb). At 1 M points
     # modality AND anatomy AND pathology (4.6 k points) reached recall 0.85-0.97 on the graphs
     # and 0.988 with ACORN (30 ms), 1.0 scanned (17.6 ms, ~10 of them the filter's evaluation;
     # 3-5 ms as one lookup of its combination: combined_filter_fields); at 300 k the 2 % filter
@@ -117,10 +117,11 @@ class StoreSettings(BaseModel):
     # _filtered_plan) draw their candidates at this ef: 300 k points, modality AND anatomy,
     # recall@10 0.9945 at 128 in 6.4 ms, 0.997 at 384 in 12.0 ms.
     post_filter_base_ef: int = 128
-    # Collections with on-disk originals: every this many searches the owner drops the pages of
-    # the vector files that rescoring mapped (they stay in the page cache). Without it a server's
-    # RSS grew with distinct queries (1,015 -> 1,394 MB over 2,400 at 1 M); 0 = never.
-    release_originals_every: int = Field(default=1000, ge=0)
+    # Collections with on-disk originals: once the owner's RSS has grown by this many MB since the
+    # last release, it drops the pages of their original vectors, payload pages and WAL that
+    # searches mapped (they stay in the page cache; core/index/resident.py). Without it a server's
+    # RSS grew with distinct queries (1,054 -> 1,283 MB over 3,000 at 1 M); 0 = never.
+    release_mapped_mb: int = Field(default=64, ge=0)
     # A dropped embedded collection goes to ``<data>/trash/`` for this many hours (restorable with
     # ``radsearch collections restore``), then is purged when the owner starts or after a drop.
     trash_hours: float = Field(default=24.0, ge=0)

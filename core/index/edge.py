@@ -78,7 +78,7 @@ from core.index.combinations import (
     combine_conditions,
     public_payload,
 )
-from core.index.resident import unmap_original_vectors
+from core.index.resident import release_cold_pages, resident_mb
 from core.ownership import StoreLease
 from core.payload import INDEXED_FIELDS, SearchFilter
 
@@ -167,7 +167,6 @@ class _Handle:
         self.indexer: _Indexer | None = None
         self.indexer_lock = threading.Lock()  # guards ``indexer`` and ``stopping``
         self.stopping = False
-        self.searches = 0  # since opening (approximate under threads): when to unmap originals
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[qe.EdgeShard]:
@@ -536,6 +535,8 @@ class EdgeIndex(VectorIndex):
         # Guards the handle cache and collection create/drop; never held while querying.
         self._lock = threading.RLock()
         self._aliases: dict[str, str] | None = None
+        # This process's resident MB right after the cold pages were last released (`_searched`).
+        self._released_mb: float | None = None
 
     # -- collections -------------------------------------------------------------------------
 
@@ -656,6 +657,8 @@ class EdgeIndex(VectorIndex):
             _release_free_heap()
             handle = _Handle(name, shard, config)
             self._handles[name] = handle
+            if config.on_disk and self._store.release_mapped_mb:
+                self._release_cold_pages()  # the WAL pages the open replayed
             return handle
 
     def _read_config(self, name: str) -> CollectionConfig:
@@ -890,7 +893,8 @@ class EdgeIndex(VectorIndex):
                     exact=scan,
                     # exact (asked for, or a small filter's scan): the originals alone where they
                     # are in RAM (20 k points at 1 M, 9.8 ms; int8 scores rescored, 75.6 ms:
-                    # bench/RESULTS.md); from disk int8, then the best rescored
+                    # bench/RESULTS.md); from disk int8, then the best rescored (the engine's exact
+                    # search maps every matching original either way: ~20 MB for 4.6 k points)
                     quantization=qe.QuantizationSearchParams(ignore=True)
                     if scan and quantized and not handle.config.on_disk
                     else _rescoring(quantized),
@@ -901,23 +905,35 @@ class EdgeIndex(VectorIndex):
                     ),
                 )
                 scored = _query(shard, query, page, params)
-        self._searched(handle, scanned=scan)
+        self._searched(handle)
         if excluded:
             scored = [p for p in scored if str(p.id) not in excluded][offset : offset + limit]
         return [Hit(id=str(p.id), score=float(p.score), payload=public_payload(p.payload)) for p in scored]
 
-    def _searched(self, handle: _Handle, *, scanned: bool) -> None:
-        """Every ``release_originals_every`` searches of a collection with on-disk originals, and
-        after each scan of one (it reads the originals of every point it scores: 9 MB for a
-        4.6 k-point filter), drop the pages they mapped (`core.index.resident`): a server's RSS
-        stays flat instead of growing with each distinct query towards the size of the vector
-        files (1 M points, 10,000 queries with scans unmapped only every 1,000: 2.1 GB)."""
-        every = self._store.release_originals_every
-        if not every or not handle.config.on_disk:
+    def _searched(self, handle: _Handle) -> None:
+        """After a search of a collection with on-disk originals: once this process's resident
+        memory has grown by ``release_mapped_mb`` since the last release, drop the pages of the
+        on-disk collections' cold files (`core.index.resident`). A server's RSS then stays within
+        that budget of what it holds for searching, instead of growing with each distinct query
+        towards the size of the vector files (1 M points: 1,283 MB after 3,000 queries, and 2.1 GB
+        after 10,000 when scans were released only every 1,000 searches). Measured against the
+        RSS, not counted per search, because a scan maps 50 times what a graph search does."""
+        budget = self._store.release_mapped_mb
+        if not budget or not handle.config.on_disk:
             return
-        handle.searches += 1
-        if scanned or handle.searches % every == 0:
-            unmap_original_vectors(self._dir(handle.name))
+        resident = resident_mb()
+        if self._released_mb is None or resident < self._released_mb:
+            self._released_mb = resident  # the first search, or memory went back (a close)
+        elif resident - self._released_mb > budget:
+            self._release_cold_pages()
+
+    def _release_cold_pages(self) -> None:
+        """Release the cold pages of every open collection with on-disk originals (one read of
+        the process's mappings and a ``madvise`` per file: 3-8 ms at 1 M points)."""
+        for handle in list(self._handles.values()):
+            if handle.config.on_disk:
+                release_cold_pages(self._dir(handle.name))
+        self._released_mb = resident_mb()
 
     def _post_filtered(
         self,

@@ -1,12 +1,18 @@
 """Keeping a long-running process's resident memory flat when original vectors live on disk.
 
-With on-disk originals the engine memory-maps each segment's vector file and rescoring reads a
-few vectors per search from it; every page read stays mapped into the process, so the RSS of a
-server grows with the number of distinct queries it has answered, towards the whole file (2 GB at
-1 M x 512), although the pages are clean file cache. `unmap_original_vectors` drops those page
-mappings with ``madvise(MADV_DONTNEED)``: the data stays in the page cache (nothing is read from
-disk again unless the kernel evicted it) and the next search that needs a page maps it back with a
-minor fault. That is safe only for shared, read-only file mappings, the only kind it touches.
+With on-disk originals the engine memory-maps each segment's files, and every page a search reads
+stays mapped into the process: rescoring's original vectors (~0.4 MB per search at 1 M x 512), a
+scan's (the originals of every point it matches: ~20 MB for a 4.6 k-point filter), the payload
+pages of the hits, and the WAL the open replayed (50 MB). So the RSS of a server grows with the
+number of distinct queries it has answered, towards the size of those files (2.4 GB at 1 M),
+although the pages are clean (or written back) file cache.
+
+`release_cold_pages` drops those page mappings with ``madvise(MADV_DONTNEED)``: the data stays in
+the page cache (nothing is read from disk again unless the kernel evicted it) and the next access
+maps it back with a minor fault. That is safe for shared file mappings, the only kind it touches
+(for ``MAP_SHARED`` the kernel keeps a written page's data in the page cache; only private
+mappings would lose it). What every search reads stays resident: the quantized vectors, the HNSW
+links, the payload indexes and the id tracker.
 """
 
 from __future__ import annotations
@@ -15,14 +21,16 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["unmap_original_vectors"]
+__all__ = ["release_cold_pages", "resident_mb"]
 
 logger = logging.getLogger(__name__)
 
 _MADV_DONTNEED = 4
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 @functools.cache
@@ -37,20 +45,24 @@ def _madvise() -> Callable[[int, int, int], int] | None:
     return madvise
 
 
-def _is_original_vectors(perms: str, path: str, under: str) -> bool:
-    """A shared read-only mapping of a segment's original vectors under ``under`` (not its
-    quantized copy, which is meant to stay resident)."""
-    return (
-        perms == "r--s"
-        and path.startswith(under)
-        and "/vector_storage/" in path
-        and "quantized" not in path.rsplit("/", 1)[-1]
-    )
+def _is_cold(perms: str, path: str, under: str) -> bool:
+    """A shared file mapping under ``under`` of what searches read only now and then: a segment's
+    original vectors (not their quantized copy), its payload pages (not their tracker, read for
+    every payload), or the WAL."""
+    if perms not in ("r--s", "rw-s") or not path.startswith(under):
+        return False
+    name = path.rsplit("/", 1)[-1]
+    if "/vector_storage/" in path:
+        return "quantized" not in name
+    if "/payload_storage/" in path:
+        return name.startswith("page_")
+    return "/wal/" in path
 
 
-def unmap_original_vectors(root: Path, maps: Path = Path("/proc/self/maps")) -> int:
-    """Drop this process's resident pages of the original-vector files under ``root``; the
-    number of mappings released (0 where ``/proc`` or ``madvise`` is not available)."""
+def release_cold_pages(root: Path, maps: Path = Path("/proc/self/maps")) -> int:
+    """Drop this process's resident pages of the cold collection files under ``root`` (see the
+    module docstring); the number of mappings released (0 where ``/proc`` or ``madvise`` is not
+    available)."""
     madvise = _madvise()
     if madvise is None:
         return 0
@@ -62,7 +74,7 @@ def unmap_original_vectors(root: Path, maps: Path = Path("/proc/self/maps")) -> 
     released = 0
     for line in lines:
         fields = line.split(maxsplit=5)
-        if len(fields) < 6 or not _is_original_vectors(fields[1], fields[5], under):
+        if len(fields) < 6 or not _is_cold(fields[1], fields[5], under):
             continue
         start, end = (int(bound, 16) for bound in fields[0].split("-"))
         if madvise(start, end - start, _MADV_DONTNEED) == 0:
@@ -70,3 +82,11 @@ def unmap_original_vectors(root: Path, maps: Path = Path("/proc/self/maps")) -> 
         else:
             logger.debug("madvise failed on a mapping of %s: errno %d", fields[5], ctypes.get_errno())
     return released
+
+
+def resident_mb(statm: Path = Path("/proc/self/statm")) -> float:
+    """This process's resident memory in MB (one small read, ~10 µs); 0.0 without ``/proc``."""
+    try:
+        return int(statm.read_text().split()[1]) * _PAGE_MB
+    except (OSError, IndexError, ValueError):
+        return 0.0

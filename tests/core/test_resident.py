@@ -1,5 +1,6 @@
-"""Releasing the pages of on-disk original vectors that rescoring mapped (`core.index.resident`),
-on a real Qdrant Edge shard: the RSS they add goes, the results stay the same."""
+"""Releasing the pages of the cold files of on-disk collections that searches mapped
+(`core.index.resident`), on a real Qdrant Edge shard: the RSS they add goes, the results stay the
+same, and the owner releases once its RSS has grown by ``store.release_mapped_mb``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from core.config import StoreSettings
 from core.index.base import CollectionConfig
 from core.index.edge import EdgeIndex
-from core.index.resident import _is_original_vectors, unmap_original_vectors
+from core.index.resident import _is_cold, release_cold_pages, resident_mb
 from core.payload import SearchFilter
 
 DIM = 256
@@ -31,12 +32,12 @@ def _resident_kb(root: Path, name: str) -> int:
     return total
 
 
-def _index(root: Path, every: int) -> tuple[EdgeIndex, list[str], np.ndarray]:
+def _index(root: Path, budget_mb: int) -> tuple[EdgeIndex, list[str], np.ndarray]:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((N, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = [str(uuid.UUID(int=i + 1)) for i in range(N)]
-    index = EdgeIndex(root, StoreSettings(release_originals_every=every))
+    index = EdgeIndex(root, StoreSettings(release_mapped_mb=budget_mb))
     index.create_collection(
         CollectionConfig(name="c", dim=DIM, quantization="int8", on_disk=True, full_scan_threshold_kb=100)
     )
@@ -45,14 +46,14 @@ def _index(root: Path, every: int) -> tuple[EdgeIndex, list[str], np.ndarray]:
     return index, ids, vectors
 
 
-def test_unmapping_drops_the_resident_original_vectors_and_keeps_the_results(tmp_path: Path) -> None:
+def test_releasing_drops_the_resident_original_vectors_and_keeps_the_results(tmp_path: Path) -> None:
     root = tmp_path / "index"
-    index, ids, vectors = _index(root, every=0)
+    index, ids, vectors = _index(root, budget_mb=0)
     try:
         before = [index.search("c", vectors[j], limit=10) for j in range(0, N, 10)]
         mapped = _resident_kb(root, "/matrix.dat")
         assert mapped > 1000  # rescoring touched pages all over the 4 MB file
-        assert unmap_original_vectors(root) >= 1
+        assert release_cold_pages(root) >= 1
         assert _resident_kb(root, "/matrix.dat") < mapped / 10
         after = [index.search("c", vectors[j], limit=10) for j in range(0, N, 10)]
         assert [[h.id for h in hits] for hits in after] == [[h.id for h in hits] for hits in before]
@@ -60,13 +61,22 @@ def test_unmapping_drops_the_resident_original_vectors_and_keeps_the_results(tmp
         index.close()
 
 
-def test_the_owner_unmaps_every_so_many_searches(tmp_path: Path) -> None:
+def test_the_owner_releases_once_its_rss_grew_by_the_budget(tmp_path: Path) -> None:
+    """A 1 MB budget: the 4 MB file's pages that 400 searches mapped are released along the way;
+    a budget larger than the file: they stay mapped (repeated queries find them)."""
     root = tmp_path / "index"
-    index, ids, vectors = _index(root, every=50)
+    index, ids, vectors = _index(root, budget_mb=1)
     try:
-        for j in range(0, N, 10):  # 400 searches: the last release after the 400th
+        for j in range(0, N, 10):
             index.search("c", vectors[j], limit=10)
-        assert _resident_kb(root, "/matrix.dat") < 200
+        assert _resident_kb(root, "/matrix.dat") < 1200
+    finally:
+        index.close()
+    index = EdgeIndex(root, StoreSettings(release_mapped_mb=512))
+    try:
+        for j in range(0, N, 10):
+            index.search("c", vectors[j], limit=10)
+        assert _resident_kb(root, "/matrix.dat") > 1000
     finally:
         index.close()
 
@@ -75,28 +85,53 @@ def test_the_owner_unmaps_every_so_many_searches(tmp_path: Path) -> None:
     ("perms", "path", "released"),
     [
         ("r--s", "/data/index/c/shard/segments/s1/vector_storage/matrix.dat", True),
+        ("rw-s", "/data/index/c/shard/segments/s1/payload_storage/page_0.dat", True),
+        ("rw-s", "/data/index/c/shard/wal/open-1", True),
         ("r--s", "/data/index/c/shard/segments/s1/vector_storage/quantized.data", False),
-        ("rw-s", "/data/index/c/shard/segments/s1/vector_storage/matrix.dat", False),
+        ("r--s", "/data/index/c/shard/segments/s1/vector_index/links_compressed.bin", False),
+        ("rw-s", "/data/index/c/shard/segments/s1/payload_storage/tracker.dat", False),
+        ("rw-s", "/data/index/c/shard/segments/s1/payload_index/x-modality-map/page_0.dat", False),
+        ("rw-s", "/data/index/c/shard/segments/s1/id_tracker.versions", False),
         ("r--p", "/data/index/c/shard/segments/s1/vector_storage/matrix.dat", False),
+        ("rw-p", "/data/index/c/shard/wal/open-1", False),
         ("r--s", "/elsewhere/c/shard/segments/s1/vector_storage/matrix.dat", False),
-        ("r--s", "/data/index/c/shard/segments/s1/payload_storage/page_0.dat", False),
     ],
 )
-def test_only_shared_read_only_original_vector_files_under_the_root_qualify(
+def test_only_shared_mappings_of_cold_files_under_the_root_qualify(
     perms: str, path: str, released: bool
 ) -> None:
-    assert _is_original_vectors(perms, path, "/data/index/") is released
+    assert _is_cold(perms, path, "/data/index/") is released
 
 
-def test_a_scan_of_an_on_disk_collection_is_unmapped_right_after(tmp_path: Path) -> None:
-    """A filter small enough to be scanned reads the originals of every point it matches; the
-    owner drops their pages after that search, not 1,000 searches later."""
+def test_a_scan_past_the_budget_is_released_right_after(tmp_path: Path) -> None:
+    """A filter small enough to be scanned maps the originals of every point it matches (4 MB
+    here, past the 1 MB budget): the owner drops their pages after that search."""
     root = tmp_path / "index"
-    index, ids, vectors = _index(root, every=1000)
+    index, ids, vectors = _index(root, budget_mb=1)
     try:
+        index.search("c", vectors[1], limit=10)  # the reference RSS
         hits = index.search("c", vectors[0], filter=SearchFilter(modality=["CT"]), limit=10)
         assert index._filtered_plan(index._handle("c"), SearchFilter(modality=["CT"]), 10).exact
         assert hits[0].id == ids[0]
         assert _resident_kb(root, "/matrix.dat") < 200
+    finally:
+        index.close()
+
+
+def test_resident_mb_reads_this_process() -> None:
+    status = Path("/proc/self/status").read_text()
+    vm_rss_mb = int(status.split("VmRSS:")[1].split()[0]) / 1024
+    assert abs(resident_mb() - vm_rss_mb) < 16
+    assert resident_mb(Path("/nonexistent/statm")) == 0.0
+
+
+def test_opening_an_on_disk_collection_releases_the_wal_it_replayed(tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    index, _, _ = _index(root, budget_mb=64)
+    index.close()
+    index = EdgeIndex(root, StoreSettings(release_mapped_mb=64))
+    try:
+        assert index.count("c") == N
+        assert _resident_kb(root / "c" / "shard" / "wal", "") < 64
     finally:
         index.close()

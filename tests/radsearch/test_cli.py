@@ -171,12 +171,12 @@ def test_usage_and_configuration_errors_exit_non_zero(
 def test_an_invalid_setting_names_its_variable_and_rule_never_its_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("RADSEARCH_STORE__RELEASE_ORIGINALS_EVERY", "-7")
+    monkeypatch.setenv("RADSEARCH_STORE__RELEASE_MAPPED_MB", "-7")
     monkeypatch.setenv("RADSEARCH_STORE__MIN_FREE_MB", "lots-of-secret-text")
     assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("radsearch: error: invalid setting: ")
-    assert "RADSEARCH_STORE__RELEASE_ORIGINALS_EVERY: Input should be greater than or equal to 0" in err
+    assert "RADSEARCH_STORE__RELEASE_MAPPED_MB: Input should be greater than or equal to 0" in err
     assert "RADSEARCH_STORE__MIN_FREE_MB: Input should be a valid integer" in err
     assert "-7" not in err and "secret" not in err and "unexpected" not in err
 
