@@ -894,7 +894,8 @@ class EdgeIndex(VectorIndex):
                     # exact (asked for, or a small filter's scan): the originals alone where they
                     # are in RAM (20 k points at 1 M, 9.8 ms; int8 scores rescored, 75.6 ms:
                     # bench/RESULTS.md); from disk int8, then the best rescored (the engine's exact
-                    # search maps every matching original either way: ~20 MB for 4.6 k points)
+                    # search maps every matching original either way, and the kernel their cached
+                    # neighbours: 28-194 MB for 4.6 k points at 1 M)
                     quantization=qe.QuantizationSearchParams(ignore=True)
                     if scan and quantized and not handle.config.on_disk
                     else _rescoring(quantized),
@@ -917,7 +918,7 @@ class EdgeIndex(VectorIndex):
         that budget of what it holds for searching, instead of growing with each distinct query
         towards the size of the vector files (1 M points: 1,283 MB after 3,000 queries, and 2.1 GB
         after 10,000 when scans were released only every 1,000 searches). Measured against the
-        RSS, not counted per search, because a scan maps 50 times what a graph search does."""
+        RSS, not counted per search, because a scan maps 50-500 times what a graph search does."""
         budget = self._store.release_mapped_mb
         if not budget or not handle.config.on_disk:
             return
@@ -928,8 +929,8 @@ class EdgeIndex(VectorIndex):
             self._release_cold_pages()
 
     def _release_cold_pages(self) -> None:
-        """Release the cold pages of every open collection with on-disk originals (one read of
-        the process's mappings and a ``madvise`` per file: 3-8 ms at 1 M points)."""
+        """Release the cold pages of every open collection with on-disk originals (per collection
+        a read of the process's mappings and a ``madvise`` per file: 3-8 ms at 1 M points)."""
         for handle in list(self._handles.values()):
             if handle.config.on_disk:
                 release_cold_pages(self._dir(handle.name))

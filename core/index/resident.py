@@ -2,7 +2,8 @@
 
 With on-disk originals the engine memory-maps each segment's files, and every page a search reads
 stays mapped into the process: rescoring's original vectors (~0.4 MB per search at 1 M x 512), a
-scan's (the originals of every point it matches: ~20 MB for a 4.6 k-point filter), the payload
+scan's (the originals of every point it matches, with the neighbours the kernel maps around each
+fault once they are cached: 28-194 MB for a 4.6 k-point filter), the payload
 pages of the hits, and the WAL the open replayed (50 MB). So the RSS of a server grows with the
 number of distinct queries it has answered, towards the size of those files (2.4 GB at 1 M),
 although the pages are clean (or written back) file cache.
