@@ -105,7 +105,7 @@ def main() -> int:
     target = args.pop(0)
     if "--fallback" in args:
         args.remove("--fallback")
-        seconds = float(os.environ.get("RADSEARCH_FUZZ_SECONDS", "60"))
+        seconds = float(os.environ.get("RADSEARCH_FUZZ_SECONDS", "30"))
         return run_fallback(target, Path(args[0]), seconds)
     import atheris
 
