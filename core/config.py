@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.payload import FILTER_FIELDS
@@ -132,6 +132,17 @@ class StoreSettings(BaseModel):
         if not set(value) <= set(FILTER_FIELDS):
             raise ValueError(f"must name filter fields only: {', '.join(FILTER_FIELDS)}")
         return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_replaced_settings(cls, data: Any) -> Any:
+        # A setting that was replaced is refused, not ignored: the operator learns what to set.
+        if isinstance(data, dict) and "release_originals_every" in data:
+            raise ValueError(
+                "release_originals_every was replaced by release_mapped_mb (an RSS budget in MB; "
+                "RADSEARCH_STORE__RELEASE_MAPPED_MB)"
+            )
+        return data
 
 
 class S3Settings(BaseModel):

@@ -181,6 +181,17 @@ def test_an_invalid_setting_names_its_variable_and_rule_never_its_value(
     assert "-7" not in err and "secret" not in err and "unexpected" not in err
 
 
+def test_a_replaced_setting_is_refused_naming_its_successor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RADSEARCH_STORE__RELEASE_ORIGINALS_EVERY", "4321")
+    assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("radsearch: error: invalid setting: RADSEARCH_STORE: ")
+    assert "replaced by release_mapped_mb" in err and "RADSEARCH_STORE__RELEASE_MAPPED_MB" in err
+    assert "4321" not in err
+
+
 def test_a_list_setting_that_is_not_json_names_its_group_and_the_form(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
