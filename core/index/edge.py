@@ -929,11 +929,9 @@ class EdgeIndex(VectorIndex):
             self._release_cold_pages()
 
     def _release_cold_pages(self) -> None:
-        """Release the cold pages of every open collection with on-disk originals (per collection
-        a read of the process's mappings and a ``madvise`` per file: 3-8 ms at 1 M points)."""
-        for handle in list(self._handles.values()):
-            if handle.config.on_disk:
-                release_cold_pages(self._dir(handle.name))
+        """Release the cold pages of every open collection with on-disk originals (one read of
+        the process's mappings and a ``madvise`` per file: 3-8 ms at 1 M points)."""
+        release_cold_pages(*(self._dir(h.name) for h in list(self._handles.values()) if h.config.on_disk))
         self._released_mb = resident_mb()
 
     def _post_filtered(

@@ -60,14 +60,14 @@ def _is_cold(perms: str, path: str, under: str) -> bool:
     return "/wal/" in path
 
 
-def release_cold_pages(root: Path, maps: Path = Path("/proc/self/maps")) -> int:
-    """Drop this process's resident pages of the cold collection files under ``root`` (see the
-    module docstring); the number of mappings released (0 where ``/proc`` or ``madvise`` is not
-    available)."""
+def release_cold_pages(*roots: Path, maps: Path = Path("/proc/self/maps")) -> int:
+    """Drop this process's resident pages of the cold collection files under ``roots`` (see the
+    module docstring), with one read of the process's mappings; the number of mappings released
+    (0 where ``/proc`` or ``madvise`` is not available, or without roots)."""
     madvise = _madvise()
-    if madvise is None:
+    if madvise is None or not roots:
         return 0
-    under = str(Path(root).resolve()) + "/"
+    unders = [str(Path(root).resolve()) + "/" for root in roots]
     try:
         lines = maps.read_text().splitlines()
     except OSError:
@@ -75,7 +75,7 @@ def release_cold_pages(root: Path, maps: Path = Path("/proc/self/maps")) -> int:
     released = 0
     for line in lines:
         fields = line.split(maxsplit=5)
-        if len(fields) < 6 or not _is_cold(fields[1], fields[5], under):
+        if len(fields) < 6 or not any(_is_cold(fields[1], fields[5], under) for under in unders):
             continue
         start, end = (int(bound, 16) for bound in fields[0].split("-"))
         if madvise(start, end - start, _MADV_DONTNEED) == 0:
