@@ -7,10 +7,13 @@ Environment variables use the prefix ``RADSEARCH_`` and ``__`` for nested groups
 
 from __future__ import annotations
 
+import difflib
 import json
 import secrets
+import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +36,7 @@ __all__ = [
     "Settings",
     "StoreSettings",
     "Subscription",
+    "unknown_setting_variables",
 ]
 
 
@@ -424,3 +428,94 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)
         return path.read_text().strip().encode()
+
+
+# RADSEARCH_* variables that are not settings: docker-compose.yml and infra/minio-init.sh build the
+# services' settings from these (infra/dev.env.example), and the security tests read the fuzzing
+# budget. They may sit in an operator's shell beside the settings.
+COMPANION_VARIABLES = frozenset(
+    {
+        "RADSEARCH_API_KEYS",
+        "RADSEARCH_API_MEM_LIMIT",
+        "RADSEARCH_BUCKETS",
+        "RADSEARCH_EVENT_BUCKETS",
+        "RADSEARCH_FUZZ_SECONDS",
+        "RADSEARCH_HASH_KEY",
+        "RADSEARCH_METRICS_KEY",
+        "RADSEARCH_S3_ACCESS_KEY",
+        "RADSEARCH_S3_SECRET_KEY",
+        "RADSEARCH_SUBSCRIPTIONS",
+        "RADSEARCH_WEBHOOK_TOKEN",
+    }
+)
+
+_PREFIX_LEN = len("RADSEARCH_")
+
+# Settings that were replaced, with what replaces them: refused naming the successor.
+REPLACED_VARIABLES = {
+    "RADSEARCH_STORE__RELEASE_ORIGINALS_EVERY": "RADSEARCH_STORE__RELEASE_MAPPED_MB (an RSS budget in MB)",
+}
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The settings group an annotation holds (``OidcSettings | None`` -> OidcSettings), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        for arg in get_args(annotation):
+            if (model := _nested_model(arg)) is not None:
+                return model
+    return None
+
+
+def _is_mapping(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_is_mapping(arg) for arg in get_args(annotation))
+    return origin in (dict, Mapping)
+
+
+def _setting_names(model: type[BaseModel], prefix: str) -> list[str]:
+    names = []
+    for name, field in model.model_fields.items():
+        variable = f"{prefix}{name.upper()}"
+        names.append(variable)
+        if (nested := _nested_model(field.annotation)) is not None:
+            names.extend(_setting_names(nested, f"{variable}__"))
+    return names
+
+
+def _names_a_setting(model: type[BaseModel], parts: list[str]) -> bool:
+    field = model.model_fields.get(parts[0].lower())
+    if field is None:
+        return False
+    if len(parts) == 1:
+        return True
+    if (nested := _nested_model(field.annotation)) is not None:
+        return _names_a_setting(nested, parts[1:])
+    return _is_mapping(field.annotation)  # RADSEARCH_SECURITY__OIDC__ROLE_MAP__<claim value>
+
+
+def unknown_setting_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``RADSEARCH_*`` variable in ``environ`` that names no setting (a typo, or a
+    setting that no longer exists), with the nearest setting's name where one is close; the
+    variables' values are never read. Settings would ignore such a variable without a trace."""
+    known = _setting_names(Settings, "RADSEARCH_")
+    problems = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith("RADSEARCH_") or upper in COMPANION_VARIABLES:
+            continue
+        if upper in REPLACED_VARIABLES:
+            problems.append(f"{variable} was replaced by {REPLACED_VARIABLES[upper]}")
+            continue
+        if _names_a_setting(Settings, upper.removeprefix("RADSEARCH_").split("__")):
+            continue
+        # Compared without the prefix, which every name shares.
+        near = difflib.get_close_matches(
+            upper[_PREFIX_LEN:], [name[_PREFIX_LEN:] for name in known], n=1, cutoff=0.75
+        )
+        problems.append(
+            f"{variable} is not a setting" + (f" (did you mean RADSEARCH_{near[0]}?)" if near else "")
+        )
+    return problems

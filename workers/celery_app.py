@@ -6,7 +6,12 @@ This is an entry point like the ``radsearch`` command: settings are built here, 
 
 from __future__ import annotations
 
-from core.config import Settings
+import os
+
+from core.config import Settings, unknown_setting_variables
+from core.errors import ConfigError
 from workers.app import create_celery
 
+if unknown := unknown_setting_variables(os.environ):
+    raise ConfigError(f"invalid setting: {'; '.join(unknown)}")
 app = create_celery(Settings())

@@ -8,6 +8,7 @@ through a server; a new command is a module with an ``add_..._command(sub)`` reg
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from core.config import Settings
+from core.config import Settings, unknown_setting_variables
 from core.errors import (
     BadInput,
     ConfigError,
@@ -96,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(overrides: dict[str, Any]) -> Settings:
     """The settings from the environment and ``overrides``; a setting that fails validation is a
     `ConfigError` naming its environment variable and the rule it breaks, never its value (a
-    value may be a secret)."""
+    value may be a secret). A ``RADSEARCH_*`` variable that names no setting is one too: a typo
+    in, say, RADSEARCH_SECURITY__API_KEYS would otherwise leave the API open without a trace."""
+    if unknown := unknown_setting_variables(os.environ):
+        raise ConfigError(f"invalid setting: {'; '.join(unknown)}")
     try:
         return Settings(**overrides)
     except ValidationError as exc:

@@ -187,9 +187,60 @@ def test_a_replaced_setting_is_refused_naming_its_successor(
     monkeypatch.setenv("RADSEARCH_STORE__RELEASE_ORIGINALS_EVERY", "4321")
     assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 2
     err = capsys.readouterr().err
+    assert err == (
+        "radsearch: error: invalid setting: RADSEARCH_STORE__RELEASE_ORIGINALS_EVERY was replaced by "
+        "RADSEARCH_STORE__RELEASE_MAPPED_MB (an RSS budget in MB)\n"
+    )
+
+
+def test_a_replaced_setting_in_a_json_group_is_refused_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RADSEARCH_STORE", '{"release_originals_every": 4321}')
+    assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 2
+    err = capsys.readouterr().err
     assert err.startswith("radsearch: error: invalid setting: RADSEARCH_STORE: ")
-    assert "replaced by release_mapped_mb" in err and "RADSEARCH_STORE__RELEASE_MAPPED_MB" in err
-    assert "4321" not in err
+    assert "replaced by release_mapped_mb" in err and "4321" not in err
+
+
+@pytest.mark.parametrize(
+    ("variable", "expected"),
+    [
+        ("RADSEARCH_SECURITY__API_KEY", " (did you mean RADSEARCH_SECURITY__API_KEYS?)"),
+        ("RADSEARCH_STORE__MIN_FREE", " (did you mean RADSEARCH_STORE__MIN_FREE_MB?)"),
+        ("RADSEARCH_DATADIR", " (did you mean RADSEARCH_DATA_DIR?)"),
+        ("radsearch_store__typo", ""),
+        ("RADSEARCH_NOTHING_LIKE_IT", ""),
+    ],
+)
+def test_a_variable_that_names_no_setting_is_refused_with_the_nearest_name(
+    variable: str,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(variable, "secret-value")
+    assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"radsearch: error: invalid setting: {variable} is not a setting{expected}\n"
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "RADSEARCH_S3_ACCESS_KEY",  # compose's, not a setting
+        "RADSEARCH_FUZZ_SECONDS",
+        "RADSEARCH_SECURITY__OIDC__ROLE_MAP__RADIOLOGIST",  # a key of a mapping setting
+        "RADSEARCH_RUNTIME__CPU_INT8_LINEAR",
+        "RADSEARCH_URL",
+    ],
+)
+def test_settings_and_companion_variables_are_accepted(
+    variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, "")  # empty: ignored by the settings, named all the same
+    assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 0
 
 
 def test_a_list_setting_that_is_not_json_names_its_group_and_the_form(

@@ -1,0 +1,38 @@
+"""`workers.celery_app`, the entry point of Celery's own tools, checks the environment like ``radsearch``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _import_app(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RADSEARCH_")}
+    env.update(RADSEARCH_DATA_DIR=str(tmp_path), **extra)
+    return subprocess.run(
+        [sys.executable, "-c", "import workers.celery_app as m; print(m.app.main)"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_celery_app_refuses_a_variable_that_names_no_setting(tmp_path: Path) -> None:
+    done = _import_app(tmp_path, RADSEARCH_CELERY__MAX_RETRY="secret-value")
+    assert done.returncode != 0
+    assert (
+        "RADSEARCH_CELERY__MAX_RETRY is not a setting (did you mean RADSEARCH_CELERY__MAX_RETRIES?)"
+        in done.stderr
+    )
+    assert "secret-value" not in done.stderr
+
+
+def test_celery_app_loads_with_settings_and_companion_variables(tmp_path: Path) -> None:
+    done = _import_app(tmp_path, RADSEARCH_CELERY__MAX_RETRIES="2", RADSEARCH_S3_ACCESS_KEY="compose")
+    assert done.returncode == 0, done.stderr
