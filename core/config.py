@@ -174,6 +174,17 @@ class RuntimeSettings(BaseModel):
     # dynamic quantization): clip-vit-b16 at batch 1 1.8x faster than fp32 on a CPU without fast
     # bf16, embeddings at cosine 0.9998 of fp32's. For query latency on such CPUs; off by default.
     cpu_int8_linear: bool = False
+    # Compile the image tower with torch.compile (inductor, weights frozen into the graph) when the
+    # encoder loads: clip-vit-b16 at batch 1 in bf16 on a 2-core Zen 5 took 67-74 ms instead of
+    # 81-131 ms eager. Costs ~40 s per process at the first load and needs a C++ compiler (gcc) on
+    # the host; for query servers. Excludes cpu_int8_linear.
+    compile_encoders: bool = False
+
+    @model_validator(mode="after")
+    def _one_acceleration(self) -> RuntimeSettings:
+        if self.cpu_int8_linear and self.compile_encoders:
+            raise ValueError("cpu_int8_linear and compile_encoders exclude each other: choose one")
+        return self
 
 
 class ModelSettings(BaseModel):

@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from core.encoders.spec import EncoderSpec
-from core.errors import NoTextTower
+from core.errors import ConfigError, NoTextTower
 from core.frame import Frame
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class Encoder(ABC):
         self.dtype = dtype
         self.weights_version = "unknown"
         self._lock = threading.Lock()
+        self._forward = self._embed_batch  # or its compiled graph (compile_image_tower)
 
     @property
     def dim(self) -> int:
@@ -60,12 +61,32 @@ class Encoder(ABC):
             return np.zeros((0, self.dim), dtype=np.float32)
         tensor = torch.as_tensor(batch)
         with self._lock, torch.inference_mode():
-            out = self._embed_batch(tensor)
+            out = self._forward(tensor)
         vectors = out.detach().to(torch.float32).cpu().numpy()
         if self.spec.normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def compile_image_tower(self) -> None:
+        """From now on, run ``embed_batch`` through torch.compile (inductor, the weights frozen into
+        the graph as constants). Compiled here, on one frame of zeros, so that a host that cannot
+        compile (no C++ compiler) fails at load with `ConfigError`, not at a query."""
+        import torch
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        compiled = torch.compile(self._embed_batch)
+        try:
+            with self._lock, torch.inference_mode():
+                compiled(torch.zeros((1, *self.input_shape)))
+        except Exception as exc:
+            raise ConfigError(
+                f"runtime.compile_encoders: torch.compile of encoder {self.spec.name!r} failed "
+                f"({type(exc).__name__}); it needs a C++ compiler (gcc) on the host, or leave the "
+                "setting off"
+            ) from None
+        self._forward = compiled
 
     def embed(self, frames: Sequence[Frame]) -> NDArray[np.float32]:
         """Frames → ``[n, dim]`` float32, preprocessing and embedding as one batch."""

@@ -19,6 +19,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "quantize_linear_int8",
     "select_device_and_dtype",
+    "uses_compile",
     "uses_int8_linear",
 ]
 
@@ -81,6 +82,12 @@ def uses_int8_linear(runtime: RuntimeSettings, spec: EncoderSpec, device: torch.
     """Whether ``spec`` runs with int8 Linear layers: ``runtime.cpu_int8_linear``, on CPU, and
     never for the built-in (hand-crafted) encoders."""
     return runtime.cpu_int8_linear and device.type == "cpu" and spec.family is not EncoderFamily.BUILTIN
+
+
+def uses_compile(runtime: RuntimeSettings, spec: EncoderSpec) -> bool:
+    """Whether ``spec``'s image tower is compiled: ``runtime.compile_encoders``, except for the
+    built-in encoders, which run no torch model."""
+    return runtime.compile_encoders and spec.family is not EncoderFamily.BUILTIN
 
 
 def quantize_linear_int8(encoder: object) -> None:

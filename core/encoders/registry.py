@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     import torch
 
     from core.encoders.weights import ResolvedWeights
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["REGISTRY", "get_spec", "list_specs", "load_encoder", "resolve_spec"]
 
@@ -274,12 +278,21 @@ def load_encoder(spec: EncoderSpec, settings: Settings, *, weights: str | None =
     spec = spec.with_weights(weights)
     resolved = _resolve_first(spec, settings)
 
-    from core.encoders.device import quantize_linear_int8, select_device_and_dtype, uses_int8_linear
+    from core.encoders.device import (
+        quantize_linear_int8,
+        select_device_and_dtype,
+        uses_compile,
+        uses_int8_linear,
+    )
 
     device, dtype = select_device_and_dtype(settings.runtime, spec)
     encoder = _build_encoder(spec, settings, device, dtype, resolved)
     if uses_int8_linear(settings.runtime, spec, device):
         quantize_linear_int8(encoder)
+    if uses_compile(settings.runtime, spec):
+        started = time.perf_counter()
+        encoder.compile_image_tower()
+        logger.info("encoder %s: image tower compiled in %.1f s", spec.name, time.perf_counter() - started)
     return encoder
 
 

@@ -525,3 +525,52 @@ def test_cpu_int8_linear_keeps_embeddings_close_to_fp32(tmp_path: Path) -> None:
     assert len(quantized) >= 24  # at least the two MLP layers of each of the 12 blocks
     cosines = np.sum(fp32.embed(frames) * int8.embed(frames), axis=1)
     assert cosines.mean() >= 0.99, cosines
+
+
+def test_compiled_image_tower_embeds_as_the_eager_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    frames = [(np.random.default_rng(i).random((96, 96)) * 255).astype(np.uint8) for i in range(3)]
+    eager = load_encoder(
+        get_spec("clip-vit-b16"),
+        Settings(data_dir=tmp_path, runtime=RuntimeSettings(device="cpu", dtype="float32")),
+        weights="random",
+    )
+    with caplog.at_level("INFO", logger="core.encoders.registry"):
+        compiled = load_encoder(
+            get_spec("clip-vit-b16"),
+            Settings(
+                data_dir=tmp_path,
+                runtime=RuntimeSettings(device="cpu", dtype="float32", compile_encoders=True),
+            ),
+            weights="random",
+        )
+    assert "encoder clip-vit-b16: image tower compiled in" in caplog.text
+    # one frame at a time, as queries come (the batch size it was compiled for)
+    cosines = [float(eager.embed([f])[0] @ compiled.embed([f])[0]) for f in frames]
+    assert min(cosines) >= 0.999, cosines
+
+
+def test_a_host_that_cannot_compile_fails_at_load_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
+    monkeypatch.setattr(inductor_config, "force_disable_caches", True)
+    with pytest.raises(
+        ConfigError, match=r"runtime.compile_encoders: torch.compile of encoder 'clip-vit-b16' failed"
+    ):
+        load_encoder(
+            get_spec("clip-vit-b16"),
+            Settings(
+                data_dir=tmp_path,
+                runtime=RuntimeSettings(device="cpu", dtype="float32", compile_encoders=True),
+            ),
+            weights="random",
+        )
+
+
+def test_int8_linear_and_compile_exclude_each_other() -> None:
+    with pytest.raises(ValueError, match="exclude each other"):
+        RuntimeSettings(cpu_int8_linear=True, compile_encoders=True)
