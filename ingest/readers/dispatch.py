@@ -27,6 +27,9 @@ __all__ = ["abandoned_decodes", "decode_object", "sniff_format"]
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+# Label files often sit beside the images (the demo archive's manifest.csv). The name picks no
+# reader; it only adds a hint to the reason, for someone who meant the file as the labels.
+_MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
 
 def sniff_format(data: bytes) -> Literal["dicom", "png", "jpeg"] | None:
@@ -50,6 +53,12 @@ def decode_object(data: bytes, key: str, *, limits: DecodeLimits, hash_key: byte
     """
     kind = sniff_format(data)
     if kind is None:
+        if key.lower().endswith(_MANIFEST_SUFFIXES):
+            raise UnsupportedFormat(
+                key,
+                "unrecognised file format "
+                "(labels in CSV or JSONL go in as the ingest's manifest: --manifest)",
+            )
         raise UnsupportedFormat(key, "unrecognised file format")
     deadline = time.monotonic() + limits.timeout_s
 

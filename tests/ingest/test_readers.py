@@ -351,6 +351,16 @@ def test_empty_and_text() -> None:
     assert_bad(b"this is just a text file\n" * 20, UnsupportedFormat, key="notes.dcm")
 
 
+@pytest.mark.parametrize("key", ["manifest.csv", "labels/Manifest.JSONL"])
+def test_a_label_file_among_the_images_says_how_labels_go_in(key: str) -> None:
+    error = assert_bad(b"key,modality\na.dcm,CT\n", UnsupportedFormat, key=key)
+    assert error.reason == (
+        "unrecognised file format (labels in CSV or JSONL go in as the ingest's manifest: --manifest)"
+    )
+    # other names get no hint
+    assert "manifest" not in assert_bad(b"plain text", UnsupportedFormat, key="notes.txt").reason
+
+
 @pytest.mark.parametrize("fraction", [0.10, 0.50, 0.99])
 def test_truncated_dicom(fraction: float) -> None:
     data = to_bytes(ct_dataset())
