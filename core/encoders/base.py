@@ -78,6 +78,9 @@ class Encoder(ABC):
         inductor_config.freezing = True
         compiled = torch.compile(self._embed_batch)
         try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()  # no compiler: fails here in ms, not after ~20 s of tracing
             with self._lock, torch.inference_mode():
                 compiled(torch.zeros((1, *self.input_shape)))
         except Exception as exc:

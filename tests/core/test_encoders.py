@@ -557,7 +557,6 @@ def test_a_host_that_cannot_compile_fails_at_load_naming_the_setting(
     import torch._inductor.config as inductor_config
 
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
-    monkeypatch.setattr(inductor_config, "force_disable_caches", True)
     with pytest.raises(
         ConfigError, match=r"runtime.compile_encoders: torch.compile of encoder 'clip-vit-b16' failed"
     ):
