@@ -460,7 +460,7 @@ COMPANION_VARIABLES = frozenset(
     }
 )
 
-_PREFIX_LEN = len("RADSEARCH_")
+_PREFIX = "RADSEARCH_"
 
 # Settings that were replaced, with what replaces them: refused naming the successor.
 REPLACED_VARIABLES = {
@@ -511,22 +511,20 @@ def unknown_setting_variables(environ: Mapping[str, str]) -> list[str]:
     """One line per ``RADSEARCH_*`` variable in ``environ`` that names no setting (a typo, or a
     setting that no longer exists), with the nearest setting's name where one is close; the
     variables' values are never read. Settings would ignore such a variable without a trace."""
-    known = _setting_names(Settings, "RADSEARCH_")
+    known = _setting_names(Settings, "")  # without the prefix, which would make every name close
     problems = []
     for variable in sorted(environ):
         upper = variable.upper()
-        if not upper.startswith("RADSEARCH_") or upper in COMPANION_VARIABLES:
+        if not upper.startswith(_PREFIX) or upper in COMPANION_VARIABLES:
             continue
         if upper in REPLACED_VARIABLES:
             problems.append(f"{variable} was replaced by {REPLACED_VARIABLES[upper]}")
             continue
-        if _names_a_setting(Settings, upper.removeprefix("RADSEARCH_").split("__")):
+        name = upper.removeprefix(_PREFIX)
+        if _names_a_setting(Settings, name.split("__")):
             continue
-        # Compared without the prefix, which every name shares.
-        near = difflib.get_close_matches(
-            upper[_PREFIX_LEN:], [name[_PREFIX_LEN:] for name in known], n=1, cutoff=0.75
-        )
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
         problems.append(
-            f"{variable} is not a setting" + (f" (did you mean RADSEARCH_{near[0]}?)" if near else "")
+            f"{variable} is not a setting" + (f" (did you mean {_PREFIX}{near[0]}?)" if near else "")
         )
     return problems

@@ -75,7 +75,7 @@ class Encoder(ABC):
         import torch
         import torch._inductor.config as inductor_config
 
-        inductor_config.freezing = True
+        inductor_config.freezing = True  # process-wide; radsearch compiles nothing else
         compiled = torch.compile(self._embed_batch)
         try:
             from torch._inductor.cpp_builder import get_cpp_compiler
