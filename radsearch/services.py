@@ -14,8 +14,10 @@ from core.errors import ConfigError, DecodeError, TooLarge
 if TYPE_CHECKING:
     from core.catalog import Catalog, CollectionEntry
     from core.index import Hit
+    from core.index.base import HitGroup
     from ingest.inline import IngestOptions
     from ingest.pipeline import BatchReport
+    from search_api.results import Found
 
 __all__ = [
     "check_limit",
@@ -159,28 +161,32 @@ def search_image(
     filename: str,
     filter: Mapping[str, Sequence[str]] | None = None,
     limit: int = 10,
-) -> list[Hit]:
-    """Search a collection (or alias) by an image's middle frame with the API's own query path
-    (`search_api.services.embed_upload` and `search`): what ``POST
-    /v1/collections/{name}/search/image`` answers."""
-    from search_api import services
-    from search_api.schemas import parse_filter
+    exclude: Mapping[str, bool] | None = None,
+    roi: Mapping[str, int] | None = None,
+    group_by: str | None = None,
+    group_size: int = 3,
+) -> Found:
+    """Search a collection (or alias) by an image's middle frame, cropped to ``roi``, with the
+    API's own query path (`search_api.results`): what ``POST /v1/collections/{name}/search/image``
+    answers for one uploaded file. ``exclude`` (``same_patient``, ``same_study``) leaves out the
+    image's own patient or study, ``group_by`` (object, series, study) groups the hits."""
+    from search_api import results, services
+    from search_api.schemas import ExcludeIn, Roi, parse_filter
 
     entry: CollectionEntry = catalog.get(collection)
     search_filter = parse_filter(dict(filter)) if filter else None
-    vector = services.embed_upload(
-        catalog=catalog, entry=entry, settings=settings, data=data, filename=filename
+    image = results.read_upload_image(settings=settings, data=data, filename=filename)
+    frame = results.crop(image.frame, Roi(**roi), filename) if roi is not None else image.frame
+    vector = services.embed_frame(catalog=catalog, entry=entry, frame=frame)
+    narrowed = results.apply_exclusions(
+        search_filter,
+        ExcludeIn(**exclude) if exclude else None,
+        patients=[image.patient_hash],
+        studies=[image.study_hash],
+        source="upload",
     )
-    hits: list[Hit] = services.search(
-        index=catalog.index,
-        entry=entry,
-        vector=vector,
-        search_filter=search_filter,
-        limit=limit,
-        offset=0,
-        score_threshold=None,
-    )
-    return hits
+    shape = results.Shape(limit=limit, group_by=group_by, group_size=group_size)
+    return results.find(index=catalog.index, entry=entry, vector=vector, search_filter=narrowed, shape=shape)
 
 
 def search_warnings(
@@ -205,6 +211,11 @@ def search_warnings(
 def hit_rows(hits: Sequence[Hit]) -> list[dict[str, Any]]:
     """Hits as the API returns them: ``{"id", "score", "payload"}``."""
     return [{"id": hit.id, "score": hit.score, "payload": hit.payload} for hit in hits]
+
+
+def group_rows(groups: Sequence[HitGroup] | None) -> list[dict[str, Any]] | None:
+    """Hit groups as the API returns them: ``{"key", "hits": [hit_rows]}``; None without groups."""
+    return None if groups is None else [{"key": g.key, "hits": hit_rows(g.hits)} for g in groups]
 
 
 def serve_api(

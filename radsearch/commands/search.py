@@ -18,21 +18,37 @@ __all__ = ["add_search_command", "filter_mapping", "print_hits"]
 
 
 def print_hits(
-    hits: Sequence[Mapping[str, Any]], *, as_json: bool, warnings: Sequence[Mapping[str, Any]] = ()
+    hits: Sequence[Mapping[str, Any]],
+    *,
+    as_json: bool,
+    warnings: Sequence[Mapping[str, Any]] = (),
+    groups: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
     """Search hits, ``{"id", "score", "payload"}`` each, as a table or as ``{"hits": [...],
-    "warnings": [...]}``; each filter warning (``{"field", "value", "message", "suggestions"}``)
-    also goes to stderr, one line each."""
+    "warnings": [...]}`` (with ``groups``, ``{"key", "hits"}`` each: a table per group, and
+    ``"groups"`` in the JSON); each filter warning (``{"field", "value", "message",
+    "suggestions"}``) also goes to stderr, one line each."""
     for warning in warnings:
         print(f"radsearch: warning: {warning['message']}", file=sys.stderr)
     if as_json:
-        print_json(
-            {
-                "hits": [{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits],
-                "warnings": [dict(w) for w in warnings],
-            }
-        )
+        answer: dict[str, Any] = {"hits": _hit_fields(hits)}
+        if groups is not None:
+            answer["groups"] = [{"key": g["key"], "hits": _hit_fields(g["hits"])} for g in groups]
+        print_json({**answer, "warnings": [dict(w) for w in warnings]})
         return
+    if groups is None:
+        _print_table(hits)
+        return
+    for number, group in enumerate(groups, start=1):
+        print(f"group {number}: {group['key']}")
+        _print_table(group["hits"])
+
+
+def _hit_fields(hits: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits]
+
+
+def _print_table(hits: Sequence[Mapping[str, Any]]) -> None:
     print(f"{'rank':>4}  {'score':>6}  {'modality':<8} {'anatomy':<10} {'pathology':<14} key")
     for rank, hit in enumerate(hits, start=1):
         p = hit["payload"]
@@ -47,9 +63,30 @@ def filter_mapping(args: argparse.Namespace) -> dict[str, list[str]]:
     return {name: list(getattr(args, name)) for name in FILTER_FIELDS if getattr(args, name)}
 
 
+def _exclude(args: argparse.Namespace) -> dict[str, bool] | None:
+    """``--exclude same-patient`` ... as the API's ``exclude`` object."""
+    if not args.exclude:
+        return None
+    return {choice.replace("-", "_"): True for choice in args.exclude}
+
+
+def _roi(text: str) -> dict[str, int]:
+    """``--roi X,Y,WIDTH,HEIGHT`` as the API's ``roi`` object."""
+    parts = text.split(",")
+    if len(parts) != 4 or not all(part.strip().isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(
+            "give X,Y,WIDTH,HEIGHT in pixels of the query frame, e.g. 10,20,128,96"
+        )
+    x, y, width, height = (int(part) for part in parts)
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError("WIDTH and HEIGHT must be at least 1")
+    return {"x": x, "y": y, "width": width, "height": height}
+
+
 def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from radsearch.services import (
         check_limit,
+        group_rows,
         hit_rows,
         open_catalog,
         read_query_image,
@@ -60,7 +97,7 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     check_limit(args.k, settings)
     filename, data = read_query_image(args.image, settings)
     with open_catalog(settings) as catalog:
-        hits = search_image(
+        found = search_image(
             catalog,
             settings,
             args.collection,
@@ -68,9 +105,13 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
             filename=filename,
             filter=filter_mapping(args),
             limit=args.k,
+            exclude=_exclude(args),
+            roi=args.roi,
+            group_by=args.group_by,
+            group_size=args.group_size,
         )
         warnings = search_warnings(catalog, args.collection, filter_mapping(args))
-    print_hits(hit_rows(hits), as_json=args.json, warnings=warnings)
+    print_hits(hit_rows(found.hits), as_json=args.json, warnings=warnings, groups=group_rows(found.groups))
     return EXIT_OK
 
 
@@ -83,6 +124,12 @@ def _remote_search(args: argparse.Namespace, settings: Settings, url: str) -> in
     mapping = filter_mapping(args)
     if mapping:
         form["filter"] = json.dumps(mapping)
+    if (exclude := _exclude(args)) is not None:
+        form["exclude"] = json.dumps(exclude)
+    if args.roi is not None:
+        form["roi"] = json.dumps(args.roi)
+    if args.group_by is not None:
+        form.update(group_by=args.group_by, group_size=str(args.group_size))
     # The server names, size-checks and decodes the upload, with the words of the direct mode.
     with open_query_image(args.image) as handle, remote.client(settings, url) as api:
         answer = api.request(
@@ -91,7 +138,9 @@ def _remote_search(args: argparse.Namespace, settings: Settings, url: str) -> in
             files={"file": (args.image.name, handle, "application/octet-stream")},
             data=form,
         )
-    print_hits(answer["hits"], as_json=args.json, warnings=answer.get("warnings", []))
+    print_hits(
+        answer["hits"], as_json=args.json, warnings=answer.get("warnings", []), groups=answer.get("groups")
+    )
     return EXIT_OK
 
 
@@ -102,6 +151,21 @@ def add_search_command(sub: Any) -> None:
     search.add_argument("--collection", required=True)
     for name in FILTER_FIELDS:
         search.add_argument(f"--{name}", action="append", metavar=name.upper(), help=f"only this {name}")
-    search.add_argument("-k", type=int, default=10, help="number of hits")
+    search.add_argument("-k", type=int, default=10, help="number of hits (with --group-by: of groups)")
+    search.add_argument(
+        "--exclude",
+        action="append",
+        choices=("same-patient", "same-study"),
+        help="leave out the query DICOM's own patient or study (repeat for both)",
+    )
+    search.add_argument(
+        "--group-by",
+        choices=("object", "series", "study"),
+        help="one group of hits per object, series or study, best group first",
+    )
+    search.add_argument("--group-size", type=int, default=3, help="hits per group (default 3)")
+    search.add_argument(
+        "--roi", type=_roi, metavar="X,Y,WIDTH,HEIGHT", help="embed only this region of the query frame"
+    )
     search.add_argument("--json", action="store_true")
     search.set_defaults(handler=_cmd_search, remote_handler=_remote_search)

@@ -327,3 +327,91 @@ def test_ingest_with_an_encoder_whose_weights_are_missing_fails_fast(
     assert time.monotonic() - started < 10
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("radsearch: error: encoder 'biomedclip': offline and no weights file")
+
+
+def _patients_archive(root: Path) -> Path:
+    """Three patients with two studies each, one smooth 64x64 CT frame per study."""
+    from tests.search_api.test_results import dicom_bytes
+
+    for p, patient in enumerate(("PAT-A", "PAT-B", "PAT-C")):
+        for study in range(2):
+            low = np.random.default_rng(10 * p + study).random((6, 6)) * 255
+            frame = np.asarray(
+                Image.fromarray(low.astype(np.uint8)).resize((64, 64), Image.Resampling.BILINEAR)
+            )
+            path = root / patient / f"study_{study}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(dicom_bytes(frame, patient_id=patient, study_uid=f"1.2.3.{p}.{study}"))
+    return root
+
+
+def test_search_excludes_the_query_patient_or_study_groups_and_crops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(tmp_path / "data")
+    archive = _patients_archive(tmp_path / "archive")
+    assert main(["--data-dir", data, "ingest", str(archive), "--collection", "c", "--json"]) == 0
+    capsys.readouterr()
+    query = archive / "PAT-A" / "study_0.dcm"
+    search = ["--data-dir", data, "search", str(query), "--collection", "c", "--json"]
+
+    def hits(*extra: str) -> list[dict[str, Any]]:
+        assert main([*search, *extra]) == 0
+        return _last_json(capsys.readouterr().out)["hits"]  # type: ignore[return-value]
+
+    everything = hits()
+    assert len(everything) == 6 and everything[0]["payload"]["key"] == "PAT-A/study_0.dcm"
+    own_patient = everything[0]["payload"]["patient_hash"]
+    own_study = everything[0]["payload"]["study_hash"]
+    other_patients = hits("--exclude", "same-patient")
+    assert len(other_patients) == 4 and own_patient not in {
+        h["payload"]["patient_hash"] for h in other_patients
+    }
+    other_studies = hits("--exclude", "same-study")
+    assert [h["payload"]["key"] for h in other_studies] == [h["payload"]["key"] for h in everything[1:]]
+    assert hits("--exclude", "same-patient", "--exclude", "same-study") == other_patients
+
+    assert main([*search, "--group-by", "study", "-k", "2", "--group-size", "1"]) == 0
+    grouped: Any = _last_json(capsys.readouterr().out)
+    assert [g["key"] for g in grouped["groups"]] == [own_study, everything[1]["payload"]["study_hash"]]
+    assert [len(g["hits"]) for g in grouped["groups"]] == [1, 1]
+    assert (
+        main(
+            ["--data-dir", data, "search", str(query), "--collection", "c", "--group-by", "study", "-k", "2"]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == f"group 1: {own_study}" and "PAT-A/study_0.dcm#0" in table[2]
+
+    cropped = hits("--roi", "0,0,24,24")
+    assert cropped[0]["score"] < everything[0]["score"] - 1e-4  # the crop, not the whole frame, was embedded
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--roi", "0,0,65,10"], "the region does not fit inside the 64x64 frame of study_0.dcm"),
+        (["--exclude", "same-patient"], "the upload has no patient to exclude"),
+    ],
+)
+def test_search_options_the_query_cannot_serve_are_refused(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(tmp_path / "data")
+    archive = _patients_archive(tmp_path / "archive")
+    assert main(["--data-dir", data, "ingest", str(archive), "--collection", "c", "--json"]) == 0
+    query = archive / "PAT-A" / "study_0.dcm"
+    if extra[0] == "--exclude":  # a PNG has no patient
+        query = tmp_path / "query.png"
+        Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(query)
+    capsys.readouterr()
+    assert main(["--data-dir", data, "search", str(query), "--collection", "c", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_malformed_roi_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data-dir", str(tmp_path), "search", "q.dcm", "--collection", "c", "--roi", "0,0,10"])
+    assert exit_info.value.code == 2
+    assert "give X,Y,WIDTH,HEIGHT in pixels" in capsys.readouterr().err
