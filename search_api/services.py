@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import uuid
-from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -13,13 +12,12 @@ from PIL import Image
 
 from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
-from core.errors import BadInput, DecodeError, ObjectNotFound, PointNotFound
+from core.errors import BadInput, ObjectNotFound, PointNotFound
 from core.filter_warnings import StoredValues, filter_warnings
 from core.frame import Frame
 from core.index.base import Hit, StoredPoint, VectorIndex
 from core.metrics import timed_search
 from core.payload import SearchFilter
-from core.vectors import validate_vectors
 from ingest.readers import DecodedObject, DecodeLimits, decode_object
 from ingest.sources import open_source
 from search_api.errors import ObjectGone, ObjectQuarantined, UpstreamUnavailable
@@ -29,16 +27,13 @@ __all__ = [
     "decode_upload",
     "embed_frame",
     "embed_text",
-    "embed_upload",
     "pick_frame",
     "read_source_object",
     "to_png",
     "read_point",
     "render_thumbnail",
     "source_location",
-    "search",
     "search_warnings",
-    "upload_frame",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,49 +71,10 @@ def decode_upload(*, settings: Settings, data: bytes, filename: str) -> DecodedO
     return _decode(data, filename, settings)
 
 
-def upload_frame(*, settings: Settings, data: bytes, filename: str) -> Frame:
-    """The middle frame of an uploaded DICOM/PNG/JPEG; `DecodeError` when it has none."""
-    decoded = _decode(data, filename, settings)
-    if not decoded.frames:
-        raise DecodeError(filename, "no image frames")
-    return decoded.frames[len(decoded.frames) // 2]
-
-
 def embed_frame(*, catalog: Catalog, entry: CollectionEntry, frame: Frame) -> NDArray[np.float32]:
     """The query vector of one frame, by the collection's encoder."""
     vectors = catalog.encoder(entry.encoder).embed([frame])
     return np.asarray(vectors[0], dtype=np.float32)
-
-
-def embed_upload(
-    *, catalog: Catalog, entry: CollectionEntry, settings: Settings, data: bytes, filename: str
-) -> NDArray[np.float32]:
-    """Decode an uploaded DICOM/PNG/JPEG and embed its middle frame with the collection's encoder."""
-    frame = upload_frame(settings=settings, data=data, filename=filename)
-    return embed_frame(catalog=catalog, entry=entry, frame=frame)
-
-
-def search(
-    *,
-    index: VectorIndex,
-    entry: CollectionEntry,
-    vector: Sequence[float] | NDArray[np.float32],
-    search_filter: SearchFilter | None,
-    limit: int,
-    offset: int,
-    score_threshold: float | None,
-) -> list[Hit]:
-    """Filtered k-NN; `InvalidVector` for a wrong dimension, NaN or a zero vector."""
-    query = validate_vectors(vector, entry.dim)[0]
-    with timed_search(entry.name, search_filter):
-        return index.search(
-            entry.name,
-            query,
-            filter=search_filter,
-            limit=limit,
-            offset=offset,
-            score_threshold=score_threshold,
-        )
 
 
 def search_near_point(
