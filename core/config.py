@@ -18,6 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.errors import ConfigError
 from core.payload import FILTER_FIELDS
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Settings",
     "StoreSettings",
     "Subscription",
+    "check_setting_variables",
     "unknown_setting_variables",
 ]
 
@@ -511,7 +513,6 @@ def unknown_setting_variables(environ: Mapping[str, str]) -> list[str]:
     """One line per ``RADSEARCH_*`` variable in ``environ`` that names no setting (a typo, or a
     setting that no longer exists), with the nearest setting's name where one is close; the
     variables' values are never read. Settings would ignore such a variable without a trace."""
-    known = _setting_names(Settings, "")  # without the prefix, which would make every name close
     problems = []
     for variable in sorted(environ):
         upper = variable.upper()
@@ -523,8 +524,15 @@ def unknown_setting_variables(environ: Mapping[str, str]) -> list[str]:
         name = upper.removeprefix(_PREFIX)
         if _names_a_setting(Settings, name.split("__")):
             continue
-        near = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        # without the prefix, which would make every name close
+        near = difflib.get_close_matches(name, _setting_names(Settings, ""), n=1, cutoff=0.75)
         problems.append(
             f"{variable} is not a setting" + (f" (did you mean {_PREFIX}{near[0]}?)" if near else "")
         )
     return problems
+
+
+def check_setting_variables(environ: Mapping[str, str]) -> None:
+    """`ConfigError` listing `unknown_setting_variables`, if there are any: for entry points."""
+    if unknown := unknown_setting_variables(environ):
+        raise ConfigError(f"invalid setting: {'; '.join(unknown)}")

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 
-from core.config import Settings, unknown_setting_variables
-from core.errors import ConfigError
+from core.config import Settings, check_setting_variables
 from workers.app import create_celery
 
-if unknown := unknown_setting_variables(os.environ):
-    raise ConfigError(f"invalid setting: {'; '.join(unknown)}")
+check_setting_variables(os.environ)
 app = create_celery(Settings())

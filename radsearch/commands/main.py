@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from core.config import Settings, unknown_setting_variables
+from core.config import Settings, check_setting_variables
 from core.errors import (
     BadInput,
     ConfigError,
@@ -99,8 +99,7 @@ def _settings(overrides: dict[str, Any]) -> Settings:
     `ConfigError` naming its environment variable and the rule it breaks, never its value (a
     value may be a secret). A ``RADSEARCH_*`` variable that names no setting is one too: a typo
     in, say, RADSEARCH_SECURITY__API_KEYS would otherwise leave the API open without a trace."""
-    if unknown := unknown_setting_variables(os.environ):
-        raise ConfigError(f"invalid setting: {'; '.join(unknown)}")
+    check_setting_variables(os.environ)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
