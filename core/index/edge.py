@@ -596,8 +596,18 @@ class EdgeIndex(VectorIndex):
         # Segments are indexed from the size they stop being searched by full scan (0 would mean
         # never): what `optimize` builds and what the background indexer waits for agree.
         optimizers = qe.EdgeOptimizersConfig(indexing_threshold=max(1, params["full_scan_threshold"]))
+        # An in-RAM collection keeps its payloads in RAM too (populated at open and after each build):
+        # memory-mapped and read on demand, each hit's payload was a page fault, and page cache that
+        # no process has mapped is what a host's proactive reclaim (DAMON pageout) drops first. At
+        # 1 M points that was ~10 major faults per search after a build (bench/RESULTS.md, session 9),
+        # for 260 MB of payload storage. On-disk collections leave them mapped on demand
+        # (release_mapped_mb counts them).
         return qe.EdgeConfig(
-            vectors=vectors, hnsw_config=hnsw, quantization_config=quantization, optimizers=optimizers
+            vectors=vectors,
+            hnsw_config=hnsw,
+            quantization_config=quantization,
+            optimizers=optimizers,
+            payload_memory=None if config.on_disk else qe.Memory.Pinned,
         )
 
     def create_collection(self, config: CollectionConfig) -> None:

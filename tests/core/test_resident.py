@@ -135,3 +135,36 @@ def test_opening_an_on_disk_collection_releases_the_wal_it_replayed(tmp_path: Pa
         assert _resident_kb(root / "c" / "shard" / "wal", "") < 64
     finally:
         index.close()
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_an_in_ram_collection_holds_its_payloads_resident(tmp_path: Path, on_disk: bool) -> None:
+    """Before any search, after the build and after a restart: an in-RAM collection's payload
+    pages are resident (mapped on demand, each hit's payload was a page fault, and unmapped page
+    cache is what a host's proactive reclaim drops first); an on-disk one's are not."""
+    root = tmp_path / "index"
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((N, DIM)).astype(np.float32)
+    index = EdgeIndex(root, StoreSettings())
+    index.create_collection(
+        CollectionConfig(name="c", dim=DIM, quantization="int8", on_disk=on_disk, full_scan_threshold_kb=100)
+    )
+    payloads = [
+        {"modality": "CT", "source": f"archive-{i % 7}", "key": f"study/{i:06d}.dcm"} for i in range(N)
+    ]
+    index.upsert("c", [str(uuid.UUID(int=i + 1)) for i in range(N)], vectors, payloads)
+    index.optimize("c")
+    try:
+        after_build = _resident_kb(root, "/payload_storage/page_0.dat")
+    finally:
+        index.close()
+    index = EdgeIndex(root, StoreSettings())
+    try:
+        assert index.count("c") == N
+        after_open = _resident_kb(root, "/payload_storage/page_0.dat")
+    finally:
+        index.close()
+    if on_disk:
+        assert after_build < 64 and after_open < 64
+    else:
+        assert after_build >= 256 and after_open >= 256
