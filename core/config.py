@@ -119,6 +119,11 @@ class StoreSettings(BaseModel):
     # Small filters ride their payload links: 1 M points, 2 % filter (20 k points), recall@10 1.0
     # at ef 128 in 3.6 ms (256: 6.1 ms). Smaller ones are scanned (filter_exact_max_points).
     hnsw_ef_selective: int = 128
+    # Post-filtered searches draw their candidates at this ef (at least the number of candidates):
+    # 1 M points, the 25 % modality filter, recall@10 0.9998 at 384 in 6.1 ms, 0.9994 at 256 in
+    # 5.0 ms, 0.9992 at 192 in 5.0 ms, 0.9982 at 160 in 4.0 ms (Zen 4, bench/RESULTS.md session 9).
+    # Filters the post-filter cannot serve fall back to filtered HNSW at ``hnsw_ef_filtered``.
+    post_filter_ef: int = 192
     # Combined filters post-filtered within their narrowest linked condition (EdgeIndex.
     # _filtered_plan) draw their candidates at this ef: 300 k points, modality AND anatomy,
     # recall@10 0.9945 at 128 in 6.4 ms, 0.997 at 384 in 12.0 ms.

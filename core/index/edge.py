@@ -962,7 +962,7 @@ class EdgeIndex(VectorIndex):
         count = min(
             store.post_filter_max_candidates, math.ceil(needed * store.post_filter_factor / plan.share)
         )
-        default_ef = store.hnsw_ef_filtered if plan.base is None else store.post_filter_base_ef
+        default_ef = store.post_filter_ef if plan.base is None else store.post_filter_base_ef
         candidates = shard.query(
             qe.QueryRequest(
                 limit=count,
