@@ -123,8 +123,9 @@ class StoreSettings(BaseModel):
     # at ef 128 in 3.6 ms (256: 6.1 ms). Smaller ones are scanned (filter_exact_max_points).
     hnsw_ef_selective: int = 128
     # Post-filtered searches draw their candidates at this ef (at least the number of candidates):
-    # 1 M points, the 25 % modality filter, recall@10 0.9998 at 384 in 6.1 ms, 0.9994 at 256 in
-    # 5.0 ms, 0.9992 at 192 in 5.0 ms, 0.9982 at 160 in 4.0 ms (Zen 4, bench/RESULTS.md session 9).
+    # 1 M points, the 25 % modality filter (post_filter_factor 4), recall@10 0.9998 at 384 in 6.1 ms,
+    # 0.9994 at 256 in 5.0 ms, 0.9992 at 192 in 4.2-5.0 ms, 0.9982 at 160 in 4.0 ms (Zen 4,
+    # bench/RESULTS.md session 9).
     # Filters the post-filter cannot serve fall back to filtered HNSW at ``hnsw_ef_filtered``.
     post_filter_ef: int = 192
     # Combined filters post-filtered within their narrowest linked condition (EdgeIndex.
