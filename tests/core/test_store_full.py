@@ -154,7 +154,8 @@ def test_an_ingest_that_fills_the_disk_stops_with_exit_4_and_resumes_once_space_
 def test_write_routes_answer_507_and_jobs_fail_with_the_reason_until_space_is_freed(
     tmp_path: Path, small_disk: Callable[[int], Path]
 ) -> None:
-    disk = small_disk(128)
+    # in-RAM collections load their payload page files (32 MB each on tmpfs)
+    disk = small_disk(256)
     settings = _settings(disk / "data", min_free_mb=16, auto_index=False)
     index = open_index(settings, owner="serve")
     try:
