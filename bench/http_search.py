@@ -142,6 +142,15 @@ def _body(ids: list[str], rng: np.random.Generator, j: int) -> dict[str, Any]:
     return body
 
 
+def _search_one(index: Any, ids: list[str], rng: np.random.Generator, j: int) -> float:
+    """Query ``j`` of the mix straight on the engine; its seconds (the filter built before the timer)."""
+    point_id, values = _query(ids, rng, j)
+    search_filter = SearchFilter(**values) if values else None
+    t = time.perf_counter()
+    index.search_near_point("bench", point_id, filter=search_filter, limit=10)
+    return time.perf_counter() - t
+
+
 def engine_only(data_dir: Path, n: int, threads: int, seconds: float) -> dict[str, Any]:
     """The same queries (by stored point, the filter shapes in turn) straight on the engine, no
     HTTP: ``threads`` closed-loop threads of this process on the collection the server serves
@@ -149,7 +158,6 @@ def engine_only(data_dir: Path, n: int, threads: int, seconds: float) -> dict[st
     settings = Settings(data_dir=data_dir, security={"hash_key": "bench"})  # type: ignore[arg-type]
     index = open_index(settings, owner="bench")
     ids = point_ids(n)
-    counts = [0] * threads
     latencies: list[list[float]] = [[] for _ in range(threads)]
     try:
         # warm-up, as the HTTP run gets one: open the shard, then 2 s of the same query mix (the
@@ -157,10 +165,7 @@ def engine_only(data_dir: Path, n: int, threads: int, seconds: float) -> dict[st
         # where the warm store serves ~220)
         warm_rng, warm_until, j = np.random.default_rng(999), time.perf_counter() + 2.0, 0
         while time.perf_counter() < warm_until:
-            point_id, values = _query(ids, warm_rng, j)
-            index.search_near_point(
-                "bench", point_id, filter=SearchFilter(**values) if values else None, limit=10
-            )
+            _search_one(index, ids, warm_rng, j)
             j += 1
         stop = threading.Event()
 
@@ -168,12 +173,7 @@ def engine_only(data_dir: Path, n: int, threads: int, seconds: float) -> dict[st
             rng = np.random.default_rng(1000 + worker)
             j = worker
             while not stop.is_set():
-                point_id, values = _query(ids, rng, j)
-                search_filter = SearchFilter(**values) if values else None
-                t = time.perf_counter()
-                index.search_near_point("bench", point_id, filter=search_filter, limit=10)
-                latencies[worker].append(time.perf_counter() - t)
-                counts[worker] += 1
+                latencies[worker].append(_search_one(index, ids, rng, j))
                 j += 1
 
         workers = [threading.Thread(target=run, args=(w,)) for w in range(threads)]
