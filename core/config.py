@@ -132,6 +132,14 @@ class StoreSettings(BaseModel):
     # _filtered_plan) draw their candidates at this ef: 300 k points, modality AND anatomy,
     # recall@10 0.9945 at 128 in 6.4 ms, 0.997 at 384 in 12.0 ms.
     post_filter_base_ef: int = 128
+    # Threads of each collection's engine search pool, which searches a collection's segments in
+    # parallel. An optimized collection is one indexed segment (the optimizer builds the
+    # appendable segment whole) and the engine holds the GIL while it searches, so a search runs on
+    # one thread whatever this is; the pool's other threads (one per CPU by default) spin while
+    # they wait, on the cores the search and the API need. 1 M points, 2 cores (Zen 4), four
+    # reopens each: 21-36 % less CPU per search than the engine's default (8 threads), p50 8-22 %
+    # and p99 17-33 % lower, recall the same (bench/RESULTS.md, session 10). Applied at every open.
+    search_threads: int = Field(default=1, ge=1)
     # Collections with on-disk originals: once the owner's RSS has grown by this many MB since the
     # last release, it drops the pages of their original vectors, payload pages and WAL that
     # searches mapped (they stay in the page cache; core/index/resident.py). Without it a server's

@@ -513,6 +513,12 @@ def _query(
     )
 
 
+def _vector_params(config: CollectionConfig) -> qe.EdgeVectorParams:
+    return qe.EdgeVectorParams(
+        size=config.dim, distance=qe.Distance.Cosine, on_disk=True if config.on_disk else None
+    )
+
+
 class EdgeIndex(VectorIndex):
     """Collections as Qdrant Edge shards under ``root``, one directory per collection.
 
@@ -593,9 +599,6 @@ class EdgeIndex(VectorIndex):
         )
         params = hnsw_params(config, self._store)
         hnsw = qe.HnswIndexConfig(**params)
-        vectors = qe.EdgeVectorParams(
-            size=config.dim, distance=qe.Distance.Cosine, on_disk=True if config.on_disk else None
-        )
         # Segments are indexed from the size they stop being searched by full scan (0 would mean
         # never): what `optimize` builds and what the background indexer waits for agree.
         optimizers = qe.EdgeOptimizersConfig(indexing_threshold=max(1, params["full_scan_threshold"]))
@@ -606,12 +609,19 @@ class EdgeIndex(VectorIndex):
         # for 260 MB of payload storage. On-disk collections leave them mapped on demand
         # (release_mapped_mb counts them).
         return qe.EdgeConfig(
-            vectors=vectors,
+            vectors=_vector_params(config),
             hnsw_config=hnsw,
             quantization_config=quantization,
             optimizers=optimizers,
             payload_memory=None if config.on_disk else qe.Memory.Pinned,
+            max_search_threads=self._store.search_threads,
         )
+
+    def _open_config(self, config: CollectionConfig) -> qe.EdgeConfig:
+        """What an open sets on an existing shard: its search threads, from the settings of this
+        process. The rest is left unspecified, so the shard keeps what it was created with (the
+        engine wants the vectors named, and they must match what is stored)."""
+        return qe.EdgeConfig(vectors=_vector_params(config), max_search_threads=self._store.search_threads)
 
     def create_collection(self, config: CollectionConfig) -> None:
         """Create the shard, its keyword payload indexes, then commit by writing collection.json."""
@@ -658,7 +668,7 @@ class EdgeIndex(VectorIndex):
             self._check_room_to_open(name, shard_dir)
             try:
                 with _disk_errors(self._root):
-                    shard = qe.EdgeShard.load(str(shard_dir))
+                    shard = qe.EdgeShard.load(str(shard_dir), self._open_config(config))
             except StoreFull:
                 raise
             except Exception as exc:
