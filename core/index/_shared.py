@@ -146,8 +146,12 @@ def check_facet(field: str, limit: int) -> None:
 
 
 def facet_counts(hits: Iterable[Any]) -> dict[str, int]:
-    """Facet hits (``.value``, ``.count``) as value → count, largest first, then by value."""
-    counts = sorted(((str(h.value), int(h.count)) for h in hits), key=lambda vc: (-vc[1], vc[0]))
+    """Facet hits (``.value``, ``.count``) as value → count, largest first, then by value; a value no
+    point holds any more (the engine's exact facet lists one whose points were deleted, at 0) is
+    left out."""
+    counts = sorted(
+        ((str(h.value), int(h.count)) for h in hits if int(h.count) > 0), key=lambda vc: (-vc[1], vc[0])
+    )
     return dict(counts)
 
 

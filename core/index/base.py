@@ -235,9 +235,17 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def facet(
-        self, name: str, field: str, *, filter: SearchFilter | None = None, limit: int = 100
+        self,
+        name: str,
+        field: str,
+        *,
+        filter: SearchFilter | None = None,
+        limit: int = 100,
+        exact: bool = True,
     ) -> dict[str, int]:
-        """Point counts per value of an indexed keyword field, largest first."""
+        """Point counts per value of an indexed keyword field, largest first. ``exact=False``: the
+        engine's counts from its payload index instead of counting the points (1 M points: ~0.1 ms
+        instead of 80-250 ms per field); for when the values matter more than their counts."""
 
     def scroll(
         self,

@@ -1114,13 +1114,19 @@ class EdgeIndex(VectorIndex):
             return int(shard.count(request))
 
     def facet(
-        self, name: str, field: str, *, filter: SearchFilter | None = None, limit: int = 100
+        self,
+        name: str,
+        field: str,
+        *,
+        filter: SearchFilter | None = None,
+        limit: int = 100,
+        exact: bool = True,
     ) -> dict[str, int]:
         """Point counts per value of an indexed keyword field, largest first."""
         check_facet(field, limit)
         handle = self._handle(name)
         request = qe.FacetRequest(
-            field, limit=limit, exact=True, filter=_to_filter(filter, combined=handle.config.combined_fields)
+            field, limit=limit, exact=exact, filter=_to_filter(filter, combined=handle.config.combined_fields)
         )
         with handle.reading() as shard:
             response = shard.facet(request)

@@ -329,9 +329,15 @@ class HostedEdgeIndex(VectorIndex):
         return int(self._call("count", name, filter))
 
     def facet(
-        self, name: str, field: str, *, filter: SearchFilter | None = None, limit: int = 100
+        self,
+        name: str,
+        field: str,
+        *,
+        filter: SearchFilter | None = None,
+        limit: int = 100,
+        exact: bool = True,
     ) -> dict[str, int]:
-        result: dict[str, int] = self._call("facet", name, field, filter=filter, limit=limit)
+        result: dict[str, int] = self._call("facet", name, field, filter=filter, limit=limit, exact=exact)
         return result
 
     def scroll_page(

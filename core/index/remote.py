@@ -344,7 +344,13 @@ class OwnerIndex(VectorIndex):
         raise self._unavailable("searching")
 
     def facet(
-        self, name: str, field: str, *, filter: SearchFilter | None = None, limit: int = 100
+        self,
+        name: str,
+        field: str,
+        *,
+        filter: SearchFilter | None = None,
+        limit: int = 100,
+        exact: bool = True,
     ) -> dict[str, int]:
         raise self._unavailable("faceting")
 

@@ -384,14 +384,20 @@ class QdrantServerIndex(VectorIndex):
         return int(result.count)
 
     def facet(
-        self, name: str, field: str, *, filter: SearchFilter | None = None, limit: int = 100
+        self,
+        name: str,
+        field: str,
+        *,
+        filter: SearchFilter | None = None,
+        limit: int = 100,
+        exact: bool = True,
     ) -> dict[str, int]:
         """Point counts per value of an indexed keyword field, largest first."""
         check_facet(field, limit)
         engine_filter = _to_filter(filter)
         response = self._call(
             name,
-            lambda: self._client.facet(name, key=field, facet_filter=engine_filter, limit=limit, exact=True),
+            lambda: self._client.facet(name, key=field, facet_filter=engine_filter, limit=limit, exact=exact),
         )
         return facet_counts(response.hits)
 

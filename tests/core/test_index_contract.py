@@ -466,6 +466,18 @@ def test_facet(filled: VectorIndex, data: Data) -> None:
         filled.facet("c", "frame")
 
 
+def test_a_facet_leaves_out_values_whose_points_were_deleted(filled: VectorIndex, data: Data) -> None:
+    extra = str(uuid.UUID(int=10**6))
+    filled.upsert("c", [extra], data.vectors[:1], [{"modality": "XA", "pathology": ["rare"]}])
+    assert filled.facet("c", "modality")["XA"] == 1
+    assert filled.facet("c", "modality", exact=False)["XA"] == 1
+    filled.delete("c", [extra])
+    expected = dict(Counter(p["modality"] for p in data.payloads))
+    assert filled.facet("c", "modality") == expected
+    assert set(filled.facet("c", "modality", exact=False)) == set(expected)  # counts approximate
+    assert "rare" not in filled.facet("c", "pathology", exact=False)
+
+
 def test_scroll_returns_every_point_once(filled: VectorIndex, data: Data) -> None:
     seen = [p.id for p in filled.scroll("c", batch_size=37)]
     assert len(seen) == N

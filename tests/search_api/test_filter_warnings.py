@@ -154,9 +154,9 @@ class _CountingIndex:
         self.index = index
         self.reads = 0
 
-    def facet(self, name: str, field: str, *, limit: int = 100) -> dict[str, int]:
+    def facet(self, name: str, field: str, *, limit: int = 100, exact: bool = True) -> dict[str, int]:
         self.reads += 1
-        return self.index.facet(name, field, limit=limit)
+        return self.index.facet(name, field, limit=limit, exact=exact)
 
 
 def test_stored_values_are_cached_and_refreshed_on_a_miss(index: VectorIndex, corpus: Corpus) -> None:
@@ -178,3 +178,19 @@ def test_stored_values_are_cached_and_refreshed_on_a_miss(index: VectorIndex, co
     stored.invalidate(COLLECTION)
     assert filter_warnings(counting, COLLECTION, known, stored) == []  # type: ignore[arg-type]
     assert counting.reads == 3
+
+
+def test_a_value_whose_points_were_all_deleted_warns_once_reread(index: VectorIndex, corpus: Corpus) -> None:
+    now = [0.0]
+    stored = StoredValues(ttl_s=300, refresh_s=5, clock=lambda: now[0])
+    elbow = SearchFilter(anatomy=["elbow"])
+    extra = point_id("test", "deleted-elbow.png", 0)
+    dim = index.collection_config(COLLECTION).dim
+    index.upsert(COLLECTION, [extra], np.ones((1, dim), np.float32), [{"anatomy": "elbow", "modality": "CR"}])
+    try:
+        assert filter_warnings(index, COLLECTION, elbow, stored) == []
+    finally:
+        index.delete(COLLECTION, [extra])
+    now[0] = 301.0  # the cached values expired: read again
+    warnings = filter_warnings(index, COLLECTION, elbow, stored)
+    assert [(w.field, w.value) for w in warnings] == [("anatomy", "elbow")]
