@@ -154,7 +154,7 @@ def _remote_ingest(args: argparse.Namespace, settings: Settings, url: str) -> in
             job = remote.follow(
                 api,
                 f"/v1/ingest-jobs/{job_id}",
-                desc=f"job {job_id[:8]}" if celery else "ingest",
+                desc=f"job {job_id}" if celery else "ingest",
                 progress=not args.json,
                 postfix=not celery,
             )

@@ -77,13 +77,44 @@ def _source_name(value: str | None) -> str | None:
     return check_source_name(value, field="--source-name")
 
 
+# How often a followed job's wait for a worker is checked (one read of the live workers).
+_WAITING_CHECK_S = 5.0
+
+
+class _WaitingNotice:
+    """Says on stderr, once per reason, why a followed job does not move (no live worker on its
+    queue, `workers.heartbeat.job_waiting`): without it the progress bar shows ``queued`` for as
+    long as nobody starts a worker."""
+
+    def __init__(self, settings: Settings, store: Any, *, clock: Any = None) -> None:
+        import time
+
+        self._settings, self._store = settings, store
+        self._clock = clock or time.monotonic
+        self._checked_at: float | None = None
+        self._said: str | None = None
+
+    def check(self, record: Any, write: Any) -> None:
+        from workers.heartbeat import job_waiting
+
+        now = self._clock()
+        if record.finished or (self._checked_at is not None and now - self._checked_at < _WAITING_CHECK_S):
+            return
+        self._checked_at = now
+        waiting = job_waiting(self._store, record, self._settings.celery)
+        if waiting and waiting != self._said:
+            write(f"radsearch: job {record.id} is waiting: {waiting} (start `radsearch worker`)")
+        self._said = waiting
+
+
 def _follow(settings: Settings, store: Any, job_id: str, *, progress: bool) -> Any:
     from tqdm import tqdm
 
     from core.jobs import JobRecord
     from workers.client import follow_job
 
-    bar = tqdm(unit="obj", desc=f"job {job_id[:8]}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(unit="obj", desc=f"job {job_id}", disable=not progress, dynamic_ncols=True)
+    notice = _WaitingNotice(settings, store)
 
     def update(record: JobRecord) -> None:
         bar.total = max(record.counts["queued"], record.counts["objects_done"]) or None
@@ -95,6 +126,7 @@ def _follow(settings: Settings, store: Any, job_id: str, *, progress: bool) -> A
             refresh=False,
         )
         bar.refresh()
+        notice.check(record, lambda line: bar.write(line, file=sys.stderr))
 
     try:
         return follow_job(store, job_id, on_update=update)

@@ -173,3 +173,26 @@ def test_jobs_workers_prints_a_table_or_json(capsys: pytest.CaptureFixture[str])
     assert re.match(r"w@h  queues=embed,plan  pid=4242  last_seen=[34]s ago  active=0/1$", line)
     print_workers([], as_json=False)
     assert capsys.readouterr().out == "no live workers\n"
+
+
+def test_following_a_job_says_once_why_it_waits(job_store: RedisJobStore, beat_settings: Settings) -> None:
+    """What `radsearch ingest/reconcile` print beside their progress while no worker serves the
+    job's queue: the reason once, on stderr, re-checked every few seconds, not per poll."""
+    from radsearch.commands.jobs import _WaitingNotice
+
+    deadline = time.monotonic() + 5  # beats of an earlier test's workers die after DEAD_AFTER_S
+    while live_workers(job_store.client, dead_after_s=DEAD_AFTER_S) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    queued = _record(job_store, created_at=time.time() - 10)
+    now, lines = [0.0], []
+    notice = _WaitingNotice(beat_settings, job_store, clock=lambda: now[0])
+    notice.check(queued, lines.append)
+    assert lines == [
+        f"radsearch: job {queued.id} is waiting: no live worker on queue plan (start `radsearch worker`)"
+    ]
+    now[0] = 1.0
+    write_beat(job_store.client, _beat("p@h", ("plan",), time.time()), ttl_s=60)
+    notice.check(queued, lines.append)  # within the check interval: the workers are not read
+    now[0] = 10.0
+    notice.check(queued, lines.append)  # a plan worker now: nothing to say
+    assert len(lines) == 1
