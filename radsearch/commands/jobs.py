@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from radsearch.commands.common import EXIT_OK, EXIT_REFUSED, EXIT_RUNTIME_ERROR
 from radsearch.commands.options import add_sync_options, check_prune_args
 
 if TYPE_CHECKING:
-    from core.jobs import JobKind, JobSpec
+    from core.jobs import JobKind, JobRecord, JobSpec
 
 __all__ = [
     "add_jobs_commands",
@@ -81,20 +82,23 @@ def _source_name(value: str | None) -> str | None:
 _WAITING_CHECK_S = 5.0
 
 
+def _waiting_line(job_id: str, waiting: str) -> str:
+    return f"radsearch: job {job_id} is waiting: {waiting} (start `radsearch worker`)"
+
+
 class _WaitingNotice:
     """Says on stderr, once per reason, why a followed job does not move (no live worker on its
     queue, `workers.heartbeat.job_waiting`): without it the progress bar shows ``queued`` for as
     long as nobody starts a worker."""
 
-    def __init__(self, settings: Settings, store: Any, *, clock: Any = None) -> None:
-        import time
-
-        self._settings, self._store = settings, store
-        self._clock = clock or time.monotonic
+    def __init__(
+        self, settings: Settings, store: Any, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._settings, self._store, self._clock = settings, store, clock
         self._checked_at: float | None = None
         self._said: str | None = None
 
-    def check(self, record: Any, write: Any) -> None:
+    def check(self, record: JobRecord, write: Callable[[str], Any]) -> None:
         from workers.heartbeat import job_waiting
 
         now = self._clock()
@@ -103,14 +107,13 @@ class _WaitingNotice:
         self._checked_at = now
         waiting = job_waiting(self._store, record, self._settings.celery)
         if waiting and waiting != self._said:
-            write(f"radsearch: job {record.id} is waiting: {waiting} (start `radsearch worker`)")
+            write(_waiting_line(record.id, waiting))
         self._said = waiting
 
 
 def _follow(settings: Settings, store: Any, job_id: str, *, progress: bool) -> Any:
     from tqdm import tqdm
 
-    from core.jobs import JobRecord
     from workers.client import follow_job
 
     bar = tqdm(unit="obj", desc=f"job {job_id}", disable=not progress, dynamic_ncols=True)
@@ -214,9 +217,7 @@ def print_job(job: Mapping[str, Any], *, as_json: bool) -> None:
     (why it does not move, or null); said on stderr too, unless ``as_json``."""
     _out(json.dumps(dict(job)) if as_json else json.dumps(dict(job), indent=2))
     if job.get("waiting") and not as_json:
-        sys.stderr.write(
-            f"radsearch: job {job['id']} is waiting: {job['waiting']} (start `radsearch worker`)\n"
-        )
+        sys.stderr.write(_waiting_line(job["id"], job["waiting"]) + "\n")
 
 
 def _ago(iso: str, now: float) -> str:
