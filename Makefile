@@ -4,7 +4,8 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 SERVE  ?= 1
 # Two pytest-xdist workers, one test file each at a time (a file's fixtures are set up once): the
-# suite took 12.4 min this way on 2 cores against 18.1 serially. PYTEST_ARGS= runs it serially.
+# suite took 12.4 min this way on 2 cores (Zen 3), 18.1 serially without its Orthanc tests.
+# PYTEST_ARGS= runs it serially.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: install lock demo test lint format typecheck bench bench-quick bench-peers-install check clean
