@@ -8,10 +8,10 @@ the engine alone on the same collection in the same run.
    bench/search.py in turn: none, modality, pathology, modality AND anatomy, all three) straight
    on the store, one thread and then two threads of one process, then two processes on both
    cores, ``--engine-seconds`` each. A shard has one owning process, so the second process
-   searches a byte-for-byte copy of the store (made first, so that every row and the HTTP run
-   see the store after the same full read; left out, and listed under ``not_run``, where the
-   disk has no room for it). ``cores_busy`` (CPU seconds per wall second) shows whether searches
-   overlap: two threads' do only if the engine releases the GIL.
+   searches a copy of the collection made by the store's own export (first, so that every row
+   and the HTTP run see the store after the same full read; left out, and listed under
+   ``not_run``, where the disk has no room for it). ``cores_busy`` (CPU seconds per wall second)
+   shows whether searches overlap: two threads' do only if the engine releases the GIL.
 3. Starts ``radsearch serve`` on a free port with a reader API key configured
    (``RADSEARCH_SECURITY__API_KEYS``), like a deployment with auth on.
 4. ``--clients`` client processes (one keep-alive stdlib ``http.client`` connection each, closed
@@ -75,6 +75,7 @@ from search import (
 from core.catalog import Catalog
 from core.config import Settings, StoreSettings
 from core.encoders.registry import get_spec
+from core.errors import StoreFull
 from core.index import open_index
 from core.payload import SearchFilter
 from search_api.security import hash_api_key
@@ -104,12 +105,16 @@ def _env(data_dir: Path) -> dict[str, str]:
     }
 
 
+def _settings(data_dir: Path) -> Settings:
+    return Settings(data_dir=data_dir, security={"hash_key": "bench"})  # type: ignore[arg-type]
+
+
 def build(data_dir: Path, args: argparse.Namespace) -> float:
     """Build the ``bench`` collection under ``data_dir``; the seconds it took."""
     data = make_data(args.n, 512, 0)
     ids = point_ids(args.n)
     payloads = payloads_of(data)
-    settings = Settings(data_dir=data_dir, security={"hash_key": "bench"})  # type: ignore[arg-type]
+    settings = _settings(data_dir)
     index = open_index(settings)
     try:
         catalog = Catalog(index, settings)
@@ -164,8 +169,7 @@ def _engine_run(
     """``threads`` closed-loop threads of this process searching the store under ``data_dir``
     for ``seconds``, after a warm-up (and after ``barrier``, where given): the latencies (ms),
     the wall seconds and this process's CPU seconds."""
-    settings = Settings(data_dir=data_dir, security={"hash_key": "bench"})  # type: ignore[arg-type]
-    index = open_index(settings, owner="bench")
+    index = open_index(_settings(data_dir), owner="bench")
     ids = point_ids(n)
     latencies: list[list[float]] = [[] for _ in range(threads)]
     try:
@@ -225,6 +229,25 @@ def engine_only(data_dir: Path, n: int, threads: int, seconds: float) -> dict[st
     }
 
 
+def copy_store(data_dir: Path, copy_root: Path) -> Path:
+    """A data dir under ``copy_root`` holding a copy of the ``bench`` collection, made by the
+    store's own snapshot path (`VectorIndex.export_collection`, then `attach_collection`: sparse,
+    and `StoreFull` where the disk cannot hold it)."""
+    exported, copy_dir = copy_root / "export", copy_root / "data"
+    source = open_index(_settings(data_dir), owner="bench")
+    try:
+        config = source.collection_config("bench")
+        source.export_collection("bench", str(exported))
+    finally:
+        source.close()
+    target = open_index(_settings(copy_dir), owner="bench")
+    try:
+        target.attach_collection(str(exported), config, move=True)
+    finally:
+        target.close()
+    return copy_dir
+
+
 def _engine_child(
     data_dir: Path, n: int, seconds: float, shapes: tuple[str, ...], barrier: Any, results: Any
 ) -> None:
@@ -234,9 +257,9 @@ def _engine_child(
 
 
 def engine_two_processes(data_dirs: tuple[Path, Path], n: int, seconds: float) -> dict[str, Any]:
-    """The engine on both cores: one process per store, each searching its own byte-for-byte copy
-    of the collection (a shard has one owning process), their timed windows started together.
-    Spawned, not forked: a fork would copy the engine's thread pools without their threads."""
+    """The engine on both cores: one process per store, each searching its own copy of the
+    collection (`copy_store`: a shard has one owning process), their timed windows started
+    together. Spawned, not forked: a fork would copy the engine's thread pools without their threads."""
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(len(data_dirs)), ctx.Queue()
     children = [
@@ -464,17 +487,15 @@ def main(argv: list[str] | None = None) -> int:
         dicom = write_ct_dicoms(root / "images", 1, size=512)[0].read_bytes()
         # The copy for the two-process row is made first, so that every engine row and the HTTP
         # run see the store after the same full read.
-        copy_dir = root / "copy"
-        store_bytes = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
-        has_room = shutil.disk_usage(root).free > store_bytes + 1024**3
-        if has_room:
-            shutil.copytree(data_dir, copy_dir, symlinks=True)
-        else:
+        copy_dir: Path | None = None
+        try:
+            copy_dir = copy_store(data_dir, root / "copy")
+        except StoreFull:
             not_run.append("engine on two processes (no room for a copy of the store)")
         engine = [engine_only(data_dir, args.n, threads, args.engine_seconds) for threads in (1, 2)]
-        if has_room:
+        if copy_dir is not None:
             engine.append(engine_two_processes((data_dir, copy_dir), args.n, args.engine_seconds))
-            shutil.rmtree(copy_dir)
+            shutil.rmtree(root / "copy")
         for result in engine:
             emit(
                 {
@@ -533,9 +554,12 @@ def main(argv: list[str] | None = None) -> int:
         # The same uploads against servers whose encoder runs int8 Linear layers, or is compiled.
         # Which is fastest depends on the CPU (bf16 where it is fast, int8 Linear where it is not):
         # the target is checked on the fastest, the setting an operator of this CPU would choose.
-        for setting in ("cpu_int8_linear", "compile_encoders") if args.image_requests else ():
-            with _serve(data_dir, {f"RADSEARCH_RUNTIME__{setting.upper()}": "true"}) as (port, _):
-                images[setting] = image_record(f"http://127.0.0.1:{port}", dicom, args, setting)
+        if args.image_requests:
+            for setting in ("cpu_int8_linear", "compile_encoders"):
+                with _serve(data_dir, {f"RADSEARCH_RUNTIME__{setting.upper()}": "true"}) as (port, _):
+                    images[setting] = image_record(f"http://127.0.0.1:{port}", dicom, args, setting)
+        else:
+            not_run.append("image query (--image-requests 0)")
         if images:
             best = min(images, key=lambda setting: images[setting]["p50_ms"])
             p50 = images[best]["p50_ms"]
@@ -544,8 +568,6 @@ def main(argv: list[str] | None = None) -> int:
         for setting, image in images.items():
             if image["errors"]:
                 failures.append(f"image search errors {image['errors']} ({setting})")
-    if not images:
-        not_run.append("image query (--image-requests 0)")
     emit(
         {
             "bench": "http-check",
