@@ -140,6 +140,14 @@ class StoreSettings(BaseModel):
     # reopens each: 21-36 % less CPU per search than the engine's default (8 threads), p50 8-22 %
     # and p99 17-33 % lower, recall the same (bench/RESULTS.md, session 10). Applied at every open.
     search_threads: int = Field(default=1, ge=1)
+    # Processes beside the store's owner in `radsearch serve` that hold a copy of each searched
+    # collection and share its searches (core/index/replica.py): the engine holds the GIL for a
+    # whole search, so one process searches on one core. Each costs as much memory and disk as
+    # the collections it copies; 0 = the owner searches alone. A copy is refreshed once its
+    # collection has had no write for ``search_replica_quiet_s`` and its index is built; until
+    # then the owner answers alone.
+    search_replicas: int = Field(default=1, ge=0, le=16)
+    search_replica_quiet_s: float = Field(default=10.0, ge=0)
     # Collections with on-disk originals: once the owner's RSS has grown by this many MB since the
     # last release, it drops the pages of their original vectors, payload pages and WAL that
     # searches mapped (they stay in the page cache; core/index/resident.py). Without it a server's

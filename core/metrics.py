@@ -20,6 +20,7 @@ __all__ = [
     "INGEST_IMAGES",
     "INGEST_OBJECTS",
     "INGEST_STAGE_SECONDS",
+    "PROCESS_SEARCHES",
     "SEARCHES",
     "SEARCH_SECONDS",
     "filter_kind",
@@ -47,6 +48,11 @@ SEARCHES = Counter(
     "radsearch_searches",
     "Searches by collection and filter kind (the filter's field names, e.g. anatomy+modality).",
     ["collection", "filter_kind"],
+)
+PROCESS_SEARCHES = Counter(
+    "radsearch_store_process_searches",
+    "Searches answered by each process of the embedded store: its owner or a search replica.",
+    ["process"],
 )
 INGEST_STAGE_SECONDS = Histogram(
     "radsearch_ingest_stage_seconds",

@@ -71,6 +71,14 @@ class LiveStateCollector(Collector):
             yield disk
         except OSError:
             up.add_metric(["disk"], 0.0)
+        replicated = GaugeMetricFamily(
+            "radsearch_search_replica_current",
+            "1 for each collection whose searches the store's search replicas share now.",
+            labels=["collection"],
+        )
+        for name in getattr(getattr(self.state, "index", None), "replicated_collections", ()):
+            replicated.add_metric([name], 1.0)
+        yield replicated
         jobs = GaugeMetricFamily("radsearch_jobs", "Recent jobs by kind and state.", labels=["kind", "state"])
         owner = getattr(self.state, "backfill", None)
         if owner is not None:

@@ -1,0 +1,230 @@
+"""Search replicas (`core.index.replica`) behind `HostedEdgeIndex`: real owner and replica
+processes on real shards. A copy shares searches only while it is current, so a write, a deletion
+or a dropped and re-created collection is seen by the very next search."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from core.config import StoreSettings
+from core.index.base import CollectionConfig
+from core.index.edge import EdgeIndex
+from core.index.hosted import HostedEdgeIndex
+from core.index.replica import replicas_dir
+
+DIM = 16
+N = 300
+QUIET_S = 0.3
+
+
+def _vectors(n: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _ids(n: int, start: int = 1) -> list[str]:
+    return [str(uuid.UUID(int=start + i)) for i in range(n)]
+
+
+def _fill(index: HostedEdgeIndex | EdgeIndex, name: str = "c", seed: int = 0) -> np.ndarray:
+    vectors = _vectors(N, seed)
+    index.create_collection(CollectionConfig(name=name, dim=DIM))
+    index.upsert(name, _ids(N), vectors, [{"modality": "CT" if i % 2 else "MR"} for i in range(N)])
+    return vectors
+
+
+def _replica_searches() -> float:
+    return REGISTRY.get_sample_value("radsearch_store_process_searches_total", {"process": "replica"}) or 0.0
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _replicated(index: HostedEdgeIndex, query: np.ndarray, name: str = "c") -> None:
+    """Search ``name`` (a search asks for a copy) until the replicas hold a current one."""
+
+    def current() -> bool:
+        index.search(name, query, limit=1)
+        return name in index.replicated_collections
+
+    _wait_for(current)
+
+
+@pytest.fixture
+def hosted(tmp_path: Path) -> Iterator[HostedEdgeIndex]:
+    index = HostedEdgeIndex(tmp_path, StoreSettings(search_replicas=1, search_replica_quiet_s=QUIET_S))
+    try:
+        yield index
+    finally:
+        index.close()
+
+
+def _in_threads(work: Callable[[int], None], threads: int = 4) -> None:
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+
+
+def test_a_searched_collection_is_copied_and_its_searches_shared(
+    hosted: HostedEdgeIndex, tmp_path: Path
+) -> None:
+    vectors = _fill(hosted)
+    expected = {i: hosted.search("c", vectors[i], limit=5, exact=True) for i in range(40)}
+    _replicated(hosted, vectors[0])
+    assert (replicas_dir(tmp_path) / "1" / "c" / "collection.json").is_file()
+    before = _replica_searches()
+    wrong: list[int] = []
+
+    def search(worker: int) -> None:
+        for _ in range(5):
+            for i in range(worker, 40, 4):
+                if hosted.search("c", vectors[i], limit=5, exact=True) != expected[i]:
+                    wrong.append(i)
+
+    _in_threads(search)
+    assert not wrong
+    assert _replica_searches() > before, "no search reached the replica"
+    by_point = hosted.search_near_point("c", _ids(1)[0], limit=3)
+    assert [hit.id for hit in by_point] == [hit.id for hit in expected[0][1:4]]
+
+
+def test_every_write_is_seen_by_the_next_search(hosted: HostedEdgeIndex) -> None:
+    vectors = _fill(hosted)
+    for round_ in range(8):
+        _replicated(hosted, vectors[0])  # each round writes while the replica holds a current copy
+        new_id = _ids(1, start=10_000 + round_)[0]
+        _write_and_check(hosted, new_id, _vectors(1, seed=100 + round_)[0])
+    # The refreshed copy holds the deletions too.
+    _replicated(hosted, vectors[0])
+    before = _replica_searches()
+    added = {_ids(1, start=10_000 + round_)[0] for round_ in range(8)}
+    _in_threads(lambda _: _assert(not added & {hit.id for hit in hosted.search("c", vectors[0], limit=N)}))
+    assert _replica_searches() > before
+
+
+def _write_and_check(hosted: HostedEdgeIndex, new_id: str, query: np.ndarray) -> None:
+    """An insert, a relabel and a deletion, each checked by searches in four threads at once (a
+    lone search would go to the owner, the least busy)."""
+    hosted.upsert("c", [new_id], query[None, :], [{"modality": "US"}])
+    _in_threads(lambda _: _assert(hosted.search("c", query, limit=1)[0].id == new_id))
+    hosted.overwrite_payloads("c", {new_id: {"modality": "PET"}})
+    _in_threads(lambda _: _assert(hosted.search("c", query, limit=1)[0].payload["modality"] == "PET"))
+    hosted.delete("c", [new_id])
+    _in_threads(lambda _: _assert(new_id not in {hit.id for hit in hosted.search("c", query, limit=10)}))
+
+
+def _assert(condition: bool) -> None:
+    assert condition
+
+
+def test_a_dropped_and_recreated_collection_is_never_answered_from_the_old_copy(
+    hosted: HostedEdgeIndex,
+) -> None:
+    old = _fill(hosted)
+    _replicated(hosted, old[0])
+    hosted.drop_collection("c")
+    new = _fill(hosted, seed=1)
+
+    def search(worker: int) -> None:
+        for i in range(worker, 40, 4):
+            assert hosted.search("c", new[i], limit=1)[0].score == pytest.approx(1.0, abs=1e-3)
+            assert hosted.search("c", old[i], limit=1)[0].score < 0.99
+
+    _in_threads(search)
+    _replicated(hosted, new[0])
+    before = _replica_searches()
+    _in_threads(search)
+    assert _replica_searches() > before
+
+
+def test_a_replica_that_dies_leaves_searches_to_the_owner_until_a_new_one_holds_a_copy(
+    hosted: HostedEdgeIndex,
+) -> None:
+    vectors = _fill(hosted)
+    _replicated(hosted, vectors[0])
+    (replica_pid,) = hosted.replica_process_ids
+    os.kill(replica_pid, signal.SIGKILL)
+    expected = _ids(N)
+
+    def search(worker: int) -> None:
+        for i in range(worker, 60, 4):
+            assert hosted.search("c", vectors[i], limit=1)[0].id == expected[i]
+
+    _in_threads(search)
+    _replicated(hosted, vectors[0])
+    _in_threads(search)
+
+
+def test_no_room_for_a_copy_leaves_searches_to_the_owner(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    filler = EdgeIndex(tmp_path, StoreSettings())
+    vectors = _fill(filler)
+    filler.close()
+    # A reserve no disk keeps: reads and searches go on, a copy (like a write) is refused.
+    store = StoreSettings(search_replicas=1, search_replica_quiet_s=0.0, min_free_mb=10**9)
+    hosted = HostedEdgeIndex(tmp_path, store)
+    try:
+        with caplog.at_level("WARNING", logger="core.index.replica"):
+            _wait_for(
+                lambda: bool(hosted.search("c", vectors[0], limit=1)) and "not refreshed" in caplog.text
+            )
+        assert "the reserve is" in caplog.text
+        assert hosted.replicated_collections == []
+        assert hosted.search("c", vectors[3], limit=1)[0].id == _ids(N)[3]
+        assert not any(replicas_dir(tmp_path).glob("*/c"))
+    finally:
+        hosted.close()
+
+
+def test_without_replicas_nothing_is_copied(tmp_path: Path) -> None:
+    hosted = HostedEdgeIndex(tmp_path, StoreSettings(search_replicas=0, search_replica_quiet_s=0.0))
+    try:
+        vectors = _fill(hosted)
+        for _ in range(20):
+            hosted.search("c", vectors[0], limit=1)
+            time.sleep(0.05)
+        assert hosted.replicated_collections == []
+        assert not replicas_dir(tmp_path).exists()
+    finally:
+        hosted.close()
+
+
+def test_close_removes_the_copies(tmp_path: Path) -> None:
+    hosted = HostedEdgeIndex(tmp_path, StoreSettings(search_replicas=1, search_replica_quiet_s=QUIET_S))
+    vectors = _fill(hosted)
+    _replicated(hosted, vectors[0])
+    hosted.close()
+    assert not replicas_dir(tmp_path).exists()
+    reopened = EdgeIndex(tmp_path, StoreSettings())
+    try:
+        assert reopened.list_collections() == ["c"]
+        assert reopened.count("c") == N
+    finally:
+        reopened.close()
