@@ -85,6 +85,9 @@ TARGET_P99_MS = 30.0
 TARGET_ENGINE_RATIO = 0.75  # HTTP QPS / engine-only QPS, same queries, same run
 TARGET_IMAGE_P50_MS = 100.0
 API_KEY = "bench-reader-key-" + "0" * 32
+METRICS_KEY = "bench-metrics-key-" + "0" * 32
+# A 1 M collection's copy for the search replica: an export of ~3.3 GB, then its open.
+REPLICA_TIMEOUT_S = 900.0
 # The filter shapes the queries take in turn (--filters); the clients are forked after it is set.
 SHAPES: tuple[str, ...] = FILTERS
 
@@ -96,7 +99,10 @@ def _free_port() -> int:
 
 
 def _env(data_dir: Path) -> dict[str, str]:
-    keys = [{"name": "bench", "role": "reader", "sha256": hash_api_key(API_KEY)}]
+    keys = [
+        {"name": "bench", "role": "reader", "sha256": hash_api_key(API_KEY)},
+        {"name": "bench-metrics", "role": "metrics", "sha256": hash_api_key(METRICS_KEY)},
+    ]
     return {
         **os.environ,
         "RADSEARCH_DATA_DIR": str(data_dir),
@@ -418,6 +424,29 @@ def image_record(base: str, dicom: bytes, args: argparse.Namespace, encoder_sett
     return image
 
 
+def _metric(base: str, name: str, labels: str) -> float:
+    """One sample of the server's ``/metrics`` (0.0 when absent)."""
+    response = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}, timeout=10)
+    response.raise_for_status()
+    for line in response.text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _wait_for_replicas(base: str, port: int, n: int) -> float | None:
+    """Search until the server's search replicas hold a current copy of ``bench`` (a search asks
+    for one); the seconds that took, None without replicas."""
+    if not StoreSettings().search_replicas:
+        return None
+    started = time.monotonic()
+    while not _metric(base, "radsearch_search_replica_current", 'collection="bench"'):
+        if time.monotonic() - started > REPLICA_TIMEOUT_S:
+            raise RuntimeError(f"the search replica held no copy after {REPLICA_TIMEOUT_S:.0f} s")
+        load_test(port, n, 1, 1.0)
+    return round(time.monotonic() - started, 1)
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -509,13 +538,19 @@ def main(argv: list[str] | None = None) -> int:
         engine_qps = max(result["qps"] for result in engine)
         one_process_qps = max(result["qps"] for result in engine if result["processes"] == 1)
         with _serve(data_dir) as (port, proc):
-            # warm-up: open the shard, touch the search path
+            base = f"http://127.0.0.1:{port}"
+            # warm-up: open the shard, touch the search path, wait for the replicas' copy
             load_test(port, args.n, 1, 2.0)
+            replica_wait_s = _wait_for_replicas(base, port, args.n)
+            replica_before = _metric(base, "radsearch_store_process_searches_total", 'process="replica"')
             cpu_before = _cpu_s(proc.pid)
             search = load_test(port, args.n, args.clients, args.seconds)
             # the API process's CPU per request (the index has a process of its own)
             search["server_cpu_ms_per_request"] = round(
                 (_cpu_s(proc.pid) - cpu_before) / max(search["requests"], 1) * 1000, 2
+            )
+            replica_searches = (
+                _metric(base, "radsearch_store_process_searches_total", 'process="replica"') - replica_before
             )
             record = {
                 "bench": "http-search",
@@ -525,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
                 "filters": list(SHAPES),
                 "auth": "api_key",
                 "quantization": args.quantization,
+                "search_replicas": StoreSettings().search_replicas,
+                "replica_ready_after_s": replica_wait_s,
+                "replica_share": round(replica_searches / max(search["requests"], 1), 3),
                 "build_s": None if build_s is None else round(build_s, 1),
                 "prebuilt": bool(args.data_dir),
                 **search,
@@ -550,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(f"http search errors {search['errors']}")
             images: dict[str, dict[str, Any]] = {}
             if args.image_requests:
-                images["auto"] = image_record(f"http://127.0.0.1:{port}", dicom, args, "auto")
+                images["auto"] = image_record(base, dicom, args, "auto")
         # The same uploads against servers whose encoder runs int8 Linear layers, or is compiled.
         # Which is fastest depends on the CPU (bf16 where it is fast, int8 Linear where it is not):
         # the target is checked on the fastest, the setting an operator of this CPU would choose.

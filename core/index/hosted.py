@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from core.config import StoreSettings
-from core.errors import CollectionNotFound, IndexStoreError
+from core.errors import CollectionNotFound, IndexStoreError, StoreFull
 from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
 from core.index.child import IndexProcess
 from core.index.replica import SearchReplicas
@@ -65,7 +65,12 @@ class HostedEdgeIndex(VectorIndex):
         if self._replicas is None:
             return self._call(method, *args, **kwargs)
         with self._replicas.writing(*names):
-            return self._call(method, *args, **kwargs)
+            try:
+                return self._call(method, *args, **kwargs)
+            except StoreFull:
+                if not self._replicas.release_disk():
+                    raise
+                return self._call(method, *args, **kwargs)  # with the room the copies took
 
     def _search(self, method: str, name: str, *args: Any, **kwargs: Any) -> Any:
         """A search, on the least busy process that holds ``name`` as it is now."""

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 _CHECK_S = 1.0
 # After a failed refresh (no room on disk, a replica that would not start), the wait before the next.
 _RETRY_S = 60.0
+# After the copies were dropped to make room for a write, the wait before the next copy.
+_DISK_PAUSE_S = 600.0
 
 
 def replicas_dir(root: Path) -> Path:
@@ -67,6 +69,8 @@ class SearchReplicas:
         self._writes: dict[str, int] = {}  # collection -> writes in flight
         self._last_write: dict[str, float] = {}  # collection -> monotonic end of its last write
         self._copies: dict[str, int] = {}  # collection -> the counter the replicas' copies hold
+        self._held: set[str] = set()  # collections the replicas hold a copy of, current or not
+        self._paused_until = 0.0
         self._wanted: set[str] = set()  # searched collections without a current copy
         self._retry_at: dict[str, float] = {}
         self._processes: list[IndexProcess] = []
@@ -114,6 +118,26 @@ class SearchReplicas:
                     self._writes[name] -= 1
                     self._last_write[name] = time.monotonic()
 
+    def release_disk(self) -> bool:
+        """Drop every copy (a write was refused for want of disk: the owner's data comes first);
+        no new copy for a while. False when the replicas held none."""
+        with self._lock:
+            held, self._held = sorted(self._held), set()
+            self._copies.clear()
+            self._wanted.update(held)
+            self._paused_until = time.monotonic() + _DISK_PAUSE_S
+            processes = list(self._processes)
+        for name in held:
+            self._drop_copies(name, processes)
+        if held:
+            logger.warning(
+                "search replicas dropped their copies of %s to make room for a write; the owner "
+                "answers their searches alone for the next %.0f s",
+                ", ".join(held),
+                _DISK_PAUSE_S,
+            )
+        return bool(held)
+
     def process_ids(self) -> list[int]:
         """The replica processes running now."""
         with self._lock:
@@ -154,7 +178,7 @@ class SearchReplicas:
                 if not self._current(name)
                 and not self._writes.get(name)
                 and now - self._last_write.get(name, -quiet_s) >= quiet_s
-                and now >= self._retry_at.get(name, 0.0)
+                and now >= max(self._retry_at.get(name, 0.0), self._paused_until)
             )
 
     def _refresh(self, name: str) -> None:
@@ -172,9 +196,10 @@ class SearchReplicas:
         shutil.rmtree(staging, ignore_errors=True)
         try:
             points = self._owner.call("export_collection", name, str(staging))
+            self._drop_copies(name, self._processes)  # the stale ones
+            with self._lock:
+                self._held.add(name)
             for i, replica in enumerate(self._processes):
-                with contextlib.suppress(CollectionNotFound):
-                    replica.call("drop_collection", name)  # the stale copy
                 last = i == len(self._processes) - 1
                 replica.call("attach_collection", str(staging), config, move=last)
                 replica.call("collection_info", name)  # opens the shard before a search waits on it
@@ -207,7 +232,12 @@ class SearchReplicas:
         with self._lock:
             self._wanted.discard(name)
             self._copies.pop(name, None)
+            self._held.discard(name)
             processes = list(self._processes)
+        self._drop_copies(name, processes)
+
+    @staticmethod
+    def _drop_copies(name: str, processes: list[IndexProcess]) -> None:
         for replica in processes:
             with contextlib.suppress(CollectionNotFound, IndexStoreError):
                 replica.call("drop_collection", name)

@@ -21,10 +21,12 @@ from core.index.base import CollectionConfig
 from core.index.edge import EdgeIndex
 from core.index.hosted import HostedEdgeIndex
 from core.index.replica import replicas_dir
+from tests.core.disk import fill_disk
 
 DIM = 16
 N = 300
 QUIET_S = 0.3
+RESERVE_MB = 64
 
 
 def _vectors(n: int, seed: int) -> np.ndarray:
@@ -228,3 +230,26 @@ def test_close_removes_the_copies(tmp_path: Path) -> None:
         assert reopened.count("c") == N
     finally:
         reopened.close()
+
+
+def test_a_write_refused_for_want_of_disk_gets_the_room_the_copies_took(
+    small_disk: Callable[[int], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = small_disk(400) / "index"
+    store = StoreSettings(search_replicas=1, search_replica_quiet_s=QUIET_S, min_free_mb=RESERVE_MB)
+    hosted = HostedEdgeIndex(root, store)
+    try:
+        vectors = _fill(hosted)
+        _replicated(hosted, vectors[0])
+        copy = next(replicas_dir(root).glob("*/c"))
+        fill_disk(root.parent, leave_mb=RESERVE_MB + 0.2)  # less than the next write needs
+        extra = _vectors(200, seed=7)
+        with caplog.at_level("WARNING", logger="core.index.replica"):
+            hosted.upsert("c", _ids(200, start=5_000), extra, [{"modality": "US"}] * 200)
+        assert "dropped their copies of c to make room for a write" in caplog.text
+        assert not copy.exists()
+        assert hosted.replicated_collections == []
+        assert hosted.count("c") == N + 200
+        assert hosted.search("c", extra[0], limit=1)[0].id == _ids(1, start=5_000)[0]
+    finally:
+        hosted.close()

@@ -2,7 +2,7 @@
 a failed job with the reason) before the engine can run out of space under its memory maps (a
 SIGBUS, exit 135); what is stored stays intact, and the same write works once space is freed.
 
-The disk is a small tmpfs mounted by the test (the tests run as root, here and in CI): mounting
+The disk is a small tmpfs mounted by the test (`tests/core/disk.py`): mounting
 failures fail the test, they do not skip it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,52 +30,12 @@ from ingest.inline import IngestOptions
 from radsearch.commands.main import EXIT_STORE_FULL
 from radsearch.services import ensure_collection, ingest_source, open_catalog
 from search_api import create_app
+from tests.core.disk import fill_disk
 from tests.search_api.test_api import COLLECTION, populate
 
 REPO = Path(__file__).parents[2]
 RESERVE_MB = 64
 N_IMAGES, FIRST = 600, 50
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
-    """Mounts a tmpfs of the given size (MB) under ``tmp_path``; unmounted at teardown."""
-    mounted: list[Path] = []
-
-    def mount(size_mb: int) -> Path:
-        point = tmp_path / f"disk{len(mounted)}"
-        point.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(point)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"cannot mount a {size_mb} MB tmpfs (this test needs root): {done.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in reversed(mounted):
-        # Lazy: a process the test left behind cannot keep the mount (its memory goes with it).
-        subprocess.run(["umount", "--lazy", str(point)], check=True)
-
-
-def _free_mb(path: Path) -> float:
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize / 2**20
-
-
-def _fill(disk: Path, *, leave_mb: float) -> Path:
-    """A filler file leaving about ``leave_mb`` MB free on ``disk``."""
-    filler = disk / "filler"
-    size = int((_free_mb(disk) - leave_mb) * 2**20)
-    chunk = b"\xff" * 2**20
-    with filler.open("wb") as handle:
-        for _ in range(size // len(chunk)):
-            handle.write(chunk)
-        handle.write(chunk[: size % len(chunk)])
-    return filler
 
 
 def _archive(root: Path, first: int, end: int) -> Path:
@@ -116,7 +76,7 @@ def test_an_ingest_that_fills_the_disk_stops_with_exit_4_and_resumes_once_space_
         ingest_source(catalog, settings, str(archive), ["chest"], IngestOptions(), progress=False)
     assert len(_stored(settings)) == FIRST
     _archive(archive, FIRST, N_IMAGES)
-    filler = _fill(disk, leave_mb=RESERVE_MB + 0.6)  # a few batches above the reserve, not all
+    filler = fill_disk(disk, leave_mb=RESERVE_MB + 0.6)  # a few batches above the reserve, not all
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
     env |= {
         "RADSEARCH_STORE__MIN_FREE_MB": str(RESERVE_MB),
@@ -163,7 +123,7 @@ def test_write_routes_answer_507_and_jobs_fail_with_the_reason_until_space_is_fr
         with TestClient(create_app(settings, index=index)) as client:
             created = client.post("/v1/collections", json={"name": "copy", "encoder": "baseline"})
             assert created.status_code == 201, created.text
-            filler = _fill(disk, leave_mb=16.2)  # above the reserve, short of what any write asks
+            filler = fill_disk(disk, leave_mb=16.2)  # above the reserve, short of what any write asks
 
             full = client.post("/v1/collections", json={"name": "other", "encoder": "baseline"})
             assert full.status_code == 507, full.text
@@ -245,7 +205,7 @@ def test_a_batch_larger_than_the_space_left_is_refused_before_it_is_written(
     assert child("0").returncode == 0  # the first load fills in 40 MB of the engine's files
     # Enough to open the collection again (up to ~50 MB), not for the batch: 20,000 x 512-d
     # vectors with their WAL entries take ~100 MB.
-    _fill(disk, leave_mb=60)
+    fill_disk(disk, leave_mb=60)
     done = child("20000")
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])  # 135 would be SIGBUS
     assert "refused: only" in done.stdout and "this write may take" in done.stdout
@@ -258,7 +218,7 @@ def test_out_of_space_errors_of_file_writes_and_the_engine_are_store_full(
     disk = small_disk(4)
     target = disk / "aliases.json"
     _write_atomic(target, '{"a": "b"}')
-    _fill(disk, leave_mb=0)
+    fill_disk(disk, leave_mb=0)
     with pytest.raises(StoreFull, match="is full"):
         _write_atomic(target, json.dumps({f"alias{i}": "c" * 100 for i in range(1000)}))
     assert json.loads(target.read_text()) == {"a": "b"}  # the old file, whole

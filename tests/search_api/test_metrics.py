@@ -143,3 +143,39 @@ def test_dashboard_queries_only_exposed_metrics(client: TestClient) -> None:
     }
     assert len(queried) >= 10
     assert queried <= exposed, queried - exposed
+
+
+def test_search_replicas_show_in_the_metrics(tmp_path: Path) -> None:
+    """The app's own store (the owner in a child process, a search replica beside it): once a
+    searched collection's copy is current, the gauge names it, and searches are counted per process."""
+    import time
+
+    from core.config import StoreSettings
+    from core.index.hosted import HostedEdgeIndex
+    from tests.search_api.test_api import populate
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        runtime=RuntimeSettings(device="cpu", dtype="float32"),
+        security=SecuritySettings(hash_key=SecretStr("test-hash-key")),
+        store=StoreSettings(search_replicas=1, search_replica_quiet_s=0.2),
+    )
+    with TestClient(create_app(settings)) as client:
+        index = client.app.state.index  # type: ignore[attr-defined]
+        assert isinstance(index, HostedEdgeIndex)
+        corpus = populate(index, settings, tmp_path / "source")
+        body = {"point_id": next(iter(corpus.class_of))}
+        before = samples(client)
+        deadline = time.monotonic() + 60
+        while not value(samples(client), "radsearch_search_replica_current", collection=COLLECTION):
+            assert time.monotonic() < deadline, "no current copy within 60 s"
+            assert client.post(f"/v1/collections/{COLLECTION}/search", json=body).status_code == 200
+            time.sleep(0.1)
+        after = samples(client)
+        searches = grew(before, after, "radsearch_searches_total", collection=COLLECTION, filter_kind="none")
+        by_process = sum(
+            grew(before, after, "radsearch_store_process_searches_total", process=process)
+            for process in ("owner", "replica")
+        )
+        assert searches >= 1
+        assert by_process == searches
