@@ -99,9 +99,11 @@ class SearchReplicas:
         logger.warning("search replica %s failed on collection %s: %s", replica.pid, name, exc)
         with self._lock:
             self._copies.clear()
-            if replica in self._processes and not replica.alive:
+            ended = replica in self._processes and not replica.alive
+            if ended:
                 self._processes.remove(replica)
-                replica.close()
+        if ended:
+            replica.close()
 
     @contextlib.contextmanager
     def writing(self, *names: str) -> Iterator[None]:
