@@ -434,10 +434,10 @@ def _metric(base: str, name: str, labels: str) -> float:
     return 0.0
 
 
-def _wait_for_replicas(base: str, port: int, n: int) -> float | None:
+def _wait_for_replicas(base: str, port: int, n: int, replicas: int) -> float | None:
     """Search until the server's search replicas hold a current copy of ``bench`` (a search asks
     for one); the seconds that took, None without replicas."""
-    if not StoreSettings().search_replicas:
+    if not replicas:
         return None
     started = time.monotonic()
     while not _metric(base, "radsearch_search_replica_current", 'collection="bench"'):
@@ -536,12 +536,15 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
         engine_qps = max(result["qps"] for result in engine)
+        replicas = _settings(
+            data_dir
+        ).store.search_replicas  # RADSEARCH_STORE__SEARCH_REPLICAS, as the server reads it
         one_process_qps = max(result["qps"] for result in engine if result["processes"] == 1)
         with _serve(data_dir) as (port, proc):
             base = f"http://127.0.0.1:{port}"
             # warm-up: open the shard, touch the search path, wait for the replicas' copy
             load_test(port, args.n, 1, 2.0)
-            replica_wait_s = _wait_for_replicas(base, port, args.n)
+            replica_wait_s = _wait_for_replicas(base, port, args.n, replicas)
             replica_before = _metric(base, "radsearch_store_process_searches_total", 'process="replica"')
             cpu_before = _cpu_s(proc.pid)
             search = load_test(port, args.n, args.clients, args.seconds)
@@ -560,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                 "filters": list(SHAPES),
                 "auth": "api_key",
                 "quantization": args.quantization,
-                "search_replicas": StoreSettings().search_replicas,
+                "search_replicas": replicas,
                 "replica_ready_after_s": replica_wait_s,
                 "replica_share": round(replica_searches / max(search["requests"], 1), 3),
                 "build_s": None if build_s is None else round(build_s, 1),

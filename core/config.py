@@ -143,9 +143,12 @@ class StoreSettings(BaseModel):
     # Processes beside the store's owner in `radsearch serve` that hold a copy of each searched
     # collection and share its searches (core/index/replica.py): the engine holds the GIL for a
     # whole search, so one process searches on one core. Each costs as much memory and disk as
-    # the collections it copies; 0 = the owner searches alone. A copy is refreshed once its
-    # collection has had no write for ``search_replica_quiet_s`` and its index is built; until
-    # then the owner answers alone.
+    # the collections it copies; at most one per CPU beyond the first; 0 = the owner searches
+    # alone. A copy is refreshed once its collection has had no write for
+    # ``search_replica_quiet_s`` and its index is built; until then the owner answers alone.
+    # 1 M x 512 on 2 cores (Zen 4): 4 clients, the same QPS within run-to-run noise (the API's
+    # Python, not the engine, is then the limit); 8 clients, 371 instead of 340 QPS and p99 44
+    # instead of 107 ms (bench/RESULTS.md, session 12).
     search_replicas: int = Field(default=1, ge=0, le=16)
     search_replica_quiet_s: float = Field(default=10.0, ge=0)
     # Collections with on-disk originals: once the owner's RSS has grown by this many MB since the

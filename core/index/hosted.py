@@ -11,6 +11,7 @@ replicas searches run on more than one core. The cost is one local round trip pe
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,7 +54,9 @@ class HostedEdgeIndex(VectorIndex):
         self._metadata_lock = threading.Lock()
         self._owner = IndexProcess(root, store)
         self.process_id: int = self._owner.pid
-        self._replicas = SearchReplicas(self._owner, Path(root), store) if store.search_replicas else None
+        # A replica searches beside the owner on another core: none where there is no other.
+        replicas = min(store.search_replicas, len(os.sched_getaffinity(0)) - 1)
+        self._replicas = SearchReplicas(self._owner, Path(root), store, replicas) if replicas > 0 else None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self._closed:

@@ -55,12 +55,13 @@ def replicas_dir(root: Path) -> Path:
 
 
 class SearchReplicas:
-    """The replicas of the store that ``owner`` runs under ``root``: `route` picks the process
-    for a search, `writing` wraps every write, and a keeper thread keeps the copies current."""
+    """``count`` replicas of the store that ``owner`` runs under ``root``: `route` picks the
+    process for a search, `writing` wraps every write, and a keeper thread keeps the copies current."""
 
-    def __init__(self, owner: IndexProcess, root: Path, store: StoreSettings) -> None:
+    def __init__(self, owner: IndexProcess, root: Path, store: StoreSettings, count: int) -> None:
         self._owner = owner
         self._store = store
+        self._count = count
         self._dir = replicas_dir(root)
         shutil.rmtree(self._dir, ignore_errors=True)  # a previous owner's copies, of unknown age
         self._lock = threading.Lock()
@@ -220,7 +221,7 @@ class SearchReplicas:
 
     def _start_processes(self) -> None:
         """Start the replica processes not running yet (on the first refresh, or after one ended)."""
-        while len(self._processes) < self._store.search_replicas and not self._stopping.is_set():
+        while len(self._processes) < self._count and not self._stopping.is_set():
             number = len(self._processes) + 1
             root = self._dir / str(number)
             shutil.rmtree(root, ignore_errors=True)
