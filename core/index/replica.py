@@ -16,10 +16,11 @@ had it run a moment earlier. A copy records the counter it was taken at, after t
 flight ended; it is current while the counter has not moved. Deletions and relabels are writes, so
 a deleted image is never found through a replica.
 
-The keeper thread refreshes copies: for a collection searched while its copy is stale, once it has
-had no write for ``search_replica_quiet_s`` and its index is built (a copy of an unbuilt collection
-would be searched by full scan). Meanwhile the owner answers alone, as without replicas. The cost:
-each replica holds as much memory and disk as the collections it copies.
+The keeper thread refreshes copies: for a collection whose searches queued on the owner (two in
+flight) while its copy was stale, once it has had no write for ``search_replica_quiet_s`` and its
+index is built (a copy of an unbuilt collection would be searched by full scan). Meanwhile the owner
+answers alone, as without replicas. The cost: each replica holds as much memory and disk as the
+collections it copies, so a store searched by one user at a time gets no copy.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ logger = logging.getLogger(__name__)
 _CHECK_S = 1.0
 # After a failed refresh (no room on disk, a replica that would not start), the wait before the next.
 _RETRY_S = 60.0
+# A collection is copied once one of its searches finds this many in flight on the owner (this
+# one included): one user searching at a time never pays for a copy.
+_QUEUE_FOR_A_COPY = 2
 # After the copies were dropped to make room for a write, the wait before the next copy.
 _DISK_PAUSE_S = 600.0
 
@@ -94,7 +98,8 @@ class SearchReplicas:
         where searches queue (bench/RESULTS.md, session 12)."""
         with self._lock:
             if not self._current(name):
-                self._wanted.add(name)
+                if self._owner.busy + 1 >= _QUEUE_FOR_A_COPY:  # this search included
+                    self._wanted.add(name)
                 return self._owner
             replica = min(self._processes, key=lambda process: process.busy)
         return replica if replica.busy + 1 < self._owner.busy else self._owner

@@ -59,13 +59,14 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
 
 
 def _replicated(index: HostedEdgeIndex, query: np.ndarray, name: str = "c") -> None:
-    """Search ``name`` (a search asks for a copy) until the replicas hold a current one."""
+    """Search ``name`` from several threads (searches that queue on the owner ask for a copy)
+    until the replicas hold a current one."""
+    _search_until(lambda _: _search_a_while(index, name, query), lambda: name in index.replicated_collections)
 
-    def current() -> bool:
+
+def _search_a_while(index: HostedEdgeIndex, name: str, query: np.ndarray) -> None:
+    for _ in range(20):
         index.search(name, query, limit=1)
-        return name in index.replicated_collections
-
-    _wait_for(current)
 
 
 @pytest.fixture
@@ -208,8 +209,8 @@ def test_no_room_for_a_copy_leaves_searches_to_the_owner(
     hosted = HostedEdgeIndex(tmp_path, store)
     try:
         with caplog.at_level("WARNING", logger="core.index.replica"):
-            _wait_for(
-                lambda: bool(hosted.search("c", vectors[0], limit=1)) and "not refreshed" in caplog.text
+            _search_until(
+                lambda _: _search_a_while(hosted, "c", vectors[0]), lambda: "not refreshed" in caplog.text
             )
         assert "the reserve is" in caplog.text
         assert hosted.replicated_collections == []
@@ -219,13 +220,27 @@ def test_no_room_for_a_copy_leaves_searches_to_the_owner(
         hosted.close()
 
 
+def test_searches_one_at_a_time_get_no_copy(tmp_path: Path) -> None:
+    hosted = HostedEdgeIndex(tmp_path, StoreSettings(search_replicas=1, search_replica_quiet_s=0.0))
+    try:
+        vectors = _fill(hosted)
+        for _ in range(40):
+            hosted.search("c", vectors[0], limit=1)
+            time.sleep(0.05)
+        assert hosted.replicated_collections == []
+        assert hosted.replica_process_ids == []
+        _replicated(hosted, vectors[0])  # searches that queue do get one
+    finally:
+        hosted.close()
+
+
 def test_without_replicas_nothing_is_copied(tmp_path: Path) -> None:
     hosted = HostedEdgeIndex(tmp_path, StoreSettings(search_replicas=0, search_replica_quiet_s=0.0))
     try:
         vectors = _fill(hosted)
-        for _ in range(20):
-            hosted.search("c", vectors[0], limit=1)
-            time.sleep(0.05)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            _in_threads(lambda _: _search_a_while(hosted, "c", vectors[0]))
         assert hosted.replicated_collections == []
         assert not replicas_dir(tmp_path).exists()
     finally:
