@@ -74,8 +74,7 @@ def ingest_source(
     """Ingest a source into existing collections with the inline executor (``options.prune``:
     and delete the points of objects gone from it)."""
     from ingest.inline import build_context, ingest_inline
-    from ingest.sources import open_source
-    from search_api.backfill_jobs import manifest_keys
+    from ingest.sources import manifest_keys, open_source
 
     source = open_source(source_uri, settings, name=options.source_name)
     try:
@@ -94,8 +93,7 @@ def diff_source_inline(
     yet would get every object)."""
     from core.errors import CollectionNotFound
     from ingest.prune import SourceDiff, diff_source, guard_message, source_diffs
-    from ingest.sources import open_source
-    from search_api.backfill_jobs import manifest_keys
+    from ingest.sources import manifest_keys, open_source
 
     source = open_source(source_uri, settings)
     try:

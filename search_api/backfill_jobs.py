@@ -41,9 +41,8 @@ from ingest.labels import Labeler, PathTemplate, read_manifest
 from ingest.pipeline import BatchReport, run_pipeline
 from ingest.planner import plan_batches
 from ingest.prune import SourceDiff, guard_message, prune_gone
-from ingest.sources import open_source
+from ingest.sources import manifest_keys, open_source
 from ingest.sources.base import ObjectRef, Source
-from ingest.sources.local import LocalSource
 
 __all__ = [
     "JobProgress",
@@ -52,7 +51,6 @@ __all__ = [
     "celery_writers",
     "check_local_path",
     "index_written",
-    "manifest_keys",
     "owner_jobs",
 ]
 
@@ -274,8 +272,7 @@ class OwnerJobRunner:
         )
         source = open_source(request.source, self.settings, name=request.source_name)
         try:
-            local_manifest = request.manifest if request.manifest and "://" not in request.manifest else None
-            exclude = manifest_keys(source, Path(local_manifest) if local_manifest else None)
+            exclude = manifest_keys(source, request.manifest)
         except BaseException:
             source.close()
             raise
@@ -508,17 +505,6 @@ def index_written(catalog: Catalog, collections: Sequence[str], report: BatchRep
         for name in collections:
             catalog.index.optimize(catalog.resolve(name))
             calibrate_loaded(catalog.index, catalog.resolve(name))
-
-
-def manifest_keys(source: Source, manifest: Path | None) -> frozenset[str]:
-    """A manifest kept inside the local folder being ingested is not an image: its key, to leave
-    out of the listing."""
-    if manifest is None or not isinstance(source, LocalSource):
-        return frozenset()
-    resolved = manifest.resolve()
-    if resolved.is_relative_to(source.root):
-        return frozenset({resolved.relative_to(source.root).as_posix()})
-    return frozenset()
 
 
 def _fetch_object(settings: Settings) -> Callable[[S3Location], bytes]:

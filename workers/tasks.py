@@ -41,6 +41,7 @@ from ingest.pipeline import process_batch
 from ingest.planner import plan_batches
 from ingest.prune import delete_keys, indexed_objects, still_gone
 from ingest.reconcile import plan_reconcile
+from ingest.sources import manifest_keys
 from ingest.sources.base import ObjectRef
 from workers.context import WorkerResources, resources_for
 from workers.names import (
@@ -376,7 +377,9 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
         _record_accept_burned_in(res, spec)
         source = res.source(spec.source, spec.source_name)
         batch_size = spec.batch_size or res.settings.celery.task_batch_size
-        _send_embed_batches(task.app, store, job_id, source.list(), batch_size, "p", count_listed=True)
+        manifest = manifest_keys(source, spec.manifest)
+        refs = (ref for ref in source.list() if ref.key not in manifest)
+        _send_embed_batches(task.app, store, job_id, refs, batch_size, "p", count_listed=True)
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
         store.fail(job_id, str(exc))
         return
@@ -416,7 +419,8 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
         return None
     source = res.source(spec.source, spec.source_name)
     index = res.catalog.index
-    listing = {ref.key: ref for ref in source.list()}
+    manifest = manifest_keys(source, spec.manifest)
+    listing = {ref.key: ref for ref in source.list() if ref.key not in manifest}
     max_frames = res.settings.ingest.max_frames_per_object
     plan = plan_reconcile(
         listing,

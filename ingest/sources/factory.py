@@ -9,7 +9,7 @@ from core.errors import ConfigError
 from core.s3 import parse_s3_uri
 from ingest.sources.base import Source
 
-__all__ = ["open_source"]
+__all__ = ["manifest_keys", "open_source"]
 
 
 def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Source:
@@ -47,3 +47,25 @@ def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Sou
 
     path = Path(uri.removeprefix("file://"))
     return LocalSource(path, max_object_bytes=settings.ingest.max_object_bytes, name=name)
+
+
+def manifest_keys(source: Source, manifest: str | Path | None) -> frozenset[str]:
+    """A manifest kept among the objects being ingested (a file in the local folder, an object
+    of the bucket) is not an image: its key, to leave out of the listing; empty otherwise."""
+    if manifest is None:
+        return frozenset()
+    from ingest.sources.local import LocalSource
+    from ingest.sources.s3 import S3Source
+
+    ref = str(manifest)
+    if isinstance(source, S3Source):
+        if not ref.startswith("s3://"):
+            return frozenset()
+        location = parse_s3_uri(ref)
+        listed = location.bucket == source.bucket and location.key.startswith(source.prefix)
+        return frozenset({location.key}) if listed else frozenset()
+    if isinstance(source, LocalSource) and "://" not in ref:
+        resolved = Path(ref).expanduser().resolve()
+        if resolved.is_relative_to(source.root):
+            return frozenset({resolved.relative_to(source.root).as_posix()})
+    return frozenset()

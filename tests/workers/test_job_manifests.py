@@ -1,0 +1,80 @@
+"""A manifest kept among the objects it labels, through Celery jobs (``radsearch reconcile`` and
+``ingest --executor celery``), with the real parts: ``radsearch serve`` owning the store, a worker,
+Redis and an S3 bucket. The manifest is not an image to index, and a relative manifest path is read
+by workers started elsewhere."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from minio import Minio
+
+from core.config import Settings
+from radsearch.commands.main import main
+from tests.workers.conftest import Server, Worker, png_bytes, settings_env, stored_points, upload_images
+
+pytestmark = pytest.mark.slow
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    code = main([*argv, "--json"])
+    job: dict[str, Any] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return code, job
+
+
+def test_a_manifest_among_the_images_is_read_not_indexed(
+    worker_settings: Settings,
+    minio_client: Minio,
+    bucket: str,
+    start_server: Callable[..., Server],
+    start_worker: Callable[..., Worker],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    for name, value in settings_env(worker_settings).items():
+        monkeypatch.setenv(name, value)
+    server = start_server(worker_settings, wait=False)
+    keys = [f"raw/{i:02d}.png" for i in range(4)]
+    upload_images(minio_client, bucket, keys)
+    labels = b"key,pathology\nraw/00.png,nodule\n"
+    minio_client.put_object(bucket, "raw/labels.csv", io.BytesIO(labels), len(labels))
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for i in range(3):
+        (archive / f"img_{i}.png").write_bytes(png_bytes(100 + i))
+    (archive / "manifest.csv").write_text("key,pathology\nimg_0.png,effusion\n")
+    server.wait_ready()
+    start_worker(worker_settings, "--pool", "threads", "--concurrency", "2")
+
+    code, job = _run(
+        capsys, "reconcile", f"s3://{bucket}/raw/", "--collection", "s3m", "--encoder", "baseline",
+        "--manifest", f"s3://{bucket}/raw/labels.csv",
+    )  # fmt: skip
+    assert code == 0, job
+    assert job["drift"]["s3m"]["missing"] == 4 and not job["failed_items"], job
+    assert sorted(key for key, _, _ in stored_points(worker_settings, "s3m")) == keys
+
+    monkeypatch.chdir(tmp_path)  # a relative path, which the worker (started elsewhere) must find
+    code, job = _run(
+        capsys, "reconcile", "archive", "--collection", "local", "--encoder", "baseline",
+        "--manifest", "archive/manifest.csv",
+    )  # fmt: skip
+    assert code == 0, job
+    assert job["drift"]["local"]["missing"] == 3 and not job["failed_items"], job
+    code, job = _run(
+        capsys, "ingest", "archive", "--collection", "local", "--executor", "celery",
+        "--manifest", "archive/manifest.csv", "--no-skip-unchanged",
+    )  # fmt: skip
+    assert code == 0 and not job["failed_items"], job
+    assert (job["counts"]["listed"], job["counts"]["indexed_frames"]) == (3, 3), job
+    with server.client() as client:
+        page = client.post("/v1/collections/local/points/scroll", json={"limit": 10}).json()["points"]
+        facets = client.get("/v1/collections/local/facets/pathology").json()["counts"]
+    assert sorted(p["key"] for p in page) == ["img_0.png", "img_1.png", "img_2.png"]
+    assert facets.get("effusion") == 1  # the manifest's label
