@@ -147,6 +147,7 @@ class IndexProcess:
         self._busy_lock = threading.Lock()
         self.busy = 0
         self.closed = False
+        self._lost = False
         context = multiprocessing.get_context("spawn")
         ready_recv, ready_send = context.Pipe(duplex=False)
         self._process = context.Process(
@@ -181,7 +182,9 @@ class IndexProcess:
 
     @property
     def alive(self) -> bool:
-        return not self.closed and self._process.is_alive()
+        """Running and reachable: False once a call found its connection cut (a killed child can
+        look alive for a moment after)."""
+        return not self.closed and not self._lost and self._process.is_alive()
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``method(*args, **kwargs)`` of the child's index: its result, or its error raised here;
@@ -202,6 +205,7 @@ class IndexProcess:
             status, value = conn.recv()
         except (EOFError, OSError) as exc:
             conn.close()
+            self._lost = True
             raise IndexStoreError(f"the {self.role} process is not running") from exc
         finally:
             with self._busy_lock:

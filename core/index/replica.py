@@ -204,16 +204,18 @@ class SearchReplicas:
                 return
             taken_at = self._changed.get(name, 0)
         self._start_processes()
+        with self._lock:
+            processes = list(self._processes)
         started = time.perf_counter()
         staging = self._dir / f".incoming-{name}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
             points = self._owner.call("export_collection", name, str(staging))
-            self._drop_copies(name, self._processes)  # the stale ones
+            self._drop_copies(name, processes)  # the stale ones
             with self._lock:
                 self._held.add(name)
-            for i, replica in enumerate(self._processes):
-                last = i == len(self._processes) - 1
+            for i, replica in enumerate(processes):
+                last = i == len(processes) - 1
                 replica.call("attach_collection", str(staging), config, move=last)
                 replica.call("collection_info", name)  # opens the shard before a search waits on it
         finally:
@@ -231,9 +233,17 @@ class SearchReplicas:
 
     def _start_processes(self) -> None:
         """Start the replica processes not running yet (on the first refresh, or after one ended)."""
+        with self._lock:
+            ended = [process for process in self._processes if not process.alive]
+            self._processes = [process for process in self._processes if process not in ended]
+            if ended:
+                self._copies.clear()
+        for process in ended:
+            process.close()
         while len(self._processes) < self._count and not self._stopping.is_set():
-            number = len(self._processes) + 1
-            root = self._dir / str(number)
+            running = {process.role for process in self._processes}
+            number = next(n for n in itertools.count(1) if f"search-replica-{n}" not in running)
+            root = self._dir / str(number)  # an ended replica's directory, or a new one
             shutil.rmtree(root, ignore_errors=True)
             process = IndexProcess(root, self._store, role=f"search-replica-{number}")
             with self._lock:

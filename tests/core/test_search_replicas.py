@@ -17,10 +17,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 from core.config import StoreSettings
+from core.errors import IndexStoreError
 from core.index.base import CollectionConfig
+from core.index.child import IndexProcess
 from core.index.edge import EdgeIndex
 from core.index.hosted import HostedEdgeIndex
-from core.index.replica import replicas_dir
+from core.index.replica import SearchReplicas, replicas_dir
 from tests.core.disk import fill_disk
 
 DIM = 16
@@ -78,11 +80,13 @@ def hosted(tmp_path: Path) -> Iterator[HostedEdgeIndex]:
         index.close()
 
 
-def _search_until(work: Callable[[int], None], condition: Callable[[], bool], timeout: float = 60.0) -> None:
+def _search_until(
+    work: Callable[[int], None], condition: Callable[[], bool], *, threads: int = THREADS, timeout: float = 60
+) -> None:
     """Run ``work`` in threads again and again until ``condition`` holds."""
     deadline = time.monotonic() + timeout
     while True:
-        _in_threads(work)
+        _in_threads(work, threads)
         if condition():
             return
         assert time.monotonic() < deadline, "timed out"
@@ -282,3 +286,45 @@ def test_a_write_refused_for_want_of_disk_gets_the_room_the_copies_took(
         assert hosted.search("c", extra[0], limit=1)[0].id == _ids(1, start=5_000)[0]
     finally:
         hosted.close()
+
+
+def test_two_replicas_copy_both_and_a_replacement_leaves_the_other_whole(tmp_path: Path) -> None:
+    """More replicas than this machine's cores allow through `HostedEdgeIndex`, built directly."""
+    store = StoreSettings(search_replica_quiet_s=QUIET_S)
+    owner = IndexProcess(tmp_path, store)
+    replicas = SearchReplicas(owner, tmp_path, store, 2)
+    try:
+        vectors = _vectors(N, 0)
+        owner.call("create_collection", CollectionConfig(name="c", dim=DIM))
+        owner.call("upsert", "c", _ids(N), vectors, [{"modality": "CT"}] * N)
+
+        def search(_: int) -> None:
+            """As `HostedEdgeIndex` searches, with two more searches waiting on the owner."""
+            with owner._busy_lock:  # the keeper's calls on the owner count too
+                owner.busy += 2
+            try:
+                process = replicas.route("c")
+            finally:
+                with owner._busy_lock:
+                    owner.busy -= 2
+            try:
+                hits = process.call("search", "c", vectors[5], limit=1)
+            except IndexStoreError as exc:
+                replicas.failed("c", process, exc)
+                hits = owner.call("search", "c", vectors[5], limit=1)
+            assert hits[0].id == _ids(N)[5]
+
+        _search_until(search, lambda: replicas.current() == ["c"], threads=1)
+        first, second = replicas.process_ids()
+        for number in (1, 2):
+            assert (replicas_dir(tmp_path) / str(number) / "c" / "collection.json").is_file()
+        os.kill(first, signal.SIGKILL)
+        _search_until(
+            search, lambda: first not in replicas.process_ids() and replicas.current() == ["c"], threads=1
+        )
+        assert second in replicas.process_ids() and len(replicas.process_ids()) == 2
+        for number in (1, 2):
+            assert (replicas_dir(tmp_path) / str(number) / "c" / "collection.json").is_file()
+    finally:
+        replicas.close()
+        owner.close()
