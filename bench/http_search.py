@@ -13,12 +13,14 @@ the engine alone on the same collection in the same run.
    ``not_run``, where the disk has no room for it). ``cores_busy`` (CPU seconds per wall second)
    shows whether searches overlap: two threads' do only if the engine releases the GIL.
 3. Starts ``radsearch serve`` on a free port with a reader API key configured
-   (``RADSEARCH_SECURITY__API_KEYS``), like a deployment with auth on.
+   (``RADSEARCH_SECURITY__API_KEYS``), like a deployment with auth on, and (with
+   ``RADSEARCH_STORE__SEARCH_REPLICAS``, default 1) searches from 4 clients until its search
+   replica holds a current copy of the collection (``replica_ready_after_s``).
 4. ``--clients`` client processes (one keep-alive stdlib ``http.client`` connection each, closed
    loop) send ``POST /v1/collections/bench/search`` with those queries for ``--seconds``; reports
    p50/p99 latency seen by the clients, QPS, its ratio to the engine-only QPS (the best engine
-   row; ``ratio_to_one_process`` against the better of one and two threads) and errors (non-200,
-   fewer than 10 hits, or transport errors).
+   row; ``ratio_to_one_process`` against the better of one and two threads), errors (non-200,
+   fewer than 10 hits, or transport errors) and the share of searches the replica answered.
 5. Query by image: one client uploads a 512x512 16-bit CT DICOM to ``search/image``
    ``--image-requests`` times (after 3 warm-ups): p50/p99 (decode + clip-vit-b16 on CPU + search),
    first against that server (``dtype`` auto), then against one started with

@@ -76,21 +76,20 @@ class HostedEdgeIndex(VectorIndex):
                 return self._call(method, *args, **kwargs)  # with the room the copies took
 
     def _search(self, method: str, name: str, *args: Any, **kwargs: Any) -> Any:
-        """A search, on the least busy process that holds ``name`` as it is now."""
-        if self._closed:
-            raise IndexStoreError("the index is closed")
-        process = self._owner if self._replicas is None else self._replicas.route(name)
-        if process is not self._owner:
-            try:
-                result = process.call(method, name, *args, **kwargs)
-                PROCESS_SEARCHES.labels("replica").inc()
-                return result
-            except IndexStoreError as exc:
-                if type(exc) not in (CollectionNotFound, IndexStoreError):
-                    raise  # the caller's mistake (a bad vector, filter or point id): the owner's answer too
-                assert self._replicas is not None
-                self._replicas.failed(name, process, exc)
-        result = self._owner.call(method, name, *args, **kwargs)
+        """A search: on the replica `SearchReplicas.route` picks, else (or where that replica
+        fails for a reason of its own) on the owner."""
+        if self._replicas is not None and not self._closed:
+            process = self._replicas.route(name)
+            if process is not self._owner:
+                try:
+                    result = process.call(method, name, *args, **kwargs)
+                    PROCESS_SEARCHES.labels("replica").inc()
+                    return result
+                except IndexStoreError as exc:
+                    if type(exc) not in (CollectionNotFound, IndexStoreError):
+                        raise  # the caller's mistake (a bad vector, filter, point id): the owner's too
+                    self._replicas.failed(name, process, exc)
+        result = self._call(method, name, *args, **kwargs)
         PROCESS_SEARCHES.labels("owner").inc()
         return result
 
