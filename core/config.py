@@ -147,8 +147,9 @@ class StoreSettings(BaseModel):
     # alone. A copy is refreshed once its collection has had no write for
     # ``search_replica_quiet_s`` and its index is built; until then the owner answers alone.
     # A collection is copied only once its searches queue on the owner. 1 M x 512 on 2 cores (Zen 4),
-    # 4 and 8 clients: QPS and latency the same within run-to-run noise, as the API's Python, not
-    # the engine, is the limit there (bench/RESULTS.md, session 12).
+    # 4 and 8 clients: QPS and latency the same within run-to-run noise at the default ef, where
+    # the API's Python, not the engine, is the limit; +22-24 % QPS and p99 39-44 -> 33 ms where the
+    # engine is (hnsw_ef 1024, ~4.9 ms per search; bench/RESULTS.md, session 12).
     search_replicas: int = Field(default=1, ge=0, le=16)
     search_replica_quiet_s: float = Field(default=10.0, ge=0)
     # Collections with on-disk originals: once the owner's RSS has grown by this many MB since the
