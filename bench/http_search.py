@@ -62,6 +62,7 @@ from typing import Any
 import httpx
 import numpy as np
 from common import REPO_ROOT, emit, write_ct_dicoms
+from prometheus_client.parser import text_string_to_metric_families
 from search import (
     ANATOMIES,
     BATCH,
@@ -426,13 +427,14 @@ def image_record(base: str, dicom: bytes, args: argparse.Namespace, encoder_sett
     return image
 
 
-def _metric(base: str, name: str, labels: str) -> float:
+def _metric(base: str, name: str, **labels: str) -> float:
     """One sample of the server's ``/metrics`` (0.0 when absent)."""
     response = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}, timeout=10)
     response.raise_for_status()
-    for line in response.text.splitlines():
-        if line.startswith(f"{name}{{{labels}}} "):
-            return float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
     return 0.0
 
 
@@ -443,7 +445,7 @@ def _wait_for_replicas(base: str, port: int, n: int, replicas: int) -> float | N
     if not replicas:
         return None
     started = time.monotonic()
-    while not _metric(base, "radsearch_search_replica_current", 'collection="bench"'):
+    while not _metric(base, "radsearch_search_replica_current", collection="bench"):
         if time.monotonic() - started > REPLICA_TIMEOUT_S:
             raise RuntimeError(f"the search replica held no copy after {REPLICA_TIMEOUT_S:.0f} s")
         load_test(port, n, 4, 1.0)
@@ -548,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             # warm-up: open the shard, touch the search path, wait for the replicas' copy
             load_test(port, args.n, 1, 2.0)
             replica_wait_s = _wait_for_replicas(base, port, args.n, replicas)
-            replica_before = _metric(base, "radsearch_store_process_searches_total", 'process="replica"')
+            replica_before = _metric(base, "radsearch_store_process_searches_total", process="replica")
             cpu_before = _cpu_s(proc.pid)
             search = load_test(port, args.n, args.clients, args.seconds)
             # the API process's CPU per request (the index has a process of its own)
@@ -556,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
                 (_cpu_s(proc.pid) - cpu_before) / max(search["requests"], 1) * 1000, 2
             )
             replica_searches = (
-                _metric(base, "radsearch_store_process_searches_total", 'process="replica"') - replica_before
+                _metric(base, "radsearch_store_process_searches_total", process="replica") - replica_before
             )
             record = {
                 "bench": "http-search",

@@ -76,7 +76,8 @@ class LiveStateCollector(Collector):
             "1 for each collection whose searches the store's search replicas share now.",
             labels=["collection"],
         )
-        for name in getattr(getattr(self.state, "index", None), "replicated_collections", ()):
+        index = getattr(self.state, "index", None)
+        for name in index.replicated_collections if index is not None else ():
             replicated.add_metric([name], 1.0)
         yield replicated
         jobs = GaugeMetricFamily("radsearch_jobs", "Recent jobs by kind and state.", labels=["kind", "state"])

@@ -111,6 +111,11 @@ class VectorIndex(ABC):
     #: False for an index that writes through another process's API and cannot search here.
     searches_here: ClassVar[bool] = True
 
+    @property
+    def replicated_collections(self) -> list[str]:
+        """The collections whose searches search replicas share now (`HostedEdgeIndex`); none here."""
+        return []
+
     @abstractmethod
     def create_collection(self, config: CollectionConfig) -> None:
         """Create the collection and its payload indexes; `CollectionExists` if it exists."""

@@ -115,7 +115,6 @@ class HostedEdgeIndex(VectorIndex):
 
     @property
     def replicated_collections(self) -> list[str]:
-        """The collections whose searches search replicas share now (none without replicas)."""
         return [] if self._replicas is None else self._replicas.current()
 
     @property

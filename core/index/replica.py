@@ -49,6 +49,8 @@ _RETRY_S = 60.0
 # A collection is copied once one of its searches finds this many in flight on the owner (this
 # one included): one user searching at a time never pays for a copy.
 _QUEUE_FOR_A_COPY = 2
+# While a collection's index is being built, how often the keeper asks whether it is done.
+_BUILDING_RECHECK_S = 5.0
 # After the copies were dropped to make room for a write, the wait before the next copy.
 _DISK_PAUSE_S = 600.0
 
@@ -197,7 +199,9 @@ class SearchReplicas:
     def _refresh(self, name: str) -> None:
         """Copy ``name`` from the owner into every replica, then open it there."""
         if self._owner.call("collection_info", name)["status"] != "green":
-            return  # an index build is due or running: copy what it builds
+            with self._lock:  # an index build is due or running: copy what it builds
+                self._retry_at[name] = time.monotonic() + _BUILDING_RECHECK_S
+            return
         config = self._owner.call("collection_config", name)
         with self._lock:
             if self._writes.get(name):
