@@ -14,13 +14,14 @@ from core.calibration import calibrate_loaded
 from core.catalog import Catalog
 from core.config import Settings
 from core.errors import SourceError
-from ingest.labels import Labeler, PathTemplate, load_manifest
+from ingest.labels import Labeler, PathTemplate
 from ingest.pipeline import BatchReport, PipelineContext, Target, run_pipeline
 from ingest.planner import plan_batches
 from ingest.prune import DEFAULT_MAX_DELETE_FRACTION, SourceDiff, check_deletions, prune_gone, source_diffs
 from ingest.readers import DecodeLimits
 from ingest.reid import open_reid_table
 from ingest.sources.base import ObjectRef, Source
+from ingest.sources.factory import load_manifest_ref
 
 __all__ = [
     "IngestOptions",
@@ -40,7 +41,8 @@ class IngestOptions:
     beyond ``max_delete_fraction`` of a collection's objects, or for an empty listing, unless
     ``force``); ``dry_run`` only computes what would change (`diff_inline`)."""
 
-    manifest: Path | None = None
+    #: A local CSV/JSONL file or an ``s3://bucket/key`` object.
+    manifest: str | Path | None = None
     path_template: str | None = None
     skip_unchanged: bool = True
     accept_burned_in: bool = False
@@ -64,9 +66,9 @@ def make_targets(catalog: Catalog, collections: list[str]) -> list[Target]:
     return targets
 
 
-def make_labeler(options: IngestOptions) -> Labeler:
+def make_labeler(options: IngestOptions, settings: Settings) -> Labeler:
     return Labeler(
-        manifest=load_manifest(options.manifest) if options.manifest else {},
+        manifest=load_manifest_ref(options.manifest, settings) if options.manifest else {},
         path_template=PathTemplate(options.path_template) if options.path_template else None,
     )
 
@@ -91,7 +93,7 @@ def build_context(
         source=source,
         index=catalog.index,
         targets=targets,
-        labeler=labeler if labeler is not None else make_labeler(options),
+        labeler=labeler if labeler is not None else make_labeler(options, settings),
         limits=DecodeLimits.from_settings(settings.ingest),
         hash_key=settings.hash_key_bytes(),
         embed_batch_size=settings.ingest.batch_size,

@@ -33,15 +33,14 @@ from core.config import Settings
 from core.errors import CollectionNotFound, ConfigError, RadsearchError
 from core.jobs import JobKind, JobMeta, JobRecord, JobSpec, OwnerJobKind, OwnerJobStore
 from core.jobs.memory_store import MemoryJobStore
-from core.s3 import S3Location
 from core.snapshots import TrashEntry
 from ingest.backfill import plan_backfill, run_backfill
 from ingest.inline import IngestOptions, build_context, diff_inline, listing_of, plan_prune
-from ingest.labels import Labeler, PathTemplate, read_manifest
+from ingest.labels import Labeler, PathTemplate
 from ingest.pipeline import BatchReport, run_pipeline
 from ingest.planner import plan_batches
 from ingest.prune import SourceDiff, guard_message, prune_gone
-from ingest.sources import manifest_keys, open_source
+from ingest.sources import load_manifest_ref, manifest_keys, open_source
 from ingest.sources.base import ObjectRef, Source
 
 __all__ = [
@@ -265,9 +264,7 @@ class OwnerJobRunner:
 
     def _prepare_ingest(self, request: JobSpec) -> tuple[Source, Labeler, frozenset[str]]:
         labeler = Labeler(
-            manifest=read_manifest(request.manifest, _fetch_object(self.settings))
-            if request.manifest
-            else {},
+            manifest=load_manifest_ref(request.manifest, self.settings) if request.manifest else {},
             path_template=PathTemplate(request.path_template) if request.path_template else None,
         )
         source = open_source(request.source, self.settings, name=request.source_name)
@@ -505,19 +502,6 @@ def index_written(catalog: Catalog, collections: Sequence[str], report: BatchRep
         for name in collections:
             catalog.index.optimize(catalog.resolve(name))
             calibrate_loaded(catalog.index, catalog.resolve(name))
-
-
-def _fetch_object(settings: Settings) -> Callable[[S3Location], bytes]:
-    """Reads one S3 object (a manifest) on the configured endpoint."""
-
-    def fetch(location: S3Location) -> bytes:
-        source = open_source(f"s3://{location.bucket}", settings)
-        try:
-            return source.fetch(location.key)
-        finally:
-            source.close()
-
-    return fetch
 
 
 def check_local_path(value: str, *, settings: Settings, open_api: bool, what: str) -> Path:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from core.config import Settings
 from core.errors import ConfigError
-from core.s3 import parse_s3_uri
+from core.s3 import S3Location, parse_s3_uri
+from ingest.labels import read_manifest
 from ingest.sources.base import Source
 
-__all__ = ["manifest_keys", "open_source"]
+__all__ = ["load_manifest_ref", "manifest_keys", "open_source"]
 
 
 def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Source:
@@ -47,6 +49,20 @@ def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Sou
 
     path = Path(uri.removeprefix("file://"))
     return LocalSource(path, max_object_bytes=settings.ingest.max_object_bytes, name=name)
+
+
+def load_manifest_ref(ref: str | Path, settings: Settings) -> dict[str, dict[str, Any]]:
+    """A manifest (key → labels) from a local file or an ``s3://bucket/key`` object on the
+    configured endpoint; `ConfigError` naming the manifest by its file name."""
+
+    def fetch(location: S3Location) -> bytes:
+        bucket = open_source(f"s3://{location.bucket}", settings)
+        try:
+            return bucket.fetch(location.key)
+        finally:
+            bucket.close()
+
+    return read_manifest(str(ref), fetch)
 
 
 def manifest_keys(source: Source, manifest: str | Path | None) -> frozenset[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
@@ -107,8 +106,8 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 def _remote_ingest(args: argparse.Namespace, settings: Settings, url: str) -> int:
     """``radsearch ingest`` as a job of the server: the owner runs the inline pipeline on the
     folder or bucket (``--executor celery``: the server queues it for the workers)."""
-    from ingest.labels import PathTemplate, load_manifest
-    from ingest.sources import open_source
+    from ingest.labels import PathTemplate
+    from ingest.sources import load_manifest_ref, open_source
 
     celery = args.executor == "celery"
     check_prune_args(args)
@@ -121,7 +120,7 @@ def _remote_ingest(args: argparse.Namespace, settings: Settings, url: str) -> in
         # The same checks, in the same order and words, as the command run here.
         open_source(args.source, settings, name=args.source_name).close()
         if args.manifest is not None:
-            load_manifest(args.manifest)
+            load_manifest_ref(args.manifest, settings)
         if args.path_template:
             PathTemplate(args.path_template)
     body: dict[str, Any] = {
@@ -191,7 +190,9 @@ def add_ingest_command(sub: Any) -> None:
     ingest.add_argument("--collection", required=True)
     ingest.add_argument("--encoder", help="encoder for a new collection (default: baseline)")
     ingest.add_argument("--weights", help="weights for a new collection: path, s3:// URI, hub id or 'random'")
-    ingest.add_argument("--manifest", type=Path, help="CSV or JSONL mapping key → labels")
+    ingest.add_argument(
+        "--manifest", help="CSV or JSONL mapping key → labels: a local file or an s3://bucket/key object"
+    )
     ingest.add_argument("--path-template", help="e.g. '{modality}/{anatomy}/{pathology}/{file}'")
     ingest.add_argument("--no-skip-unchanged", action="store_true", help="re-embed objects already indexed")
     ingest.add_argument("--json", action="store_true", help="print a JSON summary as the last line")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -14,9 +15,13 @@ from typing import Any
 import huggingface_hub.constants
 import numpy as np
 import pytest
+from minio import Minio
 from PIL import Image
 
+from core.config import Settings
+from core.index.edge import EdgeIndex
 from radsearch.commands.main import main
+from tests.workers.conftest import settings_env
 
 
 @pytest.fixture
@@ -415,3 +420,34 @@ def test_a_malformed_roi_is_a_usage_error(tmp_path: Path, capsys: pytest.Capture
         main(["--data-dir", str(tmp_path), "search", "q.dcm", "--collection", "c", "--roi", "0,0,10"])
     assert exit_info.value.code == 2
     assert "give X,Y,WIDTH,HEIGHT in pixels" in capsys.readouterr().err
+
+
+def test_ingest_reads_an_s3_manifest_inline(
+    settings: Settings,
+    minio_client: Minio,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    folder: Path,
+) -> None:
+    """``--manifest s3://bucket/key`` is a URI, not a path: the labels come from the object."""
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    labels = b"key,pathology\nCT/rows_0.png,nodule\nMR/cols_1.png,effusion\n"
+    minio_client.put_object(bucket, "manifests/labels.csv", io.BytesIO(labels), len(labels))
+    (folder / "bad.png").unlink()
+    argv = ["ingest", str(folder), "--collection", "c", "--json"]
+    assert main([*argv, "--manifest", f"s3://{bucket}/manifests/labels.csv"]) == 0
+    assert _last_json(capsys.readouterr().out)["frames_indexed"] == 8
+    index = EdgeIndex(settings.index_dir, settings.store)
+    try:
+        labelled = {str(p.payload["key"]): p.payload.get("pathology") for p in index.scroll("c")}
+    finally:
+        index.close()
+    assert {k: v for k, v in labelled.items() if v} == {
+        "CT/rows_0.png": ["nodule"],
+        "MR/cols_1.png": ["effusion"],
+    }
+    # a missing object is a clear error naming the manifest's file, before anything is written
+    assert main([*argv, "--manifest", f"s3://{bucket}/manifests/gone.csv", "--no-skip-unchanged"]) == 2
+    assert "gone.csv" in capsys.readouterr().err

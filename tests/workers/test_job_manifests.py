@@ -59,6 +59,17 @@ def test_a_manifest_among_the_images_is_read_not_indexed(
     assert code == 0, job
     assert job["drift"]["s3m"]["missing"] == 4 and not job["failed_items"], job
     assert sorted(key for key, _, _ in stored_points(worker_settings, "s3m")) == keys
+    # an s3:// manifest given to `ingest` stays a URI, for the workers and for the server's own job
+    for executor in ("celery", "owner"):
+        executor_args = ["--executor", "celery"] if executor == "celery" else []
+        code, job = _run(
+            capsys, "ingest", f"s3://{bucket}/raw/", "--collection", f"s3{executor}", "--encoder", "baseline",
+            "--manifest", f"s3://{bucket}/raw/labels.csv", *executor_args,
+        )  # fmt: skip
+        assert code == 0 and not job.get("failed_items") and not job.get("failed"), job
+        with server.client() as client:
+            facets = client.get(f"/v1/collections/s3{executor}/facets/pathology").json()["counts"]
+        assert facets == {"nodule": 1}, executor
 
     monkeypatch.chdir(tmp_path)  # a relative path, which the worker (started elsewhere) must find
     code, job = _run(
