@@ -143,3 +143,50 @@ def test_metadata_answers_follow_every_change_made_through_it(tmp_path: Path) ->
         assert hosted.aliases() == {} and not hosted.collection_exists("c")
     finally:
         hosted.close()
+
+
+def test_searches_are_answered_while_a_copy_is_made_and_a_write_waits_for_it(tmp_path: Path) -> None:
+    """A copy for a search replica (seconds at 1 M points) holds the collection's writes, never the
+    store process: searches go on meanwhile, and a write to the collection waits for the copy."""
+    hosted = HostedEdgeIndex(tmp_path, StoreSettings(search_replicas=0))
+    try:
+        vectors = _fill(hosted)
+        # Ballast the copy must read and write whole, so that it takes long enough to search during.
+        with open(tmp_path / "c" / "ballast", "wb") as ballast:
+            block = np.random.default_rng(1).bytes(16 * 2**20)
+            for _ in range(32):
+                ballast.write(block)
+        copied: list[float] = []
+        written: list[float] = []
+
+        def copy() -> None:
+            started = time.perf_counter()
+            hosted._call("export_collection", "c", str(tmp_path / "copy"))
+            copied.append(time.perf_counter() - started)
+
+        def write() -> None:
+            hosted.upsert("c", [str(uuid.UUID(int=10_000))], vectors[:1], [{"modality": "MR"}])
+            written.append(time.perf_counter())
+
+        copier = threading.Thread(target=copy)
+        copier.start()
+        time.sleep(0.05)
+        writer = threading.Thread(target=write)
+        writer.start()
+        latencies = []
+        while copier.is_alive():
+            started = time.perf_counter()
+            assert hosted.search("c", vectors[3], limit=1)[0].id == str(uuid.UUID(int=4))
+            latencies.append(time.perf_counter() - started)
+        copier.join()
+        copy_ended = time.perf_counter()
+        writer.join()
+        assert copied and written, "the copy or the write failed"
+        # Searches were answered all along, each far quicker than the copy.
+        assert len(latencies) >= 10, (copied, latencies)
+        assert max(latencies) < copied[0] / 4, (copied, max(latencies))
+        # The write waited for the copy (which holds the collection as it was) and then went in.
+        assert written[0] >= copy_ended - 0.05
+        assert hosted.count("c") == len(vectors) + 1
+    finally:
+        hosted.close()
