@@ -176,7 +176,8 @@ def test_each_filter_size_gets_its_own_plan_and_ef(tmp_path: Path) -> None:
     modality = ["CT"] * 600 + ["MR"] * 250 + ["US"] * 50 + ["CR"] * 80 + ["DX"] * 20
     index = EdgeIndex(tmp_path / "index", store)
     try:
-        index.create_collection(CollectionConfig(name="c", dim=DIM))
+        # a 1 KB full-scan threshold: the engine would plan no plain search of its own
+        index.create_collection(CollectionConfig(name="c", dim=DIM, full_scan_threshold_kb=1))
         ids = [str(uuid.UUID(int=i + 1)) for i in range(len(modality))]
         vectors = _unit(rng.standard_normal((len(modality), DIM)).astype(np.float32))
         index.upsert("c", ids, vectors, [{"modality": m} for m in modality])
@@ -268,6 +269,55 @@ def test_small_filters_are_scanned_exactly(tmp_path: Path, on_disk: bool) -> Non
         # exact counts for several conditions (the engine's estimate takes them as independent)
         assert index._estimate(index._handle("c"), combined)[0] == int(mask.sum())
         assert index._filtered_plan(index._handle("c"), combined, 10).exact
+        for j in range(20):
+            query = vectors[j * 97]
+            hits = index.search("c", query, filter=combined, limit=10)
+            assert [uuid.UUID(h.id).int - 1 for h in hits] == _exact(vectors, mask, query, 10)
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_small_filter_under_the_full_scan_threshold_is_the_engines_plain_search(
+    tmp_path: Path, on_disk: bool
+) -> None:
+    """Labels combined into one condition, matching fewer points than the engine's full-scan
+    threshold, on a collection with a graph: not an exact scan of the collection, and the hits
+    are still exact search's (the engine scores every matching point)."""
+    rng = np.random.default_rng(6)
+    n = 6000
+    vectors = _unit(rng.standard_normal((n, DIM)).astype(np.float32))
+    modality = np.array(MODALITIES)[rng.integers(0, 4, n)]
+    anatomy = np.array(["chest", "head", "abdomen"])[rng.integers(0, 3, n)]
+    pathology = np.array(["a", "b", "c", "d", "e", "f", "g", "h"])[rng.integers(0, 8, n)]
+    index = EdgeIndex(tmp_path / "index", StoreSettings())
+    # 100 KB: a graph for the collection, plain search under 400 points at DIM 64
+    config = CollectionConfig(
+        name="c",
+        dim=DIM,
+        quantization="int8",
+        on_disk=on_disk,
+        full_scan_threshold_kb=100,
+        combined_fields=("modality", "anatomy", "pathology"),
+    )
+    index.create_collection(config)
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
+    payloads = [
+        {"modality": m, "anatomy": a, "pathology": [p]}
+        for m, a, p in zip(modality, anatomy, pathology, strict=True)
+    ]
+    index.upsert("c", ids, vectors, payloads)
+    index.optimize("c")
+    combined = SearchFilter(modality=["CT"], anatomy=["chest"], pathology=["a"])
+    mask = (modality == "CT") & (anatomy == "chest") & (pathology == "a")
+    try:
+        handle = index._handle("c")
+        assert handle.shard.info().indexed_vectors_count == n  # the graph is there
+        plan = index._filtered_plan(handle, combined, 10)
+        assert not plan.exact and not plan.post_filter and not plan.acorn
+        # an exclusion (the query's own patient) makes it two conditions: scanned as before
+        excluding = combined.model_copy(update={"not_patient_hash": ["someone"]})
+        assert index._filtered_plan(handle, excluding, 10).exact
         for j in range(20):
             query = vectors[j * 97]
             hits = index.search("c", query, filter=combined, limit=10)
