@@ -464,7 +464,7 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 120) 
         if proc.poll() is not None:
             raise RuntimeError(f"radsearch serve exited with {proc.returncode}")
         try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:  # collections loaded
                 return
         except httpx.HTTPError:
             pass

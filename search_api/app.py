@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -51,11 +53,22 @@ _INFERENCE_THREADS = 4
 # Multipart framing and form fields around an upload of at most ``max_upload_bytes``.
 _BODY_OVERHEAD_BYTES = 256 * 1024
 
+logger = logging.getLogger(__name__)
+
 
 def _unique_id(route: APIRoute) -> str:
     """The operation id: the endpoint's name (``search_by_image``), unique across the app (a test
     checks), which generated clients turn into their function names."""
     return route.name
+
+
+def _open_collections(index: VectorIndex, done: threading.Event) -> None:
+    try:
+        index.open_collections()
+    except Exception:  # the server still answers: a collection opens, or fails, at its first use
+        logger.exception("opening the collections ahead of their first use failed")
+    finally:
+        done.set()
 
 
 def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastAPI:
@@ -71,6 +84,15 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
         app.state.index = opened
         if opened.supports_files:  # the owner starts: what expired in the trash goes
             await in_thread(Trash(settings).purge)
+        # Loading the collections takes seconds at 1 M points: /readyz says so until it is done,
+        # instead of the first searches waiting for it.
+        app.state.collections_open = threading.Event()
+        threading.Thread(
+            target=_open_collections,
+            args=(opened, app.state.collections_open),
+            name="open-collections",
+            daemon=True,
+        ).start()
         app.state.catalog = Catalog(opened, settings)
         app.state.inference_limiter = CapacityLimiter(_INFERENCE_THREADS)
         job_store, close_job_store = await in_thread(open_owner_store, settings)

@@ -116,6 +116,11 @@ class VectorIndex(ABC):
         """The collections whose searches search replicas share now (`HostedEdgeIndex`); none here."""
         return []
 
+    def open_collections(self) -> None:
+        """Open every collection now (load its files), so that the first searches after a start
+        do not wait for that; nothing to do where a server keeps them open."""
+        return None
+
     @abstractmethod
     def create_collection(self, config: CollectionConfig) -> None:
         """Create the collection and its payload indexes; `CollectionExists` if it exists."""

@@ -34,6 +34,7 @@ _METHODS = frozenset(
         "create_collection",
         "drop_collection",
         "list_collections",
+        "open_collections",
         "collection_exists",
         "collection_config",
         "update_metadata",

@@ -130,6 +130,9 @@ class HostedEdgeIndex(VectorIndex):
     def drop_collection(self, name: str) -> None:
         self._changing_metadata([name], "drop_collection", name)
 
+    def open_collections(self) -> None:
+        self._call("open_collections")
+
     def list_collections(self) -> list[str]:
         result: list[str] = self._call("list_collections")
         return result

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from search_api.deps import IndexDep
 from search_api.offload import in_thread
@@ -21,8 +21,12 @@ async def read_liveness() -> HealthPublic:
 
 
 @router.get("/readyz", responses={503: {"model": HealthPublic}})
-async def read_readiness(index: IndexDep, response: Response) -> HealthPublic:
-    """Readiness: the vector index answers."""
+async def read_readiness(request: Request, index: IndexDep, response: Response) -> HealthPublic:
+    """Readiness: the vector index answers and has opened its collections (after a start, seconds
+    at 1 M points; until then ``{"status": "opening collections"}``)."""
+    if not request.app.state.collections_open.is_set():
+        response.status_code = 503
+        return HealthPublic(status="opening collections")
     try:
         await in_thread(index.list_collections)
     except Exception as exc:

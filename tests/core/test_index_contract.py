@@ -262,6 +262,13 @@ def test_search_best_first_self_hit(filled: VectorIndex, data: Data) -> None:
         assert [h.id for h in hits] == exact_top(data, data.vectors[i], list(range(N)), 10)
 
 
+def test_open_collections_changes_nothing_it_opens(filled: VectorIndex, data: Data) -> None:
+    filled.open_collections()
+    filled.open_collections()  # again: nothing left to open
+    assert filled.list_collections() == ["c"]
+    assert filled.search("c", data.vectors[5], limit=1)[0].id == data.ids[5]
+
+
 def test_search_accepts_unnormalised_query(filled: VectorIndex, data: Data) -> None:
     hits = filled.search("c", data.vectors[5] * 7.5, limit=1)
     assert hits[0].id == data.ids[5]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +238,45 @@ def test_readiness_fails_when_the_store_is_unreachable(settings: Settings) -> No
         response = client.get("/readyz")
         assert response.status_code == 503
         assert response.json() == {"status": "unavailable"}
+
+
+def test_readiness_waits_until_the_collections_are_open(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a start, /readyz answers 503 until every collection is loaded, so that a load
+    balancer sends no search that would wait for it (seconds at 1 M points)."""
+    from core.index.base import CollectionConfig
+    from core.index.edge import EdgeIndex
+
+    root = tmp_path / "store"
+    index = EdgeIndex(root, settings.store)
+    index.create_collection(CollectionConfig(name="c", dim=4))
+    index.upsert("c", [point_id("s", "a", 0)], np.eye(1, 4, dtype=np.float32), [{"modality": "CT"}])
+    index.close()
+    index = EdgeIndex(root, settings.store)
+    may_open = threading.Event()
+    open_collections = index.open_collections
+
+    def open_when_allowed() -> None:
+        may_open.wait(30)
+        open_collections()
+
+    monkeypatch.setattr(index, "open_collections", open_when_allowed)
+    try:
+        with TestClient(create_app(settings, index=index)) as client:
+            response = client.get("/readyz")
+            assert (response.status_code, response.json()) == (503, {"status": "opening collections"})
+            assert client.get("/healthz").status_code == 200
+            assert not index._handles
+            may_open.set()
+            deadline = time.monotonic() + 30
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "never ready"
+                time.sleep(0.05)
+            assert set(index._handles) == {"c"}
+    finally:
+        may_open.set()
+        index.close()
 
 
 def test_web_page_is_self_contained_html(client: TestClient) -> None:
