@@ -1,10 +1,10 @@
 """An `EdgeIndex` in a child process of its own, called over a Unix socket (`IndexProcess`).
 
 The parent opens one connection per concurrent caller and keeps it for reuse; the child answers
-them one request at a time, exits when the parent closes the first connection (its lifeline) or
-dies, and then closes its shards. The arguments and results are pickled. Errors raised by the
-index are re-raised in the parent as they are; an error that cannot cross (not picklable) becomes
-an `IndexStoreError`.
+their reads one at a time and runs every other call on a thread of its own (`_READS`), exits when
+the parent closes the first connection (its lifeline) or dies, and then closes its shards. The
+arguments and results are pickled. Errors raised by the index are re-raised in the parent as they
+are; an error that cannot cross (not picklable) becomes an `IndexStoreError`.
 """
 
 from __future__ import annotations
@@ -92,16 +92,19 @@ _READS = frozenset(
 )
 
 
-def _receive(conn: Connection) -> tuple[str, tuple[Any, ...], dict[str, Any]] | None:
+_Request = tuple[str, tuple[Any, ...], dict[str, Any]]  # (method, args, kwargs)
+
+
+def _receive(conn: Connection) -> _Request | None:
     """The next request on ``conn``: (method, args, kwargs); None once the connection is closed."""
     try:
-        request: tuple[str, tuple[Any, ...], dict[str, Any]] = conn.recv()
+        request: _Request = conn.recv()
     except (EOFError, OSError):
         return None
     return request
 
 
-def _reply(conn: Connection, index: Any, request: tuple[str, tuple[Any, ...], dict[str, Any]]) -> bool:
+def _reply(conn: Connection, index: Any, request: _Request) -> bool:
     """Run ``request`` on ``index`` and send ("ok", result) or ("err", error) on ``conn``. False
     once the connection is closed."""
     method, args, kwargs = request
@@ -150,7 +153,7 @@ def _serve(root: Path, store: StoreSettings, address: str, authkey: bytes, ready
         while True:
             join(listener.accept())
 
-    def answer_aside(conn: Connection, request: tuple[str, tuple[Any, ...], dict[str, Any]]) -> None:
+    def answer_aside(conn: Connection, request: _Request) -> None:
         if _reply(conn, index, request):
             join(conn)
 
