@@ -56,11 +56,11 @@ def load_manifest_ref(ref: str | Path, settings: Settings) -> dict[str, dict[str
     configured endpoint; `ConfigError` naming the manifest by its file name."""
 
     def fetch(location: S3Location) -> bytes:
-        bucket = open_source(f"s3://{location.bucket}", settings)
+        source = open_source(f"s3://{location.bucket}", settings)
         try:
-            return bucket.fetch(location.key)
+            return source.fetch(location.key)
         finally:
-            bucket.close()
+            source.close()
 
     return read_manifest(str(ref), fetch)
 
