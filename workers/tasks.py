@@ -375,6 +375,7 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
     try:
         res.ensure_collections(spec, create=True)
         _record_accept_burned_in(res, spec)
+        res.labeler(job_id, spec)  # a manifest that cannot be read fails the job here, not each batch
         source = res.source(spec.source, spec.source_name)
         batch_size = spec.batch_size or res.settings.celery.task_batch_size
         manifest = manifest_keys(source, spec.manifest)
@@ -414,6 +415,7 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
     try:
         res.ensure_collections(spec, create=True)
         _record_accept_burned_in(res, spec)
+        res.labeler(job_id, spec)  # as in planning: an unreadable manifest fails the job once
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
         store.fail(job_id, str(exc))
         return None

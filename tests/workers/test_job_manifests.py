@@ -89,3 +89,13 @@ def test_a_manifest_among_the_images_is_read_not_indexed(
         facets = client.get("/v1/collections/local/facets/pathology").json()["counts"]
     assert sorted(p["key"] for p in page) == ["img_0.png", "img_1.png", "img_2.png"]
     assert facets.get("effusion") == 1  # the manifest's label
+    # A manifest that cannot be read fails the job once, before any batch, naming the manifest.
+    for command in ("ingest", "reconcile"):
+        executor_args = ["--executor", "celery"] if command == "ingest" else []
+        code, job = _run(
+            capsys, command, f"s3://{bucket}/raw/", "--collection", "s3m", "--encoder", "baseline",
+            "--manifest", f"s3://{bucket}/raw/gone.csv", *executor_args,
+        )  # fmt: skip
+        assert (code, job["state"]) == (1, "failed"), job
+        assert "gone.csv" in job["error"] and not job.get("failed_items"), job
+    assert sorted(key for key, _, _ in stored_points(worker_settings, "s3m")) == keys  # nothing lost
