@@ -28,53 +28,10 @@ __all__ = ["IndexProcess"]
 
 logger = logging.getLogger(__name__)
 
-# The calls the child answers: the VectorIndex interface, nothing else.
-_METHODS = frozenset(
-    {
-        "create_collection",
-        "drop_collection",
-        "list_collections",
-        "open_collections",
-        "collection_exists",
-        "collection_config",
-        "update_metadata",
-        "upsert",
-        "search",
-        "search_near_point",
-        "retrieve",
-        "count",
-        "facet",
-        "scroll_page",
-        "delete",
-        "delete_by_filter",
-        "overwrite_payloads",
-        "register_source",
-        "collection_info",
-        "aliases",
-        "set_alias",
-        "delete_alias",
-        "optimize",
-        "export_collection",
-        "detach_collection",
-        "attach_collection",
-    }
-)
-_START_TIMEOUT_S = 120.0
-
-
-def _crossable(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling, else an `IndexStoreError` with its message."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return IndexStoreError(f"{type(exc).__name__}: {exc}")
-    return exc
-
-
-# Calls answered by the loop itself, one at a time: they only read. Every other call (a write, an
-# index build, a copy) runs in a thread of its own, so that while it waits (for the collection's
-# write lock, or on the disk while a copy for a search replica is made: seconds at 1 M points)
-# the other connections' searches are answered.
+# The calls the child answers, the VectorIndex interface and nothing else, in two kinds. Reads are
+# answered by the loop itself, one at a time. Every other call (a write, an index build, a copy)
+# runs on a thread of its own, so that while it waits (for the collection's write lock, or on the
+# disk while a copy for a search replica is made: seconds at 1 M points) searches are answered.
 _READS = frozenset(
     {
         "list_collections",
@@ -90,6 +47,33 @@ _READS = frozenset(
         "aliases",
     }
 )
+_METHODS = _READS | {
+    "open_collections",
+    "create_collection",
+    "drop_collection",
+    "update_metadata",
+    "upsert",
+    "delete",
+    "delete_by_filter",
+    "overwrite_payloads",
+    "register_source",
+    "set_alias",
+    "delete_alias",
+    "optimize",
+    "export_collection",
+    "detach_collection",
+    "attach_collection",
+}
+_START_TIMEOUT_S = 120.0
+
+
+def _crossable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else an `IndexStoreError` with its message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return IndexStoreError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 _Request = tuple[str, tuple[Any, ...], dict[str, Any]]  # (method, args, kwargs)

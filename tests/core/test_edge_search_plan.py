@@ -240,39 +240,55 @@ def test_combined_filter_draws_its_candidates_from_its_narrowest_linked_conditio
     assert float(np.mean(recalls)) >= 0.95
 
 
-@pytest.mark.parametrize("on_disk", [False, True])
-def test_small_filters_are_scanned_exactly(tmp_path: Path, on_disk: bool) -> None:
-    """Three conditions matching ~1 % of the points: every matching point scored, so the hits are
-    exact search's, on a collection whose graph alone would miss some (originals in RAM: scored
-    with them; on disk: int8, then rescored)."""
+# The three labels of a small filter: CT AND chest AND "a" matches ~1 % of the points.
+SMALL = SearchFilter(modality=["CT"], anatomy=["chest"], pathology=["a"])
+
+
+def _three_labels(
+    root: Path, store: StoreSettings, config: CollectionConfig
+) -> tuple[EdgeIndex, NDArray[np.float32], NDArray[np.bool_]]:
+    """6,000 indexed points with a modality, an anatomy and a pathology each: the index, the
+    vectors, and which points `SMALL` matches."""
     rng = np.random.default_rng(5)
     n = 6000
     vectors = _unit(rng.standard_normal((n, DIM)).astype(np.float32))
     modality = np.array(MODALITIES)[rng.integers(0, 4, n)]
     anatomy = np.array(["chest", "head", "abdomen"])[rng.integers(0, 3, n)]
     pathology = np.array(["a", "b", "c", "d", "e", "f", "g", "h"])[rng.integers(0, 8, n)]
-    index = EdgeIndex(tmp_path / "index", StoreSettings(filter_exact_max_points=200))
-    config = CollectionConfig(
-        name="c", dim=DIM, quantization="int8", on_disk=on_disk, full_scan_threshold_kb=1
-    )
+    index = EdgeIndex(root, store)
     index.create_collection(config)
-    ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
     payloads = [
         {"modality": m, "anatomy": a, "pathology": [p]}
         for m, a, p in zip(modality, anatomy, pathology, strict=True)
     ]
-    index.upsert("c", ids, vectors, payloads)
+    index.upsert("c", [str(uuid.UUID(int=i + 1)) for i in range(n)], vectors, payloads)
     index.optimize("c")
-    combined = SearchFilter(modality=["CT"], anatomy=["chest"], pathology=["a"])
-    mask = (modality == "CT") & (anatomy == "chest") & (pathology == "a")
+    return index, vectors, (modality == "CT") & (anatomy == "chest") & (pathology == "a")
+
+
+def _hits_are_exact(index: EdgeIndex, vectors: NDArray[np.float32], mask: NDArray[np.bool_]) -> None:
+    for j in range(20):
+        query = vectors[j * 97]
+        hits = index.search("c", query, filter=SMALL, limit=10)
+        assert [uuid.UUID(h.id).int - 1 for h in hits] == _exact(vectors, mask, query, 10)
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_small_filters_are_scanned_exactly(tmp_path: Path, on_disk: bool) -> None:
+    """Three conditions matching ~1 % of the points: every matching point scored, so the hits are
+    exact search's, on a collection whose graph alone would miss some (originals in RAM: scored
+    with them; on disk: int8, then rescored)."""
+    config = CollectionConfig(
+        name="c", dim=DIM, quantization="int8", on_disk=on_disk, full_scan_threshold_kb=1
+    )
+    index, vectors, mask = _three_labels(
+        tmp_path / "index", StoreSettings(filter_exact_max_points=200), config
+    )
     try:
         # exact counts for several conditions (the engine's estimate takes them as independent)
-        assert index._estimate(index._handle("c"), combined)[0] == int(mask.sum())
-        assert index._filtered_plan(index._handle("c"), combined, 10).exact
-        for j in range(20):
-            query = vectors[j * 97]
-            hits = index.search("c", query, filter=combined, limit=10)
-            assert [uuid.UUID(h.id).int - 1 for h in hits] == _exact(vectors, mask, query, 10)
+        assert index._estimate(index._handle("c"), SMALL)[0] == int(mask.sum())
+        assert index._filtered_plan(index._handle("c"), SMALL, 10).exact
+        _hits_are_exact(index, vectors, mask)
     finally:
         index.close()
 
@@ -284,13 +300,6 @@ def test_a_small_filter_under_the_full_scan_threshold_is_the_engines_plain_searc
     """Labels combined into one condition, matching fewer points than the engine's full-scan
     threshold, on a collection with a graph: not an exact scan of the collection, and the hits
     are still exact search's (the engine scores every matching point)."""
-    rng = np.random.default_rng(6)
-    n = 6000
-    vectors = _unit(rng.standard_normal((n, DIM)).astype(np.float32))
-    modality = np.array(MODALITIES)[rng.integers(0, 4, n)]
-    anatomy = np.array(["chest", "head", "abdomen"])[rng.integers(0, 3, n)]
-    pathology = np.array(["a", "b", "c", "d", "e", "f", "g", "h"])[rng.integers(0, 8, n)]
-    index = EdgeIndex(tmp_path / "index", StoreSettings())
     # 100 KB: a graph for the collection, plain search under 400 points at DIM 64
     config = CollectionConfig(
         name="c",
@@ -300,27 +309,15 @@ def test_a_small_filter_under_the_full_scan_threshold_is_the_engines_plain_searc
         full_scan_threshold_kb=100,
         combined_fields=("modality", "anatomy", "pathology"),
     )
-    index.create_collection(config)
-    ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
-    payloads = [
-        {"modality": m, "anatomy": a, "pathology": [p]}
-        for m, a, p in zip(modality, anatomy, pathology, strict=True)
-    ]
-    index.upsert("c", ids, vectors, payloads)
-    index.optimize("c")
-    combined = SearchFilter(modality=["CT"], anatomy=["chest"], pathology=["a"])
-    mask = (modality == "CT") & (anatomy == "chest") & (pathology == "a")
+    index, vectors, mask = _three_labels(tmp_path / "index", StoreSettings(), config)
     try:
         handle = index._handle("c")
-        assert handle.shard.info().indexed_vectors_count == n  # the graph is there
-        plan = index._filtered_plan(handle, combined, 10)
+        assert handle.shard.info().indexed_vectors_count == len(vectors)  # the graph is there
+        plan = index._filtered_plan(handle, SMALL, 10)
         assert not plan.exact and not plan.post_filter and not plan.acorn
         # an exclusion (the query's own patient) makes it two conditions: scanned as before
-        excluding = combined.model_copy(update={"not_patient_hash": ["someone"]})
+        excluding = SMALL.model_copy(update={"not_patient_hash": ["someone"]})
         assert index._filtered_plan(handle, excluding, 10).exact
-        for j in range(20):
-            query = vectors[j * 97]
-            hits = index.search("c", query, filter=combined, limit=10)
-            assert [uuid.UUID(h.id).int - 1 for h in hits] == _exact(vectors, mask, query, 10)
+        _hits_are_exact(index, vectors, mask)
     finally:
         index.close()
