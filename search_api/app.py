@@ -87,12 +87,13 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
         # Loading the collections takes seconds at 1 M points: /readyz says so until it is done,
         # instead of the first searches waiting for it.
         app.state.collections_open = threading.Event()
-        threading.Thread(
+        opening = threading.Thread(
             target=_open_collections,
             args=(opened, app.state.collections_open),
             name="open-collections",
             daemon=True,
-        ).start()
+        )
+        opening.start()
         app.state.catalog = Catalog(opened, settings)
         app.state.inference_limiter = CapacityLimiter(_INFERENCE_THREADS)
         job_store, close_job_store = await in_thread(open_owner_store, settings)
@@ -104,6 +105,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
         finally:
             await in_thread(app.state.backfill.close)
             await in_thread(close_job_store)
+            await in_thread(opening.join)  # a stop right after the start: no load races the close
             if index is None:
                 await in_thread(opened.close)
 
