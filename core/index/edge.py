@@ -80,7 +80,7 @@ from core.index.combinations import (
 )
 from core.index.resident import release_cold_pages, resident_mb
 from core.ownership import StoreLease
-from core.payload import INDEXED_FIELDS, SearchFilter
+from core.payload import EXCLUDABLE_FIELDS, INDEXED_FIELDS, SearchFilter
 
 __all__ = ["EdgeIndex"]
 
@@ -1026,8 +1026,8 @@ class EdgeIndex(VectorIndex):
 
         - at most ``filter_exact_max_points`` points: a scan of every matching point (the graphs
           lost recall on such filters: 0.85-0.97 for a three-condition 0.5 % filter at 1 M); the
-          engine's own plain search of them where it plans one (`_one_engine_condition`, under
-          its full-scan threshold), else an exact scan;
+          engine's own plain search of them where it plans one (`_engine_searches_plainly`),
+          else an exact scan;
         - at least ``post_filter_min_share`` of the collection and a page of at most
           ``post_filter_max_results``: first unfiltered candidates, then the filter
           (`_post_filtered`; filtered HNSW plateaued at recall 0.97-0.99 on a 25 % filter at
@@ -1048,11 +1048,9 @@ class EdgeIndex(VectorIndex):
         matching, total = self._estimate(handle, filter)
         share = matching / total if total else 0.0
         if matching <= store.filter_exact_max_points:
-            if matching < self._threshold_vectors(handle) and self._one_engine_condition(handle, filter):
-                # Fewer points than the engine's full-scan threshold, under one condition it counts
-                # exactly: the engine's own plan is a plain search of the points its payload index
-                # lists (int8, the best rescored). 1 M points, the 0.46 % filter: 0.43 ms at recall
-                # 1.0, against 1.3-1.5 ms for an exact scan, which tests the filter on every point.
+            if self._engine_searches_plainly(handle, filter, matching):
+                # 1 M points, the 0.46 % filter: 0.43 ms at recall 1.0, against 1.3-1.5 ms for an
+                # exact scan, which tests the filter on every point.
                 return _Plan(False, share, False, store.hnsw_ef_selective)
             return _Plan(False, share, False, store.hnsw_ef_selective, exact=True)
         small_page = needed <= store.post_filter_max_results
@@ -1066,12 +1064,22 @@ class EdgeIndex(VectorIndex):
             return _Plan(post, base_share, True, store.hnsw_ef_acorn, base)
         return _Plan(post, base_share, False, store.hnsw_ef_selective, base)
 
-    @staticmethod
-    def _one_engine_condition(handle: _Handle, filter: SearchFilter | None) -> bool:
-        """``filter`` reaches the engine as one condition (its labels combined where the
-        collection keeps their combinations), whose matches the engine counts exactly."""
-        conditions = combine_conditions(filter_conditions(filter), handle.config.combined_fields)
-        return len(conditions) == 1 and not filter_exclusions(filter)
+    def _engine_searches_plainly(self, handle: _Handle, filter: SearchFilter | None, matching: int) -> bool:
+        """Whether the engine's own plan for ``filter`` (``matching`` points) is a plain search of
+        the points its payload index lists (int8, the best rescored): the filter reaches it as one
+        condition (its labels combined where the collection keeps their combinations), which the
+        engine counts exactly, and that condition matches fewer points than the full-scan
+        threshold. An exclusion (the query's own patient or study) narrows the matches but not
+        the engine's bound on them, so the condition is counted without it."""
+        if (
+            filter is None
+            or len(combine_conditions(filter_conditions(filter), handle.config.combined_fields)) != 1
+        ):
+            return False
+        if filter_exclusions(filter):
+            unexcluded = filter.model_copy(update={f"not_{field}": None for field in EXCLUDABLE_FIELDS})
+            matching = self._estimate(handle, unexcluded)[0]
+        return matching < self._threshold_vectors(handle)
 
     def _narrowest_base(
         self, handle: _Handle, filter: SearchFilter | None, matching: int

@@ -258,18 +258,29 @@ def _three_labels(
     index = EdgeIndex(root, store)
     index.create_collection(config)
     payloads = [
-        {"modality": m, "anatomy": a, "pathology": [p]}
-        for m, a, p in zip(modality, anatomy, pathology, strict=True)
+        {
+            "modality": m,
+            "anatomy": a,
+            "pathology": [p],
+            "dataset": f"d{i % 2}",
+            "patient_hash": f"patient-{i % 50}",
+        }
+        for i, (m, a, p) in enumerate(zip(modality, anatomy, pathology, strict=True))
     ]
     index.upsert("c", [str(uuid.UUID(int=i + 1)) for i in range(n)], vectors, payloads)
     index.optimize("c")
     return index, vectors, (modality == "CT") & (anatomy == "chest") & (pathology == "a")
 
 
-def _hits_are_exact(index: EdgeIndex, vectors: NDArray[np.float32], mask: NDArray[np.bool_]) -> None:
+def _hits_are_exact(
+    index: EdgeIndex,
+    vectors: NDArray[np.float32],
+    mask: NDArray[np.bool_],
+    search_filter: SearchFilter = SMALL,
+) -> None:
     for j in range(20):
         query = vectors[j * 97]
-        hits = index.search("c", query, filter=SMALL, limit=10)
+        hits = index.search("c", query, filter=search_filter, limit=10)
         assert [uuid.UUID(h.id).int - 1 for h in hits] == _exact(vectors, mask, query, 10)
 
 
@@ -315,9 +326,14 @@ def test_a_small_filter_under_the_full_scan_threshold_is_the_engines_plain_searc
         assert handle.shard.info().indexed_vectors_count == len(vectors)  # the graph is there
         plan = index._filtered_plan(handle, SMALL, 10)
         assert not plan.exact and not plan.post_filter and not plan.acorn
-        # an exclusion (the query's own patient) makes it two conditions: scanned as before
-        excluding = SMALL.model_copy(update={"not_patient_hash": ["someone"]})
-        assert index._filtered_plan(handle, excluding, 10).exact
         _hits_are_exact(index, vectors, mask)
+        # leaving out a patient (the query's own) narrows the matches, not the engine's plan
+        excluding = SMALL.model_copy(update={"not_patient_hash": ["patient-3"]})
+        assert not index._filtered_plan(handle, excluding, 10).exact
+        kept = np.array([i % 50 != 3 for i in range(len(vectors))])
+        _hits_are_exact(index, vectors, mask & kept, excluding)
+        # two conditions (the labels' combination and a dataset, which is not combined): scanned
+        two = SMALL.model_copy(update={"dataset": ["d0"]})
+        assert index._filtered_plan(handle, two, 10).exact
     finally:
         index.close()
