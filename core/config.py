@@ -112,8 +112,8 @@ class StoreSettings(BaseModel):
     # and 0.988 with ACORN (30 ms), 1.0 scanned (17.6 ms, ~10 of them the filter's evaluation;
     # 3-5 ms as one lookup of its combination: combined_filter_fields); at 300 k the 2 % filter
     # (6 k points) 0.9765 on its links. Where such a filter reaches the engine as one condition
-    # (its labels' combination) matching fewer points than the full-scan threshold, the engine's
-    # own plain search of them replaces the scan: 0.5 instead of 1.6 ms for the 4.6 k points (Zen 5).
+    # (its labels' combination) under the engine's full-scan threshold, the engine's own plain
+    # search (int8, the best rescored) replaces the scan: 0.5 instead of 1.6 ms for 4.6 k points.
     filter_exact_max_points: int = 10_000
     acorn: bool = True
     acorn_max_selectivity: float = 0.4

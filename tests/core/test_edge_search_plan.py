@@ -153,7 +153,7 @@ def test_filter_estimates_are_cached_until_the_next_write(tmp_path: Path) -> Non
         handle = index._handle("c")
         # keyed by the conditions the store matches (MR and its legacy spellings, one estimate)
         key = tuple((name, tuple(values)) for name, values in mr.conditions())
-        assert handle.cardinality == {key: (0, 300)}
+        assert handle.cardinality[key] == (0, 300)
         new_id = str(uuid.UUID(int=10_000))
         index.upsert("c", [new_id], vectors[:1], [{"modality": "MR"}])
         assert handle.cardinality == {}
@@ -335,5 +335,28 @@ def test_a_small_filter_under_the_full_scan_threshold_is_the_engines_plain_searc
         # two conditions (the labels' combination and a dataset, which is not combined): scanned
         two = SMALL.model_copy(update={"dataset": ["d0"]})
         assert index._filtered_plan(handle, two, 10).exact
+    finally:
+        index.close()
+
+
+def test_the_plain_search_is_planned_on_the_engines_bound_not_the_matches(tmp_path: Path) -> None:
+    """The engine bounds a condition of several values by the sum of their counts, which counts
+    a point of two pathologies twice: under the threshold by its matches but not by that bound,
+    a filter is scanned (the engine might plan a graph search for it)."""
+    rng = np.random.default_rng(7)
+    n = 1000
+    vectors = _unit(rng.standard_normal((n, DIM)).astype(np.float32))
+    index = EdgeIndex(tmp_path / "index", StoreSettings())
+    # 100 KB: the engine's plain search under 400 points at DIM 64
+    index.create_collection(CollectionConfig(name="c", dim=DIM, full_scan_threshold_kb=100))
+    payloads = [{"modality": "CT", "pathology": ["a", "b"] if i < 200 else ["c"]} for i in range(n)]
+    index.upsert("c", [str(uuid.UUID(int=i + 1)) for i in range(n)], vectors, payloads)
+    try:
+        handle = index._handle("c")
+        both = SearchFilter(pathology=["a", "b"])
+        # matches 200, estimated 360 (as if the values were independent), bounded by 400
+        assert index._estimate(handle, both)[0] < 400
+        assert index._filtered_plan(handle, both, 10).exact
+        assert not index._filtered_plan(handle, SearchFilter(pathology=["a"]), 10).exact  # 200
     finally:
         index.close()
