@@ -143,7 +143,12 @@ def test_every_write_is_seen_by_the_next_search(hosted: HostedEdgeIndex) -> None
     _replicated(hosted, vectors[0])
     before = _replica_searches()
     added = {_ids(1, start=10_000 + round_)[0] for round_ in range(8)}
-    _in_threads(lambda _: _assert(not added & {hit.id for hit in hosted.search("c", vectors[0], limit=N)}))
+
+    def search_a_while(_: int) -> None:  # long enough for searches to queue and reach the replica
+        for _ in range(20):
+            _assert(not added & {hit.id for hit in hosted.search("c", vectors[0], limit=N)})
+
+    _in_threads(search_a_while)
     assert _replica_searches() > before
 
 
