@@ -280,14 +280,6 @@ def _submit_and_follow(args: argparse.Namespace, settings: Settings, kind: JobKi
     return _finish(record, job_id, as_json=args.json)
 
 
-def _manifest_ref(manifest: str | Path | None) -> str | None:
-    """The manifest as workers will read it: a URI as given, a local path made absolute (workers
-    need not share this command's working directory)."""
-    if not manifest:
-        return None
-    return str(manifest) if "://" in str(manifest) else str(Path(manifest).resolve())
-
-
 def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
     """``radsearch ingest SOURCE --collection A[,B] --executor celery [--detach]``."""
     from core.jobs import JobKind, JobSpec
@@ -295,7 +287,7 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
     spec = JobSpec(
         source=_source_uri(args.source),
         collections=_collections(args.collection),
-        manifest=_manifest_ref(args.manifest),
+        manifest=remote.local_ref(args.manifest) if args.manifest else None,
         path_template=args.path_template,
         skip_unchanged=not args.no_skip_unchanged,
         encoder=args.encoder or "baseline",
@@ -321,7 +313,7 @@ def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     spec = JobSpec(
         source=_source_uri(args.source),
         collections=_collections(args.collection),
-        manifest=_manifest_ref(args.manifest),
+        manifest=remote.local_ref(args.manifest) if args.manifest else None,
         path_template=args.path_template,
         skip_unchanged=True,
         encoder=args.encoder,

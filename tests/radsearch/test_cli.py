@@ -21,7 +21,7 @@ from PIL import Image
 from core.config import Settings
 from core.index.edge import EdgeIndex
 from radsearch.commands.main import main
-from tests.workers.conftest import settings_env
+from tests.workers.conftest import use_settings_env
 
 
 @pytest.fixture
@@ -431,8 +431,7 @@ def test_ingest_reads_an_s3_manifest_inline(
     folder: Path,
 ) -> None:
     """``--manifest s3://bucket/key`` is a URI, not a path: the labels come from the object."""
-    for name, value in settings_env(settings).items():
-        monkeypatch.setenv(name, value)
+    use_settings_env(monkeypatch, settings)
     labels = b"key,pathology\nCT/rows_0.png,nodule\nMR/cols_1.png,effusion\n"
     minio_client.put_object(bucket, "manifests/labels.csv", io.BytesIO(labels), len(labels))
     (folder / "bad.png").unlink()

@@ -158,6 +158,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def use_settings_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """Make ``radsearch`` run in this process (``main(argv)``) build exactly these settings."""
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+
+
 def cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the ``radsearch`` command line in a subprocess with these settings."""
     return subprocess.run(

@@ -16,7 +16,7 @@ from minio import Minio
 
 from core.config import Settings
 from radsearch.commands.main import main
-from tests.workers.conftest import Server, Worker, png_bytes, settings_env, stored_points, upload_images
+from tests.workers.conftest import Server, Worker, png_bytes, stored_points, upload_images, use_settings_env
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,7 @@ def test_a_manifest_among_the_images_is_read_not_indexed(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
-    for name, value in settings_env(worker_settings).items():
-        monkeypatch.setenv(name, value)
+    use_settings_env(monkeypatch, worker_settings)
     server = start_server(worker_settings, wait=False)
     keys = [f"raw/{i:02d}.png" for i in range(4)]
     upload_images(minio_client, bucket, keys)

@@ -14,7 +14,7 @@ from minio import Minio
 from core.config import Settings
 from radsearch.commands.main import main
 from tests.ingest.test_prune import dicom_bytes
-from tests.workers.conftest import Server, Worker, settings_env, stored_points, upload_images
+from tests.workers.conftest import Server, Worker, stored_points, upload_images, use_settings_env
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,7 @@ def test_reconcile_guard_dry_run_and_sampled_frames(
     changed; --dry-run lists the keys and changes nothing; deleting more than 10 % or everything
     is refused (exit 2, the job failed naming the numbers, nothing deleted); --force deletes,
     reporting each key."""
-    for name, value in settings_env(worker_settings).items():
-        monkeypatch.setenv(name, value)
+    use_settings_env(monkeypatch, worker_settings)
     server = start_server(worker_settings, wait=False)
     keys = [f"raw/{i:02d}.png" for i in range(9)]
     upload_images(minio_client, bucket, keys)
