@@ -93,16 +93,33 @@ class StoredValues:
         caller looked for) is not among them and the last read is older than ``refresh_s``."""
         with self._lock:
             entry = self._cache.get((collection, field))
-        now = self._clock()
-        if entry is None or now - entry.read_at > self.ttl_s:
+        if entry is None or self._due(entry, field, missing, self._clock()):
             return self._read(index, collection, field)
-        if (
+        return entry
+
+    def answers(self, collection: str, search_filter: SearchFilter | None) -> bool:
+        """Whether `filter_warnings` for ``search_filter`` needs no read of the store: every field
+        it warns on is cached and due for no read (a caller on an event loop then needs no thread)."""
+        if search_filter is None:
+            return True
+        now = self._clock()
+        with self._lock:
+            for field, values in search_filter.fields():
+                if field not in FILTER_FIELDS:
+                    continue
+                entry = self._cache.get((collection, field))
+                if entry is None or any(self._due(entry, field, value, now) for value in values):
+                    return False
+        return True
+
+    def _due(self, entry: _Field, field: str, missing: str | None, now: float) -> bool:
+        if now - entry.read_at > self.ttl_s:
+            return True
+        return (
             missing is not None
             and _fold(field, missing) not in entry.folded
             and now - entry.read_at > self.refresh_s
-        ):
-            return self._read(index, collection, field)
-        return entry
+        )
 
 
 def _warning(field: str, value: str, stored: frozenset[str]) -> FilterWarning:

@@ -6,7 +6,9 @@ Three kinds of work, three functions, each taking the callable and its arguments
   anyio's default worker-thread pool;
 - `in_inference_thread`: model forward passes and other heavy CPU work, in a worker thread under the
   app's inference limiter, so a burst of text or image searches cannot occupy every thread;
-- `on_index`: calls on the vector index, inline where the backend holds the GIL anyway.
+- `on_index`: calls on the vector index, inline where the backend holds the GIL anyway; the hot
+  searches await `VectorIndex.search_async` and `search_near_point_async` instead, which need no
+  worker thread where the index is in a process of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import ParamSpec, TypeVar
 import anyio.to_thread
 from anyio import CapacityLimiter
 
-from core.index.base import VectorIndex
+from core.index.base import VectorIndex, off_loop
 
 __all__ = ["in_inference_thread", "in_thread", "on_index"]
 
@@ -41,9 +43,5 @@ async def in_inference_thread(
 
 async def on_index(index: VectorIndex, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """``fn(*args, **kwargs)`` on ``index``: in a worker thread, or inline where the backend holds
-    the GIL throughout anyway (`VectorIndex.holds_gil`). A worker thread could then run only while
-    the event loop waits, so it adds two thread switches and GIL hand-offs per call and no
-    concurrency (1 M points, 4 clients: 4.1-5.0 instead of 5.5-5.7 ms of server CPU per search)."""
-    if index.holds_gil:
-        return fn(*args, **kwargs)
-    return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
+    the GIL throughout anyway (`off_loop`)."""
+    return await off_loop(index, partial(fn, *args, **kwargs))

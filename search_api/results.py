@@ -178,6 +178,28 @@ def find(
     return Found(hits=hits, groups=groups, threshold=entry.calibration_threshold)
 
 
+async def find_plain(
+    *,
+    index: VectorIndex,
+    entry: CollectionEntry,
+    vector: Sequence[float] | NDArray[np.float32],
+    search_filter: SearchFilter | None,
+    shape: Shape,
+) -> Found:
+    """`find` for a shape without groups, awaited on the index (`VectorIndex.search_async`)."""
+    query = validate_vectors(vector, entry.dim)[0]
+    with timed_search(entry.name, search_filter):
+        hits = await index.search_async(
+            entry.name,
+            query,
+            filter=search_filter,
+            limit=shape.limit,
+            offset=shape.offset,
+            score_threshold=shape.score_threshold,
+        )
+    return Found(hits=hits, groups=None, threshold=entry.calibration_threshold)
+
+
 def _search(
     index: VectorIndex,
     entry: CollectionEntry,

@@ -21,6 +21,7 @@ from core.payload import SearchFilter
 from ingest.readers import DecodedObject, DecodeLimits, decode_object
 from ingest.sources import open_source
 from search_api.errors import ObjectGone, ObjectQuarantined, UpstreamUnavailable
+from search_api.offload import on_index
 from search_api.schemas import SearchWarning
 
 __all__ = [
@@ -77,7 +78,7 @@ def embed_frame(*, catalog: Catalog, entry: CollectionEntry, frame: Frame) -> ND
     return np.asarray(vectors[0], dtype=np.float32)
 
 
-def search_near_point(
+async def search_near_point(
     *,
     index: VectorIndex,
     entry: CollectionEntry,
@@ -87,9 +88,9 @@ def search_near_point(
     offset: int,
     score_threshold: float | None,
 ) -> list[Hit]:
-    """Filtered k-NN around a stored point (the point itself left out)."""
+    """Filtered k-NN around a stored point (the point itself left out), awaited on the index."""
     with timed_search(entry.name, search_filter):
-        return index.search_near_point(
+        return await index.search_near_point_async(
             entry.name,
             point_id,
             filter=search_filter,
@@ -107,6 +108,18 @@ def search_warnings(
         SearchWarning.model_validate(w.to_dict())
         for w in filter_warnings(index, entry.name, search_filter, stored)
     ]
+
+
+async def search_warnings_async(
+    *, index: VectorIndex, entry: CollectionEntry, search_filter: SearchFilter | None, stored: StoredValues
+) -> list[SearchWarning]:
+    """`search_warnings` from the event loop: inline where the cache answers (set lookups), else
+    in a worker thread, which reads the store."""
+    if stored.answers(entry.name, search_filter):
+        return search_warnings(index=index, entry=entry, search_filter=search_filter, stored=stored)
+    return await on_index(
+        index, search_warnings, index=index, entry=entry, search_filter=search_filter, stored=stored
+    )
 
 
 def to_png(frame: Frame, size: int | None) -> bytes:

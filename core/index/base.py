@@ -11,7 +11,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,7 +27,10 @@ __all__ = [
     "StoredPoint",
     "VectorIndex",
     "group_hits",
+    "off_loop",
 ]
+
+T = TypeVar("T")
 
 #: Where the engine cannot group (Qdrant Edge), `VectorIndex.search_groups` over-fetches plain hits
 #: (4 x limit x group_size first, then 4 times more each round) up to this many, and groups those:
@@ -94,6 +97,18 @@ def group_hits(hits: Sequence[Hit], field: str, *, group_size: int, limit: int) 
         if len(members) < group_size:
             members.append(hit)
     return [HitGroup(key=key, hits=members) for key, members in groups.items()]
+
+
+async def off_loop(index: VectorIndex, call: Callable[[], T]) -> T:
+    """``call()``, a call on ``index``, from an event loop: inline where the backend holds the GIL
+    throughout (`VectorIndex.holds_gil`), else in a worker thread. A worker thread could run such a
+    call only while the loop waits, so it would add two thread switches and GIL hand-offs and no
+    concurrency (1 M points, 4 clients: 4.1-5.0 instead of 5.5-5.7 ms of server CPU per search)."""
+    if index.holds_gil:
+        return call()
+    import anyio.to_thread  # only where an event loop runs
+
+    return await anyio.to_thread.run_sync(call)
 
 
 class VectorIndex(ABC):
@@ -197,6 +212,57 @@ class VectorIndex(ABC):
             offset=offset,
             score_threshold=score_threshold,
             exclude_ids=(point_id,),
+        )
+
+    async def search_async(
+        self,
+        name: str,
+        vector: NDArray[np.float32],
+        *,
+        filter: SearchFilter | None = None,
+        limit: int = 10,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[Hit]:
+        """`search` awaited on an event loop. This default runs it through `off_loop`; a backend
+        whose calls wait on a socket awaits the answer instead (`HostedEdgeIndex`)."""
+        return await off_loop(
+            self,
+            functools.partial(
+                self.search,
+                name,
+                vector,
+                filter=filter,
+                limit=limit,
+                offset=offset,
+                score_threshold=score_threshold,
+                exclude_ids=exclude_ids,
+            ),
+        )
+
+    async def search_near_point_async(
+        self,
+        name: str,
+        point_id: str,
+        *,
+        filter: SearchFilter | None = None,
+        limit: int = 10,
+        offset: int = 0,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
+        """`search_near_point` awaited on an event loop, as `search_async`."""
+        return await off_loop(
+            self,
+            functools.partial(
+                self.search_near_point,
+                name,
+                point_id,
+                filter=filter,
+                limit=limit,
+                offset=offset,
+                score_threshold=score_threshold,
+            ),
         )
 
     #: True where `search_groups` is the engine's own grouping, not an over-fetch.

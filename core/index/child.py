@@ -1,6 +1,7 @@
 """An `EdgeIndex` in a child process of its own, called over a Unix socket (`IndexProcess`).
 
-The parent opens one connection per concurrent caller and keeps it for reuse; the child answers
+The parent calls from threads or awaits on an event loop (`IndexProcess.call_async`), and opens
+one connection per concurrent caller and keeps it for reuse; the child answers
 their reads one at a time and runs every other call on a thread of its own (`_READS`), exits when
 the parent closes the first connection (its lifeline) or dies, and then closes its shards. The
 arguments and results are pickled. Errors raised by the index are re-raised in the parent as they
@@ -9,6 +10,7 @@ are; an error that cannot cross (not picklable) becomes an `IndexStoreError`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -169,6 +171,25 @@ def _serve(root: Path, store: StoreSettings, address: str, authkey: bytes, ready
             os._exit(0)
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _readable(conn: Connection) -> None:
+    """Return once ``conn`` has data to read, waiting on the running event loop."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = conn.fileno()
+    loop.add_reader(fd, _resolve, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+        # uvloop's add_reader makes the socket non-blocking; `call` reads it blocking, in a thread.
+        os.set_blocking(fd, True)
+
+
 class IndexProcess:
     """An `EdgeIndex` under ``root``, opened by a child process started here; `call` runs one of
     its methods there. ``busy`` counts the calls in flight (for routing searches)."""
@@ -224,27 +245,59 @@ class IndexProcess:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``method(*args, **kwargs)`` of the child's index: its result, or its error raised here;
         `IndexStoreError` when the child is not running."""
-        if self.closed:
-            raise IndexStoreError(f"the {self.role} process is closed")
-        try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            try:
-                conn = self._connect()
-            except OSError as exc:
-                raise IndexStoreError(f"the {self.role} process is not running") from exc
+        conn = self._take()
         with self._busy_lock:
             self.busy += 1
         try:
             conn.send((method, args, kwargs))
             status, value = conn.recv()
         except (EOFError, OSError) as exc:
-            conn.close()
-            self._lost = True
-            raise IndexStoreError(f"the {self.role} process is not running") from exc
+            raise self._lost_on(conn) from exc
         finally:
             with self._busy_lock:
                 self.busy -= 1
+        return self._answer(conn, status, value)
+
+    async def call_async(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`call` for a caller on an event loop: the answer is awaited on the loop instead of
+        waited for in a worker thread, whose hand-offs cost the API process more CPU than the rest
+        of a search request (1 M points, 4 clients: 1.9-2.2 against 1.3-1.4 ms per search)."""
+        conn = self._take()
+        with self._busy_lock:
+            self.busy += 1
+        try:
+            conn.send((method, args, kwargs))  # a few hundred bytes: the socket's buffer takes them
+            await _readable(conn)
+            # The child sends each answer at once: what is not here yet is right behind.
+            status, value = conn.recv()
+        except (EOFError, OSError) as exc:
+            raise self._lost_on(conn) from exc
+        except BaseException:  # cancelled while the answer was due: the connection is out of step
+            conn.close()
+            raise
+        finally:
+            with self._busy_lock:
+                self.busy -= 1
+        return self._answer(conn, status, value)
+
+    def _take(self) -> Connection:
+        """An idle connection to the child, or a new one."""
+        if self.closed:
+            raise IndexStoreError(f"the {self.role} process is closed")
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            try:
+                return self._connect()
+            except OSError as exc:
+                raise IndexStoreError(f"the {self.role} process is not running") from exc
+
+    def _lost_on(self, conn: Connection) -> IndexStoreError:
+        conn.close()
+        self._lost = True
+        return IndexStoreError(f"the {self.role} process is not running")
+
+    def _answer(self, conn: Connection, status: str, value: Any) -> Any:
         self._idle.put(conn)
         if status == "err":
             raise value

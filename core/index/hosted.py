@@ -40,7 +40,8 @@ class HostedEdgeIndex(VectorIndex):
     (`core.index.replica`) while their copies are current.
 
     Its calls wait on a socket, which releases the GIL (``holds_gil`` is False): callers on an
-    event loop should run them in worker threads.
+    event loop run them in worker threads, or await the searches' `search_async` and
+    `search_near_point_async`, which need none.
     """
 
     def __init__(self, root: Path, store: StoreSettings, *, lease: StoreLease | None = None) -> None:
@@ -78,20 +79,50 @@ class HostedEdgeIndex(VectorIndex):
     def _search(self, method: str, name: str, *args: Any, **kwargs: Any) -> Any:
         """A search: on the replica `SearchReplicas.route` picks, else (or where that replica
         fails for a reason of its own) on the owner."""
-        if self._replicas is not None and not self._closed:
-            process = self._replicas.route(name)
-            if process is not self._owner:
-                try:
-                    result = process.call(method, name, *args, **kwargs)
-                    PROCESS_SEARCHES.labels("replica").inc()
-                    return result
-                except IndexStoreError as exc:
-                    if type(exc) not in (CollectionNotFound, IndexStoreError):
-                        raise  # the caller's mistake (a bad vector, filter, point id): the owner's too
-                    self._replicas.failed(name, process, exc)
+        replica = self._replica_for(name)
+        if replica is not None:
+            try:
+                result = replica.call(method, name, *args, **kwargs)
+            except IndexStoreError as exc:
+                self._replica_failed(name, replica, exc)
+            else:
+                PROCESS_SEARCHES.labels("replica").inc()
+                return result
         result = self._call(method, name, *args, **kwargs)
         PROCESS_SEARCHES.labels("owner").inc()
         return result
+
+    async def _search_async(self, method: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        """`_search` awaited on an event loop (`IndexProcess.call_async`)."""
+        replica = self._replica_for(name)
+        if replica is not None:
+            try:
+                result = await replica.call_async(method, name, *args, **kwargs)
+            except IndexStoreError as exc:
+                self._replica_failed(name, replica, exc)
+            else:
+                PROCESS_SEARCHES.labels("replica").inc()
+                return result
+        if self._closed:
+            raise IndexStoreError("the index is closed")
+        result = await self._owner.call_async(method, name, *args, **kwargs)
+        PROCESS_SEARCHES.labels("owner").inc()
+        return result
+
+    def _replica_for(self, name: str) -> IndexProcess | None:
+        if self._replicas is None or self._closed:
+            return None
+        process = self._replicas.route(name)
+        return None if process is self._owner else process
+
+    def _replica_failed(self, name: str, replica: IndexProcess, exc: IndexStoreError) -> None:
+        """Stop using ``replica`` where it failed for a reason of its own (its process ended, the
+        copy is gone); re-raise the caller's mistakes (a bad vector, filter, point id), which the
+        owner would raise too."""
+        if type(exc) not in (CollectionNotFound, IndexStoreError):
+            raise exc
+        assert self._replicas is not None
+        self._replicas.failed(name, replica, exc)
 
     def _cached(self, method: str, *args: str) -> Any:
         key = (method, *args)
@@ -199,6 +230,50 @@ class HostedEdgeIndex(VectorIndex):
     ) -> list[Hit]:
         # one round trip where the base class would make two (retrieve, then search)
         result: list[Hit] = self._search(
+            "search_near_point",
+            name,
+            point_id,
+            filter=filter,
+            limit=limit,
+            offset=offset,
+            score_threshold=score_threshold,
+        )
+        return result
+
+    async def search_async(
+        self,
+        name: str,
+        vector: NDArray[np.float32],
+        *,
+        filter: SearchFilter | None = None,
+        limit: int = 10,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[Hit]:
+        result: list[Hit] = await self._search_async(
+            "search",
+            name,
+            np.asarray(vector),
+            filter=filter,
+            limit=limit,
+            offset=offset,
+            score_threshold=score_threshold,
+            exclude_ids=tuple(exclude_ids),
+        )
+        return result
+
+    async def search_near_point_async(
+        self,
+        name: str,
+        point_id: str,
+        *,
+        filter: SearchFilter | None = None,
+        limit: int = 10,
+        offset: int = 0,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
+        result: list[Hit] = await self._search_async(
             "search_near_point",
             name,
             point_id,

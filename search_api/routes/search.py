@@ -143,27 +143,11 @@ def _search_json(
     search_filter: SearchFilter | None,
     vector: list[float] | NDArray[np.float32] | None,
 ) -> Found:
-    """The JSON search once a text is embedded: by point, by examples or by vector."""
-    shape = Shape(
-        limit=query.limit,
-        offset=query.offset,
-        score_threshold=query.score_threshold,
-        group_by=query.group_by,
-        group_size=query.group_size,
-    )
+    """The JSON searches `_find_json` does not await: by a point with exclusions or groups, by
+    examples, by vector (or text) with groups."""
+    shape = _shape(query)
     find = partial(results.find, index=index, entry=entry, shape=shape)
     if query.point_id is not None:
-        if query.exclude is None and query.group_by is None:
-            hits = services.search_near_point(
-                index=index,
-                entry=entry,
-                point_id=query.point_id,
-                search_filter=search_filter,
-                limit=query.limit,
-                offset=query.offset,
-                score_threshold=query.score_threshold,
-            )
-            return results.found(entry=entry, hits=hits)
         point = services.read_point(index=index, entry=entry, point_id=query.point_id, with_vector=True)
         assert point.vector is not None
         narrowed = results.apply_exclusions(
@@ -190,6 +174,58 @@ def _search_json(
     assert vector is not None
     narrowed = results.apply_exclusions(search_filter, query.exclude, source="vector or text query")
     return find(vector=vector, search_filter=narrowed)
+
+
+def _shape(query: SearchQuery) -> Shape:
+    return Shape(
+        limit=query.limit,
+        offset=query.offset,
+        score_threshold=query.score_threshold,
+        group_by=query.group_by,
+        group_size=query.group_size,
+    )
+
+
+async def _find_json(
+    *,
+    query: SearchQuery,
+    index: VectorIndex,
+    entry: CollectionEntry,
+    search_filter: SearchFilter | None,
+    vector: list[float] | NDArray[np.float32] | None,
+    stored: StoredValues,
+) -> tuple[Found, list[SearchWarning]]:
+    """The JSON search's hits and warnings. The plain searches (by a point, or by a vector or text,
+    without groups) are awaited on the index: no worker thread where the store has a process of its
+    own (`VectorIndex.search_async`). The others run `_search_json` and the warnings in one."""
+    by_point = query.point_id is not None
+    if query.group_by is not None or query.positive is not None or (by_point and query.exclude is not None):
+        run = partial(
+            _search_json, query=query, index=index, entry=entry, search_filter=search_filter, vector=vector
+        )
+        return await on_index(
+            index, _with_warnings, run, index=index, entry=entry, search_filter=search_filter, stored=stored
+        )
+    warnings = await services.search_warnings_async(
+        index=index, entry=entry, search_filter=search_filter, stored=stored
+    )
+    if query.point_id is not None:
+        hits = await services.search_near_point(
+            index=index,
+            entry=entry,
+            point_id=query.point_id,
+            search_filter=search_filter,
+            limit=query.limit,
+            offset=query.offset,
+            score_threshold=query.score_threshold,
+        )
+        return results.found(entry=entry, hits=hits), warnings
+    assert vector is not None
+    narrowed = results.apply_exclusions(search_filter, query.exclude, source="vector or text query")
+    found = await results.find_plain(
+        index=index, entry=entry, vector=vector, search_filter=narrowed, shape=_shape(query)
+    )
+    return found, warnings
 
 
 @router.post(
@@ -225,13 +261,10 @@ async def search_collection(
         )
     elif query.vector is not None:
         vector = query.vector
-    run = partial(
-        _search_json, query=query, index=index, entry=entry, search_filter=search_filter, vector=vector
+    found = await _find_json(
+        query=query, index=index, entry=entry, search_filter=search_filter, vector=vector, stored=stored
     )
-    warned = partial(
-        _with_warnings, run, index=index, entry=entry, search_filter=search_filter, stored=stored
-    )
-    return await _response(request, entry, await on_index(index, warned), started, mode)
+    return await _response(request, entry, found, started, mode)
 
 
 def _embed_uploads(

@@ -4,6 +4,7 @@ concurrent callers correctly."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import uvloop
 
 from core.config import StoreSettings
 from core.index.base import CollectionConfig
 from core.index.edge import EdgeIndex
 from core.index.hosted import HostedEdgeIndex
+from core.payload import SearchFilter
 
 DIM = 16
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -188,5 +191,50 @@ def test_searches_are_answered_while_a_copy_is_made_and_a_write_waits_for_it(tmp
         # The write waited for the copy (which holds the collection as it was) and then went in.
         assert written[0] >= copy_ended - 0.05
         assert hosted.count("c") == len(vectors) + 1
+    finally:
+        hosted.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_awaited_searches_leave_the_connection_fit_for_calls_from_threads(tmp_path: Path, loop: str) -> None:
+    # The server's loop is uvloop, whose readers make a socket non-blocking: the connection an
+    # awaited search used goes back to the pool, where the next call may be a blocking one.
+    hosted = HostedEdgeIndex(tmp_path, StoreSettings())
+    try:
+        vectors = _fill(hosted)
+        ids = [str(uuid.UUID(int=i + 1)) for i in range(len(vectors))]
+
+        async def awaited() -> tuple[list[str], list[str], int]:
+            by_vector = await hosted.search_async("c", vectors[3], limit=5)
+            by_point = await hosted.search_near_point_async("c", ids[3], limit=5)
+            nothing = await hosted.search_async("c", vectors[3], filter=SearchFilter(modality=["MR"]))
+            return [h.id for h in by_vector], [h.id for h in by_point], len(nothing)
+
+        by_vector, by_point, nothing = (uvloop.run if loop == "uvloop" else asyncio.run)(awaited())
+        assert hosted.count("c") == 200  # a blocking read, on the connection the loop used
+        assert by_vector == [h.id for h in hosted.search("c", vectors[3], limit=5)]
+        assert by_vector[0] == ids[3]
+        assert by_point == [h.id for h in hosted.search_near_point("c", ids[3], limit=5)]
+        assert nothing == 0
+    finally:
+        hosted.close()
+
+
+def test_a_cancelled_awaited_search_hands_its_answer_to_no_later_call(tmp_path: Path) -> None:
+    hosted = HostedEdgeIndex(tmp_path, StoreSettings())
+    try:
+        vectors = _fill(hosted)
+        ids = [str(uuid.UUID(int=i + 1)) for i in range(len(vectors))]
+
+        async def cancel_then_search() -> str:
+            cancelled = asyncio.create_task(hosted.search_async("c", vectors[0], limit=1))
+            await asyncio.sleep(0)  # sent: its answer is due
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            return (await hosted.search_async("c", vectors[1], limit=1))[0].id
+
+        assert asyncio.run(cancel_then_search()) == ids[1]
+        assert hosted.search("c", vectors[2], limit=1)[0].id == ids[2]
     finally:
         hosted.close()

@@ -7,6 +7,7 @@ and one test checks the two backends against each other.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections import Counter
@@ -267,6 +268,25 @@ def test_open_collections_changes_nothing_it_opens(filled: VectorIndex, data: Da
     filled.open_collections()  # again: nothing left to open
     assert filled.list_collections() == ["c"]
     assert filled.search("c", data.vectors[5], limit=1)[0].id == data.ids[5]
+
+
+def test_awaited_searches_answer_as_the_searches(filled: VectorIndex, data: Data) -> None:
+    flt = SearchFilter(modality=["CT", "MR"])
+
+    async def awaited() -> tuple[list[Hit], list[Hit]]:
+        by_vector = await filled.search_async(
+            "c", data.vectors[5], filter=flt, limit=5, offset=1, exclude_ids=[data.ids[7]]
+        )
+        by_point = await filled.search_near_point_async("c", data.ids[5], filter=flt, limit=5, offset=1)
+        return by_vector, by_point
+
+    by_vector, by_point = asyncio.run(awaited())
+    assert by_vector == filled.search(
+        "c", data.vectors[5], filter=flt, limit=5, offset=1, exclude_ids=[data.ids[7]]
+    )
+    assert by_point == filled.search_near_point("c", data.ids[5], filter=flt, limit=5, offset=1)
+    assert [hit.payload["modality"] in ("CT", "MR") for hit in by_vector] == [True] * 5
+    assert data.ids[7] not in {hit.id for hit in by_vector}
 
 
 def test_search_accepts_unnormalised_query(filled: VectorIndex, data: Data) -> None:

@@ -180,6 +180,23 @@ def test_stored_values_are_cached_and_refreshed_on_a_miss(index: VectorIndex, co
     assert counting.reads == 3
 
 
+def test_stored_values_say_when_the_warnings_need_no_read(index: VectorIndex, corpus: Corpus) -> None:
+    now = [0.0]
+    stored = StoredValues(ttl_s=300, refresh_s=5, clock=lambda: now[0])
+    known, unknown = SearchFilter(anatomy=["chest"]), SearchFilter(anatomy=["knee"])
+    assert stored.answers(COLLECTION, None)
+    assert not stored.answers(COLLECTION, known)  # nothing cached yet
+    filter_warnings(index, COLLECTION, known, stored)
+    assert stored.answers(COLLECTION, known)
+    assert stored.answers(COLLECTION, unknown)  # a miss read 0 s ago: the cache answers
+    assert not stored.answers(COLLECTION, SearchFilter(anatomy=["chest"], modality=["CT"]))  # not read
+    now[0] = 6.0
+    assert stored.answers(COLLECTION, known)
+    assert not stored.answers(COLLECTION, unknown)  # a miss after refresh_s is read again
+    now[0] = 301.0
+    assert not stored.answers(COLLECTION, known)  # expired
+
+
 def test_a_value_whose_points_were_all_deleted_warns_once_reread(index: VectorIndex, corpus: Corpus) -> None:
     now = [0.0]
     stored = StoredValues(ttl_s=300, refresh_s=5, clock=lambda: now[0])

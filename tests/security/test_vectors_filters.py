@@ -18,7 +18,8 @@ DIM = 512
 
 
 class CountingIndex:
-    """Wraps the real index and counts store calls (search/upsert), delegating everything."""
+    """Wraps the real index and counts store calls (searches, awaited or not, and upserts),
+    delegating everything."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -28,6 +29,10 @@ class CountingIndex:
     def search(self, *args: Any, **kwargs: Any) -> Any:
         self.searches += 1
         return self._inner.search(*args, **kwargs)
+
+    async def search_async(self, *args: Any, **kwargs: Any) -> Any:
+        self.searches += 1
+        return await self._inner.search_async(*args, **kwargs)
 
     def upsert(self, *args: Any, **kwargs: Any) -> Any:
         self.upserts += 1
