@@ -260,8 +260,8 @@ class IndexProcess:
 
     async def call_async(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """`call` for a caller on an event loop: the answer is awaited on the loop instead of
-        waited for in a worker thread, whose hand-offs cost the API process more CPU than the rest
-        of a search request (1 M points, 4 clients: 1.9-2.2 against 1.3-1.4 ms per search)."""
+        waited for in a worker thread, whose hand-offs cost the API process CPU (its CPU per
+        search, set against the store's, fell by 10-15 %: bench/RESULTS.md, session 14)."""
         conn = self._take()
         with self._busy_lock:
             self.busy += 1
