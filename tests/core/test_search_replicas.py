@@ -4,6 +4,7 @@ or a dropped and re-created collection is seen by the very next search."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -205,6 +206,29 @@ def test_a_replica_that_dies_leaves_searches_to_the_owner_until_a_new_one_holds_
     assert hosted.replica_process_ids and hosted.replica_process_ids != [replica_pid]
     before = _replica_searches()
     _search_until(search, lambda: _replica_searches() > before)
+
+
+def test_awaited_searches_are_shared_with_the_replica_and_outlive_it(hosted: HostedEdgeIndex) -> None:
+    # The API's plain searches are awaited on its event loop (`search_async`), several at a time.
+    vectors = _fill(hosted)
+    expected = _ids(N)
+
+    async def at_once() -> None:
+        for start in range(0, 60, THREADS):
+            wanted = range(start, start + THREADS)
+            found = await asyncio.gather(*(hosted.search_async("c", vectors[i], limit=1) for i in wanted))
+            assert [hits[0].id for hits in found] == [expected[i] for i in wanted]
+
+    def awaited(_: int) -> None:
+        asyncio.run(at_once())
+
+    _search_until(awaited, lambda: "c" in hosted.replicated_collections, threads=1)
+    before = _replica_searches()
+    _search_until(awaited, lambda: _replica_searches() > before, threads=1)
+    (replica_pid,) = hosted.replica_process_ids
+    os.kill(replica_pid, signal.SIGKILL)
+    # Answered all along, by the owner once an awaited search finds the replica gone.
+    _search_until(awaited, lambda: replica_pid not in hosted.replica_process_ids, threads=1)
 
 
 def test_no_room_for_a_copy_leaves_searches_to_the_owner(
