@@ -206,9 +206,6 @@ async def _find_json(
         return await on_index(
             index, _with_warnings, run, index=index, entry=entry, search_filter=search_filter, stored=stored
         )
-    warnings = await services.search_warnings_async(
-        index=index, entry=entry, search_filter=search_filter, stored=stored
-    )
     if query.point_id is not None:
         hits = await services.search_near_point(
             index=index,
@@ -219,11 +216,16 @@ async def _find_json(
             offset=query.offset,
             score_threshold=query.score_threshold,
         )
-        return results.found(entry=entry, hits=hits), warnings
-    assert vector is not None
-    narrowed = results.apply_exclusions(search_filter, query.exclude, source="vector or text query")
-    found = await results.find_plain(
-        index=index, entry=entry, vector=vector, search_filter=narrowed, shape=_shape(query)
+        found = results.found(entry=entry, hits=hits)
+    else:
+        assert vector is not None
+        narrowed = results.apply_exclusions(search_filter, query.exclude, source="vector or text query")
+        found = await results.find_plain(
+            index=index, entry=entry, vector=vector, search_filter=narrowed, shape=_shape(query)
+        )
+    # after the search, as `_with_warnings`: a query the search refuses reads nothing more
+    warnings = await services.search_warnings_async(
+        index=index, entry=entry, search_filter=search_filter, stored=stored
     )
     return found, warnings
 
