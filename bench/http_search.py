@@ -290,14 +290,19 @@ def engine_two_processes(data_dirs: tuple[Path, Path], n: int, seconds: float) -
 
 
 class _RawConnection:
-    """A keep-alive HTTP/1.1 connection reduced to what the clients send and read: a request's bytes
-    built once, the response's status line, its Content-Length and its body. The clients share the
-    server's 2 cores: the less CPU they take per request, the more is left to the server, as where
-    clients run on machines of their own (``client_cpu_ms_per_request`` reports what they took)."""
+    """A keep-alive HTTP/1.1 connection reduced to what the clients send and read: the search
+    request's head built once, the response's status line, its Content-Length and its body. The
+    clients share the server's 2 cores: the less CPU they take per request, the more is left to the
+    server, as where clients run on machines of their own (``client_cpu_ms_per_request`` reports
+    what they took)."""
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.head = (
+            f"POST {SEARCH_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-API-Key: {API_KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: "
+        ).encode()
         self.pending = b""
 
     def _more(self) -> None:
@@ -306,9 +311,9 @@ class _RawConnection:
             raise ConnectionError("the server closed the connection")
         self.pending += chunk
 
-    def exchange(self, request: bytes) -> tuple[int, bytes]:
-        """(status, body) of the response to ``request``."""
-        self.sock.sendall(request)
+    def search(self, body: bytes) -> tuple[int, bytes]:
+        """(status, body) of the response to a search with the JSON ``body``."""
+        self.sock.sendall(b"%s%d\r\n\r\n%s" % (self.head, len(body), body))
         while (end := self.pending.find(b"\r\n\r\n")) < 0:
             self._more()
         head, self.pending = self.pending[:end], self.pending[end + 4 :]
@@ -325,16 +330,15 @@ class _RawConnection:
 
 
 class _StdlibConnection:
-    """The same exchange through `http.client` (``--client stdlib``: what session 13 measured with)."""
+    """The same search through `http.client` (``--client stdlib``: what session 13 measured with)."""
+
+    HEADERS = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
 
     def __init__(self, port: int) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
-    def exchange(self, request: bytes) -> tuple[int, bytes]:
-        head, _, body = request.partition(b"\r\n\r\n")
-        headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
-        headers.pop("Host"), headers.pop("Content-Length")
-        self.conn.request("POST", SEARCH_PATH, body=body, headers=headers)
+    def search(self, body: bytes) -> tuple[int, bytes]:
+        self.conn.request("POST", SEARCH_PATH, body=body, headers=self.HEADERS)
         response = self.conn.getresponse()
         return response.status, response.read()
 
@@ -342,20 +346,12 @@ class _StdlibConnection:
         self.conn.close()
 
 
-CLIENTS: dict[str, type[_RawConnection | _StdlibConnection]] = {
-    "raw": _RawConnection,
-    "stdlib": _StdlibConnection,
-}
 SEARCH_PATH = "/v1/collections/bench/search"
-
-
-def _request(port: int, body: dict[str, Any]) -> bytes:
-    data = json.dumps(body).encode()
-    head = (
-        f"POST {SEARCH_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-API-Key: {API_KEY}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-    )
-    return head.encode() + data
+# In the order --client raw,stdlib runs them: raw last, its record is the one checked.
+CLIENTS: dict[str, type[_RawConnection | _StdlibConnection]] = {
+    "stdlib": _StdlibConnection,
+    "raw": _RawConnection,
+}
 
 
 def _client(
@@ -377,11 +373,11 @@ def _client(
     j = first
     cpu_before = time.process_time()
     while time.time() < stop_at:
-        request = _request(port, _body(ids, rng, j))
+        body = json.dumps(_body(ids, rng, j)).encode()
         j += 1
         t = time.perf_counter()
         try:
-            status, payload = conn.exchange(request)
+            status, payload = conn.search(body)
             ok = status == 200 and len(json.loads(payload)["hits"]) == 10
         except (OSError, http.client.HTTPException, ValueError, KeyError):
             ok = False
@@ -670,8 +666,7 @@ def main(argv: list[str] | None = None) -> int:
             # warm-up: open the shard, touch the search path, wait for the replicas' copy
             load_test(port, args.n, 1, 2.0)
             replica_wait_s = _wait_for_replicas(base, port, args.n, replicas)
-            # stdlib first where both run: the raw clients' record, checked, comes last
-            for kind in sorted(args.client.split(","), reverse=True):
+            for kind in [kind for kind in CLIENTS if kind in args.client.split(",")]:
                 record = _http_record(base, port, proc.pid, kind, args)
                 record.update(
                     search_replicas=replicas,

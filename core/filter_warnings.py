@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -104,11 +104,9 @@ class StoredValues:
             return True
         now = self._clock()
         with self._lock:
-            for field, values in search_filter.fields():
-                if field not in FILTER_FIELDS:
-                    continue
+            for field, value in _warned_values(search_filter):
                 entry = self._cache.get((collection, field))
-                if entry is None or any(self._due(entry, field, value, now) for value in values):
+                if entry is None or self._due(entry, field, value, now):
                     return False
         return True
 
@@ -158,11 +156,16 @@ def filter_warnings(
     if search_filter is None:
         return []
     warnings: list[FilterWarning] = []
-    for field, values in search_filter.fields():
-        if field not in FILTER_FIELDS:
-            continue
-        for value in values:
-            entry = stored.get(index, collection, field, missing=value)
-            if _fold(field, value) not in entry.folded:
-                warnings.append(_warning(field, value, entry.values))
+    for field, value in _warned_values(search_filter):
+        entry = stored.get(index, collection, field, missing=value)
+        if _fold(field, value) not in entry.folded:
+            warnings.append(_warning(field, value, entry.values))
     return warnings
+
+
+def _warned_values(search_filter: SearchFilter) -> Iterator[tuple[str, str]]:
+    """(field, value) of each filter value a warning may name: the fields of `FILTER_FIELDS`."""
+    for field, values in search_filter.fields():
+        if field in FILTER_FIELDS:
+            for value in values:
+                yield field, value

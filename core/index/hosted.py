@@ -60,9 +60,12 @@ class HostedEdgeIndex(VectorIndex):
         self._replicas = SearchReplicas(self._owner, Path(root), store, replicas) if replicas > 0 else None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._open_owner().call(method, *args, **kwargs)
+
+    def _open_owner(self) -> IndexProcess:
         if self._closed:
             raise IndexStoreError("the index is closed")
-        return self._owner.call(method, *args, **kwargs)
+        return self._owner
 
     def _write(self, names: Sequence[str], method: str, *args: Any, **kwargs: Any) -> Any:
         """A call that changes the collections ``names``: their replicas' copies stop being used first."""
@@ -103,9 +106,7 @@ class HostedEdgeIndex(VectorIndex):
             else:
                 PROCESS_SEARCHES.labels("replica").inc()
                 return result
-        if self._closed:
-            raise IndexStoreError("the index is closed")
-        result = await self._owner.call_async(method, name, *args, **kwargs)
+        result = await self._open_owner().call_async(method, name, *args, **kwargs)
         PROCESS_SEARCHES.labels("owner").inc()
         return result
 
