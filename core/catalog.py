@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.calibration import threshold_of
 from core.config import Settings
@@ -39,7 +39,9 @@ class CollectionBusy(ConfigError):
 
 
 class CollectionEntry(BaseModel):
-    """A collection as users see it."""
+    """A collection as users see it (frozen: `Catalog` hands the same entry to many requests)."""
+
+    model_config = ConfigDict(frozen=True)
 
     name: str
     encoder: EncoderSpec
@@ -74,6 +76,8 @@ class Catalog:
         self._lock = threading.Lock()
         self.trash = Trash(settings)  # where the embedded store's dropped collections go
         self._registered: set[tuple[str, str, str]] = set()
+        # name -> (the index's metadata generation it was read at, its entry): see `known`.
+        self._entries: dict[str, tuple[int, CollectionEntry]] = {}
 
     def encoder(self, spec: EncoderSpec) -> Encoder:
         """The loaded encoder for ``spec`` (loaded on first use, then reused)."""
@@ -170,12 +174,31 @@ class Catalog:
     def get(self, name: str) -> CollectionEntry:
         """The catalog entry of a collection or of the collection an alias points at;
         `CollectionNotFound` for unknown names."""
-        name = self.resolve(name)
-        metadata = self.index.collection_config(name).metadata
+        entry = self.known(name)
+        if entry is not None:
+            return entry
+        generation = self.index.metadata_generation  # before the read: a change meanwhile voids it
+        collection = self.resolve(name)
+        metadata = self.index.collection_config(collection).metadata
         raw = metadata.get("catalog")
         if raw is None:
-            raise CollectionNotFound(f"collection {name!r} has no radsearch catalog entry")
-        return CollectionEntry.model_validate({**raw, "calibration_threshold": threshold_of(metadata)})
+            raise CollectionNotFound(f"collection {collection!r} has no radsearch catalog entry")
+        entry = CollectionEntry.model_validate({**raw, "calibration_threshold": threshold_of(metadata)})
+        if generation is not None:
+            self._entries[name] = (generation, entry)
+        return entry
+
+    def known(self, name: str) -> CollectionEntry | None:
+        """The entry `get` returns for ``name``, where it is known without a call to the store
+        (read since the index's last change to its collections, `VectorIndex.metadata_generation`),
+        else None. Never blocks: an event loop calls it inline, and goes to a worker thread for
+        `get` only on None. Every search resolves its collection, so this saves a thread hop and a
+        validation per search."""
+        generation = self.index.metadata_generation
+        kept = self._entries.get(name)
+        if generation is None or kept is None or kept[0] != generation:
+            return None
+        return kept[1]
 
     def list(self) -> list[CollectionEntry]:
         entries = []

@@ -138,7 +138,8 @@ async def reject_unknown_query(request: Request) -> None:
 async def get_collection(name: str, catalog: CatalogDep) -> CollectionEntry:
     """The catalog entry of the ``{name}`` path parameter; 404 for unknown collections."""
     check_name(name)
-    return await on_index(catalog.index, catalog.get, name)
+    entry = catalog.known(name)
+    return entry if entry is not None else await on_index(catalog.index, catalog.get, name)
 
 
 CollectionDep = Annotated[CollectionEntry, Depends(get_collection)]

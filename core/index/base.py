@@ -131,6 +131,14 @@ class VectorIndex(ABC):
         """The collections whose searches search replicas share now (`HostedEdgeIndex`); none here."""
         return []
 
+    @property
+    def metadata_generation(self) -> int | None:
+        """A number that changes with every change to the collections, their metadata or the
+        aliases, where every such change goes through this object (the store's one owner): what
+        was read from them may be kept while it holds. None where another process may change them
+        unseen (a Qdrant server): nothing read may be kept."""
+        return None
+
     def open_collections(self) -> None:
         """Open every collection now (load its files), so that the first searches after a start
         do not wait for that; nothing to do where a server keeps them open."""

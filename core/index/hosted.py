@@ -150,6 +150,10 @@ class HostedEdgeIndex(VectorIndex):
         return [] if self._replicas is None else self._replicas.current()
 
     @property
+    def metadata_generation(self) -> int:
+        return self._metadata_generation
+
+    @property
     def replica_process_ids(self) -> list[int]:
         """The search replica processes running now."""
         return [] if self._replicas is None else self._replicas.process_ids()
