@@ -84,7 +84,8 @@ _Request = tuple[str, tuple[Any, ...], dict[str, Any]]  # (method, args, kwargs)
 
 def _send(conn: Connection, message: Any) -> None:
     """``message`` pickled onto ``conn``: `Connection.send` without its `ForkingPickler`, which
-    copies the copyreg table for every message, for what is strings, arrays and plain objects."""
+    copies the copyreg dispatch table for every message. The messages are strings, arrays and
+    plain objects, which need none of its reducers."""
     conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
 
@@ -156,8 +157,8 @@ def _serve(root: Path, store: StoreSettings, address: str, authkey: bytes, ready
             join(conn)
 
     threading.Thread(target=accept_forever, name="accept", daemon=True).start()
-    # One selector for the process's life, not one per wait (`multiprocessing.connection.wait`
-    # builds and fills a new one each time: ~40 us per search at 2 cores).
+    # One selector for the process's life, not one per wait: `multiprocessing.connection.wait`
+    # builds and fills a new one each time (42 us of CPU per search at 20 k points, 4 clients).
     selector = selectors.DefaultSelector()
     selector.register(lifeline, selectors.EVENT_READ)
     selector.register(wake_recv, selectors.EVENT_READ)
