@@ -104,3 +104,39 @@ def test_image_upload_over_http(served: str, tmp_path: Path) -> None:
     assert hits[0]["payload"]["anatomy"] == "brain"
     assert all(h["payload"]["modality"] == "MR" for h in hits)
     assert httpx.get(f"{served}/").status_code == 200
+
+
+def _request_lines(env: dict[str, str], data: Path) -> str:
+    """What ``radsearch serve`` printed while it answered one ``GET /healthz``."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radsearch", "--data-dir", str(data), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("radsearch serve did not become ready")
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=20)
+    return output.decode(errors="replace")
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_access_log_is_on_by_default_and_can_be_turned_off(log_format: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
+    env["RADSEARCH_LOG_FORMAT"] = log_format
+    assert "GET /healthz" in _request_lines(env, tmp_path / "on")
+    logged = _request_lines({**env, "RADSEARCH_API__ACCESS_LOG": "false"}, tmp_path / "off")
+    assert "GET /healthz" not in logged
+    assert "Application startup complete" in logged  # the rest of the log is still there
