@@ -198,8 +198,8 @@ async def _find_json(
     """The JSON search's hits and warnings. The plain searches (by a point, or by a vector or text,
     without groups) are awaited on the index: no worker thread where the store has a process of its
     own (`VectorIndex.search_async`). The others run `_search_json` and the warnings in one."""
-    by_point = query.point_id is not None
-    if query.group_by is not None or query.positive is not None or (by_point and query.exclude is not None):
+    point_exclusions = query.point_id is not None and query.exclude is not None
+    if query.group_by is not None or query.positive is not None or point_exclusions:
         run = partial(
             _search_json, query=query, index=index, entry=entry, search_filter=search_filter, vector=vector
         )
