@@ -157,8 +157,11 @@ class StoreSettings(BaseModel):
     # Collections with on-disk originals: once the owner's RSS has grown by this many MB since the
     # last release, it drops the pages of their original vectors, payload pages and WAL that
     # searches mapped (they stay in the page cache; core/index/resident.py). Without it a server's
-    # RSS grew with distinct queries (1,054 -> 1,283 MB over 3,000 at 1 M); 0 = never.
-    release_mapped_mb: int = Field(default=64, ge=0)
+    # RSS grew with distinct queries (1,054 -> 1,283 MB over 3,000 at 1 M); 0 = never. A long run's
+    # peak is what the server holds plus this budget: 1 M points, 5,000 queries, 1,130 / 1,103 MB
+    # at 32 against 1,156 / 1,145 at 64, the same p50 and p99 (a release takes 3-8 ms; at ~40 KB of
+    # new mappings per search, one in ~800 searches pays it; bench/RESULTS.md, session 16).
+    release_mapped_mb: int = Field(default=32, ge=0)
     # A dropped embedded collection goes to ``<data>/trash/`` for this many hours (restorable with
     # ``radsearch collections restore``), then is purged when the owner starts or after a drop.
     trash_hours: float = Field(default=24.0, ge=0)

@@ -1,19 +1,24 @@
 """Releasing the pages of the cold files of on-disk collections that searches mapped
 (`core.index.resident`), on a real Qdrant Edge shard: the RSS they add goes, the results stay the
-same, and the owner releases once its RSS has grown by ``store.release_mapped_mb``."""
+same, and the owner releases once its RSS has grown by ``store.release_mapped_mb``. Mapping in the
+quantized vectors once the engine has loaded a shard, which does not pre-read them itself."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import qdrant_edge as qe
 
 from core.config import StoreSettings
+from core.index import resident
 from core.index.base import CollectionConfig
 from core.index.edge import EdgeIndex
-from core.index.resident import _is_cold, release_cold_pages, resident_mb
+from core.index.resident import _is_cold, _is_hot, populate_hot_pages, release_cold_pages, resident_mb
 from core.payload import SearchFilter
 
 DIM = 256
@@ -101,6 +106,10 @@ def test_only_shared_mappings_of_cold_files_under_the_root_qualify(
     perms: str, path: str, released: bool
 ) -> None:
     assert _is_cold(perms, path, "/data/index/") is released
+    populated = (
+        released is False and path.startswith("/data/") and perms.endswith("s") and "quantized" in path
+    )
+    assert _is_hot(perms, path, "/data/index/") is populated
 
 
 def test_a_scan_past_the_budget_is_released_right_after(tmp_path: Path) -> None:
@@ -168,3 +177,64 @@ def test_an_in_ram_collection_holds_its_payloads_resident(tmp_path: Path, on_dis
         assert after_build < 64 and after_open < 64
     else:
         assert after_build >= 256 and after_open >= 256
+
+
+def test_an_on_disk_collection_maps_its_quantized_vectors_once_the_engine_has_loaded_it(
+    tmp_path: Path,
+) -> None:
+    """The engine leaves them unread (Memory.Cold: its pre-read came while its WAL replay's working
+    memory was live, the peak RSS of an open); the owner maps them in after the build and after
+    each open, so searches do not fault them in."""
+    root = tmp_path / "index"
+    index, _, vectors = _index(root, budget_mb=64)
+    quantized_kb = (
+        sum(p.stat().st_size for p in root.glob("c/shard/segments/*/vector_storage/quantized.data")) // 1024
+    )
+    assert quantized_kb >= N * DIM // 1024
+    try:
+        assert _resident_kb(root, "/quantized.data") >= quantized_kb * 0.9  # after the build
+    finally:
+        index.close()
+    shard = qe.EdgeShard.load(str(root / "c" / "shard"))
+    try:
+        assert _resident_kb(root, "/quantized.data") < quantized_kb / 4  # the engine alone
+        assert populate_hot_pages(root) >= 1
+        assert _resident_kb(root, "/quantized.data") >= quantized_kb * 0.9
+    finally:
+        shard.close()
+    index = EdgeIndex(root, StoreSettings(release_mapped_mb=64))
+    try:
+        assert index.search("c", vectors[0], limit=1)[0].score > 0.99
+        assert _resident_kb(root, "/quantized.data") >= quantized_kb * 0.9  # after an open
+    finally:
+        index.close()
+
+
+def test_populating_falls_back_to_reading_ahead_where_the_kernel_cannot_populate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before Linux 5.14 ``MADV_POPULATE_READ`` is EINVAL: the kernel is asked to read the pages
+    ahead instead (``MADV_WILLNEED``), for that mapping and the rest."""
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "".join(
+            f"7f00000{i}0000-7f00000{i}1000 r--s 00000000 fd:01 1 /data/index/c/shard/segments/s{i}/"
+            "vector_storage/quantized.data\n"
+            for i in range(2)
+        )
+        + "7f0000100000-7f0000101000 r--s 00000000 fd:01 1 /data/index/c/shard/wal/open-1\n"
+    )
+    calls: list[tuple[int, int]] = []
+
+    def old_kernel_madvise(address: int, length: int, advice: int) -> int:
+        calls.append((address, advice))
+        if advice == resident._MADV_POPULATE_READ:
+            ctypes.set_errno(errno.EINVAL)
+            return -1
+        ctypes.set_errno(0)
+        return 0
+
+    monkeypatch.setattr(resident, "_madvise", lambda: old_kernel_madvise)
+    assert populate_hot_pages(Path("/data/index"), maps=maps) == 2
+    populate, willneed = resident._MADV_POPULATE_READ, resident._MADV_WILLNEED
+    assert calls == [(0x7F0000000000, populate), (0x7F0000000000, willneed), (0x7F0000010000, willneed)]
