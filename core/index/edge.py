@@ -614,7 +614,7 @@ class EdgeIndex(VectorIndex):
         # heap the copy is made from a mapping of the file, which raised the peak RSS of opening a
         # 1 M shard to 1,224 MB. Pre-read by the engine (Memory.Cached), they were all mapped
         # while its WAL replay's working memory was live: a peak of 1,171 MB, 938 MB once
-        # the open was over (the same shard, Intel, session 16).
+        # the open was over (bench/RESULTS.md, session 16).
         memory = qe.Memory.Cold if config.on_disk else qe.Memory.Pinned
         quantization = (
             qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, memory=memory)
@@ -990,7 +990,7 @@ class EdgeIndex(VectorIndex):
 
     def _map_hot_pages(self, handle: _Handle) -> None:
         """After the engine loaded segments of an on-disk collection (an open, a build): release
-        the WAL pages a load replayed (with a budget), then map in the quantized vectors
+        the WAL pages a load replayed (where a budget is set), then map in the quantized vectors
         (`core.index.resident`). A collection created with the engine's pre-read (Memory.Cached,
         before this was added) has them mapped already."""
         directory = self._dir(handle.name)

@@ -87,28 +87,28 @@ def test_the_owner_releases_once_its_rss_grew_by_the_budget(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    ("perms", "path", "released"),
+    ("perms", "path", "released", "populated"),
     [
-        ("r--s", "/data/index/c/shard/segments/s1/vector_storage/matrix.dat", True),
-        ("rw-s", "/data/index/c/shard/segments/s1/payload_storage/page_0.dat", True),
-        ("rw-s", "/data/index/c/shard/wal/open-1", True),
-        ("r--s", "/data/index/c/shard/segments/s1/vector_storage/quantized.data", False),
-        ("r--s", "/data/index/c/shard/segments/s1/vector_index/links_compressed.bin", False),
-        ("rw-s", "/data/index/c/shard/segments/s1/payload_storage/tracker.dat", False),
-        ("rw-s", "/data/index/c/shard/segments/s1/payload_index/x-modality-map/page_0.dat", False),
-        ("rw-s", "/data/index/c/shard/segments/s1/id_tracker.versions", False),
-        ("r--p", "/data/index/c/shard/segments/s1/vector_storage/matrix.dat", False),
-        ("rw-p", "/data/index/c/shard/wal/open-1", False),
-        ("r--s", "/elsewhere/c/shard/segments/s1/vector_storage/matrix.dat", False),
+        ("r--s", "/data/index/c/shard/segments/s1/vector_storage/matrix.dat", True, False),
+        ("rw-s", "/data/index/c/shard/segments/s1/payload_storage/page_0.dat", True, False),
+        ("rw-s", "/data/index/c/shard/wal/open-1", True, False),
+        ("r--s", "/data/index/c/shard/segments/s1/vector_storage/quantized.data", False, True),
+        ("r--p", "/data/index/c/shard/segments/s1/vector_storage/quantized.data", False, False),
+        ("r--s", "/elsewhere/c/shard/segments/s1/vector_storage/quantized.data", False, False),
+        ("r--s", "/data/index/c/shard/segments/s1/vector_index/links_compressed.bin", False, False),
+        ("rw-s", "/data/index/c/shard/segments/s1/payload_storage/tracker.dat", False, False),
+        ("rw-s", "/data/index/c/shard/segments/s1/payload_index/x-modality-map/page_0.dat", False, False),
+        ("rw-s", "/data/index/c/shard/segments/s1/id_tracker.versions", False, False),
+        ("r--p", "/data/index/c/shard/segments/s1/vector_storage/matrix.dat", False, False),
+        ("rw-p", "/data/index/c/shard/wal/open-1", False, False),
+        ("r--s", "/elsewhere/c/shard/segments/s1/vector_storage/matrix.dat", False, False),
     ],
 )
-def test_only_shared_mappings_of_cold_files_under_the_root_qualify(
-    perms: str, path: str, released: bool
+def test_only_shared_mappings_under_the_root_qualify(
+    perms: str, path: str, released: bool, populated: bool
 ) -> None:
+    """Released: the cold files. Mapped in: the quantized vectors."""
     assert _is_cold(perms, path, "/data/index/") is released
-    populated = (
-        released is False and path.startswith("/data/") and perms.endswith("s") and "quantized" in path
-    )
     assert _is_hot(perms, path, "/data/index/") is populated
 
 
