@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from minio import Minio
 
@@ -35,6 +37,20 @@ def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def wait_ready(url: str, *, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 60.0) -> None:
+    """Wait until ``radsearch serve`` at ``url`` answers ``/readyz`` with 200 (503 while it opens its
+    collections); fail the test after ``timeout_s``, or as soon as ``proc``, the server, exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"radsearch serve exited ({proc.returncode}) before it was ready")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"radsearch serve at {url} did not become ready within {timeout_s:.0f} s")
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ from core.jobs.memory_store import MemoryJobStore
 from core.jobs.redis_store import open_job_store
 from radsearch.commands.main import main
 from search_api.backfill_jobs import JobProgress, OwnerJobRunner
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_ready
 
 HASH_KEY = "through-server-test"
 TEMPLATE = "{modality}/{anatomy}/{file}"
@@ -68,16 +68,6 @@ def _serve(data: Path, port: int, **extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, env=_env(**extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.2)
-    pytest.fail(f"radsearch serve at {url} did not become ready")
-
-
 @dataclass(frozen=True)
 class World:
     images: Path
@@ -103,7 +93,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
         for url in urls:
-            _wait_ready(url)
+            wait_ready(url)
         yield World(images, root / "direct", root / "served", urls[0], urls[1], root)
     finally:
         for proc in servers:

@@ -28,7 +28,7 @@ import httpx
 import pytest
 from minio import Minio
 
-from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, free_port
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -235,19 +235,6 @@ def _wait_for_job(url: str) -> None:
     raise AssertionError(f"{url} never finished")
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "radsearch serve exited"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError("radsearch serve never became ready")
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[World]:
     work = tmp_path_factory.mktemp("readme")
@@ -329,7 +316,7 @@ def test_every_readme_example_answers_as_documented(world: World, s3_endpoint: s
     report: list[str] = []
     failures: list[str] = []
     try:
-        _wait_ready(world.url, server)
+        wait_ready(world.url, proc=server, timeout_s=120)
         for example in examples:
             if example in setup or _not_run(example):
                 continue

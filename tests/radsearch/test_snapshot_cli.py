@@ -8,7 +8,6 @@ Before (issue 14, item 11): there was no snapshot command at all, and ``collecti
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -21,11 +20,10 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 
 from core.config import StoreSettings
 from core.index.edge import EdgeIndex
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_ready
 from tests.core.test_snapshots import _create
 
 BATCH = 20
@@ -45,16 +43,6 @@ def _cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
-
-
-def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.2)
-    pytest.fail(f"radsearch serve at {url} did not become ready")
 
 
 def _points(number: int) -> dict[str, Any]:
@@ -115,7 +103,7 @@ def test_snapshot_drop_and_restore_through_the_serving_owner_then_without_it(tmp
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_ready(url)
+        wait_ready(url)
         with httpx.Client(base_url=url, timeout=60) as http:
             for number in range(3):
                 assert http.put("/v1/collections/live/points", json=_points(number)).status_code == 200
