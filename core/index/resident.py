@@ -81,11 +81,11 @@ def _advise(
     maps: Path,
     qualifies: Callable[[str, str, str], bool],
     advice: int,
-    fallback: int,
+    fallback: int | None = None,
 ) -> int:
     """``madvise(advice)`` on each mapping under ``roots`` that ``qualifies`` (perms, path, root),
-    ``fallback`` where the kernel does not know ``advice``; the number of mappings advised, with one
-    read of the process's mappings (0 where ``/proc`` or ``madvise`` is not available)."""
+    ``fallback`` (if any) where the kernel does not know ``advice``; the number of mappings advised,
+    with one read of the process's mappings (0 where ``/proc`` or ``madvise`` is not available)."""
     madvise = _madvise()
     if madvise is None or not roots:
         return 0
@@ -101,8 +101,8 @@ def _advise(
             continue
         start, end = (int(bound, 16) for bound in fields[0].split("-"))
         result = madvise(start, end - start, advice)
-        if result != 0 and ctypes.get_errno() == errno.EINVAL and advice != fallback:
-            advice = fallback  # a kernel without it: the fallback for this mapping and the rest
+        if result != 0 and ctypes.get_errno() == errno.EINVAL and fallback is not None:
+            advice, fallback = fallback, None  # a kernel without it: the fallback from here on
             result = madvise(start, end - start, advice)
         if result == 0:
             advised += 1
@@ -114,7 +114,7 @@ def _advise(
 def release_cold_pages(*roots: Path, maps: Path = Path("/proc/self/maps")) -> int:
     """Drop this process's resident pages of the cold collection files under ``roots`` (see the
     module docstring); the number of mappings released."""
-    return _advise(roots, maps, _is_cold, _MADV_DONTNEED, _MADV_DONTNEED)
+    return _advise(roots, maps, _is_cold, _MADV_DONTNEED)
 
 
 def populate_hot_pages(*roots: Path, maps: Path = Path("/proc/self/maps")) -> int:
