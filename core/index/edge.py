@@ -41,9 +41,10 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
+from uuid import UUID
 
 import numpy as np
 import qdrant_edge as qe
@@ -421,7 +422,7 @@ def _to_filter(
     exclude_ids: Sequence[str] = (),
     *,
     require: bool = False,
-    only_ids: Sequence[str] | None = None,
+    only_ids: Collection[int | UUID | str] | None = None,
     combined: Sequence[str] = (),
 ) -> qe.Filter | None:
     """The engine filter; conditions on two or more of ``combined`` (the collection's
@@ -493,10 +494,11 @@ def _query(
     query: list[float],
     page: _Page,
     params: qe.SearchParams,
-    only_ids: Sequence[str] | None = None,
+    only_ids: Collection[int | UUID | str] | None = None,
     with_payload: bool = True,
 ) -> list[Any]:
-    """One engine search for ``page``; ``only_ids`` restricts it to those points."""
+    """One engine search for ``page``; ``only_ids`` (the engine's point ids as it returns them,
+    or their strings) restricts it to those points."""
     return list(
         shard.query(
             qe.QueryRequest(
@@ -1045,7 +1047,9 @@ class EdgeIndex(VectorIndex):
             query,
             page,
             qe.SearchParams(exact=True, quantization=_rescoring(quantized)),
-            only_ids=[str(p.id) for p in candidates],
+            # the engine's own ids (UUIDs): strings would cost ~0.3 ms more per search at 160 (their
+            # str() and the engine's parsing of them)
+            only_ids=[p.id for p in candidates],
             with_payload=False,
         )
         if len(scored) < page.limit:
