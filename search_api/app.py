@@ -21,6 +21,7 @@ from core.snapshots import Trash
 from search_api.backfill_jobs import OwnerJobRunner
 from search_api.body_limit import BodyLimitMiddleware
 from search_api.deps import reject_unknown_query
+from search_api.direct_search import DirectSearchMiddleware
 from search_api.docs import install_docs
 from search_api.errors import install_exception_handlers
 from search_api.metrics import MetricsMiddleware
@@ -160,6 +161,9 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
             return upload_limit
         return settings.api.max_json_bytes
 
+    if settings.api.direct_search:
+        # Innermost: a plain search is answered after the access check, within the body limit.
+        app.add_middleware(DirectSearchMiddleware)
     # Added last = outermost: the access check runs before the body limit, which runs before parsing.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     app.add_middleware(AccessMiddleware, routes=app.routes, authenticator=authenticator)

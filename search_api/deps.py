@@ -11,6 +11,7 @@ from anyio import CapacityLimiter
 from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.datastructures import State
 
 from core.catalog import COLLECTION_NAME_PATTERN, Catalog, CollectionEntry
 from core.config import Settings
@@ -35,7 +36,9 @@ __all__ = [
     "check_job_id",
     "check_limit",
     "check_name",
+    "get_collection",
     "reject_unknown_query",
+    "stored_values_of",
     "worker_gateway",
 ]
 
@@ -71,12 +74,16 @@ def worker_gateway(request: Request) -> WorkerGateway:
     return gateway
 
 
-async def get_stored_values(request: Request) -> StoredValues:
+def stored_values_of(state: State) -> StoredValues:
     """The app's cache of stored filter values (for search warnings), made on first use."""
-    stored: StoredValues | None = getattr(request.app.state, "stored_values", None)
+    stored: StoredValues | None = getattr(state, "stored_values", None)
     if stored is None:
-        stored = request.app.state.stored_values = StoredValues()
+        stored = state.stored_values = StoredValues()
     return stored
+
+
+async def get_stored_values(request: Request) -> StoredValues:
+    return stored_values_of(request.app.state)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -248,7 +248,8 @@ async def _resolve(
     return principal
 
 
-def _authorize(principal: Principal, roles: frozenset[Role]) -> None:
+def authorize(principal: Principal, roles: frozenset[Role]) -> None:
+    """403 (`ApiError`) unless ``principal`` holds one of ``roles``."""
     if not principal.may(roles):
         needed = " or ".join(sorted(roles))
         raise ApiError(403, "forbidden", f"this action needs the {needed} role")
@@ -280,7 +281,7 @@ class RoleRequirement:
             token = bearer.credentials if bearer is not None else None
             principal = await _resolve(authenticator, api_key, token, client)
             request.state.principal = principal
-        _authorize(principal, self.roles)
+        authorize(principal, self.roles)
         return principal
 
 
@@ -375,7 +376,7 @@ class AccessMiddleware:
                 try:
                     principal = await _resolve(self.authenticator, *_credentials(scope))
                     scope.setdefault("state", {})["principal"] = principal
-                    _authorize(principal, policy.roles)
+                    authorize(principal, policy.roles)
                 except HTTPException as exc:
                     code = getattr(exc, "code", None) or "unauthorized"
                     await send_error(record_send, exc.status_code, code, str(exc.detail), headers=exc.headers)

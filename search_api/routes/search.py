@@ -78,11 +78,13 @@ _IMAGE_FORM_FIELDS = (
 #: At most this many uploaded examples in one search (each within the upload size limit).
 MAX_UPLOADS = 8
 
-router = APIRouter(prefix="/v1/collections", tags=["search"], dependencies=[require_role(Role.READER)])
+#: The role every search needs (the direct path checks the same, `search_api.direct_search`).
+SEARCH_ROLE = Role.READER
+router = APIRouter(prefix="/v1/collections", tags=["search"], dependencies=[require_role(SEARCH_ROLE)])
 logger = logging.getLogger(__name__)
 
 
-async def _response(
+async def respond(
     request: Request,
     entry: CollectionEntry,
     found: tuple[Found, list[SearchWarning]],
@@ -143,7 +145,7 @@ def _search_json(
     search_filter: SearchFilter | None,
     vector: list[float] | NDArray[np.float32] | None,
 ) -> Found:
-    """The JSON searches `_find_json` does not await: by a point with exclusions or groups, by
+    """The JSON searches `find_json` does not await: by a point with exclusions or groups, by
     examples, by vector (or text) with groups."""
     shape = _shape(query)
     find = partial(results.find, index=index, entry=entry, shape=shape)
@@ -176,6 +178,15 @@ def _search_json(
     return find(vector=vector, search_filter=narrowed)
 
 
+def search_mode(query: SearchQuery) -> str:
+    """What the search goes by, for its log line: point, examples, text or vector."""
+    if query.point_id is not None:
+        return "point"
+    if query.positive is not None:
+        return "examples"
+    return "text" if query.text is not None else "vector"
+
+
 def _shape(query: SearchQuery) -> Shape:
     return Shape(
         limit=query.limit,
@@ -186,7 +197,7 @@ def _shape(query: SearchQuery) -> Shape:
     )
 
 
-async def _find_json(
+async def find_json(
     *,
     query: SearchQuery,
     index: VectorIndex,
@@ -255,18 +266,17 @@ async def search_collection(
     search_filter = parse_filter(query.filter)
     started = time.perf_counter()
     vector: list[float] | NDArray[np.float32] | None = None
-    mode = "point" if query.point_id is not None else "examples" if query.positive is not None else "vector"
+    mode = search_mode(query)
     if query.text is not None:
-        mode = "text"
         vector = await in_inference_thread(
             limiter, services.embed_text, catalog=catalog, entry=entry, text=query.text
         )
     elif query.vector is not None:
         vector = query.vector
-    found = await _find_json(
+    found = await find_json(
         query=query, index=index, entry=entry, search_filter=search_filter, vector=vector, stored=stored
     )
-    return await _response(request, entry, found, started, mode)
+    return await respond(request, entry, found, started, mode)
 
 
 def _embed_uploads(
@@ -440,4 +450,4 @@ async def search_by_image(
     found = await on_index(
         index, _with_warnings, run, index=index, entry=entry, search_filter=search_filter, stored=stored
     )
-    return await _response(request, entry, found, started, "image")
+    return await respond(request, entry, found, started, "image")

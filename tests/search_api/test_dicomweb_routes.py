@@ -224,6 +224,15 @@ def test_search_by_uid_matches_an_upload_and_reidentifies_for_clinicians(
     assert len(audit) == len({h["id"] for h in by_point["hits"]})
     as_reader = setup.post("/v1/collections/pacs/search", "reader", json=body).json()
     assert as_reader["hits"] and not [h for h in as_reader["hits"] if "instance_uid" in h]
+    # A plain search by point too (the API's direct path, search_api.direct_search).
+    caplog.clear()
+    plain = {"point_id": top["id"], "limit": 3}
+    by_point = setup.post("/v1/collections/pacs/search", "clinician", json=plain).json()
+    assert len(by_point["hits"]) == 3 and all("instance_uid" in h for h in by_point["hits"])
+    audit = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reidentify ")]
+    assert len(audit) == 3 and all("who=clinician-bot" in line for line in audit)
+    as_reader = setup.post("/v1/collections/pacs/search", "reader", json=plain).json()
+    assert len(as_reader["hits"]) == 3 and not [h for h in as_reader["hits"] if "instance_uid" in h]
 
     # The table on disk holds no UID in the clear.
     table = (setup.settings.data_dir / "reid" / "uids.sqlite").read_bytes()
