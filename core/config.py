@@ -325,8 +325,9 @@ class ApiSettings(BaseModel):
     # search's own line (collection, mode, hits, time) stays.
     access_log: bool = True
     # Plain JSON searches (by a point or a vector, no groups) answered by the route's own code
-    # without FastAPI's routing, dependency solving and response validation: ~25 % less of the
-    # API's CPU per search (search_api/direct_search.py). Off sends them through FastAPI.
+    # without FastAPI's routing, dependency solving and response validation: ~30 % less of the
+    # API's CPU per search (search_api/direct_search.py, bench/RESULTS.md session 17). Off sends
+    # them through FastAPI.
     direct_search: bool = True
     # Folders on the server's disk that ingest jobs run by the store's owner may read (and take a
     # manifest from), e.g. RADSEARCH_API__INGEST_ROOTS='["/srv/archive"]'. Without them a local

@@ -33,13 +33,13 @@ from search_api.routes.search import SEARCH_ROLE, find_json, respond, search_mod
 from search_api.schemas import SearchQuery, SearchResponse, parse_filter
 from search_api.security import Principal, authorize
 
-__all__ = ["DirectSearchMiddleware", "is_plain"]
+__all__ = ["DirectSearchMiddleware"]
 
 _SEARCH_PATH = re.compile(r"/v1/collections/([^/]+)/search")
 _ROLES = frozenset({SEARCH_ROLE})
 
 
-def is_plain(query: SearchQuery) -> bool:
+def _is_plain(query: SearchQuery) -> bool:
     """Whether the direct path answers ``query``: by a point (without exclusions) or a vector, no
     groups. Text searches wait for the encoder, where FastAPI's overhead does not count."""
     if query.group_by is not None or query.positive is not None or query.text is not None:
@@ -102,7 +102,7 @@ class DirectSearchMiddleware:
             query = SearchQuery.model_validate(json.loads(body))
         except Exception:  # any body FastAPI refuses, it refuses in its own words (400 or 422)
             query = None
-        if principal is None or query is None or not is_plain(query):
+        if principal is None or query is None or not _is_plain(query):
             await self.app(scope, replay, send)
             return
         scope["path_params"] = {"name": name}
