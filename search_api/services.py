@@ -12,10 +12,10 @@ from PIL import Image
 
 from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
-from core.errors import BadInput, ObjectNotFound, PointNotFound
+from core.errors import BadInput, ObjectNotFound
 from core.filter_warnings import StoredValues, filter_warnings
 from core.frame import Frame
-from core.index.base import Hit, StoredPoint, VectorIndex
+from core.index.base import Hit, StoredPoint, VectorIndex, point_not_found
 from core.metrics import timed_search
 from core.payload import SearchFilter
 from ingest.readers import DecodedObject, DecodeLimits, decode_object
@@ -46,12 +46,11 @@ def read_point(
     """One stored point; `PointNotFound` if absent (ids that are not UUIDs cannot exist)."""
     try:
         uuid.UUID(point_id)
-    except ValueError:
-        # not echoed: whatever the caller sent where a point id goes
-        raise PointNotFound(f"no such point in {entry.name!r} (point ids are UUIDs)") from None
+    except ValueError:  # cannot be stored: no need to ask the store
+        raise point_not_found(entry.name, point_id) from None
     points = index.retrieve(entry.name, [point_id], with_vectors=with_vector)
     if not points:
-        raise PointNotFound(f"point {point_id!r} does not exist in {entry.name!r}")
+        raise point_not_found(entry.name, point_id)
     return points[0]
 
 

@@ -8,6 +8,7 @@ entry: encoder spec, weights version, ...) stored with the collection.
 from __future__ import annotations
 
 import functools
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "VectorIndex",
     "group_hits",
     "off_loop",
+    "point_not_found",
 ]
 
 T = TypeVar("T")
@@ -109,6 +111,16 @@ async def off_loop(index: VectorIndex, call: Callable[[], T]) -> T:
     import anyio.to_thread  # only where an event loop runs
 
     return await anyio.to_thread.run_sync(call)
+
+
+def point_not_found(name: str, point_id: str) -> PointNotFound:
+    """`PointNotFound` for ``point_id`` in collection ``name``, naming the id only where it is a
+    UUID: anything else is whatever a caller sent where an id goes, never echoed."""
+    try:
+        uuid.UUID(point_id)
+    except ValueError:
+        return PointNotFound(f"no such point in {name!r} (point ids are UUIDs)")
+    return PointNotFound(f"point {point_id!r} does not exist in {name!r}")
 
 
 class VectorIndex(ABC):
@@ -211,7 +223,7 @@ class VectorIndex(ABC):
         `PointNotFound` when the collection has no such point (ids that are not UUIDs never exist)."""
         points = self.retrieve(name, [point_id], with_vectors=True)
         if not points or points[0].vector is None:
-            raise PointNotFound(f"point {point_id!r} does not exist in {name!r}")
+            raise point_not_found(name, point_id)
         return self.search(
             name,
             points[0].vector,

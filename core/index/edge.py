@@ -51,7 +51,7 @@ import qdrant_edge as qe
 from numpy.typing import NDArray
 
 from core.config import StoreSettings
-from core.errors import CollectionExists, CollectionNotFound, IndexStoreError, PointNotFound, StoreFull
+from core.errors import CollectionExists, CollectionNotFound, IndexStoreError, StoreFull
 from core.index._shared import (
     OVERSAMPLING,
     check_batch,
@@ -72,7 +72,7 @@ from core.index._shared import (
     stored_points,
     unnamed_vector,
 )
-from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
+from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex, point_not_found
 from core.index.combinations import (
     COMBINATIONS_FIELD,
     combination_keys,
@@ -904,7 +904,7 @@ class EdgeIndex(VectorIndex):
                 records = shard.retrieve(wanted, with_payload=False, with_vector=True)
         raw = unnamed_vector(records[0].vector) if records else None
         if raw is None:
-            raise PointNotFound(f"point {point_id!r} does not exist in {name!r}")
+            raise point_not_found(name, point_id)
         return self._search(
             handle,
             list(raw),

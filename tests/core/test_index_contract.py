@@ -373,9 +373,11 @@ def test_search_near_point_is_a_search_by_its_vector_without_it(filled: VectorIn
     rows = [i for i in data.matching(lambda p: p["modality"] == data.payloads[11]["modality"]) if i != 11]
     assert [h.id for h in near] == exact_top(data, data.vectors[11], rows, 6)[1:]
     assert all(h.payload["modality"] == data.payloads[11]["modality"] for h in near)
-    for missing in (str(uuid.UUID(int=10**9)), "not-a-uuid"):
-        with pytest.raises(PointNotFound, match="does not exist in 'c'"):
-            filled.search_near_point("c", missing)
+    with pytest.raises(PointNotFound, match="does not exist in 'c'"):
+        filled.search_near_point("c", str(uuid.UUID(int=10**9)))
+    # whatever a caller sent where an id goes is not echoed
+    with pytest.raises(PointNotFound, match=r"^no such point in 'c' \(point ids are UUIDs\)$"):
+        filled.search_near_point("c", "DOE^JOHN")
     with pytest.raises(CollectionNotFound):
         filled.search_near_point("nope", data.ids[11])
 
