@@ -59,11 +59,14 @@ def check_name(name: str) -> None:
         )
 
 
-def canonical_id(point_id: str) -> str:
+def canonical_id(point_id: str, *, position: int | None = None) -> str:
+    """The id's canonical UUID string; `IndexStoreError` naming its ``position`` in a batch (never
+    the value: whatever a caller sent where an id goes) when it is not a UUID."""
     try:
         return str(uuid.UUID(str(point_id)))
     except ValueError:
-        raise IndexStoreError(f"point id {point_id!r} is not a UUID") from None
+        where = "a point id" if position is None else f"point id [{position}]"
+        raise IndexStoreError(f"{where} is not a UUID") from None
 
 
 def known_ids(ids: Sequence[str]) -> list[str]:
@@ -125,7 +128,7 @@ def check_batch(
         raise InvalidVector(f"got {arr.shape[0]} vectors for {len(ids)} ids")
     if len(payloads) != len(ids):
         raise IndexStoreError(f"got {len(payloads)} payloads for {len(ids)} ids")
-    return arr, [canonical_id(i) for i in ids]
+    return arr, [canonical_id(point_id, position=i) for i, point_id in enumerate(ids)]
 
 
 def query_vector(vector: NDArray[np.float32], dim: int, limit: int, offset: int) -> list[float]:

@@ -246,6 +246,9 @@ def test_upsert_argument_mismatch(index: VectorIndex) -> None:
         index.upsert("c", [str(uuid.uuid4()), str(uuid.uuid4())], vecs, [{}])
     with pytest.raises(IndexStoreError):
         index.upsert("c", ["a", "b"], vecs, [{}, {}])
+    # the id that is not a UUID is named by its position, never echoed
+    with pytest.raises(IndexStoreError, match=r"^point id \[1\] is not a UUID$"):
+        index.upsert("c", [str(uuid.uuid4()), "DOE^JOHN"], vecs, [{}, {}])
     assert index.count("c") == 0
 
 
