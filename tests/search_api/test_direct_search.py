@@ -10,18 +10,16 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 from starlette.types import Message, Receive, Scope, Send
 
-from core.api_keys import hash_api_key
 from core.calibration import calibrate
-from core.config import ApiKeyEntry, RuntimeSettings, SecuritySettings, Settings
+from core.config import Settings
 from core.index.base import VectorIndex
 from search_api import create_app
 from search_api.direct_search import DirectSearchMiddleware
 from tests.search_api.test_api import CANARY, COLLECTION, Corpus
+from tests.security.conftest import KEYS, secured_settings
 
-KEYS = {role: f"{role}-key-0123456789" for role in ("reader", "metrics")}
 SEARCH = f"/v1/collections/{COLLECTION}/search"
 # Who answers a case: the direct path, FastAPI's route, or the access check before either.
 DIRECT, FASTAPI, ACCESS = "direct", "fastapi", "access"
@@ -29,17 +27,7 @@ DIRECT, FASTAPI, ACCESS = "direct", "fastapi", "access"
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(
-        data_dir=tmp_path_factory.mktemp("data"),
-        runtime=RuntimeSettings(device="cpu", dtype="float32"),
-        security=SecuritySettings(
-            hash_key=SecretStr("test-hash-key"),
-            api_keys=[
-                ApiKeyEntry(name=f"{role}-bot", role=role, sha256=hash_api_key(key))
-                for role, key in KEYS.items()
-            ],
-        ),
-    )
+    return secured_settings(tmp_path_factory.mktemp("data"))
 
 
 class _CountingApp:
