@@ -622,8 +622,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if unknown_clients := set(args.client.split(",")) - set(CLIENTS):
         parser.error(f"unknown --client {sorted(unknown_clients)}; known: {', '.join(CLIENTS)}")
-    if unknown_clients := set(args.client.split(",")) - set(CLIENTS):
-        parser.error(f"unknown --client {sorted(unknown_clients)}; known: {', '.join(CLIENTS)}")
     global SHAPES
     SHAPES = tuple(args.filters.split(","))
     if unknown := set(SHAPES) - set(FILTERS):
