@@ -15,7 +15,9 @@ the engine alone on the same collection in the same run.
 3. Starts ``radsearch serve`` on a free port with a reader API key configured
    (``RADSEARCH_SECURITY__API_KEYS``), like a deployment with auth on, and (with
    ``RADSEARCH_STORE__SEARCH_REPLICAS``, default 1) searches from 4 clients until its search
-   replica holds a current copy of the collection (``replica_ready_after_s``).
+   replica holds a current copy of the collection (``replica_ready_after_s``). The server gets
+   this process's environment: ``RADSEARCH_API__DIRECT_SEARCH=false`` measures the searches
+   through FastAPI's request handling instead of the direct path (session 17's A/B).
 4. ``--clients`` client processes (one keep-alive HTTP/1.1 connection each over a plain socket,
    or stdlib ``http.client`` with ``--client stdlib``; closed loop) send ``POST
    /v1/collections/bench/search`` with those queries for ``--seconds``; reports p50/p99 latency
