@@ -322,7 +322,7 @@ class ApiSettings(BaseModel):
     index_process: bool = True
     # uvicorn's access log: a line per request (client, method, path, status). Off spares the API
     # process ~8 % of its CPU per search at high rates (bench/RESULTS.md, session 15); each
-    # search's own line (collection, mode, hits, time) stays.
+    # search's own line (collection, mode, hits, time; logged at INFO, `radsearch -v serve`) stays.
     access_log: bool = True
     # Plain JSON searches (by a point or a vector, no groups) answered by the route's own code
     # without FastAPI's routing, dependency solving and response validation: ~30 % less of the
