@@ -309,7 +309,7 @@ class IndexProcess:
         except queue.Empty:
             try:
                 return self._connect()
-            except OSError as exc:
+            except (EOFError, OSError) as exc:  # EOF: it died while answering the handshake
                 raise IndexStoreError(f"the {self.role} process is not running") from exc
 
     def _lost_on(self, conn: Connection) -> IndexStoreError:
