@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import RadsearchError
 from search_api.deps import check_limit, get_collection, stored_values_of
-from search_api.routes.search import SEARCH_ROLE, find_json, respond, search_mode
+from search_api.routes.search import SEARCH_ROLE, find_json, is_plain, respond, search_mode
 from search_api.schemas import SearchQuery, SearchResponse, parse_filter
 from search_api.security import Principal, authorize
 
@@ -37,14 +37,6 @@ __all__ = ["DirectSearchMiddleware"]
 
 _SEARCH_PATH = re.compile(r"/v1/collections/([^/]+)/search")
 _ROLES = frozenset({SEARCH_ROLE})
-
-
-def _is_plain(query: SearchQuery) -> bool:
-    """Whether the direct path answers ``query``: by a point (without exclusions) or a vector, no
-    groups. Text searches wait for the encoder, where FastAPI's overhead does not count."""
-    if query.group_by is not None or query.positive is not None or query.text is not None:
-        return False
-    return query.vector is not None or query.exclude is None
 
 
 def _is_json(scope: Scope) -> bool:
@@ -102,7 +94,8 @@ class DirectSearchMiddleware:
             query = SearchQuery.model_validate(json.loads(body))
         except Exception:  # any body FastAPI refuses, it refuses in its own words (400 or 422)
             query = None
-        if principal is None or query is None or not _is_plain(query):
+        # text searches wait for the encoder, where FastAPI's overhead does not count
+        if principal is None or query is None or query.text is not None or not is_plain(query):
             await self.app(scope, replay, send)
             return
         scope["path_params"] = {"name": name}

@@ -187,6 +187,13 @@ def search_mode(query: SearchQuery) -> str:
     return "text" if query.text is not None else "vector"
 
 
+def is_plain(query: SearchQuery) -> bool:
+    """A search `find_json` awaits on the index: by a point without exclusions, or by a vector
+    (or text), without groups or examples."""
+    point_exclusions = query.point_id is not None and query.exclude is not None
+    return query.group_by is None and query.positive is None and not point_exclusions
+
+
 def _shape(query: SearchQuery) -> Shape:
     return Shape(
         limit=query.limit,
@@ -209,8 +216,7 @@ async def find_json(
     """The JSON search's hits and warnings. The plain searches (by a point, or by a vector or text,
     without groups) are awaited on the index: no worker thread where the store has a process of its
     own (`VectorIndex.search_async`). The others run `_search_json` and the warnings in one."""
-    point_exclusions = query.point_id is not None and query.exclude is not None
-    if query.group_by is not None or query.positive is not None or point_exclusions:
+    if not is_plain(query):
         run = partial(
             _search_json, query=query, index=index, entry=entry, search_filter=search_filter, vector=vector
         )
