@@ -230,12 +230,17 @@ def serve_api(
         if settings.store.backend == "edge":  # a Qdrant server has no owner to be
             lease = owned.enter_context(acquire_store(settings.index_dir, kind))
             lease.advertise(f"http://{_url_host(host)}:{port}")
-        options: dict[str, Any] = {"log_level": log_level, "access_log": settings.api.access_log}
-        if settings.log_format == "json":
-            # uvicorn's own loggers then go through the root handler (its default log config
-            # would print text) and so carry the request id.
-            options["log_config"] = None
-        uvicorn.run(create_app(settings), host=host, port=port, **options)
+        # No log config of uvicorn's own (log_config=None): its loggers, the access log's line per
+        # request among them, go through the root handler, in the format chosen, with the time
+        # and the request id.
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=settings.api.access_log,
+            log_config=None,
+        )
 
 
 def _url_host(host: str) -> str:

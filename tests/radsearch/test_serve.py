@@ -97,8 +97,9 @@ def test_image_upload_over_http(served: str, tmp_path: Path) -> None:
     assert httpx.get(f"{served}/").status_code == 200
 
 
-def _request_lines(env: dict[str, str], data: Path) -> str:
-    """What ``radsearch serve`` printed while it answered one ``GET /healthz``."""
+def _request_lines(env: dict[str, str], data: Path, request_id: str = "probe-1") -> str:
+    """What ``radsearch serve`` printed while it answered one ``GET /healthz`` (with the client's
+    ``request_id``)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "radsearch", "--data-dir", str(data), "serve", "--port", str(port)],
@@ -108,7 +109,11 @@ def _request_lines(env: dict[str, str], data: Path) -> str:
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}")
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/healthz", headers={"X-Request-ID": request_id}, timeout=5
+        )
+        assert response.status_code == 200
+        assert response.headers["X-Request-ID"] == request_id
     finally:
         proc.terminate()
         output, _ = proc.communicate(timeout=20)
@@ -119,7 +124,10 @@ def _request_lines(env: dict[str, str], data: Path) -> str:
 def test_the_access_log_is_on_by_default_and_can_be_turned_off(log_format: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
     env["RADSEARCH_LOG_FORMAT"] = log_format
-    assert "GET /healthz" in _request_lines(env, tmp_path / "on")
+    (access,) = [line for line in _request_lines(env, tmp_path / "on").splitlines() if "GET /healthz" in line]
+    # the server's own format, time and request id included (for text as for JSON)
+    assert "probe-1" in access
+    assert ("uvicorn.access" in access) and (access.startswith("{") == (log_format == "json"))
     logged = _request_lines({**env, "RADSEARCH_API__ACCESS_LOG": "false"}, tmp_path / "off")
     assert "GET /healthz" not in logged
     assert "Application startup complete" in logged  # the rest of the log is still there
