@@ -1,7 +1,8 @@
 """An `EdgeIndex` in a child process of its own, called over a Unix socket (`IndexProcess`).
 
 The parent calls from threads or awaits on an event loop (`IndexProcess.call_async`), and opens
-one connection per concurrent caller and keeps it for reuse; the child answers
+one connection per concurrent caller and keeps it for reuse (one awaited on a loop stays on that
+loop, `_LoopConnection`); the child answers
 their reads one at a time and runs every other call on a thread of its own (`_READS`), exits when
 the parent closes the first connection (its lifeline) or dies, and then closes its shards. The
 arguments and results are pickled. Errors raised by the index are re-raised in the parent as they
@@ -18,6 +19,7 @@ import pickle
 import queue
 import selectors
 import shutil
+import struct
 import tempfile
 import threading
 from multiprocessing.connection import Client, Connection, Listener
@@ -191,23 +193,100 @@ def _serve(root: Path, store: StoreSettings, address: str, authkey: bytes, ready
             os._exit(0)
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+class _LoopConnection:
+    """A connection to the child that lives on one event loop (`IndexProcess.call_async`): its
+    socket stays non-blocking and registered with the loop, so a call costs one write and the
+    answer one read. Waiting on a blocking `Connection` instead cost ten system calls per search
+    (the reader added and removed, the socket made non-blocking and blocking again, two reads).
+    The framing is `Connection.send_bytes`'s: a 4-byte big-endian length (-1, then 8 bytes, past
+    2 GiB), then the bytes. No asyncio transport: a loop that ends with one open warns (and
+    uvloop's then hangs in a test run that makes warnings errors), while a reader just lapses."""
 
+    def __init__(self, conn: Connection) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._conn = conn  # owns the socket (closes it silently if dropped)
+        self._fd = conn.fileno()
+        self._buffer = bytearray()
+        self._answer: asyncio.Future[bytes] | None = None
+        self.lost = False
+        os.set_blocking(self._fd, False)
+        self.loop.add_reader(self._fd, self._readable)
 
-async def _readable(conn: Connection) -> None:
-    """Return once ``conn`` has data to read, waiting on the running event loop."""
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-    fd = conn.fileno()
-    loop.add_reader(fd, _resolve, ready)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
-        # uvloop's add_reader makes the socket non-blocking; `call` reads it blocking, in a thread.
-        os.set_blocking(fd, True)
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._lose()
+            return
+        self._buffer += data
+        if self._answer is not None and not self._answer.done():
+            frame = self._frame()
+            if frame is not None:
+                self._answer.set_result(frame)
+
+    def _lose(self) -> None:
+        self.lost = True
+        self.loop.remove_reader(self._fd)
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(EOFError("the index process closed the connection"))
+
+    def _frame(self) -> bytes | None:
+        """The first whole message in the buffer (taken out of it), or None."""
+        if len(self._buffer) < 4:
+            return None
+        (size,) = struct.unpack_from("!i", self._buffer)
+        start = 4
+        if size == -1:
+            if len(self._buffer) < 12:
+                return None
+            (size,) = struct.unpack_from("!Q", self._buffer, 4)
+            start = 12
+        if len(self._buffer) < start + size:
+            return None
+        frame = bytes(self._buffer[start : start + size])
+        del self._buffer[: start + size]
+        return frame
+
+    async def call(self, request: bytes) -> bytes:
+        """Send ``request`` (pickled); its answer's bytes."""
+        if self.lost:
+            raise EOFError("the index process closed the connection")
+        size = len(request)
+        message = (struct.pack("!i", size) if size <= 0x7FFFFFFF else struct.pack("!iQ", -1, size)) + request
+        try:
+            sent = os.write(self._fd, message)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(message):  # more than the socket's buffer holds: not a search's few KB
+            os.set_blocking(self._fd, True)
+            try:
+                rest = memoryview(message)[sent:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest) :]
+            finally:
+                os.set_blocking(self._fd, False)
+        self._answer = self.loop.create_future()
+        try:
+            return await self._answer
+        finally:
+            self._answer = None
+
+    def close(self) -> None:
+        """Close it, from any thread."""
+        if self.loop.is_closed() or self.lost:
+            self._conn.close()
+        else:
+            self.loop.call_soon_threadsafe(self._close_on_loop)
+
+    def _close_on_loop(self) -> None:
+        if not self.lost:
+            self.loop.remove_reader(self._fd)
+        self.lost = True
+        self._conn.close()
 
 
 class IndexProcess:
@@ -220,6 +299,8 @@ class IndexProcess:
         self._address = os.path.join(self._dir, "socket")
         self._authkey = os.urandom(32)
         self._idle: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        # `call_async`'s idle connections, by the event loop they live on (tests run many loops)
+        self._idle_on_loop: dict[asyncio.AbstractEventLoop, list[_LoopConnection]] = {}
         self._busy_lock = threading.Lock()
         self.busy = 0
         self.closed = False
@@ -249,12 +330,20 @@ class IndexProcess:
         if status == "err":
             self._stop(wait_s=5)
             raise value
-        self._lifeline = self._connect()
+        try:
+            self._lifeline = self._connect()
+        except IndexStoreError:  # it died right after it said it was ready
+            self._stop(wait_s=5)
+            raise
         self.pid: int = value
         logger.info("%s process started pid=%s", role, value)
 
     def _connect(self) -> Connection:
-        return Client(self._address, family="AF_UNIX", authkey=self._authkey)
+        """A new connection, through the handshake; `IndexStoreError` where the child is gone."""
+        try:
+            return Client(self._address, family="AF_UNIX", authkey=self._authkey)
+        except (EOFError, OSError) as exc:  # EOF: it died while answering the handshake
+            raise IndexStoreError(f"the {self.role} process is not running") from exc
 
     @property
     def alive(self) -> bool:
@@ -279,17 +368,14 @@ class IndexProcess:
         return self._answer(conn, status, value)
 
     async def call_async(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """`call` for a caller on an event loop: the answer is awaited on the loop instead of
-        waited for in a worker thread, whose hand-offs cost the API process CPU (its CPU per
-        search, set against the store's, fell by 10-15 %: bench/RESULTS.md, session 14)."""
-        conn = self._take()
+        """`call` for a caller on an event loop: the answer is awaited on the loop (on a
+        connection that lives there, `_LoopConnection`) instead of waited for in a worker thread,
+        whose hand-offs cost the API process CPU (bench/RESULTS.md, sessions 14 and 18)."""
+        conn = self._take_on_loop()
         with self._busy_lock:
             self.busy += 1
         try:
-            _send(conn, (method, args, kwargs))  # a few hundred bytes: the socket's buffer takes them
-            await _readable(conn)
-            # The child sends each answer at once: what is not here yet is right behind.
-            status, value = _recv(conn)
+            answer = await conn.call(pickle.dumps((method, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
         except (EOFError, OSError) as exc:
             raise self._lost_on(conn) from exc
         except BaseException:  # cancelled while the answer was due: the connection is out of step
@@ -298,7 +384,24 @@ class IndexProcess:
         finally:
             with self._busy_lock:
                 self.busy -= 1
-        return self._answer(conn, status, value)
+        self._idle_on_loop.setdefault(conn.loop, []).append(conn)
+        status, value = pickle.loads(answer)
+        if status == "err":
+            raise value
+        return value
+
+    def _take_on_loop(self) -> _LoopConnection:
+        """An idle connection on the running loop, or one taken over from `_take`."""
+        idle = self._idle_on_loop.get(asyncio.get_running_loop())
+        while idle:
+            conn = idle.pop()
+            if not conn.lost:
+                return conn
+            conn.close()
+        for loop in [loop for loop in self._idle_on_loop if loop.is_closed()]:
+            for conn in self._idle_on_loop.pop(loop, []):
+                conn.close()
+        return _LoopConnection(self._take())
 
     def _take(self) -> Connection:
         """An idle connection to the child, or a new one."""
@@ -307,12 +410,9 @@ class IndexProcess:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
-            try:
-                return self._connect()
-            except (EOFError, OSError) as exc:  # EOF: it died while answering the handshake
-                raise IndexStoreError(f"the {self.role} process is not running") from exc
+            return self._connect()
 
-    def _lost_on(self, conn: Connection) -> IndexStoreError:
+    def _lost_on(self, conn: Connection | _LoopConnection) -> IndexStoreError:
         conn.close()
         self._lost = True
         return IndexStoreError(f"the {self.role} process is not running")
@@ -333,6 +433,10 @@ class IndexProcess:
                 self._idle.get_nowait().close()
             except queue.Empty:
                 break
+        for connections in list(self._idle_on_loop.values()):
+            for conn in connections:
+                conn.close()
+        self._idle_on_loop.clear()
         self._lifeline.close()
         self._stop()
 

@@ -268,3 +268,88 @@ def test_a_child_that_dies_during_a_new_connections_handshake_is_reported_not_ru
     finally:
         listener.close()
         child.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_awaited_calls_keep_one_connection_per_loop_and_close_those_of_ended_loops(tmp_path: Path) -> None:
+    """Awaited calls reuse a connection that lives on their loop; a loop that ended (a test
+    client's, an ``asyncio.run``) leaves its connection to be closed, without a warning (warnings
+    are errors here) or a hang, and without one more file descriptor per loop."""
+    child = IndexProcess(tmp_path, StoreSettings())
+    try:
+
+        async def twice() -> list[object]:
+            return [await child.call_async("list_collections") for _ in range(2)]
+
+        assert asyncio.run(twice()) == [[], []]
+        before = _open_fds()
+        for run in (asyncio.run, uvloop.run) * 10:
+            assert run(twice()) == [[], []]
+        assert _open_fds() <= before + 1  # the last loop's connection, closed by the next call
+        assert child.call("list_collections") == []  # calls from threads have their own
+    finally:
+        child.close()
+
+
+def test_loops_in_two_threads_get_their_own_answers(tmp_path: Path) -> None:
+    hosted = HostedEdgeIndex(tmp_path, StoreSettings(search_replicas=0))
+    try:
+        vectors = _fill(hosted)
+        ids = [str(uuid.UUID(int=i + 1)) for i in range(len(vectors))]
+        found: dict[int, list[str]] = {}
+
+        def searches(first: int) -> None:
+            async def run() -> list[str]:
+                hits = [await hosted.search_async("c", vectors[i], limit=1) for i in range(first, 200, 2)]
+                return [h[0].id for h in hits]
+
+            found[first] = uvloop.run(run()) if first else asyncio.run(run())
+
+        threads = [threading.Thread(target=searches, args=(first,)) for first in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert found == {first: ids[first:200:2] for first in (0, 1)}
+    finally:
+        hosted.close()
+
+
+def test_awaited_calls_larger_than_the_sockets_buffer_both_ways(tmp_path: Path) -> None:
+    """A request the socket's buffer cannot take at once is written whole; an answer that comes
+    in many reads is read whole (here the child's error naming an 8 MB method name)."""
+    child = IndexProcess(tmp_path, StoreSettings())
+    try:
+        method = "x" * 8_000_000
+
+        async def call() -> str:
+            with pytest.raises(IndexStoreError) as raised:
+                await child.call_async(method)
+            return str(raised.value)
+
+        assert uvloop.run(call()) == f"the index process does not answer {method!r}"
+        assert asyncio.run(child.call_async("list_collections")) == []
+    finally:
+        child.close()
+
+
+def test_an_awaited_call_to_a_killed_child_reports_it_not_running(tmp_path: Path) -> None:
+    """The child dies while the loop's connection is idle: the next call gets `IndexStoreError`
+    (which a replica's caller answers by going to the owner), never a hang."""
+    child = IndexProcess(tmp_path, StoreSettings())
+    try:
+
+        async def call_then_kill() -> None:
+            assert await child.call_async("list_collections") == []
+            os.kill(child.pid, signal.SIGKILL)
+            assert _gone(child.pid, 10)
+            with pytest.raises(IndexStoreError, match="not running"):
+                await asyncio.wait_for(child.call_async("list_collections"), 10)
+
+        uvloop.run(call_then_kill())
+        assert not child.alive
+    finally:
+        child.close()
