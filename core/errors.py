@@ -17,6 +17,7 @@
     │   ├── InvalidVector
     │   ├── InvalidFilter
     │   ├── StoreOwned         (another process owns the embedded store's data dir)
+    │   ├── StoreUnavailable   (the store's process ended; a new one is being started)
     │   └── StoreFull          (free disk below the reserve: writes refused, nothing lost)
     └── BadInput               (one input file/object cannot be used; the batch goes on)
         ├── ObjectNotFound      (the source has no such object, or no longer)
@@ -55,6 +56,7 @@ __all__ = [
     "SourceError",
     "StoreFull",
     "StoreOwned",
+    "StoreUnavailable",
     "TooLarge",
     "UnsupportedFormat",
     "UpstreamUnreachable",
@@ -127,6 +129,11 @@ class InvalidVector(IndexStoreError):
 
 class InvalidFilter(IndexStoreError):
     pass
+
+
+class StoreUnavailable(IndexStoreError):
+    """The process that runs the embedded store ended (killed, out of memory); the server is
+    starting a new one. Not the caller's fault, and worth retrying in a few seconds."""
 
 
 class OwnerLike(Protocol):

@@ -21,6 +21,7 @@ __all__ = [
     "INGEST_OBJECTS",
     "INGEST_STAGE_SECONDS",
     "PROCESS_SEARCHES",
+    "STORE_RESTARTS",
     "SEARCHES",
     "SEARCH_SECONDS",
     "filter_kind",
@@ -53,6 +54,10 @@ PROCESS_SEARCHES = Counter(
     "radsearch_store_process_searches",
     "Searches answered by each process of the embedded store: its owner or a search replica.",
     ["process"],
+)
+STORE_RESTARTS = Counter(
+    "radsearch_store_process_restarts",
+    "New processes started for the embedded store after its process ended (killed, out of memory).",
 )
 INGEST_STAGE_SECONDS = Histogram(
     "radsearch_ingest_stage_seconds",

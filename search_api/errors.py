@@ -39,6 +39,7 @@ from core.errors import (
     RadsearchError,
     StoreFull,
     StoreOwned,
+    StoreUnavailable,
     TooLarge,
     UnsupportedFormat,
     UpstreamUnreachable,
@@ -156,6 +157,7 @@ STATUS_BY_ERROR: dict[type[RadsearchError], int] = {
     UpstreamUnreachable: 502,
     StoreFull: 507,
     StoreOwned: 503,
+    StoreUnavailable: 503,
     UpstreamUnavailable: 502,
 }
 

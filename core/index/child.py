@@ -346,6 +346,11 @@ class IndexProcess:
             raise IndexStoreError(f"the {self.role} process is not running") from exc
 
     @property
+    def exitcode(self) -> int | None:
+        """The child's exit code once it has ended (negative: the signal that ended it), else None."""
+        return self._process.exitcode
+
+    @property
     def alive(self) -> bool:
         """Running and reachable: False once a call found its connection cut (a killed child can
         look alive for a moment after)."""

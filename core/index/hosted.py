@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from core.config import StoreSettings
-from core.errors import CollectionNotFound, IndexStoreError, StoreFull
+from core.errors import CollectionNotFound, IndexStoreError, StoreFull, StoreUnavailable
 from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
 from core.index.child import IndexProcess
 from core.index.replica import SearchReplicas
-from core.metrics import PROCESS_SEARCHES
+from core.metrics import PROCESS_SEARCHES, STORE_RESTARTS
 from core.ownership import StoreLease
 from core.payload import SearchFilter
 
 __all__ = ["HostedEdgeIndex"]
 
 logger = logging.getLogger(__name__)
+
+_RESTARTING = "the store's process ended; a new one is starting: retry in a few seconds"
 
 
 class HostedEdgeIndex(VectorIndex):
@@ -53,19 +56,83 @@ class HostedEdgeIndex(VectorIndex):
         self._metadata: dict[tuple[str, ...], Any] = {}
         self._metadata_generation = 0
         self._metadata_lock = threading.Lock()
+        self._root, self._store = Path(root), store
         self._owner = IndexProcess(root, store)
         self.process_id: int = self._owner.pid
+        self._restart_lock = threading.Lock()
+        self._restarting = False
         # A replica searches beside the owner on another core: none where there is no other.
         replicas = min(store.search_replicas, len(os.sched_getaffinity(0)) - 1)
         self._replicas = SearchReplicas(self._owner, Path(root), store, replicas) if replicas > 0 else None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._open_owner().call(method, *args, **kwargs)
+        owner = self._open_owner()
+        try:
+            return owner.call(method, *args, **kwargs)
+        except IndexStoreError as exc:
+            self._check_owner(owner, exc)
+            raise
 
     def _open_owner(self) -> IndexProcess:
         if self._closed:
             raise IndexStoreError("the index is closed")
+        if self._restarting:
+            raise StoreUnavailable(_RESTARTING)
         return self._owner
+
+    def _check_owner(self, owner: IndexProcess, exc: IndexStoreError) -> None:
+        """Where ``exc`` says ``owner`` is gone (killed, out of memory): raise `StoreUnavailable`,
+        and start a new owner on the same data in the background (once)."""
+        if type(exc) is not IndexStoreError or owner.alive or self._closed:
+            return  # the caller's mistake, or an error of the store's own
+        with self._restart_lock:
+            if owner is self._owner and not self._restarting:
+                self._restarting = True
+                restart = threading.Thread(target=self._restart, args=(owner,), name="store-restart")
+                restart.daemon = True
+                restart.start()
+        raise StoreUnavailable(_RESTARTING) from exc
+
+    def _restart(self, ended: IndexProcess) -> None:
+        """A new owner process in place of ``ended``, with the collections open; retried (1 s, then
+        doubling up to a minute) until it starts or this index is closed."""
+        logger.error(
+            "the store's process (pid %s) ended with exit code %s; starting a new one",
+            ended.pid,
+            ended.exitcode,
+        )
+        ended.close()
+        delay = 1.0
+        while not self._closed:
+            try:
+                owner = IndexProcess(self._root, self._store)
+            except Exception as exc:  # noqa: BLE001 - logged, retried
+                logger.error("the store's process did not start (%s); trying again in %.0f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            try:
+                owner.call("open_collections")
+            except Exception as exc:  # noqa: BLE001 - logged, retried with a new process
+                owner.close()
+                logger.error("the store's new process could not open the collections (%s)", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            break
+        else:
+            return
+        with self._metadata_lock:
+            self._metadata.clear()
+            self._metadata_generation += 1
+        if self._replicas is not None:
+            self._replicas.owner = owner
+        self._owner, self.process_id = owner, owner.pid
+        self._restarting = False
+        STORE_RESTARTS.inc()
+        logger.warning("the store's new process is running (pid %s)", owner.pid)
+        if self._closed:  # closed meanwhile: its close() saw the old owner
+            owner.close()
 
     def _write(self, names: Sequence[str], method: str, *args: Any, **kwargs: Any) -> Any:
         """A call that changes the collections ``names``: their replicas' copies stop being used first."""
@@ -106,7 +173,12 @@ class HostedEdgeIndex(VectorIndex):
             else:
                 PROCESS_SEARCHES.labels("replica").inc()
                 return result
-        result = await self._open_owner().call_async(method, name, *args, **kwargs)
+        owner = self._open_owner()
+        try:
+            result = await owner.call_async(method, name, *args, **kwargs)
+        except IndexStoreError as exc:
+            self._check_owner(owner, exc)
+            raise
         PROCESS_SEARCHES.labels("owner").inc()
         return result
 

@@ -65,7 +65,7 @@ class SearchReplicas:
     process for a search, `writing` wraps every write, and a keeper thread keeps the copies current."""
 
     def __init__(self, owner: IndexProcess, root: Path, store: StoreSettings, count: int) -> None:
-        self._owner = owner
+        self.owner = owner
         self._store = store
         self._count = count
         self._dir = replicas_dir(root)
@@ -100,11 +100,11 @@ class SearchReplicas:
         where searches queue (bench/RESULTS.md, session 12)."""
         with self._lock:
             if not self._current(name):
-                if self._owner.busy + 1 >= _QUEUE_FOR_A_COPY:  # this search included
+                if self.owner.busy + 1 >= _QUEUE_FOR_A_COPY:  # this search included
                     self._wanted.add(name)
-                return self._owner
+                return self.owner
             replica = min(self._processes, key=lambda process: process.busy)
-        return replica if replica.busy + 1 < self._owner.busy else self._owner
+        return replica if replica.busy + 1 < self.owner.busy else self.owner
 
     def failed(self, name: str, replica: IndexProcess, exc: BaseException) -> None:
         """A search on ``replica`` failed for a reason of its own (its process ended, the copy is
@@ -198,11 +198,11 @@ class SearchReplicas:
 
     def _refresh(self, name: str) -> None:
         """Copy ``name`` from the owner into every replica, then open it there."""
-        if self._owner.call("collection_info", name)["status"] != "green":
+        if self.owner.call("collection_info", name)["status"] != "green":
             with self._lock:  # an index build is due or running: copy what it builds
                 self._retry_at[name] = time.monotonic() + _BUILDING_RECHECK_S
             return
-        config = self._owner.call("collection_config", name)
+        config = self.owner.call("collection_config", name)
         with self._lock:
             if self._writes.get(name):
                 return
@@ -214,7 +214,7 @@ class SearchReplicas:
         staging = self._dir / f".incoming-{name}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            points = self._owner.call("export_collection", name, str(staging))
+            points = self.owner.call("export_collection", name, str(staging))
             self._drop_copies(name, processes)  # the stale ones
             with self._lock:
                 self._held.add(name)

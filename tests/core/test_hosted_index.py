@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uvloop
+from prometheus_client import REGISTRY
 
 from core.config import StoreSettings
-from core.errors import IndexStoreError
+from core.errors import IndexStoreError, StoreUnavailable
 from core.index.base import CollectionConfig
 from core.index.child import IndexProcess
 from core.index.edge import EdgeIndex
@@ -353,3 +354,35 @@ def test_an_awaited_call_to_a_killed_child_reports_it_not_running(tmp_path: Path
         assert not child.alive
     finally:
         child.close()
+
+
+def test_a_killed_store_process_is_replaced_and_answers_as_before(tmp_path: Path) -> None:
+    """The store's process is the largest, the one an out-of-memory kill picks. Calls get
+    `StoreUnavailable` (503) at once, never a hang, while a new process opens the same data in the
+    background; then the same answers, and writes go on."""
+    hosted = HostedEdgeIndex(tmp_path, StoreSettings(search_replicas=0))
+    restarts = REGISTRY.get_sample_value("radsearch_store_process_restarts_total") or 0.0
+    try:
+        vectors = _fill(hosted)
+        before = [h.id for h in hosted.search("c", vectors[5], limit=5)]
+        first = hosted.process_id
+        os.kill(first, signal.SIGKILL)
+        assert _gone(first, 10)
+        with pytest.raises(StoreUnavailable, match="a new one is starting"):
+            asyncio.run(hosted.search_async("c", vectors[5], limit=5))  # the API's searches
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                after = [h.id for h in hosted.search("c", vectors[5], limit=5)]
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "no new store process after 60 s"
+                time.sleep(0.2)
+        assert after == before
+        assert hosted.process_id != first
+        assert REGISTRY.get_sample_value("radsearch_store_process_restarts_total") == restarts + 1
+        assert asyncio.run(hosted.search_async("c", vectors[7], limit=1))[0].id == str(uuid.UUID(int=8))
+        hosted.delete("c", [str(uuid.UUID(int=8))])
+        assert hosted.count("c") == 199
+    finally:
+        hosted.close()
