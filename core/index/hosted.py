@@ -57,13 +57,13 @@ class HostedEdgeIndex(VectorIndex):
         self._metadata_generation = 0
         self._metadata_lock = threading.Lock()
         self._root, self._store = Path(root), store
-        self._owner = IndexProcess(root, store)
+        self._owner = IndexProcess(self._root, store)
         self.process_id: int = self._owner.pid
         self._restart_lock = threading.Lock()
         self._restarting = False
         # A replica searches beside the owner on another core: none where there is no other.
         replicas = min(store.search_replicas, len(os.sched_getaffinity(0)) - 1)
-        self._replicas = SearchReplicas(self._owner, Path(root), store, replicas) if replicas > 0 else None
+        self._replicas = SearchReplicas(self._owner, self._root, store, replicas) if replicas > 0 else None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         owner = self._open_owner()
@@ -94,33 +94,15 @@ class HostedEdgeIndex(VectorIndex):
         raise StoreUnavailable(_RESTARTING) from exc
 
     def _restart(self, ended: IndexProcess) -> None:
-        """A new owner process in place of ``ended``, with the collections open; retried (1 s, then
-        doubling up to a minute) until it starts or this index is closed."""
+        """A new owner process in place of ``ended`` (`_start_owner`), then searches go to it."""
         logger.error(
             "the store's process (pid %s) ended with exit code %s; starting a new one",
             ended.pid,
             ended.exitcode,
         )
         ended.close()
-        delay = 1.0
-        while not self._closed:
-            try:
-                owner = IndexProcess(self._root, self._store)
-            except Exception as exc:  # noqa: BLE001 - logged, retried
-                logger.error("the store's process did not start (%s); trying again in %.0f s", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 60.0)
-                continue
-            try:
-                owner.call("open_collections")
-            except Exception as exc:  # noqa: BLE001 - logged, retried with a new process
-                owner.close()
-                logger.error("the store's new process could not open the collections (%s)", exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 60.0)
-                continue
-            break
-        else:
+        owner = self._start_owner()
+        if owner is None:
             return
         with self._metadata_lock:
             self._metadata.clear()
@@ -133,6 +115,24 @@ class HostedEdgeIndex(VectorIndex):
         logger.warning("the store's new process is running (pid %s)", owner.pid)
         if self._closed:  # closed meanwhile: its close() saw the old owner
             owner.close()
+
+    def _start_owner(self) -> IndexProcess | None:
+        """A new owner process with the collections open, tried again (after 1 s, then doubling up
+        to a minute) until it starts; None once this index is closed."""
+        delay = 1.0
+        while not self._closed:
+            owner: IndexProcess | None = None
+            try:
+                owner = IndexProcess(self._root, self._store)
+                owner.call("open_collections")
+                return owner
+            except Exception as exc:  # noqa: BLE001 - logged, tried again
+                if owner is not None:
+                    owner.close()
+                logger.error("the store's new process did not start (%s); trying again in %.0f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        return None
 
     def _write(self, names: Sequence[str], method: str, *args: Any, **kwargs: Any) -> Any:
         """A call that changes the collections ``names``: their replicas' copies stop being used first."""
@@ -185,7 +185,7 @@ class HostedEdgeIndex(VectorIndex):
     def _replica_for(self, name: str) -> IndexProcess | None:
         if self._replicas is None or self._closed:
             return None
-        process = self._replicas.route(name)
+        process = self._replicas.route(name, owner_down=self._restarting)
         return None if process is self._owner else process
 
     def _replica_failed(self, name: str, replica: IndexProcess, exc: IndexStoreError) -> None:

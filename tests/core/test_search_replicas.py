@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from core.config import StoreSettings
-from core.errors import IndexStoreError
+from core.errors import IndexStoreError, StoreUnavailable
 from core.index.base import CollectionConfig
 from core.index.child import IndexProcess
 from core.index.edge import EdgeIndex
@@ -357,3 +357,21 @@ def test_two_replicas_copy_both_and_a_replacement_leaves_the_other_whole(tmp_pat
     finally:
         replicas.close()
         owner.close()
+
+
+def test_while_a_killed_owner_is_replaced_searches_go_to_a_current_copy(hosted: HostedEdgeIndex) -> None:
+    """The owner's process ended and a new one is starting: a collection whose copy is current is
+    still searched, on the replica, rather than answered `StoreUnavailable`."""
+    vectors = _fill(hosted)
+    _replicated(hosted, vectors[3])
+    expected = [h.id for h in hosted.search("c", vectors[3], limit=5)]
+    owner = hosted.process_id
+    os.kill(owner, signal.SIGKILL)
+    with pytest.raises(StoreUnavailable):
+        hosted.count("c")  # the owner's own call finds it gone: a new one is starting
+    before = _replica_searches()
+    assert [h.id for h in hosted.search("c", vectors[3], limit=5)] == expected
+    assert [h.id for h in asyncio.run(hosted.search_async("c", vectors[3], limit=5))] == expected
+    assert _replica_searches() == before + 2
+    _wait_for(lambda: hosted.process_id != owner)
+    assert hosted.count("c") == len(vectors)
