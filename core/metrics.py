@@ -55,9 +55,12 @@ PROCESS_SEARCHES = Counter(
     "Searches answered by each process of the embedded store: its owner or a search replica.",
     ["process"],
 )
+# Labelled like every metric here: a metric without labels makes its value (in multiprocess mode,
+# a file under PROMETHEUS_MULTIPROC_DIR) at import, before that directory may exist.
 STORE_RESTARTS = Counter(
     "radsearch_store_process_restarts",
     "New processes started for the embedded store after its process ended (killed, out of memory).",
+    ["process"],
 )
 INGEST_STAGE_SECONDS = Histogram(
     "radsearch_ingest_stage_seconds",

@@ -111,7 +111,7 @@ class HostedEdgeIndex(VectorIndex):
             self._replicas.owner = owner
         self._owner, self.process_id = owner, owner.pid
         self._restarting = False
-        STORE_RESTARTS.inc()
+        STORE_RESTARTS.labels("owner").inc()
         logger.warning("the store's new process is running (pid %s)", owner.pid)
         if self._closed:  # closed meanwhile: its close() saw the old owner
             owner.close()
