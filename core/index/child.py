@@ -284,8 +284,7 @@ class _LoopConnection:
 
     def _close_on_loop(self) -> None:
         if not self.lost:
-            self.loop.remove_reader(self._fd)
-        self.lost = True
+            self._lose()
         self._conn.close()
 
 
