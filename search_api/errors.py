@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -239,12 +241,51 @@ def _response(
 async def _radsearch_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RadsearchError)
     status = status_for(exc)
-    if status >= 500:
+    if isinstance(exc, StoreUnavailable):
+        _log_store_unavailable(request)
+    elif status >= 500:
         logger.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
     field = _field_for(exc)
     if field is None and isinstance(exc, BadInput) and _is_multipart(request):
         field = "file"  # an upload that cannot be used: the file part is at fault
     return _response(status, code_for(type(exc)), str(exc), field)
+
+
+class _Throttle:
+    """Lets one event through per ``every_s`` seconds, and counts the ones held back."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._last = -every_s
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def due(self) -> int | None:
+        """None to stay quiet; else how many events were held back since the last one let through."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self.every_s:
+                self._held += 1
+                return None
+            held, self._last, self._held = self._held, now, 0
+            return held
+
+
+_STORE_UNAVAILABLE_LOG = _Throttle(every_s=5.0)
+
+
+def _log_store_unavailable(request: Request) -> None:
+    # While the store's process is replaced (its end is logged once as an error) every request
+    # gets a 503: a line each would bury the log under hundreds a second.
+    held = _STORE_UNAVAILABLE_LOG.due()
+    if held is not None:
+        logger.warning(
+            "503 store_unavailable on %s %s: the store's process is being replaced (%d more such "
+            "answers since the last line like this)",
+            request.method,
+            request.url.path,
+            held,
+        )
 
 
 def _is_multipart(request: Request) -> bool:

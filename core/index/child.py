@@ -350,6 +350,11 @@ class IndexProcess:
         return self._process.exitcode
 
     @property
+    def sentinel(self) -> int:
+        """A descriptor that becomes ready when the child process ends (for `connection.wait`)."""
+        return self._process.sentinel
+
+    @property
     def alive(self) -> bool:
         """Running and reachable: False once a call found its connection cut (a killed child can
         look alive for a moment after)."""

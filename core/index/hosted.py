@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,11 @@ class HostedEdgeIndex(VectorIndex):
         self.process_id: int = self._owner.pid
         self._restart_lock = threading.Lock()
         self._restarting = False
+        self._owner_running = threading.Event()
+        self._owner_running.set()
+        self._wake_read, self._wake_write = os.pipe()
+        self._watcher = threading.Thread(target=self._watch, name="store-watch", daemon=True)
+        self._watcher.start()
         # A replica searches beside the owner on another core: none where there is no other.
         replicas = min(store.search_replicas, len(os.sched_getaffinity(0)) - 1)
         self._replicas = SearchReplicas(self._owner, self._root, store, replicas) if replicas > 0 else None
@@ -85,22 +91,38 @@ class HostedEdgeIndex(VectorIndex):
         and start a new owner on the same data in the background (once)."""
         if type(exc) is not IndexStoreError or owner.alive or self._closed:
             return  # the caller's mistake, or an error of the store's own
+        self._begin_restart(owner)
+        raise StoreUnavailable(_RESTARTING) from exc
+
+    def _begin_restart(self, owner: IndexProcess) -> None:
+        """Start replacing ``owner`` in the background, unless that has begun already."""
         with self._restart_lock:
-            if owner is self._owner and not self._restarting:
+            if owner is self._owner and not self._restarting and not self._closed:
                 self._restarting = True
+                self._owner_running.clear()
                 restart = threading.Thread(target=self._restart, args=(owner,), name="store-restart")
                 restart.daemon = True
                 restart.start()
-        raise StoreUnavailable(_RESTARTING) from exc
+
+    def _watch(self) -> None:
+        """Replace the owner as soon as its process ends (an out-of-memory kill at night), not
+        when the next call finds it gone: the calls in between get no 503."""
+        while True:
+            owner = self._owner
+            wait([owner.sentinel, self._wake_read])
+            if self._closed:
+                return
+            self._begin_restart(owner)  # a call may have begun it already
+            self._owner_running.wait()
 
     def _restart(self, ended: IndexProcess) -> None:
         """A new owner process in place of ``ended`` (`_start_owner`), then searches go to it."""
+        ended.close()  # reaped: its exit code is known
         logger.error(
             "the store's process (pid %s) ended with exit code %s; starting a new one",
             ended.pid,
             ended.exitcode,
         )
-        ended.close()
         owner = self._start_owner()
         if owner is None:
             return
@@ -111,6 +133,7 @@ class HostedEdgeIndex(VectorIndex):
             self._replicas.owner = owner
         self._owner, self.process_id = owner, owner.pid
         self._restarting = False
+        self._owner_running.set()
         STORE_RESTARTS.labels("owner").inc()
         logger.warning("the store's new process is running (pid %s)", owner.pid)
         if self._closed:  # closed meanwhile: its close() saw the old owner
@@ -444,6 +467,11 @@ class HostedEdgeIndex(VectorIndex):
         if self._closed:
             return
         self._closed = True
+        os.write(self._wake_write, b"x")
+        self._owner_running.set()
+        self._watcher.join(timeout=5)
+        os.close(self._wake_read)
+        os.close(self._wake_write)
         if self._replicas is not None:
             self._replicas.close()
         self._owner.close()

@@ -390,3 +390,27 @@ def test_a_killed_store_process_is_replaced_and_answers_as_before(tmp_path: Path
         assert hosted.count("c") == 199
     finally:
         hosted.close()
+
+
+def test_a_store_process_that_ends_between_calls_is_replaced_before_the_next(tmp_path: Path) -> None:
+    """An owner killed while nothing calls (out of memory at night) is replaced at once, by the
+    index's watch on the process: the next call finds the new one, and no caller sees a 503."""
+    threads_before = set(threading.enumerate())
+    hosted = HostedEdgeIndex(tmp_path, StoreSettings(search_replicas=0))
+    restarts = _restarts()
+    try:
+        vectors = _fill(hosted)
+        before = [h.id for h in hosted.search("c", vectors[3], limit=5)]
+        first = hosted.process_id
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while hosted.process_id == first or _restarts() == restarts:
+            assert time.monotonic() < deadline, "no new store process 60 s after the kill, with no call"
+            time.sleep(0.1)
+        assert _restarts() == restarts + 1
+        assert [h.id for h in hosted.search("c", vectors[3], limit=5)] == before
+        hosted.upsert("c", [str(uuid.UUID(int=1000))], vectors[:1], [{"modality": "MR"}])
+        assert hosted.count("c") == 201
+    finally:
+        hosted.close()
+    assert not [t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()]  # no watch left
