@@ -177,7 +177,7 @@ def cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.Comp
     )
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     out: list[int] = []
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
@@ -234,7 +234,7 @@ class Worker:
         return self.proc.pid
 
     def children(self) -> list[int]:
-        return _children(self.pid)
+        return child_pids(self.pid)
 
     def kill_child(self) -> bool:
         """SIGKILL the pool child process(es); the parent starts a new one."""

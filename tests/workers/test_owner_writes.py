@@ -5,8 +5,11 @@ collection. Real processes throughout: Redis, moto's S3, the server, the workers
 from __future__ import annotations
 
 import io
+import os
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,7 @@ from core.payload import SearchFilter, image_point_id, keyed_hash, point_id
 from tests.workers.conftest import (
     Server,
     Worker,
+    child_pids,
     served_points,
     upload_images,
     wait_job,
@@ -223,6 +227,67 @@ def test_without_a_serving_owner_batches_retry_then_dead_letter_then_requeue(
     worker.stop()
     assert replayed.state.value == "done", replayed.error
     assert sorted(k for k, _f, _i in served_points(server.url, "late")) == keys
+
+
+def _store_processes(server: Server) -> list[int]:
+    """The server's store process (and one being started): its children started by spawn."""
+    pids = []
+    for pid in child_pids(server.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            pids.append(pid)
+    return pids
+
+
+def test_batches_sent_while_the_store_process_is_replaced_are_retried_and_all_land(
+    worker_settings: Settings,
+    minio_client: Minio,
+    bucket: str,
+    job_store: RedisJobStore,
+    start_server: Callable[..., Server],
+    start_worker: Callable[..., Worker],
+) -> None:
+    """The owner's store process is killed (out of memory), and so is each new one for 3 s: the
+    owner answers the workers' writes 503 `store_unavailable` meanwhile, the workers retry the batch
+    later, and once a new process runs every object is indexed, none dead-lettered."""
+    settings = worker_settings.model_copy(
+        update={
+            "celery": worker_settings.celery.model_copy(
+                update={"max_retries": 10, "retry_backoff_s": 0.5, "retry_backoff_max_s": 3.0}
+            ),
+            "store": worker_settings.store.model_copy(update={"search_replicas": 0}),
+        }
+    )
+    keys = [f"raw/{i:02d}.png" for i in range(5)]
+    upload_images(minio_client, bucket, keys)
+    server = start_server(settings)
+    server.create_collection("c")
+    worker = start_worker(settings)
+    (store_pid,) = _store_processes(server)
+    job_id = job_store.create(JobKind.INGEST, JobSpec(source=f"s3://{bucket}/raw/", collections=("c",)))
+    job_store.raise_counters(job_id, {"listed": 5, "queued": 5, "batches_total": 1})
+    job_store.plan_done(job_id)
+
+    os.kill(store_pid, signal.SIGKILL)
+    create_celery(settings).send_task(EMBED_TASK, args=[job_id, "b0", keys])
+    killed = {store_pid}
+    until = time.monotonic() + 3
+    while time.monotonic() < until:
+        for pid in set(_store_processes(server)) - killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        time.sleep(0.02)
+
+    record = wait_job(job_store, job_id, timeout_s=90)
+    worker.stop()
+    assert record.state.value == "done", (record.error, worker.log()[-3000:])
+    assert job_store.dead_letters(job_id=job_id) == []
+    assert sorted(k for k, _f, _i in served_points(server.url, "c")) == keys
+    assert "ServerUnavailable" in worker.log() and "a new one is starting" in worker.log()  # retried
+    assert "ended with exit code -9" in server.log() and "new process is running" in server.log()
 
 
 def test_a_missing_collection_fails_the_job_saying_how_to_create_it(
