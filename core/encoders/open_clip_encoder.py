@@ -146,22 +146,26 @@ class _FusedQuickGELU(QuickGELU):  # type: ignore[misc]
         return F.silu(x * 1.702) * (1.0 / 1.702)
 
 
-class _SdpaSelfAttention(torch.nn.Module):
-    """A batch-first ``nn.MultiheadAttention`` (same parameters) run through
-    ``scaled_dot_product_attention``.
+class _SdpaAttention(torch.nn.Module):
+    """A batch-first ``nn.MultiheadAttention`` (the same weights) run through
+    ``scaled_dot_product_attention``, its projections as plain ``nn.Linear`` layers.
 
     ``nn.MultiheadAttention`` in eval mode takes its "fast path" (``_native_multi_head_attention``:
     unfused bmm + softmax), which on CPU in bf16 is several times slower than SDPA's fused
-    flash-attention kernel that timm's ViT (BiomedCLIP) uses.
+    flash-attention kernel that timm's ViT (BiomedCLIP) uses. And its input projection is a bare
+    parameter, its output projection a Linear subclass that int8 dynamic quantization skips on
+    purpose: under ``runtime.cpu_int8_linear`` a third of each block's matmuls stayed fp32.
     """
 
     def __init__(self, mha: torch.nn.MultiheadAttention) -> None:
         super().__init__()
         assert mha.in_proj_weight is not None and mha.batch_first
         self.num_heads = mha.num_heads
-        self.in_proj_weight = mha.in_proj_weight
-        self.in_proj_bias = mha.in_proj_bias
-        self.out_proj = mha.out_proj
+        self.in_proj = _linear(mha.in_proj_weight, mha.in_proj_bias)  # width → q, k, v
+        self.out_proj = _linear(mha.out_proj.weight, mha.out_proj.bias)
+        # The state dict keeps open_clip's names: the model's weights stay a checkpoint of it.
+        self.register_state_dict_post_hook(_to_checkpoint_names)  # type: ignore[no-untyped-call]
+        self.register_load_state_dict_pre_hook(_from_checkpoint_names)  # type: ignore[no-untyped-call]
 
     def forward(
         self,
@@ -172,31 +176,55 @@ class _SdpaSelfAttention(torch.nn.Module):
         attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, width = query.shape
-        if not (query is key and key is value) or need_weights:  # not self-attention: the generic path
-            out, weights = F.multi_head_attention_forward(
-                query.transpose(0, 1),
-                key.transpose(0, 1),
-                value.transpose(0, 1),
-                width,
-                self.num_heads,
-                self.in_proj_weight,
-                self.in_proj_bias,
-                None,
-                None,
-                False,
-                0.0,
-                self.out_proj.weight,
-                self.out_proj.bias,
-                training=False,
-                need_weights=need_weights,
-                attn_mask=attn_mask,
+        if query is key and key is value:
+            qkv = self.in_proj(query).view(batch, length, 3, self.num_heads, width // self.num_heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        else:  # cross-attention (CoCa's pooler): each input through its third of the projection
+            q, k, v = (
+                self._heads(self.in_proj(x)[..., i * width : (i + 1) * width])
+                for i, x in enumerate((query, key, value))
             )
-            return out.transpose(0, 1), weights
-        qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
-        qkv = qkv.view(batch, length, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
-        out = out.transpose(1, 2).reshape(batch, length, width)
-        return self.out_proj(out), None
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:  # True: not attended (the reverse of SDPA's)
+                attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype).masked_fill(attn_mask, float("-inf"))
+            if attn_mask.dim() == 3:  # (batch × heads, L, S)
+                attn_mask = attn_mask.view(batch, self.num_heads, *attn_mask.shape[1:])
+        weights = None
+        if need_weights:
+            scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+            probs = (scores if attn_mask is None else scores + attn_mask).softmax(dim=-1)
+            out, weights = probs @ v, probs.mean(dim=1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width)), weights
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        return x.view(batch, length, self.num_heads, width // self.num_heads).transpose(1, 2)
+
+
+_CHECKPOINT_NAMES = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
+
+
+def _to_checkpoint_names(_module: torch.nn.Module, state: dict[str, Any], prefix: str, _meta: Any) -> None:
+    for ours, theirs in _CHECKPOINT_NAMES.items():
+        if prefix + ours in state:
+            state[prefix + theirs] = state.pop(prefix + ours)
+
+
+def _from_checkpoint_names(_module: torch.nn.Module, state: dict[str, Any], prefix: str, *_: Any) -> None:
+    for ours, theirs in _CHECKPOINT_NAMES.items():
+        if prefix + theirs in state:
+            state[prefix + ours] = state.pop(prefix + theirs)
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
 
 
 def _fast_inference(model: torch.nn.Module) -> int:
@@ -218,7 +246,7 @@ def _fast_inference(model: torch.nn.Module) -> int:
                     and child.in_proj_weight is not None
                     and child._qkv_same_embed_dim
                 ):
-                    setattr(module, name, _SdpaSelfAttention(child))
+                    setattr(module, name, _SdpaAttention(child))
                     replaced += 1
     return replaced
 
