@@ -36,6 +36,8 @@ __all__ = ["HostedEdgeIndex"]
 logger = logging.getLogger(__name__)
 
 _RESTARTING = "the store's process ended; a new one is starting: retry in a few seconds"
+# An owner that ends sooner than this after its start is replaced after a growing pause.
+_STABLE_AFTER_S = 60.0
 
 
 class HostedEdgeIndex(VectorIndex):
@@ -60,6 +62,8 @@ class HostedEdgeIndex(VectorIndex):
         self._root, self._store = Path(root), store
         self._owner = IndexProcess(self._root, store)
         self.process_id: int = self._owner.pid
+        self._owner_started_at = time.monotonic()
+        self._quick_ends = 0  # owners in a row that ended soon after their start
         self._restart_lock = threading.Lock()
         self._restarting = False
         self._owner_running = threading.Event()
@@ -116,13 +120,24 @@ class HostedEdgeIndex(VectorIndex):
             self._owner_running.wait()
 
     def _restart(self, ended: IndexProcess) -> None:
-        """A new owner process in place of ``ended`` (`_start_owner`), then searches go to it."""
+        """A new owner process in place of ``ended`` (`_start_owner`), then searches go to it. An
+        owner that ended within a minute of its start is replaced at once the first time, then
+        after 1 s, 2 s, ... up to a minute, so that a crash loop does not reopen the store
+        back to back."""
         ended.close()  # reaped: its exit code is known
+        quick = time.monotonic() - self._owner_started_at < _STABLE_AFTER_S
+        self._quick_ends = self._quick_ends + 1 if quick else 0
+        pause = min(2.0 ** (self._quick_ends - 2), 60.0) if self._quick_ends > 1 else 0.0
         logger.error(
-            "the store's process (pid %s) ended with exit code %s; starting a new one",
+            "the store's process (pid %s) ended with exit code %s; starting a new one%s",
             ended.pid,
             ended.exitcode,
+            f" in {pause:.0f} s ({self._quick_ends} ended in a row within {_STABLE_AFTER_S:.0f} s of "
+            "their start)"
+            if pause
+            else "",
         )
+        time.sleep(pause)
         owner = self._start_owner()
         if owner is None:
             return
@@ -132,6 +147,7 @@ class HostedEdgeIndex(VectorIndex):
         if self._replicas is not None:
             self._replicas.owner = owner
         self._owner, self.process_id = owner, owner.pid
+        self._owner_started_at = time.monotonic()
         self._restarting = False
         self._owner_running.set()
         STORE_RESTARTS.labels("owner").inc()
