@@ -186,7 +186,8 @@ class _SdpaAttention(torch.nn.Module):
             )
         if attn_mask is not None:
             if attn_mask.dtype == torch.bool:  # True: not attended (the reverse of SDPA's)
-                attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype).masked_fill(attn_mask, float("-inf"))
+                blocked = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device)
+                attn_mask = blocked.masked_fill(attn_mask, float("-inf"))
             if attn_mask.dim() == 3:  # (batch × heads, L, S)
                 attn_mask = attn_mask.view(batch, self.num_heads, *attn_mask.shape[1:])
         weights = None
