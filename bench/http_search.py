@@ -19,7 +19,8 @@ the engine alone on the same collection in the same run.
    this process's environment: ``RADSEARCH_API__DIRECT_SEARCH=false`` measures the searches
    through FastAPI's request handling instead of the direct path (session 17's A/B).
 4. ``--clients`` client processes (one keep-alive HTTP/1.1 connection each over a plain socket,
-   or stdlib ``http.client`` with ``--client stdlib``; closed loop) send ``POST
+   or stdlib ``http.client`` with ``--client stdlib``; closed loop; or ``--client wrk``: the C load
+   generator, one thread with a connection per client, where it is installed) send ``POST
    /v1/collections/bench/search`` with those queries for ``--seconds``; reports p50/p99 latency
    seen by the clients, QPS, its ratio to the engine-only QPS (the best engine row;
    ``ratio_to_one_process`` against the better of one and two threads), errors (non-200, fewer
@@ -419,6 +420,80 @@ def load_test(port: int, n: int, clients: int, seconds: float, kind: str = "raw"
     }
 
 
+# wrk's script: the bodies (one JSON per line, the file named after ``--``) sent in turn; `done`
+# prints the figures as one JSON line. {api_key} is filled in.
+WRK_SCRIPT = """
+local bodies, i = {}, 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-API-Key"] = "{api_key}"
+
+function init(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+end
+
+function request()
+  i = i % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK {"requests": %d, "duration_us": %d, "transport_errors": %d, "status_errors": %d, '
+      .. '"p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def load_test_wrk(port: int, n: int, clients: int, seconds: float) -> dict[str, Any]:
+    """The same closed-loop load from ``wrk`` (C, one thread, one connection per client): the
+    queries of `load_test` written out first, sent in turn. Its CPU per request is a fraction of
+    the Python clients', which leaves the shared cores to the server as clients on machines of
+    their own would. It checks the status only (non-200 counts as an error), not the hit count."""
+    ids = point_ids(n)
+    rng = np.random.default_rng(100)
+    with tempfile.TemporaryDirectory(prefix="radsearch-wrk-") as tmp:
+        bodies, script = Path(tmp) / "bodies.jsonl", Path(tmp) / "search.lua"
+        bodies.write_text("".join(json.dumps(_body(ids, rng, j)) + "\n" for j in range(50_000)))
+        script.write_text(WRK_SCRIPT.replace("{api_key}", API_KEY))
+        before = os.times()
+        done = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{clients}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                f"http://127.0.0.1:{port}{SEARCH_PATH}",
+                "--",
+                str(bodies),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        after = os.times()
+    line = next(line for line in done.stdout.splitlines() if line.startswith("WRK "))
+    result = json.loads(line[4:])
+    requests = max(result["requests"], 1)
+    cpu_s = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return {
+        "client": "wrk",
+        "requests": result["requests"],
+        "errors": result["transport_errors"] + result["status_errors"],
+        "client_cpu_ms_per_request": round(cpu_s / requests * 1000, 3),
+        "p50_ms": round(result["p50_us"] / 1000, 2),
+        "p99_ms": round(result["p99_us"] / 1000, 2),
+        "qps": round(result["requests"] / (result["duration_us"] / 1e6), 1),
+    }
+
+
 def _wait_then_run(start_at: float, *args: Any) -> None:
     time.sleep(max(0.0, start_at - time.time()))
     _client(*args)
@@ -529,7 +604,10 @@ def _http_record(base: str, port: int, pid: int, kind: str, args: argparse.Names
     the API process, and the store's processes (its owner and replicas, the API's children)."""
     replica_before = _metric(base, "radsearch_store_process_searches_total", process="replica")
     api_before, store_before = _cpu_s(pid), _descendants_cpu_s(pid)
-    search = load_test(port, args.n, args.clients, args.seconds, kind)
+    if kind == "wrk":
+        search = load_test_wrk(port, args.n, args.clients, args.seconds)
+    else:
+        search = load_test(port, args.n, args.clients, args.seconds, kind)
     requests = max(search["requests"], 1)
     api_ms = (_cpu_s(pid) - api_before) / requests * 1000
     store_ms = (_descendants_cpu_s(pid) - store_before) / requests * 1000
@@ -622,8 +700,10 @@ def main(argv: list[str] | None = None) -> int:
         args.image_requests = min(args.image_requests, 10)
         args.engine_seconds = min(args.engine_seconds, 3.0)
 
-    if unknown_clients := set(args.client.split(",")) - set(CLIENTS):
-        parser.error(f"unknown --client {sorted(unknown_clients)}; known: {', '.join(CLIENTS)}")
+    if unknown_clients := set(args.client.split(",")) - {*CLIENTS, "wrk"}:
+        parser.error(f"unknown --client {sorted(unknown_clients)}; known: {', '.join(CLIENTS)}, wrk")
+    if "wrk" in args.client.split(",") and shutil.which("wrk") is None:
+        parser.error("--client wrk needs wrk on PATH (apt-get install wrk)")
     global SHAPES
     SHAPES = tuple(args.filters.split(","))
     if unknown := set(SHAPES) - set(FILTERS):
@@ -666,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
             # warm-up: open the shard, touch the search path, wait for the replicas' copy
             load_test(port, args.n, 1, 2.0)
             replica_wait_s = _wait_for_replicas(base, port, args.n, replicas)
-            for kind in [kind for kind in CLIENTS if kind in args.client.split(",")]:
+            for kind in [kind for kind in ("wrk", *CLIENTS) if kind in args.client.split(",")]:
                 record = _http_record(base, port, proc.pid, kind, args)
                 record.update(
                     search_replicas=replicas,
