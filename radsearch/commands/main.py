@@ -70,13 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="radsearch", description="Content-based image retrieval for radiology."
     )
-    parser.add_argument("--data-dir", type=Path, help="where the index and caches live (RADSEARCH_DATA_DIR)")
-    parser.add_argument(
-        "--url",
-        help="send the command to this radsearch server (RADSEARCH_URL; key in RADSEARCH_API_KEY); "
-        "by default the server that owns the data dir, if one serves",
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    _add_global_options(parser, default=None)
     sub = parser.add_subparsers(dest="command", required=True)
     # In the order of `radsearch --help`.
     add_ingest_command(sub)
@@ -91,7 +85,45 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_command(sub)
     add_jobs_commands(sub)
     add_watch_command(sub)
+    _accept_global_options_after_commands(parser)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default,
+        help="where the index and caches live (RADSEARCH_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--url",
+        default=default,
+        help="send the command to this radsearch server (RADSEARCH_URL; key in RADSEARCH_API_KEY); "
+        "by default the server that owns the data dir, if one serves",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0 if default is None else default)
+
+
+def _accept_global_options_after_commands(parser: argparse.ArgumentParser) -> None:
+    """``radsearch demo --data-dir d`` as well as ``radsearch --data-dir d demo``: every command
+    (and subcommand) takes ``--data-dir``, ``--url`` and ``-v`` too, set only where given there
+    (argparse would otherwise refuse them after the command as unrecognized)."""
+    seen: set[int] = set()
+    pending = [parser]
+    while pending:
+        for action in pending.pop()._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                continue
+            for command in action.choices.values():
+                if id(command) in seen:
+                    continue  # an alias
+                seen.add(id(command))
+                taken = {"--data-dir", "--url", "-v", "--verbose"} & set(command._option_string_actions)
+                if taken:
+                    raise AssertionError(f"{command.prog} redefines the global options {sorted(taken)}")
+                _add_global_options(command, default=argparse.SUPPRESS)
+                pending.append(command)
 
 
 def _settings(overrides: dict[str, Any]) -> Settings:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from core.config import Settings
 from core.index.edge import EdgeIndex
-from radsearch.commands.main import main
+from radsearch.commands.main import build_parser, main
 from tests.workers.conftest import use_settings_env
 
 
@@ -450,3 +450,23 @@ def test_ingest_reads_an_s3_manifest_inline(
     # a missing object is a clear error naming the manifest's file, before anything is written
     assert main([*argv, "--manifest", f"s3://{bucket}/manifests/gone.csv", "--no-skip-unchanged"]) == 2
     assert "gone.csv" in capsys.readouterr().err
+
+
+def test_global_options_are_taken_after_the_command_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``radsearch collections list --data-dir d`` works as ``radsearch --data-dir d collections list``
+    (argparse alone refuses an option of the main parser after the command); given in both places,
+    the one after the command wins."""
+    data = tmp_path / "data"
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    Image.fromarray(np.full((32, 32), 90, dtype=np.uint8)).save(folder / "a.png")
+    ingest = ["ingest", str(folder), "--collection", "c", "--encoder", "baseline"]
+    assert main([*ingest, "--data-dir", str(data)]) == 0
+    capsys.readouterr()
+    elsewhere = str(tmp_path / "elsewhere")
+    assert main(["--data-dir", elsewhere, "collections", "list", "--data-dir", str(data), "--json"]) == 0
+    assert [c["name"] for c in _last_json(capsys.readouterr().out)["collections"]] == ["c"]
+    args = build_parser().parse_args(["search", "q.png", "--collection", "c", "--url", "http://h:1", "-vv"])
+    assert (args.url, args.verbose, args.data_dir) == ("http://h:1", 2, None)
