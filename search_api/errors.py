@@ -248,7 +248,9 @@ async def _radsearch_error_handler(request: Request, exc: Exception) -> JSONResp
     field = _field_for(exc)
     if field is None and isinstance(exc, BadInput) and _is_multipart(request):
         field = "file"  # an upload that cannot be used: the file part is at fault
-    return _response(status, code_for(type(exc)), str(exc), field)
+    # a new store process opens in seconds (under one on the demo, ~5 s at 1 M points)
+    headers = {"Retry-After": "2"} if isinstance(exc, StoreUnavailable) else None
+    return _response(status, code_for(type(exc)), str(exc), field, headers)
 
 
 class _Throttle:

@@ -12,6 +12,7 @@ are; an error that cannot cross (not picklable) becomes an `IndexStoreError`.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -70,6 +71,7 @@ _METHODS = _READS | {
     "attach_collection",
 }
 _START_TIMEOUT_S = 120.0
+_PR_SET_NAME = 15  # prctl option: the calling thread's name, which for the main thread is the process's
 
 
 def _crossable(exc: BaseException) -> BaseException:
@@ -122,7 +124,19 @@ def _reply(conn: Connection, index: Any, request: _Request) -> bool:
     return True
 
 
-def _serve(root: Path, store: StoreSettings, address: str, authkey: bytes, ready: Connection) -> None:
+def _name_process(name: str) -> None:
+    """Name this process ``name`` (15 bytes at most) where ``ps``, ``top`` and the kernel's
+    out-of-memory lines ("Killed process 4242 (radsearch-index)") show it, not "python"; Linux
+    only, best effort."""
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: not Linux
+        pass
+
+
+def _serve(
+    root: Path, store: StoreSettings, address: str, authkey: bytes, ready: Connection, role: str
+) -> None:
     """The child process: open the index, listen, answer until the lifeline closes.
 
     One thread answers every connection's reads in turn: the engine holds the GIL anyway, and
@@ -131,6 +145,7 @@ def _serve(root: Path, store: StoreSettings, address: str, authkey: bytes, ready
     (`_READS`)."""
     from core.index.edge import EdgeIndex
 
+    _name_process("radsearch-" + role.replace("search-replica-", "rep"))  # -index, -rep1
     try:
         index = EdgeIndex(root, store)
         listener = Listener(address, family="AF_UNIX", authkey=authkey)
@@ -308,7 +323,7 @@ class IndexProcess:
         ready_recv, ready_send = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_serve,
-            args=(Path(root), store, self._address, self._authkey, ready_send),
+            args=(Path(root), store, self._address, self._authkey, ready_send, role),
             name=f"radsearch-{role}",
             daemon=True,
         )

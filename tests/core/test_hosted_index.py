@@ -371,6 +371,8 @@ def test_a_killed_store_process_is_replaced_and_answers_as_before(tmp_path: Path
         vectors = _fill(hosted)
         before = [h.id for h in hosted.search("c", vectors[5], limit=5)]
         first = hosted.process_id
+        # named for ps, top and the kernel's out-of-memory line, not "python"
+        assert Path(f"/proc/{first}/comm").read_text().strip() == "radsearch-index"
         os.kill(first, signal.SIGKILL)
         assert _gone(first, 10)
         with pytest.raises(StoreUnavailable, match="a new one is starting"):

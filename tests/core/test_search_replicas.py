@@ -193,6 +193,7 @@ def test_a_replica_that_dies_leaves_searches_to_the_owner_until_a_new_one_holds_
     vectors = _fill(hosted)
     _replicated(hosted, vectors[0])
     (replica_pid,) = hosted.replica_process_ids
+    assert Path(f"/proc/{replica_pid}/comm").read_text().strip() == "radsearch-rep1"
     os.kill(replica_pid, signal.SIGKILL)
     expected = _ids(N)
 

@@ -51,6 +51,7 @@ def test_searches_during_a_store_restart_answer_503_and_log_one_line(
                         error = response.json()["error"]
                         assert error["code"] == "store_unavailable"
                         assert "retry in a few seconds" in error["message"]
+                        assert response.headers["retry-after"] == "2"
             refused = answers.count(503)
             assert set(answers) <= {200, 503} and refused >= 2, answers  # a restart takes over a second
             unavailable = [r for r in caplog.records if "store_unavailable" in r.getMessage()]
