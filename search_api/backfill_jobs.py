@@ -16,6 +16,7 @@ idempotent) or marks them failed with the reason. Like a Celery job, an owner-ru
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -30,7 +31,7 @@ from starlette.requests import Request
 from core.calibration import calibrate_loaded
 from core.catalog import Catalog
 from core.config import Settings
-from core.errors import CollectionNotFound, ConfigError, RadsearchError
+from core.errors import CollectionNotFound, ConfigError, RadsearchError, StoreUnavailable
 from core.jobs import JobKind, JobMeta, JobRecord, JobSpec, OwnerJobKind, OwnerJobStore
 from core.jobs.memory_store import MemoryJobStore
 from core.snapshots import TrashEntry
@@ -61,6 +62,10 @@ _WRITING_KINDS = frozenset({JobKind.INGEST, JobKind.RECONCILE, JobKind.REQUEUE})
 # Jobs some runner of this process is running (two apps on one data dir in one process: tests).
 _RUNNING: set[str] = set()
 _NOT_RESUMED = "the server stopped while the job ran, and it cannot be resumed"
+# A job whose store process ended runs again once a new one answers: within this long (a new
+# process that keeps ending is retried up to a minute apart), and this many times at most.
+_STORE_WAIT_S = 300.0
+_STORE_RERUNS = 3
 # How many of the newest Celery jobs a drop looks through for one still writing.
 _CELERY_JOBS_CHECKED = 500
 
@@ -333,8 +338,19 @@ class OwnerJobRunner:
     def _run(self, job_id: str, work: Work) -> None:
         meta = self._meta[job_id]
         try:
-            self.store.mark_planning(job_id)
-            meta.summary = work(JobProgress(self.store, job_id))
+            for rerun in itertools.count():
+                try:
+                    self.store.mark_planning(job_id)
+                    meta.summary = work(JobProgress(self.store, job_id))
+                    break
+                except StoreUnavailable:
+                    if rerun == _STORE_RERUNS or not self._store_back(job_id, meta):
+                        raise
+                # From the start, as after a server restart: what the first run stored is skipped
+                # (ingest, unless skip_unchanged is off) or written again (backfill).
+                meta.resumed += 1
+                self.store.restart(job_id)
+                self.store.save_meta(job_id, meta)
             self.store.save_meta(job_id, meta)
             # Done only now: after the last batch the collection is still being indexed.
             self.store.plan_done(job_id)
@@ -353,6 +369,24 @@ class OwnerJobRunner:
             self.store.fail(job_id, self._dropped(meta) or f"{type(exc).__name__}: {exc}")
         finally:
             _RUNNING.discard(job_id)
+
+    def _store_back(self, job_id: str, meta: JobMeta) -> bool:
+        """Wait, up to `_STORE_WAIT_S`, for the store's new process after its old one ended
+        mid-job (killed out of memory): True once it answers."""
+        logger.warning(
+            "%s job %s: the store's process ended; the job runs again once a new one answers",
+            meta.kind,
+            job_id,
+        )
+        deadline = time.monotonic() + _STORE_WAIT_S
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            try:
+                self.catalog.index.list_collections()
+                return True
+            except StoreUnavailable:
+                continue
+        return False
 
     def _dropped(self, meta: JobMeta) -> str | None:
         """The reason a job failed if a collection it wrote is gone (dropped meanwhile)."""
