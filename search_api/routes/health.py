@@ -4,6 +4,7 @@ import logging
 
 from fastapi import APIRouter, Request, Response
 
+from core.errors import StoreUnavailable
 from search_api.deps import IndexDep
 from search_api.offload import in_thread
 from search_api.schemas import HealthPublic
@@ -23,12 +24,17 @@ async def read_liveness() -> HealthPublic:
 @router.get("/readyz", responses={503: {"model": HealthPublic}})
 async def read_readiness(request: Request, index: IndexDep, response: Response) -> HealthPublic:
     """Readiness: the vector index answers and has opened its collections (after a start, seconds
-    at 1 M points; until then ``{"status": "opening collections"}``)."""
+    at 1 M points; until then ``{"status": "opening collections"}``; ``"store restarting"`` while
+    a new store process replaces one that ended)."""
     if not request.app.state.collections_open.is_set():
         response.status_code = 503
         return HealthPublic(status="opening collections")
     try:
         await in_thread(index.list_collections)
+    except StoreUnavailable:
+        # the store's process is being replaced: logged there once, not at every probe
+        response.status_code = 503
+        return HealthPublic(status="store restarting")
     except Exception as exc:
         # any failure of the store means "not ready", whatever its type
         logger.warning("readiness check failed: %s", type(exc).__name__)

@@ -43,6 +43,9 @@ def test_searches_during_a_store_restart_answer_503_and_log_one_line(
             with caplog.at_level(logging.WARNING):
                 os.kill(first, signal.SIGKILL)
                 killed_at = time.monotonic()
+                while (ready := client.get("/readyz")).status_code == 200:  # the watch has not seen it yet
+                    assert time.monotonic() < killed_at + 10
+                assert ready.json() == {"status": "store restarting"}, ready.json()
                 answers: list[int] = []
                 deadline = time.monotonic() + 60
                 while not answers or answers[-1] != 200:
@@ -55,6 +58,7 @@ def test_searches_during_a_store_restart_answer_503_and_log_one_line(
                         assert "retry in a few seconds" in error["message"]
                         assert response.headers["retry-after"] == "2"
             refused = answers.count(503)
+            assert client.get("/readyz").json() == {"status": "ok"}
             assert set(answers) <= {200, 503} and refused >= 2, answers  # a restart takes over a second
             unavailable = [r for r in caplog.records if "store_unavailable" in r.getMessage()]
             most = 1 + int((time.monotonic() - killed_at) // 5)  # one line per 5 s at most
