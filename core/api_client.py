@@ -7,6 +7,7 @@ caller handles a remote failure exactly like a local one (the API maps the same 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from core.config import Settings
 
 __all__ = ["ApiClient", "error_for"]
+
+logger = logging.getLogger(__name__)
 
 # A server that was just started has advertised its URL before it listens: wait that long for it.
 _CONNECT_GRACE_S = 15.0
@@ -69,27 +72,77 @@ def _detail(response: httpx.Response) -> str:
     return str(detail) if detail is not None else response.reason_phrase
 
 
-class ApiClient:
-    """Requests to one radsearch server, with its API key when one is given."""
+def _store_restart_retry_s(response: httpx.Response) -> float | None:
+    """The seconds to wait before sending again a request the server answered 503
+    ``store_unavailable`` with ``Retry-After``; None for any other answer."""
+    if response.status_code != 503 or "retry-after" not in response.headers:
+        return None
+    try:
+        code = response.json()["error"]["code"]
+        return float(response.headers["retry-after"]) if code == "store_unavailable" else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float | None = 120.0) -> None:
+
+class ApiClient:
+    """Requests to one radsearch server, with its API key when one is given.
+
+    ``store_restart_wait_s``: how long a request answered 503 ``store_unavailable`` (the server is
+    replacing its store process, seconds) is sent again, after each answer's ``Retry-After``; 0
+    raises `ServerUnavailable` at once (workers: Celery retries the task).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float | None = 120.0,
+        store_restart_wait_s: float = 0.0,
+    ) -> None:
         self.url = url.rstrip("/")
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+        self._store_restart_wait_s = store_restart_wait_s
 
     @classmethod
-    def from_settings(cls, url: str, settings: Settings, *, timeout_s: float | None = 120.0) -> ApiClient:
+    def from_settings(
+        cls,
+        url: str,
+        settings: Settings,
+        *,
+        timeout_s: float | None = 120.0,
+        store_restart_wait_s: float = 0.0,
+    ) -> ApiClient:
         """A client of ``url`` with the key in ``settings`` (``RADSEARCH_API_KEY``), if any."""
         api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-        return cls(url, api_key=api_key, timeout_s=timeout_s)
+        return cls(url, api_key=api_key, timeout_s=timeout_s, store_restart_wait_s=store_restart_wait_s)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one request; the parsed JSON answer (None when empty), or the typed error."""
+        restart_deadline = time.monotonic() + self._store_restart_wait_s
+        while True:
+            response = self._send(method, path, **kwargs)
+            retry_in = _store_restart_retry_s(response)
+            if retry_in is None or time.monotonic() + retry_in > restart_deadline:
+                break
+            logger.warning(
+                "the radsearch server at %s is replacing its store process; trying again in %.0f s",
+                self.url,
+                retry_in,
+            )
+            time.sleep(retry_in)
+        if response.status_code >= 400:
+            raise error_for(response.status_code, _detail(response), self.url)
+        if not response.content:
+            return None
+        return response.json()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         deadline = time.monotonic() + _CONNECT_GRACE_S
         while True:
             try:
-                response = self._http.request(method, path, **kwargs)
-                break
+                return self._http.request(method, path, **kwargs)
             except httpx.ConnectError as exc:
                 if time.monotonic() > deadline:
                     raise ServerUnavailable(f"cannot reach the radsearch server at {self.url}") from exc
@@ -98,11 +151,6 @@ class ApiClient:
                 raise ServerUnavailable(
                     f"the radsearch server at {self.url} did not answer: {type(exc).__name__}"
                 ) from exc
-        if response.status_code >= 400:
-            raise error_for(response.status_code, _detail(response), self.url)
-        if not response.content:
-            return None
-        return response.json()
 
     def ensure_collection(self, name: str, spec: dict[str, Any]) -> None:
         """Create the collection ``name`` (``POST /v1/collections`` with ``spec``: encoder,

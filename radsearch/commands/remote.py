@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from core.api_client import ApiClient
 
 __all__ = [
+    "STORE_RESTART_WAIT_S",
     "RemoteMode",
     "as_record",
     "client",
@@ -48,6 +49,9 @@ __all__ = [
 
 _POLL_S = 0.25
 _FINAL_STATES = ("done", "failed")
+# A server replacing its store process answers 503 for seconds (~5 s at 1 M points, a minute at
+# most between tries of a new process that keeps ending): a command waits this long, then fails.
+STORE_RESTART_WAIT_S = 30.0
 
 # When a command goes through a radsearch server instead of running here:
 # - "store": it needs the store: through ``--url``/``RADSEARCH_URL`` or the serving owner, and
@@ -91,10 +95,11 @@ def remote_url(args: argparse.Namespace, settings: Settings) -> str | None:
 
 
 def client(settings: Settings, url: str, **options: Any) -> ApiClient:
-    """An API client for the server at ``url`` (``timeout_s=None``: no client-side limit)."""
+    """An API client for the server at ``url`` (``timeout_s=None``: no client-side limit). While
+    the server replaces its store process (seconds) a command waits, up to `STORE_RESTART_WAIT_S`."""
     from core.api_client import ApiClient
 
-    return ApiClient.from_settings(url, settings, **options)
+    return ApiClient.from_settings(url, settings, **{"store_restart_wait_s": STORE_RESTART_WAIT_S, **options})
 
 
 def segment(name: str) -> str:

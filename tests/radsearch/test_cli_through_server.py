@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -460,3 +461,48 @@ def test_prune_through_the_serving_owner_as_run_here(world: World) -> None:
     summary = json.loads(forced.out.strip().splitlines()[-1])
     assert forced.code == 0 and summary["deleted_items"] == gone
     assert httpx.get(f"{world.url}/v1/collections/pruned").json()["points"] == 8
+
+
+def _store_processes(server: subprocess.Popen[bytes]) -> list[int]:
+    """The server's store process (and one being started): its child named ``radsearch-index``."""
+    pids = []
+    for task in Path(f"/proc/{server.pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{child}/comm").read_text().strip() == "radsearch-index":
+                    pids.append(int(child))
+    return pids
+
+
+def test_a_command_waits_while_the_server_replaces_its_store_process(tmp_path: Path) -> None:
+    """The server's store process is killed, and so is each new one for 3 s: a search through the
+    server meanwhile waits (503 ``store_unavailable`` with Retry-After, sent again) and prints its
+    hits, rather than failing with "retry in a few seconds"."""
+    data, port = tmp_path / "data", free_port()
+    server = _serve(data, port, RADSEARCH_STORE__SEARCH_REPLICAS="0")
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        images = _images(tmp_path / "images")
+        assert _cli(data, "ingest", str(images), "--collection", "c", "--encoder", "baseline").code == 0
+        query = str(images / "CT" / "chest" / "img_1.png")
+        results: list[Run] = []
+        argv = ("search", query, "--collection", "c", "-k", "3", "--json")
+        search = threading.Thread(target=lambda: results.append(_cli(data, *argv)))
+        killed: set[int] = set()
+        until = time.monotonic() + 3
+        while time.monotonic() < until:
+            for pid in set(_store_processes(server)) - killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+                if not search.is_alive() and not results:
+                    search.start()
+            time.sleep(0.02)
+        search.join(timeout=60)
+        (run,) = results
+        assert run.code == 0, run.err
+        assert json.loads(run.out)["hits"][0]["payload"]["key"] == "CT/chest/img_1.png"
+        assert "is replacing its store process; trying again in 2 s" in run.err
+        assert len(killed) >= 2
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
