@@ -208,7 +208,10 @@ def test_explicit_device_and_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bf16_speedup_is_measured_on_this_cpu() -> None:
     speedup = device_mod.cpu_bf16_speedup.__wrapped__(size=256, repeats=2)
-    assert 0.01 < speedup < 100
+    assert 0 < speedup < 100
+    if not device_mod.cpu_has_native_bf16():
+        # emulated bf16 runs far slower than fp32 (Zen 3: ~100x, under a loaded CI below 0.01)
+        assert speedup < 1
 
 
 def test_torch_threads_applied_once(monkeypatch: pytest.MonkeyPatch) -> None:
