@@ -353,10 +353,12 @@ class IndexProcess:
         logger.info("%s process started pid=%s", role, value)
 
     def _connect(self) -> Connection:
-        """A new connection, through the handshake; `IndexStoreError` where the child is gone."""
+        """A new connection, through the handshake; `IndexStoreError` where the child is gone
+        (then `alive` is False at once: a dying child's process can outlive its socket)."""
         try:
             return Client(self._address, family="AF_UNIX", authkey=self._authkey)
         except (EOFError, OSError) as exc:  # EOF: it died while answering the handshake
+            self._lost = True
             raise IndexStoreError(f"the {self.role} process is not running") from exc
 
     @property
