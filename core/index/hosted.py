@@ -65,8 +65,7 @@ class HostedEdgeIndex(VectorIndex):
         self._owner_started_at = time.monotonic()
         self._quick_ends = 0  # owners in a row that ended soon after their start
         self._restart_lock = threading.Lock()
-        self._restarting = False
-        self._owner_running = threading.Event()
+        self._owner_running = threading.Event()  # cleared while a new owner is being started
         self._owner_running.set()
         self._wake_read, self._wake_write = os.pipe()
         self._watcher = threading.Thread(target=self._watch, name="store-watch", daemon=True)
@@ -86,7 +85,7 @@ class HostedEdgeIndex(VectorIndex):
     def _open_owner(self) -> IndexProcess:
         if self._closed:
             raise IndexStoreError("the index is closed")
-        if self._restarting:
+        if not self._owner_running.is_set():
             raise StoreUnavailable(_RESTARTING)
         return self._owner
 
@@ -101,8 +100,7 @@ class HostedEdgeIndex(VectorIndex):
     def _begin_restart(self, owner: IndexProcess) -> None:
         """Start replacing ``owner`` in the background, unless that has begun already."""
         with self._restart_lock:
-            if owner is self._owner and not self._restarting and not self._closed:
-                self._restarting = True
+            if owner is self._owner and self._owner_running.is_set() and not self._closed:
                 self._owner_running.clear()
                 restart = threading.Thread(target=self._restart, args=(owner,), name="store-restart")
                 restart.daemon = True
@@ -148,7 +146,6 @@ class HostedEdgeIndex(VectorIndex):
             self._replicas.owner = owner
         self._owner, self.process_id = owner, owner.pid
         self._owner_started_at = time.monotonic()
-        self._restarting = False
         self._owner_running.set()
         STORE_RESTARTS.labels("owner").inc()
         logger.warning("the store's new process is running (pid %s)", owner.pid)
@@ -224,7 +221,7 @@ class HostedEdgeIndex(VectorIndex):
     def _replica_for(self, name: str) -> IndexProcess | None:
         if self._replicas is None or self._closed:
             return None
-        process = self._replicas.route(name, owner_down=self._restarting)
+        process = self._replicas.route(name, owner_down=not self._owner_running.is_set())
         return None if process is self._owner else process
 
     def _replica_failed(self, name: str, replica: IndexProcess, exc: IndexStoreError) -> None:

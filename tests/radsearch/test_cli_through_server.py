@@ -39,6 +39,7 @@ from core.jobs.redis_store import open_job_store
 from radsearch.commands.main import main
 from search_api.backfill_jobs import JobProgress, OwnerJobRunner
 from tests.conftest import free_port, wait_ready
+from tests.workers.conftest import store_process_ids
 
 HASH_KEY = "through-server-test"
 TEMPLATE = "{modality}/{anatomy}/{file}"
@@ -463,17 +464,6 @@ def test_prune_through_the_serving_owner_as_run_here(world: World) -> None:
     assert httpx.get(f"{world.url}/v1/collections/pruned").json()["points"] == 8
 
 
-def _store_processes(server: subprocess.Popen[bytes]) -> list[int]:
-    """The server's store process (and one being started): its child named ``radsearch-index``."""
-    pids = []
-    for task in Path(f"/proc/{server.pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{child}/comm").read_text().strip() == "radsearch-index":
-                    pids.append(int(child))
-    return pids
-
-
 def test_a_command_waits_while_the_server_replaces_its_store_process(tmp_path: Path) -> None:
     """The server's store process is killed, and so is each new one for 3 s: a search through the
     server meanwhile waits (503 ``store_unavailable`` with Retry-After, sent again) and prints its
@@ -491,7 +481,7 @@ def test_a_command_waits_while_the_server_replaces_its_store_process(tmp_path: P
         killed: set[int] = set()
         until = time.monotonic() + 3
         while time.monotonic() < until:
-            for pid in set(_store_processes(server)) - killed:
+            for pid in set(store_process_ids(server.pid)) - killed:
                 os.kill(pid, signal.SIGKILL)
                 killed.add(pid)
                 if not search.is_alive() and not results:

@@ -4,6 +4,7 @@ workers send it what they embed); the store is read through its API, or opened o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -186,6 +187,17 @@ def child_pids(pid: int) -> list[int]:
     except (FileNotFoundError, ProcessLookupError):
         pass
     return out
+
+
+def store_process_ids(server_pid: int) -> list[int]:
+    """The store process of the `radsearch serve` ``server_pid`` (and one being started): its
+    children named ``radsearch-index``."""
+    pids = []
+    for pid in child_pids(server_pid):
+        with contextlib.suppress(OSError):  # ended meanwhile
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "radsearch-index":
+                pids.append(pid)
+    return pids
 
 
 class Worker:

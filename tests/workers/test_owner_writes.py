@@ -9,7 +9,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,8 +30,8 @@ from core.payload import SearchFilter, image_point_id, keyed_hash, point_id
 from tests.workers.conftest import (
     Server,
     Worker,
-    child_pids,
     served_points,
+    store_process_ids,
     upload_images,
     wait_job,
 )
@@ -229,19 +228,6 @@ def test_without_a_serving_owner_batches_retry_then_dead_letter_then_requeue(
     assert sorted(k for k, _f, _i in served_points(server.url, "late")) == keys
 
 
-def _store_processes(server: Server) -> list[int]:
-    """The server's store process (and one being started): its children started by spawn."""
-    pids = []
-    for pid in child_pids(server.pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"spawn_main" in cmdline:
-            pids.append(pid)
-    return pids
-
-
 def test_batches_sent_while_the_store_process_is_replaced_are_retried_and_all_land(
     worker_settings: Settings,
     minio_client: Minio,
@@ -266,7 +252,7 @@ def test_batches_sent_while_the_store_process_is_replaced_are_retried_and_all_la
     server = start_server(settings)
     server.create_collection("c")
     worker = start_worker(settings)
-    (store_pid,) = _store_processes(server)
+    (store_pid,) = store_process_ids(server.pid)
     job_id = job_store.create(JobKind.INGEST, JobSpec(source=f"s3://{bucket}/raw/", collections=("c",)))
     job_store.raise_counters(job_id, {"listed": 5, "queued": 5, "batches_total": 1})
     job_store.plan_done(job_id)
@@ -276,7 +262,7 @@ def test_batches_sent_while_the_store_process_is_replaced_are_retried_and_all_la
     killed = {store_pid}
     until = time.monotonic() + 3
     while time.monotonic() < until:
-        for pid in set(_store_processes(server)) - killed:
+        for pid in set(store_process_ids(server.pid)) - killed:
             os.kill(pid, signal.SIGKILL)
             killed.add(pid)
         time.sleep(0.02)
