@@ -124,7 +124,12 @@ class PointNotFound(IndexStoreError):
 
 
 class InvalidVector(IndexStoreError):
-    pass
+    """A vector the store cannot take (wrong dimension, NaN or Inf, zero norm); ``field`` names the
+    request field it came in, where the caller knows it."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidFilter(IndexStoreError):

@@ -180,7 +180,11 @@ class OwnerJobRunner:
                 self._meta[job_id] = meta
                 _RUNNING.add(job_id)
             self._pool.submit(self._run, job_id, work)
-            logger.info("%s job %s resumed after a restart", meta.kind, job_id)
+            # a warning: the owner before this one ended with the job unfinished (killed, or the
+            # machine went down), which an operator wants to hear of without -v
+            logger.warning(
+                "%s job %s resumed: the previous owner of the store left it unfinished", meta.kind, job_id
+            )
             resumed.append(job_id)
         return resumed
 

@@ -172,7 +172,7 @@ def find(
     exclude_ids: Sequence[str] = (),
 ) -> Found:
     """The hits (or groups) of one query vector, and the collection's calibrated threshold."""
-    query = validate_vectors(vector, entry.dim)[0]
+    query = validate_vectors(vector, entry.dim, field="vector")[0]
     with timed_search(entry.name, search_filter):
         hits, groups = _search(index, entry, query, search_filter, shape, exclude_ids)
     return Found(hits=hits, groups=groups, threshold=entry.calibration_threshold)
@@ -187,7 +187,7 @@ async def find_plain(
     shape: Shape,
 ) -> Found:
     """`find` for a shape without groups, awaited on the index (`VectorIndex.search_async`)."""
-    query = validate_vectors(vector, entry.dim)[0]
+    query = validate_vectors(vector, entry.dim, field="vector")[0]
     with timed_search(entry.name, search_filter):
         hits = await index.search_async(
             entry.name,

@@ -79,7 +79,8 @@ def _vectors(points: Sequence[PointIn], dim: int) -> NDArray[np.float32]:
     for i, point in enumerate(points):
         if len(point.vector) != dim:
             raise InvalidVector(
-                f"points[{i}].vector has {len(point.vector)} values; the collection's vectors have {dim}"
+                f"points[{i}].vector has {len(point.vector)} values; the collection's vectors have {dim}",
+                field=f"points[{i}].vector",
             )
     rows = [point.vector for point in points]
     try:
@@ -89,9 +90,10 @@ def _vectors(points: Sequence[PointIn], dim: int) -> NDArray[np.float32]:
             arr = np.asarray(rows, dtype=np.float32)
         finite = np.isfinite(arr).all(axis=1)
         if not finite.all():
-            raise InvalidVector(f"points[{int(np.argmin(finite))}].vector contains NaN or Inf") from None
-        zero = np.linalg.norm(arr, axis=1) < 1e-12
-        raise InvalidVector(f"points[{int(np.argmax(zero))}].vector has zero norm") from None
+            at = f"points[{int(np.argmin(finite))}].vector"
+            raise InvalidVector(f"{at} contains NaN or Inf", field=at) from None
+        at = f"points[{int(np.argmax(np.linalg.norm(arr, axis=1) < 1e-12))}].vector"
+        raise InvalidVector(f"{at} has zero norm", field=at) from None
 
 
 def _upsert(index: VectorIndex, entry: CollectionEntry, body: PointsUpsert) -> PointsUpserted:

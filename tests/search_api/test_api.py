@@ -477,6 +477,8 @@ def test_search_by_bad_vector_is_400(client: TestClient, vector: list[float], me
     response = client.post(f"/v1/collections/{COLLECTION}/search", json={"vector": vector})
     assert response.status_code == 400
     assert message in response.json()["detail"]
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_vector", "vector")
 
 
 def test_search_by_text_without_text_tower_is_400(client: TestClient) -> None:

@@ -102,6 +102,8 @@ def test_a_backfill_survives_kill_9_and_the_alias_waits_for_it(
         )
         assert done["state"] == "done", done
         assert done["resumed"] == 1
+        resumed_line = f"backfill job {job_id} resumed: the previous owner of the store left it unfinished"
+        assert resumed_line in restarted.log_path.read_text()  # shown without -v
         assert done["counts"]["failed"] == 0
         detail = client.get("/v1/collections/dst").json()
         assert detail["points"] == _OBJECTS  # idempotent re-run: no duplicates, nothing missing

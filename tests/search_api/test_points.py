@@ -153,6 +153,7 @@ def test_bad_vectors_are_400_naming_the_point_and_never_echoed(api: TestClient) 
         response = _put(api, [good, bad])
         assert response.status_code == 400, (case, response.text)
         assert "points[1].vector" in response.json()["detail"], response.text
+        assert response.json()["error"]["field"] == "points[1].vector", response.text
         assert str(MARKER) not in response.text
     # NaN is no JSON number, but Python's JSON reader takes the token: refused as a vector
     body = json.dumps(
@@ -162,6 +163,7 @@ def test_bad_vectors_are_400_naming_the_point_and_never_echoed(api: TestClient) 
         f"/v1/collections/{COLLECTION}/points", content=body, headers={"content-type": "application/json"}
     )
     assert response.status_code == 400 and "points[1].vector contains NaN or Inf" in response.json()["detail"]
+    assert response.json()["error"]["field"] == "points[1].vector"
     assert str(MARKER) not in response.text
     # schema errors (422; 400 for a field the schema does not take) name the field, never the values
     for broken, status, field in (
