@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -15,6 +15,7 @@ from core.catalog import Catalog
 from core.config import Settings
 from core.errors import SourceError
 from ingest.labels import Labeler, PathTemplate
+from ingest.overlap import overlaps
 from ingest.pipeline import BatchReport, PipelineContext, Target, run_pipeline
 from ingest.planner import plan_batches
 from ingest.prune import DEFAULT_MAX_DELETE_FRACTION, SourceDiff, check_deletions, prune_gone, source_diffs
@@ -85,10 +86,17 @@ def build_context(
 ) -> PipelineContext:
     """The pipeline context for ``collections``; ``labeler`` replaces the one ``options`` describe.
 
-    Records in each collection where the source's stable name is read from (`Catalog.register_source`).
+    Records in each collection where the source's stable name is read from (`Catalog.register_source`),
+    and finds the collection's other names that reach the same files (`ingest.overlap`).
     """
     targets = make_targets(catalog, collections)
     catalog.register_source([t.collection for t in targets], source.name, source.uri)
+    targets = [
+        replace(t, overlaps=overlaps(source.name, source.uri, catalog.sources(t.collection)))
+        if t.id_scheme == "v2"  # v1 collections (ids from the URI and key) are left as they were
+        else t
+        for t in targets
+    ]
     return PipelineContext(
         source=source,
         index=catalog.index,

@@ -32,6 +32,7 @@ from core.index.base import StoredPoint, VectorIndex
 from core.metrics import INGEST_IMAGES, INGEST_OBJECTS, INGEST_STAGE_SECONDS
 from core.payload import SearchFilter, build_payload, image_point_id, labels_hash, point_id
 from ingest.labels import Labeler
+from ingest.overlap import Overlap
 from ingest.prune import delete_keys
 from ingest.readers import DecodeLimits
 from ingest.reid import ReidTable, read_uids
@@ -60,6 +61,8 @@ class Target:
     encoder_label: str
     #: How the collection derives point ids (`core.payload.ID_SCHEMES`).
     id_scheme: str = "v2"
+    #: The collection's other source names that reach this run's files (`ingest.overlap`).
+    overlaps: tuple[Overlap, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,8 @@ class _Pending:
     stored: list[dict[str, list[StoredPoint]]]
     # key → the target positions whose points only need new labels
     relabel: dict[str, list[int]]
+    # objects already stored under another source name (`_stored_elsewhere`)
+    refused: list[FailedItem] = field(default_factory=list)
 
 
 def _load(ctx: PipelineContext, ref: ObjectRef, positions: list[int]) -> _Loaded | FailedItem:
@@ -271,15 +276,58 @@ def _plan(
     return wanted, relabel
 
 
+def _stored_elsewhere(
+    ctx: PipelineContext, refs: Sequence[ObjectRef], stored: list[dict[str, list[StoredPoint]]]
+) -> dict[str, FailedItem]:
+    """The batch's files that a target holds under another source name (`Target.overlaps`) and
+    not under this one: storing them under this name too would make a second copy of each. A
+    DICOM frame is one image under any name (its id comes from its SOP Instance UID): never here."""
+    refused: dict[str, FailedItem] = {}
+    for pos, target in enumerate(ctx.targets):
+        for overlap in target.overlaps:
+            theirs: dict[str, str] = {}  # their key → this run's key
+            for ref in refs:
+                their_key = overlap.their_key(ref.key)
+                if their_key is not None and ref.key not in refused and not stored[pos].get(ref.key):
+                    theirs[their_key] = ref.key
+            keys = list(theirs)
+            for start in range(0, len(keys), _KEYS_PER_LOOKUP):
+                search_filter = SearchFilter(
+                    source=[overlap.name], key=keys[start : start + _KEYS_PER_LOOKUP]
+                )
+                for point in ctx.index.scroll(target.collection, filter=search_filter, batch_size=10_000):
+                    key = theirs.get(str(point.payload.get("key")))
+                    if key is not None and not point.payload.get("instance_hash"):
+                        refused[key] = FailedItem(key, _stored_elsewhere_reason(target.collection, overlap))
+    return refused
+
+
+def _stored_elsewhere_reason(collection: str, overlap: Overlap) -> str:
+    how = (
+        f"give this run --source-name {overlap.name}"
+        if overlap.same_keys
+        else f"ingest it through the folder source {overlap.name!r} was ingested from"
+    )
+    return (
+        f"already stored in {collection!r} under source {overlap.name!r}: a PNG or JPEG is identified by "
+        f"its source's name and key, so it would be stored twice; {how}"
+    )
+
+
 def _submit(ctx: PipelineContext, refs: list[ObjectRef], pool: ThreadPoolExecutor) -> _Pending:
     started = time.perf_counter()
     stored = _stored(ctx, refs)
-    wanted, relabel = _plan(ctx, refs, stored)
+    refused = _stored_elsewhere(ctx, refs, stored)
+    refs_to_plan = [ref for ref in refs if ref.key not in refused]
+    wanted, relabel = _plan(ctx, refs_to_plan, stored)
     futures = [
-        pool.submit(_load, ctx, ref, wanted[ref.key]) for ref in refs if wanted[ref.key] or relabel[ref.key]
+        pool.submit(_load, ctx, ref, wanted[ref.key])
+        for ref in refs_to_plan
+        if wanted[ref.key] or relabel[ref.key]
     ]
-    skipped = sum(1 for ref in refs if not wanted[ref.key] and not relabel[ref.key])
-    return _Pending(refs, futures, started, skipped, stored, {k: v for k, v in relabel.items() if v})
+    skipped = sum(1 for ref in refs_to_plan if not wanted[ref.key] and not relabel[ref.key])
+    relabel_only = {k: v for k, v in relabel.items() if v}
+    return _Pending(refs, futures, started, skipped, stored, relabel_only, list(refused.values()))
 
 
 def _frame_id(ctx: PipelineContext, target: Target, item: _Loaded, frame: int) -> str:
@@ -313,7 +361,7 @@ def _relabel(ctx: PipelineContext, pending: _Pending, loaded: list[_Loaded], rep
 
 
 def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
-    report = BatchReport(objects=len(pending.refs), skipped=pending.skipped)
+    report = BatchReport(objects=len(pending.refs), skipped=pending.skipped, failed=list(pending.refused))
     loaded: list[_Loaded] = []
     for future in pending.futures:
         result = future.result()

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from minio import Minio
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -117,24 +118,22 @@ def test_overlapping_and_moved_ingests_never_duplicate(
     for i in range(2):
         _write_dicom(archive / f"top{i}.dcm", generate_uid(), seed=20 + i)
     _write_png(archive / "scan.png", seed=30)
-    _write_png(archive / "sub" / "photo.png", seed=31)
     # A source name that could be a path is refused, naming the field.
     with pytest.raises(ConfigError, match="source_name"):
         open_source(str(tmp_path / "site"), settings, name="../escape")
 
-    assert _ingest(catalog, settings, str(archive / "sub"))["frames_indexed"] == 4
-    assert catalog.index.count("c") == 4
+    assert _ingest(catalog, settings, str(archive / "sub"))["frames_indexed"] == 3
+    assert catalog.index.count("c") == 3
     _ingest(catalog, settings, str(archive))
-    # the 3 DICOM instances of sub/ are the same images; only sub/photo.png (a non-DICOM file,
-    # identified by source name + key) is new under the parent's name
-    assert catalog.index.count("c") == 3 + 2 + 1 + 1 + 1
+    # the 3 DICOM instances of sub/ are the same images under the parent's name
+    assert catalog.index.count("c") == 3 + 2 + 1
     moved = tmp_path / "elsewhere" / "archive"
     shutil.copytree(archive, moved)
     shutil.rmtree(archive)
     report = _ingest(catalog, settings, str(moved))
     assert report["failed"] == 0
     points = list(catalog.index.scroll("c"))
-    assert len(points) == 8  # the moved archive keeps every id: nothing duplicated
+    assert len(points) == 6  # the moved archive keeps every id: nothing duplicated
     sources = {p.payload["source"] for p in points}
     assert sources <= {"archive", "sub"}
     assert not any(str(tmp_path) in str(p.payload) for p in points)  # no server path in any payload
@@ -144,6 +143,78 @@ def test_overlapping_and_moved_ingests_never_duplicate(
     assert uri == str(moved.resolve())
     png = services.render_thumbnail(settings=settings, point=scan, size=32, source_uri=uri)
     assert png.startswith(b"\x89PNG")
+
+
+def test_a_file_reached_through_two_source_names_is_refused_not_stored_twice(
+    catalog: Catalog, settings: Settings, tmp_path: Path
+) -> None:
+    """Reproduced first (walkthrough): the README's `ingest s3://raw/chest/` then `reconcile
+    s3://raw/` stored every PNG a second time (sources raw/chest and raw: 119 + 117 points), and
+    the reconcile never saw the files deleted from chest/. The same with a folder and its parent."""
+    archive = tmp_path / "archive"
+    for i in range(2):
+        _write_png(archive / "sub" / f"s{i}.png", seed=40 + i)
+    _write_png(archive / "top.png", seed=42)
+    _write_dicom(archive / "sub" / "ct.dcm", generate_uid(), seed=43)
+    assert _ingest(catalog, settings, str(archive / "sub"))["frames_indexed"] == 3
+
+    parent = _ingest(catalog, settings, str(archive))
+    # the parent's own file is indexed, the DICOM instance is the same image under any name, and
+    # sub/'s PNGs are refused with the way out
+    assert {e["key"] for e in parent["errors"]} == {"sub/s0.png", "sub/s1.png"}
+    reason = parent["errors"][0]["reason"]
+    assert "already stored in 'c' under source 'sub'" in reason
+    assert "ingest it through the folder source 'sub' was ingested from" in reason
+    assert str(tmp_path) not in reason  # never the server's path
+    assert catalog.index.count("c") == 3 + 1
+    # sub/ itself goes on as before (its DICOM instance written again under its name)
+    assert _ingest(catalog, settings, str(archive / "sub"))["failed"] == 0
+    assert catalog.index.count("c") == 3 + 1
+
+    # one folder under a second name: the same keys, so the second name is the way out
+    again = _ingest(catalog, settings, str(archive / "sub"), source_name="sub-2024")
+    assert {e["key"] for e in again["errors"]} == {"s0.png", "s1.png"}
+    assert "give this run --source-name sub" in again["errors"][0]["reason"]
+    # and a folder inside an ingested one: its keys lack the path between the two roots
+    catalog.create("d", get_spec("baseline"))
+    source = open_source(str(archive), settings)
+    try:
+        ingest_inline(
+            build_context(source, catalog, ["d"], IngestOptions(), settings), settings, progress=False
+        )
+    finally:
+        source.close()
+    inner = open_source(str(archive / "sub"), settings)
+    try:
+        ctx = build_context(inner, catalog, ["d"], IngestOptions(), settings)
+        report = ingest_inline(ctx, settings, progress=False).to_dict()
+    finally:
+        inner.close()
+    assert {e["key"] for e in report["errors"]} == {"s0.png", "s1.png"}
+    assert catalog.index.count("d") == 4
+    assert catalog.index.count("c") == 4
+
+
+def test_a_bucket_reached_through_two_prefixes_is_not_stored_twice(
+    catalog: Catalog, settings: Settings, minio_client: Minio, bucket: str
+) -> None:
+    for i, key in enumerate(("chest/a.png", "chest/b.png", "head/c.png")):
+        data = io.BytesIO()
+        Image.fromarray(_pixels(1, 50 + i)).save(data, format="PNG")
+        minio_client.put_object(bucket, key, io.BytesIO(data.getvalue()), len(data.getvalue()))
+    assert _ingest(catalog, settings, f"s3://{bucket}/chest/")["frames_indexed"] == 2
+
+    whole = _ingest(catalog, settings, f"s3://{bucket}/")
+    assert whole["frames_indexed"] == 1  # head/c.png
+    assert {e["key"] for e in whole["errors"]} == {"chest/a.png", "chest/b.png"}
+    assert f"give this run --source-name {bucket}/chest" in whole["errors"][0]["reason"]
+    assert catalog.index.count("c") == 3
+    # the way out: the name chest/ was stored with (same keys, same ids): chest/ is unchanged, and
+    # head/c.png is now the one stored under the other name
+    renamed = _ingest(catalog, settings, f"s3://{bucket}/", source_name=f"{bucket}/chest")
+    assert renamed["skipped"] == 2
+    assert [e["key"] for e in renamed["errors"]] == ["head/c.png"]
+    assert catalog.index.count("c") == 3
 
 
 def test_two_transfer_syntaxes_of_one_instance_are_one_image(
