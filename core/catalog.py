@@ -273,15 +273,12 @@ class Catalog:
                 log.warning("source %r not registered with collection %r: %s", source_name, name, exc)
             self._registered.add(key)
 
-    def sources(self, collection: str) -> dict[str, str]:
-        """Where each source name of ``collection`` is read from (name → URI)."""
-        sources = self.index.collection_config(self.resolve(collection)).metadata.get("sources") or {}
-        return {name: uri for name, uri in sources.items() if isinstance(uri, str)}
-
     def source_uri(self, collection: str, source_name: str) -> str | None:
         """Where the objects of ``source_name`` in ``collection`` are read from; None when the
         name was never registered."""
-        return self.sources(collection).get(source_name)
+        sources = self.index.collection_config(self.resolve(collection)).metadata.get("sources") or {}
+        uri = sources.get(source_name)
+        return uri if isinstance(uri, str) else None
 
     # -- aliases -------------------------------------------------------------------------------
 

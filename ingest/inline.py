@@ -15,7 +15,6 @@ from core.catalog import Catalog
 from core.config import Settings
 from core.errors import SourceError
 from ingest.labels import Labeler, PathTemplate
-from ingest.overlap import overlaps
 from ingest.pipeline import BatchReport, PipelineContext, Target, run_pipeline
 from ingest.planner import plan_batches
 from ingest.prune import DEFAULT_MAX_DELETE_FRACTION, SourceDiff, check_deletions, prune_gone, source_diffs
@@ -92,7 +91,7 @@ def build_context(
     targets = make_targets(catalog, collections)
     catalog.register_source([t.collection for t in targets], source.name, source.uri)
     targets = [
-        replace(t, overlaps=overlaps(source.name, source.uri, catalog.sources(t.collection)))
+        replace(t, overlaps=catalog.index.source_overlaps(t.collection, source.name, source.uri))
         if t.id_scheme == "v2"  # v1 collections (ids from the URI and key) are left as they were
         else t
         for t in targets

@@ -31,8 +31,8 @@ from core.errors import BadInput, ObjectNotFound
 from core.index.base import StoredPoint, VectorIndex
 from core.metrics import INGEST_IMAGES, INGEST_OBJECTS, INGEST_STAGE_SECONDS
 from core.payload import SearchFilter, build_payload, image_point_id, labels_hash, point_id
+from core.source_overlap import Overlap
 from ingest.labels import Labeler
-from ingest.overlap import Overlap
 from ingest.prune import delete_keys
 from ingest.readers import DecodeLimits
 from ingest.reid import ReidTable, read_uids
@@ -61,7 +61,7 @@ class Target:
     encoder_label: str
     #: How the collection derives point ids (`core.payload.ID_SCHEMES`).
     id_scheme: str = "v2"
-    #: The collection's other source names that reach this run's files (`ingest.overlap`).
+    #: The collection's other source names that reach this run's files (`core.source_overlap`).
     overlaps: tuple[Overlap, ...] = ()
 
 

@@ -40,6 +40,8 @@ __all__ = [
     "PointBookkeeping",
     "PointIn",
     "PointPayloadIn",
+    "SourceOverlapPublic",
+    "SourceOverlaps",
     "SourceRegistration",
     "PointsBookkeeping",
     "PointPayloadUpdate",
@@ -664,6 +666,18 @@ class SourceRegistration(BaseModel):
     uri: str = Field(min_length=1, max_length=2048)
 
 
+class SourceOverlapPublic(BaseModel):
+    """Another source name of the collection that reaches the same files, and how its keys differ."""
+
+    name: str
+    strip: str = Field(description="the key prefix the asked source's keys carry and this one's lack")
+    add: str = Field(description="the key prefix this source's keys carry and the asked one's lack")
+
+
+class SourceOverlaps(BaseModel):
+    overlaps: list[SourceOverlapPublic]
+
+
 class PointsDelete(BaseModel):
     """Delete by ``ids`` or by ``filter`` (field → any-of values, e.g. ``{"source": [...], "key":
     [...]}``): exactly one of them; the filter must name at least one field."""
@@ -717,6 +731,7 @@ class PointBookkeeping(BaseModel):
     etag: str | None = None
     size: int | None = None
     labels_hash: str | None = None
+    instance_hash: str | None = Field(default=None, description="a DICOM frame's instance, as a keyed hash")
 
 
 class PointsBookkeeping(BaseModel):

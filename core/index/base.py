@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from core.errors import IndexStoreError, PointNotFound
 from core.payload import SearchFilter
+from core.source_overlap import Overlap, overlaps
 
 __all__ = [
     "GROUP_FETCH_MAX",
@@ -392,6 +393,11 @@ class VectorIndex(ABC):
         if sources.get(source_name) != uri:
             sources[source_name] = uri
             self.update_metadata(name, {"sources": sources})
+
+    def source_overlaps(self, name: str, source_name: str, uri: str) -> tuple[Overlap, ...]:
+        """The other source names of collection ``name`` that reach the files ``source_name`` read
+        from ``uri`` reaches (`core.source_overlap`), from the collection's ``sources``."""
+        return overlaps(source_name, uri, self.collection_config(name).metadata.get("sources") or {})
 
     def collection_info(self, name: str) -> dict[str, Any]:
         """Store-side state: ``points``, ``indexed_vectors``, ``status`` ("green" when indexing is

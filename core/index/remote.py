@@ -28,6 +28,7 @@ from core.config import Settings
 from core.errors import CollectionNotFound, IndexStoreError, InvalidVector, ServerUnavailable
 from core.index.base import CollectionConfig, Hit, StoredPoint, VectorIndex
 from core.payload import SearchFilter
+from core.source_overlap import Overlap
 
 __all__ = ["OwnerIndex", "locate_owner"]
 
@@ -288,6 +289,12 @@ class OwnerIndex(VectorIndex):
     def register_source(self, name: str, source_name: str, uri: str) -> None:
         """Have the owner record where ``source_name`` is read from."""
         self._request("PUT", self._path(name, "/sources"), {"name": source_name, "uri": uri})
+
+    def source_overlaps(self, name: str, source_name: str, uri: str) -> tuple[Overlap, ...]:
+        """Ask the owner, which alone knows where each source name is read from."""
+        body = {"name": source_name, "uri": uri}
+        answer: dict[str, Any] = self._request("POST", self._path(name, "/sources/overlaps"), body)
+        return tuple(Overlap(o["name"], strip=o["strip"], add=o["add"]) for o in answer["overlaps"])
 
     def optimize(self, name: str) -> None:
         """Have the owner build the collection's index now (it answers once it is built)."""

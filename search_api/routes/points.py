@@ -47,6 +47,8 @@ from search_api.schemas import (
     PointsScroll,
     PointsUpsert,
     PointsUpserted,
+    SourceOverlapPublic,
+    SourceOverlaps,
     SourceRegistration,
     parse_filter,
 )
@@ -64,6 +66,7 @@ BOOKKEEPING_FIELDS: tuple[str, ...] = (
     "etag",
     "size",
     "labels_hash",
+    "instance_hash",  # a DICOM frame (one image under any source name), as a keyed hash
 )
 
 
@@ -136,15 +139,28 @@ async def overwrite_payloads(
     return await in_thread(_overwrite, index, entry, body)
 
 
+def _checked_uri(body: SourceRegistration, settings: Settings, open_api: bool) -> str:
+    """The registration's URI; a folder only where this server may read it (the same rule as an
+    ingest job's source folder), resolved."""
+    check_source_name(body.name, field="name")
+    if S3_URI.match(body.uri):
+        return body.uri
+    return str(check_local_path(body.uri, settings=settings, open_api=open_api, what="source folder"))
+
+
 def _register(
     index: VectorIndex, entry: CollectionEntry, body: SourceRegistration, settings: Settings, open_api: bool
 ) -> None:
-    check_source_name(body.name, field="name")
-    uri = body.uri
-    if not S3_URI.match(uri):
-        # The server will read this folder again: the same rule as an ingest job's source folder.
-        uri = str(check_local_path(uri, settings=settings, open_api=open_api, what="source folder"))
-    index.register_source(entry.name, body.name, uri)
+    index.register_source(entry.name, body.name, _checked_uri(body, settings, open_api))
+
+
+def _overlaps(
+    index: VectorIndex, entry: CollectionEntry, body: SourceRegistration, settings: Settings, open_api: bool
+) -> SourceOverlaps:
+    found = index.source_overlaps(entry.name, body.name, _checked_uri(body, settings, open_api))
+    return SourceOverlaps(
+        overlaps=[SourceOverlapPublic(name=o.name, strip=o.strip, add=o.add) for o in found]
+    )
 
 
 @router.put("/{name}/sources", status_code=204, responses=error_responses(ConfigError))
@@ -156,6 +172,17 @@ async def register_source(
     (thumbnails). Payloads carry the name only, never the URI."""
     open_api: bool = request.app.state.authenticator.open
     await in_thread(_register, index, entry, body, settings, open_api)
+
+
+@router.post("/{name}/sources/overlaps", responses=error_responses(ConfigError))
+async def source_overlaps(
+    entry: CollectionDep, body: SourceRegistration, index: IndexDep, settings: SettingsDep, request: Request
+) -> SourceOverlaps:
+    """The collection's other source names that reach the files of source ``name`` read from
+    ``uri`` (the same bucket or folder, or a folder inside or around it), with how their keys
+    differ: an ingest refuses those files rather than storing them a second time. No URI is shown."""
+    open_api: bool = request.app.state.authenticator.open
+    return await in_thread(_overlaps, index, entry, body, settings, open_api)
 
 
 def _filter(raw: Any) -> SearchFilter:

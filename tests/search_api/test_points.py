@@ -213,7 +213,8 @@ def test_lookup_and_scroll_answer_bookkeeping_fields_only(api: TestClient) -> No
     ).json()["points"]
     assert found == [
         {"id": points[3]["id"], "source": SOURCE, "key": "s03.png", "frame": 0, "n_frames": None,
-         "frames_sampled": None, "etag": "e-s03.png", "size": 100, "labels_hash": None}
+         "frames_sampled": None, "etag": "e-s03.png", "size": 100, "labels_hash": None,
+         "instance_hash": None}
     ]  # fmt: skip
 
     seen: list[dict[str, Any]] = []
@@ -296,3 +297,15 @@ def test_source_registration_is_kept_out_of_every_answer(api: TestClient, index:
     detail = api.get(f"/v1/collections/{COLLECTION}")
     assert detail.status_code == 200 and secret not in detail.text
     assert detail.json()["id_scheme"] == "v2"
+    # the names that reach the same files: key prefixes, never a URI
+    overlaps = f"/v1/collections/{COLLECTION}/sources/overlaps"
+    around = api.post(overlaps, json={"name": "whole", "uri": "/srv/archive"})
+    assert around.json() == {"overlaps": [{"name": "site-a", "strip": "secret-site/", "add": ""}]}
+    inside = api.post(overlaps, json={"name": "part", "uri": f"{secret}/ct"})
+    assert inside.json() == {"overlaps": [{"name": "site-a", "strip": "", "add": "ct/"}]}
+    assert "/srv" not in around.text + inside.text
+    assert api.put(url, json={"name": "raw/chest", "uri": "s3://raw"}).status_code == 204
+    same_bucket = api.post(overlaps, json={"name": "raw", "uri": "s3://raw"}).json()
+    assert same_bucket == {"overlaps": [{"name": "raw/chest", "strip": "", "add": ""}]}
+    assert api.post(overlaps, json={"name": "other", "uri": "s3://other"}).json() == {"overlaps": []}
+    assert api.post(overlaps, json={"name": "../etc", "uri": "s3://raw"}).status_code == 400

@@ -6,7 +6,7 @@ A PNG or JPEG has no identity of its own: its points' ids derive from its source
 parent, would be stored twice, and a reconcile or prune of one name never sees the other's
 deletions. An `Overlap` maps a key of this run's source to the key another source of the collection
 keeps the same file under, from where each name is read (the collection's ``sources``), so that the
-pipeline can refuse such a file instead of storing it again.
+ingest pipeline can refuse such a file instead of storing it again (`VectorIndex.source_overlaps`).
 
 S3 sources are addressed by their bucket and keep full object keys, so two names of one bucket
 share keys. Folders share the files of the inner one, whose keys lack the path between the two
