@@ -86,7 +86,7 @@ def build_context(
     """The pipeline context for ``collections``; ``labeler`` replaces the one ``options`` describe.
 
     Records in each collection where the source's stable name is read from (`Catalog.register_source`),
-    and finds the collection's other names that reach the same files (`ingest.overlap`).
+    and finds the collection's other names that reach the same files (`core.source_overlap`).
     """
     targets = make_targets(catalog, collections)
     catalog.register_source([t.collection for t in targets], source.name, source.uri)

@@ -304,7 +304,7 @@ def _stored_elsewhere(
 
 def _stored_elsewhere_reason(collection: str, overlap: Overlap) -> str:
     how = (
-        f"give this run --source-name {overlap.name}"
+        f"give this run the source name {overlap.name!r} (--source-name, or a job's source_name)"
         if overlap.same_keys
         else f"ingest it through the folder source {overlap.name!r} was ingested from"
     )

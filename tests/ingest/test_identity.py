@@ -174,7 +174,7 @@ def test_a_file_reached_through_two_source_names_is_refused_not_stored_twice(
     # one folder under a second name: the same keys, so the second name is the way out
     again = _ingest(catalog, settings, str(archive / "sub"), source_name="sub-2024")
     assert {e["key"] for e in again["errors"]} == {"s0.png", "s1.png"}
-    assert "give this run --source-name sub" in again["errors"][0]["reason"]
+    assert "give this run the source name 'sub' (--source-name" in again["errors"][0]["reason"]
     # and a folder inside an ingested one: its keys lack the path between the two roots
     catalog.create("d", get_spec("baseline"))
     source = open_source(str(archive), settings)
@@ -207,7 +207,7 @@ def test_a_bucket_reached_through_two_prefixes_is_not_stored_twice(
     whole = _ingest(catalog, settings, f"s3://{bucket}/")
     assert whole["frames_indexed"] == 1  # head/c.png
     assert {e["key"] for e in whole["errors"]} == {"chest/a.png", "chest/b.png"}
-    assert f"give this run --source-name {bucket}/chest" in whole["errors"][0]["reason"]
+    assert f"give this run the source name '{bucket}/chest'" in whole["errors"][0]["reason"]
     assert catalog.index.count("c") == 3
     # the way out: the name chest/ was stored with (same keys, same ids): chest/ is unchanged, and
     # head/c.png is now the one stored under the other name
