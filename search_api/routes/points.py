@@ -157,7 +157,11 @@ def _register(
 def _overlaps(
     index: VectorIndex, entry: CollectionEntry, body: SourceRegistration, settings: Settings, open_api: bool
 ) -> SourceOverlaps:
-    found = index.source_overlaps(entry.name, body.name, _checked_uri(body, settings, open_api))
+    check_source_name(body.name, field="name")
+    uri = body.uri  # a bucket or a DICOMweb service: compared as given; a folder: resolved
+    if uri.startswith("/"):
+        uri = str(check_local_path(uri, settings=settings, open_api=open_api, what="source folder"))
+    found = index.source_overlaps(entry.name, body.name, uri)
     return SourceOverlaps(
         overlaps=[SourceOverlapPublic(name=o.name, strip=o.strip, add=o.add) for o in found]
     )

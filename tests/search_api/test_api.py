@@ -338,6 +338,7 @@ def test_openapi_lists_every_route_with_clean_operation_ids(client: TestClient) 
         ("POST", "/v1/collections/{name}/points/scroll"): "scroll_points",
         ("POST", "/v1/collections/{name}/points/payload"): "overwrite_payloads",
         ("PUT", "/v1/collections/{name}/sources"): "register_source",
+        ("POST", "/v1/collections/{name}/sources/overlaps"): "source_overlaps",
         ("POST", "/v1/collections/{name}/optimize"): "optimize_collection",
         ("POST", "/v1/collections/{name}/evaluate"): "create_evaluation",
         # backups: the trash and snapshots (issue 14)

@@ -308,4 +308,6 @@ def test_source_registration_is_kept_out_of_every_answer(api: TestClient, index:
     same_bucket = api.post(overlaps, json={"name": "raw", "uri": "s3://raw"}).json()
     assert same_bucket == {"overlaps": [{"name": "raw/chest", "strip": "", "add": ""}]}
     assert api.post(overlaps, json={"name": "other", "uri": "s3://other"}).json() == {"overlaps": []}
+    pacs = api.post(overlaps, json={"name": "pacs", "uri": "dicomweb+http://pacs.example/dicom-web"})
+    assert pacs.status_code == 200 and pacs.json() == {"overlaps": []}
     assert api.post(overlaps, json={"name": "../etc", "uri": "s3://raw"}).status_code == 400

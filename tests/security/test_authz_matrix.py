@@ -61,6 +61,7 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("POST", "/v1/collections/{name}/points/scroll"): frozenset({INGEST}),
     ("POST", "/v1/collections/{name}/points/payload"): frozenset({INGEST}),
     ("PUT", "/v1/collections/{name}/sources"): frozenset({INGEST}),
+    ("POST", "/v1/collections/{name}/sources/overlaps"): frozenset({INGEST}),
     ("POST", "/v1/collections/{name}/optimize"): frozenset({INGEST}),
     ("POST", "/v1/ingest-jobs"): frozenset({INGEST}),
     ("GET", "/v1/ingest-jobs"): frozenset({INGEST}),
