@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,7 +209,9 @@ def test_explicit_device_and_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bf16_speedup_is_measured_on_this_cpu() -> None:
     speedup = device_mod.cpu_bf16_speedup.__wrapped__(size=256, repeats=2)
-    assert 0 < speedup < 100
+    # no upper bound: with AMX, under the suite's load, a 256² bf16 matmul ran 44-290x faster than
+    # the fp32 one (the old bound of 100 failed on Intel AMX)
+    assert 0 < speedup < math.inf
     if not device_mod.cpu_has_native_bf16():
         # emulated bf16 runs far slower than fp32 (Zen 3: ~100x, under a loaded CI below 0.01)
         assert speedup < 1
