@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,6 +232,16 @@ def _source_values(ctx: PipelineContext, target: Target) -> list[str]:
     return values
 
 
+def _points_by_key(
+    ctx: PipelineContext, collection: str, sources: list[str], keys: Sequence[str]
+) -> Iterator[StoredPoint]:
+    """The points ``collection`` stores for any of ``keys`` under any of ``sources`` (payload
+    ``source`` and ``key``): one filtered scroll per 1,000 keys."""
+    for start in range(0, len(keys), _KEYS_PER_LOOKUP):
+        search_filter = SearchFilter(source=sources, key=list(keys[start : start + _KEYS_PER_LOOKUP]))
+        yield from ctx.index.scroll(collection, filter=search_filter, batch_size=10_000)
+
+
 def _stored(ctx: PipelineContext, refs: Sequence[ObjectRef]) -> list[dict[str, list[StoredPoint]]]:
     """Per target, the points already stored for each key of the batch: one filtered scroll per
     collection (per 1,000 keys), whatever the ids (they cannot be known before decoding)."""
@@ -239,13 +249,10 @@ def _stored(ctx: PipelineContext, refs: Sequence[ObjectRef]) -> list[dict[str, l
     out: list[dict[str, list[StoredPoint]]] = []
     for target in ctx.targets:
         found: dict[str, list[StoredPoint]] = {}
-        for start in range(0, len(keys), _KEYS_PER_LOOKUP):
-            chunk = keys[start : start + _KEYS_PER_LOOKUP]
-            search_filter = SearchFilter(source=_source_values(ctx, target), key=chunk)
-            for point in ctx.index.scroll(target.collection, filter=search_filter, batch_size=10_000):
-                key = point.payload.get("key")
-                if isinstance(key, str):
-                    found.setdefault(key, []).append(point)
+        for point in _points_by_key(ctx, target.collection, _source_values(ctx, target), keys):
+            key = point.payload.get("key")
+            if isinstance(key, str):
+                found.setdefault(key, []).append(point)
         out.append(found)
     return out
 
@@ -290,15 +297,10 @@ def _stored_elsewhere(
                 their_key = overlap.their_key(ref.key)
                 if their_key is not None and ref.key not in refused and not stored[pos].get(ref.key):
                     theirs[their_key] = ref.key
-            keys = list(theirs)
-            for start in range(0, len(keys), _KEYS_PER_LOOKUP):
-                search_filter = SearchFilter(
-                    source=[overlap.name], key=keys[start : start + _KEYS_PER_LOOKUP]
-                )
-                for point in ctx.index.scroll(target.collection, filter=search_filter, batch_size=10_000):
-                    key = theirs.get(str(point.payload.get("key")))
-                    if key is not None and not point.payload.get("instance_hash"):
-                        refused[key] = FailedItem(key, _stored_elsewhere_reason(target.collection, overlap))
+            for point in _points_by_key(ctx, target.collection, [overlap.name], list(theirs)):
+                key = theirs.get(str(point.payload.get("key")))
+                if key is not None and not point.payload.get("instance_hash"):
+                    refused[key] = FailedItem(key, _stored_elsewhere_reason(target.collection, overlap))
     return refused
 
 

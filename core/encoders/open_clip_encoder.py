@@ -177,13 +177,12 @@ class _SdpaAttention(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, width = query.shape
         if query is key and key is value:
-            qkv = self.in_proj(query).view(batch, length, 3, self.num_heads, width // self.num_heads)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            projected = self.in_proj(query).chunk(3, dim=-1)
         else:  # cross-attention (CoCa's pooler): each input through its third of the projection
-            q, k, v = (
-                self._heads(self.in_proj(x)[..., i * width : (i + 1) * width])
-                for i, x in enumerate((query, key, value))
+            projected = tuple(
+                self.in_proj(x)[..., i * width : (i + 1) * width] for i, x in enumerate((query, key, value))
             )
+        q, k, v = (self._heads(x) for x in projected)
         if attn_mask is not None:
             if attn_mask.dtype == torch.bool:  # True: not attended (the reverse of SDPA's)
                 blocked = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device)

@@ -99,7 +99,8 @@ def client(settings: Settings, url: str, **options: Any) -> ApiClient:
     the server replaces its store process (seconds) a command waits, up to `STORE_RESTART_WAIT_S`."""
     from core.api_client import ApiClient
 
-    return ApiClient.from_settings(url, settings, **{"store_restart_wait_s": STORE_RESTART_WAIT_S, **options})
+    options.setdefault("store_restart_wait_s", STORE_RESTART_WAIT_S)
+    return ApiClient.from_settings(url, settings, **options)
 
 
 def segment(name: str) -> str:

@@ -45,10 +45,12 @@ def catalog(settings: Settings) -> Iterator[Catalog]:
     index.close()
 
 
-def _ingest(catalog: Catalog, settings: Settings, uri: str, **options: Any) -> dict[str, Any]:
+def _ingest(
+    catalog: Catalog, settings: Settings, uri: str, *, collection: str = "c", **options: Any
+) -> dict[str, Any]:
     source = open_source(uri, settings, name=options.get("source_name"))
     try:
-        ctx = build_context(source, catalog, ["c"], IngestOptions(**options), settings)
+        ctx = build_context(source, catalog, [collection], IngestOptions(**options), settings)
         return ingest_inline(ctx, settings, progress=False).to_dict()
     finally:
         source.close()
@@ -177,19 +179,8 @@ def test_a_file_reached_through_two_source_names_is_refused_not_stored_twice(
     assert "give this run the source name 'sub' (--source-name" in again["errors"][0]["reason"]
     # and a folder inside an ingested one: its keys lack the path between the two roots
     catalog.create("d", get_spec("baseline"))
-    source = open_source(str(archive), settings)
-    try:
-        ingest_inline(
-            build_context(source, catalog, ["d"], IngestOptions(), settings), settings, progress=False
-        )
-    finally:
-        source.close()
-    inner = open_source(str(archive / "sub"), settings)
-    try:
-        ctx = build_context(inner, catalog, ["d"], IngestOptions(), settings)
-        report = ingest_inline(ctx, settings, progress=False).to_dict()
-    finally:
-        inner.close()
+    _ingest(catalog, settings, str(archive), collection="d")
+    report = _ingest(catalog, settings, str(archive / "sub"), collection="d")
     assert {e["key"] for e in report["errors"]} == {"s0.png", "s1.png"}
     assert catalog.index.count("d") == 4
     assert catalog.index.count("c") == 4
