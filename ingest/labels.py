@@ -141,6 +141,12 @@ class Labeler:
             "template": self.path_template.match(key) if self.path_template else {},
         }
 
+    def has_rules_for(self, key: str) -> bool:
+        """Whether the label rules say anything about ``key``: a manifest row (one whose labels are
+        all empty clears them) or a path template that gives it a label. Rules that say nothing
+        leave the labels earlier rules stored alone (`ingest.pipeline`)."""
+        return key in self.manifest or bool(self.path_template and self.path_template.match(key))
+
     def labels(
         self,
         key: str,

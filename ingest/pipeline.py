@@ -11,7 +11,9 @@ of id scheme v2, from the source URI and key in older (v1) ones. What a batch's 
 have stored is read with one filtered scroll per collection (payload ``source`` and ``key``), so
 an unchanged object is skipped, an object whose label rules changed is relabelled (payload only,
 no embedding) and a re-embedded object's points that no longer exist (fewer frames, another
-sampling) are deleted in the same step.
+sampling) are deleted in the same step. An unchanged object that this run's rules say nothing about
+keeps the labels earlier rules gave it (`BatchReport.labels_kept`): a run without the manifest does
+not strip a collection's labels.
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class BatchReport:
     skipped: int = 0
     #: Objects whose pixels were unchanged but whose labels were rewritten (no re-embedding).
     relabelled: int = 0
+    #: Unchanged objects (counted in ``skipped``) that keep labels from an earlier run's manifest
+    #: or path template: this run's rules say nothing about them.
+    labels_kept: int = 0
     failed: list[FailedItem] = field(default_factory=list)
     quarantined: list[FailedItem] = field(default_factory=list)
     seconds: float = 0.0
@@ -96,6 +101,7 @@ class BatchReport:
         self.frames_indexed += other.frames_indexed
         self.skipped += other.skipped
         self.relabelled += other.relabelled
+        self.labels_kept += other.labels_kept
         self.failed.extend(other.failed)
         self.quarantined.extend(other.quarantined)
         self.seconds += other.seconds
@@ -107,6 +113,7 @@ class BatchReport:
             "frames_indexed": self.frames_indexed,
             "skipped": self.skipped,
             "relabelled": self.relabelled,
+            "labels_kept": self.labels_kept,
             "failed": len(self.failed),
             "quarantined": len(self.quarantined),
             "errors": [{"key": f.key, "reason": f.reason} for f in self.failed],
@@ -176,6 +183,7 @@ class _Pending:
     futures: list[Future[_Loaded | FailedItem]]
     started: float
     skipped: int
+    labels_kept: int
     # target position → key → the points stored for it before this batch
     stored: list[dict[str, list[StoredPoint]]]
     # key → the target positions whose points only need new labels
@@ -259,12 +267,15 @@ def _stored(ctx: PipelineContext, refs: Sequence[ObjectRef]) -> list[dict[str, l
 
 def _plan(
     ctx: PipelineContext, refs: Sequence[ObjectRef], stored: list[dict[str, list[StoredPoint]]]
-) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """Per key, the target positions to embed and those to relabel only."""
+) -> tuple[dict[str, list[int]], dict[str, list[int]], set[str]]:
+    """Per key, the target positions to embed and those to relabel only; and the keys whose
+    labels from earlier rules stay because this run's rules say nothing about them."""
     wanted: dict[str, list[int]] = {ref.key: [] for ref in refs}
     relabel: dict[str, list[int]] = {ref.key: [] for ref in refs}
+    kept: set[str] = set()
     for ref in refs:
         rules = labels_hash(ctx.labeler.rule_labels(ref.key))
+        silent = not ctx.labeler.has_rules_for(ref.key)
         for pos in range(len(ctx.targets)):
             points = stored[pos].get(ref.key, [])
             if not ctx.skip_unchanged or not points:
@@ -275,12 +286,14 @@ def _plan(
                 wanted[ref.key].append(pos)
             elif ctx.insert_only:
                 continue
-            elif any(
-                p.payload.get("labels_hash") != rules or p.payload.get("source") != ctx.source.name
-                for p in points
-            ):
+            elif any(p.payload.get("source") != ctx.source.name for p in points):
                 relabel[ref.key].append(pos)
-    return wanted, relabel
+            elif any(p.payload.get("labels_hash") != rules for p in points):
+                if silent:  # a run without the manifest would strip what earlier rules said
+                    kept.add(ref.key)
+                else:
+                    relabel[ref.key].append(pos)
+    return wanted, relabel, kept
 
 
 def _stored_elsewhere(
@@ -321,15 +334,18 @@ def _submit(ctx: PipelineContext, refs: list[ObjectRef], pool: ThreadPoolExecuto
     stored = _stored(ctx, refs)
     refused = _stored_elsewhere(ctx, refs, stored)
     refs_to_plan = [ref for ref in refs if ref.key not in refused]
-    wanted, relabel = _plan(ctx, refs_to_plan, stored)
+    wanted, relabel, kept = _plan(ctx, refs_to_plan, stored)
     futures = [
         pool.submit(_load, ctx, ref, wanted[ref.key])
         for ref in refs_to_plan
         if wanted[ref.key] or relabel[ref.key]
     ]
-    skipped = sum(1 for ref in refs_to_plan if not wanted[ref.key] and not relabel[ref.key])
+    skipped = [ref.key for ref in refs_to_plan if not wanted[ref.key] and not relabel[ref.key]]
+    labels_kept = sum(1 for key in skipped if key in kept)
     relabel_only = {k: v for k, v in relabel.items() if v}
-    return _Pending(refs, futures, started, skipped, stored, relabel_only, list(refused.values()))
+    return _Pending(
+        refs, futures, started, len(skipped), labels_kept, stored, relabel_only, list(refused.values())
+    )
 
 
 def _frame_id(ctx: PipelineContext, target: Target, item: _Loaded, frame: int) -> str:
@@ -363,7 +379,12 @@ def _relabel(ctx: PipelineContext, pending: _Pending, loaded: list[_Loaded], rep
 
 
 def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
-    report = BatchReport(objects=len(pending.refs), skipped=pending.skipped, failed=list(pending.refused))
+    report = BatchReport(
+        objects=len(pending.refs),
+        skipped=pending.skipped,
+        labels_kept=pending.labels_kept,
+        failed=list(pending.refused),
+    )
     loaded: list[_Loaded] = []
     for future in pending.futures:
         result = future.result()

@@ -110,6 +110,7 @@ class JobProgress:
                 "indexed_frames": report.frames_indexed,
                 "skipped_unchanged": report.skipped,
                 "relabelled": report.relabelled,
+                "labels_kept": report.labels_kept,
                 "failed": len(report.failed),
                 "quarantined": len(report.quarantined),
             },

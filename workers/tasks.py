@@ -246,6 +246,7 @@ def _embed(
                 "indexed_frames": report.frames_indexed,
                 "skipped_unchanged": report.skipped,
                 "relabelled": report.relabelled,
+                "labels_kept": report.labels_kept,
                 "failed": len(failed) - len(report.quarantined),
                 "quarantined": len(report.quarantined),
                 "vanished": vanished,

@@ -78,6 +78,7 @@ class JobCounts(BaseModel):
     indexed_frames: int
     skipped_unchanged: int
     relabelled: int = 0
+    labels_kept: int = 0
     failed: int
     quarantined: int
     vanished: int

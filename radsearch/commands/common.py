@@ -1,4 +1,4 @@
-"""What every command shares: exit codes and JSON output."""
+"""What every command shares: exit codes, JSON output and the ingest summaries' notes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ __all__ = [
     "EXIT_STORE_FULL",
     "EXIT_STORE_OWNED",
     "EXIT_USAGE",
+    "LABELS_KEPT",
     "print_json",
 ]
 
@@ -23,6 +24,12 @@ EXIT_REFUSED = 2  # a reconcile's deletions were refused by the guard (as a usag
 EXIT_STORE_OWNED = 3  # another process owns the embedded store and serves no API to go through
 EXIT_STORE_FULL = 4  # free disk below the store's reserve: writes refused, nothing lost
 EXIT_INTERRUPTED = 130
+
+# What a run without the manifest (or path template) of an earlier one did to its labels.
+LABELS_KEPT = (
+    "unchanged objects keep the labels an earlier manifest or path template gave them: this run's "
+    "rules say nothing about them (pass the same --manifest / --path-template to change them)"
+)
 
 
 def print_json(obj: Any) -> None:

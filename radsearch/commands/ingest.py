@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from core.config import Settings
 from core.errors import ConfigError
 from radsearch.commands import remote
-from radsearch.commands.common import EXIT_OK, print_json
+from radsearch.commands.common import EXIT_OK, LABELS_KEPT, print_json
 from radsearch.commands.dicomweb import add_selector_options
 from radsearch.commands.jobs import ingest_celery, print_job_result
 from radsearch.commands.options import add_sync_options, check_prune_args
@@ -23,7 +23,7 @@ __all__ = ["add_ingest_command", "print_dry_run", "print_ingest_summary"]
 
 def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
     """An ingest's summary: ``{"collection", "objects", "frames_indexed", "skipped", "relabelled",
-    "failed", "quarantined", "errors", "quarantined_items", "seconds"}``."""
+    "labels_kept", "failed", "quarantined", "errors", "quarantined_items", "seconds"}``."""
     if as_json:
         print_json(dict(summary))
         return
@@ -35,6 +35,9 @@ def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
         f"{summary['failed']} failed, "
         f"{summary['quarantined']} quarantined ({rate:.1f} objects/s)"
     )
+    kept = summary.get("labels_kept", 0)
+    if kept:
+        print(f"  {kept} {LABELS_KEPT}")
     for item in summary["errors"][:20]:
         print(f"  failed {item['key']}: {item['reason']}")
     deleted = summary.get("deleted_items") or []

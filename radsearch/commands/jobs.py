@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from core.config import Settings
 from core.errors import CollectionNotFound, ConfigError
 from radsearch.commands import remote
-from radsearch.commands.common import EXIT_OK, EXIT_REFUSED, EXIT_RUNTIME_ERROR
+from radsearch.commands.common import EXIT_OK, EXIT_REFUSED, EXIT_RUNTIME_ERROR, LABELS_KEPT
 from radsearch.commands.options import add_sync_options, check_prune_args
 
 if TYPE_CHECKING:
@@ -158,6 +158,8 @@ def print_job_result(job: Mapping[str, Any], *, as_json: bool) -> int:
         _out(json.dumps(dict(job)))
     else:
         _out(_summary_line(job))
+        if job["counts"].get("labels_kept"):
+            _out(f"  {job['counts']['labels_kept']} {LABELS_KEPT}")
         if job.get("drift"):
             for name, drift in job["drift"].items():
                 _out(_drift_text(name, drift))

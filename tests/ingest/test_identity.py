@@ -266,6 +266,47 @@ def test_corrected_manifest_relabels_without_re_embedding(
     assert third["relabelled"] == 0 and third["skipped"] == 3 and calls == []
 
 
+def test_run_without_the_manifest_keeps_the_labels_it_gave(
+    catalog: Catalog, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reproduced first: re-running the demo's ingest without its manifest relabelled every object
+    and left the collection without a pathology or split. Rules that say nothing about an object
+    leave its labels alone; a manifest row with empty labels clears them; a template that labels
+    it rewrites them."""
+    folder = tmp_path / "labelled"
+    _write_png(folder / "a.png", seed=60)
+    _write_png(folder / "b.png", seed=61)
+    _write_dicom(folder / "c.dcm", generate_uid(), seed=62)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("key,anatomy,pathology\na.png,hand,fracture\nc.dcm,chest,nodule\n")
+    assert _ingest(catalog, settings, str(folder), manifest=manifest)["frames_indexed"] == 3
+    encoder = catalog.encoder(get_spec("baseline"))
+    monkeypatch.setattr(encoder, "embed_batch", lambda batch: pytest.fail("nothing is re-embedded"))
+
+    def labels() -> dict[str, tuple[Any, Any]]:
+        return {
+            p.payload["key"]: (p.payload.get("anatomy"), p.payload.get("pathology"))
+            for p in catalog.index.scroll("c")
+        }
+
+    labelled = labels()
+    assert labelled["a.png"] == ("hand", ["fracture"]) and labelled["c.dcm"] == ("chest", ["nodule"])
+
+    bare = _ingest(catalog, settings, str(folder))
+    assert (bare["skipped"], bare["relabelled"], bare["labels_kept"]) == (3, 0, 2)
+    assert labels() == labelled
+    assert catalog.index.count("c", SearchFilter(pathology=["fracture"])) == 1
+
+    manifest.write_text("key,anatomy,pathology\na.png,,\n")  # a row with empty labels clears them
+    cleared = _ingest(catalog, settings, str(folder), manifest=manifest)
+    assert (cleared["relabelled"], cleared["labels_kept"]) == (1, 1)
+    assert labels() == {**labelled, "a.png": (None, None)}
+
+    templated = _ingest(catalog, settings, str(folder), path_template="{anatomy}.png")
+    assert (templated["relabelled"], templated["labels_kept"]) == (2, 1)
+    assert labels() == {"a.png": ("a", None), "b.png": ("b", None), "c.dcm": ("chest", ["nodule"])}
+
+
 def test_v1_collection_keeps_its_ids_and_takes_names(
     catalog: Catalog, settings: Settings, tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from core.config import Settings
 from core.index.edge import EdgeIndex
+from radsearch.commands.common import LABELS_KEPT
 from radsearch.commands.main import build_parser, main
 from tests.workers.conftest import use_settings_env
 
@@ -86,6 +87,10 @@ def test_ingest_search_and_list_json(
     assert main([*again, "--json"]) == 0
     second = _last_json(capsys.readouterr().out)
     assert (second["skipped"], second["relabelled"], second["frames_indexed"]) == (8, 0, 0)
+    # a run without the template keeps the labels it gave (the search below still finds MR), and says so
+    assert main(again[:-2]) == 0
+    out = capsys.readouterr().out
+    assert "8 unchanged skipped, 0 relabelled" in out and f"  8 {LABELS_KEPT}" in out
 
     query = folder / "MR" / "cols_1.png"
     assert main(["--data-dir", data, "search", str(query), "--collection", "c", "-k", "3", "--json"]) == 0

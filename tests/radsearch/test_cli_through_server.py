@@ -36,6 +36,7 @@ from core.index.edge import EdgeIndex
 from core.jobs import JobKind, JobSpec
 from core.jobs.memory_store import MemoryJobStore
 from core.jobs.redis_store import open_job_store
+from radsearch.commands.common import LABELS_KEPT
 from radsearch.commands.main import main
 from search_api.backfill_jobs import JobProgress, OwnerJobRunner
 from tests.conftest import free_port, wait_ready
@@ -165,6 +166,7 @@ def test_ingest_through_the_serving_owner_prints_what_direct_ingest_prints(world
         "frames_indexed",
         "skipped",
         "relabelled",
+        "labels_kept",
         "failed",
         "quarantined",
         "errors",
@@ -184,6 +186,10 @@ def test_ingest_through_the_serving_owner_prints_what_direct_ingest_prints(world
     assert (direct.code, served.code) == (0, 0)
     assert _TIMING.sub("", served.out) == _TIMING.sub("", direct.out)
     assert "10 unchanged skipped, 0 relabelled" in served.out and "failed bad.png" in served.out
+    # without the template: the labels it gave stay, and both say so
+    direct, served = _direct(world, *args[:-2]), _served(world, *args[:-2])
+    assert _TIMING.sub("", served.out) == _TIMING.sub("", direct.out)
+    assert f"10 {LABELS_KEPT}" in served.out
 
     # --detach prints the owner's job id; `jobs show` reads the job from the server
     detached = _served(world, *args, "--detach")

@@ -88,6 +88,12 @@ def test_a_manifest_among_the_images_is_read_not_indexed(
         facets = client.get("/v1/collections/local/facets/pathology").json()["counts"]
     assert sorted(p["key"] for p in page) == ["img_0.png", "img_1.png", "img_2.png"]
     assert facets.get("effusion") == 1  # the manifest's label
+    # a worker's run without the manifest keeps the label it gave, and counts it
+    code, job = _run(capsys, "ingest", "archive", "--collection", "local", "--executor", "celery")
+    assert [item["key"] for item in job["failed_items"]] == ["manifest.csv"], job
+    assert (job["counts"]["skipped_unchanged"], job["counts"]["labels_kept"]) == (3, 1), job
+    with server.client() as client:
+        assert client.get("/v1/collections/local/facets/pathology").json()["counts"] == facets
     # A manifest that cannot be read fails the job once, before any batch, naming the manifest.
     for command in ("ingest", "reconcile"):
         executor_args = ["--executor", "celery"] if command == "ingest" else []
