@@ -217,7 +217,7 @@ def _cmd_watch_remote(args: argparse.Namespace, settings: Settings, url: str) ->
         max_object_bytes=settings.ingest.max_object_bytes,
     )
     with ApiClient.from_settings(url, settings) as api:
-        api.ensure_collection(args.collection, {"encoder": args.encoder} if args.encoder else {})
+        api.ensure_collection(args.collection, {"encoder": args.encoder or "baseline"})
     headers = {"X-API-Key": settings.api_key.get_secret_value()} if settings.api_key else {}
     stow = f"{url.rstrip('/')}/v1/dicomweb/studies"
 

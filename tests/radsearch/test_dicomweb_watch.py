@@ -71,6 +71,28 @@ def test_watch_in_process_resumes_from_its_cursor(
         assert catalog.index.count("w") == _frames(files)
 
 
+def test_watch_through_a_server_creates_a_missing_collection(
+    orthanc: Orthanc,  # noqa: F811
+    archive: DemoArchive,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Reproduced first: without --encoder the watcher asked the server to create the collection
+    with no encoder and stopped on "encoder (body): Field required" (the in-process watcher and
+    `ingest` create it with the default encoder)."""
+    settings = Settings(data_dir=tmp_path / "server", runtime=RuntimeSettings(device="cpu", dtype="float32"))
+    first = _files(archive)[:1]
+    orthanc.upload(first[0].read_bytes())
+    with ServedApp(settings) as api:
+        monkeypatch.setenv("RADSEARCH_URL", api.url)
+        argv = ["--data-dir", str(tmp_path / "watcher"), "watch", orthanc.dicomweb, "--collection", "fresh"]
+        assert main([*argv, "--once", "--json"]) == 0, capsys.readouterr().err
+        assert _last_json(capsys.readouterr().out)["delivered"] == 1
+        entry = httpx.get(f"{api.url}/v1/collections/fresh", timeout=30).json()
+    assert (entry["encoder"], entry["points"]) == ("baseline", _frames(first))
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[ServedApp, Settings]]:
     settings = Settings(
