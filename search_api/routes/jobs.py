@@ -152,8 +152,18 @@ def check_dicomweb_source(source: str, settings: Settings) -> None:
     from ingest.sources.dicomweb import parse_dicomweb_uri
 
     allowed = settings.dicomweb.url
-    if not allowed or parse_dicomweb_uri(source).base_url != parse_dicomweb_uri(allowed).base_url:
-        raise UnknownField("source", "a DICOMweb source must be the configured PACS (dicomweb.url)")
+    if not allowed:
+        raise UnknownField(
+            "source",
+            "this server has no PACS configured: a DICOMweb job reads only from the PACS of the "
+            "server's RADSEARCH_DICOMWEB__URL (dicomweb.url); set it and restart the server",
+        )
+    if parse_dicomweb_uri(source).base_url != parse_dicomweb_uri(allowed).base_url:
+        raise UnknownField(
+            "source",
+            "a DICOMweb source must be the PACS this server is configured with "
+            "(RADSEARCH_DICOMWEB__URL, dicomweb.url); selectors (?modality=, ?since=, ?study=) may narrow it",
+        )
 
 
 def _owner(info: ValidationInfo) -> bool:

@@ -108,3 +108,19 @@ def test_a_424_comes_back_to_a_remote_cli_as_weights_unavailable() -> None:
     error = error_for(424, "encoder 'biomedclip': offline and ...", "http://127.0.0.1:8000")
     assert isinstance(error, WeightsUnavailable) and str(error) == "encoder 'biomedclip': offline and ..."
     assert exit_code_for(error) == 2
+
+
+def test_a_dicomweb_job_on_a_server_without_a_pacs_says_which_setting(admin: TestClient) -> None:
+    """Found in the walkthrough: `radsearch ingest dicomweb+http://...` while a server without
+    dicomweb.url serves answered only that the source "must be the configured PACS"."""
+    answer = admin.post(
+        "/v1/ingest-jobs",
+        json={
+            "source": "dicomweb+http://127.0.0.1:8042/dicom-web",
+            "collections": ["c"],
+            "executor": "owner",
+        },
+    )
+    assert answer.status_code == 400 and answer.json()["error"]["field"] == "source", answer.text
+    assert "no PACS configured" in answer.json()["detail"] and "RADSEARCH_DICOMWEB__URL" in answer.text
+    assert "8042" not in answer.text  # the request's URL is not echoed

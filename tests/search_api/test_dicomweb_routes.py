@@ -299,3 +299,4 @@ def test_ingest_job_from_the_configured_pacs_only(setup: Setup) -> None:
         },
     )
     assert refused.status_code == 400 and refused.json()["error"]["field"] == "source", refused.text
+    assert "RADSEARCH_DICOMWEB__URL" in refused.json()["detail"] and "169.254" not in refused.text
