@@ -3,6 +3,7 @@ file (through the API's own query functions, so both modes answer alike)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -220,15 +221,23 @@ def serve_api(
     settings: Settings, host: str, port: int, *, kind: str = "serve", log_level: str = "info"
 ) -> None:
     """Run the HTTP API until stopped, as the owner of the embedded store (``kind``) that
-    advertises its URL: other radsearch processes on this data dir then go through it."""
+    advertises its URL: other radsearch processes on this data dir then go through it. A port
+    that cannot be listened on is a `ConfigError` before the URL is advertised, so that another
+    server's URL is never advertised as this owner's."""
     import uvicorn
 
     from core.ownership import acquire_store
     from search_api.app import create_app
 
     with ExitStack() as owned:
-        if settings.store.backend == "edge":  # a Qdrant server has no owner to be
-            lease = owned.enter_context(acquire_store(settings.index_dir, kind))
+        # A Qdrant server has no owner to be.
+        lease = (
+            owned.enter_context(acquire_store(settings.index_dir, kind))
+            if settings.store.backend == "edge"
+            else None
+        )
+        _check_port(host, port)
+        if lease is not None:
             lease.advertise(f"http://{_url_host(host)}:{port}")
         # No log config of uvicorn's own (log_config=None): its loggers, the access log's line per
         # request among them, go through the root handler, in the format chosen, with the time
@@ -241,6 +250,20 @@ def serve_api(
             access_log=settings.api.access_log,
             log_config=None,
         )
+
+
+def _check_port(host: str, port: int) -> None:
+    """`ConfigError` unless ``host``:``port`` can be bound now (uvicorn binds it again)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                "(another server on that port? choose another with --port)"
+            ) from None
 
 
 def _url_host(host: str) -> str:

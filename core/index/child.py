@@ -20,6 +20,7 @@ import pickle
 import queue
 import selectors
 import shutil
+import signal
 import struct
 import tempfile
 import threading
@@ -146,6 +147,11 @@ def _serve(
     from core.index.edge import EdgeIndex
 
     _name_process("radsearch-" + role.replace("search-replica-", "rep"))  # -index, -rep1
+    # The parent ends this process (its lifeline closes). Ctrl-C, `timeout` or a service manager
+    # signal the whole process group: a store that ended first would fail the searches the parent
+    # still finishes, and be restarted by it as it shuts down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         index = EdgeIndex(root, store)
         listener = Listener(address, family="AF_UNIX", authkey=authkey)
@@ -469,7 +475,7 @@ class IndexProcess:
     def _stop(self, wait_s: float = 60) -> None:
         self._process.join(timeout=wait_s)
         if self._process.is_alive():
-            logger.warning("%s process did not exit; terminating it", self.role)
-            self._process.terminate()
+            logger.warning("%s process did not exit; killing it", self.role)
+            self._process.kill()  # it ignores SIGTERM (`_serve`)
             self._process.join(timeout=10)
         shutil.rmtree(self._dir, ignore_errors=True)

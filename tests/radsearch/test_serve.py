@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ import pytest
 
 from radsearch.commands.main import main
 from tests.conftest import free_port, wait_ready
+from tests.workers.conftest import store_process_ids
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +134,56 @@ def test_the_access_log_is_on_by_default_and_can_be_turned_off(log_format: str, 
     logged = _request_lines({**env, "RADSEARCH_API__ACCESS_LOG": "false"}, tmp_path / "off")
     assert "GET /healthz" not in logged
     assert "Application startup complete" in logged  # the rest of the log is still there
+
+
+def _serve_argv(data: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "radsearch", "--data-dir", str(data), "serve", "--port", str(port)]
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
+
+
+def test_a_taken_port_is_refused_before_the_store_is_advertised(tmp_path: Path) -> None:
+    """Found in the walkthrough: `radsearch serve` on a port another program listened on took the
+    store, advertised that program's URL as the owner's, then uvicorn exited 3 (the code of "the
+    store is owned")."""
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):
+        taken = subprocess.run(
+            _serve_argv(tmp_path / "data", port), env=_clean_env(), capture_output=True, text=True, timeout=60
+        )
+    assert taken.returncode == 2, taken.stderr
+    assert f"radsearch: error: cannot listen on 127.0.0.1:{port}: Address already in use" in taken.stderr
+    assert not (tmp_path / "data" / "index" / "owner.json").exists()
+    # and the store was let go: a command opens it itself
+    assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_to_the_whole_process_group_stops_the_server_cleanly(sig: int, tmp_path: Path) -> None:
+    """Found in the walkthrough: Ctrl-C (or `timeout`, or a service manager) signals the whole
+    process group; the store's process ended first, and the server logged an error and started a
+    new one as it shut down (with SIGTERM, a traceback too). The store's process now ignores those
+    signals and ends when the server lets it go."""
+    port = free_port()
+    proc = subprocess.Popen(
+        _serve_argv(tmp_path / "data", port),
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc=proc)
+        (store,) = store_process_ids(proc.pid)
+        os.killpg(proc.pid, sig)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = output.decode(errors="replace")
+    assert proc.returncode in (0, -sig), log  # uvicorn ends by the signal it shut down on (-15)
+    assert "Finished server process" in log
+    assert "starting a new one" not in log and "Traceback" not in log and "ERROR" not in log, log
+    assert not Path(f"/proc/{store}").exists() or "zombie" in Path(f"/proc/{store}/status").read_text()
