@@ -32,6 +32,7 @@ from core.errors import (
 from radsearch.commands.backup import add_backup_commands
 from radsearch.commands.collections import add_collections_commands
 from radsearch.commands.common import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_RUNTIME_ERROR,
     EXIT_STORE_FULL,
@@ -175,6 +176,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A script reading --json output finds the failure as its last line, too.
             print_json({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}})
         return code
+    except KeyboardInterrupt:
+        # Ctrl-C: what a command wrote stays (ingest batches are idempotent; a run again skips it)
+        _report(args, "radsearch: interrupted; what was already written stays")
+        if getattr(args, "json", False):
+            print_json(
+                {
+                    "error": {
+                        "type": "KeyboardInterrupt",
+                        "message": "interrupted",
+                        "exit_code": EXIT_INTERRUPTED,
+                    }
+                }
+            )
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the CLI's last resort: one line, not a traceback
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         _report(

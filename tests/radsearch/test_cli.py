@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -475,3 +476,38 @@ def test_global_options_are_taken_after_the_command_too(
     assert [c["name"] for c in _last_json(capsys.readouterr().out)["collections"]] == ["c"]
     args = build_parser().parse_args(["search", "q.png", "--collection", "c", "--url", "http://h:1", "-vv"])
     assert (args.url, args.verbose, args.data_dir) == ("http://h:1", 2, None)
+
+
+def test_ctrl_c_during_an_ingest_is_one_line_and_keeps_what_was_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: Ctrl-C in `radsearch ingest` printed a KeyboardInterrupt traceback
+    and the process died by the signal. Now one line and exit 130; a run again goes on."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(2000):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    data = str(tmp_path / "data")
+    argv = [sys.executable, "-m", "radsearch", "--data-dir", data, "ingest", str(folder), "--collection", "c"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stderr is not None
+    seen = b""
+    while b"frames=" not in seen or b"frames=0]" in seen.rsplit(b"\r", 1)[-1]:  # a batch written
+        chunk = proc.stderr.read1(4096)
+        assert chunk, f"the ingest ended first: {seen[-500:]!r}"
+        seen += chunk
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.stderr.read().decode(errors="replace")
+    assert proc.wait(timeout=60) == 130, rest
+    assert "radsearch: interrupted; what was already written stays" in rest
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
+    assert main(["--data-dir", data, "collections", "list", "--json"]) == 0
+    (written,) = [c["points"] for c in _last_json(capsys.readouterr().out)["collections"]]  # type: ignore[index]
+    assert 0 < written < 2000
+    assert main(["--data-dir", data, "ingest", str(folder), "--collection", "c", "--json"]) == 0
+    again = _last_json(capsys.readouterr().out)
+    assert (again["skipped"], again["frames_indexed"]) == (written, 2000 - written)
