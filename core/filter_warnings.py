@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.index.base import VectorIndex
-from core.payload import FILTER_FIELDS, UPPER_CASE_FIELDS, SearchFilter
+from core.payload import FILTER_FIELDS, LOWER_CASE_FIELDS, UPPER_CASE_FIELDS, SearchFilter, match_forms
 
 __all__ = ["FilterWarning", "StoredValues", "filter_warnings"]
 
@@ -52,12 +52,19 @@ class FilterWarning:
 @dataclass
 class _Field:
     values: frozenset[str]
-    folded: frozenset[str]
     read_at: float
 
 
 def _fold(field: str, value: str) -> str:
-    return value.strip().upper() if field in UPPER_CASE_FIELDS else value
+    """A value as suggestions are compared (``CHEST`` is close to ``chest``)."""
+    if field in UPPER_CASE_FIELDS:
+        return value.strip().upper()
+    return value.strip().lower() if field in LOWER_CASE_FIELDS else value
+
+
+def _held(field: str, value: str, stored: frozenset[str]) -> bool:
+    """Whether a filter value matches a stored value, as the stores match it (`match_forms`)."""
+    return any(form in stored for form in match_forms(field, value))
 
 
 class StoredValues:
@@ -83,7 +90,7 @@ class StoredValues:
         # the values only: the engine's approximate counts (1 M points: 0.1 ms against 80-250 ms per
         # field exact, each a stall of the store's one search thread)
         values = frozenset(index.facet(collection, field, limit=MAX_VALUES, exact=False))
-        entry = _Field(values, frozenset(_fold(field, v) for v in values), self._clock())
+        entry = _Field(values, self._clock())
         with self._lock:
             self._cache[(collection, field)] = entry
         return entry
@@ -115,7 +122,7 @@ class StoredValues:
             return True
         return (
             missing is not None
-            and _fold(field, missing) not in entry.folded
+            and not _held(field, missing, entry.values)
             and now - entry.read_at > self.refresh_s
         )
 
@@ -158,7 +165,7 @@ def filter_warnings(
     warnings: list[FilterWarning] = []
     for field, value in _warned_values(search_filter):
         entry = stored.get(index, collection, field, missing=value)
-        if _fold(field, value) not in entry.folded:
+        if not _held(field, value, entry.values):
             warnings.append(_warning(field, value, entry.values))
     return warnings
 

@@ -30,6 +30,7 @@ __all__ = [
     "ID_SCHEMES",
     "image_point_id",
     "keyed_hash",
+    "match_forms",
     "normalise_modality",
     "labels_hash",
     "point_id",
@@ -78,6 +79,20 @@ _LIST_FIELDS = frozenset({"pathology"})
 # Fields whose values are case-insensitive codes, stored and matched upper-case (DICOM's defined
 # terms for Modality: CT, MR, CR, DX, US, ...). Other labels keep the case they were given.
 UPPER_CASE_FIELDS: frozenset[str] = frozenset({"modality"})
+# Labels that ingest stores lower-case (`ingest.labels`): a filter value matches its lower-case form
+# too ("Chest" finds "chest"), and a value written as given through the points API still matches.
+LOWER_CASE_FIELDS: frozenset[str] = frozenset({"anatomy", "pathology", "dataset", "split"})
+
+
+def match_forms(field: str, value: str) -> list[str]:
+    """The stored values a filter value of ``field`` matches: itself; for a modality also its lower-
+    and title-case forms (payloads stored before codes were upper-cased), for a label of
+    `LOWER_CASE_FIELDS` its lower-case form."""
+    if field in UPPER_CASE_FIELDS:
+        return list(dict.fromkeys((value, value.lower(), value.title())))
+    if field in LOWER_CASE_FIELDS:
+        return list(dict.fromkeys((value, value.lower())))
+    return [value]
 
 
 def point_id(source: str, key: str, frame: int) -> str:
@@ -154,7 +169,8 @@ class SearchFilter(BaseModel):
 
     ``modality`` values are upper-cased (as `build_payload` stores them); since collections built
     before that may hold lower- or mixed-case codes, `conditions` also matches a modality's lower-
-    and title-case forms (``MR`` matches stored ``MR``, ``mr`` and ``Mr``).
+    and title-case forms (``MR`` matches stored ``MR``, ``mr`` and ``Mr``), and a label's lower-case
+    form (``Chest`` matches ``chest``, as ingest stores it): `match_forms`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -178,14 +194,12 @@ class SearchFilter(BaseModel):
         return list(dict.fromkeys(normalise_modality(v) for v in values))
 
     def conditions(self) -> list[tuple[str, list[str]]]:
-        """The non-empty (field, any-of values) pairs, as the stores match them (a modality also
-        as its lower- and title-case forms, for payloads stored before codes were upper-cased)."""
-        out: list[tuple[str, list[str]]] = []
-        for name, values in self.fields():
-            if name in UPPER_CASE_FIELDS:
-                values = list(dict.fromkeys(f(v) for v in values for f in (str, str.lower, str.title)))
-            out.append((name, values))
-        return out
+        """The non-empty (field, any-of values) pairs, as the stores match them: each value in
+        its `match_forms`."""
+        return [
+            (name, list(dict.fromkeys(form for v in values for form in match_forms(name, v))))
+            for name, values in self.fields()
+        ]
 
     def fields(self) -> list[tuple[str, list[str]]]:
         """The non-empty (field, any-of values) pairs as given (modality upper-cased); `InvalidFilter`

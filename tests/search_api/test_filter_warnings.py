@@ -1,4 +1,5 @@
-"""Modality codes are matched upper-case; filter values no point holds come back as warnings."""
+"""Modality codes are matched upper-case, labels also lower-case; filter values no point holds come
+back as warnings."""
 
 from __future__ import annotations
 
@@ -42,11 +43,13 @@ def test_payload_and_filter_upper_case_modality_only() -> None:
     search_filter = SearchFilter.from_mapping({"modality": ["mr", "MR", "Ct"], "anatomy": ["Lung"]})
     assert search_filter.modality == ["MR", "CT"]
     assert search_filter.fields() == [("modality", ["MR", "CT"]), ("anatomy", ["Lung"])]
-    # stores match the legacy spellings too; other fields exactly as given
+    # stores match the legacy spellings too, labels also lower-case (as ingest stores them)
     assert search_filter.conditions() == [
         ("modality", ["MR", "mr", "Mr", "CT", "ct", "Ct"]),
-        ("anatomy", ["Lung"]),
+        ("anatomy", ["Lung", "lung"]),
     ]
+    by_key = SearchFilter.from_mapping({"source": ["Archive"], "key": ["a/B.png"]})
+    assert by_key.conditions() == [("source", ["Archive"]), ("key", ["a/B.png"])]  # exactly as given
 
 
 def test_lower_case_modality_filter_matches_upper_case_payloads(client: TestClient, corpus: Corpus) -> None:
@@ -54,6 +57,18 @@ def test_lower_case_modality_filter_matches_upper_case_payloads(client: TestClie
     assert len(body["hits"]) == PER_CLASS
     assert {hit["payload"]["modality"] for hit in body["hits"]} == {"MR"}
     assert body["warnings"] == []
+
+
+def test_capitalised_labels_match_what_ingest_stored_lower_case(client: TestClient, corpus: Corpus) -> None:
+    """Found in the walkthrough: `--anatomy Chest` matched nothing (ingest stores labels lower-case)
+    and warned "closest stored: chest"."""
+    query = corpus.ids("circles")[0]
+    lower = search(client, point_id=query, filter={"anatomy": ["chest"]}, limit=40)
+    capitalised = search(
+        client, point_id=query, filter={"anatomy": ["Chest"], "split": ["TEST", "train"]}, limit=40
+    )
+    assert lower["hits"] and capitalised["hits"] == lower["hits"]
+    assert capitalised["warnings"] == []
 
 
 def test_unmatched_value_warns_with_the_closest_stored_values(client: TestClient, corpus: Corpus) -> None:
