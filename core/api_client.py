@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -18,6 +19,7 @@ from core.errors import (
     CollectionNotFound,
     ConfigError,
     RadsearchError,
+    ServerGone,
     ServerUnavailable,
     StoreFull,
     WeightsUnavailable,
@@ -90,6 +92,10 @@ class ApiClient:
     ``store_restart_wait_s``: how long a request answered 503 ``store_unavailable`` (the server is
     replacing its store process, seconds) is sent again, after each answer's ``Retry-After``; 0
     raises `ServerUnavailable` at once (workers: Celery retries the task).
+
+    ``serves``: whether the server is still there to wait for, asked while it does not accept
+    connections (a data dir's owner that advertised its URL may still be starting); once it says
+    no before the server answered anything, a request raises `ServerGone` at once.
     """
 
     def __init__(
@@ -99,11 +105,14 @@ class ApiClient:
         api_key: str | None = None,
         timeout_s: float | None = 120.0,
         store_restart_wait_s: float = 0.0,
+        serves: Callable[[], bool] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
         self._store_restart_wait_s = store_restart_wait_s
+        self._serves = serves
+        self._answered = False
 
     @classmethod
     def from_settings(
@@ -113,10 +122,17 @@ class ApiClient:
         *,
         timeout_s: float | None = 120.0,
         store_restart_wait_s: float = 0.0,
+        serves: Callable[[], bool] | None = None,
     ) -> ApiClient:
         """A client of ``url`` with the key in ``settings`` (``RADSEARCH_API_KEY``), if any."""
         api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-        return cls(url, api_key=api_key, timeout_s=timeout_s, store_restart_wait_s=store_restart_wait_s)
+        return cls(
+            url,
+            api_key=api_key,
+            timeout_s=timeout_s,
+            store_restart_wait_s=store_restart_wait_s,
+            serves=serves,
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one request; the parsed JSON answer (None when empty), or the typed error."""
@@ -142,8 +158,10 @@ class ApiClient:
         deadline = time.monotonic() + _CONNECT_GRACE_S
         while True:
             try:
-                return self._http.request(method, path, **kwargs)
+                response = self._http.request(method, path, **kwargs)
             except httpx.ConnectError as exc:
+                if not self._answered and self._serves is not None and not self._serves():
+                    raise ServerGone(f"the radsearch server at {self.url} has stopped") from exc
                 if time.monotonic() > deadline:
                     raise ServerUnavailable(f"cannot reach the radsearch server at {self.url}") from exc
                 time.sleep(0.2)
@@ -151,6 +169,9 @@ class ApiClient:
                 raise ServerUnavailable(
                     f"the radsearch server at {self.url} did not answer: {type(exc).__name__}"
                 ) from exc
+            else:
+                self._answered = True
+                return response
 
     def ensure_collection(self, name: str, spec: dict[str, Any]) -> None:
         """Create the collection ``name`` (``POST /v1/collections`` with ``spec``: encoder,

@@ -102,6 +102,11 @@ class ServerUnavailable(SourceError):
     """A radsearch server (the store's owner, or ``--url``) cannot be reached right now."""
 
 
+class ServerGone(ServerUnavailable):
+    """The data dir's serving owner, which a command was sent to, stopped before it answered
+    anything: nothing was done there, and the store is free for the command to run where it is."""
+
+
 class UpstreamUnreachable(SourceError):
     """A service radsearch depends on (the S3 endpoint holding model weights) does not answer;
     the message names the endpoint. Not the caller's fault, and worth retrying later."""

@@ -25,6 +25,7 @@ from core.errors import (
     EncoderError,
     IndexStoreError,
     RadsearchError,
+    ServerGone,
     StoreFull,
     StoreOwned,
     WeightsUnavailable,
@@ -163,8 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_selectors(args)
         url = remote_url(args, settings)
         if url:
-            remote_code: int = args.remote_handler(args, settings, url)
-            return remote_code
+            try:
+                remote_code: int = args.remote_handler(args, settings, url)
+                return remote_code
+            except ServerGone:  # stopped before it did anything: the store is free here
+                print(f"radsearch: the server at {url} has stopped; running here", file=sys.stderr)
         code: int = args.handler(args, settings)
         return code
     except RadsearchError as exc:

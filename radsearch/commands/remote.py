@@ -96,11 +96,23 @@ def remote_url(args: argparse.Namespace, settings: Settings) -> str | None:
 
 def client(settings: Settings, url: str, **options: Any) -> ApiClient:
     """An API client for the server at ``url`` (``timeout_s=None``: no client-side limit). While
-    the server replaces its store process (seconds) a command waits, up to `STORE_RESTART_WAIT_S`."""
+    the server replaces its store process (seconds) a command waits, up to `STORE_RESTART_WAIT_S`.
+    A data dir's owner that stops before it answered raises `ServerGone` (the command then runs
+    here: `radsearch.commands.main`), not after a wait for it."""
     from core.api_client import ApiClient
 
     options.setdefault("store_restart_wait_s", STORE_RESTART_WAIT_S)
+    if not settings.url:
+        options.setdefault("serves", lambda: _owner_serves(settings, url))
     return ApiClient.from_settings(url, settings, **options)
+
+
+def _owner_serves(settings: Settings, url: str) -> bool:
+    """Whether the data dir's owner is still the server at ``url``."""
+    from core.ownership import current_owner
+
+    owner = current_owner(settings.index_dir)
+    return owner is not None and owner.url == url
 
 
 def segment(name: str) -> str:

@@ -120,3 +120,44 @@ def test_every_command_is_refused_while_an_ingest_owns_the_store(
     assert main(["--data-dir", str(data), "collections", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [(c["name"], c["points"]) for c in listed["collections"]] == [("chest", N_IMAGES)]
+
+
+# Owns the data dir's store (argv[1]) as a server advertising argv[2] that never answers, then
+# stops after argv[3] seconds: a `radsearch serve` caught while it shuts down.
+_STOPPING_SERVER = """
+import sys, time
+from pathlib import Path
+from core.ownership import acquire_store
+with acquire_store(Path(sys.argv[1]), "serve") as lease:
+    lease.advertise(sys.argv[2])
+    print("owned", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def test_a_command_sent_to_a_server_that_stops_runs_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: a command run while `radsearch serve` shut down waited 15 s for it
+    and failed with "cannot reach the radsearch server", although the store was free after 0.2 s."""
+    from tests.conftest import free_port
+
+    for name in [k for k in os.environ if k.startswith("RADSEARCH_")]:
+        monkeypatch.delenv(name)
+    settings = Settings(data_dir=tmp_path / "data")
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-c", _STOPPING_SERVER, str(settings.index_dir), url, "1.5"]
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "owned"
+        started = time.monotonic()
+        code = main(["--data-dir", str(settings.data_dir), "collections", "list", "--json"])
+        elapsed = time.monotonic() - started
+    finally:
+        server.kill()
+        server.wait()
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1]) == {"collections": []}
+    assert f"radsearch: the server at {url} has stopped; running here" in captured.err
+    assert elapsed < 10, elapsed
