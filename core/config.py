@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -296,16 +296,40 @@ class SecuritySettings(BaseModel):
     oidc: OidcSettings | None = None
 
     def key_entries(self) -> list[ApiKeyEntry]:
-        """Configured keys plus those of ``api_keys_file``."""
+        """Configured keys plus those of ``api_keys_file``; `ConfigError` naming the file and what
+        is wrong with it (an entry by its position and field, never a value)."""
         entries = list(self.api_keys)
         if self.api_keys_file is not None:
-            raw: Any = json.loads(self.api_keys_file.read_text(encoding="utf-8"))
-            entries.extend(ApiKeyEntry.model_validate(item) for item in raw)
+            entries.extend(_read_key_file(self.api_keys_file))
         return entries
 
     @property
     def auth_configured(self) -> bool:
         return bool(self.api_keys) or self.api_keys_file is not None or self.oidc is not None
+
+
+def _read_key_file(path: Path) -> list[ApiKeyEntry]:
+    where = f"RADSEARCH_SECURITY__API_KEYS_FILE ({path})"
+    try:
+        raw: Any = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        line = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ConfigError(f"{where}: not JSON{line}") from None
+    if not isinstance(raw, list):
+        raise ConfigError(f'{where}: must hold a JSON list of {{"name", "role", "sha256"}} entries')
+    entries = []
+    for position, item in enumerate(raw, start=1):
+        try:
+            entries.append(ApiKeyEntry.model_validate(item))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'entry'}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise ConfigError(f"{where}: entry {position}: {problems}") from None
+    return entries
 
 
 class ApiSettings(BaseModel):

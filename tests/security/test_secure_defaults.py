@@ -87,6 +87,41 @@ def test_keys_file_and_hashed_storage(tmp_path: Path, secured: SecuredApp) -> No
     assert not any(key in dumped for key in ("rs_test-reader", "rs_test-admin", "rs_test-ingest"))
 
 
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "cannot read it: No such file or directory"),
+        ('[{"name": ', "not JSON (line 1)"),
+        ('{"name": "ops"}', 'must hold a JSON list of {"name", "role", "sha256"} entries'),
+        (
+            json.dumps(
+                [
+                    {"name": "ops", "role": "admin", "sha256": "0" * 64},
+                    {"name": "x", "role": "god", "sha256": "rs_secret"},
+                ]
+            ),
+            "entry 2: role: Input should be",
+        ),
+    ],
+    ids=["missing", "not-json", "not-a-list", "bad-entry"],
+)
+def test_a_bad_keys_file_is_a_usage_error_naming_it(
+    content: str | None, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: a missing or malformed RADSEARCH_SECURITY__API_KEYS_FILE stopped
+    `radsearch serve` with "unexpected error: FileNotFoundError" or "ValidationError: 2 validation
+    errors for ApiKeyEntry"."""
+    keys_file = tmp_path / "keys.json"
+    if content is not None:
+        keys_file.write_text(content)
+    security = SecuritySettings(hash_key=SecretStr("x"), api_keys_file=keys_file)
+    with pytest.raises(ConfigError) as refused:
+        security.key_entries()
+    message = str(refused.value)
+    assert message.startswith(f"RADSEARCH_SECURITY__API_KEYS_FILE ({keys_file}): ") and says in message
+    assert "rs_secret" not in message  # no value of the file is echoed
+
+
 def test_security_configuration_line(secured: SecuredApp) -> None:
     """T14, for what this service controls itself (Qdrant/MinIO/Redis settings live in infra/)."""
     settings = secured.settings
