@@ -14,6 +14,7 @@ import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -442,6 +443,26 @@ class DicomwebSettings(BaseModel):
     #: Fernet key (urlsafe base64 of 32 bytes) of the re-identification table; generated once per
     #: data dir (``<data_dir>/reid.key``) if unset.
     reid_key: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _dicomweb_url(cls, value: str | None) -> str | None:
+        """Checked at start-up, not at a client's first search by UID (which would get the 400)."""
+        if value is None:
+            return None
+        if not value.startswith(("dicomweb+http://", "dicomweb+https://")):
+            raise ValueError(
+                "must start with dicomweb+http:// or dicomweb+https:// (dicomweb+http://pacs:8042/dicom-web)"
+            )
+        parts = urlsplit(value.removeprefix("dicomweb+"))
+        if parts.username or parts.password:
+            raise ValueError(
+                "must not hold credentials: set RADSEARCH_DICOMWEB__USERNAME and __PASSWORD, "
+                "or __BEARER_TOKEN"
+            )
+        if not parts.hostname:
+            raise ValueError("needs a host: dicomweb+http://HOST[:PORT]/PREFIX")
+        return value
 
 
 class Settings(BaseSettings):

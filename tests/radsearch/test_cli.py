@@ -192,6 +192,25 @@ def test_an_invalid_setting_names_its_variable_and_rule_never_its_value(
     assert "-7" not in err and "secret" not in err and "unexpected" not in err
 
 
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("http://pacs.example:8042/dicom-web", "must start with dicomweb+http://"),
+        ("dicomweb+http://user:hunter2@pacs.example/dicom-web", "must not hold credentials"),
+    ],
+)
+def test_a_pacs_url_is_checked_at_start_up(
+    url: str, rule: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: a PACS URL without the dicomweb+ prefix was taken, and each search
+    by UID then answered the client 400 "a DICOMweb source starts with dicomweb+http://"."""
+    monkeypatch.setenv("RADSEARCH_DICOMWEB__URL", url)
+    assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("radsearch: error: invalid setting: RADSEARCH_DICOMWEB__URL: ") and rule in err
+    assert "pacs.example" not in err and "hunter2" not in err
+
+
 def test_a_replaced_setting_is_refused_naming_its_successor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
