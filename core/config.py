@@ -195,6 +195,16 @@ class S3Settings(BaseModel):
     secure: bool = False
     region: str | None = None
 
+    @field_validator("endpoint")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        """``host:port`` as the S3 client takes it; a URL is refused at start-up, naming the form."""
+        if "://" in value or "/" in value:
+            raise ValueError(
+                "give host:port without a scheme or path (minio:9000); RADSEARCH_S3__SECURE=true for https"
+            )
+        return value
+
 
 class RedisSettings(BaseModel):
     url: str = "redis://127.0.0.1:6379/0"
