@@ -209,6 +209,14 @@ class S3Settings(BaseModel):
 class RedisSettings(BaseModel):
     url: str = "redis://127.0.0.1:6379/0"
 
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        """Checked at start-up: Celery would take a URL without one for a transport module's name."""
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix:// (redis://127.0.0.1:6379/0)")
+        return value
+
 
 class RuntimeSettings(BaseModel):
     """Which device and dtype encoders run on. ``auto`` picks CUDA when present, and bf16 on CPUs

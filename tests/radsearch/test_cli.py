@@ -211,15 +211,34 @@ def test_a_pacs_url_is_checked_at_start_up(
     assert "pacs.example" not in err and "hunter2" not in err
 
 
-def test_an_s3_endpoint_given_as_a_url_is_refused_naming_the_form(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("variable", "value", "argv", "rule"),
+    [
+        (
+            "S3__ENDPOINT",
+            "http://127.0.0.1:9000",
+            ["ingest", "s3://raw/x/", "--collection", "c"],
+            "give host:port",
+        ),
+        ("REDIS__URL", "127.0.0.1:6379", ["jobs", "list"], "must start with redis://, rediss:// or unix://"),
+    ],
+)
+def test_an_endpoint_in_the_wrong_form_is_refused_naming_the_form(
+    variable: str,
+    value: str,
+    argv: list[str],
+    rule: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Found in the walkthrough: RADSEARCH_S3__ENDPOINT=http://host:9000 ended an ingest with
-    "unexpected error: ValueError: path in endpoint is not allowed"."""
-    monkeypatch.setenv("RADSEARCH_S3__ENDPOINT", "http://127.0.0.1:9000")
-    assert main(["--data-dir", str(tmp_path / "data"), "ingest", "s3://raw/x/", "--collection", "c"]) == 2
+    "unexpected error: ValueError: path in endpoint is not allowed"; a Redis URL without its
+    scheme, `jobs list` with "unexpected error: ValueError" and `radsearch worker` with a traceback."""
+    monkeypatch.setenv(f"RADSEARCH_{variable}", value)
+    assert main(["--data-dir", str(tmp_path / "data"), *argv]) == 2
     err = capsys.readouterr().err
-    assert "invalid setting: RADSEARCH_S3__ENDPOINT: Value error, give host:port without a scheme" in err
+    assert f"invalid setting: RADSEARCH_{variable}: Value error, {rule}" in err
 
 
 def test_a_replaced_setting_is_refused_naming_its_successor(
