@@ -512,6 +512,14 @@ class Settings(BaseSettings):
     events: EventSettings = Field(default_factory=EventSettings)
     dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
 
+    @field_validator("data_dir")
+    @classmethod
+    def _a_folder(cls, value: Path) -> Path:
+        """A data dir that is a file is refused here, not by the first command that writes into it."""
+        if value.exists() and not value.is_dir():
+            raise ValueError("is a file, not a folder (the data dir: --data-dir or RADSEARCH_DATA_DIR)")
+        return value
+
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "index"

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from core.errors import StoreOwned
+from core.errors import ConfigError, StoreOwned
 
 __all__ = ["OwnerRecord", "StoreLease", "acquire_store", "current_owner"]
 
@@ -197,7 +197,13 @@ def acquire_store(index_dir: Path, kind: str) -> StoreLease:
 
     Call before any engine call on the store: open, create, drop, alias or catalog write."""
     directory = Path(index_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the store's folder {directory}: {exc.strerror or exc} "
+            "(the data dir is --data-dir or RADSEARCH_DATA_DIR, default ./data)"
+        ) from None
     key = _key(directory)
     with _held_lock:
         held = _held.get(key)

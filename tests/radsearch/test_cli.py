@@ -241,6 +241,24 @@ def test_an_endpoint_in_the_wrong_form_is_refused_naming_the_form(
     assert f"invalid setting: RADSEARCH_{variable}: Value error, {rule}" in err
 
 
+@pytest.mark.parametrize("command", [["collections", "list"], ["demo", "--no-serve"], ["serve"]])
+def test_a_data_dir_that_cannot_be_one_is_a_usage_error(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: a data dir that is a file, or under a folder that cannot be created,
+    ended commands with "unexpected error: NotADirectoryError" (or FileNotFoundError)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert main(["--data-dir", str(a_file), *command]) == 2
+    assert (
+        "invalid setting: RADSEARCH_DATA_DIR: Value error, is a file, not a folder" in capsys.readouterr().err
+    )
+    if command[0] != "demo":  # the demo writes its archive first
+        assert main(["--data-dir", str(a_file / "under"), *command]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot create the store's folder {a_file / 'under' / 'index'}: Not a directory" in err
+
+
 def test_a_replaced_setting_is_refused_naming_its_successor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
