@@ -370,19 +370,19 @@ def test_missing_weights_fail_in_one_line_within_seconds(tmp_path: Path) -> None
 
 
 def test_unexpected_errors_are_one_line_and_v_shows_the_traceback(tmp_path: Path) -> None:
-    not_a_dir = tmp_path / "a-file"
-    not_a_dir.write_text("")
-    argv = ("--data-dir", str(not_a_dir), "collections", "list")
+    damaged = tmp_path / "data"
+    (damaged / "index" / "owner.lock").mkdir(parents=True)  # a store folder damaged by hand
+    argv = ("--data-dir", str(damaged), "collections", "list")
     done, _ = _run_cli(tmp_path, *argv)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     [line] = done.stderr.splitlines()
-    assert line.startswith("radsearch: unexpected error: NotADirectoryError: ")
+    assert line.startswith("radsearch: unexpected error: IsADirectoryError: ")
     assert line.endswith(" (run with -v for the traceback)")
     verbose, _ = _run_cli(tmp_path, "-v", *argv)
     assert verbose.returncode == 1
     assert verbose.stderr.startswith("Traceback (most recent call last):")
-    assert verbose.stderr.splitlines()[-1].startswith("radsearch: unexpected error: NotADirectoryError: ")
+    assert verbose.stderr.splitlines()[-1].startswith("radsearch: unexpected error: IsADirectoryError: ")
 
 
 def test_ingest_with_an_encoder_whose_weights_are_missing_fails_fast(
