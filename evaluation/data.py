@@ -355,10 +355,29 @@ def _read_ids(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def _load_npy(path: Path) -> NDArray[Any]:
+    """A ``.npy`` array, memory-mapped; `EvalInputError` naming the file when it is not one."""
+    try:
+        array: NDArray[Any] = np.load(path, mmap_mode="r")  # never pickles: allow_pickle is off
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or "not a NumPy .npy array of numbers"
+        raise EvalInputError(f"{path}: cannot read the embeddings: {reason}") from None
+    return array
+
+
+def _open_h5(h5py: Any, path: Path) -> Any:
+    """An HDF5 file opened for reading; `EvalInputError` naming the file when it is not one."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        reason = exc.strerror or "not an HDF5 file"
+        raise EvalInputError(f"{path}: cannot read the embeddings: {reason}") from None
+
+
 def _vectors_from_npy(
     paths: Sequence[Path], ids_path: Path | None, wanted: Sequence[str], csv_order: Sequence[str]
 ) -> tuple[Vectors, list[bool]]:
-    arrays = [np.load(p, mmap_mode="r") for p in paths]
+    arrays = [_load_npy(p) for p in paths]
     for p, a in zip(paths, arrays, strict=True):
         if a.ndim != 2:
             raise EvalInputError(f"{p}: expected a 2-D [n, dim] array, got shape {a.shape}")
@@ -379,8 +398,9 @@ def _vectors_from_h5(paths: Sequence[Path], wanted: Sequence[str]) -> tuple[Vect
         import h5py
     except ImportError as exc:  # pragma: no cover - h5py is a dev extra
         raise EvalInputError("reading .h5 embeddings needs h5py (pip install h5py)") from exc
-    files = [h5py.File(p, "r") for p in paths]
+    files: list[Any] = []
     try:
+        files.extend(_open_h5(h5py, p) for p in paths)
         found: list[bool] = []
         out: NDArray[np.float32] | None = None
         filled = 0

@@ -173,6 +173,39 @@ def test_cli_files_mode_json(index: VectorIndex, demo_settings: Settings, tmp_pa
     assert set(result["micro"]) == set(KS)
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("e.h5", b"not hdf5", "not an HDF5 file"),
+        ("e.npy", None, "not a NumPy .npy array of numbers"),  # an object array: loading it would unpickle
+    ],
+)
+def test_embeddings_that_cannot_be_read_are_a_usage_error_naming_the_file(
+    name: str, content: bytes | None, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: a file that is not HDF5 or a numeric .npy ended `radsearch eval`
+    with "unexpected error: OSError: Unable to synchronously open file" (or a ValueError about
+    pickled data)."""
+    embeddings = tmp_path / name
+    if content is None:
+        np.save(embeddings, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        embeddings.write_bytes(content)
+    labels = tmp_path / "l.csv"
+    labels.write_text("filepath,dataset,split,modality,anatomic_region,normal\nx.png,d,train,CT,chest,1\n")
+    argv = [
+        "--data-dir",
+        str(tmp_path / "data"),
+        "eval",
+        "--embeddings",
+        str(embeddings),
+        "--labels",
+        str(labels),
+    ]
+    assert main(argv) == 2
+    assert f"radsearch: error: {embeddings}: cannot read the embeddings: {reason}" in capsys.readouterr().err
+
+
 def test_exclusion_agrees_between_collection_and_files(demo_settings: Settings, tmp_path: Path) -> None:
     """Leave-one-patient-out through the store's search path equals the in-memory exact one."""
     rng = np.random.default_rng(3)
