@@ -287,7 +287,12 @@ def _row_label(values: list[str], names: list[str], where: str) -> str:
             if p in values:
                 return names[values.index(p)]
     # Slow path for unusual spellings ("1e0", " 1"); zero or several positives is an error.
-    found = [names[i] for i, v in enumerate(values) if v.strip() and float(v) != 0.0]
+    try:
+        found = [names[i] for i, v in enumerate(values) if v.strip() and float(v) != 0.0]
+    except ValueError:
+        raise EvalInputError(
+            f"{where}: label columns hold numbers (1 for the image's label, else 0)"
+        ) from None
     if len(found) != 1:
         raise EvalInputError(
             f"{where}: expected exactly one positive label column, found {len(found)}: {found[:5]}"
@@ -306,49 +311,71 @@ def read_labels_csv(
     rows: list[_CsvRow] = []
     used_group: str | None = group_column
     for path in paths:
-        with path.open(newline="") as fh:
-            reader = csv.reader(fh)
-            try:
-                header = next(reader)
-            except StopIteration:
-                raise EvalInputError(f"{path}: empty CSV") from None
-            if tuple(header[:5]) != CSV_FIXED_COLUMNS:
-                raise EvalInputError(
-                    f"{path}: the first columns must be {', '.join(CSV_FIXED_COLUMNS)}; got {header[:5]}"
+        try:
+            file_rows, used_group = _read_labels_file(path, group_column, group_candidates, used_group)
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            reason = getattr(exc, "strerror", None) or "not a UTF-8 CSV file"
+            raise EvalInputError(f"{path}: cannot read the labels: {reason}") from None
+        rows.extend(file_rows)
+    return rows, used_group
+
+
+def _read_labels_file(
+    path: Path, group_column: str | None, group_candidates: Sequence[str], used_group: str | None
+) -> tuple[list[_CsvRow], str | None]:
+    rows: list[_CsvRow] = []
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise EvalInputError(f"{path}: empty CSV") from None
+        if tuple(header[:5]) != CSV_FIXED_COLUMNS:
+            raise EvalInputError(
+                f"{path}: the first columns must be {', '.join(CSV_FIXED_COLUMNS)}; got {header[:5]}"
+            )
+        if group_column is None and group_candidates and used_group is None:
+            used_group = next((c for c in group_candidates if c in header), None)
+        if used_group is not None and used_group not in header:
+            raise EvalInputError(f"{path}: no column {used_group!r} to group by")
+        extra = {c for c in (*CSV_GROUP_COLUMNS["patient"], *CSV_GROUP_COLUMNS["study"], used_group) if c}
+        label_cols = [i for i, name in enumerate(header) if i >= 5 and name not in extra]
+        if not label_cols:
+            raise EvalInputError(f"{path}: no label columns after {', '.join(CSV_FIXED_COLUMNS)}")
+        names = [header[i] for i in label_cols]
+        group_at = header.index(used_group) if used_group is not None else None
+        first, last = label_cols[0], label_cols[-1] + 1
+        contiguous = label_cols == list(range(first, last))
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) < 5 or (group_at is not None and len(row) <= group_at):
+                raise EvalInputError(f"{path}:{line}: {len(row)} columns, fewer than the header names")
+            values = row[first:last] if contiguous else [row[i] if i < len(row) else "" for i in label_cols]
+            label = _row_label(values, names, f"{path}:{line}")
+            group = row[group_at].strip() if group_at is not None else ""
+            rows.append(
+                _CsvRow(
+                    record=Record(
+                        id=row[0], label=label, modality=row[3], region=row[4], group=group or None
+                    ),
+                    split=row[2],
                 )
-            if group_column is None and group_candidates and used_group is None:
-                used_group = next((c for c in group_candidates if c in header), None)
-            if used_group is not None and used_group not in header:
-                raise EvalInputError(f"{path}: no column {used_group!r} to group by")
-            extra = {c for c in (*CSV_GROUP_COLUMNS["patient"], *CSV_GROUP_COLUMNS["study"], used_group) if c}
-            label_cols = [i for i, name in enumerate(header) if i >= 5 and name not in extra]
-            if not label_cols:
-                raise EvalInputError(f"{path}: no label columns after {', '.join(CSV_FIXED_COLUMNS)}")
-            names = [header[i] for i in label_cols]
-            group_at = header.index(used_group) if used_group is not None else None
-            first, last = label_cols[0], label_cols[-1] + 1
-            contiguous = label_cols == list(range(first, last))
-            for line, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                values = row[first:last] if contiguous else [row[i] for i in label_cols]
-                label = _row_label(values, names, f"{path}:{line}")
-                group = row[group_at].strip() if group_at is not None else ""
-                rows.append(
-                    _CsvRow(
-                        record=Record(
-                            id=row[0], label=label, modality=row[3], region=row[4], group=group or None
-                        ),
-                        split=row[2],
-                    )
-                )
+            )
     return rows, used_group
 
 
 def _read_ids(path: Path) -> list[str]:
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not a UTF-8 text file"
+        raise EvalInputError(f"{path}: cannot read the ids: {reason}") from None
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise EvalInputError(f"{path}: not JSON (line {exc.lineno})") from None
         if not isinstance(data, list):
             raise EvalInputError(f"{path}: expected a JSON list of file paths")
         return [str(v) for v in data]

@@ -206,6 +206,48 @@ def test_embeddings_that_cannot_be_read_are_a_usage_error_naming_the_file(
     assert f"radsearch: error: {embeddings}: cannot read the embeddings: {reason}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("labels", "ids", "says"),
+    [
+        (None, None, "l.csv: cannot read the labels: No such file or directory"),
+        (b"\xfa\xfb", None, "l.csv: cannot read the labels: not a UTF-8 CSV file"),
+        (
+            b"filepath,dataset,split,modality,anatomic_region,a\nx.png,d,train,CT,chest,yes\n",
+            None,
+            "l.csv:2: label columns hold numbers",
+        ),
+        (
+            b"filepath,dataset,split,modality,anatomic_region,a\nx.png,d\n",
+            None,
+            "l.csv:2: 2 columns, fewer than the header names",
+        ),
+        (
+            b"filepath,dataset,split,modality,anatomic_region,a\nx.png,d,train,CT,chest,1\n",
+            b"[1",
+            "ids.json: not JSON (line 1)",
+        ),
+    ],
+    ids=["missing", "not-utf8", "not-a-number", "short-row", "ids-not-json"],
+)
+def test_labels_and_ids_that_cannot_be_read_are_a_usage_error_naming_the_file(
+    labels: bytes | None, ids: bytes | None, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: a missing or binary labels CSV, a label "yes", a short row or an
+    ids file that is not JSON ended `radsearch eval` with "unexpected error: ..."."""
+    embeddings = tmp_path / "e.npy"
+    np.save(embeddings, np.ones((1, 4), dtype=np.float32))
+    argv = ["--data-dir", str(tmp_path / "data"), "eval", "--embeddings", str(embeddings)]
+    argv += ["--labels", str(tmp_path / "l.csv")]
+    if labels is not None:
+        (tmp_path / "l.csv").write_bytes(labels)
+    if ids is not None:
+        (tmp_path / "ids.json").write_bytes(ids)
+        argv += ["--ids", str(tmp_path / "ids.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"radsearch: error: {tmp_path}/{says}" in err and "unexpected" not in err
+
+
 def test_exclusion_agrees_between_collection_and_files(demo_settings: Settings, tmp_path: Path) -> None:
     """Leave-one-patient-out through the store's search path equals the in-memory exact one."""
     rng = np.random.default_rng(3)
