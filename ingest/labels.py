@@ -107,6 +107,8 @@ def load_manifest(path: Path) -> dict[str, dict[str, Any]]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"cannot read manifest {str(path)!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"manifest {path.name}: not UTF-8 text (a CSV or JSONL file)") from None
     return parse_manifest(text, name=path.name)
 
 

@@ -59,6 +59,9 @@ def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
         parse_manifest('{"key": "a"}\n{not json}\n')
     with pytest.raises(ConfigError, match="cannot read manifest"):
         load_manifest(tmp_path / "missing.csv")
+    (tmp_path / "labels.xlsx").write_bytes(b"PK\x03\x04\xfa\xfb")  # found in the walkthrough: a traceback
+    with pytest.raises(ConfigError, match="manifest labels.xlsx: not UTF-8 text"):
+        load_manifest(tmp_path / "labels.xlsx")
 
 
 def test_precedence_manifest_over_template_over_metadata_over_dicom() -> None:
