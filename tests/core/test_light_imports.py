@@ -82,7 +82,7 @@ print(json.dumps({{"modules": modules, "frames": frames, "heavy": [m for m in he
 )
 
 _API_CHECK = """
-import json, sys
+import json, sys, time
 from pathlib import Path
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -96,6 +96,9 @@ seen = {{}}
 try:
     with TestClient(create_app(settings, index=index)) as client:
         seen["create_app"] = [m for m in heavy if m in sys.modules]
+        deadline = time.monotonic() + 60  # collections open in the background (slower under load)
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
         for method, path, body in {requests}:
             answer = client.request(method, path, json=body)
             assert answer.status_code == 200, (path, answer.status_code, answer.text[:300])
