@@ -6,12 +6,10 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
-
 from core.catalog import Catalog
 from core.encoders.registry import resolve_spec
 from core.encoders.spec import EncoderSpec
-from core.errors import CollectionExists, CollectionNotFound, ConfigError
+from core.errors import CollectionExists, CollectionNotFound
 from search_api.schemas import CollectionCreate, CollectionDetailPublic
 
 __all__ = ["collection_detail", "create_collection", "ensure_collections", "spec_from"]
@@ -19,12 +17,7 @@ __all__ = ["collection_detail", "create_collection", "ensure_collections", "spec
 
 def spec_from(body: CollectionCreate) -> EncoderSpec:
     """The request's encoder spec; `ConfigError` naming each invalid field of a full spec."""
-    try:
-        spec = resolve_spec(body.encoder)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid encoder spec: {problems}") from None
-    return spec.with_weights(body.weights)
+    return resolve_spec(body.encoder).with_weights(body.weights)
 
 
 def create_collection(*, catalog: Catalog, body: CollectionCreate) -> CollectionDetailPublic:

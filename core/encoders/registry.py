@@ -10,10 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydantic import ValidationError
+
 from core.config import Settings
 from core.encoders.base import Encoder
 from core.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, EncoderFamily, EncoderSpec
-from core.errors import EncoderNotFound
+from core.errors import ConfigError, EncoderNotFound
 
 if TYPE_CHECKING:
     import torch
@@ -267,7 +269,11 @@ def resolve_spec(value: str | dict[str, Any] | EncoderSpec) -> EncoderSpec:
         return value
     if isinstance(value, str):
         return get_spec(value)
-    return EncoderSpec.model_validate(value)
+    try:
+        return EncoderSpec.model_validate(value)
+    except ValidationError as exc:  # each field by name and rule, never the value given
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid encoder spec: {problems}") from None
 
 
 def load_encoder(spec: EncoderSpec, settings: Settings, *, weights: str | None = None) -> Encoder:

@@ -32,8 +32,12 @@ __all__ = [
 def encoder_arg(value: str) -> str | dict[str, Any]:
     """A registry name, or a full spec as inline JSON or ``@file.json``."""
     if value.startswith("@"):
-        with open(value[1:], encoding="utf-8") as handle:
-            loaded: dict[str, Any] = json.load(handle)
+        try:
+            with open(value[1:], encoding="utf-8") as handle:
+                loaded: dict[str, Any] = json.load(handle)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise ConfigError(f"cannot read the encoder spec {value[1:]}: {reason}") from None
         return loaded
     if value.lstrip().startswith("{"):
         parsed: dict[str, Any] = json.loads(value)
@@ -60,15 +64,13 @@ def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
-    from pydantic import ValidationError
-
     from core.encoders.registry import resolve_spec
     from radsearch.services import open_catalog
 
     try:
         spec = resolve_spec(encoder_arg(args.encoder)).with_weights(args.weights)
-    except (ValidationError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"invalid encoder spec: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid encoder spec: not JSON (line {exc.lineno}, column {exc.colno})") from None
     with open_catalog(settings) as catalog:
         entry = catalog.create(
             args.name, spec, quantization=args.quantization, on_disk=args.on_disk, probe=True

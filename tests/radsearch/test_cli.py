@@ -259,6 +259,27 @@ def test_a_data_dir_that_cannot_be_one_is_a_usage_error(
         assert f"cannot create the store's folder {a_file / 'under' / 'index'}: Not a directory" in err
 
 
+def test_an_encoder_spec_file_that_cannot_be_used_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: `--encoder @missing.json` ended with "unexpected error:
+    FileNotFoundError", and a spec missing fields printed pydantic's report with its input."""
+    data = str(tmp_path / "data")
+    assert (
+        main(["--data-dir", data, "collections", "create", "c", "--encoder", f"@{tmp_path}/missing.json"])
+        == 2
+    )
+    assert f"cannot read the encoder spec {tmp_path}/missing.json: No such file" in capsys.readouterr().err
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"name": "x"}')
+    assert main(["--data-dir", data, "collections", "create", "c", "--encoder", f"@{spec}"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "invalid encoder spec: family: Field required; checkpoint: Field required; dim: Field required" in err
+    )
+    assert "input_value" not in err
+
+
 def test_a_replaced_setting_is_refused_naming_its_successor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -124,3 +124,34 @@ def test_a_dicomweb_job_on_a_server_without_a_pacs_says_which_setting(admin: Tes
     assert answer.status_code == 400 and answer.json()["error"]["field"] == "source", answer.text
     assert "no PACS configured" in answer.json()["detail"] and "RADSEARCH_DICOMWEB__URL" in answer.text
     assert "8042" not in answer.text  # the request's URL is not echoed
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
+def test_weights_that_are_not_a_checkpoint_are_424_naming_the_file(
+    admin: TestClient, tmp_path: Path, suffix: str
+) -> None:
+    """Found in the walkthrough: a corrupt weights file raised SafetensorError or UnpicklingError
+    past the loader: "unexpected error" on the command line, a 500 over HTTP."""
+    weights = tmp_path / f"model{suffix}"
+    weights.write_bytes(bytes(range(256)) * 4)
+    status, detail, _ = _create(admin, encoder="clip-vit-b16", weights=str(weights))
+    assert status == 424, detail
+    assert f"weights {weights} do not load into 'ViT-B-16'" in detail
+
+
+@pytest.mark.parametrize(
+    ("encoder", "says"),
+    [
+        ({"name": "x"}, "invalid encoder spec: family: Field required; checkpoint: Field required"),
+        (
+            {"name": "x", "family": "open_clip", "checkpoint": "ViT-B-16", "dim": "many"},
+            "dim: Input should be",
+        ),
+    ],
+)
+def test_an_invalid_full_spec_names_each_field_never_its_value(
+    admin: TestClient, encoder: dict[str, object], says: str
+) -> None:
+    status, detail, _ = _create(admin, encoder=encoder)
+    assert status == 400 and says in detail, detail
+    assert "input_value" not in detail and "many" not in detail
