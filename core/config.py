@@ -14,7 +14,7 @@ import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -436,6 +436,25 @@ class EventSettings(BaseModel):
     subscriptions: list[Subscription] = Field(default_factory=list)
 
 
+DICOMWEB_SCHEMES = ("dicomweb+http://", "dicomweb+https://")
+
+
+def split_dicomweb_uri(uri: str) -> SplitResult:
+    """The http(s) parts of ``dicomweb+http(s)://HOST[:PORT]/PREFIX[?selectors]``; `ConfigError`
+    naming what is wrong (never echoing the URI: it may hold credentials)."""
+    if not uri.startswith(DICOMWEB_SCHEMES):
+        raise ConfigError("a DICOMweb URI must start with dicomweb+http:// or dicomweb+https://")
+    parts = urlsplit(uri.removeprefix("dicomweb+"))
+    if parts.username or parts.password:
+        raise ConfigError(
+            "a DICOMweb URI must not hold credentials; set RADSEARCH_DICOMWEB__USERNAME/PASSWORD "
+            "or RADSEARCH_DICOMWEB__BEARER_TOKEN"
+        )
+    if not parts.hostname:
+        raise ConfigError("a DICOMweb URI needs a host: dicomweb+http://HOST[:PORT]/PREFIX")
+    return parts
+
+
 class DicomwebSettings(BaseModel):
     """A PACS spoken to over DICOMweb (QIDO-RS, WADO-RS): credentials for ``dicomweb+http(s)://``
     sources, the PACS that searches by UID fetch from, viewer deep links and re-identification.
@@ -466,20 +485,11 @@ class DicomwebSettings(BaseModel):
     @classmethod
     def _dicomweb_url(cls, value: str | None) -> str | None:
         """Checked at start-up, not at a client's first search by UID (which would get the 400)."""
-        if value is None:
-            return None
-        if not value.startswith(("dicomweb+http://", "dicomweb+https://")):
-            raise ValueError(
-                "must start with dicomweb+http:// or dicomweb+https:// (dicomweb+http://pacs:8042/dicom-web)"
-            )
-        parts = urlsplit(value.removeprefix("dicomweb+"))
-        if parts.username or parts.password:
-            raise ValueError(
-                "must not hold credentials: set RADSEARCH_DICOMWEB__USERNAME and __PASSWORD, "
-                "or __BEARER_TOKEN"
-            )
-        if not parts.hostname:
-            raise ValueError("needs a host: dicomweb+http://HOST[:PORT]/PREFIX")
+        if value is not None:
+            try:
+                split_dicomweb_uri(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 __all__ = [
+    "os_reason",
     "BadInput",
     "CollectionExists",
     "CollectionNotFound",
@@ -62,6 +63,12 @@ __all__ = [
     "UpstreamUnreachable",
     "WeightsUnavailable",
 ]
+
+
+def os_reason(exc: BaseException, otherwise: str) -> str:
+    """What the OS said of ``exc`` ("No such file or directory"), else ``otherwise``: for a message
+    that names the file itself and echoes nothing read from it."""
+    return getattr(exc, "strerror", None) or otherwise
 
 
 class RadsearchError(Exception):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from core.errors import ConfigError
+from core.errors import ConfigError, os_reason
 from core.index.base import VectorIndex
 from core.payload import SearchFilter
 
@@ -314,8 +314,9 @@ def read_labels_csv(
         try:
             file_rows, used_group = _read_labels_file(path, group_column, group_candidates, used_group)
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            reason = getattr(exc, "strerror", None) or "not a UTF-8 CSV file"
-            raise EvalInputError(f"{path}: cannot read the labels: {reason}") from None
+            raise EvalInputError(
+                f"{path}: cannot read the labels: {os_reason(exc, 'not a UTF-8 CSV file')}"
+            ) from None
         rows.extend(file_rows)
     return rows, used_group
 
@@ -369,8 +370,9 @@ def _read_ids(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not a UTF-8 text file"
-        raise EvalInputError(f"{path}: cannot read the ids: {reason}") from None
+        raise EvalInputError(
+            f"{path}: cannot read the ids: {os_reason(exc, 'not a UTF-8 text file')}"
+        ) from None
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -387,7 +389,7 @@ def _load_npy(path: Path) -> NDArray[Any]:
     try:
         array: NDArray[Any] = np.load(path, mmap_mode="r")  # never pickles: allow_pickle is off
     except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or "not a NumPy .npy array of numbers"
+        reason = os_reason(exc, "not a NumPy .npy array of numbers")
         raise EvalInputError(f"{path}: cannot read the embeddings: {reason}") from None
     return array
 
@@ -397,8 +399,9 @@ def _open_h5(h5py: Any, path: Path) -> Any:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        reason = exc.strerror or "not an HDF5 file"
-        raise EvalInputError(f"{path}: cannot read the embeddings: {reason}") from None
+        raise EvalInputError(
+            f"{path}: cannot read the embeddings: {os_reason(exc, 'not an HDF5 file')}"
+        ) from None
 
 
 def _vectors_from_npy(

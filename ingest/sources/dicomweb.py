@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from dicomweb_client.api import DICOMwebClient
 
-from core.config import DicomwebSettings
+from core.config import DICOMWEB_SCHEMES, DicomwebSettings, split_dicomweb_uri
 from core.errors import BadInput, ConfigError, ObjectNotFound, SourceError, TooLarge
 from ingest.sources.base import ObjectRef, Source, check_source_name
 from ingest.sources.multipart import boundary_of, split_multipart
@@ -49,7 +49,7 @@ __all__ = [
 # dicomweb-client logs every UID it retrieves at INFO; radsearch's logs name keys only where needed.
 logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
 
-SCHEMES = ("dicomweb+http://", "dicomweb+https://")
+SCHEMES = DICOMWEB_SCHEMES
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _MODALITY = re.compile(r"^[A-Z0-9]{1,16}$")
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
@@ -147,16 +147,7 @@ def _since(value: str) -> str:
 def parse_dicomweb_uri(uri: str) -> DicomwebUri:
     """``dicomweb+http://host:8042/dicom-web?modality=CT`` → base URL and selector; `ConfigError`
     naming the part that is wrong (never echoing credentials)."""
-    if not is_dicomweb_uri(uri):
-        raise ConfigError("a DICOMweb source starts with dicomweb+http:// or dicomweb+https://")
-    parts = urlsplit(uri.removeprefix("dicomweb+"))
-    if parts.username or parts.password:
-        raise ConfigError(
-            "a DICOMweb URI must not hold credentials; set RADSEARCH_DICOMWEB__USERNAME/PASSWORD "
-            "or RADSEARCH_DICOMWEB__BEARER_TOKEN"
-        )
-    if not parts.hostname:
-        raise ConfigError("a DICOMweb URI needs a host: dicomweb+http://HOST[:PORT]/PREFIX")
+    parts = split_dicomweb_uri(uri)
     query = parse_qs(parts.query, keep_blank_values=True)
     unknown = set(query) - {"study", "modality", "since"}
     if unknown:

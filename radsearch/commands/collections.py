@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
-from core.errors import ConfigError
+from core.errors import ConfigError, os_reason
 from radsearch.commands import remote
 from radsearch.commands.common import EXIT_OK, print_json
 
@@ -36,8 +36,9 @@ def encoder_arg(value: str) -> str | dict[str, Any]:
             with open(value[1:], encoding="utf-8") as handle:
                 loaded: dict[str, Any] = json.load(handle)
         except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise ConfigError(f"cannot read the encoder spec {value[1:]}: {reason}") from None
+            raise ConfigError(
+                f"cannot read the encoder spec {value[1:]}: {os_reason(exc, 'not UTF-8 text')}"
+            ) from None
         return loaded
     if value.lstrip().startswith("{"):
         parsed: dict[str, Any] = json.loads(value)

@@ -226,17 +226,23 @@ def test_two_transfer_syntaxes_of_one_instance_are_one_image(
     assert {p.payload["source"] for p in points} == {"pacs-export"}
 
 
+def _labelled(tmp_path: Path, seed: int, manifest_text: str) -> tuple[Path, Path]:
+    """A folder of two PNGs and a DICOM (a.png, b.png, c.dcm) and its manifest."""
+    folder = tmp_path / "labelled"
+    _write_png(folder / "a.png", seed=seed)
+    _write_png(folder / "b.png", seed=seed + 1)
+    _write_dicom(folder / "c.dcm", generate_uid(), seed=seed + 2)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(manifest_text)
+    return folder, manifest
+
+
 def test_corrected_manifest_relabels_without_re_embedding(
     catalog: Catalog, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reproduced first: a corrected manifest row on an unchanged image was skipped as unchanged,
     so the search for the corrected label returned nothing."""
-    folder = tmp_path / "labelled"
-    _write_png(folder / "a.png", seed=40)
-    _write_png(folder / "b.png", seed=41)
-    _write_dicom(folder / "c.dcm", generate_uid(), seed=42)
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("key,anatomy\na.png,knee\nb.png,knee\nc.dcm,chest\n")
+    folder, manifest = _labelled(tmp_path, 40, "key,anatomy\na.png,knee\nb.png,knee\nc.dcm,chest\n")
     first = _ingest(catalog, settings, str(folder), manifest=manifest)
     assert first["frames_indexed"] == 3 and first["relabelled"] == 0
 
@@ -273,12 +279,9 @@ def test_run_without_the_manifest_keeps_the_labels_it_gave(
     and left the collection without a pathology or split. Rules that say nothing about an object
     leave its labels alone; a manifest row with empty labels clears them; a template that labels
     it rewrites them."""
-    folder = tmp_path / "labelled"
-    _write_png(folder / "a.png", seed=60)
-    _write_png(folder / "b.png", seed=61)
-    _write_dicom(folder / "c.dcm", generate_uid(), seed=62)
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("key,anatomy,pathology\na.png,hand,fracture\nc.dcm,chest,nodule\n")
+    folder, manifest = _labelled(
+        tmp_path, 60, "key,anatomy,pathology\na.png,hand,fracture\nc.dcm,chest,nodule\n"
+    )
     assert _ingest(catalog, settings, str(folder), manifest=manifest)["frames_indexed"] == 3
     encoder = catalog.encoder(get_spec("baseline"))
     monkeypatch.setattr(encoder, "embed_batch", lambda batch: pytest.fail("nothing is re-embedded"))
