@@ -16,6 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from core.errors import (
+    AccessRefused,
     CollectionNotFound,
     ConfigError,
     RadsearchError,
@@ -45,9 +46,10 @@ def error_for(status: int, detail: str, url: str) -> RadsearchError:
     if status == 424:
         return WeightsUnavailable(detail)
     if status in (401, 403):
-        return ConfigError(
+        return AccessRefused(
             f"the radsearch server at {url} refused the request ({status}: {detail}); "
-            "give a key with the right role in RADSEARCH_API_KEY"
+            "give a key with the right role in RADSEARCH_API_KEY",
+            detail=f"{status}: {detail}",
         )
     if status in (502, 503, 504):
         return ServerUnavailable(f"the radsearch server at {url} is unavailable ({status}: {detail})")
@@ -176,7 +178,8 @@ class ApiClient:
     def ensure_collection(self, name: str, spec: dict[str, Any]) -> None:
         """Create the collection ``name`` (``POST /v1/collections`` with ``spec``: encoder,
         weights...) unless it already exists. Looked up first: creating one loads its encoder. A
-        refused creation stands unless the collection was created meanwhile (409)."""
+        refused creation stands unless the collection was created meanwhile (409). A key that may
+        not create one (role ingest) gets `AccessRefused` saying the collection is missing."""
         path = f"/v1/collections/{quote(name, safe='')}"
         try:
             self.request("GET", path)
@@ -185,6 +188,13 @@ class ApiClient:
             pass
         try:
             self.request("POST", "/v1/collections", json={"name": name, **spec})
+        except AccessRefused as exc:
+            raise AccessRefused(
+                f"collection {name!r} does not exist on the radsearch server at {self.url}, and "
+                f"this key may not create it ({exc.detail}); create it with an admin key "
+                f"(radsearch collections create {name} --encoder ...) or pick an existing one",
+                detail=exc.detail,
+            ) from None
         except ConfigError as exc:
             try:
                 self.request("GET", path)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 __all__ = [
+    "AccessRefused",
     "os_reason",
     "BadInput",
     "CollectionExists",
@@ -77,6 +78,15 @@ class RadsearchError(Exception):
 
 class ConfigError(RadsearchError):
     """Settings or arguments that cannot work together."""
+
+
+class AccessRefused(ConfigError):
+    """A radsearch server refused a request for its API key (401 or 403); ``detail`` is the
+    server's own reason. Raised by its clients, never by the API."""
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class DeletionRefused(ConfigError):

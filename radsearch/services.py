@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from core.config import Settings
-from core.errors import ConfigError, DecodeError, TooLarge
+from core.errors import ConfigError, DecodeError, RadsearchError, TooLarge
 
 if TYPE_CHECKING:
     from core.catalog import Catalog, CollectionEntry
@@ -223,7 +223,8 @@ def serve_api(
     """Run the HTTP API until stopped, as the owner of the embedded store (``kind``) that
     advertises its URL: other radsearch processes on this data dir then go through it. A port
     that cannot be listened on is a `ConfigError` before the URL is advertised, so that another
-    server's URL is never advertised as this owner's."""
+    server's URL is never advertised as this owner's. A start that fails (the store, the job
+    store) raises what failed, for the exit code it stands for."""
     import uvicorn
 
     from core.ownership import acquire_store
@@ -242,14 +243,29 @@ def serve_api(
         # No log config of uvicorn's own (log_config=None): its loggers, the access log's line per
         # request among them, go through the root handler, in the format chosen, with the time
         # and the request id.
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_level=log_level,
-            access_log=settings.api.access_log,
-            log_config=None,
+        app = create_app(settings)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level=log_level,
+                access_log=settings.api.access_log,
+                log_config=None,
+            )
         )
+        try:
+            server.run()
+        except KeyboardInterrupt:
+            pass
+        except SystemExit:  # uvicorn's own code for a failed start (3), that of "store owned"
+            if server.started:
+                raise
+        if not server.started:
+            failure = getattr(app.state, "startup_error", None)
+            if isinstance(failure, RadsearchError):
+                raise failure
+            raise RadsearchError(f"the server did not start on {host}:{port} (the log above says why)")
 
 
 def _check_port(host: str, port: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from anyio import CapacityLimiter
 from fastapi import Depends, FastAPI
@@ -77,11 +77,23 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as started:  # what was started is stopped in reverse order
+            try:
+                await _start(app, started)
+            except Exception as exc:
+                # uvicorn ends a failed start with its own exit code; `serve_api` reads this.
+                app.state.startup_error = exc
+                raise
+            yield
+
+    async def _start(app: FastAPI, started: AsyncExitStack) -> None:
         opened = (
             index
             if index is not None
             else await in_thread(open_index, settings, child_process=settings.api.index_process)
         )
+        if index is None:
+            started.push_async_callback(in_thread, opened.close)
         app.state.index = opened
         if opened.supports_files:  # the owner starts: what expired in the trash goes
             await in_thread(Trash(settings).purge)
@@ -95,20 +107,16 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
             daemon=True,
         )
         opening.start()
+        # A stop right after the start: no load races the close.
+        started.push_async_callback(in_thread, opening.join)
         app.state.catalog = Catalog(opened, settings)
         app.state.inference_limiter = CapacityLimiter(_INFERENCE_THREADS)
         job_store, close_job_store = await in_thread(open_owner_store, settings)
+        started.push_async_callback(in_thread, close_job_store)
         app.state.backfill = OwnerJobRunner(app.state.catalog, settings, job_store)
+        started.push_async_callback(in_thread, app.state.backfill.close)
         # Jobs an earlier owner of this data dir left unfinished (killed mid-backfill) run again.
         await in_thread(app.state.backfill.resume)
-        try:
-            yield
-        finally:
-            await in_thread(app.state.backfill.close)
-            await in_thread(close_job_store)
-            await in_thread(opening.join)  # a stop right after the start: no load races the close
-            if index is None:
-                await in_thread(opened.close)
 
     authenticator = Authenticator(settings.security)
     docs = settings.api.docs if settings.api.docs is not None else authenticator.open

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from core.encoders.spec import EncoderSpec
 from core.errors import InvalidFilter
@@ -144,6 +152,17 @@ class Roi(BaseModel):
     height: int = Field(ge=1, le=65535)
 
 
+def _point_id(value: str) -> str:
+    """A point id in its canonical form; a value that is no UUID cannot name a point."""
+    try:
+        return str(UUID(value))
+    except ValueError:
+        raise ValueError("point ids are UUIDs") from None
+
+
+PointId = Annotated[str, Field(max_length=64), AfterValidator(_point_id)]
+
+
 class SearchQuery(BaseModel):
     """Search by exactly one of a stored point id, a raw vector, a text (encoders with a text tower)
     or ``positive`` examples (with optional ``negative`` ones).
@@ -154,10 +173,10 @@ class SearchQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    point_id: str | None = Field(default=None, max_length=64)
+    point_id: PointId | None = None
     vector: list[float] | None = Field(default=None, min_length=1, max_length=65536)
     text: str | None = Field(default=None, min_length=1, max_length=2000)
-    positive: list[Annotated[str, Field(max_length=64)]] | None = Field(
+    positive: list[PointId] | None = Field(
         default=None,
         min_length=1,
         max_length=_MAX_EXAMPLES,
@@ -165,7 +184,7 @@ class SearchQuery(BaseModel):
         "with the average_vector strategy (avg(positive) + (avg(positive) - avg(negative))); the "
         "examples themselves are left out of the hits",
     )
-    negative: list[Annotated[str, Field(max_length=64)]] | None = Field(
+    negative: list[PointId] | None = Field(
         default=None, max_length=_MAX_EXAMPLES, description="point ids of examples to search away from"
     )
     filter: SearchFilterIn | None = None

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import PurePosixPath
 from typing import TypeVar
+from uuid import UUID
 
 from fastapi import UploadFile
 from pydantic import BaseModel, BeforeValidator, ValidationError
@@ -105,10 +106,18 @@ def model_from_form(model: type[M], raw: str | None, field: str) -> M | None:
         raise FormFieldError(where, f"{where}: {first.get('msg', 'invalid')}") from None
 
 
-def point_ids_from_form(raw: list[str] | None) -> list[str]:
-    """Point ids given as repeated form fields or comma-separated, in order, without repeats."""
+def point_ids_from_form(raw: list[str] | None, field: str) -> list[str]:
+    """Point ids given as repeated form fields or comma-separated, in order, without repeats, each
+    in its canonical form; `FormFieldError` naming ``field`` (and the position) for one that is no
+    UUID."""
     ids = [item.strip() for value in raw or [] for item in value.split(",") if item.strip()]
-    return list(dict.fromkeys(ids))
+    canonical = []
+    for position, point_id in enumerate(ids):
+        try:
+            canonical.append(str(UUID(point_id)))
+        except ValueError:
+            raise FormFieldError(field, f"{field}[{position}]: point ids are UUIDs") from None
+    return list(dict.fromkeys(canonical))
 
 
 class FormFieldError(BadInput):

@@ -423,8 +423,8 @@ async def search_by_image(
     roi = model_from_form(Roi, roi_json, "roi")
     if roi is not None and len(file) != 1:
         raise InvalidQuery("roi", "a region goes with exactly one uploaded file")
-    positive_ids = point_ids_from_form(positive)
-    negative_ids = point_ids_from_form(negative)
+    positive_ids = point_ids_from_form(positive, "positive")
+    negative_ids = point_ids_from_form(negative, "negative")
     if "positive" not in roles and not positive_ids:
         raise InvalidQuery("role", "give at least one positive example")
     uploads = []

@@ -139,6 +139,27 @@ def _wait_for_points(api: ServedApp, expected: int, timeout_s: float) -> float:
     raise AssertionError(f"{_points(api)} points after {timeout_s} s, expected {expected}")
 
 
+def test_a_watcher_whose_key_may_not_create_the_collection_is_told_it_is_missing(
+    orthanc: Orthanc,  # noqa: F811
+    served: tuple[ServedApp, Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Reproduced first: a typo in --collection with an ingest key ended with "refused the
+    request (403: ...); give a key with the right role", as if the key were wrong."""
+    api, _ = served
+    monkeypatch.setenv("RADSEARCH_URL", api.url)
+    monkeypatch.setenv("RADSEARCH_API_KEY", INGEST_KEY)
+    argv = ["--data-dir", str(tmp_path / "watcher"), "watch", orthanc.dicomweb, "--collection", "ww"]
+    assert main([*argv, "--once"]) == 2
+    err = capsys.readouterr().err
+    assert f"collection 'ww' does not exist on the radsearch server at {api.url}" in err, err
+    assert "create it with an admin key (radsearch collections create ww" in err, err
+    assert INGEST_KEY not in err
+    assert httpx.get(f"{api.url}/v1/collections/ww", headers={"X-API-Key": READER_KEY}).status_code == 404
+
+
 def test_watch_through_a_server_survives_a_kill(
     orthanc: Orthanc,  # noqa: F811
     archive: DemoArchive,

@@ -160,6 +160,37 @@ def test_a_taken_port_is_refused_before_the_store_is_advertised(tmp_path: Path) 
     assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 0
 
 
+@pytest.mark.parametrize(
+    ("damage", "code", "says"),
+    [
+        ("a job store that is not a database", 2, "cannot be opened (file is not a database); move it aside"),
+        ("a file where the job store's folder goes", 2, "cannot create the store's folder"),
+    ],
+)
+def test_a_start_that_fails_ends_with_the_code_of_what_failed(
+    damage: str, code: int, says: str, tmp_path: Path
+) -> None:
+    """Found in the walkthrough: when something failed as the server started (its job store
+    here), `serve` logged "Application startup failed. Exiting." and then hung: the store's
+    process, never closed, kept it alive. It now stops what was started, in order, and exits
+    with the code of what failed (uvicorn's own was 3, the code of "the store is owned")."""
+    data = tmp_path / "data"
+    assert main(["--data-dir", str(data), "collections", "create", "c", "--encoder", "baseline"]) == 0
+    if damage.startswith("a job store"):
+        (data / "jobs").mkdir()
+        (data / "jobs" / "owner-jobs.sqlite3").write_bytes(b"not a database " * 100)
+    else:
+        (data / "jobs").write_text("a file")
+    failed = subprocess.run(
+        _serve_argv(data, free_port()), env=_clean_env(), capture_output=True, text=True, timeout=90
+    )
+    assert failed.returncode == code, failed.stderr
+    assert says in failed.stderr.splitlines()[-1], failed.stderr
+    assert failed.stderr.splitlines()[-1].startswith("radsearch: error: ")
+    assert not (data / "index" / "owner.json").exists()  # the lease ended with the process
+    assert main(["--data-dir", str(data), "collections", "list"]) == 0  # the store was let go
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_to_the_whole_process_group_stops_the_server_cleanly(sig: int, tmp_path: Path) -> None:
     """Found in the walkthrough: Ctrl-C (or `timeout`, or a service manager) signals the whole

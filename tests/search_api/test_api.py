@@ -463,6 +463,37 @@ def test_search_by_unknown_point_is_404(client: TestClient) -> None:
     assert response.status_code == 404
 
 
+def test_point_ids_that_are_not_uuids_are_refused_naming_the_field(
+    client: TestClient, corpus: Corpus
+) -> None:
+    """They answered 404 point_not_found, as if a point might have had that id; each is a 422
+    (JSON) or 400 (form) naming the field, and no value is echoed."""
+    url = f"/v1/collections/{COLLECTION}/search"
+    point = corpus.ids("circles")[0]
+    for body, named in [
+        ({"point_id": "Jane^Doe"}, "point_id"),
+        ({"positive": [point, "Jane^Doe"]}, "positive.1"),
+        ({"positive": [point], "negative": ["Jane^Doe"]}, "negative.0"),
+    ]:
+        response = client.post(url, json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == named
+        assert "point ids are UUIDs" in response.json()["error"]["message"]
+        assert "Jane" not in response.text
+    form = client.post(
+        f"{url}/image",
+        files={"file": ("q.png", png_bytes(corpus.frames[point]), "image/png")},
+        data={"negative": f"{point},Jane^Doe"},
+    )
+    assert form.status_code == 400, form.text
+    assert form.json()["error"]["field"] == "negative" and "negative[1]: point ids are UUIDs" in form.text
+    assert "Jane" not in form.text
+    # Any form of a UUID names the same point: the query point is still left out of its hits.
+    hits = search(client, point_id=point.replace("-", "").upper(), limit=5)["hits"]
+    assert [hit["id"] for hit in hits] == hit_ids(client, point_id=point, limit=5)
+    assert point not in [hit["id"] for hit in hits]
+
+
 def test_search_by_vector(client: TestClient, settings: Settings, index: VectorIndex, corpus: Corpus) -> None:
     pid = corpus.ids("stripes")[2]
     encoder = Catalog(index, settings).encoder_for(COLLECTION)

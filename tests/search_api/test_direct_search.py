@@ -78,7 +78,8 @@ def _cases(corpus: Corpus, vector: list[float]) -> list[tuple[str, dict[str, Any
         ("unknown filter field", post({"point_id": point, "filter": {"modalty": ["CT"]}}), FASTAPI),
         ("a filter field without values", post({"point_id": point, "filter": {"modality": []}}), DIRECT),
         ("no such point", post({"point_id": "0" * 32}), DIRECT),
-        ("a point id that is not one", post({"point_id": CANARY}), DIRECT),
+        ("a point id that is not one", post({"point_id": CANARY}), FASTAPI),
+        ("a point id in another form", post({"point_id": point.replace("-", "").upper()}), DIRECT),
         ("limit over the maximum", post({"point_id": point, "limit": 5000}), DIRECT),
         ("vector of the wrong size", post({"vector": [0.5, 0.5]}), DIRECT),
         ("a field of the wrong type", post({"point_id": point, "limit": CANARY}), FASTAPI),
@@ -156,7 +157,8 @@ def test_direct_answers_are_fastapis(
     statuses = {name: answer[0] for name, answer in direct.items()}
     assert statuses["by point"] == statuses["grouped"] == statuses["by vector, threshold"] == 200
     assert statuses["no such point"] == statuses["no such collection"] == 404
-    assert statuses["a point id that is not one"] == 404
+    assert statuses["a point id that is not one"] == 422
+    assert statuses["a point id in another form"] == 200
     assert statuses["limit over the maximum"] == 422 and statuses["unknown filter field"] == 400
     assert statuses["a filter field without values"] == 400
     assert statuses["no credentials"] == 401 and statuses["a key without the reader role"] == 403

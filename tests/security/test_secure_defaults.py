@@ -36,7 +36,12 @@ def test_serve_refuses_a_public_bind_without_keys(
     import uvicorn
 
     calls: list[str] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append(host))
+
+    def run(server: uvicorn.Server) -> None:  # what would serve: records where, as started
+        calls.append(server.config.host)
+        server.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     for name in list(__import__("os").environ):
         if name.startswith("RADSEARCH_"):
             monkeypatch.delenv(name)
