@@ -15,14 +15,14 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.calibration import threshold_of
 from core.config import Settings
 from core.encoders.base import Encoder
 from core.encoders.registry import load_encoder
 from core.encoders.spec import EncoderSpec
-from core.errors import CollectionExists, CollectionNotFound, ConfigError, IndexStoreError
+from core.errors import CollectionExists, CollectionNotFound, ConfigError, IndexStoreError, StoreDamaged
 from core.index.base import CollectionConfig, VectorIndex
 from core.snapshots import Trash, TrashEntry
 
@@ -183,7 +183,18 @@ class Catalog:
         raw = metadata.get("catalog")
         if raw is None:
             raise CollectionNotFound(f"collection {collection!r} has no radsearch catalog entry")
-        entry = CollectionEntry.model_validate({**raw, "calibration_threshold": threshold_of(metadata)})
+        try:
+            entry = CollectionEntry.model_validate({**raw, "calibration_threshold": threshold_of(metadata)})
+        except (ValidationError, TypeError) as exc:
+            fields = (
+                ", ".join(sorted({".".join(map(str, e["loc"])) or "?" for e in exc.errors()}))
+                if isinstance(exc, ValidationError)
+                else "not a record"
+            )
+            raise StoreDamaged(
+                f"collection {collection!r} is damaged: its catalog entry does not hold ({fields}); its "
+                "points are untouched: restore it from a snapshot, or drop it"
+            ) from None
         if generation is not None:
             self._entries[name] = (generation, entry)
         return entry
@@ -201,12 +212,17 @@ class Catalog:
         return kept[1]
 
     def list(self) -> list[CollectionEntry]:
+        """The entries of the store's collections; a damaged one is logged (a warning naming it)
+        and left out, so that the others stay listed. A damaged aliases file is `StoreDamaged`."""
+        self.aliases()  # every name resolves through them
         entries = []
         for name in sorted(self.index.list_collections()):
             try:
                 entries.append(self.get(name))
             except CollectionNotFound:
                 continue
+            except StoreDamaged as exc:
+                log.warning("%s", exc)
         return entries
 
     def record_accept_burned_in(self, name: str) -> CollectionEntry:
@@ -239,7 +255,10 @@ class Catalog:
             raise ConfigError(f"{name!r} is an alias; drop the collection by its own name")
         if not self.index.collection_exists(name):
             raise CollectionNotFound(f"collection {name!r} does not exist")
-        self.get(name)
+        try:
+            self.get(name)
+        except StoreDamaged:
+            pass  # dropping is the way out of it
         pointing = sorted(alias for alias, target in aliases.items() if target == name)
         if pointing:
             raise CollectionBusy(
@@ -286,6 +305,8 @@ class Catalog:
         """alias → collection (empty where the store has no alias support)."""
         try:
             return self.index.aliases()
+        except StoreDamaged:
+            raise
         except IndexStoreError:
             return {}
 

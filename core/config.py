@@ -7,8 +7,10 @@ Environment variables use the prefix ``RADSEARCH_`` and ``__`` for nested groups
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import os
 import secrets
 import types
 from collections.abc import Mapping
@@ -19,7 +21,7 @@ from urllib.parse import SplitResult, urlsplit
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.errors import ConfigError
+from core.errors import ConfigError, os_reason
 from core.payload import FILTER_FIELDS
 
 __all__ = [
@@ -557,15 +559,47 @@ class Settings(BaseSettings):
         return self.celery.result_backend or self.redis.url
 
     def hash_key_bytes(self) -> bytes:
-        """The key for keyed hashes of identifiers; created under the data dir on first use."""
+        """The key for keyed hashes of identifiers; created under the data dir on first use (by
+        one process: others read the key it made). `ConfigError` for a key file that cannot be
+        read or is shorter than one radsearch makes (emptied or cut short, it would key every
+        new hash with next to nothing)."""
         if self.security.hash_key is not None:
             return self.security.hash_key.get_secret_value().encode()
         path = self.data_dir / "hash.key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
-        return path.read_text().strip().encode()
+            _create_key_file(path)
+        try:
+            key = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"the hash key {path}: {os_reason(exc, 'not the hex text radsearch writes')}"
+            ) from None
+        if len(key) < _MIN_KEY_FILE_CHARS:
+            raise ConfigError(
+                f"the hash key {path} holds {len(key)} characters, fewer than the {_MIN_KEY_FILE_CHARS} "
+                "radsearch writes: it was emptied or cut short. Restore it from a backup; removed, it "
+                "is made anew, and every hash stored before (same-patient exclusion, DICOM ids) stays "
+                "unmatched until the collections are ingested again"
+            )
+        return key.encode()
+
+
+_MIN_KEY_FILE_CHARS = 32  # radsearch writes 64 hex characters (256 bits)
+
+
+def _create_key_file(path: Path) -> None:
+    """A new random key at ``path``, unless another process makes one first: written aside, then
+    linked into place, which fails where the name exists, so no process reads a half-written key
+    and every process keys its hashes with the same one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        aside.write_text(secrets.token_hex(32), encoding="ascii")
+        aside.chmod(0o600)
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 # RADSEARCH_* variables that are not settings: docker-compose.yml and infra/minio-init.sh build the

@@ -38,6 +38,7 @@ __all__ = [
     "AccessRefused",
     "os_reason",
     "BadInput",
+    "StoreDamaged",
     "CollectionExists",
     "CollectionNotFound",
     "ConfigError",
@@ -135,6 +136,12 @@ class IndexStoreError(RadsearchError):
 
 class CollectionNotFound(IndexStoreError):
     pass
+
+
+class StoreDamaged(IndexStoreError):
+    """A record of the store cannot be read: a collection's own (``collection.json``: its config
+    and catalog entry; its points are untouched, and it can be dropped) or the aliases file. The
+    message names the file and why, and what to do; never what the file holds."""
 
 
 class CollectionExists(IndexStoreError):

@@ -36,8 +36,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from core.config import Settings
-from core.errors import CollectionExists, CollectionNotFound, ConfigError
-from core.index._shared import config_from_dict
+from core.errors import CollectionExists, CollectionNotFound, ConfigError, StoreDamaged
+from core.index._shared import read_config_file
 from core.index.base import CollectionConfig, VectorIndex
 
 __all__ = [
@@ -106,8 +106,8 @@ def _renamed(config: CollectionConfig, name: str) -> CollectionConfig:
     return dataclasses.replace(config, name=name, metadata=metadata)
 
 
-def _read_config(directory: Path) -> CollectionConfig:
-    return config_from_dict(json.loads((directory / _CONFIG_FILE).read_text(encoding="utf-8")))
+def _read_config(directory: Path, what: str) -> CollectionConfig:
+    return read_config_file(directory / _CONFIG_FILE, what, "it cannot be restored")
 
 
 def _check_name(name: str, what: str) -> None:
@@ -184,7 +184,7 @@ class SnapshotStore:
             entries = []
             for name in names:
                 points = index.export_collection(name, str(partial / _COLLECTIONS / name))
-                config = _read_config(partial / _COLLECTIONS / name)
+                config = _read_config(partial / _COLLECTIONS / name, f"the copy of collection {name!r}")
                 entries.append(
                     SnapshotCollection(
                         name=name, points=points, catalog=dict(config.metadata.get("catalog") or {})
@@ -264,7 +264,9 @@ class SnapshotStore:
                 if index.collection_exists(target):
                     (replace or index.drop_collection)(target)
                 source = self._dir(snapshot_id) / _COLLECTIONS / name
-                index.attach_collection(str(source), _renamed(_read_config(source), target))
+                index.attach_collection(
+                    str(source), _renamed(_read_config(source, f"the snapshot's collection {name!r}"), target)
+                )
                 restored.append({"name": target, "source": name, "points": index.count(target)})
         return restored
 
@@ -280,11 +282,12 @@ def _aliases(index: VectorIndex) -> dict[str, str]:
 
 
 class TrashEntry(BaseModel):
-    """A dropped collection in ``trash/<id>/``, restorable until ``expires_at``."""
+    """A dropped collection in ``trash/<id>/``, restorable until ``expires_at``; ``points`` is
+    None where the collection was damaged when it was dropped (`StoreDamaged`)."""
 
     id: str
     name: str
-    points: int
+    points: int | None
     dropped_at: str
     expires_at: str
 
@@ -302,7 +305,10 @@ class Trash:
         _require_files(index)
         now = self._clock()
         with _lock:
-            points = index.count(name)
+            try:
+                points: int | None = index.count(name)
+            except StoreDamaged:
+                points = None
             entry = TrashEntry(
                 id=f"{name}--{now.astimezone(UTC):%Y%m%dT%H%M%S%fZ}",
                 name=name,
@@ -372,6 +378,7 @@ class Trash:
                 )
             directory = self.root / entry.id
             source = directory / _TRASHED
-            index.attach_collection(str(source), _renamed(_read_config(source), target), move=True)
+            config = _read_config(source, f"the dropped collection {name!r}")
+            index.attach_collection(str(source), _renamed(config, target), move=True)
             shutil.rmtree(directory, ignore_errors=True)
         return entry

@@ -797,7 +797,7 @@ class CollectionRestore(BaseModel):
 class TrashEntryPublic(BaseModel):
     id: str
     name: str
-    points: int
+    points: int | None = Field(description="null where the collection was damaged when dropped")
     dropped_at: str
     expires_at: str
 

@@ -7,13 +7,14 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
 
 from core.config import StoreSettings
-from core.errors import IndexStoreError, InvalidFilter, InvalidVector
+from core.errors import IndexStoreError, InvalidFilter, InvalidVector, StoreDamaged, os_reason
 from core.index.base import CollectionConfig, StoredPoint
 from core.index.combinations import public_payload
 from core.payload import INDEXED_FIELDS, SearchFilter
@@ -180,6 +181,23 @@ def config_to_dict(config: CollectionConfig) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise IndexStoreError(f"collection metadata must be JSON-serialisable: {exc}") from exc
     return parsed
+
+
+def read_config_file(path: Path, what: str, advice: str) -> CollectionConfig:
+    """The `CollectionConfig` stored in ``path`` (a collection.json); `StoreDamaged` naming
+    ``what``, the file (by its name: the message may reach an HTTP client) and why it cannot be
+    read, then ``advice``; never what the file holds."""
+    try:
+        return config_from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        reason = os_reason(exc, "cannot be read")
+    except UnicodeDecodeError:
+        reason = "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        reason = f"not JSON (line {exc.lineno})"
+    except (TypeError, ValueError, AttributeError):
+        reason = "not a collection's record (fields missing or of the wrong kind)"
+    raise StoreDamaged(f"{what} is damaged: its {path.name}: {reason}; {advice}")
 
 
 def config_from_dict(data: dict[str, Any]) -> CollectionConfig:

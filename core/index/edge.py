@@ -51,7 +51,14 @@ import qdrant_edge as qe
 from numpy.typing import NDArray
 
 from core.config import StoreSettings
-from core.errors import CollectionExists, CollectionNotFound, IndexStoreError, StoreFull
+from core.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    IndexStoreError,
+    StoreDamaged,
+    StoreFull,
+    os_reason,
+)
 from core.index._shared import (
     OVERSAMPLING,
     check_batch,
@@ -59,7 +66,6 @@ from core.index._shared import (
     check_facet,
     check_name,
     check_page,
-    config_from_dict,
     config_to_dict,
     facet_counts,
     filter_conditions,
@@ -68,6 +74,7 @@ from core.index._shared import (
     is_valid_name,
     known_ids,
     query_vector,
+    read_config_file,
     stored_point,
     stored_points,
     unnamed_vector,
@@ -713,8 +720,11 @@ class EdgeIndex(VectorIndex):
     def _read_config(self, name: str) -> CollectionConfig:
         if not is_valid_name(name) or not self._exists_on_disk(name):
             raise CollectionNotFound(f"collection {name!r} not found")
-        data = json.loads((self._dir(name) / _CONFIG_FILE).read_text(encoding="utf-8"))
-        return config_from_dict(data)
+        return read_config_file(
+            self._dir(name) / _CONFIG_FILE,
+            f"collection {name!r}",
+            "its points are untouched: restore it from a snapshot, or drop it",
+        )
 
     def drop_collection(self, name: str) -> None:
         with self._lock:
@@ -792,8 +802,20 @@ class EdgeIndex(VectorIndex):
         # set_alias/delete_alias; every search resolves its collection name through it.
         if self._aliases is None:
             path = self._root / _ALIASES_FILE
-            data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-            self._aliases = {str(k): str(v) for k, v in data.items()}
+            try:
+                data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+                self._aliases = {str(k): str(v) for k, v in data.items()}
+            except (OSError, ValueError, AttributeError) as exc:
+                reason = (
+                    f"not JSON (line {exc.lineno})"
+                    if isinstance(exc, json.JSONDecodeError)
+                    else (os_reason(exc, "not a JSON object of alias → collection"))
+                )
+                raise StoreDamaged(
+                    f"the store's aliases file ({_ALIASES_FILE} in the index folder) is damaged: {reason}; "
+                    "mend it or move it aside "
+                    "(the aliases are then gone; the collections are untouched)"
+                ) from None
         return dict(self._aliases)
 
     def _write_aliases(self, aliases: dict[str, str]) -> None:

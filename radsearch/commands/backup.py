@@ -74,8 +74,9 @@ def print_trash(entries: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
         print_json({"trash": [dict(e) for e in entries]})
         return
     for entry in entries:
+        points = "?" if entry["points"] is None else entry["points"]  # damaged when dropped
         print(
-            f"{entry['name']:<24} points={entry['points']:<8} dropped {entry['dropped_at']}, "
+            f"{entry['name']:<24} points={points:<8} dropped {entry['dropped_at']}, "
             f"expires {entry['expires_at']}"
         )
     if not entries:

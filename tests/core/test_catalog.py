@@ -4,6 +4,8 @@ index does not count its changes."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from core.calibration import CALIBRATION_KEY
 from core.catalog import Catalog
 from core.config import Settings
 from core.encoders.registry import get_spec
-from core.errors import CollectionNotFound
+from core.errors import CollectionNotFound, StoreDamaged
 from core.index.edge import EdgeIndex
 from core.index.hosted import HostedEdgeIndex
 
@@ -59,5 +61,87 @@ def test_nothing_is_kept_where_the_index_does_not_count_its_changes(
         catalog.create("c", get_spec("baseline"))
         assert catalog.get("c").name == "c"
         assert catalog.known("c") is None
+    finally:
+        index.close()
+
+
+def _damage(folder: Path, how: str) -> None:
+    record = folder / "collection.json"
+    if how == "not JSON":
+        record.write_text('{"broken')
+    elif how == "not UTF-8":
+        record.write_bytes(b"\xff\xfe{}")
+    elif how == "fields missing":
+        record.write_text('{"name": "d"}')
+    else:  # the catalog entry inside a readable record
+        data = json.loads(record.read_text())
+        del data["metadata"]["catalog"]["encoder"]
+        record.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        ("not JSON", "its collection.json: not JSON (line 1)"),
+        ("not UTF-8", "its collection.json: not UTF-8 text"),
+        ("fields missing", "its collection.json: not a collection's record"),
+        ("catalog entry", "its catalog entry does not hold (encoder)"),
+    ],
+)
+def test_a_damaged_collection_is_named_listed_around_and_can_be_dropped(
+    settings: Settings, how: str, says: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in the walkthrough: one collection.json that could not be read ended every command,
+    `collections list` included, with "unexpected error: JSONDecodeError", and the collection
+    could not be dropped."""
+    root = settings.data_dir / "index"
+    index = EdgeIndex(root, settings.store)
+    catalog = Catalog(index, settings)
+    catalog.create("c", get_spec("baseline"))
+    catalog.create("d", get_spec("baseline"))
+    index.close()
+    _damage(root / "d", how)
+
+    index = EdgeIndex(root, settings.store)
+    try:
+        catalog = Catalog(index, settings)
+        with pytest.raises(StoreDamaged) as damaged:
+            catalog.get("d")
+        assert str(damaged.value).startswith(f"collection 'd' is damaged: {says}")
+        assert str(settings.data_dir) not in str(damaged.value)  # the message may reach a client
+        with caplog.at_level(logging.WARNING, logger="core.catalog"):
+            assert [entry.name for entry in catalog.list()] == ["c"]
+        assert "collection 'd' is damaged" in caplog.text
+        dropped = catalog.drop("d")
+        assert dropped is not None and dropped.points == (0 if how == "catalog entry" else None)
+        assert catalog.index.list_collections() == ["c"]
+        if how != "catalog entry":
+            with pytest.raises(
+                StoreDamaged, match=r"^the dropped collection 'd' is damaged: .*cannot be restored"
+            ):
+                catalog.trash.restore(index, "d")
+            assert [entry.name for entry in catalog.trash.list()] == ["d"]  # still there to mend
+    finally:
+        index.close()
+
+
+def test_a_damaged_aliases_file_is_named_not_read_as_no_aliases(settings: Settings) -> None:
+    """Found in the walkthrough: it ended commands with "unexpected error: JSONDecodeError". Nor
+    may it read as "no aliases", the way the catalog takes a store without alias support: a
+    search through an alias would answer that the collection does not exist."""
+    root = settings.data_dir / "index"
+    index = EdgeIndex(root, settings.store)
+    Catalog(index, settings).create("c", get_spec("baseline"))
+    Catalog(index, settings).set_alias("current", "c")
+    index.close()
+    (root / "aliases.json").write_text('{"current": ')
+    index = EdgeIndex(root, settings.store)
+    try:
+        catalog = Catalog(index, settings)
+        for call in (catalog.aliases, catalog.list, lambda: catalog.get("current")):
+            with pytest.raises(
+                StoreDamaged, match=r"aliases file \(aliases.json in the index folder\) is damaged"
+            ):
+                call()
     finally:
         index.close()

@@ -599,3 +599,40 @@ def test_ctrl_c_during_an_ingest_is_one_line_and_keeps_what_was_written(
     assert main(["--data-dir", data, "ingest", str(folder), "--collection", "c", "--json"]) == 0
     again = _last_json(capsys.readouterr().out)
     assert (again["skipped"], again["frames_indexed"]) == (written, 2000 - written)
+
+
+def test_a_damaged_collection_is_named_on_the_command_line_and_over_http(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: a collection.json that could not be read ended every command,
+    `collections list` included, with "unexpected error: JSONDecodeError" (a 500 over HTTP)."""
+    import httpx
+
+    from tests.orthanc_server import ServedApp
+
+    data = tmp_path / "data"
+    base = ["--data-dir", str(data)]
+    for name in ("c", "d"):
+        assert main([*base, "collections", "create", name, "--encoder", "baseline"]) == 0
+    (data / "index" / "d" / "collection.json").write_text('{"broken')
+    capsys.readouterr()
+    assert main([*base, "collections", "list"]) == 0
+    listed = capsys.readouterr()
+    assert listed.out.startswith("c ") and "\nd " not in listed.out
+    assert "collection 'd' is damaged: its collection.json: not JSON (line 1)" in listed.err
+    query = tmp_path / "q.png"
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(query)
+    assert main([*base, "search", "--collection", "d", str(query)]) == 2
+    assert "radsearch: error: collection 'd' is damaged" in capsys.readouterr().err
+
+    with ServedApp(Settings(data_dir=data)) as api:
+        found = httpx.post(f"{api.url}/v1/collections/d/search", json={"vector": [0.5] * 512}, timeout=30)
+        assert found.status_code == 500 and found.json()["error"]["code"] == "store_damaged", found.text
+        assert str(tmp_path) not in found.text
+        assert [
+            c["name"] for c in httpx.get(f"{api.url}/v1/collections", timeout=30).json()["collections"]
+        ] == ["c"]
+        dropped = httpx.delete(f"{api.url}/v1/collections/d", timeout=30)
+        assert dropped.status_code == 200 and dropped.json()["points"] is None, dropped.text
+    assert main([*base, "collections", "trash"]) == 0
+    assert capsys.readouterr().out.startswith("d                        points=?")

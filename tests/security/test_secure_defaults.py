@@ -6,8 +6,10 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from pydantic import SecretStr
 
 from core.config import ApiKeyEntry, SecuritySettings, Settings
@@ -143,3 +145,47 @@ def test_security_configuration_line(secured: SecuredApp) -> None:
     )
     print(f"security_config: {line}")
     assert docs_off and Settings().api.host == "127.0.0.1" and celery_accept == "json"
+
+
+def test_processes_that_make_the_hash_key_at_once_all_get_the_same_one(tmp_path: Path) -> None:
+    """Seen in the code during the walkthrough (a run cannot force the interleaving): each process
+    that found no key file wrote its own, so processes starting together on a fresh data dir could
+    key their hashes differently for good, or read a file another had just created, still empty.
+    Eight processes ask at one barrier here; they must all get the one key on disk."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    start, keys = fork.Barrier(8), fork.Queue()
+
+    def make_key() -> None:
+        start.wait()
+        keys.put(Settings(data_dir=tmp_path / "data").hash_key_bytes())
+
+    processes = [fork.Process(target=make_key) for _ in range(8)]
+    for process in processes:
+        process.start()
+    made = {keys.get(timeout=30) for _ in processes}
+    for process in processes:
+        process.join(timeout=30)
+    assert len(made) == 1 and len(next(iter(made))) == 64, made
+    assert (tmp_path / "data" / "hash.key").stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["hash.key"]  # nothing left aside
+
+
+@pytest.mark.parametrize("content", [b"", b"0123456789abcdef\n", b"\xff\xfe"], ids=["empty", "cut", "binary"])
+def test_a_hash_key_file_that_was_emptied_or_cut_is_refused(
+    content: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: an emptied hash.key keyed every new hash of patient ids and
+    DICOM UIDs with nothing, silently."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hash.key").write_bytes(content)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(folder / "a.png")
+    assert main(["--data-dir", str(data), "ingest", str(folder), "--collection", "c"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"radsearch: error: the hash key {data / 'hash.key'}" in err
+    assert ("not the hex text" if content == b"\xff\xfe" else "Restore it from a backup") in err
+    assert (data / "hash.key").read_bytes() == content  # never replaced behind the operator's back
