@@ -20,9 +20,9 @@ Only the embedded store keeps collections as files; a Qdrant server has its own 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import secrets
@@ -31,12 +31,12 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from core.config import Settings
-from core.errors import CollectionExists, CollectionNotFound, ConfigError, StoreDamaged
+from core.errors import CollectionExists, CollectionNotFound, ConfigError, StoreDamaged, os_reason
 from core.index._shared import read_config_file
 from core.index.base import CollectionConfig, VectorIndex
 
@@ -51,6 +51,9 @@ __all__ = [
 
 Clock = Callable[[], datetime]
 
+log = logging.getLogger(__name__)
+
+_Record = TypeVar("_Record", bound=BaseModel)
 _MANIFEST = "manifest.json"
 _TRASH_RECORD = "trash.json"
 _COLLECTIONS = "collections"
@@ -104,6 +107,22 @@ def _renamed(config: CollectionConfig, name: str) -> CollectionConfig:
     if isinstance(catalog, dict):
         metadata["catalog"] = {**catalog, "name": name}
     return dataclasses.replace(config, name=name, metadata=metadata)
+
+
+def _read_record(model: type[_Record], path: Path, what: str, advice: str) -> _Record:
+    """The JSON record at ``path`` as ``model``; `StoreDamaged` naming ``what``, the file and
+    why it cannot be read (fields by name, never what the file holds), then ``advice``."""
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        reason = os_reason(exc, "cannot be read")
+    except ValidationError as exc:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            reason = "not JSON"
+        else:
+            fields = sorted({".".join(map(str, error["loc"])) or "?" for error in exc.errors()})
+            reason = f"fields missing or of the wrong kind ({', '.join(fields)})"
+    raise StoreDamaged(f"{what} is damaged: its {path.name}: {reason}; {advice}")
 
 
 def _read_config(directory: Path, what: str) -> CollectionConfig:
@@ -210,15 +229,24 @@ class SnapshotStore:
         manifests = []
         for entry in sorted(self.root.iterdir()):
             if _SNAPSHOT_ID.match(entry.name) and (entry / _MANIFEST).is_file():
-                with contextlib.suppress(ValueError, OSError):
-                    manifests.append(SnapshotManifest.model_validate_json((entry / _MANIFEST).read_text()))
+                try:
+                    manifests.append(self.get(entry.name))
+                except StoreDamaged as exc:  # listed around, not hidden
+                    log.warning("%s", exc)
         return manifests
 
     def get(self, snapshot_id: str) -> SnapshotManifest:
+        """The manifest of ``snapshot_id``; `CollectionNotFound`, or `StoreDamaged` where it
+        cannot be read."""
         path = self._dir(snapshot_id) / _MANIFEST
         if not path.is_file():
             raise CollectionNotFound(f"snapshot {snapshot_id!r} not found")
-        return SnapshotManifest.model_validate_json(path.read_text(encoding="utf-8"))
+        return _read_record(
+            SnapshotManifest,
+            path,
+            f"snapshot {snapshot_id!r}",
+            "it cannot be restored through radsearch; its collection files are under its folder",
+        )
 
     def restore(
         self,
@@ -336,8 +364,17 @@ class Trash:
         for directory in sorted(self.root.iterdir()):
             record = directory / _TRASH_RECORD
             if record.is_file() and (directory / _TRASHED).is_dir():
-                with contextlib.suppress(ValueError, OSError):
-                    entries.append(TrashEntry.model_validate_json(record.read_text(encoding="utf-8")))
+                try:
+                    entries.append(
+                        _read_record(
+                            TrashEntry,
+                            record,
+                            f"the trash entry {directory.name!r}",
+                            "it cannot be restored or expire; remove its folder by hand once not needed",
+                        )
+                    )
+                except StoreDamaged as exc:  # listed around, not hidden
+                    log.warning("%s", exc)
         return sorted(entries, key=lambda e: e.dropped_at)
 
     def purge(self) -> builtins.list[TrashEntry]:
@@ -347,8 +384,9 @@ class Trash:
         now = self._clock()
         gone = []
         with _lock:
-            kept = {e.id for e in self.list()}
-            for entry in self.list():
+            entries = self.list()
+            kept = {e.id for e in entries}
+            for entry in entries:
                 if datetime.fromisoformat(entry.expires_at) <= now:
                     shutil.rmtree(self.root / entry.id, ignore_errors=True)
                     gone.append(entry)

@@ -6,6 +6,7 @@ of its shard: a mistaken ``DELETE /v1/collections/{name}`` lost every point for 
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from qdrant_client import QdrantClient
 from core.catalog import Catalog, CollectionEntry
 from core.config import SecuritySettings, Settings, StoreSettings
 from core.encoders.registry import resolve_spec
-from core.errors import CollectionExists, CollectionNotFound, ConfigError
+from core.errors import CollectionExists, CollectionNotFound, ConfigError, StoreDamaged
 from core.index.base import CollectionConfig, VectorIndex
 from core.index.edge import EdgeIndex
 from core.index.server import QdrantServerIndex
@@ -269,3 +270,34 @@ def test_a_qdrant_server_drop_is_a_real_delete(tmp_path: Path) -> None:
     assert not settings.trash_dir.exists()
     with pytest.raises(ConfigError, match="its own snapshots"):
         SnapshotStore(settings).create(index)
+
+
+def test_a_damaged_manifest_or_trash_record_is_named_not_hidden(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in the walkthrough: a snapshot whose manifest.json could not be read vanished from
+    `snapshot list` ("no snapshots yet") and its restore ended with "unexpected error:
+    ValidationError"; a trash entry whose record could not be read vanished from the trash, there
+    to stay for good."""
+    settings = _settings(tmp_path)
+    index = EdgeIndex(settings.data_dir / "index", settings.store)
+    try:
+        _create(index, "live")
+        _create(index, "gone")
+        snapshots = SnapshotStore(settings)
+        kept, damaged = snapshots.create(index, ["live"]), snapshots.create(index, ["live"])
+        (snapshots.root / damaged.id / "manifest.json").write_text('{"id": 5}')
+        trash = Trash(settings)
+        dropped = trash.put(index, "gone")
+        (trash.root / dropped.id / "trash.json").write_text("{")
+        with caplog.at_level(logging.WARNING, logger="core.snapshots"):
+            assert [m.id for m in snapshots.list()] == [kept.id]
+            assert trash.list() == [] and trash.purge() == []
+        assert f"snapshot {damaged.id!r} is damaged: its manifest.json: fields missing" in caplog.text
+        assert f"the trash entry {dropped.id!r} is damaged: its trash.json: not JSON" in caplog.text
+        assert (trash.root / dropped.id / "collection").is_dir()  # never purged as a leftover
+        with pytest.raises(StoreDamaged, match=r"\(collections, created_at, id, radsearch_version\)"):
+            snapshots.restore(index, damaged.id, collection="live", as_name="again")
+        assert "again" not in index.list_collections()
+    finally:
+        index.close()
