@@ -38,7 +38,6 @@ __all__ = [
     "AccessRefused",
     "os_reason",
     "BadInput",
-    "StoreDamaged",
     "CollectionExists",
     "CollectionNotFound",
     "ConfigError",
@@ -57,6 +56,7 @@ __all__ = [
     "RadsearchError",
     "ServerUnavailable",
     "SourceError",
+    "StoreDamaged",
     "StoreFull",
     "StoreOwned",
     "StoreUnavailable",
@@ -140,8 +140,9 @@ class CollectionNotFound(IndexStoreError):
 
 class StoreDamaged(IndexStoreError):
     """A record of the store cannot be read: a collection's own (``collection.json``: its config
-    and catalog entry; its points are untouched, and it can be dropped) or the aliases file. The
-    message names the file and why, and what to do; never what the file holds."""
+    and catalog entry; its points are untouched, and it can be dropped), the aliases file, a
+    snapshot's manifest, a trash entry's record, the owner's job store. The message names the
+    record and why, and what to do; never what the file holds."""
 
 
 class CollectionExists(IndexStoreError):

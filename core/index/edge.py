@@ -809,12 +809,12 @@ class EdgeIndex(VectorIndex):
                 reason = (
                     f"not JSON (line {exc.lineno})"
                     if isinstance(exc, json.JSONDecodeError)
-                    else (os_reason(exc, "not a JSON object of alias → collection"))
+                    else os_reason(exc, "not a JSON object of alias → collection")
                 )
                 raise StoreDamaged(
-                    f"the store's aliases file ({_ALIASES_FILE} in the index folder) is damaged: {reason}; "
-                    "mend it or move it aside "
-                    "(the aliases are then gone; the collections are untouched)"
+                    f"the store's aliases file ({_ALIASES_FILE} in the index folder) is damaged: "
+                    f"{reason}; mend it or move it aside (the aliases are then gone; the collections "
+                    "are untouched)"
                 ) from None
         return dict(self._aliases)
 

@@ -295,7 +295,7 @@ def open_owner_store(settings: Settings) -> tuple[OwnerJobStore, Callable[[], No
     """The owner's job store and how to close it: `SqliteJobStore` under ``<data_dir>/jobs/``
     while this process can take that folder's lock, else (another API process on the same data
     dir holds it) a `MemoryJobStore`, whose jobs end with this process."""
-    from core.errors import IndexStoreError, StoreOwned
+    from core.errors import StoreDamaged, StoreOwned
     from core.ownership import acquire_store
 
     folder = settings.data_dir / "jobs"
@@ -308,9 +308,9 @@ def open_owner_store(settings: Settings) -> tuple[OwnerJobStore, Callable[[], No
         store = SqliteJobStore(folder / _STORE_FILE)
     except sqlite3.Error as exc:
         lease.close()
-        raise IndexStoreError(
-            f"the owner's job store {folder / _STORE_FILE} cannot be opened ({exc}); move it aside "
-            "to start with no job history"
+        raise StoreDamaged(
+            f"the owner's job store {folder / _STORE_FILE} is damaged ({exc}); move it aside to start "
+            "with no job history"
         ) from None
 
     def close() -> None:

@@ -163,7 +163,7 @@ def test_a_taken_port_is_refused_before_the_store_is_advertised(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("damage", "code", "says"),
     [
-        ("a job store that is not a database", 2, "cannot be opened (file is not a database); move it aside"),
+        ("a job store that is not a database", 2, "is damaged (file is not a database); move it aside"),
         ("a file where the job store's folder goes", 2, "cannot create the store's folder"),
     ],
 )
