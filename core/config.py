@@ -51,7 +51,7 @@ class StoreSettings(BaseModel):
     backend: Literal["edge", "qdrant"] = "edge"
     url: str | None = None
     api_key: SecretStr | None = None
-    timeout_s: float = 30.0
+    timeout_s: float = Field(default=30.0, gt=0)
     # HNSW defaults, chosen from the sweeps in bench/RESULTS.md: ef_construct 64 builds 1 M x 512
     # in ~4.5 min on 2 cores (100: ~6.5 min, no better recall once filters are post-filtered);
     # ef 384 keeps unfiltered recall@10 near 0.997 at 1 M (256: 0.991).
@@ -60,14 +60,14 @@ class StoreSettings(BaseModel):
     # cores: 1 M build 251 s (float32 only: 751 s), p50 3.0 / 4.5 / 1.9 ms (9.6 / 9.8 / 4.6 ms), for
     # 25 % more memory; "none" keeps float32 only (bench/RESULTS.md).
     default_quantization: Literal["none", "int8"] = "int8"
-    hnsw_m: int = 16
-    hnsw_ef_construct: int = 64
-    hnsw_payload_m: int = 16
-    hnsw_ef: int = 384
+    hnsw_m: int = Field(default=16, ge=2, le=512)
+    hnsw_ef_construct: int = Field(default=64, ge=4)
+    hnsw_payload_m: int = Field(default=16, ge=0, le=512)
+    hnsw_ef: int = Field(default=384, ge=1)
     # Below this many KB of vectors a segment is searched by full scan and gets no HNSW graph; it is
     # also the engine's indexing threshold for new collections (both 10,000 KB, the engine's default)
     # and the unindexed volume at which the owner builds the index by itself (below).
-    full_scan_threshold_kb: int = 10_000
+    full_scan_threshold_kb: int = Field(default=10_000, ge=0)
     # Writes are refused (StoreFull: HTTP 507, CLI exit 4) while the disk under the store has less
     # free space than this, plus what the write itself may take: the engine memory-maps its files,
     # and a full disk would end the process with SIGBUS instead of an error.
@@ -101,13 +101,13 @@ class StoreSettings(BaseModel):
     # 250 k- and 20 k-point filters at 1 M.
     # The Qdrant-server backend leaves the plan to the server: ACORN (``acorn``, applied below
     # ``acorn_max_selectivity``) on every filtered search.
-    post_filter_min_share: float = 0.2
+    post_filter_min_share: float = Field(default=0.2, ge=0, le=1)
     # 3 x (page / share) candidates: 1 M points, recall@10 the same as at 4 (0.9984 modality, 0.9998
     # modality AND anatomy), p50 3.4-3.7 / 3.2-3.6 ms against 4.2-4.3 / 4.1-4.6 ms (Zen 4). A filter
     # matching far fewer of the query's neighbours than its share falls back (the next rule).
-    post_filter_factor: float = 3.0
-    post_filter_max_candidates: int = 1000
-    post_filter_max_results: int = 100
+    post_filter_factor: float = Field(default=3.0, gt=0)
+    post_filter_max_candidates: int = Field(default=1000, ge=1)
+    post_filter_max_results: int = Field(default=100, ge=0)
     # Filters matching at most this many points are scanned: every matching point scored (by its
     # original vector where the originals are in RAM, else by int8 then rescored; from disk the
     # pages the scan read count towards release_mapped_mb). At 1 M points
@@ -117,26 +117,26 @@ class StoreSettings(BaseModel):
     # (6 k points) 0.9765 on its links. Where such a filter reaches the engine as one condition
     # (its labels' combination) under the engine's full-scan threshold, the engine's own plain
     # search (int8, the best rescored) replaces the scan: 0.5 instead of 1.6 ms for 4.6 k points.
-    filter_exact_max_points: int = 10_000
+    filter_exact_max_points: int = Field(default=10_000, ge=0)
     acorn: bool = True
-    acorn_max_selectivity: float = 0.4
-    acorn_max_points: int = 50_000
-    acorn_min_selectivity: float = 0.1
-    hnsw_ef_acorn: int = 32
-    hnsw_ef_filtered: int = 384
+    acorn_max_selectivity: float = Field(default=0.4, ge=0, le=1)
+    acorn_max_points: int = Field(default=50_000, ge=0)
+    acorn_min_selectivity: float = Field(default=0.1, ge=0, le=1)
+    hnsw_ef_acorn: int = Field(default=32, ge=1)
+    hnsw_ef_filtered: int = Field(default=384, ge=1)
     # Small filters ride their payload links: 1 M points, 2 % filter (20 k points), recall@10 1.0
     # at ef 128 in 3.6 ms (256: 6.1 ms). Smaller ones are scanned (filter_exact_max_points).
-    hnsw_ef_selective: int = 128
+    hnsw_ef_selective: int = Field(default=128, ge=1)
     # Post-filtered searches draw their candidates at this ef (at least the number of candidates):
     # 1 M points, the 25 % modality filter (post_filter_factor 4), recall@10 0.9998 at 384 in 6.1 ms,
     # 0.9994 at 256 in 5.0 ms, 0.9992 at 192 in 4.2-5.0 ms, 0.9982 at 160 in 4.0 ms (Zen 4,
     # bench/RESULTS.md session 9).
     # Filters the post-filter cannot serve fall back to filtered HNSW at ``hnsw_ef_filtered``.
-    post_filter_ef: int = 192
+    post_filter_ef: int = Field(default=192, ge=1)
     # Combined filters post-filtered within their narrowest linked condition (EdgeIndex.
     # _filtered_plan) draw their candidates at this ef: 300 k points, modality AND anatomy,
     # recall@10 0.9945 at 128 in 6.4 ms, 0.997 at 384 in 12.0 ms.
-    post_filter_base_ef: int = 128
+    post_filter_base_ef: int = Field(default=128, ge=1)
     # Threads of each collection's engine search pool, which searches a collection's segments in
     # parallel. An optimized collection is one indexed segment (the optimizer builds the
     # appendable segment whole) and the engine holds the GIL while it searches, so a search runs on
@@ -226,7 +226,7 @@ class RuntimeSettings(BaseModel):
 
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    torch_threads: int | None = None
+    torch_threads: int | None = Field(default=None, ge=1)
     # On CPU, run encoders in fp32 with their Linear layers (the attention's projections too)
     # dynamically quantized to int8 (torch's dynamic quantization): a clip-vit-b16 query by image
     # 1.9x faster than fp32 on a CPU without fast bf16 (Zen 3: 165 instead of 312 ms over HTTP),
@@ -355,11 +355,11 @@ def _read_key_file(path: Path) -> list[ApiKeyEntry]:
 
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
-    port: int = 8000
-    max_upload_bytes: int = 64 * 1024 * 1024
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Every request body except image uploads (JSON searches, jobs, events).
     max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
-    max_limit: int = 1000
+    max_limit: int = Field(default=1000, ge=1, le=100_000)
     # /docs, /redoc and /openapi.json; None: on while the API is open (no keys), off once keys are set.
     docs: bool | None = None
     # The embedded store (backend "edge") in a child process of the server (core.index.hosted):

@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from core.config import Settings
+from radsearch.commands.options import port_number
 
 __all__ = ["add_demo_command"]
 
@@ -25,5 +26,5 @@ def add_demo_command(sub: Any) -> None:
     demo.add_argument("--per-class", type=int, default=12)
     demo.add_argument("--no-serve", action="store_true")
     demo.add_argument("--host")
-    demo.add_argument("--port", type=int)
+    demo.add_argument("--port", type=port_number)
     demo.set_defaults(handler=_cmd_demo)

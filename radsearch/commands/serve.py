@@ -8,6 +8,7 @@ from typing import Any
 
 from core.config import Settings
 from radsearch.commands.common import EXIT_OK
+from radsearch.commands.options import port_number
 
 __all__ = ["add_serve_command"]
 
@@ -29,5 +30,5 @@ def add_serve_command(sub: Any) -> None:
     """Register ``radsearch serve`` on the ``radsearch`` subparsers."""
     serve = sub.add_parser("serve", help="serve the HTTP API and web page")
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--port", type=port_number)
     serve.set_defaults(handler=_cmd_serve)

@@ -241,6 +241,41 @@ def test_an_endpoint_in_the_wrong_form_is_refused_naming_the_form(
     assert f"invalid setting: RADSEARCH_{variable}: Value error, {rule}" in err
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "rule"),
+    [
+        ("API__PORT", "70000", "Input should be less than or equal to 65535"),
+        ("API__MAX_LIMIT", "0", "Input should be greater than or equal to 1"),
+        ("STORE__HNSW_EF", "0", "Input should be greater than or equal to 1"),
+        ("STORE__POST_FILTER_MIN_SHARE", "1.5", "Input should be less than or equal to 1"),
+        ("RUNTIME__TORCH_THREADS", "0", "Input should be greater than or equal to 1"),
+    ],
+)
+def test_a_number_setting_out_of_its_bounds_is_refused_at_start_up(
+    variable: str,
+    value: str,
+    rule: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found in the walkthrough: RADSEARCH_API__PORT=70000 was taken and `serve` ended with
+    "unexpected error: OverflowError"; a max_limit of 0 made every search "-k must be between 1
+    and 0"; an ef of 0 was taken silently."""
+    monkeypatch.setenv(f"RADSEARCH_{variable}", value)
+    assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 2
+    assert f"invalid setting: RADSEARCH_{variable}: {rule}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "http"])
+def test_a_port_that_is_none_is_refused_by_the_parser(port: str, tmp_path: Path) -> None:
+    """Found in the walkthrough: `serve --port 70000` ended with "unexpected error: OverflowError"."""
+    with pytest.raises(SystemExit) as refused:
+        main(["--data-dir", str(tmp_path / "data"), "serve", "--port", port])
+    assert refused.value.code == 2
+    assert not (tmp_path / "data" / "index" / "owner.json").exists()
+
+
 @pytest.mark.parametrize("command", [["collections", "list"], ["demo", "--no-serve"], ["serve"]])
 def test_a_data_dir_that_cannot_be_one_is_a_usage_error(
     command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
