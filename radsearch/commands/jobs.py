@@ -379,14 +379,15 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
         print_jobs(records[: args.limit], as_json=args.json)
         return EXIT_OK
     store, app = _connect(settings)
-    if args.jobs_command == "show":
-        record = store.get(args.job_id)
-        if record is None:
-            if store.lost(args.job_id):
-                sys.stderr.write(f"radsearch: error: job {args.job_id}: {JOB_STATE_LOST}\n")
-                return EXIT_RUNTIME_ERROR
-            sys.stderr.write(f"radsearch: error: no job {args.job_id}\n")
+    record = store.get(args.job_id) if getattr(args, "job_id", None) is not None else None
+    if record is None and getattr(args, "job_id", None) is not None:  # show, or requeue of one job
+        if store.lost(args.job_id):
+            sys.stderr.write(f"radsearch: error: job {args.job_id}: {JOB_STATE_LOST}\n")
             return EXIT_RUNTIME_ERROR
+        sys.stderr.write(f"radsearch: error: no job {args.job_id}\n")
+        return EXIT_RUNTIME_ERROR
+    if args.jobs_command == "show":
+        assert record is not None
         from workers.heartbeat import job_waiting
 
         job = record.to_dict()

@@ -125,6 +125,12 @@ def test_a_job_lost_with_redis_is_told_apart_from_an_unknown_id(
     listing = cli(worker_settings, "jobs", "list")
     assert listing.returncode == 0, listing.stderr
     assert "warning: job state lost" in listing.stderr
+    # Found in the walkthrough: a requeue of a job that was lost, or never was, answered
+    # "requeued 0 dead-lettered batch(es) as job(s): -" and exit 0, as for a job with none.
+    requeued = cli(worker_settings, "jobs", "requeue", job_id)
+    assert requeued.returncode == 1 and "job state lost" in requeued.stderr, requeued
+    typo = cli(worker_settings, "jobs", "requeue", "e350a94e")
+    assert typo.returncode == 1 and "radsearch: error: no job e350a94e" in typo.stderr, typo
 
     # A new job under the new epoch: found, and no longer a reason to warn.
     again = api.post("/v1/ingest-jobs", json={"source": "s3://bucket/ct/", "collections": ["a"]})
