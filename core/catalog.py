@@ -6,6 +6,7 @@ its query with exactly the encoder the collection was built with.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import threading
@@ -166,7 +167,9 @@ class Catalog:
             return target
         if self.index.collection_exists(name):
             return name
-        raise CollectionNotFound(f"collection {name!r} does not exist")
+        close = difflib.get_close_matches(name, [*self.index.list_collections(), *self.aliases()], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise CollectionNotFound(f"collection {name!r} does not exist{hint}")
 
     def _is_collection(self, name: str) -> bool:
         return name not in self.aliases() and self.index.collection_exists(name)

@@ -145,3 +145,23 @@ def test_a_damaged_aliases_file_is_named_not_read_as_no_aliases(settings: Settin
                 call()
     finally:
         index.close()
+
+
+def test_an_unknown_name_is_answered_with_the_close_ones(settings: Settings, tmp_path: Path) -> None:
+    """Found in the walkthrough: `--collection othr` answered "collection 'othr' does not exist",
+    where a mistyped encoder or filter value is answered with the close ones."""
+    index = EdgeIndex(tmp_path / "edge", settings.store)
+    try:
+        catalog = Catalog(index, settings)
+        catalog.create("chest-ct", get_spec("baseline"))
+        catalog.set_alias("current", "chest-ct")
+        for typed, hint in [
+            ("chest_ct", "; did you mean chest-ct?"),
+            ("curent", "; did you mean current?"),
+            ("zzz", ""),
+        ]:
+            with pytest.raises(CollectionNotFound) as missing:
+                catalog.get(typed)
+            assert str(missing.value) == f"collection {typed!r} does not exist{hint}"
+    finally:
+        index.close()
