@@ -23,7 +23,14 @@ from core.config import Settings
 from core.encoders.base import Encoder
 from core.encoders.registry import load_encoder
 from core.encoders.spec import EncoderSpec
-from core.errors import CollectionExists, CollectionNotFound, ConfigError, IndexStoreError, StoreDamaged
+from core.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    ConfigError,
+    IndexStoreError,
+    StoreDamaged,
+    field_names,
+)
 from core.index.base import CollectionConfig, VectorIndex
 from core.snapshots import Trash, TrashEntry
 
@@ -189,11 +196,7 @@ class Catalog:
         try:
             entry = CollectionEntry.model_validate({**raw, "calibration_threshold": threshold_of(metadata)})
         except (ValidationError, TypeError) as exc:
-            fields = (
-                ", ".join(sorted({".".join(map(str, e["loc"])) or "?" for e in exc.errors()}))
-                if isinstance(exc, ValidationError)
-                else "not a record"
-            )
+            fields = field_names(exc.errors()) if isinstance(exc, ValidationError) else "not a record"
             raise StoreDamaged(
                 f"collection {collection!r} is damaged: its catalog entry does not hold ({fields}); its "
                 "points are untouched: restore it from a snapshot, or drop it"

@@ -31,11 +31,13 @@ Messages name the file or field at fault and never carry patient-identifying val
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "AccessRefused",
+    "field_names",
     "os_reason",
     "BadInput",
     "CollectionExists",
@@ -65,6 +67,12 @@ __all__ = [
     "UpstreamUnreachable",
     "WeightsUnavailable",
 ]
+
+
+def field_names(errors: Iterable[Mapping[str, Any]]) -> str:
+    """The dotted names of the fields a validation's ``errors`` (pydantic's ``exc.errors()``) are
+    about, sorted and comma-separated: what is wrong where, never the values."""
+    return ", ".join(sorted({".".join(map(str, error.get("loc", ()))) or "?" for error in errors}))
 
 
 def os_reason(exc: BaseException, otherwise: str) -> str:

@@ -36,7 +36,14 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from core.config import Settings
-from core.errors import CollectionExists, CollectionNotFound, ConfigError, StoreDamaged, os_reason
+from core.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    ConfigError,
+    StoreDamaged,
+    field_names,
+    os_reason,
+)
 from core.index._shared import read_config_file
 from core.index.base import CollectionConfig, VectorIndex
 
@@ -120,8 +127,7 @@ def _read_record(model: type[_Record], path: Path, what: str, advice: str) -> _R
         if any(error["type"] == "json_invalid" for error in exc.errors()):
             reason = "not JSON"
         else:
-            fields = sorted({".".join(map(str, error["loc"])) or "?" for error in exc.errors()})
-            reason = f"fields missing or of the wrong kind ({', '.join(fields)})"
+            reason = f"fields missing or of the wrong kind ({field_names(exc.errors())})"
     raise StoreDamaged(f"{what} is damaged: its {path.name}: {reason}; {advice}")
 
 
