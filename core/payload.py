@@ -24,6 +24,7 @@ __all__ = [
     "GROUP_FIELDS",
     "INDEXED_FIELDS",
     "LABEL_FIELDS",
+    "NO_RULES_HASH",
     "PAYLOAD_FIELDS",
     "SearchFilter",
     "build_payload",
@@ -121,6 +122,10 @@ def labels_hash(labels: Mapping[str, Any]) -> str:
     present = {k: v for k, v in labels.items() if v not in (None, "", [], {})}
     text = json.dumps(present, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: ``labels_hash`` of an object no label rule said anything about.
+NO_RULES_HASH = labels_hash({})
 
 
 def keyed_hash(key: bytes, value: str) -> str:

@@ -32,7 +32,7 @@ from core.encoders.base import Encoder
 from core.errors import BadInput, ObjectNotFound
 from core.index.base import StoredPoint, VectorIndex
 from core.metrics import INGEST_IMAGES, INGEST_OBJECTS, INGEST_STAGE_SECONDS
-from core.payload import SearchFilter, build_payload, image_point_id, labels_hash, point_id
+from core.payload import NO_RULES_HASH, SearchFilter, build_payload, image_point_id, labels_hash, point_id
 from core.source_overlap import Overlap
 from ingest.labels import Labeler
 from ingest.prune import delete_keys
@@ -348,6 +348,12 @@ def _submit(ctx: PipelineContext, refs: list[ObjectRef], pool: ThreadPoolExecuto
     )
 
 
+def _rule_labelled(stored: Sequence[StoredPoint]) -> bool:
+    """Whether label rules gave the stored points of an object labels (their ``labels_hash``,
+    which the owner's bookkeeping answers to workers carry too)."""
+    return any(point.payload.get("labels_hash") not in (None, NO_RULES_HASH) for point in stored)
+
+
 def _frame_id(ctx: PipelineContext, target: Target, item: _Loaded, frame: int) -> str:
     if target.id_scheme == "v1":
         return point_id(ctx.source.uri, item.ref.key, frame)
@@ -366,15 +372,19 @@ def _relabel(ctx: PipelineContext, pending: _Pending, loaded: list[_Loaded], rep
     relabelled: set[str] = set()
     for pos, target in enumerate(ctx.targets):
         updates: dict[str, dict[str, Any]] = {}
+        labels_from: dict[str, str] = {}
         for item in loaded:
             if pos not in pending.relabel.get(item.ref.key, []):
                 continue
+            silent = not ctx.labeler.has_rules_for(item.ref.key)
             for point in pending.stored[pos].get(item.ref.key, []):
                 frame = int(point.payload.get("frame") or 0)
                 updates[point.id] = _payload(ctx, target, item, frame)
+                if silent:  # keeps what earlier rules gave it
+                    labels_from[point.id] = point.id
             relabelled.add(item.ref.key)
         if updates:
-            ctx.index.overwrite_payloads(target.collection, updates)
+            ctx.index.overwrite_payloads(target.collection, updates, labels_from=labels_from or None)
     report.relabelled += len(relabelled)
 
 
@@ -400,6 +410,7 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
             delete_keys(ctx.index, target.collection, ctx.source, quarantined)
     _relabel(ctx, pending, loaded, report)
     bad_keys: set[str] = set()
+    labels_carried: set[str] = set()
     for pos, target in enumerate(ctx.targets):
         items = [item for item in loaded if pos in item.tensors]
         if not items:
@@ -415,10 +426,18 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
         # id → (row, payload): one file holding the same instance as another of the batch (another
         # transfer syntax) writes the same ids, the last one's payload wins.
         points: dict[str, tuple[int, dict[str, Any]]] = {}
+        labels_from: dict[str, str] = {}
         stale: set[str] = set()
         row = 0
         for item in items:
             written: set[str] = set()
+            stored = pending.stored[pos].get(item.ref.key, [])
+            # Rules that say nothing about an object leave the labels earlier rules gave it: its
+            # points take them from a stored point of its key, or (a DICOM frame stored under
+            # another source name: the same id) from themselves; the store checks each is there.
+            silent = not ctx.labeler.has_rules_for(item.ref.key)
+            if silent and _rule_labelled(stored):
+                labels_carried.add(item.ref.key)
             for frame in item.frame_indices:
                 vec = vectors[row]
                 pid = _frame_id(ctx, target, item, frame)
@@ -427,14 +446,23 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
                     bad_keys.add(item.ref.key)
                 else:
                     points[pid] = (row, _payload(ctx, target, item, frame))
+                    if silent:
+                        labels_from[pid] = stored[0].id if stored else pid
                 row += 1
-            stale.update(p.id for p in pending.stored[pos].get(item.ref.key, []) if p.id not in written)
+            stale.update(p.id for p in stored if p.id not in written)
         if points:
             ids = list(points)
             rows = [points[pid][0] for pid in ids]
             payloads = [points[pid][1] for pid in ids]
             with INGEST_STAGE_SECONDS.labels("upsert").time():
-                ctx.index.upsert(target.collection, ids, vectors[rows], payloads, insert_only=ctx.insert_only)
+                ctx.index.upsert(
+                    target.collection,
+                    ids,
+                    vectors[rows],
+                    payloads,
+                    insert_only=ctx.insert_only,
+                    labels_from=labels_from or None,
+                )
         stale.difference_update(points)
         if stale and not ctx.insert_only:
             # The object's frames that no longer exist (fewer frames, another sampling, another
@@ -444,6 +472,7 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
         INGEST_IMAGES.labels(target.collection).inc(len(points))
     for key in sorted(bad_keys):
         report.failed.append(FailedItem(key, "encoder produced an invalid (NaN or zero) vector"))
+    report.labels_kept += len(labels_carried - bad_keys)
     report.seconds = time.perf_counter() - pending.started
     _count_outcomes(report)
     return report

@@ -632,6 +632,13 @@ class PointPayloadIn(BaseModel):
     labels_hash: str | None = _hash()
 
 
+_LABELS_FROM = (
+    "a stored point (this one, or another frame of its object) whose labels (modality, anatomy, "
+    "pathology, dataset, split, labels_hash) this point takes instead of its payload's, where that "
+    "point exists: a re-embedded object whose label rules this run lacks keeps its labels"
+)
+
+
 class PointIn(BaseModel):
     """One point to write: its id (a UUID: the same id overwrites), vector and payload."""
 
@@ -640,6 +647,7 @@ class PointIn(BaseModel):
     id: UUID
     vector: list[float] = Field(min_length=1, max_length=65536)
     payload: PointPayloadIn = Field(default_factory=PointPayloadIn)
+    labels_from: UUID | None = Field(default=None, description=_LABELS_FROM)
 
 
 class PointsUpsert(BaseModel):
@@ -665,6 +673,7 @@ class PointPayloadUpdate(BaseModel):
 
     id: UUID
     payload: PointPayloadIn
+    labels_from: UUID | None = Field(default=None, description=_LABELS_FROM)
 
 
 class PointsPayloadOverwrite(BaseModel):

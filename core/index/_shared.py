@@ -6,7 +6,7 @@ import dataclasses
 import json
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -17,7 +17,7 @@ from core.config import StoreSettings
 from core.errors import IndexStoreError, InvalidFilter, InvalidVector, StoreDamaged, os_reason
 from core.index.base import CollectionConfig, StoredPoint
 from core.index.combinations import public_payload
-from core.payload import INDEXED_FIELDS, SearchFilter
+from core.payload import INDEXED_FIELDS, LABEL_FIELDS, NO_RULES_HASH, SearchFilter
 from core.vectors import validate_vectors
 
 __all__ = [
@@ -181,6 +181,33 @@ def config_to_dict(config: CollectionConfig) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise IndexStoreError(f"collection metadata must be JSON-serialisable: {exc}") from exc
     return parsed
+
+
+def carry_labels(
+    stored: Callable[[list[str]], list[StoredPoint]],
+    ids: Sequence[str],
+    payloads: Sequence[dict[str, Any]],
+    labels_from: Mapping[str, str] | None,
+) -> list[dict[str, Any]]:
+    """``payloads`` (of ``ids``), each whose id ``labels_from`` maps to a stored point (read
+    with ``stored``) that label rules gave labels (its ``labels_hash`` is not that of no rules)
+    holding that point's label fields (`LABEL_FIELDS`) and ``labels_hash`` instead of its own;
+    the others as they are."""
+    if not labels_from:
+        return list(payloads)
+    sources = {point.id: point.payload for point in stored(sorted(set(labels_from.values())))}
+    carried = []
+    for pid, payload in zip(ids, payloads, strict=True):
+        source = sources.get(labels_from.get(pid, ""))
+        if source is None or source.get("labels_hash") in (None, NO_RULES_HASH):
+            carried.append(payload)
+            continue
+        kept = {k: v for k, v in payload.items() if k not in _CARRIED_LABELS}
+        carried.append({**kept, **{k: source[k] for k in _CARRIED_LABELS if k in source}})
+    return carried
+
+
+_CARRIED_LABELS = (*LABEL_FIELDS, "labels_hash")
 
 
 def read_config_file(path: Path, what: str, advice: str) -> CollectionConfig:

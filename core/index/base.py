@@ -188,11 +188,16 @@ class VectorIndex(ABC):
         payloads: Sequence[dict[str, Any]],
         *,
         insert_only: bool = False,
+        labels_from: Mapping[str, str] | None = None,
     ) -> None:
         """Insert or overwrite points; durable when it returns. Vectors are validated first.
 
         ``insert_only`` leaves points that already exist untouched (a backfill never overwrites what
-        a concurrent ingest wrote)."""
+        a concurrent ingest wrote). ``labels_from`` maps a point's id to a stored point (its own
+        id, or another frame of its object) whose labels it takes where that point exists
+        (`core.index._shared.carry_labels`): an object re-embedded by a run whose label rules say
+        nothing about it keeps the labels earlier rules gave it. Read where the labels are stored,
+        before the write."""
 
     @abstractmethod
     def search(
@@ -381,9 +386,16 @@ class VectorIndex(ABC):
     @abstractmethod
     def delete_by_filter(self, name: str, filter: SearchFilter) -> None: ...
 
-    def overwrite_payloads(self, name: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+    def overwrite_payloads(
+        self,
+        name: str,
+        payloads: Mapping[str, dict[str, Any]],
+        *,
+        labels_from: Mapping[str, str] | None = None,
+    ) -> None:
         """Replace the whole payload of each existing point (id → new payload), vectors untouched:
-        a relabel without re-embedding. Ids that do not exist are left out."""
+        a relabel without re-embedding. Ids that do not exist are left out. ``labels_from`` as
+        for `upsert`."""
         raise IndexStoreError(f"{type(self).__name__} cannot overwrite payloads")
 
     def register_source(self, name: str, source_name: str, uri: str) -> None:

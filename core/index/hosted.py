@@ -299,9 +299,17 @@ class HostedEdgeIndex(VectorIndex):
         payloads: Sequence[dict[str, Any]],
         *,
         insert_only: bool = False,
+        labels_from: Mapping[str, str] | None = None,
     ) -> None:
         self._write(
-            [name], "upsert", name, list(ids), np.asarray(vectors), list(payloads), insert_only=insert_only
+            [name],
+            "upsert",
+            name,
+            list(ids),
+            np.asarray(vectors),
+            list(payloads),
+            insert_only=insert_only,
+            labels_from=dict(labels_from) if labels_from else None,
         )
 
     def search(
@@ -441,8 +449,20 @@ class HostedEdgeIndex(VectorIndex):
     def delete_by_filter(self, name: str, filter: SearchFilter) -> None:
         self._write([name], "delete_by_filter", name, filter)
 
-    def overwrite_payloads(self, name: str, payloads: Mapping[str, dict[str, Any]]) -> None:
-        self._write([name], "overwrite_payloads", name, dict(payloads))
+    def overwrite_payloads(
+        self,
+        name: str,
+        payloads: Mapping[str, dict[str, Any]],
+        *,
+        labels_from: Mapping[str, str] | None = None,
+    ) -> None:
+        self._write(
+            [name],
+            "overwrite_payloads",
+            name,
+            dict(payloads),
+            labels_from=dict(labels_from) if labels_from else None,
+        )
 
     def register_source(self, name: str, source_name: str, uri: str) -> None:
         self._changing_metadata([name], "register_source", name, source_name, uri)

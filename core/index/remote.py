@@ -91,6 +91,12 @@ def _stored(item: dict[str, Any]) -> StoredPoint:
     return StoredPoint(id=str(item["id"]), payload=payload)
 
 
+def _with_labels_from(point: dict[str, Any], labels_from: Mapping[str, str] | None) -> dict[str, Any]:
+    """``point`` as the owner's routes take it, with ``labels_from`` where it names one."""
+    source = labels_from.get(point["id"]) if labels_from else None
+    return {**point, "labels_from": source} if source is not None else point
+
+
 class OwnerIndex(VectorIndex):
     """The owner's collections over its HTTP API (`ApiClient`: remote errors come back typed).
 
@@ -212,9 +218,11 @@ class OwnerIndex(VectorIndex):
         payloads: Sequence[dict[str, Any]],
         *,
         insert_only: bool = False,
+        labels_from: Mapping[str, str] | None = None,
     ) -> None:
         """Send the points in batches sized for the route's body limit; the owner validates them
-        (dimension, NaN/Inf, zero norm) and writes each batch durably before it answers."""
+        (dimension, NaN/Inf, zero norm) and writes each batch durably before it answers. The
+        owner carries the labels ``labels_from`` names (a worker never reads labels)."""
         arr = np.asarray(vectors, dtype=np.float32)
         if arr.ndim != 2 or arr.shape[0] != len(ids) or len(payloads) != len(ids):
             raise InvalidVector(
@@ -229,7 +237,7 @@ class OwnerIndex(VectorIndex):
         for start in range(0, len(ids), step):
             stop = start + step
             points = [
-                {"id": str(pid), "vector": row.tolist(), "payload": payload}
+                _with_labels_from({"id": str(pid), "vector": row.tolist(), "payload": payload}, labels_from)
                 for pid, row, payload in zip(
                     ids[start:stop], arr[start:stop], payloads[start:stop], strict=True
                 )
@@ -279,9 +287,18 @@ class OwnerIndex(VectorIndex):
             raise IndexStoreError("an empty filter would match every point; name at least one field")
         self._request("POST", self._path(name, "/points/delete"), {"filter": body})
 
-    def overwrite_payloads(self, name: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+    def overwrite_payloads(
+        self,
+        name: str,
+        payloads: Mapping[str, dict[str, Any]],
+        *,
+        labels_from: Mapping[str, str] | None = None,
+    ) -> None:
         """Send the new payloads to the owner (it relabels; vectors stay), in requests of 1,000."""
-        items = [{"id": str(pid), "payload": payload} for pid, payload in payloads.items()]
+        items = [
+            _with_labels_from({"id": str(pid), "payload": payload}, labels_from)
+            for pid, payload in payloads.items()
+        ]
         for start in range(0, len(items), _IDS_PER_REQUEST):
             chunk = items[start : start + _IDS_PER_REQUEST]
             self._request("POST", self._path(name, "/points/payload"), {"points": chunk})

@@ -21,6 +21,7 @@ from core.config import StoreSettings
 from core.errors import CollectionExists, CollectionNotFound, IndexStoreError
 from core.index._shared import (
     OVERSAMPLING,
+    carry_labels,
     check_batch,
     check_config,
     check_facet,
@@ -250,11 +251,13 @@ class QdrantServerIndex(VectorIndex):
         payloads: Sequence[dict[str, Any]],
         *,
         insert_only: bool = False,
+        labels_from: Mapping[str, str] | None = None,
     ) -> None:
         """Validate everything, then write one batch and wait until it is applied."""
         arr, canonical = check_batch(ids, vectors, payloads, self._config(name).dim)
         if not canonical:
             return
+        payloads = carry_labels(functools.partial(self.retrieve, name), canonical, payloads, labels_from)
         if insert_only:
             # Qdrant's update_mode=insert_only needs a 1.17 server and local mode ignores it: drop
             # the ids that exist first; the server-side mode then closes the remaining race.
@@ -433,12 +436,27 @@ class QdrantServerIndex(VectorIndex):
         selector = models.PointIdsList(points=list(wanted))
         self._call(name, lambda: self._client.delete(name, points_selector=selector, wait=True))
 
-    def overwrite_payloads(self, name: str, payloads: Mapping[str, dict[str, Any]]) -> None:
+    def overwrite_payloads(
+        self,
+        name: str,
+        payloads: Mapping[str, dict[str, Any]],
+        *,
+        labels_from: Mapping[str, str] | None = None,
+    ) -> None:
         """One overwrite per point, in one batch request."""
         self._config(name)
         wanted = {canonical: payload for pid, payload in payloads.items() for canonical in known_ids([pid])}
         if not wanted:
             return
+        wanted = dict(
+            zip(
+                wanted,
+                carry_labels(
+                    functools.partial(self.retrieve, name), list(wanted), list(wanted.values()), labels_from
+                ),
+                strict=True,
+            )
+        )
         existing = {
             str(r.id)
             for r in self._call(

@@ -27,7 +27,7 @@ EXIT_INTERRUPTED = 130
 
 # What a run without the manifest (or path template) of an earlier one did to its labels.
 LABELS_KEPT = (
-    "unchanged objects keep the labels an earlier manifest or path template gave them: this run's "
+    "objects keep the labels an earlier manifest or path template gave them: this run's "
     "rules say nothing about them (pass the same --manifest / --path-template to change them)"
 )
 

@@ -39,6 +39,7 @@ from search_api.schemas import (
     OptimizePublic,
     PointBookkeeping,
     PointIn,
+    PointPayloadUpdate,
     PointsBookkeeping,
     PointsDelete,
     PointsDeleted,
@@ -99,11 +100,22 @@ def _vectors(points: Sequence[PointIn], dim: int) -> NDArray[np.float32]:
         raise InvalidVector(f"{at} has zero norm", field=at) from None
 
 
+def _labels_from(points: Sequence[PointIn | PointPayloadUpdate]) -> dict[str, str]:
+    return {str(point.id): str(point.labels_from) for point in points if point.labels_from is not None}
+
+
 def _upsert(index: VectorIndex, entry: CollectionEntry, body: PointsUpsert) -> PointsUpserted:
     vectors = _vectors(body.points, entry.dim)
     ids = [str(point.id) for point in body.points]
     payloads = [build_payload(point.payload.model_dump(exclude_none=True)) for point in body.points]
-    index.upsert(entry.name, ids, vectors, payloads, insert_only=body.insert_only)
+    index.upsert(
+        entry.name,
+        ids,
+        vectors,
+        payloads,
+        insert_only=body.insert_only,
+        labels_from=_labels_from(body.points),
+    )
     return PointsUpserted(collection=entry.name, upserted=len(ids))
 
 
@@ -125,7 +137,7 @@ def _overwrite(index: VectorIndex, entry: CollectionEntry, body: PointsPayloadOv
     payloads = {
         str(point.id): build_payload(point.payload.model_dump(exclude_none=True)) for point in body.points
     }
-    index.overwrite_payloads(entry.name, payloads)
+    index.overwrite_payloads(entry.name, payloads, labels_from=_labels_from(body.points))
     return PointsUpserted(collection=entry.name, upserted=len(payloads))
 
 

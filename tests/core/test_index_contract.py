@@ -34,7 +34,7 @@ from core.index.base import CollectionConfig, Hit, VectorIndex, group_hits
 from core.index.edge import EdgeIndex
 from core.index.hosted import HostedEdgeIndex
 from core.index.server import QdrantServerIndex
-from core.payload import SearchFilter
+from core.payload import NO_RULES_HASH, SearchFilter
 
 DIM = 16
 N = 240
@@ -567,6 +567,39 @@ def test_overwrite_payloads_relabels_existing_points_only(filled: VectorIndex, d
     assert filled.count("c", SearchFilter(modality=["XR"])) == 1 + len(
         data.matching(lambda p: p["modality"] == "XR")
     )
+
+
+def test_labels_from_carries_what_label_rules_gave_a_stored_point(index: VectorIndex) -> None:
+    """`upsert` and `overwrite_payloads` with ``labels_from``: a point takes the label fields and
+    ``labels_hash`` of the stored point named, read before the write, where label rules gave
+    that point its labels; labels of no rule, and points that do not exist, carry nothing."""
+    index.create_collection(CollectionConfig(name="l", dim=DIM))
+    ruled, bare, new, other = (str(uuid.UUID(int=i)) for i in range(1, 5))
+    vectors = make_data(4).vectors
+    labelled = {
+        "modality": "CT",
+        "anatomy": "chest",
+        "pathology": ["nodule"],
+        "labels_hash": "r1",
+        "key": "a",
+    }
+    index.upsert(
+        "l", [ruled, bare], vectors[:2], [labelled, {"modality": "MR", "labels_hash": NO_RULES_HASH}]
+    )
+    plain = {"modality": "US", "key": "b", "labels_hash": NO_RULES_HASH}
+    index.upsert(
+        "l",
+        [ruled, bare, new, other],
+        vectors,
+        [plain, dict(plain), dict(plain), dict(plain)],
+        labels_from={ruled: ruled, bare: bare, new: ruled, other: str(uuid.uuid4())},
+    )
+    payloads = {p.id: p.payload for p in index.retrieve("l", [ruled, bare, new, other])}
+    kept = {"modality": "CT", "anatomy": "chest", "pathology": ["nodule"], "labels_hash": "r1", "key": "b"}
+    assert payloads[ruled] == kept and payloads[new] == kept  # its own, or another frame's
+    assert payloads[bare] == plain and payloads[other] == plain
+    index.overwrite_payloads("l", {new: {"key": "c", "labels_hash": NO_RULES_HASH}}, labels_from={new: new})
+    assert index.retrieve("l", [new])[0].payload == {**kept, "key": "c"}
 
 
 def test_register_source_keeps_names_in_metadata(index: VectorIndex) -> None:

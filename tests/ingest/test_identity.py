@@ -310,6 +310,58 @@ def test_run_without_the_manifest_keeps_the_labels_it_gave(
     assert labels() == {"a.png": ("a", None), "b.png": ("b", None), "c.dcm": ("chest", ["nodule"])}
 
 
+def test_a_re_embedded_object_keeps_the_labels_earlier_rules_gave_it(
+    catalog: Catalog, settings: Settings, tmp_path: Path
+) -> None:
+    """Noticed in session 21, fixed in 22: an object whose pixels changed (a new ETag), a DICOM
+    re-sent with fewer frames, every object under --no-skip-unchanged, and a DICOM reached under
+    another source name were labelled by the run's rules alone, so a run without the manifest
+    stripped the labels the manifest gave them."""
+    folder, manifest = _labelled(
+        tmp_path, 70, "key,anatomy,pathology\na.png,hand,fracture\nc.dcm,chest,nodule\n"
+    )
+    uid = generate_uid()
+    _write_dicom(folder / "c.dcm", uid, n_frames=3, seed=71)
+    assert _ingest(catalog, settings, str(folder), manifest=manifest)["frames_indexed"] == 5
+
+    def labels() -> dict[str, set[tuple[Any, Any]]]:
+        found: dict[str, set[tuple[Any, Any]]] = {}
+        for point in catalog.index.scroll("c"):
+            pathology = tuple(point.payload.get("pathology") or ())
+            found.setdefault(point.payload["key"], set()).add((point.payload.get("anatomy"), pathology))
+        return found
+
+    labelled = labels()
+    assert labelled["a.png"] == {("hand", ("fracture",))} and labelled["c.dcm"] == {("chest", ("nodule",))}
+
+    _write_png(folder / "a.png", seed=170)  # new pixels: another ETag
+    _write_dicom(folder / "c.dcm", uid, n_frames=2, seed=172)  # re-sent with fewer frames
+    changed = _ingest(catalog, settings, str(folder))
+    assert (changed["frames_indexed"], changed["skipped"], changed["labels_kept"]) == (3, 1, 2)
+    assert labels() == labelled and catalog.index.count("c") == 4
+    assert catalog.index.count("c", SearchFilter(pathology=["nodule"])) == 2
+
+    everything = _ingest(catalog, settings, str(folder), skip_unchanged=False)
+    assert (everything["frames_indexed"], everything["labels_kept"]) == (4, 2)
+    assert labels() == labelled
+
+    moved = tmp_path / "moved"  # the DICOM under another folder's name: its frames are the same points
+    moved.mkdir()
+    (moved / "c.dcm").write_bytes((folder / "c.dcm").read_bytes())
+    assert _ingest(catalog, settings, str(moved))["frames_indexed"] == 2
+    assert catalog.index.count("c") == 4
+    assert {
+        p.payload["source"] for p in catalog.index.scroll("c", filter=SearchFilter(anatomy=["chest"]))
+    } == {"moved"}
+    assert labels()["c.dcm"] == {("chest", ("nodule",))}
+
+    # Rules that do speak still decide: the manifest's row for a.png, cleared, clears it.
+    manifest.write_text("key,anatomy,pathology\na.png,,\n")
+    _write_png(folder / "a.png", seed=270)
+    _ingest(catalog, settings, str(folder), manifest=manifest)
+    assert labels()["a.png"] == {(None, ())}
+
+
 def test_v1_collection_keeps_its_ids_and_takes_names(
     catalog: Catalog, settings: Settings, tmp_path: Path
 ) -> None:

@@ -94,6 +94,14 @@ def test_a_manifest_among_the_images_is_read_not_indexed(
     assert (job["counts"]["skipped_unchanged"], job["counts"]["labels_kept"]) == (3, 1), job
     with server.client() as client:
         assert client.get("/v1/collections/local/facets/pathology").json()["counts"] == facets
+    # and so does one that embeds everything again: the owner carries the labels over (a worker
+    # never reads them)
+    code, job = _run(
+        capsys, "ingest", "archive", "--collection", "local", "--executor", "celery", "--no-skip-unchanged"
+    )
+    assert (job["counts"]["indexed_frames"], job["counts"]["labels_kept"]) == (3, 1), job
+    with server.client() as client:
+        assert client.get("/v1/collections/local/facets/pathology").json()["counts"] == facets
     # A manifest that cannot be read fails the job once, before any batch, naming the manifest.
     for command in ("ingest", "reconcile"):
         executor_args = ["--executor", "celery"] if command == "ingest" else []
