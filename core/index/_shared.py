@@ -210,6 +210,19 @@ def carry_labels(
 _CARRIED_LABELS = (*LABEL_FIELDS, "labels_hash")
 
 
+def payloads_to_overwrite(
+    stored: Callable[[list[str]], list[StoredPoint]],
+    payloads: Mapping[str, dict[str, Any]],
+    labels_from: Mapping[str, str] | None,
+) -> dict[str, dict[str, Any]]:
+    """`VectorIndex.overwrite_payloads`' payloads by canonical id (ids that are none left out),
+    with the labels ``labels_from`` names carried (`carry_labels`)."""
+    wanted = {canonical: payload for pid, payload in payloads.items() for canonical in known_ids([pid])}
+    return dict(
+        zip(wanted, carry_labels(stored, list(wanted), list(wanted.values()), labels_from), strict=True)
+    )
+
+
 def read_config_file(path: Path, what: str, advice: str) -> CollectionConfig:
     """The `CollectionConfig` stored in ``path`` (a collection.json); `StoreDamaged` naming
     ``what``, the file (by its name: the message may reach an HTTP client) and why it cannot be

@@ -74,6 +74,7 @@ from core.index._shared import (
     hnsw_params,
     is_valid_name,
     known_ids,
+    payloads_to_overwrite,
     query_vector,
     read_config_file,
     stored_point,
@@ -1272,18 +1273,9 @@ class EdgeIndex(VectorIndex):
     ) -> None:
         """One engine operation per point (each has its own payload), one flush for all."""
         handle = self._handle(name)
-        wanted = {canonical: payload for pid, payload in payloads.items() for canonical in known_ids([pid])}
+        wanted = payloads_to_overwrite(functools.partial(self.retrieve, name), payloads, labels_from)
         if not wanted:
             return
-        wanted = dict(
-            zip(
-                wanted,
-                carry_labels(
-                    functools.partial(self.retrieve, name), list(wanted), list(wanted.values()), labels_from
-                ),
-                strict=True,
-            )
-        )
         self.check_free_space(_SMALL_WRITE_BYTES)
         point_ids: list[Any] = list(wanted)
         with handle.writing() as shard, _disk_errors(self._root):

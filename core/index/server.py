@@ -33,6 +33,7 @@ from core.index._shared import (
     filter_exclusions,
     hnsw_params,
     known_ids,
+    payloads_to_overwrite,
     query_vector,
     stored_point,
     stored_points,
@@ -445,18 +446,9 @@ class QdrantServerIndex(VectorIndex):
     ) -> None:
         """One overwrite per point, in one batch request."""
         self._config(name)
-        wanted = {canonical: payload for pid, payload in payloads.items() for canonical in known_ids([pid])}
+        wanted = payloads_to_overwrite(functools.partial(self.retrieve, name), payloads, labels_from)
         if not wanted:
             return
-        wanted = dict(
-            zip(
-                wanted,
-                carry_labels(
-                    functools.partial(self.retrieve, name), list(wanted), list(wanted.values()), labels_from
-                ),
-                strict=True,
-            )
-        )
         existing = {
             str(r.id)
             for r in self._call(
