@@ -433,9 +433,11 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
             written: set[str] = set()
             stored = pending.stored[pos].get(item.ref.key, [])
             # Rules that say nothing about an object leave the labels earlier rules gave it: its
-            # points take them from a stored point of its key, or (a DICOM frame stored under
-            # another source name: the same id) from themselves; the store checks each is there.
+            # points take them from a stored point of its key, or, where none is stored under it,
+            # from themselves, which only a DICOM frame can be (stored under another source name:
+            # its id comes from its instance); the store checks each is there.
             silent = not ctx.labeler.has_rules_for(item.ref.key)
+            same_ids_elsewhere = target.id_scheme != "v1" and isinstance(item.meta.get("instance_hash"), str)
             if silent and _rule_labelled(stored):
                 labels_carried.add(item.ref.key)
             for frame in item.frame_indices:
@@ -446,7 +448,7 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
                     bad_keys.add(item.ref.key)
                 else:
                     points[pid] = (row, _payload(ctx, target, item, frame))
-                    if silent:
+                    if silent and (stored or same_ids_elsewhere):
                         labels_from[pid] = stored[0].id if stored else pid
                 row += 1
             stale.update(p.id for p in stored if p.id not in written)

@@ -152,15 +152,16 @@ class Roi(BaseModel):
     height: int = Field(ge=1, le=65535)
 
 
-def _point_id(value: str) -> str:
-    """A point id in its canonical form; a value that is no UUID cannot name a point."""
+def canonical_point_id(value: str) -> str:
+    """A point id in its canonical form; `ValueError` ("point ids are UUIDs") for a value that is
+    no UUID: it cannot name a point. The rule of JSON bodies (`PointId`) and form fields alike."""
     try:
         return str(UUID(value))
     except ValueError:
         raise ValueError("point ids are UUIDs") from None
 
 
-PointId = Annotated[str, Field(max_length=64), AfterValidator(_point_id)]
+PointId = Annotated[str, Field(max_length=64), AfterValidator(canonical_point_id)]
 
 
 class SearchQuery(BaseModel):

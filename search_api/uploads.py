@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import PurePosixPath
 from typing import TypeVar
-from uuid import UUID
 
 from fastapi import UploadFile
 from pydantic import BaseModel, BeforeValidator, ValidationError
@@ -16,7 +15,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from core.errors import BadInput, DecodeError, InvalidFilter, TooLarge
 from core.payload import SearchFilter
 from search_api.errors import UnknownField
-from search_api.schemas import parse_filter
+from search_api.schemas import canonical_point_id, parse_filter
 
 __all__ = [
     "FORM_NULL",
@@ -114,9 +113,9 @@ def point_ids_from_form(raw: list[str] | None, field: str) -> list[str]:
     canonical = []
     for position, point_id in enumerate(ids):
         try:
-            canonical.append(str(UUID(point_id)))
-        except ValueError:
-            raise FormFieldError(field, f"{field}[{position}]: point ids are UUIDs") from None
+            canonical.append(canonical_point_id(point_id))
+        except ValueError as exc:
+            raise FormFieldError(field, f"{field}[{position}]: {exc}") from None
     return list(dict.fromkeys(canonical))
 
 
