@@ -3,6 +3,7 @@ file (through the API's own query functions, so both modes answer alike)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -244,6 +245,10 @@ def serve_api(
         # request among them, go through the root handler, in the format chosen, with the time
         # and the request id.
         app = create_app(settings)
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        quiet_expected = _ExpectedStartFailure(app)
+        uvicorn_log.addFilter(quiet_expected)
+        owned.callback(uvicorn_log.removeFilter, quiet_expected)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -266,6 +271,19 @@ def serve_api(
             if isinstance(failure, RadsearchError):
                 raise failure
             raise RadsearchError(f"the server did not start on {host}:{port} (the log above says why)")
+
+
+class _ExpectedStartFailure(logging.Filter):
+    """Drops uvicorn's traceback of a start that failed for a reason radsearch names in one line
+    as it exits (a damaged store record, an unusable folder); a bug keeps its traceback."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__()
+        self._app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure = getattr(self._app.state, "startup_error", None)
+        return not (isinstance(failure, RadsearchError) and str(record.msg).startswith("Traceback"))
 
 
 def _check_port(host: str, port: int) -> None:
