@@ -83,13 +83,35 @@ def _arch_for(spec: EncoderSpec, settings: Settings) -> str:
     # Another hub checkpoint: fetch its open_clip_config.json (cached) and register its model_cfg.
     repo_id = spec.checkpoint.removeprefix("hf-hub:")
     path, _ = hub_download(spec, repo_id, ("open_clip_config.json",), settings)
-    config = json.loads(path.read_text(encoding="utf-8"))
+    model_cfg = _hub_model_config(spec, repo_id, path)
     name = "radsearch-" + re.sub(r"[^A-Za-z0-9_.-]", "-", repo_id)
     target = settings.model_cache_dir / "open_clip_configs" / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(config.get("model_cfg", config)), encoding="utf-8")
+    target.write_text(json.dumps(model_cfg), encoding="utf-8")
     _register(name, target)
     return name
+
+
+def _hub_model_config(spec: EncoderSpec, repo_id: str, path: Path) -> dict[str, Any]:
+    """The ``model_cfg`` of a hub repo's ``open_clip_config.json`` at ``path``; `WeightsUnavailable`
+    naming the file where it is damaged (a cut download, a hand edit), never its content."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        why = f"is not JSON (line {exc.lineno})"
+    except UnicodeDecodeError:
+        why = "is not UTF-8 text"
+    except OSError as exc:
+        why = f"cannot be read ({exc.strerror or type(exc).__name__})"
+    else:
+        model_cfg = config.get("model_cfg", config) if isinstance(config, dict) else None
+        if isinstance(model_cfg, dict) and isinstance(model_cfg.get("vision_cfg"), dict):
+            return model_cfg
+        why = "has no model_cfg with a vision_cfg"
+    raise WeightsUnavailable(
+        f"encoder {spec.name!r}: the open_clip_config.json of hub repo {repo_id!r} at {path} {why}; "
+        "delete it so that it is fetched again, or put the repo's own file there"
+    )
 
 
 def model_config(spec: EncoderSpec, settings: Settings, arch: str | None = None) -> dict[str, Any]:

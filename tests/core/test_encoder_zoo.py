@@ -5,6 +5,7 @@ invariance, and weights round trips through a file and the S3 model bucket. Noth
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from core.config import RuntimeSettings, Settings
+from core.encoders import open_clip_encoder
 from core.encoders.base import Encoder
 from core.encoders.device import cpu_has_native_bf16
 from core.encoders.preprocess import Preprocessor
-from core.encoders.registry import get_spec, list_specs, load_encoder
+from core.encoders.registry import get_spec, list_specs, load_encoder, resolve_spec
 from core.encoders.sam import transformers_to_segment_anything
 from core.encoders.spec import EncoderSpec
 from core.encoders.transformers_encoder import TransformersEncoder
@@ -489,6 +491,51 @@ def test_offline_hub_weights_fail_clearly(tmp_path: Path, name: str, repo: str) 
         load_encoder(get_spec(name), _settings(tmp_path))
     message = str(info.value)
     assert name in message and repo in message and "offline" in message and "s3:// URI" in message
+
+
+_BIOMEDCLIP_CONFIG = Path(open_clip_encoder.__file__).parent / "configs" / "biomedclip.json"
+
+
+@pytest.mark.usefixtures("no_hub_network")
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b'{"model_cfg": {"embed_dim": 5', "is not JSON (line 1)"),
+        (b"\xff\xfe\x00binary", "is not UTF-8 text"),
+        (b'{"model_cfg": {"embed_dim": 512}}', "has no model_cfg with a vision_cfg"),
+        (b"[1, 2]", "has no model_cfg with a vision_cfg"),
+        (None, None),  # the repo's own file: the encoder is built from it
+    ],
+    ids=["cut", "binary", "no-vision-cfg", "not-an-object", "intact"],
+)
+def test_a_damaged_cached_open_clip_config_is_named(
+    tmp_path: Path, content: bytes | None, says: str | None
+) -> None:
+    """Noticed in session 22: a hub checkpoint's cached open_clip_config.json that was damaged (a
+    cut download, a hand edit) ended as "unexpected error: JSONDecodeError"."""
+    settings = _settings(tmp_path)
+    repo = settings.model_cache_dir / "models--example--other-clip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    if content is None:
+        content = json.dumps({"model_cfg": json.loads(_BIOMEDCLIP_CONFIG.read_text())}).encode()
+    (snapshot / "open_clip_config.json").write_bytes(content)
+    spec = resolve_spec(
+        {"name": "other-clip", "family": "open_clip", "checkpoint": "hf-hub:example/other-clip", "dim": 512}
+    )
+    if says is None:
+        assert load_encoder(spec, settings, weights="random").dim == 512
+        return
+    with pytest.raises(WeightsUnavailable) as info:
+        load_encoder(spec, settings, weights="random")  # the architecture comes from the config
+    message = str(info.value)
+    assert (
+        "'other-clip'" in message and "'example/other-clip'" in message and "open_clip_config.json" in message
+    )
+    assert says in message and "fetched again" in message
+    assert "embed_dim" not in message  # the file is named, its content is not echoed
 
 
 @pytest.mark.usefixtures("no_hub_network")
