@@ -4,16 +4,27 @@ the paper's P@k next to chance, then serve the API."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from core.catalog import Catalog
 from core.config import Settings
+from core.index.base import StoredPoint
 from core.payload import SearchFilter
 from ingest.inline import IngestOptions
-from radsearch.demo_data import generate_demo_archive
-from radsearch.services import ensure_collection, ingest_source, open_catalog, serve_api
+from radsearch.demo_data import DemoArchive, generate_demo_archive
+from radsearch.services import ensure_collection, hit_rows, ingest_source, open_catalog, serve_api
 
-__all__ = ["DEMO_COLLECTION", "class_label", "evaluate_collection", "run_demo"]
+__all__ = [
+    "DEMO_COLLECTION",
+    "class_label",
+    "evaluate_collection",
+    "print_examples",
+    "print_indexed",
+    "print_quality",
+    "run_demo",
+    "write_archive",
+]
 
 DEMO_COLLECTION = "demo"
 
@@ -34,52 +45,57 @@ def evaluate_collection(catalog: Catalog, collection: str, *, k_max: int = 10) -
     return {**result, "chance": result["chance"]["micro"]}
 
 
-def _print_examples(catalog: Catalog, collection: str) -> None:
-    index = catalog.index
+# The examples' two questions, answered here (the catalog) or by the server that owns the store:
+# the points matching a filter, and a point's most similar ones (hit rows: {"id", "score",
+# "payload"}) within a filter.
+Points = Callable[[SearchFilter], Iterable[StoredPoint]]
+Similar = Callable[[str, SearchFilter, int], Sequence[Mapping[str, Any]]]
+
+
+def write_archive(settings: Settings, per_class: int) -> DemoArchive:
+    """The synthetic archive under the data dir (files already there are kept)."""
+    archive = generate_demo_archive(settings.data_dir / "demo-archive", per_class=per_class)
+    print(f"demo archive: {archive.n_files} files, {len(archive.classes)} classes under {archive.root}")
+    return archive
+
+
+def print_indexed(summary: Mapping[str, Any], seconds: float) -> None:
+    """The ingest's line (``summary``: `BatchReport.to_dict`, as an ingest job reports it too)."""
+    print(
+        f"indexed {summary['frames_indexed']} frames from {summary['objects']} objects "
+        f"({summary['skipped']} unchanged skipped, {summary['failed']} failed) in {seconds:.1f} s"
+    )
+
+
+def print_examples(points: Points, similar: Similar) -> None:
+    """A test image of each modality with its five nearest training images, then a filtered
+    search: an MR query restricted to CT."""
     shown: set[str] = set()
-    for point in index.scroll(collection, filter=SearchFilter(split=["test"]), with_vectors=True):
+    for point in points(SearchFilter(split=["test"])):
         modality = point.payload.get("modality", "-")
-        if modality in shown or point.vector is None:
+        if modality in shown:
             continue
         shown.add(modality)
-        hits = index.search(collection, point.vector, filter=SearchFilter(split=["train"]), limit=5)
+        hits = similar(point.id, SearchFilter(split=["train"]), 5)
         print(f"\nquery {point.payload['key']} — {class_label(point.payload)}")
-        for rank, hit in enumerate(hits, start=1):
-            print(f"  {rank}. {hit.score:.3f}  {class_label(hit.payload):<28} {hit.payload['key']}")
+        _print_hits(hits)
         if len(shown) >= 4:
             break
-    # A filtered search: only CT images, whatever the query.
-    first = next(index.scroll(collection, filter=SearchFilter(modality=["MR"]), with_vectors=True), None)
-    if first is not None and first.vector is not None:
-        hits = index.search(collection, first.vector, filter=SearchFilter(modality=["CT"]), limit=3)
+    first = next(iter(points(SearchFilter(modality=["MR"]))), None)
+    if first is not None:
+        hits = similar(first.id, SearchFilter(modality=["CT"]), 3)
         print(f"\nfiltered: query {first.payload['key']} (MR) restricted to modality CT")
-        for rank, hit in enumerate(hits, start=1):
-            print(f"  {rank}. {hit.score:.3f}  {class_label(hit.payload):<28} {hit.payload['key']}")
+        _print_hits(hits)
 
 
-def run_demo(
-    settings: Settings,
-    *,
-    per_class: int = 12,
-    serve: bool = True,
-    host: str | None = None,
-    port: int | None = None,
-) -> int:
-    archive_dir = settings.data_dir / "demo-archive"
-    started = time.perf_counter()
-    archive = generate_demo_archive(archive_dir, per_class=per_class)
-    print(f"demo archive: {archive.n_files} files, {len(archive.classes)} classes under {archive.root}")
-    with open_catalog(settings, owner="demo") as catalog:
-        ensure_collection(catalog, DEMO_COLLECTION, "baseline")
-        report = ingest_source(
-            catalog, settings, str(archive.root), [DEMO_COLLECTION], IngestOptions(manifest=archive.manifest)
-        )
-        print(
-            f"indexed {report.frames_indexed} frames from {report.objects} objects "
-            f"({report.skipped} unchanged skipped, {len(report.failed)} failed) in {report.seconds:.1f} s"
-        )
-        _print_examples(catalog, DEMO_COLLECTION)
-        metrics = evaluate_collection(catalog, DEMO_COLLECTION)
+def _print_hits(hits: Sequence[Mapping[str, Any]]) -> None:
+    for rank, hit in enumerate(hits, start=1):
+        payload = hit["payload"]
+        print(f"  {rank}. {hit['score']:.3f}  {class_label(payload):<28} {payload['key']}")
+
+
+def print_quality(metrics: Mapping[str, Any], started: float) -> None:
+    """P@k by the paper's protocol next to chance (``metrics``: `evaluate_collection`'s)."""
     micro = metrics["micro"]
     print(
         f"\nretrieval quality (paper's modified P@k, index = train {metrics['n_index']}, "
@@ -90,6 +106,35 @@ def run_demo(
         f"(chance {metrics['chance']:.3f})"
     )
     print(f"demo ready in {time.perf_counter() - started:.1f} s")
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    per_class: int = 12,
+    serve: bool = True,
+    host: str | None = None,
+    port: int | None = None,
+) -> int:
+    """The demo in this process, as the store's owner: archive, ingest, examples, P@k, then
+    serve (``serve``)."""
+    started = time.perf_counter()
+    archive = write_archive(settings, per_class)
+    with open_catalog(settings, owner="demo") as catalog:
+        ensure_collection(catalog, DEMO_COLLECTION, "baseline")
+        report = ingest_source(
+            catalog, settings, str(archive.root), [DEMO_COLLECTION], IngestOptions(manifest=archive.manifest)
+        )
+        print_indexed(report.to_dict(), report.seconds)
+        index = catalog.index
+        print_examples(
+            lambda filter: index.scroll(DEMO_COLLECTION, filter=filter),
+            lambda point_id, filter, limit: hit_rows(
+                index.search_near_point(DEMO_COLLECTION, point_id, filter=filter, limit=limit)
+            ),
+        )
+        metrics = evaluate_collection(catalog, DEMO_COLLECTION)
+    print_quality(metrics, started)
     if serve:
         from search_api.security import check_bind
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from core.ownership import current_owner
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_ready
 
 REPO = Path(__file__).parents[2]
 
@@ -95,3 +95,45 @@ def test_demo_serves_the_readme_examples_and_owns_the_store(tmp_path: Path) -> N
         output = demo.communicate(timeout=60)[0]
     assert "micro P@1" in output and "serving on" in output
     assert current_owner(data / "index") is None  # the store is free again once the demo stops
+
+
+def test_demo_while_a_server_owns_the_store_goes_through_it(tmp_path: Path) -> None:
+    """Noticed in session 22: `radsearch demo` while `radsearch serve` owned the data dir wrote the
+    archive, then stopped with exit 3 naming the server. It now ingests through the server (a job
+    of the owner), asks it for the examples and P@k, and leaves the serving to it: the same figures
+    as a demo that owns its store."""
+    data = tmp_path / "data"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "radsearch", "--data-dir", str(data), "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=REPO,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc=server)
+        through = _cli(data, "demo", "--per-class", "2", "--port", str(free_port()))
+        assert through.returncode == 0, through.stderr
+        assert "--port not used: the demo goes through" in through.stderr  # said, not dropped
+        assert f"the server at http://127.0.0.1:{port} serves the demo collection" in through.stdout
+        owner = current_owner(data / "index")
+        assert owner is not None and owner.pid == server.pid  # the server still owns the store
+        hits = httpx.post(
+            f"http://127.0.0.1:{port}/v1/collections/demo/search",
+            json={"vector": [1.0] + [0.0] * 511, "limit": 3},
+        )
+        assert hits.status_code == 200 and len(hits.json()["hits"]) == 3, hits.text
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    here = _cli(tmp_path / "alone", "demo", "--per-class", "2", "--no-serve")
+    assert here.returncode == 0, here.stderr
+
+    def quality(output: str) -> str:
+        return next(line for line in output.splitlines() if "micro P@1" in line)
+
+    assert quality(through.stdout) == quality(here.stdout)
+    shown = [line.split(" — ")[1] for line in through.stdout.splitlines() if line.startswith("query ")]
+    assert len(shown) == 4 and all(label.count("/") == 2 and "-/-" not in label for label in shown)
