@@ -18,6 +18,7 @@ __all__ = [
     "cpu_bf16_speedup",
     "cpu_has_native_bf16",
     "quantize_linear_int8",
+    "select_device",
     "select_device_and_dtype",
     "uses_compile",
     "uses_int8_linear",
@@ -114,15 +115,22 @@ def _apply_torch_threads(runtime: RuntimeSettings) -> None:
     logger.info("torch intra-op threads set to %d", runtime.torch_threads)
 
 
-def _select_device(runtime: RuntimeSettings) -> torch.device:
+def select_device(runtime: RuntimeSettings, *, setting: str = "runtime.device") -> torch.device:
+    """The torch device ``runtime.device`` names (``auto``: CUDA when present); `ConfigError`
+    naming ``setting`` for a name torch does not know, or a CUDA device this machine lacks."""
     if runtime.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(runtime.device)
     except RuntimeError as exc:
-        raise ConfigError(f"runtime.device {runtime.device!r} is not a torch device: {exc}") from exc
+        raise ConfigError(f"{setting} {runtime.device!r} is not a torch device: {exc}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"runtime.device is {runtime.device!r} but CUDA is not available")
+        raise ConfigError(f"{setting} is {runtime.device!r} but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"{setting} is {runtime.device!r} but this machine has {torch.cuda.device_count()} CUDA "
+            "device(s), numbered from 0"
+        )
     return device
 
 
@@ -148,7 +156,7 @@ def select_device_and_dtype(runtime: RuntimeSettings, spec: EncoderSpec) -> tupl
     Built-in (hand-crafted) encoders always run in fp32. Also applies ``runtime.torch_threads``.
     """
     _apply_torch_threads(runtime)
-    device = _select_device(runtime)
+    device = select_device(runtime)
     if spec.family is EncoderFamily.BUILTIN:
         dtype, why = torch.float32, "built-in encoders always run in fp32"
     elif uses_int8_linear(runtime, spec, device):

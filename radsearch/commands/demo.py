@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from radsearch.commands import remote
-from radsearch.commands.options import port_number
+from radsearch.commands.arg_types import at_least, port_number
 
 if TYPE_CHECKING:
     from core.index.base import StoredPoint
@@ -92,7 +92,9 @@ def add_demo_command(sub: Any) -> None:
         help="build a demo archive, index it, run example searches, serve "
         "(through the server that owns the data dir, when one does)",
     )
-    demo.add_argument("--per-class", type=int, default=12)
+    demo.add_argument(
+        "--per-class", type=at_least(1), default=12, help="images per class in the archive (default 12)"
+    )
     demo.add_argument("--no-serve", action="store_true")
     demo.add_argument("--host")
     demo.add_argument("--port", type=port_number)

@@ -15,8 +15,11 @@ from evaluation.metrics import DEFAULT_KS
 from evaluation.protocol import DEFAULT_FRACTIONS, EvalOptions
 from evaluation.report import json_safe, plot_index_size_curve, to_markdown
 from evaluation.run import evaluate_collection, evaluate_files
+from radsearch.commands.arg_types import at_least
 
 __all__ = ["add_eval_command", "run_eval_command", "run_remote_eval_command"]
+
+_CHUNK_MB = 1024
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -65,13 +68,12 @@ def add_eval_command(sub: Any) -> None:
     parser.add_argument(
         "--search",
         choices=("ann", "exact"),
-        default="ann",
-        help="collection mode: the HNSW index users get (default) or the store's exact search",
+        help="collection mode: the HNSW index users get (ann, the default) or the store's exact search",
     )
     parser.add_argument(
         "--compare-exact", action="store_true", help="collection mode: also exact search, and ANN recall"
     )
-    parser.add_argument("--hnsw-ef", type=int, help="collection mode: HNSW ef at query time")
+    parser.add_argument("--hnsw-ef", type=at_least(1), help="collection mode: HNSW ef at query time")
     parser.add_argument("--ks", type=_int_list, default=DEFAULT_KS, help="k values (default 1,3,5,10)")
     parser.add_argument(
         "--exclude-same",
@@ -96,9 +98,15 @@ def add_eval_command(sub: Any) -> None:
         help="index-size curve at these fractions "
         f"(default with --plot: {','.join(map(str, DEFAULT_FRACTIONS))})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for index subsampling and --max-queries")
-    parser.add_argument("--max-queries", type=int, help="evaluate a random sample of this many queries")
-    parser.add_argument("--chunk-mb", type=int, default=1024, help="files mode: score block size in MiB")
+    parser.add_argument(
+        "--seed", type=at_least(0), default=0, help="seed for index subsampling and --max-queries"
+    )
+    parser.add_argument(
+        "--max-queries", type=at_least(1), help="evaluate a random sample of this many queries"
+    )
+    parser.add_argument(
+        "--chunk-mb", type=at_least(1), help=f"files mode: score block size in MiB (default {_CHUNK_MB})"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the markdown tables here")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="plot the index-size curve to a PNG")
@@ -122,19 +130,41 @@ def _exclude_same(args: argparse.Namespace) -> str | None:
     return chosen
 
 
+# Options of one mode only: given in the other, they are refused rather than left unused.
+_COLLECTION_OPTIONS = {"search": "--search", "compare_exact": "--compare-exact", "hnsw_ef": "--hnsw-ef"}
+_FILES_OPTIONS = {
+    "labels": "--labels",
+    "ids": "--ids",
+    "group_column": "--group-column",
+    "chunk_mb": "--chunk-mb",
+}
+
+
+def _check_mode_options(args: argparse.Namespace) -> None:
+    """`EvalInputError` for an option of the other mode (collection or files)."""
+    if not args.collection and getattr(args, "group_by", None):
+        raise EvalInputError("--group-by needs --collection (the payload's series/study hashes)")
+    mode, other = (
+        ("--collection", _FILES_OPTIONS) if args.collection else ("--embeddings", _COLLECTION_OPTIONS)
+    )
+    given = [flag for name, flag in other.items() if getattr(args, name, None) not in (None, False)]
+    if given:
+        applies = "--embeddings (files mode)" if args.collection else "--collection"
+        raise EvalInputError(f"{', '.join(given)} only with {applies}, not with {mode}")
+
+
 def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """Run ``radsearch eval`` and write its JSON or markdown to ``out``; returns the exit code."""
+    _check_mode_options(args)
     exclude_same = _exclude_same(args)
     group_by = getattr(args, "group_by", None)
-    if group_by and not args.collection:
-        raise EvalInputError("--group-by needs --collection (the payload's series/study hashes)")
     fractions = args.index_fractions or (DEFAULT_FRACTIONS if args.plot else ())
     options = EvalOptions(
         ks=tuple(args.ks),
         fractions=tuple(fractions),
         seed=args.seed,
         max_queries=args.max_queries,
-        chunk_bytes=args.chunk_mb * 1024 * 1024,
+        chunk_bytes=(args.chunk_mb or _CHUNK_MB) * 1024 * 1024,
     )
     index_splits = tuple(args.index_split or ("train",))
     query_splits = tuple(args.query_split or ("test",))
@@ -149,7 +179,7 @@ def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) 
                 options,
                 index_splits=index_splits,
                 query_splits=query_splits,
-                search=args.search,
+                search=args.search or "ann",
                 compare_exact=args.compare_exact,
                 hnsw_ef=args.hnsw_ef,
                 exclude_same=exclude_same,
@@ -178,13 +208,14 @@ def run_remote_eval_command(args: argparse.Namespace, settings: Settings, url: s
     owner computes it: ``POST /v1/collections/{name}/evaluate``); files mode runs here."""
     if not args.collection:
         return run_eval_command(args, settings, out)
+    _check_mode_options(args)
     from core.api_client import ApiClient
 
     body = {
         "ks": list(args.ks),
         "index_split": list(args.index_split or ("train",)),
         "query_split": list(args.query_split or ("test",)),
-        "search": args.search,
+        "search": args.search or "ann",
         "compare_exact": args.compare_exact,
         "hnsw_ef": args.hnsw_ef,
         "exclude_same": _exclude_same(args),

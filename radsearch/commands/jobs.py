@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from core.config import Settings
 from core.errors import CollectionNotFound, ConfigError
 from radsearch.commands import remote
+from radsearch.commands.arg_types import at_least
 from radsearch.commands.common import EXIT_OK, EXIT_REFUSED, EXIT_RUNTIME_ERROR, LABELS_KEPT
 from radsearch.commands.options import add_sync_options, check_prune_args
 
@@ -450,7 +451,7 @@ def add_jobs_commands(sub: Any) -> None:
     jobs = sub.add_parser("jobs", help="ingest jobs run by the workers")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     jlist = jobs_sub.add_parser("list", help="recent jobs, newest first")
-    jlist.add_argument("--limit", type=int, default=20)
+    jlist.add_argument("--limit", type=at_least(1), default=20, help="at most this many jobs (default 20)")
     jlist.add_argument("--json", action="store_true")
     jlist.set_defaults(handler=_cmd_jobs, **through_server)
     jshow = jobs_sub.add_parser("show", help="one job: state, counts, failed items, throughput")

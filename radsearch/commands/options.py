@@ -8,18 +8,7 @@ import argparse
 from core.errors import ConfigError
 from ingest.prune import DEFAULT_MAX_DELETE_FRACTION
 
-__all__ = ["add_sync_options", "check_prune_args", "port_number"]
-
-
-def port_number(text: str) -> int:
-    """``--port``'s type: a TCP port, 1-65535 (argparse names the option in its error)."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("a port is a number, 1-65535") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
-    return port
+__all__ = ["add_sync_options", "check_prune_args"]
 
 
 def add_sync_options(parser: argparse.ArgumentParser) -> None:

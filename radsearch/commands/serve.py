@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from core.config import Settings
+from radsearch.commands.arg_types import port_number
 from radsearch.commands.common import EXIT_OK
-from radsearch.commands.options import port_number
 
 __all__ = ["add_serve_command"]
 

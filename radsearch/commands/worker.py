@@ -7,18 +7,32 @@ import socket
 from typing import Any
 
 from core.config import Settings
+from core.errors import ConfigError
+from radsearch.commands.arg_types import at_least, port_number
 from radsearch.commands.common import EXIT_OK
 
 __all__ = ["add_worker_command"]
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.app import create_celery
+    from workers.names import EMBED_QUEUE, PLAN_QUEUE
 
+    queues = args.queues.split(",")
+    if not set(queues) <= {PLAN_QUEUE, EMBED_QUEUE}:
+        raise ConfigError(
+            f"--queues {args.queues!r}: the queues are {PLAN_QUEUE} and {EMBED_QUEUE}, comma-separated"
+        )
     if args.device:
         settings = settings.model_copy(
             update={"runtime": settings.runtime.model_copy(update={"device": args.device})}
         )
+    if EMBED_QUEUE in queues:  # a device it cannot use would fail every batch, not the start
+        from core.encoders.device import select_device
+
+        select_device(settings.runtime, setting="--device" if args.device else "runtime.device")
     # Workers never open the embedded store (its owner writes what they send), so any pool and
     # any number of processes will do.
     pool = args.pool or "prefork"
@@ -27,7 +41,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         from workers.metrics import serve_worker_metrics
 
         serve_worker_metrics(settings.celery.metrics_host, args.metrics_port, pool=pool)
-    hostname = args.hostname or f"radsearch-{'-'.join(args.queues.split(','))}@{socket.gethostname()}"
+    hostname = args.hostname or f"radsearch-{'-'.join(queues)}@{socket.gethostname()}"
     argv = [
         "worker",
         f"--queues={args.queues}",
@@ -61,15 +75,20 @@ def add_worker_command(sub: Any) -> None:
     )
     worker.add_argument("--queues", default="plan,embed", help="comma-separated: plan, embed (default both)")
     worker.add_argument("--device", help="encoder device for this worker, e.g. cuda:0 or cpu")
-    worker.add_argument("--concurrency", type=int, default=1, help="pool size (1 per GPU)")
+    worker.add_argument("--concurrency", type=at_least(1), default=1, help="pool size (1 per GPU)")
     worker.add_argument("--pool", choices=("prefork", "threads", "solo"), help="default: prefork")
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--loglevel", type=str.upper, choices=_LOG_LEVELS, default="INFO")
     worker.add_argument("--hostname", help="worker node name (default radsearch-QUEUES@HOST)")
     worker.add_argument("--beat", action="store_true", help="also run the periodic reconcile schedule")
-    worker.add_argument("--max-tasks-per-child", type=int, default=0)
+    worker.add_argument(
+        "--max-tasks-per-child",
+        type=at_least(0),
+        default=0,
+        help="replace a pool process after this many tasks (default 0: never)",
+    )
     worker.add_argument(
         "--metrics-port",
-        type=int,
+        type=port_number,
         help="serve Prometheus metrics on this port (host: RADSEARCH_CELERY__METRICS_HOST); the "
         "prefork pool needs PROMETHEUS_MULTIPROC_DIR set to an empty folder",
     )

@@ -276,6 +276,83 @@ def test_a_port_that_is_none_is_refused_by_the_parser(port: str, tmp_path: Path)
     assert not (tmp_path / "data" / "index" / "owner.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        (["demo", "--no-serve", "--per-class", "0"], "argument --per-class: must be at least 1, got 0"),
+        (["eval", "--collection", "c", "--max-queries", "0"], "argument --max-queries: must be at least 1"),
+        (["eval", "--collection", "c", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+        (["eval", "--collection", "c", "--hnsw-ef", "0"], "argument --hnsw-ef: must be at least 1"),
+        (["eval", "--embeddings", "e.npy", "--chunk-mb", "0"], "argument --chunk-mb: must be at least 1"),
+        (["jobs", "list", "--limit", "0"], "argument --limit: must be at least 1, got 0"),
+        (["worker", "--concurrency", "0"], "argument --concurrency: must be at least 1, got 0"),
+        (["worker", "--max-tasks-per-child", "-1"], "argument --max-tasks-per-child: must be at least 0"),
+        (["worker", "--metrics-port", "70000"], "argument --metrics-port: 70000 is not a port"),
+        (["worker", "--loglevel", "LOUD"], "argument --loglevel: invalid choice: 'LOUD'"),
+        (["demo", "--per-class", "many"], "argument --per-class: expected a whole number, got 'many'"),
+    ],
+)
+def test_a_number_option_out_of_its_bounds_is_refused_by_the_parser(
+    command: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: `demo --per-class 0` and `eval --seed -1` ended with "unexpected
+    error: ValueError"; `eval --max-queries 0` evaluated every query and `--hnsw-ef 0` searched at
+    the default ef, silently; `jobs list --limit 0` said "no jobs"; `worker --concurrency 0` started
+    a pool of the machine's size; `worker --max-tasks-per-child -1` printed Celery's traceback and
+    exited 0."""
+    with pytest.raises(SystemExit) as refused:
+        main(["--data-dir", str(tmp_path / "data"), *command])
+    assert refused.value.code == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "data" / "demo-archive").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (
+            ["--collection", "c", "--labels", "l.csv", "--chunk-mb", "4"],
+            "--labels, --chunk-mb only with --embeddings",
+        ),
+        (["--collection", "c", "--ids", "i.txt", "--group-column", "pid"], "--ids, --group-column only with"),
+        (
+            ["--embeddings", "e.npy", "--labels", "l.csv", "--search", "exact"],
+            "--search only with --collection",
+        ),
+        (
+            ["--embeddings", "e.npy", "--labels", "l.csv", "--compare-exact", "--hnsw-ef", "9"],
+            "--compare-exact, --hnsw-ef",
+        ),
+    ],
+)
+def test_eval_options_of_the_other_mode_are_refused(
+    options: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: `eval --collection` with files-mode options (`--labels`, `--ids`,
+    `--chunk-mb`...), or `eval --embeddings` with collection-mode ones (`--search exact`,
+    `--hnsw-ef`), ran and left them unused without a word."""
+    assert main(["--data-dir", str(tmp_path / "data"), "eval", *options]) == 2
+    assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (["--queues", "plan,embedd"], "--queues 'plan,embedd': the queues are plan and embed"),
+        # no CUDA here, or fewer than 100 devices on a machine with CUDA
+        (["--device", "cuda:99"], "--device is 'cuda:99' but"),
+        (["--device", "gpu"], "--device 'gpu' is not a torch device"),
+    ],
+)
+def test_a_worker_that_could_not_do_its_work_does_not_start(
+    options: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: `worker --queues plan,embedd` consumed a queue nothing is sent to,
+    and `worker --device cuda` on a machine without CUDA started and would fail every batch."""
+    assert main(["--data-dir", str(tmp_path / "data"), "worker", *options]) == 2
+    assert says in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["collections", "list"], ["demo", "--no-serve"], ["serve"]])
 def test_a_data_dir_that_cannot_be_one_is_a_usage_error(
     command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -1,0 +1,36 @@
+"""Types of command-line values that several commands take: argparse names the option in the
+error of a value out of bounds (exit 2), before anything runs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+__all__ = ["at_least", "port_number"]
+
+
+def port_number(text: str) -> int:
+    """``--port``'s type: a TCP port, 1-65535 (argparse names the option in its error)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a port is a number, 1-65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
+    return port
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An option's type: a whole number, ``minimum`` or more (argparse names the option in its
+    error), so that 0 or a negative number is never taken as "all" or "none" behind the user's back."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return whole_number
