@@ -19,9 +19,9 @@ from core.errors import CollectionNotFound
 from core.filter_warnings import StoredValues
 from core.index.base import VectorIndex
 from core.payload import FILTER_FIELDS, SearchFilter
-from search_api.errors import ApiError, UnknownField
+from search_api.errors import ApiError, RepeatedField, UnknownField
 from search_api.offload import on_index
-from search_api.routing import walk_dependants
+from search_api.routing import single_valued, walk_dependants
 from search_api.schemas import parse_filter
 from workers.client import WorkerGateway
 
@@ -127,9 +127,10 @@ def _query_names(route: APIRoute) -> frozenset[str]:
 
 
 async def reject_unknown_query(request: Request) -> None:
-    """400 (`UnknownField`) for a query parameter the route does not take: nothing a caller sends
-    is silently ignored (``?modalty=CT`` would otherwise list everything). Names are echoed made
-    safe and short, never values. An app-wide dependency."""
+    """400 (`UnknownField`) for a query parameter the route does not take, and (`RepeatedField`)
+    for one that takes one value given several times: nothing a caller sends is silently ignored
+    (``?modalty=CT`` would otherwise list everything, ``?limit=3&limit=50`` would count one of
+    them). Names are echoed made safe and short, never values. An app-wide dependency."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not request.query_params:
         return
@@ -140,6 +141,9 @@ async def reject_unknown_query(request: Request) -> None:
         raise UnknownField(
             names[0], f"unknown query parameter {', '.join(map(repr, names))}; this operation takes {takes}"
         )
+    for name in sorted(set(request.query_params) & single_valued(route, "query")):
+        if (times := len(request.query_params.getlist(name))) > 1:
+            raise RepeatedField(name, f"query parameter {name!r} given {times} times; give it once")
 
 
 async def get_collection(name: str, catalog: CatalogDep) -> CollectionEntry:

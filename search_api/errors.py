@@ -57,6 +57,7 @@ __all__ = [
     "NotInPacs",
     "ObjectGone",
     "ObjectQuarantined",
+    "RepeatedField",
     "UnknownField",
     "UpstreamUnavailable",
     "code_for",
@@ -108,6 +109,16 @@ class UnknownField(BadInput):
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(field, reason)
         self.args = (reason,)  # the message names the field itself
+        self.field = field
+
+
+class RepeatedField(BadInput):
+    """A request gives a single-valued form part or query parameter more than once: which value
+    counts is not guessed."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.args = (reason,)
         self.field = field
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import params
+from fastapi._compat import field_annotation_is_sequence
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import iter_route_contexts
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute, Match
 from starlette.types import Message, Scope, Send
 
@@ -24,6 +25,7 @@ __all__ = [
     "StatusRecorder",
     "is_upload_route",
     "iter_routes",
+    "single_valued",
     "walk_dependants",
 ]
 
@@ -33,6 +35,22 @@ def walk_dependants(dependant: Dependant) -> Iterator[Dependant]:
     yield dependant
     for sub in dependant.dependencies:
         yield from walk_dependants(sub)
+
+
+def single_valued(route: APIRoute, where: Literal["query", "body"]) -> frozenset[str]:
+    """The names of ``route``'s query parameters (or form parts) that take one value, not a list
+    (computed once per route)."""
+    attribute = f"_radsearch_single_{where}"
+    names: frozenset[str] | None = getattr(route, attribute, None)
+    if names is None:
+        names = frozenset(
+            param.alias
+            for dep in walk_dependants(route.dependant)
+            for param in (dep.query_params if where == "query" else dep.body_params)
+            if not field_annotation_is_sequence(param.field_info.annotation)
+        )
+        setattr(route, attribute, names)
+    return names
 
 
 @dataclass(frozen=True)

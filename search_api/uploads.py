@@ -7,14 +7,15 @@ import re
 from pathlib import PurePosixPath
 from typing import TypeVar
 
-from fastapi import UploadFile
+from fastapi import Request, UploadFile
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, ValidationError
-from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from core.errors import BadInput, DecodeError, InvalidFilter, TooLarge
 from core.payload import SearchFilter
-from search_api.errors import UnknownField
+from search_api.errors import RepeatedField, UnknownField
+from search_api.routing import single_valued
 from search_api.schemas import canonical_point_id, parse_filter
 
 __all__ = [
@@ -69,10 +70,12 @@ async def read_upload(file: UploadFile, max_bytes: int, name: str) -> bytes:
     return data
 
 
-def check_form_fields(form: FormData, allowed: tuple[str, ...], *, max_files: int = 1) -> None:
-    """`BadInput` (400) for a form part the route does not take, and for no file or more than
-    ``max_files``: nothing a caller sends is silently ignored (``-F modality=MR`` would otherwise
-    search unfiltered). Unknown names are echoed made safe and short, never their values."""
+async def check_form_fields(request: Request, allowed: tuple[str, ...], *, max_files: int = 1) -> None:
+    """`BadInput` (400) for a form part the route does not take, for one that takes one value
+    given several times, and for no file or more than ``max_files``: nothing a caller sends is
+    silently ignored (``-F modality=MR`` would otherwise search unfiltered, and of two ``filter``
+    parts one would count). Unknown names are echoed made safe and short, never their values."""
+    form = await request.form()  # parsed once per request: the route's own parameters read it too
     unknown = sorted({name for name in form if name not in allowed})
     if unknown:
         safe = [_UNSAFE_NAME_CHARS.sub("_", name)[:40] for name in unknown[:5]]
@@ -81,6 +84,11 @@ def check_form_fields(form: FormData, allowed: tuple[str, ...], *, max_files: in
         raise UnknownField(
             safe[0], f"unknown form field {names}; this route takes {', '.join(allowed)}{hint}"
         )
+    route = request.scope.get("route")
+    single = single_valued(route, "body") if isinstance(route, APIRoute) else frozenset()
+    for name in sorted((set(form) & single) - {"file"}):  # files are counted below
+        if (times := len(form.getlist(name))) > 1:
+            raise RepeatedField(name, f"form field {name!r} given {times} times; give it once")
     files = sum(1 for _, value in form.multi_items() if isinstance(value, StarletteUploadFile))
     if files < 1 or files > max_files:
         wanted = "exactly one file" if max_files == 1 else f"one to {max_files} files"

@@ -187,7 +187,7 @@ async def compare_collections(
     values it does not hold), and optionally a fused list (of the hits; with ``group_by`` each
     collection also answers groups). ``exclude``, ``roi`` as for the image search."""
     check_limit(limit, settings, loc=("body", "limit"))
-    check_form_fields(await request.form(), _FORM_FIELDS)
+    await check_form_fields(request, _FORM_FIELDS)
     names = _parse_collections(collections)
     exclude = model_from_form(ExcludeIn, exclude_json, "exclude")
     roi = model_from_form(Roi, roi_json, "roi")

@@ -53,7 +53,7 @@ async def render_upload(
 ) -> Response:
     """Render an upload's frame from its pixels only (never overlays); a DICOM flagged for
     burned-in annotation is refused (410). Nothing is stored."""
-    check_form_fields(await request.form(), _FORM_FIELDS)
+    await check_form_fields(request, _FORM_FIELDS)
     parsed = rendering.parse_window(window)
     name = upload_name(file.filename)
     data = await read_upload(file, settings.api.max_upload_bytes, name)

@@ -414,7 +414,7 @@ async def search_by_image(
     search's examples. ``group_by``, ``exclude`` and ``warnings`` as for the JSON search."""
     check_limit(limit, settings, loc=("body", "limit"))
     # the parsed form is cached on the request, so this re-reads nothing
-    check_form_fields(await request.form(), _IMAGE_FORM_FIELDS, max_files=MAX_UPLOADS)
+    await check_form_fields(request, _IMAGE_FORM_FIELDS, max_files=MAX_UPLOADS)
     roles = _roles(role, len(file))
     if group_by is not None and offset:
         raise InvalidQuery("offset", "offset does not page groups: leave it out with group_by")

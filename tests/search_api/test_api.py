@@ -813,6 +813,45 @@ def test_an_unknown_form_field_is_400_not_ignored(client: TestClient) -> None:
     assert ok.status_code == 200 and {h["payload"]["modality"] for h in ok.json()["hits"]} == {"MR"}
 
 
+def test_a_single_valued_field_given_twice_is_400_not_one_of_them(client: TestClient, corpus: Corpus) -> None:
+    """Found in the walkthrough: `-F filter=MR... -F filter=CT...` searched CT alone, and
+    `?limit=3&limit=4` counted one of them, silently. Fields that take a list (files, roles,
+    example ids, a facet's filter values) may still repeat."""
+    query = png_bytes(make_frame("circles", np.random.default_rng(5)))
+    twice = client.post(
+        f"/v1/collections/{COLLECTION}/search/image",
+        files=[("file", ("q.png", query, "image/png"))],
+        data={"filter": ['{"modality": ["MR"]}', '{"modality": ["CT"]}'], "limit": "5"},
+    )
+    assert twice.status_code == 400, twice.text
+    error = twice.json()["error"]
+    assert error == {
+        "code": "repeated_field",
+        "message": "form field 'filter' given 2 times; give it once",
+        "field": "filter",
+    }
+    render = client.post(
+        "/v1/render", files={"file": ("q.png", query, "image/png")}, data={"size": ["64", "128"]}
+    )
+    assert render.status_code == 400 and render.json()["error"]["field"] == "size", render.text
+    facets = client.get(
+        f"/v1/collections/{COLLECTION}/facets/modality", params=[("limit", "3"), ("limit", "4")]
+    )
+    assert facets.status_code == 400, facets.text
+    assert facets.json()["error"]["message"] == "query parameter 'limit' given 2 times; give it once"
+    # lists repeat: two files as examples, two values of one filter field
+    two = client.post(
+        f"/v1/collections/{COLLECTION}/search/image",
+        files=[("file", ("a.png", query, "image/png")), ("file", ("b.png", query, "image/png"))],
+        data={"role": ["positive", "positive"], "limit": "3"},
+    )
+    assert two.status_code == 200 and len(two.json()["hits"]) == 3, two.text
+    both = client.get(
+        f"/v1/collections/{COLLECTION}/facets/modality", params=[("modality", "MR"), ("modality", "CT")]
+    )
+    assert both.status_code == 200 and set(both.json()["counts"]) == {"MR", "CT"}, both.text
+
+
 def test_upload_limit_bounds_are_422(client: TestClient) -> None:
     query = png_bytes(make_frame("circles", np.random.default_rng(5)))
     assert upload(client, query, limit=0).status_code == 422
