@@ -318,10 +318,18 @@ class SecuritySettings(BaseModel):
 
     def key_entries(self) -> list[ApiKeyEntry]:
         """Configured keys plus those of ``api_keys_file``; `ConfigError` naming the file and what
-        is wrong with it (an entry by its position and field, never a value)."""
+        is wrong with it (an entry by its position and field, never a value), or the entries that
+        hold the same key."""
         entries = list(self.api_keys)
         if self.api_keys_file is not None:
             entries.extend(_read_key_file(self.api_keys_file))
+        holders: dict[str, ApiKeyEntry] = {}
+        for entry in entries:  # which role a key listed twice would get must not depend on order
+            if (first := holders.setdefault(entry.sha256, entry)) is not entry:
+                raise ConfigError(
+                    f"API key entries {first.name!r} and {entry.name!r} hold the same key (one "
+                    "sha256): a key has one name and one role; keep one entry"
+                )
         return entries
 
     @property

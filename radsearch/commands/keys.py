@@ -7,7 +7,10 @@ import json
 import sys
 from typing import Any, get_args
 
-from core.config import RoleName, Settings
+from pydantic import ValidationError
+
+from core.config import ApiKeyEntry, RoleName, Settings
+from core.errors import ConfigError
 from radsearch.commands.common import EXIT_OK, EXIT_USAGE
 
 __all__ = ["add_keys_command"]
@@ -18,10 +21,16 @@ def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.keys_command == "create":
         key = new_api_key()
-        entry = {"name": args.name, "role": args.role, "sha256": hash_api_key(key)}
+        try:  # an entry the settings would refuse at the server's start is refused now
+            entry = ApiKeyEntry(name=args.name, role=args.role, sha256=hash_api_key(key))
+        except ValidationError:
+            raise ConfigError(
+                f"--name {args.name[:64]!r}: 1 to 64 letters, digits and _ . @ - (it names the key "
+                "in audit lines)"
+            ) from None
         print(f"key (shown once, give it to the client): {key}")
         print("settings entry (add to RADSEARCH_SECURITY__API_KEYS or the keys file):")
-        print(json.dumps(entry))
+        print(json.dumps(entry.model_dump()))
         return EXIT_OK
     # Read from stdin, not argv: a key on the command line lands in shell history and `ps`.
     key = sys.stdin.readline().strip()

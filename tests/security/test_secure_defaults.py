@@ -129,6 +129,43 @@ def test_a_bad_keys_file_is_a_usage_error_naming_it(
     assert "rs_secret" not in message  # no value of the file is echoed
 
 
+def test_a_key_listed_twice_is_refused_whichever_role_each_entry_gives(tmp_path: Path) -> None:
+    """Found in the walkthrough: one key in two entries (a role raised by a new entry, the old one
+    left in place) got the role of the last entry read, silently."""
+    digest = hash_api_key("rs_" + "k" * 40)
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps([{"name": "ops", "role": "admin", "sha256": digest.upper()}]))
+    security = SecuritySettings(
+        hash_key=SecretStr("x"),
+        api_keys=[ApiKeyEntry(name="ops", role="reader", sha256=digest)],
+        api_keys_file=keys_file,
+    )
+    with pytest.raises(ConfigError) as refused:
+        security.key_entries()
+    assert str(refused.value) == (
+        "API key entries 'ops' and 'ops' hold the same key (one sha256): a key has one name and one "
+        "role; keep one entry"
+    )
+    other = ApiKeyEntry(name="ops", role="admin", sha256=hash_api_key("rs_" + "m" * 40))
+    assert (
+        len(SecuritySettings(api_keys=[security.api_keys[0], other]).key_entries()) == 2
+    )  # a name may hold two
+
+
+@pytest.mark.parametrize("name", ["", "x y/z", "a" * 65])
+def test_keys_create_refuses_a_name_the_settings_would_refuse(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: `keys create --name ''` printed a key and an entry that stopped
+    the server's start afterwards."""
+    assert (
+        main(["--data-dir", str(tmp_path / "data"), "keys", "create", "--role", "reader", "--name", name])
+        == 2
+    )
+    captured = capsys.readouterr()
+    assert "rs_" not in captured.out and "1 to 64 letters, digits and _ . @ -" in captured.err
+
+
 def test_security_configuration_line(secured: SecuredApp) -> None:
     """T14, for what this service controls itself (Qdrant/MinIO/Redis settings live in infra/)."""
     settings = secured.settings
