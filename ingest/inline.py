@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,9 @@ from ingest.readers import DecodeLimits
 from ingest.reid import open_reid_table
 from ingest.sources.base import ObjectRef, Source
 from ingest.sources.factory import load_manifest_ref
+
+# How many unmatched manifest keys a run's report names (it counts them all).
+_UNMATCHED_SHOWN = 5
 
 __all__ = [
     "IngestOptions",
@@ -164,6 +168,13 @@ def ingest_inline(
         if listing is not None
         else (ref for ref in ctx.source.list() if ref.key not in exclude_keys)
     )
+    unmatched = set(ctx.labeler.manifest)  # the rows no listed object has claimed yet
+
+    def claiming(refs: Iterable[ObjectRef]) -> Iterator[ObjectRef]:
+        for ref in refs:
+            unmatched.discard(ref.key)
+            yield ref
+
     bar = tqdm(unit="obj", desc="ingest", disable=not progress, dynamic_ncols=True)
     frames = 0
     errors = 0
@@ -179,7 +190,7 @@ def ingest_inline(
         try:
             report = run_pipeline(
                 ctx,
-                plan_batches(refs, settings.ingest.batch_size),
+                plan_batches(claiming(refs) if unmatched else refs, settings.ingest.batch_size),
                 pool,
                 on_batch=on_batch,
             )
@@ -187,6 +198,8 @@ def ingest_inline(
             bar.close()
             raise
     bar.close()
+    report.manifest_unmatched = len(unmatched)
+    report.manifest_unmatched_keys = heapq.nsmallest(_UNMATCHED_SHOWN, unmatched)
     if diffs:
         report.deleted = prune_gone(ctx.index, ctx.source, diffs)
     if report.frames_indexed or report.deleted:

@@ -7,6 +7,7 @@ Labels are normalised once here: modality upper-case (DICOM codes), the others l
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import re
@@ -76,8 +77,20 @@ class PathTemplate:
 
 
 def parse_manifest(text: str, *, name: str = "manifest") -> dict[str, dict[str, Any]]:
-    """CSV (header with ``key`` and label columns) or JSONL (one object per line with ``key``)."""
+    """CSV (header with ``key`` and label columns) or JSONL (one object per line with ``key``).
+
+    `ConfigError` naming the line for a column (or JSONL field) other than ``key`` and the label
+    fields, for a key given twice, and for a CSV row longer than its header: a misspelt column
+    would otherwise label nothing, and of two rows for one key one would count, without a word."""
     rows: dict[str, dict[str, Any]] = {}
+    lines: dict[str, int] = {}
+
+    def add(key: str, labels: dict[str, Any], lineno: int) -> None:
+        if key in lines:
+            raise ConfigError(f"{name} line {lineno}: key {key!r} was given on line {lines[key]} already")
+        lines[key] = lineno
+        rows[key] = labels
+
     stripped = text.lstrip()
     if stripped.startswith("{"):
         for lineno, line in enumerate(text.splitlines(), start=1):
@@ -89,16 +102,39 @@ def parse_manifest(text: str, *, name: str = "manifest") -> dict[str, dict[str, 
                 raise ConfigError(f"{name} line {lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(row, dict) or not isinstance(row.get("key"), str):
                 raise ConfigError(f"{name} line {lineno}: each line needs a string 'key'")
-            rows[row["key"]] = {k: row.get(k) for k in LABEL_FIELDS if row.get(k) not in (None, "")}
+            _check_columns(row, f"{name} line {lineno}", "field")
+            add(row["key"], {k: row.get(k) for k in LABEL_FIELDS if row.get(k) not in (None, "")}, lineno)
         return rows
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or "key" not in reader.fieldnames:
         raise ConfigError(f"{name}: CSV manifest needs a header with a 'key' column")
+    header = [column for column in reader.fieldnames if column.strip()]
+    _check_columns(header, f"{name} header", "column")
+    if len(set(header)) < len(header):
+        twice = sorted({column for column in header if header.count(column) > 1})
+        raise ConfigError(f"{name} header: column {twice[0]!r} appears twice")
     for row in reader:
+        past_header = row.pop(None, None)
+        unnamed = [value for column, value in row.items() if not column.strip() and (value or "").strip()]
+        if past_header or unnamed:
+            raise ConfigError(f"{name} line {reader.line_num}: more values than the header has named columns")
         key = (row.get("key") or "").strip()
         if key:
-            rows[key] = {k: row[k] for k in LABEL_FIELDS if row.get(k)}
+            add(key, {k: row[k] for k in LABEL_FIELDS if row.get(k)}, reader.line_num)
     return rows
+
+
+def _check_columns(names: Any, where: str, what: str) -> None:
+    """`ConfigError` for a name among ``names`` that is neither ``key`` nor a label field."""
+    allowed = ("key", *LABEL_FIELDS)
+    for column in names:
+        if column not in allowed:
+            close = difflib.get_close_matches(str(column).lower(), allowed, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(
+                f"{where}: unknown {what} {str(column)[:40]!r}{hint}; a manifest has key and any of "
+                f"{', '.join(LABEL_FIELDS)}"
+            )
 
 
 def load_manifest(path: Path) -> dict[str, dict[str, Any]]:

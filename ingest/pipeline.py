@@ -95,6 +95,10 @@ class BatchReport:
     seconds: float = 0.0
     # Keys of objects gone from the source whose points a prune deleted.
     deleted: list[str] = field(default_factory=list)
+    #: Manifest rows whose key names no object of the source (a whole run's; keys relative to
+    #: another folder or prefix label nothing), and the first few of those keys, in order.
+    manifest_unmatched: int = 0
+    manifest_unmatched_keys: list[str] = field(default_factory=list)
 
     def merge(self, other: BatchReport) -> None:
         self.objects += other.objects
@@ -120,6 +124,8 @@ class BatchReport:
             "quarantined_items": [{"key": f.key, "reason": f.reason} for f in self.quarantined],
             "deleted": len(self.deleted),
             "deleted_items": list(self.deleted),
+            "manifest_unmatched": self.manifest_unmatched,
+            "manifest_unmatched_keys": list(self.manifest_unmatched_keys),
         }
 
 

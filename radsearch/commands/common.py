@@ -14,6 +14,7 @@ __all__ = [
     "EXIT_STORE_OWNED",
     "EXIT_USAGE",
     "LABELS_KEPT",
+    "MANIFEST_UNMATCHED",
     "print_json",
 ]
 
@@ -29,6 +30,10 @@ EXIT_INTERRUPTED = 130
 LABELS_KEPT = (
     "objects keep the labels an earlier manifest or path template gave them: this run's "
     "rules say nothing about them (pass the same --manifest / --path-template to change them)"
+)
+MANIFEST_UNMATCHED = (
+    "manifest rows name no object of the source, and labelled nothing: a manifest's keys are "
+    "the objects' paths relative to the folder or prefix ingested"
 )
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from core.config import Settings
 from core.errors import ConfigError
 from radsearch.commands import remote
-from radsearch.commands.common import EXIT_OK, LABELS_KEPT, print_json
+from radsearch.commands.common import EXIT_OK, LABELS_KEPT, MANIFEST_UNMATCHED, print_json
 from radsearch.commands.dicomweb import add_selector_options
 from radsearch.commands.jobs import ingest_celery, print_job_result
 from radsearch.commands.options import add_sync_options, check_prune_args
@@ -38,6 +38,10 @@ def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
     kept = summary.get("labels_kept", 0)
     if kept:
         print(f"  {kept} {LABELS_KEPT}")
+    unmatched = summary.get("manifest_unmatched", 0)
+    if unmatched:
+        shown = ", ".join(summary.get("manifest_unmatched_keys") or [])
+        print(f"  {unmatched} {MANIFEST_UNMATCHED} (first: {shown})")
     for item in summary["errors"][:20]:
         print(f"  failed {item['key']}: {item['reason']}")
     deleted = summary.get("deleted_items") or []

@@ -272,6 +272,26 @@ def test_corrected_manifest_relabels_without_re_embedding(
     assert third["relabelled"] == 0 and third["skipped"] == 3 and calls == []
 
 
+def test_manifest_rows_that_name_no_object_are_counted_and_named(
+    catalog: Catalog, settings: Settings, tmp_path: Path
+) -> None:
+    """Found in the walkthrough: a manifest whose keys carry the folder's own name
+    (`labelled/a.png` for an ingest of `labelled/`) labelled nothing, and the run said nothing."""
+    folder, manifest = _labelled(
+        tmp_path, 80, "key,anatomy\nlabelled/a.png,hand\nlabelled/b.png,knee\nc.dcm,chest\n"
+    )
+    report = _ingest(catalog, settings, str(folder), manifest=manifest)
+    assert report["frames_indexed"] == 3
+    assert (report["manifest_unmatched"], report["manifest_unmatched_keys"]) == (
+        2,
+        ["labelled/a.png", "labelled/b.png"],
+    )
+    assert catalog.index.count("c", SearchFilter(anatomy=["chest"])) == 1  # the row that matched
+    manifest.write_text("key,anatomy\na.png,hand\nb.png,knee\nc.dcm,chest\n")
+    fixed = _ingest(catalog, settings, str(folder), manifest=manifest)
+    assert (fixed["relabelled"], fixed["manifest_unmatched"], fixed["manifest_unmatched_keys"]) == (2, 0, [])
+
+
 def test_run_without_the_manifest_keeps_the_labels_it_gave(
     catalog: Catalog, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

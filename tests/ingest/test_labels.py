@@ -64,6 +64,52 @@ def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
         load_manifest(tmp_path / "labels.xlsx")
 
 
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            "key,modalty,anatomy\na.png,CT,chest\n",
+            "manifest header: unknown column 'modalty' (did you mean modality?)",
+        ),
+        (
+            "key,modality,notes\na.png,CT,x\n",
+            "manifest header: unknown column 'notes'; a manifest has key and",
+        ),
+        ("key,modality,modality\na.png,CT,MR\n", "manifest header: column 'modality' appears twice"),
+        ("key,modality\na.png,CT\nb.png,MR\na.png,US\n", "manifest line 4: key 'a.png' was given on line 2"),
+        ("key,modality\na.png,CT,chest\n", "manifest line 2: more values than the header has named columns"),
+        (
+            '{"key": "a.png", "Modality": "CT"}\n',
+            "manifest line 1: unknown field 'Modality' (did you mean modality?)",
+        ),
+        (
+            '{"key": "a.png"}\n{"key": "a.png", "split": "test"}\n',
+            "manifest line 2: key 'a.png' was given on line 1",
+        ),
+    ],
+    ids=[
+        "typo",
+        "extra-column",
+        "column-twice",
+        "key-twice",
+        "row-too-long",
+        "jsonl-typo",
+        "jsonl-key-twice",
+    ],
+)
+def test_a_manifest_that_would_label_wrongly_is_refused_naming_the_line(text: str, says: str) -> None:
+    """Found in the walkthrough: a misspelt column (`modalty`) labelled nothing, and of two rows
+    for one key the last counted, both without a word."""
+    with pytest.raises(ConfigError) as refused:
+        parse_manifest(text)
+    assert says in str(refused.value)
+
+
+def test_a_manifest_with_a_blank_trailing_column_is_read() -> None:
+    # spreadsheets export a trailing comma: an unnamed column without values carries nothing
+    assert parse_manifest("key,modality,\na.png,CT,\n") == {"a.png": {"modality": "CT"}}
+
+
 def test_precedence_manifest_over_template_over_metadata_over_dicom() -> None:
     labeler = Labeler(
         manifest={"CT/chest/nodule/x.dcm": {"pathology": "effusion"}},

@@ -21,7 +21,7 @@ from PIL import Image
 
 from core.config import Settings
 from core.index.edge import EdgeIndex
-from radsearch.commands.common import LABELS_KEPT
+from radsearch.commands.common import LABELS_KEPT, MANIFEST_UNMATCHED
 from radsearch.commands.main import build_parser, main
 from tests.workers.conftest import use_settings_env
 
@@ -92,6 +92,12 @@ def test_ingest_search_and_list_json(
     assert main(again[:-2]) == 0
     out = capsys.readouterr().out
     assert "8 unchanged skipped, 0 relabelled" in out and f"  8 {LABELS_KEPT}" in out
+    # a manifest keyed from the folder above the one ingested labels nothing, and is said to
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("key,pathology\nimages/CT/rows_0.png,nodule\nMR/cols_0.png,normal\n")
+    assert main([*again[:-2], "--manifest", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    assert f"  1 {MANIFEST_UNMATCHED} (first: images/CT/rows_0.png)" in out and "1 relabelled" in out
 
     query = folder / "MR" / "cols_1.png"
     assert main(["--data-dir", data, "search", str(query), "--collection", "c", "-k", "3", "--json"]) == 0
