@@ -7,14 +7,11 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.config import Settings
 from radsearch.commands import remote
 from radsearch.commands.arg_types import at_least, port_number
-
-if TYPE_CHECKING:
-    from core.index.base import StoredPoint
 
 __all__ = ["add_demo_command"]
 

@@ -173,6 +173,8 @@ def test_ingest_through_the_serving_owner_prints_what_direct_ingest_prints(world
         "quarantined_items",
         "deleted",
         "deleted_items",
+        "manifest_unmatched",
+        "manifest_unmatched_keys",
         "accept_burned_in",
         "seconds",
     ]
