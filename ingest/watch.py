@@ -25,6 +25,7 @@ from core.errors import ConfigError, SourceError
 from ingest.sources.base import ObjectRef
 
 __all__ = [
+    "ONCE_ATTEMPTS",
     "Cursor",
     "DateCursor",
     "OrthancChanges",
@@ -32,9 +33,14 @@ __all__ = [
     "follow",
     "follow_qido",
     "orthanc_rest_url",
+    "pause",
 ]
 
 log = logging.getLogger(__name__)
+
+# ``once``: polls in a row that may fail (the PACS restarting) before the run ends with the error.
+ONCE_ATTEMPTS = 3
+_STOP_CHECK_S = 0.2
 
 
 class Cursor:
@@ -134,6 +140,7 @@ def follow(
     """Deliver the SOP Instance UIDs of new instances page by page, the cursor advanced after
     each delivered page; polls every ``interval_s`` once drained; ``once``: stop when drained."""
     stats = WatchStats(last=cursor.load())
+    failures = 0
     while not stop():
         try:
             ids, last, done = feed.page(stats.last, page_size)
@@ -143,9 +150,9 @@ def follow(
                 stats.delivered += len(uids)
         except SourceError as exc:
             # The PACS (or the radsearch server) is away for now: the same page again later.
-            log.warning("watch: %s; retrying in %.1f s", exc, max(interval_s, 1.0))
-            time.sleep(max(interval_s, 1.0))
+            failures = _retry_or_raise(exc, failures, interval_s, stop, once=once)
             continue
+        failures = 0
         if last > stats.last or stats.rounds == 0:
             cursor.save(last)
             stats.last = last
@@ -153,8 +160,29 @@ def follow(
         if done:
             if once:
                 break
-            time.sleep(interval_s)
+            pause(interval_s, stop)
     return stats
+
+
+def pause(seconds: float, stop: Callable[[], bool]) -> None:
+    """Sleep ``seconds``, or less once ``stop()`` says so (checked every `_STOP_CHECK_S`): a
+    watcher told to stop does not first sit out a minute's poll interval."""
+    deadline = time.monotonic() + seconds
+    while not stop() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, _STOP_CHECK_S))
+
+
+def _retry_or_raise(
+    exc: SourceError, failures: int, interval_s: float, stop: Callable[[], bool], *, once: bool
+) -> int:
+    """After a failed poll: wait and count it, or (``once``, `ONCE_ATTEMPTS` in a row) raise it, so
+    that a run from cron or a timer ends with an error instead of retrying for good."""
+    failures += 1
+    if once and failures >= ONCE_ATTEMPTS:
+        raise exc
+    log.warning("watch: %s; retrying in %.1f s", exc, max(interval_s, 1.0))
+    pause(max(interval_s, 1.0), stop)
+    return failures
 
 
 class DateCursor:
@@ -199,6 +227,7 @@ def follow_qido(
     the day moves to the day the poll started (late instances of older studies are not seen:
     that is what Orthanc's change feed is for)."""
     stats = WatchStats()
+    failures = 0
     while not stop():
         since, seen = cursor.load()
         before = set(seen)
@@ -220,9 +249,9 @@ def follow_qido(
                 stats.delivered += len(batch)
                 seen.update(r.etag for r in batch)
         except SourceError as exc:
-            log.warning("watch: %s; retrying in %.1f s", exc, max(interval_s, 1.0))
-            time.sleep(max(interval_s, 1.0))
+            failures = _retry_or_raise(exc, failures, interval_s, stop, once=once)
             continue
+        failures = 0
         # Kept while the day stays; on a new day only this round's (the new day's studies are among
         # them): the set stays about one day of instances. What was delivered earlier and is
         # listed again is delivered again: at-least-once, the same points.
@@ -230,5 +259,5 @@ def follow_qido(
         stats.rounds += 1
         if once:
             break
-        time.sleep(interval_s)
+        pause(interval_s, stop)
     return stats

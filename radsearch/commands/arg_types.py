@@ -4,9 +4,11 @@ error of a value out of bounds (exit 2), before anything runs."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
-__all__ = ["at_least", "port_number"]
+__all__ = ["at_least", "http_url", "port_number", "seconds"]
 
 
 def port_number(text: str) -> int:
@@ -34,3 +36,24 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return whole_number
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds: a finite number, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, got {text!r}")
+    return value
+
+
+def http_url(text: str) -> str:
+    """An ``http://`` or ``https://`` URL with a host (a server's root)."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"expected an http:// or https:// URL with a host, got {text[:80]!r}"
+        )
+    return text

@@ -8,13 +8,13 @@ import json
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from core.config import Settings
 from core.errors import BadInput, ConfigError, SourceError
 from ingest.sources.base import ObjectRef
+from radsearch.commands.arg_types import http_url, seconds
 
 __all__ = ["add_selector_options", "add_watch_command", "apply_selectors"]
 
@@ -61,9 +61,15 @@ def add_watch_command(sub: Any) -> None:
     watch.add_argument("source", help="dicomweb+http(s)://HOST[:PORT]/PREFIX of an Orthanc")
     watch.add_argument("--collection", required=True)
     watch.add_argument("--encoder", help="encoder for a new collection (default: baseline)")
-    watch.add_argument("--orthanc-url", help="Orthanc's REST root (default: the DICOMweb root's parent)")
-    watch.add_argument("--interval", type=float, default=1.0, help="seconds between polls once drained")
-    watch.add_argument("--once", action="store_true", help="stop once the feed is drained")
+    watch.add_argument(
+        "--orthanc-url", type=http_url, help="Orthanc's REST root (default: the DICOMweb root's parent)"
+    )
+    watch.add_argument("--interval", type=seconds, default=1.0, help="seconds between polls once drained")
+    watch.add_argument(
+        "--once",
+        action="store_true",
+        help="stop once the feed is drained (a PACS still away after 3 polls in a row: exit 1)",
+    )
     watch.add_argument(
         "--feed",
         choices=("orthanc", "qido"),
@@ -75,14 +81,21 @@ def add_watch_command(sub: Any) -> None:
 
 
 def _stop_on_signals() -> Callable[[], bool]:
-    stopping = threading.Event()
+    """A stop the first SIGTERM or SIGINT asks for: the watcher ends after the page in hand, its
+    cursor saved. A second one stops it at once (`KeyboardInterrupt`, exit 130). The handler takes
+    no lock: one that the signal interrupted the main thread holding is never released (Ctrl-C
+    twice, or a SIGTERM and then a SIGINT, left the watcher hung for good)."""
+    stopping = False
 
     def handler(signum: int, frame: object) -> None:
-        stopping.set()
+        nonlocal stopping
+        if stopping:
+            raise KeyboardInterrupt
+        stopping = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
-    return stopping.is_set
+    return lambda: stopping
 
 
 def _follow(

@@ -259,3 +259,71 @@ def test_watch_by_qido_for_servers_without_a_change_feed(
     orthanc.upload(files[2].read_bytes())
     assert run() == 1 and len(set(delivered)) == len(delivered) == 3
     assert cursor.load()[0] == "19000101" and len(cursor.load()[1]) == 3
+
+
+def _watch_away_pacs(data: Path, *extra: str) -> subprocess.Popen[str]:
+    """`radsearch watch` of a PACS nothing listens for (port 1), with ``extra`` options."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "radsearch", "--data-dir", str(data), "watch"]
+        + ["dicomweb+http://127.0.0.1:1/dicom-web", "--collection", "w", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def _wait_for_retry(watcher: subprocess.Popen[str]) -> None:
+    """Until the watcher has logged its first failed poll (it then waits out the interval)."""
+    assert watcher.stderr is not None
+    line = watcher.stderr.readline()
+    while "retrying in" not in line:
+        assert line, "the watcher ended before its first poll"
+        line = watcher.stderr.readline()
+
+
+def test_a_watcher_hears_a_stop_at_once_and_a_second_one_ends_it(tmp_path: Path) -> None:
+    """Found in the walkthrough: a second signal (Ctrl-C twice, or `timeout` then Ctrl-C) reached
+    the signal handler while it held the stop event's lock, and the watcher hung for good; a single
+    SIGTERM was heard only once the poll interval (here 60 s) was over."""
+    watcher = _watch_away_pacs(tmp_path / "data", "--interval", "60")
+    try:
+        _wait_for_retry(watcher)
+        started = time.monotonic()
+        watcher.send_signal(signal.SIGTERM)
+        out, _ = watcher.communicate(timeout=10)
+        assert watcher.returncode == 0 and time.monotonic() - started < 5
+        assert out.strip() == "watch: 0 instances delivered, cursor at 0"
+    finally:
+        watcher.kill()
+        watcher.communicate()
+    watcher = _watch_away_pacs(tmp_path / "data", "--interval", "60")
+    try:
+        _wait_for_retry(watcher)
+        for _ in range(3):  # a burst, as a hurried operator sends it
+            watcher.send_signal(signal.SIGINT)
+            time.sleep(0.01)
+        _, err = watcher.communicate(timeout=10)  # it ends: interrupted (130), or killed by the burst's last
+        assert watcher.returncode in (130, -signal.SIGINT), err
+    finally:
+        watcher.kill()
+        watcher.communicate()
+
+
+def test_watch_once_ends_with_the_error_when_the_pacs_is_away(tmp_path: Path) -> None:
+    """Found in the walkthrough: `watch --once` (what cron runs) retried an unreachable PACS for
+    good; bad --interval and --orthanc-url values were taken."""
+    watcher = _watch_away_pacs(tmp_path / "data", "--once", "--interval", "0")
+    out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 1, err
+    assert (
+        err.splitlines()[-1]
+        == "radsearch: error: cannot reach Orthanc at http://127.0.0.1:1: ConnectionError"
+    )
+    assert err.count("retrying in") == 2  # three polls in all
+    for option, value in (("--interval", "-5"), ("--interval", "nan"), ("--orthanc-url", "orthanc:8042")):
+        refused = _watch_away_pacs(tmp_path / "data", "--once", option, value)
+        _, err = refused.communicate(timeout=60)
+        assert refused.returncode == 2 and f"argument {option}:" in err, err
