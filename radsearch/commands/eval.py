@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,6 +21,7 @@ from radsearch.commands.arg_types import at_least
 __all__ = ["add_eval_command", "run_eval_command", "run_remote_eval_command"]
 
 _CHUNK_MB = 1024
+_PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -109,7 +111,9 @@ def add_eval_command(sub: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the markdown tables here")
-    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="plot the index-size curve to a PNG")
+    parser.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="plot the index-size curve to a PNG (or .svg, .pdf)"
+    )
     parser.set_defaults(handler=_cmd_eval, remote_handler=_remote_eval)
 
 
@@ -156,6 +160,7 @@ def _check_mode_options(args: argparse.Namespace) -> None:
 def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """Run ``radsearch eval`` and write its JSON or markdown to ``out``; returns the exit code."""
     _check_mode_options(args)
+    _check_outputs(args)
     exclude_same = _exclude_same(args)
     group_by = getattr(args, "group_by", None)
     fractions = args.index_fractions or (DEFAULT_FRACTIONS if args.plot else ())
@@ -209,6 +214,7 @@ def run_remote_eval_command(args: argparse.Namespace, settings: Settings, url: s
     if not args.collection:
         return run_eval_command(args, settings, out)
     _check_mode_options(args)
+    _check_outputs(args)
     from core.api_client import ApiClient
 
     body = {
@@ -230,12 +236,32 @@ def run_remote_eval_command(args: argparse.Namespace, settings: Settings, url: s
     return _write_result(result, args, out)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """`EvalInputError` for a ``--markdown`` or ``--plot`` file that could not be written, before
+    an evaluation that may take an hour (the error came after it, as an unexpected one)."""
+    for option, path in (("--markdown", args.markdown), ("--plot", args.plot)):
+        if path is None:
+            continue
+        folder = path.parent
+        if path.is_dir():
+            raise EvalInputError(f"{option} {path}: a folder, not a file")
+        if not folder.is_dir():
+            raise EvalInputError(f"{option} {path}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise EvalInputError(f"{option} {path}: cannot write in {folder}")
+    if args.plot is not None and args.plot.suffix.lower() not in _PLOT_SUFFIXES:
+        raise EvalInputError(f"--plot {args.plot}: the file name ends in {', '.join(_PLOT_SUFFIXES)}")
+
+
 def _write_result(result: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
     markdown = to_markdown(result)
-    if args.markdown:
-        args.markdown.write_text(markdown)
-    if args.plot:
-        plot_index_size_curve(result, args.plot)
+    try:
+        if args.markdown:
+            args.markdown.write_text(markdown)
+        if args.plot:
+            plot_index_size_curve(result, args.plot)
+    except OSError as exc:
+        raise EvalInputError(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}") from None
     if args.json:
         out.write(json.dumps(json_safe(result)) + "\n")
     else:

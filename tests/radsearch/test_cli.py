@@ -342,6 +342,26 @@ def test_eval_options_of_the_other_mode_are_refused(
 
 
 @pytest.mark.parametrize(
+    ("option", "name", "says"),
+    [
+        ("--markdown", "missing/x.md", "the folder {tmp}/missing does not exist"),
+        ("--plot", "curve.txt", "the file name ends in .png, .svg, .pdf"),
+        ("--plot", ".", "a folder, not a file"),
+    ],
+)
+def test_eval_refuses_an_output_it_could_not_write_before_it_runs(
+    option: str, name: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: `eval --markdown missing/x.md` (or `--plot curve.txt`) ran the
+    whole evaluation, then ended with "unexpected error: FileNotFoundError" (or ValueError)."""
+    path = tmp_path / name
+    code = main(["--data-dir", str(tmp_path / "data"), "eval", "--collection", "nosuch", option, str(path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert says.format(tmp=tmp_path) in err and "collection 'nosuch'" not in err  # before any lookup
+
+
+@pytest.mark.parametrize(
     ("options", "says"),
     [
         (["--queues", "plan,embedd"], "--queues 'plan,embedd': the queues are plan and embed"),
