@@ -137,21 +137,29 @@ def build_eval_data(
     def encode(records: Sequence[Record], vectors: NDArray[Any]) -> LabelledSet:
         if len(records) != vectors.shape[0]:
             raise EvalInputError(f"{len(records)} labelled images but {vectors.shape[0]} vectors")
+        rows = vectors.reshape(len(records), -1)
+        unusable = ~np.isfinite(rows).all(axis=1) | ~rows.any(axis=1)
+        if unusable.any():
+            first = int(np.argmax(unusable))
+            raise EvalInputError(
+                f"{source}: {int(unusable.sum())} embedding(s) hold NaN, infinite values or only zeros, "
+                f"which no cosine can rank (first: {records[first].id})"
+            )
         return LabelledSet(
             ids=[r.id for r in records],
             labels=np.array([classes(r.label) for r in records], dtype=np.int64),
             anatomy=np.array([anatomies(f"{r.modality}/{r.region}") for r in records], dtype=np.int64),
             modality=np.array([modalities(r.modality) for r in records], dtype=np.int64),
             groups=np.array([groups(r.group) if r.group else -1 for r in records], dtype=np.int64),
-            vectors=_normalise_rows(vectors.reshape(len(records), -1)),
+            vectors=_normalise_rows(rows),
         )
 
+    if not index_records:
+        raise EvalInputError(f"{source}: the index set is empty")
+    if not query_records:
+        raise EvalInputError(f"{source}: the query set is empty")
     index = encode(index_records, index_vectors)
     queries = encode(query_records, query_vectors)
-    if len(index) == 0:
-        raise EvalInputError(f"{source}: the index set is empty")
-    if len(queries) == 0:
-        raise EvalInputError(f"{source}: the query set is empty")
     if index.vectors.shape[1] != queries.vectors.shape[1]:
         raise EvalInputError(
             f"index vectors are {index.vectors.shape[1]}-d but query vectors {queries.vectors.shape[1]}-d"
@@ -490,6 +498,13 @@ def load_files(
     csv_order = [r.record.id for r in rows]
     index_rows = [r.record for r in rows if r.split in index_splits]
     query_rows = [r.record for r in rows if r.split in query_splits]
+    for kind, splits, chosen in (("index", index_splits, index_rows), ("queries", query_splits, query_rows)):
+        if not chosen:
+            present = sorted({r.split for r in rows})
+            raise EvalInputError(
+                f"the labels CSV has no rows with split {', '.join(splits)} (the {kind}); its splits: "
+                f"{', '.join(present) or 'none'}"
+            )
     wanted = [r.id for r in index_rows] + [r.id for r in query_rows]
     kinds = {p.suffix.lower() for p in embeddings}
     if kinds <= {".npy"}:

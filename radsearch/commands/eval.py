@@ -145,9 +145,12 @@ _FILES_OPTIONS = {
 
 
 def _check_mode_options(args: argparse.Namespace) -> None:
-    """`EvalInputError` for an option of the other mode (collection or files)."""
+    """`EvalInputError` for an option of the other mode (collection or files), or one that
+    another option must come with."""
     if not args.collection and getattr(args, "group_by", None):
         raise EvalInputError("--group-by needs --collection (the payload's series/study hashes)")
+    if args.group_column and not (args.exclude_same or args.exclude):
+        raise EvalInputError("--group-column names the patient or study column of --exclude-same: give both")
     mode, other = (
         ("--collection", _FILES_OPTIONS) if args.collection else ("--embeddings", _COLLECTION_OPTIONS)
     )

@@ -253,3 +253,25 @@ def test_file_mode_rejects_bad_csvs(tmp_path: Path) -> None:
     (tmp_path / "short-ids.txt").write_text("x\n")
     with pytest.raises(EvalInputError, match="2 embeddings but 1 ids"):
         evaluate_files([tmp_path / "e.npy"], [tmp_path / "ok.csv"], ids=tmp_path / "short-ids.txt")
+
+
+def test_file_mode_refuses_what_it_could_not_rank(tmp_path: Path) -> None:
+    """Found in the walkthrough: NaN (or all-zero) embeddings were evaluated into a meaningless P@1,
+    and an --index-split no row has ended with "unexpected error: ValueError: cannot reshape"."""
+    _write_csv(
+        tmp_path / "ok.csv",
+        ["filepath", "dataset", "split", "modality", "anatomic_region", "a"],
+        [["x", "d", "train", "CT", "lung", "1"], ["y", "d", "test", "CT", "lung", "1"]],
+    )
+    for name, rows in (("nan", [[np.nan] * 4, [1.0] * 4]), ("zeros", [[1.0] * 4, [0.0] * 4])):
+        np.save(tmp_path / f"{name}.npy", np.array(rows, dtype=np.float32))
+        with pytest.raises(EvalInputError) as refused:
+            evaluate_files([tmp_path / f"{name}.npy"], [tmp_path / "ok.csv"])
+        assert "1 embedding(s) hold NaN, infinite values or only zeros" in str(refused.value)
+        assert f"(first: {'x' if name == 'nan' else 'y'})" in str(refused.value)
+    np.save(tmp_path / "e.npy", np.ones((2, 4), dtype=np.float32))
+    with pytest.raises(EvalInputError) as refused:
+        evaluate_files([tmp_path / "e.npy"], [tmp_path / "ok.csv"], index_splits=("val",))
+    assert (
+        str(refused.value) == "the labels CSV has no rows with split val (the index); its splits: test, train"
+    )

@@ -329,6 +329,10 @@ def test_a_number_option_out_of_its_bounds_is_refused_by_the_parser(
             ["--embeddings", "e.npy", "--labels", "l.csv", "--compare-exact", "--hnsw-ef", "9"],
             "--compare-exact, --hnsw-ef",
         ),
+        (
+            ["--embeddings", "e.npy", "--labels", "l.csv", "--group-column", "pid"],
+            "--group-column names the patient or study column of --exclude-same: give both",
+        ),
     ],
 )
 def test_eval_options_of_the_other_mode_are_refused(
