@@ -149,8 +149,6 @@ def _check_mode_options(args: argparse.Namespace) -> None:
     another option must come with."""
     if not args.collection and getattr(args, "group_by", None):
         raise EvalInputError("--group-by needs --collection (the payload's series/study hashes)")
-    if args.group_column and not (args.exclude_same or args.exclude):
-        raise EvalInputError("--group-column names the patient or study column of --exclude-same: give both")
     mode, other = (
         ("--collection", _FILES_OPTIONS) if args.collection else ("--embeddings", _COLLECTION_OPTIONS)
     )
@@ -158,6 +156,8 @@ def _check_mode_options(args: argparse.Namespace) -> None:
     if given:
         applies = "--embeddings (files mode)" if args.collection else "--collection"
         raise EvalInputError(f"{', '.join(given)} only with {applies}, not with {mode}")
+    if args.group_column and not (args.exclude_same or args.exclude):
+        raise EvalInputError("--group-column names the patient or study column of --exclude-same: give both")
 
 
 def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
