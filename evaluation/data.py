@@ -498,13 +498,6 @@ def load_files(
     csv_order = [r.record.id for r in rows]
     index_rows = [r.record for r in rows if r.split in index_splits]
     query_rows = [r.record for r in rows if r.split in query_splits]
-    for kind, splits, chosen in (("index", index_splits, index_rows), ("queries", query_splits, query_rows)):
-        if not chosen:
-            present = sorted({r.split for r in rows})
-            raise EvalInputError(
-                f"the labels CSV has no rows with split {', '.join(splits)} (the {kind}); its splits: "
-                f"{', '.join(present) or 'none'}"
-            )
     wanted = [r.id for r in index_rows] + [r.id for r in query_rows]
     kinds = {p.suffix.lower() for p in embeddings}
     if kinds <= {".npy"}:
@@ -513,6 +506,13 @@ def load_files(
         vectors, found = _vectors_from_h5(embeddings, wanted)
     else:
         raise EvalInputError(f"embeddings must be .npy or .h5 files, got {sorted(kinds)}")
+    for kind, splits, chosen in (("index", index_splits, index_rows), ("queries", query_splits, query_rows)):
+        if not chosen:
+            present = sorted({r.split for r in rows})
+            raise EvalInputError(
+                f"the labels CSV has no rows with split {', '.join(splits)} (the {kind}); its splits: "
+                f"{', '.join(present) or 'none'}"
+            )
     n_index = len(index_rows)
     index_found = found[:n_index]
     query_found = found[n_index:]
