@@ -243,6 +243,14 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Encoder:
     return load_encoder(get_spec("baseline"), _settings(tmp_path_factory.mktemp("baseline")))
 
 
+@pytest.mark.parametrize("weights", ["random", "/models/baseline.pt"])
+def test_baseline_refuses_weights_rather_than_dropping_them(weights: str, tmp_path: Path) -> None:
+    """Found in the walkthrough: `collections create c --encoder baseline --weights random` made a
+    collection with the built-in encoder and said nothing of --weights."""
+    with pytest.raises(ConfigError, match="encoder 'baseline' is built in and takes no weights"):
+        load_encoder(get_spec("baseline"), _settings(tmp_path), weights=weights)
+
+
 def test_baseline_shape_dim_and_version(baseline: Encoder) -> None:
     assert isinstance(baseline, BaselineEncoder)
     assert baseline.dim == 512 and baseline.weights_version == "builtin"
