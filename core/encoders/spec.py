@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.errors import ConfigError
+
 __all__ = ["EncoderFamily", "EncoderSpec"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -78,5 +80,11 @@ class EncoderSpec(BaseModel):
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_weights(self, weights: str | None) -> EncoderSpec:
-        """This spec with ``weights`` as its weights source (unchanged when None)."""
-        return self.model_copy(update={"weights": weights}) if weights is not None else self
+        """This spec with ``weights`` as its weights source (unchanged when None); `ConfigError`
+        for weights given to the built-in encoder, which has none (given, not silently dropped;
+        a stored spec that already names some still loads)."""
+        if weights is None:
+            return self
+        if self.family is EncoderFamily.BUILTIN:
+            raise ConfigError(f"encoder {self.name!r} is built in and takes no weights (leave out --weights)")
+        return self.model_copy(update={"weights": weights})

@@ -300,8 +300,6 @@ def resolve_weights(spec: EncoderSpec, settings: Settings) -> ResolvedWeights:
     weights = spec.weights
     filenames: tuple[str, ...]
     if spec.family is EncoderFamily.BUILTIN:
-        if weights is not None:  # given, and not used: said rather than dropped
-            raise ConfigError(f"encoder {spec.name!r} is built in and takes no weights (leave out --weights)")
         return ResolvedWeights(kind="random", path=None, hub_id=None, version="builtin")
     if weights == "random":
         return ResolvedWeights(kind="random", path=None, hub_id=None, version="random")

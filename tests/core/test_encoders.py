@@ -249,6 +249,9 @@ def test_baseline_refuses_weights_rather_than_dropping_them(weights: str, tmp_pa
     collection with the built-in encoder and said nothing of --weights."""
     with pytest.raises(ConfigError, match="encoder 'baseline' is built in and takes no weights"):
         load_encoder(get_spec("baseline"), _settings(tmp_path), weights=weights)
+    # a collection an earlier version stored with such weights still opens
+    stored = get_spec("baseline").model_copy(update={"weights": weights})
+    assert load_encoder(stored, _settings(tmp_path)).weights_version == "builtin"
 
 
 def test_baseline_shape_dim_and_version(baseline: Encoder) -> None:
