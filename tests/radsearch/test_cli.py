@@ -651,11 +651,21 @@ def test_search_options_the_query_cannot_serve_are_refused(
     assert message in capsys.readouterr().err
 
 
-def test_a_malformed_roi_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("roi", "says"),
+    [
+        ("0,0,10", "give X,Y,WIDTH,HEIGHT in pixels"),
+        # found in the walkthrough: "unexpected error: ValidationError: 1 validation error for Roi"
+        ("0,0,100000,10", "X, Y, WIDTH and HEIGHT are at most 65535 pixels"),
+    ],
+)
+def test_a_malformed_roi_is_a_usage_error(
+    roi: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["--data-dir", str(tmp_path), "search", "q.dcm", "--collection", "c", "--roi", "0,0,10"])
+        main(["--data-dir", str(tmp_path), "search", "q.dcm", "--collection", "c", "--roi", roi])
     assert exit_info.value.code == 2
-    assert "give X,Y,WIDTH,HEIGHT in pixels" in capsys.readouterr().err
+    assert says in capsys.readouterr().err
 
 
 def test_ingest_reads_an_s3_manifest_inline(
