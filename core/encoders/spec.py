@@ -86,5 +86,5 @@ class EncoderSpec(BaseModel):
         if weights is None:
             return self
         if self.family is EncoderFamily.BUILTIN:
-            raise ConfigError(f"encoder {self.name!r} is built in and takes no weights (leave out --weights)")
+            raise ConfigError(f"encoder {self.name!r} is built in and takes no weights: leave them out")
         return self.model_copy(update={"weights": weights})
