@@ -168,6 +168,12 @@ class ApiClient:
                     raise ServerUnavailable(f"cannot reach the radsearch server at {self.url}") from exc
                 time.sleep(0.2)
             except httpx.HTTPError as exc:
+                if self._serves is not None and not self._serves():
+                    raise ServerUnavailable(
+                        f"the radsearch server at {self.url} stopped before it answered "
+                        f"({type(exc).__name__}); run the command again: it runs here while no server "
+                        "owns the data dir"
+                    ) from exc
                 raise ServerUnavailable(
                     f"the radsearch server at {self.url} did not answer: {type(exc).__name__}"
                 ) from exc
