@@ -41,6 +41,20 @@ def add_sync_options(parser: argparse.ArgumentParser) -> None:
 
 
 def check_prune_args(args: argparse.Namespace) -> None:
-    """`ConfigError` for a ``--max-delete-fraction`` outside [0, 1]."""
+    """`ConfigError` for a ``--max-delete-fraction`` outside [0, 1], and for the deletion guard's
+    options on an ingest that deletes nothing (no ``--prune``), where they would go unused."""
     if not 0.0 <= args.max_delete_fraction <= 1.0:
         raise ConfigError("--max-delete-fraction must be between 0 and 1")
+    guards = [flag for flag, given in _deletion_guards(args) if given]
+    if guards and not getattr(args, "prune", True):  # reconcile always deletes what is gone
+        raise ConfigError(
+            f"{' and '.join(guards)} only apply with --prune (they guard its deletions): give --prune, "
+            "or leave them out"
+        )
+
+
+def _deletion_guards(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    return [
+        ("--max-delete-fraction", args.max_delete_fraction != DEFAULT_MAX_DELETE_FRACTION),
+        ("--force", bool(args.force)),
+    ]

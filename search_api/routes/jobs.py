@@ -140,6 +140,9 @@ class IngestJobCreate(BaseModel):
                 "prune and dry_run need executor owner; with the workers, a reconcile job deletes "
                 "what is gone (radsearch reconcile)"
             )
+        default_fraction = type(self).model_fields["max_delete_fraction"].default
+        if not self.prune and (self.force or self.max_delete_fraction != default_fraction):
+            raise ValueError("force and max_delete_fraction only apply with prune (they guard its deletions)")
         return self
 
 

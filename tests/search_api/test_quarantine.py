@@ -159,5 +159,13 @@ def test_ultrasound_archive_ingests_with_accept_burned_in(
             # with the workers, deletions are reconcile's
             celery = {"source": "s3://b/p/", "collections": ["x"], "prune": True}
             assert client.post("/v1/ingest-jobs", json=celery).status_code == 422
+            # the deletion guard without a prune would go unused: refused, not ignored
+            for unused in ({"force": True}, {"max_delete_fraction": 0.5}):
+                refused = client.post(
+                    "/v1/ingest-jobs",
+                    json={"source": str(root), "collections": ["us2"], "executor": "owner", **unused},
+                )
+                assert refused.status_code == 422, refused.text
+                assert "only apply with prune" in refused.json()["error"]["message"]
     finally:
         index.close()
