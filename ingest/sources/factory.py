@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,11 @@ def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Sou
             hash_key=settings.hash_key_bytes(),
             max_object_bytes=settings.ingest.max_object_bytes,
             name=name,
+        )
+    if re.match(r"^(s3|dicomweb\+https?):/?(?!/)", uri) and not Path(uri).exists():
+        scheme, rest = uri.split(":", 1)
+        raise ConfigError(
+            f"source {uri[:80]!r} is no folder here; did you mean {scheme}://{rest.lstrip('/')}?"
         )
     if "://" in uri and not uri.startswith("file://"):
         raise ConfigError(

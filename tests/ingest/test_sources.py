@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,13 @@ def test_unknown_scheme_and_missing_folder_are_config_errors(tmp_path: Path, set
         open_source("ftp://host/x", settings)
     with pytest.raises(ConfigError, match="does not exist"):
         open_source(str(tmp_path / "missing"), settings)
+    # found in the walkthrough: a URI missing a slash was read as a folder that does not exist
+    for typo, meant in (
+        ("s3:/bucket/ct", "s3://bucket/ct"),
+        ("dicomweb+http:/pacs/x", "dicomweb+http://pacs/x"),
+    ):
+        with pytest.raises(ConfigError, match=f"is no folder here; did you mean {re.escape(meant)}\\?"):
+            open_source(typo, settings)
 
 
 def test_s3_source_over_http_pages_and_metadata(minio_client: Minio, bucket: str, settings: Settings) -> None:
