@@ -532,6 +532,17 @@ class Settings(BaseSettings):
     events: EventSettings = Field(default_factory=EventSettings)
     dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
 
+    @field_validator("url")
+    @classmethod
+    def _an_http_url(cls, value: str | None) -> str | None:
+        """A server's URL, checked here rather than met as "did not answer: UnsupportedProtocol"
+        (the value is not echoed: a URL may carry credentials)."""
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000")
+        return value
+
     @field_validator("data_dir")
     @classmethod
     def _a_folder(cls, value: Path) -> Path:

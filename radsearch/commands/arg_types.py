@@ -50,10 +50,11 @@ def seconds(text: str) -> float:
 
 
 def http_url(text: str) -> str:
-    """An ``http://`` or ``https://`` URL with a host (a server's root)."""
+    """An ``http://`` or ``https://`` URL with a host (a server's root). The value is not echoed:
+    a URL may carry credentials."""
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError(
-            f"expected an http:// or https:// URL with a host, got {text[:80]!r}"
+            "expected an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000"
         )
     return text

@@ -30,6 +30,7 @@ from core.errors import (
     StoreOwned,
     WeightsUnavailable,
 )
+from radsearch.commands.arg_types import http_url
 from radsearch.commands.backup import add_backup_commands
 from radsearch.commands.collections import add_collections_commands
 from radsearch.commands.common import (
@@ -100,6 +101,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, default: Any) -> Non
     )
     parser.add_argument(
         "--url",
+        type=http_url,
         default=default,
         help="send the command to this radsearch server (RADSEARCH_URL; key in RADSEARCH_API_KEY); "
         "by default the server that owns the data dir, if one serves",

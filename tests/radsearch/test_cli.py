@@ -345,6 +345,23 @@ def test_eval_options_of_the_other_mode_are_refused(
     assert says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("url", ["127.0.0.1:8000", "notaurl", "http://", "ftp://h/"])
+def test_a_server_url_that_is_none_is_refused_before_any_request(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: `--url 127.0.0.1:8000` (or RADSEARCH_URL=...) ended with "the
+    radsearch server at 127.0.0.1:8000 did not answer: UnsupportedProtocol"."""
+    with pytest.raises(SystemExit) as refused:
+        main(["--data-dir", str(tmp_path / "data"), "--url", url, "collections", "list"])
+    assert refused.value.code == 2
+    assert "argument --url: expected an http:// or https:// URL with a host" in capsys.readouterr().err
+    monkeypatch.setenv("RADSEARCH_URL", url)
+    assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid setting: RADSEARCH_URL: Value error, must be an http:// or https:// URL" in err
+    assert err.strip().endswith("with a host, e.g. http://127.0.0.1:8000")  # the value is not echoed
+
+
 @pytest.mark.parametrize(
     ("option", "name", "says"),
     [
