@@ -316,7 +316,11 @@ def test_watch_once_ends_with_the_error_when_the_pacs_is_away(tmp_path: Path) ->
     """Found in the walkthrough: `watch --once` (what cron runs) retried an unreachable PACS for
     good; bad --interval and --orthanc-url values were taken."""
     watcher = _watch_away_pacs(tmp_path / "data", "--once", "--interval", "0")
-    out, err = watcher.communicate(timeout=60)
+    try:
+        out, err = watcher.communicate(timeout=60)
+    finally:  # a watcher that retries for good must not outlive the test
+        watcher.kill()
+        watcher.communicate()
     assert watcher.returncode == 1, err
     assert (
         err.splitlines()[-1]
