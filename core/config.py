@@ -41,6 +41,7 @@ __all__ = [
     "StoreSettings",
     "Subscription",
     "check_setting_variables",
+    "is_http_url",
     "unknown_setting_variables",
 ]
 
@@ -503,6 +504,12 @@ class DicomwebSettings(BaseModel):
         return value
 
 
+def is_http_url(value: str) -> bool:
+    """Whether ``value`` is an ``http://`` or ``https://`` URL with a host (a server's root)."""
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 class Settings(BaseSettings):
     """All of radsearch's configuration."""
 
@@ -537,10 +544,8 @@ class Settings(BaseSettings):
     def _an_http_url(cls, value: str | None) -> str | None:
         """A server's URL, checked here rather than met as "did not answer: UnsupportedProtocol"
         (the value is not echoed: a URL may carry credentials)."""
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000")
+        if value is not None and not is_http_url(value):
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000")
         return value
 
     @field_validator("data_dir")

@@ -66,6 +66,7 @@ __all__ = [
     "PointPublic",
     "ExcludeIn",
     "GroupBy",
+    "ROI_MAX",
     "Roi",
     "SearchFilterIn",
     "SearchGroup",
@@ -141,15 +142,19 @@ class ExcludeIn(BaseModel):
     studies: list[Annotated[str, Field(pattern=_HASH)]] | None = Field(default=None, max_length=1000)
 
 
+# The largest coordinate or side of a region, in pixels (the command line's --roi checks it too).
+ROI_MAX = 65535
+
+
 class Roi(BaseModel):
     """A region of the uploaded image, in pixels of its rendered query frame: the crop is embedded."""
 
     model_config = ConfigDict(extra="forbid")
 
-    x: int = Field(ge=0, le=65535)
-    y: int = Field(ge=0, le=65535)
-    width: int = Field(ge=1, le=65535)
-    height: int = Field(ge=1, le=65535)
+    x: int = Field(ge=0, le=ROI_MAX)
+    y: int = Field(ge=0, le=ROI_MAX)
+    width: int = Field(ge=1, le=ROI_MAX)
+    height: int = Field(ge=1, le=ROI_MAX)
 
 
 def canonical_point_id(value: str) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from urllib.parse import urlsplit
+
+from core.config import is_http_url
 
 __all__ = ["at_least", "http_url", "port_number", "seconds"]
 
@@ -52,8 +53,7 @@ def seconds(text: str) -> float:
 def http_url(text: str) -> str:
     """An ``http://`` or ``https://`` URL with a host (a server's root). The value is not echoed:
     a URL may carry credentials."""
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not is_http_url(text):
         raise argparse.ArgumentTypeError(
             "expected an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000"
         )

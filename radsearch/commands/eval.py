@@ -160,10 +160,18 @@ def _check_mode_options(args: argparse.Namespace) -> None:
         raise EvalInputError("--group-column names the patient or study column of --exclude-same: give both")
 
 
-def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    """Run ``radsearch eval`` and write its JSON or markdown to ``out``; returns the exit code."""
+def _checked(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` once its options fit together and its outputs can be written, with the defaults
+    of the options that had to be seen unset (given or not) filled in."""
     _check_mode_options(args)
     _check_outputs(args)
+    defaults = {"search": args.search or "ann", "chunk_mb": args.chunk_mb or _CHUNK_MB}
+    return argparse.Namespace(**{**vars(args), **defaults})
+
+
+def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """Run ``radsearch eval`` and write its JSON or markdown to ``out``; returns the exit code."""
+    args = _checked(args)
     exclude_same = _exclude_same(args)
     group_by = getattr(args, "group_by", None)
     fractions = args.index_fractions or (DEFAULT_FRACTIONS if args.plot else ())
@@ -172,7 +180,7 @@ def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) 
         fractions=tuple(fractions),
         seed=args.seed,
         max_queries=args.max_queries,
-        chunk_bytes=(args.chunk_mb or _CHUNK_MB) * 1024 * 1024,
+        chunk_bytes=args.chunk_mb * 1024 * 1024,
     )
     index_splits = tuple(args.index_split or ("train",))
     query_splits = tuple(args.query_split or ("test",))
@@ -187,7 +195,7 @@ def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) 
                 options,
                 index_splits=index_splits,
                 query_splits=query_splits,
-                search=args.search or "ann",
+                search=args.search,
                 compare_exact=args.compare_exact,
                 hnsw_ef=args.hnsw_ef,
                 exclude_same=exclude_same,
@@ -216,15 +224,14 @@ def run_remote_eval_command(args: argparse.Namespace, settings: Settings, url: s
     owner computes it: ``POST /v1/collections/{name}/evaluate``); files mode runs here."""
     if not args.collection:
         return run_eval_command(args, settings, out)
-    _check_mode_options(args)
-    _check_outputs(args)
+    args = _checked(args)
     from core.api_client import ApiClient
 
     body = {
         "ks": list(args.ks),
         "index_split": list(args.index_split or ("train",)),
         "query_split": list(args.query_split or ("test",)),
-        "search": args.search or "ann",
+        "search": args.search,
         "compare_exact": args.compare_exact,
         "hnsw_ef": args.hnsw_ef,
         "exclude_same": _exclude_same(args),

@@ -70,9 +70,6 @@ def _exclude(args: argparse.Namespace) -> dict[str, bool] | None:
     return {choice.replace("-", "_"): True for choice in args.exclude}
 
 
-_ROI_MAX = 65535
-
-
 def _roi(text: str) -> dict[str, int]:
     """``--roi X,Y,WIDTH,HEIGHT`` as the API's ``roi`` object."""
     parts = text.split(",")
@@ -83,8 +80,10 @@ def _roi(text: str) -> dict[str, int]:
     x, y, width, height = (int(part) for part in parts)
     if width < 1 or height < 1:
         raise argparse.ArgumentTypeError("WIDTH and HEIGHT must be at least 1")
-    if max(x, y, width, height) > _ROI_MAX:  # the API's bound (`search_api.schemas.Roi`)
-        raise argparse.ArgumentTypeError(f"X, Y, WIDTH and HEIGHT are at most {_ROI_MAX} pixels")
+    from search_api.schemas import ROI_MAX  # here, not at start-up: only a --roi needs it
+
+    if max(x, y, width, height) > ROI_MAX:
+        raise argparse.ArgumentTypeError(f"X, Y, WIDTH and HEIGHT are at most {ROI_MAX} pixels")
     return {"x": x, "y": y, "width": width, "height": height}
 
 
