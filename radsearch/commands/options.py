@@ -47,9 +47,10 @@ def check_prune_args(args: argparse.Namespace) -> None:
         raise ConfigError("--max-delete-fraction must be between 0 and 1")
     guards = [flag for flag, given in _deletion_guards(args) if given]
     if guards and not getattr(args, "prune", True):  # reconcile always deletes what is gone
+        verb, them = ("apply", "them") if len(guards) > 1 else ("applies", "it")
         raise ConfigError(
-            f"{' and '.join(guards)} only apply with --prune (they guard its deletions): give --prune, "
-            "or leave them out"
+            f"{' and '.join(guards)} only {verb} with --prune (guarding its deletions): give --prune, "
+            f"or leave {them} out"
         )
 
 

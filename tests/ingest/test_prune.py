@@ -182,7 +182,7 @@ def test_prune_refuses_an_empty_listing_and_too_many_deletions_unless_forced(
     # found in the walkthrough: the guard's options without --prune were taken, and unused
     for unused in (["--force"], ["--max-delete-fraction", "0.5"], ["--dry-run", "--force"]):
         code, _, err = _run(capsys, *ingest, *unused)
-        assert code == 2 and "only apply with --prune (they guard its deletions)" in err, unused
+        assert code == 2 and "with --prune (guarding its deletions)" in err, unused
 
 
 def test_long_series_is_not_changed_for_reconcile(settings: Settings, tmp_path: Path) -> None:
