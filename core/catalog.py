@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -31,14 +30,12 @@ from core.errors import (
     StoreDamaged,
     field_names,
 )
-from core.index.base import CollectionConfig, VectorIndex
+from core.index.base import CollectionConfig, VectorIndex, check_collection_name
 from core.snapshots import Trash, TrashEntry
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COLLECTION_NAME_PATTERN", "Catalog", "CollectionBusy", "CollectionEntry"]
-
-COLLECTION_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+__all__ = ["Catalog", "CollectionBusy", "CollectionEntry"]
 
 
 class CollectionBusy(ConfigError):
@@ -111,8 +108,7 @@ class Catalog:
         ``probe`` embeds one synthetic image first and refuses (`ConfigError`, nothing created) an
         encoder whose output is not ``spec.dim`` finite values.
         """
-        if not re.match(COLLECTION_NAME_PATTERN, name):
-            raise ConfigError(f"collection name {name!r} must match {COLLECTION_NAME_PATTERN}")
+        check_collection_name(name, "a collection name")
         if name in self.aliases():
             raise ConfigError(f"{name!r} is an alias; a collection needs a name of its own")
         if quantization is None:
@@ -322,8 +318,7 @@ class Catalog:
         Search through the alias switches from the old collection to the new one between two
         requests; the old collection stays until dropped (rollback = set the alias back).
         """
-        if not re.match(COLLECTION_NAME_PATTERN, alias):
-            raise ConfigError(f"an alias must match {COLLECTION_NAME_PATTERN}")  # the name is not echoed
+        check_collection_name(alias, "an alias")
         if self._is_collection(alias):
             raise ConfigError(f"{alias!r} is a collection; an alias needs a name of its own")
         if not self._is_collection(collection):

@@ -229,10 +229,12 @@ class RuntimeSettings(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1)
     # On CPU, run encoders in fp32 with their Linear layers (the attention's projections too)
-    # dynamically quantized to int8 (torch's dynamic quantization): a clip-vit-b16 query by image
-    # 1.9x faster than fp32 on a CPU without fast bf16 (Zen 3: 165 instead of 312 ms over HTTP),
-    # embeddings at cosine 0.9997 of fp32's. For query latency on such CPUs; off by default.
-    cpu_int8_linear: bool = False
+    # dynamically quantized to int8 (torch's dynamic quantization, on the engine measured fastest
+    # here): a clip-vit-b16 query by image ~2x faster than fp32 on a CPU without fast bf16 (Zen 3:
+    # 165 instead of 312 ms over HTTP), embeddings at cosine 0.9997 of fp32's. auto: where dtype is
+    # auto too and would be fp32 here (no fast bf16), no encoder is compiled, and an int8 Linear is
+    # measured faster than fp32's; true: on CPU always; false: never.
+    cpu_int8_linear: Literal["auto"] | bool = "auto"
     # Compile the image tower with torch.compile (inductor, weights frozen into the graph) when the
     # encoder loads: clip-vit-b16 at batch 1 in bf16 on a 2-core Zen 5 took 67-74 ms instead of
     # 81-131 ms eager. Costs ~40 s per process at the first load and needs a C++ compiler (gcc) on
@@ -241,7 +243,7 @@ class RuntimeSettings(BaseModel):
 
     @model_validator(mode="after")
     def _one_acceleration(self) -> RuntimeSettings:
-        if self.cpu_int8_linear and self.compile_encoders:
+        if self.cpu_int8_linear is True and self.compile_encoders:
             raise ValueError("cpu_int8_linear and compile_encoders exclude each other: choose one")
         return self
 

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 __all__ = [
     "AccessRefused",
     "field_names",
+    "rule_broken",
     "os_reason",
     "BadInput",
     "CollectionExists",
@@ -73,6 +74,13 @@ def field_names(errors: Iterable[Mapping[str, Any]]) -> str:
     """The dotted names of the fields a validation's ``errors`` (pydantic's ``exc.errors()``) are
     about, sorted and comma-separated: what is wrong where, never the values."""
     return ", ".join(sorted({".".join(map(str, error.get("loc", ()))) or "?" for error in errors}))
+
+
+def rule_broken(error: Mapping[str, Any]) -> str:
+    """What one validation error (of pydantic's ``exc.errors()``) says is wrong: its message, our
+    own validators' words without pydantic's "Value error, " in front; never the value."""
+    message = str(error.get("msg", "invalid"))
+    return message.removeprefix("Value error, ") if error.get("type") == "value_error" else message
 
 
 def os_reason(exc: BaseException, otherwise: str) -> str:

@@ -130,15 +130,24 @@ class StoredValues:
 def _warning(field: str, value: str, stored: frozenset[str]) -> FilterWarning:
     candidates = sorted(stored)
     close: list[str] = []
+    parts: list[str] = []
     if len(value) > _MAX_QUOTED:
         value = value[:_MAX_QUOTED] + "..."
     else:
         close = difflib.get_close_matches(
             _fold(field, value), [_fold(field, v) for v in candidates], n=_SUGGESTIONS
         )
+        parts = [part.strip() for part in value.split(",")]
     by_fold = {_fold(field, v): v for v in candidates}
     suggestions = tuple(dict.fromkeys(by_fold[c] for c in close))
-    if suggestions:
+    if len(parts) > 1 and all(part and _held(field, part, stored) for part in parts):
+        # "MR,CT" typed for "MR or CT": each part is stored, the whole is one value that is not
+        suggestions = tuple(parts)
+        hint = (
+            f"; it is one value, while {', '.join(parts)} are each stored: for any of them give each "
+            f"as its own value (a list in the filter; --{field} repeated on the command line)"
+        )
+    elif suggestions:
         hint = f"; closest stored: {', '.join(suggestions)}"
     elif candidates:
         hint = "; none is close" + (

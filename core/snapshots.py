@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from core.config import Settings
 from core.errors import (
@@ -41,11 +41,9 @@ from core.errors import (
     CollectionNotFound,
     ConfigError,
     StoreDamaged,
-    field_names,
-    os_reason,
 )
-from core.index._shared import read_config_file
-from core.index.base import CollectionConfig, VectorIndex
+from core.index._shared import read_config_file, read_json_record
+from core.index.base import CollectionConfig, VectorIndex, check_collection_name
 
 __all__ = [
     "SnapshotCollection",
@@ -67,7 +65,6 @@ _COLLECTIONS = "collections"
 _TRASHED = "collection"
 _CONFIG_FILE = "collection.json"
 _SNAPSHOT_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 # One trash or snapshot change at a time in this process (the owner): a purge never races a restore.
 _lock = threading.RLock()
 
@@ -119,25 +116,11 @@ def _renamed(config: CollectionConfig, name: str) -> CollectionConfig:
 def _read_record(model: type[_Record], path: Path, what: str, advice: str) -> _Record:
     """The JSON record at ``path`` as ``model``; `StoreDamaged` naming ``what``, the file and
     why it cannot be read (fields by name, never what the file holds), then ``advice``."""
-    try:
-        return model.model_validate_json(path.read_bytes())
-    except OSError as exc:
-        reason = os_reason(exc, "cannot be read")
-    except ValidationError as exc:
-        if any(error["type"] == "json_invalid" for error in exc.errors()):
-            reason = "not JSON"
-        else:
-            reason = f"fields missing or of the wrong kind ({field_names(exc.errors())})"
-    raise StoreDamaged(f"{what} is damaged: its {path.name}: {reason}; {advice}")
+    return read_json_record(path, model.model_validate, what, advice, kind="its record")
 
 
 def _read_config(directory: Path, what: str) -> CollectionConfig:
     return read_config_file(directory / _CONFIG_FILE, what, "it cannot be restored")
-
-
-def _check_name(name: str, what: str) -> None:
-    if not _NAME.match(name):
-        raise ConfigError(f"{what} must match {_NAME.pattern}")
 
 
 # -- snapshots -------------------------------------------------------------------------------------
@@ -183,7 +166,7 @@ class SnapshotStore:
         _require_files(index)
         aliases = _aliases(index)
         for name in collections or ():
-            _check_name(name, "collection name")
+            check_collection_name(name, "a collection name")
         names = (
             sorted(index.list_collections())
             if not collections
@@ -274,13 +257,13 @@ class SnapshotStore:
         manifest = self.get(snapshot_id)
         chosen = manifest.names if collection is None else [collection]
         if collection is not None:
-            _check_name(collection, "--collection")
+            check_collection_name(collection, "--collection")
         if collection is not None and collection not in manifest.names:
             raise CollectionNotFound(f"snapshot {snapshot_id} holds no collection {collection!r}")
         if as_name is not None:
             if len(chosen) != 1:
                 raise ConfigError("--as names one collection: give --collection too")
-            _check_name(as_name, "--as")
+            check_collection_name(as_name, "--as")
         targets = {name: as_name or name for name in chosen}
         with _lock:
             taken = [target for target in targets.values() if index.collection_exists(target)]
@@ -405,9 +388,9 @@ class Trash:
         """Bring the latest dropped ``name`` back (as ``as_name``); `CollectionExists` (409) when
         the name is taken again, `CollectionNotFound` when the trash holds no such collection."""
         _require_files(index)
-        _check_name(name, "collection name")
+        check_collection_name(name, "a collection name")
         target = as_name or name
-        _check_name(target, "--as")
+        check_collection_name(target, "--as")
         with _lock:
             self.purge()
             candidates = [e for e in self.list() if e.name == name]

@@ -61,9 +61,10 @@ def write_archive(settings: Settings, per_class: int) -> DemoArchive:
 
 def print_indexed(summary: Mapping[str, Any], seconds: float) -> None:
     """The ingest's line (``summary``: `BatchReport.to_dict`, as an ingest job reports it too)."""
+    deleted = f", {summary['deleted']} gone from the archive deleted" if summary.get("deleted") else ""
     print(
         f"indexed {summary['frames_indexed']} frames from {summary['objects']} objects "
-        f"({summary['skipped']} unchanged skipped, {summary['failed']} failed) in {seconds:.1f} s"
+        f"({summary['skipped']} unchanged skipped, {summary['failed']} failed{deleted}) in {seconds:.1f} s"
     )
 
 
@@ -122,9 +123,9 @@ def run_demo(
     archive = write_archive(settings, per_class)
     with open_catalog(settings, owner="demo") as catalog:
         ensure_collection(catalog, DEMO_COLLECTION, "baseline")
-        report = ingest_source(
-            catalog, settings, str(archive.root), [DEMO_COLLECTION], IngestOptions(manifest=archive.manifest)
-        )
+        # pruned: the collection holds the archive as it is now (a smaller --per-class than before)
+        options = IngestOptions(manifest=archive.manifest, prune=True, force=True)
+        report = ingest_source(catalog, settings, str(archive.root), [DEMO_COLLECTION], options)
         print_indexed(report.to_dict(), report.seconds)
         index = catalog.index
         print_examples(

@@ -527,12 +527,22 @@ def _splits(n: int, rng: np.random.Generator) -> list[str]:
     return out
 
 
+def _remove_beyond(folder: Path, prefix: str, suffix: str, count: int) -> None:
+    """Remove the archive's own images ``{prefix}{NNN}{suffix}`` numbered ``count`` or more (left
+    by a larger archive); any other file is not the archive's, and stays."""
+    for path in folder.glob(f"{prefix}*{suffix}"):
+        number = path.name[len(prefix) : -len(suffix)]
+        if len(number) == 3 and number.isdigit() and int(number) >= count:
+            path.unlink()
+
+
 def generate_demo_archive(out_dir: Path, *, per_class: int = 12, seed: int = 0) -> DemoArchive:
     """Write the synthetic archive under ``out_dir`` (created if needed) and return what it holds.
 
     ``per_class`` images for each of the 13 DICOM classes (CT, MR, US, CR) and 2 PNG classes (XR
     hand); about 70 % of each class is ``train``, the rest ``test``. The same ``seed`` gives the
-    same bytes.
+    same bytes. Images an earlier call with a larger ``per_class`` wrote are removed, so that the
+    folder holds what the manifest lists.
     """
     if per_class < 1:
         raise ValueError("per_class must be at least 1")
@@ -553,6 +563,7 @@ def generate_demo_archive(out_dir: Path, *, per_class: int = 12, seed: int = 0) 
             _write_dicom(folder / name, cls, index, seed, rng, phi)
             key = (folder / name).relative_to(root).as_posix()
             rows.append((key, cls.modality, cls.anatomy, cls.pathology, DATASET_NAME, splits[index]))
+        _remove_beyond(folder, f"{cls.anatomy}_{cls.pathology}_", ".dcm", per_class)
 
     (root / "png").mkdir(parents=True, exist_ok=True)
     for offset, cls in enumerate(_PNG_CLASSES):
@@ -565,6 +576,7 @@ def generate_demo_archive(out_dir: Path, *, per_class: int = 12, seed: int = 0) 
             rows.append(
                 (f"png/{name}", cls.modality, cls.anatomy, cls.pathology, DATASET_NAME, splits[index])
             )
+        _remove_beyond(root / "png", f"{cls.anatomy}_{cls.pathology}_", ".png", per_class)
 
     manifest = root / "manifest.csv"
     with manifest.open("w", newline="", encoding="utf-8") as fh:

@@ -13,11 +13,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.datastructures import State
 
-from core.catalog import COLLECTION_NAME_PATTERN, Catalog, CollectionEntry
+from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
-from core.errors import CollectionNotFound
+from core.errors import CollectionNotFound, ConfigError
 from core.filter_warnings import StoredValues
-from core.index.base import VectorIndex
+from core.index.base import VectorIndex, check_collection_name
 from core.payload import FILTER_FIELDS, SearchFilter
 from search_api.errors import ApiError, RepeatedField, UnknownField
 from search_api.offload import on_index
@@ -93,15 +93,14 @@ CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 InferenceLimiterDep = Annotated[CapacityLimiter, Depends(get_inference_limiter)]
 
 
-# The catalog's own naming rule: anything else cannot exist, and never reaches the store.
-COLLECTION_NAME = re.compile(COLLECTION_NAME_PATTERN)
-
-
 def check_name(name: str) -> None:
-    """404 (`CollectionNotFound`) for a collection name the catalog could never hold."""
-    if not COLLECTION_NAME.match(name):
+    """404 (`CollectionNotFound`) for a collection name the catalog could never hold: it cannot
+    exist, and never reaches the store."""
+    try:
+        check_collection_name(name, "a collection name")
+    except ConfigError as exc:
         # not echoed: a name the catalog could never hold is whatever the caller sent
-        raise CollectionNotFound("no such collection (names match " + COLLECTION_NAME_PATTERN + ")")
+        raise CollectionNotFound(f"no such collection ({exc})") from None
 
 
 def check_job_id(job_id: str) -> None:

@@ -46,6 +46,7 @@ from core.errors import (
     UnsupportedFormat,
     UpstreamUnreachable,
     WeightsUnavailable,
+    rule_broken,
 )
 
 __all__ = [
@@ -333,7 +334,7 @@ def _describe(errors: Iterable[Mapping[str, Any]]) -> str:
             continue
         where = ".".join(loc[1:]) if loc and loc[0] in _LOCATIONS else ".".join(loc)
         prefix = f"{where} ({loc[0]})" if where else (loc[0] if loc else "request")
-        described.append(f"{prefix}: {error.get('msg', 'invalid')}")
+        described.append(f"{prefix}: {rule_broken(error)}")
     return "; ".join(described[:10]) + (f" (and {len(described) - 10} more)" if len(described) > 10 else "")
 
 

@@ -16,7 +16,8 @@ from pydantic import (
 )
 
 from core.encoders.spec import EncoderSpec
-from core.errors import InvalidFilter
+from core.errors import ConfigError, InvalidFilter
+from core.index.base import COLLECTION_NAME_PATTERN, check_collection_name
 from core.jobs import JobCounts, JobRecord
 from core.payload import SearchFilter
 
@@ -352,12 +353,26 @@ class IndexingPublic(BaseModel):
     segments: int | None = None
 
 
+def _collection_name(value: str) -> str:
+    try:
+        return check_collection_name(value, "a collection name")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+#: A collection's (or alias's) name: checked by the catalog's own rule, which names itself in the
+#: 422 (not a regular expression); the pattern documents it in the OpenAPI schema.
+CollectionName = Annotated[
+    str, Field(json_schema_extra={"pattern": COLLECTION_NAME_PATTERN}), AfterValidator(_collection_name)
+]
+
+
 class CollectionCreate(BaseModel):
     """A new collection: ``encoder`` is a registry name or a full encoder spec."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
+    name: CollectionName
     encoder: Annotated[str, Field(max_length=200)] | dict[str, Any] = Field(examples=["biomedclip"])
     weights: str | None = Field(
         default=None, max_length=1100, description="path, s3:// URI, hub id or 'random' (overrides the spec)"
@@ -380,7 +395,7 @@ class BackfillCreate(BaseModel):
 class AliasUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    collection: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
+    collection: CollectionName
     force: bool = Field(
         default=False, description="switch even while a backfill writes to it or its index is not built"
     )
@@ -786,8 +801,6 @@ class OptimizePublic(BaseModel):
 
 # -- backups: the trash and snapshots (embedded store) ---------------------------------------------
 
-_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
-
 
 class CollectionDropped(BaseModel):
     """What a drop did: moved to the trash until ``expires_at`` (embedded store), or deleted for
@@ -806,7 +819,7 @@ class CollectionRestore(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    as_: str | None = Field(default=None, alias="as", pattern=_NAME_PATTERN)
+    as_: CollectionName | None = Field(default=None, alias="as")
 
 
 class TrashEntryPublic(BaseModel):
@@ -832,18 +845,7 @@ class SnapshotCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    collections: list[Annotated[str, Field(pattern=_NAME_PATTERN)]] | None = Field(
-        default=None, max_length=1000
-    )
-
-    @model_validator(mode="after")
-    def _names(self) -> SnapshotCreate:
-        import re
-
-        for name in self.collections or ():
-            if not re.match(_NAME_PATTERN, name):
-                raise ValueError(f"collections: each must match {_NAME_PATTERN}")
-        return self
+    collections: list[CollectionName] | None = Field(default=None, max_length=1000)
 
 
 class SnapshotCollectionPublic(BaseModel):
@@ -869,8 +871,8 @@ class SnapshotRestore(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    collection: str | None = Field(default=None, pattern=_NAME_PATTERN)
-    as_: str | None = Field(default=None, alias="as", pattern=_NAME_PATTERN)
+    collection: CollectionName | None = None
+    as_: CollectionName | None = Field(default=None, alias="as")
     force: bool = False
 
 

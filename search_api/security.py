@@ -231,7 +231,15 @@ def _unauthorized() -> HTTPException:
 async def _resolve(
     authenticator: Authenticator, api_key: str | None, bearer: str | None, client_host: str | None
 ) -> Principal:
-    """The caller's principal, or a 401 `HTTPException`."""
+    """The caller's principal, or a 401 `HTTPException` (400 when two credentials were sent)."""
+    if api_key and bearer:
+        # Which of two credentials decides is no guess to make for the caller: a key with less
+        # access beside a token with more (or one of them stale) must not pass as either.
+        raise ApiError(
+            400,
+            "ambiguous_credentials",
+            "both an X-API-Key header and a bearer token were sent: send one credential",
+        )
     if authenticator.open:
         if not _is_local_client(client_host):
             raise _unauthorized()

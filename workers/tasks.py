@@ -20,7 +20,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -376,12 +376,20 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
     try:
         res.ensure_collections(spec, create=True)
         _record_accept_burned_in(res, spec)
-        res.labeler(job_id, spec)  # a manifest that cannot be read fails the job here, not each batch
+        labeler = res.labeler(job_id, spec)  # a manifest that cannot be read fails the job here
         source = res.source(spec.source, spec.source_name)
         batch_size = spec.batch_size or res.settings.celery.task_batch_size
         manifest = manifest_keys(source, spec.manifest)
-        refs = (ref for ref in source.list() if ref.key not in manifest)
-        _send_embed_batches(task.app, store, job_id, refs, batch_size, "p", count_listed=True)
+        unmatched = set(labeler.manifest)  # the manifest's rows no listed object has claimed yet
+
+        def listed() -> Iterator[ObjectRef]:
+            for ref in source.list():
+                if ref.key not in manifest:
+                    unmatched.discard(ref.key)
+                    yield ref
+
+        _send_embed_batches(task.app, store, job_id, listed(), batch_size, "p", count_listed=True)
+        store.raise_counters(job_id, {"manifest_unmatched": len(unmatched)})
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
         store.fail(job_id, str(exc))
         return
@@ -416,7 +424,7 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
     try:
         res.ensure_collections(spec, create=True)
         _record_accept_burned_in(res, spec)
-        res.labeler(job_id, spec)  # as in planning: an unreadable manifest fails the job once
+        labeler = res.labeler(job_id, spec)  # as in planning: an unreadable manifest fails the job once
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
         store.fail(job_id, str(exc))
         return None
@@ -458,7 +466,10 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
             "deleted": len(diff.deleted),
             "deleted_items": list(diff.deleted),
         }
-    store.raise_counters(job_id, {"listed": len(listing), "deleted": deleted_total})
+    unmatched = len(labeler.manifest.keys() - listing.keys())
+    store.raise_counters(
+        job_id, {"listed": len(listing), "deleted": deleted_total, "manifest_unmatched": unmatched}
+    )
     store.set_drift(job_id, drift)
     refs = [] if spec.dry_run else plan.to_embed(listing)
     batch_size = spec.batch_size or res.settings.celery.task_batch_size

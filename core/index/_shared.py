@@ -8,13 +8,14 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import ValidationError
 
 from core.config import StoreSettings
-from core.errors import IndexStoreError, InvalidFilter, InvalidVector, StoreDamaged, os_reason
+from core.errors import IndexStoreError, InvalidFilter, InvalidVector, StoreDamaged, field_names, os_reason
 from core.index.base import CollectionConfig, StoredPoint
 from core.index.combinations import public_payload
 from core.payload import INDEXED_FIELDS, LABEL_FIELDS, NO_RULES_HASH, SearchFilter
@@ -37,10 +38,14 @@ __all__ = [
     "is_valid_name",
     "known_ids",
     "query_vector",
+    "read_config_file",
+    "read_json_record",
     "stored_point",
     "stored_points",
     "vector_from_raw",
 ]
+
+T = TypeVar("T")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # int8 quantization loses a little ranking precision; fetch extra candidates and rescore them
@@ -223,21 +228,29 @@ def payloads_to_overwrite(
     )
 
 
-def read_config_file(path: Path, what: str, advice: str) -> CollectionConfig:
-    """The `CollectionConfig` stored in ``path`` (a collection.json); `StoreDamaged` naming
+def read_json_record(path: Path, parse: Callable[[Any], T], what: str, advice: str, *, kind: str) -> T:
+    """``parse`` of the JSON in ``path`` (one of the store's own records); `StoreDamaged` naming
     ``what``, the file (by its name: the message may reach an HTTP client) and why it cannot be
-    read, then ``advice``; never what the file holds."""
+    read (not JSON, which line; not ``kind``, which fields), then ``advice``; never what the file
+    holds. ``parse`` raises TypeError, ValueError or AttributeError for a document of another kind."""
     try:
-        return config_from_dict(json.loads(path.read_text(encoding="utf-8")))
+        return parse(json.loads(path.read_text(encoding="utf-8")))
     except OSError as exc:
         reason = os_reason(exc, "cannot be read")
     except UnicodeDecodeError:
         reason = "not UTF-8 text"
     except json.JSONDecodeError as exc:
         reason = f"not JSON (line {exc.lineno})"
+    except ValidationError as exc:
+        reason = f"not {kind} (fields missing or of the wrong kind: {field_names(exc.errors())})"
     except (TypeError, ValueError, AttributeError):
-        reason = "not a collection's record (fields missing or of the wrong kind)"
+        reason = f"not {kind} (fields missing or of the wrong kind)"
     raise StoreDamaged(f"{what} is damaged: its {path.name}: {reason}; {advice}")
+
+
+def read_config_file(path: Path, what: str, advice: str) -> CollectionConfig:
+    """The `CollectionConfig` stored in ``path`` (a collection.json), by `read_json_record`."""
+    return read_json_record(path, config_from_dict, what, advice, kind="a collection's record")
 
 
 def config_from_dict(data: dict[str, Any]) -> CollectionConfig:

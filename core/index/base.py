@@ -8,6 +8,7 @@ entry: encoder spec, weights version, ...) stored with the collection.
 from __future__ import annotations
 
 import functools
+import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,23 +18,42 @@ from typing import Any, ClassVar, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from core.errors import IndexStoreError, PointNotFound
+from core.errors import ConfigError, IndexStoreError, PointNotFound
 from core.payload import SearchFilter
 from core.source_overlap import Overlap, overlaps
 
 __all__ = [
+    "COLLECTION_NAME",
+    "COLLECTION_NAME_PATTERN",
+    "COLLECTION_NAME_RULE",
     "GROUP_FETCH_MAX",
     "CollectionConfig",
     "Hit",
     "HitGroup",
     "StoredPoint",
     "VectorIndex",
+    "check_collection_name",
     "group_hits",
     "off_loop",
     "point_not_found",
 ]
 
 T = TypeVar("T")
+
+#: What a collection's (or an alias's) name may be; the request schemas, the catalog and the
+#: snapshots all check this one rule.
+COLLECTION_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+COLLECTION_NAME_RULE = "1 to 48 lower-case letters, digits, '_' or '-', the first a letter or digit"
+COLLECTION_NAME = re.compile(COLLECTION_NAME_PATTERN)
+
+
+def check_collection_name(name: str, what: str) -> str:
+    """``name`` if it keeps the naming rule; else `ConfigError` "{what} must be {rule}" (the name
+    itself is not echoed: it is whatever a caller sent)."""
+    if not COLLECTION_NAME.match(name):
+        raise ConfigError(f"{what} must be {COLLECTION_NAME_RULE}")
+    return name
+
 
 #: Where the engine cannot group (Qdrant Edge), `VectorIndex.search_groups` over-fetches plain hits
 #: (4 x limit x group_size first, then 4 times more each round) up to this many, and groups those:

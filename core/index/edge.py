@@ -55,9 +55,7 @@ from core.errors import (
     CollectionExists,
     CollectionNotFound,
     IndexStoreError,
-    StoreDamaged,
     StoreFull,
-    os_reason,
 )
 from core.index._shared import (
     OVERSAMPLING,
@@ -77,6 +75,7 @@ from core.index._shared import (
     payloads_to_overwrite,
     query_vector,
     read_config_file,
+    read_json_record,
     stored_point,
     stored_points,
     unnamed_vector,
@@ -804,20 +803,17 @@ class EdgeIndex(VectorIndex):
         # set_alias/delete_alias; every search resolves its collection name through it.
         if self._aliases is None:
             path = self._root / _ALIASES_FILE
-            try:
-                data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-                self._aliases = {str(k): str(v) for k, v in data.items()}
-            except (OSError, ValueError, AttributeError) as exc:
-                reason = (
-                    f"not JSON (line {exc.lineno})"
-                    if isinstance(exc, json.JSONDecodeError)
-                    else os_reason(exc, "not a JSON object of alias → collection")
+            self._aliases = (
+                read_json_record(
+                    path,
+                    lambda data: {str(k): str(v) for k, v in data.items()},
+                    "the store's aliases file (in the index folder)",
+                    "mend it or move it aside (the aliases are then gone; the collections are untouched)",
+                    kind="a JSON object of alias → collection",
                 )
-                raise StoreDamaged(
-                    f"the store's aliases file ({_ALIASES_FILE} in the index folder) is damaged: "
-                    f"{reason}; mend it or move it aside (the aliases are then gone; the collections "
-                    "are untouched)"
-                ) from None
+                if path.is_file()
+                else {}
+            )
         return dict(self._aliases)
 
     def _write_aliases(self, aliases: dict[str, str]) -> None:

@@ -86,6 +86,7 @@ class JobCounts(BaseModel):
     dead_lettered: int
     batches_total: int
     batches_done: int
+    manifest_unmatched: int = 0
 
 
 COUNTERS: tuple[str, ...] = tuple(JobCounts.model_fields)

@@ -12,7 +12,7 @@ from core.s3 import S3Location, parse_s3_uri
 from ingest.labels import read_manifest
 from ingest.sources.base import Source
 
-__all__ = ["load_manifest_ref", "manifest_keys", "open_source"]
+__all__ = ["check_folder_uri", "load_manifest_ref", "manifest_keys", "open_source"]
 
 
 def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Source:
@@ -41,20 +41,27 @@ def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Sou
             max_object_bytes=settings.ingest.max_object_bytes,
             name=name,
         )
+    check_folder_uri(uri)
+    from ingest.sources.local import LocalSource
+
+    path = Path(uri.removeprefix("file://"))
+    return LocalSource(path, max_object_bytes=settings.ingest.max_object_bytes, name=name)
+
+
+def check_folder_uri(uri: str) -> None:
+    """`ConfigError` for a source that is neither an S3 or DICOMweb URI nor a folder path: a
+    scheme missing a slash (``s3:/bucket``: "did you mean s3://bucket?"), or another scheme."""
     if re.match(r"^(s3|dicomweb\+https?):/?(?!/)", uri) and not Path(uri).exists():
         scheme, rest = uri.split(":", 1)
         raise ConfigError(
             f"source {uri[:80]!r} is no folder here; did you mean {scheme}://{rest.lstrip('/')}?"
         )
     if "://" in uri and not uri.startswith("file://"):
+        scheme = uri.split("://", 1)[0][:20]  # the scheme alone: the rest may carry credentials
         raise ConfigError(
-            f"unsupported source {uri!r}; use s3://bucket/prefix, dicomweb+http(s)://HOST/PREFIX "
+            f"unsupported source ({scheme}://...); use s3://bucket/prefix, dicomweb+http(s)://HOST/PREFIX "
             "or a local folder"
         )
-    from ingest.sources.local import LocalSource
-
-    path = Path(uri.removeprefix("file://"))
-    return LocalSource(path, max_object_bytes=settings.ingest.max_object_bytes, name=name)
 
 
 def load_manifest_ref(ref: str | Path, settings: Settings) -> dict[str, dict[str, Any]]:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from core.config import is_http_url
 
-__all__ = ["at_least", "http_url", "port_number", "seconds"]
+__all__ = ["at_least", "collection_name", "http_url", "port_number", "seconds"]
 
 
 def port_number(text: str) -> int:
@@ -58,3 +58,15 @@ def http_url(text: str) -> str:
             "expected an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000"
         )
     return text
+
+
+def collection_name(text: str) -> str:
+    """A name for a new collection or alias, by the catalog's rule: refused before anything runs,
+    here or through a server, in the same words."""
+    from core.errors import ConfigError
+    from core.index.base import check_collection_name  # here: only a name to check needs it
+
+    try:
+        return check_collection_name(text, "a collection name")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

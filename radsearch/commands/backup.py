@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from radsearch.commands import remote
+from radsearch.commands.arg_types import collection_name
 from radsearch.commands.common import EXIT_OK, print_json
 
 if TYPE_CHECKING:
@@ -171,7 +172,9 @@ def add_backup_commands(collections_sub: Any, sub: Any) -> None:
     """Add ``radsearch collections restore|trash`` and ``radsearch snapshot``."""
     restore = collections_sub.add_parser("restore", help="bring a dropped collection back from the trash")
     restore.add_argument("name")
-    restore.add_argument("--as", dest="as_name", metavar="NEW_NAME", help="restore under another name")
+    restore.add_argument(
+        "--as", dest="as_name", metavar="NEW_NAME", type=collection_name, help="restore under another name"
+    )
     restore.add_argument("--json", action="store_true")
     restore.set_defaults(handler=_cmd_restore, remote_handler=_remote_restore)
 
@@ -190,7 +193,7 @@ def add_backup_commands(collections_sub: Any, sub: Any) -> None:
     restore_snapshot.add_argument("snapshot", help="the snapshot id (radsearch snapshot list)")
     restore_snapshot.add_argument("--collection", metavar="NAME", help="only this collection of the snapshot")
     restore_snapshot.add_argument(
-        "--as", dest="as_name", metavar="NEW_NAME", help="restore under another name"
+        "--as", dest="as_name", metavar="NEW_NAME", type=collection_name, help="restore under another name"
     )
     restore_snapshot.add_argument(
         "--force", action="store_true", help="replace a collection of the same name (it goes to the trash)"

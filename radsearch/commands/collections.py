@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from core.config import Settings
 from core.errors import ConfigError, os_reason
 from radsearch.commands import remote
+from radsearch.commands.arg_types import collection_name
 from radsearch.commands.common import EXIT_OK, print_json
 
 if TYPE_CHECKING:
@@ -369,7 +370,7 @@ def add_collections_commands(sub: Any) -> Any:
     create = collections_sub.add_parser(
         "create", help="create a collection for an encoder (probes one image)"
     )
-    create.add_argument("name")
+    create.add_argument("name", type=collection_name)
     create.add_argument("--encoder", required=True, help="registry name, inline JSON spec or @spec.json")
     create.add_argument("--weights", help="path, s3:// URI, hub id or 'random'")
     create.add_argument(
@@ -407,7 +408,7 @@ def add_collections_commands(sub: Any) -> Any:
     calibrate.set_defaults(handler=_cmd_calibrate, remote_handler=_remote_calibrate)
 
     alias = collections_sub.add_parser("alias", help="point an alias at a collection (atomic switch)")
-    alias.add_argument("alias")
+    alias.add_argument("alias", type=collection_name)
     alias.add_argument("collection")
     alias.add_argument(
         "--force",

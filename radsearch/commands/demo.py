@@ -50,6 +50,8 @@ def _remote_demo(args: argparse.Namespace, settings: Settings, url: str) -> int:
         "collections": [DEMO_COLLECTION],
         "manifest": remote.local_ref(archive.manifest),
         "encoder": "baseline",
+        "prune": True,  # as a demo run here: the collection holds the archive as it is now
+        "force": True,
     }
     with remote.client(settings, url) as api:
         job_id = api.request("POST", "/v1/ingest-jobs", json=body)["id"]

@@ -16,7 +16,13 @@ from core.config import Settings
 from core.errors import CollectionNotFound, ConfigError
 from radsearch.commands import remote
 from radsearch.commands.arg_types import at_least
-from radsearch.commands.common import EXIT_OK, EXIT_REFUSED, EXIT_RUNTIME_ERROR, LABELS_KEPT
+from radsearch.commands.common import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_RUNTIME_ERROR,
+    LABELS_KEPT,
+    MANIFEST_UNMATCHED,
+)
 from radsearch.commands.options import add_sync_options, check_prune_args
 
 if TYPE_CHECKING:
@@ -64,10 +70,22 @@ def _collections(value: str) -> tuple[str, ...]:
 
 
 def _source_uri(value: str) -> str:
-    if "://" in value:
+    """The source as the workers read it; a folder that is not here is said (the workers may see
+    it at this path on a mount of their own; otherwise their job fails naming it)."""
+    from ingest.sources.factory import check_folder_uri
+
+    if value.startswith(("s3://", "dicomweb+http://", "dicomweb+https://")):
         return value
+    check_folder_uri(value)  # a typo of a scheme, or another scheme: refused before anything is queued
     # Workers resolve the path themselves: give them an absolute one.
-    return str(Path(value).resolve())
+    path = Path(value.removeprefix("file://")).expanduser().resolve()
+    if not path.is_dir():
+        print(
+            f"radsearch: warning: the source folder {path} is not a folder here; the workers must find it "
+            "at this path, or the job fails",
+            file=sys.stderr,
+        )
+    return str(path)
 
 
 def _source_name(value: str | None) -> str | None:
@@ -161,6 +179,8 @@ def print_job_result(job: Mapping[str, Any], *, as_json: bool) -> int:
         _out(_summary_line(job))
         if job["counts"].get("labels_kept"):
             _out(f"  {job['counts']['labels_kept']} {LABELS_KEPT}")
+        if job["counts"].get("manifest_unmatched"):
+            _out(f"  {job['counts']['manifest_unmatched']} {MANIFEST_UNMATCHED}")
         if job.get("drift"):
             for name, drift in job["drift"].items():
                 _out(_drift_text(name, drift))

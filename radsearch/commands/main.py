@@ -29,6 +29,7 @@ from core.errors import (
     StoreFull,
     StoreOwned,
     WeightsUnavailable,
+    rule_broken,
 )
 from radsearch.commands.arg_types import http_url
 from radsearch.commands.backup import add_backup_commands
@@ -140,7 +141,7 @@ def _settings(overrides: dict[str, Any]) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"RADSEARCH_{'__'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            f"RADSEARCH_{'__'.join(str(part) for part in error['loc']).upper()}: {rule_broken(error)}"
             for error in exc.errors()
         )
         raise ConfigError(f"invalid setting: {problems}") from None

@@ -21,12 +21,13 @@ from core.errors import (
     UpstreamUnreachable,
     WeightsUnavailable,
 )
+from core.index.base import COLLECTION_NAME
 from core.jobs import JobRecord
 from core.s3 import S3_URI
 from core.snapshots import SnapshotStore
 from search_api import admin_services
 from search_api.backfill_jobs import alias_blockers, owner_jobs
-from search_api.deps import COLLECTION_NAME, CatalogDep, InferenceLimiterDep, check_job_id, check_name
+from search_api.deps import CatalogDep, InferenceLimiterDep, check_job_id, check_name
 from search_api.errors import ApiError, error_responses
 from search_api.offload import in_inference_thread, in_thread
 from search_api.schemas import (

@@ -21,11 +21,10 @@ from core.errors import (
     UnsupportedFormat,
 )
 from core.filter_warnings import StoredValues
-from core.index.base import Hit, VectorIndex
+from core.index.base import COLLECTION_NAME, Hit, VectorIndex
 from core.payload import SearchFilter
 from search_api import results, services
 from search_api.deps import (
-    COLLECTION_NAME,
     CatalogDep,
     IndexDep,
     InferenceLimiterDep,

@@ -139,9 +139,8 @@ def test_a_damaged_aliases_file_is_named_not_read_as_no_aliases(settings: Settin
     try:
         catalog = Catalog(index, settings)
         for call in (catalog.aliases, catalog.list, lambda: catalog.get("current")):
-            with pytest.raises(
-                StoreDamaged, match=r"aliases file \(aliases.json in the index folder\) is damaged"
-            ):
+            damaged = r"aliases file \(in the index folder\) is damaged: its aliases.json: not JSON"
+            with pytest.raises(StoreDamaged, match=damaged + r" \(line 1\)"):
                 call()
     finally:
         index.close()

@@ -293,7 +293,10 @@ def test_a_damaged_manifest_or_trash_record_is_named_not_hidden(
         with caplog.at_level(logging.WARNING, logger="core.snapshots"):
             assert [m.id for m in snapshots.list()] == [kept.id]
             assert trash.list() == [] and trash.purge() == []
-        assert f"snapshot {damaged.id!r} is damaged: its manifest.json: fields missing" in caplog.text
+        assert (
+            f"snapshot {damaged.id!r} is damaged: its manifest.json: not its record (fields missing"
+            in caplog.text
+        )
         assert f"the trash entry {dropped.id!r} is damaged: its trash.json: not JSON" in caplog.text
         assert (trash.root / dropped.id / "collection").is_dir()  # never purged as a leftover
         with pytest.raises(StoreDamaged, match=r"\(collections, created_at, id, radsearch_version\)"):

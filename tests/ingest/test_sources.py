@@ -44,8 +44,9 @@ def test_local_source_size_limit(tmp_path: Path, settings: Settings) -> None:
 
 
 def test_unknown_scheme_and_missing_folder_are_config_errors(tmp_path: Path, settings: Settings) -> None:
-    with pytest.raises(ConfigError, match="unsupported source"):
-        open_source("ftp://host/x", settings)
+    with pytest.raises(ConfigError, match=r"unsupported source \(ftp://\.\.\.\)") as refused:
+        open_source("ftp://user:secret@host/x", settings)
+    assert "secret" not in str(refused.value)
     with pytest.raises(ConfigError, match="does not exist"):
         open_source(str(tmp_path / "missing"), settings)
     # found in the walkthrough: a URI missing a slash was read as a folder that does not exist

@@ -125,6 +125,13 @@ def test_demo_while_a_server_owns_the_store_goes_through_it(tmp_path: Path) -> N
             json={"vector": [1.0] + [0.0] * 511, "limit": 3},
         )
         assert hits.status_code == 200 and len(hits.json()["hits"]) == 3, hits.text
+        # a smaller demo afterwards: the collection holds its archive, not the earlier one's extra
+        smaller = _cli(data, "demo", "--per-class", "1")
+        assert smaller.returncode == 0, smaller.stderr
+        assert "demo archive: 15 files, 15 classes" in smaller.stdout
+        assert "15 gone from the archive deleted" in smaller.stdout
+        held = httpx.get(f"http://127.0.0.1:{port}/v1/collections/demo").json()
+        assert held["points"] == 15, held
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -50,6 +50,19 @@ def test_generation_is_deterministic(tmp_path: Path) -> None:
     assert any((first.root / n).read_bytes() != (other.root / n).read_bytes() for n in files)
 
 
+def test_a_smaller_archive_over_a_larger_one_holds_what_its_manifest_lists(tmp_path: Path) -> None:
+    """Noticed in session 23: a demo with a smaller --per-class than before rewrote the manifest and
+    left the earlier images beside it, unlabelled, to be ingested."""
+    root = tmp_path / "archive"
+    generate_demo_archive(root, per_class=4)
+    foreign = root / "png" / "mine.png"
+    foreign.write_bytes(b"not the archive's")
+    smaller = generate_demo_archive(root, per_class=2)
+    listed = sorted(row["key"] for row in manifest_rows(smaller))
+    assert listed == [name for name in all_files(root) if name != "png/mine.png"]
+    assert len(listed) == 2 * len(smaller.classes) and foreign.exists()
+
+
 def test_manifest_covers_every_file(archive: DemoArchive) -> None:
     rows = manifest_rows(archive)
     assert sorted(r["key"] for r in rows) == all_files(archive.root)

@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 
 from core.config import StoreSettings
+from core.index.base import COLLECTION_NAME_RULE
 from core.index.edge import EdgeIndex
 from tests.conftest import free_port, wait_ready
 from tests.core.test_snapshots import _create
@@ -192,6 +193,14 @@ def test_snapshot_drop_and_restore_through_the_serving_owner_then_without_it(tmp
             elsewhere = http.post("/v1/collections/copy/restore", json={"as": "copy2"})
             assert elsewhere.status_code == 200 and elsewhere.json()["points"] == held["points"]
             assert http.post("/v1/snapshots/not-an-id/restore", json={}).status_code == 404
+            # a name off the rule: the rule in words, not a regular expression, and not the name
+            off_rule = http.post(
+                f"/v1/snapshots/{manifest['id']}/restore", json={"collection": "live", "as": "Bad/Name"}
+            )
+            assert off_rule.status_code == 422
+            assert off_rule.json()["error"]["message"] == (
+                f"as (body): a collection name must be {COLLECTION_NAME_RULE}"
+            )
     finally:
         server.terminate()
         server.wait(timeout=60)

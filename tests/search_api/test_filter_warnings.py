@@ -97,6 +97,18 @@ def test_unmatched_value_warns_with_the_closest_stored_values(client: TestClient
     [warning] = long["warnings"]
     assert warning["value"] == "x" * 100 + "..." and warning["suggestions"] == []
     assert len(warning["message"]) < 300
+    # "chest,brain" typed for "chest or brain": said to be one value, with the parts to give apart
+    [joined] = search(client, point_id=corpus.ids("circles")[0], filter={"anatomy": ["chest, brain"]})[
+        "warnings"
+    ]
+    assert joined["suggestions"] == ["chest", "brain"]
+    assert "it is one value, while chest, brain are each stored" in joined["message"]
+    assert "--anatomy repeated on the command line" in joined["message"]
+    # a comma in a value whose parts are not all stored is an ordinary miss
+    [plain] = search(client, point_id=corpus.ids("circles")[0], filter={"anatomy": ["chest,lugn"]})[
+        "warnings"
+    ]
+    assert "one value" not in plain["message"]
     # key is not a facet: an unknown key simply matches nothing
     assert search(client, point_id=corpus.ids("circles")[0], filter={"key": ["nope.png"]})["warnings"] == []
 

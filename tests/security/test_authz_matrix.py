@@ -258,6 +258,27 @@ def test_anonymous_upload_is_refused_before_the_body_is_read(secured: SecuredApp
     assert response.status_code == 401
 
 
+def test_two_credentials_at_once_are_refused_whichever_would_win(secured: SecuredApp) -> None:
+    # A reader's key beside an admin's key as a bearer token (and the other way round): neither
+    # passes; the caller is told to send one. The same on the direct search path and a route.
+    point = next(iter(secured.corpus.class_of))
+    for key, bearer in (("reader", "admin"), ("admin", "reader")):
+        headers = {**key_headers(key), "Authorization": f"Bearer {KEYS[bearer]}"}
+        for response in (
+            secured.client.post("/v1/collections/demo/search", json={"point_id": point}, headers=headers),
+            secured.client.get("/v1/collections", headers=headers),
+        ):
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["code"] == "ambiguous_credentials"
+            assert "send one credential" in error["message"]
+            assert KEYS[key] not in response.text and KEYS[bearer] not in response.text
+    # either one alone still passes
+    assert secured.client.get("/v1/collections", headers=key_headers("reader")).status_code == 200
+    bearer_only = {"Authorization": f"Bearer {KEYS['reader']}"}
+    assert secured.client.get("/v1/collections", headers=bearer_only).status_code == 200
+
+
 def test_open_mode_serves_loopback_clients_only(secured: SecuredApp) -> None:
     open_settings = secured.settings.model_copy(
         update={"security": secured.settings.security.model_copy(update={"api_keys": [], "oidc": None})}

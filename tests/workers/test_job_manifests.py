@@ -102,6 +102,35 @@ def test_a_manifest_among_the_images_is_read_not_indexed(
     assert (job["counts"]["indexed_frames"], job["counts"]["labels_kept"]) == (3, 1), job
     with server.client() as client:
         assert client.get("/v1/collections/local/facets/pathology").json()["counts"] == facets
+    # Rows that name no object (one with the folder's own name in front) are counted by the
+    # workers' jobs too, as an inline run counts them (noticed in session 23: they were not).
+    (tmp_path / "extra.csv").write_text(
+        "key,pathology\nimg_0.png,effusion\nimg_9.png,nodule\narchive/img_1.png,nodule\n"
+    )
+    for command in ("ingest", "reconcile"):
+        executor_args = ["--executor", "celery"] if command == "ingest" else []
+        code, job = _run(
+            capsys, command, "archive", "--collection", "local", "--manifest", "extra.csv", *executor_args
+        )
+        assert code == 0 and job["counts"]["manifest_unmatched"] == 2, job
+    assert (
+        main(
+            ["ingest", "archive", "--collection", "local", "--executor", "celery", "--manifest", "extra.csv"]
+        )
+        == 0
+    )
+    assert "2 manifest rows name no object of the source" in capsys.readouterr().out
+    # A folder that is not here is said before the job is queued (the workers may still see it
+    # on a mount of their own; these do not, and the job fails naming it). A scheme's typo is
+    # refused before anything is queued (noticed in session 23: both were queued without a word).
+    assert main(["ingest", "archve", "--collection", "local", "--executor", "celery"]) == 1
+    out, err = capsys.readouterr()
+    assert f"the source folder {tmp_path / 'archve'} is not a folder here; the workers must find it" in err
+    assert "does not exist" in out
+    for command in ("ingest", "reconcile"):
+        executor_args = ["--executor", "celery"] if command == "ingest" else []
+        assert main([command, "s3:/bucket/raw", "--collection", "local", *executor_args]) == 2
+        assert "did you mean s3://bucket/raw?" in capsys.readouterr().err
     # A manifest that cannot be read fails the job once, before any batch, naming the manifest.
     for command in ("ingest", "reconcile"):
         executor_args = ["--executor", "celery"] if command == "ingest" else []
