@@ -28,8 +28,9 @@ the engine alone on the same collection in the same run.
    request of the API process, of the store's processes and of the clients.
 5. Query by image: one client uploads a 512x512 16-bit CT DICOM to ``search/image``
    ``--image-requests`` times (after 3 warm-ups): p50/p99 (decode + clip-vit-b16 on CPU + search),
-   first against that server (``dtype`` auto), then against one started with
-   ``RADSEARCH_RUNTIME__CPU_INT8_LINEAR=true`` (for CPUs without fast bf16) and one with
+   first against that server (the defaults: bf16 where it is fast, else int8 Linear layers where
+   they are faster than fp32), then against one started with
+   ``RADSEARCH_RUNTIME__CPU_INT8_LINEAR=true`` (int8 whatever the CPU) and one with
    ``RADSEARCH_RUNTIME__COMPILE_ENCODERS=true`` (torch.compile at load); the image target is
    checked on the fastest of the three, the setting an operator of this CPU would choose.
    ``--image-requests 0`` leaves this step out; the check then lists it under ``not_run``.

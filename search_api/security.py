@@ -219,26 +219,30 @@ def _is_local_client(host: str | None) -> bool:
         return True
 
 
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="radsearch"'}
+
+
 def _unauthorized() -> HTTPException:
     return ApiError(
         401,
         "unauthorized",
         "missing or invalid credentials",
-        headers={"WWW-Authenticate": 'Bearer realm="radsearch"'},
+        headers=_CHALLENGE,
     )
 
 
 async def _resolve(
     authenticator: Authenticator, api_key: str | None, bearer: str | None, client_host: str | None
 ) -> Principal:
-    """The caller's principal, or a 401 `HTTPException` (400 when two credentials were sent)."""
+    """The caller's principal, or a 401 `HTTPException` (also when two credentials were sent)."""
     if api_key and bearer:
         # Which of two credentials decides is no guess to make for the caller: a key with less
         # access beside a token with more (or one of them stale) must not pass as either.
         raise ApiError(
-            400,
+            401,
             "ambiguous_credentials",
             "both an X-API-Key header and a bearer token were sent: send one credential",
+            headers=_CHALLENGE,
         )
     if authenticator.open:
         if not _is_local_client(client_host):

@@ -37,6 +37,8 @@ _DTYPES: dict[str, torch.dtype] = {
 _CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 _threads_lock = threading.Lock()
+# torch's quantized engine is one process-wide setting: probed and used under this lock.
+_int8_engine_lock = threading.RLock()
 _threads_set: int | None = None
 
 
@@ -57,6 +59,17 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return False
 
 
+def _best_seconds(call: Callable[[], object], repeats: int) -> float:
+    with torch.inference_mode():
+        call()  # warm-up: kernel selection, first-touch of the buffers
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+    return min(times)
+
+
 @functools.cache
 def cpu_bf16_speedup(size: int = 1024, repeats: int = 3) -> float:
     """How many times faster a bf16 matmul runs than an fp32 one here (best of ``repeats``, timed
@@ -71,13 +84,7 @@ def cpu_bf16_speedup(size: int = 1024, repeats: int = 3) -> float:
         generator = torch.Generator().manual_seed(0)
         a = torch.randn(size, size, generator=generator).to(dtype)
         b = torch.randn(size, size, generator=generator).to(dtype)
-        a @ b  # warm-up: kernel selection, first-touch of the buffers
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - started)
-        return min(times)
+        return _best_seconds(lambda: a @ b, repeats)
 
     return best_seconds(torch.float32) / best_seconds(torch.bfloat16)
 
@@ -90,40 +97,27 @@ _INT8_ENGINES = ("x86", "onednn", "fbgemm", "qnnpack")
 
 
 def _int8_linear(rows: int, width: int, out: int) -> tuple[torch.nn.Module, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    linear = torch.nn.Sequential(torch.nn.Linear(width, out))
-    with torch.no_grad():
-        linear[0].weight.copy_(torch.randn(out, width, generator=generator) * 0.03)
+    """A dynamic int8 Linear on torch's current quantized engine, and an input for it."""
     quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-        linear, {torch.nn.Linear}, dtype=torch.qint8
+        torch.nn.Sequential(torch.nn.Linear(width, out)), {torch.nn.Linear}, dtype=torch.qint8
     )
-    return quantized, torch.randn(rows, width, generator=generator)
-
-
-def _best_seconds(call: Callable[[], object], repeats: int) -> float:
-    with torch.inference_mode():
-        call()  # warm-up: kernel selection, first-touch of the buffers
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - started)
-    return min(times)
+    return quantized, torch.randn(rows, width)
 
 
 @functools.cache
 def fastest_int8_engine(repeats: int = 5) -> str:
     """The quantized engine whose dynamic int8 Linear runs fastest here, timed once per process
-    (~0.2 s), and made torch's engine from then on (a layer's packed weights belong to the engine
+    (well under a second), and made torch's engine from then on (a layer's packed weights belong to the engine
     it was quantized under). On a 2-vCPU Intel Xeon with AVX-512 VNNI, oneDNN ran clip-vit-b16's
     int8 forward in 91 ms against 111 ms under torch's default ("x86", i.e. fbgemm)."""
     timings: dict[str, float] = {}
-    for engine in (e for e in _INT8_ENGINES if e in torch.backends.quantized.supported_engines):
-        torch.backends.quantized.engine = engine
-        layer, x = _int8_linear(*_PROBE_SHAPE)
-        timings[engine] = _best_seconds(lambda: layer(x), repeats)  # noqa: B023 (called at once)
-    fastest = min(timings, key=timings.__getitem__)
-    torch.backends.quantized.engine = fastest
+    with _int8_engine_lock:
+        for engine in (e for e in _INT8_ENGINES if e in torch.backends.quantized.supported_engines):
+            torch.backends.quantized.engine = engine
+            layer, x = _int8_linear(*_PROBE_SHAPE)
+            timings[engine] = _best_seconds(lambda: layer(x), repeats)  # noqa: B023 (called at once)
+        fastest = min(timings, key=timings.__getitem__)
+        torch.backends.quantized.engine = fastest
     logger.info(
         "int8 engine %s (%s)", fastest, ", ".join(f"{e} {1000 * s:.2f} ms" for e, s in timings.items())
     )
@@ -170,10 +164,11 @@ def quantize_linear_int8(encoder: object) -> None:
     model = getattr(encoder, "model", None)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"{type(encoder).__name__} has no torch model to quantize")
-    engine = fastest_int8_engine()
-    torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-        model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
-    )
+    with _int8_engine_lock:  # every layer packed for the one engine, never mid-probe
+        engine = fastest_int8_engine()
+        torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+            model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+        )
     logger.info("%s: Linear layers quantized to int8 (dynamic, %s)", type(encoder).__name__, engine)
 
 

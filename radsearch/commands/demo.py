@@ -92,7 +92,10 @@ def add_demo_command(sub: Any) -> None:
         "(through the server that owns the data dir, when one does)",
     )
     demo.add_argument(
-        "--per-class", type=at_least(1), default=12, help="images per class in the archive (default 12)"
+        "--per-class",
+        type=at_least(2),
+        default=12,
+        help="images per class in the archive (default 12; at least 2: one to query with, one to find)",
     )
     demo.add_argument("--no-serve", action="store_true")
     demo.add_argument("--host")

@@ -285,7 +285,7 @@ def test_a_port_that_is_none_is_refused_by_the_parser(port: str, tmp_path: Path)
 @pytest.mark.parametrize(
     ("command", "says"),
     [
-        (["demo", "--no-serve", "--per-class", "0"], "argument --per-class: must be at least 1, got 0"),
+        (["demo", "--no-serve", "--per-class", "1"], "argument --per-class: must be at least 2, got 1"),
         (["eval", "--collection", "c", "--max-queries", "0"], "argument --max-queries: must be at least 1"),
         (["eval", "--collection", "c", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
         (["eval", "--collection", "c", "--hnsw-ef", "0"], "argument --hnsw-ef: must be at least 1"),
@@ -302,7 +302,8 @@ def test_a_number_option_out_of_its_bounds_is_refused_by_the_parser(
     command: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Found in the walkthrough: `demo --per-class 0` and `eval --seed -1` ended with "unexpected
-    error: ValueError"; `eval --max-queries 0` evaluated every query and `--hnsw-ef 0` searched at
+    error: ValueError" (and `demo --per-class 1`, on a fresh data dir, with "collection 'demo' has
+    no points with split test": one image per class leaves none to query with); `eval --max-queries 0` evaluated every query and `--hnsw-ef 0` searched at
     the default ef, silently; `jobs list --limit 0` said "no jobs"; `worker --concurrency 0` started
     a pool of the machine's size; `worker --max-tasks-per-child -1` printed Celery's traceback and
     exited 0."""

@@ -114,7 +114,7 @@ def test_demo_while_a_server_owns_the_store_goes_through_it(tmp_path: Path) -> N
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc=server)
-        through = _cli(data, "demo", "--per-class", "2", "--port", str(free_port()))
+        through = _cli(data, "demo", "--per-class", "3", "--port", str(free_port()))
         assert through.returncode == 0, through.stderr
         assert "--port not used: the demo goes through" in through.stderr  # said, not dropped
         assert f"the server at http://127.0.0.1:{port} serves the demo collection" in through.stdout
@@ -126,16 +126,19 @@ def test_demo_while_a_server_owns_the_store_goes_through_it(tmp_path: Path) -> N
         )
         assert hits.status_code == 200 and len(hits.json()["hits"]) == 3, hits.text
         # a smaller demo afterwards: the collection holds its archive, not the earlier one's extra
-        smaller = _cli(data, "demo", "--per-class", "1")
+        smaller = _cli(data, "demo", "--per-class", "2")
         assert smaller.returncode == 0, smaller.stderr
-        assert "demo archive: 15 files, 15 classes" in smaller.stdout
+        assert "demo archive: 30 files, 15 classes" in smaller.stdout
         assert "15 gone from the archive deleted" in smaller.stdout
-        held = httpx.get(f"http://127.0.0.1:{port}/v1/collections/demo").json()
-        assert held["points"] == 15, held
+        held = httpx.post(
+            f"http://127.0.0.1:{port}/v1/collections/demo/points/scroll", json={"limit": 1000}
+        ).json()["points"]
+        keys = {point["key"] for point in held}
+        assert len(keys) == 30 and all(key.rsplit("_", 1)[1][:3] in ("000", "001") for key in keys), keys
     finally:
         server.terminate()
         server.wait(timeout=60)
-    here = _cli(tmp_path / "alone", "demo", "--per-class", "2", "--no-serve")
+    here = _cli(tmp_path / "alone", "demo", "--per-class", "3", "--no-serve")
     assert here.returncode == 0, here.stderr
 
     def quality(output: str) -> str:

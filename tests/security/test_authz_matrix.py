@@ -259,6 +259,7 @@ def test_anonymous_upload_is_refused_before_the_body_is_read(secured: SecuredApp
 
 
 def test_two_credentials_at_once_are_refused_whichever_would_win(secured: SecuredApp) -> None:
+    """Noticed in session 23: with X-API-Key and a bearer token both sent, the key won silently."""
     # A reader's key beside an admin's key as a bearer token (and the other way round): neither
     # passes; the caller is told to send one. The same on the direct search path and a route.
     point = next(iter(secured.corpus.class_of))
@@ -268,7 +269,7 @@ def test_two_credentials_at_once_are_refused_whichever_would_win(secured: Secure
             secured.client.post("/v1/collections/demo/search", json={"point_id": point}, headers=headers),
             secured.client.get("/v1/collections", headers=headers),
         ):
-            assert response.status_code == 400, response.text
+            assert response.status_code == 401, response.text
             error = response.json()["error"]
             assert error["code"] == "ambiguous_credentials"
             assert "send one credential" in error["message"]
