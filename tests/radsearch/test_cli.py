@@ -303,7 +303,8 @@ def test_a_number_option_out_of_its_bounds_is_refused_by_the_parser(
 ) -> None:
     """Found in the walkthrough: `demo --per-class 0` and `eval --seed -1` ended with "unexpected
     error: ValueError" (and `demo --per-class 1`, on a fresh data dir, with "collection 'demo' has
-    no points with split test": one image per class leaves none to query with); `eval --max-queries 0` evaluated every query and `--hnsw-ef 0` searched at
+    no points with split test": one image per class leaves none to query with); `eval
+    --max-queries 0` evaluated every query and `--hnsw-ef 0` searched at
     the default ef, silently; `jobs list --limit 0` said "no jobs"; `worker --concurrency 0` started
     a pool of the machine's size; `worker --max-tasks-per-child -1` printed Celery's traceback and
     exited 0."""
