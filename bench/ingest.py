@@ -36,7 +36,7 @@ from orthanc import orthanc_with
 from core.catalog import Catalog
 from core.config import RuntimeSettings, S3Settings, Settings
 from core.encoders.base import Encoder
-from core.encoders.device import cpu_has_native_bf16
+from core.encoders.device import cpu_has_native_bf16, uses_int8_linear
 from core.encoders.registry import get_spec, load_encoder
 from core.index import open_index
 from ingest.inline import IngestOptions, build_context, ingest_inline
@@ -138,11 +138,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     cosine = np.sum(vectors * fp32_vectors, axis=1) / (
                         np.linalg.norm(vectors, axis=1) * np.linalg.norm(fp32_vectors, axis=1)
                     )
-                    extra = {
-                        "fp32_encoder_only_images_per_s": round(fp32_rate, 2),
-                        "bf16_vs_fp32_mean_cosine": round(float(np.mean(cosine)), 5),
-                        "bf16_vs_fp32_min_cosine": round(float(np.min(cosine)), 5),
-                    }
+                    extra.update(
+                        {
+                            "fp32_encoder_only_images_per_s": round(fp32_rate, 2),
+                            "bf16_vs_fp32_mean_cosine": round(float(np.mean(cosine)), 5),
+                            "bf16_vs_fp32_min_cosine": round(float(np.min(cosine)), 5),
+                        }
+                    )
                 return {
                     "bench": "ingest",
                     "encoder": args.encoder,
@@ -153,6 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     "image_size": args.size,
                     "batch_size": args.batch_size,
                     "dtype": str(encoder.dtype).removeprefix("torch."),
+                    "int8_linear": uses_int8_linear(settings.runtime, spec, encoder.device),
                     "device": str(encoder.device),
                     "images_per_s": round(e2e, 2),
                     "encoder_only_images_per_s": round(only, 2),
