@@ -46,12 +46,11 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
-def _connect(settings: Settings) -> tuple[Any, Any]:
-    """(job store, celery app) for submitting work; `BrokerUnavailable` if Redis does not answer."""
+def _job_store(settings: Settings) -> Any:
+    """The workers' job store (Redis); `BrokerUnavailable` if Redis does not answer."""
     import redis
 
     from core.jobs.redis_store import job_store_for
-    from workers.app import create_celery
     from workers.client import BrokerUnavailable
 
     store = job_store_for(settings)
@@ -59,6 +58,15 @@ def _connect(settings: Settings) -> tuple[Any, Any]:
         store.client.ping()
     except redis.exceptions.RedisError as exc:
         raise BrokerUnavailable(f"Redis at {settings.broker_url} does not answer: {exc}") from exc
+    return store
+
+
+def _connect(settings: Settings) -> tuple[Any, Any]:
+    """(job store, celery app) for submitting work; `BrokerUnavailable` if Redis does not answer.
+    Reading jobs needs the store alone (`_job_store`): the app imports the whole pipeline."""
+    from workers.app import create_celery
+
+    store = _job_store(settings)
     return store, create_celery(settings)
 
 
@@ -387,7 +395,7 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     if args.jobs_command == "list":
         records = owner_job_dicts(settings, None, args.limit)
         try:
-            store, _ = _connect(settings)
+            store = _job_store(settings)
         except BrokerUnavailable:
             if not records:
                 raise
@@ -399,7 +407,7 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
         records.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
         print_jobs(records[: args.limit], as_json=args.json)
         return EXIT_OK
-    store, app = _connect(settings)
+    store = _job_store(settings)
     record = store.get(args.job_id) if getattr(args, "job_id", None) is not None else None
     if record is None and getattr(args, "job_id", None) is not None:  # show, or requeue of one job
         if store.lost(args.job_id):
@@ -422,8 +430,10 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
         print_workers([beat.to_dict() for beat in beats], as_json=args.json)
         return EXIT_OK
     # requeue
+    from workers.app import create_celery
+
     letters = store.dead_letters(job_id=args.job_id)
-    new_ids = requeue_dead_letters(store, app, job_id=args.job_id)
+    new_ids = requeue_dead_letters(store, create_celery(settings), job_id=args.job_id)
     if args.json:
         _out(json.dumps({"requeued_batches": len(letters), "jobs": new_ids}))
     else:

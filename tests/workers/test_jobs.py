@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +20,7 @@ from core.index.edge import EdgeIndex
 from core.jobs import JobKind, JobSpec, JobState
 from core.jobs.redis_store import RedisJobStore
 from search_api.app import create_app
-from tests.workers.conftest import Server, Worker, cli, upload_images, wait_api_job
+from tests.workers.conftest import RedisServer, Server, Worker, cli, upload_images, wait_api_job
 from workers.client import parse_s3_event
 
 
@@ -252,3 +255,25 @@ def test_a_batch_the_broker_lost_is_sent_again(worker_settings: Settings, job_st
     time.sleep(1.1)
     assert job_store.lost_batches(job_id, 1.0) == {} and job_store.is_complete(job_id)
     broker.close()
+
+
+def test_reading_jobs_loads_neither_the_workers_tasks_nor_pydicom(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Found on a slower host (session 24): `radsearch jobs show` took 1.13 s (the CLI's target is
+    1 s): it built the Celery app, which imports the whole ingest pipeline and pydicom, only to
+    read a job. Listing, showing and the workers' list read the job store alone."""
+    code = f"""
+import json, sys
+from radsearch.commands.main import main
+data = ["--data-dir", {str(tmp_path / "data")!r}]
+codes = [main([*data, "jobs", "show", "00000000-deadbeef"]), main([*data, "jobs", "list"]),
+         main([*data, "jobs", "workers"])]
+print(json.dumps({{"codes": codes, "loaded": [m for m in ("pydicom", "workers.tasks", "workers.app")
+                                           if m in sys.modules]}}))
+"""
+    env = {**os.environ, "RADSEARCH_REDIS__URL": redis_server.url}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"codes": [1, 0, 0], "loaded": []}, (seen, done.stderr[-1000:])
