@@ -61,10 +61,12 @@ def write_archive(settings: Settings, per_class: int) -> DemoArchive:
 
 def print_indexed(summary: Mapping[str, Any], seconds: float) -> None:
     """The ingest's line (``summary``: `BatchReport.to_dict`, as an ingest job reports it too)."""
+    relabelled = f", {summary['relabelled']} relabelled" if summary.get("relabelled") else ""
     deleted = f", {summary['deleted']} gone from the archive deleted" if summary.get("deleted") else ""
     print(
         f"indexed {summary['frames_indexed']} frames from {summary['objects']} objects "
-        f"({summary['skipped']} unchanged skipped, {summary['failed']} failed{deleted}) in {seconds:.1f} s"
+        f"({summary['skipped']} unchanged skipped{relabelled}, {summary['failed']} failed{deleted}) "
+        f"in {seconds:.1f} s"
     )
 
 

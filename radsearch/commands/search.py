@@ -36,6 +36,10 @@ def print_hits(
             answer["groups"] = [{"key": g["key"], "hits": _hit_fields(g["hits"])} for g in groups]
         print_json({**answer, "warnings": [dict(w) for w in warnings]})
         return
+    if not hits and not groups:
+        # a header over nothing reads like a failure to print; say what happened
+        print("no hits" + (" (see the warning above)" if warnings else ""))
+        return
     if groups is None:
         _print_table(hits)
         return

@@ -125,6 +125,9 @@ def test_ingest_search_and_list_json(
     [warning] = found["warnings"]
     assert (warning["field"], warning["value"], warning["suggestions"]) == ("modality", "MRI", ["MR"])
     assert captured.err == f"radsearch: warning: {warning['message']}\n"
+    # as a table: nothing found is said, not a header over nothing
+    assert main([*argv[:-2], "--modality", "mri"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "no hits (see the warning above)"
 
     assert main(["--data-dir", data, "search", str(query), "--collection", "c"]) == 0
     assert "MR" in capsys.readouterr().out
