@@ -238,7 +238,7 @@ class RuntimeSettings(BaseModel):
     # Compile the image tower with torch.compile (inductor, weights frozen into the graph) when the
     # encoder loads: clip-vit-b16 at batch 1 in bf16 on a 2-core Zen 5 took 67-74 ms instead of
     # 81-131 ms eager. Costs ~40 s per process at the first load and needs a C++ compiler (gcc) on
-    # the host; for query servers. Excludes cpu_int8_linear.
+    # the host; for query servers. Excludes cpu_int8_linear true (auto then stays off).
     compile_encoders: bool = False
 
     @model_validator(mode="after")
