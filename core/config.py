@@ -15,10 +15,18 @@ import secrets
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError, os_reason
@@ -221,6 +229,21 @@ class RedisSettings(BaseModel):
         return value
 
 
+_TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+_FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+
+
+def _auto_or_bool(value: Any) -> Any:
+    """``auto`` or a boolean, checked before pydantic tries the two kinds in turn (whose two errors
+    would name setting variables that do not exist)."""
+    if isinstance(value, bool) or value == "auto":
+        return value
+    word = str(value).strip().lower()
+    if word in _TRUE_WORDS | _FALSE_WORDS:
+        return word in _TRUE_WORDS
+    raise ValueError("must be auto, true or false")
+
+
 class RuntimeSettings(BaseModel):
     """Which device and dtype encoders run on. ``auto`` picks CUDA when present, and bf16 on CPUs
     with native bf16 instructions (fp16/bf16 on CUDA)."""
@@ -234,7 +257,7 @@ class RuntimeSettings(BaseModel):
     # 165 instead of 312 ms over HTTP), embeddings at cosine 0.9997 of fp32's. auto: where dtype is
     # auto too and would be fp32 here (no fast bf16), no encoder is compiled, and an int8 Linear is
     # measured faster than fp32's; true: on CPU always; false: never.
-    cpu_int8_linear: Literal["auto"] | bool = "auto"
+    cpu_int8_linear: Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_bool)] = "auto"
     # Compile the image tower with torch.compile (inductor, weights frozen into the graph) when the
     # encoder loads: clip-vit-b16 at batch 1 in bf16 on a 2-core Zen 5 took 67-74 ms instead of
     # 81-131 ms eager. Costs ~40 s per process at the first load and needs a C++ compiler (gcc) on

@@ -258,6 +258,9 @@ def test_an_endpoint_in_the_wrong_form_is_refused_naming_the_form(
         ("STORE__HNSW_EF", "0", "Input should be greater than or equal to 1"),
         ("STORE__POST_FILTER_MIN_SHARE", "1.5", "Input should be less than or equal to 1"),
         ("RUNTIME__TORCH_THREADS", "0", "Input should be greater than or equal to 1"),
+        # one error naming the variable, not two naming RADSEARCH_RUNTIME__CPU_INT8_LINEAR__BOOL
+        # and __LITERAL['AUTO'] (session 24)
+        ("RUNTIME__CPU_INT8_LINEAR", "maybe", "must be auto, true or false"),
     ],
 )
 def test_a_number_setting_out_of_its_bounds_is_refused_at_start_up(
