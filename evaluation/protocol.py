@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from evaluation.data import EvalData, LabelledSet
+from evaluation.data import EvalData, EvalInputError, LabelledSet
 from evaluation.metrics import (
     DEFAULT_KS,
     ann_recall,
@@ -48,6 +48,12 @@ class EvalOptions:
     seed: int = 0
     max_queries: int | None = None
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+    def __post_init__(self) -> None:
+        # a k given twice would be reported once ("P@1" is one key), the other silently dropped
+        for name, values in (("ks", self.ks), ("index fractions", self.fractions)):
+            if len(set(values)) != len(values):
+                raise EvalInputError(f"{name} must not repeat a value")
 
 
 def _named(prefix: str, ks: Sequence[int], values: NDArray[np.float64]) -> dict[str, float]:

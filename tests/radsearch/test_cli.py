@@ -366,6 +366,9 @@ def test_a_new_collection_name_off_the_rule_is_refused_by_the_parser(
             ["--embeddings", "e.npy", "--labels", "l.csv", "--group-column", "pid"],
             "--group-column names the patient or study column of --exclude-same: give both",
         ),
+        # found in session 24's walkthrough: a k given twice was reported once
+        (["--collection", "c", "--ks", "1,5,1"], "ks must not repeat a value"),
+        (["--collection", "c", "--index-fractions", "0.5,0.5"], "index fractions must not repeat a value"),
     ],
 )
 def test_eval_options_of_the_other_mode_are_refused(

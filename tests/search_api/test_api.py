@@ -813,6 +813,15 @@ def test_an_unknown_form_field_is_400_not_ignored(client: TestClient) -> None:
     assert ok.status_code == 200 and {h["payload"]["modality"] for h in ok.json()["hits"]} == {"MR"}
 
 
+def test_an_evaluation_with_a_k_given_twice_is_refused(client: TestClient) -> None:
+    """Found in session 24's walkthrough: ``{"ks": [1, 1]}`` answered P@1 once, the other k
+    silently dropped (the metrics are keyed by k)."""
+    for body, says in (({"ks": [1, 5, 1]}, "ks"), ({"index_fractions": [0.5, 0.5]}, "index fractions")):
+        response = client.post(f"/v1/collections/{COLLECTION}/evaluate", json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["message"] == f"{says} must not repeat a value"
+
+
 def test_a_single_valued_field_given_twice_is_400_not_one_of_them(client: TestClient, corpus: Corpus) -> None:
     """Found in the walkthrough: `-F filter=MR... -F filter=CT...` searched CT alone, and
     `?limit=3&limit=4` counted one of them, silently. Fields that take a list (files, roles,
