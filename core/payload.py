@@ -32,6 +32,7 @@ __all__ = [
     "image_point_id",
     "keyed_hash",
     "match_forms",
+    "unknown_filter_fields",
     "normalise_modality",
     "labels_hash",
     "point_id",
@@ -169,6 +170,13 @@ def build_payload(fields: Mapping[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def unknown_filter_fields(names: Iterable[str]) -> InvalidFilter:
+    """The error for filter fields that are none (``{"not": ...}``), naming them and the fields a
+    filter takes; the same words for a JSON body's filter and a form's."""
+    shown = ", ".join(repr(name[:40]) for name in sorted(names)[:10])
+    return InvalidFilter(f"unknown filter field(s) {shown}; allowed: {', '.join((*FILTER_FIELDS, 'key'))}")
+
+
 class SearchFilter(BaseModel):
     """Any-of within a field, all-of across fields. Only known fields; values are plain strings.
 
@@ -243,11 +251,9 @@ class SearchFilter(BaseModel):
             return cls()
         if not isinstance(raw, Mapping):
             raise InvalidFilter("filter must be a JSON object mapping field names to lists of values")
-        unknown = sorted(set(raw) - {*FILTER_FIELDS, "key"})
+        unknown = set(raw) - {*FILTER_FIELDS, "key"}
         if unknown:
-            raise InvalidFilter(
-                f"unknown filter field(s) {unknown}; allowed: {', '.join((*FILTER_FIELDS, 'key'))}"
-            )
+            raise unknown_filter_fields(unknown)
         clean: dict[str, list[str]] = {}
         for name, values in raw.items():
             if values is None:

@@ -48,6 +48,7 @@ from core.errors import (
     WeightsUnavailable,
     rule_broken,
 )
+from core.payload import unknown_filter_fields
 
 __all__ = [
     "CODE_BY_ERROR",
@@ -350,7 +351,13 @@ async def _validation_error_handler(request: Request, exc: Exception) -> JSONRes
     in_filter = [e for e in errors if "filter" in [str(p) for p in e.get("loc", ())[1:2]]]
     unknown = [e for e in errors if e.get("type") == "extra_forbidden"]
     if in_filter:
-        return _response(400, code_for(InvalidFilter), "invalid filter: " + _describe(in_filter), "filter")
+        unknown_in_filter = [str(e["loc"][2]) for e in in_filter if e.get("type") == "extra_forbidden"]
+        message = (
+            str(unknown_filter_fields(unknown_in_filter))
+            if unknown_in_filter
+            else "invalid filter: " + _describe(in_filter)
+        )
+        return _response(400, code_for(InvalidFilter), message, "filter")
     if unknown:
         names = ", ".join(repr(_field_path(e.get("loc", ())) or "?") for e in unknown[:10])
         message = f"unknown field {names}: the request schema does not take it"

@@ -813,6 +813,23 @@ def test_an_unknown_form_field_is_400_not_ignored(client: TestClient) -> None:
     assert ok.status_code == 200 and {h["payload"]["modality"] for h in ok.json()["hits"]} == {"MR"}
 
 
+def test_a_filter_field_that_is_none_is_named_with_the_fields_there_are(
+    client: TestClient, corpus: Corpus
+) -> None:
+    """Found in session 24's walkthrough: ``{"filter": {"not": ...}}`` in a JSON body answered
+    "filter.not (body): Extra inputs are not permitted"; a form's filter named the fields there
+    are. Both say the same now."""
+    said = "unknown filter field(s) 'not'; allowed: modality, anatomy, pathology, dataset, split, source, key"
+    body = client.post(
+        f"/v1/collections/{COLLECTION}/search",
+        json={"point_id": corpus.ids("circles")[0], "filter": {"not": {"split": ["test"]}}},
+    )
+    form = upload(client, png_bytes(make_frame("circles", np.random.default_rng(3))), filter='{"not": ["x"]}')
+    for response in (body, form):
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == {"code": "invalid_filter", "message": said, "field": "filter"}
+
+
 def test_an_evaluation_with_a_k_given_twice_is_refused(client: TestClient) -> None:
     """Found in session 24's walkthrough: ``{"ks": [1, 1]}`` answered P@1 once, the other k
     silently dropped (the metrics are keyed by k)."""
