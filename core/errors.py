@@ -38,8 +38,8 @@ from typing import Any, Protocol
 __all__ = [
     "AccessRefused",
     "field_names",
-    "rule_broken",
     "os_reason",
+    "rule_broken",
     "BadInput",
     "CollectionExists",
     "CollectionNotFound",

@@ -32,10 +32,10 @@ __all__ = [
     "image_point_id",
     "keyed_hash",
     "match_forms",
-    "unknown_filter_fields",
     "normalise_modality",
     "labels_hash",
     "point_id",
+    "unknown_filter_fields",
 ]
 
 #: How a collection derives point ids. v1 (collections created before stable identity): the
