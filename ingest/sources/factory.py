@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from core.config import Settings
+from core.config import DICOMWEB_SCHEMES, Settings
 from core.errors import ConfigError
 from core.s3 import S3Location, parse_s3_uri
 from ingest.labels import read_manifest
@@ -31,7 +31,7 @@ def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Sou
             max_object_bytes=settings.ingest.max_object_bytes,
             name=name,
         )
-    if uri.startswith(("dicomweb+http://", "dicomweb+https://")):
+    if uri.startswith(DICOMWEB_SCHEMES):
         from ingest.sources.dicomweb import DicomwebSource
 
         return DicomwebSource(

@@ -80,9 +80,10 @@ def _collections(value: str) -> tuple[str, ...]:
 def _source_uri(value: str) -> str:
     """The source as the workers read it; a folder that is not here is said (the workers may see
     it at this path on a mount of their own; otherwise their job fails naming it)."""
+    from core.config import DICOMWEB_SCHEMES
     from ingest.sources.factory import check_folder_uri
 
-    if value.startswith(("s3://", "dicomweb+http://", "dicomweb+https://")):
+    if value.startswith(("s3://", *DICOMWEB_SCHEMES)):
         return value
     check_folder_uri(value)  # a typo of a scheme, or another scheme: refused before anything is queued
     # Workers resolve the path themselves: give them an absolute one.

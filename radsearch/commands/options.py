@@ -45,17 +45,14 @@ def check_prune_args(args: argparse.Namespace) -> None:
     options on an ingest that deletes nothing (no ``--prune``), where they would go unused."""
     if not 0.0 <= args.max_delete_fraction <= 1.0:
         raise ConfigError("--max-delete-fraction must be between 0 and 1")
-    guards = [flag for flag, given in _deletion_guards(args) if given]
+    given = {
+        "--max-delete-fraction": args.max_delete_fraction != DEFAULT_MAX_DELETE_FRACTION,
+        "--force": bool(args.force),
+    }
+    guards = [flag for flag, is_given in given.items() if is_given]
     if guards and not getattr(args, "prune", True):  # reconcile always deletes what is gone
         verb, them = ("apply", "them") if len(guards) > 1 else ("applies", "it")
         raise ConfigError(
             f"{' and '.join(guards)} only {verb} with --prune (guarding its deletions): give --prune, "
             f"or leave {them} out"
         )
-
-
-def _deletion_guards(args: argparse.Namespace) -> list[tuple[str, bool]]:
-    return [
-        ("--max-delete-fraction", args.max_delete_fraction != DEFAULT_MAX_DELETE_FRACTION),
-        ("--force", bool(args.force)),
-    ]
