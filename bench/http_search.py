@@ -28,8 +28,8 @@ the engine alone on the same collection in the same run.
    request of the API process, of the store's processes and of the clients.
 5. Query by image: one client uploads a 512x512 16-bit CT DICOM to ``search/image``
    ``--image-requests`` times (after 3 warm-ups): p50/p99 (decode + clip-vit-b16 on CPU + search),
-   first against that server (the defaults: bf16 where it is fast, else int8 Linear layers where
-   they are faster than fp32), then against one started with
+   first against that server (the defaults: int8 Linear layers where they are measured faster than
+   the dtype ``auto`` picks, else bf16 where it is fast, else fp32), then against one started with
    ``RADSEARCH_RUNTIME__CPU_INT8_LINEAR=true`` (int8 whatever the CPU) and one with
    ``RADSEARCH_RUNTIME__COMPILE_ENCODERS=true`` (torch.compile at load); the image target is
    checked on the fastest of the three, the setting an operator of this CPU would choose.
@@ -777,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.image_requests:
                 images["auto"] = image_record(base, dicom, args, "auto")
         # The same uploads against servers whose encoder runs int8 Linear layers, or is compiled.
-        # Which is fastest depends on the CPU (bf16 where it is fast, int8 Linear where it is not):
+        # Which is fastest depends on the CPU (bf16 with AMX, int8 Linear on most others):
         # the target is checked on the fastest, the setting an operator of this CPU would choose.
         if args.image_requests:
             for setting in ("cpu_int8_linear", "compile_encoders"):

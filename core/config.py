@@ -254,9 +254,10 @@ class RuntimeSettings(BaseModel):
     # On CPU, run encoders in fp32 with their Linear layers (the attention's projections too)
     # dynamically quantized to int8 (torch's dynamic quantization, on the engine measured fastest
     # here): a clip-vit-b16 query by image ~2x faster than fp32 on a CPU without fast bf16 (Zen 3:
-    # 165 instead of 312 ms over HTTP), embeddings at cosine 0.9997 of fp32's. auto: where dtype is
-    # auto too and would be fp32 here (no fast bf16), no encoder is compiled, and an int8 Linear is
-    # measured faster than fp32's; true: on CPU always; false: never.
+    # 165 instead of 312 ms over HTTP), embeddings at cosine 0.9997 of fp32's; faster than bf16 on
+    # some CPUs with it (Zen 4: ~95 against ~150 ms per forward). auto: where dtype is auto too, no
+    # encoder is compiled, and an int8 Linear is measured faster than one in the dtype auto would
+    # pick here (fp32, or bf16 where it is fast); true: on CPU always; false: never.
     cpu_int8_linear: Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_bool)] = "auto"
     # Compile the image tower with torch.compile (inductor, weights frozen into the graph) when the
     # encoder loads: clip-vit-b16 at batch 1 in bf16 on a 2-core Zen 5 took 67-74 ms instead of

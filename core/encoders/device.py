@@ -21,6 +21,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "cpu_int8_linear_speedup",
     "fastest_int8_engine",
+    "int8_engine_timing",
     "quantize_linear_int8",
     "select_device",
     "select_device_and_dtype",
@@ -120,11 +121,12 @@ def _quantize_dynamic(model: torch.nn.Module, *, inplace: bool) -> torch.nn.Modu
 
 
 @functools.cache
-def fastest_int8_engine(repeats: int = 20) -> str:
-    """The quantized engine whose dynamic int8 Linear runs fastest here, timed once per process
-    (well under a second), and made torch's engine from then on (a layer's packed weights belong to the engine
-    it was quantized under). On a 2-vCPU Intel Xeon with AVX-512 VNNI, oneDNN ran clip-vit-b16's
-    int8 forward in 91 ms against 111 ms under torch's default ("x86", i.e. fbgemm)."""
+def int8_engine_timing(repeats: int = 20) -> tuple[str, float]:
+    """The quantized engine whose dynamic int8 Linear runs fastest here, and its best seconds on the
+    probe layer; timed once per process (well under a second), and made torch's engine from then on
+    (a layer's packed weights belong to the engine it was quantized under). On a 2-vCPU Intel Xeon
+    with AVX-512 VNNI, oneDNN ran clip-vit-b16's int8 forward in 91 ms against 111 ms under torch's
+    default ("x86", i.e. fbgemm)."""
     timings: dict[str, float] = {}
     supported = torch.backends.quantized.supported_engines
     engines = [e for e in _INT8_ENGINES if e in supported] or [_INT8_FALLBACK_ENGINE]
@@ -138,25 +140,30 @@ def fastest_int8_engine(repeats: int = 20) -> str:
     logger.info(
         "int8 engine %s (%s)", fastest, ", ".join(f"{e} {1000 * s:.2f} ms" for e, s in timings.items())
     )
-    return fastest
+    return fastest, timings[fastest]
+
+
+def fastest_int8_engine() -> str:
+    """The quantized engine int8 Linear layers run on here (`int8_engine_timing`)."""
+    return int8_engine_timing()[0]
 
 
 @functools.cache
-def cpu_int8_linear_speedup(repeats: int = 10) -> float:
-    """How many times faster a dynamic int8 Linear runs than the fp32 one here (on the fastest
-    engine; timed once per process, well under a second)."""
+def cpu_int8_linear_speedup(over: torch.dtype = torch.float32, repeats: int = 10) -> float:
+    """How many times faster a dynamic int8 Linear runs here (on the fastest engine) than the same
+    Linear in ``over``; timed once per process and dtype, well under a second."""
     rows, width, out = _PROBE_SHAPE
-    fastest_int8_engine()
-    layer, x = _int8_linear(rows, width, out)
-    linear = torch.nn.Linear(width, out)
-    return _best_seconds(lambda: linear(x), repeats) / _best_seconds(lambda: layer(x), repeats)
+    int8_seconds = int8_engine_timing()[1]
+    linear = torch.nn.Linear(width, out).to(over)
+    x = torch.randn(rows, width).to(over)
+    return _best_seconds(lambda: linear(x), repeats) / int8_seconds
 
 
 def uses_int8_linear(runtime: RuntimeSettings, spec: EncoderSpec, device: torch.device) -> bool:
     """Whether ``spec`` runs with int8 Linear layers: only on CPU, and never for the built-in
     (hand-crafted) encoders; ``runtime.cpu_int8_linear`` true, or ``auto`` where the dtype is
-    ``auto`` too, it would be fp32 here (no fast bf16; `cpu_bf16_speedup`), no encoder is compiled,
-    and an int8 Linear is measured faster than fp32's (`cpu_int8_linear_speedup`)."""
+    ``auto`` too, no encoder is compiled, and an int8 Linear is measured faster than one in the
+    dtype ``auto`` would pick here (fp32, or bf16 where it is fast; `cpu_int8_linear_speedup`)."""
     if device.type != "cpu" or spec.family is EncoderFamily.BUILTIN or runtime.cpu_int8_linear is False:
         return False
     if runtime.cpu_int8_linear is True:
@@ -164,8 +171,7 @@ def uses_int8_linear(runtime: RuntimeSettings, spec: EncoderSpec, device: torch.
     return (
         runtime.dtype == "auto"
         and not runtime.compile_encoders
-        and _auto_dtype(device)[0] == torch.float32
-        and cpu_int8_linear_speedup() > 1.0
+        and cpu_int8_linear_speedup(_auto_dtype(device)[0]) > 1.0
     )
 
 
@@ -244,10 +250,13 @@ def select_device_and_dtype(runtime: RuntimeSettings, spec: EncoderSpec) -> tupl
     if spec.family is EncoderFamily.BUILTIN:
         dtype, why = torch.float32, "built-in encoders always run in fp32"
     elif uses_int8_linear(runtime, spec, device):
-        dtype, why = (
-            torch.float32,
-            f"fp32 around int8 Linear layers (runtime.cpu_int8_linear {runtime.cpu_int8_linear})",
-        )
+        dtype, why = torch.float32, "fp32 around int8 Linear layers (runtime.cpu_int8_linear true)"
+        if runtime.cpu_int8_linear == "auto":
+            over = _auto_dtype(device)[0]
+            why = (
+                f"fp32 around int8 Linear layers, measured {cpu_int8_linear_speedup(over):.1f}x "
+                f"faster than {str(over).removeprefix('torch.')}'s here (runtime.cpu_int8_linear auto)"
+            )
     elif runtime.dtype == "auto":
         dtype, why = _auto_dtype(device)
     else:
