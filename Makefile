@@ -68,7 +68,7 @@ bench: install bench-peers-install
 	$(PY) bench/search.py --n 1000000 --quantization int8 --on-disk --rss --long-run 10000 --memory-limit-mb 2048 || fail=1; \
 	$(PY) bench/ingest.py --n 1000 --encoder baseline --source local || fail=1; \
 	$(PY) bench/ingest.py --n 1000 --encoder baseline --source s3 || fail=1; \
-	$(PY) bench/ingest.py --n 256 --encoder clip-vit-b16 --source s3 --dtype bfloat16 || fail=1; \
+	$(PY) bench/ingest.py --n 256 --encoder clip-vit-b16 --source s3 || fail=1; \
 	$(PY) bench/cli_startup.py || fail=1; \
 	exit $$fail
 
@@ -81,7 +81,7 @@ bench-quick: install bench-peers-install
 	$(PY) bench/http_search.py --quick || fail=1; \
 	$(PY) bench/peers.py --n 20000 --queries 100 --no-check || fail=1; \
 	$(PY) bench/ingest.py --quick --encoder baseline --source local || fail=1; \
-	$(PY) bench/ingest.py --quick --encoder clip-vit-b16 --source s3 --dtype bfloat16 || fail=1; \
+	$(PY) bench/ingest.py --quick --encoder clip-vit-b16 --source s3 || fail=1; \
 	$(PY) bench/cli_startup.py --quick || fail=1; \
 	exit $$fail
 
