@@ -97,6 +97,11 @@ class ConfigError(RadsearchError):
     """Settings or arguments that cannot work together."""
 
 
+class EvalInputError(ConfigError):
+    """Evaluation inputs that cannot work: empty splits, bad CSV schema, missing columns or files
+    (here, not in `evaluation`, so that the command line can refuse its options without NumPy)."""
+
+
 class AccessRefused(ConfigError):
     """A radsearch server refused a request for its API key (401 or 403); ``detail`` is the
     server's own reason. Raised by its clients, never by the API."""

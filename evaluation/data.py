@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from core.errors import ConfigError, os_reason
+from core.errors import EvalInputError, os_reason
 from core.index.base import VectorIndex
 from core.payload import SearchFilter
 
@@ -47,10 +47,6 @@ _POSITIVE = frozenset({"1", "1.0", "1.00", "True", "true"})
 
 IntArray = NDArray[np.int64]
 Vectors = NDArray[np.float32]
-
-
-class EvalInputError(ConfigError):
-    """Evaluation inputs that cannot work: empty splits, bad CSV schema, missing columns or files."""
 
 
 @dataclass(frozen=True)

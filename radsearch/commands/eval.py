@@ -11,11 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from core.config import Settings
-from evaluation.data import EvalInputError
-from evaluation.metrics import DEFAULT_KS
-from evaluation.protocol import DEFAULT_FRACTIONS, EvalOptions
-from evaluation.report import json_safe, plot_index_size_curve, to_markdown
-from evaluation.run import evaluate_collection, evaluate_files
+from core.errors import EvalInputError
 from radsearch.commands.arg_types import at_least
 
 __all__ = ["add_eval_command", "run_eval_command", "run_remote_eval_command"]
@@ -76,7 +72,7 @@ def add_eval_command(sub: Any) -> None:
         "--compare-exact", action="store_true", help="collection mode: also exact search, and ANN recall"
     )
     parser.add_argument("--hnsw-ef", type=at_least(1), help="collection mode: HNSW ef at query time")
-    parser.add_argument("--ks", type=_int_list, default=DEFAULT_KS, help="k values (default 1,3,5,10)")
+    parser.add_argument("--ks", type=_int_list, help="k values (default 1,3,5,10)")
     parser.add_argument(
         "--exclude-same",
         choices=("patient", "study"),
@@ -97,8 +93,7 @@ def add_eval_command(sub: Any) -> None:
     parser.add_argument(
         "--index-fractions",
         type=_fraction_list,
-        help="index-size curve at these fractions "
-        f"(default with --plot: {','.join(map(str, DEFAULT_FRACTIONS))})",
+        help="index-size curve at these fractions (default with --plot: 0.01,0.1,0.25,0.5,1.0)",
     )
     parser.add_argument(
         "--seed", type=at_least(0), default=0, help="seed for index subsampling and --max-queries"
@@ -165,19 +160,30 @@ def _checked(args: argparse.Namespace) -> argparse.Namespace:
     of the options that had to be seen unset (given or not) filled in."""
     _check_mode_options(args)
     _check_outputs(args)
-    defaults = {"search": args.search or "ann", "chunk_mb": args.chunk_mb or _CHUNK_MB}
+    # evaluation (and NumPy with it) is imported here, not at every command's start
+    from evaluation.metrics import DEFAULT_KS
+    from evaluation.protocol import DEFAULT_FRACTIONS
+
+    defaults = {
+        "search": args.search or "ann",
+        "chunk_mb": args.chunk_mb or _CHUNK_MB,
+        "ks": args.ks or DEFAULT_KS,
+        "index_fractions": args.index_fractions or (DEFAULT_FRACTIONS if args.plot else ()),
+    }
     return argparse.Namespace(**{**vars(args), **defaults})
 
 
 def run_eval_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """Run ``radsearch eval`` and write its JSON or markdown to ``out``; returns the exit code."""
     args = _checked(args)
+    from evaluation.protocol import EvalOptions
+    from evaluation.run import evaluate_collection, evaluate_files
+
     exclude_same = _exclude_same(args)
     group_by = getattr(args, "group_by", None)
-    fractions = args.index_fractions or (DEFAULT_FRACTIONS if args.plot else ())
     options = EvalOptions(
         ks=tuple(args.ks),
-        fractions=tuple(fractions),
+        fractions=tuple(args.index_fractions),
         seed=args.seed,
         max_queries=args.max_queries,
         chunk_bytes=args.chunk_mb * 1024 * 1024,
@@ -236,7 +242,7 @@ def run_remote_eval_command(args: argparse.Namespace, settings: Settings, url: s
         "hnsw_ef": args.hnsw_ef,
         "exclude_same": _exclude_same(args),
         "group_by": getattr(args, "group_by", None),
-        "index_fractions": list(args.index_fractions or (DEFAULT_FRACTIONS if args.plot else ())),
+        "index_fractions": list(args.index_fractions),
         "seed": args.seed,
         "max_queries": args.max_queries,
     }
@@ -264,6 +270,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _write_result(result: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
+    from evaluation.report import json_safe, plot_index_size_curve, to_markdown
+
     markdown = to_markdown(result)
     try:
         if args.markdown:
