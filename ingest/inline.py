@@ -175,7 +175,8 @@ def ingest_inline(
             unmatched.discard(ref.key)
             yield ref
 
-    bar = tqdm(unit="obj", desc="ingest", disable=not progress, dynamic_ncols=True)
+    # disable=None: a bar only where stderr is a terminal, not carriage-return lines in a log
+    bar = tqdm(unit="obj", desc="ingest", disable=None if progress else True, dynamic_ncols=True)
     frames = 0
     errors = 0
 

@@ -110,7 +110,8 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     from search_api.backfill_jobs import OwnerJobRunner
 
     with open_catalog(settings) as catalog:
-        bar = tqdm(unit="obj", desc="backfill", disable=args.json, dynamic_ncols=True)
+        # disable=None: a bar only where stderr is a terminal, not carriage-return lines in a log
+        bar = tqdm(unit="obj", desc="backfill", disable=True if args.json else None, dynamic_ncols=True)
 
         def on_plan(objects: int) -> None:
             bar.total = objects

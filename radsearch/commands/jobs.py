@@ -144,7 +144,8 @@ def _follow(settings: Settings, store: Any, job_id: str, *, progress: bool) -> A
 
     from workers.client import follow_job
 
-    bar = tqdm(unit="obj", desc=f"job {job_id}", disable=not progress, dynamic_ncols=True)
+    # disable=None: a bar only where stderr is a terminal, not carriage-return lines in a log
+    bar = tqdm(unit="obj", desc=f"job {job_id}", disable=None if progress else True, dynamic_ncols=True)
     notice = _WaitingNotice(settings, store)
 
     def update(record: JobRecord) -> None:

@@ -141,7 +141,8 @@ def follow(api: ApiClient, path: str, *, desc: str, progress: bool, postfix: boo
     Ctrl-C stops following, not the job: `KeyboardInterrupt` goes up with the job left running."""
     from tqdm import tqdm
 
-    bar = tqdm(unit="obj", desc=desc, disable=not progress, dynamic_ncols=True)
+    # disable=None: a bar only where stderr is a terminal, not carriage-return lines in a log
+    bar = tqdm(unit="obj", desc=desc, disable=None if progress else True, dynamic_ncols=True)
     try:
         while True:
             job: dict[str, Any] = api.request("GET", path)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import pty
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -769,6 +773,48 @@ def test_global_options_are_taken_after_the_command_too(
     assert (args.url, args.verbose, args.data_dir) == ("http://h:1", 2, None)
 
 
+def _terminal() -> tuple[int, int]:
+    """A pseudo-terminal of 24 x 120 characters (a new one has none, and tqdm draws no bar in 0
+    columns): its own end, and the end to give a program as its stderr."""
+    terminal, program_end = pty.openpty()
+    fcntl.ioctl(program_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    return terminal, program_end
+
+
+def _read_terminal(fd: int) -> bytes:
+    """What a pseudo-terminal's program wrote next; b"" once it has closed its end."""
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: no process holds the terminal's other end any more
+        return b""
+
+
+def test_the_progress_bar_is_for_terminals_only(tmp_path: Path) -> None:
+    """Found in the walkthrough (session 25): `radsearch collections backfill` with stderr in a log
+    file wrote a carriage-return progress line per update, ~100 for 180 images. Without a
+    terminal there is no bar; the result line is the same."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for i in range(40):
+        Image.fromarray(np.full((32, 32), i, dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    argv = [sys.executable, "-m", "radsearch", "--data-dir", str(tmp_path / "data"), "ingest", str(folder)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
+    logged = subprocess.run(
+        [*argv, "--collection", "a"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert logged.returncode == 0, logged.stderr
+    assert "\r" not in logged.stderr and "obj/s" not in logged.stderr, logged.stderr
+    assert "40 frames indexed" in logged.stdout, logged.stdout
+    terminal, stderr = _terminal()
+    shown = subprocess.run(
+        [*argv, "--collection", "b"], env=env, stdout=subprocess.PIPE, stderr=stderr, timeout=120
+    )
+    os.close(stderr)
+    bar = b"".join(iter(lambda: _read_terminal(terminal), b"")).decode(errors="replace")
+    os.close(terminal)
+    assert shown.returncode == 0 and "obj/s" in bar, bar
+
+
 def test_ctrl_c_during_an_ingest_is_one_line_and_keeps_what_was_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -782,17 +828,18 @@ def test_ctrl_c_during_an_ingest_is_one_line_and_keeps_what_was_written(
     data = str(tmp_path / "data")
     argv = [sys.executable, "-m", "radsearch", "--data-dir", data, "ingest", str(folder), "--collection", "c"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-    )
-    assert proc.stderr is not None
+    # stderr on a terminal, as where Ctrl-C is pressed: the progress bar shows the batches written
+    terminal, stderr = _terminal()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+    os.close(stderr)
     seen = b""
     while b"frames=" not in seen or b"frames=0]" in seen.rsplit(b"\r", 1)[-1]:  # a batch written
-        chunk = proc.stderr.read1(4096)
+        chunk = _read_terminal(terminal)
         assert chunk, f"the ingest ended first: {seen[-500:]!r}"
         seen += chunk
     os.killpg(proc.pid, signal.SIGINT)
-    rest = proc.stderr.read().decode(errors="replace")
+    rest = b"".join(iter(lambda: _read_terminal(terminal), b"")).decode(errors="replace")
+    os.close(terminal)
     assert proc.wait(timeout=60) == 130, rest
     assert "radsearch: interrupted; what was already written stays" in rest
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
