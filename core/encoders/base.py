@@ -44,6 +44,12 @@ class Encoder(ABC):
         return self.spec.dim
 
     @property
+    def image_tower(self) -> object:
+        """The torch module that embeds images (``model`` unless a subclass says otherwise; None
+        for an encoder that runs no torch model): what `quantize_linear_int8` quantizes."""
+        return getattr(self, "model", None)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         """Shape of one preprocessed frame, (channels, height, width)."""
         return (3, self.spec.input_size, self.spec.input_size)

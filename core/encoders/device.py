@@ -182,9 +182,9 @@ def uses_compile(runtime: RuntimeSettings, spec: EncoderSpec) -> bool:
 
 
 def quantize_linear_int8(encoder: object) -> None:
-    """Swap the ``nn.Linear`` layers of ``encoder.model`` (an fp32 model on CPU) for dynamically
+    """Swap the ``nn.Linear`` layers of ``encoder.image_tower`` (fp32, on CPU) for dynamically
     quantized int8 ones, in place: weights int8 per tensor, activations quantized per batch."""
-    model = getattr(encoder, "model", None)
+    model = getattr(encoder, "image_tower", None)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"{type(encoder).__name__} has no torch model to quantize")
     with _int8_engine_lock:  # every layer packed for the one engine, never mid-probe

@@ -348,6 +348,14 @@ class OpenClipEncoder(Encoder):
             "loaded encoder %s (%s, weights %s) on %s as %s", spec.name, arch, resolved.version, device, dtype
         )
 
+    @property
+    def image_tower(self) -> torch.nn.Module:
+        """The visual tower alone: the text tower keeps its fp32 Linear layers (open_clip's
+        ``encode_text`` reads their weights' dtype, which a quantized layer does not have, and a
+        text query is one short forward)."""
+        visual: torch.nn.Module = self.model.visual
+        return visual
+
     def _preprocess(self, frame: Frame) -> NDArray[np.float32]:
         return self._preprocessor(frame)
 

@@ -414,6 +414,25 @@ def test_clip_text_embedding(clip: Encoder) -> None:
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.usefixtures("no_cuda")
+def test_int8_linear_layers_quantize_the_image_tower_and_text_search_still_works(
+    tmp_path: Path, clip: Encoder, clip_batch: NDArray[np.float32]
+) -> None:
+    """Found in the walkthrough (session 25): with int8 Linear layers (the default where they are
+    faster) every text search answered 500, since open_clip reads the text tower's Linear weight
+    dtype and a quantized layer has none. Only the image tower is quantized; text stays fp32."""
+    settings = _settings(tmp_path, cache_dir=str(tmp_path / "models"))
+    settings.runtime.dtype, settings.runtime.cpu_int8_linear = "auto", True
+    int8 = load_encoder(get_spec("clip-vit-b16"), settings, weights="random")
+    quantized = torch.ao.nn.quantized.dynamic.Linear
+    assert any(isinstance(m, quantized) for m in int8.model.visual.modules())  # type: ignore[attr-defined]
+    assert not any(isinstance(m, quantized) for m in int8.model.transformer.modules())  # type: ignore[attr-defined]
+    texts = ["a chest x-ray", "an axial CT of the abdomen"]
+    assert np.allclose(int8.embed_text(texts), clip.embed_text(texts), atol=1e-5)  # the same fp32 tower
+    cosine = np.sum(int8.embed_batch(clip_batch) * clip.embed_batch(clip_batch), axis=1)
+    assert cosine.min() > 0.99, cosine
+
+
 def test_random_weights_are_reproducible_across_loads(clip: Encoder, clip_batch: NDArray[np.float32]) -> None:
     # Loaded once more by the weights round trip below; here only the seeded init is checked cheaply.
     first = next(iter(clip.model.parameters()))  # type: ignore[attr-defined]
