@@ -353,8 +353,7 @@ class OpenClipEncoder(Encoder):
         """The visual tower alone: the text tower keeps its fp32 Linear layers (open_clip's
         ``encode_text`` reads their weights' dtype, which a quantized layer does not have, and a
         text query is one short forward)."""
-        visual: torch.nn.Module = self.model.visual
-        return visual
+        return cast(torch.nn.Module, self.model.visual)
 
     def _preprocess(self, frame: Frame) -> NDArray[np.float32]:
         return self._preprocessor(frame)
