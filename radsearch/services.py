@@ -189,6 +189,31 @@ def search_image(
     return results.find(index=catalog.index, entry=entry, vector=vector, search_filter=narrowed, shape=shape)
 
 
+def search_text(
+    catalog: Catalog,
+    collection: str,
+    *,
+    text: str,
+    filter: Mapping[str, Sequence[str]] | None = None,
+    limit: int = 10,
+    group_by: str | None = None,
+    group_size: int = 3,
+) -> Found:
+    """Search a collection (or alias) by a text, with the API's own query path: what ``POST
+    /v1/collections/{name}/search`` answers for ``{"text": ...}``; `NoTextTower` where the
+    collection's encoder has none."""
+    from search_api import results, services
+    from search_api.schemas import parse_filter
+
+    entry: CollectionEntry = catalog.get(collection)
+    search_filter = parse_filter(dict(filter)) if filter else None
+    vector = services.embed_text(catalog=catalog, entry=entry, text=text)
+    shape = results.Shape(limit=limit, group_by=group_by, group_size=group_size)
+    return results.find(
+        index=catalog.index, entry=entry, vector=vector, search_filter=search_filter, shape=shape
+    )
+
+
 def search_warnings(
     catalog: Catalog, collection: str, filter: Mapping[str, Sequence[str]] | None
 ) -> list[dict[str, Any]]:

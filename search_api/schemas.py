@@ -68,6 +68,7 @@ __all__ = [
     "ExcludeIn",
     "GroupBy",
     "ROI_MAX",
+    "TEXT_MAX",
     "Roi",
     "SearchFilterIn",
     "SearchGroup",
@@ -145,6 +146,8 @@ class ExcludeIn(BaseModel):
 
 # The largest coordinate or side of a region, in pixels (the command line's --roi checks it too).
 ROI_MAX = 65535
+# The longest query text, in characters (the command line's --text checks it too).
+TEXT_MAX = 2000
 
 
 class Roi(BaseModel):
@@ -182,7 +185,7 @@ class SearchQuery(BaseModel):
 
     point_id: PointId | None = None
     vector: list[float] | None = Field(default=None, min_length=1, max_length=65536)
-    text: str | None = Field(default=None, min_length=1, max_length=2000)
+    text: str | None = Field(default=None, min_length=1, max_length=TEXT_MAX)
     positive: list[PointId] | None = Field(
         default=None,
         min_length=1,

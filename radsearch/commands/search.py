@@ -1,4 +1,5 @@
-"""``radsearch search``: the images most similar to an image file, here or through a server."""
+"""``radsearch search``: the images most similar to an image file, or to a text (encoders with a
+text tower), here or through a server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Settings
+from core.errors import ConfigError
 from core.payload import FILTER_FIELDS
 from radsearch.commands import remote
 from radsearch.commands.common import EXIT_OK, print_json
@@ -91,6 +93,27 @@ def _roi(text: str) -> dict[str, int]:
     return {"x": x, "y": y, "width": width, "height": height}
 
 
+def _query_text(text: str) -> str:
+    """``--text``: what the API's ``text`` takes (1 to `TEXT_MAX` characters)."""
+    from search_api.schemas import TEXT_MAX  # here, not at start-up: only a --text needs it
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give the words to search for")
+    if len(text) > TEXT_MAX:
+        raise argparse.ArgumentTypeError(f"at most {TEXT_MAX} characters, not {len(text)}")
+    return text
+
+
+def _check_query(args: argparse.Namespace) -> None:
+    """`ConfigError` unless one query is given, an image or ``--text``, with the options it takes."""
+    if (args.image is None) == (args.text is None):
+        raise ConfigError("search by an image file or by --text: give one of them")
+    if args.text is not None:
+        given = [flag for flag, value in (("--roi", args.roi), ("--exclude", args.exclude)) if value]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} go with a query image, not with --text")
+
+
 def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from radsearch.services import (
         check_limit,
@@ -99,35 +122,66 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         open_catalog,
         read_query_image,
         search_image,
+        search_text,
         search_warnings,
     )
 
+    _check_query(args)
     check_limit(args.k, settings)
-    filename, data = read_query_image(args.image, settings)
+    shape = {
+        "filter": filter_mapping(args),
+        "limit": args.k,
+        "group_by": args.group_by,
+        "group_size": args.group_size,
+    }
+    query_image = read_query_image(args.image, settings) if args.image is not None else None
     with open_catalog(settings) as catalog:
-        found = search_image(
-            catalog,
-            settings,
-            args.collection,
-            data=data,
-            filename=filename,
-            filter=filter_mapping(args),
-            limit=args.k,
-            exclude=_exclude(args),
-            roi=args.roi,
-            group_by=args.group_by,
-            group_size=args.group_size,
-        )
+        if query_image is None:
+            found = search_text(catalog, args.collection, text=args.text, **shape)
+        else:
+            filename, data = query_image
+            found = search_image(
+                catalog,
+                settings,
+                args.collection,
+                data=data,
+                filename=filename,
+                exclude=_exclude(args),
+                roi=args.roi,
+                **shape,
+            )
         warnings = search_warnings(catalog, args.collection, filter_mapping(args))
     print_hits(hit_rows(found.hits), as_json=args.json, warnings=warnings, groups=group_rows(found.groups))
     return EXIT_OK
 
 
 def _remote_search(args: argparse.Namespace, settings: Settings, url: str) -> int:
-    """The image is uploaded to ``POST /v1/collections/{name}/search/image``."""
-    from radsearch.services import check_limit, open_query_image
+    """The image is uploaded to ``POST /v1/collections/{name}/search/image``; a text goes to
+    ``POST /v1/collections/{name}/search``."""
+    _check_query(args)
+    from radsearch.services import check_limit
 
     check_limit(args.k, settings)
+    answer = (
+        _remote_text_search(args, settings, url) if args.text is not None else _upload(args, settings, url)
+    )
+    print_hits(
+        answer["hits"], as_json=args.json, warnings=answer.get("warnings", []), groups=answer.get("groups")
+    )
+    return EXIT_OK
+
+
+def _remote_text_search(args: argparse.Namespace, settings: Settings, url: str) -> Any:
+    body: dict[str, Any] = {"text": args.text, "limit": args.k, "filter": filter_mapping(args) or None}
+    if args.group_by is not None:
+        body.update(group_by=args.group_by, group_size=args.group_size)
+    with remote.client(settings, url) as api:
+        return api.request("POST", f"/v1/collections/{remote.segment(args.collection)}/search", json=body)
+
+
+def _upload(args: argparse.Namespace, settings: Settings, url: str) -> Any:
+    from radsearch.services import open_query_image
+
     form = {"limit": str(args.k)}
     mapping = filter_mapping(args)
     if mapping:
@@ -140,22 +194,26 @@ def _remote_search(args: argparse.Namespace, settings: Settings, url: str) -> in
         form.update(group_by=args.group_by, group_size=str(args.group_size))
     # The server names, size-checks and decodes the upload, with the words of the direct mode.
     with open_query_image(args.image) as handle, remote.client(settings, url) as api:
-        answer = api.request(
+        return api.request(
             "POST",
             f"/v1/collections/{remote.segment(args.collection)}/search/image",
             files={"file": (args.image.name, handle, "application/octet-stream")},
             data=form,
         )
-    print_hits(
-        answer["hits"], as_json=args.json, warnings=answer.get("warnings", []), groups=answer.get("groups")
-    )
-    return EXIT_OK
 
 
 def add_search_command(sub: Any) -> None:
     """Register ``radsearch search`` on the ``radsearch`` subparsers."""
-    search = sub.add_parser("search", help="find the images most similar to an image file")
-    search.add_argument("image", type=Path)
+    search = sub.add_parser(
+        "search", help="find the images most similar to an image file, or to a text (--text)"
+    )
+    search.add_argument("image", type=Path, nargs="?", help="a DICOM, PNG or JPEG file")
+    search.add_argument(
+        "--text",
+        type=_query_text,
+        help="search by these words instead of an image (encoders with a text tower: biomedclip, "
+        "clip-vit-b16, clip-vit-l14)",
+    )
     search.add_argument("--collection", required=True)
     for name in FILTER_FIELDS:
         search.add_argument(f"--{name}", action="append", metavar=name.upper(), help=f"only this {name}")

@@ -243,6 +243,75 @@ def test_alias_list_and_search_by_alias_print_what_direct_mode_prints(world: Wor
     assert len(hits) == 3 and {h["payload"]["modality"] for h in hits} == {"MR"}
 
 
+def test_search_by_text_here_and_through_the_server(world: World) -> None:
+    """`radsearch search --text` (new in session 25; text search was HTTP-only): here, the hits are
+    the collection's points ranked by cosine to the encoder's text vector; through the server, what
+    the server's own text search answers. Usage errors read the same in both modes."""
+    create = ("collections", "create", "words", "--encoder", "clip-vit-b16", "--weights", "random")
+    ingest = ("ingest", str(world.images), "--collection", "words", "--path-template", TEMPLATE)
+    for command in (create, ingest):
+        direct, served = _direct(world, *command), _served(world, *command)
+        assert (direct.code, served.code) == (0, 0), (command, direct.err, served.err)
+    words = ("search", "--text", "a chest CT", "--collection", "words", "--json")
+
+    direct = _direct(world, *words, "-k", "4")
+    assert direct.code == 0, direct.err
+    hits = json.loads(direct.out)["hits"]
+    settings = Settings(data_dir=world.direct, runtime=RuntimeSettings(device="cpu"))
+    from core.encoders.registry import load_encoder
+
+    text = load_encoder(resolve_spec("clip-vit-b16"), settings, weights="random").embed_text(["a chest CT"])[
+        0
+    ]
+    index = EdgeIndex(settings.index_dir, settings.store)
+    try:
+        points = list(index.scroll("words", with_vectors=True))
+    finally:
+        index.close()
+    scores = {point.id: float(np.dot(text, point.vector)) for point in points}  # type: ignore[arg-type]
+    assert len(points) == 10 and [h["id"] for h in hits] == sorted(scores, key=scores.__getitem__)[::-1][:4]
+    assert np.allclose([h["score"] for h in hits], [scores[h["id"]] for h in hits], atol=0.02)
+
+    filtered = ("--modality", "CT", "--group-by", "object", "--group-size", "1", "-k", "3")
+    served = _served(world, *words, *filtered)
+    answer = httpx.post(
+        f"{world.url}/v1/collections/words/search",
+        json={
+            "text": "a chest CT",
+            "filter": {"modality": ["CT"]},
+            "group_by": "object",
+            "group_size": 1,
+            "limit": 3,
+        },
+    ).json()
+    assert served.code == 0, served.err
+    assert json.loads(served.out)["groups"] == [
+        {"key": g["key"], "hits": [{k: h[k] for k in ("id", "score", "payload")} for h in g["hits"]]}
+        for g in answer["groups"]
+    ]
+    assert len(answer["groups"]) == 3 and all(
+        g["hits"][0]["payload"]["modality"] == "CT" for g in answer["groups"]
+    )
+
+    query = str(world.images / "MR" / "brain" / "img_4.png")
+    refused = {
+        ("search", "--collection", "words"): "search by an image file or by --text: give one of them",
+        ("search", query, "--text", "x", "--collection", "words"): "give one of them",
+        ("search", "--text", "x", "--roi", "1,1,8,8", "--collection", "words"): "--roi go with a query image",
+        ("search", "--text", "x", "--exclude", "same-patient", "--collection", "words"): "--exclude go with",
+        ("search", "--text", " ", "--collection", "words"): "give the words to search for",
+    }
+    for command, message in refused.items():  # the parser's refusals exit, so: subprocesses
+        direct, served = _cli(world.direct, *command), _served(world, *command)
+        assert (direct.code, served.code, direct.out, served.out) == (2, 2, "", ""), command
+        assert message in direct.err and direct.err == served.err, (command, direct.err, served.err)
+    # an encoder without a text tower, named
+    for run in (_direct, _served):
+        assert run(world, *create[:2], "imageonly", "--encoder", "baseline").code == 0
+        image_only = run(world, "search", "--text", "x", "--collection", "imageonly")
+        assert image_only.code == 2 and "'baseline' has no text tower" in image_only.err, image_only.err
+
+
 def test_backfill_through_the_server_follows_its_job_and_prints_the_same_summary(world: World) -> None:
     for command in (
         ("collections", "create", "copy", "--encoder", "baseline", "--quantization", "none"),

@@ -46,6 +46,7 @@ EXPECTED_FAILURES: dict[str, tuple[int, str]] = {
     '"encoder": "biomedclip"}': (424, "biomedclip's weights cannot be had offline"),
     "ingest-jobs/<id>": (404, "the job above was refused, so its id names no job"),
     '{"text": "pleural effusion"': (400, "the alias now points at resnet50, which has no text tower"),
+    "--text pleural effusion --collection chest": (2, "chest's baseline encoder has no text tower"),
 }
 
 # Examples this test does not run, with why; each is exercised elsewhere where it can be.
