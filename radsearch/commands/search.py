@@ -111,7 +111,8 @@ def _check_query(args: argparse.Namespace) -> None:
     if args.text is not None:
         given = [flag for flag, value in (("--roi", args.roi), ("--exclude", args.exclude)) if value]
         if given:
-            raise ConfigError(f"{' and '.join(given)} go with a query image, not with --text")
+            verb = "go" if len(given) > 1 else "goes"
+            raise ConfigError(f"{' and '.join(given)} {verb} with a query image, not with --text")
 
 
 def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:

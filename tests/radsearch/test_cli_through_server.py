@@ -297,8 +297,24 @@ def test_search_by_text_here_and_through_the_server(world: World) -> None:
     refused = {
         ("search", "--collection", "words"): "search by an image file or by --text: give one of them",
         ("search", query, "--text", "x", "--collection", "words"): "give one of them",
-        ("search", "--text", "x", "--roi", "1,1,8,8", "--collection", "words"): "--roi go with a query image",
-        ("search", "--text", "x", "--exclude", "same-patient", "--collection", "words"): "--exclude go with",
+        (
+            "search",
+            "--text",
+            "x",
+            "--roi",
+            "1,1,8,8",
+            "--collection",
+            "words",
+        ): "--roi goes with a query image",
+        (
+            "search",
+            "--text",
+            "x",
+            "--exclude",
+            "same-patient",
+            "--collection",
+            "words",
+        ): "--exclude goes with",
         ("search", "--text", " ", "--collection", "words"): "give the words to search for",
     }
     for command, message in refused.items():  # the parser's refusals exit, so: subprocesses
