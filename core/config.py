@@ -734,7 +734,16 @@ def unknown_setting_variables(environ: Mapping[str, str]) -> list[str]:
         if _names_a_setting(Settings, name.split("__")):
             continue
         # without the prefix, which would make every name close
-        near = difflib.get_close_matches(name, _setting_names(Settings, ""), n=1, cutoff=0.75)
+        names = _setting_names(Settings, "")
+        near = (
+            difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+            or [
+                # a top-level setting with words before it: RADSEARCH_API_URL for RADSEARCH_URL
+                setting
+                for setting in names
+                if "__" not in setting and name.endswith(f"_{setting}")
+            ][:1]
+        )
         problems.append(
             f"{variable} is not a setting" + (f" (did you mean {_PREFIX}{near[0]}?)" if near else "")
         )

@@ -505,6 +505,7 @@ def test_a_replaced_setting_in_a_json_group_is_refused_too(
         ("RADSEARCH_SECURITY__API_KEY", " (did you mean RADSEARCH_SECURITY__API_KEYS?)"),
         ("RADSEARCH_STORE__MIN_FREE", " (did you mean RADSEARCH_STORE__MIN_FREE_MB?)"),
         ("RADSEARCH_DATADIR", " (did you mean RADSEARCH_DATA_DIR?)"),
+        ("RADSEARCH_API_URL", " (did you mean RADSEARCH_URL?)"),  # the walkthrough's (session 25)
         ("radsearch_store__typo", ""),
         ("RADSEARCH_NOTHING_LIKE_IT", ""),
     ],
