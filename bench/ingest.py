@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     extra["local_images_per_s"] = round(local_rate, 2)
                     extra["dicomweb_vs_local"] = round(e2e / local_rate, 3)
                 int8_linear = uses_int8_linear(settings.runtime, spec, encoder.device)
-                if reduced := "int8" if int8_linear else "bf16" if encoder.dtype == torch.bfloat16 else None:
+                reduced = "int8" if int8_linear else "bf16" if encoder.dtype == torch.bfloat16 else None
+                if reduced is not None:
                     fp32_settings = settings.model_copy(deep=True)
                     fp32_settings.runtime.dtype = "float32"
                     fp32_settings.runtime.cpu_int8_linear = False

@@ -9,12 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tqdm import tqdm
-
 from core.calibration import calibrate_loaded
 from core.catalog import Catalog
 from core.config import Settings
 from core.errors import SourceError
+from core.progress import progress_bar
 from ingest.labels import Labeler, PathTemplate
 from ingest.pipeline import BatchReport, PipelineContext, Target, run_pipeline
 from ingest.planner import plan_batches
@@ -175,8 +174,7 @@ def ingest_inline(
             unmatched.discard(ref.key)
             yield ref
 
-    # disable=None: a bar only where stderr is a terminal, not carriage-return lines in a log
-    bar = tqdm(unit="obj", desc="ingest", disable=None if progress else True, dynamic_ncols=True)
+    bar = progress_bar("ingest", shown=progress)
     frames = 0
     errors = 0
 

@@ -159,20 +159,30 @@ def cpu_int8_linear_speedup(over: torch.dtype = torch.float32, repeats: int = 10
     return _best_seconds(lambda: linear(x), repeats) / int8_seconds
 
 
+def _int8_linear_reason(runtime: RuntimeSettings, spec: EncoderSpec, device: torch.device) -> str | None:
+    """Why ``spec`` runs with int8 Linear layers here, or None where it does not (`uses_int8_linear`)."""
+    if device.type != "cpu" or spec.family is EncoderFamily.BUILTIN or runtime.cpu_int8_linear is False:
+        return None
+    if runtime.cpu_int8_linear is True:
+        return "runtime.cpu_int8_linear true"
+    if runtime.dtype != "auto" or runtime.compile_encoders:
+        return None
+    over = _auto_dtype(device)[0]
+    speedup = cpu_int8_linear_speedup(over)
+    if speedup <= 1.0:
+        return None
+    name = str(over).removeprefix("torch.")
+    return (
+        f"runtime.cpu_int8_linear auto, an int8 Linear measured {speedup:.1f}x faster than a {name} one here"
+    )
+
+
 def uses_int8_linear(runtime: RuntimeSettings, spec: EncoderSpec, device: torch.device) -> bool:
     """Whether ``spec`` runs with int8 Linear layers: only on CPU, and never for the built-in
     (hand-crafted) encoders; ``runtime.cpu_int8_linear`` true, or ``auto`` where the dtype is
     ``auto`` too, no encoder is compiled, and an int8 Linear is measured faster than one in the
     dtype ``auto`` would pick here (fp32, or bf16 where it is fast; `cpu_int8_linear_speedup`)."""
-    if device.type != "cpu" or spec.family is EncoderFamily.BUILTIN or runtime.cpu_int8_linear is False:
-        return False
-    if runtime.cpu_int8_linear is True:
-        return True
-    return (
-        runtime.dtype == "auto"
-        and not runtime.compile_encoders
-        and cpu_int8_linear_speedup(_auto_dtype(device)[0]) > 1.0
-    )
+    return _int8_linear_reason(runtime, spec, device) is not None
 
 
 def uses_compile(runtime: RuntimeSettings, spec: EncoderSpec) -> bool:
@@ -249,15 +259,8 @@ def select_device_and_dtype(runtime: RuntimeSettings, spec: EncoderSpec) -> tupl
     device = select_device(runtime)
     if spec.family is EncoderFamily.BUILTIN:
         dtype, why = torch.float32, "built-in encoders always run in fp32"
-    elif uses_int8_linear(runtime, spec, device):
-        dtype, why = torch.float32, "fp32 around int8 Linear layers (runtime.cpu_int8_linear true)"
-        if runtime.cpu_int8_linear == "auto":
-            over = _auto_dtype(device)[0]
-            name = str(over).removeprefix("torch.")
-            why = (
-                f"fp32 around int8 Linear layers: runtime.cpu_int8_linear auto, an int8 Linear "
-                f"measured {cpu_int8_linear_speedup(over):.1f}x faster than a {name} one here"
-            )
+    elif (int8_reason := _int8_linear_reason(runtime, spec, device)) is not None:
+        dtype, why = torch.float32, f"fp32 around int8 Linear layers: {int8_reason}"
     elif runtime.dtype == "auto":
         dtype, why = _auto_dtype(device)
     else:

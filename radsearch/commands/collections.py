@@ -103,15 +103,13 @@ def _cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
-    from tqdm import tqdm
-
     from core.jobs.sqlite_store import open_owner_store
+    from core.progress import progress_bar
     from radsearch.services import open_catalog
     from search_api.backfill_jobs import OwnerJobRunner
 
     with open_catalog(settings) as catalog:
-        # disable=None: a bar only where stderr is a terminal, not carriage-return lines in a log
-        bar = tqdm(unit="obj", desc="backfill", disable=True if args.json else None, dynamic_ncols=True)
+        bar = progress_bar("backfill", shown=not args.json)
 
         def on_plan(objects: int) -> None:
             bar.total = objects

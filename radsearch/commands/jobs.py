@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.config import Settings
+from core.config import DICOMWEB_SCHEMES, Settings
 from core.errors import CollectionNotFound, ConfigError
 from radsearch.commands import remote
 from radsearch.commands.arg_types import at_least
@@ -80,7 +80,6 @@ def _collections(value: str) -> tuple[str, ...]:
 def _source_uri(value: str) -> str:
     """The source as the workers read it; a folder that is not here is said (the workers may see
     it at this path on a mount of their own; otherwise their job fails naming it)."""
-    from core.config import DICOMWEB_SCHEMES
     from ingest.sources.factory import check_folder_uri
 
     if value.startswith(("s3://", *DICOMWEB_SCHEMES)):
@@ -140,12 +139,10 @@ class _WaitingNotice:
 
 
 def _follow(settings: Settings, store: Any, job_id: str, *, progress: bool) -> Any:
-    from tqdm import tqdm
-
+    from core.progress import progress_bar
     from workers.client import follow_job
 
-    # disable=None: a bar only where stderr is a terminal, not carriage-return lines in a log
-    bar = tqdm(unit="obj", desc=f"job {job_id}", disable=None if progress else True, dynamic_ncols=True)
+    bar = progress_bar(f"job {job_id}", shown=progress)
     notice = _WaitingNotice(settings, store)
 
     def update(record: JobRecord) -> None:

@@ -139,10 +139,9 @@ def follow(api: ApiClient, path: str, *, desc: str, progress: bool, postfix: boo
     """Poll a job until it ends, with a progress bar like the command run here; its last state.
 
     Ctrl-C stops following, not the job: `KeyboardInterrupt` goes up with the job left running."""
-    from tqdm import tqdm
+    from core.progress import progress_bar
 
-    # disable=None: a bar only where stderr is a terminal, not carriage-return lines in a log
-    bar = tqdm(unit="obj", desc=desc, disable=None if progress else True, dynamic_ncols=True)
+    bar = progress_bar(desc, shown=progress)
     try:
         while True:
             job: dict[str, Any] = api.request("GET", path)
