@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.errors import InvalidFilter
+from core.suggest import did_you_mean
 
 __all__ = [
     "EXCLUDABLE_FIELDS",
@@ -171,10 +172,12 @@ def build_payload(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def unknown_filter_fields(names: Iterable[str]) -> InvalidFilter:
-    """The error for filter fields that are none (``{"not": ...}``), naming them and the fields a
-    filter takes; the same words for a JSON body's filter and a form's."""
-    shown = ", ".join(repr(name[:40]) for name in sorted(names)[:10])
-    return InvalidFilter(f"unknown filter field(s) {shown}; allowed: {', '.join((*FILTER_FIELDS, 'key'))}")
+    """The error for filter fields that are none (``{"not": ...}``), naming them, the field each
+    typo is closest to (``modaliti``: did you mean 'modality'?) and the fields a filter takes; the
+    same words for a JSON body's filter and a form's."""
+    allowed = (*FILTER_FIELDS, "key")
+    shown = ", ".join(repr(name[:40]) + did_you_mean(name, allowed) for name in sorted(names)[:10])
+    return InvalidFilter(f"unknown filter field(s) {shown}; allowed: {', '.join(allowed)}")
 
 
 class SearchFilter(BaseModel):

@@ -19,6 +19,7 @@ from core.errors import CollectionNotFound, ConfigError
 from core.filter_warnings import StoredValues
 from core.index.base import VectorIndex, check_collection_name
 from core.payload import FILTER_FIELDS, SearchFilter
+from core.suggest import did_you_mean
 from search_api.errors import ApiError, RepeatedField, UnknownField
 from search_api.offload import on_index
 from search_api.routing import single_valued, walk_dependants
@@ -137,9 +138,8 @@ async def reject_unknown_query(request: Request) -> None:
     if unknown:
         names = [_SAFE_NAME.sub("_", name)[:40] for name in unknown[:5]]
         takes = ", ".join(sorted(_query_names(route))) or "no query parameters"
-        raise UnknownField(
-            names[0], f"unknown query parameter {', '.join(map(repr, names))}; this operation takes {takes}"
-        )
+        named = ", ".join(repr(name) + did_you_mean(name, _query_names(route)) for name in names)
+        raise UnknownField(names[0], f"unknown query parameter {named}; this operation takes {takes}")
     for name in sorted(set(request.query_params) & single_valued(route, "query")):
         if (times := len(request.query_params.getlist(name))) > 1:
             raise RepeatedField(name, f"query parameter {name!r} given {times} times; give it once")

@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 import time
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -49,6 +50,7 @@ from core.errors import (
     rule_broken,
 )
 from core.payload import unknown_filter_fields
+from core.suggest import did_you_mean
 
 __all__ = [
     "CODE_BY_ERROR",
@@ -324,6 +326,33 @@ def _field_path(loc: Sequence[Any]) -> str | None:
     return ".".join(parts) or None
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model ``annotation`` names, itself or inside ``X | None``, ``list[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, typing.get_args(annotation)) if m is not None), None)
+
+
+def _unknown_field(request: Request, loc: Sequence[Any]) -> str:
+    """An unknown body field, named, with the field of its model it is closest to where there is
+    one (``'limt' (did you mean 'limit'?)``): the model is the route's body model, walked along
+    ``loc``."""
+    named = repr(_field_path(loc) or "?")
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    model = _model_in(getattr(getattr(body_field, "field_info", None), "annotation", None))
+    if not loc or loc[0] != "body" or model is None:
+        return named
+    for part in loc[1:-1]:
+        if isinstance(part, int):  # an item of a list: the list's model still applies
+            continue
+        fields = {field.alias or name: field for name, field in model.model_fields.items()}
+        if (model := _model_in(getattr(fields.get(str(part)), "annotation", None))) is None:
+            return named
+    return named + did_you_mean(
+        str(loc[-1]), [field.alias or name for name, field in model.model_fields.items()]
+    )
+
+
 def _describe(errors: Iterable[Mapping[str, Any]]) -> str:
     described = []
     for error in errors:
@@ -359,7 +388,7 @@ async def _validation_error_handler(request: Request, exc: Exception) -> JSONRes
         )
         return _response(400, code_for(InvalidFilter), message, "filter")
     if unknown:
-        names = ", ".join(repr(_field_path(e.get("loc", ())) or "?") for e in unknown[:10])
+        names = ", ".join(_unknown_field(request, e.get("loc", ())) for e in unknown[:10])
         message = f"unknown field {names}: the request schema does not take it"
         return _response(400, "unknown_field", message, _field_path(unknown[0].get("loc", ())))
     field = None

@@ -610,11 +610,20 @@ def test_nothing_sent_is_ignored(client: TestClient, corpus: Corpus) -> None:
     query = client.get(f"/v1/collections/{COLLECTION}/facets/modality", params={"modalty": "CT"})
     assert query.status_code == 400 and query.json()["error"]["field"] == "modalty", query.text
     assert "anatomy" in query.json()["error"]["message"]  # what the operation does take
+    assert "'modalty' (did you mean 'modality'?)" in query.json()["error"]["message"]
     body = client.post(
         f"/v1/collections/{COLLECTION}/search", json={"point_id": corpus.ids("circles")[0], "limt": 5}
     )
     assert body.status_code == 400, body.text
     assert (body.json()["error"]["code"], body.json()["error"]["field"]) == ("unknown_field", "limt")
+    assert "'limt' (did you mean 'limit'?)" in body.json()["error"]["message"]  # a typo, corrected
+    nested = client.post(
+        f"/v1/collections/{COLLECTION}/search",
+        json={"point_id": corpus.ids("circles")[0], "exclude": {"same_pateint": True}},
+    )
+    assert nested.status_code == 400, nested.text
+    assert nested.json()["error"]["field"] == "exclude.same_pateint"
+    assert "'exclude.same_pateint' (did you mean 'same_patient'?)" in nested.json()["error"]["message"]
     form = client.post(
         f"/v1/collections/{COLLECTION}/search/image",
         files={"file": ("q.png", png_bytes(corpus.frames[corpus.ids("circles")[0]]), "image/png")},
@@ -625,6 +634,12 @@ def test_nothing_sent_is_ignored(client: TestClient, corpus: Corpus) -> None:
         "message": form.json()["detail"],
         "field": "modality",
     }
+    typo = client.post(
+        f"/v1/collections/{COLLECTION}/search/image",
+        files={"file": ("q.png", png_bytes(corpus.frames[corpus.ids("circles")[0]]), "image/png")},
+        data={"limt": "5"},
+    )
+    assert typo.status_code == 400 and "'limt' (did you mean 'limit'?)" in typo.json()["detail"], typo.text
 
 
 def test_limit_offset_paging_equals_slices(backend: Backend) -> None:
@@ -825,6 +840,25 @@ def test_a_filter_field_that_is_none_is_named_with_the_fields_there_are(
         json={"point_id": corpus.ids("circles")[0], "filter": {"not": {"split": ["test"]}}},
     )
     form = upload(client, png_bytes(make_frame("circles", np.random.default_rng(3))), filter='{"not": ["x"]}')
+    for response in (body, form):
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == {"code": "invalid_filter", "message": said, "field": "filter"}
+
+
+def test_a_filter_field_typo_is_answered_with_the_field_meant(client: TestClient, corpus: Corpus) -> None:
+    """Found in session 25's walkthrough: ``filter.modaliti`` listed the fields a filter takes but
+    did not say which was meant, unlike a collection's typo."""
+    said = (
+        "unknown filter field(s) 'Modality' (did you mean 'modality'?), 'patholgy' (did you mean "
+        "'pathology'?); allowed: modality, anatomy, pathology, dataset, split, source, key"
+    )
+    typos = {"Modality": ["MR"], "patholgy": ["fracture"]}
+    body = client.post(
+        f"/v1/collections/{COLLECTION}/search", json={"point_id": corpus.ids("circles")[0], "filter": typos}
+    )
+    form = upload(
+        client, png_bytes(make_frame("circles", np.random.default_rng(3))), filter=json.dumps(typos)
+    )
     for response in (body, form):
         assert response.status_code == 400, response.text
         assert response.json()["error"] == {"code": "invalid_filter", "message": said, "field": "filter"}
