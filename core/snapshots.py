@@ -44,6 +44,7 @@ from core.errors import (
 )
 from core.index._shared import read_config_file, read_json_record
 from core.index.base import CollectionConfig, VectorIndex, check_collection_name
+from core.suggest import did_you_mean
 
 __all__ = [
     "SnapshotCollection",
@@ -259,7 +260,10 @@ class SnapshotStore:
         if collection is not None:
             check_collection_name(collection, "--collection")
         if collection is not None and collection not in manifest.names:
-            raise CollectionNotFound(f"snapshot {snapshot_id} holds no collection {collection!r}")
+            raise CollectionNotFound(
+                f"snapshot {snapshot_id} holds no collection {collection!r}"
+                f"{did_you_mean(collection, manifest.names)}; it holds {', '.join(manifest.names) or 'none'}"
+            )
         if as_name is not None:
             if len(chosen) != 1:
                 raise ConfigError("--as names one collection: give --collection too")
@@ -395,8 +399,10 @@ class Trash:
             self.purge()
             candidates = [e for e in self.list() if e.name == name]
             if not candidates:
+                trashed = sorted({e.name for e in self.list()})
                 raise CollectionNotFound(
-                    f"the trash holds no collection {name!r} (radsearch collections trash)"
+                    f"the trash holds no collection {name!r}{did_you_mean(name, trashed)} "
+                    "(radsearch collections trash)"
                 )
             entry = candidates[-1]
             if index.collection_exists(target) or target in _aliases(index):

@@ -149,7 +149,7 @@ def read_query_image(path: Path, settings: Settings) -> tuple[str, bytes]:
 def check_limit(limit: int, settings: Settings) -> None:
     """`ConfigError` for a number of hits the API would refuse."""
     if not 1 <= limit <= settings.api.max_limit:
-        raise ConfigError(f"-k must be between 1 and {settings.api.max_limit}")
+        raise ConfigError(f"-k (--limit) must be between 1 and {settings.api.max_limit}")
 
 
 def search_image(

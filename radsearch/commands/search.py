@@ -218,7 +218,9 @@ def add_search_command(sub: Any) -> None:
     search.add_argument("--collection", required=True)
     for name in FILTER_FIELDS:
         search.add_argument(f"--{name}", action="append", metavar=name.upper(), help=f"only this {name}")
-    search.add_argument("-k", type=int, default=10, help="number of hits (with --group-by: of groups)")
+    search.add_argument(
+        "-k", "--limit", dest="k", type=int, default=10, help="number of hits (with --group-by: of groups)"
+    )
     search.add_argument(
         "--exclude",
         action="append",

@@ -180,6 +180,9 @@ def test_snapshot_restore_refuses_a_taken_name_unless_forced(
         snapshots.restore(index, manifest.id, as_name="b")
     with pytest.raises(CollectionNotFound):
         snapshots.restore(index, "../index")
+    # a name it does not hold (session 26's walkthrough): what the snapshot holds
+    with pytest.raises(CollectionNotFound, match=r"no collection 'b'; it holds a, z$"):
+        snapshots.restore(index, manifest.id, collection="b", as_name="c")
     assert not index.collection_exists("b")
 
     catalog.set_alias("current", "a")
@@ -223,7 +226,7 @@ def test_drop_goes_to_the_trash_and_restore_gives_the_same_points_and_hits(
     assert _hits(index, "kept") == before
     assert catalog.get("kept").name == "kept"
     assert catalog.trash.list() == []
-    with pytest.raises(CollectionNotFound, match="trash holds no collection"):
+    with pytest.raises(CollectionNotFound, match="trash holds no collection 'keep' \\(radsearch"):
         catalog.trash.restore(index, "keep")
 
 

@@ -107,6 +107,11 @@ def test_ingest_search_and_list_json(
     assert main(["--data-dir", data, "search", str(query), "--collection", "c", "-k", "3", "--json"]) == 0
     hits = _last_json(capsys.readouterr().out)["hits"]
     assert len(hits) == 3 and hits[0]["payload"]["modality"] == "MR"  # type: ignore[index]
+    # --limit, the API's word for -k (session 26's walkthrough: "unrecognized arguments: --limit 3")
+    assert (
+        main(["--data-dir", data, "search", str(query), "--collection", "c", "--limit", "2", "--json"]) == 0
+    )
+    assert _last_json(capsys.readouterr().out)["hits"] == hits[:2]
 
     assert (
         main(["--data-dir", data, "search", str(query), "--collection", "c", "--modality", "CT", "--json"])

@@ -193,6 +193,10 @@ def test_snapshot_drop_and_restore_through_the_serving_owner_then_without_it(tmp
             elsewhere = http.post("/v1/collections/copy/restore", json={"as": "copy2"})
             assert elsewhere.status_code == 200 and elsewhere.json()["points"] == held["points"]
             assert http.post("/v1/snapshots/not-an-id/restore", json={}).status_code == 404
+            # a typo'd collection (session 26's walkthrough): the one meant, and what it holds
+            typo = _cli(data, "snapshot", "restore", manifest["id"], "--collection", "lvie", "--as", "copy3")
+            assert typo.returncode == 2, typo.stderr
+            assert "no collection 'lvie' (did you mean 'live'?); it holds live" in typo.stderr
             # a name off the rule: the rule in words, not a regular expression, and not the name
             off_rule = http.post(
                 f"/v1/snapshots/{manifest['id']}/restore", json={"collection": "live", "as": "Bad/Name"}
