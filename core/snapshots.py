@@ -397,11 +397,11 @@ class Trash:
         check_collection_name(target, "--as")
         with _lock:
             self.purge()
-            candidates = [e for e in self.list() if e.name == name]
+            entries = self.list()
+            candidates = [e for e in entries if e.name == name]
             if not candidates:
-                trashed = sorted({e.name for e in self.list()})
                 raise CollectionNotFound(
-                    f"the trash holds no collection {name!r}{did_you_mean(name, trashed)} "
+                    f"the trash holds no collection {name!r}{did_you_mean(name, {e.name for e in entries})} "
                     "(radsearch collections trash)"
                 )
             entry = candidates[-1]

@@ -217,6 +217,8 @@ def test_drop_goes_to_the_trash_and_restore_gives_the_same_points_and_hits(
         hours=24
     )
     assert [e.name for e in catalog.trash.list()] == ["keep"]
+    with pytest.raises(CollectionNotFound, match=r"no collection 'kep' \(did you mean 'keep'\?\)"):
+        catalog.trash.restore(index, "kep")
 
     _create(index, "keep")  # the name is taken again
     with pytest.raises(CollectionExists, match="taken again"):
