@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.errors import InvalidFilter
-from core.suggest import did_you_mean
+from core.suggest import named_with_suggestions
 
 __all__ = [
     "EXCLUDABLE_FIELDS",
@@ -176,7 +176,7 @@ def unknown_filter_fields(names: Iterable[str]) -> InvalidFilter:
     typo is closest to (``modaliti``: did you mean 'modality'?) and the fields a filter takes; the
     same words for a JSON body's filter and a form's."""
     allowed = (*FILTER_FIELDS, "key")
-    shown = ", ".join(repr(name[:40]) + did_you_mean(name, allowed) for name in sorted(names)[:10])
+    shown = named_with_suggestions((name[:40] for name in sorted(names)[:10]), allowed)
     return InvalidFilter(f"unknown filter field(s) {shown}; allowed: {', '.join(allowed)}")
 
 

@@ -19,7 +19,7 @@ from core.errors import CollectionNotFound, ConfigError
 from core.filter_warnings import StoredValues
 from core.index.base import VectorIndex, check_collection_name
 from core.payload import FILTER_FIELDS, SearchFilter
-from core.suggest import did_you_mean
+from core.suggest import named_with_suggestions
 from search_api.errors import ApiError, RepeatedField, UnknownField
 from search_api.offload import on_index
 from search_api.routing import single_valued, walk_dependants
@@ -137,8 +137,9 @@ async def reject_unknown_query(request: Request) -> None:
     unknown = sorted(set(request.query_params) - _query_names(route))
     if unknown:
         names = [_SAFE_NAME.sub("_", name)[:40] for name in unknown[:5]]
-        takes = ", ".join(sorted(_query_names(route))) or "no query parameters"
-        named = ", ".join(repr(name) + did_you_mean(name, _query_names(route)) for name in names)
+        taken = sorted(_query_names(route))
+        takes = ", ".join(taken) or "no query parameters"
+        named = named_with_suggestions(names, taken)
         raise UnknownField(names[0], f"unknown query parameter {named}; this operation takes {takes}")
     for name in sorted(set(request.query_params) & single_valued(route, "query")):
         if (times := len(request.query_params.getlist(name))) > 1:

@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from core.errors import BadInput, DecodeError, InvalidFilter, TooLarge
 from core.payload import SearchFilter
-from core.suggest import did_you_mean
+from core.suggest import named_with_suggestions
 from search_api.errors import RepeatedField, UnknownField
 from search_api.routing import single_valued
 from search_api.schemas import canonical_point_id, parse_filter
@@ -80,7 +80,7 @@ async def check_form_fields(request: Request, allowed: tuple[str, ...], *, max_f
     unknown = sorted({name for name in form if name not in allowed})
     if unknown:
         safe = [_UNSAFE_NAME_CHARS.sub("_", name)[:40] for name in unknown[:5]]
-        names = ", ".join(repr(name) + did_you_mean(name, allowed) for name in safe)
+        names = named_with_suggestions(safe, allowed)
         hint = ' (filters go in the JSON "filter" field)' if "filter" in allowed else ""
         raise UnknownField(
             safe[0], f"unknown form field {names}; this route takes {', '.join(allowed)}{hint}"

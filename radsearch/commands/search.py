@@ -129,8 +129,9 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
     _check_query(args)
     check_limit(args.k, settings)
+    search_filter = filter_mapping(args)
     shape = {
-        "filter": filter_mapping(args),
+        "filter": search_filter,
         "limit": args.k,
         "group_by": args.group_by,
         "group_size": args.group_size,
@@ -151,7 +152,7 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
                 roi=args.roi,
                 **shape,
             )
-        warnings = search_warnings(catalog, args.collection, filter_mapping(args))
+        warnings = search_warnings(catalog, args.collection, search_filter)
     print_hits(hit_rows(found.hits), as_json=args.json, warnings=warnings, groups=group_rows(found.groups))
     return EXIT_OK
 
