@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_REFUSED",
@@ -25,6 +26,7 @@ EXIT_REFUSED = 2  # a reconcile's deletions were refused by the guard (as a usag
 EXIT_STORE_OWNED = 3  # another process owns the embedded store and serves no API to go through
 EXIT_STORE_FULL = 4  # free disk below the store's reserve: writes refused, nothing lost
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # stdout's reader went away (128 + SIGPIPE, as a shell reports it)
 
 # What a run without the manifest (or path template) of an earlier one did to its labels.
 LABELS_KEPT = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 import traceback
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from radsearch.commands.arg_types import http_url
 from radsearch.commands.backup import add_backup_commands
 from radsearch.commands.collections import add_collections_commands
 from radsearch.commands.common import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_RUNTIME_ERROR,
@@ -155,7 +157,20 @@ def _settings(overrides: dict[str, Any]) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``radsearch`` with ``argv`` (default: the process's arguments); the exit code."""
+    """Run ``radsearch`` with ``argv`` (default: the process's arguments); the exit code.
+
+    A reader of stdout that went away (``radsearch snapshot list | head -1``) ends the command
+    quietly with `EXIT_BROKEN_PIPE`, as one killed by SIGPIPE would: not an "unexpected error"."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # here, not at the interpreter's exit, where a closed pipe is a traceback
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush is quiet
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose, "text")
@@ -198,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the CLI's last resort: one line, not a traceback
+        if isinstance(exc, BrokenPipeError) and stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode):
+            raise  # the reader of stdout went away (`main`), not a socket's peer
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         _report(
             args,

@@ -821,6 +821,24 @@ def test_the_progress_bar_is_for_terminals_only(tmp_path: Path) -> None:
     assert shown.returncode == 0 and "obj/s" in bar, bar
 
 
+def test_a_reader_of_stdout_that_went_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """Found in the walkthrough (session 26): `radsearch snapshot list | head -1` said "radsearch:
+    unexpected error: BrokenPipeError". Now nothing on stderr and 141, as a command killed by
+    SIGPIPE; the stdout here is a pipe whose reader is already closed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSEARCH_")}
+    argv = [sys.executable, "-m", "radsearch", "--data-dir", str(tmp_path / "data")]
+    for command in (["encoders"], ["encoders", "--json"]):
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            done = subprocess.run(
+                [*argv, *command], env=env, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60
+            )
+        finally:
+            os.close(writer)
+        assert (done.returncode, done.stderr) == (141, ""), done.stderr
+
+
 def test_ctrl_c_during_an_ingest_is_one_line_and_keeps_what_was_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
