@@ -164,6 +164,11 @@ def _follow(
             once=args.once,
         )
         last = stats.last
+    # The loop is over and its cursor saved: a further signal ends the process by the signal. The
+    # stop's handler would raise a KeyboardInterrupt that the interpreter's exit swallows (a
+    # Ctrl-C burst then ended in a traceback and exit 0).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
     summary = {"collection": args.collection, "delivered": stats.delivered, "last": last}
     line = (
         json.dumps(summary)
