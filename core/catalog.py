@@ -6,7 +6,6 @@ its query with exactly the encoder the collection was built with.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ from core.errors import (
 )
 from core.index.base import CollectionConfig, VectorIndex, check_collection_name
 from core.snapshots import Trash, TrashEntry
+from core.suggest import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,7 @@ class Catalog:
             return target
         if self.index.collection_exists(name):
             return name
-        close = difflib.get_close_matches(name, [*self.index.list_collections(), *self.aliases()], n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, [*self.index.list_collections(), *self.aliases()], n=3)
         raise CollectionNotFound(f"collection {name!r} does not exist{hint}")
 
     def _is_collection(self, name: str) -> bool:

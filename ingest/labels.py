@@ -7,7 +7,6 @@ Labels are normalised once here: modality upper-case (DICOM codes), the others l
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 import re
@@ -19,6 +18,7 @@ from typing import Any
 from core.errors import ConfigError
 from core.payload import LABEL_FIELDS
 from core.s3 import S3Location, parse_s3_uri
+from core.suggest import did_you_mean
 
 __all__ = ["Labeler", "PathTemplate", "load_manifest", "parse_manifest", "read_manifest"]
 
@@ -129,8 +129,7 @@ def _check_columns(names: Any, where: str, what: str) -> None:
     allowed = ("key", *LABEL_FIELDS)
     for column in names:
         if column not in allowed:
-            close = difflib.get_close_matches(str(column).lower(), allowed, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = did_you_mean(str(column), allowed)
             raise ConfigError(
                 f"{where}: unknown {what} {str(column)[:40]!r}{hint}; a manifest has key and any of "
                 f"{', '.join(LABEL_FIELDS)}"

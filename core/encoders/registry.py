@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 import re
@@ -16,6 +15,7 @@ from core.config import Settings
 from core.encoders.base import Encoder
 from core.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, EncoderFamily, EncoderSpec
 from core.errors import ConfigError, EncoderNotFound
+from core.suggest import did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -251,8 +251,7 @@ def get_spec(name: str) -> EncoderSpec:
     cleaned = _clean_name(name)
     if cleaned in REGISTRY:
         return REGISTRY[cleaned]
-    close = difflib.get_close_matches(cleaned, REGISTRY, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(REGISTRY))}"
+    hint = did_you_mean(cleaned, REGISTRY, n=3) or f"; known: {', '.join(sorted(REGISTRY))}"
     # echoed only when it looks like an encoder name: an error never carries arbitrary input
     shown = f" {name!r}" if re.fullmatch(r"[\w.\-/]{1,64}", name) else ""
     raise EncoderNotFound(f"unknown encoder{shown}{hint}")

@@ -153,10 +153,12 @@ def test_an_unknown_name_is_answered_with_the_close_ones(settings: Settings, tmp
     try:
         catalog = Catalog(index, settings)
         catalog.create("chest-ct", get_spec("baseline"))
+        catalog.create("chest-cr", get_spec("baseline"))
         catalog.set_alias("current", "chest-ct")
         for typed, hint in [
-            ("chest_ct", "; did you mean chest-ct?"),
-            ("curent", "; did you mean current?"),
+            ("chest_ct", " (did you mean 'chest-ct' or 'chest-cr'?)"),  # the closest first
+            ("chest-xr", " (did you mean 'chest-cr' or 'chest-ct'?)"),
+            ("curent", " (did you mean 'current'?)"),
             ("zzz", ""),
         ]:
             with pytest.raises(CollectionNotFound) as missing:

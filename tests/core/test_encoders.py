@@ -284,7 +284,7 @@ def test_torch_threads_applied_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unknown_encoder_suggests_close_names(tmp_path: Path) -> None:
-    with pytest.raises(EncoderNotFound, match="did you mean biomedclip"):
+    with pytest.raises(EncoderNotFound, match=r"unknown encoder 'biomedclp' \(did you mean 'biomedclip'\?\)"):
         get_spec("biomedclp")
 
 

@@ -69,7 +69,7 @@ def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
     [
         (
             "key,modalty,anatomy\na.png,CT,chest\n",
-            "manifest header: unknown column 'modalty' (did you mean modality?)",
+            "manifest header: unknown column 'modalty' (did you mean 'modality'?)",
         ),
         (
             "key,modality,notes\na.png,CT,x\n",
@@ -80,7 +80,7 @@ def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
         ("key,modality\na.png,CT,chest\n", "manifest line 2: more values than the header has named columns"),
         (
             '{"key": "a.png", "Modality": "CT"}\n',
-            "manifest line 1: unknown field 'Modality' (did you mean modality?)",
+            "manifest line 1: unknown field 'Modality' (did you mean 'modality'?)",
         ),
         (
             '{"key": "a.png"}\n{"key": "a.png", "split": "test"}\n',

@@ -188,7 +188,7 @@ def test_usage_and_configuration_errors_exit_non_zero(
         main(["--data-dir", data, "ingest", str(folder), "--collection", "c", "--encoder", "biomedclipp"])
         == 2
     )
-    assert "did you mean biomedclip" in capsys.readouterr().err
+    assert "(did you mean 'biomedclip'?)" in capsys.readouterr().err
     assert main(["--data-dir", data, "ingest", str(folder), "--collection", "Bad Name!"]) == 2
     assert main(["--data-dir", data, "search", str(folder / "bad.png"), "--collection", "nope"]) == 2
     assert "does not exist" in capsys.readouterr().err
