@@ -255,6 +255,7 @@ def serve_api(
 
     from core.ownership import acquire_store
     from search_api.app import create_app
+    from search_api.http_protocol import CoalescingHttpToolsProtocol
 
     with ExitStack() as owned:
         # A Qdrant server has no owner to be.
@@ -282,6 +283,7 @@ def serve_api(
                 log_level=log_level,
                 access_log=settings.api.access_log,
                 log_config=None,
+                http=CoalescingHttpToolsProtocol,
             )
         )
         try:
