@@ -36,9 +36,30 @@ ROLES = ["anonymous", "reader", "ingest", "admin"]
 #   invalid_request/encoder_not_found), a backfill origin that is neither a collection nor s3://,
 #   an alias named like a collection, an ingest source whose form depends on the executor (422);
 # - 502/503/507 are documented answers (no job queue in this test: Redis is not running; weights
-#   that cannot be had; a full disk), never 500.
+#   that cannot be had; a full disk), never 500;
+# - invalid data may also be refused 413: a body over the route's limit (an over-long list of
+#   points) is refused by its size before it is parsed.
 CONFIG = {
-    "checks": {"not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "502", "503", "507"]}},
+    "checks": {
+        "not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "502", "503", "507"]},
+        "negative_data_rejection": {
+            "expected-statuses": [
+                "400",
+                "401",
+                "403",
+                "404",
+                "405",
+                "406",
+                "409",
+                "413",
+                "415",
+                "422",
+                "428",
+                "429",
+                "5xx",
+            ]
+        },
+    },
     "operations": [
         {
             "include-operation-id": ["create_collection", "create_backfill", "update_alias"],
