@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.config import Settings
 from core.errors import ConfigError
 from radsearch.commands import remote
 from radsearch.commands.common import EXIT_OK, LABELS_KEPT, MANIFEST_UNMATCHED, print_json
 from radsearch.commands.dicomweb import add_selector_options
-from radsearch.commands.jobs import ingest_celery, print_job_result
+from radsearch.commands.jobs import ingest_celery, new_collection_spec, print_job_result
 from radsearch.commands.options import add_sync_options, check_prune_args
-
-if TYPE_CHECKING:
-    from core.api_client import ApiClient
 
 __all__ = ["add_ingest_command", "print_dry_run", "print_ingest_summary"]
 
@@ -150,8 +147,9 @@ def _remote_ingest(args: argparse.Namespace, settings: Settings, url: str) -> in
     if args.source_name is not None:
         body["source_name"] = args.source_name
     with remote.client(settings, url) as api:
-        if args.weights and not celery:
-            _ensure_with_weights(api, args)
+        if args.weights:  # a new collection gets them: created first, as the command run here would
+            for name in body["collections"]:
+                api.ensure_collection(name, new_collection_spec(args.encoder or "baseline", args.weights))
         job_id = api.request("POST", "/v1/ingest-jobs", json=body)["id"]
         if args.detach:
             remote.print_job_id(job_id, as_json=args.json)
@@ -175,13 +173,6 @@ def _remote_ingest(args: argparse.Namespace, settings: Settings, url: str) -> in
     else:
         print_ingest_summary(job["summary"], as_json=args.json)
     return EXIT_OK
-
-
-def _ensure_with_weights(api: ApiClient, args: argparse.Namespace) -> None:
-    """``--weights`` for a new collection: create it first, as the command run here would."""
-    api.ensure_collection(
-        args.collection, {"encoder": args.encoder or "baseline", "weights": remote.weights_ref(args.weights)}
-    )
 
 
 def _ingest_remote_mode(args: argparse.Namespace) -> remote.RemoteMode:

@@ -283,24 +283,45 @@ def _finish(record: Any, job_id: str, *, as_json: bool) -> int:
     return print_job_result(record.to_dict(), as_json=as_json)
 
 
-def _create_on_owner(settings: Settings, spec: JobSpec) -> None:
-    """Embedded store: create the job's missing collections with its encoder on the store's
-    owner (the workers cannot: they never open the store); `ServerUnavailable` without one."""
-    if settings.store.backend != "edge" or not spec.encoder:
+def _create_collections(settings: Settings, spec: JobSpec, weights: str | None) -> None:
+    """Create the job's missing collections with its encoder (and ``weights``) before it is
+    queued. Embedded store: on the store's owner (the workers cannot: they never open the store;
+    `ServerUnavailable` without one). A Qdrant server: here, where ``weights`` are given (the
+    workers would create them with the encoder's default weights)."""
+    if not spec.encoder:
+        return
+    if settings.store.backend != "edge":
+        if weights is not None:
+            from radsearch.services import ensure_collection, open_catalog
+
+            with open_catalog(settings) as catalog:
+                for name in spec.collections:
+                    ensure_collection(catalog, name, spec.encoder, weights=weights)
         return
     from core.api_client import ApiClient
     from core.index.remote import locate_owner
 
     with ApiClient.from_settings(locate_owner(settings), settings) as api:
         for name in spec.collections:
-            api.ensure_collection(name, {"encoder": spec.encoder})
+            api.ensure_collection(name, new_collection_spec(spec.encoder, weights))
 
 
-def _submit_and_follow(args: argparse.Namespace, settings: Settings, kind: JobKind, spec: JobSpec) -> int:
+def new_collection_spec(encoder: str, weights: str | None) -> dict[str, Any]:
+    """The body of ``POST /v1/collections`` (less the name) for ``--encoder`` and ``--weights``."""
+    return (
+        {"encoder": encoder}
+        if weights is None
+        else {"encoder": encoder, "weights": remote.weights_ref(weights)}
+    )
+
+
+def _submit_and_follow(
+    args: argparse.Namespace, settings: Settings, kind: JobKind, spec: JobSpec, *, weights: str | None = None
+) -> int:
     """Queue the job; print its id with ``--detach``, else follow it to the end and summarise."""
     from workers.client import submit_job
 
-    _create_on_owner(settings, spec)
+    _create_collections(settings, spec, weights)
     store, app = _connect(settings)
     job_id = submit_job(store, app, kind, spec)
     if args.detach:
@@ -333,7 +354,7 @@ def ingest_celery(args: argparse.Namespace, settings: Settings) -> int:
         from ingest.labels import PathTemplate
 
         PathTemplate(spec.path_template)  # refuse a bad template before anything is queued
-    return _submit_and_follow(args, settings, JobKind.INGEST, spec)
+    return _submit_and_follow(args, settings, JobKind.INGEST, spec, weights=args.weights)
 
 
 def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:

@@ -105,6 +105,42 @@ def test_ingest_job_api_fills_several_collections_with_labels(
         index.close()
 
 
+def test_ingest_with_the_workers_creates_new_collections_with_the_weights_given(
+    worker_settings: Settings,
+    minio_client: Minio,
+    bucket: str,
+    start_server: Callable[..., Server],
+    start_worker: Callable[..., Worker],
+) -> None:
+    """``radsearch ingest --executor celery --weights``: the job's new collections get those weights
+    on the store's owner, whether the command finds the owner itself or is given its ``--url``.
+    Found in the walkthrough: both dropped ``--weights``, so the owner tried the encoder's hub
+    weights (no network here: the command failed) or, with a network, took other weights."""
+    server = start_server(worker_settings, wait=False)
+    worker = start_worker(worker_settings, wait=False)
+    upload_images(minio_client, bucket, [f"weights/{i}.png" for i in range(3)])
+    server.wait_ready()
+    worker.wait_ready()
+    common = ["--encoder", "resnet50", "--weights", "random", "--executor", "celery", "--json"]
+    found = cli(worker_settings, "ingest", f"s3://{bucket}/weights/", "--collection", "w-a,w-b", *common)
+    assert found.returncode == 0, found.stderr[-2000:]
+    given = cli(
+        worker_settings,
+        "ingest",
+        f"s3://{bucket}/weights/",
+        "--collection",
+        "w-c",
+        "--url",
+        server.url,
+        *common,
+    )
+    assert given.returncode == 0, given.stderr[-2000:]
+    api = server.client()
+    for name in ("w-a", "w-b", "w-c"):
+        detail = api.get(f"/v1/collections/{name}").json()
+        assert (detail["encoder"], detail["weights"], detail["points"]) == ("resnet50", "random", 3), detail
+
+
 @pytest.mark.parametrize(
     "body",
     [
