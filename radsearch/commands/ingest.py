@@ -73,6 +73,11 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from radsearch.services import diff_source_inline, ensure_collection, ingest_source, open_catalog
 
     check_prune_args(args)
+    if args.detach:
+        raise ConfigError(
+            "--detach applies to a job: with --executor celery, or while `radsearch serve` owns the data "
+            "dir (the ingest is then its job); with neither, the ingest runs in this command"
+        )
     options = IngestOptions(
         manifest=args.manifest,
         path_template=args.path_template,

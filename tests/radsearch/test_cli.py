@@ -197,6 +197,18 @@ def test_usage_and_configuration_errors_exit_non_zero(
     assert exc.value.code == 2
 
 
+def test_detach_without_a_job_is_refused_before_anything_is_indexed(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the walkthrough: ``ingest --detach`` with no server and no workers ran the ingest
+    here to its end, as if the option had not been given."""
+    data = str(tmp_path / "data")
+    assert main(["--data-dir", data, "ingest", str(folder), "--collection", "c", "--detach"]) == 2
+    assert "--detach applies to a job" in capsys.readouterr().err
+    assert main(["--data-dir", data, "collections", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"collections": []}
+
+
 def test_an_invalid_setting_names_its_variable_and_rule_never_its_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
