@@ -456,8 +456,14 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     new_ids = requeue_dead_letters(store, create_celery(settings), job_id=args.job_id)
     if args.json:
         _out(json.dumps({"requeued_batches": len(letters), "jobs": new_ids}))
+    elif not letters:
+        _out(
+            "nothing to requeue: the dead-letter list is empty"
+            if args.job_id is None
+            else f"nothing to requeue: job {args.job_id} has no dead-lettered batch"
+        )
     else:
-        _out(f"requeued {len(letters)} dead-lettered batch(es) as job(s): {' '.join(new_ids) or '-'}")
+        _out(f"requeued {len(letters)} dead-lettered batch(es) as job(s): {' '.join(new_ids)}")
     return EXIT_OK
 
 

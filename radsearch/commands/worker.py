@@ -8,6 +8,7 @@ from typing import Any
 
 from core.config import Settings
 from core.errors import ConfigError
+from core.suggest import named_with_suggestions
 from radsearch.commands.arg_types import at_least, port_number
 from radsearch.commands.common import EXIT_OK
 
@@ -21,9 +22,12 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.names import EMBED_QUEUE, PLAN_QUEUE
 
     queues = args.queues.split(",")
-    if not set(queues) <= {PLAN_QUEUE, EMBED_QUEUE}:
+    known = (PLAN_QUEUE, EMBED_QUEUE)
+    unknown = [queue for queue in queues if queue not in known]
+    if unknown:
         raise ConfigError(
-            f"--queues {args.queues!r}: the queues are {PLAN_QUEUE} and {EMBED_QUEUE}, comma-separated"
+            f"--queues {args.queues!r}: no queue {named_with_suggestions(unknown, known)}; "
+            f"the queues are {PLAN_QUEUE} and {EMBED_QUEUE}, comma-separated"
         )
     if args.device:
         settings = settings.model_copy(

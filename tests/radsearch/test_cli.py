@@ -442,7 +442,10 @@ def test_eval_refuses_an_output_it_could_not_write_before_it_runs(
 @pytest.mark.parametrize(
     ("options", "says"),
     [
-        (["--queues", "plan,embedd"], "--queues 'plan,embedd': the queues are plan and embed"),
+        (
+            ["--queues", "plan,embedd"],
+            "--queues 'plan,embedd': no queue 'embedd' (did you mean 'embed'?); the queues are plan and",
+        ),
         # no CUDA here, or fewer than 100 devices on a machine with CUDA
         (["--device", "cuda:99"], "--device is 'cuda:99' but"),
         (["--device", "gpu"], "--device 'gpu' is not a torch device"),

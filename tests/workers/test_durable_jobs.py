@@ -129,6 +129,11 @@ def test_a_job_lost_with_redis_is_told_apart_from_an_unknown_id(
     # "requeued 0 dead-lettered batch(es) as job(s): -" and exit 0, as for a job with none.
     requeued = cli(worker_settings, "jobs", "requeue", job_id)
     assert requeued.returncode == 1 and "job state lost" in requeued.stderr, requeued
+    # and where there is nothing to requeue, it says so (not "requeued 0 ... as job(s): -")
+    empty = cli(worker_settings, "jobs", "requeue")
+    assert (empty.returncode, empty.stdout) == (0, "nothing to requeue: the dead-letter list is empty\n"), (
+        empty
+    )
     typo = cli(worker_settings, "jobs", "requeue", "e350a94e")
     assert typo.returncode == 1 and "radsearch: error: no job e350a94e" in typo.stderr, typo
 
