@@ -12,7 +12,7 @@ from core.errors import ConfigError
 from radsearch.commands import remote
 from radsearch.commands.common import EXIT_OK, LABELS_KEPT, MANIFEST_UNMATCHED, print_json
 from radsearch.commands.dicomweb import add_selector_options
-from radsearch.commands.jobs import ingest_celery, new_collection_spec, print_job_result
+from radsearch.commands.jobs import ingest_celery, print_job_result
 from radsearch.commands.options import add_sync_options, check_prune_args
 
 __all__ = ["add_ingest_command", "print_dry_run", "print_ingest_summary"]
@@ -154,7 +154,7 @@ def _remote_ingest(args: argparse.Namespace, settings: Settings, url: str) -> in
     with remote.client(settings, url) as api:
         if args.weights:  # a new collection gets them: created first, as the command run here would
             for name in body["collections"]:
-                api.ensure_collection(name, new_collection_spec(args.encoder or "baseline", args.weights))
+                api.ensure_collection(name, remote.collection_spec(args.encoder or "baseline", args.weights))
         job_id = api.request("POST", "/v1/ingest-jobs", json=body)["id"]
         if args.detach:
             remote.print_job_id(job_id, as_json=args.json)

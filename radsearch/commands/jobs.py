@@ -303,16 +303,7 @@ def _create_collections(settings: Settings, spec: JobSpec, weights: str | None) 
 
     with ApiClient.from_settings(locate_owner(settings), settings) as api:
         for name in spec.collections:
-            api.ensure_collection(name, new_collection_spec(spec.encoder, weights))
-
-
-def new_collection_spec(encoder: str, weights: str | None) -> dict[str, Any]:
-    """The body of ``POST /v1/collections`` (less the name) for ``--encoder`` and ``--weights``."""
-    return (
-        {"encoder": encoder}
-        if weights is None
-        else {"encoder": encoder, "weights": remote.weights_ref(weights)}
-    )
+            api.ensure_collection(name, remote.collection_spec(spec.encoder, weights))
 
 
 def _submit_and_follow(

@@ -36,6 +36,7 @@ __all__ = [
     "RemoteMode",
     "as_record",
     "client",
+    "collection_spec",
     "follow",
     "interrupted",
     "job_error",
@@ -133,6 +134,11 @@ def weights_ref(value: str | None) -> str | None:
     if value is None or "://" in value or not Path(value).expanduser().exists():
         return value
     return str(Path(value).expanduser().resolve())
+
+
+def collection_spec(encoder: str, weights: str | None) -> dict[str, Any]:
+    """The body of ``POST /v1/collections`` (less the name) for ``--encoder`` and ``--weights``."""
+    return {"encoder": encoder} if weights is None else {"encoder": encoder, "weights": weights_ref(weights)}
 
 
 def follow(api: ApiClient, path: str, *, desc: str, progress: bool, postfix: bool) -> dict[str, Any]:
