@@ -215,22 +215,28 @@ def search_text(
 
 
 def search_warnings(
-    catalog: Catalog, collection: str, filter: Mapping[str, Sequence[str]] | None
+    catalog: Catalog, collection: str, filter: Mapping[str, Sequence[str]] | None, found: Found
 ) -> list[dict[str, Any]]:
-    """The ``warnings`` of the API's search response: a ``{"field", "value", "message",
-    "suggestions"}`` per filter value no point of the collection holds."""
+    """The ``warnings`` of the API's search response for ``found``: a ``{"field", "value",
+    "message", "suggestions"}`` per filter value no point of the collection holds, and for a
+    ``group_by`` no hit could be grouped by."""
     from core.filter_warnings import StoredValues
     from search_api import services
+    from search_api.results import group_warnings
     from search_api.schemas import parse_filter
 
     search_filter = parse_filter(dict(filter)) if filter else None
-    if search_filter is None:
-        return []
-    entry = catalog.get(collection)
-    found = services.search_warnings(
-        index=catalog.index, entry=entry, search_filter=search_filter, stored=StoredValues()
-    )
-    return [warning.model_dump() for warning in found]
+    warnings = group_warnings(found)
+    if search_filter is not None:
+        entry = catalog.get(collection)
+        stored = StoredValues()
+        warnings = [
+            *services.search_warnings(
+                index=catalog.index, entry=entry, search_filter=search_filter, stored=stored
+            ),
+            *warnings,
+        ]
+    return [warning.model_dump() for warning in warnings]
 
 
 def hit_rows(hits: Sequence[Hit]) -> list[dict[str, Any]]:

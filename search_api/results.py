@@ -23,7 +23,7 @@ from core.metrics import timed_search
 from core.payload import GROUP_FIELDS, SearchFilter
 from core.vectors import validate_vectors
 from search_api import services
-from search_api.schemas import ExcludeIn, Roi, SearchGroup, SearchHit
+from search_api.schemas import ExcludeIn, Roi, SearchGroup, SearchHit, SearchWarning
 
 __all__ = [
     "RECOMMEND_STRATEGY",
@@ -39,6 +39,7 @@ __all__ = [
     "average_vector",
     "crop",
     "find",
+    "group_warnings",
     "groups_out",
     "hits_out",
     "read_upload_image",
@@ -73,6 +74,9 @@ class Found:
     hits: list[Hit]
     groups: list[HitGroup] | None
     threshold: float | None  # the collection's calibrated threshold, None when never calibrated
+    # the group_by of a grouped search that found no group while hits exist: none of them holds
+    # the group's field (a PNG has no series or study)
+    ungroupable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,17 @@ def find(
     query = validate_vectors(vector, entry.dim, field="vector")[0]
     with timed_search(entry.name, search_filter):
         hits, groups = _search(index, entry, query, search_filter, shape, exclude_ids)
-    return Found(hits=hits, groups=groups, threshold=entry.calibration_threshold)
+    ungroupable = None
+    if groups == [] and index.search(
+        entry.name,
+        query,
+        filter=search_filter,
+        limit=1,
+        score_threshold=shape.score_threshold,
+        exclude_ids=exclude_ids,
+    ):
+        ungroupable = shape.group_by
+    return Found(hits=hits, groups=groups, threshold=entry.calibration_threshold, ungroupable=ungroupable)
 
 
 async def find_plain(
@@ -232,6 +246,22 @@ def _search(
             exclude_ids=exclude_ids,
         )
     return hits, groups
+
+
+def group_warnings(found: Found) -> list[SearchWarning]:
+    """A warning where hits exist but none can be grouped as asked (`Found.ungroupable`)."""
+    if found.ungroupable is None:
+        return []
+    what = found.ungroupable
+    return [
+        SearchWarning(
+            field="group_by",
+            value=what,
+            message=f"group_by {what!r} found no group: no hit holds a {what} (PNG and other non-DICOM "
+            f"images have none); search without group_by, or group_by object",
+            suggestions=[],
+        )
+    ]
 
 
 def found(*, entry: CollectionEntry, hits: list[Hit]) -> Found:

@@ -286,10 +286,11 @@ class SearchGroup(BaseModel):
 
 class SearchWarning(BaseModel):
     """A filter value that matches no stored value of its field: the search ran, and found only
-    what the other values allow (often nothing)."""
+    what the other values allow (often nothing). Or a ``group_by`` that found no group where
+    hits exist (``field`` "group_by"): none of them holds the group's field."""
 
-    field: str = Field(description="the filter field, e.g. anatomy")
-    value: str = Field(description="the filter value that matched no stored value")
+    field: str = Field(description="the filter field, e.g. anatomy; or group_by")
+    value: str = Field(description="the filter value that matched no stored value; or the group_by")
     message: str
     suggestions: list[str] = Field(description="the closest stored values of the field, best first")
 
@@ -308,7 +309,8 @@ class SearchResponse(BaseModel):
     collection: str
     took_ms: float
     warnings: list[SearchWarning] = Field(
-        default_factory=list, description="filter values that match no stored value"
+        default_factory=list,
+        description="filter values that match no stored value, and a group_by no hit can be grouped by",
     )
 
 
@@ -575,7 +577,9 @@ class CompareResult(BaseModel):
     close_match: bool | None = Field(default=None, exclude_if=lambda value: value is None)
     took_ms: float
     warnings: list[SearchWarning] = Field(
-        default_factory=list, description="filter values that match no stored value of this collection"
+        default_factory=list,
+        description="filter values that match no stored value of this collection, and a group_by no hit "
+        "can be grouped by",
     )
 
 

@@ -152,7 +152,7 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
                 roi=args.roi,
                 **shape,
             )
-        warnings = search_warnings(catalog, args.collection, search_filter)
+        warnings = search_warnings(catalog, args.collection, search_filter, found)
     print_hits(hit_rows(found.hits), as_json=args.json, warnings=warnings, groups=group_rows(found.groups))
     return EXIT_OK
 

@@ -135,7 +135,7 @@ def _search_all(
         warnings = services.search_warnings(
             index=index, entry=entry, search_filter=search_filter, stored=stored
         )
-        out.append((found, took, warnings))
+        out.append((found, took, [*warnings, *results.group_warnings(found)]))
     return out
 
 

@@ -363,9 +363,10 @@ async def search_by_dicomweb(
 
     def run() -> tuple[Found, list[SearchWarning]]:
         found = results.find(index=index, entry=entry, vector=vector, search_filter=narrowed, shape=shape)
-        return found, services.search_warnings(
+        warnings = services.search_warnings(
             index=index, entry=entry, search_filter=search_filter, stored=stored
         )
+        return found, [*warnings, *results.group_warnings(found)]
 
     found, warnings = await on_index(index, run)
     took_ms = (time.perf_counter() - started) * 1000

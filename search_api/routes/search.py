@@ -101,7 +101,7 @@ async def respond(
         hits=results.hits_out(result.hits, result.threshold),
         collection=entry.name,
         took_ms=round(took_ms, 3),
-        warnings=warnings,
+        warnings=[*warnings, *results.group_warnings(result)],
         **results.describe(result),
     )
     await reidentify_response(request, entry.name, response)

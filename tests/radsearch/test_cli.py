@@ -705,6 +705,19 @@ def test_search_excludes_the_query_patient_or_study_groups_and_crops(
     assert cropped[0]["score"] < everything[0]["score"] - 1e-4  # the crop, not the whole frame, was embedded
 
 
+def test_a_group_by_the_hits_cannot_take_says_why_nothing_came_back(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(tmp_path / "data")
+    assert main(["--data-dir", data, "ingest", str(folder), "--collection", "c"]) == 0
+    capsys.readouterr()
+    query = str(folder / "CT" / "rows_0.png")
+    assert main(["--data-dir", data, "search", query, "--collection", "c", "--group-by", "study"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "no hits (see the warning above)\n"
+    assert "warning: group_by 'study' found no group: no hit holds a study (PNG" in err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

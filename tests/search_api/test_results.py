@@ -237,6 +237,22 @@ def test_series_and_study_group_by_their_keyed_hashes(cases: Cases) -> None:
     assert len(cases.search(vector=query, group_by="study", limit=2)["groups"]) == 2
 
 
+def test_a_group_by_no_hit_holds_is_a_warning_not_a_silent_nothing(cases: Cases) -> None:
+    """Found in the walkthrough: ``group_by study`` over PNGs (no study) answered no hits and no
+    word why, while the same search without groups finds them."""
+    query = cases.vectors[cases.of("p1/b1.dcm")[0]].tolist()
+    pngs = cases.search(vector=query, group_by="study", filter={"modality": ["OT"]}, limit=3)
+    assert pngs["hits"] == [] and pngs["groups"] == []
+    assert [(w["field"], w["value"]) for w in pngs["warnings"]] == [("group_by", "study")]
+    assert "no hit holds a study" in pngs["warnings"][0]["message"]
+    # grouped by object, the same hits form groups: no warning
+    objects = cases.search(vector=query, group_by="object", filter={"modality": ["OT"]}, limit=3)
+    assert objects["groups"] and objects["warnings"] == []
+    # nothing found at all: the filter's own warning says why, not the grouping
+    none = cases.search(vector=query, group_by="study", filter={"anatomy": ["knee"]}, limit=3)
+    assert [(w["field"], w["value"]) for w in none["warnings"]] == [("anatomy", "knee")]
+
+
 def test_grouping_agrees_with_grouping_the_exact_ranking(cases: Cases) -> None:
     query = cases.vectors[cases.of("p2/c.dcm")[1]]
     body = cases.search(vector=query.tolist(), group_by="object", group_size=2, limit=5)
