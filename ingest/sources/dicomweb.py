@@ -24,6 +24,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -139,8 +140,12 @@ class DicomwebUri:
 
 def _since(value: str) -> str:
     match = _DATE.match(value.strip())
-    if match is None:
-        raise ConfigError("since must be a date YYYY-MM-DD")
+    try:
+        if match is None:
+            raise ValueError
+        date(*(int(part) for part in match.groups()))  # 2024-13-01 matches the pattern, is no date
+    except ValueError:
+        raise ConfigError("since must be a date YYYY-MM-DD") from None
     return "".join(match.groups())
 
 
@@ -156,6 +161,9 @@ def parse_dicomweb_uri(uri: str) -> DicomwebUri:
     for uid in studies:
         if len(uid) > 64 or not _UID.match(uid):
             raise ConfigError("study must be a DICOM UID (digits and dots, at most 64 characters)")
+    for name in ("modality", "since"):  # one each: a second would be dropped, not combined
+        if len(query.get(name, [])) > 1:
+            raise ConfigError(f"{name} given {len(query[name])} times; a DICOMweb source takes one")
     modality: str | None = query["modality"][-1] if query.get("modality") else None
     if modality is not None:
         modality = modality.upper()

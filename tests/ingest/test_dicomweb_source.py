@@ -54,6 +54,9 @@ def test_uri_selectors_and_errors() -> None:
     for bad, field in (
         ("dicomweb+http://user:secret@pacs/dicom-web", "credentials"),
         ("dicomweb+http://pacs/dw?since=yesterday", "since"),
+        ("dicomweb+http://pacs/dw?since=2024-13-01", "since must be a date"),  # the walkthrough's
+        ("dicomweb+http://pacs/dw?modality=CT&modality=MR", "modality given 2 times"),
+        ("dicomweb+http://pacs/dw?since=2024-01-01&since=2025-01-01", "since given 2 times"),
         ("dicomweb+http://pacs/dw?study=1.2.x", "study"),
         ("dicomweb+http://pacs/dw?colour=red", "selector"),
     ):
