@@ -312,6 +312,11 @@ def _query_vector(
     if query.frame is None:
         frame = decoded.frames[len(decoded.frames) // 2]
     else:
+        frames = int(decoded.meta.get("n_frames") or len(decoded.frames))
+        if query.frame >= frames:  # the nearest frame would stand in for one the file does not have
+            raise results.InvalidQuery(
+                "frame", f"the instance has {frames} frame(s): frame is 0 to {frames - 1}"
+            )
         _, frame = pick_frame(decoded, query.frame)
     hashes = {
         name: value if isinstance(value := decoded.meta.get(name), str) else None
@@ -326,7 +331,15 @@ search_router = APIRouter(prefix="/v1/collections", tags=["search"], dependencie
 @search_router.post(
     "/{name}/search/dicomweb",
     responses=error_responses(
-        InvalidFilter, NotInPacs, BadInput, DecodeError, TooLarge, UnsupportedFormat, 502, 503
+        InvalidFilter,
+        results.InvalidQuery,
+        NotInPacs,
+        BadInput,
+        DecodeError,
+        TooLarge,
+        UnsupportedFormat,
+        502,
+        503,
     ),
 )
 async def search_by_dicomweb(

@@ -260,6 +260,13 @@ def test_search_by_uid_matches_an_upload_and_reidentifies_for_clinicians(
         "/v1/collections/pacs/search/dicomweb", "reader", json={**uids, "instance_uid": "1.2.3.4.5"}
     )
     assert gone.status_code == 404 and gone.json()["error"]["field"] == "instance_uid"
+    # a frame the instance does not have (found in the walkthrough: its last frame stood in for it)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    past = setup.post("/v1/collections/pacs/search/dicomweb", "reader", json={**uids, "frame": frames})
+    assert past.status_code == 400 and past.json()["error"]["field"] == "frame", past.text
+    assert f"the instance has {frames} frame(s)" in past.json()["error"]["message"]
+    last = setup.post("/v1/collections/pacs/search/dicomweb", "reader", json={**uids, "frame": frames - 1})
+    assert last.status_code == 200, last.text
 
 
 def test_ingest_job_from_the_configured_pacs_only(setup: Setup) -> None:
