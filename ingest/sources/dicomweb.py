@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 from cryptography.exceptions import InvalidTag
@@ -45,6 +45,7 @@ __all__ = [
     "is_dicomweb_uri",
     "parse_dicomweb_uri",
     "with_selectors",
+    "with_since",
 ]
 
 # dicomweb-client logs every UID it retrieves at INFO; radsearch's logs name keys only where needed.
@@ -182,6 +183,18 @@ def with_selectors(
     if not extra:
         return uri
     return f"{uri}{'&' if '?' in uri else '?'}{extra}"
+
+
+def with_since(uri: str, since: str) -> str:
+    """``uri`` with its ``since`` selector moved on to ``since`` (a later poll's day), or left at
+    the URI's own where that is later: one ``since``, never two."""
+    parts = urlsplit(uri)
+    own = parse_dicomweb_uri(uri).selector.since
+    later = max(_since(since), own or "")
+    query = [
+        (name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if name != "since"
+    ]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("since", later)])))
 
 
 def make_session(settings: DicomwebSettings) -> requests.Session:

@@ -102,7 +102,7 @@ def _follow(
     args: argparse.Namespace, settings: Settings, source: Any, deliver: Callable[[list[Any]], None]
 ) -> int:
     """Follow the PACS (``--feed``), handing each batch of new instances' references to ``deliver``."""
-    from ingest.sources.dicomweb import DicomwebSource, make_session, with_selectors
+    from ingest.sources.dicomweb import DicomwebSource, make_session, with_since
     from ingest.watch import (
         Cursor,
         DateCursor,
@@ -117,8 +117,8 @@ def _follow(
     if args.feed == "qido":
 
         def list_since(since: str | None) -> Any:
-            # The poll's day last: it replaces a --since of the source URI.
-            uri = with_selectors(args.source, since=since) if since else args.source
+            # The poll's day replaces an earlier --since of the source URI.
+            uri = with_since(args.source, since) if since else args.source
             polled = DicomwebSource(
                 uri,
                 settings.dicomweb,

@@ -13,7 +13,7 @@ import pytest
 from core.config import DicomwebSettings, Settings
 from core.errors import BadInput, ConfigError
 from ingest.sources import open_source
-from ingest.sources.dicomweb import DicomwebSource, parse_dicomweb_uri
+from ingest.sources.dicomweb import DicomwebSource, parse_dicomweb_uri, with_since
 from ingest.sources.multipart import encode_multipart, split_multipart
 from radsearch.commands.main import main
 from radsearch.demo_data import DemoArchive, generate_demo_archive
@@ -63,6 +63,16 @@ def test_uri_selectors_and_errors() -> None:
         with pytest.raises(ConfigError, match=field) as info:
             parse_dicomweb_uri(bad)
         assert "secret" not in str(info.value)
+
+
+def test_a_later_polls_day_moves_the_since_of_a_source_on_never_back() -> None:
+    """The QIDO watcher's poll day and a source URI's own ``since``: one ``since`` either way
+    (found in the review: the day was appended, and a second since is now refused)."""
+    uri = "dicomweb+http://pacs/dw?modality=CT&since=2024-06-01"
+    moved = parse_dicomweb_uri(with_since(uri, "20250102"))
+    assert (moved.selector.modality, moved.selector.since) == ("CT", "20250102")
+    assert parse_dicomweb_uri(with_since(uri, "20240101")).selector.since == "20240601"
+    assert parse_dicomweb_uri(with_since("dicomweb+http://pacs/dw", "20250102")).selector.since == "20250102"
 
 
 def test_multipart_round_trip() -> None:

@@ -229,9 +229,13 @@ def test_watch_by_qido_for_servers_without_a_change_feed(
     for path in files[:2]:
         orthanc.upload(path.read_bytes())
     data = str(tmp_path / "data")
-    argv = ["--data-dir", data, "watch", orthanc.dicomweb, "--collection", "q", "--feed", "qido"]
+    # a source with a since of its own: the next poll's day replaces it, not a second since
+    source_uri = f"{orthanc.dicomweb}?since=2000-01-01"
+    argv = ["--data-dir", data, "watch", source_uri, "--collection", "q", "--feed", "qido"]
     assert main([*argv, "--once", "--json"]) == 0
     assert _last_json(capsys.readouterr().out)["delivered"] == 2
+    assert main([*argv, "--once", "--json"]) == 0
+    assert _last_json(capsys.readouterr().out)["delivered"] == 0
     with open_catalog(Settings(data_dir=Path(data)), owner="test") as catalog:
         assert catalog.index.count("q") == _frames(files[:2])
 
