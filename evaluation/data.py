@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from core.errors import EvalInputError, os_reason
 from core.index.base import VectorIndex
 from core.payload import SearchFilter
+from core.suggest import did_you_mean
 
 __all__ = [
     "CSV_FIXED_COLUMNS",
@@ -207,6 +208,16 @@ def _scroll_split(
     return records, matrix.astype(np.float32, copy=False)
 
 
+def _no_points_in(index: VectorIndex, collection: str, splits: Sequence[str]) -> EvalInputError:
+    """The error for splits no point holds, with the split meant and those the collection holds."""
+    held = sorted(index.facet(collection, "split", limit=100))
+    meant = did_you_mean(splits[0], held) if len(splits) == 1 else ""
+    return EvalInputError(
+        f"collection {collection!r} has no points with split {'/'.join(splits)}{meant}; "
+        f"it holds {', '.join(held) if held else 'no split labels'}"
+    )
+
+
 def load_collection(
     index: VectorIndex,
     collection: str,
@@ -221,10 +232,9 @@ def load_collection(
     group_field = PAYLOAD_GROUP_FIELDS[exclude_same] if exclude_same else None
     index_records, index_vectors = _scroll_split(index, collection, index_splits, group_field)
     query_records, query_vectors = _scroll_split(index, collection, query_splits, group_field)
-    if not index_records:
-        raise EvalInputError(f"collection {collection!r} has no points with split {'/'.join(index_splits)}")
-    if not query_records:
-        raise EvalInputError(f"collection {collection!r} has no points with split {'/'.join(query_splits)}")
+    for records, splits in ((index_records, index_splits), (query_records, query_splits)):
+        if not records:
+            raise _no_points_in(index, collection, splits)
     return build_eval_data(
         index_records,
         index_vectors,

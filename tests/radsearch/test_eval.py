@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from core.config import RuntimeSettings, SecuritySettings, Settings
+from core.errors import EvalInputError
 from core.index import CollectionConfig, VectorIndex, open_index
 from core.payload import SearchFilter
 from evaluation import EvalOptions, evaluate_collection, evaluate_files, export_collection
@@ -85,6 +86,17 @@ def test_collection_and_file_modes_agree_with_exact_search(index: VectorIndex, t
     for key in COMPARED:
         assert _flat(from_collection[key]) == pytest.approx(_flat(from_files[key])), key
     assert from_collection["per_modality"].keys() == from_files["per_modality"].keys()
+
+
+def test_a_split_no_point_holds_names_the_one_meant_and_those_held(index: VectorIndex) -> None:
+    """Found in the walkthrough: ``--index-split trian`` said only that no point has it."""
+    with pytest.raises(EvalInputError) as typo:
+        evaluate_collection(index, "demo", index_splits=("trian",))
+    assert str(typo.value) == (
+        "collection 'demo' has no points with split trian (did you mean 'train'?); it holds test, train"
+    )
+    with pytest.raises(EvalInputError, match=r"split val/holdout; it holds test, train$"):
+        evaluate_collection(index, "demo", query_splits=("val", "holdout"))
 
 
 def test_baseline_well_above_chance_and_a_random_control_near_chance(index: VectorIndex) -> None:
