@@ -222,20 +222,15 @@ def search_warnings(
     ``group_by`` no hit could be grouped by."""
     from core.filter_warnings import StoredValues
     from search_api import services
-    from search_api.results import group_warnings
     from search_api.schemas import parse_filter
 
-    search_filter = parse_filter(dict(filter)) if filter else None
-    warnings = group_warnings(found)
-    if search_filter is not None:
-        entry = catalog.get(collection)
-        stored = StoredValues()
-        warnings = [
-            *services.search_warnings(
-                index=catalog.index, entry=entry, search_filter=search_filter, stored=stored
-            ),
-            *warnings,
-        ]
+    warnings = services.search_warnings(
+        index=catalog.index,
+        entry=catalog.get(collection),
+        search_filter=parse_filter(dict(filter)) if filter else None,
+        stored=StoredValues(),
+        ungroupable=found.ungroupable,
+    )
     return [warning.model_dump() for warning in warnings]
 
 

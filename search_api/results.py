@@ -23,7 +23,7 @@ from core.metrics import timed_search
 from core.payload import GROUP_FIELDS, SearchFilter
 from core.vectors import validate_vectors
 from search_api import services
-from search_api.schemas import ExcludeIn, Roi, SearchGroup, SearchHit, SearchWarning
+from search_api.schemas import ExcludeIn, Roi, SearchGroup, SearchHit
 
 __all__ = [
     "RECOMMEND_STRATEGY",
@@ -39,7 +39,6 @@ __all__ = [
     "average_vector",
     "crop",
     "find",
-    "group_warnings",
     "groups_out",
     "hits_out",
     "read_upload_image",
@@ -246,22 +245,6 @@ def _search(
             exclude_ids=exclude_ids,
         )
     return hits, groups
-
-
-def group_warnings(found: Found) -> list[SearchWarning]:
-    """A warning where hits exist but none can be grouped as asked (`Found.ungroupable`)."""
-    if found.ungroupable is None:
-        return []
-    what = found.ungroupable
-    return [
-        SearchWarning(
-            field="group_by",
-            value=what,
-            message=f"group_by {what!r} found no group: no hit holds a {what} (PNG and other non-DICOM "
-            f"images have none); search without group_by, or group_by object",
-            suggestions=[],
-        )
-    ]
 
 
 def found(*, entry: CollectionEntry, hits: list[Hit]) -> Found:

@@ -100,24 +100,56 @@ async def search_near_point(
 
 
 def search_warnings(
-    *, index: VectorIndex, entry: CollectionEntry, search_filter: SearchFilter | None, stored: StoredValues
+    *,
+    index: VectorIndex,
+    entry: CollectionEntry,
+    search_filter: SearchFilter | None,
+    stored: StoredValues,
+    ungroupable: str | None,
 ) -> list[SearchWarning]:
-    """A warning per filter value no point of the collection holds (none without a filter)."""
-    return [
+    """The warnings of a search: one per filter value no point of the collection holds (none
+    without a filter), and one for the ``group_by`` no hit could be grouped by
+    (`search_api.results.Found.ungroupable`)."""
+    warnings = [
         SearchWarning.model_validate(w.to_dict())
         for w in filter_warnings(index, entry.name, search_filter, stored)
     ]
+    if ungroupable is not None:
+        what = ungroupable
+        warnings.append(
+            SearchWarning(
+                field="group_by",
+                value=what,
+                message=f"group_by {what!r} found no group: no hit holds a {what} (PNG and other "
+                f"non-DICOM images have none); search without group_by, or group_by object",
+                suggestions=[],
+            )
+        )
+    return warnings
 
 
 async def search_warnings_async(
-    *, index: VectorIndex, entry: CollectionEntry, search_filter: SearchFilter | None, stored: StoredValues
+    *,
+    index: VectorIndex,
+    entry: CollectionEntry,
+    search_filter: SearchFilter | None,
+    stored: StoredValues,
+    ungroupable: str | None,
 ) -> list[SearchWarning]:
     """`search_warnings` from the event loop: inline where the cache answers (set lookups), else
     in a worker thread, which reads the store."""
     if stored.answers(entry.name, search_filter):
-        return search_warnings(index=index, entry=entry, search_filter=search_filter, stored=stored)
+        return search_warnings(
+            index=index, entry=entry, search_filter=search_filter, stored=stored, ungroupable=ungroupable
+        )
     return await on_index(
-        index, search_warnings, index=index, entry=entry, search_filter=search_filter, stored=stored
+        index,
+        search_warnings,
+        index=index,
+        entry=entry,
+        search_filter=search_filter,
+        stored=stored,
+        ungroupable=ungroupable,
     )
 
 

@@ -141,13 +141,12 @@ class DicomwebUri:
 
 def _since(value: str) -> str:
     match = _DATE.match(value.strip())
+    digits = "".join(match.groups()) if match else ""
     try:
-        if match is None:
-            raise ValueError
-        date(*(int(part) for part in match.groups()))  # 2024-13-01 matches the pattern, is no date
+        date.fromisoformat(digits)  # 2024-13-01 matches the pattern, is no date
     except ValueError:
         raise ConfigError("since must be a date YYYY-MM-DD") from None
-    return "".join(match.groups())
+    return digits
 
 
 def parse_dicomweb_uri(uri: str) -> DicomwebUri:

@@ -27,7 +27,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if unknown:
         raise ConfigError(
             f"--queues {args.queues!r}: no queue {named_with_suggestions(unknown, known)}; "
-            f"the queues are {PLAN_QUEUE} and {EMBED_QUEUE}, comma-separated"
+            f"the queues are {' and '.join(known)}, comma-separated"
         )
     if args.device:
         settings = settings.model_copy(

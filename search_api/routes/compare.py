@@ -133,9 +133,13 @@ def _search_all(
         )
         took = (time.perf_counter() - started) * 1000
         warnings = services.search_warnings(
-            index=index, entry=entry, search_filter=search_filter, stored=stored
+            index=index,
+            entry=entry,
+            search_filter=search_filter,
+            stored=stored,
+            ungroupable=found.ungroupable,
         )
-        out.append((found, took, [*warnings, *results.group_warnings(found)]))
+        out.append((found, took, warnings))
     return out
 
 

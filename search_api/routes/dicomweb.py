@@ -376,10 +376,13 @@ async def search_by_dicomweb(
 
     def run() -> tuple[Found, list[SearchWarning]]:
         found = results.find(index=index, entry=entry, vector=vector, search_filter=narrowed, shape=shape)
-        warnings = services.search_warnings(
-            index=index, entry=entry, search_filter=search_filter, stored=stored
+        return found, services.search_warnings(
+            index=index,
+            entry=entry,
+            search_filter=search_filter,
+            stored=stored,
+            ungroupable=found.ungroupable,
         )
-        return found, [*warnings, *results.group_warnings(found)]
 
     found, warnings = await on_index(index, run)
     took_ms = (time.perf_counter() - started) * 1000

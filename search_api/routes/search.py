@@ -101,7 +101,7 @@ async def respond(
         hits=results.hits_out(result.hits, result.threshold),
         collection=entry.name,
         took_ms=round(took_ms, 3),
-        warnings=[*warnings, *results.group_warnings(result)],
+        warnings=warnings,
         **results.describe(result),
     )
     await reidentify_response(request, entry.name, response)
@@ -118,7 +118,9 @@ def _with_warnings(
 ) -> tuple[Found, list[SearchWarning]]:
     """The hits, and a warning per filter value the collection does not hold (one thread hop)."""
     found = run()
-    warnings = services.search_warnings(index=index, entry=entry, search_filter=search_filter, stored=stored)
+    warnings = services.search_warnings(
+        index=index, entry=entry, search_filter=search_filter, stored=stored, ungroupable=found.ungroupable
+    )
     return found, warnings
 
 
@@ -242,7 +244,7 @@ async def find_json(
         )
     # after the search, as `_with_warnings`: a query the search refuses reads nothing more
     warnings = await services.search_warnings_async(
-        index=index, entry=entry, search_filter=search_filter, stored=stored
+        index=index, entry=entry, search_filter=search_filter, stored=stored, ungroupable=found.ungroupable
     )
     return found, warnings
 
