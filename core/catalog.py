@@ -255,7 +255,8 @@ class Catalog:
         if name in aliases:
             raise ConfigError(f"{name!r} is an alias; drop the collection by its own name")
         if not self.index.collection_exists(name):
-            raise CollectionNotFound(f"collection {name!r} does not exist")
+            known = [*self.index.list_collections(), *aliases]
+            raise CollectionNotFound(f"collection {name!r} does not exist{did_you_mean(name, known)}")
         try:
             self.get(name)
         except StoreDamaged:

@@ -165,17 +165,22 @@ class SnapshotStore:
         """Snapshot ``collections`` (an alias stands for its collection; default every
         collection), each copied consistently by the index while its writes wait."""
         _require_files(index)
+        if collections is not None and not collections:
+            raise ConfigError(
+                "collections is empty: name at least one collection, or leave it out for every collection"
+            )
         aliases = _aliases(index)
         for name in collections or ():
             check_collection_name(name, "a collection name")
         names = (
             sorted(index.list_collections())
-            if not collections
+            if collections is None
             else list(dict.fromkeys(aliases.get(name, name) for name in collections))
         )
         for name in names:
             if not index.collection_exists(name):
-                raise CollectionNotFound(f"collection {name!r} does not exist")
+                known = [*index.list_collections(), *aliases]
+                raise CollectionNotFound(f"collection {name!r} does not exist{did_you_mean(name, known)}")
         if not names:
             raise ConfigError("there is no collection to snapshot")
         with _lock:  # one snapshot at a time: what another left partial is a crash's leftover
@@ -266,7 +271,7 @@ class SnapshotStore:
             )
         if as_name is not None:
             if len(chosen) != 1:
-                raise ConfigError("--as names one collection: give --collection too")
+                raise ConfigError('"as" (--as) names one collection: give "collection" (--collection) too')
             check_collection_name(as_name, "--as")
         targets = {name: as_name or name for name in chosen}
         with _lock:
@@ -275,13 +280,14 @@ class SnapshotStore:
             taken += [target for target in targets.values() if target in aliases]
             if taken and not force:
                 raise CollectionExists(
-                    f"collection {', '.join(sorted(set(taken)))} exists: restore under another name "
-                    "(--as NEW_NAME) or replace it (--force; it goes to the trash)"
+                    f"collection {', '.join(repr(name) for name in sorted(set(taken)))} exists: restore "
+                    'under another name ("as", --as NEW_NAME) or replace it ("force", --force; the one '
+                    "there goes to the trash)"
                 )
             restored = []
             for name, target in targets.items():
                 if target in aliases:
-                    raise ConfigError(f"{target!r} is an alias; restore under another name (--as)")
+                    raise ConfigError(f'{target!r} is an alias; restore under another name ("as", --as)')
                 if index.collection_exists(target):
                     (replace or index.drop_collection)(target)
                 source = self._dir(snapshot_id) / _COLLECTIONS / name

@@ -393,7 +393,9 @@ def test_drop_is_refused_while_aliased_or_written_then_allowed(world: World) -> 
         "switch or delete the alias first\n"
     )
     assert (direct.code, direct.err, served.code, served.err) == (2, aliased, 2, aliased)
+    typo = "radsearch: error: collection 'chets' does not exist (did you mean 'chest'?)\n"
     for run in (_direct, _served):
+        assert (run(world, "collections", "drop", "chets").err, run.__name__) == (typo, run.__name__)
         assert run(world, "collections", "unalias", "current").out == "removed alias current\n"
 
     # an unfinished Celery ingest job in Redis writes to it

@@ -145,7 +145,19 @@ def test_snapshot_drop_and_restore_through_the_serving_owner_then_without_it(tmp
             assert [s["id"] for s in json.loads(listed.stdout)["snapshots"]] == [manifest["id"]]
 
             refused = http.post(f"/v1/snapshots/{manifest['id']}/restore", json={"collection": "live"})
-            assert refused.status_code == 409 and "--as NEW_NAME" in refused.json()["detail"], refused.text
+            assert refused.status_code == 409, refused.text
+            # the way out in both words: the HTTP field and the CLI option
+            assert refused.json()["detail"] == (
+                "collection 'live' exists: restore under another name (\"as\", --as NEW_NAME) or replace "
+                'it ("force", --force; the one there goes to the trash)'
+            )
+            # an empty list is not "every collection"; a typo'd name gets the one meant
+            empty = http.post("/v1/snapshots", json={"collections": []})
+            assert empty.status_code == 400 and "collections is empty" in empty.json()["detail"], empty.text
+            typo_create = http.post("/v1/snapshots", json={"collections": ["lvie"]})
+            assert typo_create.status_code == 404, typo_create.text
+            assert typo_create.json()["detail"] == "collection 'lvie' does not exist (did you mean 'live'?)"
+            assert [s["id"] for s in http.get("/v1/snapshots").json()["snapshots"]] == [manifest["id"]]
             restored = _cli(
                 data, "snapshot", "restore", manifest["id"], "--collection", "live", "--as", "copy"
             )
