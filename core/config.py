@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import SplitResult, urlsplit
@@ -21,16 +21,18 @@ from urllib.parse import SplitResult, urlsplit
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from core.errors import ConfigError, os_reason
+from core.errors import ConfigError, os_reason, rule_broken
 from core.payload import FILTER_FIELDS
+from core.suggest import did_you_mean
 
 __all__ = [
     "ApiKeyEntry",
@@ -54,7 +56,15 @@ __all__ = [
 ]
 
 
-class StoreSettings(BaseModel):
+class _Group(BaseModel):
+    """A group of settings, or an entry of a list setting: a key it does not have (a misspelt
+    ``RADSEARCH_STORE='{"min_fre_mb": 1}'``, an ``"expires"`` on an API key) is an error naming
+    it, never a default silently kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSettings(_Group):
     """Where vectors live: the embedded Qdrant Edge engine or a Qdrant server."""
 
     backend: Literal["edge", "qdrant"] = "edge"
@@ -197,7 +207,7 @@ class StoreSettings(BaseModel):
         return data
 
 
-class S3Settings(BaseModel):
+class S3Settings(_Group):
     """An S3 endpoint (MinIO in production, moto's server in tests)."""
 
     endpoint: str = "127.0.0.1:9000"
@@ -217,7 +227,7 @@ class S3Settings(BaseModel):
         return value
 
 
-class RedisSettings(BaseModel):
+class RedisSettings(_Group):
     url: str = "redis://127.0.0.1:6379/0"
 
     @field_validator("url")
@@ -244,7 +254,7 @@ def _auto_or_bool(value: Any) -> Any:
     raise ValueError("must be auto, true or false")
 
 
-class RuntimeSettings(BaseModel):
+class RuntimeSettings(_Group):
     """Which device and dtype encoders run on. ``auto`` picks CUDA when present, and bf16 on CPUs
     with native bf16 instructions (fp16/bf16 on CUDA)."""
 
@@ -272,14 +282,14 @@ class RuntimeSettings(BaseModel):
         return self
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(_Group):
     """Where encoder weights come from."""
 
     cache_dir: Path | None = None  # default: <data_dir>/models
     offline: bool = False
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(_Group):
     batch_size: int = Field(default=32, ge=1, le=4096)
     decode_workers: int = Field(default=2, ge=1, le=64)
     max_frames_per_object: int = Field(default=64, ge=1)
@@ -291,7 +301,7 @@ class IngestSettings(BaseModel):
 RoleName = Literal["reader", "ingest", "admin", "metrics", "clinician"]
 
 
-class ApiKeyEntry(BaseModel):
+class ApiKeyEntry(_Group):
     """One API key, stored as the SHA-256 hex digest of the key (the key itself is never stored).
 
     ``radsearch keys create --role reader --name ci`` prints a new key and this entry.
@@ -307,7 +317,7 @@ class ApiKeyEntry(BaseModel):
         return value.lower()
 
 
-class OidcSettings(BaseModel):
+class OidcSettings(_Group):
     """Bearer JWTs from an OpenID Connect provider (e.g. Keycloak) or signed with a shared key.
 
     ``role_claim`` is a dotted path into the claims (Keycloak: ``realm_access.roles``) holding a
@@ -331,7 +341,7 @@ class OidcSettings(BaseModel):
         return value
 
 
-class SecuritySettings(BaseModel):
+class SecuritySettings(_Group):
     """Who may call the API. Without any key or OIDC issuer the API is open to loopback clients only
     and ``radsearch serve`` refuses to bind another address."""
 
@@ -388,7 +398,7 @@ def _read_key_file(path: Path) -> list[ApiKeyEntry]:
     return entries
 
 
-class ApiSettings(BaseModel):
+class ApiSettings(_Group):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
@@ -416,7 +426,7 @@ class ApiSettings(BaseModel):
     ingest_roots: list[Path] = Field(default_factory=list)
 
 
-class CelerySettings(BaseModel):
+class CelerySettings(_Group):
     """The scaled-out executor: Celery on Redis (see ``workers/``).
 
     ``visibility_timeout_s`` must exceed the longest batch: a task still running after it is
@@ -449,7 +459,7 @@ class CelerySettings(BaseModel):
     worker_dead_after_s: float = Field(default=30.0, gt=0)
 
 
-class Subscription(BaseModel):
+class Subscription(_Group):
     """Objects under ``s3://bucket/prefix`` feed these collections (bucket events, reconcile)."""
 
     bucket: str
@@ -463,7 +473,7 @@ class Subscription(BaseModel):
         return f"s3://{self.bucket}/{self.prefix}"
 
 
-class EventSettings(BaseModel):
+class EventSettings(_Group):
     """The bucket-notification webhook (``POST /v1/events/s3``) and its subscriptions.
 
     ``RADSEARCH_EVENTS__SUBSCRIPTIONS='[{"bucket": "raw", "prefix": "ct/", "collections": ["biomedclip"]}]'``
@@ -492,7 +502,7 @@ def split_dicomweb_uri(uri: str) -> SplitResult:
     return parts
 
 
-class DicomwebSettings(BaseModel):
+class DicomwebSettings(_Group):
     """A PACS spoken to over DICOMweb (QIDO-RS, WADO-RS): credentials for ``dicomweb+http(s)://``
     sources, the PACS that searches by UID fetch from, viewer deep links and re-identification.
 
@@ -690,6 +700,24 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def group_keys(path: Sequence[str | int]) -> list[str]:
+    """The keys the settings group at ``path`` takes (a validation error's location without its
+    last part; list positions are skipped), or none where ``path`` leads to no group."""
+    model: type[BaseModel] = Settings
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field is not None else None
+        nested = _nested_model(annotation) or next(
+            (found for arg in get_args(annotation) if (found := _nested_model(arg)) is not None), None
+        )
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
 def _is_mapping(annotation: Any) -> bool:
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
@@ -754,3 +782,32 @@ def check_setting_variables(environ: Mapping[str, str]) -> None:
     """`ConfigError` listing `unknown_setting_variables`, if there are any: for entry points."""
     if unknown := unknown_setting_variables(environ):
         raise ConfigError(f"invalid setting: {'; '.join(unknown)}")
+
+
+def _setting_problem(error: Any) -> str:
+    """One validation error of the settings: the variable (or JSON key) and what is wrong with it."""
+    location = error["loc"]
+    where = f"RADSEARCH_{'__'.join(str(part) for part in location).upper()}"
+    if error["type"] == "extra_forbidden":  # a key in a JSON setting that no setting has
+        return f"{where} is not a setting{did_you_mean(str(location[-1]), group_keys(location[:-1]))}"
+    return f"{where}: {rule_broken(error)}"
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """The settings from the environment and ``overrides``, for entry points. A setting that fails
+    validation is a `ConfigError` naming its environment variable (or JSON key) and the rule it
+    breaks, never its value (a value may be a secret). A ``RADSEARCH_*`` variable that names no
+    setting is one too: a typo in, say, RADSEARCH_SECURITY__API_KEYS would otherwise leave the API
+    open without a trace."""
+    check_setting_variables(os.environ)
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid setting: {'; '.join(map(_setting_problem, exc.errors()))}") from None
+    except SettingsError as exc:  # a list or mapping setting that is not JSON
+        field = exc.args[0].split('"')[1] if exc.args and '"' in str(exc.args[0]) else "?"
+        raise ConfigError(
+            f"invalid setting: a RADSEARCH_{field.upper()}__* variable could not be parsed; lists and "
+            "mappings are written as JSON, e.g. RADSEARCH_STORE__COMBINED_FILTER_FIELDS="
+            '\'["modality","pathology"]\''
+        ) from None

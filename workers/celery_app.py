@@ -6,10 +6,7 @@ This is an entry point like the ``radsearch`` command: settings are built here, 
 
 from __future__ import annotations
 
-import os
-
-from core.config import Settings, check_setting_variables
+from core.config import load_settings
 from workers.app import create_celery
 
-check_setting_variables(os.environ)
-app = create_celery(Settings())
+app = create_celery(load_settings())

@@ -16,10 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
-
-from core.config import Settings, check_setting_variables
+from core.config import load_settings
 from core.errors import (
     BadInput,
     ConfigError,
@@ -30,7 +27,6 @@ from core.errors import (
     StoreFull,
     StoreOwned,
     WeightsUnavailable,
-    rule_broken,
 )
 from radsearch.commands.arg_types import http_url
 from radsearch.commands.backup import add_backup_commands
@@ -133,29 +129,6 @@ def _accept_global_options_after_commands(parser: argparse.ArgumentParser) -> No
                 pending.append(command)
 
 
-def _settings(overrides: dict[str, Any]) -> Settings:
-    """The settings from the environment and ``overrides``; a setting that fails validation is a
-    `ConfigError` naming its environment variable and the rule it breaks, never its value (a
-    value may be a secret). A ``RADSEARCH_*`` variable that names no setting is one too: a typo
-    in, say, RADSEARCH_SECURITY__API_KEYS would otherwise leave the API open without a trace."""
-    check_setting_variables(os.environ)
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"RADSEARCH_{'__'.join(str(part) for part in error['loc']).upper()}: {rule_broken(error)}"
-            for error in exc.errors()
-        )
-        raise ConfigError(f"invalid setting: {problems}") from None
-    except SettingsError as exc:  # a list or mapping setting that is not JSON
-        field = exc.args[0].split('"')[1] if exc.args and '"' in str(exc.args[0]) else "?"
-        raise ConfigError(
-            f"invalid setting: a RADSEARCH_{field.upper()}__* variable could not be parsed; lists and "
-            "mappings are written as JSON, e.g. RADSEARCH_STORE__COMBINED_FILTER_FIELDS="
-            '\'["modality","pathology"]\''
-        ) from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``radsearch`` with ``argv`` (default: the process's arguments); the exit code.
 
@@ -176,7 +149,7 @@ def _run(argv: Sequence[str] | None) -> int:
     configure_logging(args.verbose, "text")
     try:
         overrides: dict[str, Any] = {"data_dir": args.data_dir, "url": args.url}
-        settings = _settings({k: v for k, v in overrides.items() if v is not None})
+        settings = load_settings({k: v for k, v in overrides.items() if v is not None})
         if settings.log_format != "text":
             configure_logging(args.verbose, settings.log_format)
         apply_selectors(args)

@@ -544,6 +544,47 @@ def test_a_variable_that_names_no_setting_is_refused_with_the_nearest_name(
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (
+            "RADSEARCH_STORE",
+            '{"min_fre_mb": 1}',
+            "RADSEARCH_STORE__MIN_FRE_MB is not a setting (did you mean 'min_free_mb'?)",
+        ),
+        (
+            "RADSEARCH_SECURITY__API_KEYS",
+            '[{"name": "a", "role": "reader", "sha256": "' + "0" * 64 + '", "expires": "2027-01-01"}]',
+            "RADSEARCH_SECURITY__API_KEYS__0__EXPIRES is not a setting",
+        ),
+        (
+            "RADSEARCH_SECURITY__OIDC",
+            '{"issuer": "https://kc", "audience": "radsearch", "role_clam": "groups"}',
+            "RADSEARCH_SECURITY__OIDC__ROLE_CLAM is not a setting (did you mean 'role_claim'?)",
+        ),
+        (
+            "RADSEARCH_EVENTS__SUBSCRIPTIONS",
+            '[{"bucket": "raw", "collections": ["c"], "path_templte": "{modality}/x"}]',
+            "RADSEARCH_EVENTS__SUBSCRIPTIONS__0__PATH_TEMPLTE is not a setting "
+            "(did you mean 'path_template'?)",
+        ),
+    ],
+)
+def test_a_misspelt_key_in_a_json_setting_is_refused_not_left_at_its_default(
+    variable: str,
+    value: str,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found in the walkthrough: an API key's "expires" or OIDC's "role_clam" was dropped without a
+    word (the key never expires; roles are read from the default claim)."""
+    monkeypatch.setenv(variable, value)
+    assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 2
+    assert capsys.readouterr().err == f"radsearch: error: invalid setting: {expected}\n"
+
+
+@pytest.mark.parametrize(
     "variable",
     [
         "RADSEARCH_S3_ACCESS_KEY",  # compose's, not a setting

@@ -36,3 +36,16 @@ def test_celery_app_refuses_a_variable_that_names_no_setting(tmp_path: Path) -> 
 def test_celery_app_loads_with_settings_and_companion_variables(tmp_path: Path) -> None:
     done = _import_app(tmp_path, RADSEARCH_CELERY__MAX_RETRIES="2", RADSEARCH_S3_ACCESS_KEY="compose")
     assert done.returncode == 0, done.stderr
+
+
+def test_celery_app_names_a_bad_value_or_json_key_never_the_value(tmp_path: Path) -> None:
+    """As ``radsearch`` does: pydantic's own error would print the value (input_value=...)."""
+    done = _import_app(
+        tmp_path,
+        RADSEARCH_SECURITY__OIDC='{"issuer": "https://kc", "audience": "a", "role_clam": "secret-value"}',
+        RADSEARCH_STORE__MIN_FREE_MB="secret-number",
+    )
+    assert done.returncode != 0
+    assert "RADSEARCH_SECURITY__OIDC__ROLE_CLAM is not a setting (did you mean 'role_claim'?)" in done.stderr
+    assert "RADSEARCH_STORE__MIN_FREE_MB: Input should be a valid integer" in done.stderr
+    assert "secret-value" not in done.stderr and "secret-number" not in done.stderr
