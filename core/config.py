@@ -340,6 +340,23 @@ class OidcSettings(_Group):
             raise ValueError("algorithms must name signature algorithms (never 'none')")
         return value
 
+    @model_validator(mode="after")
+    def _one_way_to_check_signatures(self) -> OidcSettings:
+        """Refused here, not met as a 401 for every token: no key to check signatures with, two
+        of them, or algorithms the key cannot check (a shared key signs with HS*, a JWKS's keys
+        with the others)."""
+        if (self.jwks_url is None) == (self.shared_key is None):
+            raise ValueError(
+                "give jwks_url (the provider's keys, e.g. <issuer>/protocol/openid-connect/certs) or "
+                'shared_key with algorithms ["HS256"], one of them'
+            )
+        shared = [alg for alg in self.algorithms if alg.upper().startswith("HS")]
+        if self.shared_key is not None and len(shared) != len(self.algorithms):
+            raise ValueError('a shared_key checks HS256, HS384 or HS512 only: set algorithms, e.g. ["HS256"]')
+        if self.jwks_url is not None and shared:
+            raise ValueError("a JWKS holds public keys: algorithms HS256/384/512 need shared_key instead")
+        return self
+
 
 class SecuritySettings(_Group):
     """Who may call the API. Without any key or OIDC issuer the API is open to loopback clients only

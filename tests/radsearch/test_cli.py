@@ -544,6 +544,33 @@ def test_a_variable_that_names_no_setting_is_refused_with_the_nearest_name(
 
 
 @pytest.mark.parametrize(
+    ("oidc", "expected"),
+    [
+        ({}, "give jwks_url (the provider's keys"),
+        ({"jwks_url": "https://kc/certs", "shared_key": "k"}, "give jwks_url (the provider's keys"),
+        ({"shared_key": "k"}, "a shared_key checks HS256, HS384 or HS512 only"),
+        ({"jwks_url": "https://kc/certs", "algorithms": ["HS256"]}, "a JWKS holds public keys"),
+    ],
+)
+def test_an_oidc_setting_that_could_check_no_token_is_refused_at_start_up(
+    oidc: dict[str, object],
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found in the walkthrough: without a key to check signatures with (or with algorithms the key
+    cannot check) the server started and answered 401 to every token, saying nothing of why."""
+    monkeypatch.setenv(
+        "RADSEARCH_SECURITY__OIDC", json.dumps({"issuer": "https://kc", "audience": "radsearch", **oidc})
+    )
+    assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"radsearch: error: invalid setting: RADSEARCH_SECURITY__OIDC: {expected}"), err
+    assert 'k"' not in err
+
+
+@pytest.mark.parametrize(
     ("variable", "value", "expected"),
     [
         (
@@ -558,7 +585,8 @@ def test_a_variable_that_names_no_setting_is_refused_with_the_nearest_name(
         ),
         (
             "RADSEARCH_SECURITY__OIDC",
-            '{"issuer": "https://kc", "audience": "radsearch", "role_clam": "groups"}',
+            '{"issuer": "https://kc", "audience": "radsearch", "jwks_url": "https://kc/certs", '
+            '"role_clam": "groups"}',
             "RADSEARCH_SECURITY__OIDC__ROLE_CLAM is not a setting (did you mean 'role_claim'?)",
         ),
         (
