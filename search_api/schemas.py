@@ -609,6 +609,9 @@ class PointPublic(BaseModel):
 class FacetsPublic(BaseModel):
     field: str
     counts: dict[str, int]
+    warnings: list[SearchWarning] = Field(
+        default_factory=list, description="filter values that match no stored value (as a search's)"
+    )
 
 
 class HealthPublic(BaseModel):

@@ -8,8 +8,9 @@ from core.catalog import Catalog, CollectionEntry
 from core.errors import InvalidFilter, PointNotFound
 from core.index.base import VectorIndex
 from core.payload import FILTER_FIELDS
+from core.suggest import did_you_mean
 from search_api import admin_services, rendering, services
-from search_api.deps import CatalogDep, CollectionDep, FacetFilterDep, IndexDep, SettingsDep
+from search_api.deps import CatalogDep, CollectionDep, FacetFilterDep, IndexDep, SettingsDep, StoredValuesDep
 from search_api.errors import (
     ObjectGone,
     ObjectQuarantined,
@@ -87,14 +88,22 @@ async def read_facets(
     field: str,
     index: IndexDep,
     search_filter: FacetFilterDep,
+    stored: StoredValuesDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> FacetsPublic:
-    """Point counts per value of a filter field, optionally within a filter."""
+    """Point counts per value of a filter field, optionally within a filter; ``warnings`` names
+    each filter value no point holds (as a search's do), where counts are empty for that reason."""
     if field not in FILTER_FIELDS:
         # the path segment is not echoed: it is whatever the caller sent
-        raise UnknownField("field", f"unknown facet field; allowed: {', '.join(FILTER_FIELDS)}")
+        raise UnknownField(
+            "field",
+            f"unknown facet field{did_you_mean(field, FILTER_FIELDS)}; allowed: {', '.join(FILTER_FIELDS)}",
+        )
     counts = await in_thread(index.facet, entry.name, field, filter=search_filter, limit=limit)
-    return FacetsPublic(field=field, counts=counts)
+    warnings = await services.search_warnings_async(
+        index=index, entry=entry, search_filter=search_filter, stored=stored, ungroupable=None
+    )
+    return FacetsPublic(field=field, counts=counts, warnings=warnings)
 
 
 @router.get(

@@ -414,7 +414,11 @@ def test_missing_point_is_404(client: TestClient, pid: str) -> None:
 def test_facets(client: TestClient) -> None:
     response = client.get(f"/v1/collections/{COLLECTION}/facets/modality")
     assert response.status_code == 200
-    assert response.json() == {"field": "modality", "counts": {"CT": 10, "MR": 10, "CR": 10, "US": 10}}
+    assert response.json() == {
+        "field": "modality",
+        "counts": {"CT": 10, "MR": 10, "CR": 10, "US": 10},
+        "warnings": [],
+    }
     pathology = client.get(f"/v1/collections/{COLLECTION}/facets/pathology").json()["counts"]
     assert pathology == {"normal": 20, "nodule": 10, "effusion": 10, "cyst": 10}
     within_chest = client.get(
@@ -425,6 +429,14 @@ def test_facets(client: TestClient) -> None:
         f"/v1/collections/{COLLECTION}/facets/anatomy", params=[("modality", "CT"), ("modality", "MR")]
     ).json()
     assert either["counts"] == {"chest": 10, "brain": 10}
+    # found in the walkthrough: a value no point holds gave empty counts and no word why
+    misspelt = client.get(f"/v1/collections/{COLLECTION}/facets/modality", params={"anatomy": "chets"}).json()
+    assert misspelt["counts"] == {}
+    [warning] = misspelt["warnings"]
+    assert (warning["field"], warning["value"], warning["suggestions"]) == ("anatomy", "chets", ["chest"])
+    field_typo = client.get(f"/v1/collections/{COLLECTION}/facets/modalty")
+    assert field_typo.status_code == 400
+    assert field_typo.json()["error"]["message"].startswith("unknown facet field (did you mean 'modality'?)")
 
 
 @pytest.mark.parametrize("field_name", ["key", "patient_name", "rows"])
