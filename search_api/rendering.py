@@ -14,6 +14,7 @@ from core.catalog import CollectionEntry
 from core.config import Settings
 from core.frame import Frame
 from core.index.base import StoredPoint
+from core.suggest import did_you_mean
 from ingest.readers import DecodedObject
 from ingest.readers.windowing import WINDOW_PRESETS, apply_window, window_dicom_frame
 from search_api import services
@@ -59,8 +60,10 @@ def parse_window(raw: str | None) -> Window:
     except ValueError:
         center = width = math.nan
     if not (math.isfinite(center) and math.isfinite(width)) or width < 1 or abs(center) > 1e6 or width > 1e6:
+        meant = did_you_mean(text, [*WINDOW_PRESETS, "auto"]) if len(parts) == 1 else ""
         raise InvalidQuery(
-            "window", f"a window is one of {', '.join(WINDOW_PRESETS)}, auto, or C,W with width 1 to 1e6"
+            "window",
+            f"a window is one of {', '.join(WINDOW_PRESETS)}, auto, or C,W with width 1 to 1e6{meant}",
         )
     return Window(center, width)
 

@@ -164,6 +164,8 @@ def test_quarantined_objects_and_bad_windows_are_refused(viewer: Viewer) -> None
         )
         assert response.status_code == 400, bad
         assert response.json()["error"]["field"] == "window"
+    misspelt = viewer.client.get(f"/v1/collections/{COLLECTION}/points/{viewer.ct}/image?window=lungg")
+    assert misspelt.json()["error"]["message"].endswith("with width 1 to 1e6 (did you mean 'lung'?)")
     assert (
         viewer.client.get(f"/v1/collections/{COLLECTION}/points/{viewer.ct}/image?size=8").status_code == 422
     )
