@@ -132,9 +132,10 @@ def follow_job(
 
 @dataclass(frozen=True)
 class S3Event:
-    """One object-level notification: created or removed."""
+    """One object-level notification: created, removed, or another (accessed, replicated, ...),
+    which is counted as ignored."""
 
-    action: Literal["created", "removed"]
+    action: Literal["created", "removed", "other"]
     bucket: str
     key: str
 
@@ -190,6 +191,8 @@ def parse_s3_event(body: Any) -> list[S3Event]:
             events.append(S3Event("created", bucket, key))
         elif name.startswith("ObjectRemoved:"):
             events.append(S3Event("removed", bucket, key))
+        else:
+            events.append(S3Event("other", bucket, key))
     return events
 
 
@@ -215,7 +218,7 @@ def dispatch_events(
     removed: dict[int, list[str]] = defaultdict(list)
     subs = list(settings.events.subscriptions)
     for event in events:
-        matches = _matching(subs, event)
+        matches = _matching(subs, event) if event.action != "other" else []
         if not matches:
             report.ignored += 1
         for sub in matches:

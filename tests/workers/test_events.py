@@ -96,6 +96,11 @@ def test_webhook_refuses_missing_or_wrong_token_and_bad_bodies(api: TestClient, 
     assert probe.status_code == 200 and probe.json()["received"] == 0
     ignored = api.post("/v1/events/s3", json=minio_event("created", bucket, "other/x.png"), headers=_auth())
     assert ignored.json()["ignored"] == 1
+    # an event of another kind on a subscribed key is counted, as ignored (it was left out of the counts)
+    accessed = minio_event("created", bucket, "raw/x.png")
+    accessed["Records"][0]["eventName"] = "s3:ObjectAccessed:Get"
+    counted = api.post("/v1/events/s3", json=accessed, headers=_auth()).json()
+    assert (counted["received"], counted["ignored"], counted["enqueued"], counted["jobs"]) == (1, 1, 0, [])
 
 
 def test_webhook_disabled_without_token(worker_settings: Settings, tmp_path: Path, bucket: str) -> None:
