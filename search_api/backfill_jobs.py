@@ -29,7 +29,7 @@ from typing import Any
 from starlette.requests import Request
 
 from core.calibration import calibrate_loaded
-from core.catalog import Catalog
+from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
 from core.errors import CollectionNotFound, ConfigError, RadsearchError, StoreUnavailable
 from core.jobs import JobKind, JobMeta, JobRecord, JobSpec, OwnerJobKind, OwnerJobStore
@@ -207,6 +207,17 @@ class OwnerJobRunner:
             return partial(self._ingest, source, request, request.collections, labeler, exclude)
         raise ConfigError("the job's record does not say how to run it")
 
+    def _backfill_target(self, target: str) -> CollectionEntry:
+        """The collection a backfill fills; `CollectionNotFound` says how to create it (a backfill
+        chooses no encoder)."""
+        try:
+            return self.catalog.get(target)
+        except CollectionNotFound as exc:
+            raise CollectionNotFound(
+                f"{exc}: a backfill fills a collection created first with the encoder wanted "
+                f"(radsearch collections create {target} --encoder NAME, or POST /v1/collections)"
+            ) from None
+
     def run_backfill_here(
         self,
         target: str,
@@ -219,7 +230,7 @@ class OwnerJobRunner:
         """`submit_backfill` run by the calling thread (the command line owning the store), recorded
         the same way: a killed command leaves a job the next owner resumes. Returns the summary;
         the error is raised (and recorded) if it fails."""
-        entry = self.catalog.get(target)
+        entry = self._backfill_target(target)
         if path_template:
             PathTemplate(path_template)
         spec = JobSpec(
@@ -255,7 +266,7 @@ class OwnerJobRunner:
 
     def submit_backfill(self, target: str, origin: str, *, path_template: str | None = None) -> str:
         """Embed every object ``origin`` (a collection, alias or source) knows into ``target``."""
-        entry = self.catalog.get(target)
+        entry = self._backfill_target(target)
         if path_template:
             PathTemplate(path_template)
         spec = JobSpec(

@@ -90,6 +90,7 @@ from core.index.combinations import (
 from core.index.resident import populate_hot_pages, release_cold_pages, resident_mb
 from core.ownership import StoreLease
 from core.payload import INDEXED_FIELDS, SearchFilter
+from core.suggest import did_you_mean
 
 __all__ = ["EdgeIndex"]
 
@@ -839,7 +840,7 @@ class EdgeIndex(VectorIndex):
         with self._lock:
             aliases = self._read_aliases()
             if alias not in aliases:
-                raise CollectionNotFound(f"alias {alias!r} not found")
+                raise CollectionNotFound(f"alias {alias!r} not found{did_you_mean(alias, aliases)}")
             del aliases[alias]
             self._write_aliases(aliases)
 

@@ -40,6 +40,7 @@ from core.index._shared import (
 )
 from core.index.base import CollectionConfig, Hit, HitGroup, StoredPoint, VectorIndex
 from core.payload import INDEXED_FIELDS, SearchFilter
+from core.suggest import did_you_mean
 
 __all__ = ["QdrantServerIndex"]
 
@@ -234,8 +235,9 @@ class QdrantServerIndex(VectorIndex):
         self._client.update_collection_aliases(change_aliases_operations=operations)
 
     def delete_alias(self, alias: str) -> None:
-        if alias not in self.aliases():
-            raise CollectionNotFound(f"alias {alias!r} not found")
+        aliases = self.aliases()
+        if alias not in aliases:
+            raise CollectionNotFound(f"alias {alias!r} not found{did_you_mean(alias, aliases)}")
         self._client.update_collection_aliases(
             change_aliases_operations=[
                 models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))

@@ -340,6 +340,16 @@ def test_backfill_through_the_server_follows_its_job_and_prints_the_same_summary
     assert served.out == "copy: 10 objects from chest, 0 frames indexed, 10 already present, 0 failed\n"
     summary = json.loads(_direct(world, "collections", "backfill", "copy", "--from", "chest", "--json").out)
     assert (summary["collection"], summary["from"], summary["skipped"]) == ("copy", "chest", 10)
+    # a target not created yet: how to create it (walkthrough), the same here and through the server
+    missing = [
+        run(world, "collections", "backfill", "fresh", "--from", "chest") for run in (_direct, _served)
+    ]
+    assert [m.code for m in missing] == [2, 2] and missing[0].err == missing[1].err, missing
+    assert missing[0].err == (
+        "radsearch: error: collection 'fresh' does not exist: a backfill fills a collection created "
+        "first with the encoder wanted (radsearch collections create fresh --encoder NAME, or POST "
+        "/v1/collections)\n"
+    )
 
 
 def test_eval_through_the_server_prints_what_direct_eval_prints(world: World, tmp_path: Path) -> None:
@@ -394,8 +404,10 @@ def test_drop_is_refused_while_aliased_or_written_then_allowed(world: World) -> 
     )
     assert (direct.code, direct.err, served.code, served.err) == (2, aliased, 2, aliased)
     typo = "radsearch: error: collection 'chets' does not exist (did you mean 'chest'?)\n"
+    unalias_typo = "radsearch: error: alias 'curent' not found (did you mean 'current'?)\n"
     for run in (_direct, _served):
         assert (run(world, "collections", "drop", "chets").err, run.__name__) == (typo, run.__name__)
+        assert run(world, "collections", "unalias", "curent").err == unalias_typo
         assert run(world, "collections", "unalias", "current").out == "removed alias current\n"
 
     # an unfinished Celery ingest job in Redis writes to it
