@@ -173,6 +173,18 @@ def canonical_point_id(value: str) -> str:
 PointId = Annotated[str, Field(max_length=64), AfterValidator(canonical_point_id)]
 
 
+# Scores are cosine similarities: a threshold outside -1 to 1 would leave every hit out, or none.
+ScoreThreshold = Annotated[
+    float,
+    Field(
+        ge=-1.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="cosine similarity, -1 to 1: hits scoring below it are left out",
+    ),
+]
+
+
 class SearchQuery(BaseModel):
     """Search by exactly one of a stored point id, a raw vector, a text (encoders with a text tower)
     or ``positive`` examples (with optional ``negative`` ones).
@@ -203,7 +215,7 @@ class SearchQuery(BaseModel):
     group_size: int = Field(default=3, ge=1, le=100, description="hits per group (with group_by)")
     limit: int = Field(default=10, ge=1, description="at most the server's max_limit (1000 by default)")
     offset: int = Field(default=0, ge=0, le=100_000)
-    score_threshold: float | None = Field(default=None, allow_inf_nan=False)
+    score_threshold: ScoreThreshold | None = None
 
     @model_validator(mode="after")
     def _exactly_one_query(self) -> SearchQuery:

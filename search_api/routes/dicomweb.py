@@ -50,6 +50,7 @@ from search_api.schemas import (
     GROUP_BY_DESCRIPTION,
     ExcludeIn,
     GroupBy,
+    ScoreThreshold,
     SearchFilterIn,
     SearchResponse,
     SearchWarning,
@@ -224,7 +225,7 @@ class DicomwebSearchQuery(BaseModel):
     group_size: int = Field(default=3, ge=1, le=100, description="hits per group (with group_by)")
     limit: int = Field(default=10, ge=1, description="at most the server's max_limit (1000 by default)")
     offset: int = Field(default=0, ge=0, le=100_000)
-    score_threshold: float | None = Field(default=None, allow_inf_nan=False)
+    score_threshold: ScoreThreshold | None = None
 
 
 def _retrieve(source: DicomwebSource, study: str, series: str, instance: str, field: str) -> bytes:

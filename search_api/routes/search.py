@@ -9,7 +9,6 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from numpy.typing import NDArray
-from pydantic import Field
 
 from core.catalog import Catalog, CollectionEntry
 from core.config import Settings
@@ -45,6 +44,7 @@ from search_api.schemas import (
     ExcludeIn,
     GroupBy,
     Roi,
+    ScoreThreshold,
     SearchQuery,
     SearchResponse,
     SearchWarning,
@@ -409,7 +409,7 @@ async def search_by_image(
     ] = None,
     limit: Annotated[int, Form(ge=1)] = 10,
     offset: Annotated[int, Form(ge=0, le=100_000)] = 0,
-    score_threshold: Annotated[Annotated[float, Field(allow_inf_nan=False)] | None, FORM_NULL, Form()] = None,
+    score_threshold: Annotated[ScoreThreshold | None, FORM_NULL, Form()] = None,
 ) -> SearchResponse:
     """Search by uploaded images (the middle frame of a multi-frame DICOM), optionally cropped to
     ``roi``; several files (``role`` positive/negative) and example point ids combine as the JSON

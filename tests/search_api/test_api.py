@@ -685,6 +685,12 @@ def test_score_threshold(client: TestClient, corpus: Corpus) -> None:
     kept = search(client, point_id=query, limit=39, score_threshold=threshold)["hits"]
     assert [hit["id"] for hit in kept] == [hit["id"] for hit in full[:10]]
     assert all(hit["score"] >= threshold for hit in kept)
+    # a threshold no cosine score can reach (walkthrough: 2 answered no hits, and no word why)
+    for out_of_range in (2, -1.5):
+        refused = client.post(
+            f"/v1/collections/{COLLECTION}/search", json={"point_id": query, "score_threshold": out_of_range}
+        )
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "score_threshold"
 
 
 def test_backends_agree(tmp_path: Path) -> None:
@@ -758,6 +764,8 @@ def test_search_by_upload_with_filter_and_paging(client: TestClient, corpus: Cor
     threshold = full[3]["score"] - 1e-6
     kept = upload(client, query, limit=20, score_threshold=threshold).json()["hits"]
     assert [h["id"] for h in kept] == [h["id"] for h in full[:4]]
+    refused = upload(client, query, score_threshold=1.5)
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "score_threshold", refused.text
 
 
 def test_search_by_dicom_upload_leaks_no_header(client: TestClient, corpus: Corpus) -> None:
