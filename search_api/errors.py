@@ -313,7 +313,11 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = getattr(exc, "code", None) or _CODE_BY_STATUS.get(exc.status_code, "http_error")
     field = getattr(exc, "field", None)
-    return _response(exc.status_code, code, str(exc.detail), field, exc.headers)
+    message = str(exc.detail)
+    allowed = (exc.headers or {}).get("Allow")
+    if exc.status_code == 405 and allowed:  # the method, not the path, was wrong: say which ones work
+        message = f"method not allowed: this path takes {allowed}"
+    return _response(exc.status_code, code, message, field, exc.headers)
 
 
 _LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})

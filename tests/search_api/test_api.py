@@ -411,6 +411,16 @@ def test_missing_point_is_404(client: TestClient, pid: str) -> None:
         assert pid not in response.json()["detail"]  # what is no point id is not echoed
 
 
+def test_a_wrong_method_names_the_methods_the_path_takes(client: TestClient) -> None:
+    response = client.post("/v1/aliases", json={"alias": "a", "collection": COLLECTION})
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
+    assert response.json()["error"] == {
+        "code": "method_not_allowed",
+        "message": "method not allowed: this path takes GET",
+        "field": None,
+    }
+
+
 def test_facets(client: TestClient) -> None:
     response = client.get(f"/v1/collections/{COLLECTION}/facets/modality")
     assert response.status_code == 200
