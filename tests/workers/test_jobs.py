@@ -223,7 +223,7 @@ def test_a_batch_added_while_the_job_is_indexed_keeps_it_running(job_store: Redi
     assert job_store.finish(job_id) and job_store.state(job_id) == JobState.DONE
 
 
-def test_parse_minio_event_decodes_keys_and_ignores_other_events() -> None:
+def test_parse_minio_event_decodes_keys_and_marks_other_events() -> None:
     body = {
         "Records": [
             {
@@ -238,7 +238,12 @@ def test_parse_minio_event_decodes_keys_and_ignores_other_events() -> None:
         ]
     }
     events = parse_s3_event(body)
-    assert [(e.action, e.key) for e in events] == [("created", "a b/c.png"), ("removed", "x.dcm")]
+    # another kind of event is kept as "other": the webhook counts it as ignored
+    assert [(e.action, e.key) for e in events] == [
+        ("created", "a b/c.png"),
+        ("removed", "x.dcm"),
+        ("other", "y"),
+    ]
     with pytest.raises(ValueError):
         parse_s3_event({"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {}}]})
     with pytest.raises(ValueError):
