@@ -57,8 +57,8 @@ class PathTemplate:
                 continue
             if name not in _TEMPLATE_FIELDS:
                 raise ConfigError(
-                    f"path template {template!r}: unknown field {{{name}}}; "
-                    f"allowed: {', '.join(sorted(_TEMPLATE_FIELDS))}"
+                    f"path template {template!r}: unknown field {{{name}}}"
+                    f"{did_you_mean(name, _TEMPLATE_FIELDS)}; allowed: {', '.join(sorted(_TEMPLATE_FIELDS))}"
                 )
             if name == "_":
                 pattern += r"[^/]+"
@@ -67,6 +67,13 @@ class PathTemplate:
             else:
                 seen.add(name)
                 pattern += f"(?P<{name}>[^/]+)"
+        last = template.rsplit("/", 1)[-1]
+        if re.fullmatch(r"\{([^}_]+)\}", last) and last[1:-1] in LABEL_FIELDS:
+            # Keys name files: a label there would be each file's name, x.dcm, not a label.
+            raise ConfigError(
+                f"path template {template!r}: its last part {last} would take each file's name as "
+                "its label: end the template with /{file} (or /{_})"
+            )
         self._regex = re.compile(r"(?:^|/)" + pattern + r"$")
 
     def match(self, key: str) -> dict[str, Any]:

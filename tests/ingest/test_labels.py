@@ -37,6 +37,20 @@ def test_path_template_rejects_unknown_or_repeated_fields(bad: str) -> None:
         PathTemplate(bad)
 
 
+def test_path_template_names_the_field_meant_and_refuses_a_label_in_the_file_name_s_place() -> None:
+    """Found in the walkthrough: {modality}/{anatomy}/{pathology} labelled every object with its
+    file name as pathology ("liver_lesion_005.dcm")."""
+    with pytest.raises(ConfigError, match=r"unknown field \{modalty\} \(did you mean 'modality'\?\)"):
+        PathTemplate("{modalty}/{anatomy}/{file}")
+    with pytest.raises(ConfigError, match=r"its last part \{pathology\} would take each file's name"):
+        PathTemplate("{modality}/{anatomy}/{pathology}")
+    assert PathTemplate("{modality}/{_}").match("CT/a.dcm") == {"modality": "CT"}
+    assert PathTemplate("{modality}/{pathology}.png").match("CT/cyst.png") == {
+        "modality": "CT",
+        "pathology": "cyst",
+    }
+
+
 def test_manifest_csv_and_jsonl(tmp_path: Path) -> None:
     csv_text = "key,modality,anatomy,pathology,split\na.png,ct,Chest,nodule|effusion,train\nb.png,MR,,,test\n"
     rows = parse_manifest(csv_text)
