@@ -717,7 +717,7 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def group_keys(path: Sequence[str | int]) -> list[str]:
+def _group_keys(path: Sequence[str | int]) -> list[str]:
     """The keys the settings group at ``path`` takes (a validation error's location without its
     last part; list positions are skipped), or none where ``path`` leads to no group."""
     model: type[BaseModel] = Settings
@@ -806,7 +806,7 @@ def _setting_problem(error: Any) -> str:
     location = error["loc"]
     where = f"RADSEARCH_{'__'.join(str(part) for part in location).upper()}"
     if error["type"] == "extra_forbidden":  # a key in a JSON setting that no setting has
-        return f"{where} is not a setting{did_you_mean(str(location[-1]), group_keys(location[:-1]))}"
+        return f"{where} is not a setting{did_you_mean(str(location[-1]), _group_keys(location[:-1]))}"
     return f"{where}: {rule_broken(error)}"
 
 

@@ -68,7 +68,7 @@ class PathTemplate:
                 seen.add(name)
                 pattern += f"(?P<{name}>[^/]+)"
         last = template.rsplit("/", 1)[-1]
-        if re.fullmatch(r"\{([^}_]+)\}", last) and last[1:-1] in LABEL_FIELDS:
+        if last.startswith("{") and last.endswith("}") and last[1:-1] in LABEL_FIELDS:
             # Keys name files: a label there would be each file's name, x.dcm, not a label.
             raise ConfigError(
                 f"path template {template!r}: its last part {last} would take each file's name as "
