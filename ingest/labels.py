@@ -10,17 +10,25 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config import Subscription
 from core.errors import ConfigError
 from core.payload import LABEL_FIELDS
 from core.s3 import S3Location, parse_s3_uri
 from core.suggest import did_you_mean
 
-__all__ = ["Labeler", "PathTemplate", "load_manifest", "parse_manifest", "read_manifest"]
+__all__ = [
+    "Labeler",
+    "PathTemplate",
+    "check_subscription_templates",
+    "load_manifest",
+    "parse_manifest",
+    "read_manifest",
+]
 
 _TEMPLATE_FIELDS = frozenset({*LABEL_FIELDS, "file", "_"})
 _PATHOLOGY_SEPARATORS = re.compile(r"[|;]")
@@ -81,6 +89,20 @@ class PathTemplate:
         if found is None:
             return {}
         return {k: v for k, v in found.groupdict().items() if k in LABEL_FIELDS}
+
+
+def check_subscription_templates(subscriptions: Sequence[Subscription]) -> None:
+    """`ConfigError` naming the first bucket subscription (RADSEARCH_EVENTS__SUBSCRIPTIONS) whose
+    path template is refused: at start-up, not at each event's batch."""
+    for position, subscription in enumerate(subscriptions):
+        if subscription.path_template:
+            try:
+                PathTemplate(subscription.path_template)
+            except ConfigError as exc:
+                reason = str(exc).split("': ", 1)[-1]  # without the template itself: a setting's value
+                raise ConfigError(
+                    f"invalid setting: RADSEARCH_EVENTS__SUBSCRIPTIONS__{position}__PATH_TEMPLATE: {reason}"
+                ) from None
 
 
 def parse_manifest(text: str, *, name: str = "manifest") -> dict[str, dict[str, Any]]:

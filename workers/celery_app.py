@@ -7,6 +7,9 @@ This is an entry point like the ``radsearch`` command: settings are built here, 
 from __future__ import annotations
 
 from core.config import load_settings
+from ingest.labels import check_subscription_templates
 from workers.app import create_celery
 
-app = create_celery(load_settings())
+settings = load_settings()
+check_subscription_templates(settings.events.subscriptions)
+app = create_celery(settings)

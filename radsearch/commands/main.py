@@ -150,6 +150,10 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         overrides: dict[str, Any] = {"data_dir": args.data_dir, "url": args.url}
         settings = load_settings({k: v for k, v in overrides.items() if v is not None})
+        if settings.events.subscriptions:
+            from ingest.labels import check_subscription_templates
+
+            check_subscription_templates(settings.events.subscriptions)
         if settings.log_format != "text":
             configure_logging(args.verbose, settings.log_format)
         apply_selectors(args)

@@ -629,6 +629,22 @@ def test_settings_and_companion_variables_are_accepted(
     assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 0
 
 
+def test_a_subscription_path_template_is_checked_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    subscription = {
+        "bucket": "raw",
+        "collections": ["c"],
+        "path_template": "{modality}/{anatomy}/{pathology}",
+    }
+    monkeypatch.setenv("RADSEARCH_EVENTS__SUBSCRIPTIONS", json.dumps([subscription]))
+    assert main(["--data-dir", str(tmp_path / "data"), "collections", "list"]) == 2
+    assert capsys.readouterr().err == (
+        "radsearch: error: invalid setting: RADSEARCH_EVENTS__SUBSCRIPTIONS__0__PATH_TEMPLATE: its last part "
+        "{pathology} would take each file's name as its label: end the template with /{file} (or /{_})\n"
+    )
+
+
 def test_a_list_setting_that_is_not_json_names_its_group_and_the_form(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,3 +50,18 @@ def test_celery_app_names_a_bad_value_or_json_key_never_the_value(tmp_path: Path
     assert "RADSEARCH_SECURITY__OIDC__ROLE_CLAM is not a setting (did you mean 'role_claim'?)" in done.stderr
     assert "RADSEARCH_STORE__MIN_FREE_MB: Input should be a valid integer" in done.stderr
     assert "secret-value" not in done.stderr and "secret-number" not in done.stderr
+
+
+def test_celery_app_refuses_a_subscription_path_template_at_start_up(tmp_path: Path) -> None:
+    """Checked where the workers start, not met by each event's batch."""
+    done = _import_app(
+        tmp_path,
+        RADSEARCH_EVENTS__SUBSCRIPTIONS=json.dumps(
+            [{"bucket": "raw", "collections": ["c"], "path_template": "{modality}/{anatomi}/{file}"}]
+        ),
+    )
+    assert done.returncode != 0
+    assert (
+        "RADSEARCH_EVENTS__SUBSCRIPTIONS__0__PATH_TEMPLATE: unknown field {anatomi} (did you mean 'anatomy'?)"
+        in done.stderr
+    )
