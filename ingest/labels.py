@@ -24,6 +24,7 @@ from core.suggest import did_you_mean
 __all__ = [
     "Labeler",
     "PathTemplate",
+    "PathTemplateError",
     "check_subscription_templates",
     "load_manifest",
     "parse_manifest",
@@ -47,6 +48,14 @@ def _normalise(name: str, value: Any) -> Any:
     return text.upper() if name == "modality" else text.lower()
 
 
+class PathTemplateError(ConfigError):
+    """A path template that cannot be used; ``reason`` says why without the template itself."""
+
+    def __init__(self, template: str, reason: str) -> None:
+        super().__init__(f"path template {template!r}: {reason}")
+        self.reason = reason
+
+
 class PathTemplate:
     """A key layout such as ``{modality}/{anatomy}/{pathology}/{file}`` (RadImageNet's).
 
@@ -64,23 +73,25 @@ class PathTemplate:
             if not name:
                 continue
             if name not in _TEMPLATE_FIELDS:
-                raise ConfigError(
-                    f"path template {template!r}: unknown field {{{name}}}"
-                    f"{did_you_mean(name, _TEMPLATE_FIELDS)}; allowed: {', '.join(sorted(_TEMPLATE_FIELDS))}"
+                raise PathTemplateError(
+                    template,
+                    f"unknown field {{{name}}}{did_you_mean(name, _TEMPLATE_FIELDS)}; "
+                    f"allowed: {', '.join(sorted(_TEMPLATE_FIELDS))}",
                 )
             if name == "_":
                 pattern += r"[^/]+"
             elif name in seen:
-                raise ConfigError(f"path template {template!r}: field {{{name}}} appears twice")
+                raise PathTemplateError(template, f"field {{{name}}} appears twice")
             else:
                 seen.add(name)
                 pattern += f"(?P<{name}>[^/]+)"
         last = template.rsplit("/", 1)[-1]
         if last.startswith("{") and last.endswith("}") and last[1:-1] in LABEL_FIELDS:
             # Keys name files: a label there would be each file's name, x.dcm, not a label.
-            raise ConfigError(
-                f"path template {template!r}: its last part {last} would take each file's name as "
-                "its label: end the template with /{file} (or /{_})"
+            raise PathTemplateError(
+                template,
+                f"its last part {last} would take each file's name as its label: end the template "
+                "with /{file} (or /{_})",
             )
         self._regex = re.compile(r"(?:^|/)" + pattern + r"$")
 
@@ -98,11 +109,9 @@ def check_subscription_templates(subscriptions: Sequence[Subscription]) -> None:
         if subscription.path_template:
             try:
                 PathTemplate(subscription.path_template)
-            except ConfigError as exc:
-                reason = str(exc).split("': ", 1)[-1]  # without the template itself: a setting's value
-                raise ConfigError(
-                    f"invalid setting: RADSEARCH_EVENTS__SUBSCRIPTIONS__{position}__PATH_TEMPLATE: {reason}"
-                ) from None
+            except PathTemplateError as exc:  # its reason: the template is a setting's value
+                variable = f"RADSEARCH_EVENTS__SUBSCRIPTIONS__{position}__PATH_TEMPLATE"
+                raise ConfigError(f"invalid setting: {variable}: {exc.reason}") from None
 
 
 def parse_manifest(text: str, *, name: str = "manifest") -> dict[str, dict[str, Any]]:

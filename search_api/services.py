@@ -115,13 +115,12 @@ def search_warnings(
         for w in filter_warnings(index, entry.name, search_filter, stored)
     ]
     if ungroupable is not None:
-        what = ungroupable
         warnings.append(
             SearchWarning(
                 field="group_by",
-                value=what,
-                message=f"group_by {what!r} found no group: no hit holds a {what} (PNG and other "
-                f"non-DICOM images have none); search without group_by, or group_by object",
+                value=ungroupable,
+                message=f"group_by {ungroupable!r} found no group: no hit holds a {ungroupable} (PNG and "
+                "other non-DICOM images have none); search without group_by, or group_by object",
                 suggestions=[],
             )
         )
