@@ -468,11 +468,12 @@ class CelerySettings(_Group):
     max_failed_items: int = Field(default=10_000, ge=0)
     # Periodic reconciliation of every subscription by Celery beat; 0 turns it off.
     reconcile_interval_s: float = Field(default=6 * 3600, ge=0)
-    # Every worker writes a heartbeat this often; one silent for ``worker_dead_after_s`` is gone
-    # (its key expires), and a job whose queue has had no live worker that long says so.
-    worker_heartbeat_s: float = Field(default=10.0, gt=0)
     # Where `radsearch worker --metrics-port` listens (0.0.0.0 in compose, for the scraper).
     metrics_host: str = "127.0.0.1"
+    # Every worker writes a heartbeat this often; one silent for ``worker_dead_after_s`` is gone
+    # (its key expires), a job whose queue has had no live worker that long says so, and the
+    # messages it held are given back to their queues (`workers.held_messages`).
+    worker_heartbeat_s: float = Field(default=10.0, gt=0)
     worker_dead_after_s: float = Field(default=30.0, gt=0)
 
 

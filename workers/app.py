@@ -2,8 +2,10 @@
 
 Delivery is at-least-once and tasks are idempotent (deterministic point ids, batches counted once):
 ``acks_late`` + ``task_reject_on_worker_lost`` put the message of a killed worker back in the queue,
-prefetch 1 keeps a long batch from holding others hostage, and Redis' visibility timeout returns
-the messages of a worker that vanished altogether. JSON only: a task argument is never unpickled.
+prefetch 1 keeps a long batch from holding others hostage, the other workers give back the
+messages of a worker that vanished altogether once its heartbeat stops (`workers.held_messages`),
+and Redis' visibility timeout returns those of a worker that died before its heartbeat named them.
+JSON only: a task argument is never unpickled.
 
 Task names and queues: `workers.names`.
 """
@@ -20,6 +22,7 @@ from celery import Celery, bootsteps
 from core.config import Settings
 from core.jobs.redis_store import open_job_store
 from workers.heartbeat import HeartbeatStep
+from workers.held_messages import give_back_dead_workers_messages
 from workers.names import EMBED_QUEUE, RECONCILE_ALL_TASK, SETTINGS_KEY, TASK_QUEUES, settings_of
 from workers.request_headers import install_request_id_propagation
 from workers.tasks import register_tasks, resend_lost_batches
@@ -124,9 +127,10 @@ def create_celery(settings: Settings) -> Celery:
 
 
 class _LostBatchWatch(bootsteps.StartStopStep):  # type: ignore[misc]
-    """In each worker's main process, every ``restore_interval_s``: send again the batches the
-    broker lost (`workers.tasks.resend_lost_batches`), once their job has been idle for longer
-    than the visibility timeout plus a few restore sweeps."""
+    """In each worker's main process, every ``restore_interval_s``: give back to their queues the
+    messages of workers that died holding them (`workers.held_messages`), and send again the
+    batches the broker lost (`workers.tasks.resend_lost_batches`), once their job has been idle
+    for longer than the visibility timeout plus a few restore sweeps."""
 
     requires = {"celery.worker.components:Timer"}
 
@@ -159,7 +163,8 @@ class _LostBatchWatch(bootsteps.StartStopStep):  # type: ignore[misc]
                 )
                 self.clients = (open_job_store(settings.broker_url, cfg), broker)
             store, broker = self.clients
+            give_back_dead_workers_messages(broker, parent.app, dead_after_s=cfg.worker_dead_after_s)
             idle_s = cfg.visibility_timeout_s + 3 * cfg.restore_interval_s + 5
             resend_lost_batches(parent.app, store, broker, idle_s)
         except Exception as exc:  # Redis away: the next tick tries again
-            log.warning("lost-batch check failed: %s", type(exc).__name__)
+            log.warning("lost-message check failed: %s", type(exc).__name__)

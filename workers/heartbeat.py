@@ -25,11 +25,12 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
-from celery import bootsteps
+from celery import bootsteps, signals
 
 from core.config import CelerySettings
 from core.jobs import JobRecord, JobState
 from core.jobs.redis_store import RedisJobStore
+from workers.held_messages import forget_held, held_delivery_tags, instance_id, record_held
 from workers.names import EMBED_QUEUE, PLAN_QUEUE, settings_of
 
 __all__ = [
@@ -70,6 +71,11 @@ class WorkerBeat:
     started_at: float
     last_seen: float
 
+    @property
+    def instance(self) -> str:
+        """This worker process's key among the held messages (`workers.held_messages`)."""
+        return instance_id(self.hostname, self.pid, self.started_at)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
@@ -99,20 +105,26 @@ class WorkerBeat:
         }
 
 
-def write_beat(client: redis.Redis, beat: WorkerBeat, *, ttl_s: float) -> None:
-    """Record ``beat``; its key expires after ``ttl_s`` unless the next beat comes first."""
+def write_beat(
+    client: redis.Redis, beat: WorkerBeat, *, ttl_s: float, held: tuple[str, ...] | None = None
+) -> None:
+    """Record ``beat``; its key expires after ``ttl_s`` unless the next beat comes first. With
+    ``held``, the delivery tags of the messages the worker holds too (`workers.held_messages`)."""
     with client.pipeline() as pipe:
         pipe.set(_key(beat.hostname), beat.to_json(), px=max(int(ttl_s * 1000), 1))
         pipe.zadd(_INDEX, {beat.hostname: beat.last_seen})
+        if held is not None:
+            record_held(pipe, beat.instance, beat.hostname, beat.last_seen, held)
         pipe.execute()
 
 
-def remove_beat(client: redis.Redis, hostname: str) -> None:
-    """Forget a worker at once (clean shutdown)."""
+def remove_beat(client: redis.Redis, beat: WorkerBeat) -> None:
+    """Forget a worker at once (clean shutdown), with the messages it held."""
     with client.pipeline() as pipe:
-        pipe.delete(_key(hostname))
-        pipe.zrem(_INDEX, hostname)
+        pipe.delete(_key(beat.hostname))
+        pipe.zrem(_INDEX, beat.hostname)
         pipe.execute()
+    forget_held(client, beat.instance)
 
 
 def live_workers(client: redis.Redis, *, dead_after_s: float, now: float | None = None) -> list[WorkerBeat]:
@@ -182,8 +194,8 @@ def job_waiting(
 
 
 class HeartbeatThread:
-    """Writes ``describe()`` every ``interval_s`` (the first at once) until `stop`; a Redis error
-    is logged and the next beat tried as usual."""
+    """Writes ``describe()`` (and ``held()``, the messages the worker holds) every ``interval_s``
+    (the first at once) until `stop`; a Redis error is logged and the next beat tried as usual."""
 
     def __init__(
         self,
@@ -192,21 +204,26 @@ class HeartbeatThread:
         *,
         interval_s: float,
         ttl_s: float,
+        held: Callable[[], tuple[str, ...]] | None = None,
     ) -> None:
         self.client = client
         self.describe = describe
+        self.held = held
         self.interval_s = interval_s
         self.ttl_s = ttl_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._hostname: str | None = None
+        self._last: WorkerBeat | None = None
         self._failing = False
 
-    def beat(self) -> None:
+    def beat(self, *, also_held: tuple[str, ...] = ()) -> None:
+        """Write a beat now; ``also_held``: tags of messages taken that the worker's state does
+        not list yet (a task just received)."""
         beat = self.describe()
-        self._hostname = beat.hostname
+        self._last = beat
+        held = tuple(sorted({*self.held(), *also_held})) if self.held else None
         try:
-            write_beat(self.client, beat, ttl_s=self.ttl_s)
+            write_beat(self.client, beat, ttl_s=self.ttl_s, held=held)
         except redis.exceptions.RedisError as exc:
             if not self._failing:
                 log.warning("worker heartbeat not written (%s); retrying", type(exc).__name__)
@@ -230,9 +247,9 @@ class HeartbeatThread:
         if self._thread is not None:
             self._thread.join(timeout=self.interval_s + 5)
             self._thread = None
-        if self._hostname is not None:
+        if self._last is not None:
             try:
-                remove_beat(self.client, self._hostname)
+                remove_beat(self.client, self._last)
             except redis.exceptions.RedisError:
                 pass  # the key expires by itself
 
@@ -281,15 +298,28 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is
             )
 
         self.thread = HeartbeatThread(
-            client, describe, interval_s=cfg.worker_heartbeat_s, ttl_s=cfg.worker_dead_after_s
+            client,
+            describe,
+            interval_s=cfg.worker_heartbeat_s,
+            ttl_s=cfg.worker_dead_after_s,
+            held=held_delivery_tags,
         )
         if _is_prefork(parent):
             self.thread.beat()
             self.tref = parent.timer.call_repeatedly(cfg.worker_heartbeat_s, self.thread.beat, priority=10)
         else:
             self.thread.start()
+        # A task taken is recorded at once, not at the next beat: a worker killed in between
+        # would otherwise leave its message to the visibility timeout (`workers.held_messages`).
+        signals.task_received.connect(self._received, weak=False)
+
+    def _received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if self.thread is not None and tag:
+            self.thread.beat(also_held=(str(tag),))
 
     def stop(self, parent: Any) -> None:
+        signals.task_received.disconnect(self._received)
         if self.tref is not None:
             self.tref.cancel()
             self.tref = None

@@ -17,7 +17,16 @@ from core.config import Settings
 from core.jobs import JobKind, JobRecord, JobSpec
 from core.jobs.redis_store import RedisJobStore
 from tests.workers.conftest import Server, Worker, cli, upload_images
-from workers.heartbeat import HeartbeatThread, WorkerBeat, live_workers, waiting_reason, write_beat
+from workers.app import create_celery
+from workers.heartbeat import (
+    HeartbeatThread,
+    WorkerBeat,
+    live_workers,
+    remove_beat,
+    waiting_reason,
+    write_beat,
+)
+from workers.held_messages import HELD_KEY, give_back_dead_workers_messages
 
 HEARTBEAT_S = 0.5
 DEAD_AFTER_S = 2.0
@@ -91,6 +100,35 @@ def test_a_stopped_heartbeat_is_gone_at_once(job_store: RedisJobStore) -> None:
     thread.stop()
     assert live_workers(job_store.client, dead_after_s=5) == []
     assert beats >= 3
+
+
+def test_only_a_silent_workers_messages_are_given_back(
+    job_store: RedisJobStore, beat_settings: Settings
+) -> None:
+    """The sweep's rules on the record itself (the kill -9 path with real workers:
+    tests/workers/test_reliability.py): a worker still beating keeps what it holds; a silent one's
+    entry is taken once, and a tag no longer unacknowledged is passed over."""
+    client = job_store.client
+    app = create_celery(beat_settings)
+    client.delete(HELD_KEY)
+    beat = _beat("held@h", ("embed",), 1000.0)
+    write_beat(client, beat, ttl_s=60, held=("tag-1", "tag-2"))
+    assert json.loads(client.hget(HELD_KEY, beat.instance))["tags"] == ["tag-1", "tag-2"]
+    # same hostname, another process (a restart): its own entry
+    write_beat(client, _beat("held@h", ("embed",), 1001.0), ttl_s=60, held=())
+    assert len(client.hkeys(HELD_KEY)) == 2
+
+    assert give_back_dead_workers_messages(client, app, dead_after_s=DEAD_AFTER_S, now=1001.5) == 0
+    assert len(client.hkeys(HELD_KEY)) == 2  # both beat within DEAD_AFTER_S: nothing taken
+    # the first silent, the second alive; neither tag is in kombu's unacked hash (acknowledged)
+    assert give_back_dead_workers_messages(client, app, dead_after_s=DEAD_AFTER_S, now=1002.5) == 0
+    assert [k.decode() if isinstance(k, bytes) else k for k in client.hkeys(HELD_KEY)] == [
+        _beat("held@h", ("embed",), 1001.0).instance
+    ]
+    client.hset(HELD_KEY, "garbled", "not json")
+    give_back_dead_workers_messages(client, app, dead_after_s=DEAD_AFTER_S, now=1100.0)
+    assert client.hkeys(HELD_KEY) == []
+    remove_beat(client, beat)
 
 
 def _job(api: httpx.Client, job_id: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from tests.workers.conftest import (
 )
 from workers.app import create_celery
 from workers.client import BrokerUnavailable, submit_job
+from workers.held_messages import HELD_KEY
 
 
 def _wait_batches(store: RedisJobStore, job_id: str, at_least: int, timeout_s: float = 120) -> None:
@@ -148,6 +149,60 @@ def test_kill_worker_and_child_during_job(
     )
     print(f"\nworker_kill: {line} {'PASS' if ok else 'FAIL'}")
     assert ok, line
+
+
+@pytest.mark.slow
+def test_a_dead_workers_batch_is_given_back_long_before_the_visibility_timeout(
+    worker_settings: Settings,
+    minio_client: Minio,
+    bucket: str,
+    job_store: RedisJobStore,
+    start_server: Callable[..., Server],
+    start_worker: Callable[..., Worker],
+) -> None:
+    """A worker killed outright (kill -9 of its main process) holds its batch unacknowledged; with
+    the default hour of visibility timeout the job would wait that long. The other workers give
+    it back once the dead worker's heartbeat has been silent for ``worker_dead_after_s``."""
+    celery = worker_settings.celery.model_copy(
+        update={"visibility_timeout_s": 3600, "worker_heartbeat_s": 0.5, "worker_dead_after_s": 2.0}
+    )
+    settings = worker_settings.model_copy(update={"celery": celery})
+    n = 200
+    keys = [f"raw/{i:04d}.png" for i in range(n)]
+    server = start_server(settings, wait=False)
+    upload_images(minio_client, bucket, keys)
+    server.wait_ready()
+    doomed = start_worker(
+        settings, "--pool", "prefork", "--concurrency", "1", "--hostname", "doomed@test", name="doomed"
+    )
+    server.create_collection("given-back")
+    spec = JobSpec(source=f"s3://{bucket}/raw/", collections=("given-back",), encoder="baseline")
+    job_id = submit_job(job_store, create_celery(settings), JobKind.INGEST, spec)
+    _wait_batches(job_store, job_id, 2)
+    interrupted: set[str] = set()
+    for _attempt in range(3):
+        in_flight = _wait_in_flight(job_store, job_id)
+        doomed.kill_all()
+        interrupted = in_flight - job_store.done_batches(job_id)
+        if interrupted:
+            break
+        doomed.start()  # the kill came as its batch ended: kill it at the next one
+    assert interrupted, "no kill interrupted a batch"
+    killed_at = time.monotonic()
+
+    rescuer = start_worker(settings, "--hostname", "rescuer@test", name="rescuer")
+    record = wait_job(job_store, job_id, timeout_s=120)
+    took_s = time.monotonic() - killed_at
+    deliveries = job_store.deliveries(job_id)
+    figures = coverage(keys, stored_points(settings, "given-back"))
+    assert record.state.value == "done", record.error
+    assert figures == {"expected": n, "stored": n, "missing": 0, "duplicates": 0, "unexpected": 0}
+    assert all(deliveries[batch] >= 2 for batch in interrupted), (interrupted, deliveries)
+    assert took_s < 60, f"the job ended {took_s:.0f} s after the kill"
+    assert "doomed@test silent for" in rescuer.log() and "given back to their queues" in rescuer.log()
+    # what a worker that stopped cleanly held is not given back: kombu returned it, and its entry went
+    rescuer.stop()
+    assert not job_store.client.hkeys(HELD_KEY)
 
 
 def _brpop_clients(client: redis.Redis) -> int:
