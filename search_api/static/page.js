@@ -190,9 +190,26 @@ function currentFilter() {
   return filter;
 }
 
+// What the last search's "Results" field was corrected to, said under the results (never silently).
+let limitNote = "";
+
+// The number of results to ask for: the field's value, or (out of range, not a whole number) the
+// field's bound or default, written back into the field and said in `limitNote`.
 function currentLimit() {
-  const limit = parseInt($("limit").value, 10);
-  return Number.isFinite(limit) && limit > 0 ? Math.min(limit, 200) : 12;
+  const field = $("limit");
+  const max = Number(field.max);
+  const typed = Number(field.value);
+  let limit = typed;
+  limitNote = "";
+  if (field.value.trim() === "" || !Number.isInteger(typed) || typed < 1) {
+    limit = Number(field.defaultValue);
+    limitNote = "Results must be a whole number from 1 to " + max + ": searched for " + limit + ".";
+  } else if (typed > max) {
+    limit = max;
+    limitNote = "This page shows at most " + max + " results: searched for " + max + ".";
+  }
+  field.value = String(limit);
+  return limit;
 }
 
 // ---- the query panel -------------------------------------------------------------------------
@@ -561,6 +578,7 @@ function renderWarnings(warnings) {
         + (w.suggestions.length ? "; did you mean " + w.suggestions.join(", ") + "?" : "."),
     }));
   }
+  if (limitNote) box.append(el("div", { textContent: limitNote }));
 }
 
 async function moreLikeThis(collection, hit) {

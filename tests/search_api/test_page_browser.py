@@ -256,6 +256,20 @@ def test_a_radiologist_searches_refines_and_compares(served: tuple[Served, Archi
             assert page.locator("#filter-chips .chip").count() == 0
             assert sorted(_card_keys(page)) == all_keys
 
+            # 4b. A "Results" count out of range is corrected in the field and said, not replaced
+            # silently.
+            for typed, used, said in (("500", "200", "at most 200 results"), ("0", "12", "from 1 to 200")):
+                before = _searches(page)
+                page.fill("#limit", typed)
+                page.click("#search")
+                _wait_results(page, before)
+                assert page.input_value("#limit") == used
+                assert said in page.locator("#warnings").inner_text()
+            before = _searches(page)
+            page.click("#search")  # 12 is in range: no word
+            _wait_results(page, before)
+            assert page.locator("#warnings").inner_text() == ""
+
             # 5. Enlarge a hit beside the query; a window preset changes its pixels.
             first = page.locator("#columns .card").first
             first.locator("button.thumb").click()
