@@ -45,7 +45,12 @@ class ApiError extends Error {
 }
 
 async function call(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: headers(options.headers || {}) });
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers: headers(options.headers || {}) });
+  } catch (_) {  // no HTTP answer at all: the browser's own words ("Failed to fetch") say nothing
+    throw new ApiError("no answer from the server at " + location.host + ": is radsearch serve running?", 0);
+  }
   if (response.status === 401) {
     $("key-form").hidden = false;
     throw new ApiError("this server needs an API key: enter it above", 401);

@@ -335,6 +335,15 @@ def test_a_radiologist_searches_refines_and_compares(served: tuple[Served, Archi
             _wait_results(page, before)
             assert page.locator("#columns .column").count() == 2
             shot(page, "09-compare")
+
+            # 10. The server does not answer (stopped, or the network is down): the status says so
+            # in words, not the browser's "Failed to fetch".
+            page.route("**/v1/search/compare", lambda route: route.abort("connectionrefused"))
+            before = _searches(page)
+            page.click("#search")
+            _wait_results(page, before)
+            assert "no answer from the server at 127.0.0.1:" in page.locator("#status").inner_text()
+            assert "is radsearch serve running?" in page.locator("#status").inner_text()
         finally:
             browser.close()
 
