@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,9 @@ class BatchReport:
     #: another folder or prefix label nothing), and the first few of those keys, in order.
     manifest_unmatched: int = 0
     manifest_unmatched_keys: list[str] = field(default_factory=list)
+    #: DICOM objects stored with a modality (from the manifest, path template or object metadata,
+    #: which take precedence) other than their header's Modality: (stored, header) → objects.
+    modality_conflicts: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def merge(self, other: BatchReport) -> None:
         self.objects += other.objects
@@ -110,6 +114,7 @@ class BatchReport:
         self.quarantined.extend(other.quarantined)
         self.seconds += other.seconds
         self.deleted.extend(other.deleted)
+        self.modality_conflicts.update(other.modality_conflicts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,7 +131,20 @@ class BatchReport:
             "deleted_items": list(self.deleted),
             "manifest_unmatched": self.manifest_unmatched,
             "manifest_unmatched_keys": list(self.manifest_unmatched_keys),
+            "modality_conflicts": sum(self.modality_conflicts.values()),
+            "modality_conflict_values": [
+                {"stored": stored, "header": header, "objects": n}
+                for (stored, header), n in self.modality_conflicts.most_common()
+            ],
         }
+
+
+def modality_conflicts_text(values: Iterable[Mapping[str, Any]]) -> str:
+    """``BatchReport.to_dict()["modality_conflict_values"]`` in words: "CHEST where the DICOM
+    header says CT (12 objects)", joined."""
+    return "; ".join(
+        f"{v['stored']} where the DICOM header says {v['header']} ({v['objects']} objects)" for v in values
+    )
 
 
 @dataclass
@@ -181,6 +199,8 @@ class _Loaded:
     frame_indices: list[int]
     # target position → preprocessed frames [n_frames, *input_shape]
     tensors: dict[int, NDArray[np.float32]]
+    # (modality stored, the DICOM header's Modality) where a label rule gave another modality
+    modality_conflict: tuple[str, str] | None = None
 
 
 @dataclass
@@ -230,7 +250,9 @@ def _load(ctx: PipelineContext, ref: ObjectRef, positions: list[int]) -> _Loaded
         if fingerprint not in by_fingerprint:
             by_fingerprint[fingerprint] = np.stack([encoder.preprocess(f) for f in decoded.frames])
         tensors[pos] = by_fingerprint[fingerprint]
-    return _Loaded(ref, labels, decoded.meta, decoded.frame_indices, tensors)
+    header = decoded.labels.get("modality")
+    conflict = (labels["modality"], header) if header and labels.get("modality") != header else None
+    return _Loaded(ref, labels, decoded.meta, decoded.frame_indices, tensors, conflict)
 
 
 # Keys per filtered look-up (the filter's limit on any-of values).
@@ -408,6 +430,8 @@ def _finish(ctx: PipelineContext, pending: _Pending) -> BatchReport:
             (report.quarantined if result.quarantined else report.failed).append(result)
         else:
             loaded.append(result)
+            if result.modality_conflict is not None:
+                report.modality_conflicts[result.modality_conflict] += 1
     if report.quarantined:
         # Quarantine holds for what is stored, too: an object indexed before it was flagged
         # (re-sent with BurnedInAnnotation=YES) loses its points.

@@ -38,7 +38,7 @@ from core.snapshots import TrashEntry
 from ingest.backfill import plan_backfill, run_backfill
 from ingest.inline import IngestOptions, build_context, diff_inline, listing_of, plan_prune
 from ingest.labels import Labeler, PathTemplate
-from ingest.pipeline import BatchReport, run_pipeline
+from ingest.pipeline import BatchReport, modality_conflicts_text, run_pipeline
 from ingest.planner import plan_batches
 from ingest.prune import SourceDiff, guard_message, prune_gone
 from ingest.sources import load_manifest_ref, manifest_keys, open_source
@@ -102,6 +102,12 @@ class JobProgress:
     def batch(self, report: BatchReport) -> None:
         """One batch is done: count it, with its failed and quarantined objects."""
         self._batches += 1
+        if report.modality_conflicts:
+            logger.warning(
+                "job %s: modality stored other than the DICOM header's: %s",
+                self._job_id,
+                modality_conflicts_text(report.to_dict()["modality_conflict_values"]),
+            )
         self._store.complete_batch(
             self._job_id,
             f"b{self._batches}",
@@ -111,6 +117,7 @@ class JobProgress:
                 "skipped_unchanged": report.skipped,
                 "relabelled": report.relabelled,
                 "labels_kept": report.labels_kept,
+                "modality_conflicts": sum(report.modality_conflicts.values()),
                 "failed": len(report.failed),
                 "quarantined": len(report.quarantined),
             },

@@ -37,7 +37,7 @@ from core.errors import (
 )
 from core.jobs import DeadLetter, JobKind, JobSpec, JobState
 from core.jobs.redis_store import RedisJobStore
-from ingest.pipeline import process_batch
+from ingest.pipeline import modality_conflicts_text, process_batch
 from ingest.planner import plan_batches
 from ingest.prune import delete_keys, indexed_objects, still_gone
 from ingest.reconcile import plan_reconcile
@@ -228,6 +228,13 @@ def _embed(
                 except BadInput as exc:
                     failed.append((key, exc.reason))
         report = process_batch(ctx, refs, res.pool)
+        if report.modality_conflicts:
+            log.warning(
+                "job %s batch %s: modality stored other than the DICOM header's: %s",
+                job_id,
+                batch_id,
+                modality_conflicts_text(report.to_dict()["modality_conflict_values"]),
+            )
         etag_of = {ref.key: ref.etag for ref in refs}
         bad: dict[str, str] = {}
         for item in report.failed:
@@ -247,6 +254,7 @@ def _embed(
                 "skipped_unchanged": report.skipped,
                 "relabelled": report.relabelled,
                 "labels_kept": report.labels_kept,
+                "modality_conflicts": sum(report.modality_conflicts.values()),
                 "failed": len(failed) - len(report.quarantined),
                 "quarantined": len(report.quarantined),
                 "vanished": vanished,

@@ -33,6 +33,10 @@ LABELS_KEPT = (
     "objects keep the labels an earlier manifest or path template gave them: this run's "
     "rules say nothing about them (pass the same --manifest / --path-template to change them)"
 )
+MODALITY_CONFLICTS = (
+    "DICOM objects are stored with the modality their manifest row, path template or object "
+    "metadata gave, which is not their header's Modality (those rules take precedence)"
+)
 MANIFEST_UNMATCHED = (
     "manifest rows name no object of the source, and labelled nothing: a manifest's keys are "
     "the objects' paths relative to the folder or prefix ingested"

@@ -10,7 +10,13 @@ from typing import Any
 from core.config import Settings
 from core.errors import ConfigError
 from radsearch.commands import remote
-from radsearch.commands.common import EXIT_OK, LABELS_KEPT, MANIFEST_UNMATCHED, print_json
+from radsearch.commands.common import (
+    EXIT_OK,
+    LABELS_KEPT,
+    MANIFEST_UNMATCHED,
+    MODALITY_CONFLICTS,
+    print_json,
+)
 from radsearch.commands.dicomweb import add_selector_options
 from radsearch.commands.jobs import ingest_celery, print_job_result
 from radsearch.commands.options import add_sync_options, check_prune_args
@@ -35,6 +41,11 @@ def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
     kept = summary.get("labels_kept", 0)
     if kept:
         print(f"  {kept} {LABELS_KEPT}")
+    if summary.get("modality_conflicts"):
+        from ingest.pipeline import modality_conflicts_text
+
+        shown = modality_conflicts_text(summary.get("modality_conflict_values") or [])
+        print(f"  {summary['modality_conflicts']} {MODALITY_CONFLICTS}: {shown}")
     unmatched = summary.get("manifest_unmatched", 0)
     if unmatched:
         shown = ", ".join(summary.get("manifest_unmatched_keys") or [])

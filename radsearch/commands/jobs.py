@@ -22,6 +22,7 @@ from radsearch.commands.common import (
     EXIT_RUNTIME_ERROR,
     LABELS_KEPT,
     MANIFEST_UNMATCHED,
+    MODALITY_CONFLICTS,
 )
 from radsearch.commands.options import add_sync_options, check_prune_args
 
@@ -186,6 +187,8 @@ def print_job_result(job: Mapping[str, Any], *, as_json: bool) -> int:
         _out(_summary_line(job))
         if job["counts"].get("labels_kept"):
             _out(f"  {job['counts']['labels_kept']} {LABELS_KEPT}")
+        if job["counts"].get("modality_conflicts"):
+            _out(f"  {job['counts']['modality_conflicts']} {MODALITY_CONFLICTS} (the log names the values)")
         if job["counts"].get("manifest_unmatched"):
             _out(f"  {job['counts']['manifest_unmatched']} {MANIFEST_UNMATCHED}")
         if job.get("drift"):

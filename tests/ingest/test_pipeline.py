@@ -66,6 +66,27 @@ def test_ingest_archive_labels_and_idempotent_rerun(
     assert catalog.index.count("c") == count  # overwritten, not duplicated
 
 
+def test_a_modality_label_other_than_the_dicom_header_is_counted_and_named(
+    catalog: Catalog, settings: Settings, archive: DemoArchive
+) -> None:
+    """A path template one folder short of the tree ({modality}/{anatomy}/{file} over
+    CT/chest/normal/x.dcm) takes the anatomy folder for the modality: the labels it gives are
+    stored (rules take precedence over headers), and the run says which disagree with the header."""
+    dicoms = archive.root / "dicom"
+    n_dicoms = sum(1 for _ in dicoms.rglob("*.dcm"))
+    right = _ingest(catalog, settings, str(dicoms), path_template="{modality}/{anatomy}/{pathology}/{file}")
+    assert right["failed"] == 0 and right["modality_conflicts"] == 0
+    assert right["modality_conflict_values"] == []
+
+    short = _ingest(catalog, settings, str(dicoms), path_template="{modality}/{anatomy}/{file}")
+    assert short["relabelled"] == n_dicoms  # unchanged pixels, new labels: no re-embedding
+    assert short["modality_conflicts"] == n_dicoms
+    values = {(v["stored"], v["header"]): v["objects"] for v in short["modality_conflict_values"]}  # type: ignore[union-attr]
+    assert ("CHEST", "CT") in values and ("BRAIN", "MR") in values
+    assert sum(values.values()) == n_dicoms
+    assert "CHEST" in catalog.index.facet("c", "modality")  # stored as the rule said
+
+
 def test_payloads_are_allow_listed_and_carry_no_phi(
     catalog: Catalog, settings: Settings, archive: DemoArchive, caplog: pytest.LogCaptureFixture
 ) -> None:

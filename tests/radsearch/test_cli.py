@@ -25,7 +25,7 @@ from PIL import Image
 
 from core.config import Settings
 from core.index.edge import EdgeIndex
-from radsearch.commands.common import LABELS_KEPT, MANIFEST_UNMATCHED
+from radsearch.commands.common import LABELS_KEPT, MANIFEST_UNMATCHED, MODALITY_CONFLICTS
 from radsearch.commands.main import build_parser, main
 from tests.workers.conftest import use_settings_env
 
@@ -146,6 +146,27 @@ def test_ingest_search_and_list_json(
     assert listing == {
         "collections": [{"name": "c", "encoder": "baseline", "weights": "builtin", "dim": 512, "points": 8}]
     }
+
+
+def test_ingest_says_which_modality_labels_disagree_with_the_dicom_header(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from radsearch.demo_data import generate_demo_archive
+
+    archive = generate_demo_archive(tmp_path / "archive", per_class=2, seed=3)
+    dicoms = archive.root / "dicom" / "CT"
+    n = sum(1 for _ in dicoms.rglob("*.dcm"))
+    args = ["--data-dir", str(tmp_path / "data"), "ingest", str(dicoms), "--collection", "c"]
+    # one folder short: {modality} takes CT/'s anatomy folders (chest, abdomen)
+    assert main([*args, "--path-template", "{modality}/{anatomy}/{file}"]) == 0
+    out = capsys.readouterr().out
+    assert f"  {n} {MODALITY_CONFLICTS}: " in out
+    assert (
+        "CHEST where the DICOM header says CT (" in out and "ABDOMEN where the DICOM header says CT (" in out
+    )
+    # the header's own modality, no rule: nothing to say
+    assert main([*args, "--path-template", "{anatomy}/{pathology}/{file}"]) == 0
+    assert MODALITY_CONFLICTS not in capsys.readouterr().out
 
 
 def test_collections_create_takes_the_store_default_quantization(

@@ -175,6 +175,8 @@ def test_ingest_through_the_serving_owner_prints_what_direct_ingest_prints(world
         "deleted_items",
         "manifest_unmatched",
         "manifest_unmatched_keys",
+        "modality_conflicts",
+        "modality_conflict_values",
         "accept_burned_in",
         "seconds",
     ]

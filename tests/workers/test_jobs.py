@@ -168,6 +168,46 @@ def test_ingest_job_api_names_an_unknown_field(api: TestClient) -> None:
     }
 
 
+def test_a_job_counts_modality_labels_that_disagree_with_the_dicom_header(
+    worker_settings: Settings,
+    minio_client: Minio,
+    bucket: str,
+    tmp_path: Path,
+    start_server: Callable[..., Server],
+    start_worker: Callable[..., Worker],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from radsearch.commands.common import MODALITY_CONFLICTS
+    from radsearch.commands.jobs import print_job_result
+    from radsearch.demo_data import generate_demo_archive
+
+    server = start_server(worker_settings, wait=False)
+    worker = start_worker(worker_settings, wait=False)
+    archive = generate_demo_archive(tmp_path / "archive", per_class=2, seed=5)
+    files = sorted((archive.root / "dicom" / "CT").rglob("*.dcm"))
+    for path in files:  # CT/chest/normal/x.dcm under raw/
+        key = "raw/" + path.relative_to(archive.root / "dicom").as_posix()
+        minio_client.fput_object(bucket, key, str(path))
+    server.wait_ready()
+    worker.wait_ready()
+    api = server.client()
+    body = {
+        "source": f"s3://{bucket}/raw/",
+        "collections": ["labels"],
+        "path_template": "{modality}/{anatomy}/{file}",  # one folder short: modality = chest, abdomen
+        "encoder": "baseline",
+    }
+    created = api.post("/v1/ingest-jobs", json=body)
+    assert created.status_code == 202, created.text
+    job = wait_api_job(api, created.json()["id"])
+    assert job["state"] == "done" and job["counts"]["modality_conflicts"] == len(files)
+    shown = cli(worker_settings, "jobs", "show", job["id"])
+    assert json.loads(shown.stdout)["counts"]["modality_conflicts"] == len(files)
+    print_job_result(job, as_json=False)  # what `ingest --executor celery` and `jobs wait` print
+    assert f"  {len(files)} {MODALITY_CONFLICTS} (the log names the values)" in capsys.readouterr().out
+    assert "CHEST where the DICOM header says CT (" in worker.log()
+
+
 def test_ingest_job_api_rejects_bad_template_and_encoder(api: TestClient) -> None:
     bad_template = {"source": "s3://bucket/x", "collections": ["a"], "path_template": "{nope}/{file}"}
     assert api.post("/v1/ingest-jobs", json=bad_template).status_code == 400
