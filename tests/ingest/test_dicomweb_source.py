@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 
@@ -131,6 +132,15 @@ def test_ingest_from_orthanc_matches_the_local_folder(
     assert main(pacs) == 0
     again = _last_json(capsys.readouterr().out)
     assert (again["skipped"], again["frames_indexed"]) == (from_pacs["objects"], 0), (from_pacs, again)
+
+    # An instance deleted from the PACS (which Orthanc's change feed does not record): the README's
+    # scheduled prune removes its point, and downloads nothing that is indexed.
+    gone = orthanc.get("/instances")[0]
+    assert httpx.delete(f"{orthanc.url}/instances/{gone}", timeout=30).status_code == 200
+    assert main([*pacs, "--prune", "--force"]) == 0
+    pruned = _last_json(capsys.readouterr().out)
+    assert (pruned["deleted"], pruned["frames_indexed"], pruned["skipped"]) == (1, 0, len(files) - 1)
+    assert len({p["key"] for p in _points(settings, "pacs")}) == len(files) - 1
 
 
 def test_selectors_narrow_the_listing(orthanc: Orthanc, archive: DemoArchive) -> None:  # noqa: F811
