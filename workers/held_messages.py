@@ -28,7 +28,14 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
-__all__ = ["HELD_KEY", "give_back_dead_workers_messages", "held_delivery_tags", "instance_id"]
+__all__ = [
+    "HELD_KEY",
+    "forget_held",
+    "give_back_dead_workers_messages",
+    "held_delivery_tags",
+    "instance_id",
+    "record_held",
+]
 
 log = logging.getLogger(__name__)
 
