@@ -127,6 +127,43 @@ class WatchStats:
     last: int = 0
 
 
+class ReconcileSchedule:
+    """When a watcher's full pass over the PACS is due (neither feed records deletions, and the
+    QIDO feed misses instances added later to older studies): every ``every_s`` seconds (0: never),
+    counted from a stamp file beside the cursor, written at the watcher's first start and at each
+    pass, so that a watcher run from cron with ``--once`` reconciles as often as a long-running one."""
+
+    def __init__(self, path: Path, every_s: float, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.every_s = every_s
+        self.clock = clock
+
+    def _last(self) -> float | None:
+        try:
+            return float(json.loads(self.path.read_text(encoding="utf-8"))["at"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"watch stamp {self.path} is unreadable; delete it to start over") from exc
+
+    def stamp(self) -> None:
+        """Record a pass (or the first start) now."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"at": self.clock()}), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def due(self) -> bool:
+        """Whether a pass is due; the first call of a new watcher stamps its start instead."""
+        if self.every_s <= 0:
+            return False
+        last = self._last()
+        if last is None:
+            self.stamp()
+            return False
+        return self.clock() - last >= self.every_s
+
+
 def follow(
     feed: OrthancChanges,
     cursor: Cursor,
@@ -136,9 +173,11 @@ def follow(
     page_size: int = 100,
     stop: Callable[[], bool] = lambda: False,
     once: bool = False,
+    drained: Callable[[], None] = lambda: None,
 ) -> WatchStats:
     """Deliver the SOP Instance UIDs of new instances page by page, the cursor advanced after
-    each delivered page; polls every ``interval_s`` once drained; ``once``: stop when drained."""
+    each delivered page; polls every ``interval_s`` once drained (``drained()`` called each time);
+    ``once``: stop when drained."""
     stats = WatchStats(last=cursor.load())
     failures = 0
     while not stop():
@@ -158,6 +197,7 @@ def follow(
             stats.last = last
         stats.rounds += 1
         if done:
+            drained()
             if once:
                 break
             pause(interval_s, stop)
@@ -221,6 +261,7 @@ def follow_qido(
     stop: Callable[[], bool] = lambda: False,
     once: bool = False,
     today: Callable[[], str] = lambda: datetime.now(UTC).strftime("%Y%m%d"),
+    drained: Callable[[], None] = lambda: None,
 ) -> WatchStats:
     """Poll by QIDO-RS: every instance of studies dated from the cursor's day on that was not
     delivered yet, in batches; the cursor (day and delivered ETags) saved after each batch. Then
@@ -257,6 +298,7 @@ def follow_qido(
         # listed again is delivered again: at-least-once, the same points.
         cursor.save(started_day, seen if since == started_day else seen - before)
         stats.rounds += 1
+        drained()
         if once:
             break
         pause(interval_s, stop)

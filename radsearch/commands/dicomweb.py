@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from core.config import Settings
-from core.errors import BadInput, ConfigError, SourceError
+from core.errors import BadInput, ConfigError, DeletionRefused, RadsearchError, SourceError
+from ingest.prune import DEFAULT_MAX_DELETE_FRACTION
 from ingest.sources.base import ObjectRef
-from radsearch.commands.arg_types import http_url, seconds
+from radsearch.commands.arg_types import fraction, http_url, seconds
 
 __all__ = ["add_selector_options", "add_watch_command", "apply_selectors"]
 
@@ -76,6 +77,22 @@ def add_watch_command(sub: Any) -> None:
         default="orthanc",
         help="orthanc: its /changes feed (default); qido: any DICOMweb server, polled by StudyDate",
     )
+    watch.add_argument(
+        "--reconcile-every",
+        type=seconds,
+        default=6 * 3600.0,
+        metavar="SECONDS",
+        help="a full pass over the PACS this often (default 6 h; 0: never): delete the points of "
+        "instances deleted there (no feed records deletions; the deletion guard applies) and index "
+        "what the feed missed",
+    )
+    watch.add_argument(
+        "--max-delete-fraction",
+        type=fraction,
+        default=DEFAULT_MAX_DELETE_FRACTION,
+        help="a reconcile pass deletes nothing when more than this fraction of the collection's "
+        f"objects is gone from the PACS (default {DEFAULT_MAX_DELETE_FRACTION})",
+    )
     watch.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     watch.set_defaults(handler=_cmd_watch, remote_handler=_cmd_watch_remote, remote_mode="store")
 
@@ -99,14 +116,20 @@ def _stop_on_signals() -> Callable[[], bool]:
 
 
 def _follow(
-    args: argparse.Namespace, settings: Settings, source: Any, deliver: Callable[[list[Any]], None]
+    args: argparse.Namespace,
+    settings: Settings,
+    source: Any,
+    deliver: Callable[[list[Any]], None],
+    reconcile: Callable[[], None],
 ) -> int:
-    """Follow the PACS (``--feed``), handing each batch of new instances' references to ``deliver``."""
+    """Follow the PACS (``--feed``), handing each batch of new instances' references to ``deliver``,
+    and calling ``reconcile`` once drained when ``--reconcile-every`` has passed."""
     from ingest.sources.dicomweb import DicomwebSource, make_session, with_since
     from ingest.watch import (
         Cursor,
         DateCursor,
         OrthancChanges,
+        ReconcileSchedule,
         cursor_path,
         follow,
         follow_qido,
@@ -114,6 +137,16 @@ def _follow(
     )
 
     path = cursor_path(settings.data_dir, source.name, args.collection)
+    schedule = ReconcileSchedule(path.with_name(path.stem + "-reconciled.json"), args.reconcile_every)
+    reconciled = 0
+
+    def drained() -> None:
+        nonlocal reconciled
+        if schedule.due():
+            schedule.stamp()  # a pass that fails waits for the next interval, not the next poll
+            reconcile()
+            reconciled += 1
+
     if args.feed == "qido":
 
         def list_since(since: str | None) -> Any:
@@ -139,6 +172,7 @@ def _follow(
             batch_size=settings.ingest.batch_size,
             stop=_stop_on_signals(),
             once=args.once,
+            drained=drained,
         )
         last: object = DateCursor(path.with_name(path.stem + "-qido.json")).load()[0]
     else:
@@ -162,6 +196,7 @@ def _follow(
             page_size=settings.dicomweb.page_size,
             stop=_stop_on_signals(),
             once=args.once,
+            drained=drained,
         )
         last = stats.last
     # The loop is over and its cursor saved: a further signal ends the process by the signal. The
@@ -169,23 +204,43 @@ def _follow(
     # Ctrl-C burst then ended in a traceback and exit 0).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
-    summary = {"collection": args.collection, "delivered": stats.delivered, "last": last}
+    summary = {
+        "collection": args.collection,
+        "delivered": stats.delivered,
+        "last": last,
+        "reconciled": reconciled,
+    }
     line = (
         json.dumps(summary)
         if args.json
-        else f"watch: {stats.delivered} instances delivered, cursor at {last}"
+        else f"watch: {stats.delivered} instances delivered, cursor at {last}, {reconciled} reconcile passes"
     )
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
     return 0
 
 
+def _reconcile_failed(args: argparse.Namespace, exc: Exception) -> None:
+    """A reconcile pass that could not run, or whose deletions the guard refused: said, and the
+    watcher goes on (the next pass in ``--reconcile-every``)."""
+    hint = (
+        " (to delete them once: radsearch ingest <the PACS> --collection NAME --prune --force)"
+        if isinstance(exc, DeletionRefused)
+        else ""
+    )
+    log.warning(
+        "watch reconcile of %s: %s%s; the next in %.0f s", args.collection, exc, hint, args.reconcile_every
+    )
+
+
 def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     """Index new instances here, in the store this process owns."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ingest.inline import IngestOptions, build_context
+    from ingest.inline import IngestOptions, build_context, diff_inline, listing_of
     from ingest.pipeline import process_batch
+    from ingest.planner import plan_batches
+    from ingest.prune import check_deletions, prune_gone
     from ingest.sources.dicomweb import DicomwebSource
     from radsearch.services import ensure_collection, open_catalog
 
@@ -214,8 +269,29 @@ def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
                 len(report.quarantined),
             )
 
+        def reconcile() -> None:
+            try:
+                listing = listing_of(ctx, frozenset())
+                diffs = diff_inline(ctx, settings, listing, prune=True)
+                # what the feed missed is indexed whatever the guard says of the deletions
+                missed = sorted({key for diff in diffs for key in (*diff.added, *diff.changed)})
+                for batch in plan_batches((listing[key] for key in missed), settings.ingest.batch_size):
+                    deliver(batch)
+                check_deletions(diffs, max_fraction=args.max_delete_fraction, force=False)
+                deleted = prune_gone(catalog.index, source, diffs)
+            except (SourceError, DeletionRefused) as exc:
+                _reconcile_failed(args, exc)
+                return
+            log.info(
+                "watch reconcile of %s: %d listed, %d missed and indexed, %d deleted",
+                args.collection,
+                len(listing),
+                len(missed),
+                len(deleted),
+            )
+
         try:
-            return _follow(args, settings, source, deliver)
+            return _follow(args, settings, source, deliver, reconcile)
         finally:
             source.close()
 
@@ -266,7 +342,26 @@ def _cmd_watch_remote(args: argparse.Namespace, settings: Settings, url: str) ->
             raise SourceError(f"the radsearch server at {url} answered {response.status_code}")
         log.info("watch batch sent=%d status=%d", len(parts), response.status_code)
 
+    def reconcile() -> None:
+        # The server's own pass (an owner job: skip what is indexed, prune under the guard); it
+        # answers 400 where the watched PACS is not its configured one (dicomweb.url).
+        body = {
+            "executor": "owner",
+            "source": args.source,
+            "collections": [args.collection],
+            "encoder": args.encoder,
+            "prune": True,
+            "max_delete_fraction": args.max_delete_fraction,
+        }
+        try:
+            with ApiClient.from_settings(url, settings) as api:
+                job_id = api.request("POST", "/v1/ingest-jobs", json=body)["id"]
+        except RadsearchError as exc:
+            _reconcile_failed(args, exc)
+            return
+        log.info("watch reconcile of %s: job %s on the server", args.collection, job_id)
+
     try:
-        return _follow(args, settings, source, deliver)
+        return _follow(args, settings, source, deliver, reconcile)
     finally:
         source.close()

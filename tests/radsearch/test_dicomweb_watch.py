@@ -16,8 +16,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from core.config import ApiKeyEntry, RuntimeSettings, SecuritySettings, Settings
+from core.config import ApiKeyEntry, DicomwebSettings, RuntimeSettings, SecuritySettings, Settings
 from ingest.readers import DecodeLimits, decode_object
+from ingest.sources.dicomweb import DicomwebSource
 from radsearch.commands.main import main
 from radsearch.demo_data import DemoArchive, generate_demo_archive
 from radsearch.services import ensure_collection, open_catalog
@@ -69,6 +70,67 @@ def test_watch_in_process_resumes_from_its_cursor(
     assert second["delivered"] == 1 and second["last"] == orthanc.get("/changes?limit=0")["Last"]
     with open_catalog(Settings(data_dir=Path(data)), owner="test") as catalog:
         assert catalog.index.count("w") == _frames(files)
+
+
+def test_a_watchers_reconcile_pass_deletes_what_the_pacs_deleted(
+    orthanc: Orthanc,  # noqa: F811
+    archive: DemoArchive,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No feed records a deletion: an instance deleted from the PACS stayed searchable for good.
+    A pass every --reconcile-every (counted from the watcher's first start) deletes its points."""
+    files = _files(archive)
+    for path in files:
+        orthanc.upload(path.read_bytes())
+    data = tmp_path / "data"
+    argv = ["--data-dir", str(data), "watch", orthanc.dicomweb, "--collection", "r", "--once", "--json"]
+    assert main(argv) == 0  # the first start: delivers, and starts the reconcile clock
+    first = _last_json(capsys.readouterr().out)
+    assert (first["delivered"], first["reconciled"]) == (len(files), 0)
+    assert main([*argv, "--reconcile-every", "3600"]) == 0  # not due yet
+    assert _last_json(capsys.readouterr().out)["reconciled"] == 0
+
+    gone = orthanc.get("/instances")[0]
+    frames = orthanc.get(f"/instances/{gone}/tags?simplify")
+    settings = Settings(data_dir=data)
+    pacs = DicomwebSource(
+        orthanc.dicomweb,
+        settings.dicomweb,
+        hash_key=settings.hash_key_bytes(),
+        max_object_bytes=settings.ingest.max_object_bytes,
+    )
+    gone_ref = pacs.ref_for_uid(frames["SOPInstanceUID"])
+    pacs.close()
+    assert gone_ref is not None
+    assert httpx.delete(f"{orthanc.url}/instances/{gone}", timeout=30).status_code == 200
+    time.sleep(0.05)
+    with open_catalog(Settings(data_dir=data), owner="test") as catalog:
+        before = catalog.index.count("r")
+        # and one instance the feed never delivered (the QIDO feed misses late ones): its points go
+        points = list(catalog.index.scroll("r"))
+        missed = next(p.payload["key"] for p in points if p.payload["key"] != gone_ref.key)
+        catalog.index.delete("r", [p.id for p in points if p.payload["key"] == missed])
+    # 1 of the 9 indexed objects is gone: past the default guard (0.1)
+    assert main([*argv, "--reconcile-every", "0.01", "--max-delete-fraction", "0.2"]) == 0
+    third = _last_json(capsys.readouterr().out)
+    assert (third["delivered"], third["reconciled"]) == (0, 1)
+    with open_catalog(Settings(data_dir=data), owner="test") as catalog:
+        keys = {p.payload["key"] for p in catalog.index.scroll("r")}
+        assert len(keys) == len(files) - 1 and missed in keys and gone_ref.key not in keys
+        assert catalog.index.count("r") == before - int(frames.get("NumberOfFrames") or 1)
+
+    # the guard holds: more than --max-delete-fraction gone deletes nothing, and says so
+    for instance in orthanc.get("/instances")[:3]:
+        httpx.delete(f"{orthanc.url}/instances/{instance}", timeout=30)
+    time.sleep(0.05)
+    assert main([*argv, "--reconcile-every", "0.01"]) == 0
+    refused = capsys.readouterr()
+    assert _last_json(refused.out)["reconciled"] == 1
+    assert "more than the allowed fraction 0.1; nothing was deleted" in refused.err
+    assert "radsearch ingest <the PACS> --collection NAME --prune --force" in refused.err
+    with open_catalog(Settings(data_dir=data), owner="test") as catalog:
+        assert len({p.payload["key"] for p in catalog.index.scroll("r")}) == len(files) - 1
 
 
 def test_watch_through_a_server_creates_a_missing_collection(
@@ -160,6 +222,51 @@ def test_a_watcher_whose_key_may_not_create_the_collection_is_told_it_is_missing
     assert httpx.get(f"{api.url}/v1/collections/ww", headers={"X-API-Key": READER_KEY}).status_code == 404
 
 
+def test_a_watcher_through_a_server_reconciles_by_a_job_of_the_server(
+    orthanc: Orthanc,  # noqa: F811
+    archive: DemoArchive,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Through a server the pass is the server's own (an owner ingest job of the PACS with prune):
+    the deleted instance's points go there too."""
+    files = _files(archive)
+    for path in files:
+        orthanc.upload(path.read_bytes())
+    settings = Settings(
+        data_dir=tmp_path / "server",
+        runtime=RuntimeSettings(device="cpu", dtype="float32"),
+        dicomweb=DicomwebSettings(url=orthanc.dicomweb),
+    )
+    with ServedApp(settings) as api:
+        monkeypatch.setenv("RADSEARCH_URL", api.url)
+        argv = ["--data-dir", str(tmp_path / "watcher"), "watch", orthanc.dicomweb, "--collection", "s"]
+        assert main([*argv, "--once", "--json"]) == 0, capsys.readouterr().err
+        assert _last_json(capsys.readouterr().out)["delivered"] == len(files)
+        before = httpx.get(f"{api.url}/v1/collections/s", timeout=30).json()["points"]
+        gone = orthanc.get("/instances")[0]
+        frames = int(orthanc.get(f"/instances/{gone}/tags?simplify").get("NumberOfFrames") or 1)
+        assert httpx.delete(f"{orthanc.url}/instances/{gone}", timeout=30).status_code == 200
+        time.sleep(0.05)
+        assert main([*argv, "--once", "--json", "--reconcile-every", "0.01"]) == 0
+        assert _last_json(capsys.readouterr().out)["reconciled"] == 1
+        jobs = httpx.get(f"{api.url}/v1/ingest-jobs", timeout=30).json()["data"]
+        assert jobs and jobs[0]["options"]["prune"] is True
+        deadline = time.monotonic() + 60
+        while (job := httpx.get(f"{api.url}/v1/ingest-jobs/{jobs[0]['id']}", timeout=30).json())[
+            "state"
+        ] not in (
+            "done",
+            "failed",
+        ):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        assert job["state"] == "done", job
+        after = httpx.get(f"{api.url}/v1/collections/s", timeout=30).json()["points"]
+    assert after == before - frames
+
+
 def test_watch_through_a_server_survives_a_kill(
     orthanc: Orthanc,  # noqa: F811
     archive: DemoArchive,
@@ -215,7 +322,10 @@ def test_watch_through_a_server_survives_a_kill(
         watcher.send_signal(signal.SIGTERM)
         watcher.wait(timeout=30)
     assert watcher.returncode == 0, log.read_text()
-    cursor = json.loads(next((tmp_path / "watcher" / "watch").glob("*.json")).read_text())
+    (cursor_file,) = [
+        p for p in (tmp_path / "watcher" / "watch").glob("*.json") if "-reconciled" not in p.name
+    ]
+    cursor = json.loads(cursor_file.read_text())
     assert cursor["last"] == orthanc.get("/changes?limit=0")["Last"]
 
 
@@ -299,7 +409,7 @@ def test_a_watcher_hears_a_stop_at_once_and_a_second_one_ends_it(tmp_path: Path)
         watcher.send_signal(signal.SIGTERM)
         out, _ = watcher.communicate(timeout=10)
         assert watcher.returncode == 0 and time.monotonic() - started < 5
-        assert out.strip() == "watch: 0 instances delivered, cursor at 0"
+        assert out.strip() == "watch: 0 instances delivered, cursor at 0, 0 reconcile passes"
     finally:
         watcher.kill()
         watcher.communicate()
