@@ -53,7 +53,9 @@ async function call(path, options = {}) {
   }
   if (response.status === 401) {
     $("key-form").hidden = false;
-    throw new ApiError("this server needs an API key: enter it above", 401);
+    throw new ApiError(apiKey()
+      ? "the server refused this API key (mistyped, expired or revoked): enter another above"
+      : "this server needs an API key: enter it above", 401);
   }
   if (!response.ok) {
     let body = null;

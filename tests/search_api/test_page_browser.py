@@ -203,6 +203,13 @@ def test_a_radiologist_searches_refines_and_compares(served: tuple[Served, Archi
             # 1. Keys are on: the page asks for one and keeps it for the session.
             page.goto(server.url + "/", wait_until="load")
             page.wait_for_selector("#key-form:not([hidden])")
+            assert "needs an API key" in page.locator("#status").inner_text()
+            # a mistyped key is said to be refused, not to be missing
+            page.fill("#api-key", KEY + "x")
+            page.get_by_role("button", name="Use key").click()
+            page.wait_for_function(
+                "document.getElementById('status').textContent.includes('refused this API key')"
+            )
             page.fill("#api-key", KEY)
             page.get_by_role("button", name="Use key").click()
             page.wait_for_function("document.getElementById('collection').options.length === 2")
