@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -95,8 +96,19 @@ def _canary_archive(out: Path) -> CanaryArchive:
 
 
 def _hits(canaries: set[str], text: str) -> list[str]:
+    """The canaries found in ``text``. An all-digit canary (a birth or study date) counts where
+    no digit comes before it: one that does is the middle of another number (CI once found the
+    birth date 20000210 inside a number of the metrics or timings, as in 1.7966594200002103e+09),
+    while a date that starts a DICOM date-time (20000210093000) still counts."""
     lowered = text.lower()
-    return sorted(c for c in canaries if c.lower() in lowered)
+    found = []
+    for canary in canaries:
+        if canary.isdigit():
+            if re.search(rf"(?<!\d){canary}", text):
+                found.append(canary)
+        elif canary.lower() in lowered:
+            found.append(canary)
+    return sorted(found)
 
 
 def test_phi_canaries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
