@@ -24,6 +24,7 @@ __all__ = [
     "STORE_RESTARTS",
     "SEARCHES",
     "SEARCH_SECONDS",
+    "WORKER_MESSAGES_GIVEN_BACK",
     "filter_kind",
     "timed_search",
 ]
@@ -77,6 +78,13 @@ INGEST_OBJECTS = Counter(
     "radsearch_ingest_objects",
     "Source objects seen by ingest, by outcome (indexed, skipped, relabelled, failed, quarantined).",
     ["outcome"],
+)
+
+WORKER_MESSAGES_GIVEN_BACK = Counter(
+    "radsearch_worker_messages_given_back",
+    "Broker messages a worker gave back to their queues for a worker that died holding them "
+    "(workers.held_messages), by the queue they went back to.",
+    ["queue"],
 )
 
 

@@ -28,6 +28,8 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
+from core.metrics import WORKER_MESSAGES_GIVEN_BACK
+
 __all__ = [
     "HELD_KEY",
     "forget_held",
@@ -71,6 +73,15 @@ def record_held(pipe: Any, instance: str, hostname: str, last_seen: float, tags:
     )
 
 
+def _queue_of(unacked: Any) -> str:
+    """The routing key (our queue's name) of a value of kombu's ``unacked`` hash: JSON
+    ``[message, exchange, routing_key]``."""
+    try:
+        return str(json.loads(unacked)[2])
+    except (ValueError, TypeError, IndexError):
+        return "unknown"
+
+
 def forget_held(client: redis.Redis, instance: str) -> None:
     """Drop ``instance``'s entry (a clean stop: kombu gives its messages back itself)."""
     client.hdel(HELD_KEY, instance)
@@ -102,11 +113,14 @@ def give_back_dead_workers_messages(
             continue
         with app.connection_for_write() as connection:
             qos = connection.default_channel.qos
-            held = [
-                tag for tag, value in zip(tags, client.hmget(qos.unacked_key, tags), strict=True) if value
-            ]
-            for tag in held:
+            held = {
+                tag: value
+                for tag, value in zip(tags, client.hmget(qos.unacked_key, tags), strict=True)
+                if value
+            }
+            for tag, value in held.items():
                 qos.restore_by_tag(tag)
+                WORKER_MESSAGES_GIVEN_BACK.labels(_queue_of(value)).inc()
         if held:
             log.warning(
                 "worker %s silent for %.0f s (killed?): %d message(s) it held given back to their queues",

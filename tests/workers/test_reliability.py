@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 import redis
 from minio import Minio
@@ -16,6 +18,7 @@ from minio import Minio
 from core.config import Settings
 from core.jobs import JobKind, JobSpec
 from core.jobs.redis_store import RedisJobStore
+from tests.conftest import free_port
 from tests.workers.conftest import (
     RedisServer,
     Server,
@@ -190,7 +193,17 @@ def test_a_dead_workers_batch_is_given_back_long_before_the_visibility_timeout(
     assert interrupted, "no kill interrupted a batch"
     killed_at = time.monotonic()
 
-    rescuer = start_worker(settings, "--hostname", "rescuer@test", name="rescuer")
+    port = free_port()
+    rescuer = start_worker(
+        settings,
+        "--hostname",
+        "rescuer@test",
+        "--pool",
+        "threads",
+        "--metrics-port",
+        str(port),
+        name="rescuer",
+    )
     record = wait_job(job_store, job_id, timeout_s=120)
     took_s = time.monotonic() - killed_at
     deliveries = job_store.deliveries(job_id)
@@ -200,6 +213,11 @@ def test_a_dead_workers_batch_is_given_back_long_before_the_visibility_timeout(
     assert all(deliveries[batch] >= 2 for batch in interrupted), (interrupted, deliveries)
     assert took_s < 60, f"the job ended {took_s:.0f} s after the kill"
     assert "doomed@test silent for" in rescuer.log() and "given back to their queues" in rescuer.log()
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    given_back = re.search(
+        r'^radsearch_worker_messages_given_back_total\{queue="embed"\} (\S+)$', metrics, re.M
+    )
+    assert given_back is not None and float(given_back.group(1)) >= len(interrupted), metrics
     # what a worker that stopped cleanly held is not given back: kombu returned it, and its entry went
     rescuer.stop()
     assert not job_store.client.hkeys(HELD_KEY)
