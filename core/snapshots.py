@@ -156,9 +156,17 @@ class SnapshotStore:
         self.settings = settings
         self._clock = clock
 
+    def _ids(self) -> builtins.list[str]:
+        """The ids of the snapshot folders here (complete or not)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(entry.name for entry in self.root.iterdir() if _SNAPSHOT_ID.match(entry.name))
+
     def _dir(self, snapshot_id: str) -> Path:
         if not _SNAPSHOT_ID.match(snapshot_id):  # also keeps ids from naming a path elsewhere
-            raise CollectionNotFound("snapshot not found (radsearch snapshot list)")
+            raise CollectionNotFound(
+                f"snapshot not found{did_you_mean(snapshot_id, self._ids())} (radsearch snapshot list)"
+            )
         return self.root / snapshot_id
 
     def create(self, index: VectorIndex, collections: Sequence[str] | None = None) -> SnapshotManifest:
@@ -235,7 +243,9 @@ class SnapshotStore:
         cannot be read."""
         path = self._dir(snapshot_id) / _MANIFEST
         if not path.is_file():
-            raise CollectionNotFound(f"snapshot {snapshot_id!r} not found")
+            raise CollectionNotFound(
+                f"snapshot {snapshot_id!r} not found{did_you_mean(snapshot_id, self._ids())}"
+            )
         return _read_record(
             SnapshotManifest,
             path,

@@ -178,8 +178,14 @@ def test_snapshot_restore_refuses_a_taken_name_unless_forced(
     assert index.count("a") == 2 * BATCH
     with pytest.raises(ConfigError, match="one collection"):
         snapshots.restore(index, manifest.id, as_name="b")
-    with pytest.raises(CollectionNotFound):
+    with pytest.raises(CollectionNotFound, match=r"^snapshot not found \(radsearch snapshot list\)$"):
         snapshots.restore(index, "../index")
+    # a copied id cut short, or one character off (this session's walkthrough): the one meant
+    with pytest.raises(CollectionNotFound, match=rf"not found \(did you mean '{manifest.id}'\?\)"):
+        snapshots.restore(index, manifest.id[:-1], collection="a", as_name="b")
+    other = manifest.id[:-1] + ("0" if manifest.id[-1] != "0" else "1")
+    with pytest.raises(CollectionNotFound, match=rf"'{other}' not found \(did you mean '{manifest.id}'\?\)"):
+        snapshots.restore(index, other, collection="a", as_name="b")
     # a name it does not hold (session 26's walkthrough): what the snapshot holds
     with pytest.raises(CollectionNotFound, match=r"no collection 'b'; it holds a, z$"):
         snapshots.restore(index, manifest.id, collection="b", as_name="c")
