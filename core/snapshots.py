@@ -227,13 +227,11 @@ class SnapshotStore:
 
     def list(self) -> builtins.list[SnapshotManifest]:
         """Every complete snapshot, oldest first."""
-        if not self.root.is_dir():
-            return []
         manifests = []
-        for entry in sorted(self.root.iterdir()):
-            if _SNAPSHOT_ID.match(entry.name) and (entry / _MANIFEST).is_file():
+        for snapshot_id in self._ids():
+            if (self.root / snapshot_id / _MANIFEST).is_file():
                 try:
-                    manifests.append(self.get(entry.name))
+                    manifests.append(self.get(snapshot_id))
                 except StoreDamaged as exc:  # listed around, not hidden
                     log.warning("%s", exc)
         return manifests

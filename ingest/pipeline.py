@@ -116,6 +116,18 @@ class BatchReport:
         self.deleted.extend(other.deleted)
         self.modality_conflicts.update(other.modality_conflicts)
 
+    @property
+    def modality_conflict_count(self) -> int:
+        """DICOM objects stored with a modality other than their header's."""
+        return sum(self.modality_conflicts.values())
+
+    def modality_conflict_values(self) -> list[dict[str, Any]]:
+        """``{"stored", "header", "objects"}`` per value pair, the commonest first."""
+        return [
+            {"stored": stored, "header": header, "objects": n}
+            for (stored, header), n in self.modality_conflicts.most_common()
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "objects": self.objects,
@@ -131,16 +143,13 @@ class BatchReport:
             "deleted_items": list(self.deleted),
             "manifest_unmatched": self.manifest_unmatched,
             "manifest_unmatched_keys": list(self.manifest_unmatched_keys),
-            "modality_conflicts": sum(self.modality_conflicts.values()),
-            "modality_conflict_values": [
-                {"stored": stored, "header": header, "objects": n}
-                for (stored, header), n in self.modality_conflicts.most_common()
-            ],
+            "modality_conflicts": self.modality_conflict_count,
+            "modality_conflict_values": self.modality_conflict_values(),
         }
 
 
 def modality_conflicts_text(values: Iterable[Mapping[str, Any]]) -> str:
-    """``BatchReport.to_dict()["modality_conflict_values"]`` in words: "CHEST where the DICOM
+    """`BatchReport.modality_conflict_values` in words: "CHEST where the DICOM
     header says CT (12 objects)", joined."""
     return "; ".join(
         f"{v['stored']} where the DICOM header says {v['header']} ({v['objects']} objects)" for v in values

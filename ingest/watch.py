@@ -153,15 +153,15 @@ class ReconcileSchedule:
         tmp.write_text(json.dumps({"at": self.clock()}), encoding="utf-8")
         os.replace(tmp, self.path)
 
-    def due(self) -> bool:
-        """Whether a pass is due; the first call of a new watcher stamps its start instead."""
-        if self.every_s <= 0:
-            return False
-        last = self._last()
-        if last is None:
+    def start(self) -> None:
+        """A watcher starts: a new one (no stamp yet) counts its first pass from now."""
+        if self.every_s > 0 and self._last() is None:
             self.stamp()
-            return False
-        return self.clock() - last >= self.every_s
+
+    def due(self) -> bool:
+        """Whether a pass is due."""
+        last = self._last()
+        return self.every_s > 0 and last is not None and self.clock() - last >= self.every_s
 
 
 def follow(

@@ -106,7 +106,7 @@ class JobProgress:
             logger.warning(
                 "job %s: modality stored other than the DICOM header's: %s",
                 self._job_id,
-                modality_conflicts_text(report.to_dict()["modality_conflict_values"]),
+                modality_conflicts_text(report.modality_conflict_values()),
             )
         self._store.complete_batch(
             self._job_id,
@@ -117,7 +117,7 @@ class JobProgress:
                 "skipped_unchanged": report.skipped,
                 "relabelled": report.relabelled,
                 "labels_kept": report.labels_kept,
-                "modality_conflicts": sum(report.modality_conflicts.values()),
+                "modality_conflicts": report.modality_conflict_count,
                 "failed": len(report.failed),
                 "quarantined": len(report.quarantined),
             },

@@ -233,7 +233,7 @@ def _embed(
                 "job %s batch %s: modality stored other than the DICOM header's: %s",
                 job_id,
                 batch_id,
-                modality_conflicts_text(report.to_dict()["modality_conflict_values"]),
+                modality_conflicts_text(report.modality_conflict_values()),
             )
         etag_of = {ref.key: ref.etag for ref in refs}
         bad: dict[str, str] = {}
@@ -254,7 +254,7 @@ def _embed(
                 "skipped_unchanged": report.skipped,
                 "relabelled": report.relabelled,
                 "labels_kept": report.labels_kept,
-                "modality_conflicts": sum(report.modality_conflicts.values()),
+                "modality_conflicts": report.modality_conflict_count,
                 "failed": len(failed) - len(report.quarantined),
                 "quarantined": len(report.quarantined),
                 "vanished": vanished,

@@ -138,6 +138,7 @@ def _follow(
 
     path = cursor_path(settings.data_dir, source.name, args.collection)
     schedule = ReconcileSchedule(path.with_name(path.stem + "-reconciled.json"), args.reconcile_every)
+    schedule.start()
     reconciled = 0
 
     def drained() -> None:

@@ -24,6 +24,7 @@ from radsearch.demo_data import DemoArchive, generate_demo_archive
 from radsearch.services import ensure_collection, open_catalog
 from search_api.security import hash_api_key
 from tests.orthanc_server import Orthanc, ServedApp, orthanc  # noqa: F401 - the fixture
+from tests.workers.conftest import wait_api_job
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -253,15 +254,8 @@ def test_a_watcher_through_a_server_reconciles_by_a_job_of_the_server(
         assert _last_json(capsys.readouterr().out)["reconciled"] == 1
         jobs = httpx.get(f"{api.url}/v1/ingest-jobs", timeout=30).json()["data"]
         assert jobs and jobs[0]["options"]["prune"] is True
-        deadline = time.monotonic() + 60
-        while (job := httpx.get(f"{api.url}/v1/ingest-jobs/{jobs[0]['id']}", timeout=30).json())[
-            "state"
-        ] not in (
-            "done",
-            "failed",
-        ):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
+        with httpx.Client(base_url=api.url, timeout=30) as client:
+            job = wait_api_job(client, jobs[0]["id"], timeout_s=60)
         assert job["state"] == "done", job
         after = httpx.get(f"{api.url}/v1/collections/s", timeout=30).json()["points"]
     assert after == before - frames
