@@ -23,6 +23,7 @@ from core.payload import SearchFilter
 
 __all__ = [
     "AliasPublic",
+    "AliasSwitchedPublic",
     "AliasUpdate",
     "AliasesPublic",
     "BackfillCreate",
@@ -419,8 +420,15 @@ class AliasUpdate(BaseModel):
 
 
 class AliasPublic(BaseModel):
+    """An alias as listed (``GET /v1/aliases``, ``radsearch collections aliases --json``)."""
+
     alias: str
     collection: str
+
+
+class AliasSwitchedPublic(AliasPublic):
+    """An alias just set: ``previous`` is the collection it named before, or null for a new alias."""
+
     previous: str | None = None
 
 

@@ -55,9 +55,11 @@ def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
             {
                 "name": entry.name,
                 "encoder": entry.encoder.name,
-                "weights": entry.weights_version,
                 "dim": entry.dim,
                 "points": catalog.index.count(entry.name),
+                "weights": entry.weights_version,
+                "text_search": entry.encoder.text_tower,
+                "created_at": entry.created_at,
             }
             for entry in catalog.list()
         ]
@@ -168,7 +170,9 @@ def _cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
     from radsearch.services import open_catalog
 
     with open_catalog(settings) as catalog:
-        aliases = catalog.aliases()
+        aliases = [
+            {"alias": alias, "collection": target} for alias, target in sorted(catalog.aliases().items())
+        ]
     print_aliases(aliases, as_json=args.json)
     return EXIT_OK
 
@@ -177,7 +181,8 @@ def _cmd_aliases(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def print_collections(rows: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
-    """Collections, ``{"name", "encoder", "weights", "dim", "points"}`` each."""
+    """Collections, each as ``GET /v1/collections`` gives it: ``{"name", "encoder", "dim", "points",
+    "weights", "text_search", "created_at"}``."""
     if as_json:
         print_json({"collections": [dict(row) for row in rows]})
         return
@@ -230,13 +235,13 @@ def print_unaliased(alias: str) -> None:
     print(f"removed alias {alias}")
 
 
-def print_aliases(aliases: Mapping[str, str], *, as_json: bool) -> None:
-    """alias → collection."""
+def print_aliases(aliases: Sequence[Mapping[str, Any]], *, as_json: bool) -> None:
+    """Aliases, each as ``GET /v1/aliases`` gives it: ``{"alias", "collection"}``."""
     if as_json:
-        print_json({"aliases": dict(aliases)})
+        print_json({"aliases": [dict(item) for item in aliases]})
         return
-    for alias, target in sorted(aliases.items()):
-        print(f"{alias} -> {target}")
+    for item in aliases:
+        print(f"{item['alias']} -> {item['collection']}")
 
 
 def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -267,17 +272,7 @@ def print_calibrated(record: Mapping[str, Any]) -> None:
 def _remote_list(args: argparse.Namespace, settings: Settings, url: str) -> int:
     with remote.client(settings, url) as api:
         listed = api.request("GET", "/v1/collections")["collections"]
-    rows = [
-        {
-            "name": c["name"],
-            "encoder": c["encoder"],
-            "weights": c["weights"],
-            "dim": c["dim"],
-            "points": c["points"],
-        }
-        for c in listed
-    ]
-    print_collections(rows, as_json=args.json)
+    print_collections(listed, as_json=args.json)
     return EXIT_OK
 
 
@@ -354,7 +349,7 @@ def _remote_unalias(args: argparse.Namespace, settings: Settings, url: str) -> i
 def _remote_aliases(args: argparse.Namespace, settings: Settings, url: str) -> int:
     with remote.client(settings, url) as api:
         listed = api.request("GET", "/v1/aliases")["aliases"]
-    print_aliases({item["alias"]: item["collection"] for item in listed}, as_json=args.json)
+    print_aliases(listed, as_json=args.json)
     return EXIT_OK
 
 

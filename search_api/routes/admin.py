@@ -33,6 +33,7 @@ from search_api.offload import in_inference_thread, in_thread
 from search_api.schemas import (
     AliasesPublic,
     AliasPublic,
+    AliasSwitchedPublic,
     AliasUpdate,
     BackfillCreate,
     BackfillJobPublic,
@@ -251,7 +252,9 @@ async def read_backfill_jobs(
     "/aliases/{alias}",
     responses=error_responses(CollectionNotFound, ConfigError, 409),
 )
-async def update_alias(alias: str, body: AliasUpdate, catalog: CatalogDep, request: Request) -> AliasPublic:
+async def update_alias(
+    alias: str, body: AliasUpdate, catalog: CatalogDep, request: Request
+) -> AliasSwitchedPublic:
     """Point an alias at a collection, atomically; searches through the alias switch at once.
 
     409 naming what is missing while a backfill (or owner-run ingest) still writes to the
@@ -272,7 +275,7 @@ async def update_alias(alias: str, body: AliasUpdate, catalog: CatalogDep, reque
         return catalog.set_alias(alias, body.collection)
 
     previous = await in_thread(switch)
-    return AliasPublic(alias=alias, collection=body.collection, previous=previous)
+    return AliasSwitchedPublic(alias=alias, collection=body.collection, previous=previous)
 
 
 @router.get("/aliases")

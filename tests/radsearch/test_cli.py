@@ -14,6 +14,7 @@ import subprocess
 import sys
 import termios
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,15 @@ def test_ingest_search_and_list_json(
 
     assert main(["--data-dir", data, "collections", "list", "--json"]) == 0
     listing = _last_json(capsys.readouterr().out)
-    assert listing == {
-        "collections": [{"name": "c", "encoder": "baseline", "weights": "builtin", "dim": 512, "points": 8}]
+    (row,) = listing["collections"]
+    assert datetime.fromisoformat(row.pop("created_at")).tzinfo is not None
+    assert row == {
+        "name": "c",
+        "encoder": "baseline",
+        "dim": 512,
+        "points": 8,
+        "weights": "builtin",
+        "text_search": False,
     }
 
 
