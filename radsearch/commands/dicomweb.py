@@ -9,13 +9,16 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from core.errors import BadInput, ConfigError, DeletionRefused, RadsearchError, SourceError
 from ingest.prune import DEFAULT_MAX_DELETE_FRACTION
 from ingest.sources.base import ObjectRef
 from radsearch.commands.arg_types import fraction, http_url, seconds
+
+if TYPE_CHECKING:
+    from ingest.sources.dicomweb import DicomwebSource
 
 __all__ = ["add_selector_options", "add_watch_command", "apply_selectors"]
 
@@ -124,7 +127,7 @@ def _follow(
 ) -> int:
     """Follow the PACS (``--feed``), handing each batch of new instances' references to ``deliver``,
     and calling ``reconcile`` once drained when ``--reconcile-every`` has passed."""
-    from ingest.sources.dicomweb import DicomwebSource, make_session, with_since
+    from ingest.sources.dicomweb import make_session, with_since
     from ingest.watch import (
         Cursor,
         DateCursor,
@@ -153,13 +156,7 @@ def _follow(
         def list_since(since: str | None) -> Any:
             # The poll's day replaces an earlier --since of the source URI.
             uri = with_since(args.source, since) if since else args.source
-            polled = DicomwebSource(
-                uri,
-                settings.dicomweb,
-                hash_key=settings.hash_key_bytes(),
-                max_object_bytes=settings.ingest.max_object_bytes,
-                name=source.name,
-            )
+            polled = _pacs_source(uri, settings, name=source.name)
             try:
                 yield from polled.list()
             finally:
@@ -234,6 +231,18 @@ def _reconcile_failed(args: argparse.Namespace, exc: Exception) -> None:
     )
 
 
+def _pacs_source(uri: str, settings: Settings, *, name: str | None = None) -> DicomwebSource:
+    from ingest.sources.dicomweb import DicomwebSource
+
+    return DicomwebSource(
+        uri,
+        settings.dicomweb,
+        hash_key=settings.hash_key_bytes(),
+        max_object_bytes=settings.ingest.max_object_bytes,
+        name=name,
+    )
+
+
 def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     """Index new instances here, in the store this process owns."""
     from concurrent.futures import ThreadPoolExecutor
@@ -242,15 +251,9 @@ def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.pipeline import process_batch
     from ingest.planner import plan_batches
     from ingest.prune import check_deletions, prune_gone
-    from ingest.sources.dicomweb import DicomwebSource
     from radsearch.services import ensure_collection, open_catalog
 
-    source = DicomwebSource(
-        args.source,
-        settings.dicomweb,
-        hash_key=settings.hash_key_bytes(),
-        max_object_bytes=settings.ingest.max_object_bytes,
-    )
+    source = _pacs_source(args.source, settings)
     with (
         open_catalog(settings, owner="watch") as catalog,
         ThreadPoolExecutor(max_workers=settings.ingest.decode_workers, thread_name_prefix="watch") as pool,
@@ -302,15 +305,9 @@ def _cmd_watch_remote(args: argparse.Namespace, settings: Settings, url: str) ->
     import httpx
 
     from core.api_client import ApiClient
-    from ingest.sources.dicomweb import DicomwebSource
     from ingest.sources.multipart import encode_multipart
 
-    source = DicomwebSource(
-        args.source,
-        settings.dicomweb,
-        hash_key=settings.hash_key_bytes(),
-        max_object_bytes=settings.ingest.max_object_bytes,
-    )
+    source = _pacs_source(args.source, settings)
     with ApiClient.from_settings(url, settings) as api:
         api.ensure_collection(args.collection, {"encoder": args.encoder or "baseline"})
     headers = {"X-API-Key": settings.api_key.get_secret_value()} if settings.api_key else {}
