@@ -149,6 +149,7 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
     app.include_router(evaluation.router)
     app.include_router(jobs.router)
     app.include_router(workers.router)
+    app.include_router(workers.store_router)
     app.include_router(events.router)
     app.include_router(metrics.router)
     app.include_router(dicomweb.router)

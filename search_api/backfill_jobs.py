@@ -35,6 +35,7 @@ from core.errors import CollectionNotFound, ConfigError, RadsearchError, StoreUn
 from core.jobs import JobKind, JobMeta, JobRecord, JobSpec, OwnerJobKind, OwnerJobStore
 from core.jobs.memory_store import MemoryJobStore
 from core.snapshots import TrashEntry
+from core.store_identity import store_id
 from ingest.backfill import plan_backfill, run_backfill
 from ingest.inline import IngestOptions, build_context, diff_inline, listing_of, plan_prune
 from ingest.labels import Labeler, PathTemplate
@@ -588,7 +589,7 @@ def celery_writers(settings: Settings, collection: str, aliases: Mapping[str, st
 
     store = open_job_store(settings.broker_url, settings.celery)
     try:
-        records = store.recent(limit=_CELERY_JOBS_CHECKED)
+        records = store.recent(limit=_CELERY_JOBS_CHECKED, for_store=store_id(settings))
     except (redis.exceptions.RedisError, OSError) as exc:
         logger.warning("cannot check Redis for jobs writing to a collection: %s", type(exc).__name__)
         return []

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.config import Settings
 from core.metrics import HTTP_REQUEST_SECONDS
+from core.store_identity import store_id
 from search_api.routing import RouteTable, StatusRecorder
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class LiveStateCollector(Collector):
             [], float(len(live_workers(client, dead_after_s=settings.celery.worker_dead_after_s)))
         )
         counts: dict[str, int] = {}
-        for record in gateway.store.recent(limit=_JOBS_PER_SCRAPE):
+        for record in gateway.store.recent(limit=_JOBS_PER_SCRAPE, for_store=store_id(settings)):
             counts[_name(record.state)] = counts.get(_name(record.state), 0) + 1
         for state, count in sorted(counts.items()):
             jobs.add_metric(["ingest", state], float(count))

@@ -60,8 +60,10 @@ def _patch_kombu_closed_connection() -> None:
     kombu_redis.Channel._connparams = connparams  # type: ignore[method-assign]
 
 
-def create_celery(settings: Settings) -> Celery:
-    """A configured Celery app with the radsearch tasks registered."""
+def create_celery(settings: Settings, *, beat_store: str | None = None) -> Celery:
+    """A configured Celery app with the radsearch tasks registered. ``beat_store``: the store id
+    its periodic reconcile names (`core.store_identity`), so that only that store's workers run it
+    where two deployments share the Redis database."""
     _patch_kombu_closed_connection()
 
     cfg = settings.celery
@@ -116,6 +118,7 @@ def create_celery(settings: Settings) -> Celery:
             "reconcile-subscriptions": {
                 "task": RECONCILE_ALL_TASK,
                 "schedule": timedelta(seconds=cfg.reconcile_interval_s),
+                "kwargs": {"store": beat_store},
             }
         }
     app.conf[SETTINGS_KEY] = settings

@@ -24,6 +24,7 @@ from core.config import Settings, Subscription
 from core.errors import RadsearchError
 from core.jobs import JobKind, JobRecord, JobSpec
 from core.jobs.redis_store import RedisJobStore
+from core.store_identity import store_id
 from workers.names import (
     DELETE_TASK,
     EMBED_QUEUE,
@@ -78,12 +79,15 @@ def submit_job(store: RedisJobStore, app: Celery, kind: JobKind, spec: JobSpec) 
     return job_id
 
 
-def requeue_dead_letters(store: RedisJobStore, app: Celery, *, job_id: str | None = None) -> list[str]:
-    """Replay dead-lettered batches (all, or one job's) as new ``requeue`` jobs, one per spec.
+def requeue_dead_letters(
+    store: RedisJobStore, app: Celery, *, job_id: str | None = None, for_store: str | None = None
+) -> list[str]:
+    """Replay dead-lettered batches (all, or one job's; with ``for_store``, of that store's jobs
+    only) as new ``requeue`` jobs, one per spec.
 
     Objects are re-read (stat) by the workers, so a replay sees the bucket as it is now.
     """
-    letters = store.take_dead_letters(job_id=job_id)
+    letters = store.take_dead_letters(job_id=job_id, for_store=for_store)
     groups: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
     specs: dict[str, JobSpec] = {}
     for letter in letters:
@@ -196,9 +200,10 @@ def parse_s3_event(body: Any) -> list[S3Event]:
     return events
 
 
-def events_job_id(sub: Subscription, day: str) -> str:
-    """The deterministic id of a subscription's events job for one UTC day."""
-    name = f"radsearch-events:{sub.source}|{','.join(sub.collections)}|{day}"
+def events_job_id(sub: Subscription, day: str, store: str) -> str:
+    """The deterministic id of a subscription's events job for one UTC day and store (two
+    deployments sharing a Redis database and a subscription keep a job each)."""
+    name = f"radsearch-events:{sub.source}|{','.join(sub.collections)}|{day}|{store}"
     return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
 
 
@@ -226,6 +231,7 @@ def dispatch_events(
             if event.key not in target[subs.index(sub)]:
                 target[subs.index(sub)].append(event.key)
     day = datetime.now(UTC).strftime("%Y-%m-%d")
+    store_of_jobs = store_id(settings)
     for pos in sorted(set(created) | set(removed)):
         sub = subs[pos]
         spec = JobSpec(
@@ -234,8 +240,9 @@ def dispatch_events(
             manifest=sub.manifest,
             path_template=sub.path_template,
             skip_unchanged=True,
+            store=store_of_jobs,
         )
-        job_id = events_job_id(sub, day)
+        job_id = events_job_id(sub, day, store_of_jobs)
         store.ensure(JobKind.EVENTS, spec, job_id)
         report.jobs.append(job_id)
         if created.get(pos):

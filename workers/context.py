@@ -32,6 +32,7 @@ from core.index.remote import OwnerIndex
 from core.jobs import JobSpec
 from core.jobs.redis_store import RedisJobStore, job_store_for
 from core.s3 import S3Location
+from core.store_identity import served_store_id
 from ingest.inline import IngestOptions, build_context
 from ingest.labels import Labeler, PathTemplate, read_manifest
 from ingest.pipeline import PipelineContext
@@ -58,6 +59,7 @@ class WorkerResources:
         self._index: VectorIndex | None = None
         self._catalog: Catalog | None = None
         self._store: RedisJobStore | None = None
+        self._store_id: str | None = None
         self._sources: dict[tuple[str, str | None], Source] = {}
         self._labelers: OrderedDict[tuple[str, str | None, str | None], Labeler] = OrderedDict()
         self._ensured: set[str] = set()
@@ -71,6 +73,14 @@ class WorkerResources:
             if self._store is None:
                 self._store = job_store_for(self.settings)
             return self._store
+
+    @property
+    def store_id(self) -> str:
+        """The store this worker writes (`core.store_identity.served_store_id`), asked once."""
+        with self._lock:
+            if self._store_id is None:
+                self._store_id = served_store_id(self.settings)
+            return self._store_id
 
     @property
     def embedded(self) -> bool:

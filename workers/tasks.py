@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
+from celery.exceptions import Ignore
 
 from core.calibration import calibrate_loaded
 from core.errors import (
@@ -134,6 +135,38 @@ def _dead_letter(
     log.error("job %s batch %s dead-lettered (%d keys): %s", job_id, batch_id, len(keys), error)
 
 
+# Jobs of another store this process has said so for (once each), and how long it waits before
+# sending such a job's message back: meanwhile a worker of that store is the one waiting for it
+# (a copy due later, an ETA, was held and taken again by the same worker, again and again).
+_foreign_jobs_told: set[str] = set()
+FOREIGN_JOB_PAUSE_S = 1.0
+
+
+def _leave_foreign(task: RadsearchTask, what: str, store: str | None) -> None:
+    """Leave the task unrun if ``what`` (a job, the periodic reconcile) is of another ``store`` than
+    this worker's: two deployments share this Redis database, and this worker would write the
+    other's objects into its own store, or fail the job where its store lacks the collection.
+    After `FOREIGN_JOB_PAUSE_S`, a copy of the message goes back to its queue for the workers of
+    that store, and this one is acknowledged (Celery's ``Ignore``; a ``Reject`` would log a
+    traceback at every bounce)."""
+    res = task.resources
+    if store is None or store == res.store_id:
+        return
+    if what not in _foreign_jobs_told:
+        _foreign_jobs_told.add(what)
+        log.error(
+            "%s writes another store (%s) than this worker's (%s): two radsearch deployments "
+            "share the Redis database of their jobs; this worker leaves its messages to that "
+            "store's workers. Give each deployment its own (RADSEARCH_REDIS__URL=redis://HOST:6379/1)",
+            what,
+            store,
+            res.store_id,
+        )
+    time.sleep(FOREIGN_JOB_PAUSE_S)
+    task.app.send_task(task.name, args=task.request.args, kwargs=task.request.kwargs)
+    raise Ignore()
+
+
 def _finish_when_complete(app: Celery, store: RedisJobStore, job_id: str) -> None:
     """Enqueue the finish task once every planned batch of the job is done."""
     if store.is_complete(job_id):
@@ -154,6 +187,7 @@ def _guarded(
     if spec is None:
         log.warning("job %s is gone (expired, or Redis lost it); batch %s dropped", job_id, batch_id)
         return
+    _leave_foreign(task, f"job {job_id}", spec.store)
     if store.state(job_id) == JobState.FAILED:
         return
     if store.is_batch_done(job_id, batch_id):
@@ -380,6 +414,7 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
     spec = store.spec(job_id)
     if spec is None or store.state(job_id) in (JobState.DONE, JobState.FAILED):
         return
+    _leave_foreign(task, f"job {job_id}", spec.store)
     store.mark_planning(job_id)
     try:
         res.ensure_collections(spec, create=True)
@@ -493,6 +528,9 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
 
 
 def _reconcile(task: RadsearchTask, job_id: str) -> None:
+    spec = task.resources.store.spec(job_id)
+    if spec is not None:
+        _leave_foreign(task, f"job {job_id}", spec.store)
     try:
         reconcile_job(task.app, task.resources, job_id)
     except Exception as exc:
@@ -508,6 +546,7 @@ def _finish(task: RadsearchTask, job_id: str) -> None:
     spec = store.spec(job_id)
     if spec is None or not store.is_complete(job_id):
         return
+    _leave_foreign(task, f"job {job_id}", spec.store)
     try:
         catalog = res.catalog
         for name in spec.collections:
@@ -527,7 +566,8 @@ def _finish(task: RadsearchTask, job_id: str) -> None:
     store.finish(job_id)
 
 
-def _reconcile_subscriptions(task: RadsearchTask) -> list[str]:
+def _reconcile_subscriptions(task: RadsearchTask, store: str | None) -> list[str]:
+    _leave_foreign(task, "the periodic reconcile of the subscriptions", store)
     res = task.resources
     job_ids: list[str] = []
     for sub in res.settings.events.subscriptions:
@@ -536,6 +576,7 @@ def _reconcile_subscriptions(task: RadsearchTask) -> list[str]:
             collections=tuple(sub.collections),
             manifest=sub.manifest,
             path_template=sub.path_template,
+            store=res.store_id,
         )
         job_id = res.store.create(JobKind.RECONCILE, spec)
         job_ids.append(job_id)
@@ -579,6 +620,7 @@ def register_tasks(app: Celery) -> None:
         _finish(self, job_id)
 
     @app.task(bind=True, base=RadsearchTask, name=RECONCILE_ALL_TASK)  # type: ignore[untyped-decorator]
-    def reconcile_subscriptions(self: RadsearchTask) -> list[str]:
-        """Start a reconcile job per configured subscription (Celery beat)."""
-        return _reconcile_subscriptions(self)
+    def reconcile_subscriptions(self: RadsearchTask, store: str | None = None) -> list[str]:
+        """Start a reconcile job per configured subscription (Celery beat); ``store``: the beat's,
+        whose workers alone know its subscriptions."""
+        return _reconcile_subscriptions(self, store)

@@ -133,6 +133,9 @@ class JobSpec(BaseModel):
     force: bool = False
     #: The source's stable name (payload ``source``); None: the folder's name or bucket/prefix.
     source_name: str | None = None
+    #: The store the job writes (`core.store_identity`): workers of another store, sharing this
+    #: Redis database, leave it to its own. None (a job of an earlier version): any worker runs it.
+    store: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)

@@ -293,20 +293,31 @@ class RedisJobStore:
         raw = cast(str | None, self.client.hget(_job_key(job_id), "state"))
         return None if raw is None else JobState(raw)
 
-    def recent(self, *, limit: int = 50) -> list[JobRecord]:
-        """The most recent jobs first; ids whose job expired are dropped from the index."""
-        ids = cast(list[str], self.client.zrevrange(_JOBS_INDEX, 0, max(limit, 1) - 1))
+    def recent(self, *, limit: int = 50, for_store: str | None = None) -> list[JobRecord]:
+        """The most recent jobs first; ids whose job expired are dropped from the index. With
+        ``for_store``, that store's jobs only (and those of an earlier version, which name none):
+        another deployment sharing this Redis database keeps jobs here too."""
+        limit = max(limit, 1)
         out: list[JobRecord] = []
-        gone: list[str] = []
-        for job_id in ids:
-            record = self.get(job_id, with_items=False)
-            if record is None:
-                gone.append(job_id)
-            else:
-                out.append(record)
-        if gone:
-            self.client.zrem(_JOBS_INDEX, *gone)
-        return out
+        start = 0
+        while len(out) < limit:
+            ids = cast(list[str], self.client.zrevrange(_JOBS_INDEX, start, start + limit - 1))
+            if not ids:
+                break
+            start += len(ids)
+            gone: list[str] = []
+            for job_id in ids:
+                record = self.get(job_id, with_items=False)
+                if record is None:
+                    gone.append(job_id)
+                elif _of_store(record.spec, for_store):
+                    out.append(record)
+            if gone:
+                self.client.zrem(_JOBS_INDEX, *gone)
+                start -= len(gone)
+            if for_store is None:
+                break
+        return out[:limit]
 
     def mark_planning(self, job_id: str) -> None:
         now = repr(time.time())
@@ -487,17 +498,20 @@ class RedisJobStore:
     def dead_letter(self, letter: DeadLetter) -> None:
         self.client.rpush(_DEADLETTER, letter.to_json())
 
-    def dead_letters(self, *, job_id: str | None = None) -> list[DeadLetter]:
+    def dead_letters(self, *, job_id: str | None = None, for_store: str | None = None) -> list[DeadLetter]:
+        """Dead letters (all, or one job's; with ``for_store``, of that store's jobs only)."""
         rows = cast(list[str], self.client.lrange(_DEADLETTER, 0, -1))
         letters = [DeadLetter.from_json(row) for row in rows]
-        return [d for d in letters if job_id is None or d.job_id == job_id]
+        return [d for d in letters if (job_id is None or d.job_id == job_id) and _of_store(d.spec, for_store)]
 
-    def take_dead_letters(self, *, job_id: str | None = None) -> list[DeadLetter]:
-        """Remove and return dead letters (all, or one job's) for replay."""
+    def take_dead_letters(
+        self, *, job_id: str | None = None, for_store: str | None = None
+    ) -> list[DeadLetter]:
+        """Remove and return dead letters (as `dead_letters` selects them) for replay."""
         taken: list[DeadLetter] = []
         for row in cast(list[str], self.client.lrange(_DEADLETTER, 0, -1)):
             letter = DeadLetter.from_json(row)
-            if job_id is not None and letter.job_id != job_id:
+            if (job_id is not None and letter.job_id != job_id) or not _of_store(letter.spec, for_store):
                 continue
             # LREM of the exact row: concurrent takers cannot both get it.
             if int(self.client.lrem(_DEADLETTER, 1, row)) == 1:
@@ -523,6 +537,12 @@ class RedisJobStore:
         prefix = f"{source_uri}\x1f"
         raw = cast(dict[str, str], self.client.hgetall(f"{_PREFIX}bad:{collection}"))
         return {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
+
+
+def _of_store(spec: JobSpec, store: str | None) -> bool:
+    """Whether a job of ``spec`` is one of ``store``'s (any store: None), or names no store (a job
+    of an earlier version)."""
+    return store is None or spec.store in (store, None)
 
 
 def open_job_store(

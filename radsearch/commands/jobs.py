@@ -313,9 +313,11 @@ def _submit_and_follow(
     args: argparse.Namespace, settings: Settings, kind: JobKind, spec: JobSpec, *, weights: str | None = None
 ) -> int:
     """Queue the job; print its id with ``--detach``, else follow it to the end and summarise."""
+    from core.store_identity import served_store_id
     from workers.client import submit_job
 
     _create_collections(settings, spec, weights)
+    spec = spec.model_copy(update={"store": served_store_id(settings)})
     store, app = _connect(settings)
     job_id = submit_job(store, app, kind, spec)
     if args.detach:
@@ -399,6 +401,7 @@ def owner_job_dicts(settings: Settings, job_id: str | None, limit: int) -> list[
 
 def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     from core.jobs import JOB_STATE_LOST
+    from core.store_identity import store_id
     from workers.client import BrokerUnavailable, requeue_dead_letters
 
     if args.jobs_command == "show":
@@ -417,7 +420,10 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
         else:
             if store.was_reset():
                 sys.stderr.write(f"radsearch: warning: {JOB_STATE_LOST}\n")
-            records += [r.to_dict(with_items=False) for r in store.recent(limit=args.limit)]
+            records += [
+                r.to_dict(with_items=False)
+                for r in store.recent(limit=args.limit, for_store=store_id(settings))
+            ]
         records.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
         print_jobs(records[: args.limit], as_json=args.json)
         return EXIT_OK
@@ -446,8 +452,10 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     # requeue
     from workers.app import create_celery
 
-    letters = store.dead_letters(job_id=args.job_id)
-    new_ids = requeue_dead_letters(store, create_celery(settings), job_id=args.job_id)
+    letters = store.dead_letters(job_id=args.job_id, for_store=store_id(settings))
+    new_ids = requeue_dead_letters(
+        store, create_celery(settings), job_id=args.job_id, for_store=store_id(settings)
+    )
     if args.json:
         _out(json.dumps({"requeued_batches": len(letters), "jobs": new_ids}))
     elif not letters:

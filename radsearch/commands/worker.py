@@ -18,6 +18,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from core.store_identity import served_store_id
     from workers.app import create_celery
     from workers.names import EMBED_QUEUE, PLAN_QUEUE
 
@@ -40,7 +41,9 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # Workers never open the embedded store (its owner writes what they send), so any pool and
     # any number of processes will do.
     pool = args.pool or "prefork"
-    app = create_celery(settings)
+    # The beat's reconcile names this store: another deployment's workers sharing the Redis
+    # database would reconcile their own subscriptions instead.
+    app = create_celery(settings, beat_store=served_store_id(settings) if args.beat else None)
     if args.metrics_port:
         from workers.metrics import serve_worker_metrics
 

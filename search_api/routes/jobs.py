@@ -17,6 +17,7 @@ from core.encoders.registry import get_spec
 from core.errors import CollectionExists, ConfigError, EncoderNotFound, StoreFull, WeightsUnavailable
 from core.jobs import JOB_STATE_LOST, JobKind, JobRecord, JobSpec
 from core.s3 import S3_URI
+from core.store_identity import store_id
 from ingest.labels import PathTemplate
 from ingest.sources.base import check_source_name
 from search_api import admin_services
@@ -198,6 +199,7 @@ def _create(gateway: WorkerGateway, body: IngestJobCreate, catalog: Catalog | No
         batch_size=body.batch_size,
         accept_burned_in=body.accept_burned_in,
         source_name=body.source_name,
+        store=store_id(gateway.settings),
     )
     if body.accept_burned_in and catalog is not None:
         for name in body.collections:
@@ -289,7 +291,9 @@ async def read_ingest_jobs(
     gateway = worker_gateway(request)
     warning: str | None = None
     try:
-        records: list[JobRecord] = await _call(gateway.store.recent, limit=limit)
+        records: list[JobRecord] = await _call(
+            gateway.store.recent, limit=limit, for_store=store_id(request.app.state.settings)
+        )
         if await _call(gateway.store.was_reset):
             warning = JOB_STATE_LOST
     except ApiError:

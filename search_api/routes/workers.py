@@ -1,4 +1,5 @@
-"""The live workers, as their heartbeats describe them (``radsearch jobs workers``)."""
+"""The live workers, as their heartbeats describe them (``radsearch jobs workers``), and the store
+they must write (``GET /v1/store``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from core.config import Settings
+from core.store_identity import store_id
 from search_api.deps import worker_gateway
 from search_api.errors import ApiError, error_responses
 from search_api.offload import in_thread
@@ -15,6 +17,7 @@ from workers.client import BrokerUnavailable
 from workers.heartbeat import WorkerBeat, live_workers
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"], dependencies=[require_role(Role.INGEST)])
+store_router = APIRouter(prefix="/v1", tags=["workers"], dependencies=[require_role(Role.INGEST)])
 
 
 class WorkerPublic(BaseModel):
@@ -45,3 +48,16 @@ async def read_workers(request: Request) -> WorkersPublic:
         raise ApiError(503, "queue_unavailable", "job queue unavailable") from exc
     data = [WorkerPublic.model_validate(beat.to_dict()) for beat in beats]
     return WorkersPublic(data=data, count=len(data))
+
+
+class StorePublic(BaseModel):
+    store_id: str = Field(description="this deployment's store (core.store_identity): jobs carry it")
+    backend: str = Field(description="edge (the embedded store this server owns) or qdrant")
+
+
+@store_router.get("/store")
+async def read_store(request: Request) -> StorePublic:
+    """The store this server writes, which its workers compare with each job's: a job of another
+    store (two deployments sharing one Redis database) is left to that store's workers."""
+    settings: Settings = request.app.state.settings
+    return StorePublic(store_id=await in_thread(store_id, settings), backend=settings.store.backend)

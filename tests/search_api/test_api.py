@@ -330,6 +330,7 @@ def test_openapi_lists_every_route_with_clean_operation_ids(client: TestClient) 
         ("GET", "/v1/ingest-jobs"): "read_ingest_jobs",
         ("GET", "/v1/ingest-jobs/{job_id}"): "read_ingest_job",
         ("GET", "/v1/workers"): "read_workers",
+        ("GET", "/v1/store"): "read_store",
         ("POST", "/v1/events/s3"): "create_s3_events",
         # points written through the store's owner (issue 13)
         ("PUT", "/v1/collections/{name}/points"): "upsert_points",

@@ -67,6 +67,7 @@ EXPECTED: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/v1/ingest-jobs"): frozenset({INGEST}),
     ("GET", "/v1/ingest-jobs/{job_id}"): frozenset({INGEST}),
     ("GET", "/v1/workers"): frozenset({INGEST}),
+    ("GET", "/v1/store"): frozenset({INGEST}),
     # Prometheus' scrape key (role metrics) or an administrator.
     ("GET", "/metrics"): frozenset({METRICS}),
     ("POST", "/v1/events/s3"): WEBHOOK,
