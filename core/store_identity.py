@@ -60,7 +60,7 @@ def _read(path: os.PathLike[str]) -> str:
     return value
 
 
-def served_store_id(settings: Settings) -> str:
+def served_store_id(settings: Settings, *, timeout_s: float = 120.0) -> str:
     """The id of the store a client with these settings writes (a worker, a command queueing a
     job): the server's at ``RADSEARCH_URL`` where one is set for the embedded store (a worker on
     another host), else `store_id`. `ServerUnavailable` while that server does not answer."""
@@ -68,6 +68,6 @@ def served_store_id(settings: Settings) -> str:
         return store_id(settings)
     from core.api_client import ApiClient
 
-    with ApiClient.from_settings(settings.url, settings) as api:
+    with ApiClient.from_settings(settings.url, settings, timeout_s=timeout_s) as api:
         answer = api.request("GET", "/v1/store")
     return str(answer["store_id"])

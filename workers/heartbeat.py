@@ -27,9 +27,11 @@ from typing import Any, cast
 import redis
 from celery import bootsteps, signals
 
-from core.config import CelerySettings
+from core.config import CelerySettings, Settings
+from core.errors import RadsearchError
 from core.jobs import JobRecord, JobState
 from core.jobs.redis_store import RedisJobStore
+from core.store_identity import served_store_id
 from workers.held_messages import forget_held, held_delivery_tags, instance_id, record_held
 from workers.names import EMBED_QUEUE, PLAN_QUEUE, settings_of
 
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 
 _PREFIX = "radsearch:"
 _INDEX = f"{_PREFIX}workers"
+# A worker's start waits this long at most for its owner to name the store (`_store_of`).
+_STORE_ASK_TIMEOUT_S = 5.0
 
 
 def _key(hostname: str) -> str:
@@ -70,6 +74,8 @@ class WorkerBeat:
     active: int
     started_at: float
     last_seen: float
+    #: The store it writes (`core.store_identity`); None where it could not tell at its start.
+    store: str | None = None
 
     @property
     def instance(self) -> str:
@@ -90,6 +96,7 @@ class WorkerBeat:
             active=int(data["active"]),
             started_at=float(data["started_at"]),
             last_seen=float(data["last_seen"]),
+            store=data.get("store"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +109,7 @@ class WorkerBeat:
             "active": self.active,
             "started_at": _iso(self.started_at),
             "last_seen": _iso(self.last_seen),
+            "store": self.store,
         }
 
 
@@ -172,13 +180,17 @@ def job_queue(record: JobRecord) -> str | None:
 def waiting_reason(
     record: JobRecord, workers: list[WorkerBeat], *, now: float, dead_after_s: float
 ) -> str | None:
-    """``"no live worker on queue plan"`` when the job needs a queue no live worker serves and
-    has existed for ``dead_after_s`` (a worker that is just starting gets that long); else None."""
+    """``"no live worker on queue plan"`` when the job needs a queue no live worker of its store
+    serves and has existed for ``dead_after_s`` (a worker that is just starting gets that long);
+    else None. A worker of another store (a deployment sharing this Redis) leaves the job alone."""
     queue = job_queue(record)
     if queue is None or now - record.created_at < dead_after_s:
         return None
-    if any(queue in beat.queues for beat in workers):
+    stores = {record.spec.store, None}
+    if any(queue in beat.queues and beat.store in stores for beat in workers):
         return None
+    if any(queue in beat.queues for beat in workers):
+        return f"no live worker of its store on queue {queue} (the live ones write another store)"
     return f"no live worker on queue {queue}"
 
 
@@ -254,6 +266,16 @@ class HeartbeatThread:
                 pass  # the key expires by itself
 
 
+def _store_of(settings: Settings) -> str | None:
+    """The store the worker writes, for its beats; None where its owner does not answer now (a
+    worker may start before the server: it then counts as a worker of every store)."""
+    try:
+        return served_store_id(settings, timeout_s=_STORE_ASK_TIMEOUT_S)
+    except RadsearchError as exc:
+        log.warning("heartbeat: the worker's store is unknown (%s)", exc)
+        return None
+
+
 class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped
     """A worker blueprint step: the heartbeat of the worker's main process.
 
@@ -285,6 +307,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is
         concurrency = int(parent.concurrency or 1)
         pid = os.getpid()
         started_at = time.time()
+        store = _store_of(settings)
 
         def describe() -> WorkerBeat:
             return WorkerBeat(
@@ -295,6 +318,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is
                 active=len(state.active_requests),
                 started_at=started_at,
                 last_seen=time.time(),
+                store=store,
             )
 
         self.thread = HeartbeatThread(

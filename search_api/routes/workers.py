@@ -28,6 +28,9 @@ class WorkerPublic(BaseModel):
     active: int = Field(description="tasks running at its last heartbeat")
     started_at: str
     last_seen: str = Field(description="its last heartbeat (ISO 8601, UTC)")
+    store: str | None = Field(
+        description="the store it writes (GET /v1/store); null where it could not tell at its start"
+    )
 
 
 class WorkersPublic(BaseModel):

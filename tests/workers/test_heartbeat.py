@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -16,6 +17,7 @@ from minio import Minio
 from core.config import Settings
 from core.jobs import JobKind, JobRecord, JobSpec
 from core.jobs.redis_store import RedisJobStore
+from core.store_identity import store_id
 from tests.workers.conftest import Server, Worker, cli, upload_images
 from workers.app import create_celery
 from workers.heartbeat import (
@@ -81,6 +83,23 @@ def test_waiting_names_the_queue_the_job_needs(job_store: RedisJobStore) -> None
     assert waiting_reason(complete, embed_worker, now=now, dead_after_s=30) == "no live worker on queue plan"
     done = _record(job_store, state="done")
     assert waiting_reason(done, [], now=now, dead_after_s=30) is None
+
+
+def test_waiting_counts_the_workers_of_the_jobs_store_only(job_store: RedisJobStore) -> None:
+    spec = JobSpec(source="s3://b/p/", collections=("c",), store="edge:ours")
+    record = job_store.get(job_store.create(JobKind.INGEST, spec))
+    assert record is not None
+    now = record.created_at + 31
+
+    def planner(store: str | None) -> list[WorkerBeat]:
+        return [dataclasses.replace(_beat("p@h", ("plan",), now), store=store)]
+
+    assert waiting_reason(record, planner("edge:theirs"), now=now, dead_after_s=30) == (
+        "no live worker of its store on queue plan (the live ones write another store)"
+    )
+    assert waiting_reason(record, planner("edge:ours"), now=now, dead_after_s=30) is None
+    # a worker that could not tell its store at its start may be one of ours
+    assert waiting_reason(record, planner(None), now=now, dead_after_s=30) is None
 
 
 def test_a_stopped_heartbeat_is_gone_at_once(job_store: RedisJobStore) -> None:
@@ -187,6 +206,7 @@ def test_job_waits_for_a_worker_which_then_shows_up_and_drops_off_when_killed(
     assert listed["count"] == 1
     (entry,) = listed["data"]
     assert entry["hostname"] == "hb-worker@test" and entry["pid"] == worker.pid
+    assert entry["store"] == store_id(beat_settings)
     assert sorted(entry["queues"]) == ["embed", "plan"]
     table = cli(beat_settings, "jobs", "workers")
     assert table.returncode == 0 and "hb-worker@test" in table.stdout and "queues=embed,plan" in table.stdout
