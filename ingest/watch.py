@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -26,6 +28,7 @@ from ingest.sources.base import ObjectRef
 
 __all__ = [
     "ONCE_ATTEMPTS",
+    "BackgroundPass",
     "Cursor",
     "DateCursor",
     "OrthancChanges",
@@ -162,6 +165,63 @@ class ReconcileSchedule:
         """Whether a pass is due."""
         last = self._last()
         return self.every_s > 0 and last is not None and self.clock() - last >= self.every_s
+
+
+T = TypeVar("T")
+
+
+class BackgroundPass(Generic[T]):
+    """A long pass on a thread of its own, one at a time, whose result the caller's thread takes
+    up once it is ready: a reconcile lists a whole PACS (hours for a large archive), and the
+    watcher goes on indexing new instances meanwhile instead of waiting for it.
+
+    ``work`` runs on the pass's thread (it must not share a connection with the caller's); its
+    result is handed to ``apply`` on the thread that calls `settle` or `finish`, where an error
+    ``work`` raised is raised again."""
+
+    def __init__(self, work: Callable[[], T], apply: Callable[[T], None], *, name: str) -> None:
+        self._work = work
+        self._apply = apply
+        self._name = name
+        self._thread: threading.Thread | None = None
+        self._results: list[T] = []  # the finished pass's, or its error's place left empty
+        self._error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> bool:
+        """Start a pass, unless one is running or its result is not taken up yet (False)."""
+        if self._thread is not None:
+            return False
+        # a daemon: a watcher told to stop does not wait hours for a listing it will not use
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+        return True
+
+    def _run(self) -> None:
+        try:
+            self._results.append(self._work())
+        except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+            self._error = exc
+
+    def settle(self) -> None:
+        """Apply the finished pass's result here, if there is one; at once otherwise."""
+        thread = self._thread
+        if thread is None or thread.is_alive():
+            return
+        self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        self._apply(self._results.pop())
+
+    def finish(self) -> None:
+        """Wait for a running pass, then `settle` it."""
+        if self._thread is not None:
+            self._thread.join()
+        self.settle()
 
 
 def follow(

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
@@ -19,6 +20,7 @@ from radsearch.commands.arg_types import fraction, http_url, seconds
 
 if TYPE_CHECKING:
     from ingest.sources.dicomweb import DicomwebSource
+    from ingest.watch import BackgroundPass
 
 __all__ = ["add_selector_options", "add_watch_command", "apply_selectors"]
 
@@ -123,10 +125,13 @@ def _follow(
     settings: Settings,
     source: Any,
     deliver: Callable[[list[Any]], None],
-    reconcile: Callable[[], None],
+    reconcile: Callable[[], bool],
+    running_pass: BackgroundPass[Any] | None = None,
 ) -> int:
     """Follow the PACS (``--feed``), handing each batch of new instances' references to ``deliver``,
-    and calling ``reconcile`` once drained when ``--reconcile-every`` has passed."""
+    and calling ``reconcile`` once drained when ``--reconcile-every`` has passed (False: it did not
+    start one). ``running_pass``: the reconcile's, settled whenever the feed is drained, and waited
+    for at the end of a ``--once`` run."""
     from ingest.sources.dicomweb import make_session, with_since
     from ingest.watch import (
         Cursor,
@@ -146,10 +151,11 @@ def _follow(
 
     def drained() -> None:
         nonlocal reconciled
+        if running_pass is not None:
+            running_pass.settle()
         if schedule.due():
             schedule.stamp()  # a pass that fails waits for the next interval, not the next poll
-            reconcile()
-            reconciled += 1
+            reconciled += reconcile()
 
     if args.feed == "qido":
 
@@ -197,6 +203,11 @@ def _follow(
             drained=drained,
         )
         last = stats.last
+    if running_pass is not None and args.once:
+        running_pass.finish()
+    elif running_pass is not None and running_pass.running:
+        # told to stop: not hours more for a listing; the next start's pass comes at its interval
+        log.warning("watch: stopped during a reconcile pass of %s; it is left unfinished", args.collection)
     # The loop is over and its cursor saved: a further signal ends the process by the signal. The
     # stop's handler would raise a KeyboardInterrupt that the interpreter's exit swallows (a
     # Ctrl-C burst then ended in a traceback and exit 0).
@@ -216,6 +227,17 @@ def _follow(
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
     return 0
+
+
+@dataclass
+class _PassFound:
+    """What a reconcile pass of the watcher found: the instances listed, those the feed missed
+    (to index), how many gone ones it deleted, and why it stopped short, if it did."""
+
+    listed: int = 0
+    missed: list[ObjectRef] = field(default_factory=list)
+    deleted: int = 0
+    error: RadsearchError | None = None
 
 
 def _reconcile_failed(args: argparse.Namespace, exc: Exception) -> None:
@@ -247,10 +269,11 @@ def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     """Index new instances here, in the store this process owns."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ingest.inline import IngestOptions, build_context, diff_inline, listing_of
+    from ingest.inline import IngestOptions, build_context
     from ingest.pipeline import process_batch
     from ingest.planner import plan_batches
-    from ingest.prune import check_deletions, prune_gone
+    from ingest.prune import check_deletions, prune_gone, source_diffs
+    from ingest.watch import BackgroundPass
     from radsearch.services import ensure_collection, open_catalog
 
     source = _pacs_source(args.source, settings)
@@ -273,29 +296,49 @@ def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
                 len(report.quarantined),
             )
 
-        def reconcile() -> None:
+        def list_and_diff() -> _PassFound:
+            # on the pass's thread, with a connection of its own: the feed's goes on meanwhile
+            pacs = _pacs_source(args.source, settings)
+            found = _PassFound()
             try:
-                listing = listing_of(ctx, frozenset())
-                diffs = diff_inline(ctx, settings, listing, prune=True)
-                # what the feed missed is indexed whatever the guard says of the deletions
+                listing = {ref.key: ref for ref in pacs.list()}
+                diffs = source_diffs(
+                    catalog.index,
+                    [args.collection],
+                    pacs,
+                    listing,
+                    max_frames=settings.ingest.max_frames_per_object,
+                    prune=True,
+                )
                 missed = sorted({key for diff in diffs for key in (*diff.added, *diff.changed)})
-                for batch in plan_batches((listing[key] for key in missed), settings.ingest.batch_size):
-                    deliver(batch)
+                found.listed, found.missed = len(listing), [listing[key] for key in missed]
                 check_deletions(diffs, max_fraction=args.max_delete_fraction, force=False)
-                deleted = prune_gone(catalog.index, source, diffs)
+                found.deleted = len(prune_gone(catalog.index, pacs, diffs))
             except (SourceError, DeletionRefused) as exc:
-                _reconcile_failed(args, exc)
+                found.error = exc
+            finally:
+                pacs.close()
+            return found
+
+        def index_missed(found: _PassFound) -> None:
+            # what the feed missed is indexed here, whatever the guard said of the deletions
+            for batch in plan_batches(found.missed, settings.ingest.batch_size):
+                deliver(batch)
+            if found.error is not None:
+                _reconcile_failed(args, found.error)
                 return
             log.info(
                 "watch reconcile of %s: %d listed, %d missed and indexed, %d deleted",
                 args.collection,
-                len(listing),
-                len(missed),
-                len(deleted),
+                found.listed,
+                len(found.missed),
+                found.deleted,
             )
 
+        running_pass = BackgroundPass(list_and_diff, index_missed, name="watch-reconcile")
+
         try:
-            return _follow(args, settings, source, deliver, reconcile)
+            return _follow(args, settings, source, deliver, running_pass.start, running_pass)
         finally:
             source.close()
 
@@ -340,7 +383,7 @@ def _cmd_watch_remote(args: argparse.Namespace, settings: Settings, url: str) ->
             raise SourceError(f"the radsearch server at {url} answered {response.status_code}")
         log.info("watch batch sent=%d status=%d", len(parts), response.status_code)
 
-    def reconcile() -> None:
+    def reconcile() -> bool:
         # The server's own pass (an owner job: skip what is indexed, prune under the guard); it
         # answers 400 where the watched PACS is not its configured one (dicomweb.url).
         body = {
@@ -356,8 +399,9 @@ def _cmd_watch_remote(args: argparse.Namespace, settings: Settings, url: str) ->
                 job_id = api.request("POST", "/v1/ingest-jobs", json=body)["id"]
         except RadsearchError as exc:
             _reconcile_failed(args, exc)
-            return
+            return True
         log.info("watch reconcile of %s: job %s on the server", args.collection, job_id)
+        return True
 
     try:
         return _follow(args, settings, source, deliver, reconcile)
