@@ -96,14 +96,9 @@ def received_source_identity(settings: Settings) -> tuple[str, str]:
     """(name, uri) pushed instances are recorded under: those of the configured PACS (so its
     objects can be read again by WADO-RS, for thumbnails), else ``dicomweb-stow``."""
     if settings.dicomweb.url:
-        from ingest.sources.dicomweb import DicomwebSource
+        from ingest.sources.factory import open_dicomweb
 
-        source = DicomwebSource(
-            settings.dicomweb.url,
-            settings.dicomweb,
-            hash_key=settings.hash_key_bytes(),
-            max_object_bytes=settings.ingest.max_object_bytes,
-        )
+        source = open_dicomweb(settings.dicomweb.url, settings)
         try:
             return source.name, source.uri
         finally:

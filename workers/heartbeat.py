@@ -186,8 +186,10 @@ def waiting_reason(
     queue = job_queue(record)
     if queue is None or now - record.created_at < dead_after_s:
         return None
-    stores = {record.spec.store, None}
-    if any(queue in beat.queues and beat.store in stores for beat in workers):
+    # a job of an earlier version names no store: any worker runs it; a worker that could not
+    # tell its store may be one of the job's
+    ours = [beat for beat in workers if record.spec.store is None or beat.store in (record.spec.store, None)]
+    if any(queue in beat.queues for beat in ours):
         return None
     if any(queue in beat.queues for beat in workers):
         return f"no live worker of its store on queue {queue} (the live ones write another store)"

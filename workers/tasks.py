@@ -149,8 +149,15 @@ def _leave_foreign(task: RadsearchTask, what: str, store: str | None) -> None:
     After `FOREIGN_JOB_PAUSE_S`, a copy of the message goes back to its queue for the workers of
     that store, and this one is acknowledged (Celery's ``Ignore``; a ``Reject`` would log a
     traceback at every bounce)."""
-    res = task.resources
-    if store is None or store == res.store_id:
+    if store is None:
+        return
+    try:
+        ours = task.resources.store_id
+    except Exception as exc:
+        # a worker on another host asks its owner, which may be restarting: later, as any batch
+        _retry_if_transient(task, exc, f"{what}: the store this worker writes")
+        raise
+    if store == ours:
         return
     if what not in _foreign_jobs_told:
         _foreign_jobs_told.add(what)
@@ -160,7 +167,7 @@ def _leave_foreign(task: RadsearchTask, what: str, store: str | None) -> None:
             "store's workers. Give each deployment its own (RADSEARCH_REDIS__URL=redis://HOST:6379/1)",
             what,
             store,
-            res.store_id,
+            ours,
         )
     time.sleep(FOREIGN_JOB_PAUSE_S)
     task.app.send_task(task.name, args=task.request.args, kwargs=task.request.kwargs)

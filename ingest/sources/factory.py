@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import DICOMWEB_SCHEMES, Settings
 from core.errors import ConfigError
@@ -12,7 +12,24 @@ from core.s3 import S3Location, parse_s3_uri
 from ingest.labels import read_manifest
 from ingest.sources.base import Source
 
-__all__ = ["check_folder_uri", "load_manifest_ref", "manifest_keys", "open_source"]
+if TYPE_CHECKING:
+    from ingest.sources.dicomweb import DicomwebSource
+
+__all__ = ["check_folder_uri", "load_manifest_ref", "manifest_keys", "open_dicomweb", "open_source"]
+
+
+def open_dicomweb(uri: str, settings: Settings, *, name: str | None = None) -> DicomwebSource:
+    """A DICOMweb server (``dicomweb+http(s)://HOST/PREFIX?...``), with the settings' credentials
+    and object size limit."""
+    from ingest.sources.dicomweb import DicomwebSource
+
+    return DicomwebSource(
+        uri,
+        settings.dicomweb,
+        hash_key=settings.hash_key_bytes(),
+        max_object_bytes=settings.ingest.max_object_bytes,
+        name=name,
+    )
 
 
 def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Source:
@@ -32,15 +49,7 @@ def open_source(uri: str, settings: Settings, *, name: str | None = None) -> Sou
             name=name,
         )
     if uri.startswith(DICOMWEB_SCHEMES):
-        from ingest.sources.dicomweb import DicomwebSource
-
-        return DicomwebSource(
-            uri,
-            settings.dicomweb,
-            hash_key=settings.hash_key_bytes(),
-            max_object_bytes=settings.ingest.max_object_bytes,
-            name=name,
-        )
+        return open_dicomweb(uri, settings, name=name)
     check_folder_uri(uri)
     from ingest.sources.local import LocalSource
 

@@ -19,7 +19,6 @@ from ingest.sources.base import ObjectRef
 from radsearch.commands.arg_types import fraction, http_url, seconds
 
 if TYPE_CHECKING:
-    from ingest.sources.dicomweb import DicomwebSource
     from ingest.watch import BackgroundPass
 
 __all__ = ["add_selector_options", "add_watch_command", "apply_selectors"]
@@ -133,6 +132,7 @@ def _follow(
     start one). ``running_pass``: the reconcile's, settled whenever the feed is drained, and waited
     for at the end of a ``--once`` run."""
     from ingest.sources.dicomweb import make_session, with_since
+    from ingest.sources.factory import open_dicomweb
     from ingest.watch import (
         Cursor,
         DateCursor,
@@ -162,7 +162,7 @@ def _follow(
         def list_since(since: str | None) -> Any:
             # The poll's day replaces an earlier --since of the source URI.
             uri = with_since(args.source, since) if since else args.source
-            polled = _pacs_source(uri, settings, name=source.name)
+            polled = open_dicomweb(uri, settings, name=source.name)
             try:
                 yield from polled.list()
             finally:
@@ -253,18 +253,6 @@ def _reconcile_failed(args: argparse.Namespace, exc: Exception) -> None:
     )
 
 
-def _pacs_source(uri: str, settings: Settings, *, name: str | None = None) -> DicomwebSource:
-    from ingest.sources.dicomweb import DicomwebSource
-
-    return DicomwebSource(
-        uri,
-        settings.dicomweb,
-        hash_key=settings.hash_key_bytes(),
-        max_object_bytes=settings.ingest.max_object_bytes,
-        name=name,
-    )
-
-
 def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     """Index new instances here, in the store this process owns."""
     from concurrent.futures import ThreadPoolExecutor
@@ -273,10 +261,11 @@ def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.pipeline import process_batch
     from ingest.planner import plan_batches
     from ingest.prune import check_deletions, prune_gone, source_diffs
+    from ingest.sources.factory import open_dicomweb
     from ingest.watch import BackgroundPass
     from radsearch.services import ensure_collection, open_catalog
 
-    source = _pacs_source(args.source, settings)
+    source = open_dicomweb(args.source, settings)
     with (
         open_catalog(settings, owner="watch") as catalog,
         ThreadPoolExecutor(max_workers=settings.ingest.decode_workers, thread_name_prefix="watch") as pool,
@@ -298,7 +287,7 @@ def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
 
         def list_and_diff() -> _PassFound:
             # on the pass's thread, with a connection of its own: the feed's goes on meanwhile
-            pacs = _pacs_source(args.source, settings)
+            pacs = open_dicomweb(args.source, settings)
             found = _PassFound()
             try:
                 listing = {ref.key: ref for ref in pacs.list()}
@@ -348,9 +337,10 @@ def _cmd_watch_remote(args: argparse.Namespace, settings: Settings, url: str) ->
     import httpx
 
     from core.api_client import ApiClient
+    from ingest.sources.factory import open_dicomweb
     from ingest.sources.multipart import encode_multipart
 
-    source = _pacs_source(args.source, settings)
+    source = open_dicomweb(args.source, settings)
     with ApiClient.from_settings(url, settings) as api:
         api.ensure_collection(args.collection, {"encoder": args.encoder or "baseline"})
     headers = {"X-API-Key": settings.api_key.get_secret_value()} if settings.api_key else {}

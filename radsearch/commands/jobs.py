@@ -452,10 +452,9 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     # requeue
     from workers.app import create_celery
 
-    letters = store.dead_letters(job_id=args.job_id, for_store=store_id(settings))
-    new_ids = requeue_dead_letters(
-        store, create_celery(settings), job_id=args.job_id, for_store=store_id(settings)
-    )
+    ours = store_id(settings)
+    letters = store.dead_letters(job_id=args.job_id, for_store=ours)
+    new_ids = requeue_dead_letters(store, create_celery(settings), job_id=args.job_id, for_store=ours)
     if args.json:
         _out(json.dumps({"requeued_batches": len(letters), "jobs": new_ids}))
     elif not letters:

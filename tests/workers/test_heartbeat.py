@@ -100,6 +100,9 @@ def test_waiting_counts_the_workers_of_the_jobs_store_only(job_store: RedisJobSt
     assert waiting_reason(record, planner("edge:ours"), now=now, dead_after_s=30) is None
     # a worker that could not tell its store at its start may be one of ours
     assert waiting_reason(record, planner(None), now=now, dead_after_s=30) is None
+    # and a job queued by a version before store ids is any worker's
+    legacy = JobRecord(**{**record.__dict__, "spec": spec.model_copy(update={"store": None})})
+    assert waiting_reason(legacy, planner("edge:theirs"), now=now, dead_after_s=30) is None
 
 
 def test_a_stopped_heartbeat_is_gone_at_once(job_store: RedisJobStore) -> None:

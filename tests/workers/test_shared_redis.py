@@ -14,7 +14,7 @@ from minio import Minio
 from core.config import Settings, Subscription
 from core.jobs import DeadLetter, JobKind, JobSpec
 from core.jobs.redis_store import RedisJobStore
-from core.store_identity import store_id
+from core.store_identity import served_store_id, store_id
 from tests.workers.conftest import Server, Worker, cli, upload_images, wait_api_job
 
 
@@ -35,7 +35,7 @@ def test_a_worker_leaves_the_jobs_of_another_store_sharing_its_redis(
     # both stores have a collection of that name: the other's worker would fill it with our images
     server.create_collection("chest")
     other_server.create_collection("chest")
-    other_worker = start_worker(theirs, name="other-worker")
+    other_worker = start_worker(theirs, "--hostname", "theirs@test", name="other-worker")
     api, other_api = server.client(), other_server.client()
     assert api.get("/v1/store").json() == {"store_id": store_id(ours), "backend": "edge"}
 
@@ -60,11 +60,15 @@ def test_a_worker_leaves_the_jobs_of_another_store_sharing_its_redis(
     listed = cli(theirs, "jobs", "list", "--json")  # through the other store's server
     assert listed.returncode == 0 and job_id not in listed.stdout, listed.stderr
 
-    start_worker(ours, name="our-worker")
+    # ours runs "on another host": no data dir of ours, the server's URL (it asks it for the store)
+    remote = ours.model_copy(update={"data_dir": tmp_path / "worker-host", "url": server.url})
+    assert served_store_id(remote) == store_id(ours)
+    start_worker(remote, "--hostname", "ours@test", name="our-worker")
     done = wait_api_job(api, job_id)
     assert done["state"] == "done" and done["counts"]["indexed_frames"] == 12, done  # type: ignore[index]
     assert api.get("/v1/collections/chest").json()["points"] == 12
     assert other_api.get("/v1/collections/chest").json()["points"] == 0
+    assert {w["store"] for w in api.get("/v1/workers").json()["data"]} == {store_id(ours), store_id(theirs)}
     other_server.stop()
     for settings, listed_here in ((theirs, False), (ours, True)):  # from Redis, by each data dir
         listed = cli(settings, "jobs", "list", "--json")
