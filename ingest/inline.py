@@ -28,6 +28,7 @@ _UNMATCHED_SHOWN = 5
 
 __all__ = [
     "IngestOptions",
+    "RuleNotes",
     "build_context",
     "diff_inline",
     "ingest_inline",
@@ -142,6 +143,31 @@ def plan_prune(
     return diffs
 
 
+class RuleNotes:
+    """What a run's listing says of its label rules, for its report: the manifest rows that no
+    listed object claimed, and the keys without the path template's layout (no label from it)."""
+
+    def __init__(self, labeler: Labeler) -> None:
+        self._labeler = labeler
+        self._unclaimed = set(labeler.manifest)
+        self._off_template: list[str] = []
+
+    def noting(self, refs: Iterable[ObjectRef]) -> Iterator[ObjectRef]:
+        """``refs``, noted as they pass."""
+        for ref in refs:
+            self._unclaimed.discard(ref.key)
+            if self._labeler.misses_template(ref.key):
+                self._off_template.append(ref.key)
+            yield ref
+
+    def record(self, report: BatchReport) -> None:
+        """Into ``report``: how many of each, and the first few keys."""
+        report.manifest_unmatched = len(self._unclaimed)
+        report.manifest_unmatched_keys = heapq.nsmallest(_UNMATCHED_SHOWN, self._unclaimed)
+        report.template_unmatched = len(self._off_template)
+        report.template_unmatched_keys = heapq.nsmallest(_UNMATCHED_SHOWN, self._off_template)
+
+
 def ingest_inline(
     ctx: PipelineContext,
     settings: Settings,
@@ -167,12 +193,7 @@ def ingest_inline(
         if listing is not None
         else (ref for ref in ctx.source.list() if ref.key not in exclude_keys)
     )
-    unmatched = set(ctx.labeler.manifest)  # the rows no listed object has claimed yet
-
-    def claiming(refs: Iterable[ObjectRef]) -> Iterator[ObjectRef]:
-        for ref in refs:
-            unmatched.discard(ref.key)
-            yield ref
+    notes = RuleNotes(ctx.labeler)
 
     bar = progress_bar("ingest", shown=progress)
     frames = 0
@@ -189,7 +210,7 @@ def ingest_inline(
         try:
             report = run_pipeline(
                 ctx,
-                plan_batches(claiming(refs) if unmatched else refs, settings.ingest.batch_size),
+                plan_batches(notes.noting(refs), settings.ingest.batch_size),
                 pool,
                 on_batch=on_batch,
             )
@@ -197,8 +218,7 @@ def ingest_inline(
             bar.close()
             raise
     bar.close()
-    report.manifest_unmatched = len(unmatched)
-    report.manifest_unmatched_keys = heapq.nsmallest(_UNMATCHED_SHOWN, unmatched)
+    notes.record(report)
     if diffs:
         report.deleted = prune_gone(ctx.index, ctx.source, diffs)
     if report.frames_indexed or report.deleted:

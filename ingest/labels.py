@@ -95,6 +95,10 @@ class PathTemplate:
             )
         self._regex = re.compile(r"(?:^|/)" + pattern + r"$")
 
+    def matches(self, key: str) -> bool:
+        """Whether ``key`` has the template's layout (a key that has not gets no label from it)."""
+        return self._regex.search(key) is not None
+
     def match(self, key: str) -> dict[str, Any]:
         found = self._regex.search(key)
         if found is None:
@@ -215,6 +219,10 @@ class Labeler:
             "manifest": dict(self.manifest.get(key, {})),
             "template": self.path_template.match(key) if self.path_template else {},
         }
+
+    def misses_template(self, key: str) -> bool:
+        """Whether a path template is given and ``key`` does not have its layout."""
+        return self.path_template is not None and not self.path_template.matches(key)
 
     def has_rules_for(self, key: str) -> bool:
         """Whether the label rules say anything about ``key``: a manifest row (one whose labels are

@@ -100,6 +100,10 @@ class BatchReport:
     #: another folder or prefix label nothing), and the first few of those keys, in order.
     manifest_unmatched: int = 0
     manifest_unmatched_keys: list[str] = field(default_factory=list)
+    #: Objects whose key does not have the path template's layout (no label from it), and the
+    #: first few of those keys, in order.
+    template_unmatched: int = 0
+    template_unmatched_keys: list[str] = field(default_factory=list)
     #: DICOM objects stored with a modality (from the manifest, path template or object metadata,
     #: which take precedence) other than their header's Modality: (stored, header) → objects.
     modality_conflicts: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -143,6 +147,8 @@ class BatchReport:
             "deleted_items": list(self.deleted),
             "manifest_unmatched": self.manifest_unmatched,
             "manifest_unmatched_keys": list(self.manifest_unmatched_keys),
+            "template_unmatched": self.template_unmatched,
+            "template_unmatched_keys": list(self.template_unmatched_keys),
             "modality_conflicts": self.modality_conflict_count,
             "modality_conflict_values": self.modality_conflict_values(),
         }

@@ -37,7 +37,7 @@ from core.jobs.memory_store import MemoryJobStore
 from core.snapshots import TrashEntry
 from core.store_identity import store_id
 from ingest.backfill import plan_backfill, run_backfill
-from ingest.inline import IngestOptions, build_context, diff_inline, listing_of, plan_prune
+from ingest.inline import IngestOptions, RuleNotes, build_context, diff_inline, listing_of, plan_prune
 from ingest.labels import Labeler, PathTemplate
 from ingest.pipeline import BatchReport, modality_conflicts_text, run_pipeline
 from ingest.planner import plan_batches
@@ -478,10 +478,12 @@ class OwnerJobRunner:
                 prune_diffs = plan_prune(ctx, self.settings, listing, options)
                 listed = listing.values()
 
+            notes = RuleNotes(labeler)
+
             def batches() -> Iterator[list[ObjectRef]]:
                 # The listing is streamed: the plan grows as it is read.
                 objects = 0
-                for count, batch in enumerate(plan_batches(listed, batch_size), start=1):
+                for count, batch in enumerate(plan_batches(notes.noting(listed), batch_size), start=1):
                     objects += len(batch)
                     progress.plan(objects=objects, batches=count)
                     yield batch
@@ -490,6 +492,7 @@ class OwnerJobRunner:
                 max_workers=self.settings.ingest.decode_workers, thread_name_prefix="decode"
             ) as pool:
                 report = run_pipeline(ctx, batches(), pool, on_batch=progress.batch)
+            notes.record(report)
             if prune_diffs:
                 report.deleted = prune_gone(ctx.index, source, prune_diffs)
                 progress.deleted(len(report.deleted))

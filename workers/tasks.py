@@ -431,15 +431,20 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
         batch_size = spec.batch_size or res.settings.celery.task_batch_size
         manifest = manifest_keys(source, spec.manifest)
         unmatched = set(labeler.manifest)  # the manifest's rows no listed object has claimed yet
+        off_template = 0  # listed keys without the path template's layout
 
         def listed() -> Iterator[ObjectRef]:
+            nonlocal off_template
             for ref in source.list():
                 if ref.key not in manifest:
                     unmatched.discard(ref.key)
+                    off_template += labeler.misses_template(ref.key)
                     yield ref
 
         _send_embed_batches(task.app, store, job_id, listed(), batch_size, "p", count_listed=True)
-        store.raise_counters(job_id, {"manifest_unmatched": len(unmatched)})
+        store.raise_counters(
+            job_id, {"manifest_unmatched": len(unmatched), "template_unmatched": off_template}
+        )
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
         store.fail(job_id, str(exc))
         return
@@ -516,9 +521,14 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
             "deleted": len(diff.deleted),
             "deleted_items": list(diff.deleted),
         }
-    unmatched = len(labeler.manifest.keys() - listing.keys())
     store.raise_counters(
-        job_id, {"listed": len(listing), "deleted": deleted_total, "manifest_unmatched": unmatched}
+        job_id,
+        {
+            "listed": len(listing),
+            "deleted": deleted_total,
+            "manifest_unmatched": len(labeler.manifest.keys() - listing.keys()),
+            "template_unmatched": sum(map(labeler.misses_template, listing)),
+        },
     )
     store.set_drift(job_id, drift)
     refs = [] if spec.dry_run else plan.to_embed(listing)

@@ -87,6 +87,7 @@ class JobCounts(BaseModel):
     batches_total: int
     batches_done: int
     manifest_unmatched: int = 0
+    template_unmatched: int = 0
     modality_conflicts: int = 0
 
 

@@ -37,6 +37,11 @@ MODALITY_CONFLICTS = (
     "DICOM objects are stored with the modality their manifest row, path template or object "
     "metadata gave, which is not their header's Modality (those rules take precedence)"
 )
+TEMPLATE_UNMATCHED = (
+    "objects' keys do not have the path template's layout, and took no label from it: a "
+    "template's parts are the last folders of each key (a key one folder deeper or shallower "
+    "than the template misses it)"
+)
 MANIFEST_UNMATCHED = (
     "manifest rows name no object of the source, and labelled nothing: a manifest's keys are "
     "the objects' paths relative to the folder or prefix ingested"

@@ -15,6 +15,7 @@ from radsearch.commands.common import (
     LABELS_KEPT,
     MANIFEST_UNMATCHED,
     MODALITY_CONFLICTS,
+    TEMPLATE_UNMATCHED,
     print_json,
 )
 from radsearch.commands.dicomweb import add_selector_options
@@ -50,6 +51,10 @@ def print_ingest_summary(summary: Mapping[str, Any], *, as_json: bool) -> None:
     if unmatched:
         shown = ", ".join(summary.get("manifest_unmatched_keys") or [])
         print(f"  {unmatched} {MANIFEST_UNMATCHED} (first: {shown})")
+    off_template = summary.get("template_unmatched", 0)
+    if off_template:
+        shown = ", ".join(summary.get("template_unmatched_keys") or [])
+        print(f"  {off_template} {TEMPLATE_UNMATCHED} (first: {shown})")
     for item in summary["errors"][:20]:
         print(f"  failed {item['key']}: {item['reason']}")
     deleted = summary.get("deleted_items") or []

@@ -23,6 +23,7 @@ from radsearch.commands.common import (
     LABELS_KEPT,
     MANIFEST_UNMATCHED,
     MODALITY_CONFLICTS,
+    TEMPLATE_UNMATCHED,
 )
 from radsearch.commands.options import add_sync_options, check_prune_args
 
@@ -191,6 +192,8 @@ def print_job_result(job: Mapping[str, Any], *, as_json: bool) -> int:
             _out(f"  {job['counts']['modality_conflicts']} {MODALITY_CONFLICTS} (the log names the values)")
         if job["counts"].get("manifest_unmatched"):
             _out(f"  {job['counts']['manifest_unmatched']} {MANIFEST_UNMATCHED}")
+        if job["counts"].get("template_unmatched"):
+            _out(f"  {job['counts']['template_unmatched']} {TEMPLATE_UNMATCHED}")
         if job.get("drift"):
             for name, drift in job["drift"].items():
                 _out(_drift_text(name, drift))

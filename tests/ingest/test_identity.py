@@ -292,6 +292,20 @@ def test_manifest_rows_that_name_no_object_are_counted_and_named(
     assert (fixed["relabelled"], fixed["manifest_unmatched"], fixed["manifest_unmatched_keys"]) == (2, 0, [])
 
 
+def test_keys_without_the_path_templates_layout_are_counted_and_named(
+    catalog: Catalog, settings: Settings, tmp_path: Path
+) -> None:
+    """A folder one level short of the template gave its images no labels, and the run said
+    nothing: a filter on the labels then left them out of every search without a word."""
+    folder = tmp_path / "tree"
+    for i, key in enumerate(["CT/chest/a.png", "CT/chest/b.png", "CT/c.png", "d.png"]):
+        _write_png(folder / key, seed=200 + i)
+    report = _ingest(catalog, settings, str(folder), path_template="{modality}/{anatomy}/{file}")
+    assert report["frames_indexed"] == 4
+    assert (report["template_unmatched"], report["template_unmatched_keys"]) == (2, ["CT/c.png", "d.png"])
+    assert catalog.index.count("c", SearchFilter(anatomy=["chest"])) == 2
+
+
 def test_run_without_the_manifest_keeps_the_labels_it_gave(
     catalog: Catalog, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -175,6 +175,8 @@ def test_ingest_through_the_serving_owner_prints_what_direct_ingest_prints(world
         "deleted_items",
         "manifest_unmatched",
         "manifest_unmatched_keys",
+        "template_unmatched",
+        "template_unmatched_keys",
         "modality_conflicts",
         "modality_conflict_values",
         "accept_burned_in",
@@ -182,6 +184,11 @@ def test_ingest_through_the_serving_owner_prints_what_direct_ingest_prints(world
     ]
     assert _without(served_summary, "seconds") == _without(direct_summary, "seconds")
     assert (served_summary["frames_indexed"], served_summary["failed"]) == (10, 1)
+    # the file beside the folders has not the template's layout: no labels from it, and said so
+    assert (served_summary["template_unmatched"], served_summary["template_unmatched_keys"]) == (
+        1,
+        ["bad.png"],
+    )
     info = httpx.get(f"{world.url}/v1/collections/chest").json()
     assert info["points"] == 10 and info["indexing"]["status"] == "green"
 

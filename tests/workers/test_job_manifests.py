@@ -107,12 +107,15 @@ def test_a_manifest_among_the_images_is_read_not_indexed(
     (tmp_path / "extra.csv").write_text(
         "key,pathology\nimg_0.png,effusion\nimg_9.png,nodule\narchive/img_1.png,nodule\n"
     )
+    # and keys without the path template's layout (no folder here), which take no label from it
     for command in ("ingest", "reconcile"):
         executor_args = ["--executor", "celery"] if command == "ingest" else []
         code, job = _run(
-            capsys, command, "archive", "--collection", "local", "--manifest", "extra.csv", *executor_args
-        )
+            capsys, command, "archive", "--collection", "local", "--manifest", "extra.csv",
+            "--path-template", "{anatomy}/{file}", *executor_args,
+        )  # fmt: skip
         assert code == 0 and job["counts"]["manifest_unmatched"] == 2, job
+        assert job["counts"]["template_unmatched"] == 4, job  # the three images and manifest.csv
     assert (
         main(
             ["ingest", "archive", "--collection", "local", "--executor", "celery", "--manifest", "extra.csv"]
