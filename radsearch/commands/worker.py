@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 from typing import Any
 
@@ -48,7 +49,9 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         from workers.metrics import serve_worker_metrics
 
         serve_worker_metrics(settings.celery.metrics_host, args.metrics_port, pool=pool)
-    hostname = args.hostname or f"radsearch-{'-'.join(queues)}@{socket.gethostname()}"
+    # the pid: two workers of one host on the same queues (one per GPU) would share a name, and
+    # the second one's heartbeat would hide the first from `jobs workers`
+    hostname = args.hostname or f"radsearch-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
     argv = [
         "worker",
         f"--queues={args.queues}",
@@ -85,7 +88,9 @@ def add_worker_command(sub: Any) -> None:
     worker.add_argument("--concurrency", type=at_least(1), default=1, help="pool size (1 per GPU)")
     worker.add_argument("--pool", choices=("prefork", "threads", "solo"), help="default: prefork")
     worker.add_argument("--loglevel", type=str.upper, choices=_LOG_LEVELS, default="INFO")
-    worker.add_argument("--hostname", help="worker node name (default radsearch-QUEUES@HOST)")
+    worker.add_argument(
+        "--hostname", help="worker node name, one per worker (default radsearch-QUEUES-PID@HOST)"
+    )
     worker.add_argument("--beat", action="store_true", help="also run the periodic reconcile schedule")
     worker.add_argument(
         "--max-tasks-per-child",

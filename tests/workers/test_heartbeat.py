@@ -257,3 +257,14 @@ def test_following_a_job_says_once_why_it_waits(job_store: RedisJobStore, beat_s
     now[0] = 10.0
     notice.check(queued, lines.append)  # a plan worker now: nothing to say
     assert len(lines) == 1
+
+
+def test_two_workers_of_one_host_on_the_same_queues_are_both_listed(
+    beat_settings: Settings, job_store: RedisJobStore, start_worker: Callable[..., Worker]
+) -> None:
+    """Found in session 30: two workers of one host on the same queues (one per GPU) took the same
+    default node name, and the second's heartbeat hid the first from `jobs workers`."""
+    workers = [start_worker(beat_settings, "--queues", "embed", name=f"gpu-{n}") for n in (0, 1)]
+    beats = live_workers(job_store.client, dead_after_s=DEAD_AFTER_S)
+    assert sorted(beat.pid for beat in beats) == sorted(worker.pid for worker in workers)
+    assert len({beat.hostname for beat in beats}) == 2
