@@ -38,9 +38,9 @@ MODALITY_CONFLICTS = (
     "metadata gave, which is not their header's Modality (those rules take precedence)"
 )
 TEMPLATE_UNMATCHED = (
-    "objects' keys do not have the path template's layout, and took no label from it: a "
-    "template's parts are the last folders of each key (a key one folder deeper or shallower "
-    "than the template misses it)"
+    "objects' keys do not have the path template's layout, and took no label from it: its parts "
+    "are matched to the last folders of each key, so a key with fewer folders (or another literal "
+    "part) misses it"
 )
 MANIFEST_UNMATCHED = (
     "manifest rows name no object of the source, and labelled nothing: a manifest's keys are "
