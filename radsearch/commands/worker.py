@@ -8,7 +8,7 @@ import socket
 from typing import Any
 
 from core.config import Settings
-from core.errors import ConfigError
+from core.errors import ConfigError, ServerUnavailable
 from core.suggest import named_with_suggestions
 from radsearch.commands.arg_types import at_least, port_number
 from radsearch.commands.common import EXIT_OK
@@ -44,7 +44,15 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     pool = args.pool or "prefork"
     # The beat's reconcile names this store: another deployment's workers sharing the Redis
     # database would reconcile their own subscriptions instead.
-    app = create_celery(settings, beat_store=served_store_id(settings) if args.beat else None)
+    beat_store = None
+    if args.beat:
+        try:
+            beat_store = served_store_id(settings)
+        except ServerUnavailable as exc:
+            raise ServerUnavailable(
+                f"{exc} (--beat asks it which store the reconcile is for: start it first)"
+            ) from None
+    app = create_celery(settings, beat_store=beat_store)
     if args.metrics_port:
         from workers.metrics import serve_worker_metrics
 
