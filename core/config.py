@@ -71,6 +71,10 @@ class StoreSettings(_Group):
     url: str | None = None
     api_key: SecretStr | None = None
     timeout_s: float = Field(default=30.0, gt=0)
+    # The id every job names (core.store_identity), instead of the one kept in the data dir or
+    # made from the Qdrant URL: pinned to run the jobs queued under an id that changed, or to tell
+    # two copies of one data dir apart.
+    id: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9:._-]+$")
     # HNSW defaults, chosen from the sweeps in bench/RESULTS.md: ef_construct 64 builds 1 M x 512
     # in ~4.5 min on 2 cores (100: ~6.5 min, no better recall once filters are post-filtered);
     # ef 384 keeps unfiltered recall@10 near 0.997 at 1 M (256: 0.991).

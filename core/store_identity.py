@@ -10,7 +10,9 @@ of another store to the workers of that store (`workers.tasks`).
 The id: ``edge:<random hex>`` for the embedded store, kept in ``<index dir>/store-id`` (made the
 first time it is asked for; a copy of the data dir restored elsewhere keeps it), and
 ``qdrant:<url>`` for a Qdrant server, which every process using it names alike. Workers of the
-embedded store ask its owner (``GET /v1/store``): they may run on other hosts.
+embedded store ask its owner (``GET /v1/store``): they may run on other hosts. ``store.id``
+(RADSEARCH_STORE__ID) pins it: to run the jobs queued under an id that changed (the file removed,
+an index dir restored from before store ids), or to tell two copies of one data dir apart.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ _ID_FILE = "store-id"
 
 
 def store_id(settings: Settings) -> str:
-    """This deployment's store id, from the data dir (embedded store) or the Qdrant server's URL."""
+    """This deployment's store id: ``store.id`` where it is pinned, else from the data dir
+    (embedded store) or the Qdrant server's URL."""
+    if settings.store.id:
+        return settings.store.id
     if settings.store.backend == "qdrant":
         return f"qdrant:{(settings.store.url or '').rstrip('/')}"
     path = settings.index_dir / _ID_FILE
@@ -64,7 +69,7 @@ def served_store_id(settings: Settings, *, timeout_s: float = 120.0) -> str:
     """The id of the store a client with these settings writes (a worker, a command queueing a
     job): the server's at ``RADSEARCH_URL`` where one is set for the embedded store (a worker on
     another host), else `store_id`. `ServerUnavailable` while that server does not answer."""
-    if settings.store.backend != "edge" or not settings.url:
+    if settings.store.id or settings.store.backend != "edge" or not settings.url:
         return store_id(settings)
     from core.api_client import ApiClient
 

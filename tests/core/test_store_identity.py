@@ -34,3 +34,15 @@ def test_a_qdrant_server_is_its_url_and_a_damaged_file_is_named(tmp_path: Path) 
     (tmp_path / "d" / "index" / "store-id").write_text("")
     with pytest.raises(ConfigError, match=r"store-id is damaged"):
         store_id(damaged)
+
+
+def test_a_pinned_id_wins(tmp_path: Path) -> None:
+    """RADSEARCH_STORE__ID: the jobs queued under an id that changed run again; two copies of a
+    data dir are told apart. A value that could not name a store is refused at start-up."""
+    pinned = Settings(
+        data_dir=tmp_path / "p", store=StoreSettings(id="edge:old-one"), url="http://127.0.0.1:9"
+    )
+    assert store_id(pinned) == served_store_id(pinned) == "edge:old-one"  # no server asked
+    assert not (tmp_path / "p" / "index" / "store-id").exists()
+    with pytest.raises(ValueError, match="should match pattern"):
+        StoreSettings(id="edge old one")
