@@ -152,13 +152,21 @@ class RuleNotes:
         self._unclaimed = set(labeler.manifest)
         self._off_template: list[str] = []
 
+    def note(self, key: str) -> None:
+        """One listed object's key."""
+        self._unclaimed.discard(key)
+        if self._labeler.misses_template(key):
+            self._off_template.append(key)
+
     def noting(self, refs: Iterable[ObjectRef]) -> Iterator[ObjectRef]:
         """``refs``, noted as they pass."""
         for ref in refs:
-            self._unclaimed.discard(ref.key)
-            if self._labeler.misses_template(ref.key):
-                self._off_template.append(ref.key)
+            self.note(ref.key)
             yield ref
+
+    def counts(self) -> dict[str, int]:
+        """The job counters (`core.jobs.JobCounts`) of what was noted."""
+        return {"manifest_unmatched": len(self._unclaimed), "template_unmatched": len(self._off_template)}
 
     def record(self, report: BatchReport) -> None:
         """Into ``report``: how many of each, and the first few keys."""

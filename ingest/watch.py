@@ -46,6 +46,18 @@ ONCE_ATTEMPTS = 3
 _STOP_CHECK_S = 0.2
 
 
+def _save_json(path: Path, data: object) -> None:
+    """Replace ``path`` by ``data`` as JSON in one step: a watcher killed meanwhile leaves the old
+    file, never a part of the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 class Cursor:
     """The last change sequence number delivered, in a small JSON file replaced atomically."""
 
@@ -61,13 +73,7 @@ class Cursor:
             raise ConfigError(f"watch cursor {self.path} is unreadable; delete it to start over") from exc
 
     def save(self, last: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump({"last": last}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        _save_json(self.path, {"last": last})
 
 
 def cursor_path(data_dir: Path, source_name: str, collection: str) -> Path:
@@ -151,10 +157,7 @@ class ReconcileSchedule:
 
     def stamp(self) -> None:
         """Record a pass (or the first start) now."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"at": self.clock()}), encoding="utf-8")
-        os.replace(tmp, self.path)
+        _save_json(self.path, {"at": self.clock()})
 
     def start(self) -> None:
         """A watcher starts: a new one (no stamp yet) counts its first pass from now."""
@@ -302,13 +305,7 @@ class DateCursor:
             raise ConfigError(f"watch cursor {self.path} is unreadable; delete it to start over") from exc
 
     def save(self, since: str | None, seen: set[str]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump({"since": since, "seen": sorted(seen)}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        _save_json(self.path, {"since": since, "seen": sorted(seen)})
 
 
 def follow_qido(

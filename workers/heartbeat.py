@@ -131,8 +131,8 @@ def remove_beat(client: redis.Redis, beat: WorkerBeat) -> None:
     with client.pipeline() as pipe:
         pipe.delete(_key(beat.hostname))
         pipe.zrem(_INDEX, beat.hostname)
+        forget_held(pipe, beat.instance)
         pipe.execute()
-    forget_held(client, beat.instance)
 
 
 def live_workers(client: redis.Redis, *, dead_after_s: float, now: float | None = None) -> list[WorkerBeat]:

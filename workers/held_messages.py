@@ -82,9 +82,10 @@ def _queue_of(unacked: Any) -> str:
         return "unknown"
 
 
-def forget_held(client: redis.Redis, instance: str) -> None:
-    """Drop ``instance``'s entry (a clean stop: kombu gives its messages back itself)."""
-    client.hdel(HELD_KEY, instance)
+def forget_held(pipe: Any, instance: str) -> None:
+    """Add dropping ``instance``'s entry to ``pipe`` (a clean stop: kombu gives its messages back
+    itself)."""
+    pipe.hdel(HELD_KEY, instance)
 
 
 def give_back_dead_workers_messages(

@@ -20,7 +20,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -38,6 +38,7 @@ from core.errors import (
 )
 from core.jobs import DeadLetter, JobKind, JobSpec, JobState
 from core.jobs.redis_store import RedisJobStore
+from ingest.inline import RuleNotes
 from ingest.pipeline import modality_conflicts_text, process_batch
 from ingest.planner import plan_batches
 from ingest.prune import delete_keys, indexed_objects, still_gone
@@ -430,21 +431,10 @@ def _plan(task: RadsearchTask, job_id: str) -> None:
         source = res.source(spec.source, spec.source_name)
         batch_size = spec.batch_size or res.settings.celery.task_batch_size
         manifest = manifest_keys(source, spec.manifest)
-        unmatched = set(labeler.manifest)  # the manifest's rows no listed object has claimed yet
-        off_template = 0  # listed keys without the path template's layout
-
-        def listed() -> Iterator[ObjectRef]:
-            nonlocal off_template
-            for ref in source.list():
-                if ref.key not in manifest:
-                    unmatched.discard(ref.key)
-                    off_template += labeler.misses_template(ref.key)
-                    yield ref
-
-        _send_embed_batches(task.app, store, job_id, listed(), batch_size, "p", count_listed=True)
-        store.raise_counters(
-            job_id, {"manifest_unmatched": len(unmatched), "template_unmatched": off_template}
-        )
+        notes = RuleNotes(labeler)
+        listed = notes.noting(ref for ref in source.list() if ref.key not in manifest)
+        _send_embed_batches(task.app, store, job_id, listed, batch_size, "p", count_listed=True)
+        store.raise_counters(job_id, notes.counts())
     except (CollectionNotFound, ConfigError, EncoderError) as exc:
         store.fail(job_id, str(exc))
         return
@@ -521,15 +511,10 @@ def reconcile_job(app: Celery, res: WorkerResources, job_id: str) -> dict[str, A
             "deleted": len(diff.deleted),
             "deleted_items": list(diff.deleted),
         }
-    store.raise_counters(
-        job_id,
-        {
-            "listed": len(listing),
-            "deleted": deleted_total,
-            "manifest_unmatched": len(labeler.manifest.keys() - listing.keys()),
-            "template_unmatched": sum(map(labeler.misses_template, listing)),
-        },
-    )
+    notes = RuleNotes(labeler)
+    for key in listing:
+        notes.note(key)
+    store.raise_counters(job_id, {"listed": len(listing), "deleted": deleted_total, **notes.counts()})
     store.set_drift(job_id, drift)
     refs = [] if spec.dry_run else plan.to_embed(listing)
     batch_size = spec.batch_size or res.settings.celery.task_batch_size
