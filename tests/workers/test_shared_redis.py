@@ -5,6 +5,7 @@ worker leaves another store's jobs to that store's workers instead of writing th
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -134,3 +135,25 @@ def test_the_periodic_reconcile_runs_on_the_workers_of_its_own_store(
     assert len(ticks) >= 2 and {(job.kind, job.spec.collections, job.spec.store) for job in ticks} == {
         (JobKind.RECONCILE, ("ticked",), store_id(ours))
     }
+
+
+def test_a_copy_of_a_data_dir_is_not_served_beside_it_on_one_redis(
+    worker_settings: Settings, tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """A backup restored beside its original keeps the store id: on the same Redis the two would
+    run each other's jobs, so the copy's server refuses to start, naming the original and the
+    fix; given an id of its own, it serves."""
+    original = worker_settings
+    server = start_server(original)
+    copy = original.model_copy(update={"data_dir": tmp_path / "restored"})
+    copy.index_dir.mkdir(parents=True)
+    shutil.copy(original.index_dir / "store-id", copy.index_dir / "store-id")
+    refused = start_server(copy, wait=False)
+    assert refused.proc is not None and refused.proc.wait(timeout=60) == 2
+    log = refused.log()
+    assert f"store id {store_id(original)} is already claimed on this Redis (the broker)" in log, log
+    assert f"remove {copy.index_dir / 'store-id'} and start again" in log and "Traceback" not in log
+    assert server.client().get("/readyz").status_code == 200  # the original is not disturbed
+    (copy.index_dir / "store-id").unlink()
+    start_server(copy)
+    assert store_id(copy) != store_id(original)
