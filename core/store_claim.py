@@ -163,10 +163,10 @@ class StoreClaim:
         index_dir = self._settings.index_dir
         return ConfigError(
             f"store id {self.store_id} is already claimed on this Redis (the broker) by "
-            f"{other.describe()}: this data dir ({self._me.data_dir}) is a copy of that one, and "
-            "the two would run each other's Celery jobs. Give this copy an id of its own (remove "
-            f"{index_dir / 'store-id'} and start again, or set RADSEARCH_STORE__ID), or a Redis "
-            "database of its own (RADSEARCH_REDIS__URL=redis://HOST:6379/1)"
+            f"{other.describe()}: one of the two data dirs is a copy of the other, and served side by "
+            "side they would run each other's Celery jobs. Give the copy an id of its own (for this "
+            f"one: remove {index_dir / 'store-id'} and start again, or set RADSEARCH_STORE__ID), or a "
+            "Redis database of its own (RADSEARCH_REDIS__URL=redis://HOST:6379/1)"
         )
 
     def renew(self) -> None:

@@ -255,7 +255,6 @@ def serve_api(
     import uvicorn
 
     from core.ownership import acquire_store
-    from core.store_claim import claim_store
     from search_api.app import create_app
     from search_api.http_protocol import CoalescingHttpToolsProtocol
 
@@ -268,8 +267,6 @@ def serve_api(
         )
         _check_port(host, port)
         if lease is not None:
-            # a copy of this data dir served beside it on the same Redis would share its jobs
-            owned.callback(claim_store(settings).close)
             lease.advertise(f"http://{_url_host(host)}:{port}")
         # No log config of uvicorn's own (log_config=None): its loggers, the access log's line per
         # request among them, go through the root handler, in the format chosen, with the time

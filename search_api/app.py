@@ -18,6 +18,7 @@ from core.index.base import VectorIndex
 from core.index.factory import open_index
 from core.jobs.sqlite_store import open_owner_store
 from core.snapshots import Trash
+from core.store_claim import claim_store
 from search_api.backfill_jobs import OwnerJobRunner
 from search_api.body_limit import BodyLimitMiddleware
 from search_api.deps import reject_unknown_query
@@ -87,6 +88,11 @@ def create_app(settings: Settings, *, index: VectorIndex | None = None) -> FastA
             yield
 
     async def _start(app: FastAPI, started: AsyncExitStack) -> None:
+        if index is None and settings.store.backend == "edge":
+            # A copy of this data dir served beside it on the same Redis would share its jobs. Let
+            # go here, not after uvicorn returns: it ends a SIGTERM-ed process by the signal.
+            claim = await in_thread(claim_store, settings)
+            started.push_async_callback(in_thread, claim.close)
         opened = (
             index
             if index is not None

@@ -58,7 +58,10 @@ def test_a_copy_is_refused_while_the_original_serves_then_takes_over(
         message = str(refused.value)
         assert f"store id {store_id(original)} is already claimed" in message
         assert f"data dir {(tmp_path / 'a').resolve()} on host {socket.gethostname()}" in message
-        assert f"remove {copy.index_dir / 'store-id'} and start again, or set RADSEARCH_STORE__ID" in message
+        assert (
+            f"for this one: remove {copy.index_dir / 'store-id'} and start again, or set RADSEARCH_STORE__ID"
+            in message
+        )
         # a copy with an id of its own is no copy of that store
         (copy.index_dir / "store-id").unlink()
         own = claim_store(copy, ttl_s=_TTL_S)

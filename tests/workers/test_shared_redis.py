@@ -141,19 +141,29 @@ def test_a_copy_of_a_data_dir_is_not_served_beside_it_on_one_redis(
     worker_settings: Settings, tmp_path: Path, start_server: Callable[..., Server]
 ) -> None:
     """A backup restored beside its original keeps the store id: on the same Redis the two would
-    run each other's jobs, so the copy's server refuses to start, naming the original and the
-    fix; given an id of its own, it serves."""
+    run each other's jobs, so the second server refuses to start, naming the first and the fix. A
+    server stopped lets go of the id at once."""
     original = worker_settings
     server = start_server(original)
     copy = original.model_copy(update={"data_dir": tmp_path / "restored"})
     copy.index_dir.mkdir(parents=True)
     shutil.copy(original.index_dir / "store-id", copy.index_dir / "store-id")
-    refused = start_server(copy, wait=False)
-    assert refused.proc is not None and refused.proc.wait(timeout=60) == 2
-    log = refused.log()
+
+    def refused(settings: Settings) -> str:
+        second = start_server(settings, wait=False)
+        assert second.proc is not None and second.proc.wait(timeout=60) == 2
+        return second.log()
+
+    log = refused(copy)
     assert f"store id {store_id(original)} is already claimed on this Redis (the broker)" in log, log
-    assert f"remove {copy.index_dir / 'store-id'} and start again" in log and "Traceback" not in log
-    assert server.client().get("/readyz").status_code == 200  # the original is not disturbed
-    (copy.index_dir / "store-id").unlink()
+    assert f"by the radsearch server of data dir {original.data_dir.resolve()} on host" in log
+    assert (
+        f"for this one: remove {copy.index_dir / 'store-id'} and start again" in log
+        and "Traceback" not in log
+    )
+    assert server.client().get("/readyz").status_code == 200  # the first is not disturbed
+    server.stop()  # SIGTERM
+    started = time.monotonic()
     start_server(copy)
-    assert store_id(copy) != store_id(original)
+    assert time.monotonic() - started < 25  # let go, not lapsed (30 s)
+    assert f"data dir {copy.data_dir.resolve()} on host" in refused(original)
