@@ -92,6 +92,7 @@ def test_image_upload_over_http(served: str, tmp_path: Path) -> None:
             f"{served}/v1/collections/demo/search/image",
             files={"file": (query.name, fh, "application/dicom")},
             data={"limit": "5", "filter": '{"anatomy": ["brain", "knee"]}'},
+            timeout=60,  # the first upload loads the encoder: over httpx's 5 s on a loaded 2-core host
         )
     assert response.status_code == 200, response.text
     hits = response.json()["hits"]
