@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import redis
 
@@ -93,8 +94,10 @@ def _pid_running(pid: int) -> bool:
 class StoreClaim:
     """This server's claim on its store id (`claim_store`); `close` lets it go."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, *, ttl_s: float = _TTL_S) -> None:
-        self._client = client
+    def __init__(self, settings: Settings, *, ttl_s: float = _TTL_S) -> None:
+        self._client = redis.Redis.from_url(
+            settings.broker_url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=2.0
+        )
         self._settings = settings
         self.store_id = store_id(settings)
         self._key = _KEY.format(self.store_id)
@@ -129,19 +132,18 @@ class StoreClaim:
             if self._client.set(self._key, self._me.value(), px=self._ttl_ms, nx=True):
                 self._held = True
                 return True
-            held = self._client.get(self._key)
+            held = cast(str | None, self._client.get(self._key))
             if held is None:
                 continue  # it lapsed in between
-            held_text = held.decode() if isinstance(held, bytes) else str(held)
-            other = _Claimer.parse(held_text)
+            other = _Claimer.parse(held)
             if other is None or self._gone(other):
                 self._client.set(self._key, self._me.value(), px=self._ttl_ms)
                 self._held = True
                 return True
-            if other.host == self._me.host or (first_seen is not None and held_text != first_seen):
+            if other.host == self._me.host or (first_seen is not None and held != first_seen):
                 raise self._conflict(other)
             if first_seen is None:
-                first_seen = held_text
+                first_seen = held
                 logger.info(
                     "store id %s is claimed by %s: waiting up to %.0f s for it to lapse",
                     self.store_id,
@@ -181,8 +183,7 @@ class StoreClaim:
             self._held = True
             self._reported = None
             return
-        text = held.decode() if isinstance(held, bytes) else str(held)
-        other = _Claimer.parse(text)
+        other = _Claimer.parse(held)
         self._held = False
         if other is not None and other.instance != self._reported:
             self._reported = other.instance
@@ -214,12 +215,11 @@ class StoreClaim:
 def claim_store(settings: Settings, *, ttl_s: float = _TTL_S) -> StoreClaim:
     """The server's claim on its store id, taken and renewed (see the module); `ConfigError` where
     another live server holds it. Close it as the server stops."""
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5.0, socket_connect_timeout=2.0)
-    claim = StoreClaim(client, settings, ttl_s=ttl_s)
+    claim = StoreClaim(settings, ttl_s=ttl_s)
     try:
         claim.take()
     except BaseException:
-        client.close()
+        claim.close()
         raise
     claim.start_renewing()
     return claim

@@ -95,7 +95,7 @@ def test_the_claim_of_a_server_of_this_host_that_is_gone_is_taken_at_once(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     original = _deployment(tmp_path, "a", redis_server)
-    killed = StoreClaim(_client(redis_server), original, ttl_s=60)  # its last life, killed -9
+    killed = StoreClaim(original, ttl_s=60)  # its last life, killed -9
     assert killed.take()
     started = time.monotonic()
     restarted = claim_store(original, ttl_s=60)  # the same data dir: its lock is ours
@@ -105,7 +105,7 @@ def test_the_claim_of_a_server_of_this_host_that_is_gone_is_taken_at_once(
     ended = subprocess.Popen(["true"])  # a server of this host, of another data dir, that ended
     ended.wait()
     monkeypatch.setattr(os, "getpid", lambda: ended.pid)
-    gone = StoreClaim(_client(redis_server), original, ttl_s=60)
+    gone = StoreClaim(original, ttl_s=60)
     monkeypatch.undo()
     assert gone.take()
     copy = claim_store(_copy(original, tmp_path, "b"), ttl_s=60)
@@ -121,7 +121,7 @@ def test_a_claim_redis_lost_is_taken_again_and_a_later_rival_is_logged_once(
 ) -> None:
     original = _deployment(tmp_path, "a", redis_server)
     redis_server.kill()
-    deferred = StoreClaim(_client(redis_server), original, ttl_s=_TTL_S)
+    deferred = StoreClaim(original, ttl_s=_TTL_S)
     assert deferred.take() is False and not deferred.held  # no Redis: the server starts
     redis_server.start()
     deferred.renew()
