@@ -28,7 +28,7 @@ from pathlib import Path
 
 from core.errors import ConfigError, StoreOwned
 
-__all__ = ["OwnerRecord", "StoreLease", "acquire_store", "current_owner"]
+__all__ = ["OwnerRecord", "StoreLease", "acquire_store", "current_owner", "pid_alive"]
 
 _LOCK_FILE = "owner.lock"
 _RECORD_FILE = "owner.json"
@@ -147,7 +147,8 @@ def _read_record(directory: Path) -> OwnerRecord | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -185,7 +186,7 @@ def current_owner(index_dir: Path) -> OwnerRecord | None:
     deadline = time.monotonic() + _ACQUIRE_RETRY_S
     while True:
         record = _read_record(directory)
-        if record is not None and _alive(record.pid):
+        if record is not None and pid_alive(record.pid):
             return record
         if time.monotonic() > deadline:
             return OwnerRecord(pid=record.pid if record else 0, kind="unknown")
@@ -221,7 +222,7 @@ def acquire_store(index_dir: Path, kind: str) -> StoreLease:
                     os.close(fd)
                     raise
                 record = _read_record(directory)
-                if (record is not None and _alive(record.pid)) or time.monotonic() > deadline:
+                if (record is not None and pid_alive(record.pid)) or time.monotonic() > deadline:
                     os.close(fd)
                     raise StoreOwned(directory, record or OwnerRecord(pid=0, kind="unknown")) from None
                 time.sleep(_RETRY_SLEEP_S)

@@ -32,6 +32,7 @@ import redis
 
 from core.config import Settings
 from core.errors import ConfigError
+from core.ownership import pid_alive
 from core.store_identity import store_id
 
 __all__ = ["StoreClaim", "claim_store"]
@@ -79,16 +80,6 @@ class _Claimer:
 
     def describe(self) -> str:
         return f"the radsearch server of data dir {self.data_dir} on host {self.host} (pid {self.pid})"
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class StoreClaim:
@@ -158,7 +149,7 @@ class StoreClaim:
         """Whether the claimer is known to be gone: a server of this host whose pid has ended, or
         one of this data dir (whose owner lock is ours: the last life of this owner)."""
         return other.host == self._me.host and (
-            other.data_dir == self._me.data_dir or not _pid_running(other.pid)
+            other.data_dir == self._me.data_dir or not pid_alive(other.pid)
         )
 
     def _conflict(self, other: _Claimer) -> ConfigError:
