@@ -32,6 +32,7 @@ import redis
 
 from core.config import Settings
 from core.errors import ConfigError
+from core.jobs.redis_store import broker_client
 from core.ownership import pid_alive
 from core.store_identity import store_id
 
@@ -86,9 +87,7 @@ class StoreClaim:
     """This server's claim on its store id (`claim_store`); `close` lets it go."""
 
     def __init__(self, settings: Settings, *, ttl_s: float = _TTL_S) -> None:
-        self._client = redis.Redis.from_url(
-            settings.broker_url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=2.0
-        )
+        self._client = broker_client(settings)
         self._settings = settings
         self.store_id = store_id(settings)
         self._key = _KEY.format(self.store_id)

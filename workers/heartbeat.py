@@ -30,7 +30,7 @@ from celery import bootsteps, signals
 from core.config import CelerySettings, Settings
 from core.errors import RadsearchError
 from core.jobs import JobRecord, JobState
-from core.jobs.redis_store import RedisJobStore
+from core.jobs.redis_store import RedisJobStore, broker_client
 from core.store_identity import served_store_id
 from workers.held_messages import forget_held, held_delivery_tags, instance_id, record_held
 from workers.names import EMBED_QUEUE, PLAN_QUEUE, settings_of
@@ -298,12 +298,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is
 
         settings = settings_of(parent.app)
         cfg = settings.celery
-        client = redis.Redis.from_url(
-            settings.broker_url,
-            decode_responses=True,
-            socket_timeout=min(cfg.publish_timeout_s, 5.0),
-            socket_connect_timeout=min(cfg.publish_timeout_s, 5.0),
-        )
+        client = broker_client(settings)
         hostname = str(parent.hostname)
         queues = tuple(sorted(parent.app.amqp.queues.consume_from or ()))
         concurrency = int(parent.concurrency or 1)

@@ -51,7 +51,7 @@ from core.jobs.records import (
     check_counters,
 )
 
-__all__ = ["RedisJobStore", "job_store_for", "open_job_store"]
+__all__ = ["RedisJobStore", "broker_client", "job_store_for", "open_job_store"]
 
 _PREFIX = "radsearch:"
 _JOBS_INDEX = f"{_PREFIX}jobs"
@@ -558,6 +558,15 @@ def open_job_store(
         health_check_interval=30,
     )
     return RedisJobStore(client, settings, epoch_dir=epoch_dir)
+
+
+def broker_client(settings: Settings) -> redis.Redis:
+    """A client of the broker's Redis answering text, with bounded socket timeouts (a dead Redis
+    fails fast): for the records kept beside the jobs, such as heartbeats and store id claims."""
+    timeout_s = min(settings.celery.publish_timeout_s, 5.0)
+    return redis.Redis.from_url(
+        settings.broker_url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
 
 
 def job_store_for(settings: Settings) -> RedisJobStore:
